@@ -1,0 +1,20 @@
+"""nasgraph: neural architecture search and a graph compiler for convolutional networks.
+
+    >>> import nasgraph
+    >>> g = nasgraph.zoo.get("resnet18")
+    >>> nasgraph.summarize(g).params
+    11689512
+"""
+
+from nasgraph import zoo
+from nasgraph.analysis import Summary, summarize
+from nasgraph.errors import BudgetError, GraphError, NasgraphError, ShapeError, SpaceError
+from nasgraph.ir import OPS, Graph, GraphBuilder, Node, Tensor, TensorType, load, ops, save
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OPS", "BudgetError", "Graph", "GraphBuilder", "GraphError", "NasgraphError", "Node",
+    "ShapeError", "SpaceError", "Summary", "Tensor", "TensorType", "load", "ops", "save",
+    "summarize", "zoo",
+]

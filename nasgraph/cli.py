@@ -1,0 +1,154 @@
+"""The `nasgraph` command line: the top of the import graph (nothing imports it).
+
+Every command turns bad input into one line on stderr and exit code 2; `--debug` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nasgraph import analysis, zoo
+from nasgraph.errors import NasgraphError
+from nasgraph.ir import Graph, load
+
+app = typer.Typer(help="nasgraph: architecture search and a graph compiler for CNNs.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+err_console = Console(stderr=True)
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def _one_line_errors(command: F) -> F:
+    """Bad input becomes one line on stderr and exit code 2 (unless --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        try:
+            return command(*args, **kwargs)
+        except (NasgraphError, OSError) as e:
+            if kwargs.get("debug"):
+                raise
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """'3x224x224' -> (3, 224, 224)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[x,]\s*(\d+)\s*[x,]\s*(\d+)\s*", text)
+    if not m or min(int(g) for g in m.groups()) <= 0:
+        raise NasgraphError(f"--input {text!r}: expected CxHxW with positive sizes, "
+                            "e.g. 3x224x224")
+    return tuple(int(g) for g in m.groups())  # type: ignore[return-value]
+
+
+def resolve_model(model: str, input_shape: str | None = None,
+                  num_classes: int | None = None) -> Graph:
+    """A zoo name or a graph JSON file, optionally at another input size."""
+    shape = parse_shape(input_shape) if input_shape else None
+    if model.endswith(".json") or Path(model).is_file():
+        graph = load(model)
+        return graph.replace_input(*shape) if shape else graph
+    return zoo.get(model, num_classes=num_classes, input_shape=shape)
+
+
+def human(n: float, unit: str = "") -> str:
+    """12_345_678 -> '12.35M'."""
+    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f}{suffix}{unit}"
+    return f"{n:g}{unit}"
+
+
+def count(n: int) -> str:
+    """Exact below a million, else 3 significant digits: path counts grow like 2^depth."""
+    return f"{n:,}" if n < 1_000_000 else f"{n:.3g}"
+
+
+@app.command()
+@_one_line_errors
+def info(
+    model: Annotated[str, typer.Argument(help="A zoo model name or a graph JSON file.")],
+    input: Annotated[str | None, typer.Option("--input", help="Input size CxHxW.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Parameters, MACs, FLOPs, memory, receptive field, depth and multiplicity of a model.
+
+    Example: nasgraph info resnet50 --input 3x160x160
+    """
+    summary = analysis.summarize(resolve_model(model, input))
+    if as_json:
+        sys.stdout.write(summary.model_dump_json(indent=1) + "\n")
+        return
+    table = Table(title=f"{summary.name}  (input {'x'.join(map(str, summary.input))})",
+                  header_style="bold")
+    for col, justify in (("node", "left"), ("op", "left"), ("output", "right"),
+                         ("params", "right"), ("MACs", "right"), ("RF", "right")):
+        table.add_column(col, justify=justify,  # type: ignore[arg-type]
+                         overflow="fold" if col == "node" else "ellipsis")
+    for row in summary.nodes:
+        rf = "global" if row.receptive_field is None else "x".join(map(str, row.receptive_field))
+        table.add_row(row.id, row.label, "x".join(map(str, row.shape)),
+                      human(row.params) if row.params else "",
+                      human(row.macs) if row.macs else "", rf)
+    console.print(table)
+    totals = [("params", f"{summary.params:,}"), ("MACs", f"{summary.macs:,}"),
+              ("FLOPs", f"{summary.flops:,}"), ("depth", str(summary.depth)),
+              ("multiplicity", count(summary.multiplicity)),
+              ("receptive field", str(summary.receptive_field)),
+              ("peak activation memory", human(summary.peak_memory_bytes, "B") + " per sample"),
+              ("outputs", ", ".join("x".join(map(str, s)) for s in summary.outputs))]
+    for name, value in totals:
+        console.print(f"[bold]{name:>24}[/]  {value}", highlight=False)
+
+
+@app.command("zoo")
+@_one_line_errors
+def zoo_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+    debug: Debug = False,
+) -> None:
+    """List the model zoo: name, input, params, MACs, depth and multiplicity."""
+    rows = []
+    for name in zoo.names():
+        entry = zoo.entry(name)
+        s = analysis.summarize(zoo.get(name))
+        rows.append({"name": name, "family": entry.family, "input": s.input,
+                     "params": s.params, "macs": s.macs, "depth": s.depth,
+                     "multiplicity": s.multiplicity, "reference": entry.reference})
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+        return
+    table = Table(header_style="bold")
+    for col in ("name", "family", "input", "params", "MACs", "depth", "multiplicity"):
+        table.add_column(col, justify="left" if col in ("name", "family") else "right")
+    for r in rows:
+        table.add_row(r["name"], r["family"], "x".join(map(str, r["input"])),
+                      human(r["params"]), human(r["macs"]), str(r["depth"]),
+                      count(r["multiplicity"]))
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

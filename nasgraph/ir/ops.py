@@ -1,0 +1,605 @@
+"""One frozen spec per op, and the registry of them all.
+
+Each spec defines, once, everything the rest of nasgraph needs to know about its op:
+its attributes (validated by pydantic), its type rule (`infer`), its trainable parameter
+count (`params`), its multiply-accumulates (`macs`) and other arithmetic (`flops`), its
+window for receptive-field arithmetic (`window`) and a short label for tables and pictures.
+Backends, the renderer and the exporter look ops up by `kind` in `OPS`; a test walks the
+registry and fails when any of them lacks an entry.
+
+Cost conventions (docs/costs.md): `macs` counts the multiply-accumulates of conv and linear
+layers only (what papers and torchvision call FLOPs); `flops` counts 2 per MAC plus every
+other arithmetic op, one per add, multiply, compare or divide.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from nasgraph.errors import GraphError, ShapeError
+from nasgraph.ir.types import DType, TensorType, conv_output_size
+
+
+def _pair(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _positive_pair(value: tuple[int, int]) -> tuple[int, int]:
+    if min(value) <= 0:
+        raise ValueError(f"sizes must be positive, got {value[0]}x{value[1]}")
+    return value
+
+
+def _non_negative_pair(value: tuple[int, int]) -> tuple[int, int]:
+    if min(value) < 0:
+        raise ValueError(f"padding must be non-negative, got {value[0]}x{value[1]}")
+    return value
+
+
+# An int or an (h, w) pair, stored as the pair: kernel=3 and kernel=(3, 3) are the same spec.
+PositivePair = Annotated[tuple[int, int], BeforeValidator(_pair), AfterValidator(_positive_pair)]
+PaddingPair = Annotated[tuple[int, int], BeforeValidator(_pair),
+                        AfterValidator(_non_negative_pair)]
+
+ActivationFn = Literal["relu", "relu6", "sigmoid", "tanh", "silu", "hardswish", "gelu"]
+
+# Arithmetic per element of each activation, as counted in `flops` (docs/costs.md).
+ACTIVATION_FLOPS: dict[str, int] = {
+    "relu": 1,  # max(x, 0)
+    "relu6": 2,  # min(max(x, 0), 6)
+    "sigmoid": 4,  # exp, add, divide, negate
+    "tanh": 5,
+    "silu": 5,  # x * sigmoid(x)
+    "hardswish": 5,  # x * min(max(x + 3, 0), 6) / 6
+    "gelu": 8,  # x * Phi(x) via erf
+}
+
+Window = tuple[tuple[int, int], tuple[float, float]]
+
+
+def _fmt(pair: tuple[int, int]) -> str:
+    return f"{pair[0]}x{pair[1]}"
+
+
+def _fail(message: str, hint: str | None = None) -> ShapeError:
+    return ShapeError(message + (f"; hint: {hint}" if hint else ""))
+
+
+class Op(BaseModel):
+    """Base of every op spec. Subclasses set `kind` and override the cost methods they need."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: ClassVar[str]
+    # Inputs accepted: (minimum, maximum); maximum None means any number.
+    arity: ClassVar[tuple[int, int | None]] = (1, 1)
+    # Drawing style family: io, conv, norm, act, pool, merge, linear, reshape.
+    family: ClassVar[str]
+    # Output is a view of the first input: no new memory (Identity, Dropout, Flatten, Output).
+    is_alias: ClassVar[bool] = False
+    # Counts as one layer of depth (conv and linear).
+    is_layer: ClassVar[bool] = False
+    # After this op every output element sees the whole input (global pooling, flatten).
+    is_global: ClassVar[bool] = False
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        """Output type for these input types; raises ShapeError when they do not fit."""
+        return inputs[0]
+
+    def params(self, inputs: Sequence[TensorType]) -> int:
+        """Trainable parameters, as torch's `sum(p.numel() for p in m.parameters())`."""
+        return 0
+
+    def macs(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        """Multiply-accumulates of conv and linear layers; 0 for every other op."""
+        return 0
+
+    def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        """All arithmetic: 2 per MAC plus elementwise work (docs/costs.md)."""
+        return 0
+
+    def window(self) -> Window:
+        """Effective kernel (h, w) and stride (h, w) for receptive-field arithmetic."""
+        return ((1, 1), (1.0, 1.0))
+
+    def label(self) -> str:
+        """A short human label: `conv 3x3/2, 64`, `maxpool 3x3/2`, `concat`."""
+        return self.kind
+
+    def attrs(self) -> dict:
+        """The attributes as plain JSON data."""
+        return self.model_dump(mode="json")
+
+
+OPS: dict[str, type[Op]] = {}
+
+
+def register_op(cls: type[Op]) -> type[Op]:
+    """Class decorator adding an op spec to the registry under its `kind`."""
+    if cls.kind in OPS:
+        raise GraphError(f"op kind {cls.kind!r} is registered twice")
+    OPS[cls.kind] = cls
+    return cls
+
+
+def _require_spatial(op: Op, t: TensorType) -> None:
+    if t.flat:
+        raise _fail(f"{op.kind} needs a C x H x W input, got the flat vector {t}",
+                    "apply it before Flatten/Linear")
+
+
+# --------------------------------------------------------------------------- graph ends
+
+
+@register_op
+class Input(Op):
+    """A graph input of one sample's shape (the batch dimension is implicit)."""
+
+    kind: ClassVar[str] = "input"
+    arity: ClassVar[tuple[int, int | None]] = (0, 0)
+    family: ClassVar[str] = "io"
+
+    channels: int = Field(gt=0)
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    dtype: DType = "float32"
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        return TensorType(channels=self.channels, height=self.height, width=self.width,
+                          dtype=self.dtype)
+
+    def label(self) -> str:
+        return f"input {self.channels}x{self.height}x{self.width}"
+
+
+@register_op
+class Output(Op):
+    """Marks its input as a graph output. A graph may have several."""
+
+    kind: ClassVar[str] = "output"
+    family: ClassVar[str] = "io"
+    is_alias: ClassVar[bool] = True
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+@register_op
+class Conv2d(Op):
+    """2-D convolution; `kernel`, `stride`, `padding`, `dilation` take an int or (h, w).
+
+    `padding="same"` keeps the spatial size (stride 1, odd effective kernel), and
+    `groups=in_channels` makes a depthwise convolution.
+    """
+
+    kind: ClassVar[str] = "conv2d"
+    family: ClassVar[str] = "conv"
+    is_layer: ClassVar[bool] = True
+
+    out_channels: int = Field(gt=0)
+    kernel: PositivePair = (3, 3)
+    stride: PositivePair = (1, 1)
+    padding: PaddingPair | Literal["same"] = (0, 0)
+    dilation: PositivePair = (1, 1)
+    groups: int = Field(default=1, gt=0)
+    bias: bool = True
+
+    @model_validator(mode="after")
+    def _same_padding_is_resolvable(self) -> Conv2d:
+        if self.padding == "same":
+            if self.stride != (1, 1):
+                raise ValueError("padding='same' needs stride 1 (give explicit padding)")
+            for k, d in zip(self.kernel, self.dilation, strict=True):
+                if d * (k - 1) % 2:
+                    raise ValueError("padding='same' needs an odd effective kernel")
+        if self.out_channels % self.groups:
+            raise ValueError(f"groups={self.groups} does not divide "
+                             f"out_channels={self.out_channels}")
+        return self
+
+    @property
+    def pad(self) -> tuple[int, int]:
+        """Padding as an (h, w) pair, with 'same' resolved."""
+        if self.padding == "same":
+            return (self.dilation[0] * (self.kernel[0] - 1) // 2,
+                    self.dilation[1] * (self.kernel[1] - 1) // 2)
+        return self.padding
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        (x,) = inputs
+        _require_spatial(self, x)
+        if x.channels % self.groups:
+            raise _fail(f"groups={self.groups} does not divide the {x.channels} input channels",
+                        "choose groups dividing both in and out channels")
+        size = [conv_output_size(n, k, s, p, d) for n, k, s, p, d in
+                zip(x.spatial, self.kernel, self.stride, self.pad, self.dilation, strict=True)]
+        if min(size) < 1:
+            raise _fail(f"kernel {_fmt(self.kernel)} (dilation {_fmt(self.dilation)}) is larger "
+                        f"than its padded input {x.height}x{x.width} (padding {_fmt(self.pad)})",
+                        "use a smaller kernel, more padding or a larger input")
+        return TensorType(channels=self.out_channels, height=size[0], width=size[1],
+                          dtype=x.dtype)
+
+    def params(self, inputs: Sequence[TensorType]) -> int:
+        k = self.kernel[0] * self.kernel[1]
+        return self.out_channels * (inputs[0].channels // self.groups) * k + (
+            self.out_channels if self.bias else 0)
+
+    def macs(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        k = self.kernel[0] * self.kernel[1]
+        return output.numel * (inputs[0].channels // self.groups) * k
+
+    def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        return 2 * self.macs(inputs, output) + (output.numel if self.bias else 0)
+
+    def window(self) -> Window:
+        eff = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation, strict=True))
+        return (eff, (float(self.stride[0]), float(self.stride[1])))
+
+    def label(self) -> str:
+        stride = ""
+        if self.stride != (1, 1):
+            square = self.stride[0] == self.stride[1]
+            stride = f"/{self.stride[0]}" if square else f"/{_fmt(self.stride)}"
+        text = f"conv {_fmt(self.kernel)}{stride}, {self.out_channels}"
+        if self.dilation != (1, 1):
+            text += f", dil {self.dilation[0]}"
+        if self.groups > 1:
+            text += f", g{self.groups}"
+        return text
+
+
+# --------------------------------------------------------------------------- normalization
+
+
+@register_op
+class BatchNorm2d(Op):
+    """Batch normalization over channels (affine; running statistics are not parameters)."""
+
+    kind: ClassVar[str] = "batchnorm2d"
+    family: ClassVar[str] = "norm"
+
+    eps: float = Field(default=1e-5, gt=0)
+    momentum: float = Field(default=0.1, ge=0, le=1)
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        _require_spatial(self, inputs[0])
+        return inputs[0]
+
+    def params(self, inputs: Sequence[TensorType]) -> int:
+        return 2 * inputs[0].channels
+
+    def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        return 2 * output.numel  # inference: one multiply and one add per element
+
+    def label(self) -> str:
+        return "bn"
+
+
+@register_op
+class Activation(Op):
+    """An elementwise nonlinearity."""
+
+    kind: ClassVar[str] = "activation"
+    family: ClassVar[str] = "act"
+
+    fn: ActivationFn = "relu"
+
+    def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        return ACTIVATION_FLOPS[self.fn] * output.numel
+
+    def label(self) -> str:
+        return self.fn
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+class _Pool2d(Op):
+    family: ClassVar[str] = "pool"
+
+    kernel: PositivePair = (2, 2)
+    stride: PositivePair | None = None  # None: equal to the kernel, as in torch
+    padding: PaddingPair = (0, 0)
+    ceil_mode: bool = False
+
+    @property
+    def strides(self) -> tuple[int, int]:
+        return self.stride if self.stride is not None else self.kernel
+
+    @model_validator(mode="after")
+    def _padding_at_most_half_kernel(self) -> _Pool2d:
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel, strict=True)):
+            raise ValueError(f"padding {_fmt(self.padding)} exceeds half the kernel "
+                             f"{_fmt(self.kernel)}")
+        return self
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        (x,) = inputs
+        _require_spatial(self, x)
+        size = [conv_output_size(n, k, s, p, 1, self.ceil_mode) for n, k, s, p in
+                zip(x.spatial, self.kernel, self.strides, self.padding, strict=True)]
+        if min(size) < 1:
+            raise _fail(f"kernel {_fmt(self.kernel)} is larger than its padded input "
+                        f"{x.height}x{x.width} (padding {_fmt(self.padding)})",
+                        "use a smaller window or a larger input")
+        return x.model_copy(update={"height": size[0], "width": size[1]})
+
+    def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        # (k - 1) compares or adds per output, plus one divide for averages
+        extra = 0 if self.kind == "maxpool2d" else 1
+        return output.numel * (self.kernel[0] * self.kernel[1] - 1 + extra)
+
+    def window(self) -> Window:
+        return (self.kernel, (float(self.strides[0]), float(self.strides[1])))
+
+    def label(self) -> str:
+        name = self.kind.removesuffix("2d")
+        stride = self.strides
+        s = f"/{stride[0]}" if stride[0] == stride[1] else f"/{_fmt(stride)}"
+        return f"{name} {_fmt(self.kernel)}{s if stride != (1, 1) else ''}"
+
+
+@register_op
+class MaxPool2d(_Pool2d):
+    """Max pooling; `stride` defaults to the kernel size."""
+
+    kind: ClassVar[str] = "maxpool2d"
+
+
+@register_op
+class AvgPool2d(_Pool2d):
+    """Average pooling; `count_include_pad` as in torch."""
+
+    kind: ClassVar[str] = "avgpool2d"
+
+    count_include_pad: bool = True
+
+
+@register_op
+class GlobalAvgPool(Op):
+    """Average over all positions: C x H x W -> C x 1 x 1 (torch's AdaptiveAvgPool2d(1))."""
+
+    kind: ClassVar[str] = "global_avgpool"
+    family: ClassVar[str] = "pool"
+    is_global: ClassVar[bool] = True
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        _require_spatial(self, inputs[0])
+        return inputs[0].model_copy(update={"height": 1, "width": 1})
+
+    def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        return inputs[0].numel  # H*W - 1 adds and one divide per channel
+
+    def label(self) -> str:
+        return "global avgpool"
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def _describe(inputs: Sequence[TensorType]) -> str:
+    return ", ".join(str(t) for t in inputs)
+
+
+@register_op
+class Concat(Op):
+    """Concatenation along the channel axis; inputs share their spatial size."""
+
+    kind: ClassVar[str] = "concat"
+    arity: ClassVar[tuple[int, int | None]] = (1, None)
+    family: ClassVar[str] = "merge"
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        first = inputs[0]
+        for t in inputs[1:]:
+            if t.flat != first.flat or t.spatial != first.spatial:
+                raise _fail(f"spatial mismatch: cannot concatenate {_describe(inputs)} "
+                            "along channels",
+                            "bring the branches to the same height and width "
+                            "(stride, padding or pooling)")
+            if t.dtype != first.dtype:
+                raise _fail(f"dtype mismatch: {first.dtype} and {t.dtype}")
+        return first.model_copy(update={"channels": sum(t.channels for t in inputs)})
+
+
+@register_op
+class Add(Op):
+    """Elementwise sum of n inputs of the same type, optionally weighted: sum(w_i * x_i).
+
+    Weights give the scaled residual add of Inception-ResNet (`weights=(0.17, 1.0)`).
+    """
+
+    kind: ClassVar[str] = "add"
+    arity: ClassVar[tuple[int, int | None]] = (2, None)
+    family: ClassVar[str] = "merge"
+
+    weights: tuple[float, ...] | None = None
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        first = inputs[0]
+        for t in inputs[1:]:
+            if t != first:
+                what = "channel" if t.channels != first.channels else "shape"
+                raise _fail(f"{what} mismatch: cannot add {_describe(inputs)}",
+                            "project the shortcut with a 1x1 conv (and stride) to match")
+        if self.weights is not None and len(self.weights) != len(inputs):
+            raise _fail(f"{len(self.weights)} weights for {len(inputs)} inputs")
+        return first
+
+    def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        scaled = sum(w != 1.0 for w in self.weights) if self.weights else 0
+        return output.numel * (len(inputs) - 1 + scaled)
+
+    def label(self) -> str:
+        return "add" if self.weights is None else "add " + ", ".join(
+            f"{w:g}" for w in self.weights)
+
+
+@register_op
+class Mul(Op):
+    """Elementwise product of two inputs; a C x 1 x 1 input broadcasts over H x W.
+
+    This is the gate of squeeze-and-excitation: `mul(x, sigmoid(fc(gap(x))))`.
+    """
+
+    kind: ClassVar[str] = "mul"
+    arity: ClassVar[tuple[int, int | None]] = (2, 2)
+    family: ClassVar[str] = "merge"
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        a, b = inputs
+        out = a if a.numel >= b.numel else b
+        for t in (a, b):
+            if (t.channels != out.channels or t.flat != out.flat
+                    or t.spatial not in (out.spatial, (1, 1))):
+                raise _fail(f"cannot multiply {a} by {b}",
+                            "shapes must match, or one must be C x 1 x 1 with the same C")
+        return out
+
+    def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        return output.numel
+
+
+# --------------------------------------------------------------------------- classifier
+
+
+@register_op
+class Flatten(Op):
+    """C x H x W -> a vector of C*H*W features (a view, no copy)."""
+
+    kind: ClassVar[str] = "flatten"
+    family: ClassVar[str] = "reshape"
+    is_alias: ClassVar[bool] = True
+    is_global: ClassVar[bool] = True
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        return TensorType.vector(inputs[0].numel, inputs[0].dtype)
+
+
+@register_op
+class Linear(Op):
+    """Fully connected layer on a flat vector."""
+
+    kind: ClassVar[str] = "linear"
+    family: ClassVar[str] = "linear"
+    is_layer: ClassVar[bool] = True
+
+    out_features: int = Field(gt=0)
+    bias: bool = True
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        (x,) = inputs
+        if not x.flat:
+            raise _fail(f"linear needs a flat vector, got {x}", "insert a Flatten before it")
+        return TensorType.vector(self.out_features, x.dtype)
+
+    def params(self, inputs: Sequence[TensorType]) -> int:
+        return inputs[0].channels * self.out_features + (self.out_features if self.bias else 0)
+
+    def macs(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        return inputs[0].channels * self.out_features
+
+    def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        return 2 * self.macs(inputs, output) + (self.out_features if self.bias else 0)
+
+    def label(self) -> str:
+        return f"linear {self.out_features}"
+
+
+@register_op
+class Dropout(Op):
+    """Dropout with probability `p` in training; the identity at inference."""
+
+    kind: ClassVar[str] = "dropout"
+    family: ClassVar[str] = "reshape"
+    is_alias: ClassVar[bool] = True
+
+    p: float = Field(default=0.5, ge=0, lt=1)
+
+    def label(self) -> str:
+        return f"dropout {self.p:g}"
+
+
+@register_op
+class Identity(Op):
+    """Passes its input through unchanged."""
+
+    kind: ClassVar[str] = "identity"
+    family: ClassVar[str] = "reshape"
+    is_alias: ClassVar[bool] = True
+
+
+# --------------------------------------------------------------------------- resizing
+
+
+@register_op
+class Upsample(Op):
+    """Spatial resize by `scale` or to `size`; `nearest` or `bilinear` (torch's defaults)."""
+
+    kind: ClassVar[str] = "upsample"
+    family: ClassVar[str] = "pool"
+
+    mode: Literal["nearest", "bilinear"] = "nearest"
+    scale: float | None = Field(default=None, gt=0)
+    size: PositivePair | None = None
+    align_corners: bool = False
+
+    @model_validator(mode="after")
+    def _scale_xor_size(self) -> Upsample:
+        if (self.scale is None) == (self.size is None):
+            raise ValueError("give exactly one of scale and size")
+        if self.align_corners and self.mode != "bilinear":
+            raise ValueError("align_corners applies to bilinear mode only")
+        return self
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        (x,) = inputs
+        _require_spatial(self, x)
+        if self.size is not None:
+            h, w = self.size
+        else:
+            h, w = math.floor(x.height * self.scale), math.floor(x.width * self.scale)
+        if min(h, w) < 1:
+            raise _fail(f"scale {self.scale:g} shrinks {x} to nothing")
+        return x.model_copy(update={"height": h, "width": w})
+
+    def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        return 7 * output.numel if self.mode == "bilinear" else 0  # 4 multiplies, 3 adds
+
+    def window(self) -> Window:
+        if self.scale is not None:
+            return ((1, 1), (1 / self.scale, 1 / self.scale))
+        return ((1, 1), (1.0, 1.0))  # a size-based resize: refined by the analysis
+
+    def label(self) -> str:
+        how = f"x{self.scale:g}" if self.scale is not None else f"to {_fmt(self.size)}"
+        return f"upsample {self.mode} {how}"
+
+
+@register_op
+class ChannelPad(Op):
+    """Zero channels added before and after the input's (PyramidNet's and the CIFAR ResNets'
+    parameter-free shortcut, torch's `F.pad(x, (0, 0, 0, 0, before, after))`)."""
+
+    kind: ClassVar[str] = "channel_pad"
+    family: ClassVar[str] = "reshape"
+
+    before: int = Field(default=0, ge=0)
+    after: int = Field(default=0, ge=0)
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        _require_spatial(self, inputs[0])
+        return inputs[0].model_copy(
+            update={"channels": inputs[0].channels + self.before + self.after})
+
+    def label(self) -> str:
+        return f"pad channels +{self.before + self.after}"

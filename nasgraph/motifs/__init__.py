@@ -1,0 +1,10 @@
+"""Reusable building blocks: functions that add a parametrized motif to a GraphBuilder.
+
+Each exposes the three search dimensions where they apply: width (channels), depth
+(repeats) and multiplicity (parallel paths: branches, cardinality, shortcuts).
+"""
+
+from nasgraph.motifs.conv import conv_unit, same_padding
+from nasgraph.motifs.residual import ResidualBlock, residual_block, residual_stage
+
+__all__ = ["ResidualBlock", "conv_unit", "residual_block", "residual_stage", "same_padding"]

@@ -1,0 +1,93 @@
+"""Hypothesis strategies shared by the tests: random, valid nasgraph DAGs.
+
+`graphs()` draws a graph using every op kind the builder offers, with odd sizes, strides,
+dilations, groups, branches and merges. Backends use it to check that they agree.
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from nasgraph.errors import ShapeError
+from nasgraph.ir import Graph, GraphBuilder, Tensor
+
+ACTIVATIONS = ["relu", "relu6", "sigmoid", "tanh", "silu", "hardswish", "gelu"]
+
+
+@st.composite
+def graphs(draw: st.DrawFn, max_nodes: int = 12, max_channels: int = 12,
+           max_size: int = 14) -> Graph:
+    b = GraphBuilder("random")
+    c = draw(st.integers(1, max_channels))
+    h = draw(st.integers(3, max_size))
+    w = draw(st.integers(3, max_size))
+    pool = [b.input(c, h, w)]
+    steps = draw(st.integers(1, max_nodes))
+    for _ in range(steps):
+        x = draw(st.sampled_from(pool))
+        kind = draw(st.sampled_from(
+            ["conv", "conv", "dwconv", "bn", "act", "maxpool", "avgpool", "add", "concat",
+             "mul", "upsample", "pad", "identity", "dropout"]))
+        try:
+            y = _step(draw, b, x, kind, pool, max_channels)
+        except ShapeError:
+            continue  # a drawn window larger than its input: skip this step
+        if y is not None:
+            pool.append(y)
+    last = pool[-1]
+    b.output(last)
+    if draw(st.booleans()):  # a classifier head as a second output
+        head = b.linear(b.flatten(b.gap(pool[draw(st.integers(0, len(pool) - 1))])),
+                        draw(st.integers(1, 7)))
+        b.output(head, name="logits")
+    return b.build()
+
+
+def _step(draw: st.DrawFn, b: GraphBuilder, x: Tensor, kind: str, pool: list[Tensor],
+          max_channels: int) -> Tensor | None:
+    small = st.integers(1, 3)
+    if kind == "conv":
+        kh, kw = draw(st.sampled_from([(1, 1), (3, 3), (1, 3), (3, 1), (5, 5), (2, 2)]))
+        groups = draw(st.sampled_from([g for g in (1, 2, 3) if x.channels % g == 0]))
+        out = groups * draw(st.integers(1, max(1, max_channels // groups)))
+        return b.conv(x, out, (kh, kw), stride=draw(small.filter(lambda s: s <= 2)),
+                      padding=(draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))),
+                      dilation=draw(st.sampled_from([1, 1, 2])), groups=groups,
+                      bias=draw(st.booleans()))
+    if kind == "dwconv":
+        return b.conv(x, x.channels, 3, stride=draw(st.integers(1, 2)), padding=1,
+                      groups=x.channels, bias=False)
+    if kind == "bn":
+        return b.bn(x)
+    if kind == "act":
+        return b.act(x, draw(st.sampled_from(ACTIVATIONS)))
+    if kind in ("maxpool", "avgpool"):
+        k = draw(st.integers(1, 3))
+        pool_fn = b.maxpool if kind == "maxpool" else b.avgpool
+        extra = {} if kind == "maxpool" else {"count_include_pad": draw(st.booleans())}
+        return pool_fn(x, k, stride=draw(st.integers(1, 2)), padding=draw(st.integers(0, k // 2)),
+                       ceil_mode=draw(st.booleans()), **extra)
+    if kind == "add":
+        same = [t for t in pool if t.type == x.type and t.id != x.id]
+        if not same:
+            return None
+        others = draw(st.lists(st.sampled_from(same), min_size=1, max_size=2, unique=True))
+        weights = draw(st.none() | st.just([0.5] * (len(others) + 1)))
+        return b.add([x, *others], weights=weights)
+    if kind == "concat":
+        same = [t for t in pool if t.type.spatial == x.type.spatial and t.id != x.id]
+        others = draw(st.lists(st.sampled_from(same), max_size=2, unique=True)) if same else []
+        return b.concat([x, *others])
+    if kind == "mul":  # a squeeze-excitation gate
+        gate = b.act(b.conv(b.gap(x), x.channels, 1), "sigmoid")
+        return b.mul(x, gate)
+    if kind == "upsample":
+        if draw(st.booleans()):
+            return b.upsample(x, scale=2.0, mode=draw(st.sampled_from(["nearest", "bilinear"])))
+        size = (draw(st.integers(1, 12)), draw(st.integers(1, 12)))
+        return b.upsample(x, size=size, mode="bilinear")
+    if kind == "pad":
+        return b.channel_pad(x, after=draw(small), before=draw(st.integers(0, 2)))
+    if kind == "identity":
+        return b.identity(x)
+    return b.dropout(x, 0.25)
