@@ -61,10 +61,7 @@ def _receptive_fields(graph: Graph) -> dict[str, tuple[tuple[float, float],
             continue
         size = tuple(max(f[0][a] for f in ins) for a in (0, 1))
         jump = tuple(max(f[1][a] for f in ins) for a in (0, 1))
-        kernel, stride = node.op.window()
-        if node.kind == "upsample" and node.op.size is not None:
-            src = graph[node.inputs[0]].type
-            stride = (src.height / node.type.height, src.width / node.type.width)
+        kernel, stride = node.op.window([graph[i].type for i in node.inputs])
         fields[node.id] = (
             tuple(size[a] + (kernel[a] - 1) * jump[a] for a in (0, 1)),
             tuple(jump[a] * stride[a] for a in (0, 1)),

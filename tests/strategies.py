@@ -27,7 +27,7 @@ def graphs(draw: st.DrawFn, max_nodes: int = 12, max_channels: int = 12,
         x = draw(st.sampled_from(pool))
         kind = draw(st.sampled_from(
             ["conv", "conv", "dwconv", "bn", "act", "maxpool", "avgpool", "add", "concat",
-             "mul", "upsample", "pad", "identity", "dropout"]))
+             "mul", "upsample", "pad", "identity", "dropout", "adaptive"]))
         try:
             y = _step(draw, b, x, kind, pool, max_channels)
         except ShapeError:
@@ -86,6 +86,8 @@ def _step(draw: st.DrawFn, b: GraphBuilder, x: Tensor, kind: str, pool: list[Ten
             return b.upsample(x, scale=2.0, mode=draw(st.sampled_from(["nearest", "bilinear"])))
         size = (draw(st.integers(1, 12)), draw(st.integers(1, 12)))
         return b.upsample(x, size=size, mode="bilinear")
+    if kind == "adaptive":
+        return b.adaptive_avgpool(x, (draw(st.integers(1, 6)), draw(st.integers(1, 6))))
     if kind == "pad":
         return b.channel_pad(x, after=draw(small), before=draw(st.integers(0, 2)))
     if kind == "identity":

@@ -32,7 +32,8 @@ from nasgraph.ir.types import TensorType
 
 # The default name of a node, by op kind, before numbering makes it unique.
 _SHORT = {"conv2d": "conv", "batchnorm2d": "bn", "maxpool2d": "maxpool",
-          "avgpool2d": "avgpool", "global_avgpool": "gap", "channel_pad": "pad"}
+          "avgpool2d": "avgpool", "global_avgpool": "gap",
+          "adaptive_avgpool2d": "avgpool", "channel_pad": "pad"}
 
 
 def _default_name(kind: str, attrs: dict) -> str:
@@ -174,6 +175,10 @@ class GraphBuilder:
         return self._make(ops.AvgPool2d, [x], name, kernel=kernel, stride=stride,
                           padding=padding, ceil_mode=ceil_mode,
                           count_include_pad=count_include_pad)
+
+    def adaptive_avgpool(self, x: Tensor, size: int | tuple[int, int],
+                         name: str | None = None) -> Tensor:
+        return self._make(ops.AdaptiveAvgPool2d, [x], name, size=size)
 
     def gap(self, x: Tensor, name: str | None = None) -> Tensor:
         return self._make(ops.GlobalAvgPool, [x], name)

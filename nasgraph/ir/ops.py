@@ -106,7 +106,7 @@ class Op(BaseModel):
         """All arithmetic: 2 per MAC plus elementwise work (docs/costs.md)."""
         return 0
 
-    def window(self) -> Window:
+    def window(self, inputs: Sequence[TensorType]) -> Window:
         """Effective kernel (h, w) and stride (h, w) for receptive-field arithmetic."""
         return ((1, 1), (1.0, 1.0))
 
@@ -240,7 +240,7 @@ class Conv2d(Op):
     def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         return 2 * self.macs(inputs, output) + (output.numel if self.bias else 0)
 
-    def window(self) -> Window:
+    def window(self, inputs: Sequence[TensorType]) -> Window:
         eff = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation, strict=True))
         return (eff, (float(self.stride[0]), float(self.stride[1])))
 
@@ -338,7 +338,7 @@ class _Pool2d(Op):
         extra = 0 if self.kind == "maxpool2d" else 1
         return output.numel * (self.kernel[0] * self.kernel[1] - 1 + extra)
 
-    def window(self) -> Window:
+    def window(self, inputs: Sequence[TensorType]) -> Window:
         return (self.kernel, (float(self.strides[0]), float(self.strides[1])))
 
     def label(self) -> str:
@@ -381,6 +381,38 @@ class GlobalAvgPool(Op):
 
     def label(self) -> str:
         return "global avgpool"
+
+
+@register_op
+class AdaptiveAvgPool2d(Op):
+    """Average pooling to a fixed output `size` (torch's AdaptiveAvgPool2d).
+
+    Window i along an axis covers [floor(i * n / size), ceil((i + 1) * n / size)): AlexNet's
+    and VGG's classifiers use it so that any input size works.
+    """
+
+    kind: ClassVar[str] = "adaptive_avgpool2d"
+    family: ClassVar[str] = "pool"
+
+    size: PositivePair = (1, 1)
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        _require_spatial(self, inputs[0])
+        return inputs[0].model_copy(update={"height": self.size[0], "width": self.size[1]})
+
+    def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        # each output averages its window: (window - 1) adds and a divide
+        windows = [sum(-(-(i + 1) * n // s) - (i * n // s) for i in range(s))
+                   for n, s in zip(inputs[0].spatial, self.size, strict=True)]
+        return inputs[0].channels * windows[0] * windows[1]
+
+    def window(self, inputs: Sequence[TensorType]) -> Window:
+        n, s = inputs[0].spatial, self.size
+        kernel = tuple(-(-n[a] // s[a]) + (1 if n[a] % s[a] else 0) for a in (0, 1))
+        return (kernel, (n[0] / s[0], n[1] / s[1]))
+
+    def label(self) -> str:
+        return f"adaptive avgpool to {_fmt(self.size)}"
 
 
 # --------------------------------------------------------------------------- merging
@@ -575,10 +607,9 @@ class Upsample(Op):
     def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         return 7 * output.numel if self.mode == "bilinear" else 0  # 4 multiplies, 3 adds
 
-    def window(self) -> Window:
-        if self.scale is not None:
-            return ((1, 1), (1 / self.scale, 1 / self.scale))
-        return ((1, 1), (1.0, 1.0))  # a size-based resize: refined by the analysis
+    def window(self, inputs: Sequence[TensorType]) -> Window:
+        out = self.infer(inputs)
+        return ((1, 1), (inputs[0].height / out.height, inputs[0].width / out.width))
 
     def label(self) -> str:
         how = f"x{self.scale:g}" if self.scale is not None else f"to {_fmt(self.size)}"

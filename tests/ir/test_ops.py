@@ -55,6 +55,10 @@ CASES: dict[str, list[tuple[ops.Op, list[TensorType], object]]] = {
         (ops.AvgPool2d(kernel=(2, 3), stride=2, ceil_mode=True), [T(2, 9, 9)],
          nn.AvgPool2d((2, 3), 2, ceil_mode=True)),
     ],
+    "adaptive_avgpool2d": [
+        (ops.AdaptiveAvgPool2d(size=(6, 6)), [T(3, 13, 6)], nn.AdaptiveAvgPool2d((6, 6))),
+        (ops.AdaptiveAvgPool2d(size=(7, 7)), [T(3, 2, 2)], nn.AdaptiveAvgPool2d((7, 7))),
+    ],
     "global_avgpool": [(ops.GlobalAvgPool(), [T(5, 6, 7)], nn.AdaptiveAvgPool2d(1))],
     "concat": [(ops.Concat(), [T(2, 5, 5), T(3, 5, 5), T(1, 5, 5)],
                 lambda *xs: torch.cat(xs, dim=1))],
