@@ -1,0 +1,195 @@
+"""Lowering: a nasgraph Graph -> a torch.fx.GraphModule.
+
+One submodule per weighted node, at the node id's path (`layer1/0/conv1` becomes
+`layer1.0.conv1`, so its weight is `layer1.0.conv1.weight`: the state-dict currency shared
+with the Numba backend and export files). Parameter-free ops become plain function calls, so
+`module.code` reads like hand-written PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from nasgraph.ir import Graph, Node, ops
+
+# kind -> builds the submodule holding the node's weights (and buffers)
+ModuleFactory = Callable[[Node, Graph], nn.Module]
+# kind -> emits the node's computation into the fx graph, given its fx inputs
+Emitter = Callable[[fx.Graph, Node, list[fx.Node]], fx.Node]
+
+ACTIVATIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "relu": torch.relu, "relu6": F.relu6, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+    "silu": F.silu, "hardswish": F.hardswish, "gelu": F.gelu,
+}
+
+
+def _in_channels(node: Node, graph: Graph) -> int:
+    return graph[node.inputs[0]].type.channels
+
+
+def _conv(node: Node, graph: Graph) -> nn.Module:
+    op: ops.Conv2d = node.op
+    return nn.Conv2d(_in_channels(node, graph), op.out_channels, op.kernel, op.stride, op.pad,
+                     op.dilation, op.groups, op.bias)
+
+
+def _bn(node: Node, graph: Graph) -> nn.Module:
+    return nn.BatchNorm2d(node.type.channels, eps=node.op.eps, momentum=node.op.momentum)
+
+
+def _linear(node: Node, graph: Graph) -> nn.Module:
+    return nn.Linear(_in_channels(node, graph), node.op.out_features, node.op.bias)
+
+
+def _dropout(node: Node, graph: Graph) -> nn.Module:
+    return nn.Dropout(node.op.p)
+
+
+MODULES: dict[str, ModuleFactory] = {
+    "conv2d": _conv, "batchnorm2d": _bn, "linear": _linear, "dropout": _dropout,
+}
+
+
+def _call(fn: Callable, *args: object, **kwargs: object) -> Emitter:
+    """An emitter calling `fn(*inputs, *args, **kwargs)`."""
+    return lambda g, node, xs: g.call_function(fn, (*xs, *args), kwargs)
+
+
+def _pool(fn: Callable) -> Emitter:
+    def emit(g: fx.Graph, node: Node, xs: list[fx.Node]) -> fx.Node:
+        op = node.op
+        kwargs = {"kernel_size": op.kernel, "stride": op.strides, "padding": op.padding,
+                  "ceil_mode": op.ceil_mode}
+        if isinstance(op, ops.AvgPool2d):
+            kwargs["count_include_pad"] = op.count_include_pad
+        return g.call_function(fn, (xs[0],), kwargs)
+    return emit
+
+
+def _add(g: fx.Graph, node: Node, xs: list[fx.Node]) -> fx.Node:
+    weights = node.op.weights or (1.0,) * len(xs)
+    terms = [x if w == 1.0 else g.call_function(operator.mul, (x, w))
+             for x, w in zip(xs, weights, strict=True)]
+    out = terms[0]
+    for t in terms[1:]:
+        out = g.call_function(operator.add, (out, t))
+    return out
+
+
+def _upsample(g: fx.Graph, node: Node, xs: list[fx.Node]) -> fx.Node:
+    op: ops.Upsample = node.op
+    kwargs: dict[str, object] = {"mode": op.mode}
+    if op.size is not None:
+        kwargs["size"] = op.size
+    else:
+        kwargs["scale_factor"] = op.scale
+    if op.mode == "bilinear":
+        kwargs["align_corners"] = op.align_corners
+    return g.call_function(F.interpolate, (xs[0],), kwargs)
+
+
+def _module(g: fx.Graph, node: Node, xs: list[fx.Node]) -> fx.Node:
+    return g.call_module(node.param_key, tuple(xs))
+
+
+EMITTERS: dict[str, Emitter] = {
+    "conv2d": _module, "batchnorm2d": _module, "linear": _module, "dropout": _module,
+    "activation": lambda g, node, xs: g.call_function(ACTIVATIONS[node.op.fn], (xs[0],)),
+    "maxpool2d": _pool(F.max_pool2d),
+    "avgpool2d": _pool(F.avg_pool2d),
+    "adaptive_avgpool2d": lambda g, node, xs: g.call_function(
+        F.adaptive_avg_pool2d, (xs[0], node.op.size)),
+    "global_avgpool": _call(F.adaptive_avg_pool2d, 1),
+    "concat": lambda g, node, xs: g.call_function(torch.cat, (xs,), {"dim": 1}),
+    "add": _add,
+    "mul": _call(operator.mul),
+    "flatten": _call(torch.flatten, 1),
+    "upsample": _upsample,
+    "channel_pad": lambda g, node, xs: g.call_function(
+        F.pad, (xs[0], (0, 0, 0, 0, node.op.before, node.op.after))),
+    # input, output and identity produce no computation: see lower()
+}
+PASS_THROUGH = {"identity", "output"}
+
+
+def _python_name(node_id: str) -> str:
+    name = re.sub(r"\W", "_", node_id.replace("/", "_"))
+    return name if name[0].isalpha() or name[0] == "_" else "n_" + name
+
+
+def _install(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Put `module` at dotted `path` under `root`, creating empty containers on the way."""
+    *parents, leaf = path.split(".")
+    for part in parents:
+        if not hasattr(root, part):
+            root.add_module(part, nn.Module())
+        root = getattr(root, part)
+    root.add_module(leaf, module)
+
+
+def initialize(module: nn.Module) -> None:
+    """He (Kaiming) initialization for convs, unit BN, torch's default for linear layers."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            bound = 1 / math.sqrt(m.in_features)
+            nn.init.uniform_(m.weight, -bound, bound)
+            if m.bias is not None:
+                nn.init.uniform_(m.bias, -bound, bound)
+
+
+def lower(graph: Graph) -> fx.GraphModule:
+    """A torch.fx.GraphModule computing `graph`, randomly initialized.
+
+    Inputs are N x C x H x W tensors in the order of `graph.inputs`; the result is one
+    tensor, or a tuple when the graph has several outputs.
+
+        >>> import torch, nasgraph
+        >>> from nasgraph.backends.torch import lower
+        >>> m = lower(nasgraph.zoo.get("resnet18", num_classes=10, input_shape=(3, 32, 32)))
+        >>> m(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+        >>> sorted(m.state_dict())[:2]
+        ['bn1.bias', 'bn1.num_batches_tracked']
+    """
+    root = nn.Module()
+    g = fx.Graph()
+    values: dict[str, fx.Node] = {}
+    results: list[fx.Node] = []
+    for node in graph:
+        xs = [values[i] for i in node.inputs]
+        if node.kind in MODULES:
+            _install(root, node.param_key, MODULES[node.kind](node, graph))
+        if node.kind == "input":
+            value = g.placeholder(_python_name(node.id))
+        elif node.kind in PASS_THROUGH:
+            value = xs[0]
+            if node.kind == "output":
+                results.append(value)
+        else:
+            value = EMITTERS[node.kind](g, node, xs)
+            if value.op != "placeholder":
+                value.name = _python_name(node.id)
+        values[node.id] = value
+    g.output(results[0] if len(results) == 1 else tuple(results))
+    module = fx.GraphModule(root, g, class_name=_class_name(graph.name))
+    initialize(module)
+    return module
+
+
+def _class_name(name: str) -> str:
+    words = re.split(r"\W+|_", name)
+    return "".join(w[:1].upper() + w[1:] for w in words if w) or "Model"
