@@ -56,7 +56,10 @@ def _receptive_fields(graph: Graph) -> dict[str, tuple[tuple[float, float],
         if not node.inputs:
             fields[node.id] = ((1.0, 1.0), (1.0, 1.0))
             continue
-        if node.op.is_global or any(f is None for f in ins):
+        # A global input (a squeeze-excitation gate) scales a spatial path without widening
+        # it: a merge follows its spatial inputs and is global only when all inputs are.
+        ins = [f for f in ins if f is not None]
+        if node.op.is_global or not ins:
             fields[node.id] = None
             continue
         size = tuple(max(f[0][a] for f in ins) for a in (0, 1))
