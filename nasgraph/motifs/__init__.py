@@ -5,6 +5,29 @@ Each exposes the three search dimensions where they apply: width (channels), dep
 """
 
 from nasgraph.motifs.conv import conv_unit, same_padding
+from nasgraph.motifs.inception import (
+    Branch,
+    ConvLayer,
+    ExpandedInception,
+    FactorizedInception,
+    GridReduction,
+    InceptionModule,
+    InceptionResNetBlock,
+    InceptionV1,
+    InceptionV4Stem,
+    PoolLayer,
+    inception_block,
+    inception_resnet_block,
+    inception_stage,
+    inception_v4_stem,
+)
+from nasgraph.motifs.nin import MlpConv, mlpconv
 from nasgraph.motifs.residual import ResidualBlock, residual_block, residual_stage
 
-__all__ = ["ResidualBlock", "conv_unit", "residual_block", "residual_stage", "same_padding"]
+__all__ = [
+    "Branch", "ConvLayer", "ExpandedInception", "FactorizedInception", "GridReduction",
+    "InceptionModule", "InceptionResNetBlock", "InceptionV1", "InceptionV4Stem", "MlpConv",
+    "PoolLayer", "ResidualBlock", "conv_unit", "inception_block", "inception_resnet_block",
+    "inception_stage", "inception_v4_stem", "mlpconv", "residual_block", "residual_stage",
+    "same_padding",
+]

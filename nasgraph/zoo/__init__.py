@@ -6,7 +6,7 @@ independent implementation (tests/test_zoo.py).
     True
 """
 
-from nasgraph.zoo import lenet, resnet  # noqa: F401  (registers the models)
+from nasgraph.zoo import inception, lenet, nin, resnet  # noqa: F401  (registers the models)
 from nasgraph.zoo._registry import ZooEntry, entry, get, names, register
 
 __all__ = ["ZooEntry", "entry", "get", "names", "register"]
