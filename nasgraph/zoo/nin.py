@@ -15,7 +15,7 @@ Shape = tuple[int, int, int]
 
 
 @register("nin_cifar", family="nin", num_classes=10, input_shape=(3, 32, 32),
-          min_input=(3, 7, 7))
+          min_input=(3, 4, 4))
 def nin_cifar(num_classes: int = 10, input_shape: Shape = (3, 32, 32)) -> Graph:
     """The paper's CIFAR-10 network, as its published Caffe model: three mlpconv layers,
     max then average pooling (Caffe rounds pooled sizes up), dropout, global average pool."""
