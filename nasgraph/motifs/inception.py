@@ -126,10 +126,10 @@ def _chain(widths: Sequence[int], kernel: int, asymmetric: bool,
     return tuple(layers)
 
 
-def _pool_branch(widths: int, kind: str, count_include_pad: bool,
+def _pool_branch(width: int, kind: str, count_include_pad: bool,
                  ceil_mode: bool = False) -> Branch:
     pool = PoolLayer(kind=kind, ceil_mode=ceil_mode, count_include_pad=count_include_pad)
-    return Branch(layers=(pool, ConvLayer(out_channels=widths)))
+    return Branch(layers=(pool, ConvLayer(out_channels=width)))
 
 
 def _some(branches: list[Branch | None]) -> tuple[Branch, ...]:
@@ -293,7 +293,7 @@ class GridReduction(_Module):
 
 
 class InceptionResNetBlock(_Module):
-    """Inception-ResNet's residual module (Szegedy et al. 2016, figures 16-19): branches,
+    """Inception-ResNet's residual module (Szegedy et al. 2016, figures 16, 17 and 19): branches,
     concatenated, a 1x1 conv (with bias, no BN) back to the input's channels, then
     `x + scale * branches` and a ReLU (`act`).
 
@@ -356,8 +356,8 @@ class InceptionV4Stem(_Config):
                 InceptionModule(branches=(strided(self.mixed5), pool)))
 
 
-AnyModule = InceptionModule | InceptionV1 | FactorizedInception | ExpandedInception | \
-    GridReduction
+AnyModule = (InceptionModule | InceptionV1 | FactorizedInception | ExpandedInception
+             | GridReduction)
 
 
 # ---------------------------------------------------------------------------- builders
