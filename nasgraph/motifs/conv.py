@@ -23,8 +23,8 @@ def conv_unit(b: GraphBuilder, x: Tensor, out_channels: int, kernel: Size = 3, *
 
     `padding` defaults to 'same'-style padding for the kernel (so 1x7 pads (0, 3));
     `bias` defaults to True only without BN. `act=None` leaves the activation out and
-    `bn=False` the normalization; `eps` is BN's. `names` are the ids of the three nodes in the
-    current scope (None: the default name).
+    `bn=False` the normalization; `eps` is BN's (TensorFlow-born models use 1e-3). `names` are
+    the ids of the three nodes in the current scope (None: the default name).
     """
     padding = same_padding(kernel, dilation) if padding is None else padding
     bias = (not bn) if bias is None else bias
