@@ -71,7 +71,8 @@ def fuse_epilogues(graph: Graph) -> Graph:
         inputs, act, residual = node.inputs, None, False
         tail = node.id
         nxt = sole_consumer(graph, tail)
-        if nxt is not None and (other := _fusable_add(graph, nxt, tail)) is not None \
+        if nxt is not None and nxt not in rename \
+                and (other := _fusable_add(graph, nxt, tail)) is not None \
                 and resolve(rename, other) not in {resolve(rename, i) for i in inputs}:
             inputs, residual = (*inputs, other), True
             rename[nxt] = node.id
