@@ -26,8 +26,8 @@ class ResidualBlock(BaseModel):
 
     `shortcut` says how the identity path changes shape when it must: `"conv"`, a 1x1
     projection (He et al.'s option B); `"pad"`, parameter-free subsampling and zero channels
-    (option A, the CIFAR ResNets). `dropout` sits between the convs of a pre-activation
-    block, as in wide ResNets.
+    (option A, the CIFAR ResNets). `dropout` sits before the block's last conv, between the
+    convs of a basic block as in wide ResNets.
 
         >>> from nasgraph.ir import GraphBuilder
         >>> b = GraphBuilder()
@@ -80,6 +80,8 @@ def residual_block(b: GraphBuilder, x: Tensor, cfg: ResidualBlock) -> Tensor:
             shortcut = b.bn(shortcut, name="1")
     for k, (width, kernel, stride) in enumerate(_layers(cfg), start=1):
         last = k == len(_layers(cfg))
+        if last and cfg.dropout:
+            x = b.dropout(x, cfg.dropout)
         pad = cfg.dilation if kernel == 3 else 0
         x = b.conv(x, width, kernel, stride=stride, padding=pad,
                    dilation=cfg.dilation if kernel == 3 else 1,

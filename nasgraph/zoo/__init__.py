@@ -6,19 +6,10 @@ independent implementation (tests/zoo/).
     True
 """
 
-from nasgraph.zoo import (  # noqa: F401  (registers the models)
-    alexnet,
-    densenet,
-    fcn,
-    lenet,
-    preact_resnet,
-    pyramidnet,
-    resnet,
-    resnext,
-    squeezenet,
-    vgg,
-    wide_resnet,
-)
+# Families register in the order they were published, which is the order `nasgraph zoo`
+# lists them.
+from nasgraph.zoo import lenet, alexnet, vgg, resnet, fcn, squeezenet  # noqa: F401, I001
+from nasgraph.zoo import preact_resnet, wide_resnet, densenet, resnext, pyramidnet  # noqa: F401
 from nasgraph.zoo._registry import ZooEntry, entry, get, names, register
 
 __all__ = ["ZooEntry", "entry", "get", "names", "register"]

@@ -66,6 +66,8 @@ def test_dropout_sits_between_the_convs_of_a_wide_block():
     assert g.predecessors("conv2")[0].id == drop.id
     assert g.predecessors(drop.id)[0].id == "relu_1"
     assert not any(isinstance(n.op, ops.Dropout) for n in block(ResidualBlock(planes=16)))
+    post = block(ResidualBlock(kind="bottleneck", planes=4, dropout=0.2))
+    assert isinstance(post.predecessors("conv3")[0].op, ops.Dropout)
 
 
 def test_groups_are_the_cardinality():
