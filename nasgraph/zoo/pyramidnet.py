@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph, GraphBuilder
 from nasgraph.motifs import pyramid_stage, pyramid_widths
 from nasgraph.zoo._registry import register
@@ -22,7 +23,7 @@ def pyramidnet_cifar(name: str, depth: int, alpha: float, num_classes: int = 10,
     (depth - 2) / 6 blocks widening to 16 + alpha channels, BN-ReLU, global average pooling
     and a linear classifier (as in the authors' PyTorch code)."""
     if (depth - 2) % 6:
-        raise ValueError(f"PyramidNet depth {depth} is not 6n+2 (basic blocks)")
+        raise NasgraphError(f"PyramidNet depth {depth} is not 6n+2; hint: 110, 164, 200, ...")
     n = (depth - 2) // 6
     widths = pyramid_widths(16, alpha, 3 * n)
     b = GraphBuilder(name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph, GraphBuilder
 from nasgraph.motifs import ResidualBlock, residual_stage
 from nasgraph.zoo._registry import register
@@ -28,7 +29,7 @@ def wide_resnet_cifar(name: str, depth: int, widen: int, dropout: float = 0.0,
     pre-activation basic blocks with 16k, 32k and 64k channels, BN-ReLU, global average
     pooling and a linear classifier. A 1x1 conv projects the shortcut where widths change."""
     if (depth - 4) % 6:
-        raise ValueError(f"WRN depth {depth} is not 6n+4")
+        raise NasgraphError(f"WRN depth {depth} is not 6n+4; hint: 16, 22, 28, 40, ...")
     b = GraphBuilder(name)
     x = b.input(*input_shape)
     x = b.conv(x, 16, 3, padding=1, bias=False, name="conv1")
