@@ -352,13 +352,14 @@ def _node_attrs(graph: Graph, unit: Unit, costs: dict, show: set[str]) -> dict[s
     macs = sum(costs[m].macs for m in unit.members)
     if unit.kind == "block":
         paths = math.prod(multiplicity(graph.subgraph(s)) for s in unit.scopes)
-        title = unit.title + (f"  \u00d7 {unit.count}" if unit.count > 1 else "")
+        title = unit.title + (f" \u00d7 {unit.count}" if unit.count > 1 else "")
         lines = [f"params {_si(params)} \u00b7 MACs {_si(macs)}", _paths(paths)]
         if "shape" in show:
             lines.append(_shape_line(graph, unit))
         attrs = dict(BLOCK_STYLE, label=_html(title, lines, bold=True))
         attrs["class"] = "block"
-        attrs["tooltip"] = f"{_block_title(unit.scopes)}: {len(unit.members)} ops"
+        attrs["tooltip"] = (f"{_block_title(unit.scopes)}: {len(unit.members)} ops; "
+                            f"params {params:,}; MACs {macs:,}; {_paths(paths)}")
     else:
         head = graph[unit.members[0]]
         lines = []
