@@ -168,6 +168,7 @@ def render_command(
     repeat: Annotated[bool, typer.Option(
         "--repeat/--no-repeat", help="Collapsed: identical consecutive blocks as one 'x N'.")
     ] = True,
+    dpi: Annotated[int, typer.Option("--dpi", min=1, help="PNG resolution.")] = 96,
     debug: Debug = False,
 ) -> None:
     """Draw a model: SVG, PNG or PDF with graphviz's dot, or the DOT source.
@@ -181,7 +182,7 @@ def render_command(
 
     graph = resolve_model(model, input)
     path = render(graph, output or Path(f"{graph.name}.svg"), collapse=collapse, depth=depth,
-                  direction=direction, show=show, merge=merge, repeat=repeat)
+                  direction=direction, show=show, merge=merge, repeat=repeat, dpi=dpi)
     console.print(f"wrote {path}", highlight=False)
 
 

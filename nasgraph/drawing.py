@@ -310,7 +310,7 @@ def _shape_line(graph: Graph, unit: Unit) -> str:
 
 def to_dot(graph: Graph, *, collapse: bool = False, depth: int | None = None,
            direction: str = "TB", show: Iterable[str] | str = (), merge: bool = True,
-           repeat: bool = True) -> str:
+           repeat: bool = True, dpi: int | None = None) -> str:
     """The DOT source of the picture `render` draws (same options)."""
     if direction not in DIRECTIONS:
         raise RenderError(f"direction {direction!r}: expected one of {', '.join(DIRECTIONS)}")
@@ -320,6 +320,7 @@ def to_dot(graph: Graph, *, collapse: bool = False, depth: int | None = None,
     dot = graphviz.Digraph(graph.name, graph_attr={
         "rankdir": direction, "fontname": FONT, "fontsize": "11", "nodesep": "0.25",
         "ranksep": "0.3", "labeljust": "l", "newrank": "true",
+        **({"dpi": str(dpi)} if dpi else {}),
     }, node_attr={"fontname": FONT, "fontsize": "11", "height": "0.3",
                   "margin": "0.12,0.04", "penwidth": "1.2"},
         edge_attr={"fontname": FONT, "fontsize": "9", "fontcolor": "#444444",
@@ -398,7 +399,7 @@ INSTALL_HINT = ("install graphviz (apt install graphviz, brew install graphviz o
 
 def render(graph: Graph, path: str | Path, *, collapse: bool = False, depth: int | None = None,
            direction: str = "TB", show: Iterable[str] | str = (), merge: bool = True,
-           repeat: bool = True) -> Path:
+           repeat: bool = True, dpi: int = 96) -> Path:
     """Draw `graph` into `path`: .svg, .png, .pdf (with graphviz's `dot`) or .dot (source).
 
     Args:
@@ -414,6 +415,7 @@ def render(graph: Graph, path: str | Path, *, collapse: bool = False, depth: int
         show: extra lines in op nodes: any of "shape", "params", "macs".
         merge: draw conv-BN-activation chains as one node.
         repeat: with `collapse`, draw identical consecutive blocks once, "x N".
+        dpi: resolution of a PNG (150 or more for print).
 
     Returns:
         The path written.
@@ -431,8 +433,10 @@ def render(graph: Graph, path: str | Path, *, collapse: bool = False, depth: int
     if fmt not in FORMATS:
         raise RenderError(f"{path}: unknown picture format {path.suffix!r}; hint: use "
                           f"{', '.join('.' + f for f in FORMATS)}")
+    if dpi < 1:
+        raise RenderError(f"dpi {dpi}: must be positive")
     source = to_dot(graph, collapse=collapse, depth=depth, direction=direction, show=show,
-                    merge=merge, repeat=repeat)
+                    merge=merge, repeat=repeat, dpi=dpi if fmt == "png" else None)
     if fmt == "dot":
         _write(path, source.encode())
         return path
