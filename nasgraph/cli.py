@@ -152,7 +152,7 @@ def render_command(
     model: Annotated[str, typer.Argument(help="A zoo model name or a graph JSON file.")],
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="Picture to write: .svg, .png, .pdf or .dot "
-        "[default: MODEL.svg].")] = None,
+        "(default: MODEL.svg).")] = None,
     input: Annotated[str | None, typer.Option("--input", help="Input size CxHxW.")] = None,
     collapse: Annotated[bool, typer.Option(
         "--collapse", help="Draw each block as one node with its totals.")] = False,
@@ -173,8 +173,7 @@ def render_command(
 ) -> None:
     """Draw a model: SVG, PNG or PDF with graphviz's dot, or the DOT source.
 
-    Without dot, writes the .dot file, says how to install graphviz and exits with code 2
-    (code 0 when .dot was asked for).
+    Without dot: writes the .dot file, says how to install graphviz, exits with code 2.
 
     Example: nasgraph render resnet50 --collapse -o resnet50.svg
     """
