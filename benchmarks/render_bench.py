@@ -28,6 +28,7 @@ from _report import machine, write_section  # noqa: E402
 from nasgraph import zoo  # noqa: E402
 from nasgraph.drawing import plan, render  # noqa: E402
 
+
 def cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the dot process
