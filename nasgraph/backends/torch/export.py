@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from nasgraph.backends.torch.lower import lower
+from nasgraph.backends.torch.weights import import_weights
 from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph, Node, ops
 
@@ -263,18 +264,13 @@ def _state_dict(graph: Graph, state_dict: Mapping[str, torch.Tensor] | None
     """`lower(graph)` with `state_dict` loaded (strictly), and its state dict on the CPU."""
     module = lower(graph)
     if state_dict is not None:
-        try:
-            module.load_state_dict(state_dict)
-        except RuntimeError as e:
-            first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
-            raise NasgraphError(f"weights do not fit graph {graph.name!r}: {first}; hint: "
-                                "use a state dict of lower(graph) (import_torchvision_weights "
-                                "maps torchvision's)") from None
+        module.load_state_dict(import_weights(graph, state_dict, origin="given"))
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     return module.eval(), state
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         write(tmp)
