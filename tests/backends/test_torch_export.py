@@ -204,3 +204,28 @@ def test_torch_export_and_jit_trace_agree_with_eager():
         assert _max_diff(traced(x), want) <= 1e-5
         scripted = torch.jit.script(lower(zoo.get("lenet5")).eval())
         assert scripted.code  # fx modules are scriptable
+
+
+def _odd_graph(name: str):
+    from nasgraph.ir import Graph, ops
+
+    return Graph([("x", ops.Input(channels=3, height=8, width=8), []),
+                  ("0", ops.Conv2d(out_channels=4, kernel=3, padding=1), ["x"]),
+                  ("features/0", ops.Conv2d(out_channels=4, kernel=3, padding=1), ["0"]),
+                  (f"features/{name}", ops.BatchNorm2d(), ["features/0"]),
+                  ("out", ops.Output(), [f"features/{name}"])], name="odd")
+
+
+def test_numeric_and_method_like_node_ids_export(tmp_path):
+    g = _odd_graph("items")  # a method of dicts, a plain name for a block
+    module = lower(g).eval()
+    export_python(g, tmp_path / "odd.py", module.state_dict())
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        assert _max_diff(_load_source(tmp_path / "odd.py").load_model()(x), module(x)) == 0
+
+
+def test_a_node_id_clashing_with_nn_module_is_one_clear_error():
+    with pytest.raises(NasgraphError, match=r"node 'features/type' \(batchnorm2d\): cannot "
+                                            r"become submodule 'features.type'.*rename"):
+        lower(_odd_graph("type"))

@@ -112,7 +112,7 @@ SOURCE: dict[str, SourceEmitter] = {
 }
 
 _RESERVED = {"self", "torch", "nn", "F", "Path", "load_file", "Model", "load_model"}
-_MODULE_ATTRS = set(dir(nn.ModuleDict)) | set(dir(nn.Module))
+_MODULE_ATTRS = set(dir(nn.Module))
 
 
 def _variable_base(node_id: str) -> str:
@@ -158,7 +158,7 @@ def python_source(graph: Graph, weights_name: str | None = None) -> str:
             path = ".".join(parents[:k])
             if path not in containers:
                 containers.add(path)
-                init.append(f"{_assign(path)} = nn.ModuleDict()")
+                init.append(f"{_assign(path)} = Block()")
         init.append(f"{_assign(node.param_key)} = {MODULE_SOURCE[node.kind](node, graph)}")
 
     # Variables are named after node ids; a name is reused once its value is dead, like
@@ -221,6 +221,16 @@ def python_source(graph: Graph, weights_name: str | None = None) -> str:
         "from torch import nn",
         "",
         f"WEIGHTS = {weights}",
+        "",
+        "",
+        "class Block(nn.Module):",
+        '    """A block scope of the graph: submodules by name, `block["0"]` or `block.conv1`."""',
+        "",
+        "    def __getitem__(self, name):",
+        "        return self._modules[name]",
+        "",
+        "    def __setitem__(self, name, module):",
+        "        self.add_module(name, module)",
         "",
         "",
         "class Model(nn.Module):",

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from nasgraph.errors import GraphError
 from nasgraph.ir import Graph, Node, ops
 
 # kind -> builds the submodule holding the node's weights (and buffers)
@@ -175,7 +176,12 @@ def lower(graph: Graph, *, channels_last: bool = False,
     for node in graph:
         xs = [values[i] for i in node.inputs]
         if node.kind in MODULES:
-            _install(root, node.param_key, MODULES[node.kind](node, graph))
+            try:
+                _install(root, node.param_key, MODULES[node.kind](node, graph))
+            except KeyError as e:  # a path component that is an nn.Module attribute
+                raise GraphError(f"node {node.id!r} ({node.kind}): cannot become submodule "
+                                 f"{node.param_key!r}: {e.args[0]}; hint: rename the node "
+                                 "(ids like 'type' or 'forward' clash with nn.Module)") from None
         if node.kind == "input":
             value = g.placeholder(_python_name(node.id))
         elif node.kind in PASS_THROUGH:
