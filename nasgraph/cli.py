@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import json
 import re
+import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -183,6 +185,142 @@ def render_command(
     path = render(graph, output or Path(f"{graph.name}.svg"), collapse=collapse, depth=depth,
                   direction=direction, show=show, merge=merge, repeat=repeat, dpi=dpi)
     console.print(f"wrote {path}", highlight=False)
+
+
+def _load_weights(path: str) -> dict:
+    """A state dict from a .safetensors file or a torch .pt/.pth file."""
+    import torch
+
+    if not Path(path).is_file():
+        raise NasgraphError(f"--weights {path}: no such file")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise NasgraphError(f"--weights {path}: not a state dict (got {type(state).__name__})")
+    return state
+
+
+@app.command()
+@_one_line_errors
+def export(
+    model: Annotated[str, typer.Argument(help="A zoo model name or a graph JSON file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The file to write.")],
+    weights: Annotated[str | None, typer.Option(
+        "--weights", help="State dict (.safetensors or .pt) of the lowered model; "
+        "random initialization without it.")] = None,
+    format: Annotated[str, typer.Option(
+        "--format", help="python (source + .safetensors), torchscript or onnx.")] = "python",
+    input: Annotated[str | None, typer.Option("--input", help="Input size CxHxW.")] = None,
+    classes: Annotated[int | None, typer.Option("--classes", help="Number of classes.")] = None,
+    debug: Debug = False,
+) -> None:
+    """Export a model as standalone PyTorch source, TorchScript or ONNX.
+
+    Example: nasgraph export resnet18 -o resnet18.py --weights resnet18.safetensors
+    """
+    from nasgraph.backends.torch import export as export_graph
+
+    if format not in ("python", "torchscript", "onnx"):
+        raise NasgraphError(f"--format {format!r}: expected python, torchscript or onnx")
+    graph = resolve_model(model, input, classes)
+    state = _load_weights(weights) if weights else None
+    for path in export_graph(graph, output, format, state):  # type: ignore[arg-type]
+        console.print(f"wrote {path}", highlight=False)
+
+
+Step = Callable[[], list[tuple[int, ...]]]
+Runner = Callable[[Graph, str, int, int | None], Step]
+
+
+def _torch_runner(graph: Graph, device: str, batch: int, threads: int | None) -> Step:
+    """One forward pass of the lowered graph on random input (synchronized on CUDA)."""
+    import torch
+
+    from nasgraph.backends.torch import lower
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NasgraphError("--device cuda: no CUDA device is available; hint: --device cpu")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    module = lower(graph).to(device).eval()
+    xs = [torch.randn(batch, *n.type.shape, device=device) for n in graph.inputs]
+
+    def step() -> list[tuple[int, ...]]:
+        with torch.no_grad():
+            ys = module(*xs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return [tuple(y.shape) for y in (ys if isinstance(ys, tuple) else (ys,))]
+
+    return step
+
+
+def _numba_runner(graph: Graph, device: str, batch: int, threads: int | None) -> Step:
+    """One call of the Numba executor, compiled for this batch with random weights."""
+    import numpy as np
+
+    from nasgraph.backends import numba as numba_backend
+    from nasgraph.backends.torch import lower
+
+    if device != "cpu":
+        raise NasgraphError(f"--device {device}: the numba backend runs on the cpu only")
+    executor = numba_backend.compile(graph, lower(graph).eval().state_dict(), batch=batch,
+                                     threads=threads)
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((batch, *n.type.shape), dtype=np.float32) for n in graph.inputs]
+
+    def step() -> list[tuple[int, ...]]:
+        ys = executor(*xs)
+        return [y.shape for y in (ys if isinstance(ys, tuple) else (ys,))]
+
+    return step
+
+
+RUNNERS: dict[str, Runner] = {"torch": _torch_runner, "numba": _numba_runner}
+
+
+@app.command()
+@_one_line_errors
+def run(
+    model: Annotated[str, typer.Argument(help="A zoo model name or a graph JSON file.")],
+    backend: Annotated[str, typer.Option("--backend", help="torch or numba.")] = "torch",
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size.")] = 1,
+    bench: Annotated[bool, typer.Option("--bench", help="Time repeated passes.")] = False,
+    iters: Annotated[int, typer.Option("--iters", min=1, help="Timed passes with --bench.")] = 20,
+    input: Annotated[str | None, typer.Option("--input", help="Input size CxHxW.")] = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", min=1, help="CPU threads (default: all cores).")] = None,
+    debug: Debug = False,
+) -> None:
+    """Run a forward pass on random input; with --bench, median latency and images/s.
+
+    Example: nasgraph run resnet50 --backend torch --batch 8 --bench
+    """
+    if backend not in RUNNERS:
+        raise NasgraphError(f"--backend {backend!r}: expected {' or '.join(RUNNERS)}")
+    if device not in ("cpu", "cuda"):
+        raise NasgraphError(f"--device {device!r}: expected cpu or cuda")
+    graph = resolve_model(model, input)
+    step = RUNNERS[backend](graph, device, batch, threads)
+    shapes = step()
+    console.print(f"{graph.name}: {backend} on {device}, batch {batch} -> "
+                  + ", ".join("x".join(map(str, s)) for s in shapes), highlight=False)
+    if not bench:
+        return
+    for _ in range(min(3, iters)):  # warm up: allocator, kernel selection, JIT
+        step()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    console.print(f"median latency {median * 1e3:.2f} ms over {iters} passes, "
+                  f"{batch / median:.1f} images/s", highlight=False)
 
 
 def main() -> None:

@@ -30,20 +30,31 @@ def randomized(graph, seed=0):
     return m
 
 
+def _tuple(y):
+    return y if isinstance(y, tuple) else (y,)
+
+
 def assert_agree(graph, batch=2, seed=0, **kwargs):
+    """numba's outputs equal torch's within 1e-4 of the output scale, or, where float32
+    itself cannot reach that (ResNet-1001's random activations grow to 1e33), within twice
+    torch-float32's own error against a float64 reference: agreement to float32 precision."""
     m = randomized(graph, seed)
     x = np.random.default_rng(seed).standard_normal(
         (batch, *graph.inputs[0].type.shape)).astype(np.float32)
-    got = nb.compile(graph, m.state_dict(), **kwargs)(x)
+    got = _tuple(nb.compile(graph, m.state_dict(), **kwargs)(x))
     with torch.no_grad():
-        want = m(torch.from_numpy(x))
-    got = got if isinstance(got, tuple) else (got,)
-    want = want if isinstance(want, tuple) else (want,)
-    for g, w in zip(got, want, strict=True):
-        w = w.numpy()
+        want = [w.numpy() for w in _tuple(m(torch.from_numpy(x)))]
+    exact = None
+    for k, (g, w) in enumerate(zip(got, want, strict=True)):
         assert g.shape == w.shape
         scale = max(1.0, float(np.abs(w).max()))
-        assert float(np.abs(g - w).max()) <= 1e-4 * scale
+        if float(np.abs(g - w).max()) <= 1e-4 * scale:
+            continue
+        if exact is None:
+            with torch.no_grad():
+                exact = [e.numpy() for e in _tuple(m.double()(torch.from_numpy(x).double()))]
+        torch_error = float(np.abs(w - exact[k]).max())
+        assert float(np.abs(g - exact[k]).max()) <= max(2 * torch_error, 1e-4 * scale)
 
 
 def test_every_registered_op_has_a_kernel():
@@ -96,6 +107,10 @@ def test_wrong_input_shape_names_the_graph():
         run(np.zeros((1, 3, 5, 5), np.float32))
 
 
-def test_run_numba_reports_shapes_memory_and_time():
-    r = nb.run_numba(_small("lenet5"), batch=3, bench=True, repeats=2)
-    assert r["outputs"] == [[3, 10]] and r["median_s"] > 0 and r["peak_memory_bytes"] > 0
+def test_cli_runs_the_numba_backend():
+    from tests.test_cli import nasgraph_cli
+
+    r = nasgraph_cli("run", "lenet5", "--backend", "numba", "--batch", "3", "--threads", "1",
+                     "--bench", "--iters", "2")
+    assert r.returncode == 0, r.stderr
+    assert "numba on cpu, batch 3 -> 3x10" in r.stdout and "images/s" in r.stdout

@@ -68,8 +68,9 @@ def test_drop_identities_keeps_one_a_consumer_needs():
 @given(graphs())
 def test_memory_plan_peak_is_the_analysis_figure_and_slots_never_overlap(g):
     plan = plan_memory(g)
+    # (In-place concat saves copies but can raise the peak: the concat's buffer lives from
+    # its first producer on. So the plan's peak is compared with the in-place analysis only.)
     assert plan.peak_bytes == peak_memory_bytes(g, concat_in_place=True)
-    assert plan.peak_bytes <= peak_memory_bytes(g)
     ranges = live_ranges(g, concat_in_place=True)
     for s, (a0, a1) in ranges.items():
         assert plan.slot_bytes[plan.slot[s]] >= g[s].type.nbytes

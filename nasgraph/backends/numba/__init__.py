@@ -12,6 +12,5 @@ import os
 os.environ.setdefault("NUMBA_SLP_VECTORIZE", "1")
 
 from nasgraph.backends.numba.executor import Executor, compile  # noqa: E402
-from nasgraph.backends.numba.run import run_numba  # noqa: E402
 
-__all__ = ["Executor", "compile", "run_numba"]
+__all__ = ["Executor", "compile"]

@@ -1,5 +1,26 @@
-"""The PyTorch backend: lower a Graph to a torch.fx.GraphModule."""
+"""The PyTorch backend: lowering to torch.fx, inference options, weight import, export."""
 
+from nasgraph.backends.torch.export import (
+    MODULE_SOURCE,
+    SOURCE,
+    export,
+    export_onnx,
+    export_python,
+    export_torchscript,
+    python_source,
+)
+from nasgraph.backends.torch.inference import Autocast, fuse_conv_bn, prepare
 from nasgraph.backends.torch.lower import EMITTERS, MODULES, PASS_THROUGH, initialize, lower
+from nasgraph.backends.torch.weights import (
+    expected_state,
+    import_timm_weights,
+    import_torchvision_weights,
+    import_weights,
+)
 
-__all__ = ["EMITTERS", "MODULES", "PASS_THROUGH", "initialize", "lower"]
+__all__ = [
+    "EMITTERS", "MODULES", "MODULE_SOURCE", "PASS_THROUGH", "SOURCE", "Autocast",
+    "expected_state", "export", "export_onnx", "export_python", "export_torchscript",
+    "fuse_conv_bn", "import_timm_weights", "import_torchvision_weights", "import_weights",
+    "initialize", "lower", "prepare", "python_source",
+]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from nasgraph.errors import GraphError
 from nasgraph.ir import Graph, Node, ops
 
 # kind -> builds the submodule holding the node's weights (and buffers)
@@ -151,11 +152,14 @@ def initialize(module: nn.Module) -> None:
                 nn.init.uniform_(m.bias, -bound, bound)
 
 
-def lower(graph: Graph) -> fx.GraphModule:
+def lower(graph: Graph, *, channels_last: bool = False,
+          autocast: str | torch.dtype | None = None) -> nn.Module:
     """A torch.fx.GraphModule computing `graph`, randomly initialized.
 
     Inputs are N x C x H x W tensors in the order of `graph.inputs`; the result is one
-    tensor, or a tuple when the graph has several outputs.
+    tensor, or a tuple when the graph has several outputs. `channels_last` stores 4-D
+    weights NHWC; `autocast` ("bf16" or "fp16") wraps the module in `Autocast`. Neither
+    changes the state dict keys. Inference-time BN folding: `fuse_conv_bn`.
 
         >>> import torch, nasgraph
         >>> from nasgraph.backends.torch import lower
@@ -172,7 +176,12 @@ def lower(graph: Graph) -> fx.GraphModule:
     for node in graph:
         xs = [values[i] for i in node.inputs]
         if node.kind in MODULES:
-            _install(root, node.param_key, MODULES[node.kind](node, graph))
+            try:
+                _install(root, node.param_key, MODULES[node.kind](node, graph))
+            except KeyError as e:  # a path component that is an nn.Module attribute
+                raise GraphError(f"node {node.id!r} ({node.kind}): cannot become submodule "
+                                 f"{node.param_key!r}: {e.args[0]}; hint: rename the node "
+                                 "(ids like 'type' or 'forward' clash with nn.Module)") from None
         if node.kind == "input":
             value = g.placeholder(_python_name(node.id))
         elif node.kind in PASS_THROUGH:
@@ -187,6 +196,10 @@ def lower(graph: Graph) -> fx.GraphModule:
     g.output(results[0] if len(results) == 1 else tuple(results))
     module = fx.GraphModule(root, g, class_name=_class_name(graph.name))
     initialize(module)
+    if channels_last or autocast is not None:
+        from nasgraph.backends.torch.inference import prepare
+
+        return prepare(module, channels_last=channels_last, autocast=autocast)
     return module
 
 

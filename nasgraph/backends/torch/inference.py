@@ -1,0 +1,118 @@
+"""Inference-time options of a lowered module: BN folding, channels_last, autocast.
+
+Folding rewrites the fx module (a conv followed by its batch norm becomes one conv); the
+graph-level `fold_batchnorm` pass does the same on a Graph for the Numba backend. Autocast
+wraps the module without renaming anything: the wrapper's state dict keys are the module's.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from nasgraph.errors import NasgraphError
+
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}
+
+
+def _target(module: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return module.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def fuse_conv_bn(module: fx.GraphModule) -> fx.GraphModule:
+    """A copy of `module`, in eval mode, with each conv -> batch norm pair folded into the conv.
+
+    A batch norm is folded when its input is a conv whose output nothing else reads. The
+    folded module computes the same function in eval mode with one pass less over memory;
+    its state dict lacks the folded batch norms.
+
+        >>> import torch, nasgraph
+        >>> from nasgraph.backends.torch import fuse_conv_bn, lower
+        >>> m = lower(nasgraph.zoo.get("resnet18", input_shape=(3, 32, 32))).eval()
+        >>> f = fuse_conv_bn(m)
+        >>> x = torch.randn(1, 3, 32, 32)
+        >>> bool((f(x) - m(x)).abs().max() < 1e-4)
+        True
+    """
+    fused = copy.deepcopy(module).eval()
+    for node in list(fused.graph.nodes):
+        bn = _target(fused, node)
+        if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats:
+            continue
+        producer = node.args[0]
+        conv = _target(fused, producer) if isinstance(producer, fx.Node) else None
+        if not isinstance(conv, nn.Conv2d) or len(producer.users) != 1:
+            continue
+        # N x C x H x W -> N x F x H' x W': conv(x) * scale + shift, with scale and shift
+        # folded into the conv's weight and bias
+        parent, _, leaf = producer.target.rpartition(".")
+        fused.get_submodule(parent).add_module(leaf, fuse_conv_bn_eval(conv, bn))
+        node.replace_all_uses_with(producer)
+        fused.graph.erase_node(node)
+        parent, _, leaf = node.target.rpartition(".")
+        delattr(fused.get_submodule(parent), leaf)
+    fused.graph.lint()
+    fused.recompile()
+    return fused
+
+
+class Autocast(nn.Module):
+    """Runs a module under `torch.autocast` on its input's device.
+
+    The wrapper holds the module's children as its own, so its state dict keys (and
+    parameters) are exactly the module's: weights load into either.
+
+        >>> import torch, nasgraph
+        >>> from nasgraph.backends.torch import Autocast, lower
+        >>> m = lower(nasgraph.zoo.get("lenet5"))
+        >>> a = Autocast(m, "bf16")
+        >>> a(torch.randn(2, 1, 32, 32)).dtype
+        torch.bfloat16
+        >>> list(a.state_dict()) == list(m.state_dict())
+        True
+    """
+
+    def __init__(self, module: nn.Module, dtype: str | torch.dtype = "bf16") -> None:
+        super().__init__()
+        if isinstance(dtype, str):
+            if dtype not in AUTOCAST_DTYPES:
+                raise NasgraphError(f"autocast dtype {dtype!r} is not one of "
+                                    f"{', '.join(AUTOCAST_DTYPES)}")
+            dtype = AUTOCAST_DTYPES[dtype]
+        self.dtype = dtype
+        for name, child in module.named_children():
+            self.add_module(name, child)
+        # kept out of _modules, so that parameters are not listed twice
+        self.__dict__["module"] = module
+
+    @property
+    def code(self) -> str:
+        """The wrapped module's generated code (fx modules)."""
+        return self.module.code
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        with torch.autocast(inputs[0].device.type, dtype=self.dtype):
+            return self.module(*inputs)
+
+
+def prepare(module: fx.GraphModule, *, fold_bn: bool = False, channels_last: bool = False,
+            autocast: str | torch.dtype | None = None) -> nn.Module:
+    """Apply the inference options to a lowered module (already on its device).
+
+    `fold_bn` folds conv -> BN pairs (eval mode; state dict keys change), `channels_last`
+    stores 4-D weights NHWC (pass NHWC inputs too for the fastest kernels), `autocast` runs
+    under torch.autocast with "bf16" or "fp16".
+    """
+    if fold_bn:
+        module = fuse_conv_bn(module)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    if autocast is not None:
+        return Autocast(module, autocast)
+    return module

@@ -1,0 +1,157 @@
+"""Inference options keep the function and the state dict keys: BN folding, channels_last,
+autocast, torch.compile; on CPU here and, where present, on CUDA (same equalities)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+
+from nasgraph import zoo
+from nasgraph.backends.torch import (
+    Autocast,
+    fuse_conv_bn,
+    import_torchvision_weights,
+    lower,
+    prepare,
+)
+from nasgraph.errors import NasgraphError
+from tests.references import reference_model, with_reference
+from tests.strategies import graphs
+
+
+def _randomize_bn_statistics(module: torch.nn.Module) -> None:
+    """Non-trivial running statistics, so that folding has something to fold."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs())
+def test_folding_batchnorm_keeps_random_dag_outputs(g):
+    m = lower(g)
+    _randomize_bn_statistics(m)
+    m.eval()
+    x = torch.randn(2, *g.inputs[0].type.shape)
+    with torch.no_grad():
+        want, got = m(x), fuse_conv_bn(m)(x)
+    want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
+    for a, b in zip(want, got, strict=True):
+        assert (a - b).abs().max().item() <= 1e-4 * max(1.0, a.abs().max().item())
+
+
+def test_folding_removes_the_batchnorms_after_convs():
+    g = zoo.get("resnet18", input_shape=(3, 32, 32))
+    m = lower(g).eval()
+    folded = fuse_conv_bn(m)
+    assert not any(isinstance(s, torch.nn.BatchNorm2d) for s in folded.modules())
+    assert "bn1" not in folded.code and "layer1.0.bn1" not in dict(folded.named_modules())
+    assert any(isinstance(s, torch.nn.BatchNorm2d) for s in m.modules())  # a copy
+
+
+def test_channels_last_and_autocast_keep_state_dict_keys():
+    g = zoo.get("resnet18", input_shape=(3, 32, 32))
+    plain = lower(g)
+    fast = lower(g, channels_last=True, autocast="bf16")
+    assert isinstance(fast, Autocast)
+    assert {k: v.shape for k, v in fast.state_dict().items()} == \
+        {k: v.shape for k, v in plain.state_dict().items()}
+    fast.load_state_dict(plain.state_dict())
+    assert sum(p.numel() for p in fast.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert fast.get_submodule("conv1").weight.is_contiguous(memory_format=torch.channels_last)
+    assert "layer1_0_conv1" in fast.code
+
+
+def test_autocast_runs_in_bf16_close_to_fp32():
+    g = zoo.get("resnet18", num_classes=10, input_shape=(3, 32, 32))
+    m = lower(g).eval()
+    fast = prepare(m, fold_bn=True, channels_last=True, autocast="bf16")
+    x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want, got = m(x), fast(x)
+    assert got.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), want, rtol=0.1, atol=0.1 * want.abs().max().item())
+
+
+def test_an_unknown_autocast_dtype_is_one_clear_error():
+    with pytest.raises(NasgraphError, match="autocast dtype 'int8' is not one of bf16"):
+        lower(zoo.get("lenet5"), autocast="int8")
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    g = zoo.get("lenet5")
+    m = lower(g).eval()
+    x = torch.randn(4, 1, 32, 32)
+    compiled = torch.compile(fuse_conv_bn(m))
+    with torch.no_grad():
+        assert (compiled(x) - m(x)).abs().max().item() <= 1e-5
+
+
+# --------------------------------------------------------------------------- CUDA
+
+
+@pytest.fixture
+def exact_cuda():
+    """fp32 convs and matmuls on the GPU without TF32, so that 1e-4 is a fair bound."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield torch.device("cuda")
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", with_reference())
+def test_cuda_imported_weights_reproduce_the_reference(name, exact_cuda):
+    entry = zoo.entry(name)
+    graph = zoo.get(name, input_shape=entry.min_input or entry.input_shape)
+    reference = reference_model(name).to(exact_cuda)
+    module = lower(graph)
+    if entry.reference.startswith("timm"):
+        from nasgraph.backends.torch import import_timm_weights as importer
+    else:
+        importer = import_torchvision_weights
+    module.load_state_dict(importer(graph, reference))
+    module = module.to(exact_cuda).eval()
+    x = torch.randn(2, *graph.inputs[0].type.shape, device=exact_cuda)
+    with torch.no_grad():
+        want = reference(x)
+        want = want["out"] if isinstance(want, dict) else want
+        assert (module(x) - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
+        folded = prepare(module, fold_bn=True, channels_last=True)
+        got = folded(x.to(memory_format=torch.channels_last))
+        assert (got - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_cuda_autocast_and_compile(dtype, exact_cuda):
+    g = zoo.get("resnet18", num_classes=10, input_shape=(3, 64, 64))
+    m = lower(g).to(exact_cuda).eval()
+    x = torch.randn(4, 3, 64, 64, device=exact_cuda)
+    fast = torch.compile(prepare(m, fold_bn=True, channels_last=True, autocast=dtype))
+    with torch.no_grad():
+        want, got = m(x), fast(x.to(memory_format=torch.channels_last))
+    assert got.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    assert torch.allclose(got.float(), want, rtol=0.1, atol=0.1 * want.abs().max().item())
+
+
+@pytest.mark.cuda
+def test_cuda_training_step_lowers_the_loss(exact_cuda):
+    torch.manual_seed(0)
+    m = lower(zoo.get("resnet18", num_classes=4, input_shape=(3, 32, 32))).to(exact_cuda)
+    x = torch.randn(8, 3, 32, 32, device=exact_cuda)
+    y = torch.randint(0, 4, (8,), device=exact_cuda)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(m(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
