@@ -99,3 +99,34 @@ def test_wrong_input_shape_names_the_graph():
 def test_run_numba_reports_shapes_memory_and_time():
     r = nb.run_numba(_small("lenet5"), batch=3, bench=True, repeats=2)
     assert r["outputs"] == [[3, 10]] and r["median_s"] > 0 and r["peak_memory_bytes"] > 0
+
+
+def test_tiled_conv_edges_agree():
+    # odd output channels (a partial channel block), pixel counts not a multiple of the
+    # tile, stride, dilation, a 1-pixel-short tile row, and the fused residual + relu
+    b = GraphBuilder("tiled")
+    x = b.input(9, 7, 5)
+    y = b.relu(b.conv(x, 21, 3, padding=1, bias=False))
+    z = b.conv(y, 21, 3, padding=2, dilation=2)
+    y = b.relu(b.add([z, y]))
+    y = b.conv(y, 17, (3, 2), stride=2, padding=(1, 0))
+    b.output(y)
+    g = b.build()
+    ex = nb.compile(g, lower(g).state_dict())
+    assert {p["strategy"] for p in ex._packed.values() if "strategy" in p} == {"tiled"}
+    assert_agree(g, batch=3)
+
+
+def test_conv_strategies():
+    g = _small("resnet18")
+    ex = nb.compile(g, lower(g).state_dict())
+    kinds = {n.id: ex._packed[n.id]["strategy"] for n in ex.graph if "conv" in n.kind}
+    assert kinds["conv1"] == "gemm"  # 3 input channels: the im2col stem
+    assert kinds["layer1/0/conv1"] == "tiled"
+    assert kinds["layer2/0/downsample/0"] == "gemm"  # 1x1
+
+
+def test_generated_tiled_kernel_is_up_to_date():
+    from nasgraph.backends.numba import _tiled_gen
+
+    assert _tiled_gen.TARGET.read_text() == _tiled_gen.render()
