@@ -130,3 +130,11 @@ def test_generated_tiled_kernel_is_up_to_date():
     from nasgraph.backends.numba import _tiled_gen
 
     assert _tiled_gen.TARGET.read_text() == _tiled_gen.render()
+
+
+def test_compile_leaves_blas_single_threaded():
+    # numba's pool is the only one: a BLAS pool inside its regions collapses throughput
+    from threadpoolctl import threadpool_info
+
+    nb.compile(_small("lenet5"), lower(_small("lenet5")).state_dict())
+    assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")

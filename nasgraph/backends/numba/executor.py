@@ -272,13 +272,11 @@ class Executor:
 
 
 def _limit_blas_threads() -> None:
-    # numba's prange pool is the only one: a second (OpenBLAS's) collapses throughput
+    # numba's prange pool is the only one: a second (OpenBLAS's) collapses throughput, and
+    # OpenBLAS threading inside numba's OpenMP regions warns "Detect OpenMP Loop" and can hang
     import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba calls: load it to limit it)
+    from threadpoolctl import threadpool_limits
 
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
     threadpool_limits(limits=1, user_api="blas")
 
 
