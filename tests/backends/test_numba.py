@@ -103,11 +103,11 @@ def test_run_numba_reports_shapes_memory_and_time():
 
 def test_tiled_conv_edges_agree():
     # odd output channels (a partial channel block), pixel counts not a multiple of the
-    # tile, stride, dilation, a 1-pixel-short tile row, and the fused residual + relu
+    # tile, stride, dilation along H, and the fused residual + relu
     b = GraphBuilder("tiled")
     x = b.input(9, 7, 5)
     y = b.relu(b.conv(x, 21, 3, padding=1, bias=False))
-    z = b.conv(y, 21, 3, padding=2, dilation=2)
+    z = b.conv(y, 21, 3, padding=(2, 1), dilation=(2, 1))
     y = b.relu(b.add([z, y]))
     y = b.conv(y, 17, (3, 2), stride=2, padding=(1, 0))
     b.output(y)

@@ -2,10 +2,12 @@
 
 `conv2d_tiled` computes a tile of R=6 output pixels x V=16 output channels at a time in
 scalar accumulators that LLVM packs into vector registers (NUMBA_SLP_VECTORIZE). The
-input is first copied into a zero-padded N x Hp x Wp x Cin buffer (`to_padded_nhwc`), so a
-pixel's input channels are contiguous and the tap loop has no bounds test; the weights are
-packed as Cout/V x kh x kw x Cin x V (`pack_weights`, Cout padded to a multiple of V with
-zeros). The epilogue act(acc + bias + residual) writes NCHW at channel offset `co`.
+input is first copied into a zero-padded N x Hp x Wp x Cin buffer (`to_padded_nhwc`),
+passed as N x Hp x (Wp*Cin) rows: with dilation 1 along W, the kw taps of a kernel row
+over all input channels are one contiguous run of kw*Cin values, so the inner loop is that
+long and has no bounds test. The weights are packed to match, as
+Cout/V x kh x (kw*Cin) x V (`pack_weights`, Cout padded to a multiple of V with zeros).
+The epilogue act(acc + bias + residual) writes NCHW at channel offset `co`.
 fastmath without `reassoc`: contraction to FMA, no reordering of the sums.
 """
 
@@ -21,14 +23,15 @@ V = 16
 
 
 @njit(parallel=True, cache=True, fastmath={"contract", "nsz", "arcp"})
-def conv2d_tiled(xp, w, bias, res, out, co, cout, kh, kw, sh, sw, dh, dw, act,
+def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
                  has_bias, has_res):
-    """Padded N x Hp x Wp x Cin, packed weights -> out[:, co:co+cout] (N x C x Ho x Wo).
+    """Padded N x Hp x (Wp*Cin), packed weights -> out[:, co:co+cout] (N x C x Ho x Wo).
 
+    Dilation along W must be 1 (the taps of a row are one run of kw*Cin values).
     Needs Ho*Wo >= R: the last pixel tile of a sample is moved back to end at the last
     pixel (it recomputes some pixels rather than leave registers half used).
     """
-    n_batch, cin = xp.shape[0], xp.shape[3]
+    n_batch, run = xp.shape[0], w.shape[2]  # run: kw*Cin
     n_cb = w.shape[0]
     wo = out.shape[3]
     hw = out.shape[2] * wo
@@ -40,17 +43,17 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, kh, kw, sh, sw, dh, dw, act,
         tile = np.empty((R, V), np.float32)
         img = xp[n]
         ih0 = ((p0 + 0) // wo) * sh
-        iw0 = ((p0 + 0) % wo) * sw
+        iw0 = ((p0 + 0) % wo) * sw * cin
         ih1 = ((p0 + 1) // wo) * sh
-        iw1 = ((p0 + 1) % wo) * sw
+        iw1 = ((p0 + 1) % wo) * sw * cin
         ih2 = ((p0 + 2) // wo) * sh
-        iw2 = ((p0 + 2) % wo) * sw
+        iw2 = ((p0 + 2) % wo) * sw * cin
         ih3 = ((p0 + 3) // wo) * sh
-        iw3 = ((p0 + 3) % wo) * sw
+        iw3 = ((p0 + 3) % wo) * sw * cin
         ih4 = ((p0 + 4) // wo) * sh
-        iw4 = ((p0 + 4) % wo) * sw
+        iw4 = ((p0 + 4) % wo) * sw * cin
         ih5 = ((p0 + 5) // wo) * sh
-        iw5 = ((p0 + 5) % wo) * sw
+        iw5 = ((p0 + 5) % wo) * sw * cin
         a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = np.float32(0.0)
         a0_8 = a0_9 = a0_10 = a0_11 = a0_12 = a0_13 = a0_14 = a0_15 = np.float32(0.0)
         a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = a1_6 = a1_7 = np.float32(0.0)
@@ -64,134 +67,133 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, kh, kw, sh, sw, dh, dw, act,
         a5_0 = a5_1 = a5_2 = a5_3 = a5_4 = a5_5 = a5_6 = a5_7 = np.float32(0.0)
         a5_8 = a5_9 = a5_10 = a5_11 = a5_12 = a5_13 = a5_14 = a5_15 = np.float32(0.0)
         for i in range(kh):
-            for j in range(kw):
-                wt = w[cb, i, j]  # Cin x V
-                x0 = img[ih0 + i * dh, iw0 + j * dw]  # Cin
-                x1 = img[ih1 + i * dh, iw1 + j * dw]  # Cin
-                x2 = img[ih2 + i * dh, iw2 + j * dw]  # Cin
-                x3 = img[ih3 + i * dh, iw3 + j * dw]  # Cin
-                x4 = img[ih4 + i * dh, iw4 + j * dw]  # Cin
-                x5 = img[ih5 + i * dh, iw5 + j * dw]  # Cin
-                for c in range(cin):
-                    wc = wt[c]
-                    w0 = wc[0]
-                    w1 = wc[1]
-                    w2 = wc[2]
-                    w3 = wc[3]
-                    w4 = wc[4]
-                    w5 = wc[5]
-                    w6 = wc[6]
-                    w7 = wc[7]
-                    w8 = wc[8]
-                    w9 = wc[9]
-                    w10 = wc[10]
-                    w11 = wc[11]
-                    w12 = wc[12]
-                    w13 = wc[13]
-                    w14 = wc[14]
-                    w15 = wc[15]
-                    x = x0[c]
-                    a0_0 += x * w0
-                    a0_1 += x * w1
-                    a0_2 += x * w2
-                    a0_3 += x * w3
-                    a0_4 += x * w4
-                    a0_5 += x * w5
-                    a0_6 += x * w6
-                    a0_7 += x * w7
-                    a0_8 += x * w8
-                    a0_9 += x * w9
-                    a0_10 += x * w10
-                    a0_11 += x * w11
-                    a0_12 += x * w12
-                    a0_13 += x * w13
-                    a0_14 += x * w14
-                    a0_15 += x * w15
-                    x = x1[c]
-                    a1_0 += x * w0
-                    a1_1 += x * w1
-                    a1_2 += x * w2
-                    a1_3 += x * w3
-                    a1_4 += x * w4
-                    a1_5 += x * w5
-                    a1_6 += x * w6
-                    a1_7 += x * w7
-                    a1_8 += x * w8
-                    a1_9 += x * w9
-                    a1_10 += x * w10
-                    a1_11 += x * w11
-                    a1_12 += x * w12
-                    a1_13 += x * w13
-                    a1_14 += x * w14
-                    a1_15 += x * w15
-                    x = x2[c]
-                    a2_0 += x * w0
-                    a2_1 += x * w1
-                    a2_2 += x * w2
-                    a2_3 += x * w3
-                    a2_4 += x * w4
-                    a2_5 += x * w5
-                    a2_6 += x * w6
-                    a2_7 += x * w7
-                    a2_8 += x * w8
-                    a2_9 += x * w9
-                    a2_10 += x * w10
-                    a2_11 += x * w11
-                    a2_12 += x * w12
-                    a2_13 += x * w13
-                    a2_14 += x * w14
-                    a2_15 += x * w15
-                    x = x3[c]
-                    a3_0 += x * w0
-                    a3_1 += x * w1
-                    a3_2 += x * w2
-                    a3_3 += x * w3
-                    a3_4 += x * w4
-                    a3_5 += x * w5
-                    a3_6 += x * w6
-                    a3_7 += x * w7
-                    a3_8 += x * w8
-                    a3_9 += x * w9
-                    a3_10 += x * w10
-                    a3_11 += x * w11
-                    a3_12 += x * w12
-                    a3_13 += x * w13
-                    a3_14 += x * w14
-                    a3_15 += x * w15
-                    x = x4[c]
-                    a4_0 += x * w0
-                    a4_1 += x * w1
-                    a4_2 += x * w2
-                    a4_3 += x * w3
-                    a4_4 += x * w4
-                    a4_5 += x * w5
-                    a4_6 += x * w6
-                    a4_7 += x * w7
-                    a4_8 += x * w8
-                    a4_9 += x * w9
-                    a4_10 += x * w10
-                    a4_11 += x * w11
-                    a4_12 += x * w12
-                    a4_13 += x * w13
-                    a4_14 += x * w14
-                    a4_15 += x * w15
-                    x = x5[c]
-                    a5_0 += x * w0
-                    a5_1 += x * w1
-                    a5_2 += x * w2
-                    a5_3 += x * w3
-                    a5_4 += x * w4
-                    a5_5 += x * w5
-                    a5_6 += x * w6
-                    a5_7 += x * w7
-                    a5_8 += x * w8
-                    a5_9 += x * w9
-                    a5_10 += x * w10
-                    a5_11 += x * w11
-                    a5_12 += x * w12
-                    a5_13 += x * w13
-                    a5_14 += x * w14
-                    a5_15 += x * w15
+            wt = w[cb, i]  # (kw*Cin) x V
+            x0 = img[ih0 + i * dh, iw0:iw0 + run]  # kw*Cin
+            x1 = img[ih1 + i * dh, iw1:iw1 + run]  # kw*Cin
+            x2 = img[ih2 + i * dh, iw2:iw2 + run]  # kw*Cin
+            x3 = img[ih3 + i * dh, iw3:iw3 + run]  # kw*Cin
+            x4 = img[ih4 + i * dh, iw4:iw4 + run]  # kw*Cin
+            x5 = img[ih5 + i * dh, iw5:iw5 + run]  # kw*Cin
+            for c in range(run):
+                wc = wt[c]
+                w0 = wc[0]
+                w1 = wc[1]
+                w2 = wc[2]
+                w3 = wc[3]
+                w4 = wc[4]
+                w5 = wc[5]
+                w6 = wc[6]
+                w7 = wc[7]
+                w8 = wc[8]
+                w9 = wc[9]
+                w10 = wc[10]
+                w11 = wc[11]
+                w12 = wc[12]
+                w13 = wc[13]
+                w14 = wc[14]
+                w15 = wc[15]
+                x = x0[c]
+                a0_0 += x * w0
+                a0_1 += x * w1
+                a0_2 += x * w2
+                a0_3 += x * w3
+                a0_4 += x * w4
+                a0_5 += x * w5
+                a0_6 += x * w6
+                a0_7 += x * w7
+                a0_8 += x * w8
+                a0_9 += x * w9
+                a0_10 += x * w10
+                a0_11 += x * w11
+                a0_12 += x * w12
+                a0_13 += x * w13
+                a0_14 += x * w14
+                a0_15 += x * w15
+                x = x1[c]
+                a1_0 += x * w0
+                a1_1 += x * w1
+                a1_2 += x * w2
+                a1_3 += x * w3
+                a1_4 += x * w4
+                a1_5 += x * w5
+                a1_6 += x * w6
+                a1_7 += x * w7
+                a1_8 += x * w8
+                a1_9 += x * w9
+                a1_10 += x * w10
+                a1_11 += x * w11
+                a1_12 += x * w12
+                a1_13 += x * w13
+                a1_14 += x * w14
+                a1_15 += x * w15
+                x = x2[c]
+                a2_0 += x * w0
+                a2_1 += x * w1
+                a2_2 += x * w2
+                a2_3 += x * w3
+                a2_4 += x * w4
+                a2_5 += x * w5
+                a2_6 += x * w6
+                a2_7 += x * w7
+                a2_8 += x * w8
+                a2_9 += x * w9
+                a2_10 += x * w10
+                a2_11 += x * w11
+                a2_12 += x * w12
+                a2_13 += x * w13
+                a2_14 += x * w14
+                a2_15 += x * w15
+                x = x3[c]
+                a3_0 += x * w0
+                a3_1 += x * w1
+                a3_2 += x * w2
+                a3_3 += x * w3
+                a3_4 += x * w4
+                a3_5 += x * w5
+                a3_6 += x * w6
+                a3_7 += x * w7
+                a3_8 += x * w8
+                a3_9 += x * w9
+                a3_10 += x * w10
+                a3_11 += x * w11
+                a3_12 += x * w12
+                a3_13 += x * w13
+                a3_14 += x * w14
+                a3_15 += x * w15
+                x = x4[c]
+                a4_0 += x * w0
+                a4_1 += x * w1
+                a4_2 += x * w2
+                a4_3 += x * w3
+                a4_4 += x * w4
+                a4_5 += x * w5
+                a4_6 += x * w6
+                a4_7 += x * w7
+                a4_8 += x * w8
+                a4_9 += x * w9
+                a4_10 += x * w10
+                a4_11 += x * w11
+                a4_12 += x * w12
+                a4_13 += x * w13
+                a4_14 += x * w14
+                a4_15 += x * w15
+                x = x5[c]
+                a5_0 += x * w0
+                a5_1 += x * w1
+                a5_2 += x * w2
+                a5_3 += x * w3
+                a5_4 += x * w4
+                a5_5 += x * w5
+                a5_6 += x * w6
+                a5_7 += x * w7
+                a5_8 += x * w8
+                a5_9 += x * w9
+                a5_10 += x * w10
+                a5_11 += x * w11
+                a5_12 += x * w12
+                a5_13 += x * w13
+                a5_14 += x * w14
+                a5_15 += x * w15
         tile[0, 0] = a0_0
         tile[0, 1] = a0_1
         tile[0, 2] = a0_2
@@ -301,12 +303,13 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, kh, kw, sh, sw, dh, dw, act,
 
 
 def pack_weights(w: np.ndarray) -> np.ndarray:
-    """Cout x Cin x kh x kw -> ceil(Cout/V) x kh x kw x Cin x V (zero-padded channels)."""
+    """Cout x Cin x kh x kw -> ceil(Cout/V) x kh x (kw*Cin) x V (zero-padded channels)."""
     cout, cin, kh, kw = w.shape
     blocks = -(-cout // V)
     padded = np.zeros((blocks * V, cin, kh, kw), np.float32)
     padded[:cout] = w
-    return np.ascontiguousarray(padded.reshape(blocks, V, cin, kh, kw).transpose(0, 3, 4, 2, 1))
+    packed = padded.reshape(blocks, V, cin, kh, kw).transpose(0, 3, 4, 2, 1)
+    return np.ascontiguousarray(packed).reshape(blocks, kh, kw * cin, V)
 
 
 @njit(parallel=True, cache=True)

@@ -41,14 +41,14 @@ def _f32(a: np.ndarray) -> np.ndarray:
 
 def conv_strategy(node: Node, in_per_group: int) -> str:
     """How a conv node runs: "direct" (one input channel per group: depthwise), "tiled"
-    (the register-tiled NHWC kernel: ungrouped spatial kernels over >= 8 input channels
-    with at least one full pixel tile) or "gemm" (im2col + sgemm: 1x1 and grouped convs,
-    the few-channel stem, outputs smaller than a tile)."""
+    (the register-tiled NHWC kernel: ungrouped spatial kernels over >= 8 input channels,
+    no dilation along W, at least one full pixel tile) or "gemm" (im2col + sgemm: 1x1 and
+    grouped convs, the few-channel stem, outputs smaller than a tile)."""
     op, out = node.op, node.type
     if in_per_group == 1:
         return "direct"
     kh, kw = op.kernel
-    if op.groups == 1 and kh * kw > 1 and in_per_group >= 8 and \
+    if op.groups == 1 and kh * kw > 1 and in_per_group >= 8 and op.dilation[1] == 1 and \
             out.height * out.width >= tiled_k.R:
         return "tiled"
     return "gemm"
@@ -104,11 +104,13 @@ def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -
     has_res = int(len(xs) > 1)
     if p["strategy"] == "tiled":
         (ph, pw), (n, c, h, w) = op.pad, x.shape
-        # N x C x H x W -> padded N x Hp x Wp x C in the executor's shared scratch
+        # N x C x H x W -> padded N x Hp x Wp x C in the executor's shared scratch, read by
+        # the kernel as N x Hp x (Wp*C) rows
         xp = p["scratch"][:n * (h + 2 * ph) * (w + 2 * pw) * c].reshape(
             n, h + 2 * ph, w + 2 * pw, c)
-        args = (xp, p["w"], p["bias"], res, out, co, op.out_channels, *op.kernel, *op.stride,
-                *op.dilation, p["act"], p["has_bias"], has_res)
+        rows = xp.reshape(n, h + 2 * ph, (w + 2 * pw) * c)
+        args = (rows, p["w"], p["bias"], res, out, co, op.out_channels, c, op.kernel[0],
+                *op.stride, op.dilation[0], p["act"], p["has_bias"], has_res)
 
         def step() -> None:
             tiled_k.to_padded_nhwc(x, xp, ph, pw)
