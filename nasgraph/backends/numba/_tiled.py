@@ -290,16 +290,17 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
         tile[5, 13] = a5_13
         tile[5, 14] = a5_14
         tile[5, 15] = a5_15
-        for r in range(R):
-            p = p0 + r
-            oh, ow = p // wo, p % wo
-            for v in range(V):
-                c = cb * V + v
-                if c < cout:
-                    val = tile[r, v] + (bias[c] if has_bias else np.float32(0.0))
-                    if has_res:
-                        val += res[n, c, oh, ow]
-                    out[n, co + c, oh, ow] = activate(val, act)
+        for v in range(min(V, cout - cb * V)):
+            c = cb * V + v
+            b = bias[c] if has_bias else np.float32(0.0)
+            dst = out[n, co + c]
+            for r in range(R):
+                p = p0 + r
+                oh, ow = p // wo, p % wo
+                val = tile[r, v] + b
+                if has_res:
+                    val += res[n, c, oh, ow]
+                dst[oh, ow] = activate(val, act)
 
 
 def pack_weights(w: np.ndarray) -> np.ndarray:

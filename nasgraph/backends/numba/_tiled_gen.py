@@ -76,7 +76,7 @@ def to_padded_nhwc(x, xp, ph, pw):
 
 
 def _kernel() -> str:
-    ind3, ind4, ind5 = " " * 12, " " * 16, " " * 20
+    ind3, ind4 = " " * 12, " " * 16
     lines = [
         '@njit(parallel=True, cache=True, fastmath={"contract", "nsz", "arcp"})',
         "def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,",
@@ -123,16 +123,17 @@ def _kernel() -> str:
         for v in range(V):
             lines.append(f"        tile[{r}, {v}] = a{r}_{v}")
     lines += [
-        "        for r in range(R):",
-        "            p = p0 + r",
-        "            oh, ow = p // wo, p % wo",
-        "            for v in range(V):",
-        "                c = cb * V + v",
-        "                if c < cout:",
-        f"{ind5}val = tile[r, v] + (bias[c] if has_bias else np.float32(0.0))",
-        f"{ind5}if has_res:",
-        f"{ind5}    val += res[n, c, oh, ow]",
-        f"{ind5}out[n, co + c, oh, ow] = activate(val, act)",
+        "        for v in range(min(V, cout - cb * V)):",
+        "            c = cb * V + v",
+        "            b = bias[c] if has_bias else np.float32(0.0)",
+        "            dst = out[n, co + c]",
+        "            for r in range(R):",
+        "                p = p0 + r",
+        "                oh, ow = p // wo, p % wo",
+        "                val = tile[r, v] + b",
+        "                if has_res:",
+        "                    val += res[n, c, oh, ow]",
+        "                dst[oh, ow] = activate(val, act)",
     ]
     return "\n".join(lines) + "\n"
 
