@@ -1,14 +1,19 @@
 """Numba executor vs torch eager CPU vs ONNX Runtime, same thread count, one run.
 
-Writes the table between the numba_cpu markers of docs/benchmarks.md.
-Run: python -m benchmarks.numba_cpu [--threads T] [--repeats R]
+Also: single 3x3 convs against the numpy sgemm peak of the same run, and the first call
+(compile + run) of a fresh process once numba's cache is warm. Writes the `numba_cpu`
+section of docs/benchmarks.md.
+
+    python -m benchmarks.numba_cpu [--threads T] [--repeats R]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import re
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,13 +21,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from benchmarks._report import machine, write_section
 from nasgraph import analysis, zoo
 from nasgraph.backends import numba as nb
 from nasgraph.backends.torch import lower
 from nasgraph.ir import GraphBuilder
 from nasgraph.motifs import ResidualBlock, residual_stage
-
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def resnet20_style():
@@ -85,35 +89,74 @@ def sgemm_peak(threads, n=1024):
     return 2 * n**3 / t / 1e9
 
 
+def single_conv(cin, cout, hw):
+    """One 3x3 same-padded conv (bias, no activation) on cin x hw x hw."""
+    b = GraphBuilder(f"conv3x3_{cin}_{cout}_{hw}")
+    b.output(b.conv(b.input(cin, hw, hw), cout, 3, padding=1))
+    return b.build()
+
+
+FIRST_CALL = """
+import time, numpy as np
+t0 = time.perf_counter()
+from benchmarks.numba_cpu import resnet20_style
+from nasgraph.backends import numba as nb
+from nasgraph.backends.torch import lower
+g = resnet20_style(); state = lower(g).eval().state_dict()
+t1 = time.perf_counter()
+nb.compile(g, state, threads={threads})(np.zeros((1, 3, 32, 32), np.float32))
+print(t1 - t0, time.perf_counter() - t1)
+"""
+
+
+def first_call(threads):
+    """(import s, compile + first call s) of a fresh process, run twice: the second finds
+    numba's cache warm."""
+    code = FIRST_CALL.format(threads=threads)
+    root = Path(__file__).resolve().parent.parent
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, cwd=root).stdout.split() for _ in range(2)]
+    return [tuple(float(v) for v in r[-2:]) for r in runs]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+    firsts = first_call(args.threads)
     cases = [(resnet20_style(), 1), (resnet20_style(), 64),
              (zoo.get("resnet18"), 1), (digits_candidate(), 1), (digits_candidate(), 256)]
     if "mobilenet_v2" in zoo.names():
         cases.append((zoo.get("mobilenet_v2"), 1))
+    cases += [(single_conv(64, 64, 56), 1), (single_conv(256, 256, 14), 8)]
     peak = sgemm_peak(args.threads)
     rows = ["| model | batch | numba ms | torch ms | ORT ms | numba/torch | numba/ORT | "
-            "numba GFLOP/s |", "|---|---|---|---|---|---|---|---|"]
+            "numba GFLOP/s | % sgemm |", "|---|---|---|---|---|---|---|---|---|"]
     for graph, batch in cases:
         tn, tt, to, gf = bench(graph, batch, args.threads, args.repeats)
         rows.append(f"| {graph.name} | {batch} | {tn * 1e3:.2f} | {tt * 1e3:.2f} | "
-                    f"{to * 1e3:.2f} | {tn / tt:.2f} | {tn / to:.2f} | {gf:.1f} |")
+                    f"{to * 1e3:.2f} | {tn / tt:.2f} | {tn / to:.2f} | {gf:.1f} | "
+                    f"{100 * gf / peak:.0f} |")
         print(rows[-1], flush=True)
-    table = "\n".join([f"Threads: {args.threads}; numpy sgemm peak (1024^3, same threads): "
-                       f"{peak:.0f} GFLOP/s; medians of {args.repeats} calls.", "", *rows])
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"<!-- numba_cpu:begin -->\n{table}\n<!-- numba_cpu:end -->"
-    if "<!-- numba_cpu:begin -->" in text:
-        text = re.sub(r"<!-- numba_cpu:begin -->.*<!-- numba_cpu:end -->", lambda _: block,
-                      text, flags=re.S)
-    else:
-        text += "\n## Numba CPU executor\n\n" + block + "\n"
-    DOC.write_text(text)
-    print(table)
+    load = max(load_before, os.getloadavg()[0])
+    (imp0, cold), (imp1, warm) = firsts
+    text = "\n".join([
+        "## Numba CPU executor", "",
+        f"`python -m benchmarks.numba_cpu --threads {args.threads}` on {machine()}; "
+        f"1-minute load average up to {load:.1f} during the run; medians of {args.repeats} "
+        f"calls. numpy sgemm peak (1024^3, same threads): {peak:.0f} GFLOP/s.", "",
+        "Ratios below 1: numba is faster. `% sgemm`: numba GFLOP/s (2 x MACs x batch / time) "
+        "as a share of the sgemm peak.", "",
+        *rows, "",
+        f"First call of a fresh process (resnet20_style, compile + run, import excluded): "
+        f"{warm:.2f} s with numba's cache warm (import {imp1:.2f} s); the run before it, "
+        f"{cold:.2f} s{' (cache cold)' if cold > 2 * warm else ''}.",
+    ])
+    write_section("numba_cpu", text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -114,3 +114,42 @@ def test_cli_runs_the_numba_backend():
                      "--bench", "--iters", "2")
     assert r.returncode == 0, r.stderr
     assert "numba on cpu, batch 3 -> 3x10" in r.stdout and "images/s" in r.stdout
+
+
+def test_tiled_conv_edges_agree():
+    # odd output channels (a partial channel block), pixel counts not a multiple of the
+    # tile, stride, dilation along H, and the fused residual + relu
+    b = GraphBuilder("tiled")
+    x = b.input(9, 7, 5)
+    y = b.relu(b.conv(x, 21, 3, padding=1, bias=False))
+    z = b.conv(y, 21, 3, padding=(2, 1), dilation=(2, 1))
+    y = b.relu(b.add([z, y]))
+    y = b.conv(y, 17, (3, 2), stride=2, padding=(1, 0))
+    b.output(y)
+    g = b.build()
+    ex = nb.compile(g, lower(g).state_dict())
+    assert {p["strategy"] for p in ex._packed.values() if "strategy" in p} == {"tiled"}
+    assert_agree(g, batch=3)
+
+
+def test_conv_strategies():
+    g = _small("resnet18")
+    ex = nb.compile(g, lower(g).state_dict())
+    kinds = {n.id: ex._packed[n.id]["strategy"] for n in ex.graph if "conv" in n.kind}
+    assert kinds["conv1"] == "gemm"  # 3 input channels: the im2col stem
+    assert kinds["layer1/0/conv1"] == "tiled"
+    assert kinds["layer2/0/downsample/0"] == "gemm"  # 1x1
+
+
+def test_generated_tiled_kernel_is_up_to_date():
+    from nasgraph.backends.numba import _tiled_gen
+
+    assert _tiled_gen.TARGET.read_text() == _tiled_gen.render()
+
+
+def test_compile_leaves_blas_single_threaded():
+    # numba's pool is the only one: a BLAS pool inside its regions collapses throughput
+    from threadpoolctl import threadpool_info
+
+    nb.compile(_small("lenet5"), lower(_small("lenet5")).state_dict())
+    assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")

@@ -17,13 +17,15 @@ from nasgraph import passes
 from nasgraph.backends.numba import _conv as conv_k
 from nasgraph.backends.numba import _elementwise as elem_k
 from nasgraph.backends.numba import _resample as resample_k
+from nasgraph.backends.numba import _tiled as tiled_k
 from nasgraph.backends.numba._activations import ACT_CODES
 from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph, Node
 from nasgraph.passes import StateDict, plan_memory
 
 Step = Callable[[], None]
-# kind -> binds a node to its kernel: (node, packed weights, input arrays, out, offset) -> step
+# kind -> binds a node to its kernel: (node, packed weights + the executor's "scratch",
+# input arrays, out, offset) -> step
 Binder = Callable[[Node, dict, list[np.ndarray], np.ndarray, int], Step]
 
 _NO_RES = np.zeros((1, 1, 1, 1), np.float32)
@@ -37,15 +39,35 @@ def _f32(a: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ weight packing
 
 
+def conv_strategy(node: Node, in_per_group: int) -> str:
+    """How a conv node runs: "direct" (one input channel per group: depthwise), "tiled"
+    (the register-tiled NHWC kernel: ungrouped spatial kernels over >= 8 input channels,
+    no dilation along W, at least one full pixel tile) or "gemm" (im2col + sgemm: 1x1 and
+    grouped convs, the few-channel stem, outputs smaller than a tile)."""
+    op, out = node.op, node.type
+    if in_per_group == 1:
+        return "direct"
+    kh, kw = op.kernel
+    if op.groups == 1 and kh * kw > 1 and in_per_group >= 8 and op.dilation[1] == 1 and \
+            out.height * out.width >= tiled_k.R:
+        return "tiled"
+    return "gemm"
+
+
 def _pack_conv(node: Node, state: StateDict) -> dict:
     op = node.op
     w = state[f"{node.param_key}.weight"]  # Cout x Cin/G x kh x kw
     cout, cig, kh, kw = w.shape
-    direct = cig == 1
-    packed = w.reshape(cout, 1, kh * kw) if direct else \
-        w.reshape(op.groups, cout // op.groups, cig * kh * kw)
+    strategy = conv_strategy(node, cig)
+    if strategy == "tiled":
+        packed = tiled_k.pack_weights(w)
+    elif strategy == "direct":
+        packed = w.reshape(cout, 1, kh * kw)
+    else:
+        packed = w.reshape(op.groups, cout // op.groups, cig * kh * kw)
     bias = state.get(f"{node.param_key}.bias") if op.bias else None
-    return {"w": _f32(packed), "direct": direct, "bias": _NO_BIAS if bias is None else _f32(bias),
+    return {"w": _f32(packed), "strategy": strategy,
+            "bias": _NO_BIAS if bias is None else _f32(bias),
             "has_bias": int(bias is not None), "act": ACT_CODES[getattr(op, "act", None)]}
 
 
@@ -79,9 +101,24 @@ PACKERS: dict[str, Callable[[Node, StateDict], dict]] = {
 def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
     op = node.op
     x, res = xs[0], (xs[1] if len(xs) > 1 else _NO_RES)
+    has_res = int(len(xs) > 1)
+    if p["strategy"] == "tiled":
+        (ph, pw), (n, c, h, w) = op.pad, x.shape
+        # N x C x H x W -> padded N x Hp x Wp x C in the executor's shared scratch, read by
+        # the kernel as N x Hp x (Wp*C) rows
+        xp = p["scratch"][:n * (h + 2 * ph) * (w + 2 * pw) * c].reshape(
+            n, h + 2 * ph, w + 2 * pw, c)
+        rows = xp.reshape(n, h + 2 * ph, (w + 2 * pw) * c)
+        args = (rows, p["w"], p["bias"], res, out, co, op.out_channels, c, op.kernel[0],
+                *op.stride, op.dilation[0], p["act"], p["has_bias"], has_res)
+
+        def step() -> None:
+            tiled_k.to_padded_nhwc(x, xp, ph, pw)
+            tiled_k.conv2d_tiled(*args)
+        return step
     args = (x, p["w"], p["bias"], res, out, co, *op.kernel, *op.stride, *op.pad, *op.dilation,
-            p["act"], p["has_bias"], int(len(xs) > 1))
-    if p["direct"]:
+            p["act"], p["has_bias"], has_res)
+    if p["strategy"] == "direct":
         return lambda: conv_k.conv2d_direct(*args)
     return lambda: conv_k.conv2d_gemm(*args, numba.get_num_threads())
 
@@ -158,6 +195,11 @@ BINDERS: dict[str, Binder] = {
 VIEWS = {"input", "output", "identity", "dropout", "flatten"}
 
 
+def _padded_numel(graph: Graph, node: Node) -> int:
+    t, (ph, pw) = graph[node.inputs[0]].type, node.op.pad
+    return t.channels * (t.height + 2 * ph) * (t.width + 2 * pw)
+
+
 class Executor:
     """A compiled graph: call it on an N x C x H x W float32 array.
 
@@ -170,11 +212,16 @@ class Executor:
         self.plan = plan_memory(graph)
         self.threads = threads
         self._packed = {n.id: PACKERS[n.kind](n, state) for n in graph if n.kind in PACKERS}
+        # per sample: the largest padded NHWC copy a tiled conv makes of its input
+        self._scratch_numel = max(
+            [_padded_numel(graph, n) for n in graph
+             if self._packed.get(n.id, {}).get("strategy") == "tiled"], default=0)
         self._bound: dict[int, tuple[np.ndarray, list[Step], list[np.ndarray]]] = {}
 
     def _bind(self, batch: int) -> tuple[np.ndarray, list[Step], list[np.ndarray]]:
         graph, plan = self.graph, self.plan
         slots = [np.empty(batch * b // 4, np.float32) for b in plan.slot_bytes]
+        scratch = np.empty(batch * self._scratch_numel, np.float32)
         value: dict[str, np.ndarray] = {}
         steps: list[Step] = []
         for node in graph:
@@ -193,8 +240,8 @@ class Executor:
             if node.kind == "concat":
                 steps.extend(self._bind_concat(node, xs, out, co))
             elif node.kind != "input":
-                steps.append(BINDERS[node.kind](node, self._packed.get(node.id, {}), xs, out,
-                                                co))
+                params = {**self._packed.get(node.id, {}), "scratch": scratch}
+                steps.append(BINDERS[node.kind](node, params, xs, out, co))
         (inp,) = graph.inputs
         outs = [value[o.id] for o in graph.outputs]
         outs = [o.reshape(batch, -1) if n.type.flat else o
@@ -227,13 +274,11 @@ class Executor:
 
 
 def _limit_blas_threads() -> None:
-    # numba's prange pool is the only one: a second (OpenBLAS's) collapses throughput
+    # numba's prange pool is the only one: a second (OpenBLAS's) collapses throughput, and
+    # OpenBLAS threading inside numba's OpenMP regions warns "Detect OpenMP Loop" and can hang
     import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba calls: load it to limit it)
+    from threadpoolctl import threadpool_limits
 
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
     threadpool_limits(limits=1, user_api="blas")
 
 
