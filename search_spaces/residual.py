@@ -13,12 +13,13 @@ from nasgraph.motifs import ResidualBlock, residual_stage
 from nasgraph.search.skeleton import head, max_stages, stem
 
 
-def stage(trial, ctx, b, x, name, downsample, kind=None, preact=None):
-    """One residual stage named `name`; the first block strides when `downsample`."""
-    kind = kind or trial.suggest_categorical("block", ["basic", "bottleneck"])
-    preact = trial.suggest_categorical("preact", [False, True]) if preact is None else preact
+def stage(trial, ctx, b, x, name, level, downsample, kind=None, preact=None):
+    """One residual stage: parameters `{name}.*`, nodes in scope `name` with dots as '/';
+    the first block strides when `downsample`; widths grow with `level` (1, 2, ...)."""
+    kind = kind or trial.suggest_categorical(f"{name}.block", ["basic", "bottleneck"])
+    if preact is None:
+        preact = trial.suggest_categorical(f"{name}.preact", [False, True])
     depth = trial.suggest_int(f"{name}.depth", 1, 3)
-    level = int(name.removeprefix("stage")) if name.startswith("stage") else 1
     width = trial.suggest_int(f"{name}.width", 8, 64 * 2 ** (level - 1), step=8)
     if kind == "bottleneck":
         groups = trial.suggest_categorical(f"{name}.cardinality", [1, 2, 4])
@@ -28,7 +29,7 @@ def stage(trial, ctx, b, x, name, downsample, kind=None, preact=None):
     else:
         cfg = ResidualBlock(kind=kind, planes=ctx.width(width), preact=preact,
                             stride=2 if downsample else 1)
-    with b.scope(name):
+    with b.scope(name.replace(".", "/")):
         return residual_stage(b, x, cfg, depth)
 
 
@@ -39,5 +40,5 @@ def space(trial, ctx):
     preact = trial.suggest_categorical("preact", [False, True])
     x = stem(trial, ctx, b, preact=preact)
     for i in range(1, trial.suggest_int("stages", 1, max_stages(ctx)) + 1):
-        x = stage(trial, ctx, b, x, f"stage{i}", downsample=i > 1, kind=kind, preact=preact)
+        x = stage(trial, ctx, b, x, f"stage{i}", i, downsample=i > 1, kind=kind, preact=preact)
     return head(b, x, ctx, preact=preact)
