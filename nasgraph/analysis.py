@@ -56,7 +56,10 @@ def _receptive_fields(graph: Graph) -> dict[str, tuple[tuple[float, float],
         if not node.inputs:
             fields[node.id] = ((1.0, 1.0), (1.0, 1.0))
             continue
-        if node.op.is_global or any(f is None for f in ins):
+        # A global input (a squeeze-excitation gate) scales a spatial path without widening
+        # it: a merge follows its spatial inputs and is global only when all inputs are.
+        ins = [f for f in ins if f is not None]
+        if node.op.is_global or not ins:
             fields[node.id] = None
             continue
         size = tuple(max(f[0][a] for f in ins) for a in (0, 1))
@@ -89,33 +92,84 @@ def multiplicity(graph: Graph) -> int:
     return sum(paths[o.id] for o in graph.outputs)
 
 
-def peak_memory_bytes(graph: Graph) -> int:
+def in_place_concat_parts(graph: Graph) -> dict[str, tuple[str, int]]:
+    """Concat inputs that can be written straight into their slice of the concat's buffer.
+
+    A part qualifies when it owns its storage (not a view, not a graph input) and the concat
+    is its only consumer. Returns part id -> (concat id, channel offset in the concat).
+    """
+    parts: dict[str, tuple[str, int]] = {}
+    for node in graph:
+        if node.kind != "concat":
+            continue
+        offset = 0
+        for i in node.inputs:
+            src = graph[i]
+            succ = graph.successors(i)
+            if not src.op.is_alias and src.kind != "input" and len(succ) == 1:
+                parts[i] = (node.id, offset)
+            offset += src.type.channels
+    return parts
+
+
+def storage_owners(graph: Graph, concat_in_place: bool = False) -> dict[str, str]:
+    """The node whose buffer holds each node's output: itself, a view's source, or (with
+    `concat_in_place`) the outermost concat an in-place part is written into."""
+    parts = in_place_concat_parts(graph) if concat_in_place else {}
+    owner: dict[str, str] = {}
+    for node in reversed(graph.nodes):  # a concat comes after its parts
+        if node.id in parts:
+            owner[node.id] = owner[parts[node.id][0]]
+        else:
+            owner[node.id] = node.id
+    for node in graph:
+        if node.op.is_alias:
+            owner[node.id] = owner[node.inputs[0]]
+    return owner
+
+
+def live_ranges(graph: Graph, concat_in_place: bool = False) -> dict[str, tuple[int, int]]:
+    """Buffer id -> (step allocated, step after which it is freed), steps in topological
+    order; graph outputs live to the end (step len(graph))."""
+    order = {n.id: k for k, n in enumerate(graph)}
+    owner = storage_owners(graph, concat_in_place)
+    ranges: dict[str, tuple[int, int]] = {}
+    for node in graph:
+        if node.op.is_alias:
+            continue
+        s = owner[node.id]
+        start, end = ranges.get(s, (order[node.id], order[node.id]))
+        ranges[s] = (min(start, order[node.id]), max(end, order[node.id]))
+    for node in graph:
+        for i in node.inputs:
+            s = owner[i]
+            ranges[s] = (ranges[s][0], max(ranges[s][1], order[node.id]))
+    for out in graph.outputs:
+        s = owner[out.id]
+        ranges[s] = (ranges[s][0], len(graph))
+    return ranges
+
+
+def peak_memory_bytes(graph: Graph, concat_in_place: bool = False) -> int:
     """Peak bytes of live activations (per sample) running the nodes in topological order.
 
     A node's output is allocated when it runs and freed after its last consumer has run;
     graph outputs stay live to the end. Views (Identity, Dropout, Flatten, Output) allocate
-    nothing and keep their source alive as long as they are used.
+    nothing and keep their source alive as long as they are used. With `concat_in_place`
+    (how the Numba executor runs), the parts `in_place_concat_parts` names are written into
+    their concat's buffer: it is allocated when its first part runs and they allocate nothing.
     """
-    order = {n.id: k for k, n in enumerate(graph)}
-    owner: dict[str, str] = {}
-    for node in graph:
-        owner[node.id] = owner[node.inputs[0]] if node.op.is_alias else node.id
-    last_use = {n.id: order[n.id] for n in graph if not n.op.is_alias}
-    for node in graph:
-        for i in node.inputs:
-            last_use[owner[i]] = max(last_use[owner[i]], order[node.id])
-    for out in graph.outputs:
-        last_use[owner[out.id]] = len(graph)
-    frees: dict[int, list[str]] = {}
-    for storage, k in last_use.items():
-        frees.setdefault(k, []).append(storage)
+    ranges = live_ranges(graph, concat_in_place)
+    allocs: dict[int, int] = {}
+    frees: dict[int, int] = {}
+    for s, (start, end) in ranges.items():
+        allocs[start] = allocs.get(start, 0) + graph[s].type.nbytes
+        frees[end] = frees.get(end, 0) + graph[s].type.nbytes
     live = peak = 0
-    for k, node in enumerate(graph):
-        if not node.op.is_alias:
-            live += node.type.nbytes
-            peak = max(peak, live)
-        for storage in frees.get(k, []):
-            live -= graph[storage].type.nbytes
+    for k in range(len(graph)):
+        live += allocs.get(k, 0)
+        peak = max(peak, live)
+        live -= frees.get(k, 0)
     return peak
 
 

@@ -43,6 +43,16 @@ def reference_model(name: str, num_classes: int | None = None) -> nn.Module:
     return model.eval()
 
 
-def with_reference() -> list[str]:
-    """Zoo names that have an independent implementation."""
-    return [n for n in zoo.names() if zoo.entry(n).reference is not None]
+# Models whose reference checks take over ~20 s on 2 cores: marked slow (CI still runs them).
+LARGE_PARAMS = 40_000_000
+
+
+def with_reference() -> list:
+    """Zoo names that have an independent implementation, the largest marked slow."""
+    import pytest
+
+    from nasgraph.analysis import params
+
+    names = [n for n in zoo.names() if zoo.entry(n).reference is not None]
+    return [pytest.param(n, marks=pytest.mark.slow) if params(zoo.get(n)) > LARGE_PARAMS
+            else n for n in names]

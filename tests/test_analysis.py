@@ -57,6 +57,18 @@ def test_receptive_field_takes_the_largest_branch_and_ends_at_global_pooling():
     assert s.receptive_field == 5
 
 
+def test_a_squeeze_excitation_gate_does_not_make_the_spatial_path_global():
+    b = GraphBuilder()
+    x = b.conv(b.input(4, 16, 16), 4, 3, padding=1)
+    gate = b.act(b.conv(b.gap(x), 4, 1), "sigmoid")
+    y = b.conv(b.mul(x, gate), 4, 3, padding=1)
+    b.output(y)
+    s = summarize(b.build())
+    fields = {r.id: r.receptive_field for r in s.nodes}
+    assert fields["gap"] is None and fields["mul"] == [3, 3] and fields[y.id] == [5, 5]
+    assert s.receptive_field == 5
+
+
 def test_multiplicity_of_a_chain_is_one():
     assert multiplicity(chain_of_convs(5)) == 1
 

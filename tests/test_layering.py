@@ -7,7 +7,7 @@ import sys
 
 
 def test_ir_and_analysis_import_no_torch_numba_or_optuna():
-    code = ("import sys, nasgraph.ir, nasgraph.analysis, nasgraph.zoo; "
+    code = ("import sys, nasgraph.ir, nasgraph.analysis, nasgraph.zoo, nasgraph.passes; "
             "print(sorted({'torch', 'numba', 'optuna', 'graphviz'} & set(sys.modules)))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"

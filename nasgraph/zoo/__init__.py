@@ -6,7 +6,14 @@ independent implementation (tests/test_zoo.py).
     True
 """
 
-from nasgraph.zoo import lenet, resnet  # noqa: F401  (registers the models)
+# Registration order is the zoo's listing order: roughly the history of the field.
+from nasgraph.zoo import lenet  # noqa: F401, I001  (each import registers its models)
+from nasgraph.zoo import nin  # noqa: F401
+from nasgraph.zoo import inception  # noqa: F401
+from nasgraph.zoo import resnet  # noqa: F401
+from nasgraph.zoo import xception  # noqa: F401
+from nasgraph.zoo import mobilenet  # noqa: F401
+from nasgraph.zoo import efficientnet  # noqa: F401
 from nasgraph.zoo._registry import ZooEntry, entry, get, names, register
 
 __all__ = ["ZooEntry", "entry", "get", "names", "register"]

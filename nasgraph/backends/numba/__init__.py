@@ -1,0 +1,17 @@
+"""The Numba backend: a JIT-compiled CPU executor for nasgraph graphs.
+
+`compile(graph, state_dict)` runs the passes (identities dropped, BN folded, activations and
+residual adds fused), plans memory and returns an `Executor` calling `@njit(cache=True)`
+kernels on NCHW float32 arrays.
+"""
+
+import os
+
+# SLP vectorization packs the conv kernels' scalar accumulators into vector registers; it
+# is read once, when numba is first imported, so it must be set before that.
+os.environ.setdefault("NUMBA_SLP_VECTORIZE", "1")
+
+from nasgraph.backends.numba.executor import Executor, compile  # noqa: E402
+from nasgraph.backends.numba.run import run_numba  # noqa: E402
+
+__all__ = ["Executor", "compile", "run_numba"]

@@ -1,0 +1,273 @@
+"""The executor: a planned graph bound to buffers, run as a list of kernel calls.
+
+`compile` optimizes the graph (`nasgraph.passes.optimize`), plans its memory, packs the
+weights once, and per batch size allocates the planned buffers and binds every node to
+its kernel, its input arrays and its output slice. A call copies the input in, runs the
+bound kernels in topological order and copies the outputs out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numba
+import numpy as np
+
+from nasgraph import passes
+from nasgraph.backends.numba import _conv as conv_k
+from nasgraph.backends.numba import _elementwise as elem_k
+from nasgraph.backends.numba import _resample as resample_k
+from nasgraph.backends.numba._activations import ACT_CODES
+from nasgraph.errors import NasgraphError
+from nasgraph.ir import Graph, Node
+from nasgraph.passes import StateDict, plan_memory
+
+Step = Callable[[], None]
+# kind -> binds a node to its kernel: (node, packed weights, input arrays, out, offset) -> step
+Binder = Callable[[Node, dict, list[np.ndarray], np.ndarray, int], Step]
+
+_NO_RES = np.zeros((1, 1, 1, 1), np.float32)
+_NO_BIAS = np.zeros(1, np.float32)
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+# ------------------------------------------------------------------ weight packing
+
+
+def _pack_conv(node: Node, state: StateDict) -> dict:
+    op = node.op
+    w = state[f"{node.param_key}.weight"]  # Cout x Cin/G x kh x kw
+    cout, cig, kh, kw = w.shape
+    direct = cig == 1
+    packed = w.reshape(cout, 1, kh * kw) if direct else \
+        w.reshape(op.groups, cout // op.groups, cig * kh * kw)
+    bias = state.get(f"{node.param_key}.bias") if op.bias else None
+    return {"w": _f32(packed), "direct": direct, "bias": _NO_BIAS if bias is None else _f32(bias),
+            "has_bias": int(bias is not None), "act": ACT_CODES[getattr(op, "act", None)]}
+
+
+def _pack_bn(node: Node, state: StateDict) -> dict:
+    key = node.param_key
+    scale = state[f"{key}.weight"] / np.sqrt(state[f"{key}.running_var"] + node.op.eps)
+    shift = state[f"{key}.bias"] - state[f"{key}.running_mean"] * scale
+    return {"scale": _f32(scale), "shift": _f32(shift), "act": 0}
+
+
+def _pack_act(node: Node, state: StateDict) -> dict:
+    c = node.type.channels
+    return {"scale": np.ones(c, np.float32), "shift": np.zeros(c, np.float32),
+            "act": ACT_CODES[node.op.fn]}
+
+
+def _pack_linear(node: Node, state: StateDict) -> dict:
+    bias = state.get(f"{node.param_key}.bias") if node.op.bias else None
+    return {"wt": _f32(state[f"{node.param_key}.weight"].T),
+            "bias": _NO_BIAS if bias is None else _f32(bias), "has_bias": int(bias is not None)}
+
+
+PACKERS: dict[str, Callable[[Node, StateDict], dict]] = {
+    "conv2d": _pack_conv, "fused_conv2d": _pack_conv, "batchnorm2d": _pack_bn,
+    "activation": _pack_act, "linear": _pack_linear,
+}
+
+# ------------------------------------------------------------------ binding nodes to kernels
+
+
+def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
+    op = node.op
+    x, res = xs[0], (xs[1] if len(xs) > 1 else _NO_RES)
+    args = (x, p["w"], p["bias"], res, out, co, *op.kernel, *op.stride, *op.pad, *op.dilation,
+            p["act"], p["has_bias"], int(len(xs) > 1))
+    if p["direct"]:
+        return lambda: conv_k.conv2d_direct(*args)
+    return lambda: conv_k.conv2d_gemm(*args, numba.get_num_threads())
+
+
+def _scale_shift(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
+    args = (xs[0], p["scale"], p["shift"], out, co, p["act"])
+    return lambda: elem_k.scale_shift(*args)
+
+
+def _pool(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
+    op = node.op
+    is_max = int(node.kind == "maxpool2d")
+    include_pad = int(getattr(op, "count_include_pad", True))
+    args = (xs[0], out, co, *op.kernel, *op.strides, *op.padding, is_max, include_pad)
+    return lambda: resample_k.pool2d(*args)
+
+
+def _adaptive(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
+    return lambda: resample_k.adaptive_avgpool(xs[0], out, co)
+
+
+def _upsample(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
+    op = node.op
+    (h, w), (ho, wo) = xs[0].shape[2:], out.shape[2:]
+    if op.align_corners:  # torch: (in - 1) / (out - 1) in float32, 0 for a single output
+        scales = [float(np.float32(i - 1) / np.float32(o - 1)) if o > 1 else 0.0
+                  for i, o in ((h, ho), (w, wo))]
+    elif op.scale is not None:
+        scales = [float(np.float32(1.0 / op.scale))] * 2
+    else:
+        scales = [float(np.float32(i) / np.float32(o)) for i, o in ((h, ho), (w, wo))]
+    args = (xs[0], out, co, int(op.mode == "bilinear"), int(op.align_corners), *scales)
+    return lambda: resample_k.upsample(*args)
+
+
+def _add(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
+    weights = [float(w) for w in (node.op.weights or [1.0] * len(xs))]
+
+    def step() -> None:
+        for k, (x, w) in enumerate(zip(xs, weights, strict=True)):
+            elem_k.add_scaled(x, w, out, co, int(k > 0))
+    return step
+
+
+def _mul(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
+    a, b = xs if xs[0].size >= xs[1].size else xs[::-1]
+    return lambda: elem_k.mul(a, b, out, co)
+
+
+def _linear(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
+    args = (xs[0], p["wt"], p["bias"], out, co, 0, p["has_bias"])
+    return lambda: conv_k.linear(*args)
+
+
+def _channel_pad(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
+    before, c = node.op.before, xs[0].shape[1]
+    end = co + c + before + node.op.after
+
+    def step() -> None:
+        out[:, co:co + before] = 0.0
+        out[:, co + before + c:end] = 0.0
+        elem_k.copy_channels(xs[0], out, co + before)
+    return step
+
+
+BINDERS: dict[str, Binder] = {
+    "conv2d": _conv, "fused_conv2d": _conv, "batchnorm2d": _scale_shift,
+    "activation": _scale_shift, "maxpool2d": _pool, "avgpool2d": _pool,
+    "global_avgpool": _adaptive, "adaptive_avgpool2d": _adaptive, "upsample": _upsample,
+    "add": _add, "mul": _mul, "linear": _linear, "channel_pad": _channel_pad,
+}
+# concat is bound by the executor (copies for the parts not written in place); input,
+# output, identity, dropout and flatten are views
+VIEWS = {"input", "output", "identity", "dropout", "flatten"}
+
+
+class Executor:
+    """A compiled graph: call it on an N x C x H x W float32 array.
+
+    Returns one N x ... array, or a tuple of them for several outputs (fresh copies).
+    `graph` is the optimized graph it runs and `plan` its memory plan (per sample).
+    """
+
+    def __init__(self, graph: Graph, state: StateDict, threads: int | None) -> None:
+        self.graph = graph
+        self.plan = plan_memory(graph)
+        self.threads = threads
+        self._packed = {n.id: PACKERS[n.kind](n, state) for n in graph if n.kind in PACKERS}
+        self._bound: dict[int, tuple[np.ndarray, list[Step], list[np.ndarray]]] = {}
+
+    def _bind(self, batch: int) -> tuple[np.ndarray, list[Step], list[np.ndarray]]:
+        graph, plan = self.graph, self.plan
+        slots = [np.empty(batch * b // 4, np.float32) for b in plan.slot_bytes]
+        value: dict[str, np.ndarray] = {}
+        steps: list[Step] = []
+        for node in graph:
+            t = node.type
+            if node.op.is_alias:
+                src = value[node.inputs[0]]
+                value[node.id] = src.reshape(batch, t.channels, 1, 1) if t.flat else src
+                continue
+            owner = plan.owner[node.id]
+            if owner not in value:  # the first part of an in-place concat allocates it
+                o = graph[owner].type
+                value[owner] = slots[plan.slot[owner]][:batch * o.numel].reshape(
+                    batch, o.channels, o.height, o.width)
+            out, co = value[owner], plan.channel_offset[node.id]
+            xs = [value.get(i) for i in node.inputs]
+            if node.kind == "concat":
+                steps.extend(self._bind_concat(node, xs, out, co))
+            elif node.kind != "input":
+                steps.append(BINDERS[node.kind](node, self._packed.get(node.id, {}), xs, out,
+                                                co))
+        (inp,) = graph.inputs
+        outs = [value[o.id] for o in graph.outputs]
+        outs = [o.reshape(batch, -1) if n.type.flat else o
+                for o, n in zip(outs, graph.outputs, strict=True)]
+        return value[inp.id], steps, outs
+
+    def _bind_concat(self, node: Node, xs: list, out: np.ndarray, co: int) -> list[Step]:
+        steps, offset = [], co
+        for i, x in zip(node.inputs, xs, strict=True):
+            if self.plan.owner[i] != self.plan.owner[node.id]:  # not written in place
+                steps.append(lambda x=x, at=offset: elem_k.copy_channels(x, out, at))
+            offset += self.graph[i].type.channels
+        return steps
+
+    def __call__(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        (inp,) = self.graph.inputs
+        if x.ndim != 4 or tuple(x.shape[1:]) != inp.type.shape:
+            raise NasgraphError(f"graph {self.graph.name!r} takes N x {inp.type} input, got "
+                                f"shape {tuple(x.shape)}; hint: recompile for another size")
+        if self.threads is not None:
+            numba.set_num_threads(self.threads)
+        if x.shape[0] not in self._bound:
+            self._bound[x.shape[0]] = self._bind(x.shape[0])
+        buffer, steps, outs = self._bound[x.shape[0]]
+        buffer[...] = x
+        for step in steps:
+            step()
+        results = tuple(o.copy() for o in outs)
+        return results[0] if len(results) == 1 else results
+
+
+def _limit_blas_threads() -> None:
+    # numba's prange pool is the only one: a second (OpenBLAS's) collapses throughput
+    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba calls: load it to limit it)
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(limits=1, user_api="blas")
+
+
+def compile(graph: Graph, state_dict: Mapping[str, object], *, batch: int | None = None,
+            threads: int | None = None, optimize: bool = True) -> Executor:
+    """Compile `graph` with the weights of `state_dict` (keys as `lower(graph).state_dict()`).
+
+    `batch` binds buffers for that batch size now (others are bound on first use);
+    `threads` sets numba's thread count for every call (default: numba's). `optimize=False`
+    runs the graph as given, without the passes (to test them).
+
+        >>> import numpy as np
+        >>> from nasgraph import zoo
+        >>> from nasgraph.backends.torch import lower
+        >>> from nasgraph.backends import numba as nb
+        >>> g = zoo.get("lenet5")
+        >>> run = nb.compile(g, lower(g).eval().state_dict())
+        >>> run(np.zeros((2, *g.inputs[0].type.shape), np.float32)).shape
+        (2, 10)
+    """
+    if len(graph.inputs) != 1:
+        raise NasgraphError(f"graph {graph.name!r} has {len(graph.inputs)} inputs; the numba "
+                            "executor runs graphs with exactly one")
+    missing = [n.id for n in graph if n.kind not in BINDERS and n.kind not in VIEWS
+               and n.kind != "concat"]
+    if missing:
+        raise NasgraphError(f"node {missing[0]!r} ({graph[missing[0]].kind}) has no numba "
+                            "kernel")
+    if threads is not None and not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+        raise NasgraphError(f"threads={threads} is outside 1..{numba.config.NUMBA_NUM_THREADS}")
+    _limit_blas_threads()
+    planned, state = passes.optimize(graph, state_dict) if optimize else \
+        (graph, passes.as_numpy(state_dict))
+    executor = Executor(planned, state, threads)
+    if batch is not None:
+        executor._bound[batch] = executor._bind(batch)
+    return executor

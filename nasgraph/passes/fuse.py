@@ -1,0 +1,88 @@
+"""Fuse activations and residual adds into the epilogue of the convolution before them.
+
+`act(conv(x) + r)` becomes one `FusedConv2d` node with inputs (x, r): the conv's result is
+added to r and activated while it is still in registers. `FusedConv2d` is an op of the
+planned graphs that backends execute, not of the registry users build models from: it is
+not in `OPS`, so it is never saved nor lowered to torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from nasgraph.errors import ShapeError
+from nasgraph.ir import Graph
+from nasgraph.ir.ops import ACTIVATION_FLOPS, ActivationFn, Conv2d
+from nasgraph.ir.types import TensorType
+from nasgraph.passes._rewrite import rebuild, resolve, sole_consumer
+
+
+class FusedConv2d(Conv2d):
+    """Conv2d, then `+ residual` (a second input, when `residual`), then `act` (if any)."""
+
+    kind: ClassVar[str] = "fused_conv2d"
+    arity: ClassVar[tuple[int, int | None]] = (1, 2)
+
+    act: ActivationFn | None = None
+    residual: bool = False
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        out = super().infer(inputs[:1])
+        if len(inputs) != 1 + self.residual:
+            raise ShapeError(f"fused conv takes {1 + self.residual} inputs, got {len(inputs)}")
+        if self.residual and inputs[1] != out:
+            raise ShapeError(f"residual {inputs[1]} does not match the conv's output {out}")
+        return out
+
+    def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        extra = int(self.residual) + (ACTIVATION_FLOPS[self.act] if self.act else 0)
+        return super().flops(inputs[:1], output) + extra * output.numel
+
+    def label(self) -> str:
+        return super().label() + ("+res" if self.residual else "") + (
+            f"+{self.act}" if self.act else "")
+
+
+def _fusable_add(graph: Graph, add_id: str, conv_id: str) -> str | None:
+    """The residual input if `add_id` is a plain 2-input add of `conv_id` and another node."""
+    add = graph[add_id]
+    if add.kind != "add" or len(add.inputs) != 2 or any(w != 1.0 for w in add.op.weights or ()):
+        return None
+    (other,) = [i for i in add.inputs if i != conv_id]
+    return other
+
+
+def fuse_epilogues(graph: Graph) -> Graph:
+    """Fuse `conv -> [add] -> [activation]` chains, each link the only use of the one before.
+
+        >>> from nasgraph.ir import GraphBuilder
+        >>> b = GraphBuilder(); x = b.input(4, 8, 8)
+        >>> y = b.conv(x, 4, 3, padding=1)
+        >>> _ = b.output(b.relu(b.add([b.conv(y, 4, 3, padding=1), x])))
+        >>> [n.op.label() for n in fuse_epilogues(b.build())][2]
+        'conv 3x3, 4+res+relu'
+    """
+    rename: dict[str, str] = {}
+    replace = {}
+    for node in graph:
+        if node.kind != "conv2d":
+            continue
+        inputs, act, residual = node.inputs, None, False
+        tail = node.id
+        nxt = sole_consumer(graph, tail)
+        if nxt is not None and nxt not in rename \
+                and (other := _fusable_add(graph, nxt, tail)) is not None \
+                and resolve(rename, other) not in {resolve(rename, i) for i in inputs}:
+            inputs, residual = (*inputs, other), True
+            rename[nxt] = node.id
+            tail = nxt
+            nxt = sole_consumer(graph, tail)
+        if nxt is not None and graph[nxt].kind == "activation":
+            act = graph[nxt].op.fn
+            rename[nxt] = node.id
+        if act is None and not residual:
+            continue
+        fused = FusedConv2d(**node.op.model_dump(), act=act, residual=residual)
+        replace[node.id] = (fused, inputs)
+    return rebuild(graph, rename, replace) if rename else graph
