@@ -1,6 +1,7 @@
 """Inception networks (Szegedy et al. 2015, 2016): blocks of parallel branches, concatenated.
 
-Width: `stem.width`, `stage{i}.width` (channels of each branch). Depth: `stages`,
+Built from `nasgraph.motifs.inception`. Width: `stem.width`, `stage{i}.width` (channels of
+each branch). Depth: `stages`,
 `stage{i}.depth` (blocks). Multiplicity: `stage{i}.block{j}.paths`, the branches of each
 block (1x1; 3x3; 5x5; pool), and `stage{i}.factorized`: 3x3 as 1x3 then 3x1 and 5x5 as two
 3x3 (Inception v2/v3), more depth and paths for fewer MACs.
@@ -9,43 +10,22 @@ block (1x1; 3x3; 5x5; pool), and `stage{i}.factorized`: 3x3 as 1x3 then 3x1 and 
 from __future__ import annotations
 
 from nasgraph.ir import GraphBuilder
-from nasgraph.motifs import conv_unit
+from nasgraph.motifs import FactorizedInception, InceptionV1, inception_block
 from nasgraph.search.skeleton import head, max_stages, stem
 
 
-def inception_block(b, x, width, paths, factorized):
-    """Up to four branches: 1x1; 1x1 -> 3x3; 1x1 -> 5x5; 3x3 max pool -> 1x1."""
+def module(width, paths, factorized):
+    """The block's config: 1x1 | 3x3 | 5x5 | pool -> 1x1, the first `paths` branches.
+    Factorized (Inception v3): 3x3 as 1x3 then 3x1, 5x5 as two such pairs."""
     reduce = max(4, width // 2)
-    branches = [lambda: conv_unit(b, x, width, 1, names=("conv", "bn", "relu"))]
-
-    def conv3x3(t, name):
-        if not factorized:
-            return conv_unit(b, t, width, 3, names=(name, f"{name}_bn", f"{name}_relu"))
-        t = conv_unit(b, t, width, (1, 3), names=(f"{name}a", f"{name}a_bn", f"{name}a_relu"))
-        return conv_unit(b, t, width, (3, 1), names=(f"{name}b", f"{name}b_bn",
-                                                     f"{name}b_relu"))
-
-    def branch3x3():
-        return conv3x3(conv_unit(b, x, reduce, 1, names=("reduce", "reduce_bn",
-                                                        "reduce_relu")), "conv3x3")
-
-    def branch5x5():
-        t = conv_unit(b, x, reduce, 1, names=("reduce", "reduce_bn", "reduce_relu"))
-        if factorized:
-            return conv_unit(b, conv3x3(t, "conv3x3_1"), width, 3,
-                             names=("conv3x3_2", "conv3x3_2_bn", "conv3x3_2_relu"))
-        return conv_unit(b, t, width, 5, names=("conv5x5", "conv5x5_bn", "conv5x5_relu"))
-
-    def branch_pool():
-        t = b.maxpool(x, 3, stride=1, padding=1)
-        return conv_unit(b, t, width, 1, names=("conv", "bn", "relu"))
-
-    branches += [branch3x3, branch5x5, branch_pool]
-    outs = []
-    for k, make in enumerate(branches[:paths]):
-        with b.scope(f"branch{k}"):
-            outs.append(make())
-    return b.concat(outs) if len(outs) > 1 else outs[0]
+    keep = [k < paths for k in range(4)]
+    if factorized:
+        return FactorizedInception(
+            ch1x1=width, mid=(reduce, width, width), asymmetric=True, pool="max",
+            deep=(reduce, width, width, width, width) if keep[2] else (),
+            pool_proj=width if keep[3] else 0)
+    return InceptionV1(ch1x1=width, ch3x3red=reduce, ch3x3=width, ch5x5red=reduce,
+                       ch5x5=width if keep[2] else 0, pool_proj=width if keep[3] else 0)
 
 
 def stage(trial, ctx, b, x, name, level, downsample):
@@ -59,7 +39,7 @@ def stage(trial, ctx, b, x, name, level, downsample):
         for j in range(depth):
             paths = trial.suggest_int(f"{name}.block{j}.paths", 2, 4)
             with b.scope(f"block{j}"):
-                x = inception_block(b, x, width, paths, factorized)
+                x = inception_block(b, x, module(width, paths, factorized), eps=1e-5)
     return x
 
 

@@ -205,8 +205,8 @@ def search(cfg: SearchConfig, callbacks: list[Callable] | None = None,
     """Run (or resume) the search `cfg`; write the leaderboard, the best model and plots.
 
     `callbacks` go to `study.optimize`; `on_start(study, remaining)` is called once the
-    study is open. Ctrl-C stops after the current epoch: the interrupted trial is failed and
-    queued again, and the results so far are written.
+    study is open. Ctrl-C stops the running trial: it is failed and queued again, and the
+    results so far are written (without the final retrainings).
     """
     from nasgraph.search.report import write_report
 
