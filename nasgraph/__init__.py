@@ -8,13 +8,29 @@
 
 from nasgraph import zoo
 from nasgraph.analysis import Summary, summarize
-from nasgraph.errors import BudgetError, GraphError, NasgraphError, ShapeError, SpaceError
+from nasgraph.errors import (
+    BudgetError,
+    GraphError,
+    NasgraphError,
+    RenderError,
+    ShapeError,
+    SpaceError,
+)
 from nasgraph.ir import OPS, Graph, GraphBuilder, Node, Tensor, TensorType, load, ops, save
 
 __version__ = "0.1.0"
 
 __all__ = [
     "OPS", "BudgetError", "Graph", "GraphBuilder", "GraphError", "NasgraphError", "Node",
-    "ShapeError", "SpaceError", "Summary", "Tensor", "TensorType", "load", "ops", "save",
-    "summarize", "zoo",
+    "RenderError", "ShapeError", "SpaceError", "Summary", "Tensor", "TensorType", "load", "ops",
+    "render", "save", "summarize", "zoo",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # `render` loads graphviz: imported on first use, so the IR never pulls it in.
+    if name == "render":
+        from nasgraph.drawing import render
+
+        return render
+    raise AttributeError(f"module 'nasgraph' has no attribute {name!r}")

@@ -146,6 +146,45 @@ def zoo_list(
     console.print(table)
 
 
+@app.command("render")
+@_one_line_errors
+def render_command(
+    model: Annotated[str, typer.Argument(help="A zoo model name or a graph JSON file.")],
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Picture to write: .svg, .png, .pdf or .dot "
+        "(default: MODEL.svg).")] = None,
+    input: Annotated[str | None, typer.Option("--input", help="Input size CxHxW.")] = None,
+    collapse: Annotated[bool, typer.Option(
+        "--collapse", help="Draw each block as one node with its totals.")] = False,
+    depth: Annotated[int | None, typer.Option(
+        "--depth", min=1, help="Block level: collapsed into nodes, or the deepest drawn as "
+        "clusters (1 = outermost).")] = None,
+    direction: Annotated[str, typer.Option(
+        "--direction", help="TB, LR, BT or RL.")] = "TB",
+    show: Annotated[str, typer.Option(
+        "--show", help="Extra lines in op nodes, comma-separated: shape,params,macs.")] = "",
+    merge: Annotated[bool, typer.Option(
+        "--merge/--no-merge", help="Merge conv-BN-activation chains into one node.")] = True,
+    repeat: Annotated[bool, typer.Option(
+        "--repeat/--no-repeat", help="Collapsed: identical consecutive blocks as one 'x N'.")
+    ] = True,
+    dpi: Annotated[int, typer.Option("--dpi", min=1, help="PNG resolution.")] = 96,
+    debug: Debug = False,
+) -> None:
+    """Draw a model: SVG, PNG or PDF with graphviz's dot, or the DOT source.
+
+    Without dot: writes the .dot file, says how to install graphviz, exits with code 2.
+
+    Example: nasgraph render resnet50 --collapse -o resnet50.svg
+    """
+    from nasgraph.drawing import render
+
+    graph = resolve_model(model, input)
+    path = render(graph, output or Path(f"{graph.name}.svg"), collapse=collapse, depth=depth,
+                  direction=direction, show=show, merge=merge, repeat=repeat, dpi=dpi)
+    console.print(f"wrote {path}", highlight=False)
+
+
 Budget = Annotated[str | None, typer.Option(
     "--budget", help="Most MACs per image: 300k, 5M, 1.2G.")]
 

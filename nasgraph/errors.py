@@ -23,3 +23,7 @@ class BudgetError(NasgraphError):
 
 class SpaceError(NasgraphError):
     """A search space cannot be found, loaded or evaluated."""
+
+
+class RenderError(NasgraphError):
+    """A picture cannot be drawn: a bad option, an unknown format, no graphviz `dot`."""
