@@ -53,6 +53,7 @@ def _trained(study_dir: Path) -> list[Path]:
     return sorted(p.parent for p in (study_dir / "trials").glob("*/weights.pt"))
 
 
+@pytest.mark.slow
 def test_residual_search_writes_every_artifact(tmp_path):
     cfg = SearchConfig(space="residual", budget_macs=100_000, trials=4, epochs=2,
                        final_seeds=2, final_epochs=2, runs_dir=str(tmp_path), device="cpu")
@@ -196,7 +197,7 @@ def test_killed_search_resumes_without_losing_a_trial(tmp_path):
     assert "resuming study 'resume'" in err
     show = subprocess.run([sys.executable, "-m", "nasgraph.cli", "study", "show", "resume",
                            "--runs-dir", str(tmp_path)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+                          cwd=ROOT, timeout=120, env={**os.environ, "COLUMNS": "200"})
     assert show.returncode == 0, show.stderr
     assert "resume" in show.stdout and "val acc" in show.stdout
 
