@@ -30,7 +30,8 @@ graphviz:
 	    apt-get install -y -qq graphviz >/dev/null; }
 
 demo: setup
-	$(BIN)/nasgraph info resnet50
+	$(BIN)/nasgraph search residual --dataset digits --budget 200k --trials 12 --epochs 6 \
+	  --study demo
 
 test: setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)

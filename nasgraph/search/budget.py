@@ -1,0 +1,94 @@
+"""Budgets: the most MACs, parameters and activation memory a candidate may have.
+
+    >>> from nasgraph.search.budget import Budget, parse_amount
+    >>> parse_amount("300k"), parse_amount("1.2G"), parse_amount("5M")
+    (300000, 1200000000, 5000000)
+    >>> Budget(macs=parse_amount("200k")).describe()
+    'MACs <= 200k'
+
+A budget is checked on the graph, before any training: costs come from
+`nasgraph.analysis`, so checking one is a matter of milliseconds.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nasgraph import analysis
+from nasgraph.errors import BudgetError
+from nasgraph.ir import Graph
+
+_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_amount(text: str | int | float, what: str = "--budget") -> int:
+    """'300k' -> 300000, '1.2G' -> 1200000000; suffixes k, M, G, T (any case)."""
+    if isinstance(text, int | float):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMgGtT]?)i?[bB]?\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise BudgetError(f"{what} {text!r}: expected a positive amount such as 300k, 5M or "
+                          "1.2G")
+    return round(float(m.group(1)) * _SUFFIX[m.group(2).lower()])
+
+
+def short(n: float) -> str:
+    """200000 -> '200k'."""
+    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.3g}{suffix}"
+    return f"{n:g}"
+
+
+class Costs(BaseModel):
+    """The budgeted figures of one graph."""
+
+    model_config = ConfigDict(frozen=True)
+
+    macs: int
+    params: int
+    memory: int  # peak activation bytes per sample
+
+    @classmethod
+    def of(cls, graph: Graph) -> Costs:
+        return cls(macs=analysis.macs(graph), params=analysis.params(graph),
+                   memory=analysis.peak_memory_bytes(graph))
+
+
+class Budget(BaseModel):
+    """Upper bounds; None means unbounded."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    macs: int | None = Field(default=None, gt=0)
+    params: int | None = Field(default=None, gt=0)
+    memory: int | None = Field(default=None, gt=0)
+
+    def excess(self, costs: Costs) -> dict[str, float]:
+        """The relative excess over each bound, <= 0 when met (Optuna's constraint
+        convention: feasible iff every value is <= 0)."""
+        return {k: (getattr(costs, k) - limit) / limit for k, limit in self._limits()}
+
+    def violations(self, costs: Costs) -> list[float]:
+        return list(self.excess(costs).values())
+
+    def fits(self, costs: Costs) -> bool:
+        return all(v <= 0 for v in self.violations(costs))
+
+    def check(self, graph: Graph) -> Costs:
+        """The costs of `graph`; raises BudgetError naming the first bound it exceeds."""
+        costs = Costs.of(graph)
+        for name, limit in self._limits():
+            if getattr(costs, name) > limit:
+                raise BudgetError(f"graph {graph.name!r}: {name} {short(getattr(costs, name))}"
+                                  f" over the budget of {short(limit)}")
+        return costs
+
+    def describe(self) -> str:
+        names = {"macs": "MACs", "params": "params", "memory": "memory (B)"}
+        return ", ".join(f"{names[k]} <= {short(v)}" for k, v in self._limits()) or "none"
+
+    def _limits(self) -> list[tuple[str, int]]:
+        return [(k, v) for k in ("macs", "params", "memory") if (v := getattr(self, k))]

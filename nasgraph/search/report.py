@@ -1,0 +1,310 @@
+"""What a search leaves in its folder: the leaderboard, the best model and the plots.
+
+    runs/<study>/leaderboard.md, leaderboard.csv   every finished trial, best first
+    runs/<study>/best/                             graph.json, graph.svg, model.py,
+                                                   weights.pt, result.json
+    runs/<study>/plots/                            history, pareto, importances (.png, .html)
+
+Test accuracy is measured for the `top_k` trials only; the best trial is then retrained from
+scratch `final_seeds` times on train + validation, and `best/result.json` reports the mean
+test accuracy of those runs and their spread.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from nasgraph.data import Dataset
+from nasgraph.ir import Graph
+from nasgraph.search.budget import short
+from nasgraph.search.run import (
+    SearchConfig,
+    _write,
+    dump_json,
+    load_graph,
+    trial_dir,
+)
+from nasgraph.train import accuracy, concat_splits, train
+
+COLUMNS = ["rank", "trial", "state", "val_accuracy", "test_accuracy", "macs", "params",
+           "memory", "width_multiplier", "feasible", "pareto", "parameters"]
+
+
+def _accuracy(t: FrozenTrial) -> float:
+    if t.values is not None:
+        return t.values[0]
+    steps = t.intermediate_values
+    return steps[max(steps)] if steps else 0.0
+
+
+def ranked(study: optuna.Study) -> list[FrozenTrial]:
+    """Finished trials: trained ones by validation accuracy (then fewer MACs), then the
+    pruned, then the infeasible."""
+    trials = [t for t in study.get_trials(deepcopy=False)
+              if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "macs" in t.user_attrs]
+
+    def key(t: FrozenTrial) -> tuple:
+        group = (0 if t.state == TrialState.COMPLETE else 1) if t.user_attrs.get("feasible") \
+            else 2
+        return (group, -_accuracy(t), t.user_attrs.get("macs", 0), t.number)
+
+    return sorted(trials, key=key)
+
+
+def pareto_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """Trials no other trial beats on both accuracy and MACs."""
+    pts = [(t.number, _accuracy(t), t.user_attrs["macs"]) for t in trials
+           if t.state == TrialState.COMPLETE and t.user_attrs.get("feasible")]
+    return {n for n, a, m in pts
+            if not any((a2 >= a and m2 <= m) and (a2 > a or m2 < m) for _, a2, m2 in pts)}
+
+
+def test_accuracy(study_dir: Path, t: FrozenTrial, data: Dataset,
+                  device: torch.device) -> float | None:
+    """The test accuracy of a trained trial's own weights (cached in its folder)."""
+    folder = trial_dir(study_dir, t.number)
+    cache, weights = folder / "test.json", folder / "weights.pt"
+    if cache.is_file():
+        return json.loads(cache.read_text())["test_accuracy"]
+    if not weights.is_file():
+        return None
+    from nasgraph.backends.torch import lower
+
+    model = lower(load_graph(study_dir, t.number))
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    acc = accuracy(model.to(device), data.test)
+    _write(cache, dump_json({"test_accuracy": acc}))
+    return acc
+
+
+def leaderboard_rows(cfg: SearchConfig, study: optuna.Study, data: Dataset | None = None,
+                     device: torch.device | None = None) -> list[dict[str, Any]]:
+    """One row per finished trial, best first; test accuracy for the top `cfg.top_k`
+    (measured when `data` is given, else read from the trials' folders)."""
+    trials = ranked(study)
+    front = pareto_numbers(trials)
+    rows = []
+    for rank, t in enumerate(trials, start=1):
+        u = t.user_attrs
+        test = None
+        if rank <= cfg.top_k and t.state == TrialState.COMPLETE and u.get("feasible"):
+            if data is not None and device is not None:
+                test = test_accuracy(cfg.study_dir, t, data, device)
+            elif (cache := trial_dir(cfg.study_dir, t.number) / "test.json").is_file():
+                test = json.loads(cache.read_text())["test_accuracy"]
+        rows.append({
+            "rank": rank, "trial": t.number, "state": t.state.name.lower(),
+            "val_accuracy": round(_accuracy(t), 4) if u.get("feasible") else None,
+            "test_accuracy": round(test, 4) if test is not None else None,
+            "macs": u["macs"], "params": u["params"], "memory": u["memory"],
+            "width_multiplier": u.get("width_multiplier"), "feasible": u.get("feasible"),
+            "pareto": t.number in front,
+            "parameters": " ".join(f"{k}={v}" for k, v in sorted(t.params.items())),
+        })
+    return rows
+
+
+def leaderboard_markdown(cfg: SearchConfig, rows: list[dict[str, Any]]) -> str:
+    def cell(key: str, v: Any) -> str:
+        if v is None:
+            return ""
+        if key in ("macs", "params"):
+            return short(v)
+        if key == "memory":
+            return short(v) + "B"
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, float) and key.endswith("accuracy"):
+            return f"{100 * v:.2f}%"
+        return str(v)
+
+    head = (f"# {cfg.study_name}\n\nspace `{cfg.space}`, dataset `{cfg.dataset}`, budget "
+            f"{cfg.budget.describe()}, {cfg.epochs} epochs per trial\n\n")
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(k, r[k]) for k in COLUMNS) + " |" for r in rows]
+    return head + "\n".join(lines) + "\n"
+
+
+def leaderboard_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_report(cfg: SearchConfig, study: optuna.Study, data: Dataset,
+                 device: torch.device, final: bool = True) -> dict[str, Any] | None:
+    """Leaderboard, best model (retrained unless `final` is False) and plots; returns the
+    content of best/result.json (None when no trial was trained)."""
+    rows = leaderboard_rows(cfg, study, data, device)
+    _write(cfg.study_dir / "leaderboard.md", leaderboard_markdown(cfg, rows))
+    _write(cfg.study_dir / "leaderboard.csv", leaderboard_csv(rows))
+    trained = [r for r in rows if r["state"] == "complete" and r["feasible"]]
+    best = write_best(cfg, study, trained[0], data, device, final) if trained else None
+    write_plots(cfg, study)
+    return best
+
+
+def write_best(cfg: SearchConfig, study: optuna.Study, row: dict[str, Any], data: Dataset,
+               device: torch.device, final: bool) -> dict[str, Any]:
+    t = study.trials[row["trial"]]
+    graph = load_graph(cfg.study_dir, t.number)
+    folder = cfg.study_dir / "best"
+    _write(folder / "graph.json", graph.to_json())
+    result: dict[str, Any] = {
+        "trial": t.number, "val_accuracy": row["val_accuracy"],
+        "trial_test_accuracy": row["test_accuracy"],
+        "macs": row["macs"], "params": row["params"], "memory": row["memory"],
+        "width_multiplier": row["width_multiplier"], "sampled_parameters": t.params,
+        "space": cfg.space, "dataset": cfg.dataset, "budget": cfg.budget.model_dump(),
+        "epochs": cfg.epochs,
+    }
+    weights = torch.load(trial_dir(cfg.study_dir, t.number) / "weights.pt",
+                         map_location="cpu", weights_only=True)
+    result["test_accuracy"] = row["test_accuracy"]
+    result["model_test_accuracy"] = row["test_accuracy"]
+    final_epochs = cfg.final_epochs or 3 * cfg.epochs
+    if final and cfg.final_seeds > 0:
+        accs = []
+        for k in range(cfg.final_seeds):
+            run = train(graph, data, cfg.recipe, epochs=final_epochs, device=device,
+                        seed=10_000 + k, train_split=concat_splits(data.train, data.val),
+                        val_split=data.test)
+            accs.append(accuracy(run.model, data.test))
+            if k == 0:
+                weights = {key: v.cpu() for key, v in run.model.state_dict().items()}
+                result["model_test_accuracy"] = accs[0]
+        result.update({
+            "test_accuracy": statistics.fmean(accs),
+            "test_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "test_accuracy_min": min(accs), "test_accuracy_max": max(accs),
+            "test_accuracy_runs": accs, "final_epochs": final_epochs,
+            "final_seeds": cfg.final_seeds, "final_training": "train + validation splits",
+        })
+    else:
+        result["final_training"] = None  # interrupted: the trial's own weights and score
+    _write(folder / "weights.pt", _torch_bytes(weights))
+    result["graph_svg"] = _render(graph, folder / "graph.svg")
+    result["model_py"] = _export(graph, folder / "model.py", weights)
+    _write(folder / "result.json", dump_json(result))
+    return result
+
+
+def _torch_bytes(state_dict: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    return buf.getvalue()
+
+
+def _render(graph: Graph, path: Path) -> str | None:
+    """Draw the graph; without graphviz's dot program the search still reports (no SVG)."""
+    from nasgraph.drawing import render
+    from nasgraph.errors import RenderError
+
+    try:
+        render(graph, path)
+    except RenderError as e:
+        print(f"note: best/{path.name} not drawn: {e}")
+        return None
+    return path.name
+
+
+def _export(graph: Graph, path: Path, state_dict: dict) -> str:
+    """Plain PyTorch source (`load_model()`) and its .safetensors weights beside it."""
+    from nasgraph.backends.torch import export_python
+
+    export_python(graph, path, state_dict=state_dict)
+    return path.name
+
+
+def write_plots(cfg: SearchConfig, study: optuna.Study) -> list[str]:
+    """Optimization history, accuracy-MACs Pareto front and parameter importances, as PNG
+    (matplotlib) and HTML (plotly). A plot that cannot be drawn yet (too few trials) is
+    skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization as vis
+    import optuna.visualization.matplotlib as vis_mpl
+
+    folder = cfg.study_dir / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = (lambda t: t.values[0]) if cfg.multi_objective else None
+    plots = {
+        "history": lambda m: m.plot_optimization_history(study, target=target,
+                                                         target_name="val accuracy"),
+        "importances": lambda m: m.plot_param_importances(study, target=target,
+                                                          target_name="val accuracy"),
+    }
+    if cfg.multi_objective:
+        plots["pareto"] = lambda m: m.plot_pareto_front(
+            study, target_names=["val accuracy", "MACs"])
+    written = []
+    for name, draw in plots.items():
+        for module, ext in ((vis_mpl, "png"), (vis, "html")):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    fig = draw(module)
+            except (ValueError, RuntimeError, ZeroDivisionError, IndexError):
+                continue
+            path = folder / f"{name}.{ext}"
+            tmp = path.with_name(path.name + ".tmp")
+            if ext == "png":
+                figure = fig.figure if hasattr(fig, "figure") else fig[0].figure
+                figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+                plt.close(figure)
+            else:
+                fig.write_html(tmp, include_plotlyjs="directory", full_html=True)
+            tmp.replace(path)
+            written.append(path.name)
+    if not cfg.multi_objective:
+        written += _scatter_front(cfg, study, folder)
+    return written
+
+
+def _scatter_front(cfg: SearchConfig, study: optuna.Study, folder: Path) -> list[str]:
+    """Accuracy against MACs for a single-objective study, its Pareto front marked."""
+    import matplotlib.pyplot as plt
+    import plotly.graph_objects as go
+
+    trials = [t for t in ranked(study) if t.state == TrialState.COMPLETE
+              and t.user_attrs.get("feasible")]
+    if not trials:
+        return []
+    front = pareto_numbers(trials)
+    pts = [(t.user_attrs["macs"], _accuracy(t), t.number in front, t.number) for t in trials]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for on_front, color in ((False, "tab:gray"), (True, "tab:red")):
+        sel = [p for p in pts if p[2] == on_front]
+        ax.scatter([p[0] for p in sel], [p[1] for p in sel], c=color,
+                   label="Pareto front" if on_front else "trials")
+    ax.set_xlabel("MACs")
+    ax.set_ylabel("val accuracy")
+    ax.set_title(f"{cfg.study_name}: accuracy vs MACs")
+    ax.legend()
+    tmp = folder / "pareto.png.tmp"
+    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(folder / "pareto.png")
+    html = go.Figure(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers",
+                                text=[f"trial {p[3]}" for p in pts],
+                                marker={"color": ["red" if p[2] else "gray" for p in pts]}))
+    html.update_layout(xaxis_title="MACs", yaxis_title="val accuracy",
+                       title=f"{cfg.study_name}: accuracy vs MACs")
+    tmp = folder / "pareto.html.tmp"
+    html.write_html(tmp, include_plotlyjs="directory")
+    tmp.replace(folder / "pareto.html")
+    return ["pareto.png", "pareto.html"]

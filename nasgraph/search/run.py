@@ -1,0 +1,262 @@
+"""A search: an Optuna study over a space, each candidate fitted to the budget, trained and
+scored on the validation split; then the best retrained from scratch and tested.
+
+    >>> from nasgraph.search.run import SearchConfig, search
+    >>> result = search(SearchConfig(space="residual", budget_macs=200_000, trials=30,
+    ...                              epochs=10))  # doctest: +SKIP
+
+The same configuration run again resumes its study: finished trials are kept, trials that
+were interrupted are failed and queued again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from pydantic import BaseModel, ConfigDict, Field
+
+from nasgraph import ir
+from nasgraph.data import Dataset, load_dataset
+from nasgraph.errors import NasgraphError
+from nasgraph.search.budget import Budget, Costs
+from nasgraph.search.space import Context, Space, fit_to_budget, load_space
+from nasgraph.search.storage import open_storage
+from nasgraph.train import Recipe, resolve_device, train
+
+Objective = Literal["accuracy", "accuracy,macs"]
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class SearchConfig(BaseModel):
+    """Everything that defines a search (the CLI's options)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    space: str = "residual"
+    dataset: str = "digits"
+    budget_macs: int | None = None
+    max_params: int | None = None
+    max_memory: int | None = None
+    trials: int = Field(default=30, gt=0)
+    timeout: float | None = None
+    epochs: int = Field(default=10, gt=0)
+    final_epochs: int | None = None  # default: 3 x epochs
+    final_seeds: int = Field(default=3, ge=0)
+    top_k: int = Field(default=5, gt=0)  # trials tested on the test split
+    study: str | None = None  # default: <space>-<dataset>
+    storage: str | None = None  # default: sqlite in runs/<study>/
+    runs_dir: str = "runs"
+    objective: Objective = "accuracy"
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int = 0
+    device: str = "auto"
+    recipe: Recipe = Recipe()
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(macs=self.budget_macs, params=self.max_params, memory=self.max_memory)
+
+    @property
+    def study_name(self) -> str:
+        if self.study:
+            return self.study
+        space = Path(self.space.partition(":")[0]).stem
+        return f"{space}-{self.dataset.partition(':')[0]}"
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.runs_dir) / self.study_name
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.objective == "accuracy,macs"
+
+
+class SearchResult(BaseModel):
+    """What a search leaves, besides its folder."""
+
+    study: str
+    study_dir: str
+    trials: int  # finished (complete or pruned) trials in the study
+    feasible_fraction: float  # of the candidates sampled, those within budget
+    shrunk_fraction: float  # of the feasible candidates, those whose widths were shrunk
+    interrupted: bool
+    best: dict[str, Any] | None  # best/result.json
+
+
+def trial_dir(study_dir: Path, number: int) -> Path:
+    return study_dir / "trials" / f"{number:04d}"
+
+
+def _write(path: Path, text: str | bytes) -> None:
+    """Write through a temporary name, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(text, bytes):
+        tmp.write_bytes(text)
+    else:
+        tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _quiet_experimental(fn: Callable) -> Callable:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@_quiet_experimental
+def make_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    if cfg.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=max(4, min(50, cfg.trials // 4)),
+                                             seed=cfg.seed)
+    return optuna.samplers.TPESampler(
+        n_startup_trials=max(3, min(10, cfg.trials // 3)), seed=cfg.seed, multivariate=True,
+        group=True)
+
+
+def make_pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
+    # All candidates share one learning-rate schedule, so accuracies after the same epoch
+    # compare fairly; the first third of the epochs are too noisy to judge.
+    if cfg.multi_objective:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, cfg.epochs // 3))
+
+
+def open_study(cfg: SearchConfig, create: bool = True) -> optuna.Study:
+    storage = open_storage(cfg.storage, cfg.study_dir)
+    if not create:
+        try:
+            return optuna.load_study(study_name=cfg.study_name, storage=storage)
+        except KeyError:
+            raise NasgraphError(f"no study {cfg.study_name!r} in {cfg.storage or cfg.study_dir}"
+                                "; hint: `nasgraph search` creates it") from None
+    directions = ["maximize", "minimize"] if cfg.multi_objective else ["maximize"]
+    try:
+        study = optuna.create_study(study_name=cfg.study_name, storage=storage,
+                                    sampler=make_sampler(cfg), pruner=make_pruner(cfg),
+                                    directions=directions, load_if_exists=True)
+    except ValueError as e:
+        raise NasgraphError(f"study {cfg.study_name!r}: {e}; hint: another --study name"
+                            ) from None
+    if [d.name.lower() for d in study.directions] != directions:
+        raise NasgraphError(f"study {cfg.study_name!r} was created with another --objective; "
+                            "hint: another --study name")
+    if "config" not in study.user_attrs:
+        study.set_user_attr("config", cfg.model_dump(mode="json"))
+    return study
+
+
+def make_objective(cfg: SearchConfig, space: Space, ctx: Context, data: Dataset,
+                   device: torch.device) -> Callable[[optuna.Trial], Any]:
+    """The function Optuna calls: fit to budget, save the graph, train, save the weights."""
+
+    def objective(trial: optuna.Trial) -> float | tuple[float, float]:
+        start = time.perf_counter()
+        graph, costs, multiplier, feasible = fit_to_budget(space, trial, ctx)
+        folder = trial_dir(cfg.study_dir, trial.number)
+        _write(folder / "graph.json", graph.to_json())
+        trial.set_user_attr("macs", costs.macs)
+        trial.set_user_attr("params", costs.params)
+        trial.set_user_attr("memory", costs.memory)
+        trial.set_user_attr("width_multiplier", multiplier)
+        trial.set_user_attr("feasible", feasible)
+        for name, excess in cfg.budget.excess(costs).items():
+            trial.set_constraint(name, excess)  # feasible iff <= 0; samplers learn from it
+        trial.set_user_attr("check_seconds", round(time.perf_counter() - start, 4))
+        if not feasible:  # never trained: recorded so that the sampler learns the boundary
+            return (0.0, float(costs.macs)) if cfg.multi_objective else 0.0
+
+        def report(epoch: int, acc: float) -> None:
+            if cfg.multi_objective:
+                return
+            trial.report(acc, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation accuracy {acc:.4f} after epoch {epoch}")
+
+        result = train(graph, data, cfg.recipe, epochs=cfg.epochs, device=device,
+                       seed=cfg.seed * 100_003 + trial.number, on_epoch=report)
+        torch.save(result.model.state_dict(), folder / "weights.pt")
+        trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 2))
+        acc = result.val_accuracy
+        return (acc, float(costs.macs)) if cfg.multi_objective else acc
+
+    return objective
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state in DONE]
+
+
+def search(cfg: SearchConfig, callbacks: list[Callable] | None = None,
+           on_start: Callable[[optuna.Study, int], None] | None = None) -> SearchResult:
+    """Run (or resume) the search `cfg`; write the leaderboard, the best model and plots.
+
+    `callbacks` go to `study.optimize`; `on_start(study, remaining)` is called once the
+    study is open. Ctrl-C stops the running trial: it is failed and queued again, and the
+    results so far are written (without the final retrainings).
+    """
+    from nasgraph.search.report import write_report
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_space(cfg.space)
+    device = resolve_device(cfg.device)
+    data = load_dataset(cfg.dataset, seed=cfg.seed)
+    ctx = Context(input_shape=data.input_shape, num_classes=data.num_classes,
+                  budget=cfg.budget)
+    cfg.study_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(cfg)
+    remaining = cfg.trials - len(finished(study))
+    if on_start is not None:
+        on_start(study, max(0, remaining))
+    interrupted = False
+    if remaining > 0:
+        try:
+            study.optimize(make_objective(cfg, space, ctx, data, device), n_trials=remaining,
+                           timeout=cfg.timeout, callbacks=callbacks, catch=(RuntimeError,))
+        except KeyboardInterrupt:
+            interrupted = True
+            _requeue_interrupted(study)
+    best = write_report(cfg, study, data, device, final=not interrupted)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
+              or (t.state == TrialState.PRUNED and "feasible" in t.user_attrs)]
+    feasible = [t for t in trials if t.user_attrs.get("feasible")]
+    shrunk = [t for t in feasible if t.user_attrs.get("width_multiplier", 1.0) < 1.0]
+    return SearchResult(study=cfg.study_name, study_dir=str(cfg.study_dir),
+                        trials=len(finished(study)),
+                        feasible_fraction=len(feasible) / max(1, len(trials)),
+                        shrunk_fraction=len(shrunk) / max(1, len(feasible)),
+                        interrupted=interrupted, best=best)
+
+
+def _requeue_interrupted(study: optuna.Study) -> None:
+    """Queue the parameters of the trial Ctrl-C failed, so that resuming re-runs it."""
+    trials = study.get_trials(deepcopy=False)
+    if trials and trials[-1].state == TrialState.FAIL and trials[-1].params:
+        study.enqueue_trial(trials[-1].params, user_attrs={"retry_of": trials[-1].number},
+                            skip_if_exists=True)
+
+
+def costs_of(trial: optuna.trial.FrozenTrial) -> Costs:
+    u = trial.user_attrs
+    return Costs(macs=u.get("macs", 0), params=u.get("params", 0), memory=u.get("memory", 0))
+
+
+def load_graph(study_dir: Path, number: int) -> ir.Graph:
+    return ir.load(trial_dir(study_dir, number) / "graph.json")
+
+
+def dump_json(data: object) -> str:
+    return json.dumps(data, indent=1, default=str) + "\n"

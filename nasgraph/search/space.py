@@ -1,0 +1,137 @@
+"""Search spaces: plain functions `space(trial, ctx) -> Graph`, Optuna's define-by-run idiom.
+
+    >>> import optuna
+    >>> from nasgraph.search import Context, load_space
+    >>> space = load_space("residual")
+    >>> ctx = Context(input_shape=(1, 8, 8), num_classes=10)
+    >>> g = space(optuna.trial.FixedTrial({"stages": 2}), ctx)  # doctest: +SKIP
+
+A space names its parameters hierarchically (`stage2.depth`, `stage2.block0.paths`) and
+asks `ctx.width(c)` for every channel count, so that the search can shrink a candidate's
+widths onto the budget (`fit_to_budget`) instead of discarding it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nasgraph.errors import SpaceError
+from nasgraph.ir import Graph
+from nasgraph.search.budget import Budget, Costs
+
+Space = Callable[[Any, "Context"], Graph]
+
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+
+
+class Context(BaseModel):
+    """What a space knows besides the trial: the data's shape, the classes, the budget and
+    the width multiplier the search applies to fit the budget."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_shape: tuple[int, int, int] = (1, 8, 8)
+    num_classes: int = Field(default=10, gt=1)
+    budget: Budget = Budget()
+    width_multiplier: float = Field(default=1.0, gt=0)
+    min_width: int = Field(default=4, gt=0)
+
+    def width(self, channels: int, divisor: int = 4) -> int:
+        """`channels` times the width multiplier, rounded to a multiple of `divisor` (as
+        MobileNet's width multiplier), never below `min_width`."""
+        scaled = channels * self.width_multiplier
+        rounded = max(self.min_width, divisor, int(scaled + divisor / 2) // divisor * divisor)
+        return rounded + divisor if rounded < 0.9 * scaled else rounded
+
+    def with_multiplier(self, m: float) -> Context:
+        return self.model_copy(update={"width_multiplier": m})
+
+
+def builtin_spaces() -> list[str]:
+    """Names of the spaces in `search_spaces/`."""
+    return sorted(p.stem for p in SPACES_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def load_space(spec: str) -> Space:
+    """A space by name (`residual`: `search_spaces/residual.py`) or `path/file.py:function`
+    (the function defaults to `space`)."""
+    path_text, _, func = spec.partition(":") if spec.count(":") == 1 or ".py:" in spec else (
+        spec, "", "")
+    if path_text.endswith(".py") or "/" in path_text:
+        path = Path(path_text)
+    else:
+        path = SPACES_DIR / f"{path_text}.py"
+        if not path.is_file():
+            names = ", ".join(builtin_spaces())
+            raise SpaceError(f"unknown search space {spec!r}; hint: one of {names}, or "
+                             "path/to/file.py:function")
+    if not path.is_file():
+        raise SpaceError(f"search space {spec!r}: {path} is not a file")
+    module_name = f"nasgraph_space_{path.stem}_{abs(hash(str(path.resolve())))}"
+    module = sys.modules.get(module_name)
+    if module is None:
+        loader_spec = importlib.util.spec_from_file_location(module_name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise SpaceError(f"search space {spec!r}: cannot import {path}")
+        module = importlib.util.module_from_spec(loader_spec)
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as e:
+            raise SpaceError(f"search space {spec!r}: importing {path} failed: "
+                             f"{type(e).__name__}: {e}") from None
+        sys.modules[module_name] = module
+    func = func or "space"
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise SpaceError(f"search space {spec!r}: {path} has no function {func!r}")
+    return fn
+
+
+def build(space: Space, trial: Any, ctx: Context) -> Graph:
+    """Call the space, checking that it returns a Graph."""
+    graph = space(trial, ctx)
+    if not isinstance(graph, Graph):
+        raise SpaceError(f"search space returned {type(graph).__name__}, not a Graph")
+    return graph
+
+
+def fit_to_budget(space: Space, trial: Any, ctx: Context, steps: int = 12
+                  ) -> tuple[Graph, Costs, float, bool]:
+    """Build the candidate; when over budget, shrink its widths until it fits.
+
+    Returns (graph, costs, width multiplier, feasible). The multiplier is the largest of
+    the form 2^-k/4 (a bisection on a log scale) whose graph fits; rebuilding is cheap
+    because a trial returns the same value when a space asks for a parameter again. When
+    even the narrowest graph (every width at `ctx.min_width`) is over budget, the
+    candidate is infeasible and the full-width graph is returned.
+    """
+    graph = build(space, trial, ctx)
+    costs = Costs.of(graph)
+    if ctx.budget.fits(costs):
+        return graph, costs, 1.0, True
+    low = 1.0 / 64
+    g_low = build(space, trial, ctx.with_multiplier(low))
+    c_low = Costs.of(g_low)
+    if not ctx.budget.fits(c_low):
+        return graph, costs, 1.0, False
+    lo, hi = math.log2(low), 0.0
+    best = (g_low, c_low, low)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        m = 2.0 ** mid
+        g = build(space, trial, ctx.with_multiplier(m))
+        c = Costs.of(g)
+        if ctx.budget.fits(c):
+            lo, best = mid, (g, c, m)
+        else:
+            hi = mid
+        if hi - lo < 0.02:
+            break
+    return best[0], best[1], round(best[2], 4), True

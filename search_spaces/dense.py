@@ -1,0 +1,50 @@
+"""Densely connected networks (Huang et al. 2017): every layer reads the concatenation of
+all earlier layers of its block.
+
+Width: `stem.width`, `stage{i}.growth` (channels each layer adds). Depth: `stages`,
+`stage{i}.layers`. Multiplicity: the dense connectivity itself (layer k reads k inputs) and
+`stage{i}.bottleneck` (a 1x1 to 4 x growth before each 3x3, DenseNet-B). Between stages a
+transition (BN-ReLU-1x1 conv, 2x2 average pool) keeps `compression` of the channels
+(DenseNet-C).
+"""
+
+from __future__ import annotations
+
+from nasgraph.ir import GraphBuilder
+from nasgraph.motifs import conv_unit
+from nasgraph.search.skeleton import head, max_stages, stem
+
+
+def dense_layer(b, x, growth, bottleneck):
+    """BN-ReLU-(1x1)-BN-ReLU-3x3, pre-activation as in DenseNet."""
+    if bottleneck:
+        x = conv_unit(b, x, 4 * growth, 1, preact=True, names=("conv1", "norm1", "relu1"))
+    return conv_unit(b, x, growth, 3, preact=True, names=("conv2", "norm2", "relu2"))
+
+
+def stage(trial, ctx, b, x, name, level, downsample):
+    """A transition (when `downsample`) and a dense block: parameters `{name}.*`."""
+    layers = trial.suggest_int(f"{name}.layers", 2, 6)
+    growth = ctx.width(trial.suggest_int(f"{name}.growth", 4, 16 * 2 ** (level - 1), step=4))
+    bottleneck = trial.suggest_categorical(f"{name}.bottleneck", [False, True])
+    with b.scope(name.replace(".", "/")):
+        if downsample:
+            compression = trial.suggest_categorical(f"{name}.compression", [0.5, 0.75, 1.0])
+            with b.scope("transition"):
+                x = conv_unit(b, x, max(4, round(x.channels * compression)), 1, preact=True)
+                x = b.avgpool(x, 2)
+        features = [x]
+        for k in range(layers):
+            with b.scope(f"layer{k}"):
+                inp = b.concat(features) if len(features) > 1 else features[0]
+                features.append(dense_layer(b, inp, growth, bottleneck))
+        return b.concat(features)
+
+
+def space(trial, ctx):
+    """A DenseNet: stem conv, 1 to 3-4 dense blocks with transitions, BN-ReLU, GAP, linear."""
+    b = GraphBuilder("dense")
+    x = stem(trial, ctx, b, preact=True)
+    for i in range(1, trial.suggest_int("stages", 1, max_stages(ctx)) + 1):
+        x = stage(trial, ctx, b, x, f"stage{i}", i, downsample=i > 1)
+    return head(b, x, ctx, preact=True)
