@@ -43,7 +43,8 @@ def retry_seconds() -> float:
 
 
 def redact(url: str) -> str:
-    """The URL without its password: `postgresql://user:***@host/db`."""
+    """The URL as a user writes it, without its password: `postgresql://user:***@host/db`."""
+    url = re.sub(r"^(\w+)\+\w+://", r"\1://", url)  # the driver nasgraph chose
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
@@ -181,6 +182,8 @@ _CALLS = [
     "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
     "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
     "get_trial", "get_all_trials", "get_best_trial", "get_n_trials", "_get_stale_trial_ids",
+    # what Optuna's cache in front of every RDB storage calls directly
+    "_create_new_trial", "_get_best_trial_id", "_get_trials", "_set_trial_param",
 ]
 
 

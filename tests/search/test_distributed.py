@@ -141,7 +141,9 @@ def test_database_outage_is_survived(postgres, tmp_path):  # noqa: F811
                            "--storage", postgres.url], capture_output=True, text=True,
                           cwd=ROOT, timeout=120, env=_env(storage_retry=1))
     assert show.returncode == 2
-    assert show.stderr.strip().count("\n") == 0 and "unreachable" in show.stderr
+    errors = [line for line in show.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and show.stderr.strip().endswith(errors[0])
+    assert f"storage {postgres.url}: unreachable for" in errors[0]
     time.sleep(5)
     postgres.start()
     out, err = proc.communicate(timeout=400)
