@@ -2,7 +2,8 @@
 #   make demo   runs the main job (see README)
 #   make test   runs the whole test suite
 # Both create .venv at the repo root when missing, install the project into it with its
-# dev extra, and install the system graphviz package when the `dot` program is missing.
+# dev extra, and install the system graphviz package when the `dot` program is missing and
+# the system postgresql package when `pg_ctl` is (for the distributed-search tests).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -10,9 +11,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint clean
+.PHONY: setup graphviz postgresql demo test lint clean
 
-setup: $(STAMP) graphviz
+setup: $(STAMP) graphviz postgresql
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +29,14 @@ graphviz:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq graphviz >/dev/null; }
+
+# The distributed-search tests start a throwaway PostgreSQL server (tests/postgres.py).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || { \
+	  echo "installing the system postgresql package (for the distributed-search tests)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq postgresql >/dev/null; }
 
 demo: setup
 	$(BIN)/nasgraph search residual --dataset digits --budget 200k --trials 12 --epochs 6 \

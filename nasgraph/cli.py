@@ -352,13 +352,17 @@ def search(
     objective: Annotated[str, typer.Option(help="accuracy, or accuracy,macs.")] = "accuracy",
     sampler: Annotated[str, typer.Option(help="tpe, nsga2 or random.")] = "tpe",
     seed: Annotated[int, typer.Option(help="Seed of the sampler, splits and training.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option(
+        help="auto, cpu, cuda, cuda:N; workers take a list in turn: cuda:0,cuda:1.")] = "auto",
+    workers: Annotated[int, typer.Option(
+        help="Worker processes on this machine (docs/distributed.md).")] = 1,
     debug: Debug = False,
 ) -> None:
     """Search SPACE for the most accurate network within the budget, then retrain the best.
 
     Re-running the same command resumes the study. Results go to RUNS_DIR/STUDY/
-    (docs/search.md). Example: nasgraph search residual --budget 200k --trials 30
+    (docs/search.md). Runs with the same --storage and --study, on any machines, are workers
+    of one study (docs/distributed.md). Example: nasgraph search residual --budget 200k
     """
     from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -378,7 +382,8 @@ def search(
             max_params=parse_amount(max_params, "--max-params") if max_params else None,
             max_memory=parse_amount(max_memory, "--max-memory") if max_memory else None,
             final_epochs=final_epochs, final_seeds=final_seeds, study=study, storage=storage,
-            runs_dir=runs_dir, objective=objective, sampler=sampler, seed=seed, device=device)
+            runs_dir=runs_dir, objective=objective, sampler=sampler, seed=seed, device=device,
+            workers=workers)
     except ValidationError as e:
         first = e.errors()[0]
         raise NasgraphError(f"--{'-'.join(map(str, first['loc'])).replace('_', '-')}: "

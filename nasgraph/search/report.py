@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nasgraph.data import Dataset
 from nasgraph.ir import Graph
 from nasgraph.search.budget import short
+from nasgraph.search.remote import retrain
 from nasgraph.search.run import (
     SearchConfig,
     _write,
@@ -170,8 +171,11 @@ def write_best(cfg: SearchConfig, study: optuna.Study, row: dict[str, Any], data
         "space": cfg.space, "dataset": cfg.dataset, "budget": cfg.budget.model_dump(),
         "epochs": cfg.epochs,
     }
-    weights = torch.load(trial_dir(cfg.study_dir, t.number) / "weights.pt",
-                         map_location="cpu", weights_only=True)
+    weights_file = trial_dir(cfg.study_dir, t.number) / "weights.pt"
+    if weights_file.is_file():
+        weights = torch.load(weights_file, map_location="cpu", weights_only=True)
+    else:  # another machine ran the trial
+        weights = retrain(cfg, graph, data, t.number, device)
     result["test_accuracy"] = row["test_accuracy"]
     result["model_test_accuracy"] = row["test_accuracy"]
     final_epochs = cfg.final_epochs or 3 * cfg.epochs

@@ -27,8 +27,10 @@ from nasgraph import ir
 from nasgraph.data import Dataset, load_dataset
 from nasgraph.errors import NasgraphError
 from nasgraph.search.budget import Budget, Costs
+from nasgraph.search.remote import restore_graphs
 from nasgraph.search.space import Context, Space, fit_to_budget, load_space
 from nasgraph.search.storage import open_storage
+from nasgraph.search.workers import devices_of, run_trials, run_workers, sampler_seed
 from nasgraph.train import Recipe, resolve_device, train
 
 Objective = Literal["accuracy", "accuracy,macs"]
@@ -57,7 +59,8 @@ class SearchConfig(BaseModel):
     objective: Objective = "accuracy"
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # or a list, cuda:0,cuda:1, that workers take in turn
+    workers: int = Field(default=1, ge=1)  # local worker processes
     recipe: Recipe = Recipe()
 
     @property
@@ -205,30 +208,27 @@ def search(cfg: SearchConfig, callbacks: list[Callable] | None = None,
     """Run (or resume) the search `cfg`; write the leaderboard, the best model and plots.
 
     `callbacks` go to `study.optimize`; `on_start(study, remaining)` is called once the
-    study is open. Ctrl-C stops the running trial: it is failed and queued again, and the
-    results so far are written (without the final retrainings).
+    study is open. Ctrl-C stops after the current epoch: the interrupted trial is failed and
+    queued again, and the results so far are written. With `cfg.workers` > 1, that many
+    processes run the trials (workers.py) and this one writes the report.
     """
     from nasgraph.search.report import write_report
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = load_space(cfg.space)
-    device = resolve_device(cfg.device)
-    data = load_dataset(cfg.dataset, seed=cfg.seed)
-    ctx = Context(input_shape=data.input_shape, num_classes=data.num_classes,
-                  budget=cfg.budget)
-    cfg.study_dir.mkdir(parents=True, exist_ok=True)
-    study = open_study(cfg)
+    space, ctx, data, device, study = _prepare(cfg)
     remaining = cfg.trials - len(finished(study))
     if on_start is not None:
         on_start(study, max(0, remaining))
     interrupted = False
     if remaining > 0:
         try:
-            study.optimize(make_objective(cfg, space, ctx, data, device), n_trials=remaining,
-                           timeout=cfg.timeout, callbacks=callbacks, catch=(RuntimeError,))
+            if cfg.workers > 1:
+                run_workers(cfg, study, callbacks)
+            else:
+                run_trials(study, make_objective(cfg, space, ctx, data, device), cfg.trials,
+                           cfg.timeout, callbacks)
         except KeyboardInterrupt:
             interrupted = True
-            _requeue_interrupted(study)
+    restore_graphs(study, cfg.study_dir, space, ctx)  # of trials other machines ran
     best = write_report(cfg, study, data, device, final=not interrupted)
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
               or (t.state == TrialState.PRUNED and "feasible" in t.user_attrs)]
@@ -241,12 +241,25 @@ def search(cfg: SearchConfig, callbacks: list[Callable] | None = None,
                         interrupted=interrupted, best=best)
 
 
-def _requeue_interrupted(study: optuna.Study) -> None:
-    """Queue the parameters of the trial Ctrl-C failed, so that resuming re-runs it."""
-    trials = study.get_trials(deepcopy=False)
-    if trials and trials[-1].state == TrialState.FAIL and trials[-1].params:
-        study.enqueue_trial(trials[-1].params, user_attrs={"retry_of": trials[-1].number},
-                            skip_if_exists=True)
+def _prepare(cfg: SearchConfig) -> tuple[Space, Context, Dataset, torch.device, optuna.Study]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_space(cfg.space)
+    device = resolve_device(devices_of(cfg)[0])
+    data = load_dataset(cfg.dataset, seed=cfg.seed)
+    ctx = Context(input_shape=data.input_shape, num_classes=data.num_classes,
+                  budget=cfg.budget)
+    cfg.study_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(cfg)
+    study.sampler = make_sampler(cfg.model_copy(update={"seed": sampler_seed(cfg)}))
+    return space, ctx, data, device, study
+
+
+def work(cfg: SearchConfig) -> int:
+    """Be one worker of the study `cfg`: run its trials until it holds `cfg.trials`
+    finished ones, write no report; returns how many this worker finished."""
+    space, ctx, data, device, study = _prepare(cfg)
+    return run_trials(study, make_objective(cfg, space, ctx, data, device), cfg.trials,
+                      cfg.timeout)
 
 
 def costs_of(trial: optuna.trial.FrozenTrial) -> Costs:

@@ -1,0 +1,242 @@
+"""Many workers, one study: the trial loop every worker runs, and `--workers K` processes.
+
+    >>> from nasgraph.search.run import SearchConfig, search
+    >>> search(SearchConfig(space="residual", trials=24, workers=3,
+    ...                     storage="postgresql://user@host/db"))  # doctest: +SKIP
+
+Any number of workers (processes of one machine, or `nasgraph search` run on many machines
+with the same `--storage` and `--study`) share a study. Optuna's database gives each new trial
+its own number; the loop below makes the study end with exactly `trials` finished trials:
+
+- a worker starts a trial only while fewer than `trials` are finished or running; while the
+  last ones run elsewhere it waits (they may fail, and then it takes over);
+- workers that start at the same moment can still overshoot, so each trial checks, when it
+  starts and again before it reports, that fewer than `trials` trials numbered below it are
+  finished or running (trial creation is serialized, so every lower number is visible by
+  then). A trial that finds its slot taken is an *excess* trial: it is recorded as failed,
+  with `excess` (and its accuracy, if it got that far) in its user attributes.
+
+A trial whose code raises (out of memory, a bad graph from a space, a NaN) is recorded as
+failed with its `error` and the worker goes on; a worker that dies is found by its stale
+heartbeat and its trial is queued again (storage.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import TrialState
+
+from nasgraph.errors import NasgraphError
+from nasgraph.search.resilient import StorageUnavailable, connection_lost
+
+if TYPE_CHECKING:
+    from nasgraph.search.run import SearchConfig
+
+LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+FAILURES_IN_A_ROW = 5  # a worker whose trials all fail is looking at a broken space
+POLL_SECONDS = 1.0
+
+
+class TrialError(Exception):
+    """A trial's own code raised; the trial is failed with the error and the search goes on."""
+
+
+class ExcessTrial(Exception):
+    """The study already had its trials finished or running when this one got its slot."""
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def slot_taken(study: optuna.Study, number: int, n: int) -> bool:
+    """Whether `n` trials numbered below `number` are finished or running."""
+    trials = study.get_trials(deepcopy=False, states=LIVE)
+    return sum(t.number < number for t in trials) >= n
+
+
+def _error_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".strip().rstrip(":")[:500]
+
+
+def guarded(objective: Callable[[optuna.Trial], Any], n: int,
+            last: dict[str, Any]) -> Callable[[optuna.Trial], Any]:
+    """`objective` with the slot checks and the error recording; `last` receives the trial
+    number and the outcome."""
+
+    def excess(trial: optuna.Trial, value: Any = None) -> ExcessTrial:
+        trial.set_user_attr("excess", True)
+        if value is not None:
+            trial.set_user_attr("excess_value", value)
+        last["outcome"] = "excess"
+        return ExcessTrial(f"trial {trial.number}: the study already has {n} trials")
+
+    def run(trial: optuna.Trial) -> Any:
+        last.update(number=trial.number, params={}, outcome=None)
+        trial.set_user_attr("worker", worker_name())
+        if slot_taken(trial.study, trial.number, n):
+            raise excess(trial)
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            if slot_taken(trial.study, trial.number, n):
+                raise excess(trial) from None
+            raise
+        except (StorageUnavailable, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            last["params"] = trial.params
+            if connection_lost(e):
+                raise
+            last["outcome"] = _error_line(e)
+            trial.set_user_attr("error", last["outcome"])
+            raise TrialError(last["outcome"]) from e
+        values = value if isinstance(value, tuple | list) else (value,)
+        if any(not math.isfinite(v) for v in values):
+            last["outcome"] = f"objective value {value} is not finite"
+            trial.set_user_attr("error", last["outcome"])
+            raise TrialError(last["outcome"])
+        if slot_taken(trial.study, trial.number, n):
+            raise excess(trial, value)
+        last["outcome"] = "done"
+        return value
+
+    return run
+
+
+def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n: int,
+               timeout: float | None = None, callbacks: list[Callable] | None = None,
+               log: Callable[[str], None] | None = None) -> int:
+    """Run trials of `study` until it holds `n` finished (complete or pruned) trials, or
+    `timeout` seconds passed; returns how many this worker finished.
+
+    Raises KeyboardInterrupt after queueing the interrupted trial's parameters again, and
+    StorageUnavailable when the database stays unreachable.
+    """
+    log = log or (lambda line: sys.stderr.write(line + "\n"))
+    start = time.monotonic()
+    last: dict[str, Any] = {}
+    run = guarded(objective, n, last)
+    mine = failures = 0
+    optuna_logger = logging.getLogger("optuna")
+    level = optuna_logger.level
+    optuna_logger.setLevel(logging.ERROR)  # the loop logs failures in one line itself
+    try:
+        while timeout is None or time.monotonic() - start < timeout:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            trials = study.get_trials(deepcopy=False, states=LIVE)
+            done = sum(t.state != TrialState.RUNNING for t in trials)
+            if done >= n:
+                break
+            if len(trials) >= n:
+                time.sleep(POLL_SECONDS)
+                continue
+            last.clear()
+            try:
+                study.optimize(run, n_trials=1, callbacks=callbacks,
+                               catch=(TrialError, ExcessTrial))
+            except KeyboardInterrupt:
+                _requeue(study, last)
+                raise
+            outcome = last.get("outcome")
+            if outcome == "done":
+                mine += 1
+                failures = 0
+            elif outcome not in (None, "excess"):
+                failures += 1
+                log(f"trial {last['number']} failed: {outcome} (recorded; the search goes on)")
+                if failures >= FAILURES_IN_A_ROW:
+                    raise NasgraphError(f"{failures} trials in a row failed, the last with "
+                                        f"{outcome}; hint: `nasgraph study show` lists them")
+    finally:
+        optuna_logger.setLevel(level)
+    return mine
+
+
+def _requeue(study: optuna.Study, last: dict[str, Any]) -> None:
+    """Queue the parameters of the trial Ctrl-C failed, so that resuming re-runs it."""
+    if "number" not in last:
+        return
+    trial = study.get_trials(deepcopy=False)[last["number"]]
+    if trial.state == TrialState.FAIL and trial.params:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number},
+                            skip_if_exists=True)
+
+
+def devices_of(cfg: SearchConfig) -> list[str]:
+    """`--device cuda:0,cuda:1` -> ['cuda:0', 'cuda:1']."""
+    return [d.strip() for d in cfg.device.split(",") if d.strip()] or ["auto"]
+
+
+def worker_config(cfg: SearchConfig, index: int) -> SearchConfig:
+    """Worker `index`'s configuration: its device, round-robin over `--device`."""
+    devices = devices_of(cfg)
+    return cfg.model_copy(update={"device": devices[index % len(devices)], "workers": 1})
+
+
+def sampler_seed(cfg: SearchConfig) -> int:
+    """The search's seed for a lone worker (reproducible); one per process otherwise, so that
+    workers do not all propose the same first candidates."""
+    if cfg.storage is None and cfg.workers == 1 and "NASGRAPH_WORKER" not in os.environ:
+        return cfg.seed
+    return hash((cfg.seed, worker_name())) % 2**31
+
+
+def _worker_main(cfg_json: str, index: int, errors: Any) -> None:
+    from nasgraph.search.run import SearchConfig, work
+
+    os.environ["NASGRAPH_WORKER"] = str(index)
+    cfg = worker_config(SearchConfig.model_validate_json(cfg_json), index)
+    try:
+        work(cfg)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except NasgraphError as e:
+        errors.put((index, str(e).splitlines()[0]))
+        sys.exit(2)
+
+
+def run_workers(cfg: SearchConfig, study: optuna.Study,
+                callbacks: list[Callable] | None = None) -> None:
+    """Start `cfg.workers` processes on the study and wait for them; `callbacks(study, None)`
+    are called every second meanwhile (progress)."""
+    ctx = multiprocessing.get_context("spawn")
+    errors = ctx.Queue()
+    procs = [ctx.Process(target=_worker_main, args=(cfg.model_dump_json(), i, errors),
+                         name=f"nasgraph-worker-{i}")
+             for i in range(cfg.workers)]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=POLL_SECONDS / len(procs))
+            for callback in callbacks or []:
+                callback(study, None)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.join(timeout=60)
+        raise
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+    failed = [p.exitcode for p in procs if p.exitcode not in (0, None)]
+    if failed:
+        message = errors.get(timeout=1)[1] if not errors.empty() else None
+        raise NasgraphError(message or f"{len(failed)} of {cfg.workers} workers stopped "
+                            f"(exit codes {failed}); finished trials are kept in the study")
