@@ -23,20 +23,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# $(call apt_install,PACKAGE,WHY): the Debian package, through sudo unless we are root.
+apt_install = echo "installing the system $(1) package ($(2))"; \
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq $(1) >/dev/null
+
 graphviz:
-	@command -v dot >/dev/null 2>&1 || { \
-	  echo "installing the system graphviz package (for the dot program)"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq graphviz >/dev/null; }
+	@command -v dot >/dev/null 2>&1 || { $(call apt_install,graphviz,for the dot program); }
 
 # The distributed-search tests start a throwaway PostgreSQL server (tests/postgres.py).
 postgresql:
-	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || { \
-	  echo "installing the system postgresql package (for the distributed-search tests)"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq postgresql >/dev/null; }
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 \
+	  || { $(call apt_install,postgresql,for the distributed-search tests); }
 
 demo: setup
 	$(BIN)/nasgraph search residual --dataset digits --budget 200k --trials 12 --epochs 6 \

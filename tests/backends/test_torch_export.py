@@ -30,7 +30,7 @@ from nasgraph.backends.torch import (
     python_source,
 )
 from nasgraph.errors import NasgraphError
-from nasgraph.ir import OPS
+from nasgraph.ir import OPS, GraphBuilder
 from tests.references import reference_model, with_reference
 from tests.strategies import graphs
 
@@ -229,3 +229,22 @@ def test_a_node_id_clashing_with_nn_module_is_one_clear_error():
     with pytest.raises(NasgraphError, match=r"node 'features/type' \(batchnorm2d\): cannot "
                                             r"become submodule 'features.type'.*rename"):
         lower(_odd_graph("type"))
+
+
+@pytest.mark.parametrize(("side", "size"), [(1, (6, 6)), (5, (2, 3)), (13, (6, 6)), (4, (2, 2))])
+def test_onnx_exports_adaptive_pools_of_any_size(tmp_path, side, size):
+    """The ONNX exporter refuses adaptive pools whose output does not divide the input
+    (AlexNet and VGG below 224 px); the export writes those as averaging matrices."""
+    import onnxruntime as ort
+
+    b = GraphBuilder("adaptive")
+    x = b.input(3, side, side + 1)
+    b.output(b.adaptive_avgpool(b.conv(x, 4, 1), size))
+    graph = b.build()
+    module = lower(graph).eval()
+    (onnx,) = export(graph, tmp_path / "model.onnx", "onnx", module.state_dict())
+    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, side, side + 1)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        assert _max_diff(got, module(x)) <= 1e-5

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from nasgraph.backends.torch.lower import lower
+from nasgraph.backends.torch.lower import _python_name, lower
 from nasgraph.backends.torch.weights import import_weights
 from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph, Node, ops
@@ -328,6 +328,52 @@ def export_torchscript(graph: Graph, path: str | Path,
     return path
 
 
+def averaging_matrix(size: int, out: int) -> torch.Tensor:
+    """out x size: row i averages [floor(i * size / out), ceil((i + 1) * size / out)), the
+    window of torch's adaptive average pooling."""
+    m = torch.zeros(out, size)
+    for i in range(out):
+        lo, hi = i * size // out, -(-(i + 1) * size // out)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+class MatrixAdaptiveAvgPool(nn.Module):
+    """Adaptive average pooling as `P_h @ x @ P_w^T`: the same average, written with MatMul
+    so that ONNX can express output sizes that do not divide the input."""
+
+    def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.register_buffer("rows", averaging_matrix(in_size[0], out_size[0]), persistent=False)
+        self.register_buffer("cols", averaging_matrix(in_size[1], out_size[1]).t().contiguous(),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # N x C x H x W -> N x C x H' x W -> N x C x H' x W'
+        return self.rows @ x @ self.cols
+
+
+def _onnx_compatible(module: torch.fx.GraphModule, graph: Graph) -> torch.fx.GraphModule:
+    """`module` with every adaptive pool whose output does not divide its input (which the
+    ONNX exporter refuses) replaced by `MatrixAdaptiveAvgPool`."""
+    nodes = {_python_name(n.id): n for n in graph if n.kind == "adaptive_avgpool2d"}
+    for fx_node in list(module.graph.nodes):
+        node = nodes.get(fx_node.name)
+        if node is None:
+            continue
+        src = graph[node.inputs[0]].type.spatial
+        if all(n % o == 0 for n, o in zip(src, node.op.size, strict=True)):
+            continue
+        target = f"onnx_pool_{fx_node.name}"
+        module.add_submodule(target, MatrixAdaptiveAvgPool(src, node.op.size))
+        with module.graph.inserting_after(fx_node):
+            replacement = module.graph.call_module(target, (fx_node.args[0],))
+        fx_node.replace_all_uses_with(replacement)
+        module.graph.erase_node(fx_node)
+    module.recompile()
+    return module
+
+
 def export_onnx(graph: Graph, path: str | Path,
                 state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
     """Write `lower(graph)` as ONNX (opset 17), batch dimension dynamic.
@@ -335,6 +381,7 @@ def export_onnx(graph: Graph, path: str | Path,
     Inputs are named after the graph's input nodes, outputs after its output nodes.
     """
     module, _ = _state_dict(graph, state_dict)
+    module = _onnx_compatible(module, graph)
     names_in = [n.id.replace("/", ".") for n in graph.inputs]
     names_out = [n.id.replace("/", ".") for n in graph.outputs]
     path = Path(path)
