@@ -246,7 +246,8 @@ class Graph:
                     renamed[i] = "in__" + i.replace("/", "__")
                     t = self[i].type
                     defs.append((renamed[i], Input(channels=t.channels, height=t.height,
-                                                   width=t.width, dtype=t.dtype), []))
+                                                   width=t.width, dtype=t.dtype, flat=t.flat),
+                                 []))
             defs.append((n.id, n.op, [renamed.get(i, i) for i in n.inputs]))
         for n in members:
             used_outside = any(s.id not in inside for s in self.successors(n.id))

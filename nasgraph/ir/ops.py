@@ -148,16 +148,17 @@ class Input(Op):
     family: ClassVar[str] = "io"
 
     channels: int = Field(gt=0)
-    height: int = Field(gt=0)
-    width: int = Field(gt=0)
+    height: int = Field(default=1, gt=0)
+    width: int = Field(default=1, gt=0)
     dtype: DType = "float32"
+    flat: bool = False  # a feature vector (a block cut out after a Flatten: Graph.subgraph)
 
     def infer(self, inputs: Sequence[TensorType]) -> TensorType:
         return TensorType(channels=self.channels, height=self.height, width=self.width,
-                          dtype=self.dtype)
+                          dtype=self.dtype, flat=self.flat)
 
     def label(self) -> str:
-        return f"input {self.channels}x{self.height}x{self.width}"
+        return f"input {self.infer([])}"
 
 
 @register_op

@@ -59,6 +59,13 @@ def test_navigation_and_scopes():
     assert g.to_networkx().number_of_edges() == sum(len(n.inputs) for n in g)
 
 
+def test_subgraph_of_a_classifier_takes_a_flat_input():
+    g = nasgraph.zoo.get("alexnet")
+    sub = g.subgraph("classifier")
+    assert sub.inputs[0].type == g["flatten"].type
+    assert sub.inputs[0].type.flat and sub.inputs[0].type.shape == (9216,)
+
+
 def test_nodes_given_out_of_order_are_sorted_stably():
     defs = [("out", ops.Output(), ["b"]), ("b", ops.Activation(), ["a"]),
             ("a", ops.Input(channels=1, height=2, width=2), [])]
