@@ -163,7 +163,9 @@ def _states(study_dir: Path) -> dict[int, str]:
 
 @pytest.mark.slow
 def test_killed_search_resumes_without_losing_a_trial(tmp_path):
-    args = ["search", "residual", "--budget", "60k", "--trials", "4", "--epochs", "3",
+    # 10 epochs make a trial take seconds, so the signals below land inside a trial even on
+    # a busy machine (with 3, all four trials could end before SIGINT arrived)
+    args = ["search", "residual", "--budget", "60k", "--trials", "4", "--epochs", "10",
             "--final-seeds", "1", "--final-epochs", "1", "--study", "resume",
             "--runs-dir", str(tmp_path), "--device", "cpu"]
     study_dir = tmp_path / "resume"
