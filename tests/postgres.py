@@ -109,7 +109,6 @@ def postgres():
     if bindir is None:
         pytest.skip("no PostgreSQL binaries (pg_ctl) under /usr/lib/postgresql/*/bin or on "
                     "PATH; `make setup` installs the postgresql package")
-    pytest.importorskip("psycopg2", reason="the psycopg2 driver is not installed")
     server = PostgresServer(bindir)
     try:
         server.start()
