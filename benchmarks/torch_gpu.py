@@ -25,6 +25,10 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import write_section  # noqa: E402
+
 from nasgraph import zoo  # noqa: E402
 from nasgraph.backends.torch import import_torchvision_weights, lower, prepare  # noqa: E402
 
@@ -98,22 +102,21 @@ def _machine(device: str) -> str:
 
 
 def write_table(rows: dict[tuple[str, ...], str], note: str, path: Path = DOC) -> None:
-    """Merge `rows` into the table between the markers (rows keyed by their first 4 cells)."""
-    text = path.read_text()
+    """Merge `rows` into the table of the torch_gpu section (rows keyed by their first 4
+    cells), so that partial runs add up to one table."""
+    text = path.read_text() if path.exists() else ""
     old: dict[tuple[str, ...], str] = {}
-    if BEGIN in text:
-        before, rest = text.split(BEGIN, 1)
-        section, after = rest.split(END, 1)
+    if BEGIN in text and END in text:
+        section = text.split(BEGIN, 1)[1].split(END, 1)[0]
         for line in section.splitlines():
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if line.startswith("|") and len(cells) == 7 and cells[1].isdigit():
                 old[tuple(cells[:4])] = line
-    else:
-        before, after = text.rstrip() + "\n\n## torch backend on the GPU\n\n", "\n"
     merged = {**old, **rows}
     body = "\n".join(merged[k] for k in sorted(merged, key=lambda k: (k[0], int(k[1]), k[2],
                                                                       k[3])))
-    path.write_text(f"{before}{BEGIN}\n{note}\n\n{HEADER}\n{body}\n{END}{after}")
+    write_section("torch_gpu", f"## PyTorch lowering on the GPU\n\n{note}\n\n{HEADER}\n{body}",
+                  path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,6 +146,12 @@ def main(argv: list[str] | None = None) -> None:
 
     rows: dict[tuple[str, ...], str] = {}
     print(HEADER)
+    command = "python benchmarks/torch_gpu.py " + " ".join(argv or sys.argv[1:])
+    note = (f"`{command.strip()}` on {_machine(args.device)}; input "
+            f"{'x'.join(map(str, shape))}, median of {args.iters} passes after "
+            f"{args.warmup} warm-up passes. Both sides channels_last and eval; nasgraph "
+            "also folds BN into convs. Ratio = nasgraph / torchvision (>= 1.00x: as fast "
+            "or faster).")
     for name in args.models.split(","):
         if name not in zoo.names():
             print(f"| {name} | (not in the zoo yet: skipped) |", flush=True)
@@ -156,14 +165,9 @@ def main(argv: list[str] | None = None) -> None:
                     rows[key] = (f"| {' | '.join(key)} | {_rate(tv)} | {_rate(ours)} | "
                                  f"{ours / tv:.2f}x |")
                     print(rows[key], flush=True)
+                    if write:  # after every cell: a run cut off by a time limit keeps its rows
+                        write_table(rows, note)
     if write and rows:
-        command = "python benchmarks/torch_gpu.py " + " ".join(argv or sys.argv[1:])
-        note = (f"`{command.strip()}` on {_machine(args.device)}; input "
-                f"{'x'.join(map(str, shape))}, median of {args.iters} passes after "
-                f"{args.warmup} warm-up passes. Both sides channels_last and eval; nasgraph "
-                "also folds BN into convs. Ratio = nasgraph / torchvision (>= 1.00x: as fast "
-                "or faster).")
-        write_table(rows, note)
         print(f"wrote {DOC}")
 
 

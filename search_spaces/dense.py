@@ -11,15 +11,8 @@ transition (BN-ReLU-1x1 conv, 2x2 average pool) keeps `compression` of the chann
 from __future__ import annotations
 
 from nasgraph.ir import GraphBuilder
-from nasgraph.motifs import conv_unit
+from nasgraph.motifs import DenseBlock, Transition, dense_block, transition
 from nasgraph.search.skeleton import head, max_stages, stem
-
-
-def dense_layer(b, x, growth, bottleneck):
-    """BN-ReLU-(1x1)-BN-ReLU-3x3, pre-activation as in DenseNet."""
-    if bottleneck:
-        x = conv_unit(b, x, 4 * growth, 1, preact=True, names=("conv1", "norm1", "relu1"))
-    return conv_unit(b, x, growth, 3, preact=True, names=("conv2", "norm2", "relu2"))
 
 
 def stage(trial, ctx, b, x, name, level, downsample):
@@ -31,14 +24,9 @@ def stage(trial, ctx, b, x, name, level, downsample):
         if downsample:
             compression = trial.suggest_categorical(f"{name}.compression", [0.5, 0.75, 1.0])
             with b.scope("transition"):
-                x = conv_unit(b, x, max(4, round(x.channels * compression)), 1, preact=True)
-                x = b.avgpool(x, 2)
-        features = [x]
-        for k in range(layers):
-            with b.scope(f"layer{k}"):
-                inp = b.concat(features) if len(features) > 1 else features[0]
-                features.append(dense_layer(b, inp, growth, bottleneck))
-        return b.concat(features)
+                x = transition(b, x, Transition(compression=compression))
+        return dense_block(b, x, DenseBlock(num_layers=layers, growth_rate=growth,
+                                            bn_size=4 if bottleneck else None))
 
 
 def space(trial, ctx):
