@@ -1,5 +1,6 @@
-"""Inference options keep the function and the state dict keys: BN folding, channels_last,
-autocast, torch.compile; on CPU here and, where present, on CUDA (same equalities)."""
+"""Inference options keep the function and the state dict keys: BN folding, in-place ops,
+channels_last, autocast, torch.compile; on CPU here and, where present, on CUDA (same
+equalities)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
+from benchmarks.torch_traffic import traffic
 from nasgraph import zoo
 from nasgraph.backends.torch import (
     Autocast,
     fuse_conv_bn,
     import_torchvision_weights,
+    inplace_ops,
     lower,
     prepare,
 )
@@ -53,6 +56,50 @@ def test_folding_removes_the_batchnorms_after_convs():
     assert any(isinstance(s, torch.nn.BatchNorm2d) for s in m.modules())  # a copy
 
 
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs())
+def test_inplace_ops_keep_random_dag_outputs(g):
+    m = lower(g).eval()
+    x = torch.randn(2, *g.inputs[0].type.shape)
+    with torch.no_grad():
+        want, got = m(x), inplace_ops(m)(x)
+    want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
+    for a, b in zip(want, got, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_inplace_ops_leave_the_input_and_the_training_lowering_alone():
+    g = zoo.get("resnet18", input_shape=(3, 32, 32))
+    m = lower(g).eval()
+    assert "torch.relu_(" not in m.code and ".add_(" not in m.code  # autograd needs them
+    fast = prepare(m, fold_bn=True)
+    assert fast.code.count("torch.relu_(") == 17 and fast.code.count(".add_(") == 8
+    x = torch.randn(2, 3, 32, 32)
+    before = x.clone()
+    with torch.no_grad():
+        fast(x)
+    assert torch.equal(x, before)
+
+
+def test_folded_resnet_in_bf16_moves_no_more_memory_than_torchvision():
+    """The eager GPU cost at a large batch: passes over activations. Under bf16 autocast the
+    prepared module keeps every activation bf16 and channels_last (no promotion, no layout
+    copy), reads and writes no more bytes than torchvision's resnet18 (counting cuDNN's
+    separate bias pass of a folded conv) and allocates no more new activations."""
+    g = zoo.get("resnet18", input_shape=(3, 64, 64))
+    theirs = reference_model("resnet18").eval()
+    ours = lower(g)
+    ours.load_state_dict(import_torchvision_weights(g, theirs))
+    ours = prepare(ours.eval(), fold_bn=True, channels_last=True)
+    x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
+    want = traffic(theirs.to(memory_format=torch.channels_last), x)
+    got = traffic(ours, x)
+    assert want.not_bf16 == [] and want.not_channels_last == []
+    assert got.not_bf16 == [] and got.not_channels_last == []
+    assert got.gpu_bytes <= want.gpu_bytes
+    assert got.allocated <= want.allocated
+
+
 def test_channels_last_and_autocast_keep_state_dict_keys():
     g = zoo.get("resnet18", input_shape=(3, 32, 32))
     plain = lower(g)
@@ -87,7 +134,7 @@ def test_torch_compile_matches_eager():
     g = zoo.get("lenet5")
     m = lower(g).eval()
     x = torch.randn(4, 1, 32, 32)
-    compiled = torch.compile(fuse_conv_bn(m))
+    compiled = torch.compile(prepare(m, fold_bn=True))
     with torch.no_grad():
         assert (compiled(x) - m(x)).abs().max().item() <= 1e-5
 

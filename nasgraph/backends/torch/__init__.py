@@ -9,7 +9,7 @@ from nasgraph.backends.torch.export import (
     export_torchscript,
     python_source,
 )
-from nasgraph.backends.torch.inference import Autocast, fuse_conv_bn, prepare
+from nasgraph.backends.torch.inference import Autocast, fuse_conv_bn, inplace_ops, prepare
 from nasgraph.backends.torch.lower import EMITTERS, MODULES, PASS_THROUGH, initialize, lower
 from nasgraph.backends.torch.weights import (
     expected_state,
@@ -22,5 +22,5 @@ __all__ = [
     "EMITTERS", "MODULES", "MODULE_SOURCE", "PASS_THROUGH", "SOURCE", "Autocast",
     "expected_state", "export", "export_onnx", "export_python", "export_torchscript",
     "fuse_conv_bn", "import_timm_weights", "import_torchvision_weights", "import_weights",
-    "initialize", "lower", "prepare", "python_source",
+    "initialize", "inplace_ops", "lower", "prepare", "python_source",
 ]

@@ -1,13 +1,17 @@
-"""Inference-time options of a lowered module: BN folding, channels_last, autocast.
+"""Inference-time options of a lowered module: BN folding, in-place ops, channels_last,
+autocast.
 
 Folding rewrites the fx module (a conv followed by its batch norm becomes one conv); the
-graph-level `fold_batchnorm` pass does the same on a Graph for the Numba backend. Autocast
-wraps the module without renaming anything: the wrapper's state dict keys are the module's.
+graph-level `fold_batchnorm` pass does the same on a Graph for the Numba backend. In-place
+rewriting turns activations and adds whose input nothing else reads into their in-place
+forms, as torchvision's modules are written. Autocast wraps the module without renaming
+anything: the wrapper's state dict keys are the module's.
 """
 
 from __future__ import annotations
 
 import copy
+import operator
 
 import torch
 from torch import fx, nn
@@ -62,6 +66,63 @@ def fuse_conv_bn(module: fx.GraphModule) -> fx.GraphModule:
     return fused
 
 
+# out-of-place activation -> its in-place form (same arguments)
+INPLACE_ACTIVATIONS = {torch.relu: torch.relu_, torch.sigmoid: torch.sigmoid_,
+                       torch.tanh: torch.tanh_}
+# modules and functions whose result is a new tensor, never a view of an input
+FRESH_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
+FRESH_FUNCTIONS = {operator.add, torch.cat, *INPLACE_ACTIVATIONS, *INPLACE_ACTIVATIONS.values()}
+
+
+def _owned(module: fx.GraphModule, value: object) -> bool:
+    """Whether `value` is a tensor that the forward pass made and only one op reads, so that
+    this op may overwrite it: not an input (the caller's tensor), not a view of another
+    value, not read again later (nor returned)."""
+    if not isinstance(value, fx.Node) or len(value.users) != 1:
+        return False
+    if value.op == "call_module":
+        return isinstance(_target(module, value), FRESH_MODULES)
+    if value.op == "call_method":
+        return value.target == "add_"
+    return value.op == "call_function" and value.target in FRESH_FUNCTIONS
+
+
+def inplace_ops(module: fx.GraphModule) -> fx.GraphModule:
+    """A copy of `module` whose activations and two-input adds overwrite their input when
+    nothing else reads it, as torchvision's `ReLU(inplace=True)` and `out += identity` do.
+
+    Inference only: autograd needs some of the overwritten tensors for backward. On a GPU in
+    eager mode this keeps the same passes over memory but allocates no new activation for
+    them. An add overwrites its first input, whose dtype its result keeps (under autocast, a
+    bf16 conv output stays bf16 even when the other input is fp32).
+
+        >>> import torch, nasgraph
+        >>> from nasgraph.backends.torch import inplace_ops, lower
+        >>> m = lower(nasgraph.zoo.get("resnet18", input_shape=(3, 32, 32))).eval()
+        >>> "relu_" in inplace_ops(m).code
+        True
+    """
+    rewritten = copy.deepcopy(module)
+    for node in list(rewritten.graph.nodes):
+        if node.op != "call_function" or node.kwargs:
+            continue
+        if node.target in INPLACE_ACTIVATIONS and _owned(rewritten, node.args[0]):
+            node.target = INPLACE_ACTIVATIONS[node.target]
+        elif node.target is operator.add and len(node.args) == 2:
+            a, b = node.args
+            if not _owned(rewritten, a) and _owned(rewritten, b):
+                a, b = b, a  # x + y == y + x: overwrite the operand that may be overwritten
+            if _owned(rewritten, a) and isinstance(b, fx.Node):
+                with rewritten.graph.inserting_after(node):
+                    add_ = rewritten.graph.call_method("add_", (a, b))
+                node.replace_all_uses_with(add_)
+                rewritten.graph.erase_node(node)
+                add_.name = node.name
+    rewritten.graph.lint()
+    rewritten.recompile()
+    return rewritten
+
+
 class Autocast(nn.Module):
     """Runs a module under `torch.autocast` on its input's device.
 
@@ -105,12 +166,13 @@ def prepare(module: fx.GraphModule, *, fold_bn: bool = False, channels_last: boo
             autocast: str | torch.dtype | None = None) -> nn.Module:
     """Apply the inference options to a lowered module (already on its device).
 
-    `fold_bn` folds conv -> BN pairs (eval mode; state dict keys change), `channels_last`
-    stores 4-D weights NHWC (pass NHWC inputs too for the fastest kernels), `autocast` runs
-    under torch.autocast with "bf16" or "fp16".
+    `fold_bn` folds conv -> BN pairs and makes activations and adds in-place where nothing
+    else reads their input (an inference-only copy in eval mode; state dict keys change),
+    `channels_last` stores 4-D weights NHWC (pass NHWC inputs too for the fastest kernels),
+    `autocast` runs under torch.autocast with "bf16" or "fp16".
     """
     if fold_bn:
-        module = fuse_conv_bn(module)
+        module = inplace_ops(fuse_conv_bn(module))
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     if autocast is not None:
