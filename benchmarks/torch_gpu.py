@@ -30,7 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
 from nasgraph import zoo  # noqa: E402
-from nasgraph.backends.torch import import_torchvision_weights, lower, prepare  # noqa: E402
+from nasgraph.backends.torch import (  # noqa: E402
+    import_torchvision_weights,
+    inplace_ops,
+    lower,
+    prepare,
+)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- torch_gpu:begin -->", "<!-- torch_gpu:end -->"
@@ -57,15 +62,19 @@ def _timer(device: str):
 
 
 def bench_cell(name: str, batch: int, precision: str, mode: str, device: str,
-               shape: tuple[int, int, int], warmup: int, iters: int) -> tuple[float, float]:
-    """Images/s of torchvision's module and of ours, timed alternately."""
+               shape: tuple[int, int, int], warmup: int, iters: int, fold_bn: bool = True
+               ) -> tuple[float, float]:
+    """Images/s of torchvision's module and of ours, timed alternately. Without
+    `fold_bn` ours keeps its batch norms (in-place activations and adds still), so that
+    it dispatches the same kernels as torchvision's."""
     graph = zoo.get(name, input_shape=shape)
     theirs = _torchvision(name).eval()
     ours = lower(graph)
     ours.load_state_dict(import_torchvision_weights(graph, theirs))
     ours = ours.to(device).eval()
     theirs = theirs.to(device).to(memory_format=torch.channels_last)
-    ours = prepare(ours, fold_bn=True, channels_last=True)
+    ours = prepare(ours if fold_bn else inplace_ops(ours), fold_bn=fold_bn,
+                   channels_last=True)
     if mode == "compile":
         theirs, ours = torch.compile(theirs), torch.compile(ours)
     x = torch.randn(batch, *shape, device=device).to(memory_format=torch.channels_last)
@@ -126,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default="64,256")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--modes", default="eager,compile")
+    parser.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+                        help="fold BN into convs on nasgraph's side (rows of a --no-fold-bn "
+                        "run are labelled 'eager, BN kept')")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--quick", action="store_true",
@@ -150,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     note = (f"`{command.strip()}` on {_machine(args.device)}; input "
             f"{'x'.join(map(str, shape))}, median of {args.iters} passes after "
             f"{args.warmup} warm-up passes. Both sides channels_last and eval; nasgraph "
-            "also folds BN into convs. Ratio = nasgraph / torchvision (>= 1.00x: as fast "
+            "also folds BN into convs (except in rows marked 'BN kept') and runs activations "
+            "and adds in place. Ratio = nasgraph / torchvision (>= 1.00x: as fast "
             "or faster).")
     for name in args.models.split(","):
         if name not in zoo.names():
@@ -160,8 +173,9 @@ def main(argv: list[str] | None = None) -> None:
             for precision in args.precisions.split(","):
                 for mode in modes:
                     tv, ours = bench_cell(name, batch, precision, mode, args.device, shape,
-                                          args.warmup, args.iters)
-                    key = (name, str(batch), precision, mode)
+                                          args.warmup, args.iters, args.fold_bn)
+                    label = mode if args.fold_bn else f"{mode}, BN kept"
+                    key = (name, str(batch), precision, label)
                     rows[key] = (f"| {' | '.join(key)} | {_rate(tv)} | {_rate(ours)} | "
                                  f"{ours / tv:.2f}x |")
                     print(rows[key], flush=True)
