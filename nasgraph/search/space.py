@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from nasgraph.errors import SpaceError
 from nasgraph.ir import Graph
@@ -33,7 +33,8 @@ SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 class Context(BaseModel):
     """What a space knows besides the trial: the data's shape, the classes, the budget and
-    the width multiplier the search applies to fit the budget."""
+    how the search narrows widths to fit the budget (a multiplier for all of them, then
+    a few steps back up for some)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -41,17 +42,37 @@ class Context(BaseModel):
     num_classes: int = Field(default=10, gt=1)
     budget: Budget = Budget()
     width_multiplier: float = Field(default=1.0, gt=0)
+    # extra `divisor` steps for the widths a space requests as `channels` (key)
+    width_steps: dict[int, int] = Field(default_factory=dict)
     min_width: int = Field(default=4, gt=0)
 
     def width(self, channels: int, divisor: int = 4) -> int:
         """`channels` times the width multiplier, rounded to a multiple of `divisor` (as
-        MobileNet's width multiplier), never below `min_width`."""
-        scaled = channels * self.width_multiplier
+        MobileNet's width multiplier), never below `min_width`; then `width_steps[channels]`
+        multiples of `divisor` wider, but never wider than `channels` itself (rounded)."""
+        shrunk = self._round(channels * self.width_multiplier, divisor)
+        grown = shrunk + self.width_steps.get(channels, 0) * divisor
+        return min(grown, max(shrunk, self._round(channels, divisor)))
+
+    def _round(self, scaled: float, divisor: int) -> int:
         rounded = max(self.min_width, divisor, int(scaled + divisor / 2) // divisor * divisor)
         return rounded + divisor if rounded < 0.9 * scaled else rounded
 
     def with_multiplier(self, m: float) -> Context:
-        return self.model_copy(update={"width_multiplier": m})
+        return self.model_copy(update={"width_multiplier": m, "width_steps": {}})
+
+    def with_steps(self, steps: dict[int, int]) -> Context:
+        return self.model_copy(update={"width_steps": dict(steps)})
+
+
+class _Recorder(Context):
+    """A Context that notes the widths a space asks for (their `channels`)."""
+
+    _requested: set[int] = PrivateAttr(default_factory=set)
+
+    def width(self, channels: int, divisor: int = 4) -> int:
+        self._requested.add(channels)
+        return super().width(channels, divisor)
 
 
 def builtin_spaces() -> list[str]:
@@ -104,13 +125,16 @@ def build(space: Space, trial: Any, ctx: Context) -> Graph:
 
 def fit_to_budget(space: Space, trial: Any, ctx: Context, steps: int = 12
                   ) -> tuple[Graph, Costs, float, bool]:
-    """Build the candidate; when over budget, shrink its widths until it fits.
+    """Build the candidate; when over budget, narrow its widths until it fits.
 
-    Returns (graph, costs, width multiplier, feasible). The multiplier is the largest of
-    the form 2^-k/4 (a bisection on a log scale) whose graph fits; rebuilding is cheap
-    because a trial returns the same value when a space asks for a parameter again. When
-    even the narrowest graph (every width at `ctx.min_width`) is over budget, the
-    candidate is infeasible and the full-width graph is returned.
+    Returns (graph, costs, width multiplier, feasible). First one multiplier for every
+    width: the largest of the form 2^-k/4 (a bisection on a log scale) whose graph fits.
+    Rounding makes that coarse (at 5 channels, one step of 4 is most of the width), so it
+    may leave much of the budget unused; `_grow_widths` then widens single widths again, the
+    narrowest relative to what the trial asked for first, while the candidate fits.
+    Rebuilding is cheap because a trial returns the same value when a space asks for a
+    parameter again. When even the narrowest graph (every width at `ctx.min_width`) is over
+    budget, the candidate is infeasible and the full-width graph is returned.
     """
     graph = build(space, trial, ctx)
     costs = Costs.of(graph)
@@ -134,4 +158,33 @@ def fit_to_budget(space: Space, trial: Any, ctx: Context, steps: int = 12
             hi = mid
         if hi - lo < 0.02:
             break
-    return best[0], best[1], round(best[2], 4), True
+    multiplier = round(best[2], 4)
+    graph, costs = _grow_widths(space, trial, ctx.with_multiplier(multiplier), *best[:2])
+    return graph, costs, multiplier, True
+
+
+def _grow_widths(space: Space, trial: Any, ctx: Context, graph: Graph, costs: Costs
+                 ) -> tuple[Graph, Costs]:
+    """Widen the widths of a fitted candidate one `divisor` step at a time while it fits.
+
+    Each round tries the requested widths in order of how far they were narrowed (width
+    given / width requested, smallest first) and keeps the first step that fits. Costs only
+    grow with widths, so a step that does not fit never will: that width is done.
+    """
+    recorder = _Recorder(**ctx.model_dump())
+    build(space, trial, recorder)
+    steps: dict[int, int] = {}
+    open_widths = set(recorder._requested)
+    while open_widths:
+        current = ctx.with_steps(steps)
+        for channels in sorted(open_widths, key=lambda c: (current.width(c) / c, c)):
+            wider = {**steps, channels: steps.get(channels, 0) + 1}
+            g = build(space, trial, ctx.with_steps(wider))
+            c = Costs.of(g) if g != graph else None
+            if c is not None and ctx.budget.fits(c):
+                steps, graph, costs = wider, g, c
+                break
+            open_widths.discard(channels)  # at its requested width, or over budget
+        else:
+            break
+    return graph, costs

@@ -105,3 +105,18 @@ def test_space_from_a_file(tmp_path):
 def test_bad_space_is_one_clear_error(spec, message):
     with pytest.raises(SpaceError, match=message):
         load_space(spec)
+
+
+def test_fitting_widens_single_widths_back_into_the_budget():
+    # one multiplier for every width leaves this candidate at a third of its budget: the
+    # 8x8 stage's widths are at their minimum and one more step for all would quadruple it
+    params = {"block": "bottleneck", "preact": True, "stem.width": 40, "stages": 2,
+              "stage1.depth": 3, "stage1.width": 48, "stage1.cardinality": 4,
+              "stage2.depth": 1, "stage2.width": 88, "stage2.cardinality": 1}
+    space = load_space("residual")
+    ctx = Context(input_shape=(1, 8, 8), budget=Budget(macs=200_000))
+    graph, costs, multiplier, feasible = fit_to_budget(
+        space, optuna.trial.FixedTrial(params), ctx)
+    uniform = space(optuna.trial.FixedTrial(params), ctx.with_multiplier(multiplier))
+    assert feasible and analysis.macs(uniform) < 100_000 < 180_000 < costs.macs <= 200_000
+    assert costs.macs == analysis.macs(graph)
