@@ -153,3 +153,41 @@ def test_compile_leaves_blas_single_threaded():
 
     nb.compile(_small("lenet5"), lower(_small("lenet5")).state_dict())
     assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+
+
+@pytest.mark.parametrize(("c", "mult", "hw", "kernel", "stride", "pad", "dil"), [
+    (3, 1, (9, 13), (3, 3), (1, 1), (1, 1), (1, 1)),
+    (4, 2, (11, 7), (3, 5), (2, 1), (0, 2), (1, 1)),
+    (5, 1, (10, 10), (3, 3), (2, 2), (1, 1), (1, 1)),
+    (2, 3, (13, 12), (5, 3), (3, 2), (2, 4), (2, 3)),
+    (6, 1, (7, 7), (1, 7), (1, 1), (0, 3), (1, 1)),
+    (3, 1, (8, 6), (3, 3), (1, 3), (3, 0), (2, 1)),
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_depthwise_kernel_agrees_with_torch(c, mult, hw, kernel, stride, pad, dil, threads):
+    # the kernel directly, against torch's conv2d: channel multipliers, strides past the
+    # kernel, padding wider than the kernel, dilation, a fused residual and relu6
+    from nasgraph.backends.numba import _conv
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, c, *hw)).astype(np.float32)
+    w = rng.standard_normal((c * mult, 1, *kernel)).astype(np.float32)
+    bias = rng.standard_normal(c * mult).astype(np.float32)
+    want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                      torch.from_numpy(bias), stride, pad, dil, c).numpy()
+    res = rng.standard_normal(want.shape).astype(np.float32)
+    out = np.full((2, c * mult + 3, *want.shape[2:]), np.nan, np.float32)
+    _conv.conv2d_depthwise(x, w[:, 0].copy(), bias, res, out, 2, *stride, *pad, *dil, 2, 1, 1,
+                           threads)
+    np.testing.assert_allclose(out[:, 2:-1], np.clip(want + res, 0, 6), atol=1e-5)
+    assert np.isnan(out[:, :2]).all() and np.isnan(out[:, -1]).all()
+
+
+@pytest.mark.parametrize(("groups", "stride"), [(1, 1), (2, 1), (1, 2)])
+def test_gemm_conv_1x1_agrees_with_torch(groups, stride):
+    # 1x1 convs multiply the NCHW planes without im2col when stride 1; grouped too
+    b = GraphBuilder("pointwise")
+    x = b.input(6, 5, 7)
+    y = b.conv(x, 8, 1, stride=stride, groups=groups)
+    b.output(b.relu(b.add([y, b.conv(x, 8, 1, stride=stride, bias=False)])))
+    assert_agree(b.build(), batch=3)

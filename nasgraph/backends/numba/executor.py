@@ -40,13 +40,13 @@ def _f32(a: np.ndarray) -> np.ndarray:
 
 
 def conv_strategy(node: Node, in_per_group: int) -> str:
-    """How a conv node runs: "direct" (one input channel per group: depthwise), "tiled"
-    (the register-tiled NHWC kernel: ungrouped spatial kernels over >= 8 input channels,
-    no dilation along W, at least one full pixel tile) or "gemm" (im2col + sgemm: 1x1 and
-    grouped convs, the few-channel stem, outputs smaller than a tile)."""
+    """How a conv node runs: "depthwise" (one input channel per group: the direct NCHW
+    kernel), "tiled" (the register-tiled NHWC kernel: ungrouped spatial kernels over >= 8
+    input channels, no dilation along W, at least one full pixel tile) or "gemm" ((im2col
+    +) sgemm: 1x1 and grouped convs, the few-channel stem, outputs smaller than a tile)."""
     op, out = node.op, node.type
     if in_per_group == 1:
-        return "direct"
+        return "depthwise"
     kh, kw = op.kernel
     if op.groups == 1 and kh * kw > 1 and in_per_group >= 8 and op.dilation[1] == 1 and \
             out.height * out.width >= tiled_k.R:
@@ -61,8 +61,8 @@ def _pack_conv(node: Node, state: StateDict) -> dict:
     strategy = conv_strategy(node, cig)
     if strategy == "tiled":
         packed = tiled_k.pack_weights(w)
-    elif strategy == "direct":
-        packed = w.reshape(cout, 1, kh * kw)
+    elif strategy == "depthwise":
+        packed = w.reshape(cout, kh, kw)
     else:
         packed = w.reshape(op.groups, cout // op.groups, cig * kh * kw)
     bias = state.get(f"{node.param_key}.bias") if op.bias else None
@@ -116,11 +116,14 @@ def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -
             tiled_k.to_padded_nhwc(x, xp, ph, pw)
             tiled_k.conv2d_tiled(*args)
         return step
+    threads = numba.get_num_threads
+    if p["strategy"] == "depthwise":
+        args = (x, p["w"], p["bias"], res, out, co, *op.stride, *op.pad, *op.dilation,
+                p["act"], p["has_bias"], has_res)
+        return lambda: conv_k.conv2d_depthwise(*args, threads())
     args = (x, p["w"], p["bias"], res, out, co, *op.kernel, *op.stride, *op.pad, *op.dilation,
             p["act"], p["has_bias"], has_res)
-    if p["strategy"] == "direct":
-        return lambda: conv_k.conv2d_direct(*args)
-    return lambda: conv_k.conv2d_gemm(*args, numba.get_num_threads())
+    return lambda: conv_k.conv2d_gemm(*args, threads())
 
 
 def _scale_shift(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
