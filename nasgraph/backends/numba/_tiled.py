@@ -42,18 +42,25 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
         p0 = min((job % n_pt) * R, hw - R)
         tile = np.empty((R, V), np.float32)
         img = xp[n]
-        ih0 = ((p0 + 0) // wo) * sh
-        iw0 = ((p0 + 0) % wo) * sw * cin
-        ih1 = ((p0 + 1) // wo) * sh
-        iw1 = ((p0 + 1) % wo) * sw * cin
-        ih2 = ((p0 + 2) // wo) * sh
-        iw2 = ((p0 + 2) % wo) * sw * cin
-        ih3 = ((p0 + 3) // wo) * sh
-        iw3 = ((p0 + 3) % wo) * sw * cin
-        ih4 = ((p0 + 4) // wo) * sh
-        iw4 = ((p0 + 4) % wo) * sw * cin
-        ih5 = ((p0 + 5) // wo) * sh
-        iw5 = ((p0 + 5) % wo) * sw * cin
+        oh0 = p0 // wo
+        ow0 = p0 - oh0 * wo
+        oh1, ow1 = (oh0, ow0 + 1) if ow0 + 1 < wo else (oh0 + 1, 0)
+        oh2, ow2 = (oh1, ow1 + 1) if ow1 + 1 < wo else (oh1 + 1, 0)
+        oh3, ow3 = (oh2, ow2 + 1) if ow2 + 1 < wo else (oh2 + 1, 0)
+        oh4, ow4 = (oh3, ow3 + 1) if ow3 + 1 < wo else (oh3 + 1, 0)
+        oh5, ow5 = (oh4, ow4 + 1) if ow4 + 1 < wo else (oh4 + 1, 0)
+        ih0 = oh0 * sh
+        iw0 = ow0 * sw * cin
+        ih1 = oh1 * sh
+        iw1 = ow1 * sw * cin
+        ih2 = oh2 * sh
+        iw2 = ow2 * sw * cin
+        ih3 = oh3 * sh
+        iw3 = ow3 * sw * cin
+        ih4 = oh4 * sh
+        iw4 = ow4 * sw * cin
+        ih5 = oh5 * sh
+        iw5 = ow5 * sw * cin
         a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = np.float32(0.0)
         a0_8 = a0_9 = a0_10 = a0_11 = a0_12 = a0_13 = a0_14 = a0_15 = np.float32(0.0)
         a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = a1_6 = a1_7 = np.float32(0.0)
@@ -294,13 +301,22 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
             c = cb * V + v
             b = bias[c] if has_bias else np.float32(0.0)
             dst = out[n, co + c]
-            for r in range(R):
-                p = p0 + r
-                oh, ow = p // wo, p % wo
-                val = tile[r, v] + b
-                if has_res:
-                    val += res[n, c, oh, ow]
-                dst[oh, ow] = activate(val, act)
+            # unrolled over the tile's pixels: no division per output value
+            if has_res:
+                rs = res[n, c]
+                dst[oh0, ow0] = activate(tile[0, v] + b + rs[oh0, ow0], act)
+                dst[oh1, ow1] = activate(tile[1, v] + b + rs[oh1, ow1], act)
+                dst[oh2, ow2] = activate(tile[2, v] + b + rs[oh2, ow2], act)
+                dst[oh3, ow3] = activate(tile[3, v] + b + rs[oh3, ow3], act)
+                dst[oh4, ow4] = activate(tile[4, v] + b + rs[oh4, ow4], act)
+                dst[oh5, ow5] = activate(tile[5, v] + b + rs[oh5, ow5], act)
+            else:
+                dst[oh0, ow0] = activate(tile[0, v] + b, act)
+                dst[oh1, ow1] = activate(tile[1, v] + b, act)
+                dst[oh2, ow2] = activate(tile[2, v] + b, act)
+                dst[oh3, ow3] = activate(tile[3, v] + b, act)
+                dst[oh4, ow4] = activate(tile[4, v] + b, act)
+                dst[oh5, ow5] = activate(tile[5, v] + b, act)
 
 
 def pack_weights(w: np.ndarray) -> np.ndarray:

@@ -99,9 +99,15 @@ def _kernel() -> str:
         "        tile = np.empty((R, V), np.float32)",
         "        img = xp[n]",
     ]
+    # the tile's pixels: two divisions per tile, then steps along the row
+    lines.append("        oh0 = p0 // wo")
+    lines.append("        ow0 = p0 - oh0 * wo")
+    for r in range(1, R):
+        lines.append(f"        oh{r}, ow{r} = (oh{r - 1}, ow{r - 1} + 1) if ow{r - 1} + 1 < wo "
+                     f"else (oh{r - 1} + 1, 0)")
     for r in range(R):
-        lines.append(f"        ih{r} = ((p0 + {r}) // wo) * sh")
-        lines.append(f"        iw{r} = ((p0 + {r}) % wo) * sw * cin")
+        lines.append(f"        ih{r} = oh{r} * sh")
+        lines.append(f"        iw{r} = ow{r} * sw * cin")
     for r in range(R):
         for half in (range(V // 2), range(V // 2, V)):
             lines.append("        " + " = ".join(f"a{r}_{v}" for v in half) + " = np.float32(0.0)")
@@ -127,14 +133,15 @@ def _kernel() -> str:
         "            c = cb * V + v",
         "            b = bias[c] if has_bias else np.float32(0.0)",
         "            dst = out[n, co + c]",
-        "            for r in range(R):",
-        "                p = p0 + r",
-        "                oh, ow = p // wo, p % wo",
-        "                val = tile[r, v] + b",
-        "                if has_res:",
-        "                    val += res[n, c, oh, ow]",
-        "                dst[oh, ow] = activate(val, act)",
+        "            # unrolled over the tile's pixels: no division per output value",
+        "            if has_res:",
+        "                rs = res[n, c]",
     ]
+    lines += [f"                dst[oh{r}, ow{r}] = activate(tile[{r}, v] + b + rs[oh{r}, ow{r}], "
+              "act)" for r in range(R)]
+    lines.append("            else:")
+    lines += [f"                dst[oh{r}, ow{r}] = activate(tile[{r}, v] + b, act)"
+              for r in range(R)]
     return "\n".join(lines) + "\n"
 
 
