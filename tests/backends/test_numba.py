@@ -136,7 +136,7 @@ def test_conv_strategies():
     g = _small("resnet18")
     ex = nb.compile(g, lower(g).state_dict())
     kinds = {n.id: ex._packed[n.id]["strategy"] for n in ex.graph if "conv" in n.kind}
-    assert kinds["conv1"] == "gemm"  # 3 input channels: the im2col stem
+    assert kinds["conv1"] == "tiled"  # the 3-channel stem too
     assert kinds["layer1/0/conv1"] == "tiled"
     assert kinds["layer2/0/downsample/0"] == "gemm"  # 1x1
 
@@ -184,10 +184,23 @@ def test_depthwise_kernel_agrees_with_torch(c, mult, hw, kernel, stride, pad, di
 
 
 @pytest.mark.parametrize(("groups", "stride"), [(1, 1), (2, 1), (1, 2)])
-def test_gemm_conv_1x1_agrees_with_torch(groups, stride):
-    # 1x1 convs multiply the NCHW planes without im2col when stride 1; grouped too
-    b = GraphBuilder("pointwise")
+@pytest.mark.parametrize(("batch", "threads"), [(3, 2), (5, 1)])
+def test_gemm_convs_agree_with_torch(groups, stride, batch, threads):
+    # 1x1 convs multiply the NCHW planes without im2col at stride 1; with threads to
+    # spare, small outputs of several samples share one GEMM (im2col side by side)
+    b = GraphBuilder("gemm")
     x = b.input(6, 5, 7)
     y = b.conv(x, 8, 1, stride=stride, groups=groups)
-    b.output(b.relu(b.add([y, b.conv(x, 8, 1, stride=stride, bias=False)])))
-    assert_agree(b.build(), batch=3)
+    z = b.conv(x, 8, (3, 1), stride=stride, padding=(1, 0), groups=2, bias=False)
+    b.output(b.relu(b.add([y, z])))
+    assert_agree(b.build(), batch=batch, threads=threads)
+
+
+@pytest.mark.parametrize(("cin", "kernel", "stride", "pad"), [(1, 3, 1, 1), (3, 7, 2, 3)])
+def test_few_channel_stems_run_tiled_and_agree(cin, kernel, stride, pad):
+    b = GraphBuilder("stem")
+    b.output(b.relu(b.conv(b.input(cin, 13, 11), 20, kernel, stride=stride, padding=pad)))
+    g = b.build()
+    ex = nb.compile(g, lower(g).state_dict())
+    assert [p["strategy"] for p in ex._packed.values()] == ["tiled"]
+    assert_agree(g, batch=3)

@@ -15,19 +15,20 @@ from nasgraph.backends.numba._activations import activate, finish_row
 
 
 @njit(inline="always", cache=True)
-def _epilogue(acc, out, n, c0, cb, bias, res, act, has_bias, has_res):
-    # acc: C' x (H*W) rows for channels cb.. of the node, written to out[n, c0 + cb + r]
+def _epilogue(acc, col0, out, n, c0, cb, bias, res, act, has_bias, has_res):
+    # acc: C' x (columns) rows for channels cb.. of the node; columns col0.. (H*W of them)
+    # are written to out[n, c0 + cb + r]
     hw = out.shape[2] * out.shape[3]
     for r in range(acc.shape[0]):
         c = cb + r
         b = bias[c] if has_bias else np.float32(0.0)
         res_row = res[n, c].reshape(hw) if has_res else res[0, 0, 0]
-        finish_row(acc[r], b, res_row, has_res, act, out[n, c0 + c].reshape(hw))
+        finish_row(acc[r, col0:], b, res_row, has_res, act, out[n, c0 + c].reshape(hw))
 
 
 @njit(cache=True)
-def _im2col(x, n, c_lo, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, rows_lo, rows_hi):
-    # x[n, c_lo:c_lo+Cg] (H x W planes) -> cols rows (c, i, j) x (ho*wo)
+def _im2col(x, n, c_lo, cols, col0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, rows_lo, rows_hi):
+    # x[n, c_lo:c_lo+Cg] (H x W planes) -> cols rows (c, i, j) x columns col0..+ho*wo
     h, w = x.shape[2], x.shape[3]
     for row in range(rows_lo, rows_hi):
         c = row // (kh * kw)
@@ -36,7 +37,7 @@ def _im2col(x, n, c_lo, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, rows_lo, r
         plane = x[n, c_lo + c]
         for oh in range(ho):
             ih = oh * sh - ph + i * dh
-            base = oh * wo
+            base = col0 + oh * wo
             if ih < 0 or ih >= h:
                 for ow in range(wo):
                     cols[row, base + ow] = 0.0
@@ -46,13 +47,8 @@ def _im2col(x, n, c_lo, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, rows_lo, r
                 cols[row, base + ow] = plane[ih, iw] if 0 <= iw < w else np.float32(0.0)
 
 
-@njit(inline="always", cache=True)
-def _gemm_rhs(x, n, g, cig, cols, pointwise):
-    # group g of sample n as the GEMM's right operand, Cin/G*kh*kw x Ho*Wo: for a 1x1,
-    # stride-1, unpadded conv that is the NCHW input itself, otherwise `cols` (im2col'd)
-    if pointwise:
-        return x[n].reshape((x.shape[1], x.shape[2] * x.shape[3]))[g * cig:(g + 1) * cig]
-    return cols
+GEMM_COLUMNS = 512  # samples share one GEMM until it has this many columns: a BLAS call
+# costs about a microsecond, more than a small layer's GEMM per sample
 
 
 @njit(parallel=True, cache=True)
@@ -60,41 +56,56 @@ def conv2d_gemm(x, w, bias, res, out, co, kh, kw, sh, sw, ph, pw, dh, dw, act, h
                 has_res, threads):
     """N x Cin x H x W, weights G x Cout/G x (Cin/G*kh*kw) -> out[:, co:co+Cout].
 
-    A 1x1 conv with stride 1 and no padding multiplies the input planes as they are;
-    others go through im2col. `threads` is numba's thread count (read in Python: reading
-    it here defeats caching).
+    A 1x1 conv with stride 1 and no padding multiplies a sample's input planes as they
+    are; otherwise, and for samples batched side by side into one GEMM (small outputs),
+    im2col builds the right operand. `threads` is numba's thread count (read in Python:
+    reading it here defeats caching).
     """
     n_batch = x.shape[0]
     groups, cog, k = w.shape
     cig = k // (kh * kw)
     ho, wo = out.shape[2], out.shape[3]
+    hw = ho * wo
     pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
-    n_cols = 0 if pointwise else k
     if n_batch >= threads:
-        for n in prange(n_batch):
-            cols = np.empty((n_cols, ho * wo), np.float32)
+        per = max(1, min(GEMM_COLUMNS // hw, n_batch // threads))  # samples per GEMM
+        direct = pointwise and per == 1
+        for chunk in prange((n_batch + per - 1) // per):
+            n0 = chunk * per
+            m = min(per, n_batch - n0)
+            cols = np.empty((0 if direct else k, m * hw), np.float32)
             for g in range(groups):
-                if not pointwise:
-                    _im2col(x, n, g * cig, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, 0, k)
-                acc = np.dot(w[g], _gemm_rhs(x, n, g, cig, cols, pointwise))
-                _epilogue(acc, out, n, co, g * cog, bias, res, act, has_bias, has_res)
+                if direct:
+                    rhs = x[n0].reshape((x.shape[1], hw))[g * cig:(g + 1) * cig]
+                else:
+                    for s in range(m):
+                        _im2col(x, n0 + s, g * cig, cols, s * hw, kh, kw, sh, sw, ph, pw, dh,
+                                dw, ho, wo, 0, k)
+                    rhs = cols
+                acc = np.dot(w[g], rhs)
+                for s in range(m):
+                    _epilogue(acc, s * hw, out, n0 + s, co, g * cog, bias, res, act, has_bias,
+                              has_res)
     else:
-        cols = np.empty((n_cols, ho * wo), np.float32)
+        cols = np.empty((0 if pointwise else k, hw), np.float32)
         # few samples: split each GEMM into blocks of output channels, one per thread
         blocks = min(threads, cog)
         step = (k + threads - 1) // threads
         for n in range(n_batch):
             for g in range(groups):
-                if not pointwise:
+                if pointwise:
+                    rhs = x[n].reshape((x.shape[1], hw))[g * cig:(g + 1) * cig]
+                else:
                     for t in prange(threads):
-                        _im2col(x, n, g * cig, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
+                        _im2col(x, n, g * cig, cols, 0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
                                 min(t * step, k), min((t + 1) * step, k))
-                rhs = _gemm_rhs(x, n, g, cig, cols, pointwise)
+                    rhs = cols
                 for t in prange(blocks):
                     lo = t * cog // blocks
                     hi = (t + 1) * cog // blocks
                     acc = np.dot(w[g][lo:hi], rhs)
-                    _epilogue(acc, out, n, co, g * cog + lo, bias, res, act, has_bias, has_res)
+                    _epilogue(acc, 0, out, n, co, g * cog + lo, bias, res, act, has_bias,
+                              has_res)
 
 
 @njit(inline="always", cache=True)

@@ -40,17 +40,17 @@ def _f32(a: np.ndarray) -> np.ndarray:
 
 
 def conv_strategy(node: Node, in_per_group: int) -> str:
-    """How a conv node runs: "depthwise" (one input channel per group: the direct NCHW
-    kernel), "tiled" (the register-tiled NHWC kernel: ungrouped spatial kernels over >= 8
-    input channels, no dilation along W, at least one full pixel tile) or "gemm" ((im2col
-    +) sgemm: 1x1 and grouped convs, the few-channel stem, outputs smaller than a tile)."""
+    """How a conv node runs: "tiled" (the register-tiled NHWC kernel: ungrouped spatial
+    kernels with no dilation along W and at least one full pixel tile, few-channel stems
+    included), "depthwise" (one input channel per group: the direct NCHW kernel) or "gemm"
+    ((im2col +) sgemm: 1x1 and grouped convs, outputs smaller than a tile)."""
     op, out = node.op, node.type
-    if in_per_group == 1:
-        return "depthwise"
     kh, kw = op.kernel
-    if op.groups == 1 and kh * kw > 1 and in_per_group >= 8 and op.dilation[1] == 1 and \
+    if op.groups == 1 and kh * kw > 1 and op.dilation[1] == 1 and \
             out.height * out.width >= tiled_k.R:
         return "tiled"
+    if in_per_group == 1:
+        return "depthwise"
     return "gemm"
 
 
