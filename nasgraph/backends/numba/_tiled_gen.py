@@ -92,6 +92,7 @@ def _kernel() -> str:
         "    wo = out.shape[3]",
         "    hw = out.shape[2] * wo",
         "    n_pt = (hw + R - 1) // R",
+        "    span = (kh - 1) * dh + 1  # input rows under a kernel",
         "    for job in prange(n_batch * n_cb * n_pt):",
         "        n = job // (n_cb * n_pt)",
         "        cb = (job // n_pt) % n_cb",
@@ -111,18 +112,20 @@ def _kernel() -> str:
     for r in range(R):
         for half in (range(V // 2), range(V // 2, V)):
             lines.append("        " + " = ".join(f"a{r}_{v}" for v in half) + " = np.float32(0.0)")
+    # one view per pixel of the rows under the kernel: views cost reference counting, so
+    # not one per kernel row
+    for r in range(R):
+        lines.append(f"        x{r} = img[ih{r}:ih{r} + span:dh, iw{r}:iw{r} + run]  # kh x kw*Cin")
     lines += [
         "        for i in range(kh):",
         f"{ind3}wt = w[cb, i]  # (kw*Cin) x V",
     ]
-    for r in range(R):
-        lines.append(f"{ind3}x{r} = img[ih{r} + i * dh, iw{r}:iw{r} + run]  # kw*Cin")
     lines.append(f"{ind3}for c in range(run):")
     lines.append(f"{ind4}wc = wt[c]")
     for v in range(V):
         lines.append(f"{ind4}w{v} = wc[{v}]")
     for r in range(R):
-        lines.append(f"{ind4}x = x{r}[c]")
+        lines.append(f"{ind4}x = x{r}[i, c]")
         for v in range(V):
             lines.append(f"{ind4}a{r}_{v} += x * w{v}")
     for r in range(R):
@@ -132,15 +135,14 @@ def _kernel() -> str:
         "        for v in range(min(V, cout - cb * V)):",
         "            c = cb * V + v",
         "            b = bias[c] if has_bias else np.float32(0.0)",
-        "            dst = out[n, co + c]",
         "            # unrolled over the tile's pixels: no division per output value",
         "            if has_res:",
-        "                rs = res[n, c]",
     ]
-    lines += [f"                dst[oh{r}, ow{r}] = activate(tile[{r}, v] + b + rs[oh{r}, ow{r}], "
-              "act)" for r in range(R)]
+    lines += [f"                out[n, co + c, oh{r}, ow{r}] = activate(\n"
+              f"                    tile[{r}, v] + b + res[n, c, oh{r}, ow{r}], act)"
+              for r in range(R)]
     lines.append("            else:")
-    lines += [f"                dst[oh{r}, ow{r}] = activate(tile[{r}, v] + b, act)"
+    lines += [f"                out[n, co + c, oh{r}, ow{r}] = activate(tile[{r}, v] + b, act)"
               for r in range(R)]
     return "\n".join(lines) + "\n"
 
