@@ -49,10 +49,11 @@ def activate_row(row, code):
             row[k] = activate(row[k], code)
 
 
-@njit(inline="always", cache=True)
+@njit(cache=True)
 def finish_row(acc, b, res_row, has_res, code, dst):
     """The conv epilogue over one row: `dst[k] = act(acc[k] + b + res_row[k])` for k <
-    len(dst) (`res_row` read only when `has_res`)."""
+    len(dst) (`res_row` read only when `has_res`). A call, not inlined: its loops are
+    compiled once for every kernel that uses it (compile time, on a fresh machine)."""
     if has_res:
         for k in range(dst.shape[0]):
             dst[k] = acc[k] + b + res_row[k]
