@@ -204,3 +204,21 @@ def test_few_channel_stems_run_tiled_and_agree(cin, kernel, stride, pad):
     ex = nb.compile(g, lower(g).state_dict())
     assert [p["strategy"] for p in ex._packed.values()] == ["tiled"]
     assert_agree(g, batch=3)
+
+
+@pytest.mark.parametrize("fn", ["relu", "relu6", "sigmoid", "tanh", "silu", "hardswish", "gelu"])
+def test_fused_activations_agree_in_every_conv_kernel(fn):
+    # each conv kernel applies the fused activation in its own epilogue: tiled (with and
+    # without residual), depthwise, gemm (1x1)
+    b = GraphBuilder("acts")
+    x = b.input(8, 7, 9)
+    y = b.act(b.conv(x, 8, 3, padding=1), fn)
+    y = b.act(b.add([b.conv(y, 8, 3, padding=1), x]), fn)
+    y = b.act(b.conv(y, 8, 3, padding=1, groups=8), fn)
+    b.output(b.act(b.conv(y, 5, 1), fn))
+    g = b.build()
+    ex = nb.compile(g, lower(g).state_dict())
+    assert sorted(p["strategy"] for p in ex._packed.values()) == \
+        ["depthwise", "gemm", "tiled", "tiled"]
+    assert all(n.kind == "fused_conv2d" for n in ex.graph if "conv" in n.kind)
+    assert_agree(g, batch=2)

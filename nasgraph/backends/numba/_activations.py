@@ -32,6 +32,22 @@ def activate(v, code):
     return np.float32(0.5 * v * (1.0 + math.erf(v * 0.7071067811865476)))
 
 
+@njit(cache=True)
+def _activate_call(v, code):
+    return activate(v, code)
+
+
+@njit(inline="always", cache=True)
+def activate_inline(v, code):
+    """`activate`, with only the identity and ReLU inlined: code that applies it at many
+    sites (the tiled conv's unrolled epilogue) stays small and quick to compile."""
+    if code == 0:
+        return v
+    if code == 1:
+        return max(v, np.float32(0.0))
+    return _activate_call(v, code)
+
+
 @njit(inline="always", cache=True)
 def activate_row(row, code):
     """`row[k] = activate(row[k], code)` in place, with a loop of its own for the cheap

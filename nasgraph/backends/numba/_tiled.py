@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from nasgraph.backends.numba._activations import activate
+from nasgraph.backends.numba._activations import activate_inline
 
 R = 6
 V = 16
@@ -301,15 +301,27 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
         for v in range(min(V, cout - cb * V)):
             c = cb * V + v
             b = bias[c] if has_bias else np.float32(0.0)
-            oh, ow = oh0, ow0  # stepped along the row: no division per output value
-            for r in range(R):
-                val = tile[r, v] + b
-                if has_res:
-                    val += res[n, c, oh, ow]
-                out[n, co + c, oh, ow] = activate(val, act)
-                ow += 1
-                if ow == wo:
-                    oh, ow = oh + 1, 0
+            # unrolled over the tile's pixels: no division per output value
+            if has_res:
+                out[n, co + c, oh0, ow0] = activate_inline(
+                    tile[0, v] + b + res[n, c, oh0, ow0], act)
+                out[n, co + c, oh1, ow1] = activate_inline(
+                    tile[1, v] + b + res[n, c, oh1, ow1], act)
+                out[n, co + c, oh2, ow2] = activate_inline(
+                    tile[2, v] + b + res[n, c, oh2, ow2], act)
+                out[n, co + c, oh3, ow3] = activate_inline(
+                    tile[3, v] + b + res[n, c, oh3, ow3], act)
+                out[n, co + c, oh4, ow4] = activate_inline(
+                    tile[4, v] + b + res[n, c, oh4, ow4], act)
+                out[n, co + c, oh5, ow5] = activate_inline(
+                    tile[5, v] + b + res[n, c, oh5, ow5], act)
+            else:
+                out[n, co + c, oh0, ow0] = activate_inline(tile[0, v] + b, act)
+                out[n, co + c, oh1, ow1] = activate_inline(tile[1, v] + b, act)
+                out[n, co + c, oh2, ow2] = activate_inline(tile[2, v] + b, act)
+                out[n, co + c, oh3, ow3] = activate_inline(tile[3, v] + b, act)
+                out[n, co + c, oh4, ow4] = activate_inline(tile[4, v] + b, act)
+                out[n, co + c, oh5, ow5] = activate_inline(tile[5, v] + b, act)
 
 
 def pack_weights(w: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from nasgraph.backends.numba._activations import activate
+from nasgraph.backends.numba._activations import activate_inline
 
 R = {R}
 V = {V}
@@ -135,16 +135,15 @@ def _kernel() -> str:
         "        for v in range(min(V, cout - cb * V)):",
         "            c = cb * V + v",
         "            b = bias[c] if has_bias else np.float32(0.0)",
-        "            oh, ow = oh0, ow0  # stepped along the row: no division per output value",
-        "            for r in range(R):",
-        "                val = tile[r, v] + b",
-        "                if has_res:",
-        "                    val += res[n, c, oh, ow]",
-        "                out[n, co + c, oh, ow] = activate(val, act)",
-        "                ow += 1",
-        "                if ow == wo:",
-        "                    oh, ow = oh + 1, 0",
+        "            # unrolled over the tile's pixels: no division per output value",
+        "            if has_res:",
     ]
+    lines += [f"                out[n, co + c, oh{r}, ow{r}] = activate_inline(\n"
+              f"                    tile[{r}, v] + b + res[n, c, oh{r}, ow{r}], act)"
+              for r in range(R)]
+    lines.append("            else:")
+    lines += [f"                out[n, co + c, oh{r}, ow{r}] = activate_inline("
+              f"tile[{r}, v] + b, act)" for r in range(R)]
     return "\n".join(lines) + "\n"
 
 
