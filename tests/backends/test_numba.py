@@ -136,7 +136,7 @@ def test_conv_strategies():
     g = _small("resnet18")
     ex = nb.compile(g, lower(g).state_dict())
     kinds = {n.id: ex._packed[n.id]["strategy"] for n in ex.graph if "conv" in n.kind}
-    assert kinds["conv1"] == "gemm"  # 3 input channels: the im2col stem
+    assert kinds["conv1"] == "tiled"  # the 3-channel stem too
     assert kinds["layer1/0/conv1"] == "tiled"
     assert kinds["layer2/0/downsample/0"] == "gemm"  # 1x1
 
@@ -153,3 +153,72 @@ def test_compile_leaves_blas_single_threaded():
 
     nb.compile(_small("lenet5"), lower(_small("lenet5")).state_dict())
     assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+
+
+@pytest.mark.parametrize(("c", "mult", "hw", "kernel", "stride", "pad", "dil"), [
+    (3, 1, (9, 13), (3, 3), (1, 1), (1, 1), (1, 1)),
+    (4, 2, (11, 7), (3, 5), (2, 1), (0, 2), (1, 1)),
+    (5, 1, (10, 10), (3, 3), (2, 2), (1, 1), (1, 1)),
+    (2, 3, (13, 12), (5, 3), (3, 2), (2, 4), (2, 3)),
+    (6, 1, (7, 7), (1, 7), (1, 1), (0, 3), (1, 1)),
+    (3, 1, (8, 6), (3, 3), (1, 3), (3, 0), (2, 1)),
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_depthwise_kernel_agrees_with_torch(c, mult, hw, kernel, stride, pad, dil, threads):
+    # the kernel directly, against torch's conv2d: channel multipliers, strides past the
+    # kernel, padding wider than the kernel, dilation, a fused residual and relu6
+    from nasgraph.backends.numba import _conv
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, c, *hw)).astype(np.float32)
+    w = rng.standard_normal((c * mult, 1, *kernel)).astype(np.float32)
+    bias = rng.standard_normal(c * mult).astype(np.float32)
+    want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                      torch.from_numpy(bias), stride, pad, dil, c).numpy()
+    res = rng.standard_normal(want.shape).astype(np.float32)
+    out = np.full((2, c * mult + 3, *want.shape[2:]), np.nan, np.float32)
+    _conv.conv2d_depthwise(x, w[:, 0].copy(), bias, res, out, 2, *stride, *pad, *dil, 2, 1, 1,
+                           threads)
+    np.testing.assert_allclose(out[:, 2:-1], np.clip(want + res, 0, 6), atol=1e-5)
+    assert np.isnan(out[:, :2]).all() and np.isnan(out[:, -1]).all()
+
+
+@pytest.mark.parametrize(("groups", "stride"), [(1, 1), (2, 1), (1, 2)])
+@pytest.mark.parametrize(("batch", "threads"), [(3, 2), (5, 1)])
+def test_gemm_convs_agree_with_torch(groups, stride, batch, threads):
+    # 1x1 convs multiply the NCHW planes without im2col at stride 1; with threads to
+    # spare, small outputs of several samples share one GEMM (im2col side by side)
+    b = GraphBuilder("gemm")
+    x = b.input(6, 5, 7)
+    y = b.conv(x, 8, 1, stride=stride, groups=groups)
+    z = b.conv(x, 8, (3, 1), stride=stride, padding=(1, 0), groups=2, bias=False)
+    b.output(b.relu(b.add([y, z])))
+    assert_agree(b.build(), batch=batch, threads=threads)
+
+
+@pytest.mark.parametrize(("cin", "kernel", "stride", "pad"), [(1, 3, 1, 1), (3, 7, 2, 3)])
+def test_few_channel_stems_run_tiled_and_agree(cin, kernel, stride, pad):
+    b = GraphBuilder("stem")
+    b.output(b.relu(b.conv(b.input(cin, 13, 11), 20, kernel, stride=stride, padding=pad)))
+    g = b.build()
+    ex = nb.compile(g, lower(g).state_dict())
+    assert [p["strategy"] for p in ex._packed.values()] == ["tiled"]
+    assert_agree(g, batch=3)
+
+
+@pytest.mark.parametrize("fn", ["relu", "relu6", "sigmoid", "tanh", "silu", "hardswish", "gelu"])
+def test_fused_activations_agree_in_every_conv_kernel(fn):
+    # each conv kernel applies the fused activation in its own epilogue: tiled (with and
+    # without residual), depthwise, gemm (1x1)
+    b = GraphBuilder("acts")
+    x = b.input(8, 7, 9)
+    y = b.act(b.conv(x, 8, 3, padding=1), fn)
+    y = b.act(b.add([b.conv(y, 8, 3, padding=1), x]), fn)
+    y = b.act(b.conv(y, 8, 3, padding=1, groups=8), fn)
+    b.output(b.act(b.conv(y, 5, 1), fn))
+    g = b.build()
+    ex = nb.compile(g, lower(g).state_dict())
+    assert sorted(p["strategy"] for p in ex._packed.values()) == \
+        ["depthwise", "gemm", "tiled", "tiled"]
+    assert all(n.kind == "fused_conv2d" for n in ex.graph if "conv" in n.kind)
+    assert_agree(g, batch=2)

@@ -30,3 +30,50 @@ def activate(v, code):
     if code == 6:
         return np.float32(v * min(max(v + 3.0, 0.0), 6.0) / 6.0)
     return np.float32(0.5 * v * (1.0 + math.erf(v * 0.7071067811865476)))
+
+
+@njit(cache=True)
+def _activate_call(v, code):
+    return activate(v, code)
+
+
+@njit(inline="always", cache=True)
+def activate_inline(v, code):
+    """`activate`, with only the identity and ReLU inlined: code that applies it at many
+    sites (the tiled conv's unrolled epilogue) stays small and quick to compile."""
+    if code == 0:
+        return v
+    if code == 1:
+        return max(v, np.float32(0.0))
+    return _activate_call(v, code)
+
+
+@njit(inline="always", cache=True)
+def activate_row(row, code):
+    """`row[k] = activate(row[k], code)` in place, with a loop of its own for the cheap
+    activations: a per-element switch keeps LLVM from vectorizing the loop."""
+    if code == 0:
+        return
+    if code == 1:
+        for k in range(row.shape[0]):
+            row[k] = max(row[k], np.float32(0.0))
+    elif code == 2:
+        for k in range(row.shape[0]):
+            row[k] = min(max(row[k], np.float32(0.0)), np.float32(6.0))
+    else:
+        for k in range(row.shape[0]):
+            row[k] = activate(row[k], code)
+
+
+@njit(cache=True)
+def finish_row(acc, b, res_row, has_res, code, dst):
+    """The conv epilogue over one row: `dst[k] = act(acc[k] + b + res_row[k])` for k <
+    len(dst) (`res_row` read only when `has_res`). A call, not inlined: its loops are
+    compiled once for every kernel that uses it (compile time, on a fresh machine)."""
+    if has_res:
+        for k in range(dst.shape[0]):
+            dst[k] = acc[k] + b + res_row[k]
+    else:
+        for k in range(dst.shape[0]):
+            dst[k] = acc[k] + b
+    activate_row(dst, code)

@@ -1,4 +1,4 @@
-"""Convolution and linear kernels: im2col + BLAS GEMM, and a direct kernel for depthwise.
+"""Convolution and linear kernels: (im2col +) BLAS GEMM, and a direct kernel for depthwise.
 
 Every kernel writes its N x C x H x W result at channel offset `co` of `out`, so that a
 producer can fill its slice of a concat buffer in place, and applies the fused epilogue
@@ -11,28 +11,24 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from nasgraph.backends.numba._activations import activate
+from nasgraph.backends.numba._activations import activate, finish_row
 
 
 @njit(inline="always", cache=True)
-def _epilogue(acc, out, n, c0, cb, bias, res, act, has_bias, has_res):
-    # acc: C' x (H*W) rows for channels cb.. of the node, written to out[n, c0 + cb + r]
-    ho, wo = out.shape[2], out.shape[3]
+def _epilogue(acc, col0, out, n, c0, cb, bias, res, act, has_bias, has_res):
+    # acc: C' x (columns) rows for channels cb.. of the node; columns col0.. (H*W of them)
+    # are written to out[n, c0 + cb + r]
+    hw = out.shape[2] * out.shape[3]
     for r in range(acc.shape[0]):
         c = cb + r
         b = bias[c] if has_bias else np.float32(0.0)
-        dst = out[n, c0 + c]
-        for oh in range(ho):
-            for ow in range(wo):
-                v = acc[r, oh * wo + ow] + b
-                if has_res:
-                    v += res[n, c, oh, ow]
-                dst[oh, ow] = activate(v, act)
+        res_row = res[n, c].reshape(hw) if has_res else res[0, 0, 0]
+        finish_row(acc[r, col0:], b, res_row, has_res, act, out[n, c0 + c].reshape(hw))
 
 
 @njit(cache=True)
-def _im2col(x, n, c_lo, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, rows_lo, rows_hi):
-    # x[n, c_lo:c_lo+Cg] (H x W planes) -> cols rows (c, i, j) x (ho*wo)
+def _im2col(x, n, c_lo, cols, col0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, rows_lo, rows_hi):
+    # x[n, c_lo:c_lo+Cg] (H x W planes) -> cols rows (c, i, j) x columns col0..+ho*wo
     h, w = x.shape[2], x.shape[3]
     for row in range(rows_lo, rows_hi):
         c = row // (kh * kw)
@@ -41,7 +37,7 @@ def _im2col(x, n, c_lo, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, rows_lo, r
         plane = x[n, c_lo + c]
         for oh in range(ho):
             ih = oh * sh - ph + i * dh
-            base = oh * wo
+            base = col0 + oh * wo
             if ih < 0 or ih >= h:
                 for ow in range(wo):
                     cols[row, base + ow] = 0.0
@@ -51,71 +47,145 @@ def _im2col(x, n, c_lo, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, rows_lo, r
                 cols[row, base + ow] = plane[ih, iw] if 0 <= iw < w else np.float32(0.0)
 
 
+GEMM_COLUMNS = 512  # samples share one GEMM until it has this many columns: a BLAS call
+# costs about a microsecond, more than a small layer's GEMM per sample
+
+
 @njit(parallel=True, cache=True)
 def conv2d_gemm(x, w, bias, res, out, co, kh, kw, sh, sw, ph, pw, dh, dw, act, has_bias,
                 has_res, threads):
     """N x Cin x H x W, weights G x Cout/G x (Cin/G*kh*kw) -> out[:, co:co+Cout].
 
-    `threads` is numba's thread count (read in Python: reading it here defeats caching).
+    A 1x1 conv with stride 1 and no padding multiplies a sample's input planes as they
+    are; otherwise, and for samples batched side by side into one GEMM (small outputs),
+    im2col builds the right operand. `threads` is numba's thread count (read in Python:
+    reading it here defeats caching).
     """
     n_batch = x.shape[0]
     groups, cog, k = w.shape
     cig = k // (kh * kw)
     ho, wo = out.shape[2], out.shape[3]
+    hw = ho * wo
+    pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
     if n_batch >= threads:
-        for n in prange(n_batch):
-            cols = np.empty((k, ho * wo), np.float32)
+        per = max(1, min(GEMM_COLUMNS // hw, n_batch // threads))  # samples per GEMM
+        direct = pointwise and per == 1
+        for chunk in prange((n_batch + per - 1) // per):
+            n0 = chunk * per
+            m = min(per, n_batch - n0)
+            cols = np.empty((0 if direct else k, m * hw), np.float32)
             for g in range(groups):
-                _im2col(x, n, g * cig, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, 0, k)
-                acc = np.dot(w[g], cols)
-                _epilogue(acc, out, n, co, g * cog, bias, res, act, has_bias, has_res)
+                if direct:
+                    rhs = x[n0].reshape((x.shape[1], hw))[g * cig:(g + 1) * cig]
+                else:
+                    for s in range(m):
+                        _im2col(x, n0 + s, g * cig, cols, s * hw, kh, kw, sh, sw, ph, pw, dh,
+                                dw, ho, wo, 0, k)
+                    rhs = cols
+                acc = np.dot(w[g], rhs)
+                for s in range(m):
+                    _epilogue(acc, s * hw, out, n0 + s, co, g * cog, bias, res, act, has_bias,
+                              has_res)
     else:
-        cols = np.empty((k, ho * wo), np.float32)
+        cols = np.empty((0 if pointwise else k, hw), np.float32)
         # few samples: split each GEMM into blocks of output channels, one per thread
         blocks = min(threads, cog)
         step = (k + threads - 1) // threads
         for n in range(n_batch):
             for g in range(groups):
-                for t in prange(threads):
-                    _im2col(x, n, g * cig, cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
-                            min(t * step, k), min((t + 1) * step, k))
+                if pointwise:
+                    rhs = x[n].reshape((x.shape[1], hw))[g * cig:(g + 1) * cig]
+                else:
+                    for t in prange(threads):
+                        _im2col(x, n, g * cig, cols, 0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
+                                min(t * step, k), min((t + 1) * step, k))
+                    rhs = cols
                 for t in prange(blocks):
                     lo = t * cog // blocks
                     hi = (t + 1) * cog // blocks
-                    acc = np.dot(np.ascontiguousarray(w[g, lo:hi]), cols)
-                    _epilogue(acc, out, n, co, g * cog + lo, bias, res, act, has_bias, has_res)
+                    acc = np.dot(w[g][lo:hi], rhs)
+                    _epilogue(acc, 0, out, n, co, g * cog + lo, bias, res, act, has_bias,
+                              has_res)
+
+
+@njit(inline="always", cache=True)
+def _phase_geometry(h, wi, ph, pw, sh, sw, kh, kw, dh, dw, wq):
+    # Where input rows and column phases land in the phase planes, and where each tap
+    # reads: computed once per call, so that no division runs per channel plane
+    row_phase, row_at = np.empty(h, np.int64), np.empty(h, np.int64)
+    for r in range(h):
+        row_phase[r] = (r + ph) % sh * sw
+        row_at[r] = (r + ph) // sh * wq
+    col_first, col_at, col_count = (np.empty(sw, np.int64), np.empty(sw, np.int64),
+                                    np.empty(sw, np.int64))
+    for q in range(sw):
+        k0 = (q - pw) % sw  # the first input column whose padded column is q mod sw
+        col_first[q], col_at[q] = k0, (k0 + pw) // sw
+        col_count[q] = max(0, (wi - k0 + sw - 1) // sw)
+    tap_phase, tap_at = np.empty(kh * kw, np.int64), np.empty(kh * kw, np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            tap_phase[i * kw + j] = i * dh % sh * sw + j * dw % sw
+            tap_at[i * kw + j] = i * dh // sh * wq + j * dw // sw
+    return row_phase, row_at, col_first, col_at, col_count, tap_phase, tap_at
+
+
+BAND = 4096  # accumulator floats per band of output rows (16 KiB: stays in L1)
 
 
 @njit(parallel=True, cache=True, fastmath={"contract", "nsz", "arcp"})
-def conv2d_direct(x, w, bias, res, out, co, kh, kw, sh, sw, ph, pw, dh, dw, act, has_bias,
-                  has_res):
-    """Convs with one input channel per group (depthwise): Cout x 1 x kh x kw weights
-    (passed as Cout x 1 x (kh*kw)) -> out[:, co:co+Cout]."""
+def conv2d_depthwise(x, w, bias, res, out, co, sh, sw, ph, pw, dh, dw, act, has_bias,
+                     has_res, threads):
+    """Convs with one input channel per group (depthwise, any channel multiplier):
+    N x Cin x H x W, Cout x kh x kw weights -> out[:, co:co+Cout].
+
+    Per channel plane, the input is copied once into its zero-padded stride phases (phase
+    (a, b) holds padded rows a, a+sh, ... and columns b, b+sw, ...), so that every tap
+    reads a contiguous window of one phase. A band of output rows is then accumulated
+    one tap at a time, as one loop over the band's rows laid end to end (`wq` wide, the
+    columns past Wo wasted): long, contiguous, vectorized, with no bounds test, for any
+    stride and dilation. Staying NCHW spares the transposes, which would cost more than
+    these layers' few flops per value.
+    """
     n_batch, cin, h, wi = x.shape
-    cout = w.shape[0]
+    cout, kh, kw = w.shape
     mult = cout // cin
     ho, wo = out.shape[2], out.shape[3]
-    hp, wp = h + 2 * ph, wi + 2 * pw
-    for job in prange(n_batch * cout):
-        n, c = job // cout, job % cout
-        # N x Cin x H x W -> one zero-padded input plane, so the inner loop has no branch
-        padded = np.zeros((hp, wp), np.float32)
-        padded[ph:ph + h, pw:pw + wi] = x[n, c // mult]
-        acc = np.zeros((ho, wo), np.float32)
-        for i in range(kh):
-            for j in range(kw):
-                wv = w[c, 0, i * kw + j]
-                for oh in range(ho):
-                    row = padded[oh * sh + i * dh]
-                    for ow in range(wo):
-                        acc[oh, ow] += wv * row[ow * sw + j * dw]
-        b = bias[c] if has_bias else np.float32(0.0)
-        for oh in range(ho):
-            for ow in range(wo):
-                v = acc[oh, ow] + b
-                if has_res:
-                    v += res[n, c, oh, ow]
-                out[n, co + c, oh, ow] = activate(v, act)
+    hq = max((h + ph + sh - 1) // sh, ho + (kh - 1) * dh // sh)
+    wq = max((wi + pw + sw - 1) // sw, wo + (kw - 1) * dw // sw)
+    band = max(1, BAND // wq)
+    row_phase, row_at, col_first, col_at, col_count, tap_phase, tap_at = _phase_geometry(
+        h, wi, ph, pw, sh, sw, kh, kw, dh, dw, wq)
+    jobs = n_batch * cout
+    for t in prange(threads):
+        # per thread: the padding stays zero, each plane overwrites the same interior
+        phases = np.zeros((sh * sw, (hq + 1) * wq), np.float32)
+        acc = np.empty(band * wq, np.float32)
+        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
+            n, c = job // cout, job % cout
+            plane = x[n, c // mult]
+            for r in range(h):
+                for q in range(sw):
+                    dst = phases[row_phase[r] + q, row_at[r] + col_at[q]:]
+                    src = plane[r, col_first[q]:]
+                    for k in range(col_count[q]):
+                        dst[k] = src[k * sw]
+            wc = w[c].reshape(kh * kw)
+            for oh0 in range(0, ho, band):
+                rows = min(band, ho - oh0)
+                m = (rows - 1) * wq + wo
+                for k in range(m):
+                    acc[k] = 0.0
+                for tap in range(kh * kw):
+                    wv = wc[tap]
+                    src = phases[tap_phase[tap], oh0 * wq + tap_at[tap]:]
+                    for k in range(m):
+                        acc[k] += wv * src[k]
+                b = bias[c] if has_bias else np.float32(0.0)
+                for r in range(rows):
+                    res_row = res[n, c, oh0 + r] if has_res else res[0, 0, 0]
+                    finish_row(acc[r * wq:], b, res_row, has_res, act,
+                               out[n, co + c, oh0 + r])
 
 
 @njit(cache=True)

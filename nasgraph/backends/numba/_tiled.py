@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from nasgraph.backends.numba._activations import activate
+from nasgraph.backends.numba._activations import activate_inline
 
 R = 6
 V = 16
@@ -36,24 +36,32 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
     wo = out.shape[3]
     hw = out.shape[2] * wo
     n_pt = (hw + R - 1) // R
+    span = (kh - 1) * dh + 1  # input rows under a kernel
     for job in prange(n_batch * n_cb * n_pt):
         n = job // (n_cb * n_pt)
         cb = (job // n_pt) % n_cb
         p0 = min((job % n_pt) * R, hw - R)
         tile = np.empty((R, V), np.float32)
         img = xp[n]
-        ih0 = ((p0 + 0) // wo) * sh
-        iw0 = ((p0 + 0) % wo) * sw * cin
-        ih1 = ((p0 + 1) // wo) * sh
-        iw1 = ((p0 + 1) % wo) * sw * cin
-        ih2 = ((p0 + 2) // wo) * sh
-        iw2 = ((p0 + 2) % wo) * sw * cin
-        ih3 = ((p0 + 3) // wo) * sh
-        iw3 = ((p0 + 3) % wo) * sw * cin
-        ih4 = ((p0 + 4) // wo) * sh
-        iw4 = ((p0 + 4) % wo) * sw * cin
-        ih5 = ((p0 + 5) // wo) * sh
-        iw5 = ((p0 + 5) % wo) * sw * cin
+        oh0 = p0 // wo
+        ow0 = p0 - oh0 * wo
+        oh1, ow1 = (oh0, ow0 + 1) if ow0 + 1 < wo else (oh0 + 1, 0)
+        oh2, ow2 = (oh1, ow1 + 1) if ow1 + 1 < wo else (oh1 + 1, 0)
+        oh3, ow3 = (oh2, ow2 + 1) if ow2 + 1 < wo else (oh2 + 1, 0)
+        oh4, ow4 = (oh3, ow3 + 1) if ow3 + 1 < wo else (oh3 + 1, 0)
+        oh5, ow5 = (oh4, ow4 + 1) if ow4 + 1 < wo else (oh4 + 1, 0)
+        ih0 = oh0 * sh
+        iw0 = ow0 * sw * cin
+        ih1 = oh1 * sh
+        iw1 = ow1 * sw * cin
+        ih2 = oh2 * sh
+        iw2 = ow2 * sw * cin
+        ih3 = oh3 * sh
+        iw3 = ow3 * sw * cin
+        ih4 = oh4 * sh
+        iw4 = ow4 * sw * cin
+        ih5 = oh5 * sh
+        iw5 = ow5 * sw * cin
         a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = np.float32(0.0)
         a0_8 = a0_9 = a0_10 = a0_11 = a0_12 = a0_13 = a0_14 = a0_15 = np.float32(0.0)
         a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = a1_6 = a1_7 = np.float32(0.0)
@@ -66,14 +74,14 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
         a4_8 = a4_9 = a4_10 = a4_11 = a4_12 = a4_13 = a4_14 = a4_15 = np.float32(0.0)
         a5_0 = a5_1 = a5_2 = a5_3 = a5_4 = a5_5 = a5_6 = a5_7 = np.float32(0.0)
         a5_8 = a5_9 = a5_10 = a5_11 = a5_12 = a5_13 = a5_14 = a5_15 = np.float32(0.0)
+        x0 = img[ih0:ih0 + span:dh, iw0:iw0 + run]  # kh x kw*Cin
+        x1 = img[ih1:ih1 + span:dh, iw1:iw1 + run]  # kh x kw*Cin
+        x2 = img[ih2:ih2 + span:dh, iw2:iw2 + run]  # kh x kw*Cin
+        x3 = img[ih3:ih3 + span:dh, iw3:iw3 + run]  # kh x kw*Cin
+        x4 = img[ih4:ih4 + span:dh, iw4:iw4 + run]  # kh x kw*Cin
+        x5 = img[ih5:ih5 + span:dh, iw5:iw5 + run]  # kh x kw*Cin
         for i in range(kh):
             wt = w[cb, i]  # (kw*Cin) x V
-            x0 = img[ih0 + i * dh, iw0:iw0 + run]  # kw*Cin
-            x1 = img[ih1 + i * dh, iw1:iw1 + run]  # kw*Cin
-            x2 = img[ih2 + i * dh, iw2:iw2 + run]  # kw*Cin
-            x3 = img[ih3 + i * dh, iw3:iw3 + run]  # kw*Cin
-            x4 = img[ih4 + i * dh, iw4:iw4 + run]  # kw*Cin
-            x5 = img[ih5 + i * dh, iw5:iw5 + run]  # kw*Cin
             for c in range(run):
                 wc = wt[c]
                 w0 = wc[0]
@@ -92,7 +100,7 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
                 w13 = wc[13]
                 w14 = wc[14]
                 w15 = wc[15]
-                x = x0[c]
+                x = x0[i, c]
                 a0_0 += x * w0
                 a0_1 += x * w1
                 a0_2 += x * w2
@@ -109,7 +117,7 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
                 a0_13 += x * w13
                 a0_14 += x * w14
                 a0_15 += x * w15
-                x = x1[c]
+                x = x1[i, c]
                 a1_0 += x * w0
                 a1_1 += x * w1
                 a1_2 += x * w2
@@ -126,7 +134,7 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
                 a1_13 += x * w13
                 a1_14 += x * w14
                 a1_15 += x * w15
-                x = x2[c]
+                x = x2[i, c]
                 a2_0 += x * w0
                 a2_1 += x * w1
                 a2_2 += x * w2
@@ -143,7 +151,7 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
                 a2_13 += x * w13
                 a2_14 += x * w14
                 a2_15 += x * w15
-                x = x3[c]
+                x = x3[i, c]
                 a3_0 += x * w0
                 a3_1 += x * w1
                 a3_2 += x * w2
@@ -160,7 +168,7 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
                 a3_13 += x * w13
                 a3_14 += x * w14
                 a3_15 += x * w15
-                x = x4[c]
+                x = x4[i, c]
                 a4_0 += x * w0
                 a4_1 += x * w1
                 a4_2 += x * w2
@@ -177,7 +185,7 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
                 a4_13 += x * w13
                 a4_14 += x * w14
                 a4_15 += x * w15
-                x = x5[c]
+                x = x5[i, c]
                 a5_0 += x * w0
                 a5_1 += x * w1
                 a5_2 += x * w2
@@ -293,14 +301,27 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
         for v in range(min(V, cout - cb * V)):
             c = cb * V + v
             b = bias[c] if has_bias else np.float32(0.0)
-            dst = out[n, co + c]
-            for r in range(R):
-                p = p0 + r
-                oh, ow = p // wo, p % wo
-                val = tile[r, v] + b
-                if has_res:
-                    val += res[n, c, oh, ow]
-                dst[oh, ow] = activate(val, act)
+            # unrolled over the tile's pixels: no division per output value
+            if has_res:
+                out[n, co + c, oh0, ow0] = activate_inline(
+                    tile[0, v] + b + res[n, c, oh0, ow0], act)
+                out[n, co + c, oh1, ow1] = activate_inline(
+                    tile[1, v] + b + res[n, c, oh1, ow1], act)
+                out[n, co + c, oh2, ow2] = activate_inline(
+                    tile[2, v] + b + res[n, c, oh2, ow2], act)
+                out[n, co + c, oh3, ow3] = activate_inline(
+                    tile[3, v] + b + res[n, c, oh3, ow3], act)
+                out[n, co + c, oh4, ow4] = activate_inline(
+                    tile[4, v] + b + res[n, c, oh4, ow4], act)
+                out[n, co + c, oh5, ow5] = activate_inline(
+                    tile[5, v] + b + res[n, c, oh5, ow5], act)
+            else:
+                out[n, co + c, oh0, ow0] = activate_inline(tile[0, v] + b, act)
+                out[n, co + c, oh1, ow1] = activate_inline(tile[1, v] + b, act)
+                out[n, co + c, oh2, ow2] = activate_inline(tile[2, v] + b, act)
+                out[n, co + c, oh3, ow3] = activate_inline(tile[3, v] + b, act)
+                out[n, co + c, oh4, ow4] = activate_inline(tile[4, v] + b, act)
+                out[n, co + c, oh5, ow5] = activate_inline(tile[5, v] + b, act)
 
 
 def pack_weights(w: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from nasgraph.backends.numba._activations import activate
+from nasgraph.backends.numba._activations import activate_inline
 
 R = {R}
 V = {V}
@@ -92,6 +92,7 @@ def _kernel() -> str:
         "    wo = out.shape[3]",
         "    hw = out.shape[2] * wo",
         "    n_pt = (hw + R - 1) // R",
+        "    span = (kh - 1) * dh + 1  # input rows under a kernel",
         "    for job in prange(n_batch * n_cb * n_pt):",
         "        n = job // (n_cb * n_pt)",
         "        cb = (job // n_pt) % n_cb",
@@ -99,24 +100,32 @@ def _kernel() -> str:
         "        tile = np.empty((R, V), np.float32)",
         "        img = xp[n]",
     ]
+    # the tile's pixels: two divisions per tile, then steps along the row
+    lines.append("        oh0 = p0 // wo")
+    lines.append("        ow0 = p0 - oh0 * wo")
+    for r in range(1, R):
+        lines.append(f"        oh{r}, ow{r} = (oh{r - 1}, ow{r - 1} + 1) if ow{r - 1} + 1 < wo "
+                     f"else (oh{r - 1} + 1, 0)")
     for r in range(R):
-        lines.append(f"        ih{r} = ((p0 + {r}) // wo) * sh")
-        lines.append(f"        iw{r} = ((p0 + {r}) % wo) * sw * cin")
+        lines.append(f"        ih{r} = oh{r} * sh")
+        lines.append(f"        iw{r} = ow{r} * sw * cin")
     for r in range(R):
         for half in (range(V // 2), range(V // 2, V)):
             lines.append("        " + " = ".join(f"a{r}_{v}" for v in half) + " = np.float32(0.0)")
+    # one view per pixel of the rows under the kernel: views cost reference counting, so
+    # not one per kernel row
+    for r in range(R):
+        lines.append(f"        x{r} = img[ih{r}:ih{r} + span:dh, iw{r}:iw{r} + run]  # kh x kw*Cin")
     lines += [
         "        for i in range(kh):",
         f"{ind3}wt = w[cb, i]  # (kw*Cin) x V",
     ]
-    for r in range(R):
-        lines.append(f"{ind3}x{r} = img[ih{r} + i * dh, iw{r}:iw{r} + run]  # kw*Cin")
     lines.append(f"{ind3}for c in range(run):")
     lines.append(f"{ind4}wc = wt[c]")
     for v in range(V):
         lines.append(f"{ind4}w{v} = wc[{v}]")
     for r in range(R):
-        lines.append(f"{ind4}x = x{r}[c]")
+        lines.append(f"{ind4}x = x{r}[i, c]")
         for v in range(V):
             lines.append(f"{ind4}a{r}_{v} += x * w{v}")
     for r in range(R):
@@ -126,15 +135,15 @@ def _kernel() -> str:
         "        for v in range(min(V, cout - cb * V)):",
         "            c = cb * V + v",
         "            b = bias[c] if has_bias else np.float32(0.0)",
-        "            dst = out[n, co + c]",
-        "            for r in range(R):",
-        "                p = p0 + r",
-        "                oh, ow = p // wo, p % wo",
-        "                val = tile[r, v] + b",
-        "                if has_res:",
-        "                    val += res[n, c, oh, ow]",
-        "                dst[oh, ow] = activate(val, act)",
+        "            # unrolled over the tile's pixels: no division per output value",
+        "            if has_res:",
     ]
+    lines += [f"                out[n, co + c, oh{r}, ow{r}] = activate_inline(\n"
+              f"                    tile[{r}, v] + b + res[n, c, oh{r}, ow{r}], act)"
+              for r in range(R)]
+    lines.append("            else:")
+    lines += [f"                out[n, co + c, oh{r}, ow{r}] = activate_inline("
+              f"tile[{r}, v] + b, act)" for r in range(R)]
     return "\n".join(lines) + "\n"
 
 

@@ -23,7 +23,8 @@ from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph, Node
 from nasgraph.passes import StateDict, plan_memory
 
-Step = Callable[[], None]
+Step = Callable[[int], None]  # called with numba's thread count (read once per call:
+# numba.get_num_threads costs microseconds, as much as a small kernel)
 # kind -> binds a node to its kernel: (node, packed weights + the executor's "scratch",
 # input arrays, out, offset) -> step
 Binder = Callable[[Node, dict, list[np.ndarray], np.ndarray, int], Step]
@@ -40,17 +41,17 @@ def _f32(a: np.ndarray) -> np.ndarray:
 
 
 def conv_strategy(node: Node, in_per_group: int) -> str:
-    """How a conv node runs: "direct" (one input channel per group: depthwise), "tiled"
-    (the register-tiled NHWC kernel: ungrouped spatial kernels over >= 8 input channels,
-    no dilation along W, at least one full pixel tile) or "gemm" (im2col + sgemm: 1x1 and
-    grouped convs, the few-channel stem, outputs smaller than a tile)."""
+    """How a conv node runs: "tiled" (the register-tiled NHWC kernel: ungrouped spatial
+    kernels with no dilation along W and at least one full pixel tile, few-channel stems
+    included), "depthwise" (one input channel per group: the direct NCHW kernel) or "gemm"
+    ((im2col +) sgemm: 1x1 and grouped convs, outputs smaller than a tile)."""
     op, out = node.op, node.type
-    if in_per_group == 1:
-        return "direct"
     kh, kw = op.kernel
-    if op.groups == 1 and kh * kw > 1 and in_per_group >= 8 and op.dilation[1] == 1 and \
+    if op.groups == 1 and kh * kw > 1 and op.dilation[1] == 1 and \
             out.height * out.width >= tiled_k.R:
         return "tiled"
+    if in_per_group == 1:
+        return "depthwise"
     return "gemm"
 
 
@@ -61,8 +62,8 @@ def _pack_conv(node: Node, state: StateDict) -> dict:
     strategy = conv_strategy(node, cig)
     if strategy == "tiled":
         packed = tiled_k.pack_weights(w)
-    elif strategy == "direct":
-        packed = w.reshape(cout, 1, kh * kw)
+    elif strategy == "depthwise":
+        packed = w.reshape(cout, kh, kw)
     else:
         packed = w.reshape(op.groups, cout // op.groups, cig * kh * kw)
     bias = state.get(f"{node.param_key}.bias") if op.bias else None
@@ -112,20 +113,22 @@ def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -
         args = (rows, p["w"], p["bias"], res, out, co, op.out_channels, c, op.kernel[0],
                 *op.stride, op.dilation[0], p["act"], p["has_bias"], has_res)
 
-        def step() -> None:
+        def step(threads: int) -> None:
             tiled_k.to_padded_nhwc(x, xp, ph, pw)
             tiled_k.conv2d_tiled(*args)
         return step
+    if p["strategy"] == "depthwise":
+        args = (x, p["w"], p["bias"], res, out, co, *op.stride, *op.pad, *op.dilation,
+                p["act"], p["has_bias"], has_res)
+        return lambda threads: conv_k.conv2d_depthwise(*args, threads)
     args = (x, p["w"], p["bias"], res, out, co, *op.kernel, *op.stride, *op.pad, *op.dilation,
             p["act"], p["has_bias"], has_res)
-    if p["strategy"] == "direct":
-        return lambda: conv_k.conv2d_direct(*args)
-    return lambda: conv_k.conv2d_gemm(*args, numba.get_num_threads())
+    return lambda threads: conv_k.conv2d_gemm(*args, threads)
 
 
 def _scale_shift(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
     args = (xs[0], p["scale"], p["shift"], out, co, p["act"])
-    return lambda: elem_k.scale_shift(*args)
+    return lambda threads: elem_k.scale_shift(*args)
 
 
 def _pool(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
@@ -133,11 +136,11 @@ def _pool(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -
     is_max = int(node.kind == "maxpool2d")
     include_pad = int(getattr(op, "count_include_pad", True))
     args = (xs[0], out, co, *op.kernel, *op.strides, *op.padding, is_max, include_pad)
-    return lambda: resample_k.pool2d(*args)
+    return lambda threads: resample_k.pool2d(*args)
 
 
 def _adaptive(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
-    return lambda: resample_k.adaptive_avgpool(xs[0], out, co)
+    return lambda threads: resample_k.adaptive_avgpool(xs[0], out, co)
 
 
 def _upsample(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
@@ -151,13 +154,13 @@ def _upsample(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: in
     else:
         scales = [float(np.float32(i) / np.float32(o)) for i, o in ((h, ho), (w, wo))]
     args = (xs[0], out, co, int(op.mode == "bilinear"), int(op.align_corners), *scales)
-    return lambda: resample_k.upsample(*args)
+    return lambda threads: resample_k.upsample(*args)
 
 
 def _add(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
     weights = [float(w) for w in (node.op.weights or [1.0] * len(xs))]
 
-    def step() -> None:
+    def step(threads: int) -> None:
         for k, (x, w) in enumerate(zip(xs, weights, strict=True)):
             elem_k.add_scaled(x, w, out, co, int(k > 0))
     return step
@@ -165,19 +168,19 @@ def _add(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) ->
 
 def _mul(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
     a, b = xs if xs[0].size >= xs[1].size else xs[::-1]
-    return lambda: elem_k.mul(a, b, out, co)
+    return lambda threads: elem_k.mul(a, b, out, co)
 
 
 def _linear(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
     args = (xs[0], p["wt"], p["bias"], out, co, 0, p["has_bias"])
-    return lambda: conv_k.linear(*args)
+    return lambda threads: conv_k.linear(*args)
 
 
 def _channel_pad(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
     before, c = node.op.before, xs[0].shape[1]
     end = co + c + before + node.op.after
 
-    def step() -> None:
+    def step(threads: int) -> None:
         out[:, co:co + before] = 0.0
         out[:, co + before + c:end] = 0.0
         elem_k.copy_channels(xs[0], out, co + before)
@@ -217,6 +220,9 @@ class Executor:
             [_padded_numel(graph, n) for n in graph
              if self._packed.get(n.id, {}).get("strategy") == "tiled"], default=0)
         self._bound: dict[int, tuple[np.ndarray, list[Step], list[np.ndarray]]] = {}
+        (inp,) = graph.inputs  # read once: a walk over the graph costs more than a small call
+        self._input_type = inp.type
+        self._input_shape = tuple(inp.type.shape)
 
     def _bind(self, batch: int) -> tuple[np.ndarray, list[Step], list[np.ndarray]]:
         graph, plan = self.graph, self.plan
@@ -252,23 +258,25 @@ class Executor:
         steps, offset = [], co
         for i, x in zip(node.inputs, xs, strict=True):
             if self.plan.owner[i] != self.plan.owner[node.id]:  # not written in place
-                steps.append(lambda x=x, at=offset: elem_k.copy_channels(x, out, at))
+                steps.append(lambda threads, x=x, at=offset: elem_k.copy_channels(x, out, at))
             offset += self.graph[i].type.channels
         return steps
 
     def __call__(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
-        (inp,) = self.graph.inputs
-        if x.ndim != 4 or tuple(x.shape[1:]) != inp.type.shape:
-            raise NasgraphError(f"graph {self.graph.name!r} takes N x {inp.type} input, got "
-                                f"shape {tuple(x.shape)}; hint: recompile for another size")
-        if self.threads is not None:
-            numba.set_num_threads(self.threads)
+        if x.ndim != 4 or x.shape[1:] != self._input_shape:
+            raise NasgraphError(f"graph {self.graph.name!r} takes N x {self._input_type} input, "
+                                f"got shape {tuple(x.shape)}; hint: recompile for another size")
+        threads = self.threads
+        if threads is None:
+            threads = numba.get_num_threads()
+        else:
+            numba.set_num_threads(threads)
         if x.shape[0] not in self._bound:
             self._bound[x.shape[0]] = self._bind(x.shape[0])
         buffer, steps, outs = self._bound[x.shape[0]]
         buffer[...] = x
         for step in steps:
-            step()
+            step(threads)
         results = tuple(o.copy() for o in outs)
         return results[0] if len(results) == 1 else results
 
