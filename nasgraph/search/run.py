@@ -30,7 +30,13 @@ from nasgraph.search.budget import Budget, Costs
 from nasgraph.search.remote import restore_graphs
 from nasgraph.search.space import Context, Space, fit_to_budget, load_space
 from nasgraph.search.storage import open_storage
-from nasgraph.search.workers import devices_of, run_trials, run_workers, sampler_seed
+from nasgraph.search.workers import (
+    devices_of,
+    run_trials,
+    run_workers,
+    sampler_seed,
+    stop_point,
+)
 from nasgraph.train import Recipe, resolve_device, train
 
 Objective = Literal["accuracy", "accuracy,macs"]
@@ -183,6 +189,7 @@ def make_objective(cfg: SearchConfig, space: Space, ctx: Context, data: Dataset,
             return (0.0, float(costs.macs)) if cfg.multi_objective else 0.0
 
         def report(epoch: int, acc: float) -> None:
+            stop_point()  # Ctrl-C stops here, between epochs
             if cfg.multi_objective:
                 return
             trial.report(acc, epoch)

@@ -23,15 +23,18 @@ heartbeat and its trial is queued again (storage.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -116,6 +119,44 @@ def guarded(objective: Callable[[optuna.Trial], Any], n: int,
     return run
 
 
+_stop = threading.Event()
+
+
+def stop_point() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C asked the search to stop: the trial loop calls
+    this between trials, the objective after each epoch."""
+    if _stop.is_set():
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def ctrl_c_at_stop_points() -> Iterator[None]:
+    """Within: the first Ctrl-C only asks to stop, at the next `stop_point()`; a second one
+    interrupts at once, as usual.
+
+    An interrupt that lands inside a database write can leave an SQLite transaction open,
+    and the database locked for the rest of the process: the interrupted trial could not
+    even be recorded as failed. Outside the main thread, where Python delivers no
+    signals, this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask_to_stop(signum: int, frame: Any) -> None:
+        _stop.set()
+        signal.signal(signal.SIGINT, previous)
+        sys.stderr.write("stopping after this epoch (Ctrl-C again to stop now)\n")
+
+    _stop.clear()
+    previous = signal.signal(signal.SIGINT, ask_to_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _stop.clear()
+
+
 def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n: int,
                timeout: float | None = None, callbacks: list[Callable] | None = None,
                log: Callable[[str], None] | None = None) -> int:
@@ -129,41 +170,50 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n:
     start = time.monotonic()
     last: dict[str, Any] = {}
     run = guarded(objective, n, last)
-    mine = failures = 0
     optuna_logger = logging.getLogger("optuna")
     level = optuna_logger.level
     optuna_logger.setLevel(logging.ERROR)  # the loop logs failures in one line itself
     try:
-        while timeout is None or time.monotonic() - start < timeout:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
-            trials = study.get_trials(deepcopy=False, states=LIVE)
-            done = sum(t.state != TrialState.RUNNING for t in trials)
-            if done >= n:
-                break
-            if len(trials) >= n:
-                time.sleep(POLL_SECONDS)
-                continue
-            last.clear()
-            try:
-                study.optimize(run, n_trials=1, callbacks=callbacks,
-                               catch=(TrialError, ExcessTrial))
-            except KeyboardInterrupt:
-                _requeue(study, last)
-                raise
-            outcome = last.get("outcome")
-            if outcome == "done":
-                mine += 1
-                failures = 0
-            elif outcome not in (None, "excess"):
-                failures += 1
-                log(f"trial {last['number']} failed: {outcome} (recorded; the search goes on)")
-                if failures >= FAILURES_IN_A_ROW:
-                    raise NasgraphError(f"{failures} trials in a row failed, the last with "
-                                        f"{outcome}; hint: `nasgraph study show` lists them")
+        with ctrl_c_at_stop_points():
+            mine = _trial_loop(study, run, n, start, timeout, callbacks, last, log)
     finally:
         optuna_logger.setLevel(level)
+    return mine
+
+
+def _trial_loop(study: optuna.Study, run: Callable[[optuna.Trial], Any], n: int,
+                start: float, timeout: float | None, callbacks: list[Callable] | None,
+                last: dict[str, Any], log: Callable[[str], None]) -> int:
+    mine = failures = 0
+    while timeout is None or time.monotonic() - start < timeout:
+        stop_point()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False, states=LIVE)
+        done = sum(t.state != TrialState.RUNNING for t in trials)
+        if done >= n:
+            break
+        if len(trials) >= n:
+            time.sleep(POLL_SECONDS)
+            continue
+        last.clear()
+        try:
+            study.optimize(run, n_trials=1, callbacks=callbacks,
+                           catch=(TrialError, ExcessTrial))
+        except KeyboardInterrupt:
+            _requeue(study, last)
+            raise
+        outcome = last.get("outcome")
+        if outcome == "done":
+            mine += 1
+            failures = 0
+        elif outcome not in (None, "excess"):
+            failures += 1
+            log(f"trial {last['number']} failed: {outcome} (recorded; the search goes on)")
+            if failures >= FAILURES_IN_A_ROW:
+                raise NasgraphError(f"{failures} trials in a row failed, the last with "
+                                    f"{outcome}; hint: `nasgraph study show` lists them")
     return mine
 
 
