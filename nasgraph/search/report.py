@@ -261,8 +261,10 @@ def write_plots(cfg: SearchConfig, study: optuna.Study) -> list[str]:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    # with too few trials optuna draws equal importances, and says so
+                    warnings.filterwarnings("error", "The number of trials is too small")
                     fig = draw(module)
-            except (ValueError, RuntimeError, ZeroDivisionError, IndexError):
+            except (ValueError, RuntimeError, ZeroDivisionError, IndexError, UserWarning):
                 continue
             path = folder / f"{name}.{ext}"
             tmp = path.with_name(path.name + ".tmp")
