@@ -136,7 +136,8 @@ def fit_to_budget(space: Space, trial: Any, ctx: Context, steps: int = 12
     parameter again. When even the narrowest graph (every width at `ctx.min_width`) is over
     budget, the candidate is infeasible and the full-width graph is returned.
     """
-    graph = build(space, trial, ctx)
+    recorder = _Recorder(**ctx.model_dump())  # notes the widths asked for, for the growth
+    graph = build(space, trial, recorder)
     costs = Costs.of(graph)
     if ctx.budget.fits(costs):
         return graph, costs, 1.0, True
@@ -159,22 +160,21 @@ def fit_to_budget(space: Space, trial: Any, ctx: Context, steps: int = 12
         if hi - lo < 0.02:
             break
     multiplier = round(best[2], 4)
-    graph, costs = _grow_widths(space, trial, ctx.with_multiplier(multiplier), *best[:2])
+    graph, costs = _grow_widths(space, trial, ctx.with_multiplier(multiplier), *best[:2],
+                                recorder._requested)
     return graph, costs, multiplier, True
 
 
-def _grow_widths(space: Space, trial: Any, ctx: Context, graph: Graph, costs: Costs
-                 ) -> tuple[Graph, Costs]:
+def _grow_widths(space: Space, trial: Any, ctx: Context, graph: Graph, costs: Costs,
+                 requested: set[int]) -> tuple[Graph, Costs]:
     """Widen the widths of a fitted candidate one `divisor` step at a time while it fits.
 
     Each round tries the requested widths in order of how far they were narrowed (width
     given / width requested, smallest first) and keeps the first step that fits. Costs only
     grow with widths, so a step that does not fit never will: that width is done.
     """
-    recorder = _Recorder(**ctx.model_dump())
-    build(space, trial, recorder)
     steps: dict[int, int] = {}
-    open_widths = set(recorder._requested)
+    open_widths = set(requested)
     while open_widths:
         current = ctx.with_steps(steps)
         for channels in sorted(open_widths, key=lambda c: (current.width(c) / c, c)):
