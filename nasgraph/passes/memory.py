@@ -7,10 +7,11 @@ a buffer freed after its last use is handed to the next tensor that fits in it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nasgraph.analysis import in_place_concat_parts, live_ranges, storage_owners
-from nasgraph.ir import Graph
+from nasgraph.ir import Graph, Node
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,11 @@ class MemoryPlan:
         return sum(self.slot_bytes)
 
 
-def plan_memory(graph: Graph) -> MemoryPlan:
+def plan_memory(graph: Graph, nbytes: Callable[[Node], int] | None = None) -> MemoryPlan:
     """Assign every tensor of `graph` a buffer, reusing the best-fitting freed buffer.
+
+    `nbytes(node)` is the bytes per sample a buffer owner is stored in (default: its
+    type's; an executor that stores some tensors in another layout, padded, says so here).
 
         >>> from nasgraph.ir import GraphBuilder
         >>> b = GraphBuilder(); x = b.input(4, 8, 8)
@@ -68,10 +72,11 @@ def plan_memory(graph: Graph) -> MemoryPlan:
     slot_bytes: list[int] = []
     free: list[int] = []
     slot: dict[str, int] = {}
+    size = {s: nbytes(graph[s]) if nbytes else graph[s].type.nbytes for s in ranges}
     live = peak = 0
     for k in range(len(graph)):
         for s in starting.get(k, []):
-            need = graph[s].type.nbytes
+            need = size[s]
             fits = [i for i in free if slot_bytes[i] >= need]
             if fits:
                 best = min(fits, key=slot_bytes.__getitem__)
@@ -84,5 +89,5 @@ def plan_memory(graph: Graph) -> MemoryPlan:
         peak = max(peak, live)
         for s in ending.get(k, []):
             free.append(slot[s])
-            live -= graph[s].type.nbytes
+            live -= size[s]
     return MemoryPlan(owner, offset, slot, tuple(slot_bytes), peak)

@@ -141,6 +141,39 @@ def test_conv_strategies():
     assert kinds["layer2/0/downsample/0"] == "gemm"  # 1x1
 
 
+def test_tiled_convs_hand_each_other_padded_nhwc():
+    # ResNet blocks: a block's output is read by the next block's conv1 (as its input,
+    # pad 1) and conv2 (as its residual), all tiled: stored padded NHWC. Tensors read by
+    # a 1x1 (gemm) shortcut, the pooling head, or convs wanting other paddings stay NCHW
+    g = _small("resnet18")
+    ex = nb.compile(g, lower(g).state_dict())
+    assert ex.nhwc["layer1/0/conv1"] == ex.nhwc["layer1/0/conv2"] == 1
+    assert "layer1/1/conv2" not in ex.nhwc  # read by layer2/0/downsample/0 (gemm)
+    assert "layer4/1/conv2" not in ex.nhwc  # read by the pooling head
+    assert ex.plan.peak_bytes > ex.graph.nodes[0].type.nbytes
+    b = GraphBuilder("pads")
+    y = b.relu(b.conv(b.input(8, 9, 9), 16, 3, padding=1))
+    b.output(b.concat([b.conv(y, 8, 3, padding=1), b.conv(y, 8, 5, padding=2)]))
+    g = b.build()
+    ex = nb.compile(g, lower(g).state_dict())
+    assert ex.nhwc == {}  # two paddings wanted; the concat parts are written NCHW
+    assert_agree(g, batch=2)
+
+
+def test_nhwc_storage_counts_in_the_memory_plan():
+    b = GraphBuilder("chain")
+    x = b.input(4, 10, 10)
+    y = b.relu(b.conv(x, 16, 3, padding=1))
+    b.output(b.conv(y, 16, 3, padding=1))
+    g = b.build()
+    ex = nb.compile(g, lower(g).state_dict())
+    assert ex.nhwc == {"conv": 1}  # the first conv (relu fused in) feeds the second
+    # the peak: while the second conv runs, its padded 16 x 12 x 12 input and its
+    # 16 x 10 x 10 output (NCHW, a graph output)
+    assert ex.plan.peak_bytes == 4 * (16 * 144 + 16 * 100)
+    assert_agree(g, batch=3)
+
+
 def test_generated_tiled_kernel_is_up_to_date():
     from nasgraph.backends.numba import _tiled_gen
 

@@ -2,12 +2,13 @@
 
 `conv2d_tiled` computes a tile of R=6 output pixels x V=16 output channels at a time in
 scalar accumulators that LLVM packs into vector registers (NUMBA_SLP_VECTORIZE). The
-input is first copied into a zero-padded N x Hp x Wp x Cin buffer (`to_padded_nhwc`),
-passed as N x Hp x (Wp*Cin) rows: with dilation 1 along W, the kw taps of a kernel row
-over all input channels are one contiguous run of kw*Cin values, so the inner loop is that
-long and has no bounds test. The weights are packed to match, as
-Cout/V x kh x (kw*Cin) x V (`pack_weights`, Cout padded to a multiple of V with zeros).
-The epilogue act(acc + bias + residual) writes NCHW at channel offset `co`.
+input is a zero-padded N x Hp x Wp x Cin buffer (made by the tiled conv before, or copied
+by `to_padded_nhwc`), passed as N x Hp x (Wp*Cin) rows: with dilation 1 along W, the kw
+taps of a kernel row over all input channels are one contiguous run of kw*Cin values, so
+the inner loop is that long and has no bounds test. The weights are packed to match, as
+Cout/V x kh x (kw*Cin) x V (`pack_weights`, Cout padded to a multiple of V with zeros),
+and the accumulators start from the bias. The epilogue act(acc + residual) writes NCHW at
+channel offset `co`, or padded NHWC for the next tiled conv.
 fastmath without `reassoc`: contraction to FMA, no reordering of the sums.
 """
 
@@ -23,24 +24,29 @@ V = 16
 
 
 @njit(parallel=True, cache=True, fastmath={"contract", "nsz", "arcp"})
-def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
-                 has_bias, has_res):
-    """Padded N x Hp x (Wp*Cin), packed weights -> out[:, co:co+cout] (N x C x Ho x Wo).
+def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act, has_res,
+                 ho, wo, out_pad, res_pad):
+    """Padded N x Hp x (Wp*Cin), packed weights -> the Ho x Wo output of channels
+    co..co+cout of `out`.
 
+    `out` is N x C x Ho x Wo (`out_pad` < 0) or, to feed the next tiled conv without
+    a copy, zero-padded N x (Ho+2p) x (Wo+2p) x C with p = `out_pad` >= 0 (the border
+    is zeroed here). `res` likewise: N x C x Ho x Wo or padded NHWC by `res_pad`.
     Dilation along W must be 1 (the taps of a row are one run of kw*Cin values).
     Needs Ho*Wo >= R: the last pixel tile of a sample is moved back to end at the last
     pixel (it recomputes some pixels rather than leave registers half used).
     """
     n_batch, run = xp.shape[0], w.shape[2]  # run: kw*Cin
     n_cb = w.shape[0]
-    wo = out.shape[3]
-    hw = out.shape[2] * wo
+    hw = ho * wo
     n_pt = (hw + R - 1) // R
     span = (kh - 1) * dh + 1  # input rows under a kernel
     for job in prange(n_batch * n_cb * n_pt):
         n = job // (n_cb * n_pt)
         cb = (job // n_pt) % n_cb
         p0 = min((job % n_pt) * R, hw - R)
+        if out_pad > 0 and job % (n_cb * n_pt) == 0:  # a sample's first job
+            zero_border(out[n], out_pad)
         tile = np.empty((R, V), np.float32)
         img = xp[n]
         oh0 = p0 // wo
@@ -62,18 +68,43 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
         iw4 = ow4 * sw * cin
         ih5 = oh5 * sh
         iw5 = ow5 * sw * cin
-        a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = np.float32(0.0)
-        a0_8 = a0_9 = a0_10 = a0_11 = a0_12 = a0_13 = a0_14 = a0_15 = np.float32(0.0)
-        a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = a1_6 = a1_7 = np.float32(0.0)
-        a1_8 = a1_9 = a1_10 = a1_11 = a1_12 = a1_13 = a1_14 = a1_15 = np.float32(0.0)
-        a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = a2_6 = a2_7 = np.float32(0.0)
-        a2_8 = a2_9 = a2_10 = a2_11 = a2_12 = a2_13 = a2_14 = a2_15 = np.float32(0.0)
-        a3_0 = a3_1 = a3_2 = a3_3 = a3_4 = a3_5 = a3_6 = a3_7 = np.float32(0.0)
-        a3_8 = a3_9 = a3_10 = a3_11 = a3_12 = a3_13 = a3_14 = a3_15 = np.float32(0.0)
-        a4_0 = a4_1 = a4_2 = a4_3 = a4_4 = a4_5 = a4_6 = a4_7 = np.float32(0.0)
-        a4_8 = a4_9 = a4_10 = a4_11 = a4_12 = a4_13 = a4_14 = a4_15 = np.float32(0.0)
-        a5_0 = a5_1 = a5_2 = a5_3 = a5_4 = a5_5 = a5_6 = a5_7 = np.float32(0.0)
-        a5_8 = a5_9 = a5_10 = a5_11 = a5_12 = a5_13 = a5_14 = a5_15 = np.float32(0.0)
+        bv = bias[cb * V:cb * V + V]
+        a0_0 = bv[0]
+        a0_1 = bv[1]
+        a0_2 = bv[2]
+        a0_3 = bv[3]
+        a0_4 = bv[4]
+        a0_5 = bv[5]
+        a0_6 = bv[6]
+        a0_7 = bv[7]
+        a0_8 = bv[8]
+        a0_9 = bv[9]
+        a0_10 = bv[10]
+        a0_11 = bv[11]
+        a0_12 = bv[12]
+        a0_13 = bv[13]
+        a0_14 = bv[14]
+        a0_15 = bv[15]
+        a1_0, a1_1, a1_2, a1_3, a1_4, a1_5, a1_6, a1_7 = (
+            a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
+        a1_8, a1_9, a1_10, a1_11, a1_12, a1_13, a1_14, a1_15 = (
+            a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
+        a2_0, a2_1, a2_2, a2_3, a2_4, a2_5, a2_6, a2_7 = (
+            a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
+        a2_8, a2_9, a2_10, a2_11, a2_12, a2_13, a2_14, a2_15 = (
+            a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
+        a3_0, a3_1, a3_2, a3_3, a3_4, a3_5, a3_6, a3_7 = (
+            a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
+        a3_8, a3_9, a3_10, a3_11, a3_12, a3_13, a3_14, a3_15 = (
+            a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
+        a4_0, a4_1, a4_2, a4_3, a4_4, a4_5, a4_6, a4_7 = (
+            a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
+        a4_8, a4_9, a4_10, a4_11, a4_12, a4_13, a4_14, a4_15 = (
+            a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
+        a5_0, a5_1, a5_2, a5_3, a5_4, a5_5, a5_6, a5_7 = (
+            a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
+        a5_8, a5_9, a5_10, a5_11, a5_12, a5_13, a5_14, a5_15 = (
+            a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
         x0 = img[ih0:ih0 + span:dh, iw0:iw0 + run]  # kh x kw*Cin
         x1 = img[ih1:ih1 + span:dh, iw1:iw1 + run]  # kh x kw*Cin
         x2 = img[ih2:ih2 + span:dh, iw2:iw2 + run]  # kh x kw*Cin
@@ -298,30 +329,99 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
         tile[5, 13] = a5_13
         tile[5, 14] = a5_14
         tile[5, 15] = a5_15
-        for v in range(min(V, cout - cb * V)):
-            c = cb * V + v
-            b = bias[c] if has_bias else np.float32(0.0)
-            # unrolled over the tile's pixels: no division per output value
-            if has_res:
-                out[n, co + c, oh0, ow0] = activate_inline(
-                    tile[0, v] + b + res[n, c, oh0, ow0], act)
-                out[n, co + c, oh1, ow1] = activate_inline(
-                    tile[1, v] + b + res[n, c, oh1, ow1], act)
-                out[n, co + c, oh2, ow2] = activate_inline(
-                    tile[2, v] + b + res[n, c, oh2, ow2], act)
-                out[n, co + c, oh3, ow3] = activate_inline(
-                    tile[3, v] + b + res[n, c, oh3, ow3], act)
-                out[n, co + c, oh4, ow4] = activate_inline(
-                    tile[4, v] + b + res[n, c, oh4, ow4], act)
-                out[n, co + c, oh5, ow5] = activate_inline(
-                    tile[5, v] + b + res[n, c, oh5, ow5], act)
-            else:
-                out[n, co + c, oh0, ow0] = activate_inline(tile[0, v] + b, act)
-                out[n, co + c, oh1, ow1] = activate_inline(tile[1, v] + b, act)
-                out[n, co + c, oh2, ow2] = activate_inline(tile[2, v] + b, act)
-                out[n, co + c, oh3, ow3] = activate_inline(tile[3, v] + b, act)
-                out[n, co + c, oh4, ow4] = activate_inline(tile[4, v] + b, act)
-                out[n, co + c, oh5, ow5] = activate_inline(tile[5, v] + b, act)
+        c0 = cb * V
+        nv = min(V, cout - c0)
+        # unrolled over the tile's pixels: no division per output value
+        if has_res and res_pad >= 0:
+            rv = res[n, oh0 + res_pad, ow0 + res_pad]  # C (NHWC)
+            for v in range(nv):
+                tile[0, v] += rv[c0 + v]
+        elif has_res:
+            for v in range(nv):
+                tile[0, v] += res[n, c0 + v, oh0, ow0]
+        if out_pad >= 0:
+            dst = out[n, oh0 + out_pad, ow0 + out_pad]  # C (NHWC)
+            for v in range(nv):
+                dst[co + c0 + v] = activate_inline(tile[0, v], act)
+        else:
+            for v in range(nv):
+                out[n, co + c0 + v, oh0, ow0] = activate_inline(
+                    tile[0, v], act)
+        if has_res and res_pad >= 0:
+            rv = res[n, oh1 + res_pad, ow1 + res_pad]  # C (NHWC)
+            for v in range(nv):
+                tile[1, v] += rv[c0 + v]
+        elif has_res:
+            for v in range(nv):
+                tile[1, v] += res[n, c0 + v, oh1, ow1]
+        if out_pad >= 0:
+            dst = out[n, oh1 + out_pad, ow1 + out_pad]  # C (NHWC)
+            for v in range(nv):
+                dst[co + c0 + v] = activate_inline(tile[1, v], act)
+        else:
+            for v in range(nv):
+                out[n, co + c0 + v, oh1, ow1] = activate_inline(
+                    tile[1, v], act)
+        if has_res and res_pad >= 0:
+            rv = res[n, oh2 + res_pad, ow2 + res_pad]  # C (NHWC)
+            for v in range(nv):
+                tile[2, v] += rv[c0 + v]
+        elif has_res:
+            for v in range(nv):
+                tile[2, v] += res[n, c0 + v, oh2, ow2]
+        if out_pad >= 0:
+            dst = out[n, oh2 + out_pad, ow2 + out_pad]  # C (NHWC)
+            for v in range(nv):
+                dst[co + c0 + v] = activate_inline(tile[2, v], act)
+        else:
+            for v in range(nv):
+                out[n, co + c0 + v, oh2, ow2] = activate_inline(
+                    tile[2, v], act)
+        if has_res and res_pad >= 0:
+            rv = res[n, oh3 + res_pad, ow3 + res_pad]  # C (NHWC)
+            for v in range(nv):
+                tile[3, v] += rv[c0 + v]
+        elif has_res:
+            for v in range(nv):
+                tile[3, v] += res[n, c0 + v, oh3, ow3]
+        if out_pad >= 0:
+            dst = out[n, oh3 + out_pad, ow3 + out_pad]  # C (NHWC)
+            for v in range(nv):
+                dst[co + c0 + v] = activate_inline(tile[3, v], act)
+        else:
+            for v in range(nv):
+                out[n, co + c0 + v, oh3, ow3] = activate_inline(
+                    tile[3, v], act)
+        if has_res and res_pad >= 0:
+            rv = res[n, oh4 + res_pad, ow4 + res_pad]  # C (NHWC)
+            for v in range(nv):
+                tile[4, v] += rv[c0 + v]
+        elif has_res:
+            for v in range(nv):
+                tile[4, v] += res[n, c0 + v, oh4, ow4]
+        if out_pad >= 0:
+            dst = out[n, oh4 + out_pad, ow4 + out_pad]  # C (NHWC)
+            for v in range(nv):
+                dst[co + c0 + v] = activate_inline(tile[4, v], act)
+        else:
+            for v in range(nv):
+                out[n, co + c0 + v, oh4, ow4] = activate_inline(
+                    tile[4, v], act)
+        if has_res and res_pad >= 0:
+            rv = res[n, oh5 + res_pad, ow5 + res_pad]  # C (NHWC)
+            for v in range(nv):
+                tile[5, v] += rv[c0 + v]
+        elif has_res:
+            for v in range(nv):
+                tile[5, v] += res[n, c0 + v, oh5, ow5]
+        if out_pad >= 0:
+            dst = out[n, oh5 + out_pad, ow5 + out_pad]  # C (NHWC)
+            for v in range(nv):
+                dst[co + c0 + v] = activate_inline(tile[5, v], act)
+        else:
+            for v in range(nv):
+                out[n, co + c0 + v, oh5, ow5] = activate_inline(
+                    tile[5, v], act)
 
 
 def pack_weights(w: np.ndarray) -> np.ndarray:
@@ -332,6 +432,26 @@ def pack_weights(w: np.ndarray) -> np.ndarray:
     padded[:cout] = w
     packed = padded.reshape(blocks, V, cin, kh, kw).transpose(0, 3, 4, 2, 1)
     return np.ascontiguousarray(packed).reshape(blocks, kh, kw * cin, V)
+
+
+def pack_bias(bias: np.ndarray | None, cout: int) -> np.ndarray:
+    """The bias (or zeros), zero-padded to whole blocks of V channels."""
+    padded = np.zeros(-(-cout // V) * V, np.float32)
+    if bias is not None:
+        padded[:cout] = bias
+    return padded
+
+
+@njit(cache=True)
+def zero_border(xp, pad):
+    """Zero the `pad`-wide border of one Hp x Wp x C sample (the interior is overwritten)."""
+    hp, wp = xp.shape[0], xp.shape[1]
+    for r in range(hp):
+        if r < pad or r >= hp - pad:
+            xp[r, :, :] = 0.0
+        else:
+            xp[r, :pad, :] = 0.0
+            xp[r, wp - pad:, :] = 0.0
 
 
 @njit(parallel=True, cache=True)

@@ -8,12 +8,15 @@ bound kernels in topological order and copies the outputs out.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import numba
 import numpy as np
 
 from nasgraph import passes
+from nasgraph.analysis import in_place_concat_parts
 from nasgraph.backends.numba import _conv as conv_k
 from nasgraph.backends.numba import _elementwise as elem_k
 from nasgraph.backends.numba import _resample as resample_k
@@ -28,6 +31,26 @@ Step = Callable[[int], None]  # called with numba's thread count (read once per 
 # kind -> binds a node to its kernel: (node, packed weights + the executor's "scratch",
 # input arrays, out, offset) -> step
 Binder = Callable[[Node, dict, list[np.ndarray], np.ndarray, int], Step]
+
+
+
+class Bound(NamedTuple):
+    """An executor's buffers and kernel calls for one batch size."""
+
+    input: np.ndarray  # the input is copied here
+    steps: list[Step]  # the kernel calls, in order
+    step_nodes: list[str]  # the node id of each step
+    outputs: list[np.ndarray]  # views of the output buffers
+
+
+class NodeTime(NamedTuple):
+    """One node's share of a call (`Executor.profile`)."""
+
+    node: str
+    kind: str
+    strategy: str  # for convs: "tiled", "depthwise" or "gemm"; else ""
+    seconds: float
+
 
 _NO_RES = np.zeros((1, 1, 1, 1), np.float32)
 _NO_BIAS = np.zeros(1, np.float32)
@@ -67,6 +90,8 @@ def _pack_conv(node: Node, state: StateDict) -> dict:
     else:
         packed = w.reshape(op.groups, cout // op.groups, cig * kh * kw)
     bias = state.get(f"{node.param_key}.bias") if op.bias else None
+    if strategy == "tiled":  # the accumulators start from the bias: one per channel block
+        bias = tiled_k.pack_bias(bias, cout)
     return {"w": _f32(packed), "strategy": strategy,
             "bias": _NO_BIAS if bias is None else _f32(bias),
             "has_bias": int(bias is not None), "act": ACT_CODES[getattr(op, "act", None)]}
@@ -104,14 +129,20 @@ def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -
     x, res = xs[0], (xs[1] if len(xs) > 1 else _NO_RES)
     has_res = int(len(xs) > 1)
     if p["strategy"] == "tiled":
-        (ph, pw), (n, c, h, w) = op.pad, x.shape
-        # N x C x H x W -> padded N x Hp x Wp x C in the executor's shared scratch, read by
-        # the kernel as N x Hp x (Wp*C) rows
-        xp = p["scratch"][:n * (h + 2 * ph) * (w + 2 * pw) * c].reshape(
-            n, h + 2 * ph, w + 2 * pw, c)
-        rows = xp.reshape(n, h + 2 * ph, (w + 2 * pw) * c)
+        (ph, pw), (ho, wo) = op.pad, node.type.shape[1:]
+        in_nhwc = p["in_pad"] >= 0  # stored padded NHWC by the tiled conv that made it
+        if in_nhwc:
+            n, hp, wp, c = x.shape
+        else:  # N x C x H x W -> padded N x Hp x Wp x C in the executor's shared scratch
+            n, c, h, w = x.shape
+            hp, wp = h + 2 * ph, w + 2 * pw
+            xp = p["scratch"][:n * hp * wp * c].reshape(n, hp, wp, c)
+        rows = (x if in_nhwc else xp).reshape(n, hp, wp * c)  # read as N x Hp x (Wp*C)
         args = (rows, p["w"], p["bias"], res, out, co, op.out_channels, c, op.kernel[0],
-                *op.stride, op.dilation[0], p["act"], p["has_bias"], has_res)
+                *op.stride, op.dilation[0], p["act"], has_res, ho, wo,
+                p["out_pad"], p["res_pad"])
+        if in_nhwc:
+            return lambda threads: tiled_k.conv2d_tiled(*args)
 
         def step(threads: int) -> None:
             tiled_k.to_padded_nhwc(x, xp, ph, pw)
@@ -203,6 +234,32 @@ def _padded_numel(graph: Graph, node: Node) -> int:
     return t.channels * (t.height + 2 * ph) * (t.width + 2 * pw)
 
 
+def nhwc_outputs(graph: Graph, strategy: Mapping[str, str]) -> dict[str, int]:
+    """Tiled convs that store their output zero-padded NHWC, as the tiled convs that read
+    it want it, rather than NCHW (which each reader would copy into padded NHWC itself):
+    node id -> the padding. A tensor qualifies when a tiled conv makes it, it is no graph
+    output and no concat part, and every reader is a tiled conv that takes it as its
+    residual or as its input with that same square padding. `strategy`: conv id -> its
+    strategy (`conv_strategy`)."""
+    parts = in_place_concat_parts(graph)
+    outputs = {o.id for o in graph.outputs}
+    chosen: dict[str, int] = {}
+    for node in graph:
+        if strategy.get(node.id) != "tiled" or node.id in parts or node.id in outputs:
+            continue
+        pads = set()
+        readers = graph.successors(node.id)
+        for reader in readers:
+            if strategy.get(reader.id) != "tiled":
+                break
+            if reader.inputs[0] == node.id:
+                pads.add(reader.op.pad)
+        else:
+            if readers and len(pads) <= 1 and all(ph == pw for ph, pw in pads):
+                chosen[node.id] = next(iter(pads))[0] if pads else 0
+    return chosen
+
+
 class Executor:
     """A compiled graph: call it on an N x C x H x W float32 array.
 
@@ -212,24 +269,39 @@ class Executor:
 
     def __init__(self, graph: Graph, state: StateDict, threads: int | None) -> None:
         self.graph = graph
-        self.plan = plan_memory(graph)
         self.threads = threads
         self._packed = {n.id: PACKERS[n.kind](n, state) for n in graph if n.kind in PACKERS}
+        strategy = {i: p["strategy"] for i, p in self._packed.items() if "strategy" in p}
+        self.nhwc = nhwc_outputs(graph, strategy)
+        self.plan = plan_memory(graph, self._stored_bytes)
         # per sample: the largest padded NHWC copy a tiled conv makes of its input
         self._scratch_numel = max(
             [_padded_numel(graph, n) for n in graph
              if self._packed.get(n.id, {}).get("strategy") == "tiled"], default=0)
-        self._bound: dict[int, tuple[np.ndarray, list[Step], list[np.ndarray]]] = {}
+        self._bound: dict[int, Bound] = {}
         (inp,) = graph.inputs  # read once: a walk over the graph costs more than a small call
         self._input_type = inp.type
         self._input_shape = tuple(inp.type.shape)
 
-    def _bind(self, batch: int) -> tuple[np.ndarray, list[Step], list[np.ndarray]]:
+    def _stored_shape(self, node: Node) -> tuple[int, int, int]:
+        """How a buffer owner's output is stored, per sample: C x H x W, or padded
+        Hp x Wp x C."""
+        t = node.type
+        if node.id in self.nhwc:
+            pad = self.nhwc[node.id]
+            return t.height + 2 * pad, t.width + 2 * pad, t.channels
+        return t.channels, t.height, t.width
+
+    def _stored_bytes(self, node: Node) -> int:
+        return 4 * int(np.prod(self._stored_shape(node)))
+
+    def _bind(self, batch: int) -> Bound:
         graph, plan = self.graph, self.plan
         slots = [np.empty(batch * b // 4, np.float32) for b in plan.slot_bytes]
         scratch = np.empty(batch * self._scratch_numel, np.float32)
         value: dict[str, np.ndarray] = {}
         steps: list[Step] = []
+        step_nodes: list[str] = []  # the node each step runs (a concat has one per copy)
         for node in graph:
             t = node.type
             if node.op.is_alias:
@@ -238,21 +310,27 @@ class Executor:
                 continue
             owner = plan.owner[node.id]
             if owner not in value:  # the first part of an in-place concat allocates it
-                o = graph[owner].type
-                value[owner] = slots[plan.slot[owner]][:batch * o.numel].reshape(
-                    batch, o.channels, o.height, o.width)
+                value[owner] = slots[plan.slot[owner]][
+                    :batch * self._stored_bytes(graph[owner]) // 4].reshape(
+                    batch, *self._stored_shape(graph[owner]))
             out, co = value[owner], plan.channel_offset[node.id]
             xs = [value.get(i) for i in node.inputs]
             if node.kind == "concat":
                 steps.extend(self._bind_concat(node, xs, out, co))
             elif node.kind != "input":
-                params = {**self._packed.get(node.id, {}), "scratch": scratch}
+                nhwc = self.nhwc
+                params = {**self._packed.get(node.id, {}), "scratch": scratch,
+                          "out_pad": nhwc.get(node.id, -1),
+                          "in_pad": nhwc.get(node.inputs[0], -1) if node.inputs else -1,
+                          "res_pad": nhwc.get(node.inputs[1], -1) if len(node.inputs) > 1
+                          else -1}
                 steps.append(BINDERS[node.kind](node, params, xs, out, co))
+            step_nodes += [node.id] * (len(steps) - len(step_nodes))
         (inp,) = graph.inputs
         outs = [value[o.id] for o in graph.outputs]
         outs = [o.reshape(batch, -1) if n.type.flat else o
                 for o, n in zip(outs, graph.outputs, strict=True)]
-        return value[inp.id], steps, outs
+        return Bound(value[inp.id], steps, step_nodes, outs)
 
     def _bind_concat(self, node: Node, xs: list, out: np.ndarray, co: int) -> list[Step]:
         steps, offset = [], co
@@ -262,7 +340,7 @@ class Executor:
             offset += self.graph[i].type.channels
         return steps
 
-    def __call__(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+    def _prepare(self, x: np.ndarray) -> tuple[Bound, int]:
         if x.ndim != 4 or x.shape[1:] != self._input_shape:
             raise NasgraphError(f"graph {self.graph.name!r} takes N x {self._input_type} input, "
                                 f"got shape {tuple(x.shape)}; hint: recompile for another size")
@@ -273,12 +351,45 @@ class Executor:
             numba.set_num_threads(threads)
         if x.shape[0] not in self._bound:
             self._bound[x.shape[0]] = self._bind(x.shape[0])
-        buffer, steps, outs = self._bound[x.shape[0]]
-        buffer[...] = x
-        for step in steps:
+        bound = self._bound[x.shape[0]]
+        bound.input[...] = x
+        return bound, threads
+
+    def __call__(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        bound, threads = self._prepare(x)
+        for step in bound.steps:
             step(threads)
-        results = tuple(o.copy() for o in outs)
+        results = tuple(o.copy() for o in bound.outputs)
         return results[0] if len(results) == 1 else results
+
+    def profile(self, x: np.ndarray, repeats: int = 20) -> list[NodeTime]:
+        """Per node of the optimized graph, the median time of its kernel calls over
+        `repeats` calls on `x` (after one warm-up call), in execution order. Nodes that
+        are views (no kernel) are left out.
+
+            >>> import numpy as np
+            >>> from nasgraph import zoo
+            >>> from nasgraph.backends.torch import lower
+            >>> from nasgraph.backends import numba as nb
+            >>> g = zoo.get("lenet5")
+            >>> run = nb.compile(g, lower(g).eval().state_dict())
+            >>> [t.node for t in run.profile(np.zeros((1, 1, 32, 32), np.float32), 3)][:2]
+            ['conv1', 'pool1']
+        """
+        self(x)
+        bound, threads = self._prepare(x)
+        times = np.empty((repeats, len(bound.steps)))
+        clock = time.perf_counter
+        for r in range(repeats):
+            for k, step in enumerate(bound.steps):
+                t0 = clock()
+                step(threads)
+                times[r, k] = clock() - t0
+        per_node: dict[str, float] = {}
+        for node_id, t in zip(bound.step_nodes, np.median(times, axis=0), strict=True):
+            per_node[node_id] = per_node.get(node_id, 0.0) + float(t)
+        return [NodeTime(i, self.graph[i].kind, self._packed.get(i, {}).get("strategy", ""), t)
+                for i, t in per_node.items()]
 
 
 def _limit_blas_threads() -> None:
