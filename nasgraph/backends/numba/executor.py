@@ -8,6 +8,7 @@ bound kernels in topological order and copies the outputs out.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
@@ -270,6 +271,7 @@ class Executor:
     def __init__(self, graph: Graph, state: StateDict, threads: int | None) -> None:
         self.graph = graph
         self.threads = threads
+        self._get_threads, self._set_threads = _thread_count_entry_points()
         self._packed = {n.id: PACKERS[n.kind](n, state) for n in graph if n.kind in PACKERS}
         strategy = {i: p["strategy"] for i, p in self._packed.items() if "strategy" in p}
         self.nhwc = nhwc_outputs(graph, strategy)
@@ -346,9 +348,9 @@ class Executor:
                                 f"got shape {tuple(x.shape)}; hint: recompile for another size")
         threads = self.threads
         if threads is None:
-            threads = numba.get_num_threads()
+            threads = self._get_threads()
         else:
-            numba.set_num_threads(threads)
+            self._set_threads(threads)  # checked against NUMBA_NUM_THREADS by compile()
         if x.shape[0] not in self._bound:
             self._bound[x.shape[0]] = self._bind(x.shape[0])
         bound = self._bound[x.shape[0]]
@@ -390,6 +392,22 @@ class Executor:
             per_node[node_id] = per_node.get(node_id, 0.0) + float(t)
         return [NodeTime(i, self.graph[i].kind, self._packed.get(i, {}).get("strategy", ""), t)
                 for i, t in per_node.items()]
+
+
+@functools.cache
+def _thread_count_entry_points() -> tuple[Callable[[], int], Callable[[int], None]]:
+    """numba's get/set_num_threads, or where they are reachable, the C entry points they
+    end in: the Python functions take a lock and check their argument first, 2.5-3 us a
+    call (as much as a small kernel), the C ones 0.3 us."""
+    numba.get_num_threads()  # launches the thread pool, which binds the entry points
+    from numba.np.ufunc import parallel
+
+    get, set_ = (getattr(parallel, name, None) for name in ("_get_num_threads",
+                                                            "_set_num_threads"))
+    if callable(get) and callable(set_):
+        return get, set_
+    return numba.get_num_threads, numba.set_num_threads
+
 
 
 def _limit_blas_threads() -> None:
