@@ -33,19 +33,10 @@ def activate(v, code):
 
 
 @njit(cache=True)
-def _activate_call(v, code):
+def activate_call(v, code):
+    """`activate` as a call, not inlined: code that applies an activation at many sites
+    (the tiled conv's unrolled epilogue) stays small and quick to compile."""
     return activate(v, code)
-
-
-@njit(inline="always", cache=True)
-def activate_inline(v, code):
-    """`activate`, with only the identity and ReLU inlined: code that applies it at many
-    sites (the tiled conv's unrolled epilogue) stays small and quick to compile."""
-    if code == 0:
-        return v
-    if code == 1:
-        return max(v, np.float32(0.0))
-    return _activate_call(v, code)
 
 
 @njit(inline="always", cache=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from nasgraph.backends.numba._activations import activate_inline
+from nasgraph.backends.numba._activations import activate_call
 
 R = 6
 V = 16
@@ -36,392 +36,329 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act, has_
     Needs Ho*Wo >= R: the last pixel tile of a sample is moved back to end at the last
     pixel (it recomputes some pixels rather than leave registers half used).
     """
-    n_batch, run = xp.shape[0], w.shape[2]  # run: kw*Cin
-    n_cb = w.shape[0]
-    hw = ho * wo
-    n_pt = (hw + R - 1) // R
-    span = (kh - 1) * dh + 1  # input rows under a kernel
+    n_batch, n_cb = xp.shape[0], w.shape[0]
+    n_pt = (ho * wo + R - 1) // R  # pixel tiles per sample
+    # the epilogue writes `out` and reads `res` flat: the element of sample n, channel
+    # c, output pixel (oh, ow) is at n*o_n + c*o_c + oh*o_h + ow*o_w + o_0
+    o_n, o_c, o_h, o_w, o_0 = _strides(out, out_pad, ho, wo, co)
+    r_n, r_c, r_h, r_w, r_0 = _strides(res, res_pad, ho, wo, 0)
+    out1, res1 = out.reshape(out.size), res.reshape(res.size)
     for job in prange(n_batch * n_cb * n_pt):
-        n = job // (n_cb * n_pt)
-        cb = (job // n_pt) % n_cb
-        p0 = min((job % n_pt) * R, hw - R)
-        if out_pad > 0 and job % (n_cb * n_pt) == 0:  # a sample's first job
+        n, cb, pt = job // (n_cb * n_pt), job // n_pt % n_cb, job % n_pt
+        if out_pad > 0 and cb == 0 and pt == 0:  # a sample's first job
             zero_border(out[n], out_pad)
-        tile = np.empty((R, V), np.float32)
-        img = xp[n]
-        oh0 = p0 // wo
-        ow0 = p0 - oh0 * wo
-        oh1, ow1 = (oh0, ow0 + 1) if ow0 + 1 < wo else (oh0 + 1, 0)
-        oh2, ow2 = (oh1, ow1 + 1) if ow1 + 1 < wo else (oh1 + 1, 0)
-        oh3, ow3 = (oh2, ow2 + 1) if ow2 + 1 < wo else (oh2 + 1, 0)
-        oh4, ow4 = (oh3, ow3 + 1) if ow3 + 1 < wo else (oh3 + 1, 0)
-        oh5, ow5 = (oh4, ow4 + 1) if ow4 + 1 < wo else (oh4 + 1, 0)
-        ih0 = oh0 * sh
-        iw0 = ow0 * sw * cin
-        ih1 = oh1 * sh
-        iw1 = ow1 * sw * cin
-        ih2 = oh2 * sh
-        iw2 = ow2 * sw * cin
-        ih3 = oh3 * sh
-        iw3 = ow3 * sw * cin
-        ih4 = oh4 * sh
-        iw4 = ow4 * sw * cin
-        ih5 = oh5 * sh
-        iw5 = ow5 * sw * cin
-        bv = bias[cb * V:cb * V + V]
-        a0_0 = bv[0]
-        a0_1 = bv[1]
-        a0_2 = bv[2]
-        a0_3 = bv[3]
-        a0_4 = bv[4]
-        a0_5 = bv[5]
-        a0_6 = bv[6]
-        a0_7 = bv[7]
-        a0_8 = bv[8]
-        a0_9 = bv[9]
-        a0_10 = bv[10]
-        a0_11 = bv[11]
-        a0_12 = bv[12]
-        a0_13 = bv[13]
-        a0_14 = bv[14]
-        a0_15 = bv[15]
-        a1_0, a1_1, a1_2, a1_3, a1_4, a1_5, a1_6, a1_7 = (
-            a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
-        a1_8, a1_9, a1_10, a1_11, a1_12, a1_13, a1_14, a1_15 = (
-            a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
-        a2_0, a2_1, a2_2, a2_3, a2_4, a2_5, a2_6, a2_7 = (
-            a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
-        a2_8, a2_9, a2_10, a2_11, a2_12, a2_13, a2_14, a2_15 = (
-            a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
-        a3_0, a3_1, a3_2, a3_3, a3_4, a3_5, a3_6, a3_7 = (
-            a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
-        a3_8, a3_9, a3_10, a3_11, a3_12, a3_13, a3_14, a3_15 = (
-            a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
-        a4_0, a4_1, a4_2, a4_3, a4_4, a4_5, a4_6, a4_7 = (
-            a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
-        a4_8, a4_9, a4_10, a4_11, a4_12, a4_13, a4_14, a4_15 = (
-            a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
-        a5_0, a5_1, a5_2, a5_3, a5_4, a5_5, a5_6, a5_7 = (
-            a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
-        a5_8, a5_9, a5_10, a5_11, a5_12, a5_13, a5_14, a5_15 = (
-            a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
-        x0 = img[ih0:ih0 + span:dh, iw0:iw0 + run]  # kh x kw*Cin
-        x1 = img[ih1:ih1 + span:dh, iw1:iw1 + run]  # kh x kw*Cin
-        x2 = img[ih2:ih2 + span:dh, iw2:iw2 + run]  # kh x kw*Cin
-        x3 = img[ih3:ih3 + span:dh, iw3:iw3 + run]  # kh x kw*Cin
-        x4 = img[ih4:ih4 + span:dh, iw4:iw4 + run]  # kh x kw*Cin
-        x5 = img[ih5:ih5 + span:dh, iw5:iw5 + run]  # kh x kw*Cin
-        for i in range(kh):
-            wt = w[cb, i]  # (kw*Cin) x V
-            for c in range(run):
-                wc = wt[c]
-                w0 = wc[0]
-                w1 = wc[1]
-                w2 = wc[2]
-                w3 = wc[3]
-                w4 = wc[4]
-                w5 = wc[5]
-                w6 = wc[6]
-                w7 = wc[7]
-                w8 = wc[8]
-                w9 = wc[9]
-                w10 = wc[10]
-                w11 = wc[11]
-                w12 = wc[12]
-                w13 = wc[13]
-                w14 = wc[14]
-                w15 = wc[15]
-                x = x0[i, c]
-                a0_0 += x * w0
-                a0_1 += x * w1
-                a0_2 += x * w2
-                a0_3 += x * w3
-                a0_4 += x * w4
-                a0_5 += x * w5
-                a0_6 += x * w6
-                a0_7 += x * w7
-                a0_8 += x * w8
-                a0_9 += x * w9
-                a0_10 += x * w10
-                a0_11 += x * w11
-                a0_12 += x * w12
-                a0_13 += x * w13
-                a0_14 += x * w14
-                a0_15 += x * w15
-                x = x1[i, c]
-                a1_0 += x * w0
-                a1_1 += x * w1
-                a1_2 += x * w2
-                a1_3 += x * w3
-                a1_4 += x * w4
-                a1_5 += x * w5
-                a1_6 += x * w6
-                a1_7 += x * w7
-                a1_8 += x * w8
-                a1_9 += x * w9
-                a1_10 += x * w10
-                a1_11 += x * w11
-                a1_12 += x * w12
-                a1_13 += x * w13
-                a1_14 += x * w14
-                a1_15 += x * w15
-                x = x2[i, c]
-                a2_0 += x * w0
-                a2_1 += x * w1
-                a2_2 += x * w2
-                a2_3 += x * w3
-                a2_4 += x * w4
-                a2_5 += x * w5
-                a2_6 += x * w6
-                a2_7 += x * w7
-                a2_8 += x * w8
-                a2_9 += x * w9
-                a2_10 += x * w10
-                a2_11 += x * w11
-                a2_12 += x * w12
-                a2_13 += x * w13
-                a2_14 += x * w14
-                a2_15 += x * w15
-                x = x3[i, c]
-                a3_0 += x * w0
-                a3_1 += x * w1
-                a3_2 += x * w2
-                a3_3 += x * w3
-                a3_4 += x * w4
-                a3_5 += x * w5
-                a3_6 += x * w6
-                a3_7 += x * w7
-                a3_8 += x * w8
-                a3_9 += x * w9
-                a3_10 += x * w10
-                a3_11 += x * w11
-                a3_12 += x * w12
-                a3_13 += x * w13
-                a3_14 += x * w14
-                a3_15 += x * w15
-                x = x4[i, c]
-                a4_0 += x * w0
-                a4_1 += x * w1
-                a4_2 += x * w2
-                a4_3 += x * w3
-                a4_4 += x * w4
-                a4_5 += x * w5
-                a4_6 += x * w6
-                a4_7 += x * w7
-                a4_8 += x * w8
-                a4_9 += x * w9
-                a4_10 += x * w10
-                a4_11 += x * w11
-                a4_12 += x * w12
-                a4_13 += x * w13
-                a4_14 += x * w14
-                a4_15 += x * w15
-                x = x5[i, c]
-                a5_0 += x * w0
-                a5_1 += x * w1
-                a5_2 += x * w2
-                a5_3 += x * w3
-                a5_4 += x * w4
-                a5_5 += x * w5
-                a5_6 += x * w6
-                a5_7 += x * w7
-                a5_8 += x * w8
-                a5_9 += x * w9
-                a5_10 += x * w10
-                a5_11 += x * w11
-                a5_12 += x * w12
-                a5_13 += x * w13
-                a5_14 += x * w14
-                a5_15 += x * w15
-        tile[0, 0] = a0_0
-        tile[0, 1] = a0_1
-        tile[0, 2] = a0_2
-        tile[0, 3] = a0_3
-        tile[0, 4] = a0_4
-        tile[0, 5] = a0_5
-        tile[0, 6] = a0_6
-        tile[0, 7] = a0_7
-        tile[0, 8] = a0_8
-        tile[0, 9] = a0_9
-        tile[0, 10] = a0_10
-        tile[0, 11] = a0_11
-        tile[0, 12] = a0_12
-        tile[0, 13] = a0_13
-        tile[0, 14] = a0_14
-        tile[0, 15] = a0_15
-        tile[1, 0] = a1_0
-        tile[1, 1] = a1_1
-        tile[1, 2] = a1_2
-        tile[1, 3] = a1_3
-        tile[1, 4] = a1_4
-        tile[1, 5] = a1_5
-        tile[1, 6] = a1_6
-        tile[1, 7] = a1_7
-        tile[1, 8] = a1_8
-        tile[1, 9] = a1_9
-        tile[1, 10] = a1_10
-        tile[1, 11] = a1_11
-        tile[1, 12] = a1_12
-        tile[1, 13] = a1_13
-        tile[1, 14] = a1_14
-        tile[1, 15] = a1_15
-        tile[2, 0] = a2_0
-        tile[2, 1] = a2_1
-        tile[2, 2] = a2_2
-        tile[2, 3] = a2_3
-        tile[2, 4] = a2_4
-        tile[2, 5] = a2_5
-        tile[2, 6] = a2_6
-        tile[2, 7] = a2_7
-        tile[2, 8] = a2_8
-        tile[2, 9] = a2_9
-        tile[2, 10] = a2_10
-        tile[2, 11] = a2_11
-        tile[2, 12] = a2_12
-        tile[2, 13] = a2_13
-        tile[2, 14] = a2_14
-        tile[2, 15] = a2_15
-        tile[3, 0] = a3_0
-        tile[3, 1] = a3_1
-        tile[3, 2] = a3_2
-        tile[3, 3] = a3_3
-        tile[3, 4] = a3_4
-        tile[3, 5] = a3_5
-        tile[3, 6] = a3_6
-        tile[3, 7] = a3_7
-        tile[3, 8] = a3_8
-        tile[3, 9] = a3_9
-        tile[3, 10] = a3_10
-        tile[3, 11] = a3_11
-        tile[3, 12] = a3_12
-        tile[3, 13] = a3_13
-        tile[3, 14] = a3_14
-        tile[3, 15] = a3_15
-        tile[4, 0] = a4_0
-        tile[4, 1] = a4_1
-        tile[4, 2] = a4_2
-        tile[4, 3] = a4_3
-        tile[4, 4] = a4_4
-        tile[4, 5] = a4_5
-        tile[4, 6] = a4_6
-        tile[4, 7] = a4_7
-        tile[4, 8] = a4_8
-        tile[4, 9] = a4_9
-        tile[4, 10] = a4_10
-        tile[4, 11] = a4_11
-        tile[4, 12] = a4_12
-        tile[4, 13] = a4_13
-        tile[4, 14] = a4_14
-        tile[4, 15] = a4_15
-        tile[5, 0] = a5_0
-        tile[5, 1] = a5_1
-        tile[5, 2] = a5_2
-        tile[5, 3] = a5_3
-        tile[5, 4] = a5_4
-        tile[5, 5] = a5_5
-        tile[5, 6] = a5_6
-        tile[5, 7] = a5_7
-        tile[5, 8] = a5_8
-        tile[5, 9] = a5_9
-        tile[5, 10] = a5_10
-        tile[5, 11] = a5_11
-        tile[5, 12] = a5_12
-        tile[5, 13] = a5_13
-        tile[5, 14] = a5_14
-        tile[5, 15] = a5_15
-        c0 = cb * V
-        nv = min(V, cout - c0)
-        # unrolled over the tile's pixels: no division per output value
-        if has_res and res_pad >= 0:
-            rv = res[n, oh0 + res_pad, ow0 + res_pad]  # C (NHWC)
-            for v in range(nv):
-                tile[0, v] += rv[c0 + v]
-        elif has_res:
-            for v in range(nv):
-                tile[0, v] += res[n, c0 + v, oh0, ow0]
-        if out_pad >= 0:
-            dst = out[n, oh0 + out_pad, ow0 + out_pad]  # C (NHWC)
-            for v in range(nv):
-                dst[co + c0 + v] = activate_inline(tile[0, v], act)
-        else:
-            for v in range(nv):
-                out[n, co + c0 + v, oh0, ow0] = activate_inline(
-                    tile[0, v], act)
-        if has_res and res_pad >= 0:
-            rv = res[n, oh1 + res_pad, ow1 + res_pad]  # C (NHWC)
-            for v in range(nv):
-                tile[1, v] += rv[c0 + v]
-        elif has_res:
-            for v in range(nv):
-                tile[1, v] += res[n, c0 + v, oh1, ow1]
-        if out_pad >= 0:
-            dst = out[n, oh1 + out_pad, ow1 + out_pad]  # C (NHWC)
-            for v in range(nv):
-                dst[co + c0 + v] = activate_inline(tile[1, v], act)
-        else:
-            for v in range(nv):
-                out[n, co + c0 + v, oh1, ow1] = activate_inline(
-                    tile[1, v], act)
-        if has_res and res_pad >= 0:
-            rv = res[n, oh2 + res_pad, ow2 + res_pad]  # C (NHWC)
-            for v in range(nv):
-                tile[2, v] += rv[c0 + v]
-        elif has_res:
-            for v in range(nv):
-                tile[2, v] += res[n, c0 + v, oh2, ow2]
-        if out_pad >= 0:
-            dst = out[n, oh2 + out_pad, ow2 + out_pad]  # C (NHWC)
-            for v in range(nv):
-                dst[co + c0 + v] = activate_inline(tile[2, v], act)
-        else:
-            for v in range(nv):
-                out[n, co + c0 + v, oh2, ow2] = activate_inline(
-                    tile[2, v], act)
-        if has_res and res_pad >= 0:
-            rv = res[n, oh3 + res_pad, ow3 + res_pad]  # C (NHWC)
-            for v in range(nv):
-                tile[3, v] += rv[c0 + v]
-        elif has_res:
-            for v in range(nv):
-                tile[3, v] += res[n, c0 + v, oh3, ow3]
-        if out_pad >= 0:
-            dst = out[n, oh3 + out_pad, ow3 + out_pad]  # C (NHWC)
-            for v in range(nv):
-                dst[co + c0 + v] = activate_inline(tile[3, v], act)
-        else:
-            for v in range(nv):
-                out[n, co + c0 + v, oh3, ow3] = activate_inline(
-                    tile[3, v], act)
-        if has_res and res_pad >= 0:
-            rv = res[n, oh4 + res_pad, ow4 + res_pad]  # C (NHWC)
-            for v in range(nv):
-                tile[4, v] += rv[c0 + v]
-        elif has_res:
-            for v in range(nv):
-                tile[4, v] += res[n, c0 + v, oh4, ow4]
-        if out_pad >= 0:
-            dst = out[n, oh4 + out_pad, ow4 + out_pad]  # C (NHWC)
-            for v in range(nv):
-                dst[co + c0 + v] = activate_inline(tile[4, v], act)
-        else:
-            for v in range(nv):
-                out[n, co + c0 + v, oh4, ow4] = activate_inline(
-                    tile[4, v], act)
-        if has_res and res_pad >= 0:
-            rv = res[n, oh5 + res_pad, ow5 + res_pad]  # C (NHWC)
-            for v in range(nv):
-                tile[5, v] += rv[c0 + v]
-        elif has_res:
-            for v in range(nv):
-                tile[5, v] += res[n, c0 + v, oh5, ow5]
-        if out_pad >= 0:
-            dst = out[n, oh5 + out_pad, ow5 + out_pad]  # C (NHWC)
-            for v in range(nv):
-                dst[co + c0 + v] = activate_inline(tile[5, v], act)
-        else:
-            for v in range(nv):
-                out[n, co + c0 + v, oh5, ow5] = activate_inline(
-                    tile[5, v], act)
+        _tile(xp[n], w, bias, cb, min(pt * R, ho * wo - R), wo, cout, cin, kh, sh, sw,
+              dh, act, has_res, out1, n * o_n + o_0, o_c, o_h, o_w, res1, n * r_n + r_0,
+              r_c, r_h, r_w)
+
+
+@njit(cache=True, fastmath={"contract", "nsz", "arcp"})
+def _tile(img, w, bias, cb, p0, wo, cout, cin, kh, sh, sw, dh, act, has_res, out1, o_0,
+          o_c, o_h, o_w, res1, r_0, r_c, r_h, r_w):
+    # One tile: output pixels p0..p0+R (row-major) x channels of block cb, for one
+    # sample (its Hp x (Wp*Cin) rows `img`; o_0 and r_0: where its pixel (0, 0) is in
+    # the flat out1 and res1). A function of its own: numba's parallel-loop passes
+    # take three times as long to compile on a loop body this size
+    run = w.shape[2]  # kw*Cin
+    span = (kh - 1) * dh + 1  # input rows under a kernel
+    oh0 = p0 // wo
+    ow0 = p0 - oh0 * wo
+    oh1, ow1 = (oh0, ow0 + 1) if ow0 + 1 < wo else (oh0 + 1, 0)
+    oh2, ow2 = (oh1, ow1 + 1) if ow1 + 1 < wo else (oh1 + 1, 0)
+    oh3, ow3 = (oh2, ow2 + 1) if ow2 + 1 < wo else (oh2 + 1, 0)
+    oh4, ow4 = (oh3, ow3 + 1) if ow3 + 1 < wo else (oh3 + 1, 0)
+    oh5, ow5 = (oh4, ow4 + 1) if ow4 + 1 < wo else (oh4 + 1, 0)
+    bv = bias[cb * V:cb * V + V]
+    a0_0 = bv[0]
+    a0_1 = bv[1]
+    a0_2 = bv[2]
+    a0_3 = bv[3]
+    a0_4 = bv[4]
+    a0_5 = bv[5]
+    a0_6 = bv[6]
+    a0_7 = bv[7]
+    a0_8 = bv[8]
+    a0_9 = bv[9]
+    a0_10 = bv[10]
+    a0_11 = bv[11]
+    a0_12 = bv[12]
+    a0_13 = bv[13]
+    a0_14 = bv[14]
+    a0_15 = bv[15]
+    a1_0, a1_1, a1_2, a1_3, a1_4, a1_5, a1_6, a1_7 = (
+        a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
+    a1_8, a1_9, a1_10, a1_11, a1_12, a1_13, a1_14, a1_15 = (
+        a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
+    a2_0, a2_1, a2_2, a2_3, a2_4, a2_5, a2_6, a2_7 = (
+        a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
+    a2_8, a2_9, a2_10, a2_11, a2_12, a2_13, a2_14, a2_15 = (
+        a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
+    a3_0, a3_1, a3_2, a3_3, a3_4, a3_5, a3_6, a3_7 = (
+        a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
+    a3_8, a3_9, a3_10, a3_11, a3_12, a3_13, a3_14, a3_15 = (
+        a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
+    a4_0, a4_1, a4_2, a4_3, a4_4, a4_5, a4_6, a4_7 = (
+        a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
+    a4_8, a4_9, a4_10, a4_11, a4_12, a4_13, a4_14, a4_15 = (
+        a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
+    a5_0, a5_1, a5_2, a5_3, a5_4, a5_5, a5_6, a5_7 = (
+        a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
+    a5_8, a5_9, a5_10, a5_11, a5_12, a5_13, a5_14, a5_15 = (
+        a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
+    x0 = img[oh0 * sh:oh0 * sh + span:dh, ow0 * sw * cin:ow0 * sw * cin + run]  # kh x kw*Cin
+    x1 = img[oh1 * sh:oh1 * sh + span:dh, ow1 * sw * cin:ow1 * sw * cin + run]  # kh x kw*Cin
+    x2 = img[oh2 * sh:oh2 * sh + span:dh, ow2 * sw * cin:ow2 * sw * cin + run]  # kh x kw*Cin
+    x3 = img[oh3 * sh:oh3 * sh + span:dh, ow3 * sw * cin:ow3 * sw * cin + run]  # kh x kw*Cin
+    x4 = img[oh4 * sh:oh4 * sh + span:dh, ow4 * sw * cin:ow4 * sw * cin + run]  # kh x kw*Cin
+    x5 = img[oh5 * sh:oh5 * sh + span:dh, ow5 * sw * cin:ow5 * sw * cin + run]  # kh x kw*Cin
+    for i in range(kh):
+        wt = w[cb, i]  # (kw*Cin) x V
+        for c in range(run):
+            wc = wt[c]
+            w0 = wc[0]
+            w1 = wc[1]
+            w2 = wc[2]
+            w3 = wc[3]
+            w4 = wc[4]
+            w5 = wc[5]
+            w6 = wc[6]
+            w7 = wc[7]
+            w8 = wc[8]
+            w9 = wc[9]
+            w10 = wc[10]
+            w11 = wc[11]
+            w12 = wc[12]
+            w13 = wc[13]
+            w14 = wc[14]
+            w15 = wc[15]
+            x = x0[i, c]
+            a0_0 += x * w0
+            a0_1 += x * w1
+            a0_2 += x * w2
+            a0_3 += x * w3
+            a0_4 += x * w4
+            a0_5 += x * w5
+            a0_6 += x * w6
+            a0_7 += x * w7
+            a0_8 += x * w8
+            a0_9 += x * w9
+            a0_10 += x * w10
+            a0_11 += x * w11
+            a0_12 += x * w12
+            a0_13 += x * w13
+            a0_14 += x * w14
+            a0_15 += x * w15
+            x = x1[i, c]
+            a1_0 += x * w0
+            a1_1 += x * w1
+            a1_2 += x * w2
+            a1_3 += x * w3
+            a1_4 += x * w4
+            a1_5 += x * w5
+            a1_6 += x * w6
+            a1_7 += x * w7
+            a1_8 += x * w8
+            a1_9 += x * w9
+            a1_10 += x * w10
+            a1_11 += x * w11
+            a1_12 += x * w12
+            a1_13 += x * w13
+            a1_14 += x * w14
+            a1_15 += x * w15
+            x = x2[i, c]
+            a2_0 += x * w0
+            a2_1 += x * w1
+            a2_2 += x * w2
+            a2_3 += x * w3
+            a2_4 += x * w4
+            a2_5 += x * w5
+            a2_6 += x * w6
+            a2_7 += x * w7
+            a2_8 += x * w8
+            a2_9 += x * w9
+            a2_10 += x * w10
+            a2_11 += x * w11
+            a2_12 += x * w12
+            a2_13 += x * w13
+            a2_14 += x * w14
+            a2_15 += x * w15
+            x = x3[i, c]
+            a3_0 += x * w0
+            a3_1 += x * w1
+            a3_2 += x * w2
+            a3_3 += x * w3
+            a3_4 += x * w4
+            a3_5 += x * w5
+            a3_6 += x * w6
+            a3_7 += x * w7
+            a3_8 += x * w8
+            a3_9 += x * w9
+            a3_10 += x * w10
+            a3_11 += x * w11
+            a3_12 += x * w12
+            a3_13 += x * w13
+            a3_14 += x * w14
+            a3_15 += x * w15
+            x = x4[i, c]
+            a4_0 += x * w0
+            a4_1 += x * w1
+            a4_2 += x * w2
+            a4_3 += x * w3
+            a4_4 += x * w4
+            a4_5 += x * w5
+            a4_6 += x * w6
+            a4_7 += x * w7
+            a4_8 += x * w8
+            a4_9 += x * w9
+            a4_10 += x * w10
+            a4_11 += x * w11
+            a4_12 += x * w12
+            a4_13 += x * w13
+            a4_14 += x * w14
+            a4_15 += x * w15
+            x = x5[i, c]
+            a5_0 += x * w0
+            a5_1 += x * w1
+            a5_2 += x * w2
+            a5_3 += x * w3
+            a5_4 += x * w4
+            a5_5 += x * w5
+            a5_6 += x * w6
+            a5_7 += x * w7
+            a5_8 += x * w8
+            a5_9 += x * w9
+            a5_10 += x * w10
+            a5_11 += x * w11
+            a5_12 += x * w12
+            a5_13 += x * w13
+            a5_14 += x * w14
+            a5_15 += x * w15
+    tile = np.empty((R, V), np.float32)
+    tile[0, 0] = a0_0
+    tile[0, 1] = a0_1
+    tile[0, 2] = a0_2
+    tile[0, 3] = a0_3
+    tile[0, 4] = a0_4
+    tile[0, 5] = a0_5
+    tile[0, 6] = a0_6
+    tile[0, 7] = a0_7
+    tile[0, 8] = a0_8
+    tile[0, 9] = a0_9
+    tile[0, 10] = a0_10
+    tile[0, 11] = a0_11
+    tile[0, 12] = a0_12
+    tile[0, 13] = a0_13
+    tile[0, 14] = a0_14
+    tile[0, 15] = a0_15
+    tile[1, 0] = a1_0
+    tile[1, 1] = a1_1
+    tile[1, 2] = a1_2
+    tile[1, 3] = a1_3
+    tile[1, 4] = a1_4
+    tile[1, 5] = a1_5
+    tile[1, 6] = a1_6
+    tile[1, 7] = a1_7
+    tile[1, 8] = a1_8
+    tile[1, 9] = a1_9
+    tile[1, 10] = a1_10
+    tile[1, 11] = a1_11
+    tile[1, 12] = a1_12
+    tile[1, 13] = a1_13
+    tile[1, 14] = a1_14
+    tile[1, 15] = a1_15
+    tile[2, 0] = a2_0
+    tile[2, 1] = a2_1
+    tile[2, 2] = a2_2
+    tile[2, 3] = a2_3
+    tile[2, 4] = a2_4
+    tile[2, 5] = a2_5
+    tile[2, 6] = a2_6
+    tile[2, 7] = a2_7
+    tile[2, 8] = a2_8
+    tile[2, 9] = a2_9
+    tile[2, 10] = a2_10
+    tile[2, 11] = a2_11
+    tile[2, 12] = a2_12
+    tile[2, 13] = a2_13
+    tile[2, 14] = a2_14
+    tile[2, 15] = a2_15
+    tile[3, 0] = a3_0
+    tile[3, 1] = a3_1
+    tile[3, 2] = a3_2
+    tile[3, 3] = a3_3
+    tile[3, 4] = a3_4
+    tile[3, 5] = a3_5
+    tile[3, 6] = a3_6
+    tile[3, 7] = a3_7
+    tile[3, 8] = a3_8
+    tile[3, 9] = a3_9
+    tile[3, 10] = a3_10
+    tile[3, 11] = a3_11
+    tile[3, 12] = a3_12
+    tile[3, 13] = a3_13
+    tile[3, 14] = a3_14
+    tile[3, 15] = a3_15
+    tile[4, 0] = a4_0
+    tile[4, 1] = a4_1
+    tile[4, 2] = a4_2
+    tile[4, 3] = a4_3
+    tile[4, 4] = a4_4
+    tile[4, 5] = a4_5
+    tile[4, 6] = a4_6
+    tile[4, 7] = a4_7
+    tile[4, 8] = a4_8
+    tile[4, 9] = a4_9
+    tile[4, 10] = a4_10
+    tile[4, 11] = a4_11
+    tile[4, 12] = a4_12
+    tile[4, 13] = a4_13
+    tile[4, 14] = a4_14
+    tile[4, 15] = a4_15
+    tile[5, 0] = a5_0
+    tile[5, 1] = a5_1
+    tile[5, 2] = a5_2
+    tile[5, 3] = a5_3
+    tile[5, 4] = a5_4
+    tile[5, 5] = a5_5
+    tile[5, 6] = a5_6
+    tile[5, 7] = a5_7
+    tile[5, 8] = a5_8
+    tile[5, 9] = a5_9
+    tile[5, 10] = a5_10
+    tile[5, 11] = a5_11
+    tile[5, 12] = a5_12
+    tile[5, 13] = a5_13
+    tile[5, 14] = a5_14
+    tile[5, 15] = a5_15
+    c0 = cb * V
+    at0 = np.uint64(o_0 + c0 * o_c + oh0 * o_h + ow0 * o_w)
+    at1 = np.uint64(o_0 + c0 * o_c + oh1 * o_h + ow1 * o_w)
+    at2 = np.uint64(o_0 + c0 * o_c + oh2 * o_h + ow2 * o_w)
+    at3 = np.uint64(o_0 + c0 * o_c + oh3 * o_h + ow3 * o_w)
+    at4 = np.uint64(o_0 + c0 * o_c + oh4 * o_h + ow4 * o_w)
+    at5 = np.uint64(o_0 + c0 * o_c + oh5 * o_h + ow5 * o_w)
+    rt0 = np.uint64(r_0 + c0 * r_c + oh0 * r_h + ow0 * r_w)
+    rt1 = np.uint64(r_0 + c0 * r_c + oh1 * r_h + ow1 * r_w)
+    rt2 = np.uint64(r_0 + c0 * r_c + oh2 * r_h + ow2 * r_w)
+    rt3 = np.uint64(r_0 + c0 * r_c + oh3 * r_h + ow3 * r_w)
+    rt4 = np.uint64(r_0 + c0 * r_c + oh4 * r_h + ow4 * r_w)
+    rt5 = np.uint64(r_0 + c0 * r_c + oh5 * r_h + ow5 * r_w)
+    o_cu, r_cu = np.uint64(o_c), np.uint64(r_c)
+    for v in range(min(V, cout - c0)):
+        o, q = np.uint64(v) * o_cu, np.uint64(v) * r_cu
+        if has_res:
+            tile[0, v] += res1[rt0 + q]
+            tile[1, v] += res1[rt1 + q]
+            tile[2, v] += res1[rt2 + q]
+            tile[3, v] += res1[rt3 + q]
+            tile[4, v] += res1[rt4 + q]
+            tile[5, v] += res1[rt5 + q]
+        out1[at0 + o] = relu_or(tile[0, v], act)
+        out1[at1 + o] = relu_or(tile[1, v], act)
+        out1[at2 + o] = relu_or(tile[2, v], act)
+        out1[at3 + o] = relu_or(tile[3, v], act)
+        out1[at4 + o] = relu_or(tile[4, v], act)
+        out1[at5 + o] = relu_or(tile[5, v], act)
 
 
 def pack_weights(w: np.ndarray) -> np.ndarray:
@@ -432,6 +369,26 @@ def pack_weights(w: np.ndarray) -> np.ndarray:
     padded[:cout] = w
     packed = padded.reshape(blocks, V, cin, kh, kw).transpose(0, 3, 4, 2, 1)
     return np.ascontiguousarray(packed).reshape(blocks, kh, kw * cin, V)
+
+
+@njit(inline="always", cache=True)
+def relu_or(v, act):
+    """`activate(v, act)`, with ReLU inlined and the rest called: quick to compile at
+    many sites."""
+    if act == 1:
+        return max(v, np.float32(0.0))
+    return activate_call(v, act)
+
+
+@njit(cache=True)
+def _strides(a, pad, ho, wo, co):
+    """Flat-offset strides (sample, channel, row, column) and the offset of channel co,
+    pixel (0, 0), of an output-shaped N x C x Ho x Wo array (pad < 0) or a zero-padded
+    N x Hp x Wp x C one (pad >= 0)."""
+    if pad >= 0:
+        row = a.shape[2] * a.shape[3]
+        return a.shape[1] * row, 1, row, a.shape[3], pad * (row + a.shape[3]) + co
+    return a.shape[1] * ho * wo, ho * wo, wo, 1, co * ho * wo
 
 
 def pack_bias(bias: np.ndarray | None, cout: int) -> np.ndarray:

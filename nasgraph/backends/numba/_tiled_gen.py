@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from nasgraph.backends.numba._activations import activate_inline
+from nasgraph.backends.numba._activations import activate_call
 
 R = {R}
 V = {V}
@@ -53,6 +53,26 @@ def pack_weights(w: np.ndarray) -> np.ndarray:
     padded[:cout] = w
     packed = padded.reshape(blocks, V, cin, kh, kw).transpose(0, 3, 4, 2, 1)
     return np.ascontiguousarray(packed).reshape(blocks, kh, kw * cin, V)
+
+
+@njit(inline="always", cache=True)
+def relu_or(v, act):
+    """`activate(v, act)`, with ReLU inlined and the rest called: quick to compile at
+    many sites."""
+    if act == 1:
+        return max(v, np.float32(0.0))
+    return activate_call(v, act)
+
+
+@njit(cache=True)
+def _strides(a, pad, ho, wo, co):
+    """Flat-offset strides (sample, channel, row, column) and the offset of channel co,
+    pixel (0, 0), of an output-shaped N x C x Ho x Wo array (pad < 0) or a zero-padded
+    N x Hp x Wp x C one (pad >= 0)."""
+    if pad >= 0:
+        row = a.shape[2] * a.shape[3]
+        return a.shape[1] * row, 1, row, a.shape[3], pad * (row + a.shape[3]) + co
+    return a.shape[1] * ho * wo, ho * wo, wo, 1, co * ho * wo
 
 
 def pack_bias(bias: np.ndarray | None, cout: int) -> np.ndarray:
@@ -97,7 +117,6 @@ def to_padded_nhwc(x, xp, ph, pw):
 
 
 def _kernel() -> str:
-    ind3, ind4 = " " * 12, " " * 16
     lines = [
         '@njit(parallel=True, cache=True, fastmath={"contract", "nsz", "arcp"})',
         "def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act, has_res,",
@@ -112,79 +131,85 @@ def _kernel() -> str:
         "    Needs Ho*Wo >= R: the last pixel tile of a sample is moved back to end at the last",
         "    pixel (it recomputes some pixels rather than leave registers half used).",
         '    """',
-        "    n_batch, run = xp.shape[0], w.shape[2]  # run: kw*Cin",
-        "    n_cb = w.shape[0]",
-        "    hw = ho * wo",
-        "    n_pt = (hw + R - 1) // R",
-        "    span = (kh - 1) * dh + 1  # input rows under a kernel",
+        "    n_batch, n_cb = xp.shape[0], w.shape[0]",
+        "    n_pt = (ho * wo + R - 1) // R  # pixel tiles per sample",
+        "    # the epilogue writes `out` and reads `res` flat: the element of sample n, channel",
+        "    # c, output pixel (oh, ow) is at n*o_n + c*o_c + oh*o_h + ow*o_w + o_0",
+        "    o_n, o_c, o_h, o_w, o_0 = _strides(out, out_pad, ho, wo, co)",
+        "    r_n, r_c, r_h, r_w, r_0 = _strides(res, res_pad, ho, wo, 0)",
+        "    out1, res1 = out.reshape(out.size), res.reshape(res.size)",
         "    for job in prange(n_batch * n_cb * n_pt):",
-        "        n = job // (n_cb * n_pt)",
-        "        cb = (job // n_pt) % n_cb",
-        "        p0 = min((job % n_pt) * R, hw - R)",
-        "        if out_pad > 0 and job % (n_cb * n_pt) == 0:  # a sample's first job",
+        "        n, cb, pt = job // (n_cb * n_pt), job // n_pt % n_cb, job % n_pt",
+        "        if out_pad > 0 and cb == 0 and pt == 0:  # a sample's first job",
         "            zero_border(out[n], out_pad)",
-        "        tile = np.empty((R, V), np.float32)",
-        "        img = xp[n]",
+        "        _tile(xp[n], w, bias, cb, min(pt * R, ho * wo - R), wo, cout, cin, kh, sh, sw,",
+        "              dh, act, has_res, out1, n * o_n + o_0, o_c, o_h, o_w, res1, n * r_n + r_0,",
+        "              r_c, r_h, r_w)",
+        "",
+        "",
+        '@njit(cache=True, fastmath={"contract", "nsz", "arcp"})',
+        "def _tile(img, w, bias, cb, p0, wo, cout, cin, kh, sh, sw, dh, act, has_res, out1, o_0,",
+        "          o_c, o_h, o_w, res1, r_0, r_c, r_h, r_w):",
+        "    # One tile: output pixels p0..p0+R (row-major) x channels of block cb, for one",
+        "    # sample (its Hp x (Wp*Cin) rows `img`; o_0 and r_0: where its pixel (0, 0) is in",
+        "    # the flat out1 and res1). A function of its own: numba's parallel-loop passes",
+        "    # take three times as long to compile on a loop body this size",
+        "    run = w.shape[2]  # kw*Cin",
+        "    span = (kh - 1) * dh + 1  # input rows under a kernel",
+        # the tile's pixels: two divisions per tile, then steps along the row
+        "    oh0 = p0 // wo",
+        "    ow0 = p0 - oh0 * wo",
     ]
-    # the tile's pixels: two divisions per tile, then steps along the row
-    lines.append("        oh0 = p0 // wo")
-    lines.append("        ow0 = p0 - oh0 * wo")
+    ind1, ind2, ind3 = " " * 4, " " * 8, " " * 12
     for r in range(1, R):
-        lines.append(f"        oh{r}, ow{r} = (oh{r - 1}, ow{r - 1} + 1) if ow{r - 1} + 1 < wo "
+        lines.append(f"{ind1}oh{r}, ow{r} = (oh{r - 1}, ow{r - 1} + 1) if ow{r - 1} + 1 < wo "
                      f"else (oh{r - 1} + 1, 0)")
-    for r in range(R):
-        lines.append(f"        ih{r} = oh{r} * sh")
-        lines.append(f"        iw{r} = ow{r} * sw * cin")
     # the accumulators start from the bias (zero-padded to whole channel blocks)
-    lines.append("        bv = bias[cb * V:cb * V + V]")
+    lines.append(f"{ind1}bv = bias[cb * V:cb * V + V]")
     for v in range(V):
-        lines.append(f"        a0_{v} = bv[{v}]")
+        lines.append(f"{ind1}a0_{v} = bv[{v}]")
     for r in range(1, R):
         for half in (range(V // 2), range(V // 2, V)):
-            lines.append("        " + ", ".join(f"a{r}_{v}" for v in half) + " = (")
-            lines.append("            " + ", ".join(f"a0_{v}" for v in half) + ")")
+            lines.append(f"{ind1}" + ", ".join(f"a{r}_{v}" for v in half) + " = (")
+            lines.append(f"{ind2}" + ", ".join(f"a0_{v}" for v in half) + ")")
     # one view per pixel of the rows under the kernel: views cost reference counting, so
     # not one per kernel row
     for r in range(R):
-        lines.append(f"        x{r} = img[ih{r}:ih{r} + span:dh, iw{r}:iw{r} + run]  # kh x kw*Cin")
+        lines.append(f"{ind1}x{r} = img[oh{r} * sh:oh{r} * sh + span:dh, "
+                     f"ow{r} * sw * cin:ow{r} * sw * cin + run]  # kh x kw*Cin")
     lines += [
-        "        for i in range(kh):",
-        f"{ind3}wt = w[cb, i]  # (kw*Cin) x V",
+        f"{ind1}for i in range(kh):",
+        f"{ind2}wt = w[cb, i]  # (kw*Cin) x V",
+        f"{ind2}for c in range(run):",
+        f"{ind3}wc = wt[c]",
     ]
-    lines.append(f"{ind3}for c in range(run):")
-    lines.append(f"{ind4}wc = wt[c]")
     for v in range(V):
-        lines.append(f"{ind4}w{v} = wc[{v}]")
+        lines.append(f"{ind3}w{v} = wc[{v}]")
     for r in range(R):
-        lines.append(f"{ind4}x = x{r}[i, c]")
+        lines.append(f"{ind3}x = x{r}[i, c]")
         for v in range(V):
-            lines.append(f"{ind4}a{r}_{v} += x * w{v}")
+            lines.append(f"{ind3}a{r}_{v} += x * w{v}")
+    # the epilogue: the accumulators to memory, then act(acc + residual) per channel, over
+    # the R pixels (at unsigned offsets: numba adds no negative-index fix-up to those)
+    lines.append(f"{ind1}tile = np.empty((R, V), np.float32)")
     for r in range(R):
         for v in range(V):
-            lines.append(f"        tile[{r}, {v}] = a{r}_{v}")
+            lines.append(f"{ind1}tile[{r}, {v}] = a{r}_{v}")
+    lines.append(f"{ind1}c0 = cb * V")
+    for r in range(R):
+        lines.append(f"{ind1}at{r} = np.uint64(o_0 + c0 * o_c + oh{r} * o_h + ow{r} * o_w)")
+    for r in range(R):
+        lines.append(f"{ind1}rt{r} = np.uint64(r_0 + c0 * r_c + oh{r} * r_h + ow{r} * r_w)")
     lines += [
-        "        c0 = cb * V",
-        "        nv = min(V, cout - c0)",
-        "        # unrolled over the tile's pixels: no division per output value",
+        f"{ind1}o_cu, r_cu = np.uint64(o_c), np.uint64(r_c)",
+        f"{ind1}for v in range(min(V, cout - c0)):",
+        f"{ind2}o, q = np.uint64(v) * o_cu, np.uint64(v) * r_cu",
+        f"{ind2}if has_res:",
     ]
     for r in range(R):
-        lines += [
-            "        if has_res and res_pad >= 0:",
-            f"            rv = res[n, oh{r} + res_pad, ow{r} + res_pad]  # C (NHWC)",
-            "            for v in range(nv):",
-            f"                tile[{r}, v] += rv[c0 + v]",
-            "        elif has_res:",
-            "            for v in range(nv):",
-            f"                tile[{r}, v] += res[n, c0 + v, oh{r}, ow{r}]",
-            "        if out_pad >= 0:",
-            f"            dst = out[n, oh{r} + out_pad, ow{r} + out_pad]  # C (NHWC)",
-            "            for v in range(nv):",
-            f"                dst[co + c0 + v] = activate_inline(tile[{r}, v], act)",
-            "        else:",
-            "            for v in range(nv):",
-            f"                out[n, co + c0 + v, oh{r}, ow{r}] = activate_inline(",
-            f"                    tile[{r}, v], act)",
-        ]
+        lines.append(f"{ind3}tile[{r}, v] += res1[rt{r} + q]")
+    for r in range(R):
+        lines.append(f"{ind2}out1[at{r} + o] = relu_or(tile[{r}, v], act)")
     return "\n".join(lines) + "\n"
 
 
