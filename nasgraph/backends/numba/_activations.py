@@ -40,6 +40,20 @@ def activate_call(v, code):
 
 
 @njit(inline="always", cache=True)
+def activate_inline(v, code):
+    """`activate`, with only the identity, ReLU and ReLU6 inlined and the rest called:
+    code that applies it at many sites stays small and quick to compile, and loops over
+    the cheap ones still vectorize."""
+    if code == 0:
+        return v
+    if code == 1:
+        return max(v, np.float32(0.0))
+    if code == 2:
+        return min(max(v, np.float32(0.0)), np.float32(6.0))
+    return activate_call(v, code)
+
+
+@njit(inline="always", cache=True)
 def activate_row(row, code):
     """`row[k] = activate(row[k], code)` in place, with a loop of its own for the cheap
     activations: a per-element switch keeps LLVM from vectorizing the loop."""

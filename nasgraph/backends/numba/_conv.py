@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from nasgraph.backends.numba._activations import activate, finish_row
+from nasgraph.backends.numba._activations import activate, activate_inline, finish_row
 
 
 @njit(inline="always", cache=True)
@@ -133,6 +133,49 @@ def _phase_geometry(h, wi, ph, pw, sh, sw, kh, kw, dh, dw, wq):
 BAND = 4096  # accumulator floats per band of output rows (16 KiB: stays in L1)
 
 
+@njit(cache=True, fastmath={"contract", "nsz", "arcp"})
+def _plane_9_taps(phases, tap_phase, tap_at, wc, b, wq, ho, wo, acc, out1, o_at, res1, r_at,
+                  has_res, act):
+    # One output plane of a 9-tap kernel (3x3 at any stride and dilation), a band of rows
+    # at a time: all nine taps summed in one pass over the band (not one pass per tap),
+    # then the epilogue per row. Flat `out1` and `res1` from o_at and r_at, at unsigned
+    # offsets (no negative-index fix-ups)
+    p0, p1, p2 = phases[tap_phase[0]], phases[tap_phase[1]], phases[tap_phase[2]]
+    p3, p4, p5 = phases[tap_phase[3]], phases[tap_phase[4]], phases[tap_phase[5]]
+    p6, p7, p8 = phases[tap_phase[6]], phases[tap_phase[7]], phases[tap_phase[8]]
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = (wc[0], wc[1], wc[2], wc[3], wc[4], wc[5], wc[6],
+                                          wc[7], wc[8])
+    band = max(1, acc.shape[0] // wq)
+    for oh0 in range(0, ho, band):
+        rows = min(band, ho - oh0)
+        at = oh0 * wq
+        q0, q1, q2 = p0[at + tap_at[0]:], p1[at + tap_at[1]:], p2[at + tap_at[2]:]
+        q3, q4, q5 = p3[at + tap_at[3]:], p4[at + tap_at[4]:], p5[at + tap_at[5]:]
+        q6, q7, q8 = p6[at + tap_at[6]:], p7[at + tap_at[7]:], p8[at + tap_at[8]:]
+        for k in range((rows - 1) * wq + wo):
+            acc[k] = (b + w0 * q0[k] + w1 * q1[k] + w2 * q2[k] + w3 * q3[k] + w4 * q4[k]
+                      + w5 * q5[k] + w6 * q6[k] + w7 * q7[k] + w8 * q8[k])
+        for r in range(rows):
+            ob, ab = np.uint64(o_at + (oh0 + r) * wo), np.uint64(r * wq)
+            if has_res:
+                rb = np.uint64(r_at + (oh0 + r) * wo)
+                for k in range(wo):
+                    u = np.uint64(k)
+                    out1[ob + u] = activate_inline(acc[ab + u] + res1[rb + u], act)
+            elif act == 0:  # the common activations get loops of their own (vectorized)
+                for k in range(wo):
+                    u = np.uint64(k)
+                    out1[ob + u] = acc[ab + u]
+            elif act == 2:
+                for k in range(wo):
+                    u = np.uint64(k)
+                    out1[ob + u] = min(max(acc[ab + u], np.float32(0.0)), np.float32(6.0))
+            else:
+                for k in range(wo):
+                    u = np.uint64(k)
+                    out1[ob + u] = activate_inline(acc[ab + u], act)
+
+
 @njit(parallel=True, cache=True, fastmath={"contract", "nsz", "arcp"})
 def conv2d_depthwise(x, w, bias, res, out, co, sh, sw, ph, pw, dh, dw, act, has_bias,
                      has_res, threads):
@@ -157,20 +200,35 @@ def conv2d_depthwise(x, w, bias, res, out, co, sh, sw, ph, pw, dh, dw, act, has_
     row_phase, row_at, col_first, col_at, col_count, tap_phase, tap_at = _phase_geometry(
         h, wi, ph, pw, sh, sw, kh, kw, dh, dw, wq)
     jobs = n_batch * cout
+    x1, out1, res1 = x.reshape(x.size), out.reshape(out.size), res.reshape(res.size)
     for t in prange(threads):
         # per thread: the padding stays zero, each plane overwrites the same interior
         phases = np.zeros((sh * sw, (hq + 1) * wq), np.float32)
         acc = np.empty(band * wq, np.float32)
+        flat = phases.reshape(phases.size)
         for job in range(t * jobs // threads, (t + 1) * jobs // threads):
             n, c = job // cout, job % cout
-            plane = x[n, c // mult]
-            for r in range(h):
+            plane = (n * cin + c // mult) * h * wi  # where the input plane starts in x1
+            for r in range(h):  # flat, unsigned offsets: a view per row costs more
                 for q in range(sw):
-                    dst = phases[row_phase[r] + q, row_at[r] + col_at[q]:]
-                    src = plane[r, col_first[q]:]
-                    for k in range(col_count[q]):
-                        dst[k] = src[k * sw]
+                    dst = np.uint64((row_phase[r] + q) * phases.shape[1] + row_at[r] + col_at[q])
+                    src = np.uint64(plane + r * wi + col_first[q])
+                    if sw == 1:
+                        for k in range(col_count[q]):
+                            flat[dst + np.uint64(k)] = x1[src + np.uint64(k)]
+                    elif sw == 2:  # a constant stride: LLVM vectorizes it with shuffles
+                        for k in range(col_count[q]):
+                            flat[dst + np.uint64(k)] = x1[src + np.uint64(2 * k)]
+                    else:
+                        for k in range(col_count[q]):
+                            flat[dst + np.uint64(k)] = x1[src + np.uint64(k * sw)]
             wc = w[c].reshape(kh * kw)
+            b = bias[c] if has_bias else np.float32(0.0)
+            if kh * kw == 9:
+                _plane_9_taps(phases, tap_phase, tap_at, wc, b, wq, ho, wo, acc, out1,
+                              ((n * out.shape[1] + co + c) * ho) * wo, res1,
+                              ((n * cout + c) * ho) * wo, has_res, act)
+                continue
             for oh0 in range(0, ho, band):
                 rows = min(band, ho - oh0)
                 m = (rows - 1) * wq + wo

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from nasgraph.backends.numba._activations import activate_call
+from nasgraph.backends.numba._activations import activate_inline
 
 R = 6
 V = 16
@@ -353,12 +353,12 @@ def _tile(img, w, bias, cb, p0, wo, cout, cin, kh, sh, sw, dh, act, has_res, out
             tile[3, v] += res1[rt3 + q]
             tile[4, v] += res1[rt4 + q]
             tile[5, v] += res1[rt5 + q]
-        out1[at0 + o] = relu_or(tile[0, v], act)
-        out1[at1 + o] = relu_or(tile[1, v], act)
-        out1[at2 + o] = relu_or(tile[2, v], act)
-        out1[at3 + o] = relu_or(tile[3, v], act)
-        out1[at4 + o] = relu_or(tile[4, v], act)
-        out1[at5 + o] = relu_or(tile[5, v], act)
+        out1[at0 + o] = activate_inline(tile[0, v], act)
+        out1[at1 + o] = activate_inline(tile[1, v], act)
+        out1[at2 + o] = activate_inline(tile[2, v], act)
+        out1[at3 + o] = activate_inline(tile[3, v], act)
+        out1[at4 + o] = activate_inline(tile[4, v], act)
+        out1[at5 + o] = activate_inline(tile[5, v], act)
 
 
 def pack_weights(w: np.ndarray) -> np.ndarray:
@@ -369,15 +369,6 @@ def pack_weights(w: np.ndarray) -> np.ndarray:
     padded[:cout] = w
     packed = padded.reshape(blocks, V, cin, kh, kw).transpose(0, 3, 4, 2, 1)
     return np.ascontiguousarray(packed).reshape(blocks, kh, kw * cin, V)
-
-
-@njit(inline="always", cache=True)
-def relu_or(v, act):
-    """`activate(v, act)`, with ReLU inlined and the rest called: quick to compile at
-    many sites."""
-    if act == 1:
-        return max(v, np.float32(0.0))
-    return activate_call(v, act)
 
 
 @njit(cache=True)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from nasgraph.backends.numba._activations import activate_call
+from nasgraph.backends.numba._activations import activate_inline
 
 R = {R}
 V = {V}
@@ -53,15 +53,6 @@ def pack_weights(w: np.ndarray) -> np.ndarray:
     padded[:cout] = w
     packed = padded.reshape(blocks, V, cin, kh, kw).transpose(0, 3, 4, 2, 1)
     return np.ascontiguousarray(packed).reshape(blocks, kh, kw * cin, V)
-
-
-@njit(inline="always", cache=True)
-def relu_or(v, act):
-    """`activate(v, act)`, with ReLU inlined and the rest called: quick to compile at
-    many sites."""
-    if act == 1:
-        return max(v, np.float32(0.0))
-    return activate_call(v, act)
 
 
 @njit(cache=True)
@@ -209,7 +200,7 @@ def _kernel() -> str:
     for r in range(R):
         lines.append(f"{ind3}tile[{r}, v] += res1[rt{r} + q]")
     for r in range(R):
-        lines.append(f"{ind2}out1[at{r} + o] = relu_or(tile[{r}, v], act)")
+        lines.append(f"{ind2}out1[at{r} + o] = activate_inline(tile[{r}, v], act)")
     return "\n".join(lines) + "\n"
 
 
