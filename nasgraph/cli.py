@@ -282,6 +282,30 @@ def _numba_runner(graph: Graph, device: str, batch: int, threads: int | None) ->
 RUNNERS: dict[str, Runner] = {"torch": _torch_runner, "numba": _numba_runner}
 
 
+def _print_profile(graph: Graph, batch: int, threads: int | None, iters: int,
+                   rows: int = 15) -> None:
+    """The numba executor's slowest nodes (`Executor.profile`), with their share."""
+    import numpy as np
+
+    from nasgraph.backends import numba as numba_backend
+    from nasgraph.backends.torch import lower
+
+    executor = numba_backend.compile(graph, lower(graph).eval().state_dict(), batch=batch,
+                                     threads=threads)
+    (node,) = graph.inputs
+    x = np.random.default_rng(0).standard_normal((batch, *node.type.shape), dtype=np.float32)
+    times = executor.profile(x, iters)
+    total = sum(t.seconds for t in times)
+    table = Table(title=f"{graph.name}: numba, batch {batch}, median of {iters} calls per "
+                  f"node; {len(times)} nodes, {total * 1e3:.2f} ms in all", header_style="bold")
+    for name in ("node", "op", "kernel", "shape", "ms", "share"):
+        table.add_column(name, justify="right" if name in ("ms", "share") else "left")
+    for t in sorted(times, key=lambda t: -t.seconds)[:rows]:
+        table.add_row(t.node, t.kind, t.strategy, str(executor.graph[t.node].type),
+                      f"{t.seconds * 1e3:.3f}", f"{100 * t.seconds / total:.1f}%")
+    console.print(table)
+
+
 @app.command()
 @_one_line_errors
 def run(
@@ -294,6 +318,8 @@ def run(
     input: Annotated[str | None, typer.Option("--input", help="Input size CxHxW.")] = None,
     threads: Annotated[int | None, typer.Option(
         "--threads", min=1, help="CPU threads (default: all cores).")] = None,
+    profile: Annotated[bool, typer.Option(
+        "--profile", help="numba: time every node; print the slowest.")] = False,
     debug: Debug = False,
 ) -> None:
     """Run a forward pass on random input; with --bench, median latency and images/s.
@@ -302,6 +328,9 @@ def run(
     """
     if backend not in RUNNERS:
         raise NasgraphError(f"--backend {backend!r}: expected {' or '.join(RUNNERS)}")
+    if profile and backend != "numba":
+        raise NasgraphError(f"--profile: per-node times come from the numba backend, not "
+                            f"{backend!r}; hint: --backend numba")
     if device not in ("cpu", "cuda"):
         raise NasgraphError(f"--device {device!r}: expected cpu or cuda")
     graph = resolve_model(model, input)
@@ -309,6 +338,8 @@ def run(
     shapes = step()
     console.print(f"{graph.name}: {backend} on {device}, batch {batch} -> "
                   + ", ".join("x".join(map(str, s)) for s in shapes), highlight=False)
+    if profile:
+        _print_profile(graph, batch, threads, iters)
     if not bench:
         return
     for _ in range(min(3, iters)):  # warm up: allocator, kernel selection, JIT

@@ -116,6 +116,23 @@ def test_cli_runs_the_numba_backend():
     assert "numba on cpu, batch 3 -> 3x10" in r.stdout and "images/s" in r.stdout
 
 
+def test_profile_times_every_kernel_node():
+    from tests.test_cli import nasgraph_cli
+
+    g = _small("resnet18")
+    ex = nb.compile(g, lower(g).state_dict())
+    times = ex.profile(np.zeros((2, *g.inputs[0].type.shape), np.float32), repeats=2)
+    kernels = [n.id for n in ex.graph if not n.op.is_alias and n.kind != "input"]
+    assert [t.node for t in times] == kernels  # in execution order, views left out
+    assert all(t.seconds > 0 for t in times)
+    assert {t.strategy for t in times if "conv" in t.kind} == {"tiled", "gemm"}
+    r = nasgraph_cli("run", "lenet5", "--backend", "numba", "--profile", "--iters", "2")
+    assert r.returncode == 0, r.stderr
+    assert "c1" in r.stdout and "tiled" in r.stdout and "share" in r.stdout
+    r = nasgraph_cli("run", "lenet5", "--profile")
+    assert r.returncode == 2 and "--backend numba" in r.stderr
+
+
 def test_tiled_conv_edges_agree():
     # odd output channels (a partial channel block), pixel counts not a multiple of the
     # tile, stride, dilation along H, and the fused residual + relu

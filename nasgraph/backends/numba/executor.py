@@ -376,7 +376,7 @@ class Executor:
             >>> g = zoo.get("lenet5")
             >>> run = nb.compile(g, lower(g).eval().state_dict())
             >>> [t.node for t in run.profile(np.zeros((1, 1, 32, 32), np.float32), 3)][:2]
-            ['conv1', 'pool1']
+            ['c1', 's2']
         """
         self(x)
         bound, threads = self._prepare(x)
