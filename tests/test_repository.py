@@ -1,0 +1,20 @@
+"""The repository's text files are whole: no merge left half done."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS, THEIRS = re.compile(r"^<{7}( |$)", re.M), re.compile(r"^>{7}( |$)", re.M)
+
+
+def test_no_merge_conflict_markers():
+    files = subprocess.run(["git", "ls-files", "*.py", "*.md", "*.toml", "*.yml", "*.cfg",
+                            "Makefile", ".ci/*"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert files  # run from a git checkout
+    texts = {f: (ROOT / f).read_text(errors="replace") for f in files if (ROOT / f).is_file()}
+    marked = [f for f, text in texts.items() if OURS.search(text) or THEIRS.search(text)]
+    assert marked == []
