@@ -177,6 +177,26 @@ def test_tiled_convs_hand_each_other_padded_nhwc():
     assert_agree(g, batch=2)
 
 
+@pytest.mark.parametrize("fn", ["relu", "sigmoid"])
+def test_nhwc_chains_with_partial_channel_blocks_agree(fn):
+    # 21 channels: a full block of 16 and a partial one. Residual blocks of two convs
+    # (one dilated along H) keep their tensors padded NHWC, read as input (stride 1 and
+    # 2) and as residual, written NHWC and NCHW, with a fused activation the epilogue
+    # inlines and one it calls
+    b = GraphBuilder("nhwc_edges")
+    y = b.act(b.conv(b.input(5, 11, 9), 21, 3, padding=1), fn)
+    for dilation in (2, 1):
+        z = b.act(b.conv(y, 21, 3, padding=1), fn)
+        z = b.conv(z, 21, 3, padding=(dilation, 1), dilation=(dilation, 1))
+        y = b.act(b.add([z, y]), fn)
+    b.output(b.conv(y, 13, 3, stride=2, padding=1))
+    g = b.build()
+    ex = nb.compile(g, lower(g).state_dict())
+    assert {n.kind for n in ex.graph} >= {"fused_conv2d"}
+    assert len(ex.nhwc) == 4 and set(ex.nhwc.values()) == {1}, ex.nhwc
+    assert_agree(g, batch=2)
+
+
 def test_nhwc_storage_counts_in_the_memory_plan():
     b = GraphBuilder("chain")
     x = b.input(4, 10, 10)
