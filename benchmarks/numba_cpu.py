@@ -4,7 +4,7 @@ Also: single 3x3 convs against the numpy sgemm peak of the same run, and the fir
 (compile + run) of a fresh process once numba's cache is warm. Writes the `numba_cpu`
 section of docs/benchmarks.md.
 
-    python -m benchmarks.numba_cpu [--threads T] [--repeats R]
+    python -m benchmarks.numba_cpu [--threads T] [--repeats R] [--seconds S]
 """
 
 from __future__ import annotations
@@ -51,32 +51,37 @@ def digits_candidate():
     return b.build()
 
 
-def _median(fn, repeats):
+def _median(fn, repeats, seconds=0.0):
+    """Median time of `fn` over at least `repeats` calls and `seconds` seconds, after one
+    warm-up call. The backends are timed one after another, never interleaved: torch's
+    and ONNX Runtime's pools keep spinning for a while after their calls, and numba's
+    threads right after them ran 2-3x slower (resnet20_style, resnet18 at batch 1)."""
     fn()
     times = []
-    for _ in range(repeats):
+    start = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
 
-def bench(graph, batch, threads, repeats):
+def bench(graph, batch, threads, repeats, seconds):
     m = lower(graph).eval()
     x = np.random.default_rng(0).standard_normal(
         (batch, *graph.inputs[0].type.shape)).astype(np.float32)
     xt = torch.from_numpy(x)
     ex = nb.compile(graph, m.state_dict(), batch=batch, threads=threads)
     with torch.no_grad():
-        t_torch = _median(lambda: m(xt), repeats)
-    t_numba = _median(lambda: ex(x), repeats)
+        t_torch = _median(lambda: m(xt), repeats, seconds)
+    t_numba = _median(lambda: ex(x), repeats, seconds)
     buf = io.BytesIO()
     torch.onnx.export(m, (xt,), buf, dynamo=False)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    t_ort = _median(lambda: sess.run(None, {name: x}), repeats)
+    t_ort = _median(lambda: sess.run(None, {name: x}), repeats, seconds)
     gflops = 2 * analysis.macs(graph) * batch / t_numba / 1e9
     return t_numba, t_torch, t_ort, gflops
 
@@ -122,7 +127,9 @@ def first_call(threads):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=20, help="at least this many calls each")
+    p.add_argument("--seconds", type=float, default=1.0,
+                   help="and for at least this long each")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
@@ -136,7 +143,7 @@ def main() -> None:
     rows = ["| model | batch | numba ms | torch ms | ORT ms | numba/torch | numba/ORT | "
             "numba GFLOP/s | % sgemm |", "|---|---|---|---|---|---|---|---|---|"]
     for graph, batch in cases:
-        tn, tt, to, gf = bench(graph, batch, args.threads, args.repeats)
+        tn, tt, to, gf = bench(graph, batch, args.threads, args.repeats, args.seconds)
         rows.append(f"| {graph.name} | {batch} | {tn * 1e3:.2f} | {tt * 1e3:.2f} | "
                     f"{to * 1e3:.2f} | {tn / tt:.2f} | {tn / to:.2f} | {gf:.1f} | "
                     f"{100 * gf / peak:.0f} |")
@@ -146,8 +153,9 @@ def main() -> None:
     text = "\n".join([
         "## Numba CPU executor", "",
         f"`python -m benchmarks.numba_cpu --threads {args.threads}` on {machine()}; "
-        f"1-minute load average up to {load:.1f} during the run; medians of {args.repeats} "
-        f"calls. numpy sgemm peak (1024^3, same threads): {peak:.0f} GFLOP/s.", "",
+        f"1-minute load average up to {load:.1f} during the run; medians of at least "
+        f"{args.repeats} calls and {args.seconds:g} s per backend and model. numpy sgemm "
+        f"peak (1024^3, same threads): {peak:.0f} GFLOP/s.", "",
         "Ratios below 1: numba is faster. `% sgemm`: numba GFLOP/s (2 x MACs x batch / time) "
         "as a share of the sgemm peak.", "",
         *rows, "",
