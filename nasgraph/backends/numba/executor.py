@@ -34,7 +34,6 @@ Step = Callable[[int], None]  # called with numba's thread count (read once per 
 Binder = Callable[[Node, dict, list[np.ndarray], np.ndarray, int], Step]
 
 
-
 class Bound(NamedTuple):
     """An executor's buffers and kernel calls for one batch size."""
 
@@ -265,7 +264,9 @@ class Executor:
     """A compiled graph: call it on an N x C x H x W float32 array.
 
     Returns one N x ... array, or a tuple of them for several outputs (fresh copies).
-    `graph` is the optimized graph it runs and `plan` its memory plan (per sample).
+    `graph` is the optimized graph it runs, `nhwc` the tensors it stores padded NHWC
+    (node id -> padding, `nhwc_outputs`) and `plan` its memory plan (per sample, padding
+    included). `profile(x)` times each node.
     """
 
     def __init__(self, graph: Graph, state: StateDict, threads: int | None) -> None:
@@ -304,6 +305,7 @@ class Executor:
         value: dict[str, np.ndarray] = {}
         steps: list[Step] = []
         step_nodes: list[str] = []  # the node each step runs (a concat has one per copy)
+        nhwc = self.nhwc
         for node in graph:
             t = node.type
             if node.op.is_alias:
@@ -320,7 +322,6 @@ class Executor:
             if node.kind == "concat":
                 steps.extend(self._bind_concat(node, xs, out, co))
             elif node.kind != "input":
-                nhwc = self.nhwc
                 params = {**self._packed.get(node.id, {}), "scratch": scratch,
                           "out_pad": nhwc.get(node.id, -1),
                           "in_pad": nhwc.get(node.inputs[0], -1) if node.inputs else -1,
@@ -343,6 +344,8 @@ class Executor:
         return steps
 
     def _prepare(self, x: np.ndarray) -> tuple[Bound, int]:
+        """Checks `x`, sets numba's thread count and copies `x` in: the bound steps for
+        its batch size and the thread count they run with."""
         if x.ndim != 4 or x.shape[1:] != self._input_shape:
             raise NasgraphError(f"graph {self.graph.name!r} takes N x {self._input_type} input, "
                                 f"got shape {tuple(x.shape)}; hint: recompile for another size")
@@ -407,7 +410,6 @@ def _thread_count_entry_points() -> tuple[Callable[[], int], Callable[[int], Non
     if callable(get) and callable(set_):
         return get, set_
     return numba.get_num_threads, numba.set_num_threads
-
 
 
 def _limit_blas_threads() -> None:
