@@ -124,7 +124,7 @@ def test_profile_times_every_kernel_node():
     times = ex.profile(np.zeros((2, *g.inputs[0].type.shape), np.float32), repeats=2)
     kernels = [n.id for n in ex.graph if not n.op.is_alias and n.kind != "input"]
     assert [t.node for t in times] == kernels  # in execution order, views left out
-    assert all(t.seconds > 0 for t in times)
+    assert [t.kind for t in times] == [ex.graph[i].kind for i in kernels]
     assert {t.strategy for t in times if "conv" in t.kind} == {"tiled", "gemm"}
     r = nasgraph_cli("run", "lenet5", "--backend", "numba", "--profile", "--iters", "2")
     assert r.returncode == 0, r.stderr

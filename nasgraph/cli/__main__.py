@@ -1,0 +1,5 @@
+"""`python -m nasgraph.cli`."""
+
+from nasgraph.cli import main
+
+main()

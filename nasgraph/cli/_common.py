@@ -1,0 +1,75 @@
+"""What every command shares: the typer app, the consoles, one-line errors, and how a
+model argument (a zoo name or a graph JSON file) and sizes are read and printed."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+
+from nasgraph import zoo
+from nasgraph.errors import NasgraphError
+from nasgraph.ir import Graph, load
+
+app = typer.Typer(help="nasgraph: architecture search and a graph compiler for CNNs.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+err_console = Console(stderr=True)
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def one_line_errors(command: F) -> F:
+    """Bad input becomes one line on stderr and exit code 2 (unless --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        try:
+            return command(*args, **kwargs)
+        except (NasgraphError, OSError) as e:
+            if kwargs.get("debug"):
+                raise
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """'3x224x224' -> (3, 224, 224)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[x,]\s*(\d+)\s*[x,]\s*(\d+)\s*", text)
+    if not m or min(int(g) for g in m.groups()) <= 0:
+        raise NasgraphError(f"--input {text!r}: expected CxHxW with positive sizes, "
+                            "e.g. 3x224x224")
+    return tuple(int(g) for g in m.groups())  # type: ignore[return-value]
+
+
+def resolve_model(model: str, input_shape: str | None = None,
+                  num_classes: int | None = None) -> Graph:
+    """A zoo name or a graph JSON file, optionally at another input size."""
+    shape = parse_shape(input_shape) if input_shape else None
+    if model.endswith(".json") or Path(model).is_file():
+        graph = load(model)
+        return graph.replace_input(*shape) if shape else graph
+    return zoo.get(model, num_classes=num_classes, input_shape=shape)
+
+
+def human(n: float, unit: str = "") -> str:
+    """12_345_678 -> '12.35M'."""
+    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f}{suffix}{unit}"
+    return f"{n:g}{unit}"
+
+
+def count(n: int) -> str:
+    """Exact below a million, else 3 significant digits: path counts grow like 2^depth."""
+    return f"{n:,}" if n < 1_000_000 else f"{n:.3g}"

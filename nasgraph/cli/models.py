@@ -1,0 +1,163 @@
+"""Commands on one model: info, zoo, render, export."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from nasgraph import analysis, zoo
+from nasgraph.cli._common import Debug, app, console, count, human, one_line_errors, resolve_model
+from nasgraph.errors import NasgraphError
+
+
+@app.command()
+@one_line_errors
+def info(
+    model: Annotated[str, typer.Argument(help="A zoo model name or a graph JSON file.")],
+    input: Annotated[str | None, typer.Option("--input", help="Input size CxHxW.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Parameters, MACs, FLOPs, memory, receptive field, depth and multiplicity of a model.
+
+    Example: nasgraph info resnet50 --input 3x160x160
+    """
+    summary = analysis.summarize(resolve_model(model, input))
+    if as_json:
+        sys.stdout.write(summary.model_dump_json(indent=1) + "\n")
+        return
+    table = Table(title=f"{summary.name}  (input {'x'.join(map(str, summary.input))})",
+                  header_style="bold")
+    for col, justify in (("node", "left"), ("op", "left"), ("output", "right"),
+                         ("params", "right"), ("MACs", "right"), ("RF", "right")):
+        table.add_column(col, justify=justify,  # type: ignore[arg-type]
+                         overflow="fold" if col == "node" else "ellipsis")
+    for row in summary.nodes:
+        rf = "global" if row.receptive_field is None else "x".join(map(str, row.receptive_field))
+        table.add_row(row.id, row.label, "x".join(map(str, row.shape)),
+                      human(row.params) if row.params else "",
+                      human(row.macs) if row.macs else "", rf)
+    console.print(table)
+    totals = [("params", f"{summary.params:,}"), ("MACs", f"{summary.macs:,}"),
+              ("FLOPs", f"{summary.flops:,}"), ("depth", str(summary.depth)),
+              ("multiplicity", count(summary.multiplicity)),
+              ("receptive field", str(summary.receptive_field)),
+              ("peak activation memory", human(summary.peak_memory_bytes, "B") + " per sample"),
+              ("outputs", ", ".join("x".join(map(str, s)) for s in summary.outputs))]
+    for name, value in totals:
+        console.print(f"[bold]{name:>24}[/]  {value}", highlight=False)
+
+
+@app.command("zoo")
+@one_line_errors
+def zoo_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+    debug: Debug = False,
+) -> None:
+    """List the model zoo: name, input, params, MACs, depth and multiplicity."""
+    rows = []
+    for name in zoo.names():
+        entry = zoo.entry(name)
+        s = analysis.summarize(zoo.get(name))
+        rows.append({"name": name, "family": entry.family, "input": s.input,
+                     "params": s.params, "macs": s.macs, "depth": s.depth,
+                     "multiplicity": s.multiplicity, "reference": entry.reference})
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+        return
+    table = Table(header_style="bold")
+    for col in ("name", "family", "input", "params", "MACs", "depth", "multiplicity"):
+        table.add_column(col, justify="left" if col in ("name", "family") else "right")
+    for r in rows:
+        table.add_row(r["name"], r["family"], "x".join(map(str, r["input"])),
+                      human(r["params"]), human(r["macs"]), str(r["depth"]),
+                      count(r["multiplicity"]))
+    console.print(table)
+
+
+@app.command("render")
+@one_line_errors
+def render_command(
+    model: Annotated[str, typer.Argument(help="A zoo model name or a graph JSON file.")],
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Picture to write: .svg, .png, .pdf or .dot "
+        "(default: MODEL.svg).")] = None,
+    input: Annotated[str | None, typer.Option("--input", help="Input size CxHxW.")] = None,
+    collapse: Annotated[bool, typer.Option(
+        "--collapse", help="Draw each block as one node with its totals.")] = False,
+    depth: Annotated[int | None, typer.Option(
+        "--depth", min=1, help="Block level: collapsed into nodes, or the deepest drawn as "
+        "clusters (1 = outermost).")] = None,
+    direction: Annotated[str, typer.Option(
+        "--direction", help="TB, LR, BT or RL.")] = "TB",
+    show: Annotated[str, typer.Option(
+        "--show", help="Extra lines in op nodes, comma-separated: shape,params,macs.")] = "",
+    merge: Annotated[bool, typer.Option(
+        "--merge/--no-merge", help="Merge conv-BN-activation chains into one node.")] = True,
+    repeat: Annotated[bool, typer.Option(
+        "--repeat/--no-repeat", help="Collapsed: identical consecutive blocks as one 'x N'.")
+    ] = True,
+    dpi: Annotated[int, typer.Option("--dpi", min=1, help="PNG resolution.")] = 96,
+    debug: Debug = False,
+) -> None:
+    """Draw a model: SVG, PNG or PDF with graphviz's dot, or the DOT source.
+
+    Without dot: writes the .dot file, says how to install graphviz, exits with code 2.
+
+    Example: nasgraph render resnet50 --collapse -o resnet50.svg
+    """
+    from nasgraph.drawing import render
+
+    graph = resolve_model(model, input)
+    path = render(graph, output or Path(f"{graph.name}.svg"), collapse=collapse, depth=depth,
+                  direction=direction, show=show, merge=merge, repeat=repeat, dpi=dpi)
+    console.print(f"wrote {path}", highlight=False)
+
+
+def _load_weights(path: str) -> dict:
+    """A state dict from a .safetensors file or a torch .pt/.pth file."""
+    import torch
+
+    if not Path(path).is_file():
+        raise NasgraphError(f"--weights {path}: no such file")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise NasgraphError(f"--weights {path}: not a state dict (got {type(state).__name__})")
+    return state
+
+
+@app.command()
+@one_line_errors
+def export(
+    model: Annotated[str, typer.Argument(help="A zoo model name or a graph JSON file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The file to write.")],
+    weights: Annotated[str | None, typer.Option(
+        "--weights", help="State dict (.safetensors or .pt) of the lowered model; "
+        "random initialization without it.")] = None,
+    format: Annotated[str, typer.Option(
+        "--format", help="python (source + .safetensors), torchscript or onnx.")] = "python",
+    input: Annotated[str | None, typer.Option("--input", help="Input size CxHxW.")] = None,
+    classes: Annotated[int | None, typer.Option("--classes", help="Number of classes.")] = None,
+    debug: Debug = False,
+) -> None:
+    """Export a model as standalone PyTorch source, TorchScript or ONNX.
+
+    Example: nasgraph export resnet18 -o resnet18.py --weights resnet18.safetensors
+    """
+    from nasgraph.backends.torch import export as export_graph
+
+    if format not in ("python", "torchscript", "onnx"):
+        raise NasgraphError(f"--format {format!r}: expected python, torchscript or onnx")
+    graph = resolve_model(model, input, classes)
+    state = _load_weights(weights) if weights else None
+    for path in export_graph(graph, output, format, state):  # type: ignore[arg-type]
+        console.print(f"wrote {path}", highlight=False)

@@ -1,0 +1,183 @@
+"""`nasgraph search` and `nasgraph study show`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from nasgraph.cli._common import Debug, app, console, err_console, human, one_line_errors
+from nasgraph.errors import NasgraphError
+
+Budget = Annotated[str | None, typer.Option(
+    "--budget", help="Most MACs per image: 300k, 5M, 1.2G.")]
+
+
+@app.command()
+@one_line_errors
+def search(
+    space: Annotated[str, typer.Argument(
+        help="A built-in space (inception, residual, dense, macro) or path/file.py:function.")],
+    dataset: Annotated[str, typer.Option(
+        help="digits, synthetic, cifar10:PATH, mnist:PATH, imagefolder:PATH.")] = "digits",
+    budget: Budget = None,
+    max_params: Annotated[str | None, typer.Option(help="Most parameters: 50k, 1M.")] = None,
+    max_memory: Annotated[str | None, typer.Option(
+        help="Most peak activation bytes per image: 64k, 2M.")] = None,
+    trials: Annotated[int, typer.Option(help="Finished trials the study should hold.")] = 30,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after S s.")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs per trial.")] = 10,
+    final_epochs: Annotated[int | None, typer.Option(
+        help="Epochs of the best's retraining (default 3 x --epochs).")] = None,
+    final_seeds: Annotated[int, typer.Option(help="Retrainings of the best.")] = 3,
+    study: Annotated[str | None, typer.Option(
+        help="Study name (default SPACE-DATASET).")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Optuna storage URL (default sqlite in RUNS_DIR/STUDY).")] = None,
+    runs_dir: Annotated[str, typer.Option(help="Folder of the runs.")] = "runs",
+    objective: Annotated[str, typer.Option(help="accuracy, or accuracy,macs.")] = "accuracy",
+    sampler: Annotated[str, typer.Option(help="tpe, nsga2 or random.")] = "tpe",
+    seed: Annotated[int, typer.Option(help="Seed of the sampler, splits and training.")] = 0,
+    device: Annotated[str, typer.Option(
+        help="auto, cpu, cuda, cuda:N; workers take a list in turn: cuda:0,cuda:1.")] = "auto",
+    workers: Annotated[int, typer.Option(
+        help="Worker processes on this machine (docs/distributed.md).")] = 1,
+    debug: Debug = False,
+) -> None:
+    """Search SPACE for the most accurate network within the budget, then retrain the best.
+
+    Re-running the same command resumes the study. Results go to RUNS_DIR/STUDY/
+    (docs/search.md). Runs with the same --storage and --study, on any machines, are workers
+    of one study (docs/distributed.md). Example: nasgraph search residual --budget 200k
+    """
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nasgraph.search import parse_amount
+    from nasgraph.search.run import SearchConfig
+    from nasgraph.search.run import search as run_search
+
+    if objective not in ("accuracy", "accuracy,macs"):
+        raise NasgraphError(f"--objective {objective!r}: expected accuracy or accuracy,macs")
+    if sampler not in ("tpe", "nsga2", "random"):
+        raise NasgraphError(f"--sampler {sampler!r}: expected tpe, nsga2 or random")
+    try:
+        cfg = SearchConfig(
+            space=space, dataset=dataset, trials=trials, timeout=timeout, epochs=epochs,
+            budget_macs=parse_amount(budget) if budget else None,
+            max_params=parse_amount(max_params, "--max-params") if max_params else None,
+            max_memory=parse_amount(max_memory, "--max-memory") if max_memory else None,
+            final_epochs=final_epochs, final_seeds=final_seeds, study=study, storage=storage,
+            runs_dir=runs_dir, objective=objective, sampler=sampler, seed=seed, device=device,
+            workers=workers)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise NasgraphError(f"--{'-'.join(map(str, first['loc'])).replace('_', '-')}: "
+                            f"{first['msg']}") from None
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
+                        TimeElapsedColumn(), console=err_console, transient=False)
+    state: dict = {}
+
+    def on_start(study_obj, remaining: int) -> None:
+        err_console.print(f"search {cfg.space!r} on {cfg.dataset!r}, budget "
+                          f"{cfg.budget.describe()}, {cfg.trials} trials x {cfg.epochs} epochs"
+                          f" -> {cfg.study_dir}", highlight=False, soft_wrap=True)
+        done = cfg.trials - remaining
+        state["task"] = progress.add_task(cfg.study_name, total=cfg.trials, completed=done,
+                                          best=_best_text(study_obj))
+        if done:
+            err_console.print(f"resuming study {cfg.study_name!r}: {done} trials done")
+
+    def on_trial(study_obj, trial) -> None:
+        progress.update(state["task"], completed=min(cfg.trials, state.get("n", 0)),
+                        best=_best_text(study_obj))
+
+    def counted(study_obj, trial) -> None:
+        from nasgraph.search.run import finished
+
+        state["n"] = len(finished(study_obj))
+        on_trial(study_obj, trial)
+
+    with progress:
+        result = run_search(cfg, callbacks=[counted], on_start=on_start)
+    if result.interrupted:
+        err_console.print("interrupted: results so far written; re-run the command to resume")
+    _print_result(result)
+
+
+def _best_text(study_obj) -> str:
+    from optuna.trial import TrialState
+
+    accs = [t.values[0] for t in study_obj.get_trials(deepcopy=False)
+            if t.state == TrialState.COMPLETE and t.user_attrs.get("feasible")]
+    return f"best val {100 * max(accs):.2f}%" if accs else "best val -"
+
+
+def _print_result(result) -> None:
+    console.print(f"[bold]study[/]        {result.study}  ({result.trials} trials, "
+                  f"{100 * result.feasible_fraction:.0f}% within budget, "
+                  f"{100 * result.shrunk_fraction:.0f}% of those shrunk to fit)",
+                  highlight=False)
+    best = result.best
+    if best is None:
+        console.print("no candidate was trained")
+        return
+    test = best.get("test_accuracy")
+    spread = (f" +- {100 * best['test_accuracy_std']:.2f} over {best['final_seeds']} "
+              f"retrainings" if "test_accuracy_std" in best else "")
+    console.print(f"[bold]best[/]         trial {best['trial']}: val "
+                  f"{100 * best['val_accuracy']:.2f}%, test "
+                  f"{'-' if test is None else f'{100 * test:.2f}%'}{spread}, "
+                  f"{human(best['macs'])} MACs, {human(best['params'])} params",
+                  highlight=False)
+    console.print(f"[bold]results[/]      {result.study_dir}/leaderboard.md, "
+                  f"{result.study_dir}/best/", highlight=False)
+
+
+study_app = typer.Typer(help="Inspect studies.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("show")
+@one_line_errors
+def study_show(
+    name: Annotated[str, typer.Argument(help="The study name (a folder of RUNS_DIR).")],
+    runs_dir: Annotated[str, typer.Option(help="Folder of the runs.")] = "runs",
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None,
+    top: Annotated[int, typer.Option(help="Rows to show.")] = 20,
+    debug: Debug = False,
+) -> None:
+    """Print the leaderboard of an existing study. Example: nasgraph study show residual-digits
+    """
+    from nasgraph.search.report import leaderboard_rows
+    from nasgraph.search.run import SearchConfig, open_study
+
+    if storage is None and not (Path(runs_dir) / name / "study.db").is_file():
+        raise NasgraphError(f"no study {name!r} in {runs_dir}/; hint: `nasgraph search` "
+                            "creates it, --runs-dir or --storage finds it elsewhere")
+    cfg = SearchConfig(study=name, runs_dir=runs_dir, storage=storage)
+    study_obj = open_study(cfg, create=False)
+    saved = study_obj.user_attrs.get("config", {})
+    cfg = cfg.model_copy(update={k: v for k, v in saved.items()
+                                 if k in ("space", "dataset", "epochs", "budget_macs",
+                                          "max_params", "max_memory", "top_k")})
+    rows = leaderboard_rows(cfg, study_obj)[:top]
+    table = Table(title=f"{name}: space {cfg.space}, dataset {cfg.dataset}, budget "
+                  f"{cfg.budget.describe()}", header_style="bold")
+    for col in ("rank", "trial", "state", "val acc", "test acc", "MACs", "params", "width x",
+                "parameters"):
+        table.add_column(col, justify="left" if col in ("state", "parameters") else "right",
+                         overflow="fold")
+
+    def pct(v: float | None) -> str:
+        return "" if v is None else f"{100 * v:.2f}%"
+
+    for r in rows:
+        table.add_row(str(r["rank"]), str(r["trial"]),
+                      r["state"] if r["feasible"] else "over budget", pct(r["val_accuracy"]),
+                      pct(r["test_accuracy"]), human(r["macs"]), human(r["params"]),
+                      f"{r['width_multiplier']:g}", r["parameters"])
+    console.print(table)
