@@ -21,6 +21,26 @@ from nasgraph.backends.numba._activations import activate_inline
 
 R = 6
 V = 16
+TILES = 8  # pixel tiles per parallel job: divisions and setup once per job
+
+
+@njit(inline="always", cache=True)
+def _store_pixel(tile, r, res1, rt, has_res, act, out1, at):
+    """out1[at:at+V] = act(tile[r] + res1[rt:rt+V]) for identity, ReLU or ReLU6: one
+    pixel's V channels, contiguous (NHWC), as vector loops (no view of the row: views
+    cost reference counting)."""
+    if has_res:
+        for v in range(V):
+            tile[r, v] += res1[rt + np.uint64(v)]
+    if act == 1:
+        for v in range(V):
+            out1[at + np.uint64(v)] = max(tile[r, v], np.float32(0.0))
+    elif act == 2:
+        for v in range(V):
+            out1[at + np.uint64(v)] = min(max(tile[r, v], np.float32(0.0)), np.float32(6.0))
+    else:
+        for v in range(V):
+            out1[at + np.uint64(v)] = tile[r, v]
 
 
 @njit(parallel=True, cache=True, fastmath={"contract", "nsz", "arcp"})
@@ -38,327 +58,353 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act, has_
     """
     n_batch, n_cb = xp.shape[0], w.shape[0]
     n_pt = (ho * wo + R - 1) // R  # pixel tiles per sample
+    n_job = (n_pt + TILES - 1) // TILES  # jobs per sample and channel block
     # the epilogue writes `out` and reads `res` flat: the element of sample n, channel
     # c, output pixel (oh, ow) is at n*o_n + c*o_c + oh*o_h + ow*o_w + o_0
     o_n, o_c, o_h, o_w, o_0 = _strides(out, out_pad, ho, wo, co)
     r_n, r_c, r_h, r_w, r_0 = _strides(res, res_pad, ho, wo, 0)
+    xf, wf = xp.reshape(xp.size), w.reshape(w.size)
     out1, res1 = out.reshape(out.size), res.reshape(res.size)
-    for job in prange(n_batch * n_cb * n_pt):
-        n, cb, pt = job // (n_cb * n_pt), job // n_pt % n_cb, job % n_pt
-        if out_pad > 0 and cb == 0 and pt == 0:  # a sample's first job
+    for job in prange(n_batch * n_cb * n_job):
+        n, cb, j = job // (n_cb * n_job), job // n_job % n_cb, job % n_job
+        if out_pad > 0 and cb == 0 and j == 0:  # a sample's first job
             zero_border(out[n], out_pad)
-        _tile(xp[n], w, bias, cb, min(pt * R, ho * wo - R), wo, cout, cin, kh, sh, sw,
-              dh, act, has_res, out1, n * o_n + o_0, o_c, o_h, o_w, res1, n * r_n + r_0,
-              r_c, r_h, r_w)
+        _tiles(xf, n * xp.shape[1] * xp.shape[2], xp.shape[2], wf, w.shape[2], bias, cb,
+               j * TILES, min(j * TILES + TILES, n_pt), ho * wo, wo, cout, cin, kh, sh,
+               sw, dh, act, has_res, out1, n * o_n + o_0, o_c, o_h, o_w, res1,
+               n * r_n + r_0, r_c, r_h, r_w)
 
 
 @njit(cache=True, fastmath={"contract", "nsz", "arcp"})
-def _tile(img, w, bias, cb, p0, wo, cout, cin, kh, sh, sw, dh, act, has_res, out1, o_0,
-          o_c, o_h, o_w, res1, r_0, r_c, r_h, r_w):
-    # One tile: output pixels p0..p0+R (row-major) x channels of block cb, for one
-    # sample (its Hp x (Wp*Cin) rows `img`; o_0 and r_0: where its pixel (0, 0) is in
-    # the flat out1 and res1). A function of its own: numba compiles the body of a
-    # parallel loop more slowly (a larger, earlier version: 51 s inline, 38 s a call)
-    run = w.shape[2]  # kw*Cin
-    span = (kh - 1) * dh + 1  # input rows under a kernel
-    oh0 = p0 // wo
-    ow0 = p0 - oh0 * wo
-    oh1, ow1 = (oh0, ow0 + 1) if ow0 + 1 < wo else (oh0 + 1, 0)
-    oh2, ow2 = (oh1, ow1 + 1) if ow1 + 1 < wo else (oh1 + 1, 0)
-    oh3, ow3 = (oh2, ow2 + 1) if ow2 + 1 < wo else (oh2 + 1, 0)
-    oh4, ow4 = (oh3, ow3 + 1) if ow3 + 1 < wo else (oh3 + 1, 0)
-    oh5, ow5 = (oh4, ow4 + 1) if ow4 + 1 < wo else (oh4 + 1, 0)
-    bv = bias[cb * V:cb * V + V]
-    a0_0 = bv[0]
-    a0_1 = bv[1]
-    a0_2 = bv[2]
-    a0_3 = bv[3]
-    a0_4 = bv[4]
-    a0_5 = bv[5]
-    a0_6 = bv[6]
-    a0_7 = bv[7]
-    a0_8 = bv[8]
-    a0_9 = bv[9]
-    a0_10 = bv[10]
-    a0_11 = bv[11]
-    a0_12 = bv[12]
-    a0_13 = bv[13]
-    a0_14 = bv[14]
-    a0_15 = bv[15]
-    a1_0, a1_1, a1_2, a1_3, a1_4, a1_5, a1_6, a1_7 = (
-        a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
-    a1_8, a1_9, a1_10, a1_11, a1_12, a1_13, a1_14, a1_15 = (
-        a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
-    a2_0, a2_1, a2_2, a2_3, a2_4, a2_5, a2_6, a2_7 = (
-        a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
-    a2_8, a2_9, a2_10, a2_11, a2_12, a2_13, a2_14, a2_15 = (
-        a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
-    a3_0, a3_1, a3_2, a3_3, a3_4, a3_5, a3_6, a3_7 = (
-        a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
-    a3_8, a3_9, a3_10, a3_11, a3_12, a3_13, a3_14, a3_15 = (
-        a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
-    a4_0, a4_1, a4_2, a4_3, a4_4, a4_5, a4_6, a4_7 = (
-        a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
-    a4_8, a4_9, a4_10, a4_11, a4_12, a4_13, a4_14, a4_15 = (
-        a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
-    a5_0, a5_1, a5_2, a5_3, a5_4, a5_5, a5_6, a5_7 = (
-        a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
-    a5_8, a5_9, a5_10, a5_11, a5_12, a5_13, a5_14, a5_15 = (
-        a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
-    x0 = img[oh0 * sh:oh0 * sh + span:dh, ow0 * sw * cin:ow0 * sw * cin + run]  # kh x kw*Cin
-    x1 = img[oh1 * sh:oh1 * sh + span:dh, ow1 * sw * cin:ow1 * sw * cin + run]  # kh x kw*Cin
-    x2 = img[oh2 * sh:oh2 * sh + span:dh, ow2 * sw * cin:ow2 * sw * cin + run]  # kh x kw*Cin
-    x3 = img[oh3 * sh:oh3 * sh + span:dh, ow3 * sw * cin:ow3 * sw * cin + run]  # kh x kw*Cin
-    x4 = img[oh4 * sh:oh4 * sh + span:dh, ow4 * sw * cin:ow4 * sw * cin + run]  # kh x kw*Cin
-    x5 = img[oh5 * sh:oh5 * sh + span:dh, ow5 * sw * cin:ow5 * sw * cin + run]  # kh x kw*Cin
-    for i in range(kh):
-        wt = w[cb, i]  # (kw*Cin) x V
-        for c in range(run):
-            wc = wt[c]
-            w0 = wc[0]
-            w1 = wc[1]
-            w2 = wc[2]
-            w3 = wc[3]
-            w4 = wc[4]
-            w5 = wc[5]
-            w6 = wc[6]
-            w7 = wc[7]
-            w8 = wc[8]
-            w9 = wc[9]
-            w10 = wc[10]
-            w11 = wc[11]
-            w12 = wc[12]
-            w13 = wc[13]
-            w14 = wc[14]
-            w15 = wc[15]
-            x = x0[i, c]
-            a0_0 += x * w0
-            a0_1 += x * w1
-            a0_2 += x * w2
-            a0_3 += x * w3
-            a0_4 += x * w4
-            a0_5 += x * w5
-            a0_6 += x * w6
-            a0_7 += x * w7
-            a0_8 += x * w8
-            a0_9 += x * w9
-            a0_10 += x * w10
-            a0_11 += x * w11
-            a0_12 += x * w12
-            a0_13 += x * w13
-            a0_14 += x * w14
-            a0_15 += x * w15
-            x = x1[i, c]
-            a1_0 += x * w0
-            a1_1 += x * w1
-            a1_2 += x * w2
-            a1_3 += x * w3
-            a1_4 += x * w4
-            a1_5 += x * w5
-            a1_6 += x * w6
-            a1_7 += x * w7
-            a1_8 += x * w8
-            a1_9 += x * w9
-            a1_10 += x * w10
-            a1_11 += x * w11
-            a1_12 += x * w12
-            a1_13 += x * w13
-            a1_14 += x * w14
-            a1_15 += x * w15
-            x = x2[i, c]
-            a2_0 += x * w0
-            a2_1 += x * w1
-            a2_2 += x * w2
-            a2_3 += x * w3
-            a2_4 += x * w4
-            a2_5 += x * w5
-            a2_6 += x * w6
-            a2_7 += x * w7
-            a2_8 += x * w8
-            a2_9 += x * w9
-            a2_10 += x * w10
-            a2_11 += x * w11
-            a2_12 += x * w12
-            a2_13 += x * w13
-            a2_14 += x * w14
-            a2_15 += x * w15
-            x = x3[i, c]
-            a3_0 += x * w0
-            a3_1 += x * w1
-            a3_2 += x * w2
-            a3_3 += x * w3
-            a3_4 += x * w4
-            a3_5 += x * w5
-            a3_6 += x * w6
-            a3_7 += x * w7
-            a3_8 += x * w8
-            a3_9 += x * w9
-            a3_10 += x * w10
-            a3_11 += x * w11
-            a3_12 += x * w12
-            a3_13 += x * w13
-            a3_14 += x * w14
-            a3_15 += x * w15
-            x = x4[i, c]
-            a4_0 += x * w0
-            a4_1 += x * w1
-            a4_2 += x * w2
-            a4_3 += x * w3
-            a4_4 += x * w4
-            a4_5 += x * w5
-            a4_6 += x * w6
-            a4_7 += x * w7
-            a4_8 += x * w8
-            a4_9 += x * w9
-            a4_10 += x * w10
-            a4_11 += x * w11
-            a4_12 += x * w12
-            a4_13 += x * w13
-            a4_14 += x * w14
-            a4_15 += x * w15
-            x = x5[i, c]
-            a5_0 += x * w0
-            a5_1 += x * w1
-            a5_2 += x * w2
-            a5_3 += x * w3
-            a5_4 += x * w4
-            a5_5 += x * w5
-            a5_6 += x * w6
-            a5_7 += x * w7
-            a5_8 += x * w8
-            a5_9 += x * w9
-            a5_10 += x * w10
-            a5_11 += x * w11
-            a5_12 += x * w12
-            a5_13 += x * w13
-            a5_14 += x * w14
-            a5_15 += x * w15
-    tile = np.empty((R, V), np.float32)
-    tile[0, 0] = a0_0
-    tile[0, 1] = a0_1
-    tile[0, 2] = a0_2
-    tile[0, 3] = a0_3
-    tile[0, 4] = a0_4
-    tile[0, 5] = a0_5
-    tile[0, 6] = a0_6
-    tile[0, 7] = a0_7
-    tile[0, 8] = a0_8
-    tile[0, 9] = a0_9
-    tile[0, 10] = a0_10
-    tile[0, 11] = a0_11
-    tile[0, 12] = a0_12
-    tile[0, 13] = a0_13
-    tile[0, 14] = a0_14
-    tile[0, 15] = a0_15
-    tile[1, 0] = a1_0
-    tile[1, 1] = a1_1
-    tile[1, 2] = a1_2
-    tile[1, 3] = a1_3
-    tile[1, 4] = a1_4
-    tile[1, 5] = a1_5
-    tile[1, 6] = a1_6
-    tile[1, 7] = a1_7
-    tile[1, 8] = a1_8
-    tile[1, 9] = a1_9
-    tile[1, 10] = a1_10
-    tile[1, 11] = a1_11
-    tile[1, 12] = a1_12
-    tile[1, 13] = a1_13
-    tile[1, 14] = a1_14
-    tile[1, 15] = a1_15
-    tile[2, 0] = a2_0
-    tile[2, 1] = a2_1
-    tile[2, 2] = a2_2
-    tile[2, 3] = a2_3
-    tile[2, 4] = a2_4
-    tile[2, 5] = a2_5
-    tile[2, 6] = a2_6
-    tile[2, 7] = a2_7
-    tile[2, 8] = a2_8
-    tile[2, 9] = a2_9
-    tile[2, 10] = a2_10
-    tile[2, 11] = a2_11
-    tile[2, 12] = a2_12
-    tile[2, 13] = a2_13
-    tile[2, 14] = a2_14
-    tile[2, 15] = a2_15
-    tile[3, 0] = a3_0
-    tile[3, 1] = a3_1
-    tile[3, 2] = a3_2
-    tile[3, 3] = a3_3
-    tile[3, 4] = a3_4
-    tile[3, 5] = a3_5
-    tile[3, 6] = a3_6
-    tile[3, 7] = a3_7
-    tile[3, 8] = a3_8
-    tile[3, 9] = a3_9
-    tile[3, 10] = a3_10
-    tile[3, 11] = a3_11
-    tile[3, 12] = a3_12
-    tile[3, 13] = a3_13
-    tile[3, 14] = a3_14
-    tile[3, 15] = a3_15
-    tile[4, 0] = a4_0
-    tile[4, 1] = a4_1
-    tile[4, 2] = a4_2
-    tile[4, 3] = a4_3
-    tile[4, 4] = a4_4
-    tile[4, 5] = a4_5
-    tile[4, 6] = a4_6
-    tile[4, 7] = a4_7
-    tile[4, 8] = a4_8
-    tile[4, 9] = a4_9
-    tile[4, 10] = a4_10
-    tile[4, 11] = a4_11
-    tile[4, 12] = a4_12
-    tile[4, 13] = a4_13
-    tile[4, 14] = a4_14
-    tile[4, 15] = a4_15
-    tile[5, 0] = a5_0
-    tile[5, 1] = a5_1
-    tile[5, 2] = a5_2
-    tile[5, 3] = a5_3
-    tile[5, 4] = a5_4
-    tile[5, 5] = a5_5
-    tile[5, 6] = a5_6
-    tile[5, 7] = a5_7
-    tile[5, 8] = a5_8
-    tile[5, 9] = a5_9
-    tile[5, 10] = a5_10
-    tile[5, 11] = a5_11
-    tile[5, 12] = a5_12
-    tile[5, 13] = a5_13
-    tile[5, 14] = a5_14
-    tile[5, 15] = a5_15
+def _tiles(xf, x_0, row, wf, run, bias, cb, pt0, pt1, hw, wo, cout, cin, kh, sh, sw, dh,
+           act, has_res, out1, o_0, o_c, o_h, o_w, res1, r_0, r_c, r_h, r_w):
+    # Pixel tiles pt0..pt1 (R output pixels each, row-major) x the channels of block
+    # cb, for one sample: its Hp x (Wp*Cin) rows start at x_0 in the flat xf, and its
+    # pixel (0, 0) is at o_0 in out1 and r_0 in res1. Every index is an unsigned
+    # offset into a flat array: numba adds no negative-index fix-up to those, and
+    # creates no view (views cost reference counting). A function of its own: numba
+    # compiles the body of a parallel loop more slowly.
+    run_u, v_u = np.uint64(run), np.uint64(V)  # run: kw*Cin, the taps of a kernel row
     c0 = cb * V
-    at0 = np.uint64(o_0 + c0 * o_c + oh0 * o_h + ow0 * o_w)
-    at1 = np.uint64(o_0 + c0 * o_c + oh1 * o_h + ow1 * o_w)
-    at2 = np.uint64(o_0 + c0 * o_c + oh2 * o_h + ow2 * o_w)
-    at3 = np.uint64(o_0 + c0 * o_c + oh3 * o_h + ow3 * o_w)
-    at4 = np.uint64(o_0 + c0 * o_c + oh4 * o_h + ow4 * o_w)
-    at5 = np.uint64(o_0 + c0 * o_c + oh5 * o_h + ow5 * o_w)
-    rt0 = np.uint64(r_0 + c0 * r_c + oh0 * r_h + ow0 * r_w)
-    rt1 = np.uint64(r_0 + c0 * r_c + oh1 * r_h + ow1 * r_w)
-    rt2 = np.uint64(r_0 + c0 * r_c + oh2 * r_h + ow2 * r_w)
-    rt3 = np.uint64(r_0 + c0 * r_c + oh3 * r_h + ow3 * r_w)
-    rt4 = np.uint64(r_0 + c0 * r_c + oh4 * r_h + ow4 * r_w)
-    rt5 = np.uint64(r_0 + c0 * r_c + oh5 * r_h + ow5 * r_w)
+    n_v = min(V, cout - c0)  # channels of this block that exist
+    # channels contiguous in out (and res): the epilogue goes a pixel at a time
+    by_pixel = o_c == 1 and n_v == V and (r_c == 1 or not has_res) and act <= 2
     o_cu, r_cu = np.uint64(o_c), np.uint64(r_c)
-    for v in range(min(V, cout - c0)):
-        o, q = np.uint64(v) * o_cu, np.uint64(v) * r_cu
-        if has_res:
-            tile[0, v] += res1[rt0 + q]
-            tile[1, v] += res1[rt1 + q]
-            tile[2, v] += res1[rt2 + q]
-            tile[3, v] += res1[rt3 + q]
-            tile[4, v] += res1[rt4 + q]
-            tile[5, v] += res1[rt5 + q]
-        out1[at0 + o] = activate_inline(tile[0, v], act)
-        out1[at1 + o] = activate_inline(tile[1, v], act)
-        out1[at2 + o] = activate_inline(tile[2, v], act)
-        out1[at3 + o] = activate_inline(tile[3, v], act)
-        out1[at4 + o] = activate_inline(tile[4, v], act)
-        out1[at5 + o] = activate_inline(tile[5, v], act)
+    tile = np.empty((R, V), np.float32)
+    oh0 = min(pt0 * R, hw - R) // wo  # one division per job, then steps along rows
+    ow0 = min(pt0 * R, hw - R) - oh0 * wo
+    for pt in range(pt0, pt1):
+        if pt * R > hw - R:  # the last tile, moved back to end at the last pixel
+            oh0 = (hw - R) // wo
+            ow0 = hw - R - oh0 * wo
+        oh1, ow1 = (oh0, ow0 + 1) if ow0 + 1 < wo else (oh0 + 1, 0)
+        oh2, ow2 = (oh1, ow1 + 1) if ow1 + 1 < wo else (oh1 + 1, 0)
+        oh3, ow3 = (oh2, ow2 + 1) if ow2 + 1 < wo else (oh2 + 1, 0)
+        oh4, ow4 = (oh3, ow3 + 1) if ow3 + 1 < wo else (oh3 + 1, 0)
+        oh5, ow5 = (oh4, ow4 + 1) if ow4 + 1 < wo else (oh4 + 1, 0)
+        a0_0 = bias[c0 + 0]
+        a0_1 = bias[c0 + 1]
+        a0_2 = bias[c0 + 2]
+        a0_3 = bias[c0 + 3]
+        a0_4 = bias[c0 + 4]
+        a0_5 = bias[c0 + 5]
+        a0_6 = bias[c0 + 6]
+        a0_7 = bias[c0 + 7]
+        a0_8 = bias[c0 + 8]
+        a0_9 = bias[c0 + 9]
+        a0_10 = bias[c0 + 10]
+        a0_11 = bias[c0 + 11]
+        a0_12 = bias[c0 + 12]
+        a0_13 = bias[c0 + 13]
+        a0_14 = bias[c0 + 14]
+        a0_15 = bias[c0 + 15]
+        a1_0, a1_1, a1_2, a1_3, a1_4, a1_5, a1_6, a1_7 = (
+            a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
+        a1_8, a1_9, a1_10, a1_11, a1_12, a1_13, a1_14, a1_15 = (
+            a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
+        a2_0, a2_1, a2_2, a2_3, a2_4, a2_5, a2_6, a2_7 = (
+            a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
+        a2_8, a2_9, a2_10, a2_11, a2_12, a2_13, a2_14, a2_15 = (
+            a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
+        a3_0, a3_1, a3_2, a3_3, a3_4, a3_5, a3_6, a3_7 = (
+            a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
+        a3_8, a3_9, a3_10, a3_11, a3_12, a3_13, a3_14, a3_15 = (
+            a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
+        a4_0, a4_1, a4_2, a4_3, a4_4, a4_5, a4_6, a4_7 = (
+            a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
+        a4_8, a4_9, a4_10, a4_11, a4_12, a4_13, a4_14, a4_15 = (
+            a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
+        a5_0, a5_1, a5_2, a5_3, a5_4, a5_5, a5_6, a5_7 = (
+            a0_0, a0_1, a0_2, a0_3, a0_4, a0_5, a0_6, a0_7)
+        a5_8, a5_9, a5_10, a5_11, a5_12, a5_13, a5_14, a5_15 = (
+            a0_8, a0_9, a0_10, a0_11, a0_12, a0_13, a0_14, a0_15)
+        x0 = np.uint64(x_0 + oh0 * sh * row + ow0 * sw * cin)
+        x1 = np.uint64(x_0 + oh1 * sh * row + ow1 * sw * cin)
+        x2 = np.uint64(x_0 + oh2 * sh * row + ow2 * sw * cin)
+        x3 = np.uint64(x_0 + oh3 * sh * row + ow3 * sw * cin)
+        x4 = np.uint64(x_0 + oh4 * sh * row + ow4 * sw * cin)
+        x5 = np.uint64(x_0 + oh5 * sh * row + ow5 * sw * cin)
+        for i in range(kh):
+            wi = np.uint64((cb * kh + i) * V) * run_u  # w[cb, i]: (kw*Cin) x V
+            xi = np.uint64(i * dh * row)
+            x0i = x0 + xi
+            x1i = x1 + xi
+            x2i = x2 + xi
+            x3i = x3 + xi
+            x4i = x4 + xi
+            x5i = x5 + xi
+            for c in range(run_u):
+                wc = wi + c * v_u
+                w0 = wf[wc + np.uint64(0)]
+                w1 = wf[wc + np.uint64(1)]
+                w2 = wf[wc + np.uint64(2)]
+                w3 = wf[wc + np.uint64(3)]
+                w4 = wf[wc + np.uint64(4)]
+                w5 = wf[wc + np.uint64(5)]
+                w6 = wf[wc + np.uint64(6)]
+                w7 = wf[wc + np.uint64(7)]
+                w8 = wf[wc + np.uint64(8)]
+                w9 = wf[wc + np.uint64(9)]
+                w10 = wf[wc + np.uint64(10)]
+                w11 = wf[wc + np.uint64(11)]
+                w12 = wf[wc + np.uint64(12)]
+                w13 = wf[wc + np.uint64(13)]
+                w14 = wf[wc + np.uint64(14)]
+                w15 = wf[wc + np.uint64(15)]
+                x = xf[x0i + c]
+                a0_0 += x * w0
+                a0_1 += x * w1
+                a0_2 += x * w2
+                a0_3 += x * w3
+                a0_4 += x * w4
+                a0_5 += x * w5
+                a0_6 += x * w6
+                a0_7 += x * w7
+                a0_8 += x * w8
+                a0_9 += x * w9
+                a0_10 += x * w10
+                a0_11 += x * w11
+                a0_12 += x * w12
+                a0_13 += x * w13
+                a0_14 += x * w14
+                a0_15 += x * w15
+                x = xf[x1i + c]
+                a1_0 += x * w0
+                a1_1 += x * w1
+                a1_2 += x * w2
+                a1_3 += x * w3
+                a1_4 += x * w4
+                a1_5 += x * w5
+                a1_6 += x * w6
+                a1_7 += x * w7
+                a1_8 += x * w8
+                a1_9 += x * w9
+                a1_10 += x * w10
+                a1_11 += x * w11
+                a1_12 += x * w12
+                a1_13 += x * w13
+                a1_14 += x * w14
+                a1_15 += x * w15
+                x = xf[x2i + c]
+                a2_0 += x * w0
+                a2_1 += x * w1
+                a2_2 += x * w2
+                a2_3 += x * w3
+                a2_4 += x * w4
+                a2_5 += x * w5
+                a2_6 += x * w6
+                a2_7 += x * w7
+                a2_8 += x * w8
+                a2_9 += x * w9
+                a2_10 += x * w10
+                a2_11 += x * w11
+                a2_12 += x * w12
+                a2_13 += x * w13
+                a2_14 += x * w14
+                a2_15 += x * w15
+                x = xf[x3i + c]
+                a3_0 += x * w0
+                a3_1 += x * w1
+                a3_2 += x * w2
+                a3_3 += x * w3
+                a3_4 += x * w4
+                a3_5 += x * w5
+                a3_6 += x * w6
+                a3_7 += x * w7
+                a3_8 += x * w8
+                a3_9 += x * w9
+                a3_10 += x * w10
+                a3_11 += x * w11
+                a3_12 += x * w12
+                a3_13 += x * w13
+                a3_14 += x * w14
+                a3_15 += x * w15
+                x = xf[x4i + c]
+                a4_0 += x * w0
+                a4_1 += x * w1
+                a4_2 += x * w2
+                a4_3 += x * w3
+                a4_4 += x * w4
+                a4_5 += x * w5
+                a4_6 += x * w6
+                a4_7 += x * w7
+                a4_8 += x * w8
+                a4_9 += x * w9
+                a4_10 += x * w10
+                a4_11 += x * w11
+                a4_12 += x * w12
+                a4_13 += x * w13
+                a4_14 += x * w14
+                a4_15 += x * w15
+                x = xf[x5i + c]
+                a5_0 += x * w0
+                a5_1 += x * w1
+                a5_2 += x * w2
+                a5_3 += x * w3
+                a5_4 += x * w4
+                a5_5 += x * w5
+                a5_6 += x * w6
+                a5_7 += x * w7
+                a5_8 += x * w8
+                a5_9 += x * w9
+                a5_10 += x * w10
+                a5_11 += x * w11
+                a5_12 += x * w12
+                a5_13 += x * w13
+                a5_14 += x * w14
+                a5_15 += x * w15
+        tile[0, 0] = a0_0
+        tile[0, 1] = a0_1
+        tile[0, 2] = a0_2
+        tile[0, 3] = a0_3
+        tile[0, 4] = a0_4
+        tile[0, 5] = a0_5
+        tile[0, 6] = a0_6
+        tile[0, 7] = a0_7
+        tile[0, 8] = a0_8
+        tile[0, 9] = a0_9
+        tile[0, 10] = a0_10
+        tile[0, 11] = a0_11
+        tile[0, 12] = a0_12
+        tile[0, 13] = a0_13
+        tile[0, 14] = a0_14
+        tile[0, 15] = a0_15
+        tile[1, 0] = a1_0
+        tile[1, 1] = a1_1
+        tile[1, 2] = a1_2
+        tile[1, 3] = a1_3
+        tile[1, 4] = a1_4
+        tile[1, 5] = a1_5
+        tile[1, 6] = a1_6
+        tile[1, 7] = a1_7
+        tile[1, 8] = a1_8
+        tile[1, 9] = a1_9
+        tile[1, 10] = a1_10
+        tile[1, 11] = a1_11
+        tile[1, 12] = a1_12
+        tile[1, 13] = a1_13
+        tile[1, 14] = a1_14
+        tile[1, 15] = a1_15
+        tile[2, 0] = a2_0
+        tile[2, 1] = a2_1
+        tile[2, 2] = a2_2
+        tile[2, 3] = a2_3
+        tile[2, 4] = a2_4
+        tile[2, 5] = a2_5
+        tile[2, 6] = a2_6
+        tile[2, 7] = a2_7
+        tile[2, 8] = a2_8
+        tile[2, 9] = a2_9
+        tile[2, 10] = a2_10
+        tile[2, 11] = a2_11
+        tile[2, 12] = a2_12
+        tile[2, 13] = a2_13
+        tile[2, 14] = a2_14
+        tile[2, 15] = a2_15
+        tile[3, 0] = a3_0
+        tile[3, 1] = a3_1
+        tile[3, 2] = a3_2
+        tile[3, 3] = a3_3
+        tile[3, 4] = a3_4
+        tile[3, 5] = a3_5
+        tile[3, 6] = a3_6
+        tile[3, 7] = a3_7
+        tile[3, 8] = a3_8
+        tile[3, 9] = a3_9
+        tile[3, 10] = a3_10
+        tile[3, 11] = a3_11
+        tile[3, 12] = a3_12
+        tile[3, 13] = a3_13
+        tile[3, 14] = a3_14
+        tile[3, 15] = a3_15
+        tile[4, 0] = a4_0
+        tile[4, 1] = a4_1
+        tile[4, 2] = a4_2
+        tile[4, 3] = a4_3
+        tile[4, 4] = a4_4
+        tile[4, 5] = a4_5
+        tile[4, 6] = a4_6
+        tile[4, 7] = a4_7
+        tile[4, 8] = a4_8
+        tile[4, 9] = a4_9
+        tile[4, 10] = a4_10
+        tile[4, 11] = a4_11
+        tile[4, 12] = a4_12
+        tile[4, 13] = a4_13
+        tile[4, 14] = a4_14
+        tile[4, 15] = a4_15
+        tile[5, 0] = a5_0
+        tile[5, 1] = a5_1
+        tile[5, 2] = a5_2
+        tile[5, 3] = a5_3
+        tile[5, 4] = a5_4
+        tile[5, 5] = a5_5
+        tile[5, 6] = a5_6
+        tile[5, 7] = a5_7
+        tile[5, 8] = a5_8
+        tile[5, 9] = a5_9
+        tile[5, 10] = a5_10
+        tile[5, 11] = a5_11
+        tile[5, 12] = a5_12
+        tile[5, 13] = a5_13
+        tile[5, 14] = a5_14
+        tile[5, 15] = a5_15
+        at0 = np.uint64(o_0 + c0 * o_c + oh0 * o_h + ow0 * o_w)
+        at1 = np.uint64(o_0 + c0 * o_c + oh1 * o_h + ow1 * o_w)
+        at2 = np.uint64(o_0 + c0 * o_c + oh2 * o_h + ow2 * o_w)
+        at3 = np.uint64(o_0 + c0 * o_c + oh3 * o_h + ow3 * o_w)
+        at4 = np.uint64(o_0 + c0 * o_c + oh4 * o_h + ow4 * o_w)
+        at5 = np.uint64(o_0 + c0 * o_c + oh5 * o_h + ow5 * o_w)
+        rt0 = np.uint64(r_0 + c0 * r_c + oh0 * r_h + ow0 * r_w)
+        rt1 = np.uint64(r_0 + c0 * r_c + oh1 * r_h + ow1 * r_w)
+        rt2 = np.uint64(r_0 + c0 * r_c + oh2 * r_h + ow2 * r_w)
+        rt3 = np.uint64(r_0 + c0 * r_c + oh3 * r_h + ow3 * r_w)
+        rt4 = np.uint64(r_0 + c0 * r_c + oh4 * r_h + ow4 * r_w)
+        rt5 = np.uint64(r_0 + c0 * r_c + oh5 * r_h + ow5 * r_w)
+        if by_pixel:  # V contiguous values a pixel: vector loops
+            _store_pixel(tile, 0, res1, rt0, has_res, act, out1, at0)
+            _store_pixel(tile, 1, res1, rt1, has_res, act, out1, at1)
+            _store_pixel(tile, 2, res1, rt2, has_res, act, out1, at2)
+            _store_pixel(tile, 3, res1, rt3, has_res, act, out1, at3)
+            _store_pixel(tile, 4, res1, rt4, has_res, act, out1, at4)
+            _store_pixel(tile, 5, res1, rt5, has_res, act, out1, at5)
+        else:  # one loop over the block's channels, the R pixels unrolled
+            for v in range(n_v):
+                o, q = np.uint64(v) * o_cu, np.uint64(v) * r_cu
+                if has_res:
+                    tile[0, v] += res1[rt0 + q]
+                    tile[1, v] += res1[rt1 + q]
+                    tile[2, v] += res1[rt2 + q]
+                    tile[3, v] += res1[rt3 + q]
+                    tile[4, v] += res1[rt4 + q]
+                    tile[5, v] += res1[rt5 + q]
+                out1[at0 + o] = activate_inline(tile[0, v], act)
+                out1[at1 + o] = activate_inline(tile[1, v], act)
+                out1[at2 + o] = activate_inline(tile[2, v], act)
+                out1[at3 + o] = activate_inline(tile[3, v], act)
+                out1[at4 + o] = activate_inline(tile[4, v], act)
+                out1[at5 + o] = activate_inline(tile[5, v], act)
+        oh0, ow0 = (oh5, ow5 + 1) if ow5 + 1 < wo else (oh5 + 1, 0)
 
 
 def pack_weights(w: np.ndarray) -> np.ndarray:

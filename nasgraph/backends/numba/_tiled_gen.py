@@ -14,6 +14,7 @@ from pathlib import Path
 
 R = 6  # output pixels per tile
 V = 16  # output channels per tile: two AVX2 vectors, R*V/8 = 12 accumulator registers
+TILES = 8  # pixel tiles per parallel job
 
 TARGET = Path(__file__).with_name("_tiled.py")
 
@@ -40,6 +41,26 @@ from nasgraph.backends.numba._activations import activate_inline
 
 R = {R}
 V = {V}
+TILES = {TILES}  # pixel tiles per parallel job: divisions and setup once per job
+
+
+@njit(inline="always", cache=True)
+def _store_pixel(tile, r, res1, rt, has_res, act, out1, at):
+    """out1[at:at+V] = act(tile[r] + res1[rt:rt+V]) for identity, ReLU or ReLU6: one
+    pixel's V channels, contiguous (NHWC), as vector loops (no view of the row: views
+    cost reference counting)."""
+    if has_res:
+        for v in range(V):
+            tile[r, v] += res1[rt + np.uint64(v)]
+    if act == 1:
+        for v in range(V):
+            out1[at + np.uint64(v)] = max(tile[r, v], np.float32(0.0))
+    elif act == 2:
+        for v in range(V):
+            out1[at + np.uint64(v)] = min(max(tile[r, v], np.float32(0.0)), np.float32(6.0))
+    else:
+        for v in range(V):
+            out1[at + np.uint64(v)] = tile[r, v]
 
 '''
 
@@ -124,83 +145,102 @@ def _kernel() -> str:
         '    """',
         "    n_batch, n_cb = xp.shape[0], w.shape[0]",
         "    n_pt = (ho * wo + R - 1) // R  # pixel tiles per sample",
+        "    n_job = (n_pt + TILES - 1) // TILES  # jobs per sample and channel block",
         "    # the epilogue writes `out` and reads `res` flat: the element of sample n, channel",
         "    # c, output pixel (oh, ow) is at n*o_n + c*o_c + oh*o_h + ow*o_w + o_0",
         "    o_n, o_c, o_h, o_w, o_0 = _strides(out, out_pad, ho, wo, co)",
         "    r_n, r_c, r_h, r_w, r_0 = _strides(res, res_pad, ho, wo, 0)",
+        "    xf, wf = xp.reshape(xp.size), w.reshape(w.size)",
         "    out1, res1 = out.reshape(out.size), res.reshape(res.size)",
-        "    for job in prange(n_batch * n_cb * n_pt):",
-        "        n, cb, pt = job // (n_cb * n_pt), job // n_pt % n_cb, job % n_pt",
-        "        if out_pad > 0 and cb == 0 and pt == 0:  # a sample's first job",
+        "    for job in prange(n_batch * n_cb * n_job):",
+        "        n, cb, j = job // (n_cb * n_job), job // n_job % n_cb, job % n_job",
+        "        if out_pad > 0 and cb == 0 and j == 0:  # a sample's first job",
         "            zero_border(out[n], out_pad)",
-        "        _tile(xp[n], w, bias, cb, min(pt * R, ho * wo - R), wo, cout, cin, kh, sh, sw,",
-        "              dh, act, has_res, out1, n * o_n + o_0, o_c, o_h, o_w, res1, n * r_n + r_0,",
-        "              r_c, r_h, r_w)",
+        "        _tiles(xf, n * xp.shape[1] * xp.shape[2], xp.shape[2], wf, w.shape[2], bias, cb,",
+        "               j * TILES, min(j * TILES + TILES, n_pt), ho * wo, wo, cout, cin, kh, sh,",
+        "               sw, dh, act, has_res, out1, n * o_n + o_0, o_c, o_h, o_w, res1,",
+        "               n * r_n + r_0, r_c, r_h, r_w)",
         "",
         "",
         '@njit(cache=True, fastmath={"contract", "nsz", "arcp"})',
-        "def _tile(img, w, bias, cb, p0, wo, cout, cin, kh, sh, sw, dh, act, has_res, out1, o_0,",
-        "          o_c, o_h, o_w, res1, r_0, r_c, r_h, r_w):",
-        "    # One tile: output pixels p0..p0+R (row-major) x channels of block cb, for one",
-        "    # sample (its Hp x (Wp*Cin) rows `img`; o_0 and r_0: where its pixel (0, 0) is in",
-        "    # the flat out1 and res1). A function of its own: numba compiles the body of a",
-        "    # parallel loop more slowly (a larger, earlier version: 51 s inline, 38 s a call)",
-        "    run = w.shape[2]  # kw*Cin",
-        "    span = (kh - 1) * dh + 1  # input rows under a kernel",
-        # the tile's pixels: two divisions per tile, then steps along the row
-        "    oh0 = p0 // wo",
-        "    ow0 = p0 - oh0 * wo",
+        "def _tiles(xf, x_0, row, wf, run, bias, cb, pt0, pt1, hw, wo, cout, cin, kh, sh, sw, dh,",
+        "           act, has_res, out1, o_0, o_c, o_h, o_w, res1, r_0, r_c, r_h, r_w):",
+        "    # Pixel tiles pt0..pt1 (R output pixels each, row-major) x the channels of block",
+        "    # cb, for one sample: its Hp x (Wp*Cin) rows start at x_0 in the flat xf, and its",
+        "    # pixel (0, 0) is at o_0 in out1 and r_0 in res1. Every index is an unsigned",
+        "    # offset into a flat array: numba adds no negative-index fix-up to those, and",
+        "    # creates no view (views cost reference counting). A function of its own: numba",
+        "    # compiles the body of a parallel loop more slowly.",
+        "    run_u, v_u = np.uint64(run), np.uint64(V)  # run: kw*Cin, the taps of a kernel row",
+        "    c0 = cb * V",
+        "    n_v = min(V, cout - c0)  # channels of this block that exist",
+        "    # channels contiguous in out (and res): the epilogue goes a pixel at a time",
+        "    by_pixel = o_c == 1 and n_v == V and (r_c == 1 or not has_res) and act <= 2",
+        "    o_cu, r_cu = np.uint64(o_c), np.uint64(r_c)",
+        "    tile = np.empty((R, V), np.float32)",
+        "    oh0 = min(pt0 * R, hw - R) // wo  # one division per job, then steps along rows",
+        "    ow0 = min(pt0 * R, hw - R) - oh0 * wo",
+        "    for pt in range(pt0, pt1):",
+        "        if pt * R > hw - R:  # the last tile, moved back to end at the last pixel",
+        "            oh0 = (hw - R) // wo",
+        "            ow0 = hw - R - oh0 * wo",
     ]
-    ind1, ind2, ind3 = " " * 4, " " * 8, " " * 12
+    ind1, ind2, ind3, ind4 = (" " * k for k in (8, 12, 16, 20))
     for r in range(1, R):
         lines.append(f"{ind1}oh{r}, ow{r} = (oh{r - 1}, ow{r - 1} + 1) if ow{r - 1} + 1 < wo "
                      f"else (oh{r - 1} + 1, 0)")
     # the accumulators start from the bias (zero-padded to whole channel blocks)
-    lines.append(f"{ind1}bv = bias[cb * V:cb * V + V]")
     for v in range(V):
-        lines.append(f"{ind1}a0_{v} = bv[{v}]")
+        lines.append(f"{ind1}a0_{v} = bias[c0 + {v}]")
     for r in range(1, R):
         for half in (range(V // 2), range(V // 2, V)):
             lines.append(f"{ind1}" + ", ".join(f"a{r}_{v}" for v in half) + " = (")
             lines.append(f"{ind2}" + ", ".join(f"a0_{v}" for v in half) + ")")
-    # one view per pixel of the rows under the kernel: views cost reference counting, so
-    # not one per kernel row
+    # where each pixel's input window starts: one kernel row of it is a run of kw*Cin values
     for r in range(R):
-        lines.append(f"{ind1}x{r} = img[oh{r} * sh:oh{r} * sh + span:dh, "
-                     f"ow{r} * sw * cin:ow{r} * sw * cin + run]  # kh x kw*Cin")
+        lines.append(f"{ind1}x{r} = np.uint64(x_0 + oh{r} * sh * row + ow{r} * sw * cin)")
     lines += [
         f"{ind1}for i in range(kh):",
-        f"{ind2}wt = w[cb, i]  # (kw*Cin) x V",
-        f"{ind2}for c in range(run):",
-        f"{ind3}wc = wt[c]",
+        f"{ind2}wi = np.uint64((cb * kh + i) * V) * run_u  # w[cb, i]: (kw*Cin) x V",
+        f"{ind2}xi = np.uint64(i * dh * row)",
+    ]
+    for r in range(R):
+        lines.append(f"{ind2}x{r}i = x{r} + xi")
+    lines += [
+        f"{ind2}for c in range(run_u):",
+        f"{ind3}wc = wi + c * v_u",
     ]
     for v in range(V):
-        lines.append(f"{ind3}w{v} = wc[{v}]")
+        lines.append(f"{ind3}w{v} = wf[wc + np.uint64({v})]")
     for r in range(R):
-        lines.append(f"{ind3}x = x{r}[i, c]")
+        lines.append(f"{ind3}x = xf[x{r}i + c]")
         for v in range(V):
             lines.append(f"{ind3}a{r}_{v} += x * w{v}")
-    # the epilogue: the accumulators to memory, then act(acc + residual) per channel, over
-    # the R pixels (at unsigned offsets: numba adds no negative-index fix-up to those)
-    lines.append(f"{ind1}tile = np.empty((R, V), np.float32)")
+    # the epilogue: the accumulators to memory, then act(acc + residual)
     for r in range(R):
         for v in range(V):
             lines.append(f"{ind1}tile[{r}, {v}] = a{r}_{v}")
-    lines.append(f"{ind1}c0 = cb * V")
     for r in range(R):
         lines.append(f"{ind1}at{r} = np.uint64(o_0 + c0 * o_c + oh{r} * o_h + ow{r} * o_w)")
     for r in range(R):
         lines.append(f"{ind1}rt{r} = np.uint64(r_0 + c0 * r_c + oh{r} * r_h + ow{r} * r_w)")
+    lines.append(f"{ind1}if by_pixel:  # V contiguous values a pixel: vector loops")
+    for r in range(R):
+        lines.append(f"{ind2}_store_pixel(tile, {r}, res1, rt{r}, has_res, act, out1, at{r})")
     lines += [
-        f"{ind1}o_cu, r_cu = np.uint64(o_c), np.uint64(r_c)",
-        f"{ind1}for v in range(min(V, cout - c0)):",
-        f"{ind2}o, q = np.uint64(v) * o_cu, np.uint64(v) * r_cu",
-        f"{ind2}if has_res:",
+        f"{ind1}else:  # one loop over the block's channels, the R pixels unrolled",
+        f"{ind2}for v in range(n_v):",
+        f"{ind3}o, q = np.uint64(v) * o_cu, np.uint64(v) * r_cu",
+        f"{ind3}if has_res:",
     ]
     for r in range(R):
-        lines.append(f"{ind3}tile[{r}, v] += res1[rt{r} + q]")
+        lines.append(f"{ind4}tile[{r}, v] += res1[rt{r} + q]")
     for r in range(R):
-        lines.append(f"{ind2}out1[at{r} + o] = activate_inline(tile[{r}, v], act)")
+        lines.append(f"{ind3}out1[at{r} + o] = activate_inline(tile[{r}, v], act)")
+    lines += [  # the next tile starts at the pixel after this one's last
+        f"{ind1}oh0, ow0 = (oh{R - 1}, ow{R - 1} + 1) if ow{R - 1} + 1 < wo "
+        f"else (oh{R - 1} + 1, 0)",
+    ]
     return "\n".join(lines) + "\n"
 
 
