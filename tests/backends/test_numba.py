@@ -155,17 +155,22 @@ def test_conv_strategies():
     kinds = {n.id: ex._packed[n.id]["strategy"] for n in ex.graph if "conv" in n.kind}
     assert kinds["conv1"] == "tiled"  # the 3-channel stem too
     assert kinds["layer1/0/conv1"] == "tiled"
-    assert kinds["layer2/0/downsample/0"] == "gemm"  # 1x1
+    assert kinds["layer2/0/downsample/0"] == "tiled"  # 1x1 stride 2: no gather for gemm
+    b = GraphBuilder("pointwise")
+    b.output(b.conv(b.input(8, 6, 6), 16, 1))
+    ex = nb.compile(b.build(), lower(b.build()).state_dict())
+    assert ex._packed["conv"]["strategy"] == "gemm"  # 1x1 stride 1: the planes as they are
 
 
 def test_tiled_convs_hand_each_other_padded_nhwc():
     # ResNet blocks: a block's output is read by the next block's conv1 (as its input,
-    # pad 1) and conv2 (as its residual), all tiled: stored padded NHWC. Tensors read by
-    # a 1x1 (gemm) shortcut, the pooling head, or convs wanting other paddings stay NCHW
+    # pad 1) and conv2 (as its residual), all tiled: stored padded NHWC. A stage's input
+    # is also read by the 1x1 stride-2 shortcut (tiled, pad 0), which starts one row and
+    # column into the buffer. The tensor the pooling head reads stays NCHW
     g = _small("resnet18")
     ex = nb.compile(g, lower(g).state_dict())
     assert ex.nhwc["layer1/0/conv1"] == ex.nhwc["layer1/0/conv2"] == 1
-    assert "layer1/1/conv2" not in ex.nhwc  # read by layer2/0/downsample/0 (gemm)
+    assert ex.nhwc["layer1/1/conv2"] == 1  # read by layer2/0/conv1 and downsample/0
     assert "layer4/1/conv2" not in ex.nhwc  # read by the pooling head
     assert ex.plan.peak_bytes > ex.graph.nodes[0].type.nbytes
     b = GraphBuilder("pads")
@@ -173,7 +178,9 @@ def test_tiled_convs_hand_each_other_padded_nhwc():
     b.output(b.concat([b.conv(y, 8, 3, padding=1), b.conv(y, 8, 5, padding=2)]))
     g = b.build()
     ex = nb.compile(g, lower(g).state_dict())
-    assert ex.nhwc == {}  # two paddings wanted; the concat parts are written NCHW
+    # two paddings wanted: padded by the larger, the pad-1 reader starts one row and
+    # column in; the concat parts are written NCHW
+    assert ex.nhwc == {"conv": 2}
     assert_agree(g, batch=2)
 
 

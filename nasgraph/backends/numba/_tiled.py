@@ -44,11 +44,13 @@ def _store_pixel(tile, r, res1, rt, has_res, act, out1, at):
 
 
 @njit(parallel=True, cache=True, fastmath={"contract", "nsz", "arcp"})
-def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act, has_res,
-                 ho, wo, out_pad, res_pad):
+def conv2d_tiled(xp, x_off, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
+                 has_res, ho, wo, out_pad, res_pad):
     """Padded N x Hp x (Wp*Cin), packed weights -> the Ho x Wo output of channels
     co..co+cout of `out`.
 
+    The conv's padded input starts `x_off` values into each sample of `xp`: 0, or
+    d*(Wp+1)*Cin where `xp` is padded by d more than this conv pads.
     `out` is N x C x Ho x Wo (`out_pad` < 0) or, to feed the next tiled conv without
     a copy, zero-padded N x (Ho+2p) x (Wo+2p) x C with p = `out_pad` >= 0 (the border
     is zeroed here). `res` likewise: N x C x Ho x Wo or padded NHWC by `res_pad`.
@@ -69,9 +71,9 @@ def conv2d_tiled(xp, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act, has_
         n, cb, j = job // (n_cb * n_job), job // n_job % n_cb, job % n_job
         if out_pad > 0 and cb == 0 and j == 0:  # a sample's first job
             zero_border(out[n], out_pad)
-        _tiles(xf, n * xp.shape[1] * xp.shape[2], xp.shape[2], wf, w.shape[2], bias, cb,
-               j * TILES, min(j * TILES + TILES, n_pt), ho * wo, wo, cout, cin, kh, sh,
-               sw, dh, act, has_res, out1, n * o_n + o_0, o_c, o_h, o_w, res1,
+        _tiles(xf, n * xp.shape[1] * xp.shape[2] + x_off, xp.shape[2], wf, w.shape[2],
+               bias, cb, j * TILES, min(j * TILES + TILES, n_pt), ho * wo, wo, cout, cin,
+               kh, sh, sw, dh, act, has_res, out1, n * o_n + o_0, o_c, o_h, o_w, res1,
                n * r_n + r_0, r_c, r_h, r_w)
 
 

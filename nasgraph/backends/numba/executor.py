@@ -66,12 +66,13 @@ def _f32(a: np.ndarray) -> np.ndarray:
 def conv_strategy(node: Node, in_per_group: int) -> str:
     """How a conv node runs: "tiled" (the register-tiled NHWC kernel: ungrouped spatial
     kernels with no dilation along W and at least one full pixel tile, few-channel stems
-    included), "depthwise" (one input channel per group: the direct NCHW kernel) or "gemm"
-    ((im2col +) sgemm: 1x1 and grouped convs, outputs smaller than a tile)."""
+    included, and strided 1x1 convs, which gemm would gather first), "depthwise" (one
+    input channel per group: the direct NCHW kernel) or "gemm" ((im2col +) sgemm: 1x1
+    stride-1 and grouped convs, outputs smaller than a tile)."""
     op, out = node.op, node.type
     kh, kw = op.kernel
-    if op.groups == 1 and kh * kw > 1 and op.dilation[1] == 1 and \
-            out.height * out.width >= tiled_k.R:
+    if op.groups == 1 and (kh * kw > 1 or op.stride != (1, 1)) and op.dilation[1] == 1 \
+            and out.height * out.width >= tiled_k.R:
         return "tiled"
     if in_per_group == 1:
         return "depthwise"
@@ -131,14 +132,16 @@ def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -
     if p["strategy"] == "tiled":
         (ph, pw), (ho, wo) = op.pad, node.type.shape[1:]
         in_nhwc = p["in_pad"] >= 0  # stored padded NHWC by the tiled conv that made it
-        if in_nhwc:
+        x_off = 0
+        if in_nhwc:  # padded by in_pad >= ph = pw: start in_pad - ph rows and columns in
             n, hp, wp, c = x.shape
+            x_off = (p["in_pad"] - ph) * (wp + 1) * c
         else:  # N x C x H x W -> padded N x Hp x Wp x C in the executor's shared scratch
             n, c, h, w = x.shape
             hp, wp = h + 2 * ph, w + 2 * pw
             xp = p["scratch"][:n * hp * wp * c].reshape(n, hp, wp, c)
         rows = (x if in_nhwc else xp).reshape(n, hp, wp * c)  # read as N x Hp x (Wp*C)
-        args = (rows, p["w"], p["bias"], res, out, co, op.out_channels, c, op.kernel[0],
+        args = (rows, x_off, p["w"], p["bias"], res, out, co, op.out_channels, c, op.kernel[0],
                 *op.stride, op.dilation[0], p["act"], has_res, ho, wo,
                 p["out_pad"], p["res_pad"])
         if in_nhwc:
@@ -239,8 +242,10 @@ def nhwc_outputs(graph: Graph, strategy: Mapping[str, str]) -> dict[str, int]:
     it want it, rather than NCHW (which each reader would copy into padded NHWC itself):
     node id -> the padding. A tensor qualifies when a tiled conv makes it, it is no graph
     output and no concat part, and every reader is a tiled conv that takes it as its
-    residual or as its input with that same square padding. `strategy`: conv id -> its
-    strategy (`conv_strategy`)."""
+    residual or as its input with a square padding. It is padded by the largest of
+    those; a reader that pads less starts further in (a ResNet block's 3x3 conv and its
+    1x1 shortcut read one buffer). `strategy`: conv id -> its strategy
+    (`conv_strategy`)."""
     parts = in_place_concat_parts(graph)
     outputs = {o.id for o in graph.outputs}
     chosen: dict[str, int] = {}
@@ -255,8 +260,8 @@ def nhwc_outputs(graph: Graph, strategy: Mapping[str, str]) -> dict[str, int]:
             if reader.inputs[0] == node.id:
                 pads.add(reader.op.pad)
         else:
-            if readers and len(pads) <= 1 and all(ph == pw for ph, pw in pads):
-                chosen[node.id] = next(iter(pads))[0] if pads else 0
+            if readers and all(ph == pw for ph, pw in pads):
+                chosen[node.id] = max((ph for ph, _ in pads), default=0)
     return chosen
 
 
