@@ -21,7 +21,7 @@ from nasgraph.backends.numba._activations import activate_inline
 
 R = 6
 V = 16
-TILES = 8  # pixel tiles per parallel job: divisions and setup once per job
+TILES = 8  # pixel tiles per parallel job, at most: divisions and setup once per job
 
 
 @njit(inline="always", cache=True)
@@ -45,12 +45,13 @@ def _store_pixel(tile, r, res1, rt, has_res, act, out1, at):
 
 @njit(parallel=True, cache=True, fastmath={"contract", "nsz", "arcp"})
 def conv2d_tiled(xp, x_off, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
-                 has_res, ho, wo, out_pad, res_pad):
+                 has_res, ho, wo, out_pad, res_pad, threads):
     """Padded N x Hp x (Wp*Cin), packed weights -> the Ho x Wo output of channels
     co..co+cout of `out`.
 
     The conv's padded input starts `x_off` values into each sample of `xp`: 0, or
-    d*(Wp+1)*Cin where `xp` is padded by d more than this conv pads.
+    d*(Wp+1)*Cin where `xp` is padded by d more than this conv pads. `threads`: how
+    many share the work (jobs get fewer tiles where they would be too few to share).
     `out` is N x C x Ho x Wo (`out_pad` < 0) or, to feed the next tiled conv without
     a copy, zero-padded N x (Ho+2p) x (Wo+2p) x C with p = `out_pad` >= 0 (the border
     is zeroed here). `res` likewise: N x C x Ho x Wo or padded NHWC by `res_pad`.
@@ -60,7 +61,9 @@ def conv2d_tiled(xp, x_off, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, ac
     """
     n_batch, n_cb = xp.shape[0], w.shape[0]
     n_pt = (ho * wo + R - 1) // R  # pixel tiles per sample
-    n_job = (n_pt + TILES - 1) // TILES  # jobs per sample and channel block
+    # tiles per job: up to TILES, fewer where that leaves under 4 jobs per thread
+    per = max(1, min(TILES, n_batch * n_cb * n_pt // (4 * threads)))
+    n_job = (n_pt + per - 1) // per  # jobs per sample and channel block
     # the epilogue writes `out` and reads `res` flat: the element of sample n, channel
     # c, output pixel (oh, ow) is at n*o_n + c*o_c + oh*o_h + ow*o_w + o_0
     o_n, o_c, o_h, o_w, o_0 = _strides(out, out_pad, ho, wo, co)
@@ -72,7 +75,7 @@ def conv2d_tiled(xp, x_off, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, ac
         if out_pad > 0 and cb == 0 and j == 0:  # a sample's first job
             zero_border(out[n], out_pad)
         _tiles(xf, n * xp.shape[1] * xp.shape[2] + x_off, xp.shape[2], wf, w.shape[2],
-               bias, cb, j * TILES, min(j * TILES + TILES, n_pt), ho * wo, wo, cout, cin,
+               bias, cb, j * per, min(j * per + per, n_pt), ho * wo, wo, cout, cin,
                kh, sh, sw, dh, act, has_res, out1, n * o_n + o_0, o_c, o_h, o_w, res1,
                n * r_n + r_0, r_c, r_h, r_w)
 

@@ -145,11 +145,11 @@ def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -
                 *op.stride, op.dilation[0], p["act"], has_res, ho, wo,
                 p["out_pad"], p["res_pad"])
         if in_nhwc:
-            return lambda threads: tiled_k.conv2d_tiled(*args)
+            return lambda threads: tiled_k.conv2d_tiled(*args, threads)
 
         def step(threads: int) -> None:
             tiled_k.to_padded_nhwc(x, xp, ph, pw)
-            tiled_k.conv2d_tiled(*args)
+            tiled_k.conv2d_tiled(*args, threads)
         return step
     if p["strategy"] == "depthwise":
         args = (x, p["w"], p["bias"], res, out, co, *op.stride, *op.pad, *op.dilation,
