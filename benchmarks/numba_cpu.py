@@ -28,6 +28,9 @@ from nasgraph.backends.torch import lower
 from nasgraph.ir import GraphBuilder
 from nasgraph.motifs import ResidualBlock, residual_stage
 
+ROUNDS = 10  # turns in which the backends of a case are timed
+PAUSE = 0.05  # s of rest before each block of calls: the previous backend's pool settles
+
 
 def resnet20_style():
     """ResNet-20-style CIFAR net: 3 stages of 3 basic blocks (16, 32, 64), 3x32x32."""
@@ -53,9 +56,7 @@ def digits_candidate():
 
 def _median(fn, repeats, seconds=0.0):
     """Median time of `fn` over at least `repeats` calls and `seconds` seconds, after one
-    warm-up call. The backends are timed one after another, never interleaved: torch's
-    and ONNX Runtime's pools keep spinning for a while after their calls, and numba's
-    threads right after them ran 2-3x slower (resnet20_style, resnet18 at batch 1)."""
+    warm-up call."""
     fn()
     times = []
     start = time.perf_counter()
@@ -66,22 +67,51 @@ def _median(fn, repeats, seconds=0.0):
     return float(np.median(times))
 
 
+def _medians(fns, repeats, seconds, rounds=ROUNDS):
+    """Median time of each of `fns` over at least `repeats` calls and `seconds` seconds,
+    timed in `rounds` turns: every function gets a block of calls per round.
+
+    This machine's speed drifts by up to 20% over seconds (one kernel timed every second in
+    one process: 130, 139, 155, 136 us), so backends timed one after the other for a
+    second each saw different machines. In turns, each sees the same mix. Not call by
+    call: torch's and ONNX Runtime's pools keep spinning for a while after their calls,
+    and numba's threads right after them ran 2-3x slower; a pause after each block lets
+    them settle."""
+    times: list[list[float]] = [[] for _ in fns]
+    for fn in fns:
+        fn()
+    for r in range(rounds):
+        for fn, ts in zip(fns, times, strict=True):
+            time.sleep(PAUSE)
+            fn()  # after the pause: wakes the pool
+            start = time.perf_counter()
+            while (len(ts) < repeats * (r + 1) // rounds
+                   or time.perf_counter() - start < seconds / rounds):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+    return [float(np.median(ts)) for ts in times]
+
+
 def bench(graph, batch, threads, repeats, seconds):
     m = lower(graph).eval()
     x = np.random.default_rng(0).standard_normal(
         (batch, *graph.inputs[0].type.shape)).astype(np.float32)
     xt = torch.from_numpy(x)
     ex = nb.compile(graph, m.state_dict(), batch=batch, threads=threads)
-    with torch.no_grad():
-        t_torch = _median(lambda: m(xt), repeats, seconds)
-    t_numba = _median(lambda: ex(x), repeats, seconds)
     buf = io.BytesIO()
     torch.onnx.export(m, (xt,), buf, dynamo=False)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    t_ort = _median(lambda: sess.run(None, {name: x}), repeats, seconds)
+
+    def run_torch():
+        with torch.no_grad():
+            m(xt)
+
+    t_numba, t_torch, t_ort = _medians(
+        [lambda: ex(x), run_torch, lambda: sess.run(None, {name: x})], repeats, seconds)
     gflops = 2 * analysis.macs(graph) * batch / t_numba / 1e9
     return t_numba, t_torch, t_ort, gflops
 
@@ -128,8 +158,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--repeats", type=int, default=20, help="at least this many calls each")
-    p.add_argument("--seconds", type=float, default=1.0,
-                   help="and for at least this long each")
+    p.add_argument("--seconds", type=float, default=2.0,
+                   help="and for at least this long each, in all")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
@@ -154,8 +184,9 @@ def main() -> None:
         "## Numba CPU executor", "",
         f"`python -m benchmarks.numba_cpu --threads {args.threads}` on {machine()}; "
         f"1-minute load average up to {load:.1f} during the run; medians of at least "
-        f"{args.repeats} calls and {args.seconds:g} s per backend and model. numpy sgemm "
-        f"peak (1024^3, same threads): {peak:.0f} GFLOP/s.", "",
+        f"{args.repeats} calls and {args.seconds:g} s per backend and model, the backends "
+        f"of a model timed in {ROUNDS} turns. numpy sgemm peak (1024^3, same threads): "
+        f"{peak:.0f} GFLOP/s.", "",
         "Ratios below 1: numba is faster. `% sgemm`: numba GFLOP/s (2 x MACs x batch / time) "
         "as a share of the sgemm peak.", "",
         *rows, "",
