@@ -125,6 +125,14 @@ PACKERS: dict[str, Callable[[Node, StateDict], dict]] = {
 # ------------------------------------------------------------------ binding nodes to kernels
 
 
+def _compiled(kernel, *args):
+    """numba `kernel`'s compiled entry point for these arguments' types, compiled (or
+    loaded from the cache) now. Called with arguments of the same types, it skips the
+    dispatcher's matching of types: 0.85 instead of 1.35 us a call with 20 arguments, the
+    order of a whole small kernel at batch 1."""
+    return kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))
+
+
 def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
     op = node.op
     x, res = xs[0], (xs[1] if len(xs) > 1 else _NO_RES)
@@ -144,25 +152,30 @@ def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -
         args = (rows, x_off, p["w"], p["bias"], res, out, co, op.out_channels, c, op.kernel[0],
                 *op.stride, op.dilation[0], p["act"], has_res, ho, wo,
                 p["out_pad"], p["res_pad"])
+        conv = _compiled(tiled_k.conv2d_tiled, *args, 1)
         if in_nhwc:
-            return lambda threads: tiled_k.conv2d_tiled(*args, threads)
+            return lambda threads: conv(*args, threads)
+        pad = _compiled(tiled_k.to_padded_nhwc, x, xp, ph, pw)
 
         def step(threads: int) -> None:
-            tiled_k.to_padded_nhwc(x, xp, ph, pw)
-            tiled_k.conv2d_tiled(*args, threads)
+            pad(x, xp, ph, pw)
+            conv(*args, threads)
         return step
     if p["strategy"] == "depthwise":
         args = (x, p["w"], p["bias"], res, out, co, *op.stride, *op.pad, *op.dilation,
                 p["act"], p["has_bias"], has_res)
-        return lambda threads: conv_k.conv2d_depthwise(*args, threads)
+        depthwise = _compiled(conv_k.conv2d_depthwise, *args, 1)
+        return lambda threads: depthwise(*args, threads)
     args = (x, p["w"], p["bias"], res, out, co, *op.kernel, *op.stride, *op.pad, *op.dilation,
             p["act"], p["has_bias"], has_res)
-    return lambda threads: conv_k.conv2d_gemm(*args, threads)
+    gemm = _compiled(conv_k.conv2d_gemm, *args, 1)
+    return lambda threads: gemm(*args, threads)
 
 
 def _scale_shift(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
     args = (xs[0], p["scale"], p["shift"], out, co, p["act"])
-    return lambda threads: elem_k.scale_shift(*args)
+    kernel = _compiled(elem_k.scale_shift, *args)
+    return lambda threads: kernel(*args)
 
 
 def _pool(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
@@ -170,11 +183,13 @@ def _pool(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -
     is_max = int(node.kind == "maxpool2d")
     include_pad = int(getattr(op, "count_include_pad", True))
     args = (xs[0], out, co, *op.kernel, *op.strides, *op.padding, is_max, include_pad)
-    return lambda threads: resample_k.pool2d(*args)
+    kernel = _compiled(resample_k.pool2d, *args)
+    return lambda threads: kernel(*args)
 
 
 def _adaptive(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
-    return lambda threads: resample_k.adaptive_avgpool(xs[0], out, co)
+    kernel = _compiled(resample_k.adaptive_avgpool, xs[0], out, co)
+    return lambda threads: kernel(xs[0], out, co)
 
 
 def _upsample(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
@@ -207,7 +222,8 @@ def _mul(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) ->
 
 def _linear(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
     args = (xs[0], p["wt"], p["bias"], out, co, 0, p["has_bias"])
-    return lambda threads: conv_k.linear(*args)
+    kernel = _compiled(conv_k.linear, *args)
+    return lambda threads: kernel(*args)
 
 
 def _channel_pad(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
