@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -299,3 +300,21 @@ def test_fused_activations_agree_in_every_conv_kernel(fn):
         ["depthwise", "gemm", "tiled", "tiled"]
     assert all(n.kind == "fused_conv2d" for n in ex.graph if "conv" in n.kind)
     assert_agree(g, batch=2)
+
+
+def test_small_calls_run_on_one_thread():
+    # the digits-sized net's largest conv does 16*16*9*8*8 = 147k multiply-adds a sample:
+    # at batch 1 a second thread costs more than it saves, at batch 64 it pays
+    b = GraphBuilder("small")
+    y = b.relu(b.conv(b.input(16, 8, 8), 16, 3, padding=1))
+    b.output(b.linear(b.flatten(b.gap(y)), 10))
+    g = b.build()
+    threads = min(2, numba.config.NUMBA_NUM_THREADS)
+    ex = nb.compile(g, lower(g).state_dict(), threads=threads)
+    assert ex.threads_for(1) == 1
+    assert ex.threads_for(64) == threads
+    before = numba.get_num_threads()
+    free = nb.compile(g, lower(g).state_dict())  # threads=None: numba's count, left as found
+    free(np.zeros((1, 16, 8, 8), np.float32))
+    assert numba.get_num_threads() == before
+    assert_agree(g, batch=1)

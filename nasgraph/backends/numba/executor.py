@@ -53,6 +53,10 @@ class NodeTime(NamedTuple):
 
 
 _NO_RES = np.zeros((1, 1, 1, 1), np.float32)
+# a call whose largest node does fewer multiply-adds than this runs on one thread: a
+# parallel region costs 1.5-2 us and moves data between cores, more than a second thread
+# saves on such small kernels (measured per conv, 3x3 and 1x1, and on whole calls)
+ONE_THREAD_MACS = 250_000
 _NO_BIAS = np.zeros(1, np.float32)
 
 
@@ -288,6 +292,9 @@ class Executor:
     `graph` is the optimized graph it runs, `nhwc` the tensors it stores padded NHWC
     (node id -> padding, `nhwc_outputs`) and `plan` its memory plan (per sample, padding
     included). `profile(x)` times each node.
+
+    A call runs on `threads` threads, or on one where its largest node does fewer than
+    `ONE_THREAD_MACS` multiply-adds (small nets at small batches).
     """
 
     def __init__(self, graph: Graph, state: StateDict, threads: int | None) -> None:
@@ -306,6 +313,8 @@ class Executor:
         (inp,) = graph.inputs  # read once: a walk over the graph costs more than a small call
         self._input_type = inp.type
         self._input_shape = tuple(inp.type.shape)
+        self._largest_macs = max(  # per sample
+            [n.op.macs([graph[i].type for i in n.inputs], n.type) for n in graph], default=0)
 
     def _stored_shape(self, node: Node) -> tuple[int, int, int]:
         """How a buffer owner's output is stored, per sample: C x H x W, or padded
@@ -364,27 +373,41 @@ class Executor:
             offset += self.graph[i].type.channels
         return steps
 
-    def _prepare(self, x: np.ndarray) -> tuple[Bound, int]:
+    def threads_for(self, batch: int) -> int:
+        """How many threads a call on `batch` samples runs on: `threads` (numba's count
+        where None), or 1 where the largest node does fewer than `ONE_THREAD_MACS`
+        multiply-adds."""
+        if batch * self._largest_macs < ONE_THREAD_MACS:
+            return 1
+        return self.threads or self._get_threads()
+
+    def _prepare(self, x: np.ndarray) -> tuple[Bound, int, int]:
         """Checks `x`, sets numba's thread count and copies `x` in: the bound steps for
-        its batch size and the thread count they run with."""
+        its batch size, the thread count they run with, and the count to restore after
+        the call (0: none; `threads=None` leaves numba's count as it found it)."""
         if x.ndim != 4 or x.shape[1:] != self._input_shape:
             raise NasgraphError(f"graph {self.graph.name!r} takes N x {self._input_type} input, "
                                 f"got shape {tuple(x.shape)}; hint: recompile for another size")
-        threads = self.threads
+        threads, restore = self.threads, 0
         if threads is None:
             threads = self._get_threads()
-        else:
+        if threads > 1 and self.threads_for(x.shape[0]) == 1:
+            restore = 0 if self.threads else threads
+            threads = 1
+        if self.threads or restore:
             self._set_threads(threads)  # checked against NUMBA_NUM_THREADS by compile()
         if x.shape[0] not in self._bound:
             self._bound[x.shape[0]] = self._bind(x.shape[0])
         bound = self._bound[x.shape[0]]
         bound.input[...] = x
-        return bound, threads
+        return bound, threads, restore
 
     def __call__(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
-        bound, threads = self._prepare(x)
+        bound, threads, restore = self._prepare(x)
         for step in bound.steps:
             step(threads)
+        if restore:
+            self._set_threads(restore)
         results = tuple(o.copy() for o in bound.outputs)
         return results[0] if len(results) == 1 else results
 
@@ -403,7 +426,7 @@ class Executor:
             ['c1', 's2']
         """
         self(x)
-        bound, threads = self._prepare(x)
+        bound, threads, restore = self._prepare(x)
         times = np.empty((repeats, len(bound.steps)))
         clock = time.perf_counter
         for r in range(repeats):
@@ -411,6 +434,8 @@ class Executor:
                 t0 = clock()
                 step(threads)
                 times[r, k] = clock() - t0
+        if restore:
+            self._set_threads(restore)
         per_node: dict[str, float] = {}
         for node_id, t in zip(bound.step_nodes, np.median(times, axis=0), strict=True):
             per_node[node_id] = per_node.get(node_id, 0.0) + float(t)
