@@ -84,6 +84,34 @@ def conv2d_tiled(xp, x_off, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, ac
 
 
 @njit(cache=True, fastmath={"contract", "nsz", "arcp"})
+def conv2d_tiled_1(xp, x_off, w, bias, res, out, co, cout, cin, kh, sh, sw, dh, act,
+                   has_res, ho, wo, out_pad, res_pad, threads):
+    """`conv2d_tiled` on the calling thread alone."""
+    n_batch, n_cb = xp.shape[0], w.shape[0]
+    n_pt = (ho * wo + R - 1) // R  # pixel tiles per sample
+    # tiles per job: up to TILES, fewer where that leaves under 4 jobs per thread
+    per = max(1, min(TILES, n_batch * n_cb * n_pt // (4 * threads)))
+    n_job = (n_pt + per - 1) // per  # jobs per sample and block, of n_pt/n_job tiles
+    # the epilogue writes `out` and reads `res` flat: the element of sample n, channel
+    # c, output pixel (oh, ow) is at n*o_n + c*o_c + oh*o_h + ow*o_w + o_0
+    o_n, o_c, o_h, o_w, o_0 = _strides(out, out_pad, ho, wo, co)
+    r_n, r_c, r_h, r_w, r_0 = _strides(res, res_pad, ho, wo, 0)
+    xf, wf = xp.reshape(xp.size), w.reshape(w.size)
+    out1, res1 = out.reshape(out.size), res.reshape(res.size)
+    # channel blocks vary fastest: a thread's share is whole pixels, so no two threads
+    # write to one cache line of an NHWC output (16 channels are 64 bytes, most often
+    # not on a line boundary), and each reads only its share of the input
+    for job in range(n_batch * n_job * n_cb):
+        n, j, cb = job // (n_job * n_cb), job // n_cb % n_job, job % n_cb
+        if out_pad > 0 and cb == 0 and j == 0:  # a sample's first job
+            zero_border(out[n], out_pad)
+        _tiles(xf, n * xp.shape[1] * xp.shape[2] + x_off, xp.shape[2], wf, w.shape[2],
+               bias, cb, j * n_pt // n_job, (j + 1) * n_pt // n_job, ho * wo, wo, cout,
+               cin, kh, sh, sw, dh, act, has_res, out1, n * o_n + o_0, o_c, o_h, o_w,
+               res1, n * r_n + r_0, r_c, r_h, r_w)
+
+
+@njit(cache=True, fastmath={"contract", "nsz", "arcp"})
 def _tiles(xf, x_0, row, wf, run, bias, cb, pt0, pt1, hw, wo, cout, cin, kh, sh, sw, dh,
            act, has_res, out1, o_0, o_c, o_h, o_w, res1, r_0, r_c, r_h, r_w):
     # Pixel tiles pt0..pt1 (R output pixels each, row-major) x the channels of block
@@ -463,6 +491,25 @@ def to_padded_nhwc(x, xp, ph, pw):
     n_batch, c_in, h, w = x.shape
     hp = xp.shape[1]
     for job in prange(n_batch * hp):
+        n, r = job // hp, job % hp
+        row = xp[n, r]  # Wp x C
+        if r < ph or r >= ph + h:
+            row[:, :] = 0.0
+            continue
+        row[:pw, :] = 0.0
+        row[pw + w:, :] = 0.0
+        for c in range(c_in):
+            src = x[n, c, r - ph]
+            for iw in range(w):
+                row[iw + pw, c] = src[iw]
+
+
+@njit(cache=True)
+def to_padded_nhwc_1(x, xp, ph, pw):
+    """`to_padded_nhwc` on the calling thread alone."""
+    n_batch, c_in, h, w = x.shape
+    hp = xp.shape[1]
+    for job in range(n_batch * hp):
         n, r = job // hp, job % hp
         row = xp[n, r]  # Wp x C
         if r < ph or r >= ph + h:

@@ -168,8 +168,27 @@ def _kernel() -> str:
         "               bias, cb, j * n_pt // n_job, (j + 1) * n_pt // n_job, ho * wo, wo, cout,",
         "               cin, kh, sh, sw, dh, act, has_res, out1, n * o_n + o_0, o_c, o_h, o_w,",
         "               res1, n * r_n + r_0, r_c, r_h, r_w)",
-        "",
-        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _serial(parallel: str) -> str:
+    """The one-thread twin of a parallel kernel's source: a plain loop where the parallel
+    one has `prange`, so that a call the executor runs on one thread opens no parallel
+    region (1.5-2 us, as much as a small kernel). Its own function, not the same one
+    compiled twice: numba's cache tells functions apart by name."""
+    head, _, body = parallel.strip().partition("\n")
+    name = body[4:body.index("(")]
+    signature = body[len(name) + 4:body.index('"""')]
+    signature = signature.replace("\n" + " " * (len(name) + 5), "\n" + " " * (len(name) + 7))
+    doc_end = body.index('"""', body.index('"""') + 3) + 3
+    return (head.replace("parallel=True, ", "") + "\n" + "def " + name + "_1" + signature
+            + f'"""`{name}` on the calling thread alone."""'
+            + body[doc_end:].replace("prange(", "range(") + "\n")
+
+
+def _tile_kernel() -> str:
+    lines = [
         '@njit(cache=True, fastmath={"contract", "nsz", "arcp"})',
         "def _tiles(xf, x_0, row, wf, run, bias, cb, pt0, pt1, hw, wo, cout, cin, kh, sh, sw, dh,",
         "           act, has_res, out1, o_0, o_c, o_h, o_w, res1, r_0, r_c, r_h, r_w):",
@@ -254,7 +273,10 @@ def _kernel() -> str:
 
 def render() -> str:
     """The source of `_tiled.py`."""
-    return HEADER + "\n" + _kernel() + PACK
+    driver = _kernel()
+    pad = PACK[PACK.index("@njit(parallel=True, cache=True)\ndef to_padded_nhwc"):]
+    return (HEADER + "\n" + driver + "\n\n" + _serial(driver) + "\n\n" + _tile_kernel()
+            + PACK + "\n\n" + _serial(pad))
 
 
 if __name__ == "__main__":

@@ -156,10 +156,13 @@ def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -
         args = (rows, x_off, p["w"], p["bias"], res, out, co, op.out_channels, c, op.kernel[0],
                 *op.stride, op.dilation[0], p["act"], has_res, ho, wo,
                 p["out_pad"], p["res_pad"])
-        conv = _compiled(tiled_k.conv2d_tiled, *args, 1)
+        # a call on one thread opens no parallel region (`Executor.threads_for`)
+        conv = _compiled(tiled_k.conv2d_tiled_1 if p["one_thread"] else tiled_k.conv2d_tiled,
+                         *args, 1)
         if in_nhwc:
             return lambda threads: conv(*args, threads)
-        pad = _compiled(tiled_k.to_padded_nhwc, x, xp, ph, pw)
+        pad = _compiled(tiled_k.to_padded_nhwc_1 if p["one_thread"] else
+                        tiled_k.to_padded_nhwc, x, xp, ph, pw)
 
         def step(threads: int) -> None:
             pad(x, xp, ph, pw)
@@ -336,6 +339,7 @@ class Executor:
         steps: list[Step] = []
         step_nodes: list[str] = []  # the node each step runs (a concat has one per copy)
         nhwc = self.nhwc
+        one_thread = self.threads_for(batch) == 1
         for node in graph:
             t = node.type
             if node.op.is_alias:
@@ -353,6 +357,7 @@ class Executor:
                 steps.extend(self._bind_concat(node, xs, out, co))
             elif node.kind != "input":
                 params = {**self._packed.get(node.id, {}), "scratch": scratch,
+                          "one_thread": one_thread,
                           "out_pad": nhwc.get(node.id, -1),
                           "in_pad": nhwc.get(node.inputs[0], -1) if node.inputs else -1,
                           "res_pad": nhwc.get(node.inputs[1], -1) if len(node.inputs) > 1
