@@ -161,6 +161,10 @@ def test_conv_strategies():
     b.output(b.conv(b.input(8, 6, 6), 16, 1))
     ex = nb.compile(b.build(), lower(b.build()).state_dict())
     assert ex._packed["conv"]["strategy"] == "gemm"  # 1x1 stride 1: the planes as they are
+    b = GraphBuilder("projection")  # many inputs, few pixels: sgemm does these badly
+    b.output(b.conv(b.input(256, 7, 7), 32, 1))
+    ex = nb.compile(b.build(), lower(b.build()).state_dict())
+    assert ex._packed["conv"]["strategy"] == "tiled"
 
 
 def test_tiled_convs_hand_each_other_padded_nhwc():

@@ -70,13 +70,21 @@ def _f32(a: np.ndarray) -> np.ndarray:
 def conv_strategy(node: Node, in_per_group: int) -> str:
     """How a conv node runs: "tiled" (the register-tiled NHWC kernel: ungrouped spatial
     kernels with no dilation along W and at least one full pixel tile, few-channel stems
-    included, and strided 1x1 convs, which gemm would gather first), "depthwise" (one
-    input channel per group: the direct NCHW kernel) or "gemm" ((im2col +) sgemm: 1x1
-    stride-1 and grouped convs, outputs smaller than a tile)."""
+    included, strided 1x1 convs, which gemm would gather first, and the 1x1 convs sgemm
+    does badly), "depthwise" (one input channel per group: the direct NCHW kernel) or
+    "gemm" ((im2col +) sgemm: other 1x1 and grouped convs, outputs smaller than a tile).
+
+    sgemm (OpenBLAS, one thread) multiplies Cout x Cin weights by Cin x pixels planes at
+    12-15 GFLOP/s where Cin is large and Cout or the pixels few: a 1x1 conv with
+    Cin >= 160 and at most 196 pixels or fewer than 64 outputs runs tiled (mobilenet_v2's
+    576 -> 96 at 14x14 0.4x, 960 -> 320 at 7x7 0.5x the time; resnet50's 1024 -> 256 at
+    14x14 0.85x), the rest stays gemm (tiled: 1.05-1.25x on smaller Cin or 28x28 and up)."""
     op, out = node.op, node.type
     kh, kw = op.kernel
-    if op.groups == 1 and (kh * kw > 1 or op.stride != (1, 1)) and op.dilation[1] == 1 \
-            and out.height * out.width >= tiled_k.R:
+    pixels = out.height * out.width
+    pointwise_tiled = in_per_group >= 160 and (pixels <= 196 or out.channels < 64)
+    if op.groups == 1 and (kh * kw > 1 or op.stride != (1, 1) or pointwise_tiled) \
+            and op.dilation[1] == 1 and pixels >= tiled_k.R:
         return "tiled"
     if in_per_group == 1:
         return "depthwise"
