@@ -485,7 +485,8 @@ def compile(graph: Graph, state_dict: Mapping[str, object], *, batch: int | None
     """Compile `graph` with the weights of `state_dict` (keys as `lower(graph).state_dict()`).
 
     `batch` binds buffers for that batch size now (others are bound on first use);
-    `threads` sets numba's thread count for every call (default: numba's). `optimize=False`
+    `threads` sets numba's thread count for every call (default: numba's), as an upper
+    bound: a call whose largest node is small runs on one (`Executor.threads_for`). `optimize=False`
     runs the graph as given, without the passes (to test them).
 
         >>> import numpy as np
