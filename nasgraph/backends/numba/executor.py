@@ -37,7 +37,7 @@ Binder = Callable[[Node, dict, list[np.ndarray], np.ndarray, int], Step]
 class Bound(NamedTuple):
     """An executor's buffers and kernel calls for one batch size."""
 
-    input: np.ndarray  # the input is copied here
+    load: Callable[[np.ndarray], None]  # copies a call's input in
     steps: list[Step]  # the kernel calls, in order
     step_nodes: list[str]  # the node id of each step
     outputs: list[np.ndarray]  # views of the output buffers
@@ -271,8 +271,9 @@ def _padded_numel(graph: Graph, node: Node) -> int:
 def nhwc_outputs(graph: Graph, strategy: Mapping[str, str]) -> dict[str, int]:
     """Tiled convs that store their output zero-padded NHWC, as the tiled convs that read
     it want it, rather than NCHW (which each reader would copy into padded NHWC itself):
-    node id -> the padding. A tensor qualifies when a tiled conv makes it, it is no graph
-    output and no concat part, and every reader is a tiled conv that takes it as its
+    node id -> the padding. A tensor qualifies when a tiled conv makes it (or it is the
+    graph's input, which a call then copies in that way), it is no graph output and no
+    concat part, and every reader is a tiled conv that takes it as its
     residual or as its input with a square padding. It is padded by the largest of
     those; a reader that pads less starts further in (a ResNet block's 3x3 conv and its
     1x1 shortcut read one buffer). `strategy`: conv id -> its strategy
@@ -281,7 +282,8 @@ def nhwc_outputs(graph: Graph, strategy: Mapping[str, str]) -> dict[str, int]:
     outputs = {o.id for o in graph.outputs}
     chosen: dict[str, int] = {}
     for node in graph:
-        if strategy.get(node.id) != "tiled" or node.id in parts or node.id in outputs:
+        if (strategy.get(node.id) != "tiled" and node.kind != "input") or node.id in parts \
+                or node.id in outputs:
             continue
         pads = set()
         readers = graph.successors(node.id)
@@ -376,7 +378,20 @@ class Executor:
         outs = [value[o.id] for o in graph.outputs]
         outs = [o.reshape(batch, -1) if n.type.flat else o
                 for o, n in zip(outs, graph.outputs, strict=True)]
-        return Bound(value[inp.id], steps, step_nodes, outs)
+        return Bound(self._loader(value[inp.id], one_thread), steps, step_nodes, outs)
+
+    def _loader(self, buffer: np.ndarray, one_thread: bool) -> Callable[[np.ndarray], None]:
+        """How a call's N x C x H x W input gets into its buffer: a copy, or where only
+        tiled convs read it (`nhwc_outputs`), one pass into padded NHWC (the copy and the
+        first conv's own transposing copy, in one)."""
+        if self.graph.inputs[0].id not in self.nhwc:
+            def load(x: np.ndarray) -> None:
+                buffer[...] = x
+            return load
+        pad = self.nhwc[self.graph.inputs[0].id]
+        kernel = tiled_k.to_padded_nhwc_1 if one_thread else tiled_k.to_padded_nhwc
+        kernel = _compiled(kernel, np.empty((1, 1, 1, 1), np.float32), buffer, pad, pad)
+        return lambda x: kernel(np.ascontiguousarray(x, np.float32), buffer, pad, pad)
 
     def _bind_concat(self, node: Node, xs: list, out: np.ndarray, co: int) -> list[Step]:
         steps, offset = [], co
@@ -412,7 +427,7 @@ class Executor:
         if x.shape[0] not in self._bound:
             self._bound[x.shape[0]] = self._bind(x.shape[0])
         bound = self._bound[x.shape[0]]
-        bound.input[...] = x
+        bound.load(x)
         return bound, threads, restore
 
     def __call__(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
