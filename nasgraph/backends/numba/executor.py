@@ -53,11 +53,11 @@ class NodeTime(NamedTuple):
 
 
 _NO_RES = np.zeros((1, 1, 1, 1), np.float32)
+_NO_BIAS = np.zeros(1, np.float32)
 # a call whose largest node does fewer multiply-adds than this runs on one thread: a
 # parallel region costs 1.5-2 us and moves data between cores, more than a second thread
 # saves on such small kernels (measured per conv, 3x3 and 1x1, and on whole calls)
 ONE_THREAD_MACS = 250_000
-_NO_BIAS = np.zeros(1, np.float32)
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -273,11 +273,10 @@ def nhwc_outputs(graph: Graph, strategy: Mapping[str, str]) -> dict[str, int]:
     it want it, rather than NCHW (which each reader would copy into padded NHWC itself):
     node id -> the padding. A tensor qualifies when a tiled conv makes it (or it is the
     graph's input, which a call then copies in that way), it is no graph output and no
-    concat part, and every reader is a tiled conv that takes it as its
-    residual or as its input with a square padding. It is padded by the largest of
-    those; a reader that pads less starts further in (a ResNet block's 3x3 conv and its
-    1x1 shortcut read one buffer). `strategy`: conv id -> its strategy
-    (`conv_strategy`)."""
+    concat part, and every reader is a tiled conv that takes it as its residual or as its
+    input with a square padding. It is padded by the largest of those; a reader that pads
+    less starts further in (a ResNet block's 3x3 conv and its 1x1 shortcut read one
+    buffer). `strategy`: conv id -> its strategy (`conv_strategy`)."""
     parts = in_place_concat_parts(graph)
     outputs = {o.id for o in graph.outputs}
     chosen: dict[str, int] = {}
