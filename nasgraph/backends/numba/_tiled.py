@@ -27,8 +27,9 @@ TILES = 8  # pixel tiles per parallel job, at most: divisions and setup once per
 @njit(inline="always", cache=True)
 def _store_pixel(tile, r, res1, rt, has_res, act, out1, at):
     """out1[at:at+V] = act(tile[r] + res1[rt:rt+V]) for identity, ReLU or ReLU6: one
-    pixel's V channels, contiguous (NHWC), as vector loops (no view of the row: views
-    cost reference counting)."""
+    pixel's V channels, contiguous (NHWC), as loops without the per-channel switch of
+    the general epilogue; LLVM leaves them scalar, as it cannot rule out `out1`
+    overlapping `res1` or the tile. No view of the row: views cost reference counting."""
     if has_res:
         for v in range(V):
             tile[r, v] += res1[rt + np.uint64(v)]
@@ -417,7 +418,7 @@ def _tiles(xf, x_0, row, wf, run, bias, cb, pt0, pt1, hw, wo, cout, cin, kh, sh,
         rt3 = np.uint64(r_0 + c0 * r_c + oh3 * r_h + ow3 * r_w)
         rt4 = np.uint64(r_0 + c0 * r_c + oh4 * r_h + ow4 * r_w)
         rt5 = np.uint64(r_0 + c0 * r_c + oh5 * r_h + ow5 * r_w)
-        if by_pixel:  # V contiguous values a pixel: vector loops
+        if by_pixel:  # V contiguous values a pixel
             _store_pixel(tile, 0, res1, rt0, has_res, act, out1, at0)
             _store_pixel(tile, 1, res1, rt1, has_res, act, out1, at1)
             _store_pixel(tile, 2, res1, rt2, has_res, act, out1, at2)

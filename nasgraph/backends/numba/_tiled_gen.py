@@ -47,8 +47,9 @@ TILES = {TILES}  # pixel tiles per parallel job, at most: divisions and setup on
 @njit(inline="always", cache=True)
 def _store_pixel(tile, r, res1, rt, has_res, act, out1, at):
     """out1[at:at+V] = act(tile[r] + res1[rt:rt+V]) for identity, ReLU or ReLU6: one
-    pixel's V channels, contiguous (NHWC), as vector loops (no view of the row: views
-    cost reference counting)."""
+    pixel's V channels, contiguous (NHWC), as loops without the per-channel switch of
+    the general epilogue; LLVM leaves them scalar, as it cannot rule out `out1`
+    overlapping `res1` or the tile. No view of the row: views cost reference counting."""
     if has_res:
         for v in range(V):
             tile[r, v] += res1[rt + np.uint64(v)]
@@ -251,7 +252,7 @@ def _tile_kernel() -> str:
         lines.append(f"{ind1}at{r} = np.uint64(o_0 + c0 * o_c + oh{r} * o_h + ow{r} * o_w)")
     for r in range(R):
         lines.append(f"{ind1}rt{r} = np.uint64(r_0 + c0 * r_c + oh{r} * r_h + ow{r} * r_w)")
-    lines.append(f"{ind1}if by_pixel:  # V contiguous values a pixel: vector loops")
+    lines.append(f"{ind1}if by_pixel:  # V contiguous values a pixel")
     for r in range(R):
         lines.append(f"{ind2}_store_pixel(tile, {r}, res1, rt{r}, has_res, act, out1, at{r})")
     lines += [
