@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from nasgraph import zoo
 from nasgraph.backends import numba as nb
-from nasgraph.backends.numba.executor import BINDERS, VIEWS
+from nasgraph.backends.numba.nodes import BINDERS, VIEWS
 from nasgraph.backends.torch import lower
 from nasgraph.errors import NasgraphError
 from nasgraph.ir import OPS, GraphBuilder

@@ -18,20 +18,12 @@ import numpy as np
 
 from nasgraph import passes
 from nasgraph.analysis import in_place_concat_parts
-from nasgraph.backends.numba import _conv as conv_k
 from nasgraph.backends.numba import _elementwise as elem_k
-from nasgraph.backends.numba import _resample as resample_k
 from nasgraph.backends.numba import _tiled as tiled_k
-from nasgraph.backends.numba._activations import ACT_CODES
+from nasgraph.backends.numba.nodes import BINDERS, PACKERS, VIEWS, Step, compiled
 from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph, Node
 from nasgraph.passes import StateDict, plan_memory
-
-Step = Callable[[int], None]  # called with numba's thread count (read once per call:
-# numba.get_num_threads costs microseconds, as much as a small kernel)
-# kind -> binds a node to its kernel: (node, packed weights + the executor's "scratch",
-# input arrays, out, offset) -> step
-Binder = Callable[[Node, dict, list[np.ndarray], np.ndarray, int], Step]
 
 
 class Bound(NamedTuple):
@@ -52,215 +44,10 @@ class NodeTime(NamedTuple):
     seconds: float
 
 
-_NO_RES = np.zeros((1, 1, 1, 1), np.float32)
-_NO_BIAS = np.zeros(1, np.float32)
 # a call whose largest node does fewer multiply-adds than this runs on one thread: a
 # parallel region costs 1.5-2 us and moves data between cores, more than a second thread
 # saves on such small kernels (measured per conv, 3x3 and 1x1, and on whole calls)
 ONE_THREAD_MACS = 250_000
-
-
-def _f32(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
-# ------------------------------------------------------------------ weight packing
-
-
-def conv_strategy(node: Node, in_per_group: int) -> str:
-    """How a conv node runs: "tiled" (the register-tiled NHWC kernel: ungrouped spatial
-    kernels with no dilation along W and at least one full pixel tile, few-channel stems
-    included, strided 1x1 convs, which gemm would gather first, and the 1x1 convs sgemm
-    does badly), "depthwise" (one input channel per group: the direct NCHW kernel) or
-    "gemm" ((im2col +) sgemm: other 1x1 and grouped convs, outputs smaller than a tile).
-
-    sgemm (OpenBLAS, one thread) multiplies Cout x Cin weights by Cin x pixels planes at
-    12-15 GFLOP/s where Cin is large and Cout or the pixels few: a 1x1 conv with
-    Cin >= 160 and at most 196 pixels or fewer than 64 outputs runs tiled (mobilenet_v2's
-    576 -> 96 at 14x14 0.4x, 960 -> 320 at 7x7 0.5x the time; resnet50's 1024 -> 256 at
-    14x14 0.85x), the rest stays gemm (tiled: 1.05-1.25x on smaller Cin or 28x28 and up)."""
-    op, out = node.op, node.type
-    kh, kw = op.kernel
-    pixels = out.height * out.width
-    pointwise_tiled = in_per_group >= 160 and (pixels <= 196 or out.channels < 64)
-    if op.groups == 1 and (kh * kw > 1 or op.stride != (1, 1) or pointwise_tiled) \
-            and op.dilation[1] == 1 and pixels >= tiled_k.R:
-        return "tiled"
-    if in_per_group == 1:
-        return "depthwise"
-    return "gemm"
-
-
-def _pack_conv(node: Node, state: StateDict) -> dict:
-    op = node.op
-    w = state[f"{node.param_key}.weight"]  # Cout x Cin/G x kh x kw
-    cout, cig, kh, kw = w.shape
-    strategy = conv_strategy(node, cig)
-    if strategy == "tiled":
-        packed = tiled_k.pack_weights(w)
-    elif strategy == "depthwise":
-        packed = w.reshape(cout, kh, kw)
-    else:
-        packed = w.reshape(op.groups, cout // op.groups, cig * kh * kw)
-    bias = state.get(f"{node.param_key}.bias") if op.bias else None
-    if strategy == "tiled":  # the accumulators start from the bias: one per channel block
-        bias = tiled_k.pack_bias(bias, cout)
-    return {"w": _f32(packed), "strategy": strategy,
-            "bias": _NO_BIAS if bias is None else _f32(bias),
-            "has_bias": int(bias is not None), "act": ACT_CODES[getattr(op, "act", None)]}
-
-
-def _pack_bn(node: Node, state: StateDict) -> dict:
-    key = node.param_key
-    scale = state[f"{key}.weight"] / np.sqrt(state[f"{key}.running_var"] + node.op.eps)
-    shift = state[f"{key}.bias"] - state[f"{key}.running_mean"] * scale
-    return {"scale": _f32(scale), "shift": _f32(shift), "act": 0}
-
-
-def _pack_act(node: Node, state: StateDict) -> dict:
-    c = node.type.channels
-    return {"scale": np.ones(c, np.float32), "shift": np.zeros(c, np.float32),
-            "act": ACT_CODES[node.op.fn]}
-
-
-def _pack_linear(node: Node, state: StateDict) -> dict:
-    bias = state.get(f"{node.param_key}.bias") if node.op.bias else None
-    return {"wt": _f32(state[f"{node.param_key}.weight"].T),
-            "bias": _NO_BIAS if bias is None else _f32(bias), "has_bias": int(bias is not None)}
-
-
-PACKERS: dict[str, Callable[[Node, StateDict], dict]] = {
-    "conv2d": _pack_conv, "fused_conv2d": _pack_conv, "batchnorm2d": _pack_bn,
-    "activation": _pack_act, "linear": _pack_linear,
-}
-
-# ------------------------------------------------------------------ binding nodes to kernels
-
-
-def _compiled(kernel, *args):
-    """numba `kernel`'s compiled entry point for these arguments' types, compiled (or
-    loaded from the cache) now. Called with arguments of the same types, it skips the
-    dispatcher's matching of types: 0.85 instead of 1.35 us a call with 20 arguments, the
-    order of a whole small kernel at batch 1."""
-    return kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))
-
-
-def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
-    op = node.op
-    x, res = xs[0], (xs[1] if len(xs) > 1 else _NO_RES)
-    has_res = int(len(xs) > 1)
-    if p["strategy"] == "tiled":
-        (ph, pw), (ho, wo) = op.pad, node.type.shape[1:]
-        in_nhwc = p["in_pad"] >= 0  # stored padded NHWC by the tiled conv that made it
-        x_off = 0
-        if in_nhwc:  # padded by in_pad >= ph = pw: start in_pad - ph rows and columns in
-            n, hp, wp, c = x.shape
-            x_off = (p["in_pad"] - ph) * (wp + 1) * c
-        else:  # N x C x H x W -> padded N x Hp x Wp x C in the executor's shared scratch
-            n, c, h, w = x.shape
-            hp, wp = h + 2 * ph, w + 2 * pw
-            xp = p["scratch"][:n * hp * wp * c].reshape(n, hp, wp, c)
-        rows = (x if in_nhwc else xp).reshape(n, hp, wp * c)  # read as N x Hp x (Wp*C)
-        args = (rows, x_off, p["w"], p["bias"], res, out, co, op.out_channels, c, op.kernel[0],
-                *op.stride, op.dilation[0], p["act"], has_res, ho, wo,
-                p["out_pad"], p["res_pad"])
-        # a call on one thread opens no parallel region (`Executor.threads_for`)
-        conv = _compiled(tiled_k.conv2d_tiled_1 if p["one_thread"] else tiled_k.conv2d_tiled,
-                         *args, 1)
-        if in_nhwc:
-            return lambda threads: conv(*args, threads)
-        pad = _compiled(tiled_k.to_padded_nhwc_1 if p["one_thread"] else
-                        tiled_k.to_padded_nhwc, x, xp, ph, pw)
-
-        def step(threads: int) -> None:
-            pad(x, xp, ph, pw)
-            conv(*args, threads)
-        return step
-    if p["strategy"] == "depthwise":
-        args = (x, p["w"], p["bias"], res, out, co, *op.stride, *op.pad, *op.dilation,
-                p["act"], p["has_bias"], has_res)
-        depthwise = _compiled(conv_k.conv2d_depthwise, *args, 1)
-        return lambda threads: depthwise(*args, threads)
-    args = (x, p["w"], p["bias"], res, out, co, *op.kernel, *op.stride, *op.pad, *op.dilation,
-            p["act"], p["has_bias"], has_res)
-    gemm = _compiled(conv_k.conv2d_gemm, *args, 1)
-    return lambda threads: gemm(*args, threads)
-
-
-def _scale_shift(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
-    args = (xs[0], p["scale"], p["shift"], out, co, p["act"])
-    kernel = _compiled(elem_k.scale_shift, *args)
-    return lambda threads: kernel(*args)
-
-
-def _pool(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
-    op = node.op
-    is_max = int(node.kind == "maxpool2d")
-    include_pad = int(getattr(op, "count_include_pad", True))
-    args = (xs[0], out, co, *op.kernel, *op.strides, *op.padding, is_max, include_pad)
-    kernel = _compiled(resample_k.pool2d, *args)
-    return lambda threads: kernel(*args)
-
-
-def _adaptive(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
-    kernel = _compiled(resample_k.adaptive_avgpool, xs[0], out, co)
-    return lambda threads: kernel(xs[0], out, co)
-
-
-def _upsample(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
-    op = node.op
-    (h, w), (ho, wo) = xs[0].shape[2:], out.shape[2:]
-    if op.align_corners:  # torch: (in - 1) / (out - 1) in float32, 0 for a single output
-        scales = [float(np.float32(i - 1) / np.float32(o - 1)) if o > 1 else 0.0
-                  for i, o in ((h, ho), (w, wo))]
-    elif op.scale is not None:
-        scales = [float(np.float32(1.0 / op.scale))] * 2
-    else:
-        scales = [float(np.float32(i) / np.float32(o)) for i, o in ((h, ho), (w, wo))]
-    args = (xs[0], out, co, int(op.mode == "bilinear"), int(op.align_corners), *scales)
-    return lambda threads: resample_k.upsample(*args)
-
-
-def _add(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
-    weights = [float(w) for w in (node.op.weights or [1.0] * len(xs))]
-
-    def step(threads: int) -> None:
-        for k, (x, w) in enumerate(zip(xs, weights, strict=True)):
-            elem_k.add_scaled(x, w, out, co, int(k > 0))
-    return step
-
-
-def _mul(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
-    a, b = xs if xs[0].size >= xs[1].size else xs[::-1]
-    return lambda threads: elem_k.mul(a, b, out, co)
-
-
-def _linear(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
-    args = (xs[0], p["wt"], p["bias"], out, co, 0, p["has_bias"])
-    kernel = _compiled(conv_k.linear, *args)
-    return lambda threads: kernel(*args)
-
-
-def _channel_pad(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
-    before, c = node.op.before, xs[0].shape[1]
-    end = co + c + before + node.op.after
-
-    def step(threads: int) -> None:
-        out[:, co:co + before] = 0.0
-        out[:, co + before + c:end] = 0.0
-        elem_k.copy_channels(xs[0], out, co + before)
-    return step
-
-
-BINDERS: dict[str, Binder] = {
-    "conv2d": _conv, "fused_conv2d": _conv, "batchnorm2d": _scale_shift,
-    "activation": _scale_shift, "maxpool2d": _pool, "avgpool2d": _pool,
-    "global_avgpool": _adaptive, "adaptive_avgpool2d": _adaptive, "upsample": _upsample,
-    "add": _add, "mul": _mul, "linear": _linear, "channel_pad": _channel_pad,
-}
-# concat is bound by the executor (copies for the parts not written in place); input,
-# output, identity, dropout and flatten are views
-VIEWS = {"input", "output", "identity", "dropout", "flatten"}
 
 
 def _padded_numel(graph: Graph, node: Node) -> int:
@@ -389,7 +176,7 @@ class Executor:
             return load
         pad = self.nhwc[self.graph.inputs[0].id]
         kernel = tiled_k.to_padded_nhwc_1 if one_thread else tiled_k.to_padded_nhwc
-        kernel = _compiled(kernel, np.empty((1, 1, 1, 1), np.float32), buffer, pad, pad)
+        kernel = compiled(kernel, np.empty((1, 1, 1, 1), np.float32), buffer, pad, pad)
         return lambda x: kernel(np.ascontiguousarray(x, np.float32), buffer, pad, pad)
 
     def _bind_concat(self, node: Node, xs: list, out: np.ndarray, co: int) -> list[Step]:
