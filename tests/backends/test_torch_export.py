@@ -107,6 +107,24 @@ def test_torchscript_and_onnx_exports_reproduce_the_reference(name, tmp_path):
     assert _max_diff(got, want) <= 1e-4 * scale, "ONNX through onnxruntime"
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", with_reference())
+def test_cuda_python_and_torchscript_exports_reproduce_the_reference(name, tmp_path,
+                                                                       exact_cuda):
+    graph, reference, state = _imported(name)
+    reference = reference.to(exact_cuda)
+    x = torch.randn(2, *graph.inputs[0].type.shape, device=exact_cuda)
+    with torch.no_grad():
+        want = _output(reference(x))
+        bound = 1e-4 * max(1.0, want.abs().max().item())
+        source, _ = export_python(graph, tmp_path / "model.py", state)
+        exported = _load_source(source).load_model().to(exact_cuda)
+        assert (exported(x) - want).abs().max().item() <= bound, "exported Python file"
+        (ts,) = export(graph, tmp_path / "model.pt", "torchscript", state)
+        scripted = torch.jit.load(str(ts), map_location=exact_cuda)
+        assert (scripted(x) - want).abs().max().item() <= bound, "TorchScript file"
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(graphs())
