@@ -2,7 +2,8 @@
 
 Cells: model x batch x precision (fp32, bf16 autocast) x mode (eager, torch.compile); both
 sides run in eval mode, channels_last, with the same weights and input. Ours also folds BN
-into the convs (`fuse_conv_bn`): that and channels_last are the levers. The two sides are
+into the convs (`fuse_conv_bn`) and runs conv + bias (+ residual) + ReLU as one cuDNN kernel
+(`fuse_conv_relu`): those and channels_last are the levers. The two sides are
 timed alternately in the same run; the table goes between the torch_gpu markers of
 docs/benchmarks.md (rows of other runs are kept, rows of this run replaced).
 
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     note = (f"`{command.strip()}` on {_machine(args.device)}; input "
             f"{'x'.join(map(str, shape))}, median of {args.iters} passes after "
             f"{args.warmup} warm-up passes. Both sides channels_last and eval; nasgraph "
-            "also folds BN into convs (except in rows marked 'BN kept') and runs activations "
+            "also folds BN into convs and fuses conv + bias (+ residual) + ReLU into one "
+            "cuDNN kernel (except in rows marked 'BN kept') and runs other activations "
             "and adds in place. Ratio = nasgraph / torchvision (>= 1.00x: as fast "
             "or faster).")
     for name in args.models.split(","):

@@ -5,9 +5,12 @@ activations: convs are fast, each elementwise op reads and writes a whole activa
 script records every aten op both sides dispatch under bf16 autocast (models prepared as in
 `torch_gpu.py`: eval, channels_last, ours with BN folded) and counts, per side: ops,
 activation bytes read + written, bytes of new activations allocated, and the activations that
-are not bf16 or not channels_last (fp32 promotions, layout copies). The GPU column adds what
-CUDA does beyond the dispatched op: cuDNN convolutions take no bias, so a conv with a bias is
-the conv plus one `add_` pass over its output (aten `_convolution`, Cudnn backend).
+are not bf16 or not channels_last (fp32 promotions, layout copies). The GPU column counts what
+CUDA runs instead of the dispatched ops: cuDNN's plain convolution takes no bias, so a conv
+with a bias is the conv plus one `add_` pass over its output (aten `_convolution`, Cudnn
+backend); a `FusedConvReLU` (ours, after `prepare(fold_bn=True)`) runs its conv, bias,
+residual add and ReLU as one cuDNN kernel, which reads the residual once and makes no extra
+pass (on CPU it dispatches the plain ops, counted in the other column).
 
     python benchmarks/torch_traffic.py                        # resnet50, densenet121, googlenet
     python benchmarks/torch_traffic.py --models resnet18 --size 64
@@ -27,7 +30,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nasgraph import zoo  # noqa: E402
-from nasgraph.backends.torch import import_torchvision_weights, lower, prepare  # noqa: E402
+from nasgraph.backends.torch import (  # noqa: E402
+    FusedConvReLU,
+    import_torchvision_weights,
+    lower,
+    prepare,
+)
 
 REFERENCE_KWARGS = {"googlenet": {"aux_logits": False, "init_weights": False}}
 
@@ -38,10 +46,11 @@ class Traffic:
     batch: int
     ops: int = 0
     bytes: int = 0          # read + written, as dispatched
-    gpu_bytes: int = 0      # read + written, with the cuDNN bias pass of biased convs
+    gpu_bytes: int = 0      # read + written as CUDA runs it (bias pass, fused epilogues)
     allocated: int = 0      # bytes of outputs that are new tensors (not in-place results)
     not_bf16: list[str] = field(default_factory=list)
     not_channels_last: list[str] = field(default_factory=list)
+    in_fused: bool = False  # inside a FusedConvReLU, whose plain ops CUDA runs as one kernel
 
     def is_activation(self, t: torch.Tensor) -> bool:
         return t.dim() == 4 and t.shape[0] == self.batch and t.is_floating_point()
@@ -71,9 +80,13 @@ class TrafficMode(TorchDispatchMode):
         t.ops += 1
         moved = sum(x.numel() * x.element_size() for x in inputs + outputs)
         t.bytes += moved
-        t.gpu_bytes += moved
-        if name == "convolution" and args[2] is not None:  # cuDNN: + output.add_(bias)
-            t.gpu_bytes += 2 * sum(x.numel() * x.element_size() for x in outputs)
+        if t.in_fused and name in ("add_", "relu_"):  # in the fused conv's epilogue on CUDA:
+            t.gpu_bytes += sum(x.numel() * x.element_size() for x in inputs[1:])  # residual
+        elif name == "convolution" and args[2] is not None and not t.in_fused:
+            # cuDNN's plain conv takes no bias: PyTorch adds it in one more pass
+            t.gpu_bytes += moved + 2 * sum(x.numel() * x.element_size() for x in outputs)
+        else:
+            t.gpu_bytes += moved
         fresh = [x for x in outputs if not any(x.data_ptr() == i.data_ptr() for i in inputs)]
         t.allocated += sum(x.numel() * x.element_size() for x in fresh)
         for x in inputs + outputs:
@@ -87,8 +100,19 @@ class TrafficMode(TorchDispatchMode):
 def traffic(model: torch.nn.Module, x: torch.Tensor) -> Traffic:
     """The activation traffic of `model(x)` under bf16 autocast on x's device, no grad."""
     counted = Traffic(batch=x.shape[0])
-    with torch.no_grad(), torch.autocast(x.device.type, torch.bfloat16), TrafficMode(counted):
-        model(x)
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, FusedConvReLU):
+            hooks.append(m.register_forward_pre_hook(lambda *_: setattr(counted, "in_fused",
+                                                                         True)))
+            hooks.append(m.register_forward_hook(lambda *_: setattr(counted, "in_fused", False)))
+    try:
+        with (torch.no_grad(), torch.autocast(x.device.type, torch.bfloat16),
+              TrafficMode(counted)):
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
     return counted
 
 
@@ -113,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     shape = (3, args.size, args.size)
     scale = args.scale / args.batch / 1e9
-    print(f"| model | side | aten ops | activation GB r+w | on CUDA (cuDNN bias pass) | "
+    print(f"| model | side | aten ops | activation GB r+w | as CUDA runs it | "
           f"GB allocated | non-bf16 | non-channels_last |  (batch {args.scale}, "
           f"{args.size}x{args.size})\n|---|---|---:|---:|---:|---:|---:|---:|")
     for name in args.models.split(","):

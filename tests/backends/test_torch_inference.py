@@ -4,6 +4,8 @@ equalities)."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +14,9 @@ from benchmarks.torch_traffic import traffic
 from nasgraph import zoo
 from nasgraph.backends.torch import (
     Autocast,
+    FusedConvReLU,
     fuse_conv_bn,
+    fuse_conv_relu,
     import_torchvision_weights,
     inplace_ops,
     lower,
@@ -72,20 +76,54 @@ def test_inplace_ops_leave_the_input_and_the_training_lowering_alone():
     g = zoo.get("resnet18", input_shape=(3, 32, 32))
     m = lower(g).eval()
     assert "torch.relu_(" not in m.code and ".add_(" not in m.code  # autograd needs them
-    fast = prepare(m, fold_bn=True)
+    fast = inplace_ops(fuse_conv_bn(m))
     assert fast.code.count("torch.relu_(") == 17 and fast.code.count(".add_(") == 8
     x = torch.randn(2, 3, 32, 32)
     before = x.clone()
     with torch.no_grad():
         fast(x)
+        prepare(m, fold_bn=True)(x)
     assert torch.equal(x, before)
 
 
-def test_folded_resnet_in_bf16_moves_no_more_memory_than_torchvision():
+def _outputs_agree(want, got, bound: float) -> bool:
+    want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
+    return all((a - b).abs().max().item() <= bound * max(1.0, a.abs().max().item())
+               for a, b in zip(want, got, strict=True))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs())
+def test_fusing_conv_relu_keeps_random_dag_outputs(g):
+    m = lower(g)
+    _randomize_bn_statistics(m)
+    folded = fuse_conv_bn(m.eval())
+    x = torch.randn(2, *g.inputs[0].type.shape)
+    with torch.no_grad():
+        assert _outputs_agree(folded(x), fuse_conv_relu(folded)(x), 1e-5)
+
+
+def test_fusing_takes_every_relu_of_a_resnet_and_its_downsample_biases():
+    m = lower(zoo.get("resnet50", input_shape=(3, 32, 32)))
+    _randomize_bn_statistics(m)
+    m.eval()
+    fused = fuse_conv_relu(fuse_conv_bn(m))
+    assert "relu" not in fused.code and " + " not in fused.code and "add_(" not in fused.code
+    kinds = Counter(type(s) for s in fused.modules())
+    assert kinds[FusedConvReLU] == 33 + 16 and kinds[torch.nn.Conv2d] == 4
+    assert all(s.bias is None for s in fused.modules() if type(s) is torch.nn.Conv2d)
+    assert "layer1.0.conv3" in dict(fused.named_modules())  # the conv's own name
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert _outputs_agree(m(x), fused(x), 1e-5)
+
+
+def test_prepared_resnet_in_bf16_moves_half_the_memory_of_torchvision():
     """The eager GPU cost at a large batch: passes over activations. Under bf16 autocast the
     prepared module keeps every activation bf16 and channels_last (no promotion, no layout
-    copy), reads and writes no more bytes than torchvision's resnet18 (counting cuDNN's
-    separate bias pass of a folded conv) and allocates no more new activations."""
+    copy), reads and writes at most half the bytes of torchvision's resnet18 as CUDA runs
+    them (fused conv + bias + residual + ReLU: no pass for the bias, the add or the ReLU)
+    and allocates no more new activations."""
     g = zoo.get("resnet18", input_shape=(3, 64, 64))
     theirs = reference_model("resnet18").eval()
     ours = lower(g)
@@ -96,7 +134,7 @@ def test_folded_resnet_in_bf16_moves_no_more_memory_than_torchvision():
     got = traffic(ours, x)
     assert want.not_bf16 == [] and want.not_channels_last == []
     assert got.not_bf16 == [] and got.not_channels_last == []
-    assert got.gpu_bytes <= want.gpu_bytes
+    assert got.bytes <= want.bytes and got.gpu_bytes <= want.gpu_bytes / 2
     assert got.allocated <= want.allocated
 
 
@@ -142,15 +180,6 @@ def test_torch_compile_matches_eager():
 # --------------------------------------------------------------------------- CUDA
 
 
-@pytest.fixture
-def exact_cuda():
-    """fp32 convs and matmuls on the GPU without TF32, so that 1e-4 is a fair bound."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield torch.device("cuda")
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", with_reference())
 def test_cuda_imported_weights_reproduce_the_reference(name, exact_cuda):
@@ -185,6 +214,40 @@ def test_cuda_autocast_and_compile(dtype, exact_cuda):
         want, got = m(x), fast(x.to(memory_format=torch.channels_last))
     assert got.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     assert torch.allclose(got.float(), want, rtol=0.1, atol=0.1 * want.abs().max().item())
+
+
+@pytest.mark.cuda
+def test_cuda_fused_convs_run_cudnn_kernels_with_the_same_outputs(exact_cuda, monkeypatch):
+    calls: Counter[str] = Counter()
+
+    def counting(name: str):
+        real = getattr(torch, name)
+
+        def counted(*args):
+            calls[name] += 1
+            return real(*args)
+        return counted
+
+    for name in ("cudnn_convolution_relu", "cudnn_convolution_add_relu"):
+        monkeypatch.setattr(torch, name, counting(name))
+    m = lower(zoo.get("resnet50", num_classes=10, input_shape=(3, 64, 64)))
+    _randomize_bn_statistics(m)
+    m = m.to(exact_cuda).eval()
+    fast = prepare(m, fold_bn=True, channels_last=True)
+    x = torch.randn(4, 3, 64, 64, device=exact_cuda)
+    with torch.no_grad():
+        want = m(x)
+        assert _outputs_agree(want, fast(x.to(memory_format=torch.channels_last)), 1e-4)
+        assert calls == {"cudnn_convolution_relu": 33, "cudnn_convolution_add_relu": 16}
+        calls.clear()
+        with torch.autocast("cuda", torch.bfloat16):
+            half = fast(x.to(memory_format=torch.channels_last))
+        assert calls == {"cudnn_convolution_relu": 33, "cudnn_convolution_add_relu": 16}
+    assert half.dtype == torch.bfloat16
+    assert torch.allclose(half.float(), want, rtol=0.1, atol=0.1 * want.abs().max().item())
+    calls.clear()
+    fast(x)  # autograd on: the plain ops, which have a backward
+    assert not calls
 
 
 @pytest.mark.cuda

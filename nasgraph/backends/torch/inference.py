@@ -1,8 +1,9 @@
-"""Inference-time options of a lowered module: BN folding, in-place ops, channels_last,
-autocast.
+"""Inference-time options of a lowered module: BN folding, fused conv + ReLU, in-place ops,
+channels_last, autocast.
 
 Folding rewrites the fx module (a conv followed by its batch norm becomes one conv); the
-graph-level `fold_batchnorm` pass does the same on a Graph for the Numba backend. In-place
+graph-level `fold_batchnorm` pass does the same on a Graph for the Numba backend. Fusing
+(`fusion.fuse_conv_relu`) turns conv -> (add ->) ReLU into one cuDNN kernel on CUDA. In-place
 rewriting turns activations and adds whose input nothing else reads into their in-place
 forms, as torchvision's modules are written. Autocast wraps the module without renaming
 anything: the wrapper's state dict keys are the module's.
@@ -17,6 +18,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from nasgraph.backends.torch.fusion import fuse_conv_relu
 from nasgraph.errors import NasgraphError
 
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {
@@ -166,13 +168,15 @@ def prepare(module: fx.GraphModule, *, fold_bn: bool = False, channels_last: boo
             autocast: str | torch.dtype | None = None) -> nn.Module:
     """Apply the inference options to a lowered module (already on its device).
 
-    `fold_bn` folds conv -> BN pairs and makes activations and adds in-place where nothing
-    else reads their input (an inference-only copy in eval mode; state dict keys change),
+    `fold_bn` folds conv -> BN pairs, fuses conv -> (add ->) ReLU into `FusedConvReLU`
+    (one cuDNN kernel on CUDA under no_grad) and makes other activations and adds in-place
+    where nothing else reads their input (an inference-only copy in eval mode; state dict
+    keys change),
     `channels_last` stores 4-D weights NHWC (pass NHWC inputs too for the fastest kernels),
     `autocast` runs under torch.autocast with "bf16" or "fp16".
     """
     if fold_bn:
-        module = inplace_ops(fuse_conv_bn(module))
+        module = inplace_ops(fuse_conv_relu(fuse_conv_bn(module)))
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     if autocast is not None:
