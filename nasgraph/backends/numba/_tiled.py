@@ -488,37 +488,59 @@ def zero_border(xp, pad):
 @njit(parallel=True, cache=True)
 def to_padded_nhwc(x, xp, ph, pw):
     """N x C x H x W -> N x (H+2ph) x (W+2pw) x C, zero border included (`xp` is scratch
-    shared by the convs of an executor)."""
+    shared by the convs of an executor). Flat unsigned offsets, no views (a view per
+    channel and row cost a third of the time); columns go in blocks of 8, so that a
+    channel's 8 reads are one run and the block's writes stay in a few cache lines."""
     n_batch, c_in, h, w = x.shape
-    hp = xp.shape[1]
+    hp, wp = xp.shape[1], xp.shape[2]
+    xf, pf = x.reshape(x.size), xp.reshape(xp.size)
+    hw, cu = np.uint64(h * w), np.uint64(c_in)
     for job in prange(n_batch * hp):
         n, r = job // hp, job % hp
-        row = xp[n, r]  # Wp x C
+        o = np.uint64((n * hp + r) * wp * c_in)  # row r of sample n: Wp x C values
         if r < ph or r >= ph + h:
-            row[:, :] = 0.0
+            for k in range(np.uint64(wp * c_in)):
+                pf[o + k] = 0.0
             continue
-        row[:pw, :] = 0.0
-        row[pw + w:, :] = 0.0
-        for c in range(c_in):
-            src = x[n, c, r - ph]
-            for iw in range(w):
-                row[iw + pw, c] = src[iw]
+        for k in range(np.uint64(pw * c_in)):
+            pf[o + k] = 0.0
+        for k in range(np.uint64((pw + w) * c_in), np.uint64(wp * c_in)):
+            pf[o + k] = 0.0
+        src = np.uint64((n * c_in * h + r - ph) * w)  # x[n, 0, r - ph, 0]
+        dst = o + np.uint64(pw * c_in)  # xp[n, r, pw, 0]
+        for iw0 in range(0, w, 8):
+            m = np.uint64(min(8, w - iw0))
+            for c in range(cu):
+                s = src + c * hw + np.uint64(iw0)
+                d = dst + np.uint64(iw0) * cu + c
+                for k in range(m):
+                    pf[d + k * cu] = xf[s + k]
 
 
 @njit(cache=True)
 def to_padded_nhwc_1(x, xp, ph, pw):
     """`to_padded_nhwc` on the calling thread alone."""
     n_batch, c_in, h, w = x.shape
-    hp = xp.shape[1]
+    hp, wp = xp.shape[1], xp.shape[2]
+    xf, pf = x.reshape(x.size), xp.reshape(xp.size)
+    hw, cu = np.uint64(h * w), np.uint64(c_in)
     for job in range(n_batch * hp):
         n, r = job // hp, job % hp
-        row = xp[n, r]  # Wp x C
+        o = np.uint64((n * hp + r) * wp * c_in)  # row r of sample n: Wp x C values
         if r < ph or r >= ph + h:
-            row[:, :] = 0.0
+            for k in range(np.uint64(wp * c_in)):
+                pf[o + k] = 0.0
             continue
-        row[:pw, :] = 0.0
-        row[pw + w:, :] = 0.0
-        for c in range(c_in):
-            src = x[n, c, r - ph]
-            for iw in range(w):
-                row[iw + pw, c] = src[iw]
+        for k in range(np.uint64(pw * c_in)):
+            pf[o + k] = 0.0
+        for k in range(np.uint64((pw + w) * c_in), np.uint64(wp * c_in)):
+            pf[o + k] = 0.0
+        src = np.uint64((n * c_in * h + r - ph) * w)  # x[n, 0, r - ph, 0]
+        dst = o + np.uint64(pw * c_in)  # xp[n, r, pw, 0]
+        for iw0 in range(0, w, 8):
+            m = np.uint64(min(8, w - iw0))
+            for c in range(cu):
+                s = src + c * hw + np.uint64(iw0)
+                d = dst + np.uint64(iw0) * cu + c
+                for k in range(m):
+                    pf[d + k * cu] = xf[s + k]
