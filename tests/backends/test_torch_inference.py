@@ -118,6 +118,17 @@ def test_fusing_takes_every_relu_of_a_resnet_and_its_downsample_biases():
         assert _outputs_agree(m(x), fused(x), 1e-5)
 
 
+def test_a_prepared_module_scripts_traces_and_exports():
+    fast = prepare(lower(zoo.get("resnet18", num_classes=10, input_shape=(3, 32, 32))).eval(),
+                   fold_bn=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = fast(x)
+        assert torch.equal(torch.jit.script(fast)(x), want)
+        assert torch.equal(torch.jit.trace(fast, (x,))(x), want)
+        assert torch.equal(torch.export.export(fast, (x,)).module()(x), want)
+
+
 def test_prepared_resnet_in_bf16_moves_half_the_memory_of_torchvision():
     """The eager GPU cost at a large batch: passes over activations. Under bf16 autocast the
     prepared module keeps every activation bf16 and channels_last (no promotion, no layout

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import operator
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,7 @@ class FusedConvReLU(nn.Conv2d):
         fused.weight, fused.bias = conv.weight, conv.bias
         return fused
 
+    @torch.jit.unused
     def _cudnn_dtype(self, x: torch.Tensor) -> torch.dtype | None:
         """The dtype the fused kernel computes in, or None where it does not apply."""
         if (not x.is_cuda or x.dim() != 4 or self.padding_mode != "zeros"
@@ -62,11 +64,9 @@ class FusedConvReLU(nn.Conv2d):
         # not torch.backends.cudnn.is_acceptable, which refuses bf16
         return dtype if dtype in CUDNN_DTYPES else None
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        dtype = self._cudnn_dtype(x)
-        if dtype is None:
-            y = super().forward(x)
-            return torch.relu_(y if residual is None else y.add_(residual))
+    @torch.jit.unused
+    def _cudnn(self, x: torch.Tensor, residual: torch.Tensor | None,
+               dtype: torch.dtype) -> torch.Tensor:
         w = self.weight.to(dtype)
         b = None if self.bias is None else self.bias.to(dtype)
         x = x.to(dtype)
@@ -75,6 +75,17 @@ class FusedConvReLU(nn.Conv2d):
                                                 self.dilation, self.groups)
         return torch.cudnn_convolution_add_relu(x, w, residual.to(dtype), 1.0, b, self.stride,
                                                 self.padding, self.dilation, self.groups)
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None  # noqa: UP045
+                ) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # TorchScript compiles the plain ops alone
+            dtype = self._cudnn_dtype(x)
+            if dtype is not None:
+                return self._cudnn(x, residual, dtype)
+        y = self._conv_forward(x, self.weight, self.bias)
+        if residual is not None:
+            y = y.add_(residual)
+        return torch.relu_(y)
 
 
 def _module(module: fx.GraphModule, node: object) -> nn.Module | None:
