@@ -88,7 +88,8 @@ class FusedConvReLU(nn.Conv2d):
         return torch.relu_(y)
 
 
-def _module(module: fx.GraphModule, node: object) -> nn.Module | None:
+def submodule(module: fx.GraphModule, node: object) -> nn.Module | None:
+    """The submodule that fx node `node` calls, or None where it calls none."""
     if isinstance(node, fx.Node) and node.op == "call_module":
         return module.get_submodule(node.target)
     return None
@@ -96,13 +97,7 @@ def _module(module: fx.GraphModule, node: object) -> nn.Module | None:
 
 def _sole_conv(module: fx.GraphModule, node: object) -> bool:
     """A plain conv whose output only one op reads."""
-    m = _module(module, node)
-    return type(m) is nn.Conv2d and len(node.users) == 1
-
-
-def _replace(module: fx.GraphModule, target: str, new: nn.Module) -> None:
-    parent, _, leaf = target.rpartition(".")
-    module.get_submodule(parent).add_module(leaf, new)
+    return type(submodule(module, node)) is nn.Conv2d and len(node.users) == 1
 
 
 def fuse_conv_relu(module: fx.GraphModule) -> fx.GraphModule:
@@ -140,12 +135,12 @@ def fuse_conv_relu(module: fx.GraphModule) -> fx.GraphModule:
         else:
             continue
         new = FusedConvReLU.from_conv(fused.get_submodule(conv.target))
-        other = _module(fused, residual)
+        other = submodule(fused, residual)
         if type(other) is nn.Conv2d and other.bias is not None and len(residual.users) == 1:
-            moved = other.bias.detach() if new.bias is None else new.bias.detach() + other.bias
+            moved = other.bias if new.bias is None else new.bias + other.bias
             new.bias = nn.Parameter(moved.detach(), requires_grad=other.bias.requires_grad)
             other.bias = None
-        _replace(fused, conv.target, new)
+        fused.add_submodule(conv.target, new)
         # at the relu's place, where the residual is defined too
         with g.inserting_before(relu):
             node = g.call_module(conv.target, (conv.args[0],) if residual is None

@@ -18,17 +18,13 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from nasgraph.backends.torch.fusion import fuse_conv_relu
+from nasgraph.backends.torch.fusion import fuse_conv_relu, submodule
 from nasgraph.errors import NasgraphError
 
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
     "fp16": torch.float16, "float16": torch.float16,
 }
-
-
-def _target(module: fx.GraphModule, node: fx.Node) -> nn.Module | None:
-    return module.get_submodule(node.target) if node.op == "call_module" else None
 
 
 def fuse_conv_bn(module: fx.GraphModule) -> fx.GraphModule:
@@ -48,21 +44,19 @@ def fuse_conv_bn(module: fx.GraphModule) -> fx.GraphModule:
     """
     fused = copy.deepcopy(module).eval()
     for node in list(fused.graph.nodes):
-        bn = _target(fused, node)
+        bn = submodule(fused, node)
         if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats:
             continue
         producer = node.args[0]
-        conv = _target(fused, producer) if isinstance(producer, fx.Node) else None
+        conv = submodule(fused, producer)
         if not isinstance(conv, nn.Conv2d) or len(producer.users) != 1:
             continue
         # N x C x H x W -> N x F x H' x W': conv(x) * scale + shift, with scale and shift
         # folded into the conv's weight and bias
-        parent, _, leaf = producer.target.rpartition(".")
-        fused.get_submodule(parent).add_module(leaf, fuse_conv_bn_eval(conv, bn))
+        fused.add_submodule(producer.target, fuse_conv_bn_eval(conv, bn))
         node.replace_all_uses_with(producer)
         fused.graph.erase_node(node)
-        parent, _, leaf = node.target.rpartition(".")
-        delattr(fused.get_submodule(parent), leaf)
+        fused.delete_submodule(node.target)
     fused.graph.lint()
     fused.recompile()
     return fused
@@ -83,7 +77,7 @@ def _owned(module: fx.GraphModule, value: object) -> bool:
     if not isinstance(value, fx.Node) or len(value.users) != 1:
         return False
     if value.op == "call_module":
-        return isinstance(_target(module, value), FRESH_MODULES)
+        return isinstance(submodule(module, value), FRESH_MODULES)
     if value.op == "call_method":
         return value.target == "add_"
     return value.op == "call_function" and value.target in FRESH_FUNCTIONS
