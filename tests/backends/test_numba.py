@@ -126,7 +126,7 @@ def test_profile_times_every_kernel_node():
     kernels = [n.id for n in ex.graph if not n.op.is_alias and n.kind != "input"]
     assert [t.node for t in times] == kernels  # in execution order, views left out
     assert [t.kind for t in times] == [ex.graph[i].kind for i in kernels]
-    assert {t.strategy for t in times if "conv" in t.kind} == {"tiled", "gemm"}
+    assert {t.strategy for t in times if "conv" in t.kind} == {"winograd", "tiled", "gemm"}
     r = nasgraph_cli("run", "lenet5", "--backend", "numba", "--profile", "--iters", "2")
     assert r.returncode == 0, r.stderr
     assert "c1" in r.stdout and "tiled" in r.stdout and "share" in r.stdout
@@ -155,7 +155,9 @@ def test_conv_strategies():
     ex = nb.compile(g, lower(g).state_dict())
     kinds = {n.id: ex._packed[n.id]["strategy"] for n in ex.graph if "conv" in n.kind}
     assert kinds["conv1"] == "tiled"  # the 3-channel stem too
-    assert kinds["layer1/0/conv1"] == "tiled"
+    assert kinds["layer1/0/conv1"] == "winograd"  # 3x3 stride 1, 64 channels at 8x8
+    assert kinds["layer2/0/conv1"] == "tiled"  # stride 2
+    assert kinds["layer2/0/conv2"] == "tiled"  # 128 channels at 4x4: one 4x4 tile
     assert kinds["layer2/0/downsample/0"] == "tiled"  # 1x1 stride 2: no gather for gemm
     b = GraphBuilder("pointwise")
     b.output(b.conv(b.input(8, 6, 6), 16, 1))
@@ -165,6 +167,61 @@ def test_conv_strategies():
     b.output(b.conv(b.input(256, 7, 7), 32, 1))
     ex = nb.compile(b.build(), lower(b.build()).state_dict())
     assert ex._packed["conv"]["strategy"] == "tiled"
+
+
+def test_winograd_transforms_compute_the_correlation():
+    # F(4x4, 3x3) in float64 with the matrices the kernels write out: A^T [(G g G^T) *
+    # (B^T d B)] A is the 4x4 correlation of the 6x6 window d with the 3x3 kernel g
+    from nasgraph.backends.numba._winograd import AT, BT, G
+
+    rng = np.random.default_rng(0)
+    d, g = rng.standard_normal((6, 6)), rng.standard_normal((3, 3))
+    want = [[(d[i:i + 3, j:j + 3] * g).sum() for j in range(4)] for i in range(4)]
+    got = AT @ ((G @ g @ G.T) * (BT @ d @ BT.T)) @ AT.T
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("fn", [None, "relu", "relu6", "silu"])
+@pytest.mark.parametrize(("batch", "threads"), [(1, 2), (3, 1)])
+def test_winograd_convs_agree_with_torch(fn, batch, threads):
+    # sizes not a multiple of the 4x4 tile; residuals stored padded NHWC (y) and NCHW (r,
+    # made by a 1x1 gemm conv); outputs written padded NHWC for the next conv, NCHW (for
+    # a gemm conv and graph outputs) and into a concat; an unpadded conv reading the
+    # buffer its padded sibling reads (x)
+    def act(t):
+        return t if fn is None else b.act(t, fn)
+
+    b = GraphBuilder("winograd")
+    x = b.input(16, 21, 17)
+    y = b.relu(b.conv(x, 20, 3, padding=1))
+    h = b.relu(b.conv(y, 20, 3, padding=1))
+    y = act(b.add([b.conv(h, 20, 3, padding=1, bias=False), y]))  # NHWC + NHWC -> NHWC
+    h = b.relu(b.conv(y, 20, 3, padding=1))
+    y = act(b.add([b.conv(h, 20, 3, padding=1), y]))  # -> NCHW, for the gemm conv
+    r = b.conv(y, 20, 1)
+    y = act(b.add([b.conv(y, 20, 3, padding=1), r]))  # NCHW residual
+    b.output(b.concat([b.conv(y, 17, 3, padding=1), y, r]))
+    b.output(b.conv(x, 16, 3, padding=0), name="valid")
+    g = b.build()
+    ex = nb.compile(g, lower(g).state_dict())
+    kinds = [ex._packed[n.id]["strategy"] for n in ex.graph if "conv" in n.kind]
+    assert kinds.count("winograd") == 8 and kinds.count("gemm") == 1
+    assert ex.nhwc == {n: 1 for n in ("input", "conv", "conv_1", "conv_2", "conv_3")}
+    assert_agree(g, batch=batch, threads=threads)
+
+
+@pytest.mark.parametrize(("batch", "threads"), [(1, 1), (1, 2), (2, 2)])
+def test_winograd_few_tiles_split_output_channels(batch, threads):
+    # 8x8 outputs are four tiles a sample: with two threads the jobs split the output
+    # channel blocks (72 channels: five blocks, the last partial)
+    b = GraphBuilder("few_tiles")
+    y = b.relu(b.conv(b.input(64, 8, 8), 72, 3, padding=1))
+    y = b.relu(b.add([b.conv(y, 72, 3, padding=1), y]))
+    b.output(b.conv(y, 72, 3, padding=1))
+    g = b.build()
+    ex = nb.compile(g, lower(g).state_dict())
+    assert {p["strategy"] for p in ex._packed.values() if "strategy" in p} == {"winograd"}
+    assert_agree(g, batch=batch, threads=threads)
 
 
 def test_tiled_convs_hand_each_other_padded_nhwc():

@@ -20,7 +20,14 @@ from nasgraph import passes
 from nasgraph.analysis import in_place_concat_parts
 from nasgraph.backends.numba import _elementwise as elem_k
 from nasgraph.backends.numba import _tiled as tiled_k
-from nasgraph.backends.numba.nodes import BINDERS, PACKERS, VIEWS, Step, compiled
+from nasgraph.backends.numba.nodes import (
+    BINDERS,
+    NHWC_STRATEGIES,
+    PACKERS,
+    VIEWS,
+    Step,
+    compiled,
+)
 from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph, Node
 from nasgraph.passes import StateDict, plan_memory
@@ -40,7 +47,7 @@ class NodeTime(NamedTuple):
 
     node: str
     kind: str
-    strategy: str  # for convs: "tiled", "depthwise" or "gemm"; else ""
+    strategy: str  # for convs: "winograd", "tiled", "depthwise" or "gemm"; else ""
     seconds: float
 
 
@@ -68,13 +75,13 @@ def nhwc_outputs(graph: Graph, strategy: Mapping[str, str]) -> dict[str, int]:
     outputs = {o.id for o in graph.outputs}
     chosen: dict[str, int] = {}
     for node in graph:
-        if (strategy.get(node.id) != "tiled" and node.kind != "input") or node.id in parts \
-                or node.id in outputs:
+        if (strategy.get(node.id) not in NHWC_STRATEGIES and node.kind != "input") \
+                or node.id in parts or node.id in outputs:
             continue
         pads = set()
         readers = graph.successors(node.id)
         for reader in readers:
-            if strategy.get(reader.id) != "tiled":
+            if strategy.get(reader.id) not in NHWC_STRATEGIES:
                 break
             if reader.inputs[0] == node.id:
                 pads.add(reader.op.pad)
@@ -107,7 +114,10 @@ class Executor:
         # per sample: the largest padded NHWC copy a tiled conv makes of its input
         self._scratch_numel = max(
             [_padded_numel(graph, n) for n in graph
-             if self._packed.get(n.id, {}).get("strategy") == "tiled"], default=0)
+             if self._packed.get(n.id, {}).get("strategy") in NHWC_STRATEGIES], default=0)
+        # per thread: the largest work buffer a Winograd conv wants
+        self._work_numel = max([p.get("work_size", 0) for p in self._packed.values()],
+                               default=0)
         self._bound: dict[int, Bound] = {}
         (inp,) = graph.inputs  # read once: a walk over the graph costs more than a small call
         self._input_type = inp.type
@@ -131,6 +141,9 @@ class Executor:
         graph, plan = self.graph, self.plan
         slots = [np.empty(batch * b // 4, np.float32) for b in plan.slot_bytes]
         scratch = np.empty(batch * self._scratch_numel, np.float32)
+        # zeros: the inner kernel of a Winograd conv computes whole tiles of R, a few
+        # beyond a group's last with what the buffer holds, and never stores them
+        work = np.zeros((numba.config.NUMBA_NUM_THREADS, self._work_numel), np.float32)
         value: dict[str, np.ndarray] = {}
         steps: list[Step] = []
         step_nodes: list[str] = []  # the node each step runs (a concat has one per copy)
@@ -152,7 +165,7 @@ class Executor:
             if node.kind == "concat":
                 steps.extend(self._bind_concat(node, xs, out, co))
             elif node.kind != "input":
-                params = {**self._packed.get(node.id, {}), "scratch": scratch,
+                params = {**self._packed.get(node.id, {}), "scratch": scratch, "work": work,
                           "one_thread": one_thread,
                           "out_pad": nhwc.get(node.id, -1),
                           "in_pad": nhwc.get(node.inputs[0], -1) if node.inputs else -1,

@@ -15,6 +15,7 @@ from nasgraph.backends.numba import _conv as conv_k
 from nasgraph.backends.numba import _elementwise as elem_k
 from nasgraph.backends.numba import _resample as resample_k
 from nasgraph.backends.numba import _tiled as tiled_k
+from nasgraph.backends.numba import _winograd as winograd_k
 from nasgraph.backends.numba._activations import ACT_CODES
 from nasgraph.ir import Node
 from nasgraph.passes import StateDict
@@ -27,6 +28,8 @@ Binder = Callable[[Node, dict, list[np.ndarray], np.ndarray, int], Step]
 
 
 _NO_RES = np.zeros((1, 1, 1, 1), np.float32)
+# conv strategies that read a zero-padded NHWC input and write NCHW or padded NHWC
+NHWC_STRATEGIES = ("tiled", "winograd")
 _NO_BIAS = np.zeros(1, np.float32)
 
 
@@ -37,12 +40,24 @@ def _f32(a: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ weight packing
 
 
+# where a 3x3 stride-1 conv runs Winograd: at least this many input channels, and this
+# many (4x4 output tiles a sample x input channels); below, the tiled kernel is faster
+# (one thread and two, against it: 16 -> 16 at 32x32 0.85-0.90x its time, 32 -> 32 at
+# 16x16 0.55-0.73x, 64 -> 64 at 8x8 0.62x, 256 -> 256 at 14x14 0.48-0.60x; but 3 or 8
+# input channels 1.7-2.2x, 16 -> 16 at 8x8 1.3-1.6x, 32 -> 32 at 4x4 1.7-2.3x)
+WINOGRAD_MIN_CIN = 16
+WINOGRAD_MIN_WORK = 256
+
+
 def conv_strategy(node: Node, in_per_group: int) -> str:
-    """How a conv node runs: "tiled" (the register-tiled NHWC kernel: ungrouped spatial
-    kernels with no dilation along W and at least one full pixel tile, few-channel stems
-    included, strided 1x1 convs, which gemm would gather first, and the 1x1 convs sgemm
-    does badly), "depthwise" (one input channel per group: the direct NCHW kernel) or
-    "gemm" ((im2col +) sgemm: other 1x1 and grouped convs, outputs smaller than a tile).
+    """How a conv node runs: "winograd" (3x3, stride 1, no dilation, ungrouped, at least
+    WINOGRAD_MIN_CIN input channels and WINOGRAD_MIN_WORK tiles x input channels a
+    sample: F(4x4, 3x3), `_winograd`), "tiled" (the register-tiled NHWC kernel: other
+    ungrouped spatial kernels with no dilation along W and at least one full pixel tile,
+    few-channel stems included, strided 1x1 convs, which gemm would gather first, and
+    the 1x1 convs sgemm does badly), "depthwise" (one input channel per group: the
+    direct NCHW kernel) or "gemm" ((im2col +) sgemm: other 1x1 and grouped convs,
+    outputs smaller than a tile).
 
     sgemm (OpenBLAS, one thread) multiplies Cout x Cin weights by Cin x pixels planes at
     12-15 GFLOP/s where Cin is large and Cout or the pixels few: a 1x1 conv with
@@ -52,6 +67,11 @@ def conv_strategy(node: Node, in_per_group: int) -> str:
     op, out = node.op, node.type
     kh, kw = op.kernel
     pixels = out.height * out.width
+    tiles = -(-out.height // 4) * -(-out.width // 4)
+    if (kh, kw) == (3, 3) and op.stride == (1, 1) and op.dilation == (1, 1) \
+            and op.groups == 1 and in_per_group >= WINOGRAD_MIN_CIN \
+            and tiles * in_per_group >= WINOGRAD_MIN_WORK:
+        return "winograd"
     pointwise_tiled = in_per_group >= 160 and (pixels <= 196 or out.channels < 64)
     if op.groups == 1 and (kh * kw > 1 or op.stride != (1, 1) or pointwise_tiled) \
             and op.dilation[1] == 1 and pixels >= tiled_k.R:
@@ -66,18 +86,24 @@ def _pack_conv(node: Node, state: StateDict) -> dict:
     w = state[f"{node.param_key}.weight"]  # Cout x Cin/G x kh x kw
     cout, cig, kh, kw = w.shape
     strategy = conv_strategy(node, cig)
-    if strategy == "tiled":
+    extra = {}
+    if strategy == "winograd":
+        packed = winograd_k.pack_weights(w)
+        extra = {"zeros": np.zeros(packed.shape[0] * packed.shape[1] * tiled_k.V, np.float32),
+                 "work_size": winograd_k.work_size(cig, cout)}
+    elif strategy == "tiled":
         packed = tiled_k.pack_weights(w)
     elif strategy == "depthwise":
         packed = w.reshape(cout, kh, kw)
     else:
         packed = w.reshape(op.groups, cout // op.groups, cig * kh * kw)
     bias = state.get(f"{node.param_key}.bias") if op.bias else None
-    if strategy == "tiled":  # the accumulators start from the bias: one per channel block
+    if strategy in NHWC_STRATEGIES:  # zero-padded to whole blocks of channels
         bias = tiled_k.pack_bias(bias, cout)
     return {"w": _f32(packed), "strategy": strategy,
             "bias": _NO_BIAS if bias is None else _f32(bias),
-            "has_bias": int(bias is not None), "act": ACT_CODES[getattr(op, "act", None)]}
+            "has_bias": int(bias is not None), "act": ACT_CODES[getattr(op, "act", None)],
+            **extra}
 
 
 def _pack_bn(node: Node, state: StateDict) -> dict:
@@ -119,7 +145,7 @@ def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -
     op = node.op
     x, res = xs[0], (xs[1] if len(xs) > 1 else _NO_RES)
     has_res = int(len(xs) > 1)
-    if p["strategy"] == "tiled":
+    if p["strategy"] in NHWC_STRATEGIES:
         (ph, pw), (ho, wo) = op.pad, node.type.shape[1:]
         in_nhwc = p["in_pad"] >= 0  # stored padded NHWC by the tiled conv that made it
         x_off = 0
@@ -131,12 +157,18 @@ def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -
             hp, wp = h + 2 * ph, w + 2 * pw
             xp = p["scratch"][:n * hp * wp * c].reshape(n, hp, wp, c)
         rows = (x if in_nhwc else xp).reshape(n, hp, wp * c)  # read as N x Hp x (Wp*C)
-        args = (rows, x_off, p["w"], p["bias"], res, out, co, op.out_channels, c, op.kernel[0],
-                *op.stride, op.dilation[0], p["act"], has_res, ho, wo,
-                p["out_pad"], p["res_pad"])
         # a call on one thread opens no parallel region (`Executor.threads_for`)
-        conv = compiled(tiled_k.conv2d_tiled_1 if p["one_thread"] else tiled_k.conv2d_tiled,
-                         *args, 1)
+        if p["strategy"] == "winograd":
+            args = (rows, x_off, p["w"], p["zeros"], p["bias"], res, out, co, op.out_channels,
+                    p["act"], has_res, ho, wo, p["out_pad"], p["res_pad"], p["work"])
+            conv = compiled(winograd_k.conv2d_winograd_1 if p["one_thread"] else
+                            winograd_k.conv2d_winograd, *args, 1)
+        else:
+            args = (rows, x_off, p["w"], p["bias"], res, out, co, op.out_channels, c,
+                    op.kernel[0], *op.stride, op.dilation[0], p["act"], has_res, ho, wo,
+                    p["out_pad"], p["res_pad"])
+            conv = compiled(tiled_k.conv2d_tiled_1 if p["one_thread"] else
+                            tiled_k.conv2d_tiled, *args, 1)
         if in_nhwc:
             return lambda threads: conv(*args, threads)
         pad = compiled(tiled_k.to_padded_nhwc_1 if p["one_thread"] else
