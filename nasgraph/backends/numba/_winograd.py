@@ -105,10 +105,11 @@ def _plan(n_tiles, blocks, threads, cin):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _input_tile(src, s0, rs, cin, dst, d0, tmp):
+def _input_tile(src, s0, rs, cin, dst, d0, tmp, h):
     """dst[d0 + (a*6 + b)*cin + c] = (B^T d B)[a, b] for the 6x6 window d whose value of
-    row i, column j, channel c is src[s0 + i*rs + j*cin + c]. Flat unsigned offsets, one
-    loop over the channels per row of the transform, which LLVM vectorizes."""
+    row i, column j, channel c is src[s0 + i*rs + j*cin + c], through tmp[h:h + 36*cin].
+    Flat unsigned offsets into whole arrays, no views: a view of the work buffer would
+    update its reference count, one count shared by the threads, at every tile."""
     # (every offset is a sum of unsigned values: a product with an int literal is signed,
     # and a signed index gets a negative-index fix-up that blocks vectorization)
     cu, rs, cu6 = np.uint64(cin), np.uint64(rs), np.uint64(6 * cin)
@@ -122,7 +123,8 @@ def _input_tile(src, s0, rs, cin, dst, d0, tmp):
     b3 = b2 + rs
     b4 = b3 + rs
     b5 = b4 + rs
-    t1 = cu6
+    t0 = np.uint64(h)
+    t1 = t0 + cu6
     t2 = t1 + cu6
     t3 = t2 + cu6
     t4 = t3 + cu6
@@ -130,14 +132,14 @@ def _input_tile(src, s0, rs, cin, dst, d0, tmp):
     for k in range(cu6):
         z0, z1, z2 = src[b0 + k], src[b1 + k], src[b2 + k]
         z3, z4, z5 = src[b3 + k], src[b4 + k], src[b5 + k]
-        tmp[k] = f4 * z0 - f5 * z2 + z4
+        tmp[t0 + k] = f4 * z0 - f5 * z2 + z4
         tmp[t1 + k] = -f4 * z1 - f4 * z2 + z3 + z4
         tmp[t2 + k] = f4 * z1 - f4 * z2 - z3 + z4
         tmp[t3 + k] = -f2 * z1 - z2 + f2 * z3 + z4
         tmp[t4 + k] = f2 * z1 - z2 - f2 * z3 + z4
         tmp[t5 + k] = f4 * z1 - f5 * z3 + z5
     for a in range(6):  # (B^T d) B, row by row
-        s = np.uint64(a * 6 * cin)
+        s = np.uint64(h + a * 6 * cin)
         s1 = s + cu
         s2 = s1 + cu
         s3 = s2 + cu
@@ -161,11 +163,12 @@ def _input_tile(src, s0, rs, cin, dst, d0, tmp):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _output_tile(m, m0, coutp, c0, c1, bias, tmp, dst, d0, d_h, d_w, res1, r0, r_h, r_w,
-                 has_res, lo, hi):
+def _output_tile(m, m0, coutp, c0, c1, bias, tmp, h, dst, d0, d_h, d_w, res1, r0, r_h,
+                 r_w, has_res, lo, hi):
     """min(max((A^T M A)[a, b] + bias[c] + res, lo), hi) for channels c in c0..c1 to
     dst[d0 + a*d_h + b*d_w + c], where M[i, j] of channel c is m[m0 + (i*6 + j)*coutp + c]
-    and res is res1[r0 + a*r_h + b*r_w + c] (read where `has_res`). The clamp is the
+    and res is res1[r0 + a*r_h + b*r_w + c] (read where `has_res`), through
+    tmp[h:h + 24*coutp]. The clamp is the
     identity, ReLU or ReLU6 (lo, hi = -inf or 0, inf or 6) without a branch in the loop,
     which LLVM vectorizes."""
     cu, cu6 = np.uint64(coutp), np.uint64(6 * coutp)  # unsigned sums only, as above
@@ -184,7 +187,7 @@ def _output_tile(m, m0, coutp, c0, c1, bias, tmp, dst, d0, d_h, d_w, res1, r0, r
         s3 = s2 + cu6
         s4 = s3 + cu6
         s5 = s4 + cu6
-        t0 = first + np.uint64(j) * cu
+        t0 = np.uint64(h) + first + np.uint64(j) * cu
         t1 = t0 + cu6
         t2 = t1 + cu6
         t3 = t2 + cu6
@@ -197,7 +200,7 @@ def _output_tile(m, m0, coutp, c0, c1, bias, tmp, dst, d0, d_h, d_w, res1, r0, r
             tmp[t3 + k] = z1 - z2 + f8 * z3 - f8 * z4 + z5
     dw, rw = np.uint64(d_w), np.uint64(r_w)
     for a in range(4):  # (A^T M) A + bias (+ residual), clamped, row by row
-        s = np.uint64(a * 6 * coutp)
+        s = np.uint64(h + a * 6 * coutp)
         s1 = s + cu
         s2 = s1 + cu
         s3 = s2 + cu
@@ -233,16 +236,16 @@ def _output_tile(m, m0, coutp, c0, c1, bias, tmp, dst, d0, d_h, d_w, res1, r0, r
 
 
 @njit(cache=True)
-def _store_tile(y, coutp, c0, c1, rows, cols, act, has_res, out1, at, o_c, o_h, o_w,
+def _store_tile(y, y0, coutp, c0, c1, rows, cols, act, has_res, out1, at, o_c, o_h, o_w,
                 res1, rt, r_c, r_h, r_w):
     """act(y + residual) of a tile's rows x cols pixels and channels c0..c1 to `out1`, one
     value at a time: the value of pixel (a, b), channel c at at + c*o_c + a*o_h + b*o_w
-    (the residual's likewise from rt), y's at (a*4 + b)*coutp + c. For what the clamp of
+    (the residual's likewise from rt), y's at y0 + (a*4 + b)*coutp + c. For what the clamp of
     `_output_tile` cannot write: NCHW, other activations, tiles past the edge."""
     oc, rc = np.uint64(o_c), np.uint64(r_c)
     for a in range(rows):
         for b in range(cols):
-            yo = np.uint64((a * 4 + b) * coutp)
+            yo = np.uint64(y0 + (a * 4 + b) * coutp)
             q = np.uint64(at + a * o_h + b * o_w)
             rq = np.uint64(rt + a * r_h + b * r_w)
             for k in range(np.uint64(c0), np.uint64(c1)):
@@ -254,15 +257,17 @@ def _store_tile(y, coutp, c0, c1, rows, cols, act, has_res, out1, at, o_c, o_h, 
 
 @njit(cache=True, fastmath=FASTMATH)
 def _job(xf, hp, row, x_off, cin, uf, zeros, blocks, bias, t0, t1, cb0, cb1, cout, th, tw,
-         ho, wo, act, has_res, out1, o_s, res1, r_s, wf):
+         ho, wo, act, has_res, out1, o_s, res1, r_s, wf, w_0):
     """Tiles t0..t1 (counted over the whole batch, row-major per sample) x channel blocks
-    cb0..cb1, in `wf` (this thread's work buffer). A function of its own: numba compiles
+    cb0..cb1, in the flat work buffer `wf` from w_0 on (this thread's part; an offset, not
+    a view: views of one array share one reference count). A function of its own: numba compiles
     the body of a parallel loop more slowly."""
     o_n, o_c, o_h, o_w, o_0 = o_s  # flat strides (`_tiled._strides`)
     r_n, r_c, r_h, r_w, r_0 = r_s
     coutp = blocks * V
     tiles = max(t1 - t0, R)  # the inner kernel computes whole tiles of R
-    v_0, m_0 = 0, tiles * 36 * cin
+    v_0 = w_0  # this thread's part of the flat work buffer `wf` starts at w_0
+    m_0 = v_0 + tiles * 36 * cin
     e_0 = m_0 + tiles * 36 * coutp  # one zero-filled 6x6 window
     h_0 = e_0 + 36 * cin  # half-transformed values
     for t in range(t0, t1):  # 1. V = B^T d B
@@ -271,7 +276,7 @@ def _job(xf, hp, row, x_off, cin, uf, zeros, blocks, bias, t0, t1, cb0, cb1, cou
         d = n * hp * row + x_off + i0 * row + j0 * cin
         dst = v_0 + (t - t0) * 36 * cin
         if i0 + 4 <= ho and j0 + 4 <= wo:
-            _input_tile(xf, d, row, cin, wf, dst, wf[h_0:])
+            _input_tile(xf, d, row, cin, wf, dst, wf, h_0)
         else:  # past the last row or column: through a zero-filled copy of the window
             for i in range(6):
                 for j in range(6):
@@ -280,7 +285,7 @@ def _job(xf, hp, row, x_off, cin, uf, zeros, blocks, bias, t0, t1, cb0, cb1, cou
                     s = np.uint64(d + i * row + j * cin)
                     for k in range(np.uint64(cin)):
                         wf[e + k] = xf[s + k] if inside else np.float32(0.0)
-            _input_tile(wf, e_0, 6 * cin, cin, wf, dst, wf[h_0:])
+            _input_tile(wf, e_0, 6 * cin, cin, wf, dst, wf, h_0)
     n_pt = (tiles + R - 1) // R
     for ab in range(36):  # 2. M[ab] = V[ab] @ U[ab], as a 1x1 conv over the tiles
         for cb in range(cb0, cb1):
@@ -300,12 +305,12 @@ def _job(xf, hp, row, x_off, cin, uf, zeros, blocks, bias, t0, t1, cb0, cb1, cou
         at = n * o_n + o_0 + i0 * o_h + j0 * o_w
         rt = n * r_n + r_0 + i0 * r_h + j0 * r_w
         if clamp and i0 + 4 <= ho and j0 + 4 <= wo:
-            _output_tile(wf, m, coutp, c0, c1, bias, wf[h_0:], out1, at, o_h, o_w, res1, rt,
+            _output_tile(wf, m, coutp, c0, c1, bias, wf, h_0, out1, at, o_h, o_w, res1, rt,
                          r_h, r_w, has_res, lo, hi)
         else:  # y overwrites the tile's own products, read into tmp before
-            _output_tile(wf, m, coutp, c0, c1, bias, wf[h_0:], wf, m, 4 * coutp, coutp,
+            _output_tile(wf, m, coutp, c0, c1, bias, wf, h_0, wf, m, 4 * coutp, coutp,
                          res1, 0, 0, 0, 0, np.float32(-np.inf), np.float32(np.inf))
-            _store_tile(wf[m:], coutp, c0, c1, min(4, ho - i0), min(4, wo - j0), act,
+            _store_tile(wf, m, coutp, c0, c1, min(4, ho - i0), min(4, wo - j0), act,
                         has_res, out1, at, o_c, o_h, o_w, res1, rt, r_c, r_h, r_w)
 
 
@@ -335,14 +340,14 @@ def conv2d_winograd(xp, x_off, u, zeros, bias, res, out, co, cout, act, has_res,
     `work_size` float32 values per thread; `threads`: how many share the jobs."""
     th, tw, n_tiles, group, splits, n_jobs, o_s, r_s = _setup(
         xp, u, out, res, ho, wo, co, out_pad, res_pad, threads)
-    xf, uf = xp.reshape(xp.size), u.reshape(u.size)
+    xf, uf, workf = xp.reshape(xp.size), u.reshape(u.size), work.reshape(work.size)
     out1, res1 = out.reshape(out.size), res.reshape(res.size)
     for job in prange(n_jobs):
         _job(xf, xp.shape[1], xp.shape[2], x_off, u.shape[2], uf, zeros, u.shape[1], bias,
              job // splits * group, min(n_tiles, (job // splits + 1) * group),
              job % splits * u.shape[1] // splits, (job % splits + 1) * u.shape[1] // splits,
-             cout, th, tw, ho, wo, act, has_res, out1, o_s, res1, r_s,
-             work[numba.get_thread_id()])
+             cout, th, tw, ho, wo, act, has_res, out1, o_s, res1, r_s, workf,
+             numba.get_thread_id() * work.shape[1])
 
 
 @njit(cache=True)
@@ -352,9 +357,9 @@ def conv2d_winograd_1(xp, x_off, u, zeros, bias, res, out, co, cout, act, has_re
     much as a small conv at batch 1)."""
     th, tw, n_tiles, group, splits, n_jobs, o_s, r_s = _setup(
         xp, u, out, res, ho, wo, co, out_pad, res_pad, 1)
-    xf, uf = xp.reshape(xp.size), u.reshape(u.size)
+    xf, uf, workf = xp.reshape(xp.size), u.reshape(u.size), work.reshape(work.size)
     out1, res1 = out.reshape(out.size), res.reshape(res.size)
     for g in range((n_tiles + group - 1) // group):
         _job(xf, xp.shape[1], xp.shape[2], x_off, u.shape[2], uf, zeros, u.shape[1], bias,
              g * group, min(n_tiles, (g + 1) * group), 0, u.shape[1], cout, th, tw, ho, wo,
-             act, has_res, out1, o_s, res1, r_s, work[0])
+             act, has_res, out1, o_s, res1, r_s, workf, 0)
