@@ -159,6 +159,8 @@ def test_conv_strategies():
     assert kinds["layer2/0/conv1"] == "tiled"  # stride 2
     assert kinds["layer2/0/conv2"] == "tiled"  # 128 channels at 4x4: one 4x4 tile
     assert kinds["layer2/0/downsample/0"] == "tiled"  # 1x1 stride 2: no gather for gemm
+    direct = nb.compile(g, lower(g).state_dict(), winograd=False)
+    assert direct._packed["layer1/0/conv1"]["strategy"] == "tiled"
     b = GraphBuilder("pointwise")
     b.output(b.conv(b.input(8, 6, 6), 16, 1))
     ex = nb.compile(b.build(), lower(b.build()).state_dict())

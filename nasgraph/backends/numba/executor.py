@@ -22,11 +22,13 @@ from nasgraph.backends.numba import _elementwise as elem_k
 from nasgraph.backends.numba import _tiled as tiled_k
 from nasgraph.backends.numba.nodes import (
     BINDERS,
+    CONV_KINDS,
     NHWC_STRATEGIES,
     PACKERS,
     VIEWS,
     Step,
     compiled,
+    pack_conv,
 )
 from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph, Node
@@ -103,11 +105,14 @@ class Executor:
     `ONE_THREAD_MACS` multiply-adds (small nets at small batches).
     """
 
-    def __init__(self, graph: Graph, state: StateDict, threads: int | None) -> None:
+    def __init__(self, graph: Graph, state: StateDict, threads: int | None,
+                 winograd: bool = True) -> None:
         self.graph = graph
         self.threads = threads
         self._get_threads, self._set_threads = _thread_count_entry_points()
-        self._packed = {n.id: PACKERS[n.kind](n, state) for n in graph if n.kind in PACKERS}
+        self._packed = {
+            n.id: pack_conv(n, state, winograd) if n.kind in CONV_KINDS
+            else PACKERS[n.kind](n, state) for n in graph if n.kind in PACKERS}
         strategy = {i: p["strategy"] for i, p in self._packed.items() if "strategy" in p}
         self.nhwc = nhwc_outputs(graph, strategy)
         self.plan = plan_memory(graph, self._stored_bytes)
@@ -295,13 +300,16 @@ def _limit_blas_threads() -> None:
 
 
 def compile(graph: Graph, state_dict: Mapping[str, object], *, batch: int | None = None,
-            threads: int | None = None, optimize: bool = True) -> Executor:
+            threads: int | None = None, optimize: bool = True,
+            winograd: bool = True) -> Executor:
     """Compile `graph` with the weights of `state_dict` (keys as `lower(graph).state_dict()`).
 
     `batch` binds buffers for that batch size now (others are bound on first use);
     `threads` sets numba's thread count for every call (default: numba's), as an upper
     bound: a call whose largest node is small runs on one (`Executor.threads_for`). `optimize=False`
-    runs the graph as given, without the passes (to test them).
+    runs the graph as given, without the passes (to test them). `winograd=False` runs the
+    3x3 convs that would take Winograd F(4x4, 3x3) (`nodes.conv_strategy`) with the
+    direct tiled kernel instead: 2-4x slower on those layers, rounding closer to torch's.
 
         >>> import numpy as np
         >>> from nasgraph import zoo
@@ -325,7 +333,7 @@ def compile(graph: Graph, state_dict: Mapping[str, object], *, batch: int | None
     _limit_blas_threads()
     planned, state = passes.optimize(graph, state_dict) if optimize else \
         (graph, passes.as_numpy(state_dict))
-    executor = Executor(planned, state, threads)
+    executor = Executor(planned, state, threads, winograd)
     if batch is not None:
         executor._bound[batch] = executor._bind(batch)
     return executor

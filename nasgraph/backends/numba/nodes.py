@@ -49,7 +49,7 @@ WINOGRAD_MIN_CIN = 16
 WINOGRAD_MIN_WORK = 256
 
 
-def conv_strategy(node: Node, in_per_group: int) -> str:
+def conv_strategy(node: Node, in_per_group: int, winograd: bool = True) -> str:
     """How a conv node runs: "winograd" (3x3, stride 1, no dilation, ungrouped, at least
     WINOGRAD_MIN_CIN input channels and WINOGRAD_MIN_WORK tiles x input channels a
     sample: F(4x4, 3x3), `_winograd`), "tiled" (the register-tiled NHWC kernel: other
@@ -63,12 +63,13 @@ def conv_strategy(node: Node, in_per_group: int) -> str:
     12-15 GFLOP/s where Cin is large and Cout or the pixels few: a 1x1 conv with
     Cin >= 160 and at most 196 pixels or fewer than 64 outputs runs tiled (mobilenet_v2's
     576 -> 96 at 14x14 0.4x, 960 -> 320 at 7x7 0.5x the time; resnet50's 1024 -> 256 at
-    14x14 0.85x), the rest stays gemm (tiled: 1.05-1.25x on smaller Cin or 28x28 and up)."""
+    14x14 0.85x), the rest stays gemm (tiled: 1.05-1.25x on smaller Cin or 28x28 and up).
+    `winograd=False`: never "winograd" (those convs run tiled)."""
     op, out = node.op, node.type
     kh, kw = op.kernel
     pixels = out.height * out.width
     tiles = -(-out.height // 4) * -(-out.width // 4)
-    if (kh, kw) == (3, 3) and op.stride == (1, 1) and op.dilation == (1, 1) \
+    if winograd and (kh, kw) == (3, 3) and op.stride == (1, 1) and op.dilation == (1, 1) \
             and op.groups == 1 and in_per_group >= WINOGRAD_MIN_CIN \
             and tiles * in_per_group >= WINOGRAD_MIN_WORK:
         return "winograd"
@@ -81,11 +82,16 @@ def conv_strategy(node: Node, in_per_group: int) -> str:
     return "gemm"
 
 
-def _pack_conv(node: Node, state: StateDict) -> dict:
+CONV_KINDS = ("conv2d", "fused_conv2d")
+
+
+def pack_conv(node: Node, state: StateDict, winograd: bool = True) -> dict:
+    """A conv node's weights, packed for its strategy (`conv_strategy`), with its bias,
+    activation code and, for Winograd, the size of work buffer it wants per thread."""
     op = node.op
     w = state[f"{node.param_key}.weight"]  # Cout x Cin/G x kh x kw
     cout, cig, kh, kw = w.shape
-    strategy = conv_strategy(node, cig)
+    strategy = conv_strategy(node, cig, winograd)
     extra = {}
     if strategy == "winograd":
         packed = winograd_k.pack_weights(w)
@@ -126,7 +132,7 @@ def _pack_linear(node: Node, state: StateDict) -> dict:
 
 
 PACKERS: dict[str, Callable[[Node, StateDict], dict]] = {
-    "conv2d": _pack_conv, "fused_conv2d": _pack_conv, "batchnorm2d": _pack_bn,
+    "conv2d": pack_conv, "fused_conv2d": pack_conv, "batchnorm2d": _pack_bn,
     "activation": _pack_act, "linear": _pack_linear,
 }
 
