@@ -47,21 +47,37 @@ def pool2d(x, out, co, kh, kw, sh, sw, ph, pw, is_max, count_include_pad):
 
 @njit(parallel=True, cache=True)
 def adaptive_avgpool(x, out, co):
-    """Window i covers [floor(i * n / size), ceil((i + 1) * n / size)) on each axis."""
+    """Window i covers [floor(i * n / size), ceil((i + 1) * n / size)) on each axis.
+    Flat offsets, no views: a view per channel updates one reference count shared by the
+    threads (ResNet-20's global pool at batch 1: 64 channels, 2 views each)."""
     n_batch, c_in, h, w = x.shape
-    ho, wo = out.shape[2], out.shape[3]
+    c_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
+    xf, of = x.reshape(x.size), out.reshape(out.size)
     for job in prange(n_batch * c_in):
         n, c = job // c_in, job % c_in
-        src, dst = x[n, c], out[n, co + c]
+        src = np.uint64(job * h * w)
+        dst = np.uint64((n * c_out + co + c) * ho * wo)
         for oh in range(ho):
             a0, a1 = (oh * h) // ho, -((-(oh + 1) * h) // ho)
             for ow in range(wo):
                 b0, b1 = (ow * w) // wo, -((-(ow + 1) * w) // wo)
-                s = np.float32(0.0)
-                for i in range(a0, a1):
-                    for j in range(b0, b1):
-                        s += src[i, j]
-                dst[oh, ow] = s / ((a1 - a0) * (b1 - b0))
+                if b0 == 0 and b1 == w:  # whole rows: one run (the global pool: the plane)
+                    s = _run_sum(xf, src + np.uint64(a0 * w), (a1 - a0) * w)
+                else:
+                    s = np.float32(0.0)
+                    for i in range(a0, a1):
+                        s += _run_sum(xf, src + np.uint64(i * w + b0), b1 - b0)
+                of[dst + np.uint64(oh * wo + ow)] = s / ((a1 - a0) * (b1 - b0))
+
+
+@njit(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+def _run_sum(xf, start, n):
+    """xf[start:start + n].sum(), reassociated so that LLVM vectorizes it (one serial
+    chain of adds took 12 us for ResNet-20's 64 x 8 x 8 global pool)."""
+    s = np.float32(0.0)
+    for j in range(np.uint64(n)):
+        s += xf[start + j]
+    return s
 
 
 @njit(cache=True)
