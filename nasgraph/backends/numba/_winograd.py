@@ -287,11 +287,14 @@ def _job(xf, hp, row, x_off, cin, uf, zeros, blocks, bias, t0, t1, cb0, cb1, cou
                         wf[e + k] = xf[s + k] if inside else np.float32(0.0)
             _input_tile(wf, e_0, 6 * cin, cin, wf, dst, wf, h_0)
     n_pt = (tiles + R - 1) // R
+    # constants as int64 variables: a literal argument would make numba compile another
+    # specialization of the callee (the inner kernel's took 15 s)
+    zero, one = np.int64(0), np.int64(1)
     for ab in range(36):  # 2. M[ab] = V[ab] @ U[ab], as a 1x1 conv over the tiles
         for cb in range(cb0, cb1):
-            _tiles(wf, v_0 + ab * cin, 0, uf, cin, zeros, ab * blocks + cb, 0, n_pt, tiles,
-                   tiles, 36 * coutp, 36 * cin, 1, 1, 1, 1, 0, 0, wf, m_0, 1, 0, 36 * coutp,
-                   wf, 0, 1, 0, 0)
+            _tiles(wf, v_0 + ab * cin, zero, uf, cin, zeros, ab * blocks + cb, zero, n_pt,
+                   tiles, tiles, 36 * coutp, 36 * cin, one, one, one, one, zero, zero, wf,
+                   m_0, one, zero, 36 * coutp, wf, zero, one, zero, zero)
     c0, c1 = cb0 * V, min(cb1 * V, cout)
     # the identity, ReLU and ReLU6 as a clamp, written straight to channels-contiguous
     # outputs; the rest through y, this tile's 4 x 4 x Cout values
@@ -309,7 +312,8 @@ def _job(xf, hp, row, x_off, cin, uf, zeros, blocks, bias, t0, t1, cb0, cb1, cou
                          r_h, r_w, has_res, lo, hi)
         else:  # y overwrites the tile's own products, read into tmp before
             _output_tile(wf, m, coutp, c0, c1, bias, wf, h_0, wf, m, 4 * coutp, coutp,
-                         res1, 0, 0, 0, 0, np.float32(-np.inf), np.float32(np.inf))
+                         res1, zero, zero, zero, zero, np.float32(-np.inf),
+                         np.float32(np.inf))
             _store_tile(wf, m, coutp, c0, c1, min(4, ho - i0), min(4, wo - j0), act,
                         has_res, out1, at, o_c, o_h, o_w, res1, rt, r_c, r_h, r_w)
 
@@ -359,7 +363,8 @@ def conv2d_winograd_1(xp, x_off, u, zeros, bias, res, out, co, cout, act, has_re
         xp, u, out, res, ho, wo, co, out_pad, res_pad, 1)
     xf, uf, workf = xp.reshape(xp.size), u.reshape(u.size), work.reshape(work.size)
     out1, res1 = out.reshape(out.size), res.reshape(res.size)
+    zero = np.int64(0)  # not a literal 0: that would compile another `_job`
     for g in range((n_tiles + group - 1) // group):
         _job(xf, xp.shape[1], xp.shape[2], x_off, u.shape[2], uf, zeros, u.shape[1], bias,
-             g * group, min(n_tiles, (g + 1) * group), 0, u.shape[1], cout, th, tw, ho, wo,
-             act, has_res, out1, o_s, res1, r_s, workf, 0)
+             g * group, min(n_tiles, (g + 1) * group), zero, u.shape[1], cout, th, tw, ho,
+             wo, act, has_res, out1, o_s, res1, r_s, workf, zero)
