@@ -119,6 +119,7 @@ def bench(graph, batch, threads, repeats, seconds, winograd=True):
 def sgemm_peak(threads, n=1024):
     a = np.random.rand(n, n).astype(np.float32)
     from threadpoolctl import threadpool_limits
+    time.sleep(4 * PAUSE)  # the pools of the backends timed before it settle
     with threadpool_limits(threads, user_api="blas"):
         t = _median(lambda: a @ a, 5)
     return 2 * n**3 / t / 1e9
@@ -173,17 +174,21 @@ def main() -> None:
     # GFLOP/s are its own rather than an effective rate
     for conv, batch in [(single_conv(64, 64, 56), 1), (single_conv(256, 256, 14), 8)]:
         cases += [(conv, batch, True), (conv, batch, False)]
-    peak = sgemm_peak(args.threads)
+    peaks = []  # measured before each case: one measurement alone caught a slow second
     rows = ["| model | batch | numba ms | torch ms | ORT ms | numba/torch | numba/ORT | "
             "numba GFLOP/s | % sgemm |", "|---|---|---|---|---|---|---|---|---|"]
+    results = []
     for graph, batch, winograd in cases:
-        tn, tt, to, gf = bench(graph, batch, args.threads, args.repeats, args.seconds,
-                               winograd)
+        peaks.append(sgemm_peak(args.threads))
+        results.append((graph, batch, winograd, *bench(
+            graph, batch, args.threads, args.repeats, args.seconds, winograd)))
+        print(graph.name, batch, winograd, results[-1][3:], flush=True)
+    peak = float(np.median(peaks))
+    for graph, batch, winograd, tn, tt, to, gf in results:
         name = graph.name if winograd else f"{graph.name} (direct)"
         rows.append(f"| {name} | {batch} | {tn * 1e3:.2f} | {tt * 1e3:.2f} | "
                     f"{to * 1e3:.2f} | {tn / tt:.2f} | {tn / to:.2f} | {gf:.1f} | "
                     f"{100 * gf / peak:.0f} |")
-        print(rows[-1], flush=True)
     load = max(load_before, os.getloadavg()[0])
     (imp0, cold), (imp1, warm) = firsts
     text = "\n".join([
@@ -191,8 +196,9 @@ def main() -> None:
         f"`python -m benchmarks.numba_cpu --threads {args.threads}` on {machine()}; "
         f"1-minute load average up to {load:.1f} during the run; medians of at least "
         f"{args.repeats} calls and {args.seconds:g} s per backend and model, the backends "
-        f"of a model timed in {ROUNDS} turns. numpy sgemm peak (1024^3, same threads): "
-        f"{peak:.0f} GFLOP/s.", "",
+        f"of a model timed in {ROUNDS} turns. numpy sgemm peak (1024^3, same threads, "
+        f"median of one measurement before each case): {peak:.0f} GFLOP/s "
+        f"({min(peaks):.0f}-{max(peaks):.0f}).", "",
         "Ratios below 1: numba is faster. `% sgemm`: numba GFLOP/s (2 x MACs x batch / time) "
         "as a share of the sgemm peak. MACs are a direct conv's: Winograd layers do 2.25-4x "
         "fewer multiplies, so on them the GFLOP/s are an effective rate and can pass the "
