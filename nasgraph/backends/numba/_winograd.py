@@ -47,7 +47,7 @@ FASTMATH = {"contract", "nsz", "arcp"}
 # the kernel transform: U = G g G^T, 6x6 per 3x3 kernel
 G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
               [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
-# for reference and tests; the kernels below have them written out
+# for reference and tests; `_bt` and `_at` below have them written out
 BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
                [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], float)
 AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
@@ -104,6 +104,22 @@ def _plan(n_tiles, blocks, threads, cin):
     return group, splits
 
 
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _bt(z0, z1, z2, z3, z4, z5):
+    """B^T z for one column z of six values: the input transform's rows."""
+    f2, f4, f5 = np.float32(2.0), np.float32(4.0), np.float32(5.0)
+    return (f4 * z0 - f5 * z2 + z4, -f4 * z1 - f4 * z2 + z3 + z4, f4 * z1 - f4 * z2 - z3 + z4,
+            -f2 * z1 - z2 + f2 * z3 + z4, f2 * z1 - z2 - f2 * z3 + z4, f4 * z1 - f5 * z3 + z5)
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _at(z0, z1, z2, z3, z4, z5):
+    """A^T z for one column z of six values: the output transform's rows."""
+    f2, f4, f8 = np.float32(2.0), np.float32(4.0), np.float32(8.0)
+    return (z0 + z1 + z2 + z3 + z4, z1 - z2 + f2 * z3 - f2 * z4, z1 + z2 + f4 * z3 + f4 * z4,
+            z1 - z2 + f8 * z3 - f8 * z4 + z5)
+
+
 @njit(cache=True, fastmath=FASTMATH)
 def _input_tile(src, s0, rs, cin, dst, d0, tmp, h):
     """dst[d0 + (a*6 + b)*cin + c] = (B^T d B)[a, b] for the 6x6 window d whose value of
@@ -113,7 +129,6 @@ def _input_tile(src, s0, rs, cin, dst, d0, tmp, h):
     # (every offset is a sum of unsigned values: a product with an int literal is signed,
     # and a signed index gets a negative-index fix-up that blocks vectorization)
     cu, rs, cu6 = np.uint64(cin), np.uint64(rs), np.uint64(6 * cin)
-    f2, f4, f5 = np.float32(2.0), np.float32(4.0), np.float32(5.0)
     # B^T d: tmp[a*6 + j] = sum_i BT[a, i] d[i, j]. For each row i, the window's columns
     # and channels are one run of 6*cin values, so this is one loop over the six runs
     # together (a loop per column was too short to vectorize well at 16 channels)
@@ -130,14 +145,10 @@ def _input_tile(src, s0, rs, cin, dst, d0, tmp, h):
     t4 = t3 + cu6
     t5 = t4 + cu6
     for k in range(cu6):
-        z0, z1, z2 = src[b0 + k], src[b1 + k], src[b2 + k]
-        z3, z4, z5 = src[b3 + k], src[b4 + k], src[b5 + k]
-        tmp[t0 + k] = f4 * z0 - f5 * z2 + z4
-        tmp[t1 + k] = -f4 * z1 - f4 * z2 + z3 + z4
-        tmp[t2 + k] = f4 * z1 - f4 * z2 - z3 + z4
-        tmp[t3 + k] = -f2 * z1 - z2 + f2 * z3 + z4
-        tmp[t4 + k] = f2 * z1 - z2 - f2 * z3 + z4
-        tmp[t5 + k] = f4 * z1 - f5 * z3 + z5
+        y0, y1, y2, y3, y4, y5 = _bt(src[b0 + k], src[b1 + k], src[b2 + k], src[b3 + k],
+                                     src[b4 + k], src[b5 + k])
+        tmp[t0 + k], tmp[t1 + k], tmp[t2 + k] = y0, y1, y2
+        tmp[t3 + k], tmp[t4 + k], tmp[t5 + k] = y3, y4, y5
     for a in range(6):  # (B^T d) B, row by row
         s = np.uint64(h + a * 6 * cin)
         s1 = s + cu
@@ -152,14 +163,10 @@ def _input_tile(src, s0, rs, cin, dst, d0, tmp, h):
         o4 = o3 + cu
         o5 = o4 + cu
         for k in range(cu):
-            z0, z1, z2 = tmp[s + k], tmp[s1 + k], tmp[s2 + k]
-            z3, z4, z5 = tmp[s3 + k], tmp[s4 + k], tmp[s5 + k]
-            dst[o + k] = f4 * z0 - f5 * z2 + z4
-            dst[o1 + k] = -f4 * z1 - f4 * z2 + z3 + z4
-            dst[o2 + k] = f4 * z1 - f4 * z2 - z3 + z4
-            dst[o3 + k] = -f2 * z1 - z2 + f2 * z3 + z4
-            dst[o4 + k] = f2 * z1 - z2 - f2 * z3 + z4
-            dst[o5 + k] = f4 * z1 - f5 * z3 + z5
+            y0, y1, y2, y3, y4, y5 = _bt(tmp[s + k], tmp[s1 + k], tmp[s2 + k], tmp[s3 + k],
+                                         tmp[s4 + k], tmp[s5 + k])
+            dst[o + k], dst[o1 + k], dst[o2 + k] = y0, y1, y2
+            dst[o3 + k], dst[o4 + k], dst[o5 + k] = y3, y4, y5
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -173,7 +180,6 @@ def _output_tile(m, m0, coutp, c0, c1, bias, tmp, h, dst, d0, d_h, d_w, res1, r0
     which LLVM vectorizes."""
     cu, cu6 = np.uint64(coutp), np.uint64(6 * coutp)  # unsigned sums only, as above
     c0, c1 = np.uint64(c0), np.uint64(c1)
-    f2, f4, f8 = np.float32(2.0), np.float32(4.0), np.float32(8.0)
     # A^T M: tmp[a*6 + j] = sum_i AT[a, i] M[i, j]: for each row i of M, its columns and
     # channels are one run of 6*coutp values, so where the job has every channel this is
     # one loop over the six runs together (a loop per column, too short at 16 channels)
@@ -192,12 +198,9 @@ def _output_tile(m, m0, coutp, c0, c1, bias, tmp, h, dst, d0, d_h, d_w, res1, r0
         t2 = t1 + cu6
         t3 = t2 + cu6
         for k in range(run):
-            z0, z1, z2 = m[s + k], m[s1 + k], m[s2 + k]
-            z3, z4, z5 = m[s3 + k], m[s4 + k], m[s5 + k]
-            tmp[t0 + k] = z0 + z1 + z2 + z3 + z4
-            tmp[t1 + k] = z1 - z2 + f2 * z3 - f2 * z4
-            tmp[t2 + k] = z1 + z2 + f4 * z3 + f4 * z4
-            tmp[t3 + k] = z1 - z2 + f8 * z3 - f8 * z4 + z5
+            y0, y1, y2, y3 = _at(m[s + k], m[s1 + k], m[s2 + k], m[s3 + k], m[s4 + k],
+                                 m[s5 + k])
+            tmp[t0 + k], tmp[t1 + k], tmp[t2 + k], tmp[t3 + k] = y0, y1, y2, y3
     dw, rw = np.uint64(d_w), np.uint64(r_w)
     for a in range(4):  # (A^T M) A + bias (+ residual), clamped, row by row
         s = np.uint64(h + a * 6 * coutp)
@@ -216,23 +219,22 @@ def _output_tile(m, m0, coutp, c0, c1, bias, tmp, h, dst, d0, d_h, d_w, res1, r0
             q2 = q1 + rw
             q3 = q2 + rw
             for k in range(c0, c1):
-                z0, z1, z2 = tmp[s + k], tmp[s1 + k], tmp[s2 + k]
-                z3, z4, z5 = tmp[s3 + k], tmp[s4 + k], tmp[s5 + k]
+                y0, y1, y2, y3 = _at(tmp[s + k], tmp[s1 + k], tmp[s2 + k], tmp[s3 + k],
+                                     tmp[s4 + k], tmp[s5 + k])
                 b = bias[k]
-                dst[o + k] = min(max(z0 + z1 + z2 + z3 + z4 + b + res1[q + k], lo), hi)
-                dst[o1 + k] = min(max(z1 - z2 + f2 * z3 - f2 * z4 + b + res1[q1 + k], lo), hi)
-                dst[o2 + k] = min(max(z1 + z2 + f4 * z3 + f4 * z4 + b + res1[q2 + k], lo), hi)
-                dst[o3 + k] = min(max(z1 - z2 + f8 * z3 - f8 * z4 + z5 + b + res1[q3 + k], lo),
-                                  hi)
+                dst[o + k] = min(max(y0 + b + res1[q + k], lo), hi)
+                dst[o1 + k] = min(max(y1 + b + res1[q1 + k], lo), hi)
+                dst[o2 + k] = min(max(y2 + b + res1[q2 + k], lo), hi)
+                dst[o3 + k] = min(max(y3 + b + res1[q3 + k], lo), hi)
         else:
             for k in range(c0, c1):
-                z0, z1, z2 = tmp[s + k], tmp[s1 + k], tmp[s2 + k]
-                z3, z4, z5 = tmp[s3 + k], tmp[s4 + k], tmp[s5 + k]
+                y0, y1, y2, y3 = _at(tmp[s + k], tmp[s1 + k], tmp[s2 + k], tmp[s3 + k],
+                                     tmp[s4 + k], tmp[s5 + k])
                 b = bias[k]
-                dst[o + k] = min(max(z0 + z1 + z2 + z3 + z4 + b, lo), hi)
-                dst[o1 + k] = min(max(z1 - z2 + f2 * z3 - f2 * z4 + b, lo), hi)
-                dst[o2 + k] = min(max(z1 + z2 + f4 * z3 + f4 * z4 + b, lo), hi)
-                dst[o3 + k] = min(max(z1 - z2 + f8 * z3 - f8 * z4 + z5 + b, lo), hi)
+                dst[o + k] = min(max(y0 + b, lo), hi)
+                dst[o1 + k] = min(max(y1 + b, lo), hi)
+                dst[o2 + k] = min(max(y2 + b, lo), hi)
+                dst[o3 + k] = min(max(y3 + b, lo), hi)
 
 
 @njit(cache=True)
