@@ -110,9 +110,9 @@ class Executor:
         self.graph = graph
         self.threads = threads
         self._get_threads, self._set_threads = _thread_count_entry_points()
-        self._packed = {
-            n.id: pack_conv(n, state, winograd) if n.kind in CONV_KINDS
-            else PACKERS[n.kind](n, state) for n in graph if n.kind in PACKERS}
+        self._packed = {n.id: pack_conv(n, state, winograd) for n in graph
+                        if n.kind in CONV_KINDS}
+        self._packed |= {n.id: PACKERS[n.kind](n, state) for n in graph if n.kind in PACKERS}
         strategy = {i: p["strategy"] for i, p in self._packed.items() if "strategy" in p}
         self.nhwc = nhwc_outputs(graph, strategy)
         self.plan = plan_memory(graph, self._stored_bytes)

@@ -1,8 +1,9 @@
 """How each node kind runs: its weights packed once, and a node bound to its kernel call.
 
-`PACKERS` (kind -> packing of the node's weights from the state dict, conv strategy
-included) and `BINDERS` (kind -> a `Step`: the node's kernel call on fixed arrays) are
-what `executor.Executor` uses to turn a planned graph into a list of calls.
+`pack_conv` (a conv's weights packed for its strategy), `PACKERS` (other kinds -> packing
+of the node's weights from the state dict) and `BINDERS` (kind -> a `Step`: the node's
+kernel call on fixed arrays) are what `executor.Executor` uses to turn a planned graph
+into a list of calls.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ Binder = Callable[[Node, dict, list[np.ndarray], np.ndarray, int], Step]
 
 
 _NO_RES = np.zeros((1, 1, 1, 1), np.float32)
+_NO_BIAS = np.zeros(1, np.float32)
 # conv strategies that read a zero-padded NHWC input and write NCHW or padded NHWC
 NHWC_STRATEGIES = ("tiled", "winograd")
-_NO_BIAS = np.zeros(1, np.float32)
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -131,9 +132,9 @@ def _pack_linear(node: Node, state: StateDict) -> dict:
             "bias": _NO_BIAS if bias is None else _f32(bias), "has_bias": int(bias is not None)}
 
 
+# convs (CONV_KINDS) are packed by `pack_conv`, which also takes the Winograd switch
 PACKERS: dict[str, Callable[[Node, StateDict], dict]] = {
-    "conv2d": pack_conv, "fused_conv2d": pack_conv, "batchnorm2d": _pack_bn,
-    "activation": _pack_act, "linear": _pack_linear,
+    "batchnorm2d": _pack_bn, "activation": _pack_act, "linear": _pack_linear,
 }
 
 # ------------------------------------------------------------------ binding nodes to kernels
