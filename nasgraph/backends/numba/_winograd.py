@@ -106,18 +106,21 @@ def _plan(n_tiles, blocks, threads, cin):
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
 def _bt(z0, z1, z2, z3, z4, z5):
-    """B^T z for one column z of six values: the input transform's rows."""
+    """B^T z for one column z of six values: the input transform's rows, with their
+    common terms shared (LLVM may not find them itself: that needs reassociation)."""
     f2, f4, f5 = np.float32(2.0), np.float32(4.0), np.float32(5.0)
-    return (f4 * z0 - f5 * z2 + z4, -f4 * z1 - f4 * z2 + z3 + z4, f4 * z1 - f4 * z2 - z3 + z4,
-            -f2 * z1 - z2 + f2 * z3 + z4, f2 * z1 - z2 - f2 * z3 + z4, f4 * z1 - f5 * z3 + z5)
+    p, q = z4 - f4 * z2, z3 - f4 * z1  # rows 1 and 2: p + q, p - q
+    r, s = z4 - z2, f2 * (z3 - z1)  # rows 3 and 4: r + s, r - s
+    return f4 * z0 - f5 * z2 + z4, p + q, p - q, r + s, r - s, f4 * z1 - f5 * z3 + z5
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
 def _at(z0, z1, z2, z3, z4, z5):
-    """A^T z for one column z of six values: the output transform's rows."""
+    """A^T z for one column z of six values: the output transform's rows, their common
+    terms shared."""
     f2, f4, f8 = np.float32(2.0), np.float32(4.0), np.float32(8.0)
-    return (z0 + z1 + z2 + z3 + z4, z1 - z2 + f2 * z3 - f2 * z4, z1 + z2 + f4 * z3 + f4 * z4,
-            z1 - z2 + f8 * z3 - f8 * z4 + z5)
+    a, b, c, d = z1 + z2, z1 - z2, z3 + z4, z3 - z4
+    return z0 + a + c, b + f2 * d, a + f4 * c, b + f8 * d + z5
 
 
 @njit(cache=True, fastmath=FASTMATH)
