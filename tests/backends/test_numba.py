@@ -226,6 +226,45 @@ def test_winograd_few_tiles_split_output_channels(batch, threads):
     assert_agree(g, batch=batch, threads=threads)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_chained_convs_agree_with_one_region_per_conv(batch):
+    # at two threads the convs on padded NHWC (tiled stem, Winograd, strided tiled, 1x1
+    # shortcut, NCHW output) run as one chain: one parallel region, the same jobs
+    b = GraphBuilder("chain")
+    y = b.relu(b.conv(b.input(3, 16, 16), 16, 3, padding=1))
+    y = b.relu(b.add([b.conv(b.relu(b.conv(y, 16, 3, padding=1)), 16, 3, padding=1), y]))
+    z = b.conv(b.relu(b.conv(y, 32, 3, stride=2, padding=1)), 32, 3, padding=1)
+    y = b.relu(b.add([z, b.conv(y, 32, 1, stride=2)]))
+    b.output(b.linear(b.flatten(b.gap(b.relu(b.conv(y, 24, 3, padding=1)))), 5))
+    g = b.build()
+    m = randomized(g)
+    x = np.random.default_rng(0).standard_normal((batch, 3, 16, 16)).astype(np.float32)
+    ex = nb.compile(g, m.state_dict(), threads=2)
+    got = ex(x)
+    chained = [n for n in ex._bound[(batch, True)].step_nodes if "+" in n]
+    assert len(chained) == 1 and chained[0].count("+") == 6, chained
+    unchained = ex._prepare(x, chains=False)[0]
+    for step in unchained.steps:
+        step(2)
+    np.testing.assert_array_equal(got, unchained.outputs[0])  # the same arithmetic
+    with torch.no_grad():
+        want = m(torch.from_numpy(x)).numpy()
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+    # where numba runs fewer threads than the chain was asked for (here one, with both
+    # shares), the threads take each other's jobs: no wait for a share nobody runs
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    bound = ex._bound[(batch, True)]
+    try:
+        bound.load(x)
+        bound.outputs[0][...] = 0
+        for step in bound.steps:
+            step(2)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(bound.outputs[0], got)
+
+
 def test_tiled_convs_hand_each_other_padded_nhwc():
     # ResNet blocks: a block's output is read by the next block's conv1 (as its input,
     # pad 1) and conv2 (as its residual), all tiled: stored padded NHWC. A stage's input

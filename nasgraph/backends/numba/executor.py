@@ -18,6 +18,7 @@ import numpy as np
 
 from nasgraph import passes
 from nasgraph.analysis import in_place_concat_parts
+from nasgraph.backends.numba import _chain as chain_k
 from nasgraph.backends.numba import _elementwise as elem_k
 from nasgraph.backends.numba import _tiled as tiled_k
 from nasgraph.backends.numba.nodes import (
@@ -113,6 +114,15 @@ class Executor:
         self._packed = {n.id: pack_conv(n, state, winograd) for n in graph
                         if n.kind in CONV_KINDS}
         self._packed |= {n.id: PACKERS[n.kind](n, state) for n in graph if n.kind in PACKERS}
+        # the NHWC convs' weights, biases and zeros as views of one array, which a chain
+        # of them (`_chain`) reads by offset
+        nhwc_params = [(p, k) for p in self._packed.values()
+                       if p.get("strategy") in NHWC_STRATEGIES for k in ("w", "bias", "zeros")
+                       if k in p]
+        self._wts, views = _arena([p[k].shape for p, k in nhwc_params])
+        for (p, k), view in zip(nhwc_params, views, strict=True):
+            view[...] = p[k]
+            p[k] = view
         strategy = {i: p["strategy"] for i, p in self._packed.items() if "strategy" in p}
         self.nhwc = nhwc_outputs(graph, strategy)
         self.plan = plan_memory(graph, self._stored_bytes)
@@ -123,7 +133,7 @@ class Executor:
         # per thread: the largest work buffer a Winograd conv wants
         self._work_numel = max([p.get("work_size", 0) for p in self._packed.values()],
                                default=0)
-        self._bound: dict[int, Bound] = {}
+        self._bound: dict[tuple[int, bool], Bound] = {}  # (batch, chains) -> bound
         (inp,) = graph.inputs  # read once: a walk over the graph costs more than a small call
         self._input_type = inp.type
         self._input_shape = tuple(inp.type.shape)
@@ -142,9 +152,11 @@ class Executor:
     def _stored_bytes(self, node: Node) -> int:
         return 4 * int(np.prod(self._stored_shape(node)))
 
-    def _bind(self, batch: int) -> Bound:
+    def _bind(self, batch: int, chains: bool = True) -> Bound:
+        """Buffers and kernel calls for `batch` samples; with `chains`, runs of NHWC convs
+        each run in one parallel region (`_chain`), where a call is on several threads."""
         graph, plan = self.graph, self.plan
-        slots = [np.empty(batch * b // 4, np.float32) for b in plan.slot_bytes]
+        arena, slots = _arena([(batch * b // 4,) for b in plan.slot_bytes])
         scratch = np.empty(batch * self._scratch_numel, np.float32)
         # zeros: the inner kernel of a Winograd conv computes whole tiles of R, a few
         # beyond a group's last with what the buffer holds, and never stores them
@@ -171,18 +183,48 @@ class Executor:
                 steps.extend(self._bind_concat(node, xs, out, co))
             elif node.kind != "input":
                 params = {**self._packed.get(node.id, {}), "scratch": scratch, "work": work,
-                          "one_thread": one_thread,
+                          "one_thread": one_thread, "arena": arena, "wts": self._wts,
+                          "threads": self.threads_for(batch),
                           "out_pad": nhwc.get(node.id, -1),
                           "in_pad": nhwc.get(node.inputs[0], -1) if node.inputs else -1,
                           "res_pad": nhwc.get(node.inputs[1], -1) if len(node.inputs) > 1
                           else -1}
                 steps.append(BINDERS[node.kind](node, params, xs, out, co))
             step_nodes += [node.id] * (len(steps) - len(step_nodes))
+        if chains and not one_thread:
+            steps, step_nodes = self._chain(steps, step_nodes, arena, work)
         (inp,) = graph.inputs
         outs = [value[o.id] for o in graph.outputs]
         outs = [o.reshape(batch, -1) if n.type.flat else o
                 for o, n in zip(outs, graph.outputs, strict=True)]
         return Bound(self._loader(value[inp.id], one_thread), steps, step_nodes, outs)
+
+    def _chain(self, steps: list[Step], step_nodes: list[str], arena: np.ndarray,
+               work: np.ndarray) -> tuple[list[Step], list[str]]:
+        """`steps` with each run of two or more chainable convs (a `chain_row`) as one
+        step that runs them in one parallel region; the node of such a step: the run's
+        node ids joined by "+"."""
+        runs: list[tuple[list[Step], list[str]]] = []
+        for step, node in zip(steps, step_nodes, strict=True):
+            if runs and hasattr(step, "chain_row") and hasattr(runs[-1][0][-1], "chain_row"):
+                runs[-1][0].append(step)
+                runs[-1][1].append(node)
+            else:
+                runs.append(([step], [node]))
+        out_steps, out_nodes = [], []
+        for run_steps, run_nodes in runs:
+            if len(run_steps) == 1:
+                out_steps += run_steps
+                out_nodes += run_nodes
+                continue
+            prog = np.stack([s.chain_row for s in run_steps])
+            sync = np.zeros(len(prog) * (numba.config.NUMBA_NUM_THREADS + 1) * chain_k.LINE,
+                            np.int64)
+            args = (prog, arena, self._wts, work, sync)
+            run = compiled(chain_k.run, *args, 1)
+            out_steps.append(lambda threads, run=run, args=args: run(*args, threads))
+            out_nodes.append("+".join(run_nodes))
+        return out_steps, out_nodes
 
     def _loader(self, buffer: np.ndarray, one_thread: bool) -> Callable[[np.ndarray], None]:
         """How a call's N x C x H x W input gets into its buffer: a copy, or where only
@@ -213,10 +255,10 @@ class Executor:
             return 1
         return self.threads or self._get_threads()
 
-    def _prepare(self, x: np.ndarray) -> tuple[Bound, int, int]:
+    def _prepare(self, x: np.ndarray, chains: bool = True) -> tuple[Bound, int, int]:
         """Checks `x`, sets numba's thread count and copies `x` in: the bound steps for
-        its batch size, the thread count they run with, and the count to restore after
-        the call (0: none; `threads=None` leaves numba's count as it found it)."""
+        its batch size (`_bind`), the thread count they run with, and the count to restore
+        after the call (0: none; `threads=None` leaves numba's count as it found it)."""
         if x.ndim != 4 or x.shape[1:] != self._input_shape:
             raise NasgraphError(f"graph {self.graph.name!r} takes N x {self._input_type} input, "
                                 f"got shape {tuple(x.shape)}; hint: recompile for another size")
@@ -228,9 +270,10 @@ class Executor:
             threads = 1
         if self.threads or restore:
             self._set_threads(threads)  # checked against NUMBA_NUM_THREADS by compile()
-        if x.shape[0] not in self._bound:
-            self._bound[x.shape[0]] = self._bind(x.shape[0])
-        bound = self._bound[x.shape[0]]
+        key = (x.shape[0], chains)
+        if key not in self._bound:
+            self._bound[key] = self._bind(*key)
+        bound = self._bound[key]
         bound.load(x)
         return bound, threads, restore
 
@@ -258,7 +301,7 @@ class Executor:
             ['c1', 's2']
         """
         self(x)
-        bound, threads, restore = self._prepare(x)
+        bound, threads, restore = self._prepare(x, chains=False)  # a step per node
         times = np.empty((repeats, len(bound.steps)))
         clock = time.perf_counter
         for r in range(repeats):
@@ -273,6 +316,17 @@ class Executor:
             per_node[node_id] = per_node.get(node_id, 0.0) + float(t)
         return [NodeTime(i, self.graph[i].kind, self._packed.get(i, {}).get("strategy", ""), t)
                 for i, t in per_node.items()]
+
+
+def _arena(shapes: list[tuple[int, ...]]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One flat float32 array (uninitialized), and views of it of these shapes, each
+    starting on a 64-byte line of its own."""
+    line = 16
+    sizes = [-(-int(np.prod(shape)) // line) * line for shape in shapes]
+    arena = np.empty(max(sum(sizes), 1), np.float32)
+    starts = np.cumsum([0, *sizes])
+    return arena, [arena[at:at + int(np.prod(shape))].reshape(shape)
+                   for at, shape in zip(starts, shapes, strict=False)]
 
 
 @functools.cache
@@ -335,5 +389,5 @@ def compile(graph: Graph, state_dict: Mapping[str, object], *, batch: int | None
         (graph, passes.as_numpy(state_dict))
     executor = Executor(planned, state, threads, winograd)
     if batch is not None:
-        executor._bound[batch] = executor._bind(batch)
+        executor._bound[(batch, True)] = executor._bind(batch)
     return executor

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from nasgraph.backends.numba import _chain as chain_k
 from nasgraph.backends.numba import _conv as conv_k
 from nasgraph.backends.numba import _elementwise as elem_k
 from nasgraph.backends.numba import _resample as resample_k
@@ -177,7 +178,15 @@ def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -
             conv = compiled(tiled_k.conv2d_tiled_1 if p["one_thread"] else
                             tiled_k.conv2d_tiled, *args, 1)
         if in_nhwc:
-            return lambda threads: conv(*args, threads)
+            def step(threads: int) -> None:
+                conv(*args, threads)
+            if not p["one_thread"]:  # the executor may run it in a chain (`_chain`)
+                step.chain_row = chain_k.conv_row(
+                    chain_k.WINOGRAD if p["strategy"] == "winograd" else chain_k.TILED, rows,
+                    x_off, p["w"], p["bias"], p.get("zeros"), res, out, co, op.out_channels,
+                    c, op.kernel, op.stride, op.dilation[0], p["act"], has_res, p["out_pad"],
+                    p["res_pad"], p["arena"], p["wts"], p["threads"])
+            return step
         pad = compiled(tiled_k.to_padded_nhwc_1 if p["one_thread"] else
                         tiled_k.to_padded_nhwc, x, xp, ph, pw)
 
