@@ -26,7 +26,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from nasgraph.backends.numba import _winograd as winograd_k
-from nasgraph.backends.numba._tiled import TILES, R, _strides, _tiles
+from nasgraph.backends.numba._tiled import TILES, R, _strides, _tiles, zero_border
 
 FIELDS = ("kind", "n_jobs", "x_0", "hp", "row", "w_0", "w_1", "run", "b_0", "b_1", "z_0",
           "z_1", "blocks",
@@ -63,15 +63,8 @@ def load_acquire(typingctx, a, i):
 
 @njit(cache=True)
 def _zero_border(a, p_0, hp, wp, c, pad):
-    """Zero the pad-wide border of the Hp x Wp x C sample at p_0 in the flat `a`."""
-    row = wp * c
-    for r in range(hp):
-        at = p_0 + r * row
-        if r < pad or r >= hp - pad:
-            a[at:at + row] = 0.0
-        else:
-            a[at:at + pad * c] = 0.0
-            a[at + (wp - pad) * c:at + row] = 0.0
+    """`zero_border` of the Hp x Wp x C sample at p_0 in the flat `a`."""
+    zero_border(a[p_0:p_0 + hp * wp * c].reshape((hp, wp, c)), pad)
 
 
 @njit(cache=True)
