@@ -146,29 +146,29 @@ def test_tiled_conv_edges_agree():
     b.output(y)
     g = b.build()
     ex = nb.compile(g, lower(g).state_dict())
-    assert {p["strategy"] for p in ex._packed.values() if "strategy" in p} == {"tiled"}
+    assert set(ex.strategies(1).values()) == {"tiled"}
     assert_agree(g, batch=3)
 
 
 def test_conv_strategies():
     g = _small("resnet18")
     ex = nb.compile(g, lower(g).state_dict())
-    kinds = {n.id: ex._packed[n.id]["strategy"] for n in ex.graph if "conv" in n.kind}
+    kinds = ex.strategies(1)
     assert kinds["conv1"] == "tiled"  # the 3-channel stem too
     assert kinds["layer1/0/conv1"] == "winograd"  # 3x3 stride 1, 64 channels at 8x8
     assert kinds["layer2/0/conv1"] == "tiled"  # stride 2
     assert kinds["layer2/0/conv2"] == "tiled"  # 128 channels at 4x4: one 4x4 tile
     assert kinds["layer2/0/downsample/0"] == "tiled"  # 1x1 stride 2: no gather for gemm
     direct = nb.compile(g, lower(g).state_dict(), winograd=False)
-    assert direct._packed["layer1/0/conv1"]["strategy"] == "tiled"
+    assert direct.strategies(1)["layer1/0/conv1"] == "tiled"
     b = GraphBuilder("pointwise")
     b.output(b.conv(b.input(8, 6, 6), 16, 1))
     ex = nb.compile(b.build(), lower(b.build()).state_dict())
-    assert ex._packed["conv"]["strategy"] == "gemm"  # 1x1 stride 1: the planes as they are
+    assert ex.strategies(1)["conv"] == "gemm"  # 1x1 stride 1: the planes as they are
     b = GraphBuilder("projection")  # many inputs, few pixels: sgemm does these badly
     b.output(b.conv(b.input(256, 7, 7), 32, 1))
     ex = nb.compile(b.build(), lower(b.build()).state_dict())
-    assert ex._packed["conv"]["strategy"] == "tiled"
+    assert ex.strategies(1)["conv"] == "tiled"
 
 
 def test_winograd_transforms_compute_the_correlation():
@@ -206,7 +206,7 @@ def test_winograd_convs_agree_with_torch(fn, batch, threads):
     b.output(b.conv(x, 16, 3, padding=0), name="valid")
     g = b.build()
     ex = nb.compile(g, lower(g).state_dict())
-    kinds = [ex._packed[n.id]["strategy"] for n in ex.graph if "conv" in n.kind]
+    kinds = list(ex.strategies(1).values())
     assert kinds.count("winograd") == 8 and kinds.count("gemm") == 1
     assert ex.nhwc == {n: 1 for n in ("input", "conv", "conv_1", "conv_2", "conv_3")}
     assert_agree(g, batch=batch, threads=threads)
@@ -222,8 +222,31 @@ def test_winograd_few_tiles_split_output_channels(batch, threads):
     b.output(b.conv(y, 72, 3, padding=1))
     g = b.build()
     ex = nb.compile(g, lower(g).state_dict())
-    assert {p["strategy"] for p in ex._packed.values() if "strategy" in p} == {"winograd"}
+    assert set(ex.strategies(1).values()) == {"winograd"}
     assert_agree(g, batch=batch, threads=threads)
+
+
+def test_winograd_is_chosen_by_batch_size():
+    # one 4x4 tile a sample: 32 -> 32 runs tiled at batch 1 and Winograd from batch 8 on
+    # (32 x 8 = WINOGRAD_MIN_WORK tiles x channels a call); 16 -> 16 stays tiled
+    b = GraphBuilder("by_batch")
+    y = b.relu(b.conv(b.input(16, 4, 4), 16, 3, padding=1, name="narrow"))
+    y = b.relu(b.conv(y, 32, 3, padding=1, name="wide"))
+    y = b.relu(b.add([b.conv(y, 32, 3, padding=1, name="wider"), y]))
+    b.output(b.gap(y))
+    g = b.build()
+    m = randomized(g, 0)
+    ex = nb.compile(g, m.state_dict(), threads=2)
+    assert ex.strategies(1) == {"narrow": "tiled", "wide": "tiled", "wider": "tiled"}
+    assert ex.strategies(7) == ex.strategies(1)
+    assert ex.strategies(8) == {"narrow": "tiled", "wide": "tiled", "wider": "winograd"}
+    x = np.random.default_rng(0).standard_normal((9, 16, 4, 4)).astype(np.float32)
+    with torch.no_grad():
+        want = m(torch.from_numpy(x)).numpy()
+    scale = max(1.0, float(np.abs(want).max()))
+    for batch in (1, 9, 1):  # one executor, both packings, each bound in turn
+        assert float(np.abs(ex(x[:batch]) - want[:batch]).max()) <= 1e-4 * scale
+    assert [t.strategy for t in ex.profile(x, 1) if t.strategy] == ["tiled", "tiled", "winograd"]
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -384,7 +407,7 @@ def test_few_channel_stems_run_tiled_and_agree(cin, kernel, stride, pad):
     b.output(b.relu(b.conv(b.input(cin, 13, 11), 20, kernel, stride=stride, padding=pad)))
     g = b.build()
     ex = nb.compile(g, lower(g).state_dict())
-    assert [p["strategy"] for p in ex._packed.values()] == ["tiled"]
+    assert list(ex.strategies(1).values()) == ["tiled"]
     assert_agree(g, batch=3)
 
 
@@ -400,7 +423,7 @@ def test_fused_activations_agree_in_every_conv_kernel(fn):
     b.output(b.act(b.conv(y, 5, 1), fn))
     g = b.build()
     ex = nb.compile(g, lower(g).state_dict())
-    assert sorted(p["strategy"] for p in ex._packed.values()) == \
+    assert sorted(ex.strategies(1).values()) == \
         ["depthwise", "gemm", "tiled", "tiled"]
     assert all(n.kind == "fused_conv2d" for n in ex.graph if "conv" in n.kind)
     assert_agree(g, batch=2)

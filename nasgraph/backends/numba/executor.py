@@ -28,6 +28,7 @@ from nasgraph.backends.numba.nodes import (
     PACKERS,
     VIEWS,
     Step,
+    at_batch,
     compiled,
     pack_conv,
 )
@@ -114,25 +115,22 @@ class Executor:
         self._packed = {n.id: pack_conv(n, state, winograd) for n in graph
                         if n.kind in CONV_KINDS}
         self._packed |= {n.id: PACKERS[n.kind](n, state) for n in graph if n.kind in PACKERS}
-        # the NHWC convs' weights, biases and zeros as views of one array, which a chain
-        # of them (`_chain`) reads by offset
-        nhwc_params = [(p, k) for p in self._packed.values()
-                       if p.get("strategy") in NHWC_STRATEGIES for k in ("w", "bias", "zeros")
-                       if k in p]
+        # the NHWC convs' weights, biases and zeros (Winograd packings for larger batches
+        # included) as views of one array, which a chain of them (`_chain`) reads by offset
+        nhwc = [p for p in self._packed.values() if p.get("strategy") in NHWC_STRATEGIES]
+        nhwc += [p["winograd"] for p in nhwc if "winograd" in p]
+        nhwc_params = [(p, k) for p in nhwc for k in ("w", "bias", "zeros") if k in p]
         self._wts, views = _arena([p[k].shape for p, k in nhwc_params])
         for (p, k), view in zip(nhwc_params, views, strict=True):
             view[...] = p[k]
             p[k] = view
-        strategy = {i: p["strategy"] for i, p in self._packed.items() if "strategy" in p}
-        self.nhwc = nhwc_outputs(graph, strategy)
+        # (a conv that switches to Winograd at larger batches is tiled at 1: NHWC either way)
+        self.nhwc = nhwc_outputs(graph, self.strategies(1))
         self.plan = plan_memory(graph, self._stored_bytes)
         # per sample: the largest padded NHWC copy a tiled conv makes of its input
         self._scratch_numel = max(
             [_padded_numel(graph, n) for n in graph
              if self._packed.get(n.id, {}).get("strategy") in NHWC_STRATEGIES], default=0)
-        # per thread: the largest work buffer a Winograd conv wants
-        self._work_numel = max([p.get("work_size", 0) for p in self._packed.values()],
-                               default=0)
         self._bound: dict[tuple[int, bool], Bound] = {}  # (batch, chains) -> bound
         (inp,) = graph.inputs  # read once: a walk over the graph costs more than a small call
         self._input_type = inp.type
@@ -158,9 +156,12 @@ class Executor:
         graph, plan = self.graph, self.plan
         arena, slots = _arena([(batch * b // 4,) for b in plan.slot_bytes])
         scratch = np.empty(batch * self._scratch_numel, np.float32)
-        # zeros: the inner kernel of a Winograd conv computes whole tiles of R, a few
-        # beyond a group's last with what the buffer holds, and never stores them
-        work = np.zeros((numba.config.NUMBA_NUM_THREADS, self._work_numel), np.float32)
+        packed = {i: at_batch(p, batch) for i, p in self._packed.items()}
+        # per thread, the largest work buffer a Winograd conv wants; zeros: the inner kernel
+        # computes whole tiles of R, a few beyond a group's last with what the buffer
+        # holds, and never stores them
+        work_numel = max([p.get("work_size", 0) for p in packed.values()], default=0)
+        work = np.zeros((numba.config.NUMBA_NUM_THREADS, work_numel), np.float32)
         value: dict[str, np.ndarray] = {}
         steps: list[Step] = []
         step_nodes: list[str] = []  # the node each step runs (a concat has one per copy)
@@ -182,7 +183,7 @@ class Executor:
             if node.kind == "concat":
                 steps.extend(self._bind_concat(node, xs, out, co))
             elif node.kind != "input":
-                params = {**self._packed.get(node.id, {}), "scratch": scratch, "work": work,
+                params = {**packed.get(node.id, {}), "scratch": scratch, "work": work,
                           "one_thread": one_thread, "arena": arena, "wts": self._wts,
                           "threads": self.threads_for(batch),
                           "out_pad": nhwc.get(node.id, -1),
@@ -314,8 +315,15 @@ class Executor:
         per_node: dict[str, float] = {}
         for node_id, t in zip(bound.step_nodes, np.median(times, axis=0), strict=True):
             per_node[node_id] = per_node.get(node_id, 0.0) + float(t)
-        return [NodeTime(i, self.graph[i].kind, self._packed.get(i, {}).get("strategy", ""), t)
+        strategies = self.strategies(x.shape[0])
+        return [NodeTime(i, self.graph[i].kind, strategies.get(i, ""), t)
                 for i, t in per_node.items()]
+
+    def strategies(self, batch: int) -> dict[str, str]:
+        """How each conv of the optimized graph runs on `batch` samples: conv node id ->
+        "winograd", "tiled", "depthwise" or "gemm" (`nodes.conv_strategy`)."""
+        return {i: at_batch(p, batch)["strategy"] for i, p in self._packed.items()
+                if "strategy" in p}
 
 
 def _arena(shapes: list[tuple[int, ...]]) -> tuple[np.ndarray, list[np.ndarray]]:

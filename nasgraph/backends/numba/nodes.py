@@ -42,22 +42,41 @@ def _f32(a: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ weight packing
 
 
-# where a 3x3 stride-1 conv runs Winograd: at least this many input channels, and this
-# many (4x4 output tiles a sample x input channels); below, the tiled kernel is faster
-# (one thread and two, against it: 16 -> 16 at 32x32 0.85-0.90x its time, 32 -> 32 at
-# 16x16 0.55-0.73x, 64 -> 64 at 8x8 0.62x, 256 -> 256 at 14x14 0.48-0.60x; but 3 or 8
-# input channels 1.7-2.2x, 16 -> 16 at 8x8 1.3-1.6x, 32 -> 32 at 4x4 1.7-2.3x)
+# where a 3x3 stride-1 conv runs Winograd: at least this many input channels, at least
+# this many (4x4 output tiles a sample x input channels), and, over a call's samples, at
+# least this many; below, the tiled kernel is faster (one thread and two, against it:
+# 16 -> 16 at 32x32 0.85-0.90x its time, 32 -> 32 at 16x16 0.55-0.73x, 64 -> 64 at 8x8
+# 0.62x, 256 -> 256 at 14x14 0.48-0.60x; but 3 or 8 input channels 1.7-2.2x; on two
+# threads by batch size: 32 -> 32 at 4x4 (32 a sample) 2.3x at batch 1, 1.2-1.3x at 2-4,
+# 0.87-0.88x at 8-16, 0.6-0.68x from 32 on; 64 -> 64 at 4x4 1.58x, 1.14x, then 0.73x
+# at 4; 16 -> 16 at 8x8 1.24x at 1, 1.0x at 4, 0.75-1.1x from 8 on; 16 -> 16 at 4x4
+# (16 a sample) 1.04-1.35x at every batch up to 64)
 WINOGRAD_MIN_CIN = 16
+WINOGRAD_MIN_SAMPLE = 32
 WINOGRAD_MIN_WORK = 256
 
 
-def conv_strategy(node: Node, in_per_group: int, winograd: bool = True) -> str:
-    """How a conv node runs: "winograd" (3x3, stride 1, no dilation, ungrouped, at least
-    WINOGRAD_MIN_CIN input channels and WINOGRAD_MIN_WORK tiles x input channels a
-    sample: F(4x4, 3x3), `_winograd`), "tiled" (the register-tiled NHWC kernel: other
-    ungrouped spatial kernels with no dilation along W and at least one full pixel tile,
-    few-channel stems included, strided 1x1 convs, which gemm would gather first, and
-    the 1x1 convs sgemm does badly), "depthwise" (one input channel per group: the
+def winograd_from(node: Node, in_per_group: int) -> int | None:
+    """The smallest batch from which conv `node` runs Winograd F(4x4, 3x3) (3x3, stride
+    1, no dilation, ungrouped, at least WINOGRAD_MIN_CIN input channels, at least
+    WINOGRAD_MIN_SAMPLE tiles x input channels a sample and WINOGRAD_MIN_WORK a call),
+    or None where it never does."""
+    op, out = node.op, node.type
+    if op.kernel != (3, 3) or op.stride != (1, 1) or op.dilation != (1, 1) \
+            or op.groups != 1 or in_per_group < WINOGRAD_MIN_CIN:
+        return None
+    work = -(-out.height // 4) * -(-out.width // 4) * in_per_group  # a sample
+    if work < WINOGRAD_MIN_SAMPLE:
+        return None
+    return -(-WINOGRAD_MIN_WORK // work)
+
+
+def conv_strategy(node: Node, in_per_group: int, winograd: bool = True, batch: int = 1) -> str:
+    """How a conv node runs at this batch size: "winograd" (F(4x4, 3x3), `_winograd`,
+    from the batch `winograd_from` gives on), "tiled" (the register-tiled NHWC kernel:
+    other ungrouped spatial kernels with no dilation along W and at least one full pixel
+    tile, few-channel stems included, strided 1x1 convs, which gemm would gather first,
+    and the 1x1 convs sgemm does badly), "depthwise" (one input channel per group: the
     direct NCHW kernel) or "gemm" ((im2col +) sgemm: other 1x1 and grouped convs,
     outputs smaller than a tile).
 
@@ -70,10 +89,8 @@ def conv_strategy(node: Node, in_per_group: int, winograd: bool = True) -> str:
     op, out = node.op, node.type
     kh, kw = op.kernel
     pixels = out.height * out.width
-    tiles = -(-out.height // 4) * -(-out.width // 4)
-    if winograd and (kh, kw) == (3, 3) and op.stride == (1, 1) and op.dilation == (1, 1) \
-            and op.groups == 1 and in_per_group >= WINOGRAD_MIN_CIN \
-            and tiles * in_per_group >= WINOGRAD_MIN_WORK:
+    first = winograd_from(node, in_per_group)
+    if winograd and first is not None and batch >= first:
         return "winograd"
     pointwise_tiled = in_per_group >= 160 and (pixels <= 196 or out.channels < 64)
     if op.groups == 1 and (kh * kw > 1 or op.stride != (1, 1) or pointwise_tiled) \
@@ -87,31 +104,50 @@ def conv_strategy(node: Node, in_per_group: int, winograd: bool = True) -> str:
 CONV_KINDS = ("conv2d", "fused_conv2d")
 
 
+def _pack_winograd(w: np.ndarray) -> dict:
+    packed = winograd_k.pack_weights(w)
+    cout, cin = w.shape[:2]
+    return {"w": _f32(packed), "strategy": "winograd",
+            "zeros": np.zeros(packed.shape[0] * packed.shape[1] * tiled_k.V, np.float32),
+            "work_size": winograd_k.work_size(cin, cout)}
+
+
 def pack_conv(node: Node, state: StateDict, winograd: bool = True) -> dict:
-    """A conv node's weights, packed for its strategy (`conv_strategy`), with its bias,
-    activation code and, for Winograd, the size of work buffer it wants per thread."""
+    """A conv node's weights, packed for its strategy at batch 1 (`conv_strategy`), with
+    its bias, activation code and, for Winograd, the size of work buffer it wants per
+    thread. A tiled conv that runs Winograd from a larger batch on also holds that
+    packing, under "winograd", and that batch, under "winograd_from" (`at_batch`)."""
     op = node.op
     w = state[f"{node.param_key}.weight"]  # Cout x Cin/G x kh x kw
     cout, cig, kh, kw = w.shape
     strategy = conv_strategy(node, cig, winograd)
     extra = {}
     if strategy == "winograd":
-        packed = winograd_k.pack_weights(w)
-        extra = {"zeros": np.zeros(packed.shape[0] * packed.shape[1] * tiled_k.V, np.float32),
-                 "work_size": winograd_k.work_size(cig, cout)}
+        extra = _pack_winograd(w)
     elif strategy == "tiled":
-        packed = tiled_k.pack_weights(w)
+        extra = {"w": _f32(tiled_k.pack_weights(w))}
+        first = winograd_from(node, cig)
+        if winograd and first is not None:  # both NHWC: the same buffers either way
+            extra |= {"winograd": _pack_winograd(w), "winograd_from": first}
     elif strategy == "depthwise":
-        packed = w.reshape(cout, kh, kw)
+        extra = {"w": _f32(w.reshape(cout, kh, kw))}
     else:
-        packed = w.reshape(op.groups, cout // op.groups, cig * kh * kw)
+        extra = {"w": _f32(w.reshape(op.groups, cout // op.groups, cig * kh * kw))}
     bias = state.get(f"{node.param_key}.bias") if op.bias else None
     if strategy in NHWC_STRATEGIES:  # zero-padded to whole blocks of channels
         bias = tiled_k.pack_bias(bias, cout)
-    return {"w": _f32(packed), "strategy": strategy,
+    return {"strategy": strategy,
             "bias": _NO_BIAS if bias is None else _f32(bias),
             "has_bias": int(bias is not None), "act": ACT_CODES[getattr(op, "act", None)],
             **extra}
+
+
+def at_batch(packed: dict, batch: int) -> dict:
+    """A conv's packed parameters (`pack_conv`) as it runs on `batch` samples: the
+    Winograd ones from its "winograd_from" batch on."""
+    if "winograd" in packed and batch >= packed["winograd_from"]:
+        return {**packed, **packed["winograd"]}
+    return packed
 
 
 def _pack_bn(node: Node, state: StateDict) -> dict:
