@@ -101,6 +101,29 @@ def test_depthwise_dilated_and_strided_convs_agree():
     assert_agree(b.build(), batch=3)
 
 
+@pytest.mark.parametrize(("batch", "threads"), [(1, 2), (3, 1), (2, 2)])
+def test_depthwise_nhwc_convs_agree(batch, threads):
+    # small maps run depthwise in NHWC: input padded NHWC from the conv before (y) or
+    # copied from NCHW (r), output padded NHWC for the next conv or NCHW; 44 channels
+    # (32 + 8 + 4: every path of the channel loop) and 70 (a block of 64, then 6); a
+    # fused residual, a 5x5 stride-2 dilated kernel
+    b = GraphBuilder("dw_nhwc")
+    x = b.input(44, 13, 11)
+    y = b.relu(b.conv(x, 44, 3, padding=1, name="y"))
+    z = b.conv(b.act(b.conv(y, 44, 3, padding=1, groups=44, name="d"), "relu6"), 44, 3,
+               padding=1, name="z")
+    u = b.relu(b.conv(z, 44, 3, padding=1))
+    v = b.add([b.conv(u, 44, 3, padding=1, groups=44, name="v"), z])
+    b.output(b.conv(v, 44, 5, stride=2, padding=4, dilation=2, groups=44), name="strided")
+    r = b.conv(x, 70, 1)
+    b.output(b.act(b.conv(r, 70, 3, padding=(1, 0), groups=70), "silu"), name="wide")
+    g = b.build()
+    ex = nb.compile(g, lower(g).state_dict())
+    assert list(ex.strategies(1).values()).count("depthwise_nhwc") == 4
+    assert set(ex.nhwc) == {"y", "d", "z", "conv", "v"}  # "v": the add, fused
+    assert_agree(g, batch=batch, threads=threads)
+
+
 def test_wrong_input_shape_names_the_graph():
     g = _small("lenet5")
     run = nb.compile(g, lower(g).state_dict())
@@ -424,7 +447,7 @@ def test_fused_activations_agree_in_every_conv_kernel(fn):
     g = b.build()
     ex = nb.compile(g, lower(g).state_dict())
     assert sorted(ex.strategies(1).values()) == \
-        ["depthwise", "gemm", "tiled", "tiled"]
+        ["depthwise_nhwc", "gemm", "tiled", "tiled"]
     assert all(n.kind == "fused_conv2d" for n in ex.graph if "conv" in n.kind)
     assert_agree(g, batch=2)
 

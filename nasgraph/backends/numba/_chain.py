@@ -37,6 +37,7 @@ FIELDS = ("kind", "n_jobs", "x_0", "hp", "row", "w_0", "w_1", "run", "b_0", "b_1
  DH, ACT, HAS_RES, HO, WO, O_N, O_C, O_H, O_W, O_0, R_N, R_C, R_H, R_W, R_0, PAD, P_0, P_H,
  P_W, P_C, A, B, C) = range(len(FIELDS))
 TILED, WINOGRAD = 0, 1  # kinds
+STRATEGIES = ("tiled", "winograd")  # the conv strategies a chain runs
 LINE = 8  # int64 counters a cache line apart: the threads' claims do not share lines
 
 

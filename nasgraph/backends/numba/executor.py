@@ -51,7 +51,7 @@ class NodeTime(NamedTuple):
 
     node: str
     kind: str
-    strategy: str  # for convs: "winograd", "tiled", "depthwise" or "gemm"; else ""
+    strategy: str  # for convs, as `nodes.conv_strategy` names them; else ""
     seconds: float
 
 
@@ -321,7 +321,8 @@ class Executor:
 
     def strategies(self, batch: int) -> dict[str, str]:
         """How each conv of the optimized graph runs on `batch` samples: conv node id ->
-        "winograd", "tiled", "depthwise" or "gemm" (`nodes.conv_strategy`)."""
+        "winograd", "tiled", "depthwise_nhwc", "depthwise" or "gemm"
+        (`nodes.conv_strategy`)."""
         return {i: at_batch(p, batch)["strategy"] for i, p in self._packed.items()
                 if "strategy" in p}
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from nasgraph.backends.numba import _chain as chain_k
 from nasgraph.backends.numba import _conv as conv_k
+from nasgraph.backends.numba import _depthwise as depthwise_k
 from nasgraph.backends.numba import _elementwise as elem_k
 from nasgraph.backends.numba import _resample as resample_k
 from nasgraph.backends.numba import _tiled as tiled_k
@@ -32,7 +33,7 @@ Binder = Callable[[Node, dict, list[np.ndarray], np.ndarray, int], Step]
 _NO_RES = np.zeros((1, 1, 1, 1), np.float32)
 _NO_BIAS = np.zeros(1, np.float32)
 # conv strategies that read a zero-padded NHWC input and write NCHW or padded NHWC
-NHWC_STRATEGIES = ("tiled", "winograd")
+NHWC_STRATEGIES = ("tiled", "winograd", "depthwise_nhwc")
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -76,9 +77,10 @@ def conv_strategy(node: Node, in_per_group: int, winograd: bool = True, batch: i
     from the batch `winograd_from` gives on), "tiled" (the register-tiled NHWC kernel:
     other ungrouped spatial kernels with no dilation along W and at least one full pixel
     tile, few-channel stems included, strided 1x1 convs, which gemm would gather first,
-    and the 1x1 convs sgemm does badly), "depthwise" (one input channel per group: the
-    direct NCHW kernel) or "gemm" ((im2col +) sgemm: other 1x1 and grouped convs,
-    outputs smaller than a tile).
+    and the 1x1 convs sgemm does badly), "depthwise_nhwc" (one channel per group, at
+    most DEPTHWISE_NHWC_PIXELS output pixels: `_depthwise`), "depthwise" (other convs
+    with one input channel per group: the direct NCHW kernel) or "gemm" ((im2col +)
+    sgemm: other 1x1 and grouped convs, outputs smaller than a tile).
 
     sgemm (OpenBLAS, one thread) multiplies Cout x Cin weights by Cin x pixels planes at
     12-15 GFLOP/s where Cin is large and Cout or the pixels few: a 1x1 conv with
@@ -97,11 +99,19 @@ def conv_strategy(node: Node, in_per_group: int, winograd: bool = True, batch: i
             and op.dilation[1] == 1 and pixels >= tiled_k.R:
         return "tiled"
     if in_per_group == 1:
-        return "depthwise"
+        nhwc = out.channels == op.groups and pixels <= DEPTHWISE_NHWC_PIXELS
+        return "depthwise_nhwc" if nhwc else "depthwise"
     return "gemm"
 
 
 CONV_KINDS = ("conv2d", "fused_conv2d")
+# depthwise convs (one channel per group, channel multiplier 1) with at most this many
+# output pixels run in NHWC (`_depthwise`): on two threads, against the NCHW kernel, 960
+# channels at 7x7 0.17x its time, 576 at 14x14 0.42x, 576 at 14x14 -> 7x7 (stride 2)
+# 0.14x, with the input already NHWC (copied from NCHW first: 0.26-0.79x); on outputs of
+# 28x28 and up the NCHW kernel is faster once the copy is counted (192 at 28x28 1.26x,
+# 144 at 56x56 2.0x)
+DEPTHWISE_NHWC_PIXELS = 196
 
 
 def _pack_winograd(w: np.ndarray) -> dict:
@@ -129,6 +139,8 @@ def pack_conv(node: Node, state: StateDict, winograd: bool = True) -> dict:
         first = winograd_from(node, cig)
         if winograd and first is not None:  # both NHWC: the same buffers either way
             extra |= {"winograd": _pack_winograd(w), "winograd_from": first}
+    elif strategy == "depthwise_nhwc":
+        extra = {"w": depthwise_k.pack_weights(w)}
     elif strategy == "depthwise":
         extra = {"w": _f32(w.reshape(cout, kh, kw))}
     else:
@@ -207,6 +219,11 @@ def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -
                     p["act"], has_res, ho, wo, p["out_pad"], p["res_pad"], p["work"])
             conv = compiled(winograd_k.conv2d_winograd_1 if p["one_thread"] else
                             winograd_k.conv2d_winograd, *args, 1)
+        elif p["strategy"] == "depthwise_nhwc":
+            args = (rows, x_off, p["w"], p["bias"], res, out, co, *op.kernel, *op.stride,
+                    *op.dilation, p["act"], has_res, ho, wo, p["out_pad"], p["res_pad"])
+            conv = compiled(depthwise_k.conv2d_depthwise_nhwc_1 if p["one_thread"] else
+                            depthwise_k.conv2d_depthwise_nhwc, *args, 1)
         else:
             args = (rows, x_off, p["w"], p["bias"], res, out, co, op.out_channels, c,
                     op.kernel[0], *op.stride, op.dilation[0], p["act"], has_res, ho, wo,
@@ -216,7 +233,8 @@ def _conv(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -
         if in_nhwc:
             def step(threads: int) -> None:
                 conv(*args, threads)
-            if not p["one_thread"]:  # the executor may run it in a chain (`_chain`)
+            # the executor may run a tiled or Winograd conv in a chain (`_chain`)
+            if not p["one_thread"] and p["strategy"] in chain_k.STRATEGIES:
                 step.chain_row = chain_k.conv_row(
                     chain_k.WINOGRAD if p["strategy"] == "winograd" else chain_k.TILED, rows,
                     x_off, p["w"], p["bias"], p.get("zeros"), res, out, co, op.out_channels,
