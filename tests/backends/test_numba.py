@@ -194,6 +194,25 @@ def test_conv_strategies():
     assert ex.strategies(1)["conv"] == "tiled"
 
 
+def test_nhwc_follows_from_the_conv_before():
+    # a 1x1 or depthwise conv reading a conv that runs in NHWC runs in NHWC too; one
+    # reading the input keeps its own choice (gemm; NCHW depthwise on a 32x32 output)
+    b = GraphBuilder("follow")
+    x = b.input(16, 32, 32)
+    y = b.relu(b.conv(x, 16, 3, stride=1, padding=1, name="stem"))
+    y = b.relu(b.conv(y, 16, 3, padding=1, groups=16, name="dw_after"))
+    y = b.conv(y, 24, 1, name="pw_after")
+    b.output(b.add([y, b.conv(b.relu(b.conv(x, 16, 3, padding=1, groups=16, name="dw_own")),
+                               24, 1, name="pw_own")]))
+    g = b.build()
+    m = randomized(g)
+    ex = nb.compile(g, m.state_dict())
+    assert ex.strategies(1) == {"stem": "winograd", "dw_after": "depthwise_nhwc",
+                                "pw_after": "tiled", "dw_own": "depthwise", "pw_own": "gemm"}
+    assert {"stem", "dw_after"} <= set(ex.nhwc)
+    assert_agree(g, batch=2)
+
+
 def test_winograd_transforms_compute_the_correlation():
     # F(4x4, 3x3) in float64 with the matrices the kernels write out: A^T [(G g G^T) *
     # (B^T d B)] A is the 4x4 correlation of the 6x6 window d with the 3x3 kernel g
@@ -222,8 +241,8 @@ def test_winograd_convs_agree_with_torch(fn, batch, threads):
     h = b.relu(b.conv(y, 20, 3, padding=1))
     y = act(b.add([b.conv(h, 20, 3, padding=1, bias=False), y]))  # NHWC + NHWC -> NHWC
     h = b.relu(b.conv(y, 20, 3, padding=1))
-    y = act(b.add([b.conv(h, 20, 3, padding=1), y]))  # -> NCHW, for the gemm conv
-    r = b.conv(y, 20, 1)
+    y = act(b.add([b.conv(h, 20, 3, padding=1), y]))  # -> NCHW, for tanh and concat
+    r = b.conv(b.act(y, "tanh"), 20, 1)  # gemm: it reads no NHWC conv
     y = act(b.add([b.conv(y, 20, 3, padding=1), r]))  # NCHW residual
     b.output(b.concat([b.conv(y, 17, 3, padding=1), y, r]))
     b.output(b.conv(x, 16, 3, padding=0), name="valid")
@@ -437,17 +456,19 @@ def test_few_channel_stems_run_tiled_and_agree(cin, kernel, stride, pad):
 @pytest.mark.parametrize("fn", ["relu", "relu6", "sigmoid", "tanh", "silu", "hardswish", "gelu"])
 def test_fused_activations_agree_in_every_conv_kernel(fn):
     # each conv kernel applies the fused activation in its own epilogue: tiled (with and
-    # without residual), depthwise, gemm (1x1)
+    # without residual), depthwise in NHWC (after the tiled conv) and NCHW (a channel
+    # multiplier of 2), gemm (1x1, reading the input)
     b = GraphBuilder("acts")
     x = b.input(8, 7, 9)
     y = b.act(b.conv(x, 8, 3, padding=1), fn)
     y = b.act(b.add([b.conv(y, 8, 3, padding=1), x]), fn)
-    y = b.act(b.conv(y, 8, 3, padding=1, groups=8), fn)
-    b.output(b.act(b.conv(y, 5, 1), fn))
+    b.output(b.act(b.conv(y, 8, 3, padding=1, groups=8), fn))
+    b.output(b.act(b.conv(x, 5, 1), fn), name="pointwise")
+    b.output(b.act(b.conv(x, 16, 3, padding=1, groups=8), fn), name="multiplier")
     g = b.build()
     ex = nb.compile(g, lower(g).state_dict())
     assert sorted(ex.strategies(1).values()) == \
-        ["depthwise_nhwc", "gemm", "tiled", "tiled"]
+        ["depthwise", "depthwise_nhwc", "gemm", "tiled", "tiled"]
     assert all(n.kind == "fused_conv2d" for n in ex.graph if "conv" in n.kind)
     assert_agree(g, batch=2)
 

@@ -30,6 +30,7 @@ from nasgraph.backends.numba.nodes import (
     Step,
     at_batch,
     compiled,
+    conv_strategies,
     pack_conv,
 )
 from nasgraph.errors import NasgraphError
@@ -112,7 +113,8 @@ class Executor:
         self.graph = graph
         self.threads = threads
         self._get_threads, self._set_threads = _thread_count_entry_points()
-        self._packed = {n.id: pack_conv(n, state, winograd) for n in graph
+        strategies = conv_strategies(graph, winograd)
+        self._packed = {n.id: pack_conv(n, state, strategies[n.id], winograd) for n in graph
                         if n.kind in CONV_KINDS}
         self._packed |= {n.id: PACKERS[n.kind](n, state) for n in graph if n.kind in PACKERS}
         # the NHWC convs' weights, biases and zeros (Winograd packings for larger batches
