@@ -26,7 +26,13 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from nasgraph.backends.numba import _winograd as winograd_k
-from nasgraph.backends.numba._tiled import TILES, R, _strides, _tiles, zero_border
+from nasgraph.backends.numba._tiled import (
+    R,
+    _strides,
+    _tiles,
+    jobs_per_block,
+    zero_border,
+)
 
 FIELDS = ("kind", "n_jobs", "x_0", "hp", "row", "w_0", "w_1", "run", "b_0", "b_1", "z_0",
           "z_1", "blocks",
@@ -180,8 +186,7 @@ def conv_row(kind: int, rows: np.ndarray, x_off: int, w: np.ndarray, bias: np.nd
     if kind == TILED:  # as conv2d_tiled splits its jobs
         n_cb = w.shape[0]
         n_pt = (ho * wo + R - 1) // R
-        per = max(1, min(TILES, n_batch * n_cb * n_pt // (4 * threads)))
-        n_job = (n_pt + per - 1) // per
+        n_job = jobs_per_block(n_batch, n_cb, n_pt, threads)
         f.update(run=w.shape[2], blocks=n_cb, a=n_pt, b=n_job, n_jobs=n_batch * n_job * n_cb)
     else:  # as conv2d_winograd does
         n_tiles = n_batch * ((ho + 3) // 4) * ((wo + 3) // 4)

@@ -88,6 +88,15 @@ def _strides(a, pad, ho, wo, co):
     return a.shape[1] * ho * wo, ho * wo, wo, 1, co * ho * wo
 
 
+@njit(cache=True)
+def jobs_per_block(n_batch, n_cb, n_pt, threads):
+    """How `conv2d_tiled` (and a chain, `_chain`) splits a sample's n_pt pixel tiles in
+    each of n_cb channel blocks: into jobs of up to TILES tiles, fewer where that would
+    leave under 4 jobs a thread."""
+    per = max(1, min(TILES, n_batch * n_cb * n_pt // (4 * threads)))
+    return (n_pt + per - 1) // per
+
+
 def pack_bias(bias: np.ndarray | None, cout: int) -> np.ndarray:
     """The bias (or zeros), zero-padded to whole blocks of V channels."""
     padded = np.zeros(-(-cout // V) * V, np.float32)
@@ -161,9 +170,7 @@ def _kernel() -> str:
         '    """',
         "    n_batch, n_cb = xp.shape[0], w.shape[0]",
         "    n_pt = (ho * wo + R - 1) // R  # pixel tiles per sample",
-        "    # tiles per job: up to TILES, fewer where that leaves under 4 jobs per thread",
-        "    per = max(1, min(TILES, n_batch * n_cb * n_pt // (4 * threads)))",
-        "    n_job = (n_pt + per - 1) // per  # jobs per sample and block, of n_pt/n_job tiles",
+        "    n_job = jobs_per_block(n_batch, n_cb, n_pt, threads)  # of n_pt/n_job tiles each",
         "    # the epilogue writes `out` and reads `res` flat: the element of sample n, channel",
         "    # c, output pixel (oh, ow) is at n*o_n + c*o_c + oh*o_h + ow*o_w + o_0",
         "    o_n, o_c, o_h, o_w, o_0 = _strides(out, out_pad, ho, wo, co)",
