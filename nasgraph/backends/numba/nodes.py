@@ -43,31 +43,33 @@ def _f32(a: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ weight packing
 
 
-# where a 3x3 stride-1 conv runs Winograd: at least this many input channels, at least
-# this many (4x4 output tiles a sample x input channels), and, over a call's samples, at
-# least this many; below, the tiled kernel is faster (one thread and two, against it:
-# 16 -> 16 at 32x32 0.85-0.90x its time, 32 -> 32 at 16x16 0.55-0.73x, 64 -> 64 at 8x8
-# 0.62x, 256 -> 256 at 14x14 0.48-0.60x; but 3 or 8 input channels 1.7-2.2x; on two
-# threads by batch size: 32 -> 32 at 4x4 (32 a sample) 2.3x at batch 1, 1.2-1.3x at 2-4,
-# 0.87-0.88x at 8-16, 0.6-0.68x from 32 on; 64 -> 64 at 4x4 1.58x, 1.14x, then 0.73x
-# at 4; 16 -> 16 at 8x8 1.24x at 1, 1.0x at 4, 0.75-1.1x from 8 on; 16 -> 16 at 4x4
-# (16 a sample) 1.04-1.35x at every batch up to 64)
+# where a 3x3 stride-1 conv runs Winograd: at least this many input channels and this
+# many (4x4 output tiles a sample x input channels); or, with at least WINOGRAD_BATCHED_CIN
+# input channels, this many over a call's samples; below, the tiled kernel is faster.
+# Against it (one thread and two): 16 -> 16 at 32x32 0.85-0.90x its time, 32 -> 32 at
+# 16x16 0.55-0.73x, 64 -> 64 at 8x8 0.62x, 256 -> 256 at 14x14 0.48-0.60x; but 3 or 8
+# input channels 1.7-2.2x. On two threads by batch size: 32 -> 32 at 4x4 (32 a sample)
+# 2.3x at batch 1, 1.2-1.3x at 2-4, 0.87-0.88x at 8-16, 0.6-0.68x from 32 on; 64 -> 64
+# at 4x4 1.58x, 1.14x, then 0.73x at 4; but 16 -> 16 at 8x8 0.75-1.14x from batch 8 on,
+# by the run, and 16 -> 16 at 4x4 1.04-1.35x at every batch up to 64
 WINOGRAD_MIN_CIN = 16
-WINOGRAD_MIN_SAMPLE = 32
 WINOGRAD_MIN_WORK = 256
+WINOGRAD_BATCHED_CIN = 32
 
 
 def winograd_from(node: Node, in_per_group: int) -> int | None:
     """The smallest batch from which conv `node` runs Winograd F(4x4, 3x3) (3x3, stride
-    1, no dilation, ungrouped, at least WINOGRAD_MIN_CIN input channels, at least
-    WINOGRAD_MIN_SAMPLE tiles x input channels a sample and WINOGRAD_MIN_WORK a call),
-    or None where it never does."""
+    1, no dilation, ungrouped, at least WINOGRAD_MIN_CIN input channels, and
+    WINOGRAD_MIN_WORK tiles x input channels a sample, or, from WINOGRAD_BATCHED_CIN
+    input channels on, a call), or None where it never does."""
     op, out = node.op, node.type
     if op.kernel != (3, 3) or op.stride != (1, 1) or op.dilation != (1, 1) \
             or op.groups != 1 or in_per_group < WINOGRAD_MIN_CIN:
         return None
     work = -(-out.height // 4) * -(-out.width // 4) * in_per_group  # a sample
-    if work < WINOGRAD_MIN_SAMPLE:
+    if work >= WINOGRAD_MIN_WORK:
+        return 1
+    if in_per_group < WINOGRAD_BATCHED_CIN:
         return None
     return -(-WINOGRAD_MIN_WORK // work)
 
