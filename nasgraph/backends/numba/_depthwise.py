@@ -2,10 +2,11 @@
 
 The input is the tiled conv's: a zero-padded N x Hp x (Wp*C) buffer, so that the C
 channels of a pixel are one contiguous run. An output pixel is then, per tap, one
-multiply-add over a run of channels: a loop LLVM vectorizes across the channels, for any
-kernel, stride and dilation, with no bounds test. Nothing is done per channel plane, which
-is what the NCHW kernel (`_conv.conv2d_depthwise`) pays for on small maps: mobilenet_v2's
-960 channels at 7x7 cost it 0.27 us each, the arithmetic of a 3x3 plane a fifth of that.
+multiply-add over a run of channels, 32 at a time in scalar accumulators that SLP packs
+into vector registers, for any kernel, stride and dilation, with no bounds test. Nothing
+is done per channel plane, which is what the NCHW kernel (`_conv.conv2d_depthwise`) pays
+for on small maps: mobilenet_v2's 960 channels at 7x7 cost it 0.27 us each, the
+arithmetic of a 3x3 plane a fifth of that.
 
 A job is one output row of one block of channels; the epilogue act(acc + residual)
 writes NCHW at channel offset `co` or zero-padded NHWC for the next NHWC conv, as the
@@ -21,7 +22,7 @@ from nasgraph.backends.numba._activations import activate_inline
 from nasgraph.backends.numba._tiled import _strides, zero_border
 
 FASTMATH = {"contract", "nsz", "arcp"}
-BLOCK = 64  # channels of a job: its accumulators stay in L1 across the taps
+BLOCK = 64  # channels of a job; their sums at a pixel wait in a buffer for the epilogue
 
 
 def pack_weights(w: np.ndarray) -> np.ndarray:
