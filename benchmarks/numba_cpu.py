@@ -2,7 +2,7 @@
 
 Also: single 3x3 convs against the numpy sgemm peak of the same run, and the first call
 (compile + run) of a fresh process once numba's cache is warm. Writes the `numba_cpu`
-section of docs/benchmarks.md.
+section of docs/benchmarks.md (run on every core), or `numba_cpu_<T>t` for fewer threads.
 
     python -m benchmarks.numba_cpu [--threads T] [--repeats R] [--seconds S]
 """
@@ -190,9 +190,14 @@ def main() -> None:
                     f"{to * 1e3:.2f} | {tn / tt:.2f} | {tn / to:.2f} | {gf:.1f} | "
                     f"{100 * gf / peak:.0f} |")
     load = max(load_before, os.getloadavg()[0])
+    # the main table runs on every core; a run on fewer threads gets a section of its own
+    section, title = "numba_cpu", ""
+    if args.threads != os.cpu_count():
+        section = f"numba_cpu_{args.threads}t"
+        title = f", {args.threads} thread{'s' if args.threads > 1 else ''}"
     (imp0, cold), (imp1, warm) = firsts
     text = "\n".join([
-        "## Numba CPU executor", "",
+        f"## Numba CPU executor{title}", "",
         f"`python -m benchmarks.numba_cpu --threads {args.threads}` on {machine()}; "
         f"1-minute load average up to {load:.1f} during the run; medians of at least "
         f"{args.repeats} calls and {args.seconds:g} s per backend and model, the backends "
@@ -209,7 +214,7 @@ def main() -> None:
         f"{warm:.2f} s with numba's cache warm (import {imp1:.2f} s); the run before it, "
         f"{cold:.2f} s{' (cache cold)' if cold > 2 * warm else ''}.",
     ])
-    write_section("numba_cpu", text)
+    write_section(section, text)
     print(text)
 
 
