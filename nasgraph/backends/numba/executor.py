@@ -127,12 +127,12 @@ class Executor:
             view[...] = p[k]
             p[k] = view
         # (a conv that switches to Winograd at larger batches is tiled at 1: NHWC either way)
-        self.nhwc = nhwc_outputs(graph, self.strategies(1))
+        self.nhwc = nhwc_outputs(graph, strategies)
         self.plan = plan_memory(graph, self._stored_bytes)
         # per sample: the largest padded NHWC copy a tiled conv makes of its input
         self._scratch_numel = max(
             [_padded_numel(graph, n) for n in graph
-             if self._packed.get(n.id, {}).get("strategy") in NHWC_STRATEGIES], default=0)
+             if strategies.get(n.id) in NHWC_STRATEGIES], default=0)
         self._bound: dict[tuple[int, bool], Bound] = {}  # (batch, chains) -> bound
         (inp,) = graph.inputs  # read once: a walk over the graph costs more than a small call
         self._input_type = inp.type

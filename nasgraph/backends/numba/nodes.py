@@ -74,9 +74,10 @@ def winograd_from(node: Node, in_per_group: int) -> int | None:
     return -(-WINOGRAD_MIN_WORK // work)
 
 
-def conv_strategy(node: Node, in_per_group: int, winograd: bool = True, batch: int = 1) -> str:
-    """How a conv node runs at this batch size: "winograd" (F(4x4, 3x3), `_winograd`,
-    from the batch `winograd_from` gives on), "tiled" (the register-tiled NHWC kernel:
+def conv_strategy(node: Node, in_per_group: int, winograd: bool = True) -> str:
+    """How a conv node runs at batch 1, judged on its own: "winograd" (F(4x4, 3x3),
+    `_winograd`, where `winograd_from` gives 1; a conv it gives a larger batch runs tiled
+    here and switches at that batch, `at_batch`), "tiled" (the register-tiled NHWC kernel:
     other ungrouped spatial kernels with no dilation along W and at least one full pixel
     tile, few-channel stems included, strided 1x1 convs, which gemm would gather first,
     and the 1x1 convs sgemm does badly), "depthwise_nhwc" (one channel per group, at
@@ -93,8 +94,7 @@ def conv_strategy(node: Node, in_per_group: int, winograd: bool = True, batch: i
     op, out = node.op, node.type
     kh, kw = op.kernel
     pixels = out.height * out.width
-    first = winograd_from(node, in_per_group)
-    if winograd and first is not None and batch >= first:
+    if winograd and winograd_from(node, in_per_group) == 1:
         return "winograd"
     pointwise_tiled = in_per_group >= 160 and (pixels <= 196 or out.channels < 64)
     if op.groups == 1 and (kh * kw > 1 or op.stride != (1, 1) or pointwise_tiled) \
