@@ -2,7 +2,14 @@
 that imports optuna."""
 
 from nasgraph.search.budget import Budget, Costs, parse_amount
-from nasgraph.search.space import Context, builtin_spaces, fit_to_budget, load_space
+from nasgraph.search.space import (
+    Context,
+    fit_to_budget,
+    get_space,
+    load_space,
+    register_space,
+    space_names,
+)
 
-__all__ = ["Budget", "Context", "Costs", "builtin_spaces", "fit_to_budget", "load_space",
-           "parse_amount"]
+__all__ = ["Budget", "Context", "Costs", "fit_to_budget", "get_space", "load_space",
+           "parse_amount", "register_space", "space_names"]

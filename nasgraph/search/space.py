@@ -9,16 +9,21 @@
 A space names its parameters hierarchically (`stage2.depth`, `stage2.block0.paths`) and
 asks `ctx.width(c)` for every channel count, so that the search can shrink a candidate's
 widths onto the budget (`fit_to_budget`) instead of discarding it.
+
+Spaces are registered by name with `@register_space`, as timm registers models; the
+built-in ones live in `nasgraph.search.spaces`. `load_space` takes a registered name or
+`path/to/file.py:function`.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -27,8 +32,9 @@ from nasgraph.ir import Graph
 from nasgraph.search.budget import Budget, Costs
 
 Space = Callable[[Any, "Context"], Graph]
+S = TypeVar("S", bound=Space)
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+_SPACES: dict[str, Space] = {}
 
 
 class Context(BaseModel):
@@ -75,24 +81,85 @@ class _Recorder(Context):
         return super().width(channels, divisor)
 
 
-def builtin_spaces() -> list[str]:
-    """Names of the spaces in `search_spaces/`."""
-    return sorted(p.stem for p in SPACES_DIR.glob("*.py") if not p.stem.startswith("_"))
+@overload
+def register_space(fn: S, /) -> S: ...
+@overload
+def register_space(name: str | None = None, /) -> Callable[[S], S]: ...
+def register_space(fn_or_name: Any = None, /) -> Any:
+    """Register a space under the function's name, or under the name given, as timm
+    registers models; `load_space(name)` and `SearchConfig(space=name)` then find it:
+
+        @register_space
+        def plain(trial, ctx): ...
+
+        @register_space("plain_wide")
+        def plain_with_wider_stages(trial, ctx): ...
+
+    A name is taken once; a second space under it is refused, as torchvision refuses a
+    second model:
+
+        >>> from nasgraph.search.space import register_space
+        >>> @register_space("residual")
+        ... def my_resnet(trial, ctx):
+        ...     ...
+        Traceback (most recent call last):
+        nasgraph.errors.SpaceError: search space 'residual' is already registered \
+(nasgraph.search.spaces.residual.residual); hint: @register_space("another_name")
+    """
+    if callable(fn_or_name):
+        return _register(fn_or_name.__name__, fn_or_name)
+    return lambda fn: _register(fn_or_name or fn.__name__, fn)
+
+
+def _register(name: str, fn: S) -> S:
+    _register_builtins()  # first, so that a space of the user's cannot take a built-in's name
+    if name in _SPACES:
+        other = _SPACES[name]
+        raise SpaceError(f"search space {name!r} is already registered "
+                         f"({other.__module__}.{other.__qualname__}); hint: "
+                         '@register_space("another_name")')
+    _SPACES[name] = fn
+    return fn
+
+
+def space_names() -> list[str]:
+    """The registered spaces' names, sorted: the built-in ones and any registered since.
+
+        >>> {"inception", "residual", "dense", "macro"} <= set(space_names())
+        True
+    """
+    _register_builtins()
+    return sorted(_SPACES)
+
+
+def get_space(name: str) -> Space:
+    """The space registered as `name`."""
+    _register_builtins()
+    if name not in _SPACES:
+        raise SpaceError(f"unknown search space {name!r}; hint: one of "
+                         f"{', '.join(space_names())}, or path/to/file.py:function")
+    return _SPACES[name]
+
+
+def _register_builtins() -> None:
+    # on the first look-up, not when this module is imported: the built-in spaces import
+    # this module (Context, register_space); once they are imported this is a dict look-up
+    importlib.import_module("nasgraph.search.spaces")
 
 
 def load_space(spec: str) -> Space:
-    """A space by name (`residual`: `search_spaces/residual.py`) or `path/file.py:function`
-    (the function defaults to `space`)."""
-    path_text, _, func = spec.partition(":") if spec.count(":") == 1 or ".py:" in spec else (
-        spec, "", "")
-    if path_text.endswith(".py") or "/" in path_text:
-        path = Path(path_text)
-    else:
-        path = SPACES_DIR / f"{path_text}.py"
-        if not path.is_file():
-            names = ", ".join(builtin_spaces())
-            raise SpaceError(f"unknown search space {spec!r}; hint: one of {names}, or "
-                             "path/to/file.py:function")
+    """A registered space by name (`residual`, see `space_names()`) or a function of a Python
+    file, `path/to/file.py:function` (the function defaults to `space`)."""
+    path_text, colon, func = spec.rpartition(":")
+    if not colon or not func.isidentifier():  # no function named (or a drive letter)
+        path_text, func = spec, ""
+    if not path_text.endswith(".py") and "/" not in path_text:
+        space = get_space(path_text)
+        if func:
+            raise SpaceError(f"search space {spec!r}: a registered space is named alone; "
+                             f"hint: {path_text!r}, or path/to/file.py:{func}")
+        return space
+    path = Path(path_text)
     if not path.is_file():
         raise SpaceError(f"search space {spec!r}: {path} is not a file")
     module_name = f"nasgraph_space_{path.stem}_{abs(hash(str(path.resolve())))}"

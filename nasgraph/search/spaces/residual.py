@@ -11,6 +11,7 @@ from __future__ import annotations
 from nasgraph.ir import GraphBuilder
 from nasgraph.motifs import ResidualBlock, residual_stage
 from nasgraph.search.skeleton import head, max_stages, stem
+from nasgraph.search.space import register_space
 
 
 def stage(trial, ctx, b, x, name, level, downsample, kind=None, preact=None):
@@ -33,7 +34,8 @@ def stage(trial, ctx, b, x, name, level, downsample, kind=None, preact=None):
         return residual_stage(b, x, cfg, depth)
 
 
-def space(trial, ctx):
+@register_space
+def residual(trial, ctx):
     """A ResNet: stem, 1 to 3-4 stages (the first at the stem's resolution), GAP, linear."""
     b = GraphBuilder("residual")
     kind = trial.suggest_categorical("block", ["basic", "bottleneck"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 from nasgraph.ir import GraphBuilder
 from nasgraph.motifs import DenseBlock, Transition, dense_block, transition
 from nasgraph.search.skeleton import head, max_stages, stem
+from nasgraph.search.space import register_space
 
 
 def stage(trial, ctx, b, x, name, level, downsample):
@@ -29,7 +30,8 @@ def stage(trial, ctx, b, x, name, level, downsample):
                                             bn_size=4 if bottleneck else None))
 
 
-def space(trial, ctx):
+@register_space
+def dense(trial, ctx):
     """A DenseNet: stem conv, 1 to 3-4 dense blocks with transitions, BN-ReLU, GAP, linear."""
     b = GraphBuilder("dense")
     x = stem(trial, ctx, b, preact=True)

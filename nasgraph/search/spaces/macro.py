@@ -8,18 +8,21 @@ the whole network.
 from __future__ import annotations
 
 from nasgraph.ir import GraphBuilder
-from nasgraph.search import load_space
 from nasgraph.search.skeleton import head, max_stages, stem
+from nasgraph.search.space import register_space
+from nasgraph.search.spaces import dense, inception, residual
 
-FAMILIES = ("inception", "residual", "dense")
+# the order of the choices is part of every stored trial's parameters: append, never reorder
+FAMILIES = {"inception": inception.stage, "residual": residual.stage, "dense": dense.stage}
 
 
-def space(trial, ctx):
-    """Stem, 1 to 3-4 stages of mixed families, BN-ReLU, GAP, linear."""
+@register_space
+def macro(trial, ctx):
+    """A network of 1 to 3-4 stages, each an Inception, residual or dense stage; GAP, linear."""
     b = GraphBuilder("macro")
     x = stem(trial, ctx, b)
     for i in range(1, trial.suggest_int("stages", 1, max_stages(ctx)) + 1):
         family = trial.suggest_categorical(f"stage{i}.family", list(FAMILIES))
-        stage = load_space(f"{family}:stage")
+        stage = FAMILIES[family]
         x = stage(trial, ctx, b, x, f"stage{i}.{family}", i, downsample=i > 1)
     return head(b, x, ctx, preact=True)

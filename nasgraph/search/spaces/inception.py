@@ -12,6 +12,7 @@ from __future__ import annotations
 from nasgraph.ir import GraphBuilder
 from nasgraph.motifs import FactorizedInception, InceptionV1, inception_block
 from nasgraph.search.skeleton import head, max_stages, stem
+from nasgraph.search.space import register_space
 
 
 def module(width, paths, factorized):
@@ -43,7 +44,8 @@ def stage(trial, ctx, b, x, name, level, downsample):
     return x
 
 
-def space(trial, ctx):
+@register_space
+def inception(trial, ctx):
     """A GoogLeNet-like network: stem, 1 to 3-4 stages of Inception blocks, GAP, linear."""
     b = GraphBuilder("inception")
     x = stem(trial, ctx, b)
