@@ -5,21 +5,76 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # click, as
+from typer.core import TyperGroup  # typer vendors it
 
 from nasgraph import zoo
 from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph, load
 
-app = typer.Typer(help="nasgraph: architecture search and a graph compiler for CNNs.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console()
 err_console = Console(stderr=True)
+
+
+def error_line(message: str) -> None:
+    """Print `error: message` on stderr, on one line whatever the terminal's width."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False,
+                      soft_wrap=True)  # the message as text: "[1, 2]" is no markup
+
+
+class OneLineUsageErrors(TyperGroup):
+    """The top-level group: a usage error (an unknown option, `--batch 0` below an option's
+    minimum) is one line and exit code 2, as every other bad input is, not click's box of
+    usage text; Ctrl-C is exit code 130, as shells expect."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as e:
+            console.print(e.ctx.get_help() if e.ctx else "", highlight=False)
+            code = 0
+        except UsageError as e:
+            where = f"{e.ctx.command_path}: " if e.ctx else ""
+            error_line(f"{where}{' '.join(e.format_message().split())} (see --help)")
+            code = 2
+        except ClickException as e:
+            error_line(" ".join(e.format_message().split()))
+            code = e.exit_code
+        except (typer.Abort, KeyboardInterrupt):
+            code = 130
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _print_version(show: bool) -> None:
+    if show:
+        from nasgraph import __version__
+
+        console.print(f"nasgraph {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+app = typer.Typer(cls=OneLineUsageErrors, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+
+
+@app.callback(help="nasgraph: architecture search and a graph compiler for CNNs.")
+def _options(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    pass
+
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
 F = TypeVar("F", bound=Callable[..., object])
@@ -35,9 +90,7 @@ def one_line_errors(command: F) -> F:
         except (NasgraphError, OSError) as e:
             if kwargs.get("debug"):
                 raise
-            message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            err_console.print(f"[bold red]error:[/] {message}", highlight=False,
-                              soft_wrap=True)
+            error_line(str(e).splitlines()[0] if str(e) else type(e).__name__)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

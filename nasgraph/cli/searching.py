@@ -19,7 +19,7 @@ Budget = Annotated[str | None, typer.Option(
 @one_line_errors
 def search(
     space: Annotated[str, typer.Argument(
-        help="A built-in space (inception, residual, dense, macro) or path/file.py:function.")],
+        help="A registered space (see `nasgraph spaces`) or path/file.py:function.")],
     dataset: Annotated[str, typer.Option(
         help="digits, synthetic, cifar10:PATH, mnist:PATH, imagefolder:PATH.")] = "digits",
     budget: Budget = None,
@@ -53,7 +53,14 @@ def search(
     of one study (docs/distributed.md). Example: nasgraph search residual --budget 200k
     """
     from pydantic import ValidationError
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from nasgraph.search import parse_amount
     from nasgraph.search.run import SearchConfig
@@ -74,11 +81,13 @@ def search(
             workers=workers)
     except ValidationError as e:
         first = e.errors()[0]
-        raise NasgraphError(f"--{'-'.join(map(str, first['loc'])).replace('_', '-')}: "
-                            f"{first['msg']}") from None
+        option = f"--{'-'.join(map(str, first['loc'])).replace('_', '-')}"
+        raise NasgraphError(f"{option} {first['input']!r}: "
+                            f"{first['msg'].removeprefix('Value error, ')}") from None
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
-                        TimeElapsedColumn(), console=err_console, transient=False)
+                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                        console=err_console, transient=False)
     state: dict = {}
 
     def on_start(study_obj, remaining: int) -> None:
@@ -86,26 +95,48 @@ def search(
                           f"{cfg.budget.describe()}, {cfg.trials} trials x {cfg.epochs} epochs"
                           f" -> {cfg.study_dir}", highlight=False, soft_wrap=True)
         done = cfg.trials - remaining
-        state["task"] = progress.add_task(cfg.study_name, total=cfg.trials, completed=done,
-                                          best=_best_text(study_obj))
         if done:
             err_console.print(f"resuming study {cfg.study_name!r}: {done} trials done")
-
-    def on_trial(study_obj, trial) -> None:
-        progress.update(state["task"], completed=min(cfg.trials, state.get("n", 0)),
-                        best=_best_text(study_obj))
+        progress.start()
+        state["task"] = progress.add_task(f"trials of {cfg.study_name}", total=cfg.trials,
+                                          completed=done, best=_best_text(study_obj))
 
     def counted(study_obj, trial) -> None:
         from nasgraph.search.run import finished
 
         state["n"] = len(finished(study_obj))
-        on_trial(study_obj, trial)
+        progress.update(state["task"], completed=min(cfg.trials, state["n"]),
+                        best=_best_text(study_obj))
 
-    with progress:
-        result = run_search(cfg, callbacks=[counted], on_start=on_start)
-    if result.interrupted:
-        err_console.print("interrupted: results so far written; re-run the command to resume")
+    def final_phase(phase: str, epoch: int, epochs: int) -> None:
+        if state.get("phase") != phase:  # a new bar per retraining, so that its ETA is its own
+            state["phase"] = phase
+            state["final"] = progress.add_task(phase, total=epochs, best="epochs")
+        progress.update(state["final"], completed=epoch)
+
+    try:
+        result = run_search(cfg, callbacks=[counted], on_start=on_start, progress=final_phase)
+    finally:
+        if "task" in state:  # a stop without a start would print an empty line
+            progress.stop()
     _print_result(result)
+    if result.interrupted:
+        err_console.print(_interrupted_text(result), highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
+
+
+def _interrupted_text(result) -> str:
+    best = result.best or {}
+    if not best:
+        return (f"interrupted: {result.trials} finished trial(s) kept in the study; re-run the "
+                "same command to resume")
+    if "interrupted" not in best:
+        return ("interrupted: the finished trials, the leaderboard and best/ (the best trial's "
+                "own weights) are written; re-run the same command to resume")
+    kept = (f"{best['final_seeds']} finished retraining(s) of the best kept in best/"
+            if best.get("final_seeds") else "best/ holds the best trial's own weights and score")
+    return (f"interrupted during the final retraining: {kept}; re-run the same command to "
+            "retrain again")
 
 
 def _best_text(study_obj) -> str:
@@ -120,7 +151,7 @@ def _print_result(result) -> None:
     console.print(f"[bold]study[/]        {result.study}  ({result.trials} trials, "
                   f"{100 * result.feasible_fraction:.0f}% within budget, "
                   f"{100 * result.shrunk_fraction:.0f}% of those shrunk to fit)",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     best = result.best
     if best is None:
         console.print("no candidate was trained")
@@ -132,9 +163,9 @@ def _print_result(result) -> None:
                   f"{100 * best['val_accuracy']:.2f}%, test "
                   f"{'-' if test is None else f'{100 * test:.2f}%'}{spread}, "
                   f"{human(best['macs'])} MACs, {human(best['params'])} params",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     console.print(f"[bold]results[/]      {result.study_dir}/leaderboard.md, "
-                  f"{result.study_dir}/best/", highlight=False)
+                  f"{result.study_dir}/best/", highlight=False, soft_wrap=True)
 
 
 study_app = typer.Typer(help="Inspect studies.", no_args_is_help=True)

@@ -12,6 +12,7 @@ A budget is checked on the graph, before any training: costs come from
 
 from __future__ import annotations
 
+import math
 import re
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,17 +22,22 @@ from nasgraph.errors import BudgetError
 from nasgraph.ir import Graph
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+MAX_AMOUNT = 10**15  # larger is a typo, and 1e999 is infinite
 
 
 def parse_amount(text: str | int | float, what: str = "--budget") -> int:
     """'300k' -> 300000, '1.2G' -> 1200000000; suffixes k, M, G, T (any case)."""
     if isinstance(text, int | float):
-        return int(text)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMgGtT]?)i?[bB]?\s*", text)
-    if not m or float(m.group(1)) <= 0:
-        raise BudgetError(f"{what} {text!r}: expected a positive amount such as 300k, 5M or "
-                          "1.2G")
-    return round(float(m.group(1)) * _SUFFIX[m.group(2).lower()])
+        amount = float(text)
+    elif m := re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMgGtT]?)i?[bB]?\s*",
+                           text):
+        amount = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
+    else:
+        amount = math.nan
+    if not 1 <= amount <= MAX_AMOUNT:  # also false for NaN
+        raise BudgetError(f"{what} {text!r}: expected a positive amount up to 1P, such as 300k, "
+                          "5M or 1.2G")
+    return round(amount)
 
 
 def short(n: float) -> str:

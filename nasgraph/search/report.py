@@ -17,6 +17,7 @@ import io
 import json
 import statistics
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ from nasgraph.search.run import (
     load_graph,
     trial_dir,
 )
-from nasgraph.train import accuracy, concat_splits, train
+from nasgraph.search.workers import ctrl_c_at_stop_points, quiet_optuna, stop_point
+from nasgraph.train import TrainResult, accuracy, concat_splits, train
 
 COLUMNS = ["rank", "trial", "state", "val_accuracy", "test_accuracy", "macs", "params",
            "memory", "width_multiplier", "feasible", "pareto", "parameters"]
@@ -144,21 +146,32 @@ def leaderboard_csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
+# progress(phase, done, total): what the final phase is doing, e.g. ("final retraining,
+# seed 2/3", 4, 18) after its 4th of 18 epochs
+Progress = Callable[[str, int, int], None]
+
+
 def write_report(cfg: SearchConfig, study: optuna.Study, data: Dataset,
-                 device: torch.device, final: bool = True) -> dict[str, Any] | None:
+                 device: torch.device, final: bool = True,
+                 progress: Progress | None = None) -> dict[str, Any] | None:
     """Leaderboard, best model (retrained unless `final` is False) and plots; returns the
     content of best/result.json (None when no trial was trained)."""
     rows = leaderboard_rows(cfg, study, data, device)
     _write(cfg.study_dir / "leaderboard.md", leaderboard_markdown(cfg, rows))
     _write(cfg.study_dir / "leaderboard.csv", leaderboard_csv(rows))
     trained = [r for r in rows if r["state"] == "complete" and r["feasible"]]
-    best = write_best(cfg, study, trained[0], data, device, final) if trained else None
+    best = (write_best(cfg, study, trained[0], data, device, final, progress) if trained
+            else None)
     write_plots(cfg, study)
     return best
 
 
 def write_best(cfg: SearchConfig, study: optuna.Study, row: dict[str, Any], data: Dataset,
-               device: torch.device, final: bool) -> dict[str, Any]:
+               device: torch.device, final: bool,
+               progress: Progress | None = None) -> dict[str, Any]:
+    """best/: the best trial retrained `cfg.final_seeds` times on train + validation and
+    tested. Ctrl-C during the retraining keeps the retrainings finished so far (or, before
+    the first, the trial's own weights and score) and sets `interrupted` in the result."""
     t = study.trials[row["trial"]]
     graph = load_graph(cfg.study_dir, t.number)
     folder = cfg.study_dir / "best"
@@ -178,31 +191,50 @@ def write_best(cfg: SearchConfig, study: optuna.Study, row: dict[str, Any], data
         weights = retrain(cfg, graph, data, t.number, device)
     result["test_accuracy"] = row["test_accuracy"]
     result["model_test_accuracy"] = row["test_accuracy"]
-    final_epochs = cfg.final_epochs or 3 * cfg.epochs
+    result["final_training"] = None  # the trial's own weights and score
+    accs: list[float] = []
     if final and cfg.final_seeds > 0:
-        accs = []
-        for k in range(cfg.final_seeds):
-            run = train(graph, data, cfg.recipe, epochs=final_epochs, device=device,
-                        seed=10_000 + k, train_split=concat_splits(data.train, data.val),
-                        val_split=data.test)
-            accs.append(accuracy(run.model, data.test))
-            if k == 0:
-                weights = {key: v.cpu() for key, v in run.model.state_dict().items()}
-                result["model_test_accuracy"] = accs[0]
+        try:
+            with ctrl_c_at_stop_points():
+                for run in _retrainings(cfg, graph, data, device, progress):
+                    accs.append(accuracy(run.model, data.test))
+                    if len(accs) == 1:
+                        weights = {key: v.cpu() for key, v in run.model.state_dict().items()}
+                        result["model_test_accuracy"] = accs[0]
+        except KeyboardInterrupt:
+            result["interrupted"] = True
+    if accs:
         result.update({
             "test_accuracy": statistics.fmean(accs),
             "test_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
             "test_accuracy_min": min(accs), "test_accuracy_max": max(accs),
-            "test_accuracy_runs": accs, "final_epochs": final_epochs,
-            "final_seeds": cfg.final_seeds, "final_training": "train + validation splits",
+            "test_accuracy_runs": accs, "final_epochs": cfg.final_training_epochs,
+            "final_seeds": len(accs), "final_training": "train + validation splits",
         })
-    else:
-        result["final_training"] = None  # interrupted: the trial's own weights and score
     _write(folder / "weights.pt", _torch_bytes(weights))
     result["graph_svg"] = _render(graph, folder / "graph.svg")
     result["model_py"] = _export(graph, folder / "model.py", weights)
     _write(folder / "result.json", dump_json(result))
     return result
+
+
+def _retrainings(cfg: SearchConfig, graph: Graph, data: Dataset, device: torch.device,
+                 progress: Progress | None) -> Iterator[TrainResult]:
+    """The best graph trained from scratch on train + validation, once per final seed."""
+    epochs = cfg.final_training_epochs
+    for k in range(cfg.final_seeds):
+        phase = f"final retraining, seed {k + 1}/{cfg.final_seeds}"
+
+        def report(epoch: int, acc: float, phase: str = phase) -> None:
+            if progress is not None:
+                progress(phase, epoch + 1, epochs)
+            stop_point()  # Ctrl-C stops here, between epochs
+
+        if progress is not None:
+            progress(phase, 0, epochs)
+        yield train(graph, data, cfg.recipe, epochs=epochs, device=device, seed=10_000 + k,
+                    train_split=concat_splits(data.train, data.val), val_split=data.test,
+                    on_epoch=report)
 
 
 def _torch_bytes(state_dict: dict) -> bytes:
@@ -239,10 +271,6 @@ def write_plots(cfg: SearchConfig, study: optuna.Study) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna.visualization as vis
-    import optuna.visualization.matplotlib as vis_mpl
-
     folder = cfg.study_dir / "plots"
     folder.mkdir(parents=True, exist_ok=True)
     target = (lambda t: t.values[0]) if cfg.multi_objective else None
@@ -256,28 +284,43 @@ def write_plots(cfg: SearchConfig, study: optuna.Study) -> list[str]:
         plots["pareto"] = lambda m: m.plot_pareto_front(
             study, target_names=["val accuracy", "MACs"])
     written = []
-    for name, draw in plots.items():
-        for module, ext in ((vis_mpl, "png"), (vis, "html")):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    # with too few trials optuna draws equal importances, and says so
-                    warnings.filterwarnings("error", "The number of trials is too small")
-                    fig = draw(module)
-            except (ValueError, RuntimeError, ZeroDivisionError, IndexError, UserWarning):
-                continue
-            path = folder / f"{name}.{ext}"
-            tmp = path.with_name(path.name + ".tmp")
-            if ext == "png":
-                figure = fig.figure if hasattr(fig, "figure") else fig[0].figure
-                figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-                plt.close(figure)
-            else:
-                fig.write_html(tmp, include_plotlyjs="directory", full_html=True)
-            tmp.replace(path)
-            written.append(path.name)
+    with quiet_optuna():  # "There are no complete trials." is no news in the report
+        for name, draw in plots.items():
+            written += _draw_both(name, draw, folder)
     if not cfg.multi_objective:
         written += _scatter_front(cfg, study, folder)
+    return written
+
+
+def _draw_both(name: str, draw: Callable, folder: Path) -> list[str]:
+    """The plot `draw(module)` as PNG (matplotlib) and HTML (plotly), where it can be drawn."""
+    import matplotlib.pyplot as plt
+    import optuna.visualization as vis
+    import optuna.visualization.matplotlib as vis_mpl
+
+    written = []
+    for module, ext in ((vis_mpl, "png"), (vis, "html")):
+        try:
+            with warnings.catch_warnings():
+                # optuna's notes on its estimates (PED-ANOVA's "some regimes have less
+                # than 2 trials", experimental features) are not the user's concern...
+                warnings.simplefilter("ignore", UserWarning)
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # ...but with too few trials it draws equal importances: no plot then
+                warnings.filterwarnings("error", "The number of trials is too small")
+                fig = draw(module)
+        except (ValueError, RuntimeError, ZeroDivisionError, IndexError, UserWarning):
+            continue
+        path = folder / f"{name}.{ext}"
+        tmp = path.with_name(path.name + ".tmp")
+        if ext == "png":
+            figure = fig.figure if hasattr(fig, "figure") else fig[0].figure
+            figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+            plt.close(figure)
+        else:
+            fig.write_html(tmp, include_plotlyjs="directory", full_html=True)
+        tmp.replace(path)
+        written.append(path.name)
     return written
 
 
@@ -295,8 +338,9 @@ def _scatter_front(cfg: SearchConfig, study: optuna.Study, folder: Path) -> list
     fig, ax = plt.subplots(figsize=(6, 4))
     for on_front, color in ((False, "tab:gray"), (True, "tab:red")):
         sel = [p for p in pts if p[2] == on_front]
-        ax.scatter([p[0] for p in sel], [p[1] for p in sel], c=color,
-                   label="Pareto front" if on_front else "trials")
+        if sel:  # an empty series has no legend entry, and matplotlib warns of it
+            ax.scatter([p[0] for p in sel], [p[1] for p in sel], c=color,
+                       label="Pareto front" if on_front else "trials")
     ax.set_xlabel("MACs")
     ax.set_ylabel("val accuracy")
     ax.set_title(f"{cfg.study_name}: accuracy vs MACs")

@@ -7,7 +7,9 @@ the server is unreachable is retried with exponential backoff, for a bounded tim
 A database restart, a network blip or a failover then costs the workers a pause, not their
 trials. When the server stays away longer than the retry time (`NASGRAPH_STORAGE_RETRY`
 seconds, default 120), the call raises `StorageUnavailable`, one line naming the server; every
-trial already finished is in the database, and re-running the command resumes.
+trial already finished is in the database, and re-running the command resumes. The first
+connection is not retried: a server that never answered is more likely a wrong URL, and
+saying so at once beats two minutes of silence.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def connection_lost(error: BaseException) -> bool:
     return False
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     e: BaseException = error
     while e.__cause__ is not None and isinstance(e, optuna.exceptions.StorageInternalError):
         e = e.__cause__
@@ -85,7 +87,14 @@ class ResilientStorage(RDBStorage):
         self._gave_up: StorageUnavailable | None = None
         self._outage_since: float | None = None
         self._lock = threading.Lock()
-        self._retrying(super().__init__, "connect")(url, **kwargs)
+        try:  # not retried: a server that never answered is more likely a wrong URL
+            super().__init__(url, **kwargs)
+        except Exception as e:
+            if not connection_lost(e):
+                raise
+            raise StorageUnavailable(f"storage {self._shown_url}: cannot connect "
+                                     f"({first_line(e)}); hint: check the URL and that the "
+                                     "server runs") from None
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
@@ -147,7 +156,7 @@ class ResilientStorage(RDBStorage):
         with self._lock:
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
-                sys.stderr.write(f"storage {self._shown_url}: connection lost ({_first_line(e)})"
+                sys.stderr.write(f"storage {self._shown_url}: connection lost ({first_line(e)})"
                                  f"; retrying for up to {retry_seconds():g} s\n")
 
     def _note_recovery(self) -> None:
@@ -164,7 +173,7 @@ class ResilientStorage(RDBStorage):
             if self._gave_up is None:
                 self._gave_up = StorageUnavailable(
                     f"storage {self._shown_url}: unreachable for {waited:.0f} s "
-                    f"({_first_line(e)}); finished trials are kept in the database; hint: "
+                    f"({first_line(e)}); finished trials are kept in the database; hint: "
                     "start the server (or fix the URL), then re-run the same command to resume")
 
     def record_heartbeat(self, trial_id: int) -> None:

@@ -12,6 +12,7 @@ were interrupted are failed and queued again.
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import Any, Literal
 import optuna
 import torch
 from optuna.trial import TrialState
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nasgraph import ir
 from nasgraph.data import Dataset, load_dataset
@@ -41,6 +42,11 @@ from nasgraph.train import Recipe, resolve_device, train
 
 Objective = Literal["accuracy", "accuracy,macs"]
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+# A study name is a folder of the runs folder: no separators, no leading dot, so never `..`
+STUDY_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$"
+# What a trial's score and the final result depend on: a resumed study must not change them
+RESUME_SETTINGS = ("space", "dataset", "budget_macs", "max_params", "max_memory", "epochs",
+                   "final_epochs", "objective", "seed", "recipe")
 
 
 class SearchConfig(BaseModel):
@@ -54,9 +60,9 @@ class SearchConfig(BaseModel):
     max_params: int | None = None
     max_memory: int | None = None
     trials: int = Field(default=30, gt=0)
-    timeout: float | None = None
+    timeout: float | None = Field(default=None, gt=0)
     epochs: int = Field(default=10, gt=0)
-    final_epochs: int | None = None  # default: 3 x epochs
+    final_epochs: int | None = Field(default=None, gt=0)  # default: 3 x epochs
     final_seeds: int = Field(default=3, ge=0)
     top_k: int = Field(default=5, gt=0)  # trials tested on the test split
     study: str | None = None  # default: <space>-<dataset>
@@ -69,16 +75,34 @@ class SearchConfig(BaseModel):
     workers: int = Field(default=1, ge=1)  # local worker processes
     recipe: Recipe = Recipe()
 
+    @field_validator("study")
+    @classmethod
+    def _folder_name(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(STUDY_NAME, name):
+            raise ValueError(f"{name!r} is not a study name: letters, digits, '_', '-' and "
+                             "'.', at most 100, not starting with '.' (it names a folder of "
+                             "the runs folder)")
+        return name
+
     @property
     def budget(self) -> Budget:
         return Budget(macs=self.budget_macs, params=self.max_params, memory=self.max_memory)
 
     @property
     def study_name(self) -> str:
+        """`--study`, or `<space>-<dataset>`: `residual-digits`, `myspaces-wide-cifar10` for
+        the function `wide` of myspaces.py (another function of the file, another study)."""
         if self.study:
             return self.study
-        space = Path(self.space.partition(":")[0]).stem
-        return f"{space}-{self.dataset.partition(':')[0]}"
+        path, _, function = self.space.rpartition(":") if ".py:" in self.space else (
+            self.space, "", "")
+        parts = [Path(path).stem, function if function != "space" else "",
+                 self.dataset.partition(":")[0]]
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(p for p in parts if p)).lstrip(".")
+
+    @property
+    def final_training_epochs(self) -> int:
+        return self.final_epochs or 3 * self.epochs
 
     @property
     def study_dir(self) -> Path:
@@ -163,9 +187,34 @@ def open_study(cfg: SearchConfig, create: bool = True) -> optuna.Study:
     if [d.name.lower() for d in study.directions] != directions:
         raise NasgraphError(f"study {cfg.study_name!r} was created with another --objective; "
                             "hint: another --study name")
-    if "config" not in study.user_attrs:
-        study.set_user_attr("config", cfg.model_dump(mode="json"))
+    if "config" in study.user_attrs:
+        check_resumable(cfg, study.user_attrs["config"])
+    else:
+        study.set_user_attr("config", settings_of(cfg))
     return study
+
+
+def settings_of(cfg: SearchConfig) -> dict[str, Any]:
+    """The configuration a study is stored with (its default final epochs resolved)."""
+    return {**cfg.model_dump(mode="json"), "final_epochs": cfg.final_training_epochs}
+
+
+def check_resumable(cfg: SearchConfig, stored: dict[str, Any]) -> None:
+    """Refuse to resume a study under settings that would mix incomparable trials."""
+    current = settings_of(cfg)
+    if stored.get("final_epochs") is None and "epochs" in stored:  # stored before 0.2
+        stored = {**stored, "final_epochs": 3 * stored["epochs"]}
+    for key in RESUME_SETTINGS:
+        if key in stored and stored[key] != current[key]:
+            option = f"--{key.replace('_', '-')}".replace("--budget-macs", "--budget")
+            raise NasgraphError(
+                f"study {cfg.study_name!r} was run with {option} {_shown(stored[key])}, not "
+                f"{_shown(current[key])}; hint: the same settings resume it, another --study "
+                "starts a new one")
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
 def make_objective(cfg: SearchConfig, space: Space, ctx: Context, data: Dataset,
@@ -211,13 +260,16 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def search(cfg: SearchConfig, callbacks: list[Callable] | None = None,
-           on_start: Callable[[optuna.Study, int], None] | None = None) -> SearchResult:
+           on_start: Callable[[optuna.Study, int], None] | None = None,
+           progress: Callable[[str, int, int], None] | None = None) -> SearchResult:
     """Run (or resume) the search `cfg`; write the leaderboard, the best model and plots.
 
     `callbacks` go to `study.optimize`; `on_start(study, remaining)` is called once the
-    study is open. Ctrl-C stops after the current epoch: the interrupted trial is failed and
-    queued again, and the results so far are written. With `cfg.workers` > 1, that many
-    processes run the trials (workers.py) and this one writes the report.
+    study is open; `progress(phase, done, total)` follows the final retraining epoch by
+    epoch. Ctrl-C stops after the current epoch: the interrupted trial is failed and queued
+    again, and the results so far are written; during the final retraining, the
+    retrainings finished so far are kept. With `cfg.workers` > 1, that many processes run
+    the trials (workers.py) and this one writes the report.
     """
     from nasgraph.search.report import write_report
 
@@ -236,7 +288,8 @@ def search(cfg: SearchConfig, callbacks: list[Callable] | None = None,
         except KeyboardInterrupt:
             interrupted = True
     restore_graphs(study, cfg.study_dir, space, ctx)  # of trials other machines ran
-    best = write_report(cfg, study, data, device, final=not interrupted)
+    best = write_report(cfg, study, data, device, final=not interrupted, progress=progress)
+    interrupted = interrupted or bool(best and best.get("interrupted"))
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
               or (t.state == TrialState.PRUNED and "feasible" in t.user_attrs)]
     feasible = [t for t in trials if t.user_attrs.get("feasible")]
@@ -255,9 +308,10 @@ def _prepare(cfg: SearchConfig) -> tuple[Space, Context, Dataset, torch.device, 
     data = load_dataset(cfg.dataset, seed=cfg.seed)
     ctx = Context(input_shape=data.input_shape, num_classes=data.num_classes,
                   budget=cfg.budget)
-    cfg.study_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(cfg)
-    study.sampler = make_sampler(cfg.model_copy(update={"seed": sampler_seed(cfg)}))
+    cfg.study_dir.mkdir(parents=True, exist_ok=True)
+    started = len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(cfg.model_copy(update={"seed": sampler_seed(cfg, started)}))
     return space, ctx, data, device, study
 
 

@@ -18,10 +18,11 @@ import warnings
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from nasgraph.errors import NasgraphError
-from nasgraph.search.resilient import ResilientStorage, StorageUnavailable
+from nasgraph.search.resilient import ResilientStorage, StorageUnavailable, first_line, redact
 
 HEARTBEAT_INTERVAL = 2  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 8  # seconds without a heartbeat after which a running trial is dead
@@ -82,6 +83,11 @@ def open_storage(url: str | None, study_dir: str | Path) -> RDBStorage:
                                         RetryHeartbeatStaleTrialCallback(max_retry=1)))
     except StorageUnavailable:
         raise
-    except (ImportError, optuna.exceptions.StorageInternalError, ValueError) as e:
-        raise NasgraphError(f"--storage {url!r}: cannot open it ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    except sqlalchemy.exc.DatabaseError as e:  # a file that is not a database, say
+        raise NasgraphError(f"storage {redact(url)}: not a readable study database "
+                            f"({first_line(e)})") from None
+    except (ImportError, optuna.exceptions.StorageInternalError, ValueError,
+            sqlalchemy.exc.ArgumentError) as e:
+        raise NasgraphError(f"--storage {redact(url)!r}: cannot open it ({first_line(e)}); "
+                            "hint: an Optuna storage URL such as postgresql://user@host/db or "
+                            "sqlite:///path/study.db") from None

@@ -170,15 +170,20 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n:
     start = time.monotonic()
     last: dict[str, Any] = {}
     run = guarded(objective, n, last)
+    with quiet_optuna(), ctrl_c_at_stop_points():  # the loop logs failures in one line itself
+        return _trial_loop(study, run, n, start, timeout, callbacks, last, log)
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Within: optuna's own `[W ...]` log lines are not printed, only its errors."""
     optuna_logger = logging.getLogger("optuna")
     level = optuna_logger.level
-    optuna_logger.setLevel(logging.ERROR)  # the loop logs failures in one line itself
+    optuna_logger.setLevel(logging.ERROR)
     try:
-        with ctrl_c_at_stop_points():
-            mine = _trial_loop(study, run, n, start, timeout, callbacks, last, log)
+        yield
     finally:
         optuna_logger.setLevel(level)
-    return mine
 
 
 def _trial_loop(study: optuna.Study, run: Callable[[optuna.Trial], Any], n: int,
@@ -238,11 +243,12 @@ def worker_config(cfg: SearchConfig, index: int) -> SearchConfig:
     return cfg.model_copy(update={"device": devices[index % len(devices)], "workers": 1})
 
 
-def sampler_seed(cfg: SearchConfig) -> int:
-    """The search's seed for a lone worker (reproducible); one per process otherwise, so that
-    workers do not all propose the same first candidates."""
+def sampler_seed(cfg: SearchConfig, started: int = 0) -> int:
+    """The search's seed for a lone worker, reproducible; one per process otherwise, so that
+    workers do not all propose the same first candidates. A lone worker resuming a study
+    that has `started` trials draws a new stream: the seed's own would repeat trial 0's."""
     if cfg.storage is None and cfg.workers == 1 and "NASGRAPH_WORKER" not in os.environ:
-        return cfg.seed
+        return cfg.seed if started == 0 else (cfg.seed * 1_000_003 + started) % 2**31
     return hash((cfg.seed, worker_name())) % 2**31
 
 

@@ -1,0 +1,5 @@
+"""`python -m nasgraph`, the same as the `nasgraph` command."""
+
+from nasgraph.cli import main
+
+main()
