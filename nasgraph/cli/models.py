@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from nasgraph import analysis, zoo
 from nasgraph.cli._common import Debug, app, console, count, human, one_line_errors, resolve_model
 from nasgraph.errors import NasgraphError
+
+
+def _print_whole(table: Table) -> None:
+    """Print `table` with every cell whole: where the terminal, or a pipe's 80 columns, is
+    narrower than the table, its rows run longer instead of names being cut or folded."""
+    table.width = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    console.print(table, crop=False)
 
 
 @app.command()
@@ -31,18 +42,18 @@ def info(
     if as_json:
         sys.stdout.write(summary.model_dump_json(indent=1) + "\n")
         return
-    table = Table(title=f"{summary.name}  (input {'x'.join(map(str, summary.input))})",
+    # Text: a graph file's name is printed as it is, never read as rich markup
+    table = Table(title=Text(f"{summary.name}  (input {'x'.join(map(str, summary.input))})"),
                   header_style="bold")
     for col, justify in (("node", "left"), ("op", "left"), ("output", "right"),
                          ("params", "right"), ("MACs", "right"), ("RF", "right")):
-        table.add_column(col, justify=justify,  # type: ignore[arg-type]
-                         overflow="fold" if col == "node" else "ellipsis")
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in summary.nodes:
         rf = "global" if row.receptive_field is None else "x".join(map(str, row.receptive_field))
         table.add_row(row.id, row.label, "x".join(map(str, row.shape)),
                       human(row.params) if row.params else "",
                       human(row.macs) if row.macs else "", rf)
-    console.print(table)
+    _print_whole(table)
     totals = [("params", f"{summary.params:,}"), ("MACs", f"{summary.macs:,}"),
               ("FLOPs", f"{summary.flops:,}"), ("depth", str(summary.depth)),
               ("multiplicity", count(summary.multiplicity)),
@@ -70,14 +81,15 @@ def zoo_list(
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=1) + "\n")
         return
-    table = Table(header_style="bold")
+    table = Table(header_style="bold", box=box.SIMPLE_HEAD, collapse_padding=True)
     for col in ("name", "family", "input", "params", "MACs", "depth", "multiplicity"):
-        table.add_column(col, justify="left" if col in ("name", "family") else "right")
+        table.add_column(col, justify="left" if col in ("name", "family") else "right",
+                         no_wrap=True)
     for r in rows:
         table.add_row(r["name"], r["family"], "x".join(map(str, r["input"])),
                       human(r["params"]), human(r["macs"]), str(r["depth"]),
                       count(r["multiplicity"]))
-    console.print(table)
+    _print_whole(table)
 
 
 @app.command("render")
@@ -114,24 +126,46 @@ def render_command(
     from nasgraph.drawing import render
 
     graph = resolve_model(model, input)
-    path = render(graph, output or Path(f"{graph.name}.svg"), collapse=collapse, depth=depth,
-                  direction=direction, show=show, merge=merge, repeat=repeat, dpi=dpi)
-    console.print(f"wrote {path}", highlight=False)
+    path = render(graph, output or Path(f"{_file_stem(graph.name)}.svg"), collapse=collapse,
+                  depth=depth, direction=direction, show=show, merge=merge, repeat=repeat,
+                  dpi=dpi)
+    console.print(f"wrote {path}", highlight=False, markup=False)
+
+
+def _file_stem(name: str) -> str:
+    """A graph's name made a plain file name in the current folder: a graph file's name
+    ('../x', '/etc/y') must not choose where the picture goes."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip(".") or "graph"
 
 
 def _load_weights(path: str) -> dict:
-    """A state dict from a .safetensors file or a torch .pt/.pth file."""
+    """A state dict of tensors from a .safetensors file or a torch .pt/.pth file."""
     import torch
 
     if not Path(path).is_file():
         raise NasgraphError(f"--weights {path}: no such file")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    safetensors = path.endswith(".safetensors")
+    try:
+        if safetensors:
+            from safetensors.torch import load_file
 
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise NasgraphError(f"--weights {path}: cannot read ({e.strerror or e})") from None
+    except Exception as e:  # corrupt or truncated: safetensors, zip and pickle raise their own
+        detail = str(e).splitlines()[0] if safetensors and str(e) else type(e).__name__
+        kind = "a safetensors" if safetensors else "a torch state dict"
+        raise NasgraphError(f"--weights {path}: not {kind} file, or a damaged one "
+                            f"({detail})") from None
     if not isinstance(state, dict):
         raise NasgraphError(f"--weights {path}: not a state dict (got {type(state).__name__})")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            hint = "; hint: save model.state_dict() alone" if isinstance(value, dict) else ""
+            raise NasgraphError(f"--weights {path}: {key!r} holds a value of type "
+                                f"{type(value).__name__}, not a tensor{hint}")
     return state
 
 
@@ -146,7 +180,8 @@ def export(
     format: Annotated[str, typer.Option(
         "--format", help="python (source + .safetensors), torchscript or onnx.")] = "python",
     input: Annotated[str | None, typer.Option("--input", help="Input size CxHxW.")] = None,
-    classes: Annotated[int | None, typer.Option("--classes", help="Number of classes.")] = None,
+    classes: Annotated[int | None, typer.Option(
+        "--classes", min=1, help="Number of classes (zoo models only).")] = None,
     debug: Debug = False,
 ) -> None:
     """Export a model as standalone PyTorch source, TorchScript or ONNX.
@@ -154,10 +189,17 @@ def export(
     Example: nasgraph export resnet18 -o resnet18.py --weights resnet18.safetensors
     """
     from nasgraph.backends.torch import export as export_graph
+    from nasgraph.backends.torch import import_weights
 
     if format not in ("python", "torchscript", "onnx"):
         raise NasgraphError(f"--format {format!r}: expected python, torchscript or onnx")
+    if classes is not None and (model.endswith(".json") or Path(model).is_file()):
+        # the test resolve_model uses to tell a graph file from a zoo name
+        raise NasgraphError(f"--classes applies to zoo models only; {model} is a graph file, "
+                            "whose classifier is part of the graph")
     graph = resolve_model(model, input, classes)
-    state = _load_weights(weights) if weights else None
+    state = None
+    if weights:
+        state = import_weights(graph, _load_weights(weights), origin=weights)
     for path in export_graph(graph, output, format, state):  # type: ignore[arg-type]
-        console.print(f"wrote {path}", highlight=False)
+        console.print(f"wrote {path}", highlight=False, markup=False)

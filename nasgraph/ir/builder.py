@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from nasgraph.errors import GraphError, ShapeError
 from nasgraph.ir import ops
-from nasgraph.ir.graph import _ID, Graph, NodeDef
+from nasgraph.ir.graph import _ID, Graph, NodeDef, _checked_name
 from nasgraph.ir.types import TensorType
 
 # The default name of a node, by op kind, before numbering makes it unique.
@@ -61,7 +61,7 @@ class GraphBuilder:
     """Builds a Graph one op at a time, inferring each output type as it goes."""
 
     def __init__(self, name: str = "graph") -> None:
-        self.name = name
+        self.name = _checked_name(name)
         self._defs: list[NodeDef] = []
         self._types: dict[str, TensorType] = {}
         self._scopes: list[str] = []
@@ -123,12 +123,9 @@ class GraphBuilder:
             op = cls(**attrs)
         except ValidationError as e:
             node_id = self._unique_id(name, _default_name(cls.kind, attrs))
-            first = e.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "attrs"
             where = ", ".join(f"{t.type}" for t in inputs) or "no inputs"
-            raise GraphError(f"node {node_id!r} ({cls.kind}): attribute {field!r}: "
-                             f"{first['msg']} (got {first.get('input')!r}); inputs: {where}"
-                             ) from None
+            raise GraphError(f"node {node_id!r} ({cls.kind}): "
+                             f"{ops.attribute_error(cls, attrs, e)}; inputs: {where}") from None
         return self.node(op, inputs, name)
 
     def build(self) -> Graph:

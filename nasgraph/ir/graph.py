@@ -8,9 +8,12 @@ they were given in whenever that order is valid.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import re
+import secrets
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +22,16 @@ import networkx as nx
 from pydantic import ValidationError
 
 from nasgraph.errors import GraphError, ShapeError
-from nasgraph.ir.ops import OPS, Input, Op, Output
+from nasgraph.ir.ops import OPS, Input, Op, Output, attribute_error
 from nasgraph.ir.types import TensorType
 
 SCHEMA = "nasgraph.graph"
 SCHEMA_VERSION = 1
 
 _ID = re.compile(r"[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*")
+# Unicode categories that never belong in a name: control characters (NUL, terminal escapes,
+# line feeds), line and paragraph separators, lone surrogates (not encodable as UTF-8).
+_NOT_IN_NAMES = {"Cc", "Cs", "Zl", "Zp"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,14 @@ class Node:
 NodeDef = tuple[str, Op, Sequence[str]]
 
 
+def _checked_name(name: object) -> str:
+    if not isinstance(name, str) or any(unicodedata.category(c) in _NOT_IN_NAMES
+                                        for c in name):
+        raise GraphError(f"graph name {name!r} is not one line of text; hint: remove "
+                         "control characters and line breaks")
+    return name
+
+
 def _where(node_id: str, op: Op) -> str:
     return f"node {node_id!r} ({op.kind})"
 
@@ -78,7 +92,7 @@ class Graph:
     """
 
     def __init__(self, nodes: Iterable[NodeDef | Node], name: str = "graph") -> None:
-        self.name = name
+        self.name = _checked_name(name)
         defs: dict[str, tuple[Op, tuple[str, ...]]] = {}
         for item in nodes:
             node_id, op, inputs = (item.id, item.op, item.inputs) if isinstance(item, Node) \
@@ -296,7 +310,7 @@ class Graph:
             raise GraphError(f"{source}: not a nasgraph graph (schema {data.get('schema')!r}, "
                              f"expected {SCHEMA!r})")
         version = data.get("version")
-        if not isinstance(version, int) or version < 1:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise GraphError(f"{source}: 'version' must be a positive integer, got {version!r}")
         if version > SCHEMA_VERSION:
             raise GraphError(f"{source}: schema version {version} is newer than this nasgraph "
@@ -311,22 +325,32 @@ class Graph:
             defs.append(_node_from_dict(raw, k, source))
             if isinstance(raw, dict) and "shape" in raw:
                 shapes[raw["id"]] = raw["shape"]
-        graph = cls(defs, name=name)
+        try:
+            graph = cls(defs, name=name)
+        except GraphError as e:  # ShapeError included: the same class, naming the file
+            raise type(e)(f"{source}: {e}") from None
         for node_id, shape in shapes.items():
             node = graph[node_id]
             if list(node.type.shape) != shape:
-                raise ShapeError(f"{_where(node_id, node.op)}: stored shape {shape} differs "
-                                 f"from the inferred {list(node.type.shape)}; hint: the file "
-                                 "was edited by hand or written by another version")
+                raise ShapeError(f"{source}: {_where(node_id, node.op)}: stored shape {shape} "
+                                 f"differs from the inferred {list(node.type.shape)}; hint: the "
+                                 "file was edited by hand or written by another version")
         return graph
 
     @classmethod
     def from_json(cls, text: str, source: str = "graph JSON") -> Graph:
+        """Parse `to_json()` text; every problem is a one-line GraphError naming `source`."""
+        if not text.strip():
+            raise GraphError(f"{source}: empty, not a graph JSON")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise GraphError(f"{source}, line {e.lineno}, column {e.colno}: invalid JSON "
                              f"({e.msg})") from None
+        except RecursionError:
+            raise GraphError(f"{source}: invalid JSON (nested too deeply)") from None
+        except ValueError as e:  # an integer literal of more than 4300 digits
+            raise GraphError(f"{source}: invalid JSON ({e})") from None
         return cls.from_dict(data, source)
 
 
@@ -350,28 +374,43 @@ def _node_from_dict(raw: object, index: int, source: str) -> NodeDef:
     if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
         raise GraphError(f"{where} ({kind}): 'inputs' must be a list of node ids, got {inputs!r}")
     try:
-        op = OPS[kind](**attrs)
+        # JSON's own rules, strictly: "8" is not 8 and true is not 1; arrays become tuples
+        op = OPS[kind].model_validate_json(json.dumps(attrs), strict=True)
     except ValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "attrs"
-        raise GraphError(f"{where} ({kind}): attribute {field!r}: {first['msg']} "
-                         f"(got {first.get('input')!r})") from None
+        raise GraphError(f"{where} ({kind}): {attribute_error(OPS[kind], attrs, e)}") from None
+    except RecursionError:
+        raise GraphError(f"{where} ({kind}): attributes nested too deeply") from None
     return node_id, op, inputs
 
 
 def save(graph: Graph, path: str | Path) -> None:
-    """Write `graph` as JSON to `path`, atomically (a temporary file, then a rename)."""
+    """Write `graph` as JSON to `path`, atomically: a temporary file beside it, then a rename.
+
+    When writing fails, nothing is left behind and the GraphError names `path`.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(graph.to_json() + "\n")
-    tmp.replace(path)
+    text = graph.to_json() + "\n"
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        raise GraphError(f"{path}: cannot write ({e.strerror or e})") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # gone after the rename; left by any failure
 
 
 def load(path: str | Path) -> Graph:
     """Read a graph written by `save`, with errors that name the file and the node."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
-        raise GraphError(f"{path}: cannot read ({e.strerror})") from None
+        raise GraphError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise GraphError(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at offset "
+                         f"{e.start}); hint: a graph JSON is UTF-8") from None
     return Graph.from_json(text, source=str(path))

@@ -15,10 +15,18 @@ other arithmetic op, one per add, multiply, compare or divide.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from nasgraph.errors import GraphError, ShapeError
 from nasgraph.ir.types import DType, TensorType, conv_output_size
@@ -34,13 +42,13 @@ def _pair(value: object) -> object:
 
 def _positive_pair(value: tuple[int, int]) -> tuple[int, int]:
     if min(value) <= 0:
-        raise ValueError(f"sizes must be positive, got {value[0]}x{value[1]}")
+        raise ValueError("sizes must be positive")
     return value
 
 
 def _non_negative_pair(value: tuple[int, int]) -> tuple[int, int]:
     if min(value) < 0:
-        raise ValueError(f"padding must be non-negative, got {value[0]}x{value[1]}")
+        raise ValueError("padding must be non-negative")
     return value
 
 
@@ -74,9 +82,13 @@ def _fail(message: str, hint: str | None = None) -> ShapeError:
 
 
 class Op(BaseModel):
-    """Base of every op spec. Subclasses set `kind` and override the cost methods they need."""
+    """Base of every op spec. Subclasses set `kind` and override the cost methods they need.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Attributes are validated leniently from Python (`kernel=3`, numpy integers) and strictly
+    from JSON (`Graph.from_dict`: "8" is not 8); NaN and infinity are refused everywhere.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     kind: ClassVar[str]
     # Inputs accepted: (minimum, maximum); maximum None means any number.
@@ -128,6 +140,38 @@ def register_op(cls: type[Op]) -> type[Op]:
         raise GraphError(f"op kind {cls.kind!r} is registered twice")
     OPS[cls.kind] = cls
     return cls
+
+
+def _shortened(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def attribute_error(cls: type[Op], attrs: Mapping[str, object], error: ValidationError) -> str:
+    """The first problem pydantic found in `attrs` for `cls`, as one line: the attribute,
+    what it should be and the value given."""
+    problems = error.errors()
+    first = problems[0]
+    if first["type"] == "json_invalid":  # pydantic's JSON parser stops at depth 200
+        return "attributes nested too deeply"
+    if not first["loc"]:  # a check across attributes (a model validator)
+        return first["msg"].removeprefix("Value error, ")
+    field = str(first["loc"][0])
+    if first["type"] == "missing":
+        return f"attribute {field!r} is required"
+    if first["type"] == "extra_forbidden":
+        known = ", ".join(cls.model_fields)
+        return f"unknown attribute {field!r}; hint: " + (
+            f"{cls.kind} takes {known}" if known else f"{cls.kind} takes no attributes")
+    # a union (padding: a pair or "same") reports one problem per alternative
+    messages = dict.fromkeys(p["msg"] for p in problems if p["loc"][:1] == first["loc"][:1])
+    valid = [m.removeprefix("Input should be ") for m in messages
+             if m.startswith("Input should be ")]
+    texts = [m.removeprefix("Value error, ") for m in messages
+             if not m.startswith("Input should be ")]
+    if valid:
+        texts.insert(0, "should be " + " or ".join(valid))
+    return f"attribute {field!r}: {'; '.join(texts)} (got {_shortened(attrs.get(field))})"
 
 
 def _require_spatial(op: Op, t: TensorType) -> None:

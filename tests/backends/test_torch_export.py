@@ -5,11 +5,14 @@ so do the exported Python file, the TorchScript file and the ONNX file (onnxrunt
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,3 +269,148 @@ def test_onnx_exports_adaptive_pools_of_any_size(tmp_path, side, size):
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         assert _max_diff(got, module(x)) <= 1e-5
+
+
+# ---------------------------------------------------------------- untrusted names and ids
+
+# Each would run open("PWNED", "w") on import if pasted into the source as it is.
+HOSTILE = ['x""" if open("PWNED", "w") else """', "x''' if open('PWNED', 'w') else '''",
+           'x\\""" if open("PWNED", "w") else """', "a\nopen('PWNED', 'w')  #",
+           "a\r\nopen('PWNED', 'w')", "a\x0bopen('PWNED', 'w')", "a\x0copen('PWNED', 'w')",
+           "a\x1c\x1d\x1e\x85open('PWNED', 'w')", "a\u2028open('PWNED', 'w')",
+           "a\u2029open('PWNED', 'w')", "end\\", "nul\x00", '\\N{BULLET}\\x41 "\'#',
+           "é 日本 \u202e"]
+
+_IMPORT_EACH = textwrap.dedent("""
+    import importlib, json, sys
+    import torch
+    sys.path.insert(0, ".")
+    x = torch.load("x.pt")
+    for k, name in enumerate(json.load(open("names.json"))):
+        module = importlib.import_module(f"m{k}")
+        assert module.__doc__.startswith(name + ": "), (k, module.__doc__)
+        with torch.no_grad():
+            d = (module.load_model()(x) - torch.load("want.pt")).abs().max().item()
+        assert d == 0.0, (k, d)
+    print("ok")
+""")
+
+
+def _import_each(folder, names, x, want) -> None:
+    """Import m0.py, m1.py, ... of `folder` in a fresh interpreter: each must load, keep its
+    graph's name as its docstring, compute `want` from `x`, and run nothing else."""
+    (folder / "names.json").write_text(json.dumps(names))
+    torch.save(x, folder / "x.pt")
+    torch.save(want, folder / "want.pt")
+    r = subprocess.run([sys.executable, "-c", _IMPORT_EACH], cwd=folder, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    assert not (folder / "PWNED").exists()
+
+
+def test_graph_names_cannot_inject_code_into_the_python_export(tmp_path):
+    b = GraphBuilder("plain")
+    x = b.input(3, 8, 8)
+    b.output(b.linear(b.flatten(b.gap(b.relu(b.bn(b.conv(x, 4, 3, padding=1))))), 5))
+    graph = b.build()
+    module = lower(graph).eval()
+    for k, name in enumerate(HOSTILE):
+        graph.name = name  # past the IR's check, as an older or hand-made graph could be
+        export_python(graph, tmp_path / f"m{k}.py", module.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        _import_each(tmp_path, HOSTILE, x, module(x))
+
+
+def test_node_ids_cannot_inject_code_into_the_python_export(tmp_path, monkeypatch):
+    """The IR refuses such ids (tests/ir); the source generator must not depend on it."""
+    from safetensors.torch import save_file
+
+    from nasgraph.ir import Graph, ops
+    from nasgraph.ir import graph as graph_module
+
+    def chain(ids):
+        defs = [(ids[0], ops.Input(channels=3, height=6, width=6), [])]
+        for k, node_id in enumerate(ids[1:-1]):
+            op = ops.Conv2d(out_channels=3, kernel=3, padding=1) if k % 2 == 0 else \
+                ops.Activation(fn="tanh")
+            defs.append((node_id, op, [defs[-1][0]]))
+        return Graph([*defs, (ids[-1], ops.Output(), [defs[-1][0]])], name="chain")
+
+    hostile_ids = ["in\nput", *(h.replace("/", "|") for h in HOSTILE), "s/\r\x0b", "\x85/z",
+                   "out\u2029"]
+    plain = chain([f"n{k}" for k in range(len(hostile_ids))])
+    monkeypatch.setattr(graph_module, "_ID", re.compile(r"[^/.]+(/[^/.]+)*", re.DOTALL))
+    hostile = chain(hostile_ids)
+    module = lower(plain).eval()
+    keys = {p.param_key: h.param_key for p, h in zip(plain, hostile, strict=True)}
+    state = {f"{keys[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}": v
+             for k, v in module.state_dict().items()}
+    save_file(state, str(tmp_path / "m0.safetensors"))
+    (tmp_path / "m0.py").write_text(python_source(hostile, "m0.safetensors"), encoding="utf-8")
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        _import_each(tmp_path, ["chain"], x, module(x))
+
+
+# ---------------------------------------------------------------- all files or none
+
+
+def _tiny():
+    b = GraphBuilder("tiny")
+    b.output(b.conv(b.input(3, 8, 8), 4, 3))
+    return b.build()
+
+
+def test_exporting_onto_a_directory_writes_nothing(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "m.safetensors").mkdir()
+    for target in (tmp_path / "out", tmp_path / "m.py"):
+        with pytest.raises(NasgraphError, match=r": is a directory; hint: give the path of a "):
+            export_python(_tiny(), target)
+    with pytest.raises(NasgraphError, match=r"out: is a directory"):
+        export(_tiny(), tmp_path / "out", "torchscript")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["m.safetensors", "out"]
+
+
+def test_a_source_named_like_its_weights_is_refused(tmp_path):
+    with pytest.raises(NasgraphError, match=r"m.safetensors: the weights go to a .safetensors "
+                                            r"file beside the source; hint: name the source m.py"):
+        export_python(_tiny(), tmp_path / "m.safetensors")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_path_under_a_file_is_one_error(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    for fmt, name in (("python", "m.py"), ("torchscript", "m.pt"), ("onnx", "m.onnx")):
+        with pytest.raises(NasgraphError, match=rf"file.txt/a/{name}: cannot create the folder "):
+            export(_tiny(), tmp_path / "file.txt" / "a" / name, fmt)
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+
+
+def test_a_failing_weights_write_leaves_no_source_and_no_folder(tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save", full)
+    with pytest.raises(NasgraphError, match=r"a/b/m.py: cannot write \(No space left on device\)$"):
+        export_python(_tiny(), tmp_path / "a" / "b" / "m.py")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_failing_rename_takes_back_the_files_renamed_before(tmp_path, monkeypatch):
+    replace = Path.replace
+
+    def refuse_weights(self, target):
+        if str(target).endswith(".safetensors"):
+            raise PermissionError(13, "Permission denied")
+        return replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", refuse_weights)
+    with pytest.raises(NasgraphError, match=r"m.py: cannot write \(Permission denied\)$"):
+        export_python(_tiny(), tmp_path / "m.py")
+    assert not any(tmp_path.iterdir())

@@ -54,9 +54,20 @@ def test_a_missing_key_names_the_node_and_hints_at_rename():
 def test_unused_source_weights_are_refused_unless_not_strict():
     g = zoo.get("resnet18")
     state = {**reference_model("resnet18").state_dict(), "aux.weight": torch.zeros(3)}
-    with pytest.raises(GraphError, match=r"weight 'aux.weight' .* has no node"):
+    with pytest.raises(GraphError, match=r"weight 'aux.weight' has no node"):
         import_torchvision_weights(g, state)
     assert "aux.weight" not in import_torchvision_weights(g, state, strict=False)
+    state["aux.bias"] = torch.zeros(3)
+    with pytest.raises(GraphError, match=r"weight 'aux.weight' \(and 1 more\) has no node"):
+        import_torchvision_weights(g, state)
+
+
+def test_a_value_that_is_not_a_tensor_names_the_key_and_node():
+    g = zoo.get("lenet5")
+    state = {**lower(g).state_dict(), "c1.weight": [[0.0]]}
+    with pytest.raises(GraphError, match=r"^weight 'c1.weight' of node 'c1' \(conv 5x5, 6\) is "
+                                         r"a list in the given weights, not a tensor$"):
+        import_weights(g, state, origin="given")
 
 
 def test_a_different_architecture_is_refused():

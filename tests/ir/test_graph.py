@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
@@ -156,7 +158,7 @@ def test_bad_files_raise_one_clear_graph_error(case):
     with pytest.raises(GraphError, match=pattern) as e:
         Graph.from_json(edit(fn), source="model.json")
     assert isinstance(e.value, ValueError)
-    assert "\n" not in str(e.value)
+    assert str(e.value).startswith("model.json") and "\n" not in str(e.value)
 
 
 def test_invalid_json_names_line_and_column():
@@ -167,3 +169,159 @@ def test_invalid_json_names_line_and_column():
 def test_graph_needs_an_output():
     with pytest.raises(GraphError, match="no output node"):
         Graph([("x", ops.Input(channels=1, height=1, width=1), [])])
+
+
+# ---------------------------------------------------------------- strict JSON attributes
+
+STRICT = {
+    "string for an int": ("stage1/block0/proj", "out_channels", "8",
+                          r"attribute 'out_channels': should be a valid integer \(got '8'\)"),
+    "bool for an int": ("stage1/block0/proj", "groups", True,
+                        r"attribute 'groups': should be a valid integer \(got True\)"),
+    "fraction for an int": ("stage1/block0/proj", "out_channels", 8.5,
+                            r"attribute 'out_channels': should be a valid integer \(got 8.5\)"),
+    "int for a bool": ("stage1/block0/proj", "bias", 1,
+                       r"attribute 'bias': should be a valid boolean \(got 1\)"),
+    "string for a pair": ("stage1/block0/conv", "padding", "1",
+                          r"attribute 'padding': should be a valid array or 'same' \(got '1'\)"),
+    "NaN": ("stage1/block0/bn", "eps", float("nan"),
+            r"attribute 'eps': should be a finite number \(got nan\)"),
+    "infinity": ("stage1/block0/bn", "momentum", float("inf"),
+                 r"attribute 'momentum': should be a finite number \(got inf\)"),
+    "unknown attribute": ("stage1/block0/bn", "epsilon", 1e-3,
+                          r"unknown attribute 'epsilon'; hint: batchnorm2d takes eps, momentum"),
+    "nested lists": ("stage1/block0/proj", "kernel", [[[[1]]]] * 2,
+                     r"attribute 'kernel': should be a valid integer \(got \[\[\[\[1\]\]\], "
+                     r"\[\[\[1\]\]\]\]\)"),
+    "lists nested past the parser's depth": (
+        "stage1/block0/proj", "kernel", json.loads("[" * 300 + "]" * 300),
+        r"attributes nested too deeply"),
+}
+
+
+@pytest.mark.parametrize("case", list(STRICT))
+def test_json_attributes_are_strict_and_finite(case):
+    node_id, field, value, pattern = STRICT[case]
+    text = edit(lambda d: _set(node(d, node_id)["attrs"], field, value))
+    kind = node(base(), node_id)["op"]
+    with pytest.raises(GraphError) as e:
+        Graph.from_json(text, source="model.json")
+    assert re.fullmatch(rf"model.json: node '{node_id}' \({kind}\): {pattern}", str(e.value))
+
+
+def test_a_missing_attribute_is_named():
+    text = edit(lambda d: node(d, "stage1/block0/proj")["attrs"].pop("out_channels"))
+    with pytest.raises(GraphError, match=r"\(conv2d\): attribute 'out_channels' is required$"):
+        Graph.from_json(text, source="model.json")
+
+
+def test_json_arrays_and_integers_still_load_into_tuples_and_floats():
+    def weights(d: dict) -> None:
+        node(d, "stage1/block0/add")["attrs"]["weights"] = [1, 0.5]
+        node(d, "stage1/block0/bn")["attrs"]["eps"] = 1
+
+    g = Graph.from_json(edit(weights))
+    assert g["stage1/block0/add"].op.weights == (1.0, 0.5)
+    assert g["stage1/block0/bn"].op.eps == 1.0
+    assert g["stage1/block0/conv"].op.kernel == (3, 3)
+
+
+def test_python_callers_stay_lenient_but_never_take_nan():
+    b = GraphBuilder()
+    x = b.input(3, 8, 8)
+    y = b.conv(x, np.int64(4), [3, 1], padding=(1, 0))
+    b.output(y)
+    assert b.build()["conv"].op == ops.Conv2d(out_channels=4, kernel=(3, 1), padding=(1, 0))
+    with pytest.raises(GraphError, match=r"^node 'dropout' \(dropout\): attribute 'p': should be "
+                                         r"a finite number \(got nan\); inputs: 4x8x8$"):
+        b.dropout(y, float("nan"))
+
+
+# ---------------------------------------------------------------- files that are not graphs
+
+HEADER = b'{"schema": "nasgraph.graph", "version": 1, '
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "empty, not a graph JSON"),
+    (b" \n", "empty, not a graph JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, r"invalid JSON \(nested too deeply\)"),
+    (HEADER + b'"name": "caf\xe9", "nodes": []}',
+     rf"not UTF-8 text \(byte 0xe9 at offset {len(HEADER) + 12}\); hint"),
+    (b"[]", "expected an object at the top, got list"),
+    (b'{"version": 1, "nodes": []}', "not a nasgraph graph"),
+    (b'{"schema": "nasgraph.graph", "nodes": []}',
+     "'version' must be a positive integer, got None"),
+    (HEADER.replace(b"1", b"true") + b'"nodes": []}', "'version' must be a positive integer"),
+    (HEADER.replace(b"1", b"99") + b'"nodes": []}', "schema version 99 is newer"),
+    (HEADER + b'"name": "g"}', "'nodes' must be a list"),
+    (HEADER + b'"nodes": [{"id": "x", "op": "input", "attrs": {"channels": ' + b"9" * 5000
+     + b"}}]}", r"invalid JSON \(Exceeds the limit"),
+    (HEADER + b'"name": "a\\nb", "nodes": []}', r"graph name 'a\\nb' is not one line of text"),
+    (HEADER + b'"nodes": [{"id": "x\\u0000", "op": "input", "attrs": {"channels": 1}}]}',
+     r"node id 'x\\x00' is not of the form"),
+])
+def test_bad_graph_files_are_one_line_errors_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "model.json"
+    path.write_bytes(content)
+    with pytest.raises(GraphError, match=message) as e:
+        nasgraph.load(path)
+    assert str(e.value).startswith(f"{path}") and "\n" not in str(e.value)
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + small_graph().to_json().encode())
+    assert nasgraph.load(path) == small_graph()
+
+
+# ---------------------------------------------------------------- names and ids
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\rb", "nul\x00", "a\x0bb", "a\x1cb", "a\x85b",
+                                  "a\u2028b", "a\u2029b", "\x1b[31mred", "\ud800"])
+def test_a_graph_name_is_one_line_of_text(name):
+    with pytest.raises(GraphError, match=r"^graph name .* is not one line of text; hint"):
+        Graph(small_graph().nodes, name=name)
+    with pytest.raises(GraphError, match="is not one line of text"):
+        GraphBuilder(name)
+
+
+def test_a_graph_name_may_be_any_printable_text():
+    name = 'résumé 日本 "x""" \\ # [bold]'
+    g = Graph(small_graph().nodes, name=name)
+    assert Graph.from_json(g.to_json()) == g and g.name == name
+
+
+@pytest.mark.parametrize("node_id", ["a\nb", "conv\n", "x\x00", "a b", 'a"', "a.b", "a//b",
+                                     "/a", "a/", "é", "a\u2028"])
+def test_a_node_id_is_plain_names_joined_by_slashes(node_id):
+    with pytest.raises(GraphError) as e:
+        Graph([(node_id, ops.Input(channels=1), []), ("out", ops.Output(), [node_id])])
+    assert str(e.value).startswith(f"node id {node_id!r} is not of the form 'name/name/...'")
+
+
+# ---------------------------------------------------------------- writing
+
+
+def test_save_into_a_directory_is_one_error_and_leaves_nothing(tmp_path):
+    folder = tmp_path / "g.json"
+    folder.mkdir()
+    with pytest.raises(GraphError, match=rf"^{re.escape(str(folder))}: cannot write \(.+\)$"):
+        nasgraph.save(small_graph(), folder)
+    assert [p.name for p in tmp_path.iterdir()] == ["g.json"] and not any(folder.iterdir())
+
+
+def test_save_under_a_file_is_one_error_and_leaves_nothing(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(GraphError, match=r"file.txt/g.json: cannot write \(Not a directory\)$"):
+        nasgraph.save(small_graph(), tmp_path / "file.txt" / "g.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+
+
+def test_save_replaces_an_older_file(tmp_path):
+    path = tmp_path / "g.json"
+    path.write_text("old")
+    nasgraph.save(small_graph(), path)
+    assert nasgraph.load(path) == small_graph()
+    assert [p.name for p in tmp_path.iterdir()] == ["g.json"]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from typing import get_args, get_origin
+
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -149,3 +153,29 @@ def test_specs_are_frozen_hashable_and_normalized():
     with pytest.raises(ValueError):
         a.out_channels = 5
     assert a.model_copy(update={"out_channels": 5}).out_channels == 5
+
+
+def _float_fields():
+    """(op, attribute, whether it is a tuple) for every float attribute of every op kind."""
+
+    def args(t):
+        return [t, *(a for x in get_args(t) for a in args(x))]
+
+    for kind, rows in CASES.items():
+        op = rows[0][0]
+        for field, info in type(op).model_fields.items():
+            if float in args(info.annotation):
+                is_tuple = tuple in map(get_origin, args(info.annotation))
+                yield pytest.param(op, field, is_tuple, id=f"{kind}.{field}")
+
+
+@pytest.mark.parametrize(("op", "field", "is_tuple"), list(_float_fields()))
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_every_float_attribute_refuses_nan_and_infinity(op, field, is_tuple, bad):
+    with pytest.raises(ValidationError, match="finite number"):
+        type(op)(**{**op.model_dump(), field: (1.0, bad) if is_tuple else bad})
+
+
+def test_float_attributes_are_walked():
+    assert {p.id for p in _float_fields()} == {"batchnorm2d.eps", "batchnorm2d.momentum",
+                                               "dropout.p", "upsample.scale", "add.weights"}

@@ -3,14 +3,19 @@
 The Python export is generated from the Graph, one line per node with its output shape, and
 imports only torch and safetensors: the result runs where nasgraph is not installed.
 Submodules sit at the paths `lower` gives them, so the two share state dicts.
+
+A graph file is untrusted input: its name and node ids reach the generated source only
+escaped (`_escaped`), so no text in a graph can become code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import keyword
 import re
+import secrets
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -115,18 +120,32 @@ _RESERVED = {"self", "torch", "nn", "F", "Path", "load_file", "Model", "load_mod
 _MODULE_ATTRS = set(dir(nn.Module))
 
 
+def _escaped(text: str) -> str:
+    """`text` escaped for the inside of a double-quoted string, docstring or comment: every
+    backslash, double quote and unprintable character (NUL, line breaks of every kind) as an
+    escape sequence, so it cannot end the string or the line. Plain text is unchanged."""
+    return repr(text)[1:-1].replace('"', '\\"')
+
+
 def _variable_base(node_id: str) -> str:
     parts = node_id.split("/")
     leaf = parts[-1] if parts[-1][0].isalpha() or len(parts) == 1 else "_".join(parts[-2:])
-    name = re.sub(r"\W", "_", leaf)
+    name = re.sub(r"\W", "_", leaf, flags=re.ASCII)
     return name if name[0].isalpha() or name[0] == "_" else "x" + name
+
+
+def _is_attribute_name(name: str) -> bool:
+    """Whether `owner.name` is valid Python and cannot hit an nn.Module method."""
+    return name.isascii() and name.isidentifier() and not keyword.iskeyword(name) and \
+        name not in _MODULE_ATTRS
 
 
 def _attribute(owner: str, name: str, container: bool) -> str:
     """`owner.name` where that is valid Python and cannot hit a method, else an index."""
-    if name.isidentifier() and not keyword.iskeyword(name) and name not in _MODULE_ATTRS:
+    if _is_attribute_name(name):
         return f"{owner}.{name}"
-    return f'{owner}["{name}"]' if container else f'getattr({owner}, "{name}")'
+    return f'{owner}["{_escaped(name)}"]' if container else \
+        f'getattr({owner}, "{_escaped(name)}")'
 
 
 def _module_access(path: str) -> str:
@@ -200,14 +219,15 @@ def python_source(graph: Graph, weights_name: str | None = None) -> str:
         else:
             expr = SOURCE[node.kind](node, xs)
         var[node.id] = allocate(node)
-        body.append(f"{var[node.id]} = {expr}  {_shape_comment(node)}  {node.id}")
+        body.append(f"{var[node.id]} = {expr}  {_shape_comment(node)}  {_escaped(node.id)}")
 
     args = ", ".join(var[n.id] for n in inputs)
     shapes = ", ".join("N x " + " x ".join(map(str, n.type.shape)) for n in inputs)
     ret = results[0] if len(results) == 1 else "(" + ", ".join(results) + ",)"
     weights = repr(weights_name) if weights_name else "None"
+    name = _escaped(graph.name)
     lines = [
-        f'"""{graph.name}: a standalone PyTorch model exported by nasgraph.',
+        f'"""{name}: a standalone PyTorch model exported by nasgraph.',
         "",
         "Needs only torch and safetensors. `load_model()` builds `Model` and loads the weights",
         "file written beside this one; state dict keys are the graph's node ids ('/' -> '.').",
@@ -234,7 +254,7 @@ def python_source(graph: Graph, weights_name: str | None = None) -> str:
         "",
         "",
         "class Model(nn.Module):",
-        f'    """{graph.name}: input {shapes}."""',
+        f'    """{name}: input {shapes}."""',
         "",
         "    def __init__(self):",
         "        super().__init__()",
@@ -263,30 +283,69 @@ def _assign(path: str) -> str:
     """The left-hand side that creates submodule `path` (its parents exist)."""
     parent, _, leaf = path.rpartition(".")
     if not parent:
-        return _attribute("self", leaf, container=False) if leaf.isidentifier() and \
-            not keyword.iskeyword(leaf) and leaf not in _MODULE_ATTRS else \
-            f'self._modules["{leaf}"]'
+        return f"self.{leaf}" if _is_attribute_name(leaf) else \
+            f'self._modules["{_escaped(leaf)}"]'
     return _attribute(_module_access(parent), leaf, container=True)
 
 
 def _state_dict(graph: Graph, state_dict: Mapping[str, torch.Tensor] | None
                 ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """`lower(graph)` with `state_dict` loaded (strictly), and its state dict on the CPU."""
-    module = lower(graph)
+    try:
+        module = lower(graph)
+    except (MemoryError, OverflowError, RuntimeError, TypeError) as e:
+        # sizes a graph file may hold but no machine: past memory, or past torch's int64
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise NasgraphError(f"graph {graph.name!r}: torch cannot allocate its weights "
+                            f"({detail})") from e
     if state_dict is not None:
         module.load_state_dict(import_weights(graph, state_dict, origin="given"))
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     return module.eval(), state
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+def _file_path(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir() or not path.name:
+        raise NasgraphError(f"{path}: is a directory; hint: give the path of a file to write")
+    return path
+
+
+@contextlib.contextmanager
+def _written_together(*paths: Path) -> Iterator[tuple[Path, ...]]:
+    """Temporary names beside `paths` (files of one folder) for the block to write, renamed
+    onto `paths` when it succeeds: an export is all of its files or none of them.
+
+    On failure the temporaries, the files already renamed and the folders made for them are
+    removed, and an OSError becomes a NasgraphError naming the first path.
+    """
+    folder = paths[0].parent
+    made = [d for d in (folder, *folder.parents) if not d.exists()]  # deepest first
+    token = secrets.token_hex(4)
+    temps = tuple(p.with_name(f".{p.name}.{token}.tmp") for p in paths)
+    renamed: list[Path] = []
+    done = False
     try:
-        write(tmp)
-        tmp.replace(path)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise NasgraphError(f"{paths[0]}: cannot create the folder {e.filename or folder} "
+                                f"({e.strerror or e})") from None
+        yield temps
+        for tmp, path in zip(temps, paths, strict=True):
+            tmp.replace(path)
+            renamed.append(path)
+        done = True
+    except OSError as e:
+        raise NasgraphError(f"{paths[0]}: cannot write ({e.strerror or e})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if not done:
+            for p in (*temps, *renamed):
+                with contextlib.suppress(OSError):
+                    p.unlink(missing_ok=True)
+            for d in made:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
 
 
 def export_python(graph: Graph, path: str | Path,
@@ -301,14 +360,18 @@ def export_python(graph: Graph, path: str | Path,
         >>> src, weights = export_python(nasgraph.zoo.get("lenet5"), "lenet5.py")  # doctest: +SKIP
         >>> # elsewhere, without nasgraph:  from lenet5 import load_model; m = load_model()
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = Path(path)
-    weights_path = path.with_suffix(".safetensors")
+    path = _file_path(path)
+    weights_path = _file_path(path.with_suffix(".safetensors"))
+    if weights_path == path:
+        raise NasgraphError(f"{path}: the weights go to a .safetensors file beside the source; "
+                            f"hint: name the source {path.with_suffix('.py').name}")
     _, state = _state_dict(graph, state_dict)
-    _write_atomic(weights_path, lambda p: save_file(state, str(p)))
     source = python_source(graph, weights_path.name)
-    _write_atomic(path, lambda p: p.write_text(source))
+    with _written_together(path, weights_path) as (source_tmp, weights_tmp):
+        source_tmp.write_text(source, encoding="utf-8")
+        weights_tmp.write_bytes(save(state))
     return path, weights_path
 
 
@@ -319,12 +382,13 @@ def _example_input(graph: Graph, batch: int = 1) -> tuple[torch.Tensor, ...]:
 def export_torchscript(graph: Graph, path: str | Path,
                        state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
     """Write `torch.jit.script(lower(graph))` with its weights; load with `torch.jit.load`."""
+    path = _file_path(path)
     module, _ = _state_dict(graph, state_dict)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice
         scripted = torch.jit.script(module)
-    path = Path(path)
-    _write_atomic(path, lambda p: scripted.save(str(p)))
+    with _written_together(path) as (tmp,), tmp.open("wb") as f:
+        torch.jit.save(scripted, f)
     return path
 
 
@@ -380,20 +444,16 @@ def export_onnx(graph: Graph, path: str | Path,
 
     Inputs are named after the graph's input nodes, outputs after its output nodes.
     """
+    path = _file_path(path)
     module, _ = _state_dict(graph, state_dict)
     module = _onnx_compatible(module, graph)
     names_in = [n.id.replace("/", ".") for n in graph.inputs]
     names_out = [n.id.replace("/", ".") for n in graph.outputs]
-    path = Path(path)
-
-    def write(p: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(module, _example_input(graph, 2), str(p), dynamo=False,
-                              opset_version=17, input_names=names_in, output_names=names_out,
-                              dynamic_axes={n: {0: "batch"} for n in names_in + names_out})
-
-    _write_atomic(path, write)
+    with _written_together(path) as (tmp,), tmp.open("wb") as f, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(module, _example_input(graph, 2), f, dynamo=False,
+                          opset_version=17, input_names=names_in, output_names=names_out,
+                          dynamic_axes={n: {0: "batch"} for n in names_in + names_out})
     return path
 
 

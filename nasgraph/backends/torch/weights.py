@@ -71,6 +71,9 @@ def import_weights(graph: Graph, source: nn.Module | StateDict, *, origin: str =
                              f"{origin} model is not the architecture of graph {graph.name!r}, "
                              "or names its modules differently (pass rename=...)")
         t = state[key]
+        if not isinstance(t, torch.Tensor):
+            raise GraphError(f"{where} is a {type(t).__name__} in the {origin} weights, not a "
+                             "tensor")
         if tuple(t.shape) != shape:
             raise GraphError(f"{where} needs shape {_shape(shape)}, the {origin} weights have "
                              f"{_shape(tuple(t.shape))}; hint: check num_classes, input "
@@ -78,9 +81,10 @@ def import_weights(graph: Graph, source: nn.Module | StateDict, *, origin: str =
         result[key] = t.detach()
     unused = [k for k in state if k not in expected]
     if strict and unused:
-        raise GraphError(f"{origin} weight {unused[0]!r} (and {len(unused) - 1} more) has no "
-                         f"node in graph {graph.name!r}; hint: pass strict=False to ignore "
-                         "weights the graph does not use")
+        more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
+        raise GraphError(f"{origin} weight {unused[0]!r}{more} has no node in graph "
+                         f"{graph.name!r}; hint: pass strict=False to ignore weights the graph "
+                         "does not use")
     return result
 
 
