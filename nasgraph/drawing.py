@@ -25,6 +25,7 @@ import graphviz
 
 from nasgraph.analysis import multiplicity, node_costs
 from nasgraph.errors import RenderError
+from nasgraph.files import write_atomic
 from nasgraph.ir import Graph, Node
 
 FORMATS = ("svg", "png", "pdf", "dot")
@@ -438,26 +439,19 @@ def render(graph: Graph, path: str | Path, *, collapse: bool = False, depth: int
     source = to_dot(graph, collapse=collapse, depth=depth, direction=direction, show=show,
                     merge=merge, repeat=repeat, dpi=dpi if fmt == "png" else None)
     if fmt == "dot":
-        _write(path, source.encode())
+        write_atomic(path, source, error=RenderError)
         return path
     try:
         data = graphviz.Source(source).pipe(format=fmt)
     except graphviz.ExecutableNotFound:
         dot_path = path.with_suffix(".dot")
-        _write(dot_path, source.encode())
+        write_atomic(dot_path, source, error=RenderError)
         raise RenderError(f"the graphviz 'dot' program was not found: wrote {dot_path} "
                           f"instead of {path}; hint: {INSTALL_HINT}") from None
     except graphviz.CalledProcessError as e:
         message = (e.stderr or b"").decode(errors="replace").strip().splitlines()
         raise RenderError(f"{path}: dot failed ({message[0] if message else e})") from None
-    _write(path, data)
+    write_atomic(path, data, error=RenderError)
     return path
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-    except OSError as e:
-        raise RenderError(f"{path}: cannot write ({e.strerror})") from None
-    tmp.replace(path)

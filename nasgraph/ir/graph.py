@@ -8,11 +8,9 @@ they were given in whenever that order is valid.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import json
 import re
-import secrets
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import networkx as nx
 from pydantic import ValidationError
 
 from nasgraph.errors import GraphError, ShapeError
+from nasgraph.files import write_atomic
 from nasgraph.ir.ops import OPS, Input, Op, Output, attribute_error
 from nasgraph.ir.types import TensorType
 
@@ -384,21 +383,9 @@ def _node_from_dict(raw: object, index: int, source: str) -> NodeDef:
 
 
 def save(graph: Graph, path: str | Path) -> None:
-    """Write `graph` as JSON to `path`, atomically: a temporary file beside it, then a rename.
-
-    When writing fails, nothing is left behind and the GraphError names `path`.
-    """
-    path = Path(path)
-    text = graph.to_json() + "\n"
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as e:
-        raise GraphError(f"{path}: cannot write ({e.strerror or e})") from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)  # gone after the rename; left by any failure
+    """Write `graph` as JSON to `path`, all or nothing (nasgraph.files); a failure is a
+    GraphError naming `path`."""
+    write_atomic(path, graph.to_json() + "\n", error=GraphError)
 
 
 def load(path: str | Path) -> Graph:

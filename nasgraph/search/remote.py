@@ -15,20 +15,21 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from nasgraph.data import Dataset
+from nasgraph.files import write_atomic
 from nasgraph.ir import Graph
 from nasgraph.search.space import Context, Space, fit_to_budget
 
 
 def restore_graphs(study: optuna.Study, study_dir: Path, space: Space, ctx: Context) -> int:
     """Write `graph.json` for every trained trial whose folder lacks it; returns how many."""
-    from nasgraph.search.run import _write, trial_dir
+    from nasgraph.search.run import trial_dir
 
     restored = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         path = trial_dir(study_dir, t.number) / "graph.json"
         if path.is_file() or not t.user_attrs.get("feasible"):
             continue
-        _write(path, rebuild(t, space, ctx).to_json())
+        write_atomic(path, rebuild(t, space, ctx).to_json())
         restored += 1
     return restored
 

@@ -26,12 +26,12 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from nasgraph.data import Dataset
+from nasgraph.files import write_atomic, written_together
 from nasgraph.ir import Graph
 from nasgraph.search.budget import short
 from nasgraph.search.remote import retrain
 from nasgraph.search.run import (
     SearchConfig,
-    _write,
     dump_json,
     load_graph,
     trial_dir,
@@ -86,7 +86,7 @@ def test_accuracy(study_dir: Path, t: FrozenTrial, data: Dataset,
     model = lower(load_graph(study_dir, t.number))
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     acc = accuracy(model.to(device), data.test)
-    _write(cache, dump_json({"test_accuracy": acc}))
+    write_atomic(cache, dump_json({"test_accuracy": acc}))
     return acc
 
 
@@ -157,8 +157,8 @@ def write_report(cfg: SearchConfig, study: optuna.Study, data: Dataset,
     """Leaderboard, best model (retrained unless `final` is False) and plots; returns the
     content of best/result.json (None when no trial was trained)."""
     rows = leaderboard_rows(cfg, study, data, device)
-    _write(cfg.study_dir / "leaderboard.md", leaderboard_markdown(cfg, rows))
-    _write(cfg.study_dir / "leaderboard.csv", leaderboard_csv(rows))
+    write_atomic(cfg.study_dir / "leaderboard.md", leaderboard_markdown(cfg, rows))
+    write_atomic(cfg.study_dir / "leaderboard.csv", leaderboard_csv(rows))
     trained = [r for r in rows if r["state"] == "complete" and r["feasible"]]
     best = (write_best(cfg, study, trained[0], data, device, final, progress) if trained
             else None)
@@ -175,7 +175,7 @@ def write_best(cfg: SearchConfig, study: optuna.Study, row: dict[str, Any], data
     t = study.trials[row["trial"]]
     graph = load_graph(cfg.study_dir, t.number)
     folder = cfg.study_dir / "best"
-    _write(folder / "graph.json", graph.to_json())
+    write_atomic(folder / "graph.json", graph.to_json())
     result: dict[str, Any] = {
         "trial": t.number, "val_accuracy": row["val_accuracy"],
         "trial_test_accuracy": row["test_accuracy"],
@@ -211,10 +211,10 @@ def write_best(cfg: SearchConfig, study: optuna.Study, row: dict[str, Any], data
             "test_accuracy_runs": accs, "final_epochs": cfg.final_training_epochs,
             "final_seeds": len(accs), "final_training": "train + validation splits",
         })
-    _write(folder / "weights.pt", _torch_bytes(weights))
+    write_atomic(folder / "weights.pt", _torch_bytes(weights))
     result["graph_svg"] = _render(graph, folder / "graph.svg")
     result["model_py"] = _export(graph, folder / "model.py", weights)
-    _write(folder / "result.json", dump_json(result))
+    write_atomic(folder / "result.json", dump_json(result))
     return result
 
 
@@ -312,14 +312,13 @@ def _draw_both(name: str, draw: Callable, folder: Path) -> list[str]:
         except (ValueError, RuntimeError, ZeroDivisionError, IndexError, UserWarning):
             continue
         path = folder / f"{name}.{ext}"
-        tmp = path.with_name(path.name + ".tmp")
-        if ext == "png":
-            figure = fig.figure if hasattr(fig, "figure") else fig[0].figure
-            figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-            plt.close(figure)
-        else:
-            fig.write_html(tmp, include_plotlyjs="directory", full_html=True)
-        tmp.replace(path)
+        with written_together(path) as (tmp,):
+            if ext == "png":
+                figure = fig.figure if hasattr(fig, "figure") else fig[0].figure
+                figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+                plt.close(figure)
+            else:
+                fig.write_html(tmp, include_plotlyjs="directory", full_html=True)
         written.append(path.name)
     return written
 
@@ -345,16 +344,14 @@ def _scatter_front(cfg: SearchConfig, study: optuna.Study, folder: Path) -> list
     ax.set_ylabel("val accuracy")
     ax.set_title(f"{cfg.study_name}: accuracy vs MACs")
     ax.legend()
-    tmp = folder / "pareto.png.tmp"
-    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    with written_together(folder / "pareto.png") as (tmp,):
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(folder / "pareto.png")
     html = go.Figure(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers",
                                 text=[f"trial {p[3]}" for p in pts],
                                 marker={"color": ["red" if p[2] else "gray" for p in pts]}))
     html.update_layout(xaxis_title="MACs", yaxis_title="val accuracy",
                        title=f"{cfg.study_name}: accuracy vs MACs")
-    tmp = folder / "pareto.html.tmp"
-    html.write_html(tmp, include_plotlyjs="directory")
-    tmp.replace(folder / "pareto.html")
+    with written_together(folder / "pareto.html") as (tmp,):
+        html.write_html(tmp, include_plotlyjs="directory")
     return ["pareto.png", "pareto.html"]

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from nasgraph import ir
 from nasgraph.data import Dataset, load_dataset
 from nasgraph.errors import NasgraphError
+from nasgraph.files import write_atomic
 from nasgraph.search.budget import Budget, Costs
 from nasgraph.search.remote import restore_graphs
 from nasgraph.search.space import Context, Space, fit_to_budget, load_space
@@ -129,17 +130,6 @@ def trial_dir(study_dir: Path, number: int) -> Path:
     return study_dir / "trials" / f"{number:04d}"
 
 
-def _write(path: Path, text: str | bytes) -> None:
-    """Write through a temporary name, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(text, bytes):
-        tmp.write_bytes(text)
-    else:
-        tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _quiet_experimental(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with warnings.catch_warnings():
@@ -225,7 +215,7 @@ def make_objective(cfg: SearchConfig, space: Space, ctx: Context, data: Dataset,
         start = time.perf_counter()
         graph, costs, multiplier, feasible = fit_to_budget(space, trial, ctx)
         folder = trial_dir(cfg.study_dir, trial.number)
-        _write(folder / "graph.json", graph.to_json())
+        write_atomic(folder / "graph.json", graph.to_json())
         trial.set_user_attr("macs", costs.macs)
         trial.set_user_attr("params", costs.params)
         trial.set_user_attr("memory", costs.memory)

@@ -307,14 +307,14 @@ def test_a_node_id_is_plain_names_joined_by_slashes(node_id):
 def test_save_into_a_directory_is_one_error_and_leaves_nothing(tmp_path):
     folder = tmp_path / "g.json"
     folder.mkdir()
-    with pytest.raises(GraphError, match=rf"^{re.escape(str(folder))}: cannot write \(.+\)$"):
+    with pytest.raises(GraphError, match=rf"^{re.escape(str(folder))}: is a directory; hint"):
         nasgraph.save(small_graph(), folder)
     assert [p.name for p in tmp_path.iterdir()] == ["g.json"] and not any(folder.iterdir())
 
 
 def test_save_under_a_file_is_one_error_and_leaves_nothing(tmp_path):
     (tmp_path / "file.txt").write_text("x")
-    with pytest.raises(GraphError, match=r"file.txt/g.json: cannot write \(Not a directory\)$"):
+    with pytest.raises(GraphError, match=r"file.txt/g.json: cannot create the folder .*file.txt"):
         nasgraph.save(small_graph(), tmp_path / "file.txt" / "g.json")
     assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
 

@@ -10,12 +10,10 @@ escaped (`_escaped`), so no text in a graph can become code.
 
 from __future__ import annotations
 
-import contextlib
 import keyword
 import re
-import secrets
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +23,7 @@ from torch import nn
 from nasgraph.backends.torch.lower import _python_name, lower
 from nasgraph.backends.torch.weights import import_weights
 from nasgraph.errors import NasgraphError
+from nasgraph.files import written_together
 from nasgraph.ir import Graph, Node, ops
 
 Format = Literal["python", "torchscript", "onnx"]
@@ -311,43 +310,6 @@ def _file_path(path: str | Path) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _written_together(*paths: Path) -> Iterator[tuple[Path, ...]]:
-    """Temporary names beside `paths` (files of one folder) for the block to write, renamed
-    onto `paths` when it succeeds: an export is all of its files or none of them.
-
-    On failure the temporaries, the files already renamed and the folders made for them are
-    removed, and an OSError becomes a NasgraphError naming the first path.
-    """
-    folder = paths[0].parent
-    made = [d for d in (folder, *folder.parents) if not d.exists()]  # deepest first
-    token = secrets.token_hex(4)
-    temps = tuple(p.with_name(f".{p.name}.{token}.tmp") for p in paths)
-    renamed: list[Path] = []
-    done = False
-    try:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise NasgraphError(f"{paths[0]}: cannot create the folder {e.filename or folder} "
-                                f"({e.strerror or e})") from None
-        yield temps
-        for tmp, path in zip(temps, paths, strict=True):
-            tmp.replace(path)
-            renamed.append(path)
-        done = True
-    except OSError as e:
-        raise NasgraphError(f"{paths[0]}: cannot write ({e.strerror or e})") from None
-    finally:
-        if not done:
-            for p in (*temps, *renamed):
-                with contextlib.suppress(OSError):
-                    p.unlink(missing_ok=True)
-            for d in made:
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-
-
 def export_python(graph: Graph, path: str | Path,
                   state_dict: Mapping[str, torch.Tensor] | None = None) -> tuple[Path, Path]:
     """Write `graph` as a standalone PyTorch source file and its weights beside it.
@@ -369,7 +331,7 @@ def export_python(graph: Graph, path: str | Path,
                             f"hint: name the source {path.with_suffix('.py').name}")
     _, state = _state_dict(graph, state_dict)
     source = python_source(graph, weights_path.name)
-    with _written_together(path, weights_path) as (source_tmp, weights_tmp):
+    with written_together(path, weights_path) as (source_tmp, weights_tmp):
         source_tmp.write_text(source, encoding="utf-8")
         weights_tmp.write_bytes(save(state))
     return path, weights_path
@@ -387,7 +349,7 @@ def export_torchscript(graph: Graph, path: str | Path,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice
         scripted = torch.jit.script(module)
-    with _written_together(path) as (tmp,), tmp.open("wb") as f:
+    with written_together(path) as (tmp,), tmp.open("wb") as f:
         torch.jit.save(scripted, f)
     return path
 
@@ -449,7 +411,7 @@ def export_onnx(graph: Graph, path: str | Path,
     module = _onnx_compatible(module, graph)
     names_in = [n.id.replace("/", ".") for n in graph.inputs]
     names_out = [n.id.replace("/", ".") for n in graph.outputs]
-    with _written_together(path) as (tmp,), tmp.open("wb") as f, warnings.catch_warnings():
+    with written_together(path) as (tmp,), tmp.open("wb") as f, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(module, _example_input(graph, 2), f, dynamo=False,
                           opset_version=17, input_names=names_in, output_names=names_out,
