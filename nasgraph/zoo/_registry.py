@@ -72,5 +72,7 @@ def get(name: str, num_classes: int | None = None,
         (10,)
     """
     e = entry(name)
-    return e.build(num_classes=num_classes or e.num_classes,
+    if num_classes is not None and num_classes < 1:
+        raise NasgraphError(f"zoo model {name!r}: {num_classes} classes; expected at least 1")
+    return e.build(num_classes=e.num_classes if num_classes is None else num_classes,
                    input_shape=tuple(input_shape or e.input_shape))
