@@ -2,8 +2,9 @@
 #   make demo   runs the main job (see README)
 #   make test   runs the whole test suite
 # Both create .venv at the repo root when missing, install the project into it with its
-# dev extra, and install the system graphviz package when the `dot` program is missing and
-# the system postgresql package when `pg_ctl` is (for the distributed-search tests).
+# dev extra, and install the system graphviz package when the `dot` program is missing, the
+# system postgresql package when `pg_ctl` is (for the distributed-search tests) and Debian's
+# dataset-fashion-mnist when its files are (`--dataset fashion-mnist`).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -11,9 +12,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup graphviz postgresql demo test lint clean
+.PHONY: setup graphviz postgresql fashion-mnist demo test lint clean
 
-setup: $(STAMP) graphviz postgresql
+setup: $(STAMP) graphviz postgresql fashion-mnist
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,12 @@ graphviz:
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 \
 	  || { $(call apt_install,postgresql,for the distributed-search tests); }
+
+# Real data for the search: 70,000 28x28 images, in /usr/share/datasets/fashion-mnist/
+fashion-mnist:
+	@ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz >/dev/null 2>&1 \
+	  || [ -d "$${NASGRAPH_DATA:-/nonexistent}/fashion-mnist" ] \
+	  || { $(call apt_install,dataset-fashion-mnist,for --dataset fashion-mnist); }
 
 demo: setup
 	$(BIN)/nasgraph search residual --dataset digits --budget 200k --trials 12 --epochs 6 \

@@ -3,6 +3,9 @@
 A dataset is named by a spec string:
 
 - `digits`: scikit-learn's bundled 8x8 handwritten digits (1,797 images, works offline);
+- `fashion-mnist`: Zalando's 70,000 28x28 clothing images in 10 classes, the harder drop-in
+  for MNIST, and `mnist`: the IDX files found in `$NASGRAPH_DATA/<name>/` or in Debian's
+  `/usr/share/datasets/<name>/` (`apt-get install dataset-fashion-mnist`);
 - `cifar10:PATH`: the CIFAR-10 python-pickle folder (`data_batch_1..5`, `test_batch`);
 - `mnist:PATH`: a folder of MNIST IDX files (`train-images-idx3-ubyte[.gz]`, ...);
 - `imagefolder:PATH`: one sub-folder per class (or `train/`, `val/`, `test/` folders of
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import pickle
 import struct
 import zlib
@@ -40,7 +44,11 @@ import torch
 
 from nasgraph.errors import NasgraphError
 
-DATASETS = ("digits", "cifar10:PATH", "mnist:PATH", "imagefolder:PATH", "synthetic")
+DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10:PATH", "mnist:PATH",
+            "imagefolder:PATH", "synthetic")
+# Data sets found by name: where Debian's packages put them, and the package, if there is one
+DEBIAN_DATASETS = Path("/usr/share/datasets")
+NAMED = {"fashion-mnist": "dataset-fashion-mnist", "mnist": None}
 
 
 class DataError(NasgraphError):
@@ -84,6 +92,8 @@ def load_dataset(spec: str, seed: int = 0) -> Dataset:
         return _digits(seed)
     if kind == "synthetic" and not path:
         return _synthetic(seed)
+    if kind in NAMED and not path:
+        return _mnist(str(named_folder(kind)), seed, name=kind)
     if kind in ("cifar10", "mnist", "imagefolder"):
         if not path:
             raise DataError(f"dataset {spec!r}: give the folder, e.g. '{kind}:data/{kind}'")
@@ -249,7 +259,22 @@ def read_idx(file: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(shape)
 
 
-def _mnist(path: str, seed: int) -> Dataset:
+def named_folder(name: str) -> Path:
+    """The folder of the data set `name`: `$NASGRAPH_DATA/<name>`, else Debian's."""
+    places = [Path(os.environ["NASGRAPH_DATA"]) / name] if os.environ.get("NASGRAPH_DATA") \
+        else []
+    places.append(DEBIAN_DATASETS / name)
+    for folder in places:
+        if folder.is_dir() and any(folder.iterdir()):
+            return folder
+    package = NAMED[name]
+    install = f"`apt-get install {package}` (Debian), or " if package else ""
+    raise DataError(f"dataset {name!r}: not found in {' or '.join(map(str, places))}; hint: "
+                    f"{install}its four IDX files in $NASGRAPH_DATA/{name}/, or "
+                    f"'mnist:PATH' for a folder of them")
+
+
+def _mnist(path: str, seed: int, name: str = "mnist") -> Dataset:
     folder = _folder(path, "mnist")
 
     def find(stem: str) -> Path:
@@ -274,7 +299,7 @@ def _mnist(path: str, seed: int) -> Dataset:
         _check_labels(labels, str(labels_file))
         return images[:, None] / np.float32(255), labels
 
-    return _assemble("mnist", split("train"), split("t10k"), seed, flip=False, val_fraction=0.1)
+    return _assemble(name, split("train"), split("t10k"), seed, flip=False, val_fraction=0.1)
 
 
 def _check_labels(labels: np.ndarray, source: str) -> None:

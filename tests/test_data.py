@@ -191,6 +191,31 @@ def test_mnist_idx_files(tmp_path, gz):
     assert ds.input_shape == (1, 28, 28) and len(ds.test) == 20
 
 
+def test_named_datasets_are_found_in_nasgraph_data(tmp_path, monkeypatch):
+    (tmp_path / "mnist").mkdir()
+    _mnist_folder(tmp_path / "mnist", gz=True)
+    monkeypatch.setenv("NASGRAPH_DATA", str(tmp_path))
+    ds = load_dataset("mnist")
+    assert ds.name == "mnist" and len(ds.test) == 20
+
+
+def test_a_missing_named_dataset_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("NASGRAPH_DATA", str(tmp_path))
+    monkeypatch.setattr("nasgraph.data.DEBIAN_DATASETS", tmp_path / "debian")
+    with pytest.raises(DataError, match=r"dataset 'fashion-mnist': not found in .*; hint: "
+                       r"`apt-get install dataset-fashion-mnist`"):
+        load_dataset("fashion-mnist")
+
+
+def test_fashion_mnist_real_files():
+    # Debian's dataset-fashion-mnist, which `make test` installs: the real IDX files
+    ds = load_dataset("fashion-mnist")
+    assert ds.name == "fashion-mnist" and ds.input_shape == (1, 28, 28)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (54_000, 6_000, 10_000)
+    assert ds.num_classes == 10 and torch.bincount(ds.test.y).tolist() == [1000] * 10
+    assert abs(float(ds.train.x.mean())) < 1e-3 and abs(float(ds.train.x.std()) - 1) < 1e-2
+
+
 def test_mnist_images_and_labels_must_match(tmp_path):
     spec = _mnist_folder(tmp_path, train_images=np.zeros((200, 28, 28)),
                          train_labels=np.arange(100) % 10)

@@ -21,7 +21,8 @@ def search(
     space: Annotated[str, typer.Argument(
         help="A registered space (see `nasgraph spaces`) or path/file.py:function.")],
     dataset: Annotated[str, typer.Option(
-        help="digits, synthetic, cifar10:PATH, mnist:PATH, imagefolder:PATH.")] = "digits",
+        help="digits, fashion-mnist, mnist, synthetic, cifar10:PATH, mnist:PATH, "
+             "imagefolder:PATH[@SIZE] (docs/search.md).")] = "digits",
     budget: Budget = None,
     max_params: Annotated[str | None, typer.Option(help="Most parameters: 50k, 1M.")] = None,
     max_memory: Annotated[str | None, typer.Option(
