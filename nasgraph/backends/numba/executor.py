@@ -21,6 +21,7 @@ from nasgraph.analysis import in_place_concat_parts
 from nasgraph.backends.numba import _chain as chain_k
 from nasgraph.backends.numba import _elementwise as elem_k
 from nasgraph.backends.numba import _tiled as tiled_k
+from nasgraph.backends.numba._weights import checked_state
 from nasgraph.backends.numba.nodes import (
     BINDERS,
     CONV_KINDS,
@@ -369,6 +370,11 @@ def compile(graph: Graph, state_dict: Mapping[str, object], *, batch: int | None
             winograd: bool = True) -> Executor:
     """Compile `graph` with the weights of `state_dict` (keys as `lower(graph).state_dict()`).
 
+    `state_dict` is checked first (`_weights.checked_state`): a weight missing or of
+    another shape, a key no weight of the graph has, or an integer dtype raises a
+    GraphError naming the node; float16 and float64 weights are cast to float32. BN's
+    `num_batches_tracked` may be left out.
+
     `batch` binds buffers for that batch size now (others are bound on first use);
     `threads` sets numba's thread count for every call (default: numba's), as an upper
     bound: a call whose largest node is small runs on one (`Executor.threads_for`). `optimize=False`
@@ -395,9 +401,9 @@ def compile(graph: Graph, state_dict: Mapping[str, object], *, batch: int | None
                             "kernel")
     if threads is not None and not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
         raise NasgraphError(f"threads={threads} is outside 1..{numba.config.NUMBA_NUM_THREADS}")
+    state = checked_state(graph, state_dict)
     _limit_blas_threads()
-    planned, state = passes.optimize(graph, state_dict) if optimize else \
-        (graph, passes.as_numpy(state_dict))
+    planned, state = passes.optimize(graph, state) if optimize else (graph, state)
     executor = Executor(planned, state, threads, winograd)
     if batch is not None:
         executor._bound[(batch, True)] = executor._bind(batch)
