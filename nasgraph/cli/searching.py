@@ -64,7 +64,7 @@ def search(
     )
 
     from nasgraph.search import parse_amount
-    from nasgraph.search.run import SearchConfig
+    from nasgraph.search.config import SearchConfig
     from nasgraph.search.run import search as run_search
 
     if objective not in ("accuracy", "accuracy,macs"):
@@ -103,7 +103,7 @@ def search(
                                           completed=done, best=_best_text(study_obj))
 
     def counted(study_obj, trial) -> None:
-        from nasgraph.search.run import finished
+        from nasgraph.search.study import finished
 
         state["n"] = len(finished(study_obj))
         progress.update(state["task"], completed=min(cfg.trials, state["n"]),
@@ -184,8 +184,9 @@ def study_show(
 ) -> None:
     """Print the leaderboard of an existing study. Example: nasgraph study show residual-digits
     """
+    from nasgraph.search.config import SearchConfig
     from nasgraph.search.report import leaderboard_rows
-    from nasgraph.search.run import SearchConfig, open_study
+    from nasgraph.search.study import open_study
 
     if storage is None and not (Path(runs_dir) / name / "study.db").is_file():
         raise NasgraphError(f"no study {name!r} in {runs_dir}/; hint: `nasgraph search` "

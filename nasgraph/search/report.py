@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import statistics
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,17 +25,14 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from nasgraph.data import Dataset
-from nasgraph.files import write_atomic, written_together
+from nasgraph.files import written_together
 from nasgraph.ir import Graph
 from nasgraph.search.budget import short
-from nasgraph.search.remote import retrain
-from nasgraph.search.run import (
-    SearchConfig,
-    dump_json,
-    load_graph,
-    trial_dir,
-)
-from nasgraph.search.workers import ctrl_c_at_stop_points, quiet_optuna, stop_point
+from nasgraph.search.config import SearchConfig
+from nasgraph.search.evaluation import retrain
+from nasgraph.search.interrupts import ctrl_c_at_stop_points, stop_point
+from nasgraph.search.runs import StudyFolder
+from nasgraph.search.study import quiet_optuna
 from nasgraph.train import TrainResult, accuracy, concat_splits, train
 
 COLUMNS = ["rank", "trial", "state", "val_accuracy", "test_accuracy", "macs", "params",
@@ -72,21 +68,21 @@ def pareto_numbers(trials: list[FrozenTrial]) -> set[int]:
             if not any((a2 >= a and m2 <= m) and (a2 > a or m2 < m) for _, a2, m2 in pts)}
 
 
-def test_accuracy(study_dir: Path, t: FrozenTrial, data: Dataset,
+def test_accuracy(folder: StudyFolder, t: FrozenTrial, data: Dataset,
                   device: torch.device) -> float | None:
     """The test accuracy of a trained trial's own weights (cached in its folder)."""
-    folder = trial_dir(study_dir, t.number)
-    cache, weights = folder / "test.json", folder / "weights.pt"
+    cache, weights = folder.trial_file(t.number, "test.json"), \
+        folder.trial_file(t.number, "weights.pt")
     if cache.is_file():
-        return json.loads(cache.read_text())["test_accuracy"]
+        return folder.read_json(cache)["test_accuracy"]
     if not weights.is_file():
         return None
     from nasgraph.backends.torch import lower
 
-    model = lower(load_graph(study_dir, t.number))
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model = lower(folder.load_graph(t.number))
+    model.load_state_dict(folder.read_weights(weights))
     acc = accuracy(model.to(device), data.test)
-    write_atomic(cache, dump_json({"test_accuracy": acc}))
+    folder.write_json(cache, {"test_accuracy": acc})
     return acc
 
 
@@ -102,9 +98,9 @@ def leaderboard_rows(cfg: SearchConfig, study: optuna.Study, data: Dataset | Non
         test = None
         if rank <= cfg.top_k and t.state == TrialState.COMPLETE and u.get("feasible"):
             if data is not None and device is not None:
-                test = test_accuracy(cfg.study_dir, t, data, device)
-            elif (cache := trial_dir(cfg.study_dir, t.number) / "test.json").is_file():
-                test = json.loads(cache.read_text())["test_accuracy"]
+                test = test_accuracy(cfg.folder, t, data, device)
+            elif (cache := cfg.folder.trial_file(t.number, "test.json")).is_file():
+                test = cfg.folder.read_json(cache)["test_accuracy"]
         rows.append({
             "rank": rank, "trial": t.number, "state": t.state.name.lower(),
             "val_accuracy": round(_accuracy(t), 4) if u.get("feasible") else None,
@@ -157,8 +153,8 @@ def write_report(cfg: SearchConfig, study: optuna.Study, data: Dataset,
     """Leaderboard, best model (retrained unless `final` is False) and plots; returns the
     content of best/result.json (None when no trial was trained)."""
     rows = leaderboard_rows(cfg, study, data, device)
-    write_atomic(cfg.study_dir / "leaderboard.md", leaderboard_markdown(cfg, rows))
-    write_atomic(cfg.study_dir / "leaderboard.csv", leaderboard_csv(rows))
+    cfg.folder.write(cfg.study_dir / "leaderboard.md", leaderboard_markdown(cfg, rows))
+    cfg.folder.write(cfg.study_dir / "leaderboard.csv", leaderboard_csv(rows))
     trained = [r for r in rows if r["state"] == "complete" and r["feasible"]]
     best = (write_best(cfg, study, trained[0], data, device, final, progress) if trained
             else None)
@@ -173,9 +169,10 @@ def write_best(cfg: SearchConfig, study: optuna.Study, row: dict[str, Any], data
     tested. Ctrl-C during the retraining keeps the retrainings finished so far (or, before
     the first, the trial's own weights and score) and sets `interrupted` in the result."""
     t = study.trials[row["trial"]]
-    graph = load_graph(cfg.study_dir, t.number)
-    folder = cfg.study_dir / "best"
-    write_atomic(folder / "graph.json", graph.to_json())
+    runs = cfg.folder
+    graph = runs.load_graph(t.number)
+    folder = runs.best
+    runs.write(folder / "graph.json", graph.to_json())
     result: dict[str, Any] = {
         "trial": t.number, "val_accuracy": row["val_accuracy"],
         "trial_test_accuracy": row["test_accuracy"],
@@ -184,9 +181,9 @@ def write_best(cfg: SearchConfig, study: optuna.Study, row: dict[str, Any], data
         "space": cfg.space, "dataset": cfg.dataset, "budget": cfg.budget.model_dump(),
         "epochs": cfg.epochs,
     }
-    weights_file = trial_dir(cfg.study_dir, t.number) / "weights.pt"
+    weights_file = runs.trial_file(t.number, "weights.pt")
     if weights_file.is_file():
-        weights = torch.load(weights_file, map_location="cpu", weights_only=True)
+        weights = runs.read_weights(weights_file)
     else:  # another machine ran the trial
         weights = retrain(cfg, graph, data, t.number, device)
     result["test_accuracy"] = row["test_accuracy"]
@@ -211,10 +208,10 @@ def write_best(cfg: SearchConfig, study: optuna.Study, row: dict[str, Any], data
             "test_accuracy_runs": accs, "final_epochs": cfg.final_training_epochs,
             "final_seeds": len(accs), "final_training": "train + validation splits",
         })
-    write_atomic(folder / "weights.pt", _torch_bytes(weights))
+    runs.write_weights(folder / "weights.pt", weights)
     result["graph_svg"] = _render(graph, folder / "graph.svg")
     result["model_py"] = _export(graph, folder / "model.py", weights)
-    write_atomic(folder / "result.json", dump_json(result))
+    runs.write_json(folder / "result.json", result)
     return result
 
 
@@ -235,12 +232,6 @@ def _retrainings(cfg: SearchConfig, graph: Graph, data: Dataset, device: torch.d
         yield train(graph, data, cfg.recipe, epochs=epochs, device=device, seed=10_000 + k,
                     train_split=concat_splits(data.train, data.val), val_split=data.test,
                     on_epoch=report)
-
-
-def _torch_bytes(state_dict: dict) -> bytes:
-    buf = io.BytesIO()
-    torch.save(state_dict, buf)
-    return buf.getvalue()
 
 
 def _render(graph: Graph, path: Path) -> str | None:
@@ -271,8 +262,7 @@ def write_plots(cfg: SearchConfig, study: optuna.Study) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
-    folder = cfg.study_dir / "plots"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = cfg.folder.plots
     target = (lambda t: t.values[0]) if cfg.multi_objective else None
     plots = {
         "history": lambda m: m.plot_optimization_history(study, target=target,

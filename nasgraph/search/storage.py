@@ -22,7 +22,7 @@ import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from nasgraph.errors import NasgraphError
-from nasgraph.search.resilient import ResilientStorage, StorageUnavailable, first_line, redact
+from nasgraph.search.retrying_storage import RetryingStorage, StorageUnavailable, first_line, redact
 
 HEARTBEAT_INTERVAL = 2  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 8  # seconds without a heartbeat after which a running trial is dead
@@ -77,7 +77,7 @@ def open_storage(url: str | None, study_dir: str | Path) -> RDBStorage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return ResilientStorage(url, engine_kwargs=engine_options(url),
+            return RetryingStorage(url, engine_kwargs=engine_options(url),
                                     heartbeat_interval=interval, grace_period=grace,
                                     heartbeat_stale_trial_callback=(
                                         RetryHeartbeatStaleTrialCallback(max_retry=1)))

@@ -23,28 +23,25 @@ heartbeat and its trial is queued again (storage.py).
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import multiprocessing
 import os
-import signal
-import socket
 import sys
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from nasgraph.errors import NasgraphError
-from nasgraph.search.resilient import StorageUnavailable, connection_lost
-
-if TYPE_CHECKING:
-    from nasgraph.search.run import SearchConfig
+from nasgraph.search.config import SearchConfig, worker_config
+from nasgraph.search.evaluation import make_objective, prepare
+from nasgraph.search.interrupts import ctrl_c_at_stop_points, stop_point
+from nasgraph.search.retrying_storage import StorageUnavailable, connection_lost
+from nasgraph.search.strategies import worker_name
+from nasgraph.search.study import quiet_optuna
 
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 FAILURES_IN_A_ROW = 5  # a worker whose trials all fail is looking at a broken space
@@ -57,10 +54,6 @@ class TrialError(Exception):
 
 class ExcessTrial(Exception):
     """The study already had its trials finished or running when this one got its slot."""
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def slot_taken(study: optuna.Study, number: int, n: int) -> bool:
@@ -119,44 +112,6 @@ def guarded(objective: Callable[[optuna.Trial], Any], n: int,
     return run
 
 
-_stop = threading.Event()
-
-
-def stop_point() -> None:
-    """Raise KeyboardInterrupt if Ctrl-C asked the search to stop: the trial loop calls
-    this between trials, the objective after each epoch."""
-    if _stop.is_set():
-        raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def ctrl_c_at_stop_points() -> Iterator[None]:
-    """Within: the first Ctrl-C only asks to stop, at the next `stop_point()`; a second one
-    interrupts at once, as usual.
-
-    An interrupt that lands inside a database write can leave an SQLite transaction open,
-    and the database locked for the rest of the process: the interrupted trial could not
-    even be recorded as failed. Outside the main thread, where Python delivers no
-    signals, this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def ask_to_stop(signum: int, frame: Any) -> None:
-        _stop.set()
-        signal.signal(signal.SIGINT, previous)
-        sys.stderr.write("stopping after this epoch (Ctrl-C again to stop now)\n")
-
-    _stop.clear()
-    previous = signal.signal(signal.SIGINT, ask_to_stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        _stop.clear()
-
-
 def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n: int,
                timeout: float | None = None, callbacks: list[Callable] | None = None,
                log: Callable[[str], None] | None = None) -> int:
@@ -172,18 +127,6 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], Any], n:
     run = guarded(objective, n, last)
     with quiet_optuna(), ctrl_c_at_stop_points():  # the loop logs failures in one line itself
         return _trial_loop(study, run, n, start, timeout, callbacks, last, log)
-
-
-@contextlib.contextmanager
-def quiet_optuna() -> Iterator[None]:
-    """Within: optuna's own `[W ...]` log lines are not printed, only its errors."""
-    optuna_logger = logging.getLogger("optuna")
-    level = optuna_logger.level
-    optuna_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        optuna_logger.setLevel(level)
 
 
 def _trial_loop(study: optuna.Study, run: Callable[[optuna.Trial], Any], n: int,
@@ -232,29 +175,14 @@ def _requeue(study: optuna.Study, last: dict[str, Any]) -> None:
                             skip_if_exists=True)
 
 
-def devices_of(cfg: SearchConfig) -> list[str]:
-    """`--device cuda:0,cuda:1` -> ['cuda:0', 'cuda:1']."""
-    return [d.strip() for d in cfg.device.split(",") if d.strip()] or ["auto"]
-
-
-def worker_config(cfg: SearchConfig, index: int) -> SearchConfig:
-    """Worker `index`'s configuration: its device, round-robin over `--device`."""
-    devices = devices_of(cfg)
-    return cfg.model_copy(update={"device": devices[index % len(devices)], "workers": 1})
-
-
-def sampler_seed(cfg: SearchConfig, started: int = 0) -> int:
-    """The search's seed for a lone worker, reproducible; one per process otherwise, so that
-    workers do not all propose the same first candidates. A lone worker resuming a study
-    that has `started` trials draws a new stream: the seed's own would repeat trial 0's."""
-    if cfg.storage is None and cfg.workers == 1 and "NASGRAPH_WORKER" not in os.environ:
-        return cfg.seed if started == 0 else (cfg.seed * 1_000_003 + started) % 2**31
-    return hash((cfg.seed, worker_name())) % 2**31
+def work(cfg: SearchConfig) -> int:
+    """Be one worker of the study `cfg`: run its trials until it holds `cfg.trials`
+    finished ones, write no report; returns how many this worker finished."""
+    setup = prepare(cfg)
+    return run_trials(setup.study, make_objective(setup), cfg.trials, cfg.timeout)
 
 
 def _worker_main(cfg_json: str, index: int, errors: Any) -> None:
-    from nasgraph.search.run import SearchConfig, work
-
     os.environ["NASGRAPH_WORKER"] = str(index)
     cfg = worker_config(SearchConfig.model_validate_json(cfg_json), index)
     try:

@@ -13,7 +13,9 @@ from typer.testing import CliRunner
 
 from nasgraph.cli import app
 from nasgraph.errors import NasgraphError
-from nasgraph.search.run import SearchConfig, open_study, search
+from nasgraph.search.config import SearchConfig
+from nasgraph.search.run import search
+from nasgraph.search.study import open_study
 
 
 def one_line_error(args: list[str]) -> str:

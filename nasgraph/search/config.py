@@ -1,0 +1,130 @@
+"""What defines a search: its configuration (the CLI's options), and what may change when a
+study resumes.
+
+    >>> from nasgraph.search.config import SearchConfig
+    >>> SearchConfig(space="my_spaces.py:wide", dataset="mnist:/data").study_name
+    'my_spaces-wide-mnist'
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from nasgraph.errors import NasgraphError
+from nasgraph.search.budget import Budget
+from nasgraph.search.runs import StudyFolder
+from nasgraph.train import Recipe
+
+Objective = Literal["accuracy", "accuracy,macs"]
+# A study name is a folder of the runs folder: no separators, no leading dot, so never `..`
+STUDY_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$"
+# What a trial's score and the final result depend on: a resumed study must not change them
+RESUME_SETTINGS = ("space", "dataset", "budget_macs", "max_params", "max_memory", "epochs",
+                   "final_epochs", "objective", "seed", "recipe")
+
+
+class SearchConfig(BaseModel):
+    """Everything that defines a search (the CLI's options)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    space: str = "residual"
+    dataset: str = "digits"
+    budget_macs: int | None = None
+    max_params: int | None = None
+    max_memory: int | None = None
+    trials: int = Field(default=30, gt=0)
+    timeout: float | None = Field(default=None, gt=0)
+    epochs: int = Field(default=10, gt=0)
+    final_epochs: int | None = Field(default=None, gt=0)  # default: 3 x epochs
+    final_seeds: int = Field(default=3, ge=0)
+    top_k: int = Field(default=5, gt=0)  # trials tested on the test split
+    study: str | None = None  # default: <space>-<dataset>
+    storage: str | None = None  # default: sqlite in runs/<study>/
+    runs_dir: str = "runs"
+    objective: Objective = "accuracy"
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int = 0
+    device: str = "auto"  # or a list, cuda:0,cuda:1, that workers take in turn
+    workers: int = Field(default=1, ge=1)  # local worker processes
+    recipe: Recipe = Recipe()
+
+    @field_validator("study")
+    @classmethod
+    def _folder_name(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(STUDY_NAME, name):
+            raise ValueError(f"{name!r} is not a study name: letters, digits, '_', '-' and "
+                             "'.', at most 100, not starting with '.' (it names a folder of "
+                             "the runs folder)")
+        return name
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(macs=self.budget_macs, params=self.max_params, memory=self.max_memory)
+
+    @property
+    def study_name(self) -> str:
+        """`--study`, or `<space>-<dataset>`: `residual-digits`, `myspaces-wide-cifar10` for
+        the function `wide` of myspaces.py (another function of the file, another study)."""
+        if self.study:
+            return self.study
+        path, _, function = self.space.rpartition(":") if ".py:" in self.space else (
+            self.space, "", "")
+        parts = [Path(path).stem, function if function != "space" else "",
+                 self.dataset.partition(":")[0]]
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(p for p in parts if p)).lstrip(".")
+
+    @property
+    def final_training_epochs(self) -> int:
+        return self.final_epochs or 3 * self.epochs
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.runs_dir) / self.study_name
+
+    @property
+    def folder(self) -> StudyFolder:
+        return StudyFolder(self.study_dir)
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.objective == "accuracy,macs"
+
+
+def devices_of(cfg: SearchConfig) -> list[str]:
+    """`--device cuda:0,cuda:1` -> ['cuda:0', 'cuda:1']."""
+    return [d.strip() for d in cfg.device.split(",") if d.strip()] or ["auto"]
+
+
+def worker_config(cfg: SearchConfig, index: int) -> SearchConfig:
+    """Worker `index`'s configuration: its device, round-robin over `--device`."""
+    devices = devices_of(cfg)
+    return cfg.model_copy(update={"device": devices[index % len(devices)], "workers": 1})
+
+
+def settings_of(cfg: SearchConfig) -> dict[str, Any]:
+    """The configuration a study is stored with (its default final epochs resolved)."""
+    return {**cfg.model_dump(mode="json"), "final_epochs": cfg.final_training_epochs}
+
+
+def check_resumable(cfg: SearchConfig, stored: dict[str, Any]) -> None:
+    """Refuse to resume a study under settings that would mix incomparable trials."""
+    current = settings_of(cfg)
+    if stored.get("final_epochs") is None and "epochs" in stored:  # stored before 0.2
+        stored = {**stored, "final_epochs": 3 * stored["epochs"]}
+    for key in RESUME_SETTINGS:
+        if key in stored and stored[key] != current[key]:
+            option = f"--{key.replace('_', '-')}".replace("--budget-macs", "--budget")
+            raise NasgraphError(
+                f"study {cfg.study_name!r} was run with {option} {_shown(stored[key])}, not "
+                f"{_shown(current[key])}; hint: the same settings resume it, another --study "
+                "starts a new one")
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, dict) else str(value)

@@ -1,0 +1,105 @@
+"""Evaluating candidates: what a search sets up once (space, data, device, study), and the
+objective Optuna calls for each trial: fit the candidate to the budget, train it, score it
+on the validation split.
+
+    >>> from nasgraph.search.config import SearchConfig
+    >>> from nasgraph.search.evaluation import make_objective, prepare
+    >>> setup = prepare(SearchConfig(space="residual", budget_macs=200_000))  # doctest: +SKIP
+    >>> setup.study.optimize(make_objective(setup), n_trials=1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+
+from nasgraph.data import Dataset, load_dataset
+from nasgraph.ir import Graph
+from nasgraph.search.config import SearchConfig, devices_of
+from nasgraph.search.interrupts import stop_point
+from nasgraph.search.space import Context, Space, fit_to_budget, load_space
+from nasgraph.search.study import open_study
+from nasgraph.train import resolve_device, train
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every trial of a search shares."""
+
+    cfg: SearchConfig
+    space: Space
+    ctx: Context
+    data: Dataset
+    device: torch.device
+    study: optuna.Study
+
+
+def prepare(cfg: SearchConfig) -> Setup:
+    """Load the space and the data, open the study; bad input fails here, before any
+    training and before the study folder is made."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_space(cfg.space)
+    device = resolve_device(devices_of(cfg)[0])
+    data = load_dataset(cfg.dataset, seed=cfg.seed)
+    ctx = Context(input_shape=data.input_shape, num_classes=data.num_classes,
+                  budget=cfg.budget)
+    study = open_study(cfg)
+    cfg.study_dir.mkdir(parents=True, exist_ok=True)
+    return Setup(cfg, space, ctx, data, device, study)
+
+
+def trial_seed(cfg: SearchConfig, number: int) -> int:
+    """The training seed of trial `number`: the same wherever the trial runs."""
+    return cfg.seed * 100_003 + number
+
+
+def make_objective(setup: Setup) -> Callable[[optuna.Trial], Any]:
+    """The function Optuna calls: fit to budget, save the graph, train, save the weights."""
+    cfg, folder = setup.cfg, setup.cfg.folder
+
+    def objective(trial: optuna.Trial) -> float | tuple[float, float]:
+        start = time.perf_counter()
+        graph, costs, multiplier, feasible = fit_to_budget(setup.space, trial, setup.ctx)
+        folder.write(folder.trial_file(trial.number, "graph.json"), graph.to_json())
+        trial.set_user_attr("macs", costs.macs)
+        trial.set_user_attr("params", costs.params)
+        trial.set_user_attr("memory", costs.memory)
+        trial.set_user_attr("width_multiplier", multiplier)
+        trial.set_user_attr("feasible", feasible)
+        for name, excess in cfg.budget.excess(costs).items():
+            trial.set_constraint(name, excess)  # feasible iff <= 0; samplers learn from it
+        trial.set_user_attr("check_seconds", round(time.perf_counter() - start, 4))
+        if not feasible:  # never trained: recorded so that the sampler learns the boundary
+            return (0.0, float(costs.macs)) if cfg.multi_objective else 0.0
+
+        def report(epoch: int, acc: float) -> None:
+            stop_point()  # Ctrl-C stops here, between epochs
+            if cfg.multi_objective:
+                return
+            trial.report(acc, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation accuracy {acc:.4f} after epoch {epoch}")
+
+        result = train(graph, setup.data, cfg.recipe, epochs=cfg.epochs, device=setup.device,
+                       seed=trial_seed(cfg, trial.number), on_epoch=report)
+        folder.write_weights(folder.trial_file(trial.number, "weights.pt"),
+                             result.model.state_dict())
+        trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 2))
+        acc = result.val_accuracy
+        return (acc, float(costs.macs)) if cfg.multi_objective else acc
+
+    return objective
+
+
+def retrain(cfg: SearchConfig, graph: Graph, data: Dataset, number: int,
+            device: torch.device) -> dict[str, torch.Tensor]:
+    """Weights of trial `number` trained again here, as its worker trained it (the report
+    needs the best's weights when another machine ran it)."""
+    result = train(graph, data, cfg.recipe, epochs=cfg.epochs, device=device,
+                   seed=trial_seed(cfg, number))
+    return {k: v.cpu() for k, v in result.model.state_dict().items()}
