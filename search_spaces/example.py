@@ -9,17 +9,17 @@ The study is named after the file: runs/example-digits/. docs/search.md explains
 
 from nasgraph import GraphBuilder
 from nasgraph.motifs import conv_unit
-from nasgraph.search.skeleton import head, max_stages, stem
+from nasgraph.search.skeleton import head, stages, stem
 from nasgraph.search.spaces import residual
 
 
 def space(trial, ctx):
-    """Stem, 1 to 3-4 stages of parallel 3x3 convs (the last perhaps residual), GAP, linear."""
+    """Stem, stages of parallel 3x3 convs (the last perhaps residual), GAP, linear."""
     b = GraphBuilder("example")
-    x = stem(trial, ctx, b)  # `stem.width`
-    stages = trial.suggest_int("stages", 1, max_stages(ctx))
-    for s in range(1, stages + 1):
-        if s == stages and trial.suggest_categorical(f"stage{s}.residual", [False, True]):
+    x = stem(trial, ctx, b)  # `stem.width`, and `stem.stride` on inputs of 16 px and more
+    count = stages(trial, ctx)  # `stages`, as many as the resolution allows
+    for s in range(1, count + 1):
+        if s == count and trial.suggest_categorical(f"stage{s}.residual", [False, True]):
             return head(b, residual.stage(trial, ctx, b, x, f"stage{s}.residual", s,
                                           downsample=s > 1, preact=False), ctx)
         width = ctx.width(trial.suggest_int(f"stage{s}.width", 16, 128, step=16))

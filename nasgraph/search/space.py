@@ -7,8 +7,9 @@
     >>> g = space(optuna.trial.FixedTrial({"stages": 2}), ctx)  # doctest: +SKIP
 
 A space names its parameters hierarchically (`stage2.depth`, `stage2.block0.paths`) and
-asks `ctx.width(c)` for every channel count, so that the search can shrink a candidate's
-widths onto the budget (`fit_to_budget`) instead of discarding it.
+asks `ctx.width(c)` for every channel count (and, where it has them, `ctx.depth(n)` for its
+block counts and `ctx.stem_stride(s)` for its stem's stride), so that the search can fit a
+candidate onto the budget (`fit_to_budget`) instead of discarding it.
 
 Spaces are registered by name with `@register_space`, as timm registers models; the
 built-in ones live in `nasgraph.search.spaces`. `load_space` takes a registered name or
@@ -21,9 +22,9 @@ import importlib
 import importlib.util
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, NamedTuple, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -38,9 +39,11 @@ _SPACES: dict[str, Space] = {}
 
 
 class Context(BaseModel):
-    """What a space knows besides the trial: the data's shape, the classes, the budget and
-    how the search narrows widths to fit the budget (a multiplier for all of them, then
-    a few steps back up for some)."""
+    """What a space knows besides the trial: the data's shape, the classes, the budget, and
+    how the search makes a candidate cheaper to fit the budget (`fit_to_budget`): narrower
+    widths (`width`), fewer blocks (`depth`) and a stem that downsamples more (`stem_stride`).
+    A space that asks these three for its channels, block counts and stem stride can be
+    fitted to any budget; one that asks only `width` is fitted by its widths alone."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -51,6 +54,8 @@ class Context(BaseModel):
     # extra `divisor` steps for the widths a space requests as `channels` (key)
     width_steps: dict[int, int] = Field(default_factory=dict)
     min_width: int = Field(default=4, gt=0)
+    depth_multiplier: float = Field(default=1.0, gt=0, le=1)
+    min_stem_stride: int = Field(default=1, gt=0)
 
     def width(self, channels: int, divisor: int = 4) -> int:
         """`channels` times the width multiplier, rounded to a multiple of `divisor` (as
@@ -63,6 +68,24 @@ class Context(BaseModel):
     def _round(self, scaled: float, divisor: int) -> int:
         rounded = max(self.min_width, divisor, int(scaled + divisor / 2) // divisor * divisor)
         return rounded + divisor if rounded < 0.9 * scaled else rounded
+
+    def depth(self, blocks: int) -> int:
+        """`blocks` times the depth multiplier, rounded up (as EfficientNet's depth
+        coefficient), at least 1."""
+        return max(1, math.ceil(blocks * self.depth_multiplier))
+
+    @property
+    def stem_strides(self) -> tuple[int, ...]:
+        """The strides a stem may take on this input: 1 below 16 px (8x8 digits keep their
+        resolution), 1 or 2 below 64 px (MNIST, CIFAR-10), 2 or 4 from 64 px (ImageNet's
+        networks reduce 4x before their first stage)."""
+        side = min(self.input_shape[1:])
+        return (1,) if side < 16 else (1, 2) if side < 64 else (2, 4)
+
+    def stem_stride(self, asked: int) -> int:
+        """The stride the trial asked of the stem, or `min_stem_stride` when that is larger
+        and the input allows it."""
+        return max(asked, min(self.min_stem_stride, self.stem_strides[-1]))
 
     def with_multiplier(self, m: float) -> Context:
         return self.model_copy(update={"width_multiplier": m, "width_steps": {}})
@@ -190,46 +213,104 @@ def build(space: Space, trial: Any, ctx: Context) -> Graph:
     return graph
 
 
-def fit_to_budget(space: Space, trial: Any, ctx: Context, steps: int = 12
-                  ) -> tuple[Graph, Costs, float, bool]:
-    """Build the candidate; when over budget, narrow its widths until it fits.
+# Cheaper builds of one candidate, each cutting more than the one before: (least stem
+# stride, depth multiplier). A stride-2 stem quarters the MACs of everything after it,
+# which is what starves a candidate at full resolution (a 3x3 conv of 8 channels on 28x28
+# is 0.45M MACs); fewer blocks then cut a stage at a time; a stride-4 stem only on large
+# images (Context.stem_strides).
+RUNGS = ((1, 1.0), (2, 1.0), (2, 0.5), (2, 0.25), (4, 0.25))
 
-    Returns (graph, costs, width multiplier, feasible). First one multiplier for every
-    width: the largest of the form 2^-k/4 (a bisection on a log scale) whose graph fits.
-    Rounding makes that coarse (at 5 channels, one step of 4 is most of the width), so it
-    may leave much of the budget unused; `_grow_widths` then widens single widths again, the
-    narrowest relative to what the trial asked for first, while the candidate fits.
-    Rebuilding is cheap because a trial returns the same value when a space asks for a
-    parameter again. When even the narrowest graph (every width at `ctx.min_width`) is over
-    budget, the candidate is infeasible and the full-width graph is returned.
+
+def fit_to_budget(space: Space, trial: Any, ctx: Context, min_multiplier: float = 0.25,
+                  steps: int = 12) -> tuple[Graph, Costs, float, bool]:
+    """Build the candidate; when over budget, make it cheaper until it fits, trading
+    resolution and depth as well as width, as EfficientNet's compound scaling does.
+
+    Returns (graph, costs, width multiplier, feasible). The rule: climb `RUNGS` (the
+    candidate built with a stem that downsamples more, `ctx.stem_stride`, then with fewer
+    blocks per stage, `ctx.depth`) and stop at the first rung where the candidate fits with
+    every width at least `min_multiplier` of what the trial asked for; there, narrow all
+    widths by one multiplier, the largest that fits (a bisection on a log scale). Only when
+    no rung allows that does the last one narrow further, down to `ctx.min_width`. So a
+    trial keeps its resolution and depth while a quarter of its widths fit, and is not
+    shrunk to a few channels at full resolution when a coarser or shallower version of it
+    can stay reasonably wide.
+
+    Rounding makes one multiplier coarse (at 5 channels, one step of 4 is most of the
+    width), so it may leave much of the budget unused; `_grow_widths` then widens single
+    widths again, the narrowest relative to what the trial asked for first, while the
+    candidate fits. Rebuilding is cheap (a trial returns the same value when a space asks
+    for a parameter again): fitting a candidate builds it 10 to 40 times, in 0.05 to 0.5 s
+    on 28x28 (benchmarks/space_fit.py). When even the cheapest build is over budget, the
+    candidate is infeasible and the graph as the trial asked for it is returned.
     """
     recorder = _Recorder(**ctx.model_dump())  # notes the widths asked for, for the growth
     graph = build(space, trial, recorder)
     costs = Costs.of(graph)
     if ctx.budget.fits(costs):
         return graph, costs, 1.0, True
-    low = 1.0 / 64
-    g_low = build(space, trial, ctx.with_multiplier(low))
-    c_low = Costs.of(g_low)
-    if not ctx.budget.fits(c_low):
+    for rung, full in _rungs(space, trial, ctx):
+        if fitted := _narrow(space, trial, rung, full, min_multiplier, steps):
+            break
+    else:  # the last rung, narrower still
+        fitted = _narrow(space, trial, rung, full, 1 / 64, steps)
+    if fitted is None:
         return graph, costs, 1.0, False
-    lo, hi = math.log2(low), 0.0
-    best = (g_low, c_low, low)
+    graph, costs = fitted.graph, fitted.costs
+    if fitted.multiplier < 1:
+        graph, costs = _grow_widths(space, trial, fitted.ctx, graph, costs, recorder._requested)
+    return graph, costs, fitted.multiplier, True
+
+
+def _rungs(space: Space, trial: Any, ctx: Context) -> Iterator[tuple[Context, Graph]]:
+    """The contexts of `RUNGS` (never less cut than `ctx` asks) and the candidate built at
+    each, at full width; a rung that builds what an earlier one built is skipped (an input
+    too small for a coarser stem, a candidate of one block per stage, a space of its own
+    that does not ask `ctx.depth` or `ctx.stem_stride`)."""
+    built: list[Graph] = []
+    for stride, depth in RUNGS:
+        rung = ctx.model_copy(update={"min_stem_stride": max(stride, ctx.min_stem_stride),
+                                      "depth_multiplier": min(depth, ctx.depth_multiplier)})
+        full = build(space, trial, rung)
+        if full not in built:
+            built.append(full)
+            yield rung, full
+
+
+class _Fitted(NamedTuple):
+    ctx: Context
+    multiplier: float
+    graph: Graph
+    costs: Costs
+
+
+def _narrow(space: Space, trial: Any, ctx: Context, full: Graph, lowest: float, steps: int
+            ) -> _Fitted | None:
+    """The candidate at the largest width multiplier in [lowest, 1] that fits (rounded to 4
+    digits, as recorded); None when even `lowest` is over budget. `full` is the candidate
+    at multiplier 1."""
+    def at(m: float) -> _Fitted:
+        narrower = ctx.with_multiplier(m)
+        graph = full if m == 1 else build(space, trial, narrower)
+        return _Fitted(narrower, m, graph, Costs.of(graph))
+
+    best = at(1.0)
+    if ctx.budget.fits(best.costs):
+        return best
+    best = at(lowest)
+    if not ctx.budget.fits(best.costs):
+        return None
+    lo, hi = math.log2(lowest), 0.0
     for _ in range(steps):
         mid = (lo + hi) / 2
-        m = 2.0 ** mid
-        g = build(space, trial, ctx.with_multiplier(m))
-        c = Costs.of(g)
-        if ctx.budget.fits(c):
-            lo, best = mid, (g, c, m)
+        candidate = at(round(2.0 ** mid, 4))
+        if ctx.budget.fits(candidate.costs):
+            lo, best = mid, candidate
         else:
             hi = mid
         if hi - lo < 0.02:
             break
-    multiplier = round(best[2], 4)
-    graph, costs = _grow_widths(space, trial, ctx.with_multiplier(multiplier), *best[:2],
-                                recorder._requested)
-    return graph, costs, multiplier, True
+    return best
 
 
 def _grow_widths(space: Space, trial: Any, ctx: Context, graph: Graph, costs: Costs,

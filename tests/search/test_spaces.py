@@ -16,7 +16,7 @@ from nasgraph import analysis
 from nasgraph.backends.torch import lower
 from nasgraph.errors import SpaceError
 from nasgraph.ir import Graph
-from nasgraph.search import Budget, Context, fit_to_budget, load_space
+from nasgraph.search import Context, load_space
 from nasgraph.search import space as space_module
 from nasgraph.search.space import get_space, register_space, space_names
 
@@ -44,8 +44,8 @@ class ExtremeTrial:
         return self._pick(name, choices[-1] if self.highest else choices[0])
 
 
-def test_the_four_builtin_spaces_are_registered():
-    assert {"inception", "residual", "dense", "macro"} <= set(space_names())
+def test_the_builtin_spaces_are_registered():
+    assert {"inception", "residual", "dense", "macro", "mobile"} <= set(space_names())
     assert EXAMPLES, "search_spaces/ holds at least one example"
 
 
@@ -84,33 +84,32 @@ def test_space_with_optuna_trials(name, shape):
         study.tell(trial, 0.0)
 
 
-@pytest.mark.parametrize("name", SPACES, ids=lambda s: Path(s).name)
-def test_largest_candidate_shrinks_onto_a_small_budget(name):
-    space = load_space(name)
-    ctx = Context(input_shape=(1, 8, 8), num_classes=10, budget=Budget(macs=1_000_000))
-    probe = ExtremeTrial(highest=True)
-    full = space(probe, ctx)
-    assert analysis.macs(full) > 1_000_000
-    graph, costs, multiplier, feasible = fit_to_budget(
-        space, optuna.trial.FixedTrial(probe.params), ctx)
-    assert feasible and multiplier < 1
-    assert costs.macs == analysis.macs(graph) <= 1_000_000
-    # the largest multiplier that fits: a little wider is over budget (or not narrower)
-    wider = space(optuna.trial.FixedTrial(probe.params), ctx.with_multiplier(multiplier * 1.1))
-    assert analysis.macs(wider) > 1_000_000 or wider == graph
+@pytest.mark.parametrize(("shape", "ends"), [
+    ((1, 8, 8), {False: 8, True: 4}),  # no stem stride to choose; 1 or 2 stages
+    ((1, 28, 28), {False: 7, True: 4}),  # stride 1, 3 stages; stride 2, 3 stages (14, 7, 4)
+    ((3, 32, 32), {False: 8, True: 4}),
+])
+@pytest.mark.parametrize("name", space_names())
+def test_the_stages_end_between_4x4_and_8x8(name, shape, ends):
+    for highest, side in ends.items():
+        graph = load_space(name)(ExtremeTrial(highest), Context(input_shape=shape))
+        pooled = [n for n in graph if n.op.kind == "global_avgpool"][-1]  # the head's
+        # pooling stages round down (7 -> 3), strided convs up (7 -> 4)
+        assert graph[pooled.inputs[0]].type.height in (side, side - 1)
 
 
-def test_hopeless_budget_is_infeasible():
-    space = load_space("residual")
-    ctx = Context(input_shape=(1, 8, 8), budget=Budget(macs=1_000))
-    graph, costs, _, feasible = fit_to_budget(space, _smallest_trial(space, ctx), ctx)
-    assert not feasible and costs.macs > 1_000
-
-
-def _smallest_trial(space, ctx):
-    probe = ExtremeTrial(highest=False)
-    space(probe, ctx)
-    return optuna.trial.FixedTrial(probe.params)
+def test_the_mobile_space_searches_kernel_expansion_and_squeeze_excitation():
+    params = {"stem.width": 8, "stem.stride": 2, "stages": 2, "stage1.width": 16,
+              "stage1.depth": 2, "stage1.kernel": 5, "stage1.expansion": 6, "stage1.se": True,
+              "stage2.width": 24, "stage2.depth": 1, "stage2.kernel": 3,
+              "stage2.expansion": 1, "stage2.se": False}
+    graph = load_space("mobile")(optuna.trial.FixedTrial(params),
+                                 Context(input_shape=(1, 28, 28)))
+    depthwise = [n for n in graph if n.op.kind == "conv2d" and n.op.groups > 1]
+    assert [(n.op.kernel, n.type.channels, n.type.height) for n in depthwise] == [
+        ((5, 5), 48, 14), ((5, 5), 96, 14), ((3, 3), 16, 7)]  # 8 x 6, 16 x 6; 16 x 1
+    assert sum(n.op.kind == "mul" for n in graph) == 2  # a gate per block of stage 1
+    assert sum(n.op.kind == "add" for n in graph) == 1  # the residual of its 2nd block
 
 
 def test_space_from_a_file(tmp_path):
@@ -132,7 +131,7 @@ def test_unknown_name_lists_the_registered_ones():
         load_space("resnet")
     assert str(e.value) == ("unknown search space 'resnet'; hint: one of "
                             f"{', '.join(space_names())}, or path/to/file.py:function")
-    assert "dense, inception, macro, residual" in str(e.value)
+    assert "dense, inception, macro, mobile, residual" in str(e.value)
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -208,18 +207,3 @@ def test_spaces_command_prints_every_name_whole():
     assert [line.split()[0] for line in lines] == sorted([*space_names(), name])
     residual_line = next(line for line in lines if line.startswith("residual "))
     assert residual_line.split(maxsplit=1)[1] == get_space("residual").__doc__.splitlines()[0]
-
-
-def test_fitting_widens_single_widths_back_into_the_budget():
-    # one multiplier for every width leaves this candidate at a third of its budget: the
-    # 8x8 stage's widths are at their minimum and one more step for all would quadruple it
-    params = {"block": "bottleneck", "preact": True, "stem.width": 40, "stages": 2,
-              "stage1.depth": 3, "stage1.width": 48, "stage1.cardinality": 4,
-              "stage2.depth": 1, "stage2.width": 88, "stage2.cardinality": 1}
-    space = load_space("residual")
-    ctx = Context(input_shape=(1, 8, 8), budget=Budget(macs=200_000))
-    graph, costs, multiplier, feasible = fit_to_budget(
-        space, optuna.trial.FixedTrial(params), ctx)
-    uniform = space(optuna.trial.FixedTrial(params), ctx.with_multiplier(multiplier))
-    assert feasible and analysis.macs(uniform) < 100_000 < 180_000 < costs.macs <= 200_000
-    assert costs.macs == analysis.macs(graph)

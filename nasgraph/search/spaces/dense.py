@@ -5,20 +5,21 @@ Width: `stem.width`, `stage{i}.growth` (channels each layer adds). Depth: `stage
 `stage{i}.layers`. Multiplicity: the dense connectivity itself (layer k reads k inputs) and
 `stage{i}.bottleneck` (a 1x1 to 4 x growth before each 3x3, DenseNet-B). Between stages a
 transition (BN-ReLU-1x1 conv, 2x2 average pool) keeps `compression` of the channels
-(DenseNet-C).
+(DenseNet-C). Resolution: `stem.stride` where the input allows a choice, and the stages
+that follow from it (`nasgraph.search.skeleton`).
 """
 
 from __future__ import annotations
 
 from nasgraph.ir import GraphBuilder
 from nasgraph.motifs import DenseBlock, Transition, dense_block, transition
-from nasgraph.search.skeleton import head, max_stages, stem
+from nasgraph.search.skeleton import head, stages, stem
 from nasgraph.search.space import register_space
 
 
 def stage(trial, ctx, b, x, name, level, downsample):
     """A transition (when `downsample`) and a dense block: parameters `{name}.*`."""
-    layers = trial.suggest_int(f"{name}.layers", 2, 6)
+    layers = ctx.depth(trial.suggest_int(f"{name}.layers", 2, 6))
     growth = ctx.width(trial.suggest_int(f"{name}.growth", 4, 16 * 2 ** (level - 1), step=4))
     bottleneck = trial.suggest_categorical(f"{name}.bottleneck", [False, True])
     with b.scope(name.replace(".", "/")):
@@ -32,9 +33,9 @@ def stage(trial, ctx, b, x, name, level, downsample):
 
 @register_space
 def dense(trial, ctx):
-    """A DenseNet: stem conv, 1 to 3-4 dense blocks with transitions, BN-ReLU, GAP, linear."""
+    """A DenseNet: stem conv, 1 to 4 dense blocks with transitions, BN-ReLU, GAP, linear."""
     b = GraphBuilder("dense")
     x = stem(trial, ctx, b, preact=True)
-    for i in range(1, trial.suggest_int("stages", 1, max_stages(ctx)) + 1):
+    for i in range(1, stages(trial, ctx) + 1):
         x = stage(trial, ctx, b, x, f"stage{i}", i, downsample=i > 1)
     return head(b, x, ctx, preact=True)

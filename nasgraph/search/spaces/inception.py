@@ -4,14 +4,15 @@ Built from `nasgraph.motifs.inception`. Width: `stem.width`, `stage{i}.width` (c
 each branch). Depth: `stages`,
 `stage{i}.depth` (blocks). Multiplicity: `stage{i}.block{j}.paths`, the branches of each
 block (1x1; 3x3; 5x5; pool), and `stage{i}.factorized`: 3x3 as 1x3 then 3x1 and 5x5 as two
-3x3 (Inception v2/v3), more depth and paths for fewer MACs.
+3x3 (Inception v2/v3), more depth and paths for fewer MACs. Resolution: `stem.stride`
+where the input allows a choice, and the stages that follow from it (`nasgraph.search.skeleton`).
 """
 
 from __future__ import annotations
 
 from nasgraph.ir import GraphBuilder
 from nasgraph.motifs import FactorizedInception, InceptionV1, inception_block
-from nasgraph.search.skeleton import head, max_stages, stem
+from nasgraph.search.skeleton import head, stages, stem
 from nasgraph.search.space import register_space
 
 
@@ -31,7 +32,7 @@ def module(width, paths, factorized):
 
 def stage(trial, ctx, b, x, name, level, downsample):
     """One Inception stage: parameters `{name}.*`, a 2x2 max pool first when `downsample`."""
-    depth = trial.suggest_int(f"{name}.depth", 1, 3)
+    depth = ctx.depth(trial.suggest_int(f"{name}.depth", 1, 3))
     width = ctx.width(trial.suggest_int(f"{name}.width", 8, 32 * 2 ** (level - 1), step=8))
     factorized = trial.suggest_categorical(f"{name}.factorized", [False, True])
     with b.scope(name.replace(".", "/")):
@@ -46,9 +47,9 @@ def stage(trial, ctx, b, x, name, level, downsample):
 
 @register_space
 def inception(trial, ctx):
-    """A GoogLeNet-like network: stem, 1 to 3-4 stages of Inception blocks, GAP, linear."""
+    """A GoogLeNet-like network: stem, 1 to 4 stages of Inception blocks, GAP, linear."""
     b = GraphBuilder("inception")
     x = stem(trial, ctx, b)
-    for i in range(1, trial.suggest_int("stages", 1, max_stages(ctx)) + 1):
+    for i in range(1, stages(trial, ctx) + 1):
         x = stage(trial, ctx, b, x, f"stage{i}", i, downsample=i > 1)
     return head(b, x, ctx)

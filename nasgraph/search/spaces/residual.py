@@ -3,14 +3,15 @@
 Width: `stem.width`, `stage{i}.width` (the stage's output channels). Depth: `stages`,
 `stage{i}.depth` (blocks). Multiplicity: the shortcut of every block and, for bottleneck
 blocks, `stage{i}.cardinality` (ResNeXt's grouped 3x3). Block type: `block` (basic or
-bottleneck) and `preact` (pre-activation, identity mappings).
+bottleneck) and `preact` (pre-activation, identity mappings). Resolution: `stem.stride`
+where the input allows a choice, and the stages that follow from it (`nasgraph.search.skeleton`).
 """
 
 from __future__ import annotations
 
 from nasgraph.ir import GraphBuilder
 from nasgraph.motifs import ResidualBlock, residual_stage
-from nasgraph.search.skeleton import head, max_stages, stem
+from nasgraph.search.skeleton import head, stages, stem
 from nasgraph.search.space import register_space
 
 
@@ -20,7 +21,7 @@ def stage(trial, ctx, b, x, name, level, downsample, kind=None, preact=None):
     kind = kind or trial.suggest_categorical(f"{name}.block", ["basic", "bottleneck"])
     if preact is None:
         preact = trial.suggest_categorical(f"{name}.preact", [False, True])
-    depth = trial.suggest_int(f"{name}.depth", 1, 3)
+    depth = ctx.depth(trial.suggest_int(f"{name}.depth", 1, 3))
     width = trial.suggest_int(f"{name}.width", 8, 64 * 2 ** (level - 1), step=8)
     if kind == "bottleneck":
         groups = trial.suggest_categorical(f"{name}.cardinality", [1, 2, 4])
@@ -36,11 +37,11 @@ def stage(trial, ctx, b, x, name, level, downsample, kind=None, preact=None):
 
 @register_space
 def residual(trial, ctx):
-    """A ResNet: stem, 1 to 3-4 stages (the first at the stem's resolution), GAP, linear."""
+    """A ResNet: stem, 1 to 4 stages of basic or bottleneck blocks, GAP, linear."""
     b = GraphBuilder("residual")
     kind = trial.suggest_categorical("block", ["basic", "bottleneck"])
     preact = trial.suggest_categorical("preact", [False, True])
     x = stem(trial, ctx, b, preact=preact)
-    for i in range(1, trial.suggest_int("stages", 1, max_stages(ctx)) + 1):
+    for i in range(1, stages(trial, ctx) + 1):
         x = stage(trial, ctx, b, x, f"stage{i}", i, downsample=i > 1, kind=kind, preact=preact)
     return head(b, x, ctx, preact=preact)
