@@ -354,8 +354,8 @@ def test_synthetic():
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ("imagenet", "unknown dataset 'imagenet'; hint: one of digits, cifar10:PATH, mnist:PATH, "
-                 "imagefolder:PATH, synthetic"),
+    ("imagenet", "unknown dataset 'imagenet'; hint: one of digits, fashion-mnist, mnist, "
+                 "cifar10:PATH"),
     ("digits:data", "unknown dataset 'digits:data'; hint: one of digits,"),
     ("cifar10", "dataset 'cifar10': give the folder, e.g. 'cifar10:data/cifar10'"),
     ("mnist:/nonexistent/folder", "dataset 'mnist:/nonexistent/folder': /nonexistent/folder is "
