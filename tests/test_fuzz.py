@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from nasgraph import GraphBuilder
 from nasgraph.cli import app
 
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 
