@@ -115,7 +115,7 @@ def settings_of(cfg: SearchConfig) -> dict[str, Any]:
 def check_resumable(cfg: SearchConfig, stored: dict[str, Any]) -> None:
     """Refuse to resume a study under settings that would mix incomparable trials."""
     current = settings_of(cfg)
-    if stored.get("final_epochs") is None and "epochs" in stored:  # stored before 0.2
+    if stored.get("final_epochs") is None and "epochs" in stored:  # stored unresolved (older)
         stored = {**stored, "final_epochs": 3 * stored["epochs"]}
     for key in RESUME_SETTINGS:
         if key in stored and stored[key] != current[key]:

@@ -15,6 +15,7 @@ the stem may downsample (`stem.stride`), and the stages after it stop at 4x4 to 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from nasgraph.ir import Graph, GraphBuilder, Tensor
@@ -66,6 +67,17 @@ def stages(trial: Any, ctx: Context, most: int = 4) -> int:
         sides.append((sides[-1] + 1) // 2)
     fewest = next((k for k, s in enumerate(sides, 1) if s <= 8), len(sides))
     return trial.suggest_int("stages", fewest, len(sides))
+
+
+def staged(name: str, trial: Any, ctx: Context, stage: Callable[..., Tensor],
+           preact: bool = False) -> Graph:
+    """The network of a space: `stem`, `stages` stages of `stage(trial, ctx, b, x,
+    "stage{i}", i, downsample=i > 1)`, and `head`."""
+    b = GraphBuilder(name)
+    x = stem(trial, ctx, b, preact=preact)
+    for i in range(1, stages(trial, ctx) + 1):
+        x = stage(trial, ctx, b, x, f"stage{i}", i, downsample=i > 1)
+    return head(b, x, ctx, preact=preact)
 
 
 def head(b: GraphBuilder, x: Tensor, ctx: Context, preact: bool = False) -> Graph:

@@ -11,9 +11,8 @@ that follow from it (`nasgraph.search.skeleton`).
 
 from __future__ import annotations
 
-from nasgraph.ir import GraphBuilder
 from nasgraph.motifs import DenseBlock, Transition, dense_block, transition
-from nasgraph.search.skeleton import head, stages, stem
+from nasgraph.search.skeleton import staged
 from nasgraph.search.space import register_space
 
 
@@ -34,8 +33,4 @@ def stage(trial, ctx, b, x, name, level, downsample):
 @register_space
 def dense(trial, ctx):
     """A DenseNet: stem conv, 1 to 4 dense blocks with transitions, BN-ReLU, GAP, linear."""
-    b = GraphBuilder("dense")
-    x = stem(trial, ctx, b, preact=True)
-    for i in range(1, stages(trial, ctx) + 1):
-        x = stage(trial, ctx, b, x, f"stage{i}", i, downsample=i > 1)
-    return head(b, x, ctx, preact=True)
+    return staged("dense", trial, ctx, stage, preact=True)

@@ -10,9 +10,8 @@ where the input allows a choice, and the stages that follow from it (`nasgraph.s
 
 from __future__ import annotations
 
-from nasgraph.ir import GraphBuilder
 from nasgraph.motifs import FactorizedInception, InceptionV1, inception_block
-from nasgraph.search.skeleton import head, stages, stem
+from nasgraph.search.skeleton import staged
 from nasgraph.search.space import register_space
 
 
@@ -48,8 +47,4 @@ def stage(trial, ctx, b, x, name, level, downsample):
 @register_space
 def inception(trial, ctx):
     """A GoogLeNet-like network: stem, 1 to 4 stages of Inception blocks, GAP, linear."""
-    b = GraphBuilder("inception")
-    x = stem(trial, ctx, b)
-    for i in range(1, stages(trial, ctx) + 1):
-        x = stage(trial, ctx, b, x, f"stage{i}", i, downsample=i > 1)
-    return head(b, x, ctx)
+    return staged("inception", trial, ctx, stage)

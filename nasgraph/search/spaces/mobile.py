@@ -14,9 +14,8 @@ follow from it (`nasgraph.search.skeleton`).
 
 from __future__ import annotations
 
-from nasgraph.ir import GraphBuilder
 from nasgraph.motifs import InvertedResidual, inverted_residual_stage
-from nasgraph.search.skeleton import head, stages, stem
+from nasgraph.search.skeleton import staged
 from nasgraph.search.space import register_space
 
 
@@ -37,8 +36,4 @@ def stage(trial, ctx, b, x, name, level, downsample):
 @register_space
 def mobile(trial, ctx):
     """A MobileNetV2/MnasNet: stem, 1 to 4 stages of inverted residuals, GAP, linear."""
-    b = GraphBuilder("mobile")
-    x = stem(trial, ctx, b)
-    for i in range(1, stages(trial, ctx) + 1):
-        x = stage(trial, ctx, b, x, f"stage{i}", i, downsample=i > 1)
-    return head(b, x, ctx)
+    return staged("mobile", trial, ctx, stage)

@@ -9,9 +9,10 @@ where the input allows a choice, and the stages that follow from it (`nasgraph.s
 
 from __future__ import annotations
 
-from nasgraph.ir import GraphBuilder
+from functools import partial
+
 from nasgraph.motifs import ResidualBlock, residual_stage
-from nasgraph.search.skeleton import head, stages, stem
+from nasgraph.search.skeleton import staged
 from nasgraph.search.space import register_space
 
 
@@ -38,10 +39,7 @@ def stage(trial, ctx, b, x, name, level, downsample, kind=None, preact=None):
 @register_space
 def residual(trial, ctx):
     """A ResNet: stem, 1 to 4 stages of basic or bottleneck blocks, GAP, linear."""
-    b = GraphBuilder("residual")
     kind = trial.suggest_categorical("block", ["basic", "bottleneck"])
     preact = trial.suggest_categorical("preact", [False, True])
-    x = stem(trial, ctx, b, preact=preact)
-    for i in range(1, stages(trial, ctx) + 1):
-        x = stage(trial, ctx, b, x, f"stage{i}", i, downsample=i > 1, kind=kind, preact=preact)
-    return head(b, x, ctx, preact=preact)
+    return staged("residual", trial, ctx, partial(stage, kind=kind, preact=preact),
+                  preact=preact)
