@@ -10,15 +10,19 @@
 The recipe defaults suit small images: AdamW with a linear warm-up and a cosine decay,
 label smoothing 0.1, random shifts of an eighth of the image (none on 8x8 digits) and flips
 where the dataset allows.
-Data lives on the device; batches are sliced from it, so an epoch of 8x8 digits takes a
-fraction of a second on a CPU.
+
+The time goes to the network (benchmarks/train_speed.py): data lives on the device and
+batches are sliced from it; a batch is shifted and flipped by one gather; the optimizer is
+torch's fused kernel; large training splits train at batch 128; on a CPU, small networks run
+on one thread, and networks without narrow layers in channels_last memory format.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,27 +36,62 @@ from nasgraph.data import Dataset, Split
 from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph
 
-# Below this many MACs per image, a batch is too small a job to share between CPU threads:
-# one thread trains a digits-sized network several times faster than two.
+# Below this many MACs per image, a network trains on one CPU thread. On two cores shared
+# with other jobs, two threads trained 0.2-5M-MAC networks 3-10x slower than one (OpenMP
+# waits for the thread that is not running); on idle cores, 1.2-1.7x faster. The thread
+# count changes the low bits of the result, so it is a rule, not a timing of the first steps.
 SMALL_MACS = 20_000_000
+# channels_last (NHWC) trains a network faster on a CPU (1.2-1.6x: oneDNN's NHWC convs skip
+# the reorders of NCHW) unless a conv writes fewer channels than this over more than one
+# pixel: NHWC batch norm vectorizes across channels, and networks of 6-7 channels trained
+# 6-13% slower (AVX2; with AVX-512 the bound may be 16).
+NHWC_MIN_WIDTH = 8
+# oneDNN's NHWC 1x1 strided convolution writes past its buffer in the weight gradient when
+# a group has fewer input channels than its vector block (8 floats with AVX2, 16 with
+# AVX-512): heap corruption on one thread, wrong gradients on two
+# (https://github.com/uxlfoundation/oneDNN/issues/6035). Such convs stay NCHW.
+ONEDNN_NHWC_BLOCK = 16
+# From this many training images (Fashion-MNIST's 54,000) the default batch is 128, not 32,
+# at twice the learning rate: 1M-MAC candidates train 1.4-1.8x faster on a CPU
+# (benchmarks/train_speed.py) and score 0.1-0.6 points lower after 2 epochs (3 seeds of
+# 3 networks; seeds spread by 0.7), 0.1-0.3 after 10; at batch 128 and lr 1e-2, 1.5 lower.
+LARGE_SPLIT = 50_000
 
 
 class Recipe(BaseModel):
-    """How a candidate is trained."""
+    """How a candidate is trained.
+
+    `batch_size` None: 32, or 128 when the dataset's training split has `LARGE_SPLIT`
+    images or more; `lr` None: 1e-2 at batch 32, times the square root of batch / 32 (2e-2
+    at 128).
+
+        >>> Recipe().batch_for(54_000), Recipe().lr_at(128), Recipe(lr=0.05).lr_at(128)
+        (128, 0.02, 0.05)
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = Field(default=1e-2, gt=0)
+    lr: float | None = Field(default=None, gt=0)
     # AdamW multiplies its decay by the learning rate: 5e-3 x 1e-2 per step; 5e-4 at lr 4e-3
     # did nothing measurable (docs/search.md, Evaluation)
     weight_decay: float = Field(default=5e-3, ge=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)  # SGD only (Nesterov)
-    batch_size: int = Field(default=32, gt=0)
+    batch_size: int | None = Field(default=None, gt=0)
     warmup_epochs: float = Field(default=1.0, ge=0)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     shift: int | None = Field(default=None, ge=0)  # random translation (pixels); None: auto
     flip: bool = True  # horizontal flips, where the dataset allows them
+
+    def batch_for(self, train_images: int) -> int:
+        """The batch size on a dataset whose training split has `train_images` images."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return 128 if train_images >= LARGE_SPLIT else 32
+
+    def lr_at(self, batch_size: int) -> float:
+        """The peak learning rate at `batch_size`."""
+        return self.lr if self.lr is not None else 1e-2 * math.sqrt(batch_size / 32)
 
 
 @dataclass
@@ -92,27 +131,39 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def shift_and_flip(x: torch.Tensor, shift: int, offsets: torch.Tensor,
+                   flips: torch.Tensor) -> torch.Tensor:
+    """Image i moved to the H x W window at `offsets[:, i]` (rows, columns; 0 to 2 * shift)
+    of itself zero-padded by `shift`, then mirrored left-right where `flips[i]`.
+
+    One padded copy and one gather for the whole batch: an offset of `shift` leaves an
+    image in place, 0 moves it `shift` pixels down (or right).
+    """
+    n, c, h, w = x.shape
+    wide = w + 2 * shift
+    # N x C x H x W -> N x C x (H+2s)(W+2s), read at N x HW flat positions
+    padded = nn.functional.pad(x, (shift, shift, shift, shift)).flatten(2)
+    cols = torch.arange(w, device=x.device)
+    cols = torch.where(flips[:, None], w - 1 - cols, cols)  # N x W
+    rows = torch.arange(h, device=x.device) * wide  # H
+    start = offsets[0] * wide + offsets[1]  # N
+    index = (start[:, None, None] + rows[None, :, None] + cols[:, None, :]).flatten(1)
+    return padded.gather(2, index[:, None, :].expand(n, c, h * w)).view(n, c, h, w)
+
+
 def augment(x: torch.Tensor, shift: int, flip: bool, generator: torch.Generator
             ) -> torch.Tensor:
-    """Random translation by up to `shift` pixels (zero fill) and random horizontal flips."""
-    n, _, h, w = x.shape
-    if flip:
-        flips = torch.rand(n, generator=generator, device="cpu").to(x.device) < 0.5
-        x = torch.where(flips[:, None, None, None], x.flip(3), x)
-    if shift:
-        # N x C x H x W -> N x C x (H+2s) x (W+2s), then one H x W window per sample
-        padded = nn.functional.pad(x, (shift, shift, shift, shift))
-        dy, dx = (torch.randint(0, 2 * shift + 1, (2, n), generator=generator)
-                  .to(x.device))
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        batch = torch.arange(n, device=x.device)[:, None, None, None]
-        chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-        x = padded[batch, chans, rows, cols]
-    return x
+    """Random translation by up to `shift` pixels (zero fill) and random horizontal flips,
+    drawn per image from `generator` (a CPU generator)."""
+    if not shift and not flip:
+        return x
+    n = len(x)
+    offsets = torch.randint(0, 2 * shift + 1, (2, n), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return shift_and_flip(x, shift, offsets.to(x.device), flips.to(x.device))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def accuracy(model: nn.Module, split: Split, batch_size: int = 512) -> float:
     """Top-1 accuracy of `model` on `split` (in eval mode)."""
     model.eval()
@@ -133,7 +184,8 @@ def train(graph: Graph | nn.Module, data: Dataset, recipe: Recipe | None = None,
 
     `on_epoch(epoch, val_accuracy)` is called after each epoch; it may raise to stop (an
     Optuna pruner does). `train_split` and `val_split` replace the dataset's (the final
-    retraining trains on train + validation).
+    retraining trains on train + validation). A graph trains in channels_last on a CPU
+    when `prefers_channels_last`; a module given as it is trains NCHW.
     """
     recipe = recipe or Recipe()
     device = resolve_device(device) if isinstance(device, str) else device
@@ -143,34 +195,87 @@ def train(graph: Graph | nn.Module, data: Dataset, recipe: Recipe | None = None,
 
         model = lower(graph)
         small = analysis.macs(graph) < SMALL_MACS
+        nhwc = device.type == "cpu" and prefers_channels_last(graph)
     else:
-        model, small = graph, False
+        model, small, nhwc = graph, False, False
     threads = torch.get_num_threads()
     if small and device.type == "cpu":
         torch.set_num_threads(1)
     try:
-        return _train(model, data, recipe, epochs, device, seed, on_epoch, train_split,
-                      val_split)
+        model = model.to(device)
+        with channels_last(model, enabled=nhwc):
+            return _train(model, data, recipe, epochs, device, seed, on_epoch, train_split,
+                          val_split, nhwc)
     finally:
         torch.set_num_threads(threads)
 
 
+def prefers_channels_last(graph: Graph) -> bool:
+    """Whether `graph` trains faster on a CPU in channels_last: when no conv writes fewer
+    than `NHWC_MIN_WIDTH` channels over more than one pixel."""
+    return all(node.type.channels >= NHWC_MIN_WIDTH or node.type.height * node.type.width == 1
+               for node in graph if node.kind == "conv2d")
+
+
+@contextmanager
+def channels_last(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """`model` in channels_last (NHWC) memory format while inside; NCHW again after.
+
+    Every conv then reads and writes NHWC, without oneDNN's reorders to and from its blocked
+    layout around each NCHW conv; a 1x1 strided conv too narrow for oneDNN's NHWC weight
+    gradient (`ONEDNN_NHWC_BLOCK`) reads NCHW.
+    """
+    if not enabled:
+        yield
+        return
+    model.to(memory_format=torch.channels_last)
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and not _nhwc_safe(module):
+            # NCHW strides (a 1x1 weight is also contiguous, and stays NHWC, as it is)
+            module.weight.data = module.weight.data.clone(memory_format=torch.contiguous_format)
+            hooks.append(module.register_forward_pre_hook(_nchw_input))
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.to(memory_format=torch.contiguous_format)
+
+
+def _nhwc_safe(conv: nn.Conv2d) -> bool:
+    strided_1x1 = conv.kernel_size == (1, 1) and conv.stride != (1, 1)
+    return not strided_1x1 or conv.in_channels // conv.groups >= ONEDNN_NHWC_BLOCK
+
+
+def _nchw_input(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    # a clone: `contiguous()` keeps an ambiguous (one-channel) NHWC input as it is
+    return (args[0].clone(memory_format=torch.contiguous_format),)
+
+
+def make_optimizer(params: list[nn.Parameter], recipe: Recipe, lr: float,
+                   device: torch.device) -> torch.optim.Optimizer:
+    """The recipe's optimizer, weight decay on weights only; torch's fused kernel (one
+    call per step instead of a dozen ops per parameter tensor)."""
+    groups = [{"params": [p for p in params if p.ndim > 1],
+               "weight_decay": recipe.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    fused = device.type in ("cpu", "cuda")
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=True,
+                               fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused)
+
+
 def _train(model: nn.Module, data: Dataset, recipe: Recipe, epochs: int,
            device: torch.device, seed: int, on_epoch: Callable[[int, float], None] | None,
-           train_split: Split | None, val_split: Split | None) -> TrainResult:
-    model = model.to(device)
+           train_split: Split | None, val_split: Split | None, nhwc: bool) -> TrainResult:
     train_data = (train_split or data.train).to(device)
     val_data = (val_split or data.val).to(device)
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    if recipe.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=recipe.lr,
-                                                     momentum=recipe.momentum, nesterov=True)
-    else:
-        opt = torch.optim.AdamW(groups, lr=recipe.lr)
-    steps_per_epoch = math.ceil(len(train_data) / recipe.batch_size)
+    batch_size = recipe.batch_for(len(data.train))  # the same in the final retraining
+    lr = recipe.lr_at(batch_size)
+    opt = make_optimizer(list(model.parameters()), recipe, lr, device)
+    steps_per_epoch = math.ceil(len(train_data) / batch_size)
     total = max(1, epochs * steps_per_epoch)
     warmup = min(total // 2, round(recipe.warmup_epochs * steps_per_epoch))
 
@@ -179,25 +284,29 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, epochs: int,
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     gen = torch.Generator().manual_seed(seed)
     flip = recipe.flip and data.flip
     shift = default_shift(data.input_shape) if recipe.shift is None else recipe.shift
+    memory_format = torch.channels_last if nhwc else torch.contiguous_format
     history: list[float] = []
+    step = 0
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(train_data), generator=gen).to(device)
-        for k in range(0, len(order), recipe.batch_size):
-            idx = order[k: k + recipe.batch_size]
+        for k in range(0, len(order), batch_size):
+            idx = order[k: k + batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            x = augment(train_data.x[idx], shift, flip, gen)
-            loss = loss_fn(model(x), train_data.y[idx])
+            x = augment(train_data.x.index_select(0, idx), shift, flip, gen)
+            x = x.contiguous(memory_format=memory_format)
+            loss = loss_fn(model(x), train_data.y.index_select(0, idx))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            for group in opt.param_groups:
+                group["lr"] = lr * schedule(step)
             opt.step()
-            sched.step()
+            step += 1
         acc = accuracy(model, val_data)
         history.append(acc)
         if on_epoch is not None:
