@@ -11,16 +11,21 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def machine() -> str:
-    """One line describing where the numbers were measured."""
-    cpu = platform.processor() or platform.machine()
+    """One line describing where the numbers were measured: CPU, vector ISA, cores."""
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"),
+                                        ("asimd", "NEON")) if flag in flags), "")
+    return (f"{cpu}{f' ({isa})' if isa else ''}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}")
 
 
 def write_section(name: str, markdown: str, doc: Path = DOC) -> None:

@@ -3,7 +3,7 @@ candidates of each space (optuna's RandomSampler, seeded), at 1x28x28 (Fashion-M
 classes and 1M MACs, as sampled and as fitted (`fit_to_budget`), by the code of the working
 tree and by that of a git revision (the committed code: HEAD).
 
-    .venv/bin/python benchmarks/space_fit.py [--ref HEAD] [--candidates 50]
+    .venv/bin/python -m benchmarks.space_fit [--ref HEAD] [--candidates 50]
         [--shape 1x28x28] [--budget 1M] [--spaces residual mobile]
 
 The revision's `nasgraph/` is extracted with `git archive` into a temporary folder and
@@ -21,13 +21,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
-from io import BytesIO
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks._revision import ROOT, extracted
+
 SPACES = ["residual", "inception", "dense", "macro", "mobile"]
 
 
@@ -106,13 +103,10 @@ def short(n: float) -> str:
 
 def at_revision(ref: str, argv: list[str]) -> dict[str, list[dict]]:
     """`measure` run on the `nasgraph/` of git revision `ref`, in a subprocess."""
-    archive = subprocess.run(["git", "archive", ref, "nasgraph"], cwd=ROOT, check=True,
-                             capture_output=True).stdout
-    with tempfile.TemporaryDirectory() as folder:
-        with tarfile.open(fileobj=BytesIO(archive)) as tar:
-            tar.extractall(folder, filter="data")
-        out = subprocess.run([sys.executable, __file__, *argv, "--json"], cwd=folder,
-                             env={**os.environ, "PYTHONPATH": folder}, check=True,
+    with extracted(ref) as folder:
+        path = f"{folder}{os.pathsep}{ROOT}"  # the revision's nasgraph, these benchmarks
+        out = subprocess.run([sys.executable, "-m", "benchmarks.space_fit", *argv, "--json"],
+                             cwd=folder, env={**os.environ, "PYTHONPATH": path}, check=True,
                              capture_output=True, text=True).stdout
     return json.loads(out)
 

@@ -185,7 +185,9 @@ def main() -> None:
     old = baseline_module(args.baseline)
     data = load_dataset("fashion-mnist")
     load = os.getloadavg()
-    lines = [f"{machine()}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+    lines = ["## Trainer speed on Fashion-MNIST candidates (issue 19)", "",
+             f"`benchmarks/train_speed.py`: {machine()}, CPU capability "
+             f"{torch.backends.cpu.get_cpu_capability()}, "
              f"torch {torch.__version__}; {args.images} training images per run, "
              f"{args.repeats} turns; batch {Recipe().batch_for(len(data.train))} "
              f"(`Recipe()` on Fashion-MNIST), the old trainer's 32.", "",
@@ -216,8 +218,8 @@ def main() -> None:
         lines.append(line)
         print(line, flush=True)
     after = os.getloadavg()
-    line = (f"\nLoad average (1 min) {load[0]:.1f} before, {after[0]:.1f} after: other jobs "
-            "shared the cores.")
+    line = (f"\nLoad average (1 min) {load[0]:.1f} before, {after[0]:.1f} after (the "
+            "benchmark's own thread counts 1).")
     lines.append(line)
     print(line)
     if args.write:
