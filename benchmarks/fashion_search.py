@@ -3,7 +3,7 @@ net and ResNet of issue 19 trained with the default recipe, and the best candida
 search, each retrained from scratch on train + validation and tested.
 
     python -m benchmarks.fashion_search [--space residual] [--trials 12] [--epochs 2]
-                                        [--final-epochs 15] [--seeds 1]
+                                        [--final-epochs 15] [--seeds 2] [--write]
 
 Every model is trained the same way (`nasgraph.train`, the default recipe, one process);
 the search's time includes its trials. Results go to docs/benchmarks.md.
@@ -12,13 +12,14 @@ the search's time includes its trials. Results go to docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
 
 import torch
 
-from benchmarks._report import machine
+from benchmarks._report import machine, write_section
 from nasgraph import GraphBuilder, analysis
 from nasgraph.data import load_dataset
 from nasgraph.ir import Graph
@@ -77,16 +78,23 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--final-epochs", type=int, default=15)
-    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--write", action="store_true", help="into docs/benchmarks.md")
     args = parser.parse_args()
     data = load_dataset("fashion-mnist")
-    print(machine())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| model | MACs | params | epochs | test | time |")
-    print("|---|---:|---:|---:|---:|---:|")
+    load = os.getloadavg()
+    lines = ["## Search against hand designs on Fashion-MNIST at 1M MACs (issue 19)", "",
+             f"`benchmarks/fashion_search.py --seeds {args.seeds}`: {machine()}, torch "
+             f"{torch.__version__}; every model retrained {args.final_epochs} epochs on train + "
+             f"validation with the default recipe, seeds 10000-{10_000 + args.seeds - 1}; "
+             "test accuracy mean +- sd over the seeds; time per retraining (the search's: "
+             "the whole search, its trials and retrainings).", "",
+             "| model | MACs | params | epochs | test | time |", "|---|---:|---:|---:|---:|---:|"]
+    print("\n".join(lines), flush=True)
     for graph in (plain(), resnet()):
         accs, seconds = retrained(graph, data, args.final_epochs, args.seeds)
-        print(row(graph.name, graph, args.final_epochs, accs, seconds), flush=True)
+        lines.append(row(graph.name, graph, args.final_epochs, accs, seconds))
+        print(lines[-1], flush=True)
     with tempfile.TemporaryDirectory() as runs:
         start = time.perf_counter()
         cfg = SearchConfig(space=args.space, dataset="fashion-mnist", budget_macs=BUDGET,
@@ -99,8 +107,13 @@ def main() -> None:
         graph = cfg.folder.load_graph(best["trial"])
         name = (f"search: {args.space}, {args.trials} trials x {args.epochs} epochs, best "
                 f"(trial {best['trial']}, val {best['val_accuracy']:.2%})")
-        print(row(name, graph, args.final_epochs, best["test_accuracy_runs"], seconds),
-              flush=True)
+        lines.append(row(name, graph, args.final_epochs, best["test_accuracy_runs"], seconds))
+        print(lines[-1], flush=True)
+    after = os.getloadavg()
+    lines += ["", f"Load average (1 min) {load[0]:.1f} before, {after[0]:.1f} after."]
+    print(lines[-1])
+    if args.write:
+        write_section("fashion_search", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,8 @@ from rich.table import Table
 from nasgraph.cli._common import Debug, app, console, err_console, human, one_line_errors
 from nasgraph.errors import NasgraphError
 
+# --time-budget without --trials: trials until the time is spent
+UNBOUNDED_TRIALS = 100_000
 Budget = Annotated[str | None, typer.Option(
     "--budget", help="Most MACs per image: 300k, 5M, 1.2G.")]
 
@@ -27,7 +30,9 @@ def search(
     max_params: Annotated[str | None, typer.Option(help="Most parameters: 50k, 1M.")] = None,
     max_memory: Annotated[str | None, typer.Option(
         help="Most peak activation bytes per image: 64k, 2M.")] = None,
-    trials: Annotated[int, typer.Option(help="Finished trials the study should hold.")] = 30,
+    trials: Annotated[int | None, typer.Option(
+        help="Finished trials the study should hold (default 30; with --time-budget, as "
+             "many as fit).")] = None,
     timeout: Annotated[float | None, typer.Option(help="Stop starting trials after S s.")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs per trial.")] = 10,
     final_epochs: Annotated[int | None, typer.Option(
@@ -40,6 +45,15 @@ def search(
     runs_dir: Annotated[str, typer.Option(help="Folder of the runs.")] = "runs",
     objective: Annotated[str, typer.Option(help="accuracy, or accuracy,macs.")] = "accuracy",
     sampler: Annotated[str, typer.Option(help="tpe, nsga2 or random.")] = "tpe",
+    pruner: Annotated[str, typer.Option(
+        help="Stops weak trials early: median, halving (successive halving, ASHA with "
+             "workers), hyperband or none.")] = "median",
+    time_budget: Annotated[str | None, typer.Option(
+        help="Wall clock for the whole search, final retraining included: 90s, 30m, 1.5h. "
+             "The final retraining's epochs are planned to fit.")] = None,
+    screen: Annotated[int, typer.Option(
+        help="Score this many candidates with zero-cost proxies first and train the most "
+             "promising (docs/search.md).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the sampler, splits and training.")] = 0,
     device: Annotated[str, typer.Option(
         help="auto, cpu, cuda, cuda:N; workers take a list in turn: cuda:0,cuda:1.")] = "auto",
@@ -56,14 +70,13 @@ def search(
     from pydantic import ValidationError
     from rich.progress import (
         BarColumn,
-        MofNCompleteColumn,
         Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
-    from nasgraph.search import parse_amount
+    from nasgraph.search import parse_amount, parse_duration
     from nasgraph.search.config import SearchConfig
     from nasgraph.search.run import search as run_search
 
@@ -71,9 +84,17 @@ def search(
         raise NasgraphError(f"--objective {objective!r}: expected accuracy or accuracy,macs")
     if sampler not in ("tpe", "nsga2", "random"):
         raise NasgraphError(f"--sampler {sampler!r}: expected tpe, nsga2 or random")
+    if pruner not in ("median", "halving", "hyperband", "none"):
+        raise NasgraphError(f"--pruner {pruner!r}: expected median, halving, hyperband or none")
+    if time_budget is not None and final_epochs is not None:
+        raise NasgraphError("--final-epochs with --time-budget: the time budget plans the "
+                            "final epochs; hint: give one of them")
+    seconds = parse_duration(time_budget) if time_budget is not None else None
     try:
         cfg = SearchConfig(
-            space=space, dataset=dataset, trials=trials, timeout=timeout, epochs=epochs,
+            space=space, dataset=dataset, timeout=timeout, epochs=epochs,
+            trials=trials if trials is not None else (UNBOUNDED_TRIALS if seconds else 30),
+            pruner=pruner, time_budget=seconds, screen=screen,
             budget_macs=parse_amount(budget) if budget else None,
             max_params=parse_amount(max_params, "--max-params") if max_params else None,
             max_memory=parse_amount(max_memory, "--max-memory") if max_memory else None,
@@ -86,37 +107,64 @@ def search(
         raise NasgraphError(f"{option} {first['input']!r}: "
                             f"{first['msg'].removeprefix('Value error, ')}") from None
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                        MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
+                        TextColumn("{task.fields[count]}"), TextColumn("{task.fields[best]}"),
                         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                         console=err_console, transient=False)
     state: dict = {}
 
     def on_start(study_obj, remaining: int) -> None:
         err_console.print(f"search {cfg.space!r} on {cfg.dataset!r}, budget "
-                          f"{cfg.budget.describe()}, {cfg.trials} trials x {cfg.epochs} epochs"
+                          f"{cfg.budget.describe()}, {_trials_text(cfg)} x {cfg.epochs} epochs"
                           f" -> {cfg.study_dir}", highlight=False, soft_wrap=True)
         done = cfg.trials - remaining
         if done:
             err_console.print(f"resuming study {cfg.study_name!r}: {done} trials done")
         progress.start()
-        state["task"] = progress.add_task(f"trials of {cfg.study_name}", total=cfg.trials,
-                                          completed=done, best=_best_text(study_obj))
+        state["start"] = time.time()
+        if cfg.time_budget:  # a bar of the trials' time: its ETA is when they stop
+            state["task"] = progress.add_task(
+                "trials", total=max(1.0, _trials_until(cfg) - state["start"]),
+                count=f"{done} done", best=_best_text(study_obj))
+        else:
+            state["task"] = progress.add_task(f"trials of {cfg.study_name}", total=cfg.trials,
+                                              completed=done, count=f"{done}/{cfg.trials}",
+                                              best=_best_text(study_obj))
 
-    def counted(study_obj, trial) -> None:
+    def counted(study_obj, trial=None) -> None:
         from nasgraph.search.study import finished
 
-        state["n"] = len(finished(study_obj))
-        progress.update(state["task"], completed=min(cfg.trials, state["n"]),
-                        best=_best_text(study_obj))
+        n = len(finished(study_obj))
+        if cfg.time_budget:
+            progress.update(state["task"], completed=time.time() - state["start"],
+                            count=f"{n} done", best=_best_text(study_obj))
+        else:
+            progress.update(state["task"], completed=min(cfg.trials, n),
+                            count=f"{n}/{cfg.trials}", best=_best_text(study_obj))
 
-    def final_phase(phase: str, epoch: int, epochs: int) -> None:
-        if state.get("phase") != phase:  # a new bar per retraining, so that its ETA is its own
+    def phase_progress(phase: str, done: int, total: int) -> None:
+        unit = "candidates" if phase == "screening" else "epochs"
+        if phase.startswith("trial "):  # one bar for the trial being trained
+            if "trial" not in state:
+                state["trial"] = progress.add_task(phase, total=total, count="", best=unit)
+            progress.update(state["trial"], description=phase, completed=done, total=total,
+                            count=f"{done}/{total}")
+            if cfg.time_budget:
+                progress.update(state["task"], completed=time.time() - state["start"])
+            return
+        if phase.startswith("final") and "trials over" not in state:
+            state["trials over"] = True
+            if "trial" in state:
+                progress.remove_task(state.pop("trial"))
+            if cfg.time_budget:
+                progress.update(state["task"], completed=progress.tasks[0].total)
+        if state.get("phase") != phase:  # a new bar per phase, so that its ETA is its own
             state["phase"] = phase
-            state["final"] = progress.add_task(phase, total=epochs, best="epochs")
-        progress.update(state["final"], completed=epoch)
+            state["bar"] = progress.add_task(phase, total=total, count="", best=unit)
+        progress.update(state["bar"], completed=done, count=f"{done}/{total}")
 
     try:
-        result = run_search(cfg, callbacks=[counted], on_start=on_start, progress=final_phase)
+        result = run_search(cfg, callbacks=[counted], on_start=on_start,
+                            progress=phase_progress)
     finally:
         if "task" in state:  # a stop without a start would print an empty line
             progress.stop()
@@ -124,6 +172,26 @@ def search(
     if result.interrupted:
         err_console.print(_interrupted_text(result), highlight=False, soft_wrap=True)
         raise typer.Exit(130)
+
+
+def _trials_text(cfg) -> str:
+    if not cfg.time_budget:
+        return f"{cfg.trials} trials"
+    limit = f" (at most {cfg.trials})" if cfg.trials < UNBOUNDED_TRIALS else ""
+    return f"trials for {_duration(cfg.time_budget)} in all{limit}"
+
+
+def _trials_until(cfg) -> float:
+    from nasgraph.search.schedule import Schedule
+
+    return Schedule(cfg.time_budget, time.time()).trials_end
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes \
+        else f"{secs}s"
 
 
 def _interrupted_text(result) -> str:
@@ -159,12 +227,16 @@ def _print_result(result) -> None:
         return
     test = best.get("test_accuracy")
     spread = (f" +- {100 * best['test_accuracy_std']:.2f} over {best['final_seeds']} "
-              f"retrainings" if "test_accuracy_std" in best else "")
+              f"retrainings of {best['final_epochs']} epochs" if "test_accuracy_std" in best
+              else "")
     console.print(f"[bold]best[/]         trial {best['trial']}: val "
                   f"{100 * best['val_accuracy']:.2f}%, test "
                   f"{'-' if test is None else f'{100 * test:.2f}%'}{spread}, "
                   f"{human(best['macs'])} MACs, {human(best['params'])} params",
                   highlight=False, soft_wrap=True)
+    console.print("[bold]time[/]         " + ", ".join(
+        f"{phase} {_duration(seconds)}" for phase, seconds in result.seconds.items()
+        if seconds >= 0.5), highlight=False, soft_wrap=True)
     console.print(f"[bold]results[/]      {result.study_dir}/leaderboard.md, "
                   f"{result.study_dir}/best/", highlight=False, soft_wrap=True)
 

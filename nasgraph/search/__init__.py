@@ -1,7 +1,7 @@
 """Architecture search with Optuna: spaces, budgets, studies, runs. The only part of nasgraph
 that imports optuna."""
 
-from nasgraph.search.budget import Budget, Costs, parse_amount
+from nasgraph.search.budget import Budget, Costs, parse_amount, parse_duration
 from nasgraph.search.space import (
     Context,
     fit_to_budget,
@@ -12,4 +12,4 @@ from nasgraph.search.space import (
 )
 
 __all__ = ["Budget", "Context", "Costs", "fit_to_budget", "get_space", "load_space",
-           "parse_amount", "register_space", "space_names"]
+           "parse_amount", "parse_duration", "register_space", "space_names"]

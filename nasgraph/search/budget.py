@@ -40,6 +40,23 @@ def parse_amount(text: str | int | float, what: str = "--budget") -> int:
     return round(amount)
 
 
+_SECONDS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text: str | float, what: str = "--time-budget") -> float:
+    """'30m' -> 1800.0, '90s' -> 90.0, '1.5h' -> 5400.0, '600' -> 600.0 (seconds); from
+    one second to a year."""
+    if isinstance(text, int | float):
+        seconds = float(text)
+    elif m := re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|min|h|)\s*", text.lower()):
+        seconds = float(m.group(1)) * _SECONDS[m.group(2)]
+    else:
+        seconds = math.nan
+    if not 1 <= seconds <= 366 * 86400:  # also false for NaN
+        raise BudgetError(f"{what} {text!r}: expected a duration such as 90s, 30m or 1.5h")
+    return seconds
+
+
 def short(n: float) -> str:
     """200000 -> '200k'."""
     for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from nasgraph.search.runs import StudyFolder
 from nasgraph.train import Recipe
 
 Objective = Literal["accuracy", "accuracy,macs"]
+Pruner = Literal["median", "halving", "hyperband", "none"]
 # A study name is a folder of the runs folder: no separators, no leading dot, so never `..`
 STUDY_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$"
 # What a trial's score and the final result depend on: a resumed study must not change them
@@ -49,6 +51,11 @@ class SearchConfig(BaseModel):
     runs_dir: str = "runs"
     objective: Objective = "accuracy"
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    pruner: Pruner = "median"  # how trials are stopped early (strategies.py)
+    time_budget: float | None = Field(default=None, gt=0)  # seconds, final retraining included
+    screen: int = Field(default=0, ge=0)  # candidates scored by zero-cost proxies first
+    # when trials stop and a running one is cut (`time.time()`; set by `time_budget`)
+    trials_until: float | None = None
     seed: int = 0
     device: str = "auto"  # or a list, cuda:0,cuda:1, that workers take in turn
     workers: int = Field(default=1, ge=1)  # local worker processes
@@ -94,6 +101,14 @@ class SearchConfig(BaseModel):
     @property
     def multi_objective(self) -> bool:
         return self.objective == "accuracy,macs"
+
+
+def trial_timeout(cfg: SearchConfig) -> float | None:
+    """Seconds from now during which trials may start: `timeout`, or less by `trials_until`."""
+    if cfg.trials_until is None:
+        return cfg.timeout
+    left = max(0.0, cfg.trials_until - time.time())
+    return left if cfg.timeout is None else min(cfg.timeout, left)
 
 
 def devices_of(cfg: SearchConfig) -> list[str]:

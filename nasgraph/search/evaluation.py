@@ -26,6 +26,10 @@ from nasgraph.search.space import Context, Space, fit_to_budget, load_space
 from nasgraph.search.study import open_study
 from nasgraph.train import resolve_device, train
 
+# progress(phase, done, total): what a search is doing, e.g. ("final retraining, seed 2/3",
+# 4, 18) after the 4th of 18 epochs
+Progress = Callable[[str, int, int], None]
+
 
 @dataclass(frozen=True)
 class Setup:
@@ -58,8 +62,10 @@ def trial_seed(cfg: SearchConfig, number: int) -> int:
     return cfg.seed * 100_003 + number
 
 
-def make_objective(setup: Setup) -> Callable[[optuna.Trial], Any]:
-    """The function Optuna calls: fit to budget, save the graph, train, save the weights."""
+def make_objective(setup: Setup, progress: Progress | None = None
+                   ) -> Callable[[optuna.Trial], Any]:
+    """The function Optuna calls: fit to budget, save the graph, train, save the weights;
+    `progress(phase, epochs done, epochs)` follows the training epoch by epoch."""
     cfg, folder = setup.cfg, setup.cfg.folder
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
@@ -79,11 +85,15 @@ def make_objective(setup: Setup) -> Callable[[optuna.Trial], Any]:
 
         def report(epoch: int, acc: float) -> None:
             stop_point()  # Ctrl-C stops here, between epochs
+            if progress is not None:
+                progress(f"trial {trial.number}", epoch + 1, cfg.epochs)
             if cfg.multi_objective:
                 return
-            trial.report(acc, epoch)
+            trial.report(acc, epoch + 1)  # the step: epochs trained
             if trial.should_prune():
                 raise optuna.TrialPruned(f"validation accuracy {acc:.4f} after epoch {epoch}")
+            if cfg.trials_until is not None and time.time() > cfg.trials_until:
+                raise optuna.TrialPruned(f"time budget spent after epoch {epoch}")
 
         result = train(graph, setup.data, cfg.recipe, epochs=cfg.epochs, device=setup.device,
                        seed=trial_seed(cfg, trial.number), on_epoch=report)

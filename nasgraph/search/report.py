@@ -29,7 +29,7 @@ from nasgraph.files import written_together
 from nasgraph.ir import Graph
 from nasgraph.search.budget import short
 from nasgraph.search.config import SearchConfig
-from nasgraph.search.evaluation import retrain
+from nasgraph.search.evaluation import Progress, retrain
 from nasgraph.search.interrupts import ctrl_c_at_stop_points, stop_point
 from nasgraph.search.runs import StudyFolder
 from nasgraph.search.study import quiet_optuna
@@ -140,11 +140,6 @@ def leaderboard_csv(rows: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
-
-
-# progress(phase, done, total): what the final phase is doing, e.g. ("final retraining,
-# seed 2/3", 4, 18) after its 4th of 18 epochs
-Progress = Callable[[str, int, int], None]
 
 
 def write_report(cfg: SearchConfig, study: optuna.Study, data: Dataset,

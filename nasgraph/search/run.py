@@ -9,12 +9,13 @@ The same configuration run again resumes its study: finished trials are kept, tr
 were interrupted are failed and queued again.
 
 The modules of `nasgraph.search` import each other as a DAG, this one at the top:
-budget, space -> runs -> config -> storage (retrying_storage), strategies -> study ->
-evaluation (interrupts) -> rebuild, workers -> report -> run.
+budget, space, proxies -> runs -> config -> storage (retrying_storage), strategies,
+schedule -> study -> evaluation (interrupts) -> screening, rebuild, workers -> report -> run.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,14 +23,34 @@ import optuna
 from optuna.trial import TrialState
 from pydantic import BaseModel
 
-from nasgraph.search.config import SearchConfig
-from nasgraph.search.evaluation import make_objective, prepare
+from nasgraph.data import Dataset
+from nasgraph.search.config import SearchConfig, trial_timeout
+from nasgraph.search.evaluation import Progress, make_objective, prepare
+from nasgraph.search.interrupts import ctrl_c_at_stop_points
 from nasgraph.search.rebuild import restore_graphs
-from nasgraph.search.report import Progress, write_report
+from nasgraph.search.report import ranked, write_report
+from nasgraph.search.schedule import Schedule
+from nasgraph.search.screening import screen
 from nasgraph.search.study import finished, open_study
 from nasgraph.search.workers import run_trials, run_workers
 
 __all__ = ["SearchConfig", "SearchResult", "open_study", "search"]
+
+
+def planned_final(cfg: SearchConfig, schedule: Schedule, study: optuna.Study,
+                  data: Dataset) -> SearchConfig:
+    """`cfg` with the final retraining's seeds and epochs fitted to the time left, at the
+    best trial's seconds per epoch."""
+    best = next((t for t in ranked(study) if t.state == TrialState.COMPLETE
+                 and t.user_attrs.get("feasible") and "train_seconds" in t.user_attrs), None)
+    if best is None:
+        return cfg
+    plan = schedule.final_plan(
+        now=time.time(), seconds_per_epoch=best.user_attrs["train_seconds"] / cfg.epochs,
+        seeds=cfg.final_seeds, train_images=len(data.train),
+        final_images=len(data.train) + len(data.val))
+    return cfg.model_copy(update={"final_seeds": plan.seeds,
+                                  "final_epochs": plan.epochs or None})
 
 
 class SearchResult(BaseModel):
@@ -42,6 +63,20 @@ class SearchResult(BaseModel):
     shrunk_fraction: float  # of the feasible candidates, those whose widths were shrunk
     interrupted: bool
     best: dict[str, Any] | None  # best/result.json
+    seconds: dict[str, float]  # where the time went, phase by phase
+
+
+class Clock:
+    """Seconds spent per phase."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps[phase] = round(self.laps.get(phase, 0.0) + now - self._last, 1)
+        self._last = now
 
 
 def search(cfg: SearchConfig, callbacks: list[Callable] | None = None,
@@ -56,23 +91,36 @@ def search(cfg: SearchConfig, callbacks: list[Callable] | None = None,
     retrainings finished so far are kept. With `cfg.workers` > 1, that many processes run
     the trials (workers.py) and this one writes the report.
     """
+    schedule = Schedule(cfg.time_budget, time.time()) if cfg.time_budget else None
+    if schedule is not None:
+        cfg = cfg.model_copy(update={"trials_until": schedule.trials_end})
+    clock = Clock()
     setup = prepare(cfg)
     study = setup.study
     remaining = cfg.trials - len(finished(study))
     if on_start is not None:
         on_start(study, max(0, remaining))
+    clock.lap("setup")
     interrupted = False
     if remaining > 0:
         try:
+            with ctrl_c_at_stop_points():
+                screen(setup, progress)
+            clock.lap("screening")
             if cfg.workers > 1:
                 run_workers(cfg, study, callbacks)
             else:
-                run_trials(study, make_objective(setup), cfg.trials, cfg.timeout, callbacks)
+                run_trials(study, make_objective(setup, progress), cfg.trials,
+                           trial_timeout(cfg), callbacks)
         except KeyboardInterrupt:
             interrupted = True
+    clock.lap("trials")
     restore_graphs(study, cfg.folder, setup.space, setup.ctx)  # of trials run elsewhere
+    if schedule is not None:
+        cfg = planned_final(cfg, schedule, study, setup.data)
     best = write_report(cfg, study, setup.data, setup.device, final=not interrupted,
                         progress=progress)
+    clock.lap("report and final retraining")
     interrupted = interrupted or bool(best and best.get("interrupted"))
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
               or (t.state == TrialState.PRUNED and "feasible" in t.user_attrs)]
@@ -82,4 +130,4 @@ def search(cfg: SearchConfig, callbacks: list[Callable] | None = None,
                         trials=len(finished(study)),
                         feasible_fraction=len(feasible) / max(1, len(trials)),
                         shrunk_fraction=len(shrunk) / max(1, len(feasible)),
-                        interrupted=interrupted, best=best)
+                        interrupted=interrupted, best=best, seconds=clock.laps)

@@ -36,7 +36,7 @@ import optuna
 from optuna.trial import TrialState
 
 from nasgraph.errors import NasgraphError
-from nasgraph.search.config import SearchConfig, worker_config
+from nasgraph.search.config import SearchConfig, trial_timeout, worker_config
 from nasgraph.search.evaluation import make_objective, prepare
 from nasgraph.search.interrupts import ctrl_c_at_stop_points, stop_point
 from nasgraph.search.retrying_storage import StorageUnavailable, connection_lost
@@ -179,7 +179,7 @@ def work(cfg: SearchConfig) -> int:
     """Be one worker of the study `cfg`: run its trials until it holds `cfg.trials`
     finished ones, write no report; returns how many this worker finished."""
     setup = prepare(cfg)
-    return run_trials(setup.study, make_objective(setup), cfg.trials, cfg.timeout)
+    return run_trials(setup.study, make_objective(setup), cfg.trials, trial_timeout(cfg))
 
 
 def _worker_main(cfg_json: str, index: int, errors: Any) -> None:

@@ -97,7 +97,9 @@ def test_resumed_search_draws_new_candidates_and_reports_its_final_phase(tmp_pat
                               storage=f"sqlite:///{tmp_path / cfg.study_name / 'study.db'}")
     first, second = (t.params for t in study.trials[:2])
     assert first != second  # the resumed sampler did not replay trial 0's draws
-    assert phases == [(f"final retraining, seed {k}/2", e, 2) for k in (1, 2) for e in (0, 1, 2)]
+    assert phases[:1] == [("trial 1", 1, 1)]  # the resumed trial, after its epoch
+    assert phases[1:] == [(f"final retraining, seed {k}/2", e, 2) for k in (1, 2)
+                          for e in (0, 1, 2)]
     assert result.best["final_seeds"] == 2 and not result.interrupted
     _, err = capfd.readouterr()
     assert "Warning" not in err and "[W " not in err  # optuna's and matplotlib's noise

@@ -1,0 +1,124 @@
+"""Cheap evaluation: the pruners' rungs, the time budget's plan, zero-cost screening."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nasgraph.errors import BudgetError
+from nasgraph.search import parse_duration
+from nasgraph.search.config import SearchConfig, trial_timeout
+from nasgraph.search.run import search
+from nasgraph.search.schedule import FINAL_SHARE, MARGIN, REPORT_SECONDS, FinalPlan, Schedule
+from nasgraph.search.strategies import make_pruner, rungs
+
+TINY = f"{Path(__file__).parent / 'tiny_space.py'}:space"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30m", 1800), ("90s", 90), ("1.5h", 5400), ("600", 600), (" 2 min", 120)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "0.5s", "abc", "-5m", "2y", "nan", "1e9h"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(BudgetError, match="--time-budget"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(("epochs", "expected"), [(1, []), (2, [1]), (3, [1]), (10, [1, 3, 9]),
+                                                  (27, [1, 3, 9])])
+def test_successive_halving_judges_at_powers_of_three_below_the_last_epoch(epochs, expected):
+    assert rungs(SearchConfig(pruner="halving", epochs=epochs)) == expected
+
+
+def test_successive_halving_keeps_the_best_third_at_each_rung():
+    # asynchronous (ASHA): after epoch 1, a trial goes on when it is among the best third
+    # (at least the best one) of the trials that reached epoch 1 so far, itself included
+    study = optuna.create_study(direction="maximize",
+                                pruner=make_pruner(SearchConfig(pruner="halving", epochs=9)))
+    values = [0.5, 0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.95, 0.4]
+    for k, value in enumerate(values):
+        trial = study.ask()
+        trial.report(value, 1)
+        seen = sorted(values[:k + 1], reverse=True)
+        assert trial.should_prune() == (value < seen[max(1, len(seen) // 3) - 1])
+        study.tell(trial, state=TrialState.PRUNED)
+
+
+@pytest.mark.parametrize("pruner, kind", [
+    ("median", optuna.pruners.MedianPruner), ("halving", optuna.pruners.SuccessiveHalvingPruner),
+    ("hyperband", optuna.pruners.HyperbandPruner), ("none", optuna.pruners.NopPruner)])
+def test_pruner_by_name(pruner, kind):
+    assert isinstance(make_pruner(SearchConfig(pruner=pruner, epochs=9)), kind)
+
+
+def test_time_budget_keeps_a_third_for_the_final_retraining():
+    plan = Schedule(budget=1800.0, start=100.0)
+    assert plan.trials_end == 100 + 1800 * (1 - FINAL_SHARE) - REPORT_SECONDS
+    assert plan.end == 1900
+
+
+def test_final_plan_fills_the_time_left():
+    plan = Schedule(budget=1800.0, start=0.0)
+    # 580 s left; an epoch of 54k images took 12 s, 60k take 12 * 60 / 54 * MARGIN
+    epoch = 12.0 * 60 / 54 * MARGIN
+    final = plan.final_plan(now=1200.0, seconds_per_epoch=12.0, seeds=3, train_images=54_000,
+                            final_images=60_000)
+    assert final == FinalPlan(3, int(580 // (3 * epoch)))
+    assert final.epochs * final.seeds * epoch <= 580 < (final.epochs + 1) * final.seeds * epoch
+
+
+def test_final_plan_drops_seeds_before_epochs_and_everything_when_out_of_time():
+    plan = Schedule(budget=100.0, start=0.0)
+    left = 100 - REPORT_SECONDS - 50  # 30 s
+    assert plan.final_plan(now=50.0, seconds_per_epoch=12.0, seeds=3, train_images=1,
+                           final_images=1) == FinalPlan(int(left // (12 * MARGIN)), 1)
+    assert plan.final_plan(now=75.0, seconds_per_epoch=12.0, seeds=3, train_images=1,
+                           final_images=1) == FinalPlan(0, 0)
+
+
+def test_trial_timeout_is_the_sooner_of_timeout_and_the_time_budget():
+    now = time.time()
+    assert trial_timeout(SearchConfig(timeout=50)) == 50
+    assert trial_timeout(SearchConfig(trials_until=now + 30)) == pytest.approx(30, abs=2)
+    assert trial_timeout(SearchConfig(timeout=10, trials_until=now + 30)) == 10
+    assert trial_timeout(SearchConfig(trials_until=now - 5)) == 0
+
+
+def test_a_time_budgeted_search_stops_its_trials_and_plans_its_final_retraining(tmp_path):
+    cfg = SearchConfig(space=TINY, trials=100_000, epochs=2, time_budget=45, final_seeds=2,
+                       runs_dir=str(tmp_path), device="cpu", study="timed")
+    result = search(cfg)
+    study = optuna.load_study(study_name="timed",
+                              storage=f"sqlite:///{tmp_path / 'timed' / 'study.db'}")
+    trials = study.get_trials(deepcopy=False)
+    assert 1 <= result.trials < 100_000  # the trials stopped on time, not on count
+    start = min(t.datetime_start for t in trials).timestamp()
+    trials_end = Schedule(45, start).trials_end
+    # no trial started after the trials' time was up (a second of slack: the study's clock)
+    assert all(t.datetime_start.timestamp() <= trials_end + 1 for t in trials)
+    # the final retraining was planned into the time left: some seeds, some epochs
+    best = result.best
+    assert best is not None and 1 <= best["final_seeds"] <= 2 and best["final_epochs"] >= 1
+    assert set(result.seconds) >= {"setup", "trials", "report and final retraining"}
+
+
+def test_screening_queues_the_most_promising_candidates_first(tmp_path):
+    cfg = SearchConfig(space="residual", budget_macs=100_000, trials=3, epochs=1, screen=12,
+                       final_seeds=0, runs_dir=str(tmp_path), device="cpu")
+    result = search(cfg)
+    study = optuna.load_study(study_name="residual-digits",
+                              storage=f"sqlite:///{tmp_path / 'residual-digits' / 'study.db'}")
+    screening = study.user_attrs["screening"]
+    assert screening["candidates"] == 12 and screening["queued"] == 3
+    trials = study.get_trials(deepcopy=False)
+    promises = [t.user_attrs["screened"]["promise"] for t in trials]
+    assert promises == sorted(promises, reverse=True)  # the best screened are trained first
+    assert all({"naswot", "synflow"} <= set(t.user_attrs["screened"]) for t in trials)
+    assert result.trials == 3
