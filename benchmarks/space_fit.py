@@ -24,6 +24,7 @@ import sys
 import time
 
 from benchmarks._revision import ROOT, extracted
+from nasgraph.units import si
 
 SPACES = ["residual", "inception", "dense", "macro", "mobile"]
 
@@ -86,8 +87,8 @@ def row(space: str, code: str, when: str, records: list[dict], shape, budget: in
               for k in range(max(len(f["widths"]) for f in figs))]
     coarser = sum(f["side"] < min(shape[1:]) for f in figs)
     return (f"| {space} | {code} | {when} | {fits} | {multipliers} | "
-            f"{' / '.join(short(p) for p in quartiles)} | "
-            f"{spread([f['macs'] for f in figs], short)} | "
+            f"{' / '.join(si(p) for p in quartiles)} | "
+            f"{spread([f['macs'] for f in figs], si)} | "
             f"{spread([f['depth'] for f in figs], '{:.0f}')} | "
             f"{'-'.join(f'{w:.0f}' for w in widths)} | {coarser}/{len(figs)} | {seconds} |")
 
@@ -95,10 +96,6 @@ def row(space: str, code: str, when: str, records: list[dict], shape, budget: in
 def spread(values: list[float], fmt) -> str:
     show = fmt if callable(fmt) else fmt.format
     return " / ".join(show(v) for v in (min(values), statistics.median(values), max(values)))
-
-
-def short(n: float) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
 def at_revision(ref: str, argv: list[str]) -> dict[str, list[dict]]:

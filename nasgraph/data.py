@@ -42,17 +42,13 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from nasgraph.errors import NasgraphError
+from nasgraph.errors import DataError
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10:PATH", "mnist:PATH",
             "imagefolder:PATH", "synthetic")
 # Data sets found by name: where Debian's packages put them, and the package, if there is one
 DEBIAN_DATASETS = Path("/usr/share/datasets")
 NAMED = {"fashion-mnist": "dataset-fashion-mnist", "mnist": None}
-
-
-class DataError(NasgraphError):
-    """A dataset cannot be found or read."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from nasgraph.analysis import multiplicity, node_costs
 from nasgraph.errors import RenderError
 from nasgraph.files import write_atomic
 from nasgraph.ir import Graph, Node
+from nasgraph.units import count, si
 
 FORMATS = ("svg", "png", "pdf", "dot")
 DIRECTIONS = ("TB", "LR", "BT", "RL")
@@ -278,16 +279,8 @@ def _edges(graph: Graph, units: list[Unit]) -> list[Edge]:
 # --------------------------------------------------------------------------- DOT
 
 
-def _si(n: float) -> str:
-    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= factor:
-            return f"{n / factor:.3g}{suffix}"
-    return f"{n:g}"
-
-
 def _paths(n: int) -> str:
-    text = f"{n:,}" if n < 1_000_000 else f"{n:.3g}"
-    return f"{text} path{'s' if n != 1 else ''}"
+    return f"{count(n)} path{'s' if n != 1 else ''}"
 
 
 def _html(title: str, lines: Iterable[str], bold: bool = False) -> str:
@@ -355,7 +348,7 @@ def _node_attrs(graph: Graph, unit: Unit, costs: dict, show: set[str]) -> dict[s
     if unit.kind == "block":
         paths = math.prod(multiplicity(graph.subgraph(s)) for s in unit.scopes)
         title = unit.title + (f" \u00d7 {unit.count}" if unit.count > 1 else "")
-        lines = [f"params {_si(params)} \u00b7 MACs {_si(macs)}", _paths(paths)]
+        lines = [f"params {si(params)} \u00b7 MACs {si(macs)}", _paths(paths)]
         if "shape" in show:
             lines.append(_shape_line(graph, unit))
         attrs = dict(BLOCK_STYLE, label=_html(title, lines, bold=True))
@@ -370,9 +363,9 @@ def _node_attrs(graph: Graph, unit: Unit, costs: dict, show: set[str]) -> dict[s
         if "shape" in show:
             lines.append(_shape_line(graph, unit))
         if "params" in show and params:
-            lines.append(f"params {_si(params)}")
+            lines.append(f"params {si(params)}")
         if "macs" in show and macs:
-            lines.append(f"MACs {_si(macs)}")
+            lines.append(f"MACs {si(macs)}")
         style = dict(FAMILY_STYLES[head.op.family], **KIND_STYLES.get(head.kind, {}))
         attrs = dict(style, label=_html(unit.title, lines))
         attrs["class"] = f"op {head.op.family} {head.kind}"
@@ -425,9 +418,11 @@ def render(graph: Graph, path: str | Path, *, collapse: bool = False, depth: int
         RenderError: a bad option, or no `dot` program for an image format (the DOT
             source is then written next to `path` with the suffix .dot).
 
-        >>> import nasgraph
-        >>> nasgraph.render(nasgraph.zoo.get("resnet50"), "resnet50.svg", collapse=True)
-        PosixPath('resnet50.svg')
+        >>> import nasgraph, tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> nasgraph.render(nasgraph.zoo.get("resnet50"), folder / "resnet50.svg",
+        ...                 collapse=True).name
+        'resnet50.svg'
     """
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower()

@@ -27,3 +27,7 @@ class SpaceError(NasgraphError):
 
 class RenderError(NasgraphError):
     """A picture cannot be drawn: a bad option, an unknown format, no graphviz `dot`."""
+
+
+class DataError(NasgraphError):
+    """A dataset cannot be found or read."""

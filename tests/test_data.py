@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from nasgraph.data import DataError, load_dataset, read_idx
+from nasgraph.data import load_dataset, read_idx
+from nasgraph.errors import DataError
 
 
 def test_digits_splits_are_disjoint_stratified_and_standardized():

@@ -19,6 +19,7 @@ from typer.core import TyperGroup  # typer vendors it
 from nasgraph import zoo
 from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph, load
+from nasgraph.units import si
 
 console = Console()
 err_console = Console(stderr=True)
@@ -116,13 +117,5 @@ def resolve_model(model: str, input_shape: str | None = None,
 
 
 def human(n: float, unit: str = "") -> str:
-    """12_345_678 -> '12.35M'."""
-    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= factor:
-            return f"{n / factor:.2f}{suffix}{unit}"
-    return f"{n:g}{unit}"
-
-
-def count(n: int) -> str:
-    """Exact below a million, else 3 significant digits: path counts grow like 2^depth."""
-    return f"{n:,}" if n < 1_000_000 else f"{n:.3g}"
+    """12_345_678 -> '12.35M': two decimals, for tables."""
+    return si(n, ".2f", unit)

@@ -15,8 +15,9 @@ from rich.table import Table
 from rich.text import Text
 
 from nasgraph import analysis, zoo
-from nasgraph.cli._common import Debug, app, console, count, human, one_line_errors, resolve_model
+from nasgraph.cli._common import Debug, app, console, human, one_line_errors, resolve_model
 from nasgraph.errors import NasgraphError
+from nasgraph.units import count
 
 
 def _print_whole(table: Table) -> None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from nasgraph import analysis
 from nasgraph.errors import BudgetError
 from nasgraph.ir import Graph
+from nasgraph.units import si
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 MAX_AMOUNT = 10**15  # larger is a typo, and 1e999 is infinite
@@ -55,14 +56,6 @@ def parse_duration(text: str | float, what: str = "--time-budget") -> float:
     if not 1 <= seconds <= 366 * 86400:  # also false for NaN
         raise BudgetError(f"{what} {text!r}: expected a duration such as 90s, 30m or 1.5h")
     return seconds
-
-
-def short(n: float) -> str:
-    """200000 -> '200k'."""
-    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= factor:
-            return f"{n / factor:.3g}{suffix}"
-    return f"{n:g}"
 
 
 class Costs(BaseModel):
@@ -105,13 +98,13 @@ class Budget(BaseModel):
         costs = Costs.of(graph)
         for name, limit in self._limits():
             if getattr(costs, name) > limit:
-                raise BudgetError(f"graph {graph.name!r}: {name} {short(getattr(costs, name))}"
-                                  f" over the budget of {short(limit)}")
+                raise BudgetError(f"graph {graph.name!r}: {name} {si(getattr(costs, name))}"
+                                  f" over the budget of {si(limit)}")
         return costs
 
     def describe(self) -> str:
         names = {"macs": "MACs", "params": "params", "memory": "memory (B)"}
-        return ", ".join(f"{names[k]} <= {short(v)}" for k, v in self._limits()) or "none"
+        return ", ".join(f"{names[k]} <= {si(v)}" for k, v in self._limits()) or "none"
 
     def _limits(self) -> list[tuple[str, int]]:
         return [(k, v) for k in ("macs", "params", "memory") if (v := getattr(self, k))]

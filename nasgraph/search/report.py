@@ -27,13 +27,13 @@ from optuna.trial import FrozenTrial, TrialState
 from nasgraph.data import Dataset
 from nasgraph.files import written_together
 from nasgraph.ir import Graph
-from nasgraph.search.budget import short
 from nasgraph.search.config import SearchConfig
 from nasgraph.search.evaluation import Progress, retrain
 from nasgraph.search.interrupts import ctrl_c_at_stop_points, stop_point
 from nasgraph.search.runs import StudyFolder
 from nasgraph.search.study import quiet_optuna
 from nasgraph.train import TrainResult, accuracy, concat_splits, train
+from nasgraph.units import si
 
 COLUMNS = ["rank", "trial", "state", "val_accuracy", "test_accuracy", "macs", "params",
            "memory", "width_multiplier", "feasible", "pareto", "parameters"]
@@ -118,9 +118,9 @@ def leaderboard_markdown(cfg: SearchConfig, rows: list[dict[str, Any]]) -> str:
         if v is None:
             return ""
         if key in ("macs", "params"):
-            return short(v)
+            return si(v)
         if key == "memory":
-            return short(v) + "B"
+            return si(v) + "B"
         if isinstance(v, bool):
             return "yes" if v else "no"
         if isinstance(v, float) and key.endswith("accuracy"):
