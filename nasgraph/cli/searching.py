@@ -219,7 +219,7 @@ def _best_text(study_obj) -> str:
 def _print_result(result) -> None:
     console.print(f"[bold]study[/]        {result.study}  ({result.trials} trials, "
                   f"{100 * result.feasible_fraction:.0f}% within budget, "
-                  f"{100 * result.shrunk_fraction:.0f}% of those shrunk to fit)",
+                  f"{100 * result.shrunk_fraction:.0f}% of those made cheaper to fit)",
                   highlight=False, soft_wrap=True)
     best = result.best
     if best is None:

@@ -20,9 +20,10 @@ import torch
 
 from nasgraph.data import Dataset, load_dataset
 from nasgraph.ir import Graph
+from nasgraph.search.budget import Costs
 from nasgraph.search.config import SearchConfig, devices_of
 from nasgraph.search.interrupts import stop_point
-from nasgraph.search.space import Context, Space, fit_to_budget, load_space
+from nasgraph.search.space import Context, Space, build, fit_to_budget, load_space
 from nasgraph.search.study import open_study
 from nasgraph.train import resolve_device, train
 
@@ -77,6 +78,8 @@ def make_objective(setup: Setup, progress: Progress | None = None
         trial.set_user_attr("memory", costs.memory)
         trial.set_user_attr("width_multiplier", multiplier)
         trial.set_user_attr("feasible", feasible)
+        # made coarser, shallower or narrower to fit (the width multiplier misses the first two)
+        trial.set_user_attr("fitted", costs != Costs.of(build(setup.space, trial, setup.ctx)))
         for name, excess in cfg.budget.excess(costs).items():
             trial.set_constraint(name, excess)  # feasible iff <= 0; samplers learn from it
         trial.set_user_attr("check_seconds", round(time.perf_counter() - start, 4))

@@ -60,7 +60,7 @@ class SearchResult(BaseModel):
     study_dir: str
     trials: int  # finished (complete or pruned) trials in the study
     feasible_fraction: float  # of the candidates sampled, those within budget
-    shrunk_fraction: float  # of the feasible candidates, those whose widths were shrunk
+    shrunk_fraction: float  # of the feasible candidates, those made cheaper to fit
     interrupted: bool
     best: dict[str, Any] | None  # best/result.json
     seconds: dict[str, float]  # where the time went, phase by phase
@@ -125,7 +125,8 @@ def search(cfg: SearchConfig, callbacks: list[Callable] | None = None,
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
               or (t.state == TrialState.PRUNED and "feasible" in t.user_attrs)]
     feasible = [t for t in trials if t.user_attrs.get("feasible")]
-    shrunk = [t for t in feasible if t.user_attrs.get("width_multiplier", 1.0) < 1.0]
+    shrunk = [t for t in feasible if t.user_attrs.get(
+        "fitted", t.user_attrs.get("width_multiplier", 1.0) < 1.0)]  # older trials: widths
     return SearchResult(study=cfg.study_name, study_dir=str(cfg.study_dir),
                         trials=len(finished(study)),
                         feasible_fraction=len(feasible) / max(1, len(trials)),

@@ -9,8 +9,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from nasgraph import analysis
 from nasgraph.errors import BudgetError
-from nasgraph.search import parse_duration
+from nasgraph.search import Context, load_space, parse_duration
 from nasgraph.search.config import SearchConfig, trial_timeout
 from nasgraph.search.run import search
 from nasgraph.search.schedule import FINAL_SHARE, MARGIN, REPORT_SECONDS, FinalPlan, Schedule
@@ -122,3 +123,20 @@ def test_screening_queues_the_most_promising_candidates_first(tmp_path):
     assert promises == sorted(promises, reverse=True)  # the best screened are trained first
     assert all({"naswot", "synflow"} <= set(t.user_attrs["screened"]) for t in trials)
     assert result.trials == 3
+
+
+def test_every_trial_records_whether_it_was_made_cheaper_to_fit(tmp_path):
+    cfg = SearchConfig(space="residual", budget_macs=60_000, trials=6, epochs=1,
+                       sampler="random", final_seeds=0, runs_dir=str(tmp_path), device="cpu")
+    result = search(cfg)
+    study = optuna.load_study(study_name="residual-digits",
+                              storage=f"sqlite:///{tmp_path / 'residual-digits' / 'study.db'}")
+    space, ctx = load_space("residual"), Context(input_shape=(1, 8, 8), num_classes=10)
+    fitted = []
+    for t in study.get_trials(deepcopy=False):
+        as_sampled = analysis.macs(space(optuna.trial.FixedTrial(t.params), ctx))
+        assert t.user_attrs["fitted"] == (as_sampled > 60_000), t.number
+        fitted.append(t.user_attrs["fitted"] and t.user_attrs["feasible"])
+    assert any(fitted)
+    assert result.shrunk_fraction == pytest.approx(
+        sum(fitted) / sum(t.user_attrs["feasible"] for t in study.trials))
