@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nasgraph import zoo
+from nasgraph import latency, zoo
 from nasgraph.analysis import params, peak_memory_bytes
 from nasgraph.cli import app, running
 
@@ -30,7 +30,7 @@ def assert_one_line_error(r, *fragments: str) -> None:
 @pytest.fixture
 def memory(monkeypatch):
     """`nasgraph run` sees 8 GB available, whatever this machine has."""
-    monkeypatch.setattr(running, "_available_memory", lambda device: (8 * GB, "available"))
+    monkeypatch.setattr(latency, "available_memory", lambda device: (8 * GB, "available"))
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba"])
@@ -47,7 +47,7 @@ def test_a_batch_past_memory_is_refused_before_it_runs(backend, memory):
 def test_the_largest_batch_that_fits_runs(monkeypatch):
     g = zoo.get("lenet5")
     per_image, weights = peak_memory_bytes(g), 4 * params(g)
-    monkeypatch.setattr(running, "_available_memory",
+    monkeypatch.setattr(latency, "available_memory",
                         lambda device: (3 * per_image + weights, "available"))
     r = invoke("lenet5", "--batch", "3")
     assert r.exit_code == 0, r.stderr
@@ -56,13 +56,13 @@ def test_the_largest_batch_that_fits_runs(monkeypatch):
 
 
 def test_memory_too_small_for_one_image_hints_at_the_input(monkeypatch):
-    monkeypatch.setattr(running, "_available_memory", lambda device: (1000, "available"))
+    monkeypatch.setattr(latency, "available_memory", lambda device: (1000, "available"))
     assert_one_line_error(invoke("lenet5"), "--batch 1: needs about",
                           "hint: a smaller --input")
 
 
 def test_this_machine_reports_its_memory():
-    free, where = running._available_memory("cpu")
+    free, where = latency.available_memory("cpu")
     assert 2**27 < free < 2**50 and where
 
 

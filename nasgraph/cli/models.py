@@ -139,37 +139,6 @@ def _file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip(".") or "graph"
 
 
-def _load_weights(path: str) -> dict:
-    """A state dict of tensors from a .safetensors file or a torch .pt/.pth file."""
-    import torch
-
-    if not Path(path).is_file():
-        raise NasgraphError(f"--weights {path}: no such file")
-    safetensors = path.endswith(".safetensors")
-    try:
-        if safetensors:
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as e:
-        raise NasgraphError(f"--weights {path}: cannot read ({e.strerror or e})") from None
-    except Exception as e:  # corrupt or truncated: safetensors, zip and pickle raise their own
-        detail = str(e).splitlines()[0] if safetensors and str(e) else type(e).__name__
-        kind = "a safetensors" if safetensors else "a torch state dict"
-        raise NasgraphError(f"--weights {path}: not {kind} file, or a damaged one "
-                            f"({detail})") from None
-    if not isinstance(state, dict):
-        raise NasgraphError(f"--weights {path}: not a state dict (got {type(state).__name__})")
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            hint = "; hint: save model.state_dict() alone" if isinstance(value, dict) else ""
-            raise NasgraphError(f"--weights {path}: {key!r} holds a value of type "
-                                f"{type(value).__name__}, not a tensor{hint}")
-    return state
-
-
 @app.command()
 @one_line_errors
 def export(
@@ -191,6 +160,7 @@ def export(
     """
     from nasgraph.backends.torch import export as export_graph
     from nasgraph.backends.torch import import_weights
+    from nasgraph.backends.torch.state_files import read_state_dict
 
     if format not in ("python", "torchscript", "onnx"):
         raise NasgraphError(f"--format {format!r}: expected python, torchscript or onnx")
@@ -201,6 +171,7 @@ def export(
     graph = resolve_model(model, input, classes)
     state = None
     if weights:
-        state = import_weights(graph, _load_weights(weights), origin=weights)
+        state = import_weights(graph, read_state_dict(weights, what="--weights"),
+                              origin=weights)
     for path in export_graph(graph, output, format, state):  # type: ignore[arg-type]
         console.print(f"wrote {path}", highlight=False, markup=False)

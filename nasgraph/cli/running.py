@@ -1,169 +1,37 @@
 """`nasgraph run`: a forward pass on either backend, timed with --bench, per node with
---profile."""
+--profile. The running itself is the library's (nasgraph.latency)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import statistics
-import time
-from collections.abc import Callable, Iterator
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from nasgraph.analysis import params as count_params
-from nasgraph.analysis import peak_memory_bytes
-from nasgraph.cli._common import Debug, app, console, human, one_line_errors, resolve_model
+from nasgraph.cli._common import Debug, app, console, one_line_errors, resolve_model
 from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph
-
-Step = Callable[[], list[tuple[int, ...]]]
-Runner = Callable[[Graph, str, int, int | None], Step]
-
-
-def _torch_runner(graph: Graph, device: str, batch: int, threads: int | None) -> Step:
-    """One forward pass of the lowered graph on random input (synchronized on CUDA)."""
-    import torch
-
-    from nasgraph.backends.torch import lower
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    module = lower(graph).to(device).eval()
-    xs = [torch.randn(batch, *n.type.shape, device=device) for n in graph.inputs]
-
-    def step() -> list[tuple[int, ...]]:
-        with torch.no_grad():
-            ys = module(*xs)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return [tuple(y.shape) for y in (ys if isinstance(ys, tuple) else (ys,))]
-
-    return step
-
-
-def _numba_runner(graph: Graph, device: str, batch: int, threads: int | None) -> Step:
-    """One call of the Numba executor, compiled for this batch with random weights."""
-    import numpy as np
-
-    from nasgraph.backends import numba as numba_backend
-    from nasgraph.backends.torch import lower
-
-    executor = numba_backend.compile(graph, lower(graph).eval().state_dict(), batch=batch,
-                                     threads=threads)
-    rng = np.random.default_rng(0)
-    xs = [rng.standard_normal((batch, *n.type.shape), dtype=np.float32) for n in graph.inputs]
-
-    def step() -> list[tuple[int, ...]]:
-        ys = executor(*xs)
-        return [y.shape for y in (ys if isinstance(ys, tuple) else (ys,))]
-
-    return step
-
-
-RUNNERS: dict[str, Runner] = {"torch": _torch_runner, "numba": _numba_runner}
-
-
-def _check_device(backend: str, device: str) -> None:
-    """The backend runs on the device, which is there."""
-    if device not in ("cpu", "cuda"):
-        raise NasgraphError(f"--device {device!r}: expected cpu or cuda")
-    if device == "cuda" and backend == "numba":
-        raise NasgraphError("--device cuda: the numba backend runs on the cpu only; hint: "
-                            "--backend torch")
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise NasgraphError("--device cuda: no CUDA device is available; hint: --device cpu")
-
-
-def _available_memory(device: str) -> tuple[int, str] | None:
-    """The bytes a run may allocate on `device` and where they are: the CUDA device's free
-    memory; on the cpu, psutil's available memory where psutil is installed, else all
-    physical memory (a looser bound: an allocation past what is free fails, and is caught).
-    None where the platform does not say."""
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.mem_get_info()[0], "free on the CUDA device"
-    try:
-        import psutil
-    except ImportError:
-        try:
-            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "on this machine"
-        except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
-            return None
-    return psutil.virtual_memory().available, "available"
-
-
-def _memory_needed(graph: Graph) -> tuple[int, int]:
-    """What a run needs, about: bytes of activations an image (`peak_memory_bytes`), and
-    bytes of float32 weights."""
-    return peak_memory_bytes(graph), 4 * count_params(graph)
-
-
-def _check_memory(graph: Graph, batch: int, device: str) -> None:
-    """Refuse a batch that would not fit in `_available_memory` before allocating any: past
-    it, an allocation fails or, where the OS overcommits, the process is killed while it
-    fills the pages."""
-    per_image, weights = _memory_needed(graph)
-    need = batch * per_image + weights
-    found = _available_memory(device)
-    if found is None or need <= found[0]:
-        return
-    free, where = found
-    fits = (free - weights) // per_image
-    hint = f"--batch {fits} or less" if fits > 0 else "a smaller --input"
-    raise NasgraphError(f"--batch {batch}: needs about {human(need, 'B')} of memory "
-                        f"({human(per_image, 'B')} of activations an image), more than the "
-                        f"{human(free, 'B')} {where}; hint: {hint}")
-
-
-# how torch's allocators word a failed allocation (CPU, older CPU, CUDA's OutOfMemoryError)
-_OUT_OF_MEMORY = re.compile(r"can't allocate memory|not enough memory|out of memory", re.I)
-
-
-@contextlib.contextmanager
-def _out_of_memory_as_error(graph: Graph, batch: int, backend: str,
-                            device: str) -> Iterator[None]:
-    """A failed allocation (numpy's MemoryError, torch's RuntimeError) becomes a one-line
-    NasgraphError naming the batch size and the memory it needs."""
-    try:
-        yield
-    except (MemoryError, RuntimeError) as e:
-        if isinstance(e, RuntimeError) and not _OUT_OF_MEMORY.search(str(e)):
-            raise
-        per_image, weights = _memory_needed(graph)
-        raise NasgraphError(f"--batch {batch}: out of memory running {graph.name} on {backend} "
-                            f"({device}), which needs about "
-                            f"{human(batch * per_image + weights, 'B')}; hint: a smaller "
-                            "--batch") from None
+from nasgraph.latency import (
+    RUNNERS,
+    check_device,
+    check_memory,
+    median_seconds,
+    numba_profile,
+    out_of_memory_as_error,
+)
 
 
 def _print_profile(graph: Graph, batch: int, threads: int | None, iters: int,
                    rows: int = 15) -> None:
     """The numba executor's slowest nodes (`Executor.profile`), with their share."""
-    import numpy as np
-
-    from nasgraph.backends import numba as numba_backend
-    from nasgraph.backends.torch import lower
-
-    executor = numba_backend.compile(graph, lower(graph).eval().state_dict(), batch=batch,
-                                     threads=threads)
-    (node,) = graph.inputs
-    x = np.random.default_rng(0).standard_normal((batch, *node.type.shape), dtype=np.float32)
-    times = executor.profile(x, iters)
+    times, types = numba_profile(graph, batch, threads, iters)
     total = sum(t.seconds for t in times)
     table = Table(title=f"{graph.name}: numba, batch {batch}, median of {iters} calls per "
                   f"node; {len(times)} nodes, {total * 1e3:.2f} ms in all", header_style="bold")
     for name in ("node", "op", "kernel", "shape", "ms", "share"):
         table.add_column(name, justify="right" if name in ("ms", "share") else "left")
     for t in sorted(times, key=lambda t: -t.seconds)[:rows]:
-        table.add_row(t.node, t.kind, t.strategy, str(executor.graph[t.node].type),
+        table.add_row(t.node, t.kind, t.strategy, str(types[t.node]),
                       f"{t.seconds * 1e3:.3f}", f"{100 * t.seconds / total:.1f}%")
     console.print(table)
 
@@ -194,10 +62,10 @@ def run(
     if profile and backend != "numba":
         raise NasgraphError(f"--profile: per-node times come from the numba backend, not "
                             f"{backend!r}; hint: --backend numba")
-    _check_device(backend, device)
+    check_device(backend, device)
     graph = resolve_model(model, input)
-    _check_memory(graph, batch, device)
-    with _out_of_memory_as_error(graph, batch, backend, device):
+    check_memory(graph, batch, device)
+    with out_of_memory_as_error(graph, batch, backend, device):
         step = RUNNERS[backend](graph, device, batch, threads)
         shapes = step()
         console.print(f"{graph.name}: {backend} on {device}, batch {batch} -> "
@@ -206,13 +74,6 @@ def run(
             _print_profile(graph, batch, threads, iters)
         if not bench:
             return
-        for _ in range(min(3, iters)):  # warm up: allocator, kernel selection, JIT
-            step()
-        times = []
-        for _ in range(iters):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+        median = median_seconds(step, iters)
     console.print(f"median latency {median * 1e3:.2f} ms over {iters} passes, "
                   f"{batch / median:.1f} images/s", highlight=False)

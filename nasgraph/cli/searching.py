@@ -209,11 +209,10 @@ def _interrupted_text(result) -> str:
 
 
 def _best_text(study_obj) -> str:
-    from optuna.trial import TrialState
+    from nasgraph.search.report import best_val_accuracy
 
-    accs = [t.values[0] for t in study_obj.get_trials(deepcopy=False)
-            if t.state == TrialState.COMPLETE and t.user_attrs.get("feasible")]
-    return f"best val {100 * max(accs):.2f}%" if accs else "best val -"
+    best = best_val_accuracy(study_obj)
+    return "best val -" if best is None else f"best val {100 * best:.2f}%"
 
 
 def _print_result(result) -> None:

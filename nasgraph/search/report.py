@@ -60,6 +60,13 @@ def ranked(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(trials, key=key)
 
 
+def best_val_accuracy(study: optuna.Study) -> float | None:
+    """The best validation accuracy of a complete, feasible trial so far; None before one."""
+    accs = [t.values[0] for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+            if t.user_attrs.get("feasible")]
+    return max(accs, default=None)
+
+
 def pareto_numbers(trials: list[FrozenTrial]) -> set[int]:
     """Trials no other trial beats on both accuracy and MACs."""
     pts = [(t.number, _accuracy(t), t.user_attrs["macs"]) for t in trials
