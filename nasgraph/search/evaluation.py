@@ -24,6 +24,7 @@ from nasgraph.search.budget import Costs
 from nasgraph.search.config import SearchConfig, devices_of
 from nasgraph.search.interrupts import stop_point
 from nasgraph.search.space import Context, Space, build, fit_to_budget, load_space
+from nasgraph.search.strategies import rungs
 from nasgraph.search.study import open_study
 from nasgraph.train import resolve_device, train
 
@@ -68,6 +69,7 @@ def make_objective(setup: Setup, progress: Progress | None = None
     """The function Optuna calls: fit to budget, save the graph, train, save the weights;
     `progress(phase, epochs done, epochs)` follows the training epoch by epoch."""
     cfg, folder = setup.cfg, setup.cfg.folder
+    judged_at = rungs(cfg)
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         start = time.perf_counter()
@@ -89,7 +91,9 @@ def make_objective(setup: Setup, progress: Progress | None = None
         def report(epoch: int, acc: float) -> None:
             stop_point()  # Ctrl-C stops here, between epochs
             if progress is not None:
-                progress(f"trial {trial.number}", epoch + 1, cfg.epochs)
+                passed = sum(r <= epoch + 1 for r in judged_at)  # successive halving's rungs
+                rung = f", past rung {passed} of {len(judged_at)}" if passed else ""
+                progress(f"trial {trial.number}{rung}", epoch + 1, cfg.epochs)
             if cfg.multi_objective:
                 return
             trial.report(acc, epoch + 1)  # the step: epochs trained
