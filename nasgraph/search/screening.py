@@ -51,6 +51,8 @@ def screen(setup: Setup, progress: Progress | None = None) -> list[dict[str, Any
                          **score(graph, x, y, list(SCREEN_PROXIES), seed=cfg.seed)})
         if progress is not None:
             progress("screening", screened, cfg.screen)
+    if progress is not None and screened < cfg.screen:  # out of time: the bar ends here
+        progress("screening", screened, screened)
     for name in SCREEN_PROXIES:
         for rank, row in enumerate(sorted(rows, key=lambda r, name=name: r[name])):
             row["promise"] = row.get("promise", 0) + rank
