@@ -259,13 +259,6 @@ class Screening:
     infeasible: int
 
 
-def proxy_batch(data: Dataset, batch: int = 64, seed: int = 0
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`batch` training images of `data` and their labels, drawn with `seed`."""
-    pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))
-    return data.train.x[pick[:batch]], data.train.y[pick[:batch]]
-
-
 def fitted_candidates(space: Space, ctx: Context, samples: int, seed: int = 0
                       ) -> Iterator[tuple[dict[str, Any], Graph, Costs, bool]]:
     """`samples` random candidates of `space` (Optuna's RandomSampler, `seed`), each fitted
@@ -287,7 +280,7 @@ def sample_and_score(space: str, dataset: str, budget: Budget, samples: int, see
     with `seed`). `progress(done, samples)` is called after each candidate."""
     data = load_dataset(dataset, seed=seed)
     ctx = Context(input_shape=data.input_shape, num_classes=data.num_classes, budget=budget)
-    x, y = proxy_batch(data, batch, seed)
+    x, y = training_batch(data, batch, seed)
     rows, infeasible = [], 0
     candidates = fitted_candidates(load_space(space), ctx, samples, seed)
     for done, (parameters, graph, _, feasible) in enumerate(candidates, 1):
