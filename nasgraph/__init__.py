@@ -16,14 +16,15 @@ from nasgraph.errors import (
     ShapeError,
     SpaceError,
 )
+from nasgraph.init import init_state
 from nasgraph.ir import OPS, Graph, GraphBuilder, Node, Tensor, TensorType, load, ops, save
 
 __version__ = "0.1.0"
 
 __all__ = [
     "OPS", "BudgetError", "Graph", "GraphBuilder", "GraphError", "NasgraphError", "Node",
-    "RenderError", "ShapeError", "SpaceError", "Summary", "Tensor", "TensorType", "load", "ops",
-    "render", "save", "summarize", "zoo",
+    "RenderError", "ShapeError", "SpaceError", "Summary", "Tensor", "TensorType", "init_state",
+    "load", "ops", "render", "save", "summarize", "zoo",
 ]
 
 

@@ -1,6 +1,6 @@
 """Hypothesis strategies shared by the tests: random, valid nasgraph DAGs.
 
-`graphs()` draws a graph using every op kind the builder offers, with odd sizes, strides,
+`graphs()` draws a graph using every op kind of the registry, with odd sizes, strides,
 dilations, groups, branches and merges. Backends use it to check that they agree.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from nasgraph.errors import ShapeError
-from nasgraph.ir import Graph, GraphBuilder, Tensor
+from nasgraph.ir import Graph, GraphBuilder, Tensor, ops
 
 ACTIVATIONS = ["relu", "relu6", "sigmoid", "tanh", "silu", "hardswish", "gelu"]
 
@@ -27,7 +27,7 @@ def graphs(draw: st.DrawFn, max_nodes: int = 12, max_channels: int = 12,
         x = draw(st.sampled_from(pool))
         kind = draw(st.sampled_from(
             ["conv", "conv", "dwconv", "bn", "act", "maxpool", "avgpool", "add", "concat",
-             "mul", "upsample", "pad", "identity", "dropout", "adaptive"]))
+             "mul", "upsample", "pad", "identity", "dropout", "adaptive", "fused"]))
         try:
             y = _step(draw, b, x, kind, pool, max_channels)
         except ShapeError:
@@ -90,6 +90,14 @@ def _step(draw: st.DrawFn, b: GraphBuilder, x: Tensor, kind: str, pool: list[Ten
         return b.adaptive_avgpool(x, (draw(st.integers(1, 6)), draw(st.integers(1, 6))))
     if kind == "pad":
         return b.channel_pad(x, after=draw(small), before=draw(st.integers(0, 2)))
+    if kind == "fused":  # what fuse_epilogues makes: act(conv(x) + residual)
+        same = [t for t in pool if t.type == x.type and t.id != x.id]
+        residual = bool(same) and draw(st.booleans())
+        k = draw(st.sampled_from([1, 3]))
+        op = ops.FusedConv2d(out_channels=x.channels, kernel=k, padding=k // 2,
+                             bias=draw(st.booleans()), residual=residual,
+                             act=draw(st.none() | st.sampled_from(ACTIVATIONS)))
+        return b.node(op, [x, draw(st.sampled_from(same))] if residual else [x])
     if kind == "identity":
         return b.identity(x)
     return b.dropout(x, 0.25)

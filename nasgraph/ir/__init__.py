@@ -6,8 +6,8 @@ Imports pydantic, networkx and numpy only; everything else in nasgraph stands on
 from nasgraph.ir import ops
 from nasgraph.ir.builder import GraphBuilder, Tensor
 from nasgraph.ir.graph import SCHEMA_VERSION, Graph, Node, load, save
-from nasgraph.ir.ops import OPS, Op, register_op
+from nasgraph.ir.ops import OPS, Op, WeightSpec, register_op
 from nasgraph.ir.types import TensorType
 
 __all__ = ["OPS", "SCHEMA_VERSION", "Graph", "GraphBuilder", "Node", "Op", "Tensor",
-           "TensorType", "load", "ops", "register_op", "save"]
+           "TensorType", "WeightSpec", "load", "ops", "register_op", "save"]

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from nasgraph.errors import GraphError, ShapeError
 from nasgraph.files import write_atomic
-from nasgraph.ir.ops import OPS, Input, Op, Output, attribute_error
+from nasgraph.ir.ops import OPS, Input, Op, Output, WeightSpec, attribute_error
 from nasgraph.ir.types import TensorType
 
 SCHEMA = "nasgraph.graph"
@@ -267,6 +267,24 @@ class Graph:
             if used_outside and not isinstance(n.op, Output):
                 defs.append(("out__" + n.id.replace("/", "__"), Output(), [n.id]))
         return Graph(defs, name=f"{self.name}:{prefix}")
+
+    def weight_specs(self) -> dict[str, tuple[Node, WeightSpec]]:
+        """Every state-dict entry of the graph, in graph order: key
+        (`<node.param_key>.<suffix>`) -> (its node, its spec, from `Op.weight_specs`).
+
+            >>> from nasgraph.ir import ops
+            >>> g = Graph([("x", ops.Input(channels=3, height=8, width=8), []),
+            ...            ("conv", ops.Conv2d(out_channels=4, bias=False), ["x"]),
+            ...            ("out", ops.Output(), ["conv"])])
+            >>> {k: spec.shape for k, (_, spec) in g.weight_specs().items()}
+            {'conv.weight': (4, 3, 3, 3)}
+        """
+        specs = {}
+        for node in self:
+            inputs = [self._nodes[i].type for i in node.inputs]
+            for suffix, spec in node.op.weight_specs(inputs).items():
+                specs[f"{node.param_key}.{suffix}"] = (node, spec)
+        return specs
 
     def to_networkx(self) -> nx.DiGraph:
         """A networkx copy: node attributes `op` and `type`, edge attribute `index`."""

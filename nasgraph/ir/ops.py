@@ -2,8 +2,9 @@
 
 Each spec defines, once, everything the rest of nasgraph needs to know about its op:
 its attributes (validated by pydantic), its type rule (`infer`), its trainable parameter
-count (`params`), its multiply-accumulates (`macs`) and other arithmetic (`flops`), its
-window for receptive-field arithmetic (`window`) and a short label for tables and pictures.
+count (`params`), its weights (`weight_specs`: names, shapes, initialization), its
+multiply-accumulates (`macs`) and other arithmetic (`flops`), its window for receptive-field
+arithmetic (`window`) and a short label for tables and pictures.
 Backends, the renderer and the exporter look ops up by `kind` in `OPS`; a test walks the
 registry and fails when any of them lacks an entry.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
@@ -72,6 +74,31 @@ ACTIVATION_FLOPS: dict[str, int] = {
 
 Window = tuple[tuple[int, int], tuple[float, float]]
 
+# How a weight starts (`nasgraph.init_state`), as torch and He et al. initialize it:
+# N(0, 2 / fan) for "he_normal_fan_out", U(-1/sqrt(fan), 1/sqrt(fan)) for "uniform_fan_in".
+Init = Literal["he_normal_fan_out", "uniform_fan_in", "zeros", "ones"]
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One tensor of an op's state dict: its shape, dtype and initialization.
+
+    `fan` is what `init` scales by: the layer weight's fan_out or fan_in as torch's
+    `nn.init._calculate_fan_in_and_fan_out` counts it (0 for constant inits). A tensor that
+    is not `trainable` is a buffer (BN's running statistics): in the state dict, not in
+    `params`. An `optional` one may be missing from a state dict because no computation
+    reads it: BN's `num_batches_tracked`, torch's int64 count of training steps, is part of
+    the schema (so `init_state` and `lower(graph).state_dict()` have the same keys) but
+    the numba backend neither needs nor checks it.
+    """
+
+    shape: tuple[int, ...]
+    init: Init
+    fan: int = 0
+    trainable: bool = True
+    optional: bool = False
+    dtype: Literal["float32", "int64"] = "float32"
+
 
 def _fmt(pair: tuple[int, int]) -> str:
     return f"{pair[0]}x{pair[1]}"
@@ -106,9 +133,17 @@ class Op(BaseModel):
         """Output type for these input types; raises ShapeError when they do not fit."""
         return inputs[0]
 
+    def weight_specs(self, inputs: Sequence[TensorType]) -> dict[str, WeightSpec]:
+        """The op's state-dict entries for these input types: suffix -> spec, stored under
+        `<node.param_key>.<suffix>` (`weight`, `bias`, ...); none for most ops.
+
+        (Not named `weights`: that is `Add`'s attribute.)"""
+        return {}
+
     def params(self, inputs: Sequence[TensorType]) -> int:
         """Trainable parameters, as torch's `sum(p.numel() for p in m.parameters())`."""
-        return 0
+        return sum(math.prod(w.shape) for w in self.weight_specs(inputs).values()
+                   if w.trainable)
 
     def macs(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         """Multiply-accumulates of conv and linear layers; 0 for every other op."""
@@ -273,10 +308,14 @@ class Conv2d(Op):
         return TensorType(channels=self.out_channels, height=size[0], width=size[1],
                           dtype=x.dtype)
 
-    def params(self, inputs: Sequence[TensorType]) -> int:
-        k = self.kernel[0] * self.kernel[1]
-        return self.out_channels * (inputs[0].channels // self.groups) * k + (
-            self.out_channels if self.bias else 0)
+    def weight_specs(self, inputs: Sequence[TensorType]) -> dict[str, WeightSpec]:
+        # Cout x Cin/groups x kh x kw; torch's fan_out ignores groups: Cout * kh * kw
+        fan_out = self.out_channels * self.kernel[0] * self.kernel[1]
+        specs = {"weight": WeightSpec((self.out_channels, inputs[0].channels // self.groups,
+                                       *self.kernel), "he_normal_fan_out", fan_out)}
+        if self.bias:
+            specs["bias"] = WeightSpec((self.out_channels,), "zeros")
+        return specs
 
     def macs(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         k = self.kernel[0] * self.kernel[1]
@@ -302,6 +341,38 @@ class Conv2d(Op):
         return text
 
 
+@register_op
+class FusedConv2d(Conv2d):
+    """Conv2d, then `+ residual` (a second input, when `residual`), then `act` (if any).
+
+    What `nasgraph.passes.fuse_epilogues` makes of `act(conv(x) + r)` chains, so that a
+    backend adds and activates while the conv's result is still in registers. Its weights
+    are the conv's.
+    """
+
+    kind: ClassVar[str] = "fused_conv2d"
+    arity: ClassVar[tuple[int, int | None]] = (1, 2)
+
+    act: ActivationFn | None = None
+    residual: bool = False
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        out = super().infer(inputs[:1])
+        if len(inputs) != 1 + self.residual:
+            raise _fail(f"fused conv takes {1 + self.residual} inputs, got {len(inputs)}")
+        if self.residual and inputs[1] != out:
+            raise _fail(f"residual {inputs[1]} does not match the conv's output {out}")
+        return out
+
+    def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        extra = int(self.residual) + (ACTIVATION_FLOPS[self.act] if self.act else 0)
+        return super().flops(inputs[:1], output) + extra * output.numel
+
+    def label(self) -> str:
+        return super().label() + ("+res" if self.residual else "") + (
+            f"+{self.act}" if self.act else "")
+
+
 # --------------------------------------------------------------------------- normalization
 
 
@@ -319,8 +390,13 @@ class BatchNorm2d(Op):
         _require_spatial(self, inputs[0])
         return inputs[0]
 
-    def params(self, inputs: Sequence[TensorType]) -> int:
-        return 2 * inputs[0].channels
+    def weight_specs(self, inputs: Sequence[TensorType]) -> dict[str, WeightSpec]:
+        c = (inputs[0].channels,)
+        return {"weight": WeightSpec(c, "ones"), "bias": WeightSpec(c, "zeros"),
+                "running_mean": WeightSpec(c, "zeros", trainable=False),
+                "running_var": WeightSpec(c, "ones", trainable=False),
+                "num_batches_tracked": WeightSpec((), "zeros", trainable=False, optional=True,
+                                                  dtype="int64")}
 
     def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         return 2 * output.numel  # inference: one multiply and one add per element
@@ -579,8 +655,13 @@ class Linear(Op):
             raise _fail(f"linear needs a flat vector, got {x}", "insert a Flatten before it")
         return TensorType.vector(self.out_features, x.dtype)
 
-    def params(self, inputs: Sequence[TensorType]) -> int:
-        return inputs[0].channels * self.out_features + (self.out_features if self.bias else 0)
+    def weight_specs(self, inputs: Sequence[TensorType]) -> dict[str, WeightSpec]:
+        # torch's default: weight and bias uniform within 1/sqrt(in_features)
+        fan_in = inputs[0].channels
+        specs = {"weight": WeightSpec((self.out_features, fan_in), "uniform_fan_in", fan_in)}
+        if self.bias:
+            specs["bias"] = WeightSpec((self.out_features,), "uniform_fan_in", fan_in)
+        return specs
 
     def macs(self, inputs: Sequence[TensorType], output: TensorType) -> int:
         return inputs[0].channels * self.out_features

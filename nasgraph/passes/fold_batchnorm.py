@@ -59,7 +59,7 @@ def fold_batchnorm(graph: Graph, state_dict: Mapping[str, object]) -> tuple[Grap
         shift = state[f"{bn_key}.bias"] - state[f"{bn_key}.running_mean"] * scale
         state[f"{conv_key}.weight"] = (w * scale[:, None, None, None]).astype(np.float32)
         state[f"{conv_key}.bias"] = (bias * scale + shift).astype(np.float32)
-        for suffix in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+        for suffix in bn.op.weight_specs([node.type]):
             state.pop(f"{bn_key}.{suffix}", None)
         replace[node.id] = (node.op.model_copy(update={"bias": True}), node.inputs)
         rename[bn_id] = node.id

@@ -1,47 +1,14 @@
 """Fuse activations and residual adds into the epilogue of the convolution before them.
 
-`act(conv(x) + r)` becomes one `FusedConv2d` node with inputs (x, r): the conv's result is
-added to r and activated while it is still in registers. `FusedConv2d` is an op of the
-planned graphs that backends execute, not of the registry users build models from: it is
-not in `OPS`, so it is never saved nor lowered to torch.
+`act(conv(x) + r)` becomes one `FusedConv2d` node (`nasgraph.ir.ops`) with inputs (x, r):
+the conv's result is added to r and activated while it is still in registers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
-
-from nasgraph.errors import ShapeError
 from nasgraph.ir import Graph
-from nasgraph.ir.ops import ACTIVATION_FLOPS, ActivationFn, Conv2d
-from nasgraph.ir.types import TensorType
+from nasgraph.ir.ops import FusedConv2d
 from nasgraph.passes._rewrite import rebuild, resolve, sole_consumer
-
-
-class FusedConv2d(Conv2d):
-    """Conv2d, then `+ residual` (a second input, when `residual`), then `act` (if any)."""
-
-    kind: ClassVar[str] = "fused_conv2d"
-    arity: ClassVar[tuple[int, int | None]] = (1, 2)
-
-    act: ActivationFn | None = None
-    residual: bool = False
-
-    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
-        out = super().infer(inputs[:1])
-        if len(inputs) != 1 + self.residual:
-            raise ShapeError(f"fused conv takes {1 + self.residual} inputs, got {len(inputs)}")
-        if self.residual and inputs[1] != out:
-            raise ShapeError(f"residual {inputs[1]} does not match the conv's output {out}")
-        return out
-
-    def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
-        extra = int(self.residual) + (ACTIVATION_FLOPS[self.act] if self.act else 0)
-        return super().flops(inputs[:1], output) + extra * output.numel
-
-    def label(self) -> str:
-        return super().label() + ("+res" if self.residual else "") + (
-            f"+{self.act}" if self.act else "")
 
 
 def _fusable_add(graph: Graph, add_id: str, conv_id: str) -> str | None:

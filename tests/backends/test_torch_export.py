@@ -21,10 +21,6 @@ from hypothesis import HealthCheck, given, settings
 
 from nasgraph import zoo
 from nasgraph.backends.torch import (
-    MODULE_SOURCE,
-    MODULES,
-    PASS_THROUGH,
-    SOURCE,
     export,
     export_python,
     import_timm_weights,
@@ -33,7 +29,7 @@ from nasgraph.backends.torch import (
     python_source,
 )
 from nasgraph.errors import NasgraphError
-from nasgraph.ir import OPS, GraphBuilder
+from nasgraph.ir import GraphBuilder
 from tests.references import reference_model, with_reference
 from tests.strategies import graphs
 
@@ -59,11 +55,6 @@ def _max_diff(a, b) -> float:
     b = b if isinstance(b, tuple | list) else (b,)
     return max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
                for x, y in zip(a, b, strict=True))
-
-
-def test_every_registered_op_has_an_export():
-    assert set(OPS) - {"input"} <= set(SOURCE) | set(MODULE_SOURCE) | PASS_THROUGH
-    assert set(MODULE_SOURCE) == set(MODULES)
 
 
 def _imported(name: str):

@@ -1,4 +1,5 @@
-"""Every op's type rule and costs against the equivalent torch module (walks the registry)."""
+"""Every op's type rule, costs and weights against the equivalent torch module (walks the
+registry)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,17 @@ def V(n: int) -> TensorType:
 ACT = {"relu": nn.ReLU(), "relu6": nn.ReLU6(), "sigmoid": nn.Sigmoid(), "tanh": nn.Tanh(),
        "silu": nn.SiLU(), "hardswish": nn.Hardswish(), "gelu": nn.GELU()}
 
+class ConvAddAct(nn.Conv2d):
+    """`act(conv(x) + residual)`, what a FusedConv2d computes."""
+
+    def __init__(self, *args, act=torch.relu, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.act = act
+
+    def forward(self, x, *residual):
+        return self.act(super().forward(x) + sum(residual))
+
+
 # kind -> [(op, input types, torch equivalent: module or function of the input tensors)]
 CASES: dict[str, list[tuple[ops.Op, list[TensorType], object]]] = {
     "input": [(ops.Input(channels=3, height=7, width=9), [], None)],
@@ -44,6 +56,12 @@ CASES: dict[str, list[tuple[ops.Op, list[TensorType], object]]] = {
          nn.Conv2d(6, 12, 3, padding=1, groups=3)),
         (ops.Conv2d(out_channels=8, kernel=3, groups=8, stride=2, padding=1, bias=False),
          [T(8, 7, 7)], nn.Conv2d(8, 8, 3, 2, 1, groups=8, bias=False)),
+    ],
+    "fused_conv2d": [
+        (ops.FusedConv2d(out_channels=8, kernel=3, padding=1, act="relu", residual=True),
+         [T(4, 6, 6), T(8, 6, 6)], ConvAddAct(4, 8, 3, padding=1)),
+        (ops.FusedConv2d(out_channels=6, kernel=1, groups=2, bias=False, act="silu"),
+         [T(4, 5, 5)], ConvAddAct(4, 6, 1, groups=2, bias=False, act=F.silu)),
     ],
     "batchnorm2d": [(ops.BatchNorm2d(), [T(7, 4, 5)], nn.BatchNorm2d(7))],
     "activation": [(ops.Activation(fn=fn), [T(3, 4, 4)], m) for fn, m in ACT.items()],
@@ -112,6 +130,13 @@ def test_type_and_costs_match_torch(op, inputs, reference):
     params = sum(p.numel() for p in reference.parameters()) \
         if isinstance(reference, nn.Module) else 0
     assert op.params(inputs) == params
+    state = reference.state_dict() if isinstance(reference, nn.Module) else {}
+    specs = op.weight_specs(inputs)
+    assert {k: w.shape for k, w in specs.items()} == {k: tuple(t.shape) for k, t in state.items()}
+    assert {k: w.dtype for k, w in specs.items()} == {k: str(t.dtype).removeprefix("torch.")
+                                                      for k, t in state.items()}
+    assert {k for k, w in specs.items() if w.trainable} == (
+        {k for k, _ in reference.named_parameters()} if state else set())
     # flop_counter counts 2 per MAC of conv and matmul layers, for the whole batch of 2
     assert op.macs(inputs, out) == counter.get_total_flops() // 2 // 2
     assert op.flops(inputs, out) >= 2 * op.macs(inputs, out)

@@ -1,66 +1,32 @@
-"""The weights a graph needs, derived from its op specs, and a state dict checked against them.
+"""A state dict checked against the weights a graph needs (its op specs' `weight_specs`).
 
-A state dict is keyed as `lower(graph).state_dict()` keys it (DESIGN: the one currency):
-a conv's `weight` is Cout x Cin/groups x kh x kw and its `bias` Cout, a linear layer's
-`weight` out x in and its `bias` out, a BatchNorm's `weight`, `bias`, `running_mean` and
-`running_var` C each; `num_batches_tracked`, torch's count of training steps, may be there
-or not. They are derived here from the ops and the types the IR inferred, without torch.
+A state dict is keyed as `lower(graph).state_dict()` keys it (DESIGN: the one currency).
+Entries a spec marks optional (BN's `num_batches_tracked`, torch's count of training steps)
+may be there or not: nothing here reads them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
 from nasgraph.errors import GraphError
-from nasgraph.ir import Graph, Node, TensorType
+from nasgraph.ir import Graph, Node
 from nasgraph.passes import StateDict
-
-# a node and its input types -> its weights: name (after `node.param_key` + ".") -> shape
-WeightRule = Callable[[Node, Sequence[TensorType]], dict[str, tuple[int, ...]]]
-
-
-def _conv(node: Node, inputs: Sequence[TensorType]) -> dict[str, tuple[int, ...]]:
-    op = node.op
-    shapes = {"weight": (op.out_channels, inputs[0].channels // op.groups, *op.kernel)}
-    return shapes | ({"bias": (op.out_channels,)} if op.bias else {})
-
-
-def _bn(node: Node, inputs: Sequence[TensorType]) -> dict[str, tuple[int, ...]]:
-    return dict.fromkeys(("weight", "bias", "running_mean", "running_var"),
-                         (node.type.channels,))
-
-
-def _linear(node: Node, inputs: Sequence[TensorType]) -> dict[str, tuple[int, ...]]:
-    op = node.op
-    shapes = {"weight": (op.out_features, inputs[0].channels)}
-    return shapes | ({"bias": (op.out_features,)} if op.bias else {})
-
-
-# kinds with weights; every other kind has none
-WEIGHTS: dict[str, WeightRule] = {
-    "conv2d": _conv, "fused_conv2d": _conv, "batchnorm2d": _bn, "linear": _linear,
-}
-# entries a state dict may hold or not, which nothing reads
-OPTIONAL = {"batchnorm2d": ("num_batches_tracked",)}
 
 
 def weight_shapes(graph: Graph) -> dict[str, tuple[Node, tuple[int, ...]]]:
-    """Every weight `graph` needs: state dict key -> (the node it belongs to, its shape).
+    """Every weight `graph` needs (`Graph.weight_specs`, optional ones left out): state
+    dict key -> (the node it belongs to, its shape).
 
         >>> from nasgraph import zoo
         >>> shapes = weight_shapes(zoo.get("lenet5"))
         >>> shapes["c1.weight"][1], shapes["f7.bias"][1]
         ((6, 1, 5, 5), (10,))
     """
-    shapes = {}
-    for node in graph:
-        if node.kind in WEIGHTS:
-            inputs = [graph[i].type for i in node.inputs]
-            for name, shape in WEIGHTS[node.kind](node, inputs).items():
-                shapes[f"{node.param_key}.{name}"] = (node, shape)
-    return shapes
+    return {key: (node, spec.shape) for key, (node, spec) in graph.weight_specs().items()
+            if not spec.optional}
 
 
 def _fmt(shape: tuple[int, ...]) -> str:
@@ -104,12 +70,13 @@ def checked_state(graph: Graph, state_dict: Mapping[str, object]) -> StateDict:
             raise GraphError(f"{_where(key, node)} has dtype {value.dtype} (shape "
                              f"{_fmt(value.shape)}), expected a floating-point dtype")
         state[key] = np.ascontiguousarray(value, dtype=np.float32)
+    known = graph.weight_specs()  # optional entries included
     nodes = {n.param_key: n for n in graph}
     for key in state_dict:
-        prefix, _, name = key.rpartition(".")
-        node = nodes.get(prefix)
-        if key in expected or (node is not None and name in OPTIONAL.get(node.kind, ())):
+        if key in known:
             continue
+        prefix = key.rpartition(".")[0]
+        node = nodes.get(prefix)
         if node is None:
             raise GraphError(f"state dict key {key!r} names no node of graph {graph.name!r} "
                              "(keys are '<node id with / as .>.<weight>'); hint: the weights "

@@ -35,6 +35,7 @@ from nasgraph.backends.numba.nodes import (
     pack_conv,
 )
 from nasgraph.errors import NasgraphError
+from nasgraph.init import init_state
 from nasgraph.ir import Graph, Node
 from nasgraph.passes import StateDict, plan_memory
 
@@ -365,10 +366,11 @@ def _limit_blas_threads() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
-def compile(graph: Graph, state_dict: Mapping[str, object], *, batch: int | None = None,
-            threads: int | None = None, optimize: bool = True,
+def compile(graph: Graph, state_dict: Mapping[str, object] | None = None, *,
+            batch: int | None = None, threads: int | None = None, optimize: bool = True,
             winograd: bool = True) -> Executor:
-    """Compile `graph` with the weights of `state_dict` (keys as `lower(graph).state_dict()`).
+    """Compile `graph` with the weights of `state_dict` (keys as `lower(graph).state_dict()`;
+    None: freshly initialized ones, `nasgraph.init_state(graph)`, which need no torch).
 
     `state_dict` is checked first (`_weights.checked_state`): a weight missing or of
     another shape, a key no weight of the graph has, or an integer dtype raises a
@@ -390,6 +392,8 @@ def compile(graph: Graph, state_dict: Mapping[str, object], *, batch: int | None
         >>> run = nb.compile(g, lower(g).eval().state_dict())
         >>> run(np.zeros((2, *g.inputs[0].type.shape), np.float32)).shape
         (2, 10)
+        >>> nb.compile(g)(np.zeros((1, 1, 32, 32), np.float32)).shape  # init_state(g)
+        (1, 10)
     """
     if len(graph.inputs) != 1:
         raise NasgraphError(f"graph {graph.name!r} has {len(graph.inputs)} inputs; the numba "
@@ -401,7 +405,7 @@ def compile(graph: Graph, state_dict: Mapping[str, object], *, batch: int | None
                             "kernel")
     if threads is not None and not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
         raise NasgraphError(f"threads={threads} is outside 1..{numba.config.NUMBA_NUM_THREADS}")
-    state = checked_state(graph, state_dict)
+    state = checked_state(graph, init_state(graph) if state_dict is None else state_dict)
     _limit_blas_threads()
     planned, state = passes.optimize(graph, state) if optimize else (graph, state)
     executor = Executor(planned, state, threads, winograd)

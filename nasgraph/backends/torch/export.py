@@ -95,9 +95,17 @@ def _linear_module(node: Node, graph: Graph) -> str:
 
 # kind -> the constructor of the submodule holding the node's weights (lower's MODULES)
 MODULE_SOURCE: dict[str, Callable[[Node, Graph], str]] = {
-    "conv2d": _conv_module, "batchnorm2d": _bn_module, "linear": _linear_module,
-    "dropout": lambda node, graph: f"nn.Dropout({node.op.p!r})",
+    "conv2d": _conv_module, "fused_conv2d": _conv_module, "batchnorm2d": _bn_module,
+    "linear": _linear_module, "dropout": lambda node, graph: f"nn.Dropout({node.op.p!r})",
 }
+
+
+def _fused_conv_source(node: Node, xs: list[str]) -> str:
+    op: ops.FusedConv2d = node.op
+    expr = f"{_module_access(node.param_key)}({xs[0]})"
+    if op.residual:
+        expr = f"{expr} + {xs[1]}"
+    return expr if op.act is None else f"{ACTIVATION_SOURCE[op.act]}({expr})"
 
 SOURCE: dict[str, SourceEmitter] = {
     "activation": lambda node, xs: f"{ACTIVATION_SOURCE[node.op.fn]}({xs[0]})",
@@ -112,7 +120,9 @@ SOURCE: dict[str, SourceEmitter] = {
     "upsample": _upsample_source,
     "channel_pad": lambda node, xs: (
         f"F.pad({xs[0]}, (0, 0, 0, 0, {node.op.before}, {node.op.after}))"),
-    # modules (MODULES) are called as self.<path>(x); identity and output emit nothing
+    "fused_conv2d": _fused_conv_source,
+    # other modules (MODULE_SOURCE) are called as self.<path>(x); identity and output emit
+    # nothing
 }
 
 _RESERVED = {"self", "torch", "nn", "F", "Path", "load_file", "Model", "load_model"}
@@ -213,10 +223,10 @@ def python_source(graph: Graph, weights_name: str | None = None) -> str:
             if node.kind == "output":
                 results.append(xs[0])
             continue
-        if node.kind in MODULE_SOURCE:
-            expr = f"{_module_access(node.param_key)}({', '.join(xs)})"
-        else:
+        if node.kind in SOURCE:
             expr = SOURCE[node.kind](node, xs)
+        else:
+            expr = f"{_module_access(node.param_key)}({', '.join(xs)})"
         var[node.id] = allocate(node)
         body.append(f"{var[node.id]} = {expr}  {_shape_comment(node)}  {_escaped(node.id)}")
 

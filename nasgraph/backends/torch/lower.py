@@ -3,12 +3,11 @@
 One submodule per weighted node, at the node id's path (`layer1/0/conv1` becomes
 `layer1.0.conv1`, so its weight is `layer1.0.conv1.weight`: the state-dict currency shared
 with the Numba backend and export files). Parameter-free ops become plain function calls, so
-`module.code` reads like hand-written PyTorch.
+`module.code` reads like hand-written PyTorch. The weights are `nasgraph.init_state`'s.
 """
 
 from __future__ import annotations
 
-import math
 import operator
 import re
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from nasgraph.errors import GraphError
+from nasgraph.init import init_state
 from nasgraph.ir import Graph, Node, ops
 
 # kind -> builds the submodule holding the node's weights (and buffers)
@@ -54,7 +54,8 @@ def _dropout(node: Node, graph: Graph) -> nn.Module:
 
 
 MODULES: dict[str, ModuleFactory] = {
-    "conv2d": _conv, "batchnorm2d": _bn, "linear": _linear, "dropout": _dropout,
+    "conv2d": _conv, "fused_conv2d": _conv, "batchnorm2d": _bn, "linear": _linear,
+    "dropout": _dropout,
 }
 
 
@@ -100,8 +101,17 @@ def _module(g: fx.Graph, node: Node, xs: list[fx.Node]) -> fx.Node:
     return g.call_module(node.param_key, tuple(xs))
 
 
+def _fused_conv(g: fx.Graph, node: Node, xs: list[fx.Node]) -> fx.Node:
+    op: ops.FusedConv2d = node.op
+    y = g.call_module(node.param_key, (xs[0],))  # N x C x H x W -> N x F x H' x W'
+    if op.residual:
+        y = g.call_function(operator.add, (y, xs[1]))
+    return y if op.act is None else g.call_function(ACTIVATIONS[op.act], (y,))
+
+
 EMITTERS: dict[str, Emitter] = {
     "conv2d": _module, "batchnorm2d": _module, "linear": _module, "dropout": _module,
+    "fused_conv2d": _fused_conv,
     "activation": lambda g, node, xs: g.call_function(ACTIVATIONS[node.op.fn], (xs[0],)),
     "maxpool2d": _pool(F.max_pool2d),
     "avgpool2d": _pool(F.avg_pool2d),
@@ -135,30 +145,15 @@ def _install(root: nn.Module, path: str, module: nn.Module) -> None:
     root.add_module(leaf, module)
 
 
-def initialize(module: nn.Module) -> None:
-    """He (Kaiming) initialization for convs, unit BN, torch's default for linear layers."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            bound = 1 / math.sqrt(m.in_features)
-            nn.init.uniform_(m.weight, -bound, bound)
-            if m.bias is not None:
-                nn.init.uniform_(m.bias, -bound, bound)
-
-
-def lower(graph: Graph, *, channels_last: bool = False,
+def lower(graph: Graph, *, seed: int | None = None, channels_last: bool = False,
           autocast: str | torch.dtype | None = None) -> nn.Module:
-    """A torch.fx.GraphModule computing `graph`, randomly initialized.
+    """A torch.fx.GraphModule computing `graph`, with the weights `init_state(graph, seed)`.
 
     Inputs are N x C x H x W tensors in the order of `graph.inputs`; the result is one
-    tensor, or a tuple when the graph has several outputs. `channels_last` stores 4-D
-    weights NHWC; `autocast` ("bf16" or "fp16") wraps the module in `Autocast`. Neither
+    tensor, or a tuple when the graph has several outputs. `seed` None draws one from
+    torch's global generator, so `torch.manual_seed(s)` fixes the weights too; a seed gives
+    the weights the numba backend gets from `init_state` with it. `channels_last` stores
+    4-D weights NHWC; `autocast` ("bf16" or "fp16") wraps the module in `Autocast`. Neither
     changes the state dict keys. Inference-time BN folding: `fuse_conv_bn`.
 
         >>> import torch, nasgraph
@@ -177,7 +172,8 @@ def lower(graph: Graph, *, channels_last: bool = False,
         xs = [values[i] for i in node.inputs]
         if node.kind in MODULES:
             try:
-                _install(root, node.param_key, MODULES[node.kind](node, graph))
+                with torch.device("meta"):  # no memory, no init: init_state's weights below
+                    _install(root, node.param_key, MODULES[node.kind](node, graph))
             except KeyError as e:  # a path component that is an nn.Module attribute
                 raise GraphError(f"node {node.id!r} ({node.kind}): cannot become submodule "
                                  f"{node.param_key!r}: {e.args[0]}; hint: rename the node "
@@ -195,7 +191,10 @@ def lower(graph: Graph, *, channels_last: bool = False,
         values[node.id] = value
     g.output(results[0] if len(results) == 1 else tuple(results))
     module = fx.GraphModule(root, g, class_name=_class_name(graph.name))
-    initialize(module)
+    if seed is None:
+        seed = int(torch.randint(2**62, ()).item())
+    state = {k: torch.from_numpy(v) for k, v in init_state(graph, seed).items()}
+    module.load_state_dict(state, assign=True)  # parameters stay parameters
     if channels_last or autocast is not None:
         from nasgraph.backends.torch.inference import prepare
 

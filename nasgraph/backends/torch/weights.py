@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from nasgraph.backends.torch.lower import MODULES
 from nasgraph.errors import GraphError
 from nasgraph.ir import Graph, Node
 
@@ -23,17 +22,9 @@ Rename = Callable[[str], str | None]
 
 
 def expected_state(graph: Graph) -> dict[str, tuple[tuple[int, ...], Node]]:
-    """Every key of `lower(graph).state_dict()`: its shape and the node that owns it.
-
-    The modules are built on the meta device, so nothing is allocated or initialized.
-    """
-    keys: dict[str, tuple[tuple[int, ...], Node]] = {}
-    with torch.device("meta"):
-        for node in graph:
-            if node.kind in MODULES:
-                for name, t in MODULES[node.kind](node, graph).state_dict().items():
-                    keys[f"{node.param_key}.{name}"] = (tuple(t.shape), node)
-    return keys
+    """Every key of `lower(graph).state_dict()`: its shape and the node that owns it
+    (`Graph.weight_specs`)."""
+    return {key: (spec.shape, node) for key, (node, spec) in graph.weight_specs().items()}
 
 
 def _shape(shape: tuple[int, ...]) -> str:
