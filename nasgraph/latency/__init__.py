@@ -60,10 +60,8 @@ def numba_runner(graph: Graph, device: str, batch: int, threads: int | None) -> 
     import numpy as np
 
     from nasgraph.backends import numba as numba_backend
-    from nasgraph.backends.torch import lower
 
-    executor = numba_backend.compile(graph, lower(graph).eval().state_dict(), batch=batch,
-                                     threads=threads)
+    executor = numba_backend.compile(graph, batch=batch, threads=threads)
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((batch, *n.type.shape), dtype=np.float32) for n in graph.inputs]
 
@@ -174,10 +172,8 @@ def numba_profile(graph: Graph, batch: int, threads: int | None, iters: int
     import numpy as np
 
     from nasgraph.backends import numba as numba_backend
-    from nasgraph.backends.torch import lower
 
-    executor = numba_backend.compile(graph, lower(graph).eval().state_dict(), batch=batch,
-                                     threads=threads)
+    executor = numba_backend.compile(graph, batch=batch, threads=threads)
     (node,) = graph.inputs
     x = np.random.default_rng(0).standard_normal((batch, *node.type.shape), dtype=np.float32)
     return executor.profile(x, iters), {n.id: n.type for n in executor.graph}

@@ -48,11 +48,8 @@ CODED_ACTIVATIONS = ("relu", "relu6")
 
 
 def seeded_model(graph: Graph, seed: int = 0) -> nn.Module:
-    """`lower(graph)` with its default initialization drawn under torch seed `seed`; torch's
-    global random state is left as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return lower(graph)
+    """`lower(graph)` with the weights of `nasgraph.init_state(graph, seed)`."""
+    return lower(graph, seed=seed)
 
 
 def _weighted_layers(model: nn.Module) -> list[nn.Conv2d | nn.Linear]:
