@@ -45,8 +45,8 @@ fashion-mnist:
 	  || { $(call apt_install,dataset-fashion-mnist,for --dataset fashion-mnist); }
 
 demo: setup
-	$(BIN)/nasgraph search residual --dataset digits --budget 200k --trials 12 --epochs 6 \
-	  --study demo
+	$(BIN)/nasgraph search residual --dataset digits --budget 200k --time-budget 2m \
+	  --epochs 9 --pruner halving --screen 64 --workers 2 --study demo
 
 test: setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
