@@ -13,6 +13,7 @@ import math
 from pydantic import BaseModel
 
 from nasgraph.ir.graph import Graph, Node
+from nasgraph.passes.memory import live_ranges
 
 
 class NodeCost(BaseModel):
@@ -90,64 +91,6 @@ def multiplicity(graph: Graph) -> int:
     for node in graph:
         paths[node.id] = sum(paths[i] for i in node.inputs) if node.inputs else 1
     return sum(paths[o.id] for o in graph.outputs)
-
-
-def in_place_concat_parts(graph: Graph) -> dict[str, tuple[str, int]]:
-    """Concat inputs that can be written straight into their slice of the concat's buffer.
-
-    A part qualifies when it owns its storage (not a view, not a graph input) and the concat
-    is its only consumer. Returns part id -> (concat id, channel offset in the concat).
-    """
-    parts: dict[str, tuple[str, int]] = {}
-    for node in graph:
-        if node.kind != "concat":
-            continue
-        offset = 0
-        for i in node.inputs:
-            src = graph[i]
-            succ = graph.successors(i)
-            if not src.op.is_alias and src.kind != "input" and len(succ) == 1:
-                parts[i] = (node.id, offset)
-            offset += src.type.channels
-    return parts
-
-
-def storage_owners(graph: Graph, concat_in_place: bool = False) -> dict[str, str]:
-    """The node whose buffer holds each node's output: itself, a view's source, or (with
-    `concat_in_place`) the outermost concat an in-place part is written into."""
-    parts = in_place_concat_parts(graph) if concat_in_place else {}
-    owner: dict[str, str] = {}
-    for node in reversed(graph.nodes):  # a concat comes after its parts
-        if node.id in parts:
-            owner[node.id] = owner[parts[node.id][0]]
-        else:
-            owner[node.id] = node.id
-    for node in graph:
-        if node.op.is_alias:
-            owner[node.id] = owner[node.inputs[0]]
-    return owner
-
-
-def live_ranges(graph: Graph, concat_in_place: bool = False) -> dict[str, tuple[int, int]]:
-    """Buffer id -> (step allocated, step after which it is freed), steps in topological
-    order; graph outputs live to the end (step len(graph))."""
-    order = {n.id: k for k, n in enumerate(graph)}
-    owner = storage_owners(graph, concat_in_place)
-    ranges: dict[str, tuple[int, int]] = {}
-    for node in graph:
-        if node.op.is_alias:
-            continue
-        s = owner[node.id]
-        start, end = ranges.get(s, (order[node.id], order[node.id]))
-        ranges[s] = (min(start, order[node.id]), max(end, order[node.id]))
-    for node in graph:
-        for i in node.inputs:
-            s = owner[i]
-            ranges[s] = (ranges[s][0], max(ranges[s][1], order[node.id]))
-    for out in graph.outputs:
-        s = owner[out.id]
-        ranges[s] = (ranges[s][0], len(graph))
-    return ranges
 
 
 def peak_memory_bytes(graph: Graph, concat_in_place: bool = False) -> int:

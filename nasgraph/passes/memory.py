@@ -1,7 +1,9 @@
-"""The memory plan: which buffer every tensor lives in, reusing buffers by liveness.
+"""Liveness and the memory plan: which buffer every tensor lives in, from when to when, and
+buffers reused once free. The one place that knows liveness: `analysis.peak_memory_bytes`
+and the numba executor read it from here.
 
 Concat inputs used by nothing else are written straight into their slice of the concat's
-buffer (`nasgraph.analysis.in_place_concat_parts`), views share their source's buffer, and
+buffer (`in_place_concat_parts`), views share their source's buffer, and
 a buffer freed after its last use is handed to the next tensor that fits in it.
 """
 
@@ -10,8 +12,66 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nasgraph.analysis import in_place_concat_parts, live_ranges, storage_owners
 from nasgraph.ir import Graph, Node
+
+
+def in_place_concat_parts(graph: Graph) -> dict[str, tuple[str, int]]:
+    """Concat inputs that can be written straight into their slice of the concat's buffer.
+
+    A part qualifies when it owns its storage (not a view, not a graph input) and the concat
+    is its only consumer. Returns part id -> (concat id, channel offset in the concat).
+    """
+    parts: dict[str, tuple[str, int]] = {}
+    for node in graph:
+        if node.kind != "concat":
+            continue
+        offset = 0
+        for i in node.inputs:
+            src = graph[i]
+            succ = graph.successors(i)
+            if not src.op.is_alias and src.kind != "input" and len(succ) == 1:
+                parts[i] = (node.id, offset)
+            offset += src.type.channels
+    return parts
+
+
+def storage_owners(graph: Graph, concat_in_place: bool = False) -> dict[str, str]:
+    """The node whose buffer holds each node's output: itself, a view's source, or (with
+    `concat_in_place`) the outermost concat an in-place part is written into."""
+    parts = in_place_concat_parts(graph) if concat_in_place else {}
+    owner: dict[str, str] = {}
+    for node in reversed(graph.nodes):  # a concat comes after its parts
+        if node.id in parts:
+            owner[node.id] = owner[parts[node.id][0]]
+        else:
+            owner[node.id] = node.id
+    for node in graph:
+        if node.op.is_alias:
+            owner[node.id] = owner[node.inputs[0]]
+    return owner
+
+
+def live_ranges(graph: Graph, concat_in_place: bool = False) -> dict[str, tuple[int, int]]:
+    """Buffer id -> (step allocated, step after which it is freed), steps in topological
+    order; graph outputs live to the end (step len(graph))."""
+    order = {n.id: k for k, n in enumerate(graph)}
+    owner = storage_owners(graph, concat_in_place)
+    ranges: dict[str, tuple[int, int]] = {}
+    for node in graph:
+        if node.op.is_alias:
+            continue
+        s = owner[node.id]
+        start, end = ranges.get(s, (order[node.id], order[node.id]))
+        ranges[s] = (min(start, order[node.id]), max(end, order[node.id]))
+    for node in graph:
+        for i in node.inputs:
+            s = owner[i]
+            ranges[s] = (ranges[s][0], max(ranges[s][1], order[node.id]))
+    for out in graph.outputs:
+        s = owner[out.id]
+        ranges[s] = (ranges[s][0], len(graph))
+    return ranges
+
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 from nasgraph import zoo
-from nasgraph.analysis import live_ranges, peak_memory_bytes
+from nasgraph.analysis import peak_memory_bytes
 from nasgraph.backends.torch import lower
 from nasgraph.ir import GraphBuilder
 from nasgraph.passes import drop_identities, fold_batchnorm, fuse_epilogues, plan_memory
+from nasgraph.passes.memory import live_ranges
 from tests.backends.test_numba import randomized
 from tests.strategies import graphs
 

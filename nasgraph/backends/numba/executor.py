@@ -17,7 +17,6 @@ import numba
 import numpy as np
 
 from nasgraph import passes
-from nasgraph.analysis import in_place_concat_parts
 from nasgraph.backends.numba import _chain as chain_k
 from nasgraph.backends.numba import _elementwise as elem_k
 from nasgraph.backends.numba import _tiled as tiled_k
@@ -38,6 +37,7 @@ from nasgraph.errors import NasgraphError
 from nasgraph.init import init_state
 from nasgraph.ir import Graph, Node
 from nasgraph.passes import StateDict, plan_memory
+from nasgraph.passes.memory import in_place_concat_parts
 
 
 class Bound(NamedTuple):
