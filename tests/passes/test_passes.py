@@ -13,7 +13,7 @@ from nasgraph.backends.torch import lower
 from nasgraph.ir import GraphBuilder
 from nasgraph.passes import drop_identities, fold_batchnorm, fuse_epilogues, plan_memory
 from nasgraph.passes.memory import live_ranges
-from tests.backends.test_numba import randomized
+from tests.backends.numba.test_executor import randomized
 from tests.strategies import graphs
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -241,7 +241,7 @@ def test_weight_shapes_of_random_dags_are_the_torch_lowerings(g):
 
 
 def test_cli_runs_the_numba_backend():
-    from tests.test_cli import nasgraph_cli
+    from tests.cli.test_commands import nasgraph_cli
 
     r = nasgraph_cli("run", "lenet5", "--backend", "numba", "--batch", "3", "--threads", "1",
                      "--bench", "--iters", "2")
@@ -250,7 +250,7 @@ def test_cli_runs_the_numba_backend():
 
 
 def test_profile_times_every_kernel_node():
-    from tests.test_cli import nasgraph_cli
+    from tests.cli.test_commands import nasgraph_cli
 
     g = _small("resnet18")
     ex = nb.compile(g, lower(g).state_dict())

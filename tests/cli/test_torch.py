@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from nasgraph import zoo
 from nasgraph.backends.torch import lower
-from tests.test_cli import nasgraph_cli
+from tests.cli.test_commands import nasgraph_cli
 
 
 def test_export_python_with_weights_reproduces_lower(tmp_path):
