@@ -36,15 +36,14 @@ from nasgraph.data import Dataset, Split
 from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph
 
-# Below this many MACs per image, a network trains on one CPU thread. On two cores shared
-# with other jobs, two threads trained 0.2-5M-MAC networks 3-10x slower than one (OpenMP
-# waits for the thread that is not running); on idle cores, 1.2-1.7x faster. The thread
-# count changes the low bits of the result, so it is a rule, not a timing of the first steps.
+# Below this many MACs per image, a network trains on one CPU thread: on cores shared with
+# other jobs, OpenMP waits for the thread that is not running. The thread count changes the
+# low bits of the result, so it is a rule, not a timing of the first steps
+# (docs/benchmarks.md, "Thresholds of the trainer").
 SMALL_MACS = 20_000_000
-# channels_last (NHWC) trains a network faster on a CPU (1.2-1.6x: oneDNN's NHWC convs skip
-# the reorders of NCHW) unless a conv writes fewer channels than this over more than one
-# pixel: NHWC batch norm vectorizes across channels, and networks of 6-7 channels trained
-# 6-13% slower (AVX2; with AVX-512 the bound may be 16).
+# channels_last (NHWC) trains a network faster on a CPU (oneDNN's NHWC convs skip the
+# reorders of NCHW) unless a conv writes fewer channels than this over more than one pixel:
+# NHWC batch norm vectorizes across channels (with AVX-512 the bound may be 16).
 NHWC_MIN_WIDTH = 8
 # oneDNN's NHWC 1x1 strided convolution writes past its buffer in the weight gradient when
 # a group has fewer input channels than its vector block (8 floats with AVX2, 16 with
@@ -52,9 +51,8 @@ NHWC_MIN_WIDTH = 8
 # (https://github.com/uxlfoundation/oneDNN/issues/6035). Such convs stay NCHW.
 ONEDNN_NHWC_BLOCK = 16
 # From this many training images (Fashion-MNIST's 54,000) the default batch is 128, not 32,
-# at twice the learning rate: 1M-MAC candidates train 1.4-1.8x faster on a CPU
-# (benchmarks/train_speed.py) and score 0.1-0.6 points lower after 2 epochs (3 seeds of
-# 3 networks; seeds spread by 0.7), 0.1-0.3 after 10; at batch 128 and lr 1e-2, 1.5 lower.
+# at twice the learning rate: faster per candidate for a fraction of a point
+# (docs/benchmarks.md, "Thresholds of the trainer", and benchmarks/train_speed.py).
 LARGE_SPLIT = 50_000
 
 

@@ -45,13 +45,8 @@ def _f32(a: np.ndarray) -> np.ndarray:
 
 # where a 3x3 stride-1 conv runs Winograd: at least this many input channels and this
 # many (4x4 output tiles a sample x input channels); or, with at least WINOGRAD_BATCHED_CIN
-# input channels, this many over a call's samples; below, the tiled kernel is faster.
-# Against it (one thread and two): 16 -> 16 at 32x32 0.85-0.90x its time, 32 -> 32 at
-# 16x16 0.55-0.73x, 64 -> 64 at 8x8 0.62x, 256 -> 256 at 14x14 0.48-0.60x; but 3 or 8
-# input channels 1.7-2.2x. On two threads by batch size: 32 -> 32 at 4x4 (32 a sample)
-# 2.3x at batch 1, 1.2-1.3x at 2-4, 0.87-0.88x at 8-16, 0.6-0.68x from 32 on; 64 -> 64
-# at 4x4 1.58x, 1.14x, then 0.73x at 4; but 16 -> 16 at 8x8 0.75-1.14x from batch 8 on,
-# by the run, and 16 -> 16 at 4x4 1.04-1.35x at every batch up to 64
+# input channels, this many over a call's samples; below, the tiled kernel is faster
+# (the measurements: docs/benchmarks.md, "Thresholds of the numba executor")
 WINOGRAD_MIN_CIN = 16
 WINOGRAD_MIN_WORK = 256
 WINOGRAD_BATCHED_CIN = 32
@@ -85,11 +80,9 @@ def conv_strategy(node: Node, in_per_group: int, winograd: bool = True) -> str:
     with one input channel per group: the direct NCHW kernel) or "gemm" ((im2col +)
     sgemm: other 1x1 and grouped convs, outputs smaller than a tile).
 
-    sgemm (OpenBLAS, one thread) multiplies Cout x Cin weights by Cin x pixels planes at
-    12-15 GFLOP/s where Cin is large and Cout or the pixels few: a 1x1 conv with
-    Cin >= 160 and at most 196 pixels or fewer than 64 outputs runs tiled (mobilenet_v2's
-    576 -> 96 at 14x14 0.4x, 960 -> 320 at 7x7 0.5x the time; resnet50's 1024 -> 256 at
-    14x14 0.85x), the rest stays gemm (tiled: 1.05-1.25x on smaller Cin or 28x28 and up).
+    sgemm (OpenBLAS, one thread) is slow where Cin is large and Cout or the pixels few: a
+    1x1 conv with Cin >= 160 and at most 196 pixels or fewer than 64 outputs runs tiled,
+    the rest stays gemm (docs/benchmarks.md, "Thresholds of the numba executor").
     `winograd=False`: never "winograd" (those convs run tiled)."""
     op, out = node.op, node.type
     kh, kw = op.kernel
@@ -108,11 +101,8 @@ def conv_strategy(node: Node, in_per_group: int, winograd: bool = True) -> str:
 
 CONV_KINDS = ("conv2d", "fused_conv2d")
 # depthwise convs (one channel per group, channel multiplier 1) with at most this many
-# output pixels run in NHWC (`_depthwise`): on two threads, against the NCHW kernel, 960
-# channels at 7x7 0.17x its time, 576 at 14x14 0.42x, 576 at 14x14 -> 7x7 (stride 2)
-# 0.14x, with the input already NHWC (copied from NCHW first: 0.26-0.79x); on outputs of
-# 28x28 and up the NCHW kernel is faster once the copy is counted (192 at 28x28 1.26x,
-# 144 at 56x56 2.0x)
+# output pixels run in NHWC (`_depthwise`); on larger outputs the NCHW kernel is faster
+# once the copy from NCHW is counted (docs/benchmarks.md, "Thresholds of the numba executor")
 DEPTHWISE_NHWC_PIXELS = 196
 
 
@@ -121,9 +111,8 @@ def conv_strategies(graph: Graph, winograd: bool = True) -> dict[str, str]:
     reading a conv that runs in NHWC runs in NHWC too where it can: a 1x1 stride-1 conv
     tiled rather than gemm, a depthwise conv in NHWC at any size. Its input then needs no
     copy from NCHW, nor, when every reader of it is NHWC, does the conv before write NCHW
-    (`executor.nhwc_outputs`). At batch 1 on two threads, against each conv choosing
-    for itself: mobilenet_v2 0.77x the time, resnet50 0.87x, efficientnet_b0 0.91x
-    (same process, in turns)."""
+    (`executor.nhwc_outputs`); docs/benchmarks.md, "Thresholds of the numba executor",
+    has what it saves."""
     chosen: dict[str, str] = {}
     for node in graph:
         if node.kind not in CONV_KINDS:
