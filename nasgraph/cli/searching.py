@@ -122,9 +122,9 @@ def search(
         progress.start()
         state["start"] = time.time()
         if cfg.time_budget:  # a bar of the trials' time: its ETA is when they stop
-            state["task"] = progress.add_task(
-                "trials", total=max(1.0, _trials_until(cfg) - state["start"]),
-                count=f"{done} done", best=_best_text(study_obj))
+            state["seconds"] = max(1.0, _trials_until(cfg) - state["start"])
+            state["task"] = progress.add_task("trials", total=state["seconds"],
+                                              count=f"{done} done", best=_best_text(study_obj))
         else:
             state["task"] = progress.add_task(f"trials of {cfg.study_name}", total=cfg.trials,
                                               completed=done, count=f"{done}/{cfg.trials}",
@@ -156,7 +156,7 @@ def search(
             if "trial" in state:
                 progress.remove_task(state.pop("trial"))
             if cfg.time_budget:
-                progress.update(state["task"], completed=progress.tasks[0].total)
+                progress.update(state["task"], completed=state["seconds"])
         if state.get("phase") != phase:  # a new bar per phase, so that its ETA is its own
             state["phase"] = phase
             state["bar"] = progress.add_task(phase, total=total, count="", best=unit)
@@ -225,9 +225,10 @@ def _print_result(result) -> None:
         console.print("no candidate was trained")
         return
     test = best.get("test_accuracy")
-    spread = (f" +- {100 * best['test_accuracy_std']:.2f} over {best['final_seeds']} "
-              f"retrainings of {best['final_epochs']} epochs" if "test_accuracy_std" in best
-              else "")
+    seeds = best.get("final_seeds")
+    spread = (f" +- {100 * best['test_accuracy_std']:.2f} over {seeds} "
+              f"retraining{'s' if seeds != 1 else ''} of {best['final_epochs']} epochs"
+              if "test_accuracy_std" in best else "")
     console.print(f"[bold]best[/]         trial {best['trial']}: val "
                   f"{100 * best['val_accuracy']:.2f}%, test "
                   f"{'-' if test is None else f'{100 * test:.2f}%'}{spread}, "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -140,3 +143,33 @@ def test_every_trial_records_whether_it_was_made_cheaper_to_fit(tmp_path):
     assert any(fitted)
     assert result.shrunk_fraction == pytest.approx(
         sum(fitted) / sum(t.user_attrs["feasible"] for t in study.trials))
+
+
+def test_the_cli_runs_a_time_budgeted_search_and_says_where_the_time_went(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "-m", "nasgraph", "search", TINY, "--time-budget", "40s", "--epochs",
+         "2", "--pruner", "halving", "--screen", "8", "--final-seeds", "1", "--runs-dir",
+         str(tmp_path), "--study", "timed"], capture_output=True, text=True, cwd=root,
+        timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert run.returncode == 0, run.stderr
+    assert "trials for 40s in all" in run.stderr and "screening" in run.stderr
+    assert "final retraining, seed 1/1" in run.stderr
+    assert "over 1 retraining of" in run.stdout  # its epochs planned into the time left
+    time_line = next(line for line in run.stdout.splitlines() if line.startswith("time"))
+    assert "trials" in time_line and "report and final retraining" in time_line
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--time-budget", "soon"], "--time-budget 'soon': expected a duration"),
+    (["--time-budget", "1m", "--final-epochs", "3"], "--final-epochs with --time-budget"),
+    (["--pruner", "sometimes"], "--pruner 'sometimes': expected median, halving"),
+    (["--screen", "-1"], "--screen"),
+])
+def test_bad_cheap_evaluation_options_are_one_line(tmp_path, args, message):
+    run = subprocess.run([sys.executable, "-m", "nasgraph", "search", TINY, *args,
+                          "--runs-dir", str(tmp_path)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and run.stderr.strip().count("\n") == 0, run.stderr
+    assert message in run.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
