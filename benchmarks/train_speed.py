@@ -135,9 +135,11 @@ def arms(old: ModuleType, graph: Graph, data: Dataset, images: int
     }
 
 
-def measure(runs: dict[str, Callable[[int], None]], repeats: int) -> dict[str, list[float]]:
-    """Seconds of every arm in every turn."""
-    for run in runs.values():  # warm-up: oneDNN's primitive caches, lazy imports
+def measure(runs: dict[str, Callable[[int], None]], repeats: int, warmup: bool = True
+            ) -> dict[str, list[float]]:
+    """Seconds of every arm in every turn (after one warm-up call of each: oneDNN's
+    primitive caches, lazy imports)."""
+    for run in runs.values() if warmup else ():
         run(0)
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for turn in range(repeats):
@@ -161,15 +163,9 @@ def ratios(a: list[float], b: list[float]) -> list[float]:
 def trial_seconds(old: ModuleType, graph: Graph, data: Dataset, repeats: int
                   ) -> dict[str, list[float]]:
     """Whole 2-epoch trials (train split, validation after each epoch), old and new in turns."""
-    runs = {"old": lambda seed: old.train(graph, data, epochs=2, device="cpu", seed=seed),
-            "new": lambda seed: train(graph, data, epochs=2, device="cpu", seed=seed)}
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for turn in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run(turn)
-            seconds[name].append(time.perf_counter() - start)
-    return seconds
+    return measure({"old": lambda seed: old.train(graph, data, epochs=2, device="cpu", seed=seed),
+                    "new": lambda seed: train(graph, data, epochs=2, device="cpu", seed=seed)},
+                   repeats, warmup=False)
 
 
 def main() -> None:

@@ -116,6 +116,16 @@ def resolve_model(model: str, input_shape: str | None = None,
     return zoo.get(model, num_classes=num_classes, input_shape=shape)
 
 
+# the options a space's commands share (search, proxies)
+SpaceArgument = Annotated[str, typer.Argument(
+    help="A registered space (see `nasgraph spaces`) or path/file.py:function.")]
+DatasetOption = Annotated[str, typer.Option(
+    "--dataset", help="digits, fashion-mnist, mnist, synthetic, cifar10:PATH, mnist:PATH, "
+    "imagefolder:PATH[@SIZE] (docs/search.md).")]
+BudgetOption = Annotated[str | None, typer.Option(
+    "--budget", help="Most MACs per image: 300k, 5M, 1.2G.")]
+
+
 def human(n: float, unit: str = "") -> str:
     """12_345_678 -> '12.35M': two decimals, for tables."""
     return si(n, ".2f", unit)

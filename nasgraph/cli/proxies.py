@@ -10,7 +10,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nasgraph.cli._common import Debug, app, console, err_console, human, one_line_errors
+from nasgraph.cli._common import (
+    BudgetOption,
+    DatasetOption,
+    Debug,
+    SpaceArgument,
+    app,
+    console,
+    err_console,
+    human,
+    one_line_errors,
+)
 
 PROXY_COLUMNS = ["naswot", "synflow", "grad_norm", "snip", "jacob_cov"]
 
@@ -18,13 +28,9 @@ PROXY_COLUMNS = ["naswot", "synflow", "grad_norm", "snip", "jacob_cov"]
 @app.command("proxies")
 @one_line_errors
 def proxies(
-    space: Annotated[str, typer.Argument(
-        help="A registered space (see `nasgraph spaces`) or path/file.py:function.")],
-    dataset: Annotated[str, typer.Option(
-        help="digits, fashion-mnist, mnist, synthetic, cifar10:PATH, mnist:PATH, "
-             "imagefolder:PATH[@SIZE] (docs/search.md).")] = "digits",
-    budget: Annotated[str | None, typer.Option(
-        help="Most MACs per image: 300k, 5M, 1.2G.")] = None,
+    space: SpaceArgument,
+    dataset: DatasetOption = "digits",
+    budget: BudgetOption = None,
     samples: Annotated[int, typer.Option(min=1, help="Candidates to sample.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the sampler, the batch and the weights.")
                     ] = 0,

@@ -9,24 +9,29 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nasgraph.cli._common import Debug, app, console, err_console, human, one_line_errors
+from nasgraph.cli._common import (
+    BudgetOption,
+    DatasetOption,
+    Debug,
+    SpaceArgument,
+    app,
+    console,
+    err_console,
+    human,
+    one_line_errors,
+)
 from nasgraph.errors import NasgraphError
 
 # --time-budget without --trials: trials until the time is spent
 UNBOUNDED_TRIALS = 100_000
-Budget = Annotated[str | None, typer.Option(
-    "--budget", help="Most MACs per image: 300k, 5M, 1.2G.")]
 
 
 @app.command()
 @one_line_errors
 def search(
-    space: Annotated[str, typer.Argument(
-        help="A registered space (see `nasgraph spaces`) or path/file.py:function.")],
-    dataset: Annotated[str, typer.Option(
-        help="digits, fashion-mnist, mnist, synthetic, cifar10:PATH, mnist:PATH, "
-             "imagefolder:PATH[@SIZE] (docs/search.md).")] = "digits",
-    budget: Budget = None,
+    space: SpaceArgument,
+    dataset: DatasetOption = "digits",
+    budget: BudgetOption = None,
     max_params: Annotated[str | None, typer.Option(help="Most parameters: 50k, 1M.")] = None,
     max_memory: Annotated[str | None, typer.Option(
         help="Most peak activation bytes per image: 64k, 2M.")] = None,
