@@ -2,8 +2,8 @@
 
 Cells: model x batch x precision (fp32, bf16 autocast) x mode (eager, torch.compile); both
 sides run in eval mode, channels_last, with the same weights and input. Ours also folds BN
-into the convs (`fuse_conv_bn`) and runs conv + bias (+ residual) + ReLU as one cuDNN kernel
-(`fuse_conv_relu`): those and channels_last are the levers. The two sides are
+into the convs and runs conv + bias (+ residual) + ReLU as one cuDNN kernel (the compiler's
+passes, `prepare(fold_bn=True)`): those and channels_last are the levers. The two sides are
 timed alternately in the same run; the table goes between the torch_gpu markers of
 docs/benchmarks.md (rows of other runs are kept, rows of this run replaced).
 

@@ -27,7 +27,7 @@ def graphs(draw: st.DrawFn, max_nodes: int = 12, max_channels: int = 12,
         x = draw(st.sampled_from(pool))
         kind = draw(st.sampled_from(
             ["conv", "conv", "dwconv", "bn", "act", "maxpool", "avgpool", "add", "concat",
-             "mul", "upsample", "pad", "identity", "dropout", "adaptive", "fused"]))
+             "mul", "upsample", "pad", "identity", "dropout", "adaptive", "fused", "shuffle"]))
         try:
             y = _step(draw, b, x, kind, pool, max_channels)
         except ShapeError:
@@ -98,6 +98,9 @@ def _step(draw: st.DrawFn, b: GraphBuilder, x: Tensor, kind: str, pool: list[Ten
                              bias=draw(st.booleans()), residual=residual,
                              act=draw(st.none() | st.sampled_from(ACTIVATIONS)))
         return b.node(op, [x, draw(st.sampled_from(same))] if residual else [x])
+    if kind == "shuffle":
+        groups = draw(st.sampled_from([g for g in (1, 2, 3, 4) if x.channels % g == 0]))
+        return b.node(ops.ChannelShuffle(groups=groups), [x])
     if kind == "identity":
         return b.identity(x)
     return b.dropout(x, 0.25)

@@ -1,5 +1,6 @@
-"""Every registered op has an entry in every table keyed by op kind: the torch lowering, the
-exporter, the numba executor, the drawing's styles and the random graphs the tests draw.
+"""Every registered op has an entry in every table keyed by op kind: the torch lowering (which
+the exporter prints), the numba executor, the drawing's styles and the random graphs the
+tests draw. Views of their input (`Op.is_alias`) need no entry: `walk` passes them on.
 
 A failure names the op and the table. An op left out of a table on purpose is listed in
 `EXCEPTIONS`, with the reason; an exception that is no longer needed fails too.
@@ -13,8 +14,9 @@ import pytest
 from hypothesis import Phase, find, settings
 from hypothesis.errors import NoSuchExample
 
-from nasgraph.backends.numba.nodes import BINDERS, CONV_KINDS, PACKERS, VIEWS
-from nasgraph.backends.torch import EMITTERS, MODULE_SOURCE, MODULES, PASS_THROUGH, SOURCE
+from nasgraph.backends.numba.executor import BOUND_HERE
+from nasgraph.backends.numba.nodes import BINDERS, CONV_KINDS, PACKERS
+from nasgraph.backends.torch import EMITTERS, MODULES
 from nasgraph.drawing import FAMILY_STYLES
 from nasgraph.ir import OPS, Op
 from tests.strategies import graphs
@@ -26,12 +28,9 @@ def _has_weights(cls: type[Op]) -> bool:
 
 # table -> whether it covers op kind `kind` (spec class `cls`)
 TABLES: dict[str, Callable[[str, type[Op]], bool]] = {
-    "torch EMITTERS": lambda kind, cls: kind in EMITTERS or kind in PASS_THROUGH,
+    "torch EMITTERS": lambda kind, cls: kind in EMITTERS or cls.is_alias,
     "torch MODULES": lambda kind, cls: not _has_weights(cls) or kind in MODULES,
-    "export SOURCE": lambda kind, cls: (kind in SOURCE or kind in MODULE_SOURCE
-                                        or kind in PASS_THROUGH),
-    "export MODULE_SOURCE": lambda kind, cls: (kind in MODULE_SOURCE) == (kind in MODULES),
-    "numba BINDERS": lambda kind, cls: kind in BINDERS or kind in VIEWS,
+    "numba BINDERS": lambda kind, cls: kind in BINDERS or kind in BOUND_HERE or cls.is_alias,
     "numba PACKERS": lambda kind, cls: (not _has_weights(cls) or kind in PACKERS
                                         or kind in CONV_KINDS),
     "drawing FAMILY_STYLES": lambda kind, cls: cls.family in FAMILY_STYLES,
@@ -39,10 +38,7 @@ TABLES: dict[str, Callable[[str, type[Op]], bool]] = {
 
 # (kind, table) -> why the kind is handled outside that table
 EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("input", "torch EMITTERS"): "lower() makes every input a placeholder",
-    ("input", "export SOURCE"): "python_source() makes every input an argument of forward",
-    ("concat", "numba BINDERS"): "the executor binds concat itself: its in-place parts "
-                                 "need no copy",
+    ("input", "torch EMITTERS"): "trace() makes every input a placeholder",
 }
 
 

@@ -15,7 +15,6 @@ other arithmetic op, one per add, multiply, compare or divide.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import ClassVar, Literal
 
@@ -523,67 +522,6 @@ class Identity(Op):
     is_alias: ClassVar[bool] = True
 
 
-# --------------------------------------------------------------------------- resizing
-
-
-@register_op
-class Upsample(Op):
-    """Spatial resize by `scale` or to `size`; `nearest` or `bilinear` (torch's defaults)."""
-
-    kind: ClassVar[str] = "upsample"
-    family: ClassVar[str] = "pool"
-
-    mode: Literal["nearest", "bilinear"] = "nearest"
-    scale: float | None = Field(default=None, gt=0)
-    size: PositivePair | None = None
-    align_corners: bool = False
-
-    @model_validator(mode="after")
-    def _scale_xor_size(self) -> Upsample:
-        if (self.scale is None) == (self.size is None):
-            raise ValueError("give exactly one of scale and size")
-        if self.align_corners and self.mode != "bilinear":
-            raise ValueError("align_corners applies to bilinear mode only")
-        return self
-
-    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
-        (x,) = inputs
-        _require_spatial(self, x)
-        if self.size is not None:
-            h, w = self.size
-        else:
-            h, w = math.floor(x.height * self.scale), math.floor(x.width * self.scale)
-        if min(h, w) < 1:
-            raise _fail(f"scale {self.scale:g} shrinks {x} to nothing")
-        return x.model_copy(update={"height": h, "width": w})
-
-    def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
-        return 7 * output.numel if self.mode == "bilinear" else 0  # 4 multiplies, 3 adds
-
-    def window(self, inputs: Sequence[TensorType]) -> Window:
-        out = self.infer(inputs)
-        return ((1, 1), (inputs[0].height / out.height, inputs[0].width / out.width))
-
-    def label(self) -> str:
-        how = f"x{self.scale:g}" if self.scale is not None else f"to {_fmt(self.size)}"
-        return f"upsample {self.mode} {how}"
-
-
-@register_op
-class ChannelPad(Op):
-    """Zero channels added before and after the input's (PyramidNet's and the CIFAR ResNets'
-    parameter-free shortcut, torch's `F.pad(x, (0, 0, 0, 0, before, after))`)."""
-
-    kind: ClassVar[str] = "channel_pad"
-    family: ClassVar[str] = "reshape"
-
-    before: int = Field(default=0, ge=0)
-    after: int = Field(default=0, ge=0)
-
-    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
-        _require_spatial(self, inputs[0])
-        return inputs[0].model_copy(
-            update={"channels": inputs[0].channels + self.before + self.after})
-
-    def label(self) -> str:
-        return f"pad channels +{self.before + self.after}"
+# Ops that move or resample data (resizing, channel padding and shuffling), in their own
+# file; imported here so that `ops.Upsample` and the registry have them too.
+from nasgraph.ir.ops_layout import *  # noqa: E402, F403

@@ -17,6 +17,9 @@ def _fusable_add(graph: Graph, add_id: str, conv_id: str) -> str | None:
     if add.kind != "add" or len(add.inputs) != 2 or any(w != 1.0 for w in add.op.weights or ()):
         return None
     (other,) = [i for i in add.inputs if i != conv_id]
+    if add.inputs[1] == conv_id and graph[other].kind == "conv2d" \
+            and sole_consumer(graph, other) == add_id:
+        return None  # both are convs: the add fuses into its first input, the main path
     return other
 
 

@@ -4,14 +4,23 @@ and the memory plan's peak is the analysis' figure."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
 from nasgraph import zoo
 from nasgraph.analysis import peak_memory_bytes
 from nasgraph.backends.torch import lower
+from nasgraph.errors import NasgraphError
 from nasgraph.ir import GraphBuilder
-from nasgraph.passes import drop_identities, fold_batchnorm, fuse_epilogues, plan_memory
+from nasgraph.passes import (
+    INFERENCE,
+    drop_identities,
+    fold_batchnorm,
+    fuse_epilogues,
+    optimize,
+    plan_memory,
+)
 from nasgraph.passes.memory import live_ranges
 from tests.backends.numba.test_executor import randomized
 from tests.strategies import graphs
@@ -30,16 +39,31 @@ def _assert_same(a, b):
         assert np.abs(p - q).max() <= 1e-4 * max(1.0, float(np.abs(q).max()))
 
 
+@pytest.mark.parametrize("upto", list(INFERENCE))
 @SETTINGS
-@given(graphs())
-def test_drop_identities_and_fold_batchnorm_preserve_outputs(g):
+@given(g=graphs())
+def test_each_pass_of_the_pipeline_preserves_outputs(upto, g):
+    """The pipeline run through pass `upto` computes what the graph did, in eval mode."""
     m = randomized(g)
     x = np.random.default_rng(0).standard_normal((2, *g.inputs[0].type.shape), np.float32)
-    g2, state = fold_batchnorm(drop_identities(g), m.state_dict())
-    m2 = lower(g2).eval()
-    m2.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
-                       | {k: v for k, v in m2.state_dict().items() if k not in state})
-    _assert_same(_torch_outputs(m2, x), _torch_outputs(m, x))
+    names = list(INFERENCE)
+    g2, state = optimize(g, m.state_dict(), names[:names.index(upto) + 1])
+    _assert_same(_torch_outputs(lower(g2, state).eval(), x), _torch_outputs(m, x))
+
+
+def test_the_pipeline_names_its_passes():
+    with pytest.raises(NasgraphError, match=r"unknown pass 'fold_bn'; the passes: "
+                                            r"drop_identities, fold_batchnorm"):
+        optimize(zoo.get("lenet5"), {}, ["fold_bn"])
+
+
+def test_merge_residual_biases_leaves_the_downsample_convs_none():
+    g = zoo.get("resnet18", num_classes=10, input_shape=(3, 32, 32))
+    g2, state = optimize(g, lower(g).state_dict())
+    plain = [n for n in g2 if n.kind == "conv2d"]
+    assert [n.id for n in plain] == [f"layer{k}/0/downsample/0" for k in (2, 3, 4)]
+    assert not any(n.op.bias for n in plain)
+    assert not any(k.startswith("layer2.0.downsample") and k.endswith("bias") for k in state)
 
 
 def test_fold_batchnorm_removes_every_bn_after_a_conv():

@@ -1,4 +1,5 @@
-"""Elementwise and copying kernels: scale-shift (BatchNorm, activations), add, mul, copy.
+"""Elementwise and copying kernels: scale-shift (BatchNorm, activations), add, mul, copy,
+channel shuffle.
 
 Inputs are N x C x H x W; each writes at channel offset `co` of `out` (see _conv.py).
 """
@@ -58,3 +59,14 @@ def copy_channels(x, out, co):
     for job in prange(n_batch * c_in):
         n, c = job // c_in, job % c_in
         out[n, co + c] = x[n, c]
+
+
+@njit(parallel=True, cache=True)
+def shuffle_channels(x, out, co, groups):
+    """out[:, co + j * groups + i] = x[:, i * (C / groups) + j]: ShuffleNet's shuffle."""
+    n_batch, c_in = x.shape[0], x.shape[1]
+    per_group = c_in // groups
+    for job in prange(n_batch * c_in):
+        n, c = job // c_in, job % c_in
+        i, j = c // per_group, c % per_group
+        out[n, co + j * groups + i] = x[n, c]

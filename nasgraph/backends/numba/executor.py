@@ -26,7 +26,6 @@ from nasgraph.backends.numba.nodes import (
     CONV_KINDS,
     NHWC_STRATEGIES,
     PACKERS,
-    VIEWS,
     Step,
     at_batch,
     compiled,
@@ -35,9 +34,13 @@ from nasgraph.backends.numba.nodes import (
 )
 from nasgraph.errors import NasgraphError
 from nasgraph.init import init_state
-from nasgraph.ir import Graph, Node
+from nasgraph.ir import Graph, Node, walk
 from nasgraph.passes import StateDict, plan_memory
 from nasgraph.passes.memory import in_place_concat_parts
+
+# Bound by the executor itself: an input is loaded by the call, a concat's parts are
+# copied (`_bind_concat`), or written in place by their producers.
+BOUND_HERE = ("input", "concat")
 
 
 class Bound(NamedTuple):
@@ -166,24 +169,23 @@ class Executor:
         # holds, and never stores them
         work_numel = max([p.get("work_size", 0) for p in packed.values()], default=0)
         work = np.zeros((numba.config.NUMBA_NUM_THREADS, work_numel), np.float32)
-        value: dict[str, np.ndarray] = {}
         steps: list[Step] = []
         step_nodes: list[str] = []  # the node each step runs (a concat has one per copy)
         nhwc = self.nhwc
         one_thread = self.threads_for(batch) == 1
-        for node in graph:
-            t = node.type
-            if node.op.is_alias:
-                src = value[node.inputs[0]]
-                value[node.id] = src.reshape(batch, t.channels, 1, 1) if t.flat else src
-                continue
+        buffers: dict[str, np.ndarray] = {}  # storage owner -> its array
+
+        def output(node: Node) -> tuple[np.ndarray, int]:
+            """The array `node` writes into, and its first channel there."""
             owner = plan.owner[node.id]
-            if owner not in value:  # the first part of an in-place concat allocates it
-                value[owner] = slots[plan.slot[owner]][
+            if owner not in buffers:  # the first part of an in-place concat allocates it
+                buffers[owner] = slots[plan.slot[owner]][
                     :batch * self._stored_bytes(graph[owner]) // 4].reshape(
                     batch, *self._stored_shape(graph[owner]))
-            out, co = value[owner], plan.channel_offset[node.id]
-            xs = [value.get(i) for i in node.inputs]
+            return buffers[owner], plan.channel_offset[node.id]
+
+        def bind(node: Node, xs: list[np.ndarray]) -> np.ndarray:
+            out, co = output(node)
             if node.kind == "concat":
                 steps.extend(self._bind_concat(node, xs, out, co))
             elif node.kind != "input":
@@ -195,7 +197,16 @@ class Executor:
                           "res_pad": nhwc.get(node.inputs[1], -1) if len(node.inputs) > 1
                           else -1}
                 steps.append(BINDERS[node.kind](node, params, xs, out, co))
-            step_nodes += [node.id] * (len(steps) - len(step_nodes))
+            step_nodes.extend([node.id] * (len(steps) - len(step_nodes)))
+            return out
+
+        def flatten(node: Node, xs: list[np.ndarray]) -> np.ndarray:
+            # the vector is its input's memory, seen as N x (C*H*W) x 1 x 1; other views
+            # (identity, dropout, output) are their input as it is (walk)
+            return xs[0].reshape(batch, node.type.channels, 1, 1)
+
+        table = {**dict.fromkeys([*BINDERS, *BOUND_HERE], bind), "flatten": flatten}
+        value = walk(graph, table, name="the numba executor (BINDERS)")
         if chains and not one_thread:
             steps, step_nodes = self._chain(steps, step_nodes, arena, work)
         (inp,) = graph.inputs
@@ -398,8 +409,8 @@ def compile(graph: Graph, state_dict: Mapping[str, object] | None = None, *,
     if len(graph.inputs) != 1:
         raise NasgraphError(f"graph {graph.name!r} has {len(graph.inputs)} inputs; the numba "
                             "executor runs graphs with exactly one")
-    missing = [n.id for n in graph if n.kind not in BINDERS and n.kind not in VIEWS
-               and n.kind != "concat"]
+    missing = [n.id for n in graph if n.kind not in BINDERS and n.kind not in BOUND_HERE
+               and not n.op.is_alias]
     if missing:
         raise NasgraphError(f"node {missing[0]!r} ({graph[missing[0]].kind}) has no numba "
                             "kernel")

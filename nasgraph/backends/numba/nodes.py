@@ -338,12 +338,17 @@ def _channel_pad(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co:
     return step
 
 
+def _channel_shuffle(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray,
+                     co: int) -> Step:
+    return lambda threads: elem_k.shuffle_channels(xs[0], out, co, node.op.groups)
+
+
 BINDERS: dict[str, Binder] = {
     "conv2d": _conv, "fused_conv2d": _conv, "batchnorm2d": _scale_shift,
     "activation": _scale_shift, "maxpool2d": _pool, "avgpool2d": _pool,
     "global_avgpool": _adaptive, "adaptive_avgpool2d": _adaptive, "upsample": _upsample,
     "add": _add, "mul": _mul, "linear": _linear, "channel_pad": _channel_pad,
+    "channel_shuffle": _channel_shuffle,
 }
-# concat is bound by the executor (copies for the parts not written in place); input,
-# output, identity, dropout and flatten are views
-VIEWS = {"input", "output", "identity", "dropout", "flatten"}
+# input and concat are bound by the executor (BOUND_HERE); views of their input
+# (`Op.is_alias`: identity, dropout, flatten, output) compute nothing

@@ -10,7 +10,9 @@ escaped (`_escaped`), so no text in a graph can become code.
 
 from __future__ import annotations
 
+import inspect
 import keyword
+import operator
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -18,113 +20,17 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
 
-from nasgraph.backends.torch.lower import _python_name, lower
+from nasgraph.backends.torch.lower import _python_name, lower, trace
 from nasgraph.backends.torch.weights import import_weights
 from nasgraph.errors import NasgraphError
 from nasgraph.files import written_together
-from nasgraph.ir import Graph, Node, ops
+from nasgraph.ir import Graph, Node
 
 Format = Literal["python", "torchscript", "onnx"]
 # kind -> the expression computing the node from its input variables
-SourceEmitter = Callable[[Node, list[str]], str]
-
-ACTIVATION_SOURCE: dict[str, str] = {
-    "relu": "torch.relu", "relu6": "F.relu6", "sigmoid": "torch.sigmoid", "tanh": "torch.tanh",
-    "silu": "F.silu", "hardswish": "F.hardswish", "gelu": "F.gelu",
-}
-
-
-def _pair(p: tuple[int, int]) -> str:
-    return str(p[0]) if p[0] == p[1] else f"({p[0]}, {p[1]})"
-
-
-def _pool_source(fn: str) -> SourceEmitter:
-    def emit(node: Node, xs: list[str]) -> str:
-        op = node.op
-        args = [xs[0], _pair(op.kernel), f"stride={_pair(op.strides)}"]
-        if op.padding != (0, 0):
-            args.append(f"padding={_pair(op.padding)}")
-        if op.ceil_mode:
-            args.append("ceil_mode=True")
-        if isinstance(op, ops.AvgPool2d) and not op.count_include_pad:
-            args.append("count_include_pad=False")
-        return f"{fn}({', '.join(args)})"
-    return emit
-
-
-def _add_source(node: Node, xs: list[str]) -> str:
-    weights = node.op.weights or (1.0,) * len(xs)
-    # the same left-to-right sum as the lowering, so results are bit-identical
-    return " + ".join(x if w == 1.0 else f"{x} * {w!r}" for x, w in zip(xs, weights, strict=True))
-
-
-def _upsample_source(node: Node, xs: list[str]) -> str:
-    op: ops.Upsample = node.op
-    how = f"size={op.size!r}" if op.size is not None else f"scale_factor={op.scale!r}"
-    corners = f", align_corners={op.align_corners}" if op.mode == "bilinear" else ""
-    return f"F.interpolate({xs[0]}, {how}, mode={op.mode!r}{corners})"
-
-
-def _conv_module(node: Node, graph: Graph) -> str:
-    op: ops.Conv2d = node.op
-    args = [str(graph[node.inputs[0]].type.channels), str(op.out_channels), _pair(op.kernel)]
-    for name, value, default in (("stride", op.stride, (1, 1)), ("padding", op.pad, (0, 0)),
-                                 ("dilation", op.dilation, (1, 1))):
-        if value != default:
-            args.append(f"{name}={_pair(value)}")
-    if op.groups != 1:
-        args.append(f"groups={op.groups}")
-    if not op.bias:
-        args.append("bias=False")
-    return f"nn.Conv2d({', '.join(args)})"
-
-
-def _bn_module(node: Node, graph: Graph) -> str:
-    op: ops.BatchNorm2d = node.op
-    extra = (f", eps={op.eps!r}" if op.eps != 1e-5 else "") + (
-        f", momentum={op.momentum!r}" if op.momentum != 0.1 else "")
-    return f"nn.BatchNorm2d({node.type.channels}{extra})"
-
-
-def _linear_module(node: Node, graph: Graph) -> str:
-    bias = "" if node.op.bias else ", bias=False"
-    return f"nn.Linear({graph[node.inputs[0]].type.channels}, {node.op.out_features}{bias})"
-
-
-# kind -> the constructor of the submodule holding the node's weights (lower's MODULES)
-MODULE_SOURCE: dict[str, Callable[[Node, Graph], str]] = {
-    "conv2d": _conv_module, "fused_conv2d": _conv_module, "batchnorm2d": _bn_module,
-    "linear": _linear_module, "dropout": lambda node, graph: f"nn.Dropout({node.op.p!r})",
-}
-
-
-def _fused_conv_source(node: Node, xs: list[str]) -> str:
-    op: ops.FusedConv2d = node.op
-    expr = f"{_module_access(node.param_key)}({xs[0]})"
-    if op.residual:
-        expr = f"{expr} + {xs[1]}"
-    return expr if op.act is None else f"{ACTIVATION_SOURCE[op.act]}({expr})"
-
-SOURCE: dict[str, SourceEmitter] = {
-    "activation": lambda node, xs: f"{ACTIVATION_SOURCE[node.op.fn]}({xs[0]})",
-    "maxpool2d": _pool_source("F.max_pool2d"),
-    "avgpool2d": _pool_source("F.avg_pool2d"),
-    "adaptive_avgpool2d": lambda node, xs: f"F.adaptive_avg_pool2d({xs[0]}, {node.op.size!r})",
-    "global_avgpool": lambda node, xs: f"F.adaptive_avg_pool2d({xs[0]}, 1)",
-    "concat": lambda node, xs: f"torch.cat([{', '.join(xs)}], dim=1)",
-    "add": _add_source,
-    "mul": lambda node, xs: f"{xs[0]} * {xs[1]}",
-    "flatten": lambda node, xs: f"torch.flatten({xs[0]}, 1)",
-    "upsample": _upsample_source,
-    "channel_pad": lambda node, xs: (
-        f"F.pad({xs[0]}, (0, 0, 0, 0, {node.op.before}, {node.op.after}))"),
-    "fused_conv2d": _fused_conv_source,
-    # other modules (MODULE_SOURCE) are called as self.<path>(x); identity and output emit
-    # nothing
-}
-
 _RESERVED = {"self", "torch", "nn", "F", "Path", "load_file", "Model", "load_model"}
 _MODULE_ATTRS = set(dir(nn.Module))
 
@@ -169,68 +75,148 @@ def _shape_comment(node: Node) -> str:
     return "# " + " x ".join(map(str, node.type.shape))
 
 
+def _function_name(fn: Callable) -> str:
+    """How generated code names `fn`: `F.name` or `torch.name`."""
+    for prefix, namespace in (("F", F), ("torch", torch)):
+        name = getattr(fn, "__name__", "")
+        if getattr(namespace, name, None) is fn:
+            return f"{prefix}.{name}"
+        for name, value in vars(namespace).items():  # wrappers named otherwise (max_pool2d)
+            if value is fn:
+                return f"{prefix}.{name}"
+    raise NasgraphError(f"the exporter cannot name function {fn!r} in generated code")
+
+
+INFIX = {operator.add: "+", operator.mul: "*"}
+
+
+def _compact(value: object) -> object:
+    """(3, 3) -> 3: a pair argument written as torch's modules accept it, and people write it."""
+    if isinstance(value, tuple) and len(set(value)) == 1:
+        return value[0]
+    return value
+
+
+def _module_source(module: nn.Module) -> str:
+    """The constructor call of a leaf torch.nn module, as a person writes it: the required
+    arguments by position, the others by name where they differ from their default
+    (`nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)`)."""
+    cls = type(module)
+    if cls is not getattr(nn, cls.__name__, None):
+        raise NasgraphError(f"the exporter writes torch.nn modules only, not {cls.__name__}")
+    args = []
+    for p in inspect.signature(cls).parameters.values():
+        if p.name in ("device", "dtype") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        value = getattr(module, p.name)
+        if p.name == "bias" and not isinstance(value, bool):  # the tensor, or None
+            value = value is not None
+        value = _compact(value)
+        if p.default is p.empty:
+            args.append(repr(value))
+        elif value != _compact(p.default):
+            args.append(f"{p.name}={value!r}")
+    return f"nn.{cls.__name__}({', '.join(args)})"
+
+
 def python_source(graph: Graph, weights_name: str | None = None) -> str:
     """The source of a standalone module computing `graph`: class `Model` and `load_model`.
 
-    Submodules sit at the same paths as in `lower(graph)` (`layer1.0.conv1`), so their state
-    dicts are interchangeable. `weights_name` is the weights file `load_model` reads by
-    default, beside the source file.
+    It prints the fx graph that `lower` builds (`trace`), so the export computes exactly
+    what the lowering does, in the same order: one line per node, with its output shape;
+    intermediate values used once (a fused conv's add) are written inline. Submodules sit
+    at the same paths as in `lower(graph)` (`layer1.0.conv1`), so their state dicts are
+    interchangeable. `weights_name` is the weights file `load_model` reads by default,
+    beside the source file.
     """
+    root, fx_graph = trace(graph)
+    fx_nodes = list(fx_graph.nodes)
     init: list[str] = []
     containers: set[str] = set()
-    for node in graph:
-        if node.kind not in MODULE_SOURCE:
+    for n in fx_nodes:
+        if n.op != "call_module" or n.target in containers:
             continue
-        *parents, _ = node.param_key.split(".")
+        *parents, _ = n.target.split(".")
         for k in range(1, len(parents) + 1):
             path = ".".join(parents[:k])
             if path not in containers:
                 containers.add(path)
                 init.append(f"{_assign(path)} = Block()")
-        init.append(f"{_assign(node.param_key)} = {MODULE_SOURCE[node.kind](node, graph)}")
+        containers.add(n.target)
+        init.append(f"{_assign(n.target)} = {_module_source(root.get_submodule(n.target))}")
 
+    # A value gets a line (and a variable) when it is a node's result or is read more than
+    # once; others are written into their one reader's expression.
+    def has_line(n: fx.Node) -> bool:
+        return "nasgraph_node" in n.meta or len(n.users) != 1 or n.op == "placeholder"
+
+    line_of: dict[fx.Node, int] = {}  # the position of the line that computes (or inlines) n
+    for k, n in reversed(list(enumerate(fx_nodes))):
+        line_of[n] = k if has_line(n) or n.op == "output" else line_of[next(iter(n.users))]
+    last_use = {n: max((line_of[u] for u in n.users), default=len(fx_nodes)) for n in fx_nodes}
     # Variables are named after node ids; a name is reused once its value is dead, like
     # hand-written code, which keeps few activations alive at a time.
-    order = {n.id: k for k, n in enumerate(graph)}
-    last_use: dict[str, int] = {}  # position of the last line reading the node's variable
-    for n in reversed(graph.nodes):
-        last_use[n.id] = max((last_use[s.id] if s.kind in ("identity", "output") else order[s.id]
-                              for s in graph.successors(n.id)), default=len(graph))
-    holder: dict[str, str] = {}  # variable -> node id whose value it holds
-    var: dict[str, str] = {}  # node id -> variable
-    inputs = [n for n in graph if n.kind == "input"]
+    holder: dict[str, fx.Node] = {}  # variable -> the fx node whose value it holds
 
-    def allocate(node: Node) -> str:
-        base = _variable_base(node.id)
+    def allocate(n: fx.Node) -> str:
+        node = n.meta.get("nasgraph_node")
+        base = _variable_base(node.id) if node is not None else n.name
         base = base + "_" if keyword.iskeyword(base) or base in _RESERVED else base
-        for k in range(len(graph) + 1):
+        for k in range(len(fx_nodes) + 1):
             name = base if k == 0 else f"{base}_{k}"
             owner = holder.get(name)
-            if owner is None or last_use[owner] <= order[node.id]:
-                holder[name] = node.id
+            if owner is None or last_use[owner] <= line_of[n]:
+                holder[name] = n
                 return name
         raise AssertionError("unreachable: some suffix is always free")
 
-    body: list[str] = []
-    results: list[str] = []
-    for node in graph:
-        xs = [var[i] for i in node.inputs]
-        if node.kind == "input":
-            var[node.id] = allocate(node)
-            continue
-        if node.kind in ("identity", "output"):
-            var[node.id] = xs[0]
-            if node.kind == "output":
-                results.append(xs[0])
-            continue
-        if node.kind in SOURCE:
-            expr = SOURCE[node.kind](node, xs)
-        else:
-            expr = f"{_module_access(node.param_key)}({', '.join(xs)})"
-        var[node.id] = allocate(node)
-        body.append(f"{var[node.id]} = {expr}  {_shape_comment(node)}  {_escaped(node.id)}")
+    expr: dict[fx.Node, str] = {}  # a variable, or the inline expression of a value
 
-    args = ", ".join(var[n.id] for n in inputs)
+    def source(arg: object, infix: str | None = None, left: bool = False) -> str:
+        if isinstance(arg, fx.Node):
+            text = expr[arg]
+            inner = INFIX.get(arg.target) if not has_line(arg) else None
+            if infix is not None and inner is not None and not (inner == infix and left):
+                return f"({text})"  # a + (b + c), (a + b) * c
+            return text
+        if isinstance(arg, list | tuple):
+            items = ", ".join(source(a) for a in arg)
+            return f"[{items}]" if isinstance(arg, list) else \
+                f"({items}{',' if len(arg) == 1 else ''})"
+        return repr(arg)
+
+    def call(n: fx.Node) -> str:
+        if n.op == "call_module":
+            return f"{_module_access(n.target)}({', '.join(source(a) for a in n.args)})"
+        if n.target in INFIX:
+            a, b = n.args
+            sign = INFIX[n.target]
+            return f"{source(a, sign, left=True)} {sign} {source(b, sign)}"
+        args = [source(a) for a in n.args] + [f"{k}={source(_compact(v))}"
+                                              for k, v in n.kwargs.items()]
+        return f"{_function_name(n.target)}({', '.join(args)})"
+
+    body: list[str] = []
+    args_in: list[str] = []
+    results: list[str] = []
+    for n in fx_nodes:
+        if n.op == "placeholder":
+            expr[n] = allocate(n)
+            args_in.append(expr[n])
+        elif n.op == "output":
+            outs = n.args[0] if isinstance(n.args[0], tuple) else (n.args[0],)
+            results = [source(o) for o in outs]
+        elif not has_line(n):
+            expr[n] = call(n)
+        else:
+            text = call(n)
+            expr[n] = allocate(n)
+            node = n.meta.get("nasgraph_node")
+            comment = f"  {_shape_comment(node)}  {_escaped(node.id)}" if node else ""
+            body.append(f"{expr[n]} = {text}{comment}")
+
+    inputs = graph.inputs
+    args = ", ".join(args_in)
     shapes = ", ".join("N x " + " x ".join(map(str, n.type.shape)) for n in inputs)
     ret = results[0] if len(results) == 1 else "(" + ", ".join(results) + ",)"
     weights = repr(weights_name) if weights_name else "None"

@@ -8,24 +8,20 @@ against 5.6 ms in torchvision's batch-norm kernels (`torch.profiler`). cuDNN's f
 conv + bias + add + ReLU (`torch.cudnn_convolution_relu`, `torch.cudnn_convolution_add_relu`)
 puts the bias, a residual and the ReLU in the conv's epilogue: no extra pass at all.
 
-`fuse_conv_relu` rewrites conv -> ReLU and conv -> add -> ReLU in a lowered fx module into
-`FusedConvReLU` submodules. They take the fused kernel only where it applies (CUDA, cuDNN,
-no autograd, not under `torch.compile`, which fuses by itself) and compute the same function
-with plain ops everywhere else, so a prepared module still runs on CPU.
+`cudnn_fused` turns the fused convs with a ReLU that the IR's `fuse_epilogues` made
+(conv -> ReLU, conv -> add -> ReLU) into `FusedConvReLU` submodules. They take the fused
+kernel only where it applies (CUDA, cuDNN, no autograd, not under `torch.compile`, which
+fuses by itself) and compute the same function with plain ops everywhere else, so a
+prepared module still runs on CPU.
 """
 
 from __future__ import annotations
 
-import copy
-import operator
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
-RELUS = (torch.relu, torch.relu_, F.relu)
-ADDS = (operator.add, torch.add)
 CUDNN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -95,60 +91,33 @@ def submodule(module: fx.GraphModule, node: object) -> nn.Module | None:
     return None
 
 
-def _sole_conv(module: fx.GraphModule, node: object) -> bool:
-    """A plain conv whose output only one op reads."""
-    return type(submodule(module, node)) is nn.Conv2d and len(node.users) == 1
+def cudnn_fused(module: fx.GraphModule) -> fx.GraphModule:
+    """`module` (a lowering of an optimized graph) with each fused conv whose activation is
+    ReLU (`FusedConv2d`, made by the IR's `fuse_epilogues`) as one `FusedConvReLU` call.
 
-
-def fuse_conv_relu(module: fx.GraphModule) -> fx.GraphModule:
-    """A copy of `module` with conv -> ReLU and conv -> add -> ReLU as `FusedConvReLU`.
-
-    The fused node takes the conv's name and submodule path, so the code still reads
-    `self.layer1.0.conv3(x, identity)`. When the add's other operand is a conv of its own
-    that nothing else reads (a ResNet downsample), that conv's bias moves into the fused
-    conv's: relu(a(x) + b_a + d(y) + b_d) == relu(a(x) + d(y) + (b_a + b_d)), so no bias
-    pass is left for it either. Inference only (no autograd through the fused kernel).
-
-        >>> import nasgraph
-        >>> from nasgraph.backends.torch import fuse_conv_bn, lower
-        >>> m = fuse_conv_bn(lower(nasgraph.zoo.get("resnet18", input_shape=(3, 32, 32))))
-        >>> "relu" in fuse_conv_relu(m).code
-        False
+    The lowering writes a fused conv as conv -> (add ->) activation; which nodes those are
+    comes from the IR (`meta["nasgraph_node"]`), not from matching patterns. The fused node
+    takes the conv's submodule path, so the code reads `self.layer1.0.conv3(x, identity)`,
+    and the state dict keeps its keys. Inference only (no autograd through the cuDNN kernel).
     """
-    fused = copy.deepcopy(module)
-    g = fused.graph
-    for relu in list(g.nodes):
-        if relu.op != "call_function" or relu.target not in RELUS or relu.kwargs:
+    g = module.graph
+    calls = {n.target: n for n in g.nodes if n.op == "call_module"}
+    for value in list(g.nodes):
+        node = value.meta.get("nasgraph_node")
+        if node is None or node.kind != "fused_conv2d" or node.op.act != "relu":
             continue
-        (source,) = relu.args
-        if _sole_conv(fused, source):  # conv -> relu
-            conv, residual = source, None
-        elif (isinstance(source, fx.Node) and source.op == "call_function"
-              and source.target in ADDS and len(source.args) == 2 and not source.kwargs
-              and len(source.users) == 1):  # conv -> add -> relu
-            a, b = source.args
-            if not _sole_conv(fused, a):
-                a, b = b, a
-            if not _sole_conv(fused, a) or not isinstance(b, fx.Node):
-                continue
-            conv, residual = a, b
-        else:
-            continue
-        new = FusedConvReLU.from_conv(fused.get_submodule(conv.target))
-        other = submodule(fused, residual)
-        if type(other) is nn.Conv2d and other.bias is not None and len(residual.users) == 1:
-            moved = other.bias if new.bias is None else new.bias + other.bias
-            new.bias = nn.Parameter(moved.detach(), requires_grad=other.bias.requires_grad)
-            other.bias = None
-        fused.add_submodule(conv.target, new)
-        # at the relu's place, where the residual is defined too
-        with g.inserting_before(relu):
-            node = g.call_module(conv.target, (conv.args[0],) if residual is None
-                                 else (conv.args[0], residual))
-        relu.replace_all_uses_with(node)
-        for dead in (relu, source, conv) if residual is not None else (relu, conv):
-            g.erase_node(dead)
-        node.name = conv.name
+        conv = calls[node.param_key]
+        add = value.args[0] if node.op.residual else None
+        module.add_submodule(conv.target, FusedConvReLU.from_conv(
+            module.get_submodule(conv.target)))
+        inputs = (conv.args[0],) if add is None else (conv.args[0], add.args[1])
+        with g.inserting_before(value):
+            fused = g.call_module(conv.target, inputs)
+        value.replace_all_uses_with(fused)
+        for dead in (value, add, conv):
+            if dead is not None:
+                g.erase_node(dead)
+        fused.meta["nasgraph_node"] = node  # named by fx after its submodule path
     g.lint()
-    fused.recompile()
-    return fused
+    module.recompile()
+    return module

@@ -1,12 +1,11 @@
 """Inference-time options of a lowered module: BN folding, fused conv + ReLU, in-place ops,
 channels_last, autocast.
 
-Folding rewrites the fx module (a conv followed by its batch norm becomes one conv); the
-graph-level `fold_batchnorm` pass does the same on a Graph for the Numba backend. Fusing
-(`fusion.fuse_conv_relu`) turns conv -> (add ->) ReLU into one cuDNN kernel on CUDA. In-place
-rewriting turns activations and adds whose input nothing else reads into their in-place
-forms, as torchvision's modules are written. Autocast wraps the module without renaming
-anything: the wrapper's state dict keys are the module's.
+Folding and fusing run the compiler's passes on the module's graph (`fold_and_fuse`), the
+ones the Numba backend runs, and lower conv -> (add ->) ReLU as one cuDNN kernel on CUDA
+(`fusion.FusedConvReLU`). In-place rewriting turns activations and adds whose input nothing
+else reads into their in-place forms, as torchvision's modules are written. Autocast
+(`autocast.Autocast`) wraps the module without renaming anything.
 """
 
 from __future__ import annotations
@@ -16,50 +15,44 @@ import operator
 
 import torch
 from torch import fx, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from nasgraph.backends.torch.fusion import fuse_conv_relu, submodule
+from nasgraph import passes
+from nasgraph.backends.torch.autocast import Autocast
+from nasgraph.backends.torch.fusion import cudnn_fused, submodule
+from nasgraph.backends.torch.lower import lower
 from nasgraph.errors import NasgraphError
 
-AUTOCAST_DTYPES: dict[str, torch.dtype] = {
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16,
-}
 
+def fold_and_fuse(module: fx.GraphModule) -> fx.GraphModule:
+    """`module` compiled for inference: the IR's pipeline (`nasgraph.passes.optimize`: drop
+    identities, fold BN, fuse conv epilogues, merge residual biases) run on the graph it was
+    lowered from, with its current weights, then lowered again with the fused convs whose
+    activation is ReLU as `FusedConvReLU` (one cuDNN kernel on CUDA).
 
-def fuse_conv_bn(module: fx.GraphModule) -> fx.GraphModule:
-    """A copy of `module`, in eval mode, with each conv -> batch norm pair folded into the conv.
-
-    A batch norm is folded when its input is a conv whose output nothing else reads. The
-    folded module computes the same function in eval mode with one pass less over memory;
-    its state dict lacks the folded batch norms.
+    The result is a new module in eval mode, on the module's device and dtype; the folded
+    batch norms leave its state dict. The numba executor runs the same passes, so both
+    backends fold and fuse the same nodes.
 
         >>> import torch, nasgraph
-        >>> from nasgraph.backends.torch import fuse_conv_bn, lower
+        >>> from nasgraph.backends.torch import lower
         >>> m = lower(nasgraph.zoo.get("resnet18", input_shape=(3, 32, 32))).eval()
-        >>> f = fuse_conv_bn(m)
+        >>> f = fold_and_fuse(m)
         >>> x = torch.randn(1, 3, 32, 32)
-        >>> bool((f(x) - m(x)).abs().max() < 1e-4)
-        True
+        >>> bool((f(x) - m(x)).abs().max() < 1e-4), "bn1" in f.code
+        (True, False)
     """
-    fused = copy.deepcopy(module).eval()
-    for node in list(fused.graph.nodes):
-        bn = submodule(fused, node)
-        if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats:
-            continue
-        producer = node.args[0]
-        conv = submodule(fused, producer)
-        if not isinstance(conv, nn.Conv2d) or len(producer.users) != 1:
-            continue
-        # N x C x H x W -> N x F x H' x W': conv(x) * scale + shift, with scale and shift
-        # folded into the conv's weight and bias
-        fused.add_submodule(producer.target, fuse_conv_bn_eval(conv, bn))
-        node.replace_all_uses_with(producer)
-        fused.graph.erase_node(node)
-        fused.delete_submodule(node.target)
-    fused.graph.lint()
-    fused.recompile()
-    return fused
+    graph = getattr(module, "meta", {}).get("nasgraph_graph")
+    if graph is None:
+        raise NasgraphError("prepare(fold_bn=True) needs a module made by lower(): it runs "
+                            "the compiler passes on the module's graph")
+    tensor = next(iter(module.state_dict().values()), None)
+    optimized, state = passes.optimize(graph, module.state_dict())
+    fused = lower(optimized, state_dict=state)
+    if tensor is not None:
+        fused = fused.to(device=tensor.device)
+        if tensor.is_floating_point():
+            fused = fused.to(dtype=tensor.dtype)
+    return cudnn_fused(fused).eval()
 
 
 # out-of-place activation -> its in-place form (same arguments)
@@ -119,58 +112,19 @@ def inplace_ops(module: fx.GraphModule) -> fx.GraphModule:
     return rewritten
 
 
-class Autocast(nn.Module):
-    """Runs a module under `torch.autocast` on its input's device.
-
-    The wrapper holds the module's children as its own, so its state dict keys (and
-    parameters) are exactly the module's: weights load into either.
-
-        >>> import torch, nasgraph
-        >>> from nasgraph.backends.torch import Autocast, lower
-        >>> m = lower(nasgraph.zoo.get("lenet5"))
-        >>> a = Autocast(m, "bf16")
-        >>> a(torch.randn(2, 1, 32, 32)).dtype
-        torch.bfloat16
-        >>> list(a.state_dict()) == list(m.state_dict())
-        True
-    """
-
-    def __init__(self, module: nn.Module, dtype: str | torch.dtype = "bf16") -> None:
-        super().__init__()
-        if isinstance(dtype, str):
-            if dtype not in AUTOCAST_DTYPES:
-                raise NasgraphError(f"autocast dtype {dtype!r} is not one of "
-                                    f"{', '.join(AUTOCAST_DTYPES)}")
-            dtype = AUTOCAST_DTYPES[dtype]
-        self.dtype = dtype
-        for name, child in module.named_children():
-            self.add_module(name, child)
-        # kept out of _modules, so that parameters are not listed twice
-        self.__dict__["module"] = module
-
-    @property
-    def code(self) -> str:
-        """The wrapped module's generated code (fx modules)."""
-        return self.module.code
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        with torch.autocast(inputs[0].device.type, dtype=self.dtype):
-            return self.module(*inputs)
-
-
 def prepare(module: fx.GraphModule, *, fold_bn: bool = False, channels_last: bool = False,
             autocast: str | torch.dtype | None = None) -> nn.Module:
     """Apply the inference options to a lowered module (already on its device).
 
-    `fold_bn` folds conv -> BN pairs, fuses conv -> (add ->) ReLU into `FusedConvReLU`
-    (one cuDNN kernel on CUDA under no_grad) and makes other activations and adds in-place
-    where nothing else reads their input (an inference-only copy in eval mode; state dict
-    keys change),
+    `fold_bn` runs the compiler's inference passes (`fold_and_fuse`: BN folded, conv ->
+    (add ->) ReLU as `FusedConvReLU`, one cuDNN kernel on CUDA under no_grad) and makes
+    other activations and adds in-place where nothing else reads their input (an
+    inference-only copy in eval mode; state dict keys change),
     `channels_last` stores 4-D weights NHWC (pass NHWC inputs too for the fastest kernels),
     `autocast` runs under torch.autocast with "bf16" or "fp16".
     """
     if fold_bn:
-        module = inplace_ops(fuse_conv_relu(fuse_conv_bn(module)))
+        module = inplace_ops(fold_and_fuse(module))
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     if autocast is not None:

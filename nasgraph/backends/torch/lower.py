@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from nasgraph.backends.torch.autocast import Autocast
 from nasgraph.errors import GraphError
 from nasgraph.init import init_state
-from nasgraph.ir import Graph, Node, ops
+from nasgraph.ir import Graph, Node, ops, walk
+from nasgraph.ir.walk import outputs
 
 # kind -> builds the submodule holding the node's weights (and buffers)
 ModuleFactory = Callable[[Node, Graph], nn.Module]
@@ -67,10 +69,14 @@ def _call(fn: Callable, *args: object, **kwargs: object) -> Emitter:
 def _pool(fn: Callable) -> Emitter:
     def emit(g: fx.Graph, node: Node, xs: list[fx.Node]) -> fx.Node:
         op = node.op
-        kwargs = {"kernel_size": op.kernel, "stride": op.strides, "padding": op.padding,
-                  "ceil_mode": op.ceil_mode}
-        if isinstance(op, ops.AvgPool2d):
-            kwargs["count_include_pad"] = op.count_include_pad
+        # the defaults left out, so that module.code (and the export) reads as people write
+        kwargs: dict[str, object] = {"kernel_size": op.kernel, "stride": op.strides}
+        if op.padding != (0, 0):
+            kwargs["padding"] = op.padding
+        if op.ceil_mode:
+            kwargs["ceil_mode"] = True
+        if isinstance(op, ops.AvgPool2d) and not op.count_include_pad:
+            kwargs["count_include_pad"] = False
         return g.call_function(fn, (xs[0],), kwargs)
     return emit
 
@@ -109,6 +115,16 @@ def _fused_conv(g: fx.Graph, node: Node, xs: list[fx.Node]) -> fx.Node:
     return y if op.act is None else g.call_function(ACTIVATIONS[op.act], (y,))
 
 
+def _channel_shuffle(g: fx.Graph, node: Node, xs: list[fx.Node]) -> fx.Node:
+    # N x C x H x W -> N x groups x C/groups x H x W, transposed, -> N x C x H x W: ShuffleNet's
+    # view-transpose-reshape (ONNX has no channel_shuffle, torch's F.channel_shuffle is one)
+    c, h, w = node.type.shape
+    groups = node.op.groups
+    y = g.call_function(torch.reshape, (xs[0], (-1, groups, c // groups, h, w)))
+    y = g.call_function(torch.transpose, (y, 1, 2))
+    return g.call_function(torch.reshape, (y, (-1, c, h, w)))
+
+
 EMITTERS: dict[str, Emitter] = {
     "conv2d": _module, "batchnorm2d": _module, "linear": _module, "dropout": _module,
     "fused_conv2d": _fused_conv,
@@ -125,9 +141,9 @@ EMITTERS: dict[str, Emitter] = {
     "upsample": _upsample,
     "channel_pad": lambda g, node, xs: g.call_function(
         F.pad, (xs[0], (0, 0, 0, 0, node.op.before, node.op.after))),
-    # input, output and identity produce no computation: see lower()
+    "channel_shuffle": _channel_shuffle,
+    # input: a placeholder (trace); identity and output: their input (walk)
 }
-PASS_THROUGH = {"identity", "output"}
 
 
 def _python_name(node_id: str) -> str:
@@ -145,16 +161,51 @@ def _install(root: nn.Module, path: str, module: nn.Module) -> None:
     root.add_module(leaf, module)
 
 
-def lower(graph: Graph, *, seed: int | None = None, channels_last: bool = False,
+def trace(graph: Graph) -> tuple[nn.Module, fx.Graph]:
+    """The module tree (on the meta device: shapes, no memory) and the fx graph computing
+    `graph`; `lower` gives them weights. Each node's last fx node carries the IR node in
+    `meta["nasgraph_node"]` and is named after it, so the exporter and passes can map fx
+    back to the graph."""
+    root = nn.Module()
+    g = fx.Graph()
+
+    def emit(node: Node, xs: list[fx.Node]) -> fx.Node:
+        if node.kind in MODULES:
+            try:
+                with torch.device("meta"):  # no memory, no init: init_state's weights later
+                    _install(root, node.param_key, MODULES[node.kind](node, graph))
+            except KeyError as e:  # a path component that is an nn.Module attribute
+                raise GraphError(f"node {node.id!r} ({node.kind}): cannot become submodule "
+                                 f"{node.param_key!r}: {e.args[0]}; hint: rename the node "
+                                 "(ids like 'type' or 'forward' clash with nn.Module)") from None
+        value = (g.placeholder(_python_name(node.id)) if node.kind == "input"
+                 else EMITTERS[node.kind](g, node, xs))
+        if "nasgraph_node" not in value.meta:  # not an input's value passed on unchanged
+            value.meta["nasgraph_node"] = node
+            if value.op != "placeholder":
+                # through fx's namespace (a plain `.name =` could repeat a name fx hands out)
+                value._rename(_python_name(node.id))
+        return value
+
+    table = dict.fromkeys([*EMITTERS, "input"], emit)
+    results = outputs(graph, walk(graph, table, name="the torch lowering (EMITTERS)"))
+    g.output(results[0] if len(results) == 1 else tuple(results))
+    return root, g
+
+
+def lower(graph: Graph, state_dict: Mapping[str, object] | None = None, *,
+          seed: int | None = None, channels_last: bool = False,
           autocast: str | torch.dtype | None = None) -> nn.Module:
-    """A torch.fx.GraphModule computing `graph`, with the weights `init_state(graph, seed)`.
+    """A torch.fx.GraphModule computing `graph`, with the weights of `state_dict` (torch
+    tensors or numpy arrays, keys as `graph.weight_specs()`), or `init_state(graph, seed)`.
 
     Inputs are N x C x H x W tensors in the order of `graph.inputs`; the result is one
     tensor, or a tuple when the graph has several outputs. `seed` None draws one from
     torch's global generator, so `torch.manual_seed(s)` fixes the weights too; a seed gives
     the weights the numba backend gets from `init_state` with it. `channels_last` stores
     4-D weights NHWC; `autocast` ("bf16" or "fp16") wraps the module in `Autocast`. Neither
-    changes the state dict keys. Inference-time BN folding: `fuse_conv_bn`.
+    changes the state dict keys. The module keeps its graph (`module.meta["nasgraph_graph"]`)
+    for `prepare(fold_bn=True)`, which runs the compiler passes on it.
 
         >>> import torch, nasgraph
         >>> from nasgraph.backends.torch import lower
@@ -164,42 +215,21 @@ def lower(graph: Graph, *, seed: int | None = None, channels_last: bool = False,
         >>> sorted(m.state_dict())[:2]
         ['bn1.bias', 'bn1.num_batches_tracked']
     """
-    root = nn.Module()
-    g = fx.Graph()
-    values: dict[str, fx.Node] = {}
-    results: list[fx.Node] = []
-    for node in graph:
-        xs = [values[i] for i in node.inputs]
-        if node.kind in MODULES:
-            try:
-                with torch.device("meta"):  # no memory, no init: init_state's weights below
-                    _install(root, node.param_key, MODULES[node.kind](node, graph))
-            except KeyError as e:  # a path component that is an nn.Module attribute
-                raise GraphError(f"node {node.id!r} ({node.kind}): cannot become submodule "
-                                 f"{node.param_key!r}: {e.args[0]}; hint: rename the node "
-                                 "(ids like 'type' or 'forward' clash with nn.Module)") from None
-        if node.kind == "input":
-            value = g.placeholder(_python_name(node.id))
-        elif node.kind in PASS_THROUGH:
-            value = xs[0]
-            if node.kind == "output":
-                results.append(value)
-        else:
-            value = EMITTERS[node.kind](g, node, xs)
-            if value.op != "placeholder":
-                value.name = _python_name(node.id)
-        values[node.id] = value
-    g.output(results[0] if len(results) == 1 else tuple(results))
+    root, g = trace(graph)
     module = fx.GraphModule(root, g, class_name=_class_name(graph.name))
-    if seed is None:
-        seed = int(torch.randint(2**62, ()).item())
-    state = {k: torch.from_numpy(v) for k, v in init_state(graph, seed).items()}
+    module.meta["nasgraph_graph"] = graph
+    if state_dict is None:
+        if seed is None:
+            seed = int(torch.randint(2**62, ()).item())
+        state_dict = init_state(graph, seed)
+    state = {k: torch.as_tensor(v) for k, v in state_dict.items()}
+    for key, (_, spec) in graph.weight_specs().items():
+        if spec.optional and key not in state:  # BN's step count, which numba's lack
+            state[key] = torch.zeros(spec.shape, dtype=getattr(torch, spec.dtype))
     module.load_state_dict(state, assign=True)  # parameters stay parameters
-    if channels_last or autocast is not None:
-        from nasgraph.backends.torch.inference import prepare
-
-        return prepare(module, channels_last=channels_last, autocast=autocast)
-    return module
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    return module if autocast is None else Autocast(module, autocast)
 
 
 def _class_name(name: str) -> str:

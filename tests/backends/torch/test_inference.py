@@ -15,8 +15,7 @@ from nasgraph import zoo
 from nasgraph.backends.torch import (
     Autocast,
     FusedConvReLU,
-    fuse_conv_bn,
-    fuse_conv_relu,
+    fold_and_fuse,
     import_torchvision_weights,
     inplace_ops,
     lower,
@@ -45,22 +44,27 @@ def _outputs_agree(want, got, bound: float) -> bool:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(graphs())
-def test_folding_batchnorm_keeps_random_dag_outputs(g):
+def test_folding_and_fusing_keep_random_dag_outputs(g):
     m = lower(g)
     _randomize_bn_statistics(m)
     m.eval()
     x = torch.randn(2, *g.inputs[0].type.shape)
     with torch.no_grad():
-        assert _outputs_agree(m(x), fuse_conv_bn(m)(x), 1e-4)
+        assert _outputs_agree(m(x), fold_and_fuse(m)(x), 1e-4)
 
 
 def test_folding_removes_the_batchnorms_after_convs():
     g = zoo.get("resnet18", input_shape=(3, 32, 32))
     m = lower(g).eval()
-    folded = fuse_conv_bn(m)
+    folded = fold_and_fuse(m)
     assert not any(isinstance(s, torch.nn.BatchNorm2d) for s in folded.modules())
     assert "bn1" not in folded.code and "layer1.0.bn1" not in dict(folded.named_modules())
     assert any(isinstance(s, torch.nn.BatchNorm2d) for s in m.modules())  # a copy
+
+
+def test_only_a_lowered_module_can_be_folded():
+    with pytest.raises(NasgraphError, match=r"needs a module made by lower\(\)"):
+        prepare(torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.ReLU())), fold_bn=True)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -79,7 +83,7 @@ def test_inplace_ops_leave_the_input_and_the_training_lowering_alone():
     g = zoo.get("resnet18", input_shape=(3, 32, 32))
     m = lower(g).eval()
     assert "torch.relu_(" not in m.code and ".add_(" not in m.code  # autograd needs them
-    fast = inplace_ops(fuse_conv_bn(m))
+    fast = inplace_ops(m)
     assert fast.code.count("torch.relu_(") == 17 and fast.code.count(".add_(") == 8
     x = torch.randn(2, 3, 32, 32)
     before = x.clone()
@@ -89,27 +93,22 @@ def test_inplace_ops_leave_the_input_and_the_training_lowering_alone():
     assert torch.equal(x, before)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(graphs())
-def test_fusing_conv_relu_keeps_random_dag_outputs(g):
-    m = lower(g)
-    _randomize_bn_statistics(m)
-    folded = fuse_conv_bn(m.eval())
-    x = torch.randn(2, *g.inputs[0].type.shape)
-    with torch.no_grad():
-        assert _outputs_agree(folded(x), fuse_conv_relu(folded)(x), 1e-5)
-
-
 def test_fusing_takes_every_relu_of_a_resnet_and_its_downsample_biases():
+    """The IR's passes fuse what a cuDNN kernel can run: every conv -> (add ->) ReLU of a
+    ResNet-50 becomes a `FusedConvReLU` (33 + 16, the counts the fused cuDNN calls of the
+    CUDA test below assert), and the downsample convs, read by a residual add, lose their
+    bias to the fused conv of the main path."""
     m = lower(zoo.get("resnet50", input_shape=(3, 32, 32)))
     _randomize_bn_statistics(m)
     m.eval()
-    fused = fuse_conv_relu(fuse_conv_bn(m))
+    fused = fold_and_fuse(m)
     assert "relu" not in fused.code and " + " not in fused.code and "add_(" not in fused.code
     kinds = Counter(type(s) for s in fused.modules())
     assert kinds[FusedConvReLU] == 33 + 16 and kinds[torch.nn.Conv2d] == 4
     assert all(s.bias is None for s in fused.modules() if type(s) is torch.nn.Conv2d)
-    assert "layer1.0.conv3" in dict(fused.named_modules())  # the conv's own name
+    modules = dict(fused.named_modules())
+    assert type(modules["layer1.0.conv3"]) is FusedConvReLU  # the main path, its own name
+    assert type(modules["layer1.0.downsample.0"]) is torch.nn.Conv2d
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert _outputs_agree(m(x), fused(x), 1e-5)

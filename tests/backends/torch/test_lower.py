@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 
-from nasgraph import zoo
+from nasgraph import GraphBuilder, ops, zoo
 from nasgraph.backends.torch import lower
 from tests.strategies import graphs
 
@@ -35,3 +36,12 @@ def test_a_training_step_lowers_the_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_channel_shuffle_is_torchs():
+    """The lowering's view-transpose-reshape (which ONNX can express) is torch's own op."""
+    b = GraphBuilder()
+    x = b.input(12, 5, 6)
+    b.output(b.node(ops.ChannelShuffle(groups=3), [x]))
+    x = torch.randn(2, 12, 5, 6)
+    assert torch.equal(lower(b.build())(x), F.channel_shuffle(x, 3))
