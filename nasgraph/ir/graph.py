@@ -9,6 +9,7 @@ they were given in whenever that order is valid.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import re
 import unicodedata
@@ -286,6 +287,11 @@ class Graph:
                 specs[f"{node.param_key}.{suffix}"] = (node, spec)
         return specs
 
+    def fingerprint(self) -> str:
+        """A hash of the architecture, the same for any node names and any order of
+        parallel branches, and for what inference folds (`fingerprint` below)."""
+        return fingerprint(self)
+
     def to_networkx(self) -> nx.DiGraph:
         """A networkx copy: node attributes `op` and `type`, edge attribute `index`."""
         g = nx.DiGraph(name=self.name)
@@ -419,3 +425,72 @@ def load(path: str | Path) -> Graph:
         raise GraphError(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at offset "
                          f"{e.start}); hint: a graph JSON is UTF-8") from None
     return Graph.from_json(text, source=str(path))
+
+
+# --------------------------------------------------------------------------- fingerprint
+# `fingerprint`: one hash per architecture, whatever its node names and branch order.
+#
+# Two graphs get the same fingerprint when they compute the same function shape for shape:
+# the same ops with the same attributes, wired the same way. Node ids do not count, nor
+# the order of the operands of the commutative ops (add, mul, and concat, whose branch order
+# only permutes channels), nor what inference drops or folds: identities and dropouts are
+# their input, and a conv -> BatchNorm pair is a conv with a bias. So a zoo model and its
+# ONNX round trip (which folds BN) share a fingerprint, and a search can tell a candidate it
+# has trained before.
+#
+# The hash is a Merkle hash over the DAG: a node's is that of its op, attributes, output
+# type and the hashes of its inputs (sorted for commutative ops); the graph's is that of its
+# outputs in order.
+
+COMMUTATIVE = {"add", "concat", "mul"}  # operand order changes no architecture
+PASSED_ON = {"identity", "dropout"}  # the identity at inference
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def _folded_conv(graph: Graph, node: Node) -> Node | None:
+    """The conv a BatchNorm folds into at inference: its input, read by nothing else."""
+    (src,) = node.inputs
+    conv = graph[src]
+    if conv.kind == "conv2d" and len(graph.successors(src)) == 1:
+        return conv
+    return None
+
+
+def fingerprint(graph: Graph) -> str:
+    """A hex digest naming the architecture of `graph` (see the comment above).
+
+        >>> from nasgraph.ir import GraphBuilder
+        >>> def net(names):
+        ...     b = GraphBuilder(); x = b.input(3, 8, 8)
+        ...     a, c = (b.conv(x, 4, k, padding=k // 2, name=n) for k, n in zip((1, 3), names))
+        ...     _ = b.output(b.add([a, c] if names[0] == "p" else [c, a]))
+        ...     return b.build()
+        >>> fingerprint(net(["p", "q"])) == fingerprint(net(["r", "s"]))
+        True
+    """
+    hashes: dict[str, str] = {}
+    for node in graph:
+        ins = [hashes[i] for i in node.inputs]
+        if node.kind in PASSED_ON:
+            hashes[node.id] = ins[0]
+            continue
+        attrs = node.op.attrs()
+        if node.kind == "batchnorm2d" and (conv := _folded_conv(graph, node)) is not None:
+            # conv -> BN is a conv with a bias, as folding makes it
+            conv_attrs = {**conv.op.attrs(), "bias": True}
+            hashes[node.id] = _digest("conv2d", json.dumps(conv_attrs, sort_keys=True),
+                                      str(node.type), *[hashes[i] for i in conv.inputs])
+            continue
+        if node.kind == "conv2d" and [s.kind for s in graph.successors(node.id)] == [
+                "batchnorm2d"]:
+            hashes[node.id] = ""  # folded: its BN's hash stands for both
+            continue
+        if node.kind in COMMUTATIVE:
+            weights = attrs.pop("weights", None) or [1.0] * len(ins)
+            ins = sorted(f"{h}*{w!r}" for h, w in zip(ins, weights, strict=True))
+        hashes[node.id] = _digest(node.kind, json.dumps(attrs, sort_keys=True),
+                                  str(node.type), *ins)
+    return _digest(*(hashes[n.id] for n in graph.outputs))

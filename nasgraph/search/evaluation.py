@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from nasgraph.data import Dataset, load_dataset
 from nasgraph.ir import Graph
@@ -64,6 +65,16 @@ def trial_seed(cfg: SearchConfig, number: int) -> int:
     return cfg.seed * 100_003 + number
 
 
+def trained_twin(trial: optuna.Trial, fingerprint: str) -> int | None:
+    """The number of a finished trial of the study that trained the architecture with this
+    fingerprint (`Graph.fingerprint`), if any: different parameters can build the same
+    graph (a width rounded to the same channels, a fitted candidate)."""
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if other.user_attrs.get("fingerprint") == fingerprint and other.number != trial.number:
+            return other.number
+    return None
+
+
 def make_objective(setup: Setup, progress: Progress | None = None
                    ) -> Callable[[optuna.Trial], Any]:
     """The function Optuna calls: fit to budget, save the graph, train, save the weights;
@@ -84,9 +95,15 @@ def make_objective(setup: Setup, progress: Progress | None = None
         trial.set_user_attr("fitted", costs != Costs.of(build(setup.space, trial, setup.ctx)))
         for name, excess in cfg.budget.excess(costs).items():
             trial.set_constraint(name, excess)  # feasible iff <= 0; samplers learn from it
+        fingerprint = graph.fingerprint()
+        trial.set_user_attr("fingerprint", fingerprint)
         trial.set_user_attr("check_seconds", round(time.perf_counter() - start, 4))
         if not feasible:  # never trained: recorded so that the sampler learns the boundary
             return (0.0, float(costs.macs)) if cfg.multi_objective else 0.0
+        twin = trained_twin(trial, fingerprint)
+        if twin is not None:  # the same architecture under other parameters: train it once
+            trial.set_user_attr("duplicate_of", twin)
+            raise optuna.TrialPruned(f"the architecture of trial {twin}, trained already")
 
         def report(epoch: int, acc: float) -> None:
             stop_point()  # Ctrl-C stops here, between epochs

@@ -16,7 +16,7 @@ import csv
 import io
 import statistics
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,11 @@ from nasgraph.files import written_together
 from nasgraph.ir import Graph
 from nasgraph.search.config import SearchConfig
 from nasgraph.search.evaluation import Progress, retrain
-from nasgraph.search.interrupts import ctrl_c_at_stop_points, stop_point
+from nasgraph.search.final import retrainings
+from nasgraph.search.interrupts import ctrl_c_at_stop_points
 from nasgraph.search.runs import StudyFolder
 from nasgraph.search.study import quiet_optuna
-from nasgraph.train import TrainResult, accuracy, concat_splits, train
+from nasgraph.train import accuracy
 from nasgraph.units import si
 
 COLUMNS = ["rank", "trial", "state", "val_accuracy", "test_accuracy", "macs", "params",
@@ -195,11 +196,11 @@ def write_best(cfg: SearchConfig, study: optuna.Study, row: dict[str, Any], data
     if final and cfg.final_seeds > 0:
         try:
             with ctrl_c_at_stop_points():
-                for run in _retrainings(cfg, graph, data, device, progress):
-                    accs.append(accuracy(run.model, data.test))
+                for acc, state in retrainings(cfg, graph, data, device, progress):
+                    accs.append(acc)
                     if len(accs) == 1:
-                        weights = {key: v.cpu() for key, v in run.model.state_dict().items()}
-                        result["model_test_accuracy"] = accs[0]
+                        weights = state
+                        result["model_test_accuracy"] = acc
         except KeyboardInterrupt:
             result["interrupted"] = True
     if accs:
@@ -215,25 +216,6 @@ def write_best(cfg: SearchConfig, study: optuna.Study, row: dict[str, Any], data
     result["model_py"] = _export(graph, folder / "model.py", weights)
     runs.write_json(folder / "result.json", result)
     return result
-
-
-def _retrainings(cfg: SearchConfig, graph: Graph, data: Dataset, device: torch.device,
-                 progress: Progress | None) -> Iterator[TrainResult]:
-    """The best graph trained from scratch on train + validation, once per final seed."""
-    epochs = cfg.final_training_epochs
-    for k in range(cfg.final_seeds):
-        phase = f"final retraining, seed {k + 1}/{cfg.final_seeds}"
-
-        def report(epoch: int, acc: float, phase: str = phase) -> None:
-            if progress is not None:
-                progress(phase, epoch + 1, epochs)
-            stop_point()  # Ctrl-C stops here, between epochs
-
-        if progress is not None:
-            progress(phase, 0, epochs)
-        yield train(graph, data, cfg.recipe, epochs=epochs, device=device, seed=10_000 + k,
-                    train_split=concat_splits(data.train, data.val), val_split=data.test,
-                    on_epoch=report)
 
 
 def _render(graph: Graph, path: Path) -> str | None:

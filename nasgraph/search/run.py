@@ -20,12 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 from pydantic import BaseModel
 
 from nasgraph.data import Dataset
 from nasgraph.search.config import SearchConfig, trial_timeout
 from nasgraph.search.evaluation import Progress, make_objective, prepare
+from nasgraph.search.final import parallel_seeds
 from nasgraph.search.interrupts import ctrl_c_at_stop_points
 from nasgraph.search.rebuild import restore_graphs
 from nasgraph.search.report import ranked, write_report
@@ -38,9 +40,9 @@ __all__ = ["SearchConfig", "SearchResult", "open_study", "search"]
 
 
 def planned_final(cfg: SearchConfig, schedule: Schedule, study: optuna.Study,
-                  data: Dataset) -> SearchConfig:
+                  data: Dataset, device: torch.device) -> SearchConfig:
     """`cfg` with the final retraining's seeds and epochs fitted to the time left, at the
-    best trial's seconds per epoch."""
+    best trial's seconds per epoch, with the seeds that train at once (`final.py`)."""
     best = next((t for t in ranked(study) if t.state == TrialState.COMPLETE
                  and t.user_attrs.get("feasible") and "train_seconds" in t.user_attrs), None)
     if best is None:
@@ -48,7 +50,8 @@ def planned_final(cfg: SearchConfig, schedule: Schedule, study: optuna.Study,
     plan = schedule.final_plan(
         now=time.time(), seconds_per_epoch=best.user_attrs["train_seconds"] / cfg.epochs,
         seeds=cfg.final_seeds, train_images=len(data.train),
-        final_images=len(data.train) + len(data.val))
+        final_images=len(data.train) + len(data.val),
+        parallel=parallel_seeds(cfg, device))
     return cfg.model_copy(update={"final_seeds": plan.seeds,
                                   "final_epochs": plan.epochs or None})
 
@@ -117,7 +120,7 @@ def search(cfg: SearchConfig, callbacks: list[Callable] | None = None,
     clock.lap("trials")
     restore_graphs(study, cfg.folder, setup.space, setup.ctx)  # of trials run elsewhere
     if schedule is not None:
-        cfg = planned_final(cfg, schedule, study, setup.data)
+        cfg = planned_final(cfg, schedule, study, setup.data, setup.device)
     best = write_report(cfg, study, setup.data, setup.device, final=not interrupted,
                         progress=progress)
     clock.lap("report and final retraining")

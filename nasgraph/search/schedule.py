@@ -48,16 +48,18 @@ class Schedule:
         return self.start + self.budget
 
     def final_plan(self, now: float, seconds_per_epoch: float, seeds: int, train_images: int,
-                   final_images: int) -> FinalPlan:
+                   final_images: int, parallel: int = 1) -> FinalPlan:
         """Seeds and epochs of the final retraining that fit in the time left at `now`, for
         a network that took `seconds_per_epoch` on `train_images` in its trial (the final
-        retraining trains on `final_images`): all `seeds` with as many epochs as fit, else
-        fewer seeds of one epoch; (0, 0) when not even that fits."""
+        retraining trains on `final_images`, `parallel` seeds at a time): all `seeds` with
+        as many epochs as fit, else fewer seeds of one epoch; (0, 0) when not even that
+        fits."""
         left = self.end - REPORT_SECONDS - now
         epoch = seconds_per_epoch * final_images / train_images * MARGIN
         if seeds <= 0 or left < epoch:
             return FinalPlan(0, 0)
-        epochs = math.floor(left / (seeds * epoch))
+        rounds = math.ceil(seeds / max(1, parallel))  # seeds that train one after another
+        epochs = math.floor(left / (rounds * epoch))
         if epochs >= 1:
             return FinalPlan(seeds, epochs)
-        return FinalPlan(math.floor(left / epoch), 1)
+        return FinalPlan(min(seeds, math.floor(left / epoch) * max(1, parallel)), 1)

@@ -325,3 +325,29 @@ def test_save_replaces_an_older_file(tmp_path):
     nasgraph.save(small_graph(), path)
     assert nasgraph.load(path) == small_graph()
     assert [p.name for p in tmp_path.iterdir()] == ["g.json"]
+
+
+def test_fingerprint_ignores_names_branch_order_and_what_inference_folds():
+    from nasgraph import zoo
+
+    def block(names, swap, bn):
+        b = GraphBuilder()
+        x = b.input(3, 8, 8)
+        a = b.conv(x, 4, 1, name=names[0], bias=not bn)
+        if bn:
+            a = b.bn(a)
+        c = b.conv(b.dropout(x), 4, 3, padding=1, name=names[1])
+        b.output(b.concat([c, a] if swap else [a, c]))
+        return b.build()
+
+    base = block(["p", "q"], False, bn=True).fingerprint()
+    assert block(["r", "s"], True, bn=True).fingerprint() == base
+    assert block(["p", "q"], False, bn=False).fingerprint() == base  # BN folded: a bias
+    g = zoo.get("resnet18", num_classes=10, input_shape=(3, 32, 32))
+    assert g.fingerprint() != base
+    assert g.fingerprint() == zoo.get("resnet18", num_classes=10,
+                                      input_shape=(3, 32, 32)).fingerprint()
+    assert g.fingerprint() != zoo.get("resnet34", num_classes=10,
+                                      input_shape=(3, 32, 32)).fingerprint()
+    assert g.fingerprint() != zoo.get("resnet18", num_classes=10,
+                                      input_shape=(3, 64, 64)).fingerprint()

@@ -87,6 +87,30 @@ def test_final_plan_drops_seeds_before_epochs_and_everything_when_out_of_time():
                            final_images=1) == FinalPlan(0, 0)
 
 
+def test_final_plan_counts_the_seeds_that_train_at_once():
+    plan = Schedule(budget=1800.0, start=0.0)
+    epoch = 12.0 * MARGIN
+    # 580 s left: 3 seeds 2 at a time are two rounds, so each seed gets 580 / (2 * epoch)
+    final = plan.final_plan(now=1200.0, seconds_per_epoch=12.0, seeds=3, train_images=1,
+                            final_images=1, parallel=2)
+    assert final == FinalPlan(3, int(580 // (2 * epoch)))
+    one_by_one = plan.final_plan(now=1200.0, seconds_per_epoch=12.0, seeds=3, train_images=1,
+                                 final_images=1)
+    assert final.epochs > one_by_one.epochs
+
+
+def test_final_seeds_train_in_parallel_on_cpu_workers_and_report_each_epoch(tmp_path):
+    seen = []
+    cfg = SearchConfig(space=TINY, trials=2, epochs=1, final_epochs=2, final_seeds=2,
+                       workers=2, runs_dir=str(tmp_path), device="cpu", study="parallel")
+    result = search(cfg, progress=lambda phase, done, total: seen.append((phase, done, total)))
+    best = result.best
+    assert best["final_seeds"] == 2 and len(best["test_accuracy_runs"]) == 2
+    assert best["model_test_accuracy"] == best["test_accuracy_runs"][0]
+    for k in (1, 2):
+        assert (f"final retraining, seed {k}/2", 2, 2) in seen  # every seed's last epoch
+
+
 def test_trial_timeout_is_the_sooner_of_timeout_and_the_time_budget():
     now = time.time()
     assert trial_timeout(SearchConfig(timeout=50)) == 50
@@ -173,3 +197,24 @@ def test_bad_cheap_evaluation_options_are_one_line(tmp_path, args, message):
     assert run.returncode == 2 and run.stderr.strip().count("\n") == 0, run.stderr
     assert message in run.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_an_architecture_trained_once_is_not_trained_again(tmp_path):
+    """The tiny space has 16 architectures: 24 trials repeat some, and each repeat is pruned
+    before training, naming the trial that trained it."""
+    cfg = SearchConfig(space=TINY, trials=24, epochs=1, sampler="random", final_seeds=0,
+                       runs_dir=str(tmp_path), device="cpu", study="twins")
+    search(cfg)
+    study = optuna.load_study(study_name="twins",
+                              storage=f"sqlite:///{tmp_path / 'twins' / 'study.db'}")
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    twins = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert twins and all(t.state == TrialState.PRUNED for t in twins)
+    prints = [t.user_attrs["fingerprint"] for t in complete]
+    assert len(prints) == len(set(prints))  # no architecture trained twice
+    by_number = {t.number: t for t in trials}
+    for t in twins:
+        first = by_number[t.user_attrs["duplicate_of"]]
+        assert first.user_attrs["fingerprint"] == t.user_attrs["fingerprint"]
+        assert first.params != t.params or first.number < t.number
