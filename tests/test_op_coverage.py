@@ -1,6 +1,7 @@
 """Every registered op has an entry in every table keyed by op kind: the torch lowering (which
-the exporter prints), the numba executor, the drawing's styles and the random graphs the
-tests draw. Views of their input (`Op.is_alias`) need no entry: `walk` passes them on.
+the exporter prints), the numba executor and its backward, the drawing's styles and the
+random graphs the tests draw. Views of their input (`Op.is_alias`) need no entry: `walk`
+passes them on.
 
 A failure names the op and the table. An op left out of a table on purpose is listed in
 `EXCEPTIONS`, with the reason; an exception that is no longer needed fails too.
@@ -15,6 +16,7 @@ from hypothesis import Phase, find, settings
 from hypothesis.errors import NoSuchExample
 
 from nasgraph.backends.numba.executor import BOUND_HERE
+from nasgraph.backends.numba.grad import BACKWARD
 from nasgraph.backends.numba.nodes import BINDERS, CONV_KINDS, PACKERS
 from nasgraph.backends.torch import EMITTERS, MODULES
 from nasgraph.drawing import FAMILY_STYLES
@@ -31,6 +33,7 @@ TABLES: dict[str, Callable[[str, type[Op]], bool]] = {
     "torch EMITTERS": lambda kind, cls: kind in EMITTERS or cls.is_alias,
     "torch MODULES": lambda kind, cls: not _has_weights(cls) or kind in MODULES,
     "numba BINDERS": lambda kind, cls: kind in BINDERS or kind in BOUND_HERE or cls.is_alias,
+    "numba BACKWARD": lambda kind, cls: kind in BACKWARD,
     "numba PACKERS": lambda kind, cls: (not _has_weights(cls) or kind in PACKERS
                                         or kind in CONV_KINDS),
     "drawing FAMILY_STYLES": lambda kind, cls: cls.family in FAMILY_STYLES,

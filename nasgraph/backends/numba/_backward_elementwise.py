@@ -1,0 +1,228 @@
+"""Training kernels of the per-channel and elementwise ops: BatchNorm on batch statistics
+(forward and backward), the activations' derivatives, and the broadcast product's.
+
+Arrays are C-contiguous float32 N x C x H x W. Sums over a channel run per plane in
+float32 (reassociated, so that they vectorize) and across planes in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from nasgraph.backends.numba._activations import activate
+
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+
+# Per-channel kernels read planes at flat unsigned offsets, not as views: a view per plane
+# updates a reference count the threads share, and signed indices need fix-ups that keep
+# loops from vectorizing
+
+
+@njit(cache=True, fastmath=_FAST)
+def _run_sum(a1, at, n):
+    s = np.float32(0.0)
+    for k in range(np.uint64(n)):
+        s += a1[at + k]
+    return s
+
+
+@njit(cache=True, fastmath=_FAST)
+def _run_square_deviation(a1, at, n, mu):
+    s = np.float32(0.0)
+    for k in range(np.uint64(n)):
+        d = a1[at + k] - mu
+        s += d * d
+    return s
+
+
+@njit(cache=True, fastmath=_FAST)
+def _run_dot_centered(a1, b1, at, n, mu):
+    # sum(a * (b - mu)) over n values from offset at
+    s = np.float32(0.0)
+    for k in range(np.uint64(n)):
+        s += a1[at + k] * (b1[at + k] - mu)
+    return s
+
+
+@njit(parallel=True, cache=True)
+def batchnorm_train(x, gamma, beta, eps, out, mean, var):
+    """BatchNorm on the batch's statistics: per channel c, mean[c] and the biased var[c]
+    over N x H x W, then out = gamma * (x - mean) / sqrt(var + eps) + beta.
+
+    Two passes (mean, then squared deviations from it): one pass of sums of squares
+    loses the variance of large-mean channels to cancellation."""
+    n_batch, c_in, h, w = x.shape
+    hw = h * w
+    count = n_batch * hw
+    x1, out1 = x.reshape(x.size), out.reshape(out.size)
+    for c in prange(c_in):
+        total = 0.0
+        for n in range(n_batch):
+            total += _run_sum(x1, np.uint64((n * c_in + c) * hw), hw)
+        mu = total / count
+        mu32 = np.float32(mu)
+        total = 0.0
+        for n in range(n_batch):
+            total += _run_square_deviation(x1, np.uint64((n * c_in + c) * hw), hw, mu32)
+        v = total / count
+        mean[c], var[c] = mu, v
+        scale = np.float32(gamma[c] / math.sqrt(v + eps))
+        shift = np.float32(beta[c] - mu * (gamma[c] / math.sqrt(v + eps)))
+        for n in range(n_batch):
+            at = np.uint64((n * c_in + c) * hw)
+            for k in range(np.uint64(hw)):
+                out1[at + k] = x1[at + k] * scale + shift
+
+
+@njit(parallel=True, cache=True)
+def batchnorm_backward(x, gy, gamma, mean, invstd, gx, ggamma, gbeta, training, need_dx):
+    """Gradients of BatchNorm, y = gamma * (x - mean) * invstd + beta per channel:
+    gbeta = sum(gy), ggamma = sum(gy * xhat); and with `need_dx`, gx = dx:
+
+        training (batch statistics, which depend on x; M = N * H * W values a channel):
+            dx = gamma * invstd * (gy - gbeta / M - xhat * ggamma / M)
+        eval (running statistics, constants):
+            dx = gamma * invstd * gy
+    """
+    n_batch, c_in, h, w = x.shape
+    hw = h * w
+    count = n_batch * hw
+    x1, g1, o1 = x.reshape(x.size), gy.reshape(gy.size), gx.reshape(gx.size)
+    for c in prange(c_in):
+        mu = np.float32(mean[c])
+        sum_g, sum_gx = 0.0, 0.0
+        for n in range(n_batch):
+            at = np.uint64((n * c_in + c) * hw)
+            sum_g += _run_sum(g1, at, hw)
+            sum_gx += _run_dot_centered(g1, x1, at, hw, mu)
+        inv = invstd[c]
+        gbeta[c] = sum_g
+        ggamma[c] = sum_gx * inv
+        if not need_dx:
+            continue
+        k_g = np.float32(gamma[c] * inv)
+        if training:
+            # dx = k_g * (gy - sum_g / M - (x - mu) * inv^2 * sum_gx / M)
+            k0 = np.float32(sum_g / count)
+            k1 = np.float32(inv * inv * sum_gx / count)
+        else:
+            k0, k1 = np.float32(0.0), np.float32(0.0)
+        for n in range(n_batch):
+            at = np.uint64((n * c_in + c) * hw)
+            for k in range(np.uint64(hw)):
+                o1[at + k] = k_g * (g1[at + k] - k0 - (x1[at + k] - mu) * k1)
+
+
+@njit(inline="always", cache=True)
+def derivative(v, code):
+    """d act(v) / dv (float32) for the activation codes of `_activations.ACT_CODES`, as
+    torch's backward kernels compute them (ReLU's and ReLU6's is 0 at the kinks)."""
+    one, zero = np.float32(1.0), np.float32(0.0)
+    if code == 0:
+        return one
+    if code == 1:
+        return one if v > zero else zero
+    if code == 2:
+        return one if zero < v < np.float32(6.0) else zero
+    if code == 3:
+        s = one / (one + math.exp(-v))
+        return s * (one - s)
+    if code == 4:  # tanh(v) through exp: libm's tanhf is 4x slower, and 1 - t^2 does not
+        t = one - np.float32(2.0) / (math.exp(np.float32(2.0) * v) + one)  # mind its error
+        return one - t * t
+    if code == 5:
+        s = one / (one + math.exp(-v))
+        return s * (one + v * (one - s))
+    if code == 6:
+        if v < np.float32(-3.0):
+            return zero
+        return v / np.float32(3.0) + np.float32(0.5) if v <= np.float32(3.0) else one
+    # gelu, exact: Phi(v) + v * phi(v)
+    return np.float32(0.5) * (one + math.erf(v * np.float32(0.7071067811865476))) \
+        + v * np.float32(0.3989422804014327) * math.exp(np.float32(-0.5) * v * v)
+
+
+BLOCK = 4096  # elements per parallel job of the elementwise kernels
+
+
+@njit(cache=True)
+def _derivative_times(xf, gf, of, lo, hi, code):
+    # of[k] = gf[k] * act'(xf[k]) for lo <= k < hi, a loop per code: a switch inside one
+    # loop keeps LLVM from vectorizing it
+    if code == 3:
+        for k in range(lo, hi):
+            of[k] = gf[k] * derivative(xf[k], 3)
+    elif code == 4:
+        for k in range(lo, hi):
+            of[k] = gf[k] * derivative(xf[k], 4)
+    elif code == 5:
+        for k in range(lo, hi):
+            of[k] = gf[k] * derivative(xf[k], 5)
+    elif code == 7:
+        for k in range(lo, hi):
+            of[k] = gf[k] * derivative(xf[k], 7)
+    else:
+        for k in range(lo, hi):
+            of[k] = gf[k] * derivative(xf[k], code)
+
+
+@njit(cache=True)
+def _activate_run(xf, of, lo, hi, code):
+    # of[k] = act(xf[k]) for lo <= k < hi, a loop per common code (see _derivative_times)
+    zero, six = np.float32(0.0), np.float32(6.0)
+    if code == 1:
+        for k in range(lo, hi):
+            of[k] = max(xf[k], zero)
+    elif code == 2:
+        for k in range(lo, hi):
+            of[k] = min(max(xf[k], zero), six)
+    else:
+        for k in range(lo, hi):
+            of[k] = activate(xf[k], code)
+
+
+@njit(parallel=True, cache=True)
+def activation_forward(x, out, code):
+    """out = act(x), elementwise over arrays of any one shape (flat views)."""
+    xf, of = x.reshape(x.size), out.reshape(out.size)
+    size = xf.shape[0]
+    for b in prange((size + BLOCK - 1) // BLOCK):
+        _activate_run(xf, of, np.uint64(b * BLOCK), np.uint64(min(size, (b + 1) * BLOCK)),
+                      code)
+
+
+@njit(parallel=True, cache=True)
+def activation_backward(x, gy, gx, code):
+    """gx = gy * act'(x), elementwise over arrays of any one shape (flat views)."""
+    xf, gf, of = x.reshape(x.size), gy.reshape(gy.size), gx.reshape(gx.size)
+    size = xf.shape[0]
+    for b in prange((size + BLOCK - 1) // BLOCK):
+        # unsigned indices: no negative-index fix-ups, so the loops vectorize
+        _derivative_times(xf, gf, of, np.uint64(b * BLOCK),
+                          np.uint64(min(size, (b + 1) * BLOCK)), code)
+
+
+@njit(parallel=True, cache=True)
+def relu_backward(x, gy, gx):
+    """gx = gy where x > 0, else 0: ReLU's backward, vectorized."""
+    xf, gf, of = x.reshape(x.size), gy.reshape(gy.size), gx.reshape(gx.size)
+    size = xf.shape[0]
+    zero = np.float32(0.0)
+    for b in prange((size + BLOCK - 1) // BLOCK):
+        for k in range(np.uint64(b * BLOCK), np.uint64(min(size, (b + 1) * BLOCK))):
+            of[k] = gf[k] if xf[k] > zero else zero
+
+
+@njit(parallel=True, cache=True)
+def broadcast_product_backward(full, gy, out):
+    """The gradient of the C x 1 x 1 factor s of y = full * s: out[n, c] = sum over H x W
+    of gy[n, c] * full[n, c] (out N x C x 1 x 1)."""
+    n_batch, c_in, h, w = full.shape
+    hw = h * w
+    a1, g1, o1 = full.reshape(full.size), gy.reshape(gy.size), out.reshape(out.size)
+    for job in prange(n_batch * c_in):
+        o1[job] = _run_dot_centered(g1, a1, np.uint64(job * hw), hw, np.float32(0.0))

@@ -1,0 +1,128 @@
+"""Training kernels of pooling and resizing: max pooling that records where each maximum
+came from, and the backward of max, average, adaptive average pooling and upsampling.
+
+Windows and source indices are the forward kernels' (`_resample`), which follow torch's:
+max pooling routes each output's gradient to its window's first maximum (torch's pick on
+ties, which ReLU's zeros make common), average pooling spreads it evenly over the window
+it averaged, resizing adds it back to the pixels it interpolated from. One job per
+N x C plane: a plane's gradient is written by one thread.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from nasgraph.backends.numba._resample import _linear_index, _nearest_index
+
+
+@njit(parallel=True, cache=True)
+def maxpool2d_train(x, out, argmax, kh, kw, sh, sw, ph, pw):
+    """Max windows (clipped as torch clips them), and in `argmax` (N x C x Ho x Wo int32)
+    the flat index within its H x W plane of each output's first maximum."""
+    n_batch, c_in, h, w = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for job in prange(n_batch * c_in):
+        n, c = job // c_in, job % c_in
+        src, dst, at = x[n, c], out[n, c], argmax[n, c]
+        for oh in range(ho):
+            h0 = oh * sh - ph
+            a0, a1 = max(h0, 0), min(h0 + kh, h)
+            for ow in range(wo):
+                w0 = ow * sw - pw
+                b0, b1 = max(w0, 0), min(w0 + kw, w)
+                v, best = -np.inf, a0 * w + b0
+                for i in range(a0, a1):
+                    for j in range(b0, b1):
+                        u = src[i, j]
+                        if u > v or np.isnan(u):
+                            v, best = u, i * w + j
+                dst[oh, ow] = v
+                at[oh, ow] = best
+
+
+@njit(parallel=True, cache=True)
+def maxpool2d_backward(gy, argmax, gx):
+    """gx[n, c] (zeroed) += each output's gradient at its maximum's index."""
+    n_batch, c_in, ho, wo = gy.shape
+    w = gx.shape[3]
+    for job in prange(n_batch * c_in):
+        n, c = job // c_in, job % c_in
+        g, at, dst = gy[n, c], argmax[n, c], gx[n, c]
+        for oh in range(ho):
+            for ow in range(wo):
+                k = at[oh, ow]
+                dst[k // w, k % w] += g[oh, ow]
+
+
+@njit(parallel=True, cache=True)
+def avgpool2d_backward(gy, gx, kh, kw, sh, sw, ph, pw, count_include_pad):
+    """gx (zeroed) += each output's gradient divided by the count it averaged over
+    (the window clipped to the padded input, or to the input without
+    `count_include_pad`), over that window's input pixels."""
+    n_batch, c_in, h, w = gx.shape
+    ho, wo = gy.shape[2], gy.shape[3]
+    for job in prange(n_batch * c_in):
+        n, c = job // c_in, job % c_in
+        g, dst = gy[n, c], gx[n, c]
+        for oh in range(ho):
+            h0 = oh * sh - ph
+            h1 = min(h0 + kh, h + ph)
+            a0, a1 = max(h0, 0), min(h1, h)
+            for ow in range(wo):
+                w0 = ow * sw - pw
+                w1 = min(w0 + kw, w + pw)
+                b0, b1 = max(w0, 0), min(w1, w)
+                area = (h1 - h0) * (w1 - w0) if count_include_pad else (a1 - a0) * (b1 - b0)
+                v = g[oh, ow] / np.float32(area)
+                for i in range(a0, a1):
+                    for j in range(b0, b1):
+                        dst[i, j] += v
+
+
+@njit(parallel=True, cache=True)
+def adaptive_avgpool_backward(gy, gx):
+    """The adjoint of `_resample.adaptive_avgpool`: window i of an axis covers
+    [floor(i * n / size), ceil((i + 1) * n / size)); gx (zeroed) += gradient / window."""
+    n_batch, c_in, h, w = gx.shape
+    ho, wo = gy.shape[2], gy.shape[3]
+    for job in prange(n_batch * c_in):
+        n, c = job // c_in, job % c_in
+        g, dst = gy[n, c], gx[n, c]
+        for oh in range(ho):
+            a0, a1 = (oh * h) // ho, -((-(oh + 1) * h) // ho)
+            for ow in range(wo):
+                b0, b1 = (ow * w) // wo, -((-(ow + 1) * w) // wo)
+                v = g[oh, ow] / np.float32((a1 - a0) * (b1 - b0))
+                for i in range(a0, a1):
+                    for j in range(b0, b1):
+                        dst[i, j] += v
+
+
+@njit(parallel=True, cache=True)
+def upsample_backward(gy, gx, bilinear, align_corners, scale_h, scale_w):
+    """The adjoint of `_resample.upsample` (same float32 source indices and weights):
+    gx (zeroed) += each output's gradient at the pixel(s) it was read from."""
+    n_batch, c_in, h, w = gx.shape
+    ho, wo = gy.shape[2], gy.shape[3]
+    fh, fw = np.float32(scale_h), np.float32(scale_w)
+    one = np.float32(1.0)
+    for job in prange(n_batch * c_in):
+        n, c = job // c_in, job % c_in
+        g, dst = gy[n, c], gx[n, c]
+        for oh in range(ho):
+            if bilinear:
+                i0, i1, lh = _linear_index(oh, h, fh, align_corners)
+            else:
+                i0, i1, lh = _nearest_index(oh, h, ho, fh), 0, np.float32(0.0)
+            for ow in range(wo):
+                v = g[oh, ow]
+                if bilinear:
+                    j0, j1, lw = _linear_index(ow, w, fw, align_corners)
+                    top, bottom = (one - lh) * v, lh * v
+                    dst[i0, j0] += (one - lw) * top
+                    dst[i0, j1] += lw * top
+                    dst[i1, j0] += (one - lw) * bottom
+                    dst[i1, j1] += lw * bottom
+                else:
+                    dst[i0, _nearest_index(ow, w, wo, fw)] += v

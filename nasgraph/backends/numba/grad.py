@@ -1,0 +1,229 @@
+"""Training on the numba backend: a loss and its gradient for every trainable weight.
+
+`value_and_grad(graph, state_dict, x, y)` runs `graph` forward in training mode
+(BatchNorm on batch statistics, dropout masks drawn from a seed), takes the
+cross-entropy of its logits against the labels `y`, and walks the graph backward,
+op by op, as `_backward_ops.BACKWARD` says each kind does. It needs no torch: the
+weights may come from `nasgraph.init_state`. `loss_and_grads` returns the rest of the
+pass too: the logits and BatchNorm's updated running statistics.
+
+The walk is the executor's: one topological order. Forward keeps what each node's
+backward needs; backward visits the nodes in reverse, summing the gradients a node's
+consumers send it, and skips the nodes no trainable weight lies behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+from nasgraph.backends.numba._backward_ops import BACKWARD, Run, Weights, dropout_mask, shape4
+from nasgraph.backends.numba._weights import checked_state
+from nasgraph.backends.numba.executor import _limit_blas_threads
+from nasgraph.errors import GraphError, NasgraphError
+from nasgraph.ir import Graph, Node
+
+__all__ = ["BACKWARD", "Gradients", "cross_entropy", "dropout_mask", "loss_and_grads",
+           "value_and_grad"]
+
+
+class Gradients(NamedTuple):
+    """One training pass (`loss_and_grads`).
+
+    loss: the mean cross-entropy over the batch.
+    grads: state-dict key -> gradient of the loss, for every trainable weight
+        (`WeightSpec.trainable`), float32, of the weight's shape.
+    buffers: BatchNorm's running statistics after this pass, key -> new float32 array
+        (`running_mean`, `running_var`, and `num_batches_tracked` + 1 where the state
+        dict has it); empty in eval mode.
+    logits: the graph's output, N x classes.
+    """
+
+    loss: float
+    grads: dict[str, np.ndarray]
+    buffers: dict[str, np.ndarray]
+    logits: np.ndarray
+
+
+def cross_entropy(logits: np.ndarray, y: np.ndarray, label_smoothing: float = 0.0
+                  ) -> tuple[float, np.ndarray]:
+    """torch's `F.cross_entropy(logits, y, label_smoothing=eps)` (mean over the batch) and
+    its gradient with respect to `logits` (N x K, float32).
+
+    The target is (1 - eps) on the label plus eps / K on every class, so the loss is
+    mean_n[(1 - eps) * -log p[n, y_n] + eps * mean_k(-log p[n, k])] and its gradient
+    (softmax - target) / N. Computed in float64: N x K is small.
+    """
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    n, k = log_p.shape
+    target = np.full((n, k), label_smoothing / k)
+    target[np.arange(n), y] += 1.0 - label_smoothing
+    loss = float(-(target * log_p).sum() / n)
+    return loss, ((np.exp(log_p) - target) / n).astype(np.float32)
+
+
+def _check(graph: Graph, x: np.ndarray, y: np.ndarray, label_smoothing: float
+           ) -> tuple[np.ndarray, np.ndarray, Node]:
+    """x as N x C x H x W float32 and y as int64 labels, once the graph, the shapes and
+    the labels fit; raises a one-line NasgraphError (GraphError for the graph) if not."""
+    for node in graph:
+        if node.kind not in BACKWARD:
+            raise GraphError(f"node {node.id!r} ({node.kind}) has no backward in the numba "
+                             "backend; hint: add a Rule to _backward_ops.BACKWARD")
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise GraphError(f"graph {graph.name!r} has {len(graph.inputs)} inputs and "
+                         f"{len(graph.outputs)} outputs; training needs one of each")
+    (inp,), (out,) = graph.inputs, graph.outputs
+    if out.type.height * out.type.width != 1:
+        raise GraphError(f"output {out.id!r} is {out.type}; cross-entropy needs one logit per "
+                         "class (a flat vector); hint: end with global pooling or a Linear")
+    x = np.asarray(x)
+    if x.ndim != 1 + len(inp.type.shape) or x.shape[1:] != inp.type.shape:
+        raise NasgraphError(f"graph {graph.name!r} takes N x {inp.type} input, got shape "
+                            f"{x.shape}")
+    y = np.asarray(y)
+    classes = out.type.channels
+    if y.shape != (x.shape[0],) or y.dtype.kind not in "iu" or (
+            y.size and (y.min() < 0 or y.max() >= classes)):
+        raise NasgraphError(f"labels must be {x.shape[0]} integers in 0..{classes - 1}, got "
+                            f"shape {y.shape} dtype {y.dtype}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise NasgraphError(f"label_smoothing={label_smoothing} is outside 0..1")
+    x4 = np.ascontiguousarray(x, np.float32).reshape(x.shape[0], *shape4(inp))
+    return x4, y.astype(np.int64), out
+
+
+def _requires_grad(graph: Graph, trainable: Mapping[str, list[str]]) -> set[str]:
+    """The nodes whose output depends on some trainable weight: only they pass a gradient
+    back (the graph input's and its parameter-free successors' is never wanted)."""
+    needed: set[str] = set()
+    for node in graph:
+        if trainable.get(node.id) or any(i in needed for i in node.inputs):
+            needed.add(node.id)
+    return needed
+
+
+def loss_and_grads(graph: Graph, state_dict: Mapping[str, object], x: np.ndarray,
+                   y: np.ndarray, *, label_smoothing: float = 0.0, training: bool = True,
+                   seed: int = 0) -> Gradients:
+    """The cross-entropy of `graph` on a batch, its gradient for every trainable weight,
+    the logits and the updated BatchNorm statistics (`Gradients`).
+
+    Args:
+        graph: one input, one output of K logits (flat or K x 1 x 1).
+        state_dict: the weights, keyed as `lower(graph).state_dict()` (numpy arrays or
+            torch tensors; `nasgraph.init_state(graph)` gives one); not modified.
+        x: N x C x H x W inputs (the graph input's shape); cast to float32.
+        y: N integer labels in 0..K-1.
+        label_smoothing: as torch's `F.cross_entropy`.
+        training: BatchNorm on batch statistics (updating its running ones) and dropout
+            on, as torch's `module.train()`; False: running statistics, dropout off
+            (`module.eval()`), gradients of that function.
+        seed: draws the dropout masks (`dropout_mask`).
+
+    Example:
+        >>> import numpy as np, nasgraph
+        >>> from nasgraph.backends.numba.grad import loss_and_grads
+        >>> g = nasgraph.zoo.get("lenet5")
+        >>> x = np.zeros((4, 1, 32, 32), np.float32)
+        >>> out = loss_and_grads(g, nasgraph.init_state(g), x, np.arange(4))
+        >>> out.grads["c1.weight"].shape, out.logits.shape
+        ((6, 1, 5, 5), (4, 10))
+    """
+    x4, labels, out_node = _check(graph, x, y, label_smoothing)
+    state = checked_state(graph, state_dict)
+    _limit_blas_threads()
+    specs = graph.weight_specs()
+    per_node: dict[str, Weights] = {}
+    trainable: dict[str, list[str]] = {}
+    for key, (node, spec) in specs.items():
+        suffix = key.rpartition(".")[2]
+        if key in state:
+            per_node.setdefault(node.id, {})[suffix] = state[key]
+        if spec.trainable:
+            trainable.setdefault(node.id, []).append(suffix)
+    run = Run(inputs={graph.inputs[0].id: x4}, training=training,
+              threads=numba.get_num_threads(), seed=seed)
+
+    saved: dict[str, object] = {}
+    values: dict[str, np.ndarray] = {}
+    for node in graph:
+        xs = [values[i] for i in node.inputs]
+        values[node.id], saved[node.id] = BACKWARD[node.kind].forward(
+            node, xs, per_node.get(node.id, {}), run)
+    logits = values[out_node.id].reshape(x4.shape[0], -1)
+    values.clear()  # what the backward needs is in `saved`
+    loss, g_logits = cross_entropy(logits, labels, label_smoothing)
+
+    grads = _backward(graph, run, saved, per_node, trainable,
+                      {out_node.id: g_logits.reshape(*g_logits.shape, 1, 1)})
+    for key, (_, spec) in specs.items():  # weights no gradient reached
+        if spec.trainable and key not in grads:
+            grads[key] = np.zeros(spec.shape, np.float32)
+    buffers = dict(run.buffers)
+    for key, (_, spec) in specs.items():
+        if spec.dtype == "int64" and training and key in state_dict:
+            buffers[key] = np.asarray(state_dict[key]) + 1
+    return Gradients(loss, grads, buffers, logits.copy())
+
+
+def _backward(graph: Graph, run: Run, saved: dict[str, object],
+              per_node: Mapping[str, Weights], trainable: Mapping[str, list[str]],
+              seeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Walks `graph` in reverse from the output gradients `seeds` (node id -> dL/d output):
+    each node's backward gets the sum of what its consumers sent it. Returns the
+    trainable weights' gradients, by state-dict key."""
+    needed = _requires_grad(graph, trainable)
+    incoming = dict(seeds)
+    grads: dict[str, np.ndarray] = {}
+    for node in reversed(graph.nodes):
+        node_id = node.id
+        gy = incoming.pop(node_id, None)
+        ctx = saved.pop(node_id)
+        if gy is None or node_id not in needed:
+            continue
+        needs = [i in needed for i in node.inputs]
+        g_inputs, g_weights = BACKWARD[node.kind].backward(
+            node, gy, ctx, per_node.get(node_id, {}), run, needs)
+        for suffix in trainable.get(node_id, []):
+            grads[f"{node.param_key}.{suffix}"] = g_weights[suffix]
+        for input_id, g, need in zip(node.inputs, g_inputs, needs, strict=True):
+            if need:
+                # a new array, never `+=`: g may be another node's gradient itself
+                incoming[input_id] = g if input_id not in incoming else incoming[input_id] + g
+    return grads
+
+
+def value_and_grad(graph: Graph, state_dict: MutableMapping[str, object], x: np.ndarray,
+                   y: np.ndarray, *, label_smoothing: float = 0.0, training: bool = True,
+                   seed: int = 0, update_buffers: bool = False
+                   ) -> tuple[float, dict[str, np.ndarray]]:
+    """The mean cross-entropy of `graph` on (x, y), and its gradient for each trainable
+    weight (state-dict key -> float32 array), as torch autograd gives them for
+    `lower(graph).train()` with these weights.
+
+    Arguments as `loss_and_grads`, which also returns the logits and the updated
+    BatchNorm statistics. `update_buffers=True` writes those into `state_dict` (each
+    running statistic's entry replaced by a new array, `num_batches_tracked` counted up),
+    as a torch training step updates the module's buffers.
+
+    Example:
+        >>> import numpy as np, nasgraph
+        >>> from nasgraph.backends.numba.grad import value_and_grad
+        >>> g = nasgraph.zoo.get("lenet5")
+        >>> state = nasgraph.init_state(g)
+        >>> x, y = np.ones((2, 1, 32, 32), np.float32), np.array([3, 7])
+        >>> loss, grads = value_and_grad(g, state, x, y, label_smoothing=0.1)
+        >>> loss > 0, sorted(grads)[:2]
+        (True, ['c1.bias', 'c1.weight'])
+    """
+    result = loss_and_grads(graph, state_dict, x, y, label_smoothing=label_smoothing,
+                            training=training, seed=seed)
+    if update_buffers:
+        state_dict.update(result.buffers)
+    return result.loss, result.grads

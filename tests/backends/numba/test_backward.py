@@ -1,0 +1,392 @@
+"""The numba backward pass agrees with torch autograd on `lower(graph).train()`.
+
+Each test builds a small graph, runs `loss_and_grads` and torch's `F.cross_entropy` +
+`backward()` on the same weights and batch, and compares the loss, every weight's
+gradient (relative to that gradient's scale: float32, not one CPU's rounding) and the
+BatchNorm running statistics. Dropout compares with torch's Dropout replaced by the
+masks the numba pass drew (`dropout_mask`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasgraph import init_state, zoo
+from nasgraph.backends.numba import _backward_ops
+from nasgraph.backends.numba.grad import (
+    BACKWARD,
+    dropout_mask,
+    loss_and_grads,
+    value_and_grad,
+)
+from nasgraph.backends.torch import lower
+from nasgraph.errors import GraphError, NasgraphError
+from nasgraph.ir import OPS, Graph, GraphBuilder, ops
+from nasgraph.ir.builder import Tensor
+
+BATCH = 6
+CLASSES = 5
+
+
+def perturbed_state(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
+    """`init_state`, with biases, BN affine parameters and running statistics random
+    rather than constant, so that their gradients and uses are tested too."""
+    rng = np.random.default_rng(seed + 100)
+    state = init_state(graph, seed)
+    for key, value in state.items():
+        if key.endswith(".num_batches_tracked"):
+            continue
+        if key.endswith(("bias", "running_mean")):
+            state[key] = value + rng.uniform(-0.3, 0.3, value.shape).astype(np.float32)
+        elif key.endswith(("running_var", "weight")) and value.ndim == 1:
+            state[key] = value * rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
+    return state
+
+
+class _Mask(nn.Module):
+    def __init__(self, mask: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.from_numpy(mask), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask.reshape(x.shape)
+
+
+def torch_reference(graph: Graph, state: dict[str, np.ndarray], x: np.ndarray,
+                    y: np.ndarray, label_smoothing: float = 0.0, training: bool = True,
+                    seed: int = 0) -> tuple[float, dict, dict]:
+    """torch's loss, parameter gradients and buffers after one forward and backward of
+    `lower(graph)` with `state`, dropout drawn as the numba pass draws it."""
+    m = lower(graph, seed=0)
+    m.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+    m.train(training)
+    for node in graph:
+        if node.kind == "dropout" and training and node.op.p > 0:
+            shape = (x.shape[0], *_backward_ops.shape4(graph[node.inputs[0]]))
+            *parents, leaf = node.param_key.split(".")
+            parent = m.get_submodule(".".join(parents))
+            setattr(parent, leaf, _Mask(dropout_mask(seed, node.id, shape, node.op.p)))
+    out = m(torch.from_numpy(x))
+    loss = F.cross_entropy(out.reshape(x.shape[0], -1), torch.from_numpy(y),
+                           label_smoothing=label_smoothing)
+    loss.backward()
+    grads = {k: p.grad.numpy() for k, p in m.named_parameters()}
+    buffers = {k: b.numpy() for k, b in m.named_buffers() if k in state}
+    return loss.item(), grads, buffers
+
+
+def assert_close(actual: np.ndarray, reference: np.ndarray, what: str,
+                 floor: float = 1e-6) -> None:
+    """Within float32 precision of the reference's scale, or of `floor` where that is
+    larger."""
+    scale = max(float(np.abs(reference).max(initial=0.0)), floor)
+    np.testing.assert_allclose(actual, reference, rtol=1e-3, atol=1e-3 * scale, err_msg=what)
+
+
+def batch(graph: Graph, n: int = BATCH, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = graph.inputs[0].type
+    classes = graph.outputs[0].type.channels
+    x = (2.0 * rng.standard_normal((n, *t.shape))).astype(np.float32)
+    return x, rng.integers(0, classes, n)
+
+
+def check_against_torch(graph: Graph, label_smoothing: float = 0.0, training: bool = True,
+                        n: int = BATCH, seed: int = 0) -> None:
+    state = perturbed_state(graph, seed)
+    x, y = batch(graph, n, seed)
+    result = loss_and_grads(graph, state, x, y, label_smoothing=label_smoothing,
+                            training=training, seed=seed)
+    loss, grads, buffers = torch_reference(graph, state, x, y, label_smoothing, training,
+                                           seed)
+    assert result.loss == pytest.approx(loss, rel=1e-4, abs=1e-5)
+    assert set(result.grads) == set(grads)
+    # a gradient that is zero in exact arithmetic (a conv's bias before BatchNorm) is
+    # rounding noise on both sides: compared at a thousandth of the largest gradient
+    floor = 1e-3 * max(float(np.abs(g).max()) for g in grads.values())
+    for key, ref in grads.items():
+        assert result.grads[key].dtype == np.float32
+        assert_close(result.grads[key], ref, key, floor)
+    if training:
+        assert set(result.buffers) == set(buffers)
+        for key, ref in buffers.items():
+            assert_close(result.buffers[key], ref, key)
+    else:
+        assert result.buffers == {}
+
+
+def single_op_graph(body: Callable[[GraphBuilder, Tensor], Tensor],
+                    shape: tuple[int, int, int] = (3, 10, 10)) -> Graph:
+    """input -> conv 3x3 (so that a gradient flows into the op) -> body -> flatten ->
+    linear: every output position gets a gradient of its own."""
+    b = GraphBuilder("op")
+    x = b.input(*shape)
+    x = b.conv(x, 8, 3, padding=1, name="stem")
+    y = body(b, x)
+    if not y.type.flat:
+        y = b.flatten(y)
+    b.output(b.linear(y, CLASSES, name="fc"))
+    return b.build()
+
+
+def _node(op: ops.Op) -> Callable[[GraphBuilder, Tensor], Tensor]:
+    return lambda b, x: b.node(op, [x])
+
+
+def _two_convs(merge: Callable[[GraphBuilder, Tensor, Tensor], Tensor]
+               ) -> Callable[[GraphBuilder, Tensor], Tensor]:
+    def body(b: GraphBuilder, x: Tensor) -> Tensor:
+        left = b.conv(x, 8, 3, padding=1, name="left")
+        right = b.act(b.conv(x, 8, 1, name="right"), "tanh")
+        return merge(b, left, right)
+    return body
+
+
+def _squeeze_excite(b: GraphBuilder, x: Tensor) -> Tensor:
+    s = b.act(b.conv(b.gap(x), 8, 1, name="excite"), "sigmoid")
+    return b.mul(x, s)
+
+
+def _squeeze_excite_first(b: GraphBuilder, x: Tensor) -> Tensor:
+    s = b.act(b.conv(b.gap(x), 8, 1, name="excite"), "sigmoid")
+    return b.mul(s, x)
+
+
+def _activation(fn: str) -> Callable[[GraphBuilder, Tensor], Tensor]:
+    return lambda b, x: b.act(x, fn)
+
+
+CONV_CASES: dict[str, dict] = {
+    "3x3": {"out_channels": 6, "kernel": 3, "padding": 1},
+    "1x1": {"out_channels": 6, "kernel": 1},
+    "1x3": {"out_channels": 6, "kernel": (1, 3), "padding": (0, 1)},
+    "3x1_stride2": {"out_channels": 6, "kernel": (3, 1), "stride": 2, "padding": (1, 0)},
+    "5x5_stride2_pad2": {"out_channels": 6, "kernel": 5, "stride": 2, "padding": 2},
+    "3x3_stride2_nopad": {"out_channels": 6, "kernel": 3, "stride": 2},
+    "3x3_stride_2x1": {"out_channels": 6, "kernel": 3, "stride": (2, 1), "padding": 1},
+    "3x3_dilation2": {"out_channels": 6, "kernel": 3, "dilation": 2, "padding": 2},
+    "3x3_dilation_1x2": {"out_channels": 6, "kernel": 3, "dilation": (1, 2),
+                         "padding": (1, 2)},
+    "same": {"out_channels": 6, "kernel": (3, 5), "padding": "same"},
+    "1x1_stride2": {"out_channels": 6, "kernel": 1, "stride": 2},
+    "no_bias": {"out_channels": 6, "kernel": 3, "padding": 1, "bias": False},
+    "groups2": {"out_channels": 6, "kernel": 3, "padding": 1, "groups": 2},
+    "groups4_5x5": {"out_channels": 4, "kernel": 5, "padding": 2, "groups": 4,
+                    "stride": 2},
+    "depthwise": {"out_channels": 8, "kernel": 3, "padding": 1, "groups": 8},
+    "depthwise_stride2": {"out_channels": 8, "kernel": 3, "stride": 2, "padding": 1,
+                          "groups": 8},
+    "depthwise_5x5_dilated": {"out_channels": 8, "kernel": 5, "padding": 4, "dilation": 2,
+                              "groups": 8, "bias": False},
+    "depthwise_multiplier2": {"out_channels": 16, "kernel": 3, "padding": 1, "groups": 8},
+    "depthwise_1x7": {"out_channels": 8, "kernel": (1, 7), "padding": (0, 3), "groups": 8},
+}
+
+OP_CASES: dict[str, Callable[[GraphBuilder, Tensor], Tensor]] = {
+    **{f"conv_{name}": _node(ops.Conv2d(**attrs)) for name, attrs in CONV_CASES.items()},
+    "batchnorm": lambda b, x: b.bn(x),
+    "batchnorm_momentum": lambda b, x: b.bn(x, eps=1e-3, momentum=0.3),
+    **{f"act_{fn}": _activation(fn)
+       for fn in ("relu", "relu6", "sigmoid", "tanh", "silu", "hardswish", "gelu")},
+    "maxpool_2": lambda b, x: b.maxpool(x, 2),
+    "maxpool_3s2p1": lambda b, x: b.maxpool(x, 3, 2, padding=1),
+    "maxpool_3s2_ceil": lambda b, x: b.maxpool(x, 3, 2, ceil_mode=True),
+    "maxpool_ties_after_relu": lambda b, x: b.maxpool(b.relu(x), 3, 1, padding=1),
+    "maxpool_2x3": lambda b, x: b.maxpool(x, (2, 3), (1, 2)),
+    "avgpool_2": lambda b, x: b.avgpool(x, 2),
+    "avgpool_3s2p1": lambda b, x: b.avgpool(x, 3, 2, padding=1),
+    "avgpool_3s2p1_exclude_pad": lambda b, x: b.avgpool(x, 3, 2, padding=1,
+                                                        count_include_pad=False),
+    "avgpool_ceil": lambda b, x: b.avgpool(x, 3, 2, ceil_mode=True),
+    "avgpool_ceil_pad_exclude": lambda b, x: b.avgpool(x, 4, 3, padding=1, ceil_mode=True,
+                                                       count_include_pad=False),
+    "global_avgpool": lambda b, x: b.gap(x),
+    "adaptive_avgpool_3": lambda b, x: b.adaptive_avgpool(x, 3),
+    "adaptive_avgpool_4x7": lambda b, x: b.adaptive_avgpool(x, (4, 7)),
+    "add": _two_convs(lambda b, p, q: b.add([p, q])),
+    "add_weighted": _two_convs(lambda b, p, q: b.add([p, q], weights=[0.17, 1.0])),
+    "add_three_with_repeat": _two_convs(lambda b, p, q: b.add([p, q, b.identity(p)],
+                                                              weights=[1.0, -2.0, 0.5])),
+    "concat": _two_convs(lambda b, p, q: b.concat([p, q])),
+    "concat_repeated": _two_convs(lambda b, p, q: b.concat([q, p, b.identity(q)])),
+    "mul_same_shape": _two_convs(lambda b, p, q: b.mul(p, q)),
+    "mul_squared": lambda b, x: b.mul(x, b.identity(x)),
+    "mul_broadcast": _squeeze_excite,
+    "mul_broadcast_first": _squeeze_excite_first,
+    "channel_pad": lambda b, x: b.channel_pad(x, after=3, before=2),
+    "channel_shuffle": _node(ops.ChannelShuffle(groups=2)),
+    "channel_shuffle_4_then_grouped_conv": lambda b, x: b.conv(
+        b.node(ops.ChannelShuffle(groups=4), [x]), 8, 3, padding=1, groups=2),
+    "flatten_linear": lambda b, x: b.act(b.linear(b.flatten(x), 12), "relu"),
+    "linear_no_bias": lambda b, x: b.linear(b.flatten(x), 12, bias=False),
+    "dropout_0": lambda b, x: b.dropout(x, 0.0),
+    "dropout_half": lambda b, x: b.dropout(x, 0.5),
+    "dropout_flat": lambda b, x: b.dropout(b.linear(b.flatten(x), 12), 0.3),
+    "identity": lambda b, x: b.identity(x),
+    "upsample_nearest_2": lambda b, x: b.upsample(x, scale=2),
+    "upsample_nearest_1.5": lambda b, x: b.upsample(x, scale=1.5),
+    "upsample_nearest_size": lambda b, x: b.upsample(x, size=(13, 7)),
+    "upsample_bilinear_2": lambda b, x: b.upsample(x, scale=2, mode="bilinear"),
+    "upsample_bilinear_0.7": lambda b, x: b.upsample(x, scale=0.7, mode="bilinear"),
+    "upsample_bilinear_align": lambda b, x: b.upsample(x, size=(17, 9), mode="bilinear",
+                                                       align_corners=True),
+    "upsample_bilinear_size": lambda b, x: b.upsample(x, size=(15, 12), mode="bilinear"),
+    "fused_conv_relu": lambda b, x: b.node(ops.FusedConv2d(out_channels=8, padding=1,
+                                                           act="relu6"), [x]),
+    "fused_conv_residual": lambda b, x: b.node(
+        ops.FusedConv2d(out_channels=8, padding=1, act="silu", residual=True), [x, b.identity(x)]),
+    "fused_conv_residual_no_act": lambda b, x: b.node(
+        ops.FusedConv2d(out_channels=8, kernel=1, residual=True), [x, b.identity(x)]),
+}
+
+
+@pytest.mark.parametrize("case", OP_CASES)
+def test_each_op_matches_torch_autograd(case):
+    check_against_torch(single_op_graph(OP_CASES[case]))
+
+
+@pytest.mark.parametrize("case", ["batchnorm", "dropout_half", "conv_depthwise"])
+def test_eval_mode_matches_torch_eval(case):
+    check_against_torch(single_op_graph(OP_CASES[case]), training=False)
+
+
+def test_conv_on_the_graph_input_and_odd_batch():
+    # the first conv needs no input gradient; 5 samples split unevenly over threads
+    b = GraphBuilder("first")
+    x = b.input(2, 7, 9)
+    x = b.conv(x, 4, (3, 2), stride=(1, 2), padding=1, dilation=(2, 1))
+    b.output(b.linear(b.flatten(b.relu(x)), 3))
+    check_against_torch(b.build(), n=5)
+
+
+def residual_graph() -> Graph:
+    """Two ResNet basic blocks, the second with a strided 1x1 projection shortcut."""
+    b = GraphBuilder("residual")
+    x = b.input(3, 12, 12)
+    x = b.relu(b.bn(b.conv(x, 8, 3, padding=1, bias=False)))
+    for i, (width, stride) in enumerate([(8, 1), (16, 2)]):
+        with b.scope(f"block{i}"):
+            y = b.relu(b.bn(b.conv(x, width, 3, stride, 1, bias=False)))
+            y = b.bn(b.conv(y, width, 3, padding=1, bias=False))
+            if stride != 1:
+                x = b.bn(b.conv(x, width, 1, stride, bias=False), name="short_bn")
+            x = b.relu(b.add([y, x]))
+    b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
+    return b.build()
+
+
+def inception_graph() -> Graph:
+    """An Inception block: 1x1, 1x1 -> 3x3, 1x1 -> 3x3 -> 3x3 and pool -> 1x1 branches,
+    concatenated; then max pooling, dropout and the classifier."""
+    b = GraphBuilder("inception")
+    x = b.input(3, 11, 11)
+    x = b.relu(b.bn(b.conv(x, 8, 3, padding=1)))
+    with b.scope("mixed"):
+        p = b.relu(b.conv(x, 4, 1))
+        q = b.relu(b.conv(b.relu(b.conv(x, 4, 1)), 6, 3, padding=1))
+        r = b.relu(b.conv(b.relu(b.conv(x, 2, 1)), 3, 3, padding=1))
+        r = b.relu(b.conv(r, 3, 3, padding=1))
+        s = b.relu(b.conv(b.maxpool(x, 3, 1, padding=1), 4, 1))
+        x = b.concat([p, q, r, s])
+    x = b.maxpool(x, 3, 2, ceil_mode=True)
+    b.output(b.linear(b.dropout(b.flatten(x), 0.2), CLASSES))
+    return b.build()
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("make", [residual_graph, inception_graph], ids=["residual",
+                                                                         "inception"])
+def test_blocks_match_torch(make, label_smoothing):
+    check_against_torch(make(), label_smoothing=label_smoothing, n=8)
+
+
+# mobilenet_v2: depthwise convs, relu6, dropout; efficientnet_b0: squeeze-excitation
+# (broadcast mul), silu, sigmoid. At 64 x 64 their last BatchNorms still see 16 values a
+# channel: at 32 x 32, 4, and float32 gradients (torch's too) are 1e-3 from float64's
+@pytest.mark.parametrize("name, shape", [("resnet20_cifar", (3, 16, 16)),
+                                         ("mobilenet_v2", (3, 64, 64)),
+                                         ("efficientnet_b0", (3, 64, 64))])
+def test_zoo_model_matches_torch(name, shape):
+    check_against_torch(zoo.get(name, num_classes=10, input_shape=shape), n=4,
+                        label_smoothing=0.1)
+
+
+def test_every_registered_op_has_a_backward_rule():
+    assert set(OPS) <= set(BACKWARD), f"no backward for {sorted(set(OPS) - set(BACKWARD))}"
+
+
+def test_an_op_without_a_rule_is_a_one_line_graph_error(monkeypatch):
+    g = single_op_graph(OP_CASES["mul_broadcast"])
+    monkeypatch.delitem(BACKWARD, "mul")
+    x, y = batch(g)
+    with pytest.raises(GraphError, match=r"node 'mul' \(mul\) has no backward") as e:
+        loss_and_grads(g, init_state(g), x, y)
+    assert "\n" not in str(e.value)
+
+
+def test_value_and_grad_updates_buffers_in_place_when_asked():
+    g = residual_graph()
+    state = perturbed_state(g)
+    x, y = batch(g)
+    before = {k: v.copy() for k, v in state.items()}
+    loss, grads = value_and_grad(g, state, x, y)
+    assert all(np.array_equal(state[k], v) for k, v in before.items())
+    assert set(grads) == {k for k, (_, s) in g.weight_specs().items() if s.trainable}
+    loss2, grads2 = value_and_grad(g, state, x, y, update_buffers=True)
+    assert loss2 == loss
+    assert state["bn.num_batches_tracked"] == before["bn.num_batches_tracked"] + 1
+    assert not np.allclose(state["bn.running_mean"], before["bn.running_mean"])
+    assert all(np.array_equal(grads[k], grads2[k]) for k in grads)
+
+
+def test_dropout_masks_follow_the_seed():
+    g = single_op_graph(OP_CASES["dropout_half"])
+    state, (x, y) = init_state(g), batch(g)
+    a = loss_and_grads(g, state, x, y, seed=1)
+    b = loss_and_grads(g, state, x, y, seed=1)
+    c = loss_and_grads(g, state, x, y, seed=2)
+    assert a.loss == b.loss != c.loss
+    assert loss_and_grads(g, state, x, y, training=False).loss != a.loss
+
+
+def test_a_weight_no_gradient_reaches_gets_zeros():
+    # a branch that no output reads: torch leaves its .grad None, here it is zeros
+    def body(b: GraphBuilder, x: Tensor) -> Tensor:
+        b.conv(x, 4, 1, name="unread")
+        return x
+    g = single_op_graph(body)
+    x, y = batch(g)
+    grads = loss_and_grads(g, init_state(g), x, y).grads
+    assert grads["unread.weight"].shape == (4, 8, 1, 1)
+    assert not np.any(grads["unread.weight"])
+    assert np.any(grads["stem.weight"])
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.arange(BATCH - 1), "labels must be"),
+    (np.full(BATCH, CLASSES), "labels must be"),
+    (np.zeros(BATCH) + 0.5, "labels must be"),
+])
+def test_bad_labels_are_refused(labels, message):
+    g = single_op_graph(OP_CASES["identity"])
+    x, _ = batch(g)
+    with pytest.raises(NasgraphError, match=message):
+        loss_and_grads(g, init_state(g), x, labels)
+
+
+def test_bad_input_shape_and_spatial_output_are_refused():
+    g = single_op_graph(OP_CASES["identity"])
+    x, y = batch(g)
+    with pytest.raises(NasgraphError, match="takes N x 3x10x10 input"):
+        loss_and_grads(g, init_state(g), x[:, :2], y)
+    b = GraphBuilder("spatial")
+    b.output(b.conv(b.input(3, 8, 8), 4, 3))
+    spatial = b.build()
+    with pytest.raises(GraphError, match="one logit per class"):
+        loss_and_grads(spatial, init_state(spatial), x[:, :, :8, :8], y)
