@@ -27,7 +27,8 @@ def graphs(draw: st.DrawFn, max_nodes: int = 12, max_channels: int = 12,
         x = draw(st.sampled_from(pool))
         kind = draw(st.sampled_from(
             ["conv", "conv", "dwconv", "bn", "act", "maxpool", "avgpool", "add", "concat",
-             "mul", "upsample", "pad", "identity", "dropout", "adaptive", "fused", "shuffle"]))
+             "mul", "upsample", "pad", "identity", "dropout", "adaptive", "fused", "shuffle",
+             "slice"]))
         try:
             y = _step(draw, b, x, kind, pool, max_channels)
         except ShapeError:
@@ -101,6 +102,10 @@ def _step(draw: st.DrawFn, b: GraphBuilder, x: Tensor, kind: str, pool: list[Ten
     if kind == "shuffle":
         groups = draw(st.sampled_from([g for g in (1, 2, 3, 4) if x.channels % g == 0]))
         return b.node(ops.ChannelShuffle(groups=groups), [x])
+    if kind == "slice":
+        start = draw(st.integers(0, x.channels - 1))
+        stop = draw(st.integers(start + 1, x.channels))
+        return b.node(ops.ChannelSlice(start=start, stop=stop), [x])
     if kind == "identity":
         return b.identity(x)
     return b.dropout(x, 0.25)

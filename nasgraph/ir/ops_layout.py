@@ -1,5 +1,6 @@
 """The specs of the ops that move or resample data without weights: spatial resizing
-(`Upsample`), channel padding (`ChannelPad`) and channel shuffling (`ChannelShuffle`).
+(`Upsample`), channel padding (`ChannelPad`), shuffling (`ChannelShuffle`) and slicing
+(`ChannelSlice`).
 Registered like every op (`register_op`); `nasgraph.ir.ops` re-exports them.
 """
 
@@ -22,7 +23,7 @@ from nasgraph.ir.op_base import (
 )
 from nasgraph.ir.types import TensorType
 
-__all__ = ["ChannelPad", "ChannelShuffle", "Upsample"]
+__all__ = ["ChannelPad", "ChannelShuffle", "ChannelSlice", "Upsample"]
 
 # --------------------------------------------------------------------------- resizing
 
@@ -112,3 +113,27 @@ class ChannelShuffle(Op):
 
     def label(self) -> str:
         return f"shuffle {self.groups} groups"
+
+
+@register_op
+class ChannelSlice(Op):
+    """Channels `start` to `stop` (exclusive) of the input: one part of a split, as
+    ShuffleNet v2 splits its input between a branch and a shortcut (torch's
+    `x.narrow(1, start, stop - start)`, `x.chunk(2, dim=1)[k]`)."""
+
+    kind: ClassVar[str] = "channel_slice"
+    family: ClassVar[str] = "reshape"
+
+    start: int = Field(ge=0)
+    stop: int = Field(gt=0)
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        (x,) = inputs
+        _require_spatial(self, x)
+        if not self.start < self.stop <= x.channels:
+            raise _fail(f"cannot take channels {self.start}:{self.stop} of {x}",
+                        f"0 <= start < stop <= {x.channels}")
+        return x.model_copy(update={"channels": self.stop - self.start})
+
+    def label(self) -> str:
+        return f"channels {self.start}:{self.stop}"

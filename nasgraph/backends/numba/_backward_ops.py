@@ -376,6 +376,18 @@ def _channel_shuffle_backward(node: Node, gy: np.ndarray, saved: None, wts: Weig
     return [_shuffled(gy, gy.shape[1] // node.op.groups)], {}
 
 
+def _channel_slice_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
+                           ) -> tuple[np.ndarray, tuple[int, ...]]:
+    return np.ascontiguousarray(xs[0][:, node.op.start:node.op.stop]), xs[0].shape
+
+
+def _channel_slice_backward(node: Node, gy: np.ndarray, shape: tuple[int, ...], wts: Weights,
+                            run: Run, needs: list[bool]) -> Grads:
+    gx = np.zeros(shape, _F32)  # the channels outside the slice get no gradient
+    gx[:, node.op.start:node.op.stop] = gy
+    return [gx], {}
+
+
 # ------------------------------------------------------------------ classifier and views
 
 
@@ -470,6 +482,7 @@ BACKWARD: dict[str, Rule] = {
     "mul": Rule(_mul_forward, _mul_backward),
     "channel_pad": Rule(_channel_pad_forward, _channel_pad_backward),
     "channel_shuffle": Rule(_channel_shuffle_forward, _channel_shuffle_backward),
+    "channel_slice": Rule(_channel_slice_forward, _channel_slice_backward),
     "linear": Rule(_linear_forward, _linear_backward),
     "flatten": Rule(_flatten_forward, _flatten_backward),
     "dropout": Rule(_dropout_forward, _dropout_backward),

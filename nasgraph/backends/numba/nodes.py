@@ -343,12 +343,18 @@ def _channel_shuffle(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray,
     return lambda threads: elem_k.shuffle_channels(xs[0], out, co, node.op.groups)
 
 
+def _channel_slice(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray,
+                   co: int) -> Step:
+    part = xs[0][:, node.op.start:node.op.stop]
+    return lambda threads: elem_k.copy_channels(part, out, co)
+
+
 BINDERS: dict[str, Binder] = {
     "conv2d": _conv, "fused_conv2d": _conv, "batchnorm2d": _scale_shift,
     "activation": _scale_shift, "maxpool2d": _pool, "avgpool2d": _pool,
     "global_avgpool": _adaptive, "adaptive_avgpool2d": _adaptive, "upsample": _upsample,
     "add": _add, "mul": _mul, "linear": _linear, "channel_pad": _channel_pad,
-    "channel_shuffle": _channel_shuffle,
+    "channel_shuffle": _channel_shuffle, "channel_slice": _channel_slice,
 }
 # input and concat are bound by the executor (BOUND_HERE); views of their input
 # (`Op.is_alias`: identity, dropout, flatten, output) compute nothing

@@ -142,6 +142,8 @@ EMITTERS: dict[str, Emitter] = {
     "channel_pad": lambda g, node, xs: g.call_function(
         F.pad, (xs[0], (0, 0, 0, 0, node.op.before, node.op.after))),
     "channel_shuffle": _channel_shuffle,
+    "channel_slice": lambda g, node, xs: g.call_function(
+        torch.narrow, (xs[0], 1, node.op.start, node.op.stop - node.op.start)),
     # input: a placeholder (trace); identity and output: their input (walk)
 }
 
