@@ -1,5 +1,6 @@
 """What every command shares: the typer app, the consoles, one-line errors, and how a
-model argument (a zoo name or a graph JSON file) and sizes are read and printed."""
+model argument (a zoo name, a graph JSON file, an ONNX file or torchvision:NAME) and sizes
+are read and printed."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from rich.text import Text
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # click, as
 from typer.core import TyperGroup  # typer vendors it
 
-from nasgraph import zoo
+from nasgraph import importers, zoo
 from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph, load
 from nasgraph.units import si
@@ -108,12 +109,29 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 def resolve_model(model: str, input_shape: str | None = None,
                   num_classes: int | None = None) -> Graph:
-    """A zoo name or a graph JSON file, optionally at another input size."""
+    """A zoo name, a graph JSON file, an ONNX file or `torchvision:NAME`, optionally at
+    another input size."""
+    return resolve_model_and_weights(model, input_shape, num_classes)[0]
+
+
+def resolve_model_and_weights(model: str, input_shape: str | None = None,
+                              num_classes: int | None = None, pretrained: bool = False
+                              ) -> tuple[Graph, dict | None]:
+    """`resolve_model` and the weights the source carries (an ONNX file's, torchvision's:
+    random, or pretrained with `pretrained`); None for zoo names and graph files."""
     shape = parse_shape(input_shape) if input_shape else None
+    if importers.is_foreign(model):
+        return importers.load(model, shape, num_classes, pretrained)
+    if pretrained:
+        raise NasgraphError("--pretrained applies to torchvision:NAME models only")
     if model.endswith(".json") or Path(model).is_file():
         graph = load(model)
-        return graph.replace_input(*shape) if shape else graph
-    return zoo.get(model, num_classes=num_classes, input_shape=shape)
+        return (graph.replace_input(*shape) if shape else graph), None
+    return zoo.get(model, num_classes=num_classes, input_shape=shape), None
+
+
+MODEL_HELP = ("A zoo model name, a graph JSON file, an .onnx file, or torchvision:NAME "
+              "(a torchvision classifier, random weights).")
 
 
 # the options a space's commands share (search, proxies)

@@ -15,7 +15,16 @@ from rich.table import Table
 from rich.text import Text
 
 from nasgraph import analysis, zoo
-from nasgraph.cli._common import Debug, app, console, human, one_line_errors, resolve_model
+from nasgraph.cli._common import (
+    MODEL_HELP,
+    Debug,
+    app,
+    console,
+    human,
+    one_line_errors,
+    resolve_model,
+    resolve_model_and_weights,
+)
 from nasgraph.errors import NasgraphError
 from nasgraph.units import count
 
@@ -30,7 +39,7 @@ def _print_whole(table: Table) -> None:
 @app.command()
 @one_line_errors
 def info(
-    model: Annotated[str, typer.Argument(help="A zoo model name or a graph JSON file.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     input: Annotated[str | None, typer.Option("--input", help="Input size CxHxW.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     debug: Debug = False,
@@ -96,7 +105,7 @@ def zoo_list(
 @app.command("render")
 @one_line_errors
 def render_command(
-    model: Annotated[str, typer.Argument(help="A zoo model name or a graph JSON file.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="Picture to write: .svg, .png, .pdf or .dot "
         "(default: MODEL.svg).")] = None,
@@ -142,11 +151,13 @@ def _file_stem(name: str) -> str:
 @app.command()
 @one_line_errors
 def export(
-    model: Annotated[str, typer.Argument(help="A zoo model name or a graph JSON file.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     output: Annotated[Path, typer.Option("-o", "--output", help="The file to write.")],
     weights: Annotated[str | None, typer.Option(
         "--weights", help="State dict (.safetensors or .pt) of the lowered model; "
         "random initialization without it.")] = None,
+    pretrained: Annotated[bool, typer.Option(
+        "--pretrained", help="torchvision:NAME with torchvision's pretrained weights.")] = False,
     format: Annotated[str, typer.Option(
         "--format", help="python (source + .safetensors), torchscript or onnx.")] = "python",
     input: Annotated[str | None, typer.Option("--input", help="Input size CxHxW.")] = None,
@@ -168,8 +179,7 @@ def export(
         # the test resolve_model uses to tell a graph file from a zoo name
         raise NasgraphError(f"--classes applies to zoo models only; {model} is a graph file, "
                             "whose classifier is part of the graph")
-    graph = resolve_model(model, input, classes)
-    state = None
+    graph, state = resolve_model_and_weights(model, input, classes, pretrained)
     if weights:
         state = import_weights(graph, read_state_dict(weights, what="--weights"),
                               origin=weights)

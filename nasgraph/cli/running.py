@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nasgraph.cli._common import Debug, app, console, one_line_errors, resolve_model
+from nasgraph.cli._common import MODEL_HELP, Debug, app, console, one_line_errors, resolve_model
 from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph
 from nasgraph.latency import (
@@ -39,7 +39,7 @@ def _print_profile(graph: Graph, batch: int, threads: int | None, iters: int,
 @app.command()
 @one_line_errors
 def run(
-    model: Annotated[str, typer.Argument(help="A zoo model name or a graph JSON file.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     backend: Annotated[str, typer.Option("--backend", help="torch or numba.")] = "torch",
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size.")] = 1,

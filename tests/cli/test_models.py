@@ -244,3 +244,38 @@ def test_info_node_ids_are_whole_in_80_columns():
     assert r.exit_code == 0, r.output
     assert re.search(r"^│ layer1/0/downsample/0 +│ conv 1x1, 256 +│", r.stdout, re.MULTILINE)
     assert "…" not in r.stdout
+
+
+# --------------------------------------------------------------------------- foreign models
+
+
+def test_info_export_and_render_take_torchvision_and_onnx_models(tmp_path):
+    """MODEL may be `torchvision:NAME` (captured with from_torch) or an .onnx file
+    (from_onnx); the export carries the imported weights."""
+    import torchvision
+
+    r = invoke("info", "torchvision:resnet18", "--input", "3x32x32")
+    assert r.exit_code == 0, r.output
+    params = sum(p.numel() for p in torchvision.models.resnet18().parameters())
+    assert f"{params:,}" in r.output
+    onnx_file = tmp_path / "r18.onnx"
+    r = invoke("export", "torchvision:resnet18", "--input", "3x32x32", "--classes", "10",
+               "-o", onnx_file, "--format", "onnx")
+    assert r.exit_code == 0, r.output
+    r = invoke("render", onnx_file, "-o", tmp_path / "r18.svg")
+    assert r.exit_code == 0 and (tmp_path / "r18.svg").stat().st_size > 0, r.output
+    r = invoke("export", onnx_file, "-o", tmp_path / "again.py")
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["info", "torchvision:nope"], r"torchvision:nope: no such torchvision classifier"),
+    (["info", "missing.onnx"], r"missing\.onnx: no such file"),
+    (["info", "torchvision:convnext_tiny", "--input", "3x32x32"],
+     r"cannot import aten\.permute\.default in module .* \(LayerNorm2d\)"),
+    (["export", "resnet18", "--pretrained", "-o", "x.py"], r"--pretrained applies to "
+                                                           r"torchvision:NAME models only"),
+])
+def test_bad_foreign_models_are_one_line(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert re.search(message, one_line_error(*args))

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -283,7 +284,7 @@ def _assign(path: str) -> str:
     return _attribute(_module_access(parent), leaf, container=True)
 
 
-def _state_dict(graph: Graph, state_dict: Mapping[str, torch.Tensor] | None
+def _state_dict(graph: Graph, state_dict: Mapping[str, torch.Tensor | np.ndarray] | None
                 ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """`lower(graph)` with `state_dict` loaded (strictly), and its state dict on the CPU."""
     try:
@@ -294,6 +295,9 @@ def _state_dict(graph: Graph, state_dict: Mapping[str, torch.Tensor] | None
         raise NasgraphError(f"graph {graph.name!r}: torch cannot allocate its weights "
                             f"({detail})") from e
     if state_dict is not None:
+        # numpy arrays too (an importer's, init_state's): the same values as tensors
+        state_dict = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                      for k, v in state_dict.items()}
         module.load_state_dict(import_weights(graph, state_dict, origin="given"))
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     return module.eval(), state
