@@ -45,6 +45,11 @@ class OnnxWalk(Protocol):
 
 
 Converter = Callable[[OnnxWalk], object]
+
+
+def _decimal(value: object) -> float:
+    """A float32 attribute as the shortest decimal that rounds to it (as people wrote it)."""
+    return float(str(np.float32(value)))
 # What an ONNX Shape node reports for the (unknown) batch dimension: a number no model
 # computes by chance, so shape arithmetic mixing the batch with other dimensions is seen
 # and refused, while Reshape to (batch, -1) and Resize to (batch, C, h, w) are read.
@@ -102,9 +107,10 @@ def _batch_norm(w: OnnxWalk) -> Tensor:
     if w.attrs.get("training_mode", 0):
         raise w.refuse("batch normalization in training mode")
     scale, bias, mean, var = (w.constant(k) for k in range(1, 5))
-    # ONNX's momentum weighs the old running value: torch's is 1 - it
-    op = w.spec(ops.BatchNorm2d, eps=float(w.attrs.get("epsilon", 1e-5)),
-                momentum=1.0 - float(w.attrs.get("momentum", 0.9)))
+    # ONNX's momentum weighs the old running value: torch's is 1 - it. Both are float32 in
+    # the file: read as the shortest decimals that round to them (1e-05, not 9.9999997e-06)
+    op = w.spec(ops.BatchNorm2d, eps=_decimal(w.attrs.get("epsilon", 1e-5)),
+                momentum=_decimal(1.0 - _decimal(w.attrs.get("momentum", 0.9))))
     return w.emit(op, [w.tensor(0)], {"weight": scale, "bias": bias, "running_mean": mean,
                                       "running_var": var})
 

@@ -208,3 +208,20 @@ def test_a_file_that_is_not_onnx_is_refused(tmp_path):
     path.write_text("not a model")
     with pytest.raises(GraphError, match="cannot read as ONNX"):
         from_onnx(path)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "googlenet",
+                                  pytest.param("densenet121", marks=pytest.mark.slow)])
+def test_the_onnx_round_trip_of_a_zoo_model_has_its_fingerprint(name, tmp_path):
+    """Exported (torch's exporter folds BN, renames every node) and imported back, a zoo
+    model is the same architecture: `Graph.fingerprint` says so."""
+    from nasgraph import zoo
+    from nasgraph.backends.torch import export_onnx
+
+    graph = zoo.get(name, num_classes=10, input_shape=(3, 64, 64))
+    export_onnx(graph, tmp_path / "m.onnx")
+    back, _ = from_onnx(tmp_path / "m.onnx")
+    assert len(back) < len(graph)  # BN folded: not the same nodes
+    assert back.fingerprint() == graph.fingerprint()
+    assert back.fingerprint() != zoo.get(name, num_classes=10,
+                                         input_shape=(3, 32, 32)).fingerprint()
