@@ -28,7 +28,7 @@ def graphs(draw: st.DrawFn, max_nodes: int = 12, max_channels: int = 12,
         kind = draw(st.sampled_from(
             ["conv", "conv", "dwconv", "bn", "act", "maxpool", "avgpool", "add", "concat",
              "mul", "upsample", "pad", "identity", "dropout", "adaptive", "fused", "shuffle",
-             "slice"]))
+             "slice", "layernorm"]))
         try:
             y = _step(draw, b, x, kind, pool, max_channels)
         except ShapeError:
@@ -60,6 +60,8 @@ def _step(draw: st.DrawFn, b: GraphBuilder, x: Tensor, kind: str, pool: list[Ten
                       groups=x.channels, bias=False)
     if kind == "bn":
         return b.bn(x)
+    if kind == "layernorm":
+        return b.node(ops.LayerNorm2d(eps=draw(st.sampled_from([1e-6, 1e-5]))), [x])
     if kind == "act":
         return b.act(x, draw(st.sampled_from(ACTIVATIONS)))
     if kind in ("maxpool", "avgpool"):

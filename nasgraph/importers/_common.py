@@ -104,6 +104,18 @@ class ImportBuilder:
         self.state[key] = self.state[key] + np.float32(constant)
         return True
 
+    def scale_channels(self, x: Tensor, scale: np.ndarray) -> bool:
+        """Fold `x * scale` (one factor per channel: ConvNeXt's layer scale) into the weights
+        and bias of the conv that made `x`; False when a conv did not make it."""
+        op = self.ops.get(x.id)
+        if not isinstance(op, ops.Conv2d) or scale.shape != (x.channels,):
+            return False
+        key = x.id.replace("/", ".")
+        self.state[key + ".weight"] = self.state[key + ".weight"] * scale[:, None, None, None]
+        if op.bias:
+            self.state[key + ".bias"] = self.state[key + ".bias"] * scale
+        return True
+
     def finish(self, num_batches_tracked: Mapping[str, int] | None = None
                ) -> tuple[Graph, dict[str, np.ndarray]]:
         """The graph and its state dict, checked to hold exactly the graph's weights.

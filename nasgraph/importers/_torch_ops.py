@@ -248,6 +248,17 @@ def _mul(w: TorchWalk) -> Tensor:
     return _scaled(w, x, factor)
 
 
+def _per_channel_scale(w: TorchWalk, x: Tensor) -> bool:
+    """`x * s`, s a constant C x 1 x 1 (ConvNeXt's layer scale): folded into the conv that
+    made x when nothing else reads x; inference-exact, one parameter per channel fewer."""
+    name = "other" if w.a["self"] is x else "self"
+    scale = w.constant(name)
+    if scale is None or x.type.flat or scale.shape != (x.channels, 1, 1):
+        return False
+    other = "self" if name == "other" else "other"
+    return w.only_use(other) and w.build.scale_channels(x, scale.reshape(-1))
+
+
 def _div(w: TorchWalk) -> Tensor:
     factor = _scalar(w.a["other"])
     if not isinstance(w.a["self"], Tensor) or not factor:
@@ -256,6 +267,8 @@ def _div(w: TorchWalk) -> Tensor:
 
 
 def _scaled(w: TorchWalk, x: Tensor, factor: float | None) -> Tensor:
+    if factor is None and _per_channel_scale(w, x):  # layer scale, folded into its conv
+        return x
     if factor is None:
         raise w.refuse("multiplying by a constant tensor has no IR op (tensor * tensor and "
                        "tensor * number are supported)")
@@ -336,6 +349,52 @@ def _split(sizes_of: Callable[[TorchWalk, int], list[int]]) -> Converter:
             start += size
         return tuple(parts)
     return convert
+
+
+class Permuted(NamedTuple):
+    """A tensor permuted to N x H x W x C (ConvNeXt's blocks and `LayerNorm2d`): LayerNorm
+    and linear layers over its last dim are channel ops of `x` (`LayerNorm2d`, 1x1 convs),
+    activations apply as they are, and the permute back gives the IR tensor again."""
+
+    x: Tensor
+
+
+def _permute(w: TorchWalk) -> Tensor | Permuted:
+    x, dims = w.a["self"], [d % 4 for d in w.a["dims"]]
+    if isinstance(x, Tensor) and not x.type.flat and dims == [0, 2, 3, 1]:
+        return Permuted(x)
+    if isinstance(x, Permuted) and dims == [0, 3, 1, 2]:
+        return x.x
+    raise w.refuse("a permute is an IR op only as the channels-last view around LayerNorm "
+                   "and linear layers over channels (ConvNeXt), and back")
+
+
+def _layer_norm_last(w: TorchWalk) -> Permuted:
+    x = w.a["input"].x
+    if list(w.a["normalized_shape"]) != [x.channels]:
+        raise w.refuse("LayerNorm over more than the channels has no IR op")
+    weight, bias = w.constant("weight"), w.constant("bias")
+    weights = {"weight": np.ones(x.channels, np.float32) if weight is None else weight,
+               "bias": np.zeros(x.channels, np.float32) if bias is None else bias}
+    op = w.spec(ops.LayerNorm2d, eps=float(w.a["eps"]))
+    return Permuted(w.emit(op, [x], "layernorm", weights, w.weight_id("weight", "layernorm")))
+
+
+def _linear_last(w: TorchWalk) -> Permuted:
+    """A linear layer over the channels-last view: a 1x1 conv."""
+    x, weight, bias = w.a["input"].x, w.constant("weight"), w.constant("bias")
+    op = w.spec(ops.Conv2d, out_channels=weight.shape[0], kernel=1, bias=bias is not None)
+    weights = {"weight": weight[:, :, None, None]} | ({"bias": bias} if bias is not None else {})
+    return Permuted(w.emit(op, [x], "conv", weights, w.weight_id("weight", "conv")))
+
+
+def _on_channels(convert: Converter) -> Converter:
+    """An elementwise op on a channels-last view: the op on the tensor, viewed again."""
+    def run(w: TorchWalk) -> Permuted:
+        key = "input" if "input" in w.a else "self"
+        w.a[key] = w.a[key].x
+        return Permuted(convert(w))
+    return run
 
 
 def _slice(w: TorchWalk) -> Tensor:
@@ -440,6 +499,7 @@ CONVERTERS: dict[object, Converter] = {
     aten.reshape.default: _view,
     aten._unsafe_view.default: _view,
     aten.transpose.int: _transpose,
+    aten.permute.default: _permute,
     aten.slice.Tensor: _slice,
     aten.split.Tensor: _split(lambda w, c: _even(w.a["split_size"], c)),
     aten.split_with_sizes.default: _split(lambda w, c: list(w.a["split_sizes"])),
@@ -453,6 +513,18 @@ CONVERTERS: dict[object, Converter] = {
     aten.upsample_bilinear2d.default: _upsample("bilinear"),
     aten.constant_pad_nd.default: _pad,
     aten.pad.default: _pad,
+}
+
+# ATen ops on a channels-last view (`Permuted`); any other op on one is refused
+ON_CHANNELS_LAST: dict[object, Converter] = {
+    aten.layer_norm.default: _layer_norm_last,
+    aten.native_layer_norm.default: _first_of(_layer_norm_last),
+    aten.linear.default: _linear_last,
+    aten.permute.default: _permute,
+    aten.gelu.default: _on_channels(_gelu),
+    aten.relu.default: _on_channels(_activation("relu")),
+    aten.relu_.default: _on_channels(_activation("relu")),
+    aten.silu.default: _on_channels(_activation("silu")),
 }
 
 # ATen ops that return their input's value (copies, aliases, no-ops at inference)

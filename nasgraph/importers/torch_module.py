@@ -19,7 +19,15 @@ from torch import fx, nn
 
 from nasgraph.errors import GraphError
 from nasgraph.importers._common import ImportBuilder, node_id, op_from
-from nasgraph.importers._torch_ops import CONVERTERS, NO_OPS, PASS_THROUGH, getitem
+from nasgraph.importers._torch_ops import (
+    CONVERTERS,
+    NO_OPS,
+    ON_CHANNELS_LAST,
+    PASS_THROUGH,
+    Grouped,
+    Permuted,
+    getitem,
+)
 from nasgraph.ir import Graph, Tensor, ops
 
 
@@ -181,10 +189,15 @@ class TorchWalk:
 
     def only_use(self, name: str) -> bool:
         """Whether argument `name` is the only use of the op that made it, which may then
-        take a constant into its weights."""
-        arg, value = self.raw.get(name), self.a.get(name)
-        return (isinstance(value, Tensor) and self.made_by.get(value.id) is arg
-                and len(arg.users) == 1)
+        take a constant into its weights. The fx nodes that only pass the value on (a
+        permute and back) count as the value itself."""
+        value = self.a.get(name)
+        if not isinstance(value, Tensor) or value.id not in self.made_by:
+            return False
+        holders = {n for n, v in self.values.items()
+                   if (v.x if isinstance(v, Permuted | Grouped) else v) is value}
+        readers = {u for n in holders for u in n.users if u not in holders}
+        return readers == {self.node}
 
     # ------------------------------------------------------------------ the walk
 
@@ -216,6 +229,11 @@ class TorchWalk:
             return None
         if name in PASS_THROUGH:
             return self.value(node.args[0])
+        if any(isinstance(v, Permuted) for v in self.a.values()):
+            if node.target not in ON_CHANNELS_LAST:
+                raise self.refuse("it applies to a channels-last view (a permute), which the "
+                                  "IR has only around LayerNorm, linear layers and activations")
+            return ON_CHANNELS_LAST[node.target](self)
         if node.target not in CONVERTERS:
             raise self.refuse("no nasgraph op computes it")
         return CONVERTERS[node.target](self)

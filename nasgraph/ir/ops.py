@@ -232,6 +232,35 @@ class BatchNorm2d(Op):
 
 
 @register_op
+class LayerNorm2d(Op):
+    """Layer normalization over the channels of each pixel (ConvNeXt's `LayerNorm2d`, torch's
+    `nn.LayerNorm(C)` on the channels-last view): each pixel's C values less their mean, over
+    the root of their (biased) variance + eps, times `weight` plus `bias`, per channel."""
+
+    kind: ClassVar[str] = "layernorm2d"
+    family: ClassVar[str] = "norm"
+
+    eps: float = Field(default=1e-6, gt=0)
+
+    def infer(self, inputs: Sequence[TensorType]) -> TensorType:
+        _require_spatial(self, inputs[0])
+        return inputs[0]
+
+    def weight_specs(self, inputs: Sequence[TensorType]) -> dict[str, WeightSpec]:
+        c = (inputs[0].channels,)
+        return {"weight": WeightSpec(c, "ones"), "bias": WeightSpec(c, "zeros")}
+
+    def flops(self, inputs: Sequence[TensorType], output: TensorType) -> int:
+        # per element: an add for the mean, a subtract, a multiply and an add for the
+        # variance, a subtract and a multiply to normalize, a multiply and an add of the
+        # affine transform
+        return 8 * output.numel
+
+    def label(self) -> str:
+        return "layernorm"
+
+
+@register_op
 class Activation(Op):
     """An elementwise nonlinearity."""
 

@@ -23,6 +23,7 @@ TORCHVISION: dict[str, tuple[int, dict]] = {
     "mnasnet0_5": (64, {}),
     "alexnet": (64, {}),
     "shufflenet_v2_x0_5": (64, {}),  # channel split (ChannelSlice) and shuffle
+    "convnext_tiny": (64, {}),  # LayerNorm over channels; layer scale folded into the convs
     "resnet50": (64, {}),
     "densenet121": (64, {}),
     "inception_v3": (75, {"aux_logits": False, "init_weights": False}),
@@ -32,8 +33,8 @@ TORCHVISION: dict[str, tuple[int, dict]] = {
     "efficientnet_v2_s": (64, {}),
 }
 # over ~20 s per test on 2 cores (export, lowering, numba compile)
-SLOW = {"resnet50", "densenet121", "inception_v3", "regnet_y_400mf", "mobilenet_v3_large",
-        "resnext50_32x4d", "efficientnet_v2_s"}
+SLOW = {"convnext_tiny", "resnet50", "densenet121", "inception_v3", "regnet_y_400mf",
+        "mobilenet_v3_large", "resnext50_32x4d", "efficientnet_v2_s"}
 
 
 def model_params(names: list[str] | None = None) -> list:

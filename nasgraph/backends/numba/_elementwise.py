@@ -1,11 +1,12 @@
-"""Elementwise and copying kernels: scale-shift (BatchNorm, activations), add, mul, copy,
-channel shuffle.
+"""Elementwise and copying kernels: scale-shift (BatchNorm, activations), layer norm over
+channels, add, mul, copy, channel shuffle.
 
 Inputs are N x C x H x W; each writes at channel offset `co` of `out` (see _conv.py).
 """
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
 
 from nasgraph.backends.numba._activations import activate
@@ -70,3 +71,24 @@ def shuffle_channels(x, out, co, groups):
         n, c = job // c_in, job % c_in
         i, j = c // per_group, c % per_group
         out[n, co + j * groups + i] = x[n, c]
+
+
+@njit(parallel=True, cache=True)
+def layer_norm_channels(x, weight, bias, eps, out, co):
+    """out[:, co + c] = (x[:, c] - mean) / sqrt(var + eps) * weight[c] + bias[c], the
+    mean and (biased) variance over the channels of each pixel; accumulated in float64."""
+    n_batch, c_in, h, w = x.shape
+    for job in prange(n_batch * h):
+        n, i = job // h, job % h
+        for j in range(w):
+            total = 0.0
+            for c in range(c_in):
+                total += x[n, c, i, j]
+            mean = total / c_in
+            spread = 0.0
+            for c in range(c_in):
+                d = x[n, c, i, j] - mean
+                spread += d * d
+            inv = 1.0 / np.sqrt(spread / c_in + eps)
+            for c in range(c_in):
+                out[n, co + c, i, j] = (x[n, c, i, j] - mean) * inv * weight[c] + bias[c]

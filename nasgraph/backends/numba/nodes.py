@@ -195,9 +195,15 @@ def _pack_linear(node: Node, state: StateDict) -> dict:
             "bias": _NO_BIAS if bias is None else _f32(bias), "has_bias": int(bias is not None)}
 
 
+def _pack_layernorm(node: Node, state: StateDict) -> dict:
+    return {"weight": _f32(state[f"{node.param_key}.weight"]),
+            "bias": _f32(state[f"{node.param_key}.bias"])}
+
+
 # convs (CONV_KINDS) are packed by `pack_conv`, which also takes the Winograd switch
 PACKERS: dict[str, Callable[[Node, StateDict], dict]] = {
     "batchnorm2d": _pack_bn, "activation": _pack_act, "linear": _pack_linear,
+    "layernorm2d": _pack_layernorm,
 }
 
 # ------------------------------------------------------------------ binding nodes to kernels
@@ -349,12 +355,18 @@ def _channel_slice(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray,
     return lambda threads: elem_k.copy_channels(part, out, co)
 
 
+def _layer_norm(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
+    args = (xs[0], p["weight"], p["bias"], node.op.eps, out, co)
+    return lambda threads: elem_k.layer_norm_channels(*args)
+
+
 BINDERS: dict[str, Binder] = {
     "conv2d": _conv, "fused_conv2d": _conv, "batchnorm2d": _scale_shift,
     "activation": _scale_shift, "maxpool2d": _pool, "avgpool2d": _pool,
     "global_avgpool": _adaptive, "adaptive_avgpool2d": _adaptive, "upsample": _upsample,
     "add": _add, "mul": _mul, "linear": _linear, "channel_pad": _channel_pad,
     "channel_shuffle": _channel_shuffle, "channel_slice": _channel_slice,
+    "layernorm2d": _layer_norm,
 }
 # input and concat are bound by the executor (BOUND_HERE); views of their input
 # (`Op.is_alias`: identity, dropout, flatten, output) compute nothing

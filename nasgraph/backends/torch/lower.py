@@ -58,6 +58,7 @@ def _dropout(node: Node, graph: Graph) -> nn.Module:
 MODULES: dict[str, ModuleFactory] = {
     "conv2d": _conv, "fused_conv2d": _conv, "batchnorm2d": _bn, "linear": _linear,
     "dropout": _dropout,
+    "layernorm2d": lambda node, graph: nn.LayerNorm(node.type.channels, eps=node.op.eps),
 }
 
 
@@ -125,6 +126,13 @@ def _channel_shuffle(g: fx.Graph, node: Node, xs: list[fx.Node]) -> fx.Node:
     return g.call_function(torch.reshape, (y, (-1, c, h, w)))
 
 
+def _layer_norm(g: fx.Graph, node: Node, xs: list[fx.Node]) -> fx.Node:
+    # nn.LayerNorm normalizes the last dim: on the channels-last view, and back
+    y = g.call_function(torch.permute, (xs[0], (0, 2, 3, 1)))  # N x H x W x C
+    y = g.call_module(node.param_key, (y,))
+    return g.call_function(torch.permute, (y, (0, 3, 1, 2)))
+
+
 EMITTERS: dict[str, Emitter] = {
     "conv2d": _module, "batchnorm2d": _module, "linear": _module, "dropout": _module,
     "fused_conv2d": _fused_conv,
@@ -142,6 +150,7 @@ EMITTERS: dict[str, Emitter] = {
     "channel_pad": lambda g, node, xs: g.call_function(
         F.pad, (xs[0], (0, 0, 0, 0, node.op.before, node.op.after))),
     "channel_shuffle": _channel_shuffle,
+    "layernorm2d": _layer_norm,
     "channel_slice": lambda g, node, xs: g.call_function(
         torch.narrow, (xs[0], 1, node.op.start, node.op.stop - node.op.start)),
     # input: a placeholder (trace); identity and output: their input (walk)
