@@ -129,10 +129,16 @@ def _gemm(w: OnnxWalk) -> Tensor:
     if w.attrs.get("transA", 0) or b is None or b.ndim != 2:
         raise w.refuse("Gemm with transA or a non-constant B")
     weight = (b if w.attrs.get("transB", 0) else b.T) * np.float32(w.attrs.get("alpha", 1.0))
-    bias = None
+    bias, out = None, weight.shape[0]
     if c is not None:
-        bias = np.broadcast_to(c * np.float32(w.attrs.get("beta", 1.0)),
-                               (weight.shape[0],)).copy()
+        c = c * np.float32(w.attrs.get("beta", 1.0))
+        if c.size == 1:
+            bias = np.full(out, c.item(), np.float32)
+        elif c.size == out and c.shape[-1] == out:  # (F,) or (1, F)
+            bias = c.reshape(out).astype(np.float32)
+        else:
+            raise w.refuse(f"Gemm with a bias C of shape {list(c.shape)} that varies per "
+                           "sample: a Linear's bias is one value per feature")
     return _linear(w, w.tensor(0), weight, bias)
 
 

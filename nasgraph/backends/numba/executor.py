@@ -275,7 +275,9 @@ class Executor:
         """Checks `x`, sets numba's thread count and copies `x` in: the bound steps for
         its batch size (`_bind`), the thread count they run with, and the count to restore
         after the call (0: none; `threads=None` leaves numba's count as it found it)."""
-        if x.ndim != 4 or x.shape[1:] != self._input_shape:
+        if self._input_type.flat and x.ndim == 2 and x.shape[1:] == self._input_shape:
+            x = x.reshape(*x.shape, 1, 1)  # N x F feature vectors, stored N x F x 1 x 1
+        elif x.ndim != 4 or x.shape[1:] != self._input_shape:
             raise NasgraphError(f"graph {self.graph.name!r} takes N x {self._input_type} input, "
                                 f"got shape {tuple(x.shape)}; hint: recompile for another size")
         threads, restore = self.threads, 0
