@@ -8,7 +8,7 @@ export), `running` (run), `searching` (search, study show), `spaces` (spaces) an
 
 from __future__ import annotations
 
-from nasgraph.cli import models, proxies, running, searching, spaces  # noqa: F401  (registers)
+from nasgraph.cli import latency, models, proxies, running, searching, spaces  # noqa: F401  (registers)
 from nasgraph.cli._common import app
 
 

@@ -1,6 +1,8 @@
 """Running a graph on a backend, as `nasgraph run` does: one forward pass on random input
 per call, on the torch or the numba backend, with the checks that keep a run from failing
-half-way (a missing device, a batch that cannot fit in memory).
+half-way (a missing device, a batch that cannot fit in memory). The latency model, which
+predicts a graph's latency per target from measured per-node tables, is `model.LatencyModel`
+(docs/latency.md).
 
     >>> from nasgraph import zoo
     >>> from nasgraph.latency import RUNNERS, median_seconds
