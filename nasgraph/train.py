@@ -15,6 +15,9 @@ The time goes to the network (benchmarks/train_speed.py): data lives on the devi
 batches are sliced from it; a batch is shifted and flipped by one gather; the optimizer is
 torch's fused kernel; large training splits train at batch 128; on a CPU, small networks run
 on one thread, and networks without narrow layers in channels_last memory format.
+
+`train(..., backend="numba")` trains on the CPU without torch's autograd, by the same recipe
+(`nasgraph.backends.numba.loop.fit`), and returns the same `TrainResult`.
 """
 
 from __future__ import annotations
@@ -28,13 +31,15 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from nasgraph import analysis
 from nasgraph.data import Dataset, Split
 from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph
+
+# re-exported: they live in nasgraph.recipe, without torch, for the numba trainer too
+from nasgraph.recipe import LARGE_SPLIT, Recipe, default_shift, warmup_cosine  # noqa: F401
 
 # Below this many MACs per image, a network trains on one CPU thread: on cores shared with
 # other jobs, OpenMP waits for the thread that is not running. The thread count changes the
@@ -50,48 +55,6 @@ NHWC_MIN_WIDTH = 8
 # AVX-512): heap corruption on one thread, wrong gradients on two
 # (https://github.com/uxlfoundation/oneDNN/issues/6035). Such convs stay NCHW.
 ONEDNN_NHWC_BLOCK = 16
-# From this many training images (Fashion-MNIST's 54,000) the default batch is 128, not 32,
-# at twice the learning rate: faster per candidate for a fraction of a point
-# (docs/benchmarks.md, "Thresholds of the trainer", and benchmarks/train_speed.py).
-LARGE_SPLIT = 50_000
-
-
-class Recipe(BaseModel):
-    """How a candidate is trained.
-
-    `batch_size` None: 32, or 128 when the dataset's training split has `LARGE_SPLIT`
-    images or more; `lr` None: 1e-2 at batch 32, times the square root of batch / 32 (2e-2
-    at 128).
-
-        >>> Recipe().batch_for(54_000), Recipe().lr_at(128), Recipe(lr=0.05).lr_at(128)
-        (128, 0.02, 0.05)
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float | None = Field(default=None, gt=0)
-    # AdamW multiplies its decay by the learning rate: 5e-3 x 1e-2 per step; 5e-4 at lr 4e-3
-    # did nothing measurable (docs/search.md, Evaluation)
-    weight_decay: float = Field(default=5e-3, ge=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)  # SGD only (Nesterov)
-    batch_size: int | None = Field(default=None, gt=0)
-    warmup_epochs: float = Field(default=1.0, ge=0)
-    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
-    shift: int | None = Field(default=None, ge=0)  # random translation (pixels); None: auto
-    flip: bool = True  # horizontal flips, where the dataset allows them
-
-    def batch_for(self, train_images: int) -> int:
-        """The batch size on a dataset whose training split has `train_images` images."""
-        if self.batch_size is not None:
-            return self.batch_size
-        return 128 if train_images >= LARGE_SPLIT else 32
-
-    def lr_at(self, batch_size: int) -> float:
-        """The peak learning rate at `batch_size`."""
-        return self.lr if self.lr is not None else 1e-2 * math.sqrt(batch_size / 32)
-
-
 @dataclass
 class TrainResult:
     """What one training run gives back."""
@@ -114,13 +77,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise NasgraphError(f"--device {device!r}: CUDA is not available here; hint: cpu")
     return resolved
-
-
-def default_shift(input_shape: tuple[int, ...]) -> int:
-    """An eighth of the image side (4 px on CIFAR's 32), none below 16 px: one pixel of an
-    8x8 digit is an eighth of its stroke, and shifting it slows learning more than it helps."""
-    side = min(input_shape[1:])
-    return side // 8 if side >= 16 else 0
 
 
 def seed_everything(seed: int) -> None:
@@ -177,15 +133,25 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = 512) -> float:
 def train(graph: Graph | nn.Module, data: Dataset, recipe: Recipe | None = None,
           epochs: int = 10, device: str | torch.device = "auto", seed: int = 0,
           on_epoch: Callable[[int, float], None] | None = None,
-          train_split: Split | None = None, val_split: Split | None = None) -> TrainResult:
+          train_split: Split | None = None, val_split: Split | None = None,
+          backend: Literal["torch", "numba"] = "torch") -> TrainResult:
     """Train `graph` (lowered here) from scratch; validation accuracy after every epoch.
 
     `on_epoch(epoch, val_accuracy)` is called after each epoch; it may raise to stop (an
     Optuna pruner does). `train_split` and `val_split` replace the dataset's (the final
     retraining trains on train + validation). A graph trains in channels_last on a CPU
     when `prefers_channels_last`; a module given as it is trains NCHW.
+
+    `backend="numba"` trains a graph on the CPU without torch's autograd
+    (`nasgraph.backends.numba.loop.fit`: the same recipe and initial weights, numpy's
+    random draws) and returns its weights in `lower(graph)`; `device` is then ignored.
     """
     recipe = recipe or Recipe()
+    if backend == "numba":
+        return _train_numba(graph, data, recipe, epochs, seed, on_epoch, train_split,
+                            val_split)
+    if backend != "torch":
+        raise NasgraphError(f"backend={backend!r}: hint: torch or numba")
     device = resolve_device(device) if isinstance(device, str) else device
     seed_everything(seed)
     if isinstance(graph, Graph):
@@ -206,6 +172,34 @@ def train(graph: Graph | nn.Module, data: Dataset, recipe: Recipe | None = None,
                           val_split, nhwc)
     finally:
         torch.set_num_threads(threads)
+
+
+def _train_numba(graph: Graph | nn.Module, data: Dataset, recipe: Recipe, epochs: int,
+                 seed: int, on_epoch: Callable[[int, float], None] | None,
+                 train_split: Split | None, val_split: Split | None) -> TrainResult:
+    """`train` on the numba backend: the dataset's tensors as numpy arrays, the initial
+    weights those `lower(graph)` draws after `seed_everything(seed)` (as the torch path's),
+    and the trained weights loaded back into that module."""
+    if not isinstance(graph, Graph):
+        raise NasgraphError("backend='numba' trains a Graph, not a torch module; hint: "
+                            "backend='torch'")
+    from nasgraph.backends.numba.loop import Arrays, fit
+    from nasgraph.backends.torch import lower
+
+    def arrays(split: Split) -> Arrays:
+        return Arrays(split.x.cpu().numpy(), split.y.cpu().numpy())
+
+    seed_everything(seed)
+    model = lower(graph)
+    result = fit(graph, arrays(train_split or data.train), arrays(val_split or data.val),
+                 recipe, epochs, seed,
+                 state={k: v.numpy() for k, v in model.state_dict().items()},
+                 batch_size=recipe.batch_for(len(data.train)), flip=data.flip,
+                 on_epoch=on_epoch)
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v))
+                           for k, v in result.state.items()})
+    return TrainResult(model=model, val_accuracy=result.val_accuracy,
+                       history=result.history, epochs=epochs)
 
 
 def prefers_channels_last(graph: Graph) -> bool:
@@ -274,14 +268,7 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, epochs: int,
     lr = recipe.lr_at(batch_size)
     opt = make_optimizer(list(model.parameters()), recipe, lr, device)
     steps_per_epoch = math.ceil(len(train_data) / batch_size)
-    total = max(1, epochs * steps_per_epoch)
-    warmup = min(total // 2, round(recipe.warmup_epochs * steps_per_epoch))
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
+    schedule = warmup_cosine(epochs, steps_per_epoch, recipe.warmup_epochs)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     gen = torch.Generator().manual_seed(seed)
     flip = recipe.flip and data.flip

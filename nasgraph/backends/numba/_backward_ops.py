@@ -176,6 +176,33 @@ def _batchnorm_backward(node: Node, gy: np.ndarray, saved: tuple, wts: Weights, 
     return [gx if needs[0] else None], {"weight": ggamma, "bias": gbeta}
 
 
+def _layernorm_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
+                       ) -> tuple[np.ndarray, tuple]:
+    # statistics over the channels of each pixel (axis 1), in float64; saved: the
+    # normalized x and 1 / sqrt(var + eps), N x 1 x H x W
+    x = xs[0].astype(np.float64)
+    mean = x.mean(axis=1, keepdims=True)
+    invstd = 1.0 / np.sqrt(x.var(axis=1, keepdims=True) + node.op.eps)
+    xhat = (x - mean) * invstd
+    w, b = wts["weight"][None, :, None, None], wts["bias"][None, :, None, None]
+    return (xhat * w + b).astype(_F32), (xhat, invstd)
+
+
+def _layernorm_backward(node: Node, gy: np.ndarray, saved: tuple, wts: Weights, run: Run,
+                        needs: list[bool]) -> Grads:
+    # dx = invstd * (g - mean_c(g) - xhat * mean_c(g * xhat)), g = dy * weight
+    xhat, invstd = saved
+    g64 = gy.astype(np.float64)
+    grads = {"weight": (g64 * xhat).sum(axis=(0, 2, 3)).astype(_F32),
+             "bias": g64.sum(axis=(0, 2, 3)).astype(_F32)}
+    if not needs[0]:
+        return [None], grads
+    g = g64 * wts["weight"][None, :, None, None]
+    gx = invstd * (g - g.mean(axis=1, keepdims=True)
+                   - xhat * (g * xhat).mean(axis=1, keepdims=True))
+    return [gx.astype(_F32)], grads
+
+
 # ------------------------------------------------------------------ activations
 
 
@@ -471,6 +498,7 @@ BACKWARD: dict[str, Rule] = {
     "conv2d": Rule(_conv_forward, _conv_backward),
     "fused_conv2d": Rule(_fused_conv_forward, _fused_conv_backward),
     "batchnorm2d": Rule(_batchnorm_forward, _batchnorm_backward),
+    "layernorm2d": Rule(_layernorm_forward, _layernorm_backward),
     "activation": Rule(_activation_forward, _activation_backward),
     "maxpool2d": Rule(_maxpool_forward, _maxpool_backward),
     "avgpool2d": Rule(_avgpool_forward, _avgpool_backward),

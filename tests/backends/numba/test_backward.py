@@ -222,6 +222,7 @@ OP_CASES: dict[str, Callable[[GraphBuilder, Tensor], Tensor]] = {
     "channel_pad": lambda b, x: b.channel_pad(x, after=3, before=2),
     "channel_shuffle": _node(ops.ChannelShuffle(groups=2)),
     "channel_slice": _node(ops.ChannelSlice(start=1, stop=3)),
+    "layernorm2d": _node(ops.LayerNorm2d(eps=1e-6)),
     "channel_shuffle_4_then_grouped_conv": lambda b, x: b.conv(
         b.node(ops.ChannelShuffle(groups=4), [x]), 8, 3, padding=1, groups=2),
     "flatten_linear": lambda b, x: b.act(b.linear(b.flatten(x), 12), "relu"),
