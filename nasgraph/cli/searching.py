@@ -48,7 +48,14 @@ def search(
     storage: Annotated[str | None, typer.Option(
         help="Optuna storage URL (default sqlite in RUNS_DIR/STUDY).")] = None,
     runs_dir: Annotated[str, typer.Option(help="Folder of the runs.")] = "runs",
-    objective: Annotated[str, typer.Option(help="accuracy, or accuracy,macs.")] = "accuracy",
+    objective: Annotated[str, typer.Option(
+        help="accuracy, accuracy,macs or accuracy,latency (a Pareto front).")] = "accuracy",
+    max_latency: Annotated[str | None, typer.Option(
+        help="Most latency per image, predicted on --latency-target: 800us, 2ms "
+             "(docs/latency.md).")] = None,
+    latency_target: Annotated[str, typer.Option(
+        help="Where latency is predicted: numba, torch-cpu, onnxruntime or torch-cuda, "
+             ":THREADS (numba:1).")] = "numba:1",
     sampler: Annotated[str, typer.Option(help="tpe, nsga2 or random.")] = "tpe",
     pruner: Annotated[str, typer.Option(
         help="Stops weak trials early: median, halving (successive halving, ASHA with "
@@ -82,11 +89,13 @@ def search(
     )
 
     from nasgraph.search import parse_amount, parse_duration
+    from nasgraph.search.budget import parse_latency, parse_target
     from nasgraph.search.config import SearchConfig
     from nasgraph.search.run import search as run_search
 
-    if objective not in ("accuracy", "accuracy,macs"):
-        raise NasgraphError(f"--objective {objective!r}: expected accuracy or accuracy,macs")
+    if objective not in ("accuracy", "accuracy,macs", "accuracy,latency"):
+        raise NasgraphError(f"--objective {objective!r}: expected accuracy, accuracy,macs or "
+                            "accuracy,latency")
     if sampler not in ("tpe", "nsga2", "random"):
         raise NasgraphError(f"--sampler {sampler!r}: expected tpe, nsga2 or random")
     if pruner not in ("median", "halving", "hyperband", "none"):
@@ -103,6 +112,8 @@ def search(
             budget_macs=parse_amount(budget) if budget else None,
             max_params=parse_amount(max_params, "--max-params") if max_params else None,
             max_memory=parse_amount(max_memory, "--max-memory") if max_memory else None,
+            max_latency_ms=parse_latency(max_latency) if max_latency else None,
+            latency_target=parse_target(latency_target),
             final_epochs=final_epochs, final_seeds=final_seeds, study=study, storage=storage,
             runs_dir=runs_dir, objective=objective, sampler=sampler, seed=seed, device=device,
             workers=workers)

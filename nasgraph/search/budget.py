@@ -1,4 +1,4 @@
-"""Budgets: the most MACs, parameters and activation memory a candidate may have.
+"""Budgets: the most MACs, parameters, activation memory and latency a candidate may have.
 
     >>> from nasgraph.search.budget import Budget, parse_amount
     >>> parse_amount("300k"), parse_amount("1.2G"), parse_amount("5M")
@@ -7,13 +7,18 @@
     'MACs <= 200k'
 
 A budget is checked on the graph, before any training: costs come from
-`nasgraph.analysis`, so checking one is a matter of milliseconds.
+`nasgraph.analysis`, so checking one is a matter of milliseconds. A latency bound
+(`latency_ms`, on `latency_target` such as "numba:1", a target and its threads) is predicted
+by that target's latency model (`nasgraph.latency.model`): milliseconds once the model's
+table holds the candidate's kernels, a profile of the candidate when it does not.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +26,9 @@ from nasgraph import analysis
 from nasgraph.errors import BudgetError
 from nasgraph.ir import Graph
 from nasgraph.units import si
+
+if TYPE_CHECKING:
+    from nasgraph.latency.model import LatencyModel
 
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 MAX_AMOUNT = 10**15  # larger is a typo, and 1e999 is infinite
@@ -58,6 +66,43 @@ def parse_duration(text: str | float, what: str = "--time-budget") -> float:
     return seconds
 
 
+_TIME_UNITS = {"us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse_latency(text: str | float, what: str = "--max-latency") -> float:
+    """'2ms' -> 2.0, '800us' -> 0.8, '1.5s' -> 1500.0 (milliseconds); a bare number is ms."""
+    if isinstance(text, int | float):
+        ms = float(text)
+    elif m := re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(us|µs|ms|s|)\s*", text.lower()):
+        ms = float(m.group(1)) * _TIME_UNITS[m.group(2) or "ms"]
+    else:
+        ms = math.nan
+    if not 1e-3 <= ms <= 3.6e6:  # also false for NaN
+        raise BudgetError(f"{what} {text!r}: expected a latency such as 800us, 2ms or 1.5s")
+    return ms
+
+
+def parse_target(text: str, what: str = "--latency-target") -> str:
+    """'numba:1' (target, threads) as given, once checked; 'numba' is 'numba:1'."""
+    from nasgraph.latency.targets import TARGET_NAMES
+
+    name, _, threads = text.strip().partition(":")
+    if name not in TARGET_NAMES or not (threads or "1").isdigit() or int(threads or 1) < 1:
+        raise BudgetError(f"{what} {text!r}: expected TARGET[:THREADS], TARGET one of "
+                          f"{', '.join(TARGET_NAMES)}")
+    return f"{name}:{int(threads or 1)}"
+
+
+@functools.cache
+def latency_model(spec: str) -> LatencyModel:
+    """The latency model of target `spec` ('numba:1'), one per process: its table of
+    measured kernels grows as the search goes and is kept in the user's cache."""
+    from nasgraph.latency.model import LatencyModel
+
+    name, _, threads = spec.partition(":")
+    return LatencyModel(name, int(threads or 1))
+
+
 class Costs(BaseModel):
     """The budgeted figures of one graph."""
 
@@ -66,11 +111,14 @@ class Costs(BaseModel):
     macs: int
     params: int
     memory: int  # peak activation bytes per sample
+    latency_ms: float | None = None  # predicted at batch 1, when a budget or objective asks
 
     @classmethod
-    def of(cls, graph: Graph) -> Costs:
+    def of(cls, graph: Graph, latency_target: str | None = None) -> Costs:
+        latency = (latency_model(latency_target).predict(graph).total_ms
+                   if latency_target else None)
         return cls(macs=analysis.macs(graph), params=analysis.params(graph),
-                   memory=analysis.peak_memory_bytes(graph))
+                   memory=analysis.peak_memory_bytes(graph), latency_ms=latency)
 
 
 class Budget(BaseModel):
@@ -81,6 +129,12 @@ class Budget(BaseModel):
     macs: int | None = Field(default=None, gt=0)
     params: int | None = Field(default=None, gt=0)
     memory: int | None = Field(default=None, gt=0)
+    latency_ms: float | None = Field(default=None, gt=0)
+    latency_target: str = "numba:1"  # where latency_ms is predicted: target:threads
+
+    def costs(self, graph: Graph) -> Costs:
+        """The costs of `graph` this budget bounds (its latency only when bounded)."""
+        return Costs.of(graph, self.latency_target if self.latency_ms else None)
 
     def excess(self, costs: Costs) -> dict[str, float]:
         """The relative excess over each bound, <= 0 when met (Optuna's constraint
@@ -95,7 +149,7 @@ class Budget(BaseModel):
 
     def check(self, graph: Graph) -> Costs:
         """The costs of `graph`; raises BudgetError naming the first bound it exceeds."""
-        costs = Costs.of(graph)
+        costs = self.costs(graph)
         for name, limit in self._limits():
             if getattr(costs, name) > limit:
                 raise BudgetError(f"graph {graph.name!r}: {name} {si(getattr(costs, name))}"
@@ -103,8 +157,10 @@ class Budget(BaseModel):
         return costs
 
     def describe(self) -> str:
-        names = {"macs": "MACs", "params": "params", "memory": "memory (B)"}
+        names = {"macs": "MACs", "params": "params", "memory": "memory (B)",
+                 "latency_ms": f"latency (ms, {self.latency_target})"}
         return ", ".join(f"{names[k]} <= {si(v)}" for k, v in self._limits()) or "none"
 
-    def _limits(self) -> list[tuple[str, int]]:
-        return [(k, v) for k in ("macs", "params", "memory") if (v := getattr(self, k))]
+    def _limits(self) -> list[tuple[str, float]]:
+        return [(k, v) for k in ("macs", "params", "memory", "latency_ms")
+                if (v := getattr(self, k))]

@@ -21,13 +21,14 @@ from nasgraph.search.budget import Budget
 from nasgraph.search.runs import StudyFolder
 from nasgraph.train import Recipe
 
-Objective = Literal["accuracy", "accuracy,macs"]
+Objective = Literal["accuracy", "accuracy,macs", "accuracy,latency"]
 Pruner = Literal["median", "halving", "hyperband", "none"]
 # A study name is a folder of the runs folder: no separators, no leading dot, so never `..`
 STUDY_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$"
 # What a trial's score and the final result depend on: a resumed study must not change them
-RESUME_SETTINGS = ("space", "dataset", "budget_macs", "max_params", "max_memory", "epochs",
-                   "final_epochs", "objective", "seed", "recipe")
+RESUME_SETTINGS = ("space", "dataset", "budget_macs", "max_params", "max_memory",
+                   "max_latency_ms", "latency_target", "epochs", "final_epochs", "objective",
+                   "seed", "recipe")
 
 
 class SearchConfig(BaseModel):
@@ -40,6 +41,8 @@ class SearchConfig(BaseModel):
     budget_macs: int | None = None
     max_params: int | None = None
     max_memory: int | None = None
+    max_latency_ms: float | None = None  # predicted on latency_target, batch 1
+    latency_target: str = "numba:1"  # target:threads of the latency budget and objective
     trials: int = Field(default=30, gt=0)
     timeout: float | None = Field(default=None, gt=0)
     epochs: int = Field(default=10, gt=0)
@@ -72,7 +75,8 @@ class SearchConfig(BaseModel):
 
     @property
     def budget(self) -> Budget:
-        return Budget(macs=self.budget_macs, params=self.max_params, memory=self.max_memory)
+        return Budget(macs=self.budget_macs, params=self.max_params, memory=self.max_memory,
+                      latency_ms=self.max_latency_ms, latency_target=self.latency_target)
 
     @property
     def study_name(self) -> str:
@@ -100,7 +104,18 @@ class SearchConfig(BaseModel):
 
     @property
     def multi_objective(self) -> bool:
-        return self.objective == "accuracy,macs"
+        return self.objective != "accuracy"
+
+    @property
+    def second_objective(self) -> str:
+        """The cost a multi-objective study minimizes beside accuracy: a user attribute
+        of every trial (`macs`, `latency_ms`)."""
+        return "latency_ms" if self.objective == "accuracy,latency" else "macs"
+
+    @property
+    def uses_latency(self) -> bool:
+        """Whether trials need their predicted latency: a latency budget or objective."""
+        return self.max_latency_ms is not None or self.objective == "accuracy,latency"
 
 
 def trial_timeout(cfg: SearchConfig) -> float | None:

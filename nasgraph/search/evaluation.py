@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from nasgraph.data import Dataset, load_dataset
 from nasgraph.ir import Graph
-from nasgraph.search.budget import Costs
+from nasgraph.search.budget import Costs, latency_model
 from nasgraph.search.config import SearchConfig, devices_of
 from nasgraph.search.interrupts import stop_point
 from nasgraph.search.space import Context, Space, build, fit_to_budget, load_space
@@ -82,6 +82,9 @@ def make_objective(setup: Setup, progress: Progress | None = None
     cfg, folder = setup.cfg, setup.cfg.folder
     judged_at = rungs(cfg)
 
+    def second(costs: Costs) -> float:  # the cost a multi-objective study minimizes
+        return float(getattr(costs, cfg.second_objective))
+
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         start = time.perf_counter()
         graph, costs, multiplier, feasible = fit_to_budget(setup.space, trial, setup.ctx)
@@ -92,14 +95,19 @@ def make_objective(setup: Setup, progress: Progress | None = None
         trial.set_user_attr("width_multiplier", multiplier)
         trial.set_user_attr("feasible", feasible)
         # made coarser, shallower or narrower to fit (the width multiplier misses the first two)
-        trial.set_user_attr("fitted", costs != Costs.of(build(setup.space, trial, setup.ctx)))
+        trial.set_user_attr("fitted", costs != cfg.budget.costs(
+            build(setup.space, trial, setup.ctx)))
         for name, excess in cfg.budget.excess(costs).items():
             trial.set_constraint(name, excess)  # feasible iff <= 0; samplers learn from it
+        if cfg.uses_latency:  # predicted on the latency target; a budget predicts it already
+            costs = costs if costs.latency_ms is not None else costs.model_copy(
+                update={"latency_ms": latency_model(cfg.latency_target).predict(graph).total_ms})
+            trial.set_user_attr("latency_ms", round(costs.latency_ms, 6))
         fingerprint = graph.fingerprint()
         trial.set_user_attr("fingerprint", fingerprint)
         trial.set_user_attr("check_seconds", round(time.perf_counter() - start, 4))
         if not feasible:  # never trained: recorded so that the sampler learns the boundary
-            return (0.0, float(costs.macs)) if cfg.multi_objective else 0.0
+            return (0.0, second(costs)) if cfg.multi_objective else 0.0
         twin = trained_twin(trial, fingerprint)
         if twin is not None:  # the same architecture under other parameters: train it once
             trial.set_user_attr("duplicate_of", twin)
@@ -125,7 +133,7 @@ def make_objective(setup: Setup, progress: Progress | None = None
                              result.model.state_dict())
         trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 2))
         acc = result.val_accuracy
-        return (acc, float(costs.macs)) if cfg.multi_objective else acc
+        return (acc, second(costs)) if cfg.multi_objective else acc
 
     return objective
 

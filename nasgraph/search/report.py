@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nasgraph.data import Dataset
 from nasgraph.files import written_together
 from nasgraph.ir import Graph
+from nasgraph.search.budget import latency_model
 from nasgraph.search.config import SearchConfig
 from nasgraph.search.evaluation import Progress, retrain
 from nasgraph.search.final import retrainings
@@ -37,7 +38,8 @@ from nasgraph.train import accuracy
 from nasgraph.units import si
 
 COLUMNS = ["rank", "trial", "state", "val_accuracy", "test_accuracy", "macs", "params",
-           "memory", "width_multiplier", "feasible", "pareto", "parameters"]
+           "memory", "latency_ms", "measured_ms", "width_multiplier", "feasible", "pareto",
+           "parameters"]
 
 
 def _accuracy(t: FrozenTrial) -> float:
@@ -68,10 +70,11 @@ def best_val_accuracy(study: optuna.Study) -> float | None:
     return max(accs, default=None)
 
 
-def pareto_numbers(trials: list[FrozenTrial]) -> set[int]:
-    """Trials no other trial beats on both accuracy and MACs."""
-    pts = [(t.number, _accuracy(t), t.user_attrs["macs"]) for t in trials
-           if t.state == TrialState.COMPLETE and t.user_attrs.get("feasible")]
+def pareto_numbers(trials: list[FrozenTrial], cost: str = "macs") -> set[int]:
+    """Trials no other trial beats on both accuracy and `cost` (a user attribute)."""
+    pts = [(t.number, _accuracy(t), t.user_attrs[cost]) for t in trials
+           if t.state == TrialState.COMPLETE and t.user_attrs.get("feasible")
+           and cost in t.user_attrs]
     return {n for n, a, m in pts
             if not any((a2 >= a and m2 <= m) and (a2 > a or m2 < m) for _, a2, m2 in pts)}
 
@@ -99,7 +102,7 @@ def leaderboard_rows(cfg: SearchConfig, study: optuna.Study, data: Dataset | Non
     """One row per finished trial, best first; test accuracy for the top `cfg.top_k`
     (measured when `data` is given, else read from the trials' folders)."""
     trials = ranked(study)
-    front = pareto_numbers(trials)
+    front = pareto_numbers(trials, cfg.second_objective)
     rows = []
     for rank, t in enumerate(trials, start=1):
         u = t.user_attrs
@@ -114,11 +117,26 @@ def leaderboard_rows(cfg: SearchConfig, study: optuna.Study, data: Dataset | Non
             "val_accuracy": round(_accuracy(t), 4) if u.get("feasible") else None,
             "test_accuracy": round(test, 4) if test is not None else None,
             "macs": u["macs"], "params": u["params"], "memory": u["memory"],
+            "latency_ms": u.get("latency_ms"),
+            "measured_ms": _measured_ms(cfg, t) if test is not None and cfg.uses_latency
+            else None,
             "width_multiplier": u.get("width_multiplier"), "feasible": u.get("feasible"),
             "pareto": t.number in front,
             "parameters": " ".join(f"{k}={v}" for k, v in sorted(t.params.items())),
         })
     return rows
+
+
+def _measured_ms(cfg: SearchConfig, t: FrozenTrial) -> float | None:
+    """The trial's latency measured on the latency target (the best trials only: their
+    predicted latency is checked against the machine), cached in its folder."""
+    cache = cfg.folder.trial_file(t.number, "latency.json")
+    if cache.is_file():
+        return cfg.folder.read_json(cache)["measured_ms"]
+    graph = cfg.folder.load_graph(t.number)
+    measured = round(latency_model(cfg.latency_target).measure(graph), 4)
+    cfg.folder.write_json(cache, {"measured_ms": measured, "target": cfg.latency_target})
+    return measured
 
 
 def leaderboard_markdown(cfg: SearchConfig, rows: list[dict[str, Any]]) -> str:
@@ -256,7 +274,8 @@ def write_plots(cfg: SearchConfig, study: optuna.Study) -> list[str]:
     }
     if cfg.multi_objective:
         plots["pareto"] = lambda m: m.plot_pareto_front(
-            study, target_names=["val accuracy", "MACs"])
+            study, target_names=["val accuracy", {"macs": "MACs", "latency_ms": "latency (ms)"}[
+                cfg.second_objective]])
     written = []
     with quiet_optuna():  # "There are no complete trials." is no news in the report
         for name, draw in plots.items():

@@ -246,7 +246,7 @@ def fit_to_budget(space: Space, trial: Any, ctx: Context, min_multiplier: float 
     """
     recorder = _Recorder(**ctx.model_dump())  # notes the widths asked for, for the growth
     graph = build(space, trial, recorder)
-    costs = Costs.of(graph)
+    costs = ctx.budget.costs(graph)
     if ctx.budget.fits(costs):
         return graph, costs, 1.0, True
     for rung, full in _rungs(space, trial, ctx):
@@ -292,7 +292,7 @@ def _narrow(space: Space, trial: Any, ctx: Context, full: Graph, lowest: float, 
     def at(m: float) -> _Fitted:
         narrower = ctx.with_multiplier(m)
         graph = full if m == 1 else build(space, trial, narrower)
-        return _Fitted(narrower, m, graph, Costs.of(graph))
+        return _Fitted(narrower, m, graph, ctx.budget.costs(graph))
 
     best = at(1.0)
     if ctx.budget.fits(best.costs):
@@ -328,7 +328,7 @@ def _grow_widths(space: Space, trial: Any, ctx: Context, graph: Graph, costs: Co
         for channels in sorted(open_widths, key=lambda c: (current.width(c) / c, c)):
             wider = {**steps, channels: steps.get(channels, 0) + 1}
             g = build(space, trial, ctx.with_steps(wider))
-            c = Costs.of(g) if g != graph else None
+            c = ctx.budget.costs(g) if g != graph else None
             if c is not None and ctx.budget.fits(c):
                 steps, graph, costs = wider, g, c
                 break
