@@ -67,6 +67,9 @@ def search(
         help="Score this many candidates with zero-cost proxies first and train the most "
              "promising (docs/search.md).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the sampler, splits and training.")] = 0,
+    backend: Annotated[str, typer.Option(
+        help="Trainer on a CPU: torch, numba, or auto (the faster for each candidate, "
+             "measured).")] = "torch",
     device: Annotated[str, typer.Option(
         help="auto, cpu, cuda, cuda:N; workers take a list in turn: cuda:0,cuda:1.")] = "auto",
     workers: Annotated[int, typer.Option(
@@ -96,6 +99,8 @@ def search(
     if objective not in ("accuracy", "accuracy,macs", "accuracy,latency"):
         raise NasgraphError(f"--objective {objective!r}: expected accuracy, accuracy,macs or "
                             "accuracy,latency")
+    if backend not in ("torch", "numba", "auto"):
+        raise NasgraphError(f"--backend {backend!r}: expected torch, numba or auto")
     if sampler not in ("tpe", "nsga2", "random"):
         raise NasgraphError(f"--sampler {sampler!r}: expected tpe, nsga2 or random")
     if pruner not in ("median", "halving", "hyperband", "none"):
@@ -116,6 +121,7 @@ def search(
             latency_target=parse_target(latency_target),
             final_epochs=final_epochs, final_seeds=final_seeds, study=study, storage=storage,
             runs_dir=runs_dir, objective=objective, sampler=sampler, seed=seed, device=device,
+            backend=backend,
             workers=workers)
     except ValidationError as e:
         first = e.errors()[0]

@@ -60,6 +60,9 @@ class SearchConfig(BaseModel):
     # when trials stop and a running one is cut (`time.time()`; set by `time_budget`)
     trials_until: float | None = None
     seed: int = 0
+    # which trainer trains the candidates on a CPU: torch, numba, or the faster for each
+    # candidate, measured (`nasgraph.train.faster_backend`)
+    backend: Literal["torch", "numba", "auto"] = "torch"
     device: str = "auto"  # or a list, cuda:0,cuda:1, that workers take in turn
     workers: int = Field(default=1, ge=1)  # local worker processes
     recipe: Recipe = Recipe()

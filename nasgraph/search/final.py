@@ -19,7 +19,7 @@ import torch
 from nasgraph.data import Dataset, load_dataset
 from nasgraph.ir import Graph
 from nasgraph.search.config import SearchConfig
-from nasgraph.search.evaluation import Progress
+from nasgraph.search.evaluation import Progress, backend_for
 from nasgraph.search.interrupts import stop_point
 from nasgraph.train import accuracy, concat_splits, train
 
@@ -42,7 +42,8 @@ def _trained(cfg: SearchConfig, graph: Graph, data: Dataset, device: torch.devic
              on_epoch) -> tuple[float, StateDict]:
     run = train(graph, data, cfg.recipe, epochs=cfg.final_training_epochs, device=device,
                 seed=SEED_BASE + k, train_split=concat_splits(data.train, data.val),
-                val_split=data.test, on_epoch=on_epoch)
+                val_split=data.test, on_epoch=on_epoch,
+                backend=backend_for(cfg, graph, data, device))
     return accuracy(run.model, data.test), {n: v.cpu() for n, v in run.model.state_dict().items()}
 
 

@@ -83,3 +83,4 @@ def test_accuracy_latency_is_a_pareto_study(tmp_path):
     trials = [t for t in _trials(tmp_path, "front") if t.state == TrialState.COMPLETE]
     assert trials and all(t.values[1] == pytest.approx(t.user_attrs["latency_ms"], rel=1e-3)
                           for t in trials)
+
