@@ -71,7 +71,7 @@ def _torchvision(name: str, input_shape: tuple[int, int, int], num_classes: int 
         model = torchvision.models.get_model(name, **kwargs)
     except Exception as e:  # downloads, bad arguments: torchvision's own message
         raise NasgraphError(f"torchvision:{name}: {str(e).splitlines()[0]}") from None
-    return from_torch(model, torch.randn(1, *input_shape))
+    return from_torch(model, torch.randn(2, *input_shape))  # 2: the batch stays apart
 
 
 def __getattr__(name: str) -> object:
