@@ -2,49 +2,30 @@
 
 A converter reads the current node's inputs (`w.tensor(i)`, `w.constant(i)`) and
 attributes (`w.attrs`, ONNX defaults applied here) and emits IR nodes; it returns the value
-of the node's first output (or a tuple for several), or raises `w.refuse(...)`.
+of the node's first output (or a tuple for several), or raises `w.refuse(...)`. A node
+whose first input is a view (`_onnx_views`) is converted by `ON_VIEWS` instead.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Protocol
 
 import numpy as np
 import onnx
 
-from nasgraph.errors import GraphError
-from nasgraph.importers._common import ImportBuilder
+from nasgraph.importers._onnx_views import (
+    Grouped,
+    Permuted,
+    on_channels,
+    per_sample,
+    reshape_view,
+    slice_channels,
+    split_channels,
+    transpose,
+    viewed,
+)
+from nasgraph.importers._onnx_walk import Converter, OnnxWalk
 from nasgraph.ir import Tensor, ops
-
-
-class OnnxWalk(Protocol):
-    """What a converter uses of `onnx_model.OnnxWalk` (described here, not imported: that
-    module imports this table)."""
-
-    build: ImportBuilder
-    node: onnx.NodeProto
-    attrs: dict[str, object]
-    batches: set[int]
-    values: dict[str, object]
-    where: str
-
-    def refuse(self, reason: str) -> GraphError: ...
-    def node_id(self, weighted: bool = False) -> str: ...
-    def input(self, index: int) -> object: ...
-    def tensor(self, index: int = 0) -> Tensor: ...
-    def constant(self, index: int) -> np.ndarray | None: ...
-    def only_consumer(self, name: str) -> onnx.NodeProto | None: ...
-    def foldable(self, index: int) -> bool: ...
-    def spec(self, cls: type[ops.Op], **attrs: object) -> ops.Op: ...
-    def emit(self, op: ops.Op, inputs: Sequence[Tensor], weights: dict | None = None,
-             wanted_id: str | None = None) -> Tensor: ...
-    def skip(self, node: onnx.NodeProto) -> None: ...
-    def alias(self, name: str, source: str) -> None: ...
-
-
-Converter = Callable[[OnnxWalk], object]
 
 
 def _decimal(value: object) -> float:
@@ -142,21 +123,58 @@ def _gemm(w: OnnxWalk) -> Tensor:
     return _linear(w, w.tensor(0), weight, bias)
 
 
-def _matmul(w: OnnxWalk) -> Tensor:
-    """MatMul by a constant, and the Add of a constant vector right after it: one Linear."""
-    weight = w.constant(1)
+def _bias_after(w: OnnxWalk, features: int) -> np.ndarray | None:
+    """The constant vector that the Add right after this node (its only reader) adds, that
+    Add then being part of this node; None when there is no such Add."""
+    add = w.only_consumer(w.node.output[0])
+    if add is None or add.op_type != "Add":
+        return None
+    other = [n for n in add.input if n != w.node.output[0]]
+    value = w.values.get(other[0]) if len(other) == 1 else None
+    if not isinstance(value, np.ndarray) or value.size != features or value.shape[-1:] != (
+            features,):
+        return None
+    w.skip(add)
+    w.alias(add.output[0], w.node.output[0])
+    return value.reshape(-1)
+
+
+def _matmul(w: OnnxWalk) -> Tensor | Permuted:
+    """MatMul by a constant, and the Add of a constant vector right after it: one Linear;
+    on a channels-last view (ConvNeXt's pointwise layers) a 1x1 conv."""
+    x, weight = w.input(0), w.constant(1)
     if weight is None or weight.ndim != 2:
         raise w.refuse("MatMul by anything but a constant matrix")
-    bias = None
-    add = w.only_consumer(w.node.output[0])
-    if add is not None and add.op_type == "Add":
-        other = [n for n in add.input if n != w.node.output[0]]
-        value = w.values.get(other[0]) if len(other) == 1 else None
-        if isinstance(value, np.ndarray) and value.size == weight.shape[1]:
-            bias = value.reshape(-1)
-            w.skip(add)
-            w.alias(add.output[0], w.node.output[0])
-    return _linear(w, w.tensor(0), weight.T.copy(), bias)
+    bias = _bias_after(w, weight.shape[1])
+    if not isinstance(x, Permuted):
+        return _linear(w, w.tensor(0), weight.T.copy(), bias)
+    if weight.shape[0] != x.x.channels:
+        raise w.refuse(f"MatMul of {x.x.channels} channels by a {list(weight.shape)} matrix")
+    # N x H x W x C @ C x F -> N x F x H x W: a 1x1 conv of weight F x C x 1 x 1
+    op = w.spec(ops.Conv2d, out_channels=weight.shape[1], kernel=1, bias=bias is not None)
+    weights = {"weight": weight.T[:, :, None, None]} | ({"bias": bias} if bias is not None
+                                                         else {})
+    return Permuted(w.emit(op, [x.x], weights))
+
+
+def _layer_norm(w: OnnxWalk) -> Permuted:
+    """LayerNormalization over the last axis of a channels-last view: `LayerNorm2d`."""
+    x = w.input(0)
+    if not isinstance(x, Permuted) or w.attrs.get("axis", -1) not in (-1, 3):
+        raise w.refuse("LayerNormalization is an IR op only over the channels, on the "
+                       "channels-last view (Transpose perm [0, 2, 3, 1], axis -1)")
+    if any(w.node.output[1:]):
+        raise w.refuse("LayerNormalization's mean and inverse deviation outputs have no IR "
+                       "value")
+    c = x.x.channels
+    scale, bias = w.constant(1), w.constant(2) if len(w.node.input) > 2 else None
+    if scale is None or scale.size != c or (bias is not None and bias.size != c):
+        raise w.refuse(f"LayerNormalization of {c} channels with a scale or bias that is not "
+                       "one value per channel")
+    weights = {"weight": scale.reshape(c),
+               "bias": np.zeros(c, np.float32) if bias is None else bias.reshape(c)}
+    op = w.spec(ops.LayerNorm2d, eps=_decimal(w.attrs.get("epsilon", 1e-5)))
+    return Permuted(w.emit(op, [x.x], weights))
 
 
 # --------------------------------------------------------------------------- activations
@@ -283,7 +301,18 @@ def _mul(w: OnnxWalk) -> Tensor:
     if isinstance(a, Tensor) and isinstance(b, Tensor):
         return w.emit(ops.Mul(), [a, b])
     x, factor = (a, _number(b)) if isinstance(a, Tensor) else (b, _number(a))
+    if factor is None and _layer_scale(w, x, b if x is a else a):
+        return x
     return _scaled(w, x, factor)
+
+
+def _layer_scale(w: OnnxWalk, x: object, scale: object) -> bool:
+    """`x * s`, s a constant C x 1 x 1 (ConvNeXt's layer scale): folded into the conv that
+    made x when nothing else reads x; inference-exact, one parameter per channel fewer."""
+    if not isinstance(x, Tensor) or x.type.flat or not isinstance(scale, np.ndarray) or \
+            scale.shape not in ((x.channels, 1, 1), (1, x.channels, 1, 1)):
+        return False
+    return w.sole_reader(x) and w.build.scale_channels(x, scale.reshape(-1))
 
 
 def _div(w: OnnxWalk) -> Tensor:
@@ -291,7 +320,37 @@ def _div(w: OnnxWalk) -> Tensor:
     factor = _number(b)
     if not isinstance(a, Tensor) or not factor:
         raise w.refuse("only division of a tensor by a nonzero number is supported")
+    if math.isclose(factor, math.sqrt(2), rel_tol=1e-6):
+        gelu = _erf_gelu(w, a)
+        if gelu is not None:
+            return gelu
     return _scaled(w, a, 1 / factor)
+
+
+def _erf_gelu(w: OnnxWalk, x: Tensor) -> Tensor | None:
+    """The exact gelu as torch exports it before opset 20, from this Div on:
+    `x / sqrt(2) -> Erf -> + 1 -> * x -> * 0.5`, each step the previous one's only reader;
+    one gelu Activation. None when the nodes after this Div are not that chain."""
+    def constant(node: onnx.NodeProto, reads: str) -> float | None:
+        other = [n for n in node.input if n != reads]
+        return _number(w.values.get(other[0])) if len(other) == 1 else None
+
+    erf = w.only_consumer(w.node.output[0])
+    add = erf and erf.op_type == "Erf" and w.only_consumer(erf.output[0])
+    if not add or add.op_type != "Add" or constant(add, erf.output[0]) != 1.0:
+        return None
+    times_x = w.only_consumer(add.output[0])
+    if times_x is None or times_x.op_type != "Mul" or sorted(times_x.input) != sorted(
+            [add.output[0], w.node.input[0]]):
+        return None
+    half = w.only_consumer(times_x.output[0])
+    if half is None or half.op_type != "Mul" or constant(half, times_x.output[0]) != 0.5:
+        return None
+    for node in (erf, add, times_x, half):
+        w.skip(node)
+    w.alias(half.output[0], w.node.output[0])
+    scope = w.node_id().rsplit("/", 1)[0]  # the Div's scope: torch's GELU module
+    return w.emit(w.spec(ops.Activation, fn="gelu"), [x], wanted_id=scope + "/gelu")
 
 
 def _scaled(w: OnnxWalk, x: Tensor, factor: float | None) -> Tensor:
@@ -311,13 +370,18 @@ def _flatten(w: OnnxWalk) -> Tensor:
     return x if x.type.flat else w.emit(ops.Flatten(), [x])
 
 
-def _reshape(w: OnnxWalk) -> Tensor:
-    x, shape = w.tensor(0), w.constant(1)
+def _reshape(w: OnnxWalk) -> Tensor | Grouped:
+    """Flattening to N x features, and the reshapes of a channel shuffle."""
+    value, shape = w.input(0), w.constant(1)
     target = None if shape is None else [int(d) for d in shape]
-    ok = target is not None and len(target) == 2 and (
-        target[1] in (-1, x.type.numel) or (target[1] == 0 and x.type.flat)) and (
-        target[0] in {0, *w.batches} or (target[0] == -1 and target[1] == x.type.numel))
-    if not ok:
+    inside = viewed(value)
+    sample = None if target is None or inside is None or (
+        not isinstance(value, Tensor) and 0 in target[1:]) else per_sample(w, inside, target)
+    shuffled = reshape_view(w, value, sample)
+    if shuffled is not None:
+        return shuffled
+    x = w.tensor(0)
+    if sample != [x.type.numel]:
         raise w.refuse(f"Reshape of {x.type} to {target}: only flattening to N x features "
                        "(a constant shape) is an IR op")
     return x if x.type.flat else w.emit(ops.Flatten(), [x])
@@ -395,6 +459,21 @@ CONVERTERS: dict[str, Converter] = {
     "Resize": _resize,
     "Upsample": _resize,
     "Pad": _pad,
+    "Transpose": transpose,
+    "Slice": slice_channels,
+    "Split": split_channels,
+    "LayerNormalization": _layer_norm,
+}
+
+# What reads a view (`_onnx_views.Grouped`, `Permuted`) as its first input; any other node
+# reading one is refused
+ON_VIEWS: dict[str, Converter] = {
+    "Transpose": transpose,
+    "Reshape": _reshape,
+    "LayerNormalization": _layer_norm,
+    "MatMul": _matmul,
+    **{op: on_channels(CONVERTERS[op])
+       for op in ("Relu", "Sigmoid", "Tanh", "Gelu", "Div")},  # Div: by a number only
 }
 
 # ONNX ops whose first output is their first input at inference

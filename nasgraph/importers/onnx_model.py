@@ -1,14 +1,17 @@
 """from_onnx: an ONNX CNN (a file) -> a nasgraph Graph and its state dict.
 
 Initializers and Constant nodes are constants; each other ONNX node is mapped to IR ops by
-one table, `_onnx_ops.CONVERTERS`. The ONNX shape inference's shapes, where it finds them,
-are compared with the imported ones, so a mistranslated node fails at that node; a node
+one table, `_onnx_ops.CONVERTERS` (`ON_VIEWS` for a node reading a view that the IR has no
+value for: ShuffleNet's 5-D channel shuffle, ConvNeXt's channels-last layers). The ONNX
+shape inference's shapes, where it finds them, are compared with the imported ones, so a
+mistranslated node fails at that node; a node
 without an IR counterpart is refused in one line naming the op type, the node and what is
 supported. Only the `onnx` package is used (no onnxruntime).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +21,8 @@ from onnx import numpy_helper
 
 from nasgraph.errors import GraphError
 from nasgraph.importers._common import ImportBuilder, node_id, op_from
-from nasgraph.importers._onnx_ops import BATCH, CONVERTERS, PASS_THROUGH
+from nasgraph.importers._onnx_ops import BATCH, CONVERTERS, ON_VIEWS, PASS_THROUGH
+from nasgraph.importers._onnx_views import VIEWS, describe, viewed
 from nasgraph.ir import Graph, Tensor, ops
 
 
@@ -57,11 +61,15 @@ class OnnxWalk:
         self.outputs = {o.name for o in graph.output}
         self.done: set[int] = set()  # nodes converted with an earlier one (fused patterns)
         self.aliases: list[tuple[str, str]] = []  # (output of a fused node, the value it takes)
-        self.made_as: dict[str, str] = {}  # IR node id -> the ONNX output that it first was
         self.node: onnx.NodeProto | None = None
         self.attrs: dict[str, object] = {}
         for init in graph.initializer:
             self.values[init.name] = numpy_helper.to_array(init)
+        for node in self.nodes:  # known ahead: patterns read constants placed after them
+            if node.op_type == "Constant" and len(node.output) == 1:
+                with contextlib.suppress(GraphError):  # refused when the walk reaches it
+                    self.values[node.output[0]] = _constant(
+                        {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute})
 
     # ------------------------------------------------------------------ context of a node
 
@@ -101,6 +109,9 @@ class OnnxWalk:
     def tensor(self, index: int = 0) -> Tensor:
         """Input `index`, which must be an imported tensor, not a constant."""
         value = self.input(index)
+        if isinstance(value, VIEWS):
+            raise self.refuse(f"input {index} is {describe(value)}, which the IR has no "
+                              "value for")
         if not isinstance(value, Tensor):
             raise self.refuse(f"input {index} is a constant, not a tensor computed from the "
                               "graph input")
@@ -120,12 +131,27 @@ class OnnxWalk:
         return users[0] if len(users) == 1 and name not in self.outputs else None
 
     def foldable(self, index: int) -> bool:
-        """Whether input `index` is the output of the layer that made it, read by this node
-        alone: that layer may then take a constant into its weights."""
-        name = self.node.input[index]
-        value = self.values.get(name)
-        return (isinstance(value, Tensor) and self.made_as.get(value.id) == name
-                and self.only_consumer(name) is self.node)
+        """Whether input `index` is a tensor that this node alone reads: the layer that
+        made it may then take a constant into its weights."""
+        value = self.values.get(self.node.input[index])
+        return isinstance(value, Tensor) and self.sole_reader(value)
+
+    def sole_reader(self, x: Tensor) -> bool:
+        """Whether this node reads `x` once and no other node reads it: every ONNX tensor
+        holding x (or a view of it) is read only by nodes whose outputs hold it too
+        (Identity, Transpose, a fused Add) and by this node, and none is a graph output."""
+        names = {n for n, v in self.values.items()
+                 if (held := viewed(v)) is not None and held.id == x.id}
+        reads = 0
+        for name in names:
+            if name in self.outputs:
+                return False
+            for user in self.consumers.get(name, []):
+                if user is self.node:
+                    reads += 1
+                elif not set(user.output) <= names:
+                    return False
+        return reads == 1
 
     # ------------------------------------------------------------------ emitting
 
@@ -152,12 +178,10 @@ class OnnxWalk:
             self.node = node
             self.attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             results = self._convert(node)
-            if isinstance(results, Tensor) or not isinstance(results, tuple):
-                results = (results,)  # (a Tensor is a named tuple: one result)
+            if isinstance(results, Tensor | VIEWS) or not isinstance(results, tuple):
+                results = (results,)  # (a Tensor or a view is a named tuple: one result)
             for name, value in zip(node.output, results, strict=False):
                 self.values[name] = value
-                if isinstance(value, Tensor):
-                    self.made_as.setdefault(value.id, name)
                 self._check_shape(name, value)
             for name, source in self.aliases:
                 self.values[name] = self.values[source]
@@ -180,6 +204,14 @@ class OnnxWalk:
         inputs = [self.input(k) for k in range(len(node.input))]
         if all(v is None or isinstance(v, np.ndarray) for v in inputs):
             return self._fold(node, inputs)
+        views = [k for k, v in enumerate(inputs) if isinstance(v, VIEWS)]
+        if views:
+            if views != [0] or node.op_type not in ON_VIEWS:
+                raise self.refuse(f"input {views[0]} is {describe(inputs[views[0]])}: only "
+                                  f"{', '.join(sorted(ON_VIEWS))} read such a view as their "
+                                  "first input (a channel shuffle, ConvNeXt's channels-last "
+                                  "layers)")
+            return ON_VIEWS[node.op_type](self)
         if node.op_type not in CONVERTERS:
             raise self.refuse("no nasgraph op computes it")
         return CONVERTERS[node.op_type](self)

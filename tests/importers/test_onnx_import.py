@@ -17,6 +17,7 @@ from torch import nn
 
 from nasgraph.errors import GraphError
 from nasgraph.importers import from_onnx
+from nasgraph.ir import Graph
 from tests.importers import (
     assert_close,
     example_input,
@@ -32,6 +33,12 @@ ort = pytest.importorskip("onnxruntime")
 # VGG's 7 x 7 and AlexNet's 6 x 6 need inputs of 224 (VGG's then weigh 500 MB)
 ONNX_SIZES = {"alexnet": 224}
 EXPORTED = [n for n in model_params() if getattr(n, "values", [n])[0] != "vgg11"]
+# IR ops that a model's ONNX patterns must become (channel split and shuffle, LayerNorm over
+# channels), and ops it must not have (ConvNeXt's layer scale is folded into its convs)
+KINDS: dict[str, tuple[set[str], set[str]]] = {
+    "shufflenet_v2_x0_5": ({"channel_shuffle", "channel_slice"}, set()),
+    "convnext_tiny": ({"layernorm2d", "activation"}, {"mul"}),
+}
 
 
 def export(module: nn.Module, x: torch.Tensor, path: Path) -> Path:
@@ -48,8 +55,9 @@ def runtime(path: Path, x: np.ndarray) -> list[np.ndarray]:
     return session.run(None, {session.get_inputs()[0].name: x})
 
 
-def assert_imports_and_agrees(path: Path, x: np.ndarray) -> None:
-    """from_onnx(path) on the torch and numba backends equals onnxruntime's outputs."""
+def assert_imports_and_agrees(path: Path, x: np.ndarray) -> Graph:
+    """from_onnx(path) on the torch and numba backends equals onnxruntime's outputs; the
+    imported graph, for more checks."""
     from nasgraph.backends.numba import compile
 
     graph, state = from_onnx(path)
@@ -62,6 +70,7 @@ def assert_imports_and_agrees(path: Path, x: np.ndarray) -> None:
     for out, numba_out, ref in zip(outs, numba_outs, refs, strict=True):
         assert_close(out.numpy(), ref)
         assert_close(numba_out, ref)
+    return graph
 
 
 @pytest.mark.parametrize("name", EXPORTED)
@@ -69,7 +78,9 @@ def test_exported_torchvision_models_import_and_agree(name, tmp_path):
     size = ONNX_SIZES.get(name)
     x = example_input(name) if size is None else torch.randn(2, 3, size, size)
     path = export(torchvision_model(name), x, tmp_path / f"{name}.onnx")
-    assert_imports_and_agrees(path, x.numpy())
+    kinds = {n.kind for n in assert_imports_and_agrees(path, x.numpy())}
+    wanted, unwanted = KINDS.get(name, (set(), set()))
+    assert wanted <= kinds and not unwanted & kinds
 
 
 def test_torch_module_paths_become_node_ids(tmp_path):
@@ -168,6 +179,100 @@ def test_same_padding_gemm_matmul_add_hardswish_and_reshape(tmp_path):
     assert graph["head/mm"].op.bias  # MatMul + Add is one Linear
     x = np.random.default_rng(0).standard_normal((2, 3, 10, 10)).astype(np.float32)
     assert_imports_and_agrees(path, x)
+
+
+def test_split_shuffle_slice_and_channels_last_layers_import_and_agree(tmp_path):
+    """ShuffleNet's and ConvNeXt's ONNX patterns written by hand (with ONNX's 0 and -1 in
+    the shapes, and Split, which torch exports as Slice): split, channel shuffle, layer
+    scale, LayerNormalization and MatMul + Add on the channels-last view, erf gelu, Slice."""
+    constants = {
+        "w": _weights(8, 8, 1, 1), "b": _weights(8, seed=1), "sizes": np.array([3, 5]),
+        "grouped": np.array([0, 2, 4, -1, 4]), "back": np.array([0, -1, 4, 4]),
+        "w2": _weights(6, 8, 1, 1, seed=2), "b2": _weights(6, seed=3),
+        "scale": _weights(6, 1, 1, seed=4), "lw": _weights(6, seed=5) + 1,
+        "lb": _weights(6, seed=6), "mw": _weights(6, 5, seed=7), "mb": _weights(5, seed=8),
+        "root2": np.array(np.sqrt(2), np.float32), "one": np.array(1, np.float32),
+        "half": np.array(0.5, np.float32), "starts": np.array([1]), "ends": np.array([4]),
+        "axes": np.array([1]),
+    }
+    node = helper.make_node
+    nodes = [
+        node("Conv", ["x", "w", "b"], ["c"], name="/conv/Conv"),
+        node("Split", ["c", "sizes"], ["s0", "s1"], name="/Split", axis=1),
+        node("Relu", ["s1"], ["r"], name="/relu/Relu"),
+        node("Concat", ["s0", "r"], ["cat"], name="/Concat", axis=1),
+        node("Reshape", ["cat", "grouped"], ["g"], name="/Reshape"),
+        node("Transpose", ["g"], ["t"], name="/Transpose", perm=[0, 2, 1, 3, 4]),
+        node("Reshape", ["t", "back"], ["shuffled"], name="/Reshape_1"),
+        node("Conv", ["shuffled", "w2", "b2"], ["c2"], name="/block/conv/Conv"),
+        node("Mul", ["scale", "c2"], ["scaled"], name="/block/Mul"),
+        node("Transpose", ["scaled"], ["p"], name="/block/Transpose", perm=[0, 2, 3, 1]),
+        node("LayerNormalization", ["p", "lw", "lb"], ["ln"], epsilon=1e-6,
+             name="/block/norm/LayerNormalization"),
+        node("MatMul", ["ln", "mw"], ["mm"], name="/block/fc/MatMul"),
+        node("Add", ["mb", "mm"], ["a"], name="/block/fc/Add"),
+        node("Div", ["a", "root2"], ["d"], name="/block/act/Div"),
+        node("Erf", ["d"], ["e"], name="/block/act/Erf"),
+        node("Add", ["e", "one"], ["e1"], name="/block/act/Add"),
+        node("Mul", ["a", "e1"], ["h"], name="/block/act/Mul"),
+        node("Mul", ["h", "half"], ["gl"], name="/block/act/Mul_1"),
+        node("Transpose", ["gl"], ["nchw"], name="/block/Transpose_1", perm=[0, 3, 1, 2]),
+        node("Slice", ["nchw", "starts", "ends", "axes"], ["y"], name="/Slice"),
+    ]
+    path = _model(nodes, [_value("x", "N", 8, 4, 4)], [_value("y", "N", 3, 4, 4)],
+                  constants, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((2, 8, 4, 4)).astype(np.float32)
+    graph = assert_imports_and_agrees(path, x)
+    kinds = [n.kind for n in graph]
+    assert kinds.count("channel_slice") == 3 and kinds.count("channel_shuffle") == 1
+    assert kinds.count("conv2d") == 3 and "mul" not in kinds  # layer scale folded
+    assert graph["block/act/gelu"].op.fn == "gelu"
+    assert graph["block/norm"].op.eps == 1e-6
+
+
+def _refused(nodes: list, out_shape: tuple, constants: dict, path: Path) -> str:
+    """from_onnx's one-line refusal of a graph of `nodes` on x of shape N x 4 x 4 x 4."""
+    model = _model(nodes, [_value("x", "N", 4, 4, 4)], [_value("y", "N", *out_shape)],
+                   constants, path)
+    with pytest.raises(GraphError) as error:
+        from_onnx(model)
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+def test_views_that_are_not_the_patterns_are_refused(tmp_path):
+    node = helper.make_node
+    w, scale = {"w": _weights(4, 4, 1, 1)}, {"scale": _weights(4, 1, 1)}
+    last = [node("Transpose", ["x"], ["p"], name="/to_last", perm=[0, 2, 3, 1])]
+    cases = [
+        ([node("Transpose", ["x"], ["y"], name="/swap", perm=[0, 1, 3, 2])], (4, 4, 4), {},
+         "Transpose node '/swap': Transpose perm [0, 1, 3, 2]"),
+        (last + [node("Conv", ["p", "w"], ["y"], name="/conv")], (4, 4, 4), w,
+         "Conv node '/conv': input 0 is a channels-last"),
+        (last + [node("Mul", ["p", "v"], ["y"], name="/mul")], (4, 4, 4),
+         {"v": _weights(4)}, "Mul node '/mul': input 0 is a channels-last"),
+        (last + [node("Flatten", ["p"], ["y"], name="/flat")], (64,), {},
+         "Flatten node '/flat': input 0 is a channels-last"),
+        ([node("LayerNormalization", ["x", "s"], ["y"], name="/ln")], (4, 4, 4),
+         {"s": _weights(4)}, "LayerNormalization is an IR op only over the channels"),
+        ([node("Reshape", ["x", "s"], ["g"], name="/r"),
+          node("Reshape", ["g", "t"], ["y"], name="/back")], (4, 4, 4),
+         {"s": np.array([0, 2, 2, 4, 4]), "t": np.array([0, 4, 4, 4])},
+         "Reshape node '/back': Reshape of a N x 2 x C/2"),
+        ([node("Reshape", ["x", "s"], ["g"], name="/r"),  # a 5-D view is no channels-last one
+          node("Relu", ["g"], ["h"], name="/relu"),
+          node("Transpose", ["h"], ["y"], name="/t", perm=[0, 3, 1, 2])], (4, 4, 4),
+         {"s": np.array([0, 2, 2, 4, 4])}, "Relu node '/relu': input 0 is a N x 2 x C/2"),
+        ([node("Slice", ["x", "a", "b", "ax"], ["y"], name="/s")], (4, 2, 4),
+         {"a": np.array([0]), "b": np.array([2]), "ax": np.array([2])},
+         "Slice node '/s': Slice along axes [2]"),
+        ([node("Conv", ["x", "w"], ["c"], name="/conv"),  # the conv is also read by Relu
+          node("Mul", ["c", "scale"], ["y"], name="/scale"),
+          node("Relu", ["c"], ["r"], name="/relu")], (4, 4, 4), w | scale,
+         "Mul node '/scale': multiplying by a constant tensor"),
+    ]
+    for k, (nodes, shape, constants, expected) in enumerate(cases):
+        assert expected in _refused(nodes, shape, constants, tmp_path / f"{k}.onnx")
 
 
 def test_asymmetric_padding_is_refused_naming_the_node(tmp_path):
