@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models.convnext import LayerNorm2d
 
 from nasgraph.errors import ShapeError
 from nasgraph.ir import OPS, TensorType, ops
@@ -104,6 +105,10 @@ CASES: dict[str, list[tuple[ops.Op, list[TensorType], object]]] = {
     ],
     "channel_pad": [(ops.ChannelPad(before=1, after=3), [T(2, 3, 3)],
                      lambda x: F.pad(x, (0, 0, 0, 0, 1, 3)))],
+    "channel_shuffle": [(ops.ChannelShuffle(groups=3), [T(6, 4, 5)],
+                         lambda x: F.channel_shuffle(x, 3))],
+    "channel_slice": [(ops.ChannelSlice(start=1, stop=4), [T(6, 4, 5)], lambda x: x[:, 1:4])],
+    "layernorm2d": [(ops.LayerNorm2d(eps=1e-6), [T(8, 4, 5)], LayerNorm2d(8, eps=1e-6))],
 }
 
 
@@ -203,4 +208,5 @@ def test_every_float_attribute_refuses_nan_and_infinity(op, field, is_tuple, bad
 
 def test_float_attributes_are_walked():
     assert {p.id for p in _float_fields()} == {"batchnorm2d.eps", "batchnorm2d.momentum",
-                                               "dropout.p", "upsample.scale", "add.weights"}
+                                               "dropout.p", "upsample.scale", "add.weights",
+                                               "layernorm2d.eps"}
