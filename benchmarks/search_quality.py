@@ -187,29 +187,33 @@ def fitted(design: Design, shape: tuple[int, int, int], classes: int,
 def run_search(dataset: str, strategy: str, seed: int, args: argparse.Namespace,
                budget: int, seconds: float, epochs: int) -> dict[str, Any]:
     """One search in a fresh runs folder; what it found and when."""
-    from optuna.trial import FrozenTrial, TrialState
+    import optuna
+    from optuna.trial import TrialState
 
     from nasgraph.search.config import SearchConfig
     from nasgraph.search.run import search
 
     options = dict(STRATEGIES[strategy])
     options["screen"] = args.screen if options.get("screen") else 0
-    events: list[list[Any]] = []  # [seconds since the start, state, val or None]
-
-    def note(_study: Any, trial: FrozenTrial) -> None:
-        done = trial.state == TrialState.COMPLETE and trial.user_attrs.get("feasible")
-        events.append([round(time.time() - start, 2), trial.state.name.lower(),
-                       trial.values[0] if done and trial.values else None])
-
     with tempfile.TemporaryDirectory(prefix="search_quality-") as runs:
         cfg = SearchConfig(space=args.space, dataset=dataset, budget_macs=budget,
                            trials=TRIALS, epochs=epochs, final_seeds=args.final_seeds,
                            time_budget=seconds, seed=seed, device=args.device, runs_dir=runs,
+                           workers=args.workers,
                            study=f"sq-{dataset}-{strategy.replace('+', '_')}-{seed}",
                            **options)
         start = time.time()
-        result = search(cfg, callbacks=[note])
+        result = search(cfg)
         total = time.time() - start
+        # [seconds since the start, state, val or None] of every finished trial, whichever
+        # worker ran it
+        study = optuna.load_study(study_name=cfg.study_name,
+                                  storage=f"sqlite:///{cfg.study_dir / 'study.db'}")
+        events = sorted(
+            [round(t.datetime_complete.timestamp() - start, 2), t.state.name.lower(),
+             t.values[0] if t.state == TrialState.COMPLETE and t.user_attrs.get("feasible")
+             and t.values else None]
+            for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None)
     best = result.best or {}
     retrained = best.get("final_training") is not None
     return {
@@ -438,6 +442,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hand-epochs", type=int, help="default: the median of the searches' "
                    "final epochs")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=2,
+                   help="worker processes per search (as make demo runs it)")
     p.add_argument("--json", type=Path, help="raw results, rewritten after every run")
     p.add_argument("--resume", action="store_true", help="skip the runs --json holds")
     p.add_argument("--from-json", type=Path, help="re-report these results; no training")
