@@ -439,6 +439,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--screen", type=int, default=128, help="candidates screened (screen "
                    "strategies)")
     p.add_argument("--final-seeds", type=int, default=3)
+    p.add_argument("--hand", default=",".join(HAND),
+                   help="comma-separated hand designs, of " + ", ".join(HAND))
     p.add_argument("--hand-epochs", type=int, help="default: the median of the searches' "
                    "final epochs")
     p.add_argument("--device", default="cpu")
@@ -453,6 +455,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: digits, 1 seed, "
                    "random and screen+halving, 45 s each, hand designs 3 epochs; writes no docs")
     args = p.parse_args(argv)
+    if unknown := set(args.hand.split(",")) - set(HAND):
+        p.error(f"--hand {sorted(unknown)[0]!r}: expected some of {', '.join(HAND)}")
     if args.quick:
         args.dataset, args.seeds, args.strategies = "digits", 1, "random,screen+halving"
         args.time_budget, args.epochs, args.screen = 45.0, 3, 16
@@ -501,7 +505,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                       f"{r['seconds']:.0f} s {r['phases']}, final {r['final_seeds']} x "
                       f"{r['final_epochs']} epochs", flush=True)
         epochs_h = args.hand_epochs or hand_epochs(block["searches"], epochs)
-        for name in HAND:
+        for name in args.hand.split(","):
             if any(h["name"] == name for h in block["hand"]):
                 continue
             print(f"{dataset}: hand {name}, {epochs_h} epochs x {args.final_seeds} ...",
