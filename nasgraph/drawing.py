@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,7 +31,7 @@ from nasgraph.units import count, si
 
 FORMATS = ("svg", "png", "pdf", "dot")
 DIRECTIONS = ("TB", "LR", "BT", "RL")
-SHOW = ("shape", "params", "macs")
+SHOW = ("shape", "params", "macs", "latency")
 # The automatic collapse depth is the deepest whose picture has at most this many nodes.
 PAGE_NODES = 40
 
@@ -304,11 +304,15 @@ def _shape_line(graph: Graph, unit: Unit) -> str:
 
 def to_dot(graph: Graph, *, collapse: bool = False, depth: int | None = None,
            direction: str = "TB", show: Iterable[str] | str = (), merge: bool = True,
-           repeat: bool = True, dpi: int | None = None) -> str:
+           repeat: bool = True, dpi: int | None = None,
+           latency: Mapping[str, float] | None = None) -> str:
     """The DOT source of the picture `render` draws (same options)."""
     if direction not in DIRECTIONS:
         raise RenderError(f"direction {direction!r}: expected one of {', '.join(DIRECTIONS)}")
     show = _parse_show(show)
+    if "latency" in show and latency is None:
+        raise RenderError("show 'latency' needs the nodes' times: pass latency="
+                          "LatencyModel(target).node_times(graph) (docs/latency.md)")
     p = plan(graph, collapse=collapse, depth=depth, merge=merge, repeat=repeat)
     costs = {c.id: c for c in node_costs(graph)}
     dot = graphviz.Digraph(graph.name, graph_attr={
@@ -328,7 +332,7 @@ def to_dot(graph: Graph, *, collapse: bool = False, depth: int | None = None,
 
     def emit(g: graphviz.Digraph, scope: str, level: int) -> None:
         for u in members.get(scope, []):
-            g.node(u.id, **_node_attrs(graph, u, costs, show))
+            g.node(u.id, **_node_attrs(graph, u, costs, show, latency or {}))
         for child in children.get(scope, []):
             with g.subgraph(name="cluster_" + child) as sub:
                 sub.attr(id=child + "/", label=child, style="rounded,filled",
@@ -342,15 +346,20 @@ def to_dot(graph: Graph, *, collapse: bool = False, depth: int | None = None,
     return dot.source
 
 
-def _node_attrs(graph: Graph, unit: Unit, costs: dict, show: set[str]) -> dict[str, str]:
+def _node_attrs(graph: Graph, unit: Unit, costs: dict, show: set[str],
+                latency: Mapping[str, float]) -> dict[str, str]:
     params = sum(costs[m].params for m in unit.members)
     macs = sum(costs[m].macs for m in unit.members)
+    # a unit's time: its members' (those the compiler fused into another have none)
+    ms = sum(latency.get(m, 0.0) for m in unit.members)
     if unit.kind == "block":
         paths = math.prod(multiplicity(graph.subgraph(s)) for s in unit.scopes)
         title = unit.title + (f" \u00d7 {unit.count}" if unit.count > 1 else "")
         lines = [f"params {si(params)} \u00b7 MACs {si(macs)}", _paths(paths)]
         if "shape" in show:
             lines.append(_shape_line(graph, unit))
+        if "latency" in show:
+            lines.append(_duration(ms))
         attrs = dict(BLOCK_STYLE, label=_html(title, lines, bold=True))
         attrs["class"] = "block"
         attrs["tooltip"] = (f"{_block_title(unit.scopes)}: {len(unit.members)} ops; "
@@ -366,6 +375,8 @@ def _node_attrs(graph: Graph, unit: Unit, costs: dict, show: set[str]) -> dict[s
             lines.append(f"params {si(params)}")
         if "macs" in show and macs:
             lines.append(f"MACs {si(macs)}")
+        if "latency" in show and ms:
+            lines.append(_duration(ms))
         style = dict(FAMILY_STYLES[head.op.family], **KIND_STYLES.get(head.kind, {}))
         attrs = dict(style, label=_html(unit.title, lines))
         attrs["class"] = f"op {head.op.family} {head.kind}"
@@ -374,6 +385,11 @@ def _node_attrs(graph: Graph, unit: Unit, costs: dict, show: set[str]) -> dict[s
             f"; params {params:,}" if params else "") + (f"; MACs {macs:,}" if macs else "")
     attrs["id"] = unit.id
     return attrs
+
+
+def _duration(ms: float) -> str:
+    """A predicted time as a label: '85 \u00b5s', '1.24 ms'."""
+    return f"{ms * 1e3:.0f} \u00b5s" if ms < 1 else f"{ms:.2f} ms"
 
 
 def _parse_show(show: Iterable[str] | str) -> set[str]:
@@ -393,7 +409,8 @@ INSTALL_HINT = ("install graphviz (apt install graphviz, brew install graphviz o
 
 def render(graph: Graph, path: str | Path, *, collapse: bool = False, depth: int | None = None,
            direction: str = "TB", show: Iterable[str] | str = (), merge: bool = True,
-           repeat: bool = True, dpi: int = 96) -> Path:
+           repeat: bool = True, dpi: int = 96,
+           latency: Mapping[str, float] | None = None) -> Path:
     """Draw `graph` into `path`: .svg, .png, .pdf (with graphviz's `dot`) or .dot (source).
 
     Args:
@@ -406,10 +423,12 @@ def render(graph: Graph, path: str | Path, *, collapse: bool = False, depth: int
             Collapsed: the level drawn as nodes (default: the deepest that fits a page).
             Expanded: the deepest level drawn as clusters (default: all).
         direction: TB (top to bottom), LR, BT or RL.
-        show: extra lines in op nodes: any of "shape", "params", "macs".
+        show: extra lines in op nodes: any of "shape", "params", "macs", "latency".
         merge: draw conv-BN-activation chains as one node.
         repeat: with `collapse`, draw identical consecutive blocks once, "x N".
         dpi: resolution of a PNG (150 or more for print).
+        latency: predicted milliseconds per node (`LatencyModel.node_times`), drawn with
+            `show="latency"`: a merged or collapsed unit shows the sum of its members'.
 
     Returns:
         The path written.
@@ -432,7 +451,8 @@ def render(graph: Graph, path: str | Path, *, collapse: bool = False, depth: int
     if dpi < 1:
         raise RenderError(f"dpi {dpi}: must be positive")
     source = to_dot(graph, collapse=collapse, depth=depth, direction=direction, show=show,
-                    merge=merge, repeat=repeat, dpi=dpi if fmt == "png" else None)
+                    merge=merge, repeat=repeat, dpi=dpi if fmt == "png" else None,
+                    latency=latency)
     if fmt == "dot":
         write_atomic(path, source, error=RenderError)
         return path

@@ -237,6 +237,15 @@ def test_show_adds_shape_params_and_macs(tmp_path):
     assert "out 6x28x28" in texts and "params 156" in texts and "MACs 118k" in texts
 
 
+def test_show_latency_sums_a_merged_units_members(tmp_path):
+    graph = zoo.get("resnet18")
+    # the conv's time, and 2 ms more in its BN: a merged node shows the sum of its members
+    picture = draw(graph, tmp_path, show="latency",
+                   latency={"conv1": 0.25, "bn1": 2.0, "fc": 0.0123})
+    assert "2.25 ms" in picture.texts("conv1")
+    assert "12 \u00b5s" in picture.texts("fc")
+
+
 def test_direction_and_determinism(tmp_path):
     graph = zoo.get("resnet18")
     assert "rankdir=LR" in to_dot(graph, direction="LR")
@@ -248,6 +257,7 @@ def test_direction_and_determinism(tmp_path):
 @pytest.mark.parametrize(("options", "message"), [
     ({"direction": "up"}, "direction 'up'"),
     ({"show": "flops"}, "show 'flops'"),
+    ({"show": "latency"}, "show 'latency' needs the nodes' times"),
     ({"depth": 0}, "depth 0"),
 ])
 def test_bad_options(options, message, tmp_path):

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nasgraph.cli._common import (
+    MODEL_HELP,
     Debug,
     app,
     console,
@@ -27,10 +28,8 @@ from nasgraph.latency import check_memory
 from nasgraph.latency.model import LatencyModel, Prediction
 from nasgraph.latency.targets import TARGET_NAMES
 
-MODEL_HELP = "A zoo model name or a graph JSON file."
 
-
-def _predict(model: LatencyModel, graph: Graph, batch: int) -> Prediction:
+def predict_with_progress(model: LatencyModel, graph: Graph, batch: int) -> Prediction:
     """The prediction, measuring the nodes the table lacks first (with a spinner)."""
     missing = model.missing(graph, batch)
     if missing:
@@ -51,7 +50,7 @@ def _as_dict(graph: Graph, model: LatencyModel, batch: int, p: Prediction,
     out: dict[str, object] = {
         "model": graph.name, "target": model.target.name, "threads": model.threads,
         "batch": batch, "predicted_ms": p.total_ms, "graph_overhead_ms": p.graph_ms,
-        "node_overhead_ms": p.node_ms, "kernels": p.kernels,
+        "node_overhead_ms": p.node_ms, "kernels": p.kernels, "upper_ms": p.upper_ms,
         "cache": str(model.path) if model.path else None,
         "nodes": [{"node": r.node, "kind": r.kind, "ms": r.ms, "key": r.key}
                   for r in p.per_node]}
@@ -72,6 +71,10 @@ def _print_table(graph: Graph, model: LatencyModel, batch: int, p: Prediction,
     console.print(table, crop=False)
     console.print(f"predicted {p.total_ms:.3f} ms = {p.graph_ms:.4f} ms a graph + "
                   f"{p.node_ms:.4f} ms x {p.kernels} kernels + the nodes' times", highlight=False)
+    if p.error > 0:
+        console.print(f"up to {p.upper_ms:.3f} ms: the model under-predicted its calibration "
+                      f"graphs by at most {100 * p.error:.1f}% (what a latency budget is "
+                      "checked against)", highlight=False)
     if p.graph_ms == 0 and p.node_ms == 0:
         console.print("(overheads not calibrated yet: LatencyModel.calibrate, docs/latency.md)",
                       highlight=False)
@@ -116,7 +119,7 @@ def latency(
     for w in caught:
         err_console.print(Text.assemble(("warning:", "bold yellow"), " ", str(w.message)),
                           soft_wrap=True)
-    prediction = _predict(lm, graph, batch)
+    prediction = predict_with_progress(lm, graph, batch)
     measured = lm.measure(graph, batch, iters) if measure else None
     if as_json:
         sys.stdout.write(json.dumps(_as_dict(graph, lm, batch, prediction, measured),

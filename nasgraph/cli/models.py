@@ -26,6 +26,7 @@ from nasgraph.cli._common import (
     resolve_model_and_weights,
 )
 from nasgraph.errors import NasgraphError
+from nasgraph.ir import Graph
 from nasgraph.units import count
 
 
@@ -41,6 +42,9 @@ def _print_whole(table: Table) -> None:
 def info(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     input: Annotated[str | None, typer.Option("--input", help="Input size CxHxW.")] = None,
+    latency: Annotated[str | None, typer.Option(
+        "--latency", help="Add each node's predicted latency on TARGET[:THREADS] (numba:1, "
+        "torch-cpu:2, ...), batch 1 (docs/latency.md).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     debug: Debug = False,
 ) -> None:
@@ -48,21 +52,30 @@ def info(
 
     Example: nasgraph info resnet50 --input 3x160x160
     """
-    summary = analysis.summarize(resolve_model(model, input))
+    graph = resolve_model(model, input)
+    summary = analysis.summarize(graph)
+    times, total_ms = _latency(graph, latency) if latency else ({}, None)
     if as_json:
-        sys.stdout.write(summary.model_dump_json(indent=1) + "\n")
+        out = summary.model_dump(mode="json")
+        if latency:
+            out.update(latency_target=latency, latency_ms=total_ms)
+            for row in out["nodes"]:
+                row["latency_ms"] = times.get(row["id"])
+        sys.stdout.write(json.dumps(out, indent=1) + "\n")
         return
     # Text: a graph file's name is printed as it is, never read as rich markup
     table = Table(title=Text(f"{summary.name}  (input {'x'.join(map(str, summary.input))})"),
                   header_style="bold")
-    for col, justify in (("node", "left"), ("op", "left"), ("output", "right"),
-                         ("params", "right"), ("MACs", "right"), ("RF", "right")):
+    columns = [("node", "left"), ("op", "left"), ("output", "right"), ("params", "right"),
+               ("MACs", "right"), ("RF", "right")] + ([("ms", "right")] if latency else [])
+    for col, justify in columns:
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in summary.nodes:
         rf = "global" if row.receptive_field is None else "x".join(map(str, row.receptive_field))
+        ms = [f"{times[row.id]:.4f}" if row.id in times else "-"] if latency else []
         table.add_row(row.id, row.label, "x".join(map(str, row.shape)),
                       human(row.params) if row.params else "",
-                      human(row.macs) if row.macs else "", rf)
+                      human(row.macs) if row.macs else "", rf, *ms)
     _print_whole(table)
     totals = [("params", f"{summary.params:,}"), ("MACs", f"{summary.macs:,}"),
               ("FLOPs", f"{summary.flops:,}"), ("depth", str(summary.depth)),
@@ -70,8 +83,25 @@ def info(
               ("receptive field", str(summary.receptive_field)),
               ("peak activation memory", human(summary.peak_memory_bytes, "B") + " per sample"),
               ("outputs", ", ".join("x".join(map(str, s)) for s in summary.outputs))]
+    if latency:
+        totals.append((f"latency ({latency}, batch 1)",
+                       f"{total_ms:.3f} ms predicted (the nodes' times and the fitted "
+                       "overheads)"))
     for name, value in totals:
         console.print(f"[bold]{name:>24}[/]  {value}", highlight=False)
+
+
+def _latency(graph: Graph, spec: str) -> tuple[dict[str, float], float]:
+    """The per-node predicted milliseconds of `graph` on target `spec` ('numba:1') at batch
+    1, and the predicted total; nodes new to the table are measured first (a spinner)."""
+    from nasgraph.cli.latency import predict_with_progress
+    from nasgraph.latency.model import LatencyModel
+    from nasgraph.search.budget import parse_target
+
+    name, _, threads = parse_target(spec, "--latency").partition(":")
+    model = LatencyModel(name, int(threads))
+    total_ms = predict_with_progress(model, graph, 1).total_ms
+    return model.node_times(graph), total_ms
 
 
 @app.command("zoo")
@@ -118,7 +148,11 @@ def render_command(
     direction: Annotated[str, typer.Option(
         "--direction", help="TB, LR, BT or RL.")] = "TB",
     show: Annotated[str, typer.Option(
-        "--show", help="Extra lines in op nodes, comma-separated: shape,params,macs.")] = "",
+        "--show", help="Extra lines in op nodes, comma-separated: shape,params,macs,latency."
+    )] = "",
+    latency_target: Annotated[str, typer.Option(
+        "--latency-target", help="With --show latency: the target, TARGET[:THREADS], "
+        "batch 1 (docs/latency.md).")] = "numba:1",
     merge: Annotated[bool, typer.Option(
         "--merge/--no-merge", help="Merge conv-BN-activation chains into one node.")] = True,
     repeat: Annotated[bool, typer.Option(
@@ -136,9 +170,11 @@ def render_command(
     from nasgraph.drawing import render
 
     graph = resolve_model(model, input)
+    shown = {item.strip() for item in show.split(",")}
+    times = _latency(graph, latency_target)[0] if "latency" in shown else None
     path = render(graph, output or Path(f"{_file_stem(graph.name)}.svg"), collapse=collapse,
                   depth=depth, direction=direction, show=show, merge=merge, repeat=repeat,
-                  dpi=dpi)
+                  dpi=dpi, latency=times)
     console.print(f"wrote {path}", highlight=False, markup=False)
 
 
