@@ -19,6 +19,7 @@ measures only the keys the table lacks (then saves it); once warm it is a lookup
 
 from __future__ import annotations
 
+import statistics
 from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
@@ -49,6 +50,13 @@ class Prediction(NamedTuple):
     graph_ms: float  # the fitted per-graph overhead
     node_ms: float  # the fitted per-node overhead
     kernels: int  # nodes that run a kernel (a row over 0 ms)
+    error: float = 0.0  # the table's worst under-prediction on its calibration graphs
+
+    @property
+    def upper_ms(self) -> float:
+        """The prediction plus the worst under-prediction the calibration saw: what a
+        latency budget is checked against."""
+        return self.total_ms * (1 + self.error)
 
 
 class CalibrationRow(NamedTuple):
@@ -136,34 +144,51 @@ class LatencyModel:
                 for i, k in plan.keys.items()]
         return self._prediction(rows)
 
+    def node_times(self, graph: Graph, batch: int = 1) -> dict[str, float]:
+        """Predicted milliseconds per node of `graph` as written, for `info --latency` and
+        `render --show latency`. The table times the compiled graph, so a node that the
+        compiler fuses into another (a BN, an activation or a residual add into its conv)
+        has no entry: its time is in that of the node it joined. The per-call and per-kernel
+        overheads are not in these rows (`predict` adds them to the total)."""
+        return {r.node: r.ms for r in self.predict(graph, batch).per_node if r.node in graph}
+
     def _prediction(self, rows: list[NodeLatency]) -> Prediction:
         kernels = sum(1 for r in rows if r.ms > 0)
         graph_ms, node_ms = 1e3 * self.table.graph_s, 1e3 * self.table.node_s
         total = graph_ms + node_ms * kernels + sum(r.ms for r in rows)
-        return Prediction(total, rows, graph_ms, node_ms, kernels)
+        return Prediction(total, rows, graph_ms, node_ms, kernels, self.table.error)
 
     def measure(self, graph: Graph, batch: int = 1, iters: int = 30) -> float:
         """The median whole-graph latency in milliseconds over `iters` calls (after
         warm-up), run as the target runs it."""
         return 1e3 * self.target.measure(self.plan(graph, batch), batch, iters)
 
-    def calibrate(self, graphs: list[Graph], batch: int = 1, iters: int = 30
+    def calibrate(self, graphs: list[Graph], batch: int = 1, iters: int = 30, turns: int = 1
                   ) -> list[CalibrationRow]:
         """Fill the table for `graphs`, measure each whole, fit the per-graph and per-node
         overheads to them (`fit_overheads`) and save; a row per graph with its prediction
-        under the new overheads."""
-        sums, kernels, measured = [], [], []
+        under the new overheads. With `turns` > 1 each graph is measured that many times, in
+        turns (all graphs, then all again), and its median taken: a slow moment of the
+        machine then spoils one turn of every graph rather than every turn of one."""
+        sums, kernels = [], []
         for graph in graphs:
             self.fill(graph, batch)
             rows = self.predict(graph, batch).per_node
             sums.append(sum(r.ms for r in rows) / 1e3)
             kernels.append(sum(1 for r in rows if r.ms > 0))
-            measured.append(self.measure(graph, batch, iters) / 1e3)
+        times: list[list[float]] = [[] for _ in graphs]
+        for _ in range(turns):
+            for graph, seconds in zip(graphs, times, strict=True):
+                seconds.append(self.measure(graph, batch, iters) / 1e3)
+        measured = [statistics.median(seconds) for seconds in times]
         self.table.graph_s, self.table.node_s = fit_overheads(sums, kernels, measured)
-        self.save()
-        return [CalibrationRow(g.name, 1e3 * s, k, 1e3 * m,
+        rows = [CalibrationRow(g.name, 1e3 * s, k, 1e3 * m,
                                1e3 * (self.table.graph_s + self.table.node_s * k + s))
                 for g, s, k, m in zip(graphs, sums, kernels, measured, strict=True)]
+        self.table.graphs = len(graphs)
+        self.table.error = max(0.0, *(r.measured_ms / r.predicted_ms - 1 for r in rows))
+        self.save()
+        return rows
 
     def save(self) -> None:
         """Write the table to its cache file (all or nothing); nothing without one."""

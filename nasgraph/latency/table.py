@@ -32,18 +32,25 @@ class LatencyCacheWarning(UserWarning):
 
 class LatencyTable:
     """Per-key kernel times (seconds) on one machine, and the overheads `fit_overheads`
-    found: predicted = graph_s + node_s x (nodes that run a kernel) + the nodes' times."""
+    found: predicted = graph_s + node_s x (nodes that run a kernel) + the nodes' times.
+    `graphs`: how many whole-graph measurements the overheads were fitted on (0: never
+    calibrated, both overheads 0); `error`: the worst under-prediction among them, as a
+    fraction (measured / predicted - 1, 0 where none was under-predicted)."""
 
     def __init__(self, machine: dict[str, object], entries: dict[str, float] | None = None,
-                 graph_s: float = 0.0, node_s: float = 0.0) -> None:
+                 graph_s: float = 0.0, node_s: float = 0.0, graphs: int = 0,
+                 error: float = 0.0) -> None:
         self.machine = machine
         self.entries: dict[str, float] = dict(entries or {})
         self.graph_s = graph_s
         self.node_s = node_s
+        self.graphs = graphs
+        self.error = error
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "version": VERSION, "machine": self.machine,
-                           "overhead": {"graph_s": self.graph_s, "node_s": self.node_s},
+                           "overhead": {"graph_s": self.graph_s, "node_s": self.node_s,
+                                        "graphs": self.graphs, "error": self.error},
                            "entries": self.entries}, indent=1, sort_keys=True)
 
     @classmethod
@@ -60,7 +67,8 @@ class LatencyTable:
                 isinstance(v, int | float) for v in [*entries.values(), *overhead.values()]):
             raise ValueError("entries and overhead must map names to numbers")
         return cls(machine, {str(k): float(v) for k, v in entries.items()},
-                   float(overhead.get("graph_s", 0.0)), float(overhead.get("node_s", 0.0)))
+                   float(overhead.get("graph_s", 0.0)), float(overhead.get("node_s", 0.0)),
+                   int(overhead.get("graphs", 0)), float(overhead.get("error", 0.0)))
 
     @classmethod
     def load(cls, path: Path, machine: dict[str, object]) -> LatencyTable:

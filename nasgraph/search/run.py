@@ -26,7 +26,12 @@ from pydantic import BaseModel
 
 from nasgraph.data import Dataset
 from nasgraph.search.config import SearchConfig, trial_timeout
-from nasgraph.search.evaluation import Progress, make_objective, prepare
+from nasgraph.search.evaluation import (
+    Progress,
+    calibrate_latency,
+    make_objective,
+    prepare,
+)
 from nasgraph.search.final import parallel_seeds
 from nasgraph.search.interrupts import ctrl_c_at_stop_points
 from nasgraph.search.rebuild import restore_graphs
@@ -101,6 +106,8 @@ def search(cfg: SearchConfig, callbacks: list[Callable] | None = None,
     setup = prepare(cfg)
     study = setup.study
     remaining = cfg.trials - len(finished(study))
+    if remaining > 0:
+        calibrate_latency(setup)
     if on_start is not None:
         on_start(study, max(0, remaining))
     clock.lap("setup")

@@ -37,7 +37,7 @@ from optuna.trial import TrialState
 
 from nasgraph.errors import NasgraphError
 from nasgraph.search.config import SearchConfig, trial_timeout, worker_config
-from nasgraph.search.evaluation import make_objective, prepare
+from nasgraph.search.evaluation import calibrate_latency, make_objective, prepare
 from nasgraph.search.interrupts import ctrl_c_at_stop_points, stop_point
 from nasgraph.search.retrying_storage import StorageUnavailable, connection_lost
 from nasgraph.search.strategies import worker_name
@@ -179,6 +179,7 @@ def work(cfg: SearchConfig) -> int:
     """Be one worker of the study `cfg`: run its trials until it holds `cfg.trials`
     finished ones, write no report; returns how many this worker finished."""
     setup = prepare(cfg)
+    calibrate_latency(setup, unless_calibrated=True)  # a worker on another machine
     return run_trials(setup.study, make_objective(setup), cfg.trials, trial_timeout(cfg))
 
 

@@ -171,6 +171,19 @@ def test_nodes_without_a_kernel_count_no_per_node_overhead():
     assert p.total_ms == pytest.approx(2 * p.kernels)
 
 
+def test_node_times_are_per_node_as_written_with_fused_nodes_left_out():
+    model = LatencyModel("numba", 1, cache=False)
+    fixed_times(model)
+    g = zoo.get("resnet18", num_classes=10, input_shape=(3, 32, 32))
+    times = model.node_times(g)
+    rows = model.predict(g).per_node
+    assert set(times) <= {n.id for n in g}
+    assert times["conv1"] == pytest.approx(next(r.ms for r in rows if r.node == "conv1"))
+    # BN and ReLU are fused into the conv before them: their time is the conv's
+    assert not {n.id for n in g if n.kind in ("batchnorm2d", "activation")} & set(times)
+    assert sum(times.values()) == pytest.approx(sum(r.ms for r in rows if r.node in g))
+
+
 def test_a_prediction_without_measuring_names_the_missing_nodes():
     model = LatencyModel("numba", 1, cache=False)
     with pytest.raises(ValueError, match="not in the numba latency table"):
@@ -185,6 +198,25 @@ def test_the_fit_recovers_known_overheads():
     noisy = measured * rng.uniform(0.99, 1.01, 40)
     graph_s, node_s = fit_overheads(sums, nodes, noisy)
     assert graph_s == pytest.approx(3e-4, rel=0.2) and node_s == pytest.approx(2e-6, rel=0.2)
+
+
+def test_the_worst_under_prediction_of_a_calibration_is_the_predictions_margin():
+    model = LatencyModel("numba", 1, cache=False)
+    fixed_times(model, 1e-4)
+    graphs = [zoo.get("lenet5"), zoo.get("lenet5", input_shape=(1, 36, 36)),
+              zoo.get("resnet18", num_classes=10, input_shape=(3, 32, 32))]
+    slow = graphs[1].fingerprint()
+
+    def measure(plan, batch, iters):  # 1 ms a call, and one graph 0.5 ms slower still
+        extra = 5e-4 if plan.source.fingerprint() == slow else 0.0
+        return sum(model.table.entries[k] for k in plan.keys.values()) + 1e-3 + extra
+
+    model.target.measure = measure
+    rows = model.calibrate(graphs)
+    worst = max(r.measured_ms / r.predicted_ms - 1 for r in rows)
+    assert worst > 0 and model.table.error == pytest.approx(worst)
+    p = model.predict(graphs[0])
+    assert p.upper_ms == pytest.approx(p.total_ms * (1 + worst))
 
 
 def test_one_node_count_fits_a_graph_overhead_only():
@@ -203,6 +235,8 @@ def test_calibrate_fits_the_overheads_of_the_measured_graphs():
     model.target.measure = measure
     rows = model.calibrate(graphs)
     assert (model.table.graph_s, model.table.node_s) == pytest.approx((1e-3, 1e-5))
+    assert model.table.graphs == 2
+    assert LatencyTable.from_json(model.table.to_json(), model.table.machine).graphs == 2
     assert [r.predicted_ms for r in rows] == pytest.approx([r.measured_ms for r in rows])
     assert [r.relative_error for r in rows] == pytest.approx([0, 0], abs=1e-9)
 
@@ -296,3 +330,19 @@ def test_a_key_several_nodes_share_is_one_entry_their_mean():
     p = model.predict(b.build())
     assert p.per_node[0].key == p.per_node[1].key and len(asked[0]) == 1
     assert [r.ms for r in p.per_node] == pytest.approx([2.0, 2.0])
+
+
+def test_info_and_render_show_each_nodes_predicted_latency(monkeypatch, tmp_path):
+    monkeypatch.setenv("NASGRAPH_LATENCY_CACHE", str(tmp_path))
+    r = CliRunner().invoke(app, ["info", "lenet5", "--latency", "numba:1", "--json"])
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    out = json.loads(r.stdout)
+    assert out["latency_target"] == "numba:1" and out["latency_ms"] > 0
+    rows = {row["id"]: row["latency_ms"] for row in out["nodes"]}
+    assert rows["c1"] > 0 and sum(v for v in rows.values() if v) <= out["latency_ms"]
+    r = CliRunner().invoke(app, ["render", "lenet5", "--show", "latency",
+                                 "-o", str(tmp_path / "lenet5.dot")])
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    assert "\u00b5s" in (tmp_path / "lenet5.dot").read_text()  # lenet5's kernels take µs
+    r = CliRunner().invoke(app, ["info", "lenet5", "--latency", "tpu"])
+    assert r.exit_code == 2 and r.stderr.startswith("error: --latency 'tpu'")

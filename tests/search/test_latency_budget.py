@@ -53,6 +53,17 @@ def test_a_latency_budget_is_predicted_and_described():
     assert Budget(macs=10).costs(zoo.get("lenet5")).latency_ms is None  # not asked: not paid
 
 
+def test_a_latency_budget_is_checked_against_the_upper_estimate():
+    from nasgraph.search.budget import Costs
+
+    costs = Costs(macs=1, params=1, memory=1, latency_ms=1.0, latency_upper_ms=1.1)
+    budget = Budget(latency_ms=1.05)
+    assert not budget.fits(costs) and budget.excess(costs)["latency_ms"] == pytest.approx(
+        0.05 / 1.05)
+    assert Budget(latency_ms=1.1).fits(costs)
+    assert Budget(latency_ms=1.0).fits(costs.model_copy(update={"latency_upper_ms": None}))
+
+
 def _trials(tmp_path, study):
     return optuna.load_study(study_name=study,
                              storage=f"sqlite:///{tmp_path / study / 'study.db'}").trials
@@ -65,6 +76,8 @@ def test_a_search_under_a_latency_budget_trains_only_what_fits_and_measures_the_
                        study="fast", top_k=2)
     result = search(cfg)
     trials = _trials(tmp_path, "fast")
+    # the fresh table was calibrated on the space's own candidates before the first trial
+    assert latency_model("numba:1").table.graphs >= 2
     assert all("latency_ms" in t.user_attrs for t in trials)
     for t in trials:
         fits = t.user_attrs["latency_ms"] <= 0.02
