@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> dict:
     from optuna.trial import TrialState
 
     from nasgraph import ir
-    from nasgraph.search.budget import parse_amount, parse_latency
+    from nasgraph.search.budget import latency_model, parse_amount, parse_latency
     from nasgraph.search.config import SearchConfig
     from nasgraph.search.run import search
 
@@ -77,8 +77,6 @@ def run(args: argparse.Namespace) -> dict:
             else 0.0
         rows.append({"trial": n, "predicted_ms": predicted[n], "measured_ms": median,
                      "noise": spread, "macs": study.trials[n].user_attrs.get("macs")})
-    from nasgraph.search.budget import latency_model
-
     margin = latency_model(args.target).table.error  # the calibration's worst under-prediction
     return {"budget_ms": budget_ms, "rows": rows, "search_s": search_s, "margin": margin,
             "fitted": result.shrunk_fraction, "trials": result.trials}

@@ -79,7 +79,7 @@ def calibrate_latency(setup: Setup, unless_calibrated: bool = False) -> int:
     fitted: both 0) gets wrong. The calibrated table is saved, so the workers started next
     read it. Returns the graphs measured (0: none)."""
     cfg = setup.cfg
-    if cfg.max_latency_ms is None and "latency" not in cfg.objective:
+    if not cfg.uses_latency:
         return 0
     model = latency_model(cfg.latency_target)
     if unless_calibrated and model.table.graphs:

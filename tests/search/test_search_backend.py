@@ -21,17 +21,34 @@ def _trials(tmp_path, study):
 
 @pytest.mark.parametrize("backend", ["numba", "auto"])
 def test_candidates_train_on_the_backend_asked_or_measured_faster(backend, tmp_path):
-    from nasgraph.data import load_dataset
-    from nasgraph.train import faster_backend
-
     cfg = SearchConfig(space=TINY, trials=2, epochs=1, sampler="random", final_seeds=0,
                        backend=backend, runs_dir=str(tmp_path), device="cpu", study="be")
     search(cfg)
     chosen = {t.user_attrs["backend"] for t in _trials(tmp_path, "be")}
     assert chosen == {"numba"} if backend == "numba" else chosen <= {"torch", "numba"}
-    name, seconds = faster_backend(search_graph(), load_dataset("digits"))
-    assert set(seconds) == {"torch", "numba"} and all(s > 0 for s in seconds.values())
-    assert name == min(seconds, key=seconds.__getitem__)
+
+
+@pytest.mark.parametrize(("costs", "faster"), [({"torch": 3.0, "numba": 1.5}, "numba"),
+                                               ({"torch": 1.5, "numba": 3.0}, "torch")])
+def test_faster_backend_picks_fewer_seconds_per_batch_on_the_timed_epoch(
+        costs, faster, monkeypatch):
+    import nasgraph.train as train_module
+    from nasgraph.data import load_dataset
+    from nasgraph.train import faster_backend
+
+    # a clock that only the training moves: the warm-up epoch costs 100 s, the timed one
+    # `costs[backend]`, so the seconds per batch are known exactly
+    clock = {"now": 0.0, "calls": 0}
+
+    def fake_train(graph, data, recipe, *, backend, train_split, **options):
+        clock["calls"] += 1
+        clock["now"] += 100.0 if clock["calls"] % 2 else costs[backend]
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: clock["now"])
+    name, seconds = faster_backend(search_graph(), load_dataset("digits"), batches=6)
+    assert seconds == {k: pytest.approx(v / 6) for k, v in costs.items()}
+    assert name == faster and clock["calls"] == 4
 
 
 def search_graph():

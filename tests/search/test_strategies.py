@@ -23,10 +23,10 @@ from nasgraph.search.strategies import make_pruner, rungs
 TINY = f"{Path(__file__).parent / 'tiny_space.py'}:space"
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
+@pytest.mark.parametrize(("text", "parsed"), [
     ("30m", 1800), ("90s", 90), ("1.5h", 5400), ("600", 600), (" 2 min", 120)])
-def test_parse_duration(text, seconds):
-    assert parse_duration(text) == seconds
+def test_parse_duration(text, parsed):
+    assert parse_duration(text) == parsed
 
 
 @pytest.mark.parametrize("text", ["0", "0.5s", "abc", "-5m", "2y", "nan", "1e9h"])
