@@ -24,6 +24,7 @@ from nasgraph.backends.numba import _backward_resample as resample_b
 from nasgraph.backends.numba import _conv as conv_k
 from nasgraph.backends.numba import _elementwise as elem_k
 from nasgraph.backends.numba import _resample as resample_k
+from nasgraph.backends.numba import _tiled as tiled_k
 from nasgraph.backends.numba._activations import ACT_CODES
 from nasgraph.errors import GraphError
 from nasgraph.ir import Node
@@ -71,9 +72,17 @@ def _empty(x: np.ndarray, node: Node) -> np.ndarray:
 # ------------------------------------------------------------------ convolution
 
 
+class _Padded(NamedTuple):
+    """What a conv run by the tiled kernel keeps for its backward: its input zero-padded
+    in NHWC (the weight gradient reads it) and the input's shape."""
+
+    xp: np.ndarray
+    shape: tuple[int, ...]
+
+
 def _conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    # N x Cin x H x W -> N x Cout x Ho x Wo; saved: x
+                  ) -> tuple[np.ndarray, np.ndarray | _Padded]:
+    # N x Cin x H x W -> N x Cout x Ho x Wo; saved: x, or x padded in NHWC (`_Padded`)
     op, x = node.op, xs[0]
     w = wts["weight"]  # Cout x Cin/G x kh x kw
     cout, cig, kh, kw = w.shape
@@ -83,17 +92,41 @@ def _conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
     if cig == 1:
         conv_k.conv2d_depthwise(x, w.reshape(cout, kh, kw), bias, _NO_RES, out, 0, *geometry,
                                 0, int(op.bias), 0, run.threads)
+    elif _tiled(op, out.shape[2] * out.shape[3]):
+        xp = conv_b.padded_nhwc(x, op.pad, run.threads)
+        conv_b.conv2d_direct(xp, w, bias if op.bias else None, out, op.stride,
+                             op.dilation[0], run.threads)
+        return out, _Padded(xp, x.shape)
     else:
         conv_b.conv2d_forward(x, w.reshape(op.groups, cout // op.groups, cig * kh * kw),
                               bias, out, kh, kw, *geometry, int(op.bias), run.threads)
     return out, x
 
 
-def _conv_backward(node: Node, gy: np.ndarray, x: np.ndarray, wts: Weights, run: Run,
-                   needs: list[bool]) -> Grads:
+def _tiled(op, pixels: int) -> bool:
+    # the executor's register-tiled direct conv where it runs one (`nodes.conv_strategy`,
+    # Winograd aside): no groups, no dilation across, a kernel wider than 1x1 or a stride,
+    # at least a tile of pixels; 1x1 stride-1 convs are one GEMM already
+    return (op.groups == 1 and op.dilation[1] == 1 and pixels >= tiled_k.R
+            and (op.kernel != (1, 1) or op.stride != (1, 1)))
+
+
+def _tiled_input_grad(op, shape: tuple[int, ...]) -> bool:
+    # dx of a stride-1 conv is a stride-1 conv of dy (`conv_b.conv2d_input_grad`), padded
+    # by (k - 1) * d - p on each side: not negative
+    kh, kw = op.kernel
+    return (op.stride == (1, 1) and _tiled(op, shape[2] * shape[3])
+            and (kh - 1) * op.dilation[0] >= op.pad[0] and kw - 1 >= op.pad[1])
+
+
+def _conv_backward(node: Node, gy: np.ndarray, saved: np.ndarray | _Padded, wts: Weights,
+                   run: Run, needs: list[bool]) -> Grads:
     op = node.op
     w = wts["weight"]
     cout, cig, kh, kw = w.shape
+    if isinstance(saved, _Padded):
+        return _tiled_conv_backward(op, gy, saved, w, run, needs)
+    x = saved
     gx = np.zeros_like(x) if needs[0] else _NO_GRAD
     geometry = (*op.stride, *op.pad, *op.dilation)
     if cig == 1:
@@ -106,11 +139,40 @@ def _conv_backward(node: Node, gy: np.ndarray, x: np.ndarray, wts: Weights, run:
         conv_b.conv2d_backward(x, w.reshape(op.groups, cog, k), gy, gx, parts, kh, kw,
                                *geometry, needs[0], run.threads)
         gw = parts[0] if run.threads == 1 else parts.sum(axis=0)
-    grads = {"weight": gw.reshape(w.shape)}
+    return [gx if needs[0] else None], _with_bias_grad(op, gw.reshape(w.shape), gy)
+
+
+def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run: Run,
+                         needs: list[bool]) -> Grads:
+    # both gradients from the padded NHWC input the forward kept; the input gradient of a
+    # stride-1 conv is a tiled conv of gy (seed 003's full convolution), others are added
+    # back window by window
+    cout, cin, kh, kw = w.shape
+    w2 = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(cout, kh * kw * cin)
+    direct_dx = needs[0] and _tiled_input_grad(op, saved.shape)
+    add_dx = needs[0] and not direct_dx
+    gxp = np.zeros_like(saved.xp) if add_dx else _NO_GRAD
+    parts = np.zeros((run.threads, cout, kh * kw * cin), _F32)
+    conv_b.conv2d_nhwc_backward(saved.xp, gy, w2, parts, gxp, kh, kw, *op.stride,
+                                op.dilation[0], add_dx, run.threads)
+    gw = parts[0] if run.threads == 1 else parts.sum(axis=0)
+    gw = np.ascontiguousarray(gw.reshape(cout, kh, kw, cin).transpose(0, 3, 1, 2))
+    gx = None
+    if direct_dx:
+        gx = np.empty(saved.shape, _F32)
+        conv_b.conv2d_input_grad(gy, w, gx, op.pad, op.dilation[0], run.threads)
+    elif add_dx:
+        gx = np.empty(saved.shape, _F32)
+        conv_b.from_padded_nhwc(gxp, gx, *op.pad)
+    return [gx], _with_bias_grad(op, gw, gy)
+
+
+def _with_bias_grad(op, gw: np.ndarray, gy: np.ndarray) -> Weights:
+    grads = {"weight": gw}
     if op.bias:
-        grads["bias"] = np.empty(cout, _F32)
+        grads["bias"] = np.empty(op.out_channels, _F32)
         conv_b.channel_sums(gy, grads["bias"])
-    return [gx if needs[0] else None], grads
+    return grads
 
 
 def _fused_conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run

@@ -173,6 +173,10 @@ CONV_CASES: dict[str, dict] = {
     "3x3_dilation2": {"out_channels": 6, "kernel": 3, "dilation": 2, "padding": 2},
     "3x3_dilation_1x2": {"out_channels": 6, "kernel": 3, "dilation": (1, 2),
                          "padding": (1, 2)},
+    # the tiled kernels dilate down only: forward, input and weight gradients
+    "3x3_dilation_2x1": {"out_channels": 6, "kernel": 3, "dilation": (2, 1),
+                         "padding": (2, 1)},
+    "5x5_pad1": {"out_channels": 6, "kernel": 5, "padding": 1},  # dx pads dy by 3
     "same": {"out_channels": 6, "kernel": (3, 5), "padding": "same"},
     "1x1_stride2": {"out_channels": 6, "kernel": 1, "stride": 2},
     "no_bias": {"out_channels": 6, "kernel": 3, "padding": 1, "bias": False},
