@@ -25,7 +25,7 @@ from nasgraph.backends.numba._backward_ops import BACKWARD, Run, Weights, dropou
 from nasgraph.backends.numba._weights import checked_state
 from nasgraph.backends.numba.executor import _limit_blas_threads
 from nasgraph.errors import GraphError, NasgraphError
-from nasgraph.ir import Graph, Node
+from nasgraph.ir import Graph, Node, WeightSpec
 
 __all__ = ["BACKWARD", "Gradients", "cross_entropy", "dropout_mask", "loss_and_grads",
            "value_and_grad"]
@@ -75,10 +75,24 @@ def _one_blas_thread() -> None:
     _limit_blas_threads()
 
 
-def _check(graph: Graph, x: np.ndarray, y: np.ndarray, label_smoothing: float
-           ) -> tuple[np.ndarray, np.ndarray, Node]:
-    """x as N x C x H x W float32 and y as int64 labels, once the graph, the shapes and
-    the labels fit; raises a one-line NasgraphError (GraphError for the graph) if not."""
+class _Plan(NamedTuple):
+    """What a training pass needs to know about a graph, worked out once per graph
+    (`_plan`): its weights by node, the trainable ones, and the nodes a gradient flows
+    through."""
+
+    specs: dict[str, tuple[Node, WeightSpec]]
+    shapes: dict[str, tuple[int, ...]]  # the weights the state dict must hold
+    by_node: dict[str, list[tuple[str, str]]]  # node id -> (suffix, state-dict key)
+    trainable: dict[str, list[str]]  # node id -> suffixes of its trainable weights
+    needed: frozenset[str]  # `_requires_grad`
+    counters: list[str]  # int64 entries (`num_batches_tracked`)
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(graph: Graph) -> _Plan:
+    """The graph's `_Plan`, once it can train here; raises a one-line GraphError if not:
+    a node without a backward rule, not one input and one output, or an output that is
+    not one logit per class."""
     for node in graph:
         if node.kind not in BACKWARD:
             raise GraphError(f"node {node.id!r} ({node.kind}) has no backward in the numba "
@@ -86,10 +100,28 @@ def _check(graph: Graph, x: np.ndarray, y: np.ndarray, label_smoothing: float
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise GraphError(f"graph {graph.name!r} has {len(graph.inputs)} inputs and "
                          f"{len(graph.outputs)} outputs; training needs one of each")
-    (inp,), (out,) = graph.inputs, graph.outputs
+    (out,) = graph.outputs
     if out.type.height * out.type.width != 1:
         raise GraphError(f"output {out.id!r} is {out.type}; cross-entropy needs one logit per "
                          "class (a flat vector); hint: end with global pooling or a Linear")
+    specs = graph.weight_specs()
+    by_node: dict[str, list[tuple[str, str]]] = {}
+    trainable: dict[str, list[str]] = {}
+    for key, (node, spec) in specs.items():
+        suffix = key.rpartition(".")[2]
+        by_node.setdefault(node.id, []).append((suffix, key))
+        if spec.trainable:
+            trainable.setdefault(node.id, []).append(suffix)
+    return _Plan(specs, {k: spec.shape for k, (_, spec) in specs.items() if not spec.optional},
+                 by_node, trainable, frozenset(_requires_grad(graph, trainable)),
+                 [k for k, (_, spec) in specs.items() if spec.dtype == "int64"])
+
+
+def _check(graph: Graph, x: np.ndarray, y: np.ndarray, label_smoothing: float
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """x as N x C x H x W float32 and y as int64 labels, once the shapes and the labels
+    fit the graph; raises a one-line NasgraphError if not."""
+    (inp,), (out,) = graph.inputs, graph.outputs
     x = np.asarray(x)
     if x.ndim != 1 + len(inp.type.shape) or x.shape[1:] != inp.type.shape:
         raise NasgraphError(f"graph {graph.name!r} takes N x {inp.type} input, got shape "
@@ -103,7 +135,22 @@ def _check(graph: Graph, x: np.ndarray, y: np.ndarray, label_smoothing: float
     if not 0.0 <= label_smoothing <= 1.0:
         raise NasgraphError(f"label_smoothing={label_smoothing} is outside 0..1")
     x4 = np.ascontiguousarray(x, np.float32).reshape(x.shape[0], *shape4(inp))
-    return x4, y.astype(np.int64), out
+    return x4, y.astype(np.int64)
+
+
+def _state(plan: _Plan, graph: Graph, state_dict: Mapping[str, object]
+           ) -> Mapping[str, np.ndarray]:
+    """The state dict as float32 numpy arrays: as it is where every weight already is one
+    of its shape (what the training loop passes, step after step), else `checked_state`
+    (which converts, or names what does not fit)."""
+    for key, shape in plan.shapes.items():
+        value = state_dict.get(key)
+        if not (isinstance(value, np.ndarray) and value.dtype == np.float32
+                and value.shape == shape and value.flags.c_contiguous):
+            return checked_state(graph, state_dict)
+    if len(state_dict) != len(plan.shapes) and any(k not in plan.specs for k in state_dict):
+        return checked_state(graph, state_dict)  # names the key no weight has
+    return state_dict
 
 
 def _requires_grad(graph: Graph, trainable: Mapping[str, list[str]]) -> set[str]:
@@ -143,18 +190,13 @@ def loss_and_grads(graph: Graph, state_dict: Mapping[str, object], x: np.ndarray
         >>> out.grads["c1.weight"].shape, out.logits.shape
         ((6, 1, 5, 5), (4, 10))
     """
-    x4, labels, out_node = _check(graph, x, y, label_smoothing)
-    state = checked_state(graph, state_dict)
+    plan = _plan(graph)
+    x4, labels = _check(graph, x, y, label_smoothing)
+    state = _state(plan, graph, state_dict)
     _one_blas_thread()
-    specs = graph.weight_specs()
-    per_node: dict[str, Weights] = {}
-    trainable: dict[str, list[str]] = {}
-    for key, (node, spec) in specs.items():
-        suffix = key.rpartition(".")[2]
-        if key in state:
-            per_node.setdefault(node.id, {})[suffix] = state[key]
-        if spec.trainable:
-            trainable.setdefault(node.id, []).append(suffix)
+    per_node: dict[str, Weights] = {
+        node_id: {suffix: state[key] for suffix, key in entries if key in state}
+        for node_id, entries in plan.by_node.items()}
     run = Run(inputs={graph.inputs[0].id: x4}, training=training,
               threads=numba.get_num_threads(), seed=seed)
 
@@ -164,29 +206,28 @@ def loss_and_grads(graph: Graph, state_dict: Mapping[str, object], x: np.ndarray
         xs = [values[i] for i in node.inputs]
         values[node.id], saved[node.id] = BACKWARD[node.kind].forward(
             node, xs, per_node.get(node.id, {}), run)
-    logits = values[out_node.id].reshape(x4.shape[0], -1)
+    logits = values[graph.outputs[0].id].reshape(x4.shape[0], -1)
     values.clear()  # what the backward needs is in `saved`
     loss, g_logits = cross_entropy(logits, labels, label_smoothing)
 
-    grads = _backward(graph, run, saved, per_node, trainable,
-                      {out_node.id: g_logits.reshape(*g_logits.shape, 1, 1)})
-    for key, (_, spec) in specs.items():  # weights no gradient reached
+    grads = _backward(graph, run, saved, per_node, plan.trainable, plan.needed,
+                      {graph.outputs[0].id: g_logits.reshape(*g_logits.shape, 1, 1)})
+    for key, (_, spec) in plan.specs.items():  # weights no gradient reached
         if spec.trainable and key not in grads:
             grads[key] = np.zeros(spec.shape, np.float32)
     buffers = dict(run.buffers)
-    for key, (_, spec) in specs.items():
-        if spec.dtype == "int64" and training and key in state_dict:
+    for key in plan.counters:
+        if training and key in state_dict:
             buffers[key] = np.asarray(state_dict[key]) + 1
     return Gradients(loss, grads, buffers, logits.copy())
 
 
 def _backward(graph: Graph, run: Run, saved: dict[str, object],
               per_node: Mapping[str, Weights], trainable: Mapping[str, list[str]],
-              seeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+              needed: frozenset[str], seeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Walks `graph` in reverse from the output gradients `seeds` (node id -> dL/d output):
-    each node's backward gets the sum of what its consumers sent it. Returns the
-    trainable weights' gradients, by state-dict key."""
-    needed = _requires_grad(graph, trainable)
+    each node's backward gets the sum of what its consumers sent it, where a gradient
+    flows (`needed`). Returns the trainable weights' gradients, by state-dict key."""
     incoming = dict(seeds)
     grads: dict[str, np.ndarray] = {}
     for node in reversed(graph.nodes):

@@ -1,0 +1,91 @@
+"""Wall time of one search with each trainer (`--backend torch|numba|auto`), the same
+settings on the same machine: the random sampler with one seed proposes the same
+candidates to each, so only the trainer differs. The backends run in turns (torch,
+numba, auto; again) after a short untimed search of each, each search in a fresh runs
+folder, final retraining included.
+
+    .venv/bin/python -m benchmarks.search_backend [--dataset digits] [--budget 200k]
+        [--trials 12] [--epochs 3] [--final-seeds 1] [--repeats 2] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+from benchmarks._report import machine, write_section
+
+BACKENDS = ("torch", "numba", "auto")
+
+
+def one(args: argparse.Namespace, backend: str) -> dict:
+    import optuna
+
+    from nasgraph.search.budget import parse_amount
+    from nasgraph.search.config import SearchConfig
+    from nasgraph.search.run import search
+
+    with tempfile.TemporaryDirectory(prefix="search_backend-") as runs:
+        cfg = SearchConfig(space=args.space, dataset=args.dataset,
+                           budget_macs=parse_amount(args.budget), trials=args.trials,
+                           epochs=args.epochs, final_seeds=args.final_seeds, sampler="random",
+                           seed=args.seed, device="cpu", runs_dir=runs, backend=backend,
+                           study=f"backend-{backend}")
+        start = time.perf_counter()
+        result = search(cfg)
+        seconds = time.perf_counter() - start
+        study = optuna.load_study(study_name=cfg.study_name,
+                                  storage=f"sqlite:///{cfg.study_dir / 'study.db'}")
+        used = [t.user_attrs.get("backend") for t in study.trials if "backend" in t.user_attrs]
+    best = result.best or {}
+    return {"backend": backend, "seconds": seconds, "val": best.get("val_accuracy"),
+            "test": best.get("test_accuracy"), "numba_trials": used.count("numba"),
+            "trials": len(used), "phases": result.seconds}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--space", default="residual")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--budget", default="200k")
+    p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--final-seeds", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=2, help="turns of the three backends")
+    p.add_argument("--write", action="store_true", help="into docs/benchmarks.md")
+    args = p.parse_args()
+    # first searches of a process pay its one-time costs (imports, the data set, numba's
+    # and torch's first calls): one short search per trainer, not timed
+    warm = argparse.Namespace(**{**vars(args), "trials": 1, "epochs": 1, "final_seeds": 0})
+    for backend in BACKENDS:
+        one(warm, backend)
+    runs = [one(args, backend) for _ in range(args.repeats) for backend in BACKENDS]
+    rows = ["| trainer | wall s (each turn) | vs torch | trials on numba | best val | "
+            "test |", "|---|---:|---:|---:|---:|---:|"]
+    torch_s = statistics.median(r["seconds"] for r in runs if r["backend"] == "torch")
+    for backend in BACKENDS:
+        mine = [r for r in runs if r["backend"] == backend]
+        secs = [r["seconds"] for r in mine]
+        test = mine[-1]["test"]
+        rows.append(f"| {backend} | {statistics.median(secs):.1f} "
+                    f"({', '.join(f'{s:.1f}' for s in secs)}) | "
+                    f"{statistics.median(secs) / torch_s:.2f}x | "
+                    f"{mine[-1]['numba_trials']}/{mine[-1]['trials']} | "
+                    f"{mine[-1]['val']:.2%} | {'-' if test is None else f'{test:.2%}'} |")
+    text = (f"`python -m benchmarks.search_backend --dataset {args.dataset} --budget "
+            f"{args.budget} --trials {args.trials} --epochs {args.epochs} --final-seeds "
+            f"{args.final_seeds} --repeats {args.repeats}`: {machine()}; space "
+            f"`{args.space}`, random sampler, seed {args.seed}; one worker; each trainer "
+            "on the threads it picks itself.\n\n" + "\n".join(rows))
+    print(text)
+    if args.write:
+        write_section(f"search_backend_{args.dataset}",
+                      f"## A search's wall time by trainer, {args.dataset} (issue 22)\n\n"
+                      + text)
+
+
+if __name__ == "__main__":
+    main()
