@@ -26,6 +26,7 @@ from nasgraph.backends.numba import _elementwise as elem_k
 from nasgraph.backends.numba import _resample as resample_k
 from nasgraph.backends.numba import _tiled as tiled_k
 from nasgraph.backends.numba._activations import ACT_CODES
+from nasgraph.backends.numba.nodes import conv_strategy
 from nasgraph.errors import GraphError
 from nasgraph.ir import Node
 
@@ -92,7 +93,7 @@ def _conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
     if cig == 1:
         conv_k.conv2d_depthwise(x, w.reshape(cout, kh, kw), bias, _NO_RES, out, 0, *geometry,
                                 0, int(op.bias), 0, run.threads)
-    elif _tiled(op, out.shape[2] * out.shape[3]):
+    elif conv_strategy(node, cig, winograd=False) == "tiled":  # as the executor runs it
         xp = conv_b.padded_nhwc(x, op.pad, run.threads)
         conv_b.conv2d_direct(xp, w, bias if op.bias else None, out, op.stride,
                              op.dilation[0], run.threads)
@@ -103,19 +104,11 @@ def _conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
     return out, x
 
 
-def _tiled(op, pixels: int) -> bool:
-    # the executor's register-tiled direct conv where it runs one (`nodes.conv_strategy`,
-    # Winograd aside): no groups, no dilation across, a kernel wider than 1x1 or a stride,
-    # at least a tile of pixels; 1x1 stride-1 convs are one GEMM already
-    return (op.groups == 1 and op.dilation[1] == 1 and pixels >= tiled_k.R
-            and (op.kernel != (1, 1) or op.stride != (1, 1)))
-
-
 def _tiled_input_grad(op, shape: tuple[int, ...]) -> bool:
     # dx of a stride-1 conv is a stride-1 conv of dy (`conv_b.conv2d_input_grad`), padded
-    # by (k - 1) * d - p on each side: not negative
+    # by (k - 1) * d - p on each side (not negative), with a tile's worth of pixels
     kh, kw = op.kernel
-    return (op.stride == (1, 1) and _tiled(op, shape[2] * shape[3])
+    return (op.stride == (1, 1) and shape[2] * shape[3] >= tiled_k.R
             and (kh - 1) * op.dilation[0] >= op.pad[0] and kw - 1 >= op.pad[1])
 
 

@@ -25,6 +25,7 @@ from nasgraph.backends.numba.grad import (
     loss_and_grads,
     value_and_grad,
 )
+from nasgraph.backends.numba.nodes import conv_strategy
 from nasgraph.backends.torch import lower
 from nasgraph.errors import GraphError, NasgraphError
 from nasgraph.ir import OPS, Graph, GraphBuilder, ops
@@ -269,6 +270,18 @@ def test_conv_on_the_graph_input_and_odd_batch():
     x = b.conv(x, 4, (3, 2), stride=(1, 2), padding=1, dilation=(2, 1))
     b.output(b.linear(b.flatten(b.relu(x)), 3))
     check_against_torch(b.build(), n=5)
+
+
+def test_a_wide_1x1_conv_trains_on_the_tiled_kernel():
+    # a 1x1 conv with 160 input channels and few pixels runs tiled (`conv_strategy`), and
+    # so does its input gradient: a 1x1 conv back from 8 channels to 160
+    b = GraphBuilder("wide")
+    x = b.conv(b.input(3, 6, 6), 160, 3, padding=1)
+    x = b.conv(x, 8, 1)
+    b.output(b.linear(b.flatten(x), CLASSES))
+    g = b.build()
+    assert conv_strategy(g[g.nodes[2].id], 160, winograd=False) == "tiled"
+    check_against_torch(g)
 
 
 def residual_graph() -> Graph:
