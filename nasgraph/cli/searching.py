@@ -21,6 +21,7 @@ from nasgraph.cli._common import (
     one_line_errors,
 )
 from nasgraph.errors import NasgraphError
+from nasgraph.search.schedule import FINAL_SHARE
 
 # --time-budget without --trials: trials until the time is spent
 UNBOUNDED_TRIALS = 100_000
@@ -63,6 +64,9 @@ def search(
     time_budget: Annotated[str | None, typer.Option(
         help="Wall clock for the whole search, final retraining included: 90s, 30m, 1.5h. "
              "The final retraining's epochs are planned to fit.")] = None,
+    final_share: Annotated[float, typer.Option(
+        help="Of --time-budget, the share kept for the final retraining; the trials get "
+             "the rest.", show_default="1/3")] = FINAL_SHARE,
     screen: Annotated[int, typer.Option(
         help="Score this many candidates with zero-cost proxies first and train the most "
              "promising (docs/search.md).")] = 0,
@@ -113,7 +117,7 @@ def search(
         cfg = SearchConfig(
             space=space, dataset=dataset, timeout=timeout, epochs=epochs,
             trials=trials if trials is not None else (UNBOUNDED_TRIALS if seconds else 30),
-            pruner=pruner, time_budget=seconds, screen=screen,
+            pruner=pruner, time_budget=seconds, final_share=final_share, screen=screen,
             budget_macs=parse_amount(budget) if budget else None,
             max_params=parse_amount(max_params, "--max-params") if max_params else None,
             max_memory=parse_amount(max_memory, "--max-memory") if max_memory else None,
@@ -206,7 +210,7 @@ def _trials_text(cfg) -> str:
 def _trials_until(cfg) -> float:
     from nasgraph.search.schedule import Schedule
 
-    return Schedule(cfg.time_budget, time.time()).trials_end
+    return Schedule(cfg.time_budget, time.time(), cfg.final_share).trials_end
 
 
 def _duration(seconds: float) -> str:

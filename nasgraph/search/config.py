@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from nasgraph.errors import NasgraphError
 from nasgraph.search.budget import Budget
 from nasgraph.search.runs import StudyFolder
+from nasgraph.search.schedule import FINAL_SHARE
 from nasgraph.train import Recipe
 
 Objective = Literal["accuracy", "accuracy,macs", "accuracy,latency"]
@@ -56,6 +57,7 @@ class SearchConfig(BaseModel):
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     pruner: Pruner = "median"  # how trials are stopped early (strategies.py)
     time_budget: float | None = Field(default=None, gt=0)  # seconds, final retraining included
+    final_share: float = Field(default=FINAL_SHARE, gt=0, lt=1)  # of it, for the retraining
     screen: int = Field(default=0, ge=0)  # candidates scored by zero-cost proxies first
     # when trials stop and a running one is cut (`time.time()`; set by `time_budget`)
     trials_until: float | None = None

@@ -99,7 +99,8 @@ def search(cfg: SearchConfig, callbacks: list[Callable] | None = None,
     retrainings finished so far are kept. With `cfg.workers` > 1, that many processes run
     the trials (workers.py) and this one writes the report.
     """
-    schedule = Schedule(cfg.time_budget, time.time()) if cfg.time_budget else None
+    schedule = Schedule(cfg.time_budget, time.time(), cfg.final_share) if cfg.time_budget \
+        else None
     if schedule is not None:
         cfg = cfg.model_copy(update={"trials_until": schedule.trials_end})
     clock = Clock()

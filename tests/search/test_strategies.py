@@ -66,6 +66,9 @@ def test_time_budget_keeps_a_third_for_the_final_retraining():
     plan = Schedule(budget=1800.0, start=100.0)
     assert plan.trials_end == 100 + 1800 * (1 - FINAL_SHARE) - REPORT_SECONDS
     assert plan.end == 1900
+    # --final-share 0.6: the trials get 40% of the budget
+    assert Schedule(1800.0, 100.0, final_share=0.6).trials_end == pytest.approx(
+        100 + 720 - REPORT_SECONDS)
 
 
 def test_final_plan_fills_the_time_left():
@@ -120,15 +123,16 @@ def test_trial_timeout_is_the_sooner_of_timeout_and_the_time_budget():
 
 
 def test_a_time_budgeted_search_stops_its_trials_and_plans_its_final_retraining(tmp_path):
+    # a quarter for the final retraining: the trials stop 13.75 s in, not the default's 10
     cfg = SearchConfig(space=TINY, trials=100_000, epochs=2, time_budget=45, final_seeds=2,
-                       runs_dir=str(tmp_path), device="cpu", study="timed")
+                       final_share=0.25, runs_dir=str(tmp_path), device="cpu", study="timed")
     result = search(cfg)
     study = optuna.load_study(study_name="timed",
                               storage=f"sqlite:///{tmp_path / 'timed' / 'study.db'}")
     trials = study.get_trials(deepcopy=False)
     assert 1 <= result.trials < 100_000  # the trials stopped on time, not on count
     start = min(t.datetime_start for t in trials).timestamp()
-    trials_end = Schedule(45, start).trials_end
+    trials_end = Schedule(45, start, final_share=0.25).trials_end
     # no trial started after the trials' time was up (a second of slack: the study's clock)
     assert all(t.datetime_start.timestamp() <= trials_end + 1 for t in trials)
     # the final retraining was planned into the time left: some seeds, some epochs
@@ -189,6 +193,7 @@ def test_the_cli_runs_a_time_budgeted_search_and_says_where_the_time_went(tmp_pa
     (["--time-budget", "1m", "--final-epochs", "3"], "--final-epochs with --time-budget"),
     (["--pruner", "sometimes"], "--pruner 'sometimes': expected median, halving"),
     (["--screen", "-1"], "--screen"),
+    (["--final-share", "1.5"], "--final-share 1.5: Input should be less than 1"),
 ])
 def test_bad_cheap_evaluation_options_are_one_line(tmp_path, args, message):
     run = subprocess.run([sys.executable, "-m", "nasgraph", "search", TINY, *args,
