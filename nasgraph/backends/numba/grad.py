@@ -88,15 +88,19 @@ class _Plan(NamedTuple):
     counters: list[str]  # int64 entries (`num_batches_tracked`)
 
 
-@functools.lru_cache(maxsize=64)
-def _plan(graph: Graph) -> _Plan:
-    """The graph's `_Plan`, once it can train here; raises a one-line GraphError if not:
-    a node without a backward rule, not one input and one output, or an output that is
-    not one logit per class."""
+def _check_rules(graph: Graph) -> None:
+    """A one-line GraphError for the first node without a backward rule; on every call,
+    not in the cached plan: `BACKWARD` is open to additions."""
     for node in graph:
         if node.kind not in BACKWARD:
             raise GraphError(f"node {node.id!r} ({node.kind}) has no backward in the numba "
                              "backend; hint: add a Rule to _backward_ops.BACKWARD")
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(graph: Graph) -> _Plan:
+    """The graph's `_Plan`, once it can train here; raises a one-line GraphError if not:
+    not one input and one output, or an output that is not one logit per class."""
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise GraphError(f"graph {graph.name!r} has {len(graph.inputs)} inputs and "
                          f"{len(graph.outputs)} outputs; training needs one of each")
@@ -190,6 +194,7 @@ def loss_and_grads(graph: Graph, state_dict: Mapping[str, object], x: np.ndarray
         >>> out.grads["c1.weight"].shape, out.logits.shape
         ((6, 1, 5, 5), (4, 10))
     """
+    _check_rules(graph)
     plan = _plan(graph)
     x4, labels = _check(graph, x, y, label_smoothing)
     state = _state(plan, graph, state_dict)
