@@ -46,8 +46,8 @@ def test_faster_backend_picks_fewer_seconds_per_batch_on_the_timed_epoch(
 
     monkeypatch.setattr(train_module, "train", fake_train)
     monkeypatch.setattr(train_module.time, "perf_counter", lambda: clock["now"])
-    name, seconds = faster_backend(search_graph(), load_dataset("digits"), batches=6)
-    assert seconds == {k: pytest.approx(v / 6) for k, v in costs.items()}
+    name, per_batch = faster_backend(search_graph(), load_dataset("digits"), batches=6)
+    assert per_batch == {k: pytest.approx(v / 6) for k, v in costs.items()}
     assert name == faster and clock["calls"] == 4
 
 
