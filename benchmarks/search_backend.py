@@ -79,7 +79,10 @@ def main() -> None:
             f"{args.budget} --trials {args.trials} --epochs {args.epochs} --final-seeds "
             f"{args.final_seeds} --repeats {args.repeats}`: {machine()}; space "
             f"`{args.space}`, random sampler, seed {args.seed}; one worker; each trainer "
-            "on the threads it picks itself.\n\n" + "\n".join(rows))
+            "on the threads it picks itself. The trainers start from the same weights but "
+            "draw batch order and shifts from different generators (torch's, numpy's), so "
+            "their accuracies differ by training noise; best val and test are the last "
+            "turn's.\n\n" + "\n".join(rows))
     print(text)
     if args.write:
         write_section(f"search_backend_{args.dataset}",
