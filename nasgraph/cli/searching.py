@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -40,10 +41,13 @@ def search(
         help="Finished trials the study should hold (default 30; with --time-budget, as "
              "many as fit).")] = None,
     timeout: Annotated[float | None, typer.Option(help="Stop starting trials after S s.")] = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs per trial.")] = 10,
+    epochs: Annotated[int | None, typer.Option(
+        help="Training epochs per trial (default 10; with --time-budget, enough for about "
+             "100k images, 1 to 10).")] = None,
     final_epochs: Annotated[int | None, typer.Option(
         help="Epochs of the best's retraining (default 3 x --epochs).")] = None,
-    final_seeds: Annotated[int, typer.Option(help="Retrainings of the best.")] = 3,
+    final_seeds: Annotated[int | None, typer.Option(
+        help="Retrainings of the best (default 3; with --time-budget 2).")] = None,
     study: Annotated[str | None, typer.Option(
         help="Study name (default SPACE-DATASET).")] = None,
     storage: Annotated[str | None, typer.Option(
@@ -58,30 +62,35 @@ def search(
         help="Where latency is predicted: numba, torch-cpu, onnxruntime or torch-cuda, "
              ":THREADS (numba:1).")] = "numba:1",
     sampler: Annotated[str, typer.Option(help="tpe, nsga2 or random.")] = "tpe",
-    pruner: Annotated[str, typer.Option(
+    pruner: Annotated[str | None, typer.Option(
         help="Stops weak trials early: median, halving (successive halving, ASHA with "
-             "workers), hyperband or none.")] = "median",
+             "workers), hyperband or none (default median; with --time-budget "
+             "halving).")] = None,
     time_budget: Annotated[str | None, typer.Option(
         help="Wall clock for the whole search, final retraining included: 90s, 30m, 1.5h. "
              "The final retraining's epochs are planned to fit.")] = None,
     final_share: Annotated[float, typer.Option(
         help="Of --time-budget, the share kept for the final retraining; the trials get "
-             "the rest.", show_default="1/3")] = FINAL_SHARE,
-    screen: Annotated[int, typer.Option(
+             "the rest.")] = FINAL_SHARE,
+    screen: Annotated[int | None, typer.Option(
         help="Score this many candidates with zero-cost proxies first and train the most "
-             "promising (docs/search.md).")] = 0,
+             "promising (docs/search.md; default 0; with --time-budget 128).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampler, splits and training.")] = 0,
     backend: Annotated[str, typer.Option(
         help="Trainer on a CPU: torch, numba, or auto (the faster for each candidate, "
              "measured).")] = "torch",
     device: Annotated[str, typer.Option(
         help="auto, cpu, cuda, cuda:N; workers take a list in turn: cuda:0,cuda:1.")] = "auto",
-    workers: Annotated[int, typer.Option(
-        help="Worker processes on this machine (docs/distributed.md).")] = 1,
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes on this machine (docs/distributed.md; default 1; with "
+             "--time-budget on a CPU, one per final retraining, at most one per "
+             "core).")] = None,
     debug: Debug = False,
 ) -> None:
     """Search SPACE for the most accurate network within the budget, then retrain the best.
 
+    With --time-budget, the options not given take the settings that did best in a fixed
+    wall clock: screening, successive halving, two retrainings side by side.
     Re-running the same command resumes the study. Results go to RUNS_DIR/STUDY/
     (docs/search.md). Runs with the same --storage and --study, on any machines, are workers
     of one study (docs/distributed.md). Example: nasgraph search residual --budget 200k
@@ -107,26 +116,31 @@ def search(
         raise NasgraphError(f"--backend {backend!r}: expected torch, numba or auto")
     if sampler not in ("tpe", "nsga2", "random"):
         raise NasgraphError(f"--sampler {sampler!r}: expected tpe, nsga2 or random")
-    if pruner not in ("median", "halving", "hyperband", "none"):
+    if pruner is not None and pruner not in ("median", "halving", "hyperband", "none"):
         raise NasgraphError(f"--pruner {pruner!r}: expected median, halving, hyperband or none")
     if time_budget is not None and final_epochs is not None:
         raise NasgraphError("--final-epochs with --time-budget: the time budget plans the "
                             "final epochs; hint: give one of them")
     seconds = parse_duration(time_budget) if time_budget is not None else None
+    # options not given: SearchConfig's defaults, or a timed search's
+    given = {"epochs": epochs, "final_seeds": final_seeds, "pruner": pruner, "screen": screen,
+             "workers": workers}
+    options = {name: value for name, value in given.items() if value is not None}
+    if seconds:
+        options = {**_timed_defaults(dataset, seed, device, options), **options}
     try:
         cfg = SearchConfig(
-            space=space, dataset=dataset, timeout=timeout, epochs=epochs,
+            space=space, dataset=dataset, timeout=timeout,
             trials=trials if trials is not None else (UNBOUNDED_TRIALS if seconds else 30),
-            pruner=pruner, time_budget=seconds, final_share=final_share, screen=screen,
+            time_budget=seconds, final_share=final_share,
             budget_macs=parse_amount(budget) if budget else None,
             max_params=parse_amount(max_params, "--max-params") if max_params else None,
             max_memory=parse_amount(max_memory, "--max-memory") if max_memory else None,
             max_latency_ms=parse_latency(max_latency) if max_latency else None,
             latency_target=parse_target(latency_target),
-            final_epochs=final_epochs, final_seeds=final_seeds, study=study, storage=storage,
-            runs_dir=runs_dir, objective=objective, sampler=sampler, seed=seed, device=device,
-            backend=backend,
-            workers=workers)
+            final_epochs=final_epochs, study=study, storage=storage, runs_dir=runs_dir,
+            objective=objective, sampler=sampler, seed=seed, device=device, backend=backend,
+            **options)
     except ValidationError as e:
         first = e.errors()[0]
         option = f"--{'-'.join(map(str, first['loc'])).replace('_', '-')}"
@@ -198,6 +212,31 @@ def search(
     if result.interrupted:
         err_console.print(_interrupted_text(result), highlight=False, soft_wrap=True)
         raise typer.Exit(130)
+
+
+def _timed_defaults(dataset: str, seed: int, device: str, given: dict) -> dict:
+    """What a timed search runs unless told otherwise (`schedule.TIMED_DEFAULTS`): trials of
+    about 100k images, and on a CPU one worker per final retraining, at most one per core."""
+    from nasgraph.search.schedule import TIMED_DEFAULTS, trial_epochs
+
+    timed = dict(TIMED_DEFAULTS)
+    if "epochs" not in given:
+        from nasgraph.data import load_dataset
+
+        timed["epochs"] = trial_epochs(len(load_dataset(dataset, seed).train))
+    if _on_cpu(device):
+        seeds = given.get("final_seeds", timed["final_seeds"])
+        timed["workers"] = max(1, min(seeds, os.cpu_count() or 1))
+    return timed
+
+
+def _on_cpu(device: str) -> bool:
+    """Whether `--device` trains on the CPU (`auto` without a GPU)."""
+    if device == "auto":
+        from nasgraph.train import resolve_device
+
+        return resolve_device(device).type == "cpu"
+    return device == "cpu"
 
 
 def _trials_text(cfg) -> str:

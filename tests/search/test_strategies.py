@@ -11,13 +11,26 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from typer.testing import CliRunner
 
 from nasgraph import analysis
+from nasgraph.cli import app
+from nasgraph.data import load_dataset
 from nasgraph.errors import BudgetError
 from nasgraph.search import Context, load_space, parse_duration
 from nasgraph.search.config import SearchConfig, trial_timeout
 from nasgraph.search.run import search
-from nasgraph.search.schedule import FINAL_SHARE, MARGIN, REPORT_SECONDS, FinalPlan, Schedule
+from nasgraph.search.schedule import (
+    FINAL_SHARE,
+    MARGIN,
+    MAX_TRIAL_EPOCHS,
+    REPORT_SECONDS,
+    TIMED_DEFAULTS,
+    TRIAL_IMAGES,
+    FinalPlan,
+    Schedule,
+    trial_epochs,
+)
 from nasgraph.search.strategies import make_pruner, rungs
 
 TINY = f"{Path(__file__).parent / 'tiny_space.py'}:space"
@@ -62,13 +75,67 @@ def test_pruner_by_name(pruner, kind):
     assert isinstance(make_pruner(SearchConfig(pruner=pruner, epochs=9)), kind)
 
 
-def test_time_budget_keeps_a_third_for_the_final_retraining():
+def test_time_budget_keeps_its_final_share_for_the_final_retraining():
     plan = Schedule(budget=1800.0, start=100.0)
     assert plan.trials_end == 100 + 1800 * (1 - FINAL_SHARE) - REPORT_SECONDS
     assert plan.end == 1900
-    # --final-share 0.6: the trials get 40% of the budget
-    assert Schedule(1800.0, 100.0, final_share=0.6).trials_end == pytest.approx(
-        100 + 720 - REPORT_SECONDS)
+    # --final-share 1/3: the trials get two thirds of the budget
+    assert Schedule(1800.0, 100.0, final_share=1 / 3).trials_end == pytest.approx(
+        100 + 1200 - REPORT_SECONDS)
+
+
+@pytest.fixture
+def configured(monkeypatch):
+    """`nasgraph search ARGS` -> the SearchConfig it would run (the search itself is not run)."""
+    import nasgraph.search.run
+
+    class Captured(Exception):
+        pass
+
+    def capture(cfg, **kwargs):
+        raise Captured(cfg)
+
+    monkeypatch.setattr(nasgraph.search.run, "search", capture)
+
+    def configure(*args: str) -> SearchConfig:
+        result = CliRunner().invoke(app, ["search", *args])
+        assert isinstance(result.exception, Captured), result.output
+        return result.exception.args[0]
+
+    return configure
+
+
+def test_a_timed_search_defaults_to_screening_halving_and_two_retrainings(configured):
+    cfg = configured("residual", "--dataset", "digits", "--time-budget", "2m", "--device",
+                     "cpu")
+    assert (cfg.screen, cfg.pruner, cfg.final_seeds, cfg.final_share) == (
+        TIMED_DEFAULTS["screen"], "halving", 2, FINAL_SHARE)
+    # digits' training split is small: the most epochs; one worker per retraining and core
+    assert cfg.epochs == trial_epochs(len(load_dataset("digits").train)) == MAX_TRIAL_EPOCHS
+    assert cfg.workers == min(2, os.cpu_count())
+
+
+def test_a_timed_search_keeps_the_options_it_is_given(configured):
+    cfg = configured("residual", "--time-budget", "2m", "--device", "cpu", "--epochs", "3",
+                     "--screen", "0", "--pruner", "none", "--final-seeds", "3",
+                     "--final-share", "0.5", "--workers", "1")
+    assert (cfg.epochs, cfg.screen, cfg.pruner, cfg.final_seeds, cfg.final_share,
+            cfg.workers) == (3, 0, "none", 3, 0.5, 1)
+
+
+def test_an_untimed_search_keeps_the_configs_defaults(configured):
+    cfg = configured("residual", "--device", "cpu")
+    assert cfg == SearchConfig(space="residual", device="cpu")
+    # on a GPU a timed search keeps one worker
+    timed = configured("residual", "--time-budget", "2m", "--device", "cuda:0", "--epochs", "2")
+    assert timed.workers == 1
+
+
+def test_trial_epochs_see_about_the_same_number_of_images():
+    assert trial_epochs(54_000) == 2  # Fashion-MNIST's training split
+    assert trial_epochs(TRIAL_IMAGES) == 1
+    assert trial_epochs(TRIAL_IMAGES - 1) == 2
+    assert trial_epochs(10) == MAX_TRIAL_EPOCHS
 
 
 def test_final_plan_fills_the_time_left():
@@ -177,7 +244,8 @@ def test_the_cli_runs_a_time_budgeted_search_and_says_where_the_time_went(tmp_pa
     root = Path(__file__).resolve().parents[2]
     run = subprocess.run(
         [sys.executable, "-m", "nasgraph", "search", TINY, "--time-budget", "40s", "--epochs",
-         "2", "--pruner", "halving", "--screen", "8", "--final-seeds", "1", "--runs-dir",
+         "2", "--pruner", "halving", "--screen", "8", "--final-seeds", "1", "--final-share",
+         "0.34", "--runs-dir",
          str(tmp_path), "--study", "timed"], capture_output=True, text=True, cwd=root,
         timeout=300, env={**os.environ, "COLUMNS": "200"})
     assert run.returncode == 0, run.stderr
