@@ -1,0 +1,157 @@
+"""The timed search over several search seeds, against random search at the same wall clock
+and against the best hand design with the same final training (issue 20's proof).
+
+Each seed runs, in turns, the CLI's timed search as a user types it,
+
+    nasgraph search residual --dataset fashion-mnist --budget 1M --time-budget 30m
+
+(its defaults: screening, successive halving, two final retrainings side by side), and
+random search with the same time budget and final retraining (`--sampler random --pruner
+none --screen 0`). The hand design is `search_quality`'s plain CNN scaled onto the budget,
+trained by `fashion_limits` for the median of the final epochs the searches got; its runs
+are read from that benchmark's JSON (the command to make them is printed when missing).
+
+    python -m benchmarks.timed_search --runs-dir DIR [--seeds 0,1,2] [--hand-json FILE]
+        [--write]
+
+A run whose folder holds `wall.json` is not run again: the seeds can be run a few at a time.
+Wall clock: the whole command, measured around it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks._report import machine, write_section
+
+STRATEGIES = {"search": [], "random": ["--sampler", "random", "--pruner", "none",
+                                       "--screen", "0"]}
+
+
+def command(args: argparse.Namespace, strategy: str, seed: int, folder: Path) -> list[str]:
+    return ["nasgraph", "search", args.space, "--dataset", args.dataset, "--budget",
+            args.budget, "--time-budget", args.time_budget, "--seed", str(seed),
+            *STRATEGIES[strategy], "--runs-dir", str(folder)]
+
+
+def run(args: argparse.Namespace, strategy: str, seed: int) -> None:
+    folder = args.runs_dir / f"{strategy}-s{seed}"
+    if (folder / "wall.json").is_file():
+        return
+    argv = command(args, strategy, seed, folder)
+    print(" ".join(argv), flush=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "nasgraph", *argv[1:]], check=True)
+    (folder / "wall.json").write_text(json.dumps(
+        {"seconds": round(time.perf_counter() - start, 1), "command": " ".join(argv)}))
+
+
+def result(args: argparse.Namespace, strategy: str, seed: int) -> dict:
+    folder = args.runs_dir / f"{strategy}-s{seed}"
+    best = json.loads(next(folder.glob("*/best/result.json")).read_text())
+    wall = json.loads((folder / "wall.json").read_text())["seconds"]
+    return {"seed": seed, "test": best["test_accuracy"], "runs": best["test_accuracy_runs"],
+            "epochs": best["final_epochs"], "macs": best["macs"], "params": best["params"],
+            "val": best["val_accuracy"], "wall": wall}
+
+
+def welch(a: list[float], b: list[float]) -> str:
+    """Difference of the means in points, +- its standard error."""
+    se = math.sqrt(sum(statistics.variance(x) / len(x) for x in (a, b) if len(x) > 1))
+    return f"{(statistics.fmean(a) - statistics.fmean(b)) * 100:+.2f} +- {se * 100:.2f}"
+
+
+def report(args: argparse.Namespace, seeds: list[int]) -> str:
+    budget_s = parse_seconds(args.time_budget)
+    rows = ["| search | seed | best trial val | best: MACs, params | final retraining | "
+            "test (mean +- sd of the retrainings) | wall |", "|---|---:|---:|---|---|---:|---:|"]
+    got = {s: [result(args, s, seed) for seed in seeds] for s in STRATEGIES}
+    for strategy, results in got.items():
+        for r in results:
+            sd = statistics.stdev(r["runs"]) if len(r["runs"]) > 1 else 0.0
+            rows.append(f"| {strategy} | {r['seed']} | {r['val']:.2%} | {r['macs'] / 1e3:.0f}k, "
+                        f"{r['params'] / 1e3:.1f}k | {len(r['runs'])} x {r['epochs']} epochs | "
+                        f"{r['test']:.2%} +- {sd:.2%} | {r['wall']:.0f} s "
+                        f"({r['wall'] / budget_s - 1:+.1%}) |")
+    epochs = round(statistics.median(r["epochs"] for r in got["search"]))
+    hand = [h["test"] for h in hand_runs(args, epochs)]
+    summary = ["", "| search | test, mean +- sd over the seeds | wall, mean (max) |",
+               "|---|---:|---:|"]
+    for strategy, results in got.items():
+        tests, walls = [r["test"] for r in results], [r["wall"] for r in results]
+        sd = f" +- {statistics.stdev(tests):.2%}" if len(tests) > 1 else ""
+        summary.append(f"| {strategy} | {statistics.fmean(tests):.2%}{sd} | "
+                       f"{statistics.fmean(walls):.0f} s ({max(walls):.0f} s) |")
+    if hand:
+        sd = f" +- {statistics.stdev(hand):.2%}" if len(hand) > 1 else ""
+        summary.append(f"| plain CNN, {epochs} epochs, {len(hand)} seeds | "
+                       f"{statistics.fmean(hand):.2%}{sd} | |")
+    search = [r["test"] for r in got["search"]]
+    margins = [f"search - random: {welch(search, [r['test'] for r in got['random']])} points"]
+    if hand:
+        margins.append(f"search - plain CNN: {welch(search, hand)} points")
+    else:
+        margins.append(f"no plain CNN runs of {epochs} epochs in the hand JSON; make them "
+                       f"with `python -m benchmarks.fashion_limits --seeds 2 --cells "
+                       f"{args.budget}:{epochs}:no --json {args.hand_json}`")
+    return (f"`python -m benchmarks.timed_search --seeds {','.join(map(str, seeds))}`: "
+            f"{machine()}. Search: `{' '.join(command(args, 'search', 0, Path('DIR'))[:9])}"
+            f" --seed S`; random: the same with `{' '.join(STRATEGIES['random'])}`, run after "
+            "it; one seed after the other. Test: the best candidate retrained from scratch "
+            "on train + validation (seeds 10000, ...), mean over its retrainings; wall: the "
+            "whole command, against the time budget. The plain CNN is `search_quality`'s, "
+            "scaled onto the budget and trained for the searches' median final epochs "
+            "(`benchmarks/fashion_limits.py`, seeds 10000, ...).\n\n"
+            + "\n".join(rows + summary) + "\n\n" + "; ".join(margins)
+            + " (difference of the means +- its standard error).")
+
+
+def hand_runs(args: argparse.Namespace, epochs: int) -> list[dict]:
+    if not args.hand_json or not args.hand_json.is_file():
+        return []
+    from nasgraph.search.budget import parse_amount
+
+    budget = parse_amount(args.budget)
+    return [h for h in json.loads(args.hand_json.read_text())
+            if (h["budget"], h["epochs"], h["flip"]) == (budget, epochs, False)]
+
+
+def parse_seconds(text: str) -> float:
+    from nasgraph.search import parse_duration
+
+    return parse_duration(text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs-dir", type=Path, required=True)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--space", default="residual")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--budget", default="1M")
+    p.add_argument("--time-budget", default="30m")
+    p.add_argument("--hand-json", type=Path, help="fashion_limits' --json")
+    p.add_argument("--report-only", action="store_true", help="run nothing")
+    p.add_argument("--write", action="store_true", help="into docs/benchmarks.md")
+    args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if not args.report_only:
+        for seed in seeds:
+            for strategy in STRATEGIES:
+                run(args, strategy, seed)
+    text = report(args, seeds)
+    print(text)
+    if args.write:
+        write_section("timed_search", "## The timed search over search seeds, against random "
+                      "search and the plain CNN (issue 20)\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
