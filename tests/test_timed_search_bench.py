@@ -1,0 +1,45 @@
+"""benchmarks/timed_search.py reads the runs it made and the hand design's JSON, and
+reports each strategy's mean over seeds and the margins with their standard errors."""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from benchmarks.timed_search import report, welch
+
+
+def test_welch_is_the_difference_of_means_with_its_standard_error() -> None:
+    a, b = [0.92, 0.93, 0.94], [0.91, 0.91]
+    se = math.sqrt(0.0001 / 3 + 0.0 / 2)  # sample variances 1e-4 and 0
+    assert welch(a, b) == f"+2.00 +- {se * 100:.2f}"
+
+
+def fake_run(folder: Path, runs: list[float], epochs: int, wall: float) -> None:
+    best = folder / "residual-fashion-mnist" / "best"
+    best.mkdir(parents=True)
+    best.joinpath("result.json").write_text(json.dumps({
+        "test_accuracy": sum(runs) / len(runs), "test_accuracy_runs": runs,
+        "final_epochs": epochs, "macs": 990_000, "params": 90_000, "val_accuracy": 0.87}))
+    folder.joinpath("wall.json").write_text(json.dumps({"seconds": wall}))
+
+
+def test_report_reads_runs_and_picks_hand_runs_of_the_median_final_epochs(tmp_path) -> None:
+    fake_run(tmp_path / "search-s0", [0.926, 0.928], 60, 1810)
+    fake_run(tmp_path / "search-s1", [0.924, 0.924], 58, 1790)
+    fake_run(tmp_path / "search-s2", [0.930, 0.928], 62, 1800)
+    for seed in range(3):
+        fake_run(tmp_path / f"random-s{seed}", [0.92, 0.92], 30, 1700)
+    hand = tmp_path / "limits.json"
+    hand.write_text(json.dumps([
+        {"budget": 1_000_000, "epochs": 60, "flip": False, "test": t} for t in (0.923, 0.925)]
+        + [{"budget": 1_000_000, "epochs": 54, "flip": False, "test": 0.99}]))
+    args = argparse.Namespace(runs_dir=tmp_path, space="residual", dataset="fashion-mnist",
+                              budget="1M", time_budget="30m", hand_json=hand)
+    text = report(args, [0, 1, 2])
+    assert "| search | 92.67% +- 0.25% | 1800 s (1810 s) |" in text
+    assert "| plain CNN, 60 epochs, 2 seeds | 92.40% +- 0.14% | |" in text
+    assert f"search - random: {welch([0.927, 0.924, 0.929], [0.92] * 3)} points" in text
+    assert f"search - plain CNN: {welch([0.927, 0.924, 0.929], [0.923, 0.925])}" in text
+    assert "| search | 0 | 87.00% | 990k, 90.0k | 2 x 60 epochs | 92.70% +- 0.14% | " \
+           "1810 s (+0.6%) |" in text
