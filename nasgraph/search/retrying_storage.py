@@ -23,11 +23,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import optuna
+import sqlalchemy
 import sqlalchemy.exc
 from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
 
 from nasgraph.errors import NasgraphError
@@ -196,8 +200,32 @@ _CALLS = [
 ]
 
 
+def _set_trial_state_values(storage: RDBStorage, trial_id: int, state: TrialState,
+                            values: Any = None) -> bool:
+    """`RDBStorage.set_trial_state_values`, except that on SQLite a worker takes a queued
+    trial (WAITING -> RUNNING) with one conditional UPDATE, and gets False when another
+    worker took it first. Optuna reads the state, then writes it, and locks the row with
+    SELECT ... FOR UPDATE, which SQLite ignores: two workers could both take the same queued
+    trial (optuna/optuna#4002), and the one that reported second died on "Cannot tell a
+    COMPLETE trial", leaving the search one worker short."""
+    if state != TrialState.RUNNING or values is not None or \
+            storage.engine.dialect.name != "sqlite":
+        return RDBStorage.set_trial_state_values(storage, trial_id, state, values)
+    trials = models.TrialModel
+    with _create_scoped_session(storage.scoped_session) as session:
+        taken = session.execute(
+            sqlalchemy.update(trials)
+            .where(trials.trial_id == trial_id, trials.state == TrialState.WAITING)
+            .values(state=TrialState.RUNNING, datetime_start=datetime.now())
+            .execution_options(synchronize_session=False))
+    return taken.rowcount == 1
+
+
+_OWN = {"set_trial_state_values": _set_trial_state_values}
+
+
 def _retried_method(name: str) -> Callable:
-    plain = getattr(RDBStorage, name)
+    plain = _OWN.get(name, getattr(RDBStorage, name))
 
     @functools.wraps(plain)
     def method(self: RetryingStorage, *args: Any, **kwargs: Any) -> Any:

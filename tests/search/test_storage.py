@@ -1,0 +1,44 @@
+"""Workers sharing a SQLite study never take the same queued trial."""
+
+from __future__ import annotations
+
+import optuna
+import sqlalchemy
+from optuna.trial import TrialState
+
+from nasgraph.search.storage import open_storage
+
+
+def test_a_queued_trial_is_taken_once_when_two_workers_race_for_it(tmp_path):
+    a, b = open_storage(None, tmp_path), open_storage(None, tmp_path)  # two workers' engines
+    study = optuna.create_study(study_name="race", storage=a)
+    study.enqueue_trial({"x": 1.0})
+    trial_id = study.get_trials()[0]._trial_id
+    taken_by_a: list[bool] = []
+
+    @sqlalchemy.event.listens_for(b.engine, "before_cursor_execute")
+    def a_takes_it_first(conn, cursor, statement, *args):
+        # the moment b writes the trial's state, after any read of it, a takes the trial
+        if statement.lstrip().upper().startswith("UPDATE TRIALS") and not taken_by_a:
+            taken_by_a.append(a.set_trial_state_values(trial_id, TrialState.RUNNING))
+
+    assert b.set_trial_state_values(trial_id, TrialState.RUNNING) is False
+    assert taken_by_a == [True]
+    assert study.get_trials()[0].state == TrialState.RUNNING
+
+
+def test_several_workers_popping_a_queue_take_each_trial_once(tmp_path):
+    storages = [open_storage(None, tmp_path) for _ in range(4)]
+    study = optuna.create_study(study_name="queue", storage=storages[0])
+    for x in range(12):
+        study.enqueue_trial({"x": float(x)})
+    queued = [t._trial_id for t in study.get_trials()]
+    taken = {}
+    for round_ in range(3):  # the workers in turns, each taking one trial a turn
+        for worker, storage in enumerate(storages):
+            mine = optuna.load_study(study_name="queue", storage=storage)._pop_waiting_trial_id()
+            taken[(round_, worker)] = mine
+    assert sorted(taken.values()) == queued
+    # and none left
+    assert optuna.load_study(study_name="queue", storage=storages[1])._pop_waiting_trial_id() \
+        is None
