@@ -80,7 +80,8 @@ def report(args: argparse.Namespace, seeds: list[int]) -> str:
                         f"{r['params'] / 1e3:.1f}k | {len(r['runs'])} x {r['epochs']} epochs | "
                         f"{r['test']:.2%} +- {sd:.2%} | {r['wall']:.0f} s "
                         f"({r['wall'] / budget_s - 1:+.1%}) |")
-    epochs = round(statistics.median(r["epochs"] for r in got["search"]))
+    median = round(statistics.median(r["epochs"] for r in got["search"]))
+    epochs = args.hand_epochs or median
     hand = [h["test"] for h in hand_runs(args, epochs)]
     summary = ["", "| search | test, mean +- sd over the seeds | wall, mean (max) |",
                "|---|---:|---:|"]
@@ -91,7 +92,8 @@ def report(args: argparse.Namespace, seeds: list[int]) -> str:
                        f"{statistics.fmean(walls):.0f} s ({max(walls):.0f} s) |")
     if hand:
         sd = f" +- {statistics.stdev(hand):.2%}" if len(hand) > 1 else ""
-        summary.append(f"| plain CNN, {epochs} epochs, {len(hand)} seeds | "
+        seeds = f"{len(hand)} seed{'s' if len(hand) > 1 else ''}"
+        summary.append(f"| plain CNN, {epochs} epochs, {seeds} | "
                        f"{statistics.fmean(hand):.2%}{sd} | |")
     search = [r["test"] for r in got["search"]]
     margins = [f"search - random: {welch(search, [r['test'] for r in got['random']])} points"]
@@ -107,8 +109,9 @@ def report(args: argparse.Namespace, seeds: list[int]) -> str:
             "it; one seed after the other. Test: the best candidate retrained from scratch "
             "on train + validation (seeds 10000, ...), mean over its retrainings; wall: the "
             "whole command, against the time budget. The plain CNN is `search_quality`'s, "
-            "scaled onto the budget and trained for the searches' median final epochs "
-            "(`benchmarks/fashion_limits.py`, seeds 10000, ...).\n\n"
+            f"scaled onto the budget and trained for {epochs} epochs (the searches' median "
+            f"final retraining: {median}; `benchmarks/fashion_limits.py`, seeds 10000, "
+            "...).\n\n"
             + "\n".join(rows + summary) + "\n\n" + "; ".join(margins)
             + " (difference of the means +- its standard error).")
 
@@ -138,6 +141,8 @@ def main() -> None:
     p.add_argument("--budget", default="1M")
     p.add_argument("--time-budget", default="30m")
     p.add_argument("--hand-json", type=Path, help="fashion_limits' --json")
+    p.add_argument("--hand-epochs", type=int, help="the plain CNN's runs of this many "
+                   "epochs; default: the searches' median final epochs")
     p.add_argument("--report-only", action="store_true", help="run nothing")
     p.add_argument("--write", action="store_true", help="into docs/benchmarks.md")
     args = p.parse_args()

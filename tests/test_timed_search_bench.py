@@ -35,7 +35,8 @@ def test_report_reads_runs_and_picks_hand_runs_of_the_median_final_epochs(tmp_pa
         {"budget": 1_000_000, "epochs": 60, "flip": False, "test": t} for t in (0.923, 0.925)]
         + [{"budget": 1_000_000, "epochs": 54, "flip": False, "test": 0.99}]))
     args = argparse.Namespace(runs_dir=tmp_path, space="residual", dataset="fashion-mnist",
-                              budget="1M", time_budget="30m", hand_json=hand)
+                              budget="1M", time_budget="30m", hand_json=hand,
+                              hand_epochs=None)
     text = report(args, [0, 1, 2])
     assert "| search | 92.67% +- 0.25% | 1800 s (1810 s) |" in text
     assert "| plain CNN, 60 epochs, 2 seeds | 92.40% +- 0.14% | |" in text
@@ -43,3 +44,17 @@ def test_report_reads_runs_and_picks_hand_runs_of_the_median_final_epochs(tmp_pa
     assert f"search - plain CNN: {welch([0.927, 0.924, 0.929], [0.923, 0.925])}" in text
     assert "| search | 0 | 87.00% | 990k, 90.0k | 2 x 60 epochs | 92.70% +- 0.14% | " \
            "1810 s (+0.6%) |" in text
+
+
+def test_report_takes_hand_runs_of_other_epochs_when_told(tmp_path) -> None:
+    for seed in range(2):
+        fake_run(tmp_path / f"search-s{seed}", [0.926, 0.928], 60, 1800)
+        fake_run(tmp_path / f"random-s{seed}", [0.92, 0.92], 30, 1700)
+    hand = tmp_path / "limits.json"
+    hand.write_text(json.dumps([{"budget": 1_000_000, "epochs": 54, "flip": False,
+                                 "test": 0.92}]))
+    args = argparse.Namespace(runs_dir=tmp_path, space="residual", dataset="fashion-mnist",
+                              budget="1M", time_budget="30m", hand_json=hand, hand_epochs=54)
+    text = report(args, [0, 1])
+    assert "trained for 54 epochs (the searches' median final retraining: 60" in text
+    assert "| plain CNN, 54 epochs, 1 seed | 92.00% | |" in text
