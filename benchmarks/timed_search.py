@@ -69,7 +69,9 @@ def welch(a: list[float], b: list[float]) -> str:
 
 
 def report(args: argparse.Namespace, seeds: list[int]) -> str:
-    budget_s = parse_seconds(args.time_budget)
+    from nasgraph.search import parse_duration
+
+    budget_s = parse_duration(args.time_budget)
     rows = ["| search | seed | best trial val | best: MACs, params | final retraining | "
             "test (mean +- sd of the retrainings) | wall |", "|---|---:|---:|---|---|---:|---:|"]
     got = {s: [result(args, s, seed) for seed in seeds] for s in STRATEGIES}
@@ -124,12 +126,6 @@ def hand_runs(args: argparse.Namespace, epochs: int) -> list[dict]:
     budget = parse_amount(args.budget)
     return [h for h in json.loads(args.hand_json.read_text())
             if (h["budget"], h["epochs"], h["flip"]) == (budget, epochs, False)]
-
-
-def parse_seconds(text: str) -> float:
-    from nasgraph.search import parse_duration
-
-    return parse_duration(text)
 
 
 def main() -> None:
