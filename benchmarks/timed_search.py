@@ -16,6 +16,14 @@ are read from that benchmark's JSON (the command to make them is printed when mi
 
 A run whose folder holds `wall.json` is not run again: the seeds can be run a few at a time.
 Wall clock: the whole command, measured around it.
+
+`--replay-final` replays the final retraining of runs made before a timed search chose its
+final network by `schedule.level_and_fastest` (it retrained the best by validation
+accuracy): where the rule picks another trial of the same study, that trial is retrained
+with the run's own final seeds, for the epochs that fit in the time the run's final
+retraining had (the least it can have had: its epochs times its seconds per epoch as
+planned), and `replay.json` beside `wall.json` then stands for the run's result. The trials
+do not depend on the rule, which acts after them.
 """
 
 from __future__ import annotations
@@ -53,13 +61,72 @@ def run(args: argparse.Namespace, strategy: str, seed: int) -> None:
         {"seconds": round(time.perf_counter() - start, 1), "command": " ".join(argv)}))
 
 
+def replay_final(folder: Path) -> None:
+    """Retrain the trial `level_and_fastest` picks from the run in `folder` when it is not
+    the one the run retrained; write `replay.json`."""
+    import optuna
+    import torch
+    from optuna.trial import TrialState
+
+    from nasgraph.data import load_dataset
+    from nasgraph.search.config import SearchConfig
+    from nasgraph.search.final import parallel_seeds, retrainings
+    from nasgraph.search.schedule import (
+        MARGIN,
+        REPORT_SECONDS,
+        Schedule,
+        Trained,
+        level_and_fastest,
+    )
+
+    best_file = next(folder.glob("*/best/result.json"))
+    old = json.loads(best_file.read_text())
+    storage = f"sqlite:///{best_file.parent.parent / 'study.db'}"
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0],
+                              storage=storage)
+    cfg = SearchConfig.model_validate(study.user_attrs["config"])
+    data = load_dataset(cfg.dataset, seed=cfg.seed)
+    trained = {t.number: Trained(t.number, t.values[0], t.user_attrs["train_seconds"])
+               for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+               if t.user_attrs.get("feasible") and "train_seconds" in t.user_attrs}
+    pick = level_and_fastest(list(trained.values()), val_images=len(data.val))
+    if pick == old["trial"]:
+        return
+    cpu, final_images = torch.device("cpu"), len(data.train) + len(data.val)
+    parallel = parallel_seeds(cfg.model_copy(update={"final_seeds": old["final_seeds"]}), cpu)
+    rounds = math.ceil(old["final_seeds"] / parallel)
+    epoch = (trained[old["trial"]].train_seconds / cfg.epochs * final_images
+             / len(data.train) * MARGIN)
+    left = old["final_epochs"] * rounds * epoch  # the least the run's retraining had
+    plan = Schedule(budget=left + REPORT_SECONDS, start=0.0).final_plan(
+        now=0.0, seconds_per_epoch=trained[pick].train_seconds / cfg.epochs,
+        seeds=old["final_seeds"], train_images=len(data.train), final_images=final_images,
+        parallel=parallel)
+    replayed = cfg.model_copy(update={"final_seeds": plan.seeds, "final_epochs": plan.epochs})
+    print(f"{folder}: retraining trial {pick}, not {old['trial']}: {plan.seeds} x "
+          f"{plan.epochs} epochs in the {left:.0f} s the run had", flush=True)
+    start = time.perf_counter()
+    accs = [acc for acc, _ in retrainings(replayed, cfg.folder.load_graph(pick), data, cpu,
+                                          None)]
+    t = study.trials[pick]
+    (folder / "replay.json").write_text(json.dumps({
+        "trial": pick, "replaces_trial": old["trial"], "val_accuracy": trained[pick].val_accuracy,
+        "macs": t.user_attrs["macs"], "params": t.user_attrs["params"],
+        "test_accuracy": statistics.fmean(accs), "test_accuracy_runs": accs,
+        "final_epochs": plan.epochs, "final_seconds_allowed": round(left, 1),
+        "final_seconds": round(time.perf_counter() - start, 1)}))
+
+
 def result(args: argparse.Namespace, strategy: str, seed: int) -> dict:
     folder = args.runs_dir / f"{strategy}-s{seed}"
     best = json.loads(next(folder.glob("*/best/result.json")).read_text())
+    if (folder / "replay.json").is_file():
+        best = {**best, **json.loads((folder / "replay.json").read_text())}
     wall = json.loads((folder / "wall.json").read_text())["seconds"]
     return {"seed": seed, "test": best["test_accuracy"], "runs": best["test_accuracy_runs"],
             "epochs": best["final_epochs"], "macs": best["macs"], "params": best["params"],
-            "val": best["val_accuracy"], "wall": wall}
+            "val": best["val_accuracy"], "wall": wall, "trial": best.get("trial"),
+            "replayed": "replaces_trial" in best}
 
 
 def welch(a: list[float], b: list[float]) -> str:
@@ -78,7 +145,9 @@ def report(args: argparse.Namespace, seeds: list[int]) -> str:
     for strategy, results in got.items():
         for r in results:
             sd = statistics.stdev(r["runs"]) if len(r["runs"]) > 1 else 0.0
-            rows.append(f"| {strategy} | {r['seed']} | {r['val']:.2%} | {r['macs'] / 1e3:.0f}k, "
+            replayed = " (final replayed)" if r["replayed"] else ""
+            rows.append(f"| {strategy}{replayed} | {r['seed']} | {r['val']:.2%} | "
+                        f"{r['macs'] / 1e3:.0f}k, "
                         f"{r['params'] / 1e3:.1f}k | {len(r['runs'])} x {r['epochs']} epochs | "
                         f"{r['test']:.2%} +- {sd:.2%} | {r['wall']:.0f} s "
                         f"({r['wall'] / budget_s - 1:+.1%}) |")
@@ -115,6 +184,9 @@ def report(args: argparse.Namespace, seeds: list[int]) -> str:
             f"final retraining: {median}; `benchmarks/fashion_limits.py`, seeds 10000, "
             "...).\n\n"
             + "\n".join(rows + summary) + "\n\n" + "; ".join(margins)
+            + (" \"Final replayed\": the run's final retraining replayed on the trial "
+               "`schedule.level_and_fastest` picks (`--replay-final`)." if any(
+                   r["replayed"] for rs in got.values() for r in rs) else "")
             + " (difference of the means +- its standard error).")
 
 
@@ -140,6 +212,8 @@ def main() -> None:
     p.add_argument("--hand-epochs", type=int, help="the plain CNN's runs of this many "
                    "epochs; default: the searches' median final epochs")
     p.add_argument("--report-only", action="store_true", help="run nothing")
+    p.add_argument("--replay-final", action="store_true",
+                   help="retrain the final pick of runs made before level_and_fastest")
     p.add_argument("--write", action="store_true", help="into docs/benchmarks.md")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -147,6 +221,12 @@ def main() -> None:
         for seed in seeds:
             for strategy in STRATEGIES:
                 run(args, strategy, seed)
+    if args.replay_final:
+        for seed in seeds:
+            for strategy in STRATEGIES:
+                folder = args.runs_dir / f"{strategy}-s{seed}"
+                if not (folder / "replay.json").is_file():
+                    replay_final(folder)
     text = report(args, seeds)
     print(text)
     if args.write:

@@ -170,22 +170,30 @@ def leaderboard_csv(rows: list[dict[str, Any]]) -> str:
 
 def write_report(cfg: SearchConfig, study: optuna.Study, data: Dataset,
                  device: torch.device, final: bool = True,
-                 progress: Progress | None = None) -> dict[str, Any] | None:
+                 progress: Progress | None = None,
+                 pick: int | None = None) -> dict[str, Any] | None:
     """Leaderboard, best model (retrained unless `final` is False) and plots; returns the
-    content of best/result.json (None when no trial was trained)."""
+    content of best/result.json (None when no trial was trained). The best model is trial
+    `pick` when given (a timed search's: `schedule.level_and_fastest`), else the trial of
+    the best validation accuracy."""
     rows = leaderboard_rows(cfg, study, data, device)
     cfg.folder.write(cfg.study_dir / "leaderboard.md", leaderboard_markdown(cfg, rows))
     cfg.folder.write(cfg.study_dir / "leaderboard.csv", leaderboard_csv(rows))
     trained = [r for r in rows if r["state"] == "complete" and r["feasible"]]
-    best = (write_best(cfg, study, trained[0], data, device, final, progress) if trained
-            else None)
+    row = next((r for r in trained if r["trial"] == pick), trained[0] if trained else None)
+    best = None
+    if row is not None:
+        picked = "the best validation accuracy" if row is trained[0] else (
+            f"the fastest to train within one standard error of the best validation accuracy"
+            f" (trial {trained[0]['trial']}, {trained[0]['val_accuracy']:.2%})")
+        best = write_best(cfg, study, row, data, device, final, progress, picked)
     write_plots(cfg, study)
     return best
 
 
 def write_best(cfg: SearchConfig, study: optuna.Study, row: dict[str, Any], data: Dataset,
-               device: torch.device, final: bool,
-               progress: Progress | None = None) -> dict[str, Any]:
+               device: torch.device, final: bool, progress: Progress | None = None,
+               picked: str = "the best validation accuracy") -> dict[str, Any]:
     """best/: the best trial retrained `cfg.final_seeds` times on train + validation and
     tested. Ctrl-C during the retraining keeps the retrainings finished so far (or, before
     the first, the trial's own weights and score) and sets `interrupted` in the result."""
@@ -195,7 +203,7 @@ def write_best(cfg: SearchConfig, study: optuna.Study, row: dict[str, Any], data
     folder = runs.best
     runs.write(folder / "graph.json", graph.to_json())
     result: dict[str, Any] = {
-        "trial": t.number, "val_accuracy": row["val_accuracy"],
+        "trial": t.number, "picked_for": picked, "val_accuracy": row["val_accuracy"],
         "trial_test_accuracy": row["test_accuracy"],
         "macs": row["macs"], "params": row["params"], "memory": row["memory"],
         "width_multiplier": row["width_multiplier"], "sampled_parameters": t.params,

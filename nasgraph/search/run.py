@@ -36,7 +36,7 @@ from nasgraph.search.final import parallel_seeds
 from nasgraph.search.interrupts import ctrl_c_at_stop_points
 from nasgraph.search.rebuild import restore_graphs
 from nasgraph.search.report import ranked, write_report
-from nasgraph.search.schedule import Schedule
+from nasgraph.search.schedule import Schedule, Trained, level_and_fastest
 from nasgraph.search.screening import screen
 from nasgraph.search.study import finished, open_study
 from nasgraph.search.workers import run_trials, run_workers
@@ -45,20 +45,24 @@ __all__ = ["SearchConfig", "SearchResult", "open_study", "search"]
 
 
 def planned_final(cfg: SearchConfig, schedule: Schedule, study: optuna.Study,
-                  data: Dataset, device: torch.device) -> SearchConfig:
-    """`cfg` with the final retraining's seeds and epochs fitted to the time left, at the
-    best trial's seconds per epoch, with the seeds that train at once (`final.py`)."""
-    best = next((t for t in ranked(study) if t.state == TrialState.COMPLETE
-                 and t.user_attrs.get("feasible") and "train_seconds" in t.user_attrs), None)
-    if best is None:
-        return cfg
+                  data: Dataset, device: torch.device) -> tuple[SearchConfig, int | None]:
+    """The trial to retrain (`level_and_fastest`) and `cfg` with the final retraining's
+    seeds and epochs fitted to the time left at that trial's seconds per epoch, with the
+    seeds that train at once (`final.py`); no trial when none was trained."""
+    trained = [Trained(t.number, t.values[0], t.user_attrs["train_seconds"])
+               for t in ranked(study) if t.state == TrialState.COMPLETE
+               and t.user_attrs.get("feasible") and "train_seconds" in t.user_attrs]
+    if not trained:
+        return cfg, None
+    pick = level_and_fastest(trained, val_images=len(data.val))
+    seconds = next(t.train_seconds for t in trained if t.number == pick)
     plan = schedule.final_plan(
-        now=time.time(), seconds_per_epoch=best.user_attrs["train_seconds"] / cfg.epochs,
+        now=time.time(), seconds_per_epoch=seconds / cfg.epochs,
         seeds=cfg.final_seeds, train_images=len(data.train),
         final_images=len(data.train) + len(data.val),
         parallel=parallel_seeds(cfg, device))
     return cfg.model_copy(update={"final_seeds": plan.seeds,
-                                  "final_epochs": plan.epochs or None})
+                                  "final_epochs": plan.epochs or None}), pick
 
 
 class SearchResult(BaseModel):
@@ -127,10 +131,11 @@ def search(cfg: SearchConfig, callbacks: list[Callable] | None = None,
             interrupted = True
     clock.lap("trials")
     restore_graphs(study, cfg.folder, setup.space, setup.ctx)  # of trials run elsewhere
+    pick = None  # the best by validation accuracy
     if schedule is not None:
-        cfg = planned_final(cfg, schedule, study, setup.data, setup.device)
+        cfg, pick = planned_final(cfg, schedule, study, setup.data, setup.device)
     best = write_report(cfg, study, setup.data, setup.device, final=not interrupted,
-                        progress=progress)
+                        progress=progress, pick=pick)
     clock.lap("report and final retraining")
     interrupted = interrupted or bool(best and best.get("interrupted"))
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE

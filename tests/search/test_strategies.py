@@ -29,6 +29,8 @@ from nasgraph.search.schedule import (
     TRIAL_IMAGES,
     FinalPlan,
     Schedule,
+    Trained,
+    level_and_fastest,
     trial_epochs,
 )
 from nasgraph.search.strategies import make_pruner, rungs
@@ -169,6 +171,18 @@ def test_final_plan_counts_the_seeds_that_train_at_once():
     assert final.epochs > one_by_one.epochs
 
 
+def test_a_timed_search_retrains_the_fastest_of_the_trials_level_with_the_best():
+    # 400 validation images at 90%: one standard error is sqrt(0.9 * 0.1 / 400) = 1.5 points
+    trials = [Trained(0, 0.900, 60.0), Trained(1, 0.886, 30.0), Trained(2, 0.884, 10.0),
+              Trained(3, 0.895, 30.0)]
+    assert level_and_fastest(trials, val_images=400) == 3  # 1 and 3 tie: the more accurate
+    assert level_and_fastest(trials[:3], val_images=400) == 1  # 2 is 1.6 points behind
+    # with 10x the validation images the standard error is 0.47 points: only the best is
+    assert level_and_fastest(trials, val_images=4_000) == 0
+    with pytest.raises(ValueError, match="no trained trial"):
+        level_and_fastest([], val_images=400)
+
+
 def test_final_seeds_train_in_parallel_on_cpu_workers_and_report_each_epoch(tmp_path):
     seen = []
     cfg = SearchConfig(space=TINY, trials=2, epochs=1, final_epochs=2, final_seeds=2,
@@ -205,6 +219,13 @@ def test_a_time_budgeted_search_stops_its_trials_and_plans_its_final_retraining(
     # the final retraining was planned into the time left: some seeds, some epochs
     best = result.best
     assert best is not None and 1 <= best["final_seeds"] <= 2 and best["final_epochs"] >= 1
+    # of the trials level with the best, the fastest to train was retrained
+    trained = [Trained(t.number, t.values[0], t.user_attrs["train_seconds"]) for t in trials
+               if t.state == TrialState.COMPLETE and t.user_attrs.get("feasible")]
+    val_images = len(load_dataset("digits", seed=cfg.seed).val)
+    assert best["trial"] == level_and_fastest(trained, val_images)
+    if best["picked_for"] == "the best validation accuracy":
+        assert best["val_accuracy"] == round(max(t.val_accuracy for t in trained), 4)
     assert set(result.seconds) >= {"setup", "trials", "report and final retraining"}
 
 
