@@ -20,9 +20,10 @@ Wall clock: the whole command, measured around it.
 `--replay-final` replays the final retraining of runs made before a timed search chose its
 final network by `schedule.level_and_fastest` (it retrained the best by validation
 accuracy): where the rule picks another trial of the same study, that trial is retrained
-with the run's own final seeds, for the epochs that fit in the time the run's final
-retraining had (the least it can have had: its epochs times its seconds per epoch as
-planned), and `replay.json` beside `wall.json` then stands for the run's result. The trials
+with the run's own final seeds, planned (and planned again after its first epoch, as a
+search does) to end in the time the run's final retraining had (the least it can have had:
+its epochs times its seconds per epoch as planned), and `replay.json` beside `wall.json`
+then stands for the run's result. The trials
 do not depend on the rule, which acts after them.
 """
 
@@ -102,18 +103,22 @@ def replay_final(folder: Path) -> None:
         now=0.0, seconds_per_epoch=trained[pick].train_seconds / cfg.epochs,
         seeds=old["final_seeds"], train_images=len(data.train), final_images=final_images,
         parallel=parallel)
-    replayed = cfg.model_copy(update={"final_seeds": plan.seeds, "final_epochs": plan.epochs})
+    # planned as the search plans it, and again after the first epoch, to end in `left`
+    replayed = cfg.model_copy(update={"final_seeds": plan.seeds, "final_epochs": plan.epochs,
+                                      "final_until": time.time() + left})
     print(f"{folder}: retraining trial {pick}, not {old['trial']}: {plan.seeds} x "
-          f"{plan.epochs} epochs in the {left:.0f} s the run had", flush=True)
+          f"{plan.epochs} epochs planned in the {left:.0f} s the run had", flush=True)
     start = time.perf_counter()
-    accs = [acc for acc, _ in retrainings(replayed, cfg.folder.load_graph(pick), data, cpu,
-                                          None)]
+    runs = list(retrainings(replayed, cfg.folder.load_graph(pick), data, cpu, None))
+    accs = [r.test_accuracy for r in runs]
     t = study.trials[pick]
     (folder / "replay.json").write_text(json.dumps({
         "trial": pick, "replaces_trial": old["trial"], "val_accuracy": trained[pick].val_accuracy,
         "macs": t.user_attrs["macs"], "params": t.user_attrs["params"],
         "test_accuracy": statistics.fmean(accs), "test_accuracy_runs": accs,
-        "final_epochs": plan.epochs, "final_seconds_allowed": round(left, 1),
+        "final_epochs": max(r.epochs for r in runs),
+        "final_epochs_runs": [r.epochs for r in runs], "final_epochs_planned": plan.epochs,
+        "final_seconds_allowed": round(left, 1),
         "final_seconds": round(time.perf_counter() - start, 1)}))
 
 

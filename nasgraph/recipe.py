@@ -66,6 +66,11 @@ def default_shift(input_shape: tuple[int, ...]) -> int:
     return side // 8 if side >= 16 else 0
 
 
+# `replan(epochs_done, seconds_of_that_epoch)` after each epoch of a training run: None, or
+# the epochs to train in all (the trainers rebuild `warmup_cosine` for them)
+Replan = Callable[[int, float], int | None]
+
+
 def warmup_cosine(epochs: int, steps_per_epoch: int, warmup_epochs: float
                   ) -> Callable[[int], float]:
     """The factor of the peak learning rate at each optimizer step (0-based).

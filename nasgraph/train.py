@@ -41,7 +41,13 @@ from nasgraph.errors import NasgraphError
 from nasgraph.ir import Graph
 
 # re-exported: they live in nasgraph.recipe, without torch, for the numba trainer too
-from nasgraph.recipe import LARGE_SPLIT, Recipe, default_shift, warmup_cosine  # noqa: F401
+from nasgraph.recipe import (  # noqa: F401
+    LARGE_SPLIT,
+    Recipe,
+    Replan,
+    default_shift,
+    warmup_cosine,
+)
 
 # Below this many MACs per image, a network trains on one CPU thread: on cores shared with
 # other jobs, OpenMP waits for the thread that is not running. The thread count changes the
@@ -136,12 +142,17 @@ def train(graph: Graph | nn.Module, data: Dataset, recipe: Recipe | None = None,
           epochs: int = 10, device: str | torch.device = "auto", seed: int = 0,
           on_epoch: Callable[[int, float], None] | None = None,
           train_split: Split | None = None, val_split: Split | None = None,
-          backend: Literal["torch", "numba"] = "torch") -> TrainResult:
+          backend: Literal["torch", "numba"] = "torch",
+          replan: Replan | None = None) -> TrainResult:
     """Train `graph` (lowered here) from scratch; validation accuracy after every epoch.
 
     `on_epoch(epoch, val_accuracy)` is called after each epoch; it may raise to stop (an
     Optuna pruner does). `train_split` and `val_split` replace the dataset's (the final
-    retraining trains on train + validation). A graph trains in channels_last on a CPU
+    retraining trains on train + validation). `replan(epochs_done, seconds)` is called
+    after each epoch with the seconds it took (training and validation); when it returns a
+    number, training goes on to that many epochs in all (at least those done), the
+    learning-rate schedule rebuilt for them. Replan before the cosine decay begins (at the
+    end of the warm-up) and no learning rate jumps. A graph trains in channels_last on a CPU
     when `prefers_channels_last`; a module given as it is trains NCHW.
 
     `backend="numba"` trains a graph on the CPU without torch's autograd
@@ -151,7 +162,7 @@ def train(graph: Graph | nn.Module, data: Dataset, recipe: Recipe | None = None,
     recipe = recipe or Recipe()
     if backend == "numba":
         return _train_numba(graph, data, recipe, epochs, seed, on_epoch, train_split,
-                            val_split)
+                            val_split, replan)
     if backend != "torch":
         raise NasgraphError(f"backend={backend!r}: hint: torch or numba")
     device = resolve_device(device) if isinstance(device, str) else device
@@ -171,14 +182,15 @@ def train(graph: Graph | nn.Module, data: Dataset, recipe: Recipe | None = None,
         model = model.to(device)
         with channels_last(model, enabled=nhwc):
             return _train(model, data, recipe, epochs, device, seed, on_epoch, train_split,
-                          val_split, nhwc)
+                          val_split, nhwc, replan)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train_numba(graph: Graph | nn.Module, data: Dataset, recipe: Recipe, epochs: int,
                  seed: int, on_epoch: Callable[[int, float], None] | None,
-                 train_split: Split | None, val_split: Split | None) -> TrainResult:
+                 train_split: Split | None, val_split: Split | None,
+                 replan: Replan | None = None) -> TrainResult:
     """`train` on the numba backend: the dataset's tensors as numpy arrays, the initial
     weights those `lower(graph)` draws after `seed_everything(seed)` (as the torch path's),
     and the trained weights loaded back into that module."""
@@ -197,11 +209,11 @@ def _train_numba(graph: Graph | nn.Module, data: Dataset, recipe: Recipe, epochs
                  recipe, epochs, seed,
                  state={k: v.numpy() for k, v in model.state_dict().items()},
                  batch_size=recipe.batch_for(len(data.train)), flip=data.flip,
-                 on_epoch=on_epoch)
+                 on_epoch=on_epoch, replan=replan)
     model.load_state_dict({k: torch.from_numpy(np.asarray(v))
                            for k, v in result.state.items()})
     return TrainResult(model=model, val_accuracy=result.val_accuracy,
-                       history=result.history, epochs=epochs)
+                       history=result.history, epochs=len(result.history))
 
 
 def faster_backend(graph: Graph, data: Dataset, recipe: Recipe | None = None,
@@ -289,7 +301,8 @@ def make_optimizer(params: list[nn.Parameter], recipe: Recipe, lr: float,
 
 def _train(model: nn.Module, data: Dataset, recipe: Recipe, epochs: int,
            device: torch.device, seed: int, on_epoch: Callable[[int, float], None] | None,
-           train_split: Split | None, val_split: Split | None, nhwc: bool) -> TrainResult:
+           train_split: Split | None, val_split: Split | None, nhwc: bool,
+           replan: Replan | None) -> TrainResult:
     train_data = (train_split or data.train).to(device)
     val_data = (val_split or data.val).to(device)
     batch_size = recipe.batch_for(len(data.train))  # the same in the final retraining
@@ -303,8 +316,9 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, epochs: int,
     shift = default_shift(data.input_shape) if recipe.shift is None else recipe.shift
     memory_format = torch.channels_last if nhwc else torch.contiguous_format
     history: list[float] = []
-    step = 0
-    for epoch in range(epochs):
+    step, epoch = 0, 0
+    while epoch < epochs:
+        started = time.perf_counter()
         model.train()
         order = torch.randperm(len(train_data), generator=gen).to(device)
         for k in range(0, len(order), batch_size):
@@ -321,9 +335,14 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, epochs: int,
             opt.step()
             step += 1
         acc = accuracy(model, val_data)
+        seconds = time.perf_counter() - started
         history.append(acc)
+        if replan is not None and (total := replan(epoch + 1, seconds)) is not None:
+            epochs = max(epoch + 1, total)
+            schedule = warmup_cosine(epochs, steps_per_epoch, recipe.warmup_epochs)
         if on_epoch is not None:
             on_epoch(epoch, acc)
+        epoch += 1
     return TrainResult(model=model, val_accuracy=history[-1] if history else 0.0,
                        history=history, epochs=epochs)
 

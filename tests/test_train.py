@@ -128,6 +128,35 @@ def test_sgd_trains_too(synthetic):
     assert result.val_accuracy > 0.25
 
 
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_replanning_at_the_end_of_the_warm_up_trains_as_if_planned_so(synthetic, backend):
+    # the warm-up is the first epoch whether 3 or 5 are planned, and the shuffles follow the
+    # seed: 3 epochs replanned to 5 after the first are the 5-epoch run, and 3 cut to 2 the
+    # 2-epoch run
+    g = tiny_resnet(synthetic.input_shape, 6)
+    recipe = Recipe(batch_size=64, shift=0, warmup_epochs=1.0)
+    calls = []
+
+    def to(total):
+        def replan(done: int, seconds: float) -> int | None:
+            calls.append((done, seconds))
+            return total if done == 1 else None
+        return replan
+
+    for total in (5, 2):
+        calls.clear()
+        replanned = train(g, synthetic, recipe, epochs=3, device="cpu", seed=1,
+                          backend=backend, replan=to(total))
+        planned = train(g, synthetic, recipe, epochs=total, device="cpu", seed=1,
+                        backend=backend)
+        assert replanned.epochs == total and len(replanned.history) == total
+        assert [done for done, _ in calls] == list(range(1, total + 1))
+        assert all(seconds > 0 for _, seconds in calls)
+        ours, theirs = replanned.model.state_dict(), planned.model.state_dict()
+        for key, value in theirs.items():
+            torch.testing.assert_close(ours[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
 def test_on_epoch_sees_every_epoch_and_may_stop_training(synthetic):
     seen = []
 

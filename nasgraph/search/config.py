@@ -59,8 +59,10 @@ class SearchConfig(BaseModel):
     time_budget: float | None = Field(default=None, gt=0)  # seconds, final retraining included
     final_share: float = Field(default=FINAL_SHARE, gt=0, lt=1)  # of it, for the retraining
     screen: int = Field(default=0, ge=0)  # candidates scored by zero-cost proxies first
-    # when trials stop and a running one is cut (`time.time()`; set by `time_budget`)
+    # when trials stop and a running one is cut, and when the final retraining must end
+    # (`time.time()`; set by `time_budget`)
     trials_until: float | None = None
+    final_until: float | None = None
     seed: int = 0
     # which trainer trains the candidates on a CPU: torch, numba, or the faster for each
     # candidate, measured (`nasgraph.train.faster_backend`)

@@ -5,14 +5,21 @@ On a CPU a search with several workers (`--workers K`) retrains up to K seeds at
 process each: a small network trains on one thread, so K seeds take the time of one. Each
 process loads the dataset by name (the same split: it is seeded by the search's seed) and
 reports its epochs back for the progress bars.
+
+In a timed search each seed's epochs are planned from its trial's pace (`schedule.py`), and
+planned again after its first epoch, at its own pace (`schedule.refit_epochs`): the first
+epoch is the learning rate's warm-up, so the cosine decay that follows is the whole run's.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import queue
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from typing import NamedTuple
 
 import torch
 
@@ -21,12 +28,21 @@ from nasgraph.ir import Graph
 from nasgraph.search.config import SearchConfig
 from nasgraph.search.evaluation import Progress, backend_for
 from nasgraph.search.interrupts import stop_point
+from nasgraph.search.schedule import refit_epochs
 from nasgraph.train import accuracy, concat_splits, train
 
 SEED_BASE = 10_000  # final seed k trains with seed SEED_BASE + k
 POLL_SECONDS = 0.5
 
 StateDict = dict[str, torch.Tensor]
+
+
+class Retrained(NamedTuple):
+    """One final seed's run."""
+
+    test_accuracy: float
+    state: StateDict
+    epochs: int
 
 
 def parallel_seeds(cfg: SearchConfig, device: torch.device) -> int:
@@ -38,33 +54,51 @@ def _phase(k: int, cfg: SearchConfig) -> str:
     return f"final retraining, seed {k + 1}/{cfg.final_seeds}"
 
 
+def _rounds_left(cfg: SearchConfig, k: int, parallel: int) -> int:
+    """Rounds of seeds that train one after another from seed k's round on."""
+    return math.ceil(cfg.final_seeds / parallel) - k // parallel
+
+
 def _trained(cfg: SearchConfig, graph: Graph, data: Dataset, device: torch.device, k: int,
-             on_epoch) -> tuple[float, StateDict]:
-    run = train(graph, data, cfg.recipe, epochs=cfg.final_training_epochs, device=device,
+             parallel: int, report: Callable[[int, int], None]) -> Retrained:
+    """Final seed k trained and tested; `report(epochs done, epochs in all)` after each
+    epoch. In a timed search (`cfg.final_until`) the epochs are planned again after the
+    first, at its measured pace (`schedule.refit_epochs`)."""
+    total = cfg.final_training_epochs
+
+    def replan(done: int, seconds: float) -> int | None:
+        nonlocal total
+        if cfg.final_until is None or done != 1:  # once, at the end of the warm-up epoch
+            return None
+        total = refit_epochs(time.time(), cfg.final_until, seconds,
+                             _rounds_left(cfg, k, parallel))
+        return total
+
+    run = train(graph, data, cfg.recipe, epochs=total, device=device,
                 seed=SEED_BASE + k, train_split=concat_splits(data.train, data.val),
-                val_split=data.test, on_epoch=on_epoch,
-                backend=backend_for(cfg, graph, data, device))
-    return accuracy(run.model, data.test), {n: v.cpu() for n, v in run.model.state_dict().items()}
+                val_split=data.test, on_epoch=lambda epoch, acc: report(epoch + 1, total),
+                backend=backend_for(cfg, graph, data, device), replan=replan)
+    state = {n: v.cpu() for n, v in run.model.state_dict().items()}
+    return Retrained(accuracy(run.model, data.test), state, run.epochs)
 
 
 def retrainings(cfg: SearchConfig, graph: Graph, data: Dataset, device: torch.device,
-                progress: Progress | None) -> Iterator[tuple[float, StateDict]]:
-    """(test accuracy, weights) of each final seed, in seed order."""
-    epochs = cfg.final_training_epochs
+                progress: Progress | None) -> Iterator[Retrained]:
+    """Each final seed's test accuracy, weights and epochs, in seed order."""
     if parallel_seeds(cfg, device) > 1:
         yield from _in_processes(cfg, graph, progress)
         return
     for k in range(cfg.final_seeds):
         phase = _phase(k, cfg)
 
-        def report(epoch: int, acc: float, phase: str = phase) -> None:
+        def report(done: int, total: int, phase: str = phase) -> None:
             if progress is not None:
-                progress(phase, epoch + 1, epochs)
+                progress(phase, done, total)
             stop_point()  # Ctrl-C stops here, between epochs
 
         if progress is not None:
-            progress(phase, 0, epochs)
-        yield _trained(cfg, graph, data, device, k, report)
+            progress(phase, 0, cfg.final_training_epochs)
+        yield _trained(cfg, graph, data, device, k, 1, report)
 
 
 # --------------------------------------------------------------------------- in processes
@@ -78,39 +112,40 @@ def _start_worker(events: multiprocessing.Queue) -> None:
     torch.set_num_threads(1)
 
 
-def _seed_main(cfg_json: str, graph_json: str, k: int) -> tuple[float, StateDict]:
+def _seed_main(cfg_json: str, graph_json: str, k: int, parallel: int) -> Retrained:
     cfg = SearchConfig.model_validate_json(cfg_json)
     data = load_dataset(cfg.dataset, seed=cfg.seed)
 
-    def report(epoch: int, acc: float) -> None:
-        _events.put((k, epoch + 1))
+    def report(done: int, total: int) -> None:
+        _events.put((k, done, total))
 
-    _events.put((k, 0))
-    return _trained(cfg, Graph.from_json(graph_json), data, torch.device("cpu"), k, report)
+    _events.put((k, 0, cfg.final_training_epochs))
+    return _trained(cfg, Graph.from_json(graph_json), data, torch.device("cpu"), k, parallel,
+                    report)
 
 
 def _in_processes(cfg: SearchConfig, graph: Graph,
-                  progress: Progress | None) -> Iterator[tuple[float, StateDict]]:
+                  progress: Progress | None) -> Iterator[Retrained]:
     ctx = multiprocessing.get_context("spawn")
     events = ctx.Queue()
-    epochs = cfg.final_training_epochs
-    pool = ProcessPoolExecutor(parallel_seeds(cfg, torch.device("cpu")), mp_context=ctx,
-                               initializer=_start_worker, initargs=(events,))
+    parallel = parallel_seeds(cfg, torch.device("cpu"))
+    pool = ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_start_worker,
+                               initargs=(events,))
     try:
         futures: list[Future] = [
-            pool.submit(_seed_main, cfg.model_dump_json(), graph.to_json(), k)
+            pool.submit(_seed_main, cfg.model_dump_json(), graph.to_json(), k, parallel)
             for k in range(cfg.final_seeds)]
         for future in futures:
             while not future.done():
                 try:
-                    k, done = events.get(timeout=POLL_SECONDS)
+                    k, done, total = events.get(timeout=POLL_SECONDS)
                 except queue.Empty:
                     continue
                 if progress is not None:
-                    progress(_phase(k, cfg), done, epochs)
+                    progress(_phase(k, cfg), done, total)
             yield future.result()
         while progress is not None and not events.empty():  # the last epochs' reports
-            k, done = events.get()
-            progress(_phase(k, cfg), done, epochs)
+            k, done, total = events.get()
+            progress(_phase(k, cfg), done, total)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

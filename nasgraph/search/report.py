@@ -30,7 +30,7 @@ from nasgraph.ir import Graph
 from nasgraph.search.budget import latency_model
 from nasgraph.search.config import SearchConfig
 from nasgraph.search.evaluation import Progress, retrain
-from nasgraph.search.final import retrainings
+from nasgraph.search.final import Retrained, retrainings
 from nasgraph.search.interrupts import ctrl_c_at_stop_points
 from nasgraph.search.runs import StudyFolder
 from nasgraph.search.study import quiet_optuna
@@ -218,24 +218,26 @@ def write_best(cfg: SearchConfig, study: optuna.Study, row: dict[str, Any], data
     result["test_accuracy"] = row["test_accuracy"]
     result["model_test_accuracy"] = row["test_accuracy"]
     result["final_training"] = None  # the trial's own weights and score
-    accs: list[float] = []
+    seeds: list[Retrained] = []
     if final and cfg.final_seeds > 0:
         try:
             with ctrl_c_at_stop_points():
-                for acc, state in retrainings(cfg, graph, data, device, progress):
-                    accs.append(acc)
-                    if len(accs) == 1:
-                        weights = state
-                        result["model_test_accuracy"] = acc
+                for run in retrainings(cfg, graph, data, device, progress):
+                    seeds.append(run)
+                    if len(seeds) == 1:
+                        weights = run.state
+                        result["model_test_accuracy"] = run.test_accuracy
         except KeyboardInterrupt:
             result["interrupted"] = True
-    if accs:
+    if seeds:
+        accs = [r.test_accuracy for r in seeds]
         result.update({
             "test_accuracy": statistics.fmean(accs),
             "test_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
             "test_accuracy_min": min(accs), "test_accuracy_max": max(accs),
-            "test_accuracy_runs": accs, "final_epochs": cfg.final_training_epochs,
-            "final_seeds": len(accs), "final_training": "train + validation splits",
+            "test_accuracy_runs": accs, "final_epochs": max(r.epochs for r in seeds),
+            "final_epochs_runs": [r.epochs for r in seeds],
+            "final_seeds": len(seeds), "final_training": "train + validation splits",
         })
     runs.write_weights(folder / "weights.pt", weights)
     result["graph_svg"] = _render(graph, folder / "graph.svg")

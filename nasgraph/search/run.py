@@ -106,7 +106,8 @@ def search(cfg: SearchConfig, callbacks: list[Callable] | None = None,
     schedule = Schedule(cfg.time_budget, time.time(), cfg.final_share) if cfg.time_budget \
         else None
     if schedule is not None:
-        cfg = cfg.model_copy(update={"trials_until": schedule.trials_end})
+        cfg = cfg.model_copy(update={"trials_until": schedule.trials_end,
+                                     "final_until": schedule.final_end})
     clock = Clock()
     setup = prepare(cfg)
     study = setup.study

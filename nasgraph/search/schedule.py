@@ -66,6 +66,12 @@ class Schedule:
     def end(self) -> float:
         return self.start + self.budget
 
+    @property
+    def final_end(self) -> float:
+        """When the final retraining must end (`time.time()`): the report's time before
+        the end."""
+        return self.end - REPORT_SECONDS
+
     def final_plan(self, now: float, seconds_per_epoch: float, seeds: int, train_images: int,
                    final_images: int, parallel: int = 1) -> FinalPlan:
         """Seeds and epochs of the final retraining that fit in the time left at `now`, for
@@ -73,7 +79,7 @@ class Schedule:
         retraining trains on `final_images`, `parallel` seeds at a time): all `seeds` with
         as many epochs as fit, else fewer seeds of one epoch; (0, 0) when not even that
         fits."""
-        left = self.end - REPORT_SECONDS - now
+        left = self.final_end - now
         epoch = seconds_per_epoch * final_images / train_images * MARGIN
         if seeds <= 0 or left < epoch:
             return FinalPlan(0, 0)
@@ -112,6 +118,25 @@ def level_and_fastest(trials: Sequence[Trained], val_images: int) -> int:
     se = math.sqrt(best * (1 - best) / max(1, val_images))
     level = [t for t in trials if t.val_accuracy >= best - se]
     return min(level, key=lambda t: (t.train_seconds, -t.val_accuracy, t.number)).number
+
+
+def refit_epochs(now: float, until: float, epoch_seconds: float, rounds: int = 1) -> int:
+    """The epochs in all of a final retraining whose first epoch took `epoch_seconds` and
+    ended at `now`, so that it ends by `until`, and so do the `rounds - 1` retrainings of as
+    many epochs that train after it: (E - 1) + (rounds - 1) E epochs, 10% to spare, fit in
+    the time left. At least 1.
+
+    The final retraining is planned from its trial's pace; after its first epoch its own
+    pace is known and the plan is redone with it (`final.py`), so an estimate that was off
+    neither overruns the budget nor leaves time unused.
+
+    >>> refit_epochs(now=100.0, until=1000.0, epoch_seconds=20.0)  # 900 / 22 + 1
+    41
+    >>> refit_epochs(now=100.0, until=1000.0, epoch_seconds=20.0, rounds=2)
+    20
+    """
+    per = epoch_seconds * MARGIN
+    return max(1, math.floor(((until - now) / per + 1) / max(1, rounds)))
 
 
 def trial_epochs(train_images: int) -> int:

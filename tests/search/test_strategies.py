@@ -31,6 +31,7 @@ from nasgraph.search.schedule import (
     Schedule,
     Trained,
     level_and_fastest,
+    refit_epochs,
     trial_epochs,
 )
 from nasgraph.search.strategies import make_pruner, rungs
@@ -181,6 +182,35 @@ def test_a_timed_search_retrains_the_fastest_of_the_trials_level_with_the_best()
     assert level_and_fastest(trials, val_images=4_000) == 0
     with pytest.raises(ValueError, match="no trained trial"):
         level_and_fastest([], val_images=400)
+
+
+def test_refit_epochs_fill_the_time_left_after_the_first_epoch():
+    per = 20.0 * MARGIN
+    for rounds in (1, 2, 3):
+        epochs = refit_epochs(now=100.0, until=1000.0, epoch_seconds=20.0, rounds=rounds)
+        # this retraining's epochs after its first, and those of the rounds after it, fit
+        assert ((epochs - 1) + (rounds - 1) * epochs) * per <= 900
+        assert (epochs + (rounds - 1) * (epochs + 1)) * per > 900
+    assert refit_epochs(now=999.0, until=1000.0, epoch_seconds=20.0) == 1  # out of time
+
+
+def test_the_final_retraining_is_replanned_once_after_its_first_epoch(tmp_path, monkeypatch):
+    # one seed after the other: the first has both seeds' rounds to fit, the second its own
+    calls = []
+
+    def refit(now: float, until: float, epoch_seconds: float, rounds: int = 1) -> int:
+        calls.append((until, rounds))
+        return 2
+
+    monkeypatch.setattr("nasgraph.search.final.refit_epochs", refit)
+    until = time.time() + 1000
+    seen = []
+    cfg = SearchConfig(space=TINY, trials=1, epochs=1, final_epochs=1, final_seeds=2,
+                       final_until=until, runs_dir=str(tmp_path), device="cpu")
+    result = search(cfg, progress=lambda phase, done, total: seen.append((phase, done, total)))
+    assert calls == [(until, 2), (until, 1)]
+    assert result.best["final_epochs_runs"] == [2, 2] and result.best["final_epochs"] == 2
+    assert ("final retraining, seed 2/2", 2, 2) in seen
 
 
 def test_final_seeds_train_in_parallel_on_cpu_workers_and_report_each_epoch(tmp_path):

@@ -13,6 +13,7 @@ for step, only the same recipe.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -23,7 +24,7 @@ from nasgraph.backends.numba.grad import loss_and_grads
 from nasgraph.backends.numba.optim import FlatParams, make_optimizer
 from nasgraph.init import init_state
 from nasgraph.ir import Graph
-from nasgraph.recipe import Recipe, default_shift, warmup_cosine
+from nasgraph.recipe import Recipe, Replan, default_shift, warmup_cosine
 
 __all__ = ["Arrays", "FitResult", "accuracy", "fit", "shift_and_flip"]
 
@@ -89,7 +90,8 @@ def accuracy(graph: Graph, state: Mapping[str, np.ndarray], split: Arrays,
 def fit(graph: Graph, train: Arrays, val: Arrays, recipe: Recipe, epochs: int = 10,
         seed: int = 0, *, state: Mapping[str, object] | None = None,
         batch_size: int | None = None, flip: bool = False,
-        on_epoch: Callable[[int, float], None] | None = None) -> FitResult:
+        on_epoch: Callable[[int, float], None] | None = None,
+        replan: Replan | None = None) -> FitResult:
     """Train `graph` on `train` by `recipe` for `epochs`; validate on `val` after each.
 
     Args:
@@ -108,6 +110,9 @@ def fit(graph: Graph, train: Arrays, val: Arrays, recipe: Recipe, epochs: int = 
             `flip` must allow them too.
         on_epoch: called as `on_epoch(epoch, val_accuracy)` after each epoch; may raise
             to stop.
+        replan: called as `replan(epochs_done, seconds)` after each epoch; a number it
+            returns is the epochs to train in all (at least those done), the learning-rate
+            schedule rebuilt for them (`nasgraph.train.train` says when).
 
     Example:
         >>> import numpy as np, nasgraph
@@ -127,14 +132,15 @@ def fit(graph: Graph, train: Arrays, val: Arrays, recipe: Recipe, epochs: int = 
     opt = make_optimizer(recipe.optimizer, params, recipe.weight_decay, recipe.momentum)
     batch_size = batch_size or recipe.batch_for(len(train.y))
     lr = recipe.lr_at(batch_size)
-    schedule = warmup_cosine(epochs, math.ceil(len(train.y) / batch_size),
-                             recipe.warmup_epochs)
+    steps_per_epoch = math.ceil(len(train.y) / batch_size)
+    schedule = warmup_cosine(epochs, steps_per_epoch, recipe.warmup_epochs)
     shift = default_shift(train.x.shape[1:]) if recipe.shift is None else recipe.shift
     flip = flip and recipe.flip
     rng = np.random.default_rng(seed)
     history: list[float] = []
-    step = 0
-    for epoch in range(epochs):
+    step, epoch = 0, 0
+    while epoch < epochs:
+        started = time.perf_counter()
         order = rng.permutation(len(train.y))
         for k in range(0, len(order), batch_size):
             idx = order[k: k + batch_size]
@@ -149,7 +155,12 @@ def fit(graph: Graph, train: Arrays, val: Arrays, recipe: Recipe, epochs: int = 
             opt.step(lr * schedule(step))
             step += 1
         acc = accuracy(graph, state, val)
+        seconds = time.perf_counter() - started
         history.append(acc)
+        if replan is not None and (total := replan(epoch + 1, seconds)) is not None:
+            epochs = max(epoch + 1, total)
+            schedule = warmup_cosine(epochs, steps_per_epoch, recipe.warmup_epochs)
         if on_epoch is not None:
             on_epoch(epoch, acc)
+        epoch += 1
     return FitResult(state, history[-1] if history else 0.0, history)
