@@ -131,7 +131,12 @@ def result(args: argparse.Namespace, strategy: str, seed: int) -> dict:
     return {"seed": seed, "test": best["test_accuracy"], "runs": best["test_accuracy_runs"],
             "epochs": best["final_epochs"], "macs": best["macs"], "params": best["params"],
             "val": best["val_accuracy"], "wall": wall, "trial": best.get("trial"),
-            "replayed": "replaces_trial" in best}
+            "replayed": "replaces_trial" in best,
+            "epochs_text": " + ".join(map(str, best["final_epochs_runs"]))
+            if len(set(best.get("final_epochs_runs", []))) > 1
+            else f"{len(best['test_accuracy_runs'])} x {best['final_epochs']}",
+            "final_seconds": best.get("final_seconds"),
+            "final_seconds_allowed": best.get("final_seconds_allowed")}
 
 
 def welch(a: list[float], b: list[float]) -> str:
@@ -150,10 +155,11 @@ def report(args: argparse.Namespace, seeds: list[int]) -> str:
     for strategy, results in got.items():
         for r in results:
             sd = statistics.stdev(r["runs"]) if len(r["runs"]) > 1 else 0.0
-            replayed = " (final replayed)" if r["replayed"] else ""
+            replayed = (f" (final replayed: {r['final_seconds']:.0f} of "
+                        f"{r['final_seconds_allowed']:.0f} s)" if r["replayed"] else "")
             rows.append(f"| {strategy}{replayed} | {r['seed']} | {r['val']:.2%} | "
                         f"{r['macs'] / 1e3:.0f}k, "
-                        f"{r['params'] / 1e3:.1f}k | {len(r['runs'])} x {r['epochs']} epochs | "
+                        f"{r['params'] / 1e3:.1f}k | {r['epochs_text']} epochs | "
                         f"{r['test']:.2%} +- {sd:.2%} | {r['wall']:.0f} s "
                         f"({r['wall'] / budget_s - 1:+.1%}) |")
     median = round(statistics.median(r["epochs"] for r in got["search"]))
@@ -168,8 +174,8 @@ def report(args: argparse.Namespace, seeds: list[int]) -> str:
                        f"{statistics.fmean(walls):.0f} s ({max(walls):.0f} s) |")
     if hand:
         sd = f" +- {statistics.stdev(hand):.2%}" if len(hand) > 1 else ""
-        seeds = f"{len(hand)} seed{'s' if len(hand) > 1 else ''}"
-        summary.append(f"| plain CNN, {epochs} epochs, {seeds} | "
+        runs = f"{len(hand)} seed{'s' if len(hand) > 1 else ''}"
+        summary.append(f"| plain CNN, {epochs} epochs, {runs} | "
                        f"{statistics.fmean(hand):.2%}{sd} | |")
     search = [r["test"] for r in got["search"]]
     margins = [f"search - random: {welch(search, [r['test'] for r in got['random']])} points"]
@@ -189,10 +195,11 @@ def report(args: argparse.Namespace, seeds: list[int]) -> str:
             f"final retraining: {median}; `benchmarks/fashion_limits.py`, seeds 10000, "
             "...).\n\n"
             + "\n".join(rows + summary) + "\n\n" + "; ".join(margins)
+            + " (difference of the means +- its standard error)."
             + (" \"Final replayed\": the run's final retraining replayed on the trial "
-               "`schedule.level_and_fastest` picks (`--replay-final`)." if any(
-                   r["replayed"] for rs in got.values() for r in rs) else "")
-            + " (difference of the means +- its standard error).")
+               "`schedule.level_and_fastest` picks, in the time the run had for it "
+               "(`--replay-final`); its seconds against that time in brackets." if any(
+                   r["replayed"] for rs in got.values() for r in rs) else ""))
 
 
 def hand_runs(args: argparse.Namespace, epochs: int) -> list[dict]:

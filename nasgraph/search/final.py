@@ -7,8 +7,9 @@ process loads the dataset by name (the same split: it is seeded by the search's 
 reports its epochs back for the progress bars.
 
 In a timed search each seed's epochs are planned from its trial's pace (`schedule.py`), and
-planned again after its first epoch, at its own pace (`schedule.refit_epochs`): the first
-epoch is the learning rate's warm-up, so the cosine decay that follows is the whole run's.
+cut after its first epoch when its own pace says they do not fit (`schedule.refit_epochs`):
+the first epoch is the learning rate's warm-up, so the cosine decay that follows is the
+whole run's.
 """
 
 from __future__ import annotations
@@ -62,16 +63,19 @@ def _rounds_left(cfg: SearchConfig, k: int, parallel: int) -> int:
 def _trained(cfg: SearchConfig, graph: Graph, data: Dataset, device: torch.device, k: int,
              parallel: int, report: Callable[[int, int], None]) -> Retrained:
     """Final seed k trained and tested; `report(epochs done, epochs in all)` after each
-    epoch. In a timed search (`cfg.final_until`) the epochs are planned again after the
-    first, at its measured pace (`schedule.refit_epochs`)."""
+    epoch. In a timed search (`cfg.final_until`) the epochs are cut after the first when
+    they do not fit at its measured pace (`schedule.refit_epochs`)."""
     total = cfg.final_training_epochs
 
     def replan(done: int, seconds: float) -> int | None:
         nonlocal total
         if cfg.final_until is None or done != 1:  # once, at the end of the warm-up epoch
             return None
-        total = refit_epochs(time.time(), cfg.final_until, seconds,
-                             _rounds_left(cfg, k, parallel))
+        # shortened, never lengthened: a seed's first epoch can run while the others still
+        # start, faster than the pace they train at together (a replayed final lengthened
+        # so from 51 to 61 epochs overran its time by 15%)
+        total = min(total, refit_epochs(time.time(), cfg.final_until, seconds,
+                                        _rounds_left(cfg, k, parallel)))
         return total
 
     run = train(graph, data, cfg.recipe, epochs=total, device=device,

@@ -194,9 +194,10 @@ def write_report(cfg: SearchConfig, study: optuna.Study, data: Dataset,
 def write_best(cfg: SearchConfig, study: optuna.Study, row: dict[str, Any], data: Dataset,
                device: torch.device, final: bool, progress: Progress | None = None,
                picked: str = "the best validation accuracy") -> dict[str, Any]:
-    """best/: the best trial retrained `cfg.final_seeds` times on train + validation and
-    tested. Ctrl-C during the retraining keeps the retrainings finished so far (or, before
-    the first, the trial's own weights and score) and sets `interrupted` in the result."""
+    """best/: the trial of `row` (the best, or the one `picked` says why) retrained
+    `cfg.final_seeds` times on train + validation and tested. Ctrl-C during the retraining
+    keeps the retrainings finished so far (or, before the first, the trial's own weights and
+    score) and sets `interrupted` in the result."""
     t = study.trials[row["trial"]]
     runs = cfg.folder
     graph = runs.load_graph(t.number)

@@ -127,8 +127,8 @@ def refit_epochs(now: float, until: float, epoch_seconds: float, rounds: int = 1
     the time left. At least 1.
 
     The final retraining is planned from its trial's pace; after its first epoch its own
-    pace is known and the plan is redone with it (`final.py`), so an estimate that was off
-    neither overruns the budget nor leaves time unused.
+    pace is known, and the epochs are cut to these when fewer (`final.py`), so a trial
+    that was timed fast does not overrun the budget.
 
     >>> refit_epochs(now=100.0, until=1000.0, epoch_seconds=20.0)  # 900 / 22 + 1
     41

@@ -194,23 +194,27 @@ def test_refit_epochs_fill_the_time_left_after_the_first_epoch():
     assert refit_epochs(now=999.0, until=1000.0, epoch_seconds=20.0) == 1  # out of time
 
 
-def test_the_final_retraining_is_replanned_once_after_its_first_epoch(tmp_path, monkeypatch):
-    # one seed after the other: the first has both seeds' rounds to fit, the second its own
+@pytest.mark.parametrize(("refit_to", "trained"), [(2, 2), (5, 3)])
+def test_the_final_retraining_is_cut_once_after_its_first_epoch(tmp_path, monkeypatch,
+                                                                refit_to, trained):
+    # one seed after the other: the first has both seeds' rounds to fit, the second its own;
+    # 3 epochs planned are cut to 2 when only 2 fit, and not lengthened when 5 would
     calls = []
 
     def refit(now: float, until: float, epoch_seconds: float, rounds: int = 1) -> int:
         calls.append((until, rounds))
-        return 2
+        return refit_to
 
     monkeypatch.setattr("nasgraph.search.final.refit_epochs", refit)
     until = time.time() + 1000
     seen = []
-    cfg = SearchConfig(space=TINY, trials=1, epochs=1, final_epochs=1, final_seeds=2,
+    cfg = SearchConfig(space=TINY, trials=1, epochs=1, final_epochs=3, final_seeds=2,
                        final_until=until, runs_dir=str(tmp_path), device="cpu")
     result = search(cfg, progress=lambda phase, done, total: seen.append((phase, done, total)))
     assert calls == [(until, 2), (until, 1)]
-    assert result.best["final_epochs_runs"] == [2, 2] and result.best["final_epochs"] == 2
-    assert ("final retraining, seed 2/2", 2, 2) in seen
+    best = result.best
+    assert best["final_epochs_runs"] == [trained, trained] and best["final_epochs"] == trained
+    assert ("final retraining, seed 2/2", trained, trained) in seen
 
 
 def test_final_seeds_train_in_parallel_on_cpu_workers_and_report_each_epoch(tmp_path):
