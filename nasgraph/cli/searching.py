@@ -291,14 +291,19 @@ def _print_result(result) -> None:
         return
     test = best.get("test_accuracy")
     seeds = best.get("final_seeds")
+    epochs = best.get("final_epochs_runs") or [best.get("final_epochs")]
+    epochs_text = " + ".join(map(str, epochs)) if len(set(epochs)) > 1 else str(epochs[0])
     spread = (f" +- {100 * best['test_accuracy_std']:.2f} over {seeds} "
-              f"retraining{'s' if seeds != 1 else ''} of {best['final_epochs']} epochs"
+              f"retraining{'s' if seeds != 1 else ''} of {epochs_text} epochs"
               if "test_accuracy_std" in best else "")
     console.print(f"[bold]best[/]         trial {best['trial']}: val "
                   f"{100 * best['val_accuracy']:.2f}%, test "
                   f"{'-' if test is None else f'{100 * test:.2f}%'}{spread}, "
                   f"{human(best['macs'])} MACs, {human(best['params'])} params",
                   highlight=False, soft_wrap=True)
+    if best.get("picked_for", "the best validation accuracy") != "the best validation accuracy":
+        console.print(f"[bold]retrained[/]    as {best['picked_for']}", highlight=False,
+                      soft_wrap=True)
     console.print("[bold]time[/]         " + ", ".join(
         f"{phase} {_duration(seconds)}" for phase, seconds in result.seconds.items()
         if seconds >= 0.5), highlight=False, soft_wrap=True)

@@ -122,3 +122,23 @@ def test_bad_values_are_one_line(args, message):
 def test_cuda_without_a_device_is_one_line():
     assert_one_line_error(invoke("lenet5", "--device", "cuda"),
                           "--device cuda: no CUDA device is available; hint: --device cpu")
+
+
+def test_the_summary_says_why_another_trial_than_the_best_was_retrained(capsys):
+    from types import SimpleNamespace
+
+    from nasgraph.cli.searching import _print_result
+
+    best = {"trial": 19, "val_accuracy": 0.875, "test_accuracy": 0.9182,
+            "test_accuracy_std": 0.0001, "final_seeds": 2, "final_epochs": 44,
+            "final_epochs_runs": [44, 43], "macs": 985_512, "params": 103_990,
+            "picked_for": "the fastest to train within one standard error of the best "
+                          "validation accuracy (trial 13, 87.72%)"}
+    _print_result(SimpleNamespace(study="s", study_dir="runs/s", trials=20,
+                                  feasible_fraction=1.0, shrunk_fraction=0.5, best=best,
+                                  seconds={"trials": 700.0}))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "trial 19: val 87.50%, test 91.82% +- 0.01 over 2 retrainings of 44 + 43 " \
+           "epochs" in out
+    assert "retrained as the fastest to train within one standard error of the best " \
+           "validation accuracy (trial 13, 87.72%)" in out
