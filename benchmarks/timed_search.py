@@ -20,11 +20,11 @@ Wall clock: the whole command, measured around it.
 `--replay-final` replays the final retraining of runs made before a timed search chose its
 final network by `schedule.level_and_fastest` (it retrained the best by validation
 accuracy): where the rule picks another trial of the same study, that trial is retrained
-with the run's own final seeds, planned (and planned again after its first epoch, as a
-search does) to end in the time the run's final retraining had (the least it can have had:
-its epochs times its seconds per epoch as planned), and `replay.json` beside `wall.json`
-then stands for the run's result. The trials
-do not depend on the rule, which acts after them.
+with the run's own final seeds, planned as a search plans it (and cut after its first
+epoch when they do not fit) to end in the time the run's final retraining had (the least
+it can have had: its epochs times its seconds per epoch as planned), and `replay.json`
+beside `wall.json` then stands for the run's result. The trials do not depend on the
+rule, which acts after them.
 """
 
 from __future__ import annotations
@@ -67,18 +67,12 @@ def replay_final(folder: Path) -> None:
     the one the run retrained; write `replay.json`."""
     import optuna
     import torch
-    from optuna.trial import TrialState
 
     from nasgraph.data import load_dataset
     from nasgraph.search.config import SearchConfig
     from nasgraph.search.final import parallel_seeds, retrainings
-    from nasgraph.search.schedule import (
-        MARGIN,
-        REPORT_SECONDS,
-        Schedule,
-        Trained,
-        level_and_fastest,
-    )
+    from nasgraph.search.run import trained_trials
+    from nasgraph.search.schedule import MARGIN, REPORT_SECONDS, Schedule, level_and_fastest
 
     best_file = next(folder.glob("*/best/result.json"))
     old = json.loads(best_file.read_text())
@@ -87,9 +81,7 @@ def replay_final(folder: Path) -> None:
                               storage=storage)
     cfg = SearchConfig.model_validate(study.user_attrs["config"])
     data = load_dataset(cfg.dataset, seed=cfg.seed)
-    trained = {t.number: Trained(t.number, t.values[0], t.user_attrs["train_seconds"])
-               for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-               if t.user_attrs.get("feasible") and "train_seconds" in t.user_attrs}
+    trained = {t.number: t for t in trained_trials(study)}
     pick = level_and_fastest(list(trained.values()), val_images=len(data.val))
     if pick == old["trial"]:
         return

@@ -44,14 +44,20 @@ from nasgraph.search.workers import run_trials, run_workers
 __all__ = ["SearchConfig", "SearchResult", "open_study", "search"]
 
 
+def trained_trials(study: optuna.Study) -> list[Trained]:
+    """The complete, feasible trials that recorded their training time, best first: those
+    a timed search picks its final network from (`level_and_fastest`)."""
+    return [Trained(t.number, t.values[0], t.user_attrs["train_seconds"])
+            for t in ranked(study) if t.state == TrialState.COMPLETE
+            and t.user_attrs.get("feasible") and "train_seconds" in t.user_attrs]
+
+
 def planned_final(cfg: SearchConfig, schedule: Schedule, study: optuna.Study,
                   data: Dataset, device: torch.device) -> tuple[SearchConfig, int | None]:
     """The trial to retrain (`level_and_fastest`) and `cfg` with the final retraining's
     seeds and epochs fitted to the time left at that trial's seconds per epoch, with the
     seeds that train at once (`final.py`); no trial when none was trained."""
-    trained = [Trained(t.number, t.values[0], t.user_attrs["train_seconds"])
-               for t in ranked(study) if t.state == TrialState.COMPLETE
-               and t.user_attrs.get("feasible") and "train_seconds" in t.user_attrs]
+    trained = trained_trials(study)
     if not trained:
         return cfg, None
     pick = level_and_fastest(trained, val_images=len(data.val))
