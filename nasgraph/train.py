@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -214,6 +215,20 @@ def _train_numba(graph: Graph | nn.Module, data: Dataset, recipe: Recipe, epochs
                            for k, v in result.state.items()})
     return TrainResult(model=model, val_accuracy=result.val_accuracy,
                        history=result.history, epochs=len(result.history))
+
+
+def share_cores(processes: int) -> int:
+    """Give this process its share of the CPU's cores when `processes` train side by side
+    (a search's workers, its parallel final retrainings): torch's and numba's thread
+    counts both become cores // processes (at least 1), so that the processes do not
+    oversubscribe the cores. Returns that count. numba's count is the calling thread's."""
+    import numba
+
+    threads = max(1, min((os.cpu_count() or 1) // max(1, processes),
+                         numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(threads)
+    numba.set_num_threads(threads)
+    return threads
 
 
 def faster_backend(graph: Graph, data: Dataset, recipe: Recipe | None = None,

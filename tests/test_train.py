@@ -3,6 +3,9 @@ against a plain loop, the channels_last path against NCHW, and learning on synth
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -215,3 +218,18 @@ def test_large_training_splits_train_at_batch_128_with_a_larger_learning_rate():
     assert Recipe().batch_for(LARGE_SPLIT) == 128 and Recipe().lr_at(128) == 2e-2
     assert Recipe(batch_size=64).batch_for(LARGE_SPLIT) == 64
     assert Recipe(lr=3e-3).lr_at(128) == 3e-3
+
+
+@pytest.mark.parametrize("processes", [1, 2, 64])
+def test_processes_side_by_side_share_the_cores_for_both_trainers(processes):
+    # in a fresh process: thread counts are per process, and this one's stay as they are
+    script = ("import os, numba, torch\n"
+              "from nasgraph.train import share_cores\n"
+              f"n = share_cores({processes})\n"
+              "print(n, torch.get_num_threads(), numba.get_num_threads(), os.cpu_count(), "
+              "numba.config.NUMBA_NUM_THREADS)")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    n, torch_threads, numba_threads, cores, numba_max = map(int, run.stdout.split())
+    assert n == torch_threads == numba_threads == max(1, min(cores // processes, numba_max))

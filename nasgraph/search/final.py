@@ -30,7 +30,7 @@ from nasgraph.search.config import SearchConfig
 from nasgraph.search.evaluation import Progress, backend_for
 from nasgraph.search.interrupts import stop_point
 from nasgraph.search.schedule import refit_epochs
-from nasgraph.train import accuracy, concat_splits, train
+from nasgraph.train import accuracy, concat_splits, share_cores, train
 
 SEED_BASE = 10_000  # final seed k trains with seed SEED_BASE + k
 POLL_SECONDS = 0.5
@@ -110,10 +110,10 @@ def retrainings(cfg: SearchConfig, graph: Graph, data: Dataset, device: torch.de
 _events: multiprocessing.Queue | None = None  # a worker process's channel to the parent
 
 
-def _start_worker(events: multiprocessing.Queue) -> None:
+def _start_worker(events: multiprocessing.Queue, parallel: int) -> None:
     global _events
     _events = events
-    torch.set_num_threads(1)
+    share_cores(parallel)
 
 
 def _seed_main(cfg_json: str, graph_json: str, k: int, parallel: int) -> Retrained:
@@ -134,7 +134,7 @@ def _in_processes(cfg: SearchConfig, graph: Graph,
     events = ctx.Queue()
     parallel = parallel_seeds(cfg, torch.device("cpu"))
     pool = ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_start_worker,
-                               initargs=(events,))
+                               initargs=(events, parallel))
     try:
         futures: list[Future] = [
             pool.submit(_seed_main, cfg.model_dump_json(), graph.to_json(), k, parallel)

@@ -42,6 +42,7 @@ from nasgraph.search.interrupts import ctrl_c_at_stop_points, stop_point
 from nasgraph.search.retrying_storage import StorageUnavailable, connection_lost
 from nasgraph.search.strategies import worker_name
 from nasgraph.search.study import quiet_optuna
+from nasgraph.train import share_cores
 
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 FAILURES_IN_A_ROW = 5  # a worker whose trials all fail is looking at a broken space
@@ -185,7 +186,9 @@ def work(cfg: SearchConfig) -> int:
 
 def _worker_main(cfg_json: str, index: int, errors: Any) -> None:
     os.environ["NASGRAPH_WORKER"] = str(index)
-    cfg = worker_config(SearchConfig.model_validate_json(cfg_json), index)
+    cfg = SearchConfig.model_validate_json(cfg_json)
+    share_cores(cfg.workers)  # K processes of one machine: each its share of the cores
+    cfg = worker_config(cfg, index)
     try:
         work(cfg)
     except KeyboardInterrupt:
