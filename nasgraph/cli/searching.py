@@ -182,7 +182,7 @@ def search(
                             count=f"{n}/{cfg.trials}", best=_best_text(study_obj))
 
     def phase_progress(phase: str, done: int, total: int) -> None:
-        unit = "candidates" if phase in ("screening", "timing candidates") else "epochs"
+        unit = "candidates" if phase == "screening" else "epochs"
         if phase.startswith("trial "):  # one bar for the trial being trained
             if "trial" not in state:
                 state["trial"] = progress.add_task(phase, total=total, count="", best=unit)

@@ -278,34 +278,6 @@ def test_screening_queues_the_most_promising_candidates_first(tmp_path):
     assert result.trials == 3
 
 
-def test_a_timed_screening_ranks_how_fast_candidates_train_with_the_proxies(tmp_path,
-                                                                         monkeypatch):
-    from nasgraph.search import screening
-    from nasgraph.search.evaluation import prepare
-
-    def queue(name: str, timed: bool) -> list[dict]:
-        cfg = SearchConfig(space="residual", budget_macs=100_000, trials=3, epochs=1,
-                           screen=16, final_seeds=0, runs_dir=str(tmp_path), device="cpu",
-                           study=name, trials_until=time.time() + 3600 if timed else None)
-        return screening.screen(prepare(cfg))
-
-    untimed = queue("untimed", False)
-    assert untimed and not any("pace" in row for row in untimed)
-    # every candidate equally fast: the pace ranks them all level, the proxies decide
-    paced = []
-    monkeypatch.setattr(screening, "pace", lambda setup, graph: paced.append(graph) or 5.0)
-    level = queue("level", True)
-    assert [r["parameters"] for r in level] == [r["parameters"] for r in untimed]
-    # the warm-up, then the PACE_POOL x 3 queued most promising by the proxies
-    assert len(paced) == 1 + screening.PACE_POOL * 3
-    assert all(row["pace"] == 5.0 for row in level)
-    # the fewer parameters, the faster: among the 6 timed, the ranks of params and pace
-    # add up to 5 for each, and snip's rank decides: the 3 queued have 5 + 5, 4 and 3
-    monkeypatch.setattr(screening, "pace", lambda setup, graph: 1e6 / analysis.params(graph))
-    fast = queue("fast", True)
-    assert [r["promise"] for r in fast] == [10.0, 9.0, 8.0]
-
-
 def test_every_trial_records_whether_it_was_made_cheaper_to_fit(tmp_path):
     cfg = SearchConfig(space="residual", budget_macs=60_000, trials=6, epochs=1,
                        sampler="random", final_seeds=0, runs_dir=str(tmp_path), device="cpu")
