@@ -5,7 +5,10 @@ numba, auto; again) after a short untimed search of each, each search in a fresh
 folder, final retraining included.
 
     .venv/bin/python -m benchmarks.search_backend [--dataset digits] [--budget 200k]
-        [--trials 12] [--epochs 3] [--final-seeds 1] [--repeats 2] [--write]
+        [--trials 12] [--epochs 3] [--final-seeds 1] [--repeats 2] [--workers 1] [--write]
+
+With `--workers 2` the search runs two worker processes, and each trains on its share of
+the cores (one each on two), whichever the trainer: the comparison at equal cores.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def one(args: argparse.Namespace, backend: str) -> dict:
                            budget_macs=parse_amount(args.budget), trials=args.trials,
                            epochs=args.epochs, final_seeds=args.final_seeds, sampler="random",
                            seed=args.seed, device="cpu", runs_dir=runs, backend=backend,
-                           study=f"backend-{backend}")
+                           study=f"backend-{backend}", workers=args.workers)
         start = time.perf_counter()
         result = search(cfg)
         seconds = time.perf_counter() - start
@@ -55,6 +58,7 @@ def main() -> None:
     p.add_argument("--final-seeds", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=2, help="turns of the three backends")
+    p.add_argument("--workers", type=int, default=1, help="worker processes per search")
     p.add_argument("--write", action="store_true", help="into docs/benchmarks.md")
     args = p.parse_args()
     # first searches of a process pay its one-time costs (imports, the data set, numba's
@@ -77,17 +81,23 @@ def main() -> None:
                     f"{mine[-1]['val']:.2%} | {'-' if test is None else f'{test:.2%}'} |")
     text = (f"`python -m benchmarks.search_backend --dataset {args.dataset} --budget "
             f"{args.budget} --trials {args.trials} --epochs {args.epochs} --final-seeds "
-            f"{args.final_seeds} --repeats {args.repeats}`: {machine()}; space "
-            f"`{args.space}`, random sampler, seed {args.seed}; one worker; each trainer "
-            "on the threads it picks itself. The trainers start from the same weights but "
+            f"{args.final_seeds} --repeats {args.repeats}"
+            f"{f' --workers {args.workers}' if args.workers > 1 else ''}`: {machine()}; "
+            f"space `{args.space}`, random sampler, seed {args.seed}; "
+            + ("one worker; each trainer on the threads it picks itself" if args.workers == 1
+               else f"{args.workers} workers, each on its share of the cores "
+               "(`share_cores`), both trainers")
+            + ". The trainers start from the same weights but "
             "draw batch order and shifts from different generators (torch's, numpy's), so "
             "their accuracies differ by training noise; best val and test are the last "
             "turn's.\n\n" + "\n".join(rows))
     print(text)
     if args.write:
-        write_section(f"search_backend_{args.dataset}",
-                      f"## A search's wall time by trainer, {args.dataset} (issue 22)\n\n"
-                      + text)
+        name = args.dataset + (f"_workers{args.workers}" if args.workers > 1 else "")
+        write_section(f"search_backend_{name}",
+                      f"## A search's wall time by trainer, {args.dataset}"
+                      f"{f', {args.workers} workers' if args.workers > 1 else ''} (issue 22)"
+                      "\n\n" + text)
 
 
 if __name__ == "__main__":
