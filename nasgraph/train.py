@@ -222,12 +222,10 @@ def share_cores(processes: int) -> int:
     (a search's workers, its parallel final retrainings): torch's and numba's thread
     counts both become cores // processes (at least 1), so that the processes do not
     oversubscribe the cores. Returns that count. numba's count is the calling thread's."""
-    import numba
+    from nasgraph.backends.numba import set_threads
 
-    threads = max(1, min((os.cpu_count() or 1) // max(1, processes),
-                         numba.config.NUMBA_NUM_THREADS))
+    threads = set_threads((os.cpu_count() or 1) // max(1, processes))
     torch.set_num_threads(threads)
-    numba.set_num_threads(threads)
     return threads
 
 

@@ -11,8 +11,9 @@ import os
 # is read once, when numba is first imported, so it must be set before that.
 os.environ.setdefault("NUMBA_SLP_VECTORIZE", "1")
 
-from nasgraph.backends.numba.executor import Executor, compile  # noqa: E402
+from nasgraph.backends.numba.executor import Executor, compile, set_threads  # noqa: E402
 from nasgraph.backends.numba.grad import Gradients, loss_and_grads, value_and_grad  # noqa: E402
 from nasgraph.backends.numba.loop import fit  # noqa: E402
 
-__all__ = ["Executor", "Gradients", "compile", "fit", "loss_and_grads", "value_and_grad"]
+__all__ = ["Executor", "Gradients", "compile", "fit", "loss_and_grads", "set_threads",
+           "value_and_grad"]

@@ -355,6 +355,14 @@ def _arena(shapes: list[tuple[int, ...]]) -> tuple[np.ndarray, list[np.ndarray]]
                    for at, shape in zip(starts, shapes, strict=False)]
 
 
+def set_threads(threads: int) -> int:
+    """Run the calling thread's numba kernels on `threads` threads, at most
+    NUMBA_NUM_THREADS (and at least 1); returns the count set."""
+    count = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(count)
+    return count
+
+
 @functools.cache
 def _thread_count_entry_points() -> tuple[Callable[[], int], Callable[[int], None]]:
     """numba's get/set_num_threads, or where they are reachable, the C entry points they
