@@ -232,29 +232,27 @@ def share_cores(processes: int) -> int:
 def faster_backend(graph: Graph, data: Dataset, recipe: Recipe | None = None,
                    batches: int = 6, seed: int = 0) -> tuple[str, dict[str, float]]:
     """The backend ("torch" or "numba") that trains `graph` faster on this CPU, chosen by
-    measurement (`seconds_per_batch`), and each one's seconds per training batch. Costs a
-    few seconds, against a trial's minutes."""
-    seconds = {backend: seconds_per_batch(graph, data, recipe, backend, batches, seed)
-               for backend in ("torch", "numba")}
-    return min(seconds, key=seconds.__getitem__), seconds
+    measurement, and each one's seconds per training batch.
 
-
-def seconds_per_batch(graph: Graph, data: Dataset, recipe: Recipe | None = None,
-                      backend: str = "torch", batches: int = 6, seed: int = 0) -> float:
-    """The seconds `train(graph, data, recipe, backend=backend)` takes per training batch
-    on the CPU, measured: one epoch of `batches` batches of the training split (at the
-    batch size the whole split trains at) after a warm-up epoch of two (which compiles the
-    numba kernels and allocates), with validation on two images; the second is timed."""
+    Each backend trains one epoch of `batches` batches of the training split (at the batch
+    size the whole split trains at) after a warm-up epoch of two (which compiles the numba
+    kernels and allocates), with validation on two images; the second epoch is timed.
+    Costs a few seconds, against a trial's minutes.
+    """
     recipe = recipe or Recipe()
-    batch = recipe.batch_for(len(data.train))
-    timed = Split(data.train.x[:batches * batch], data.train.y[:batches * batch])
-    warm = Split(data.train.x[:2 * batch], data.train.y[:2 * batch])
-    run = functools.partial(train, graph, data, recipe, epochs=1, device="cpu", seed=seed,
-                            val_split=Split(data.val.x[:2], data.val.y[:2]), backend=backend)
-    run(train_split=warm)
-    start = time.perf_counter()
-    run(train_split=timed)
-    return (time.perf_counter() - start) / batches
+    size = batches * recipe.batch_for(len(data.train))
+    timed = Split(data.train.x[:size], data.train.y[:size])
+    warm = Split(data.train.x[:size // batches * 2], data.train.y[:size // batches * 2])
+    tiny = Split(data.val.x[:2], data.val.y[:2])
+    seconds: dict[str, float] = {}
+    for backend in ("torch", "numba"):
+        run = functools.partial(train, graph, data, recipe, epochs=1, device="cpu", seed=seed,
+                                val_split=tiny, backend=backend)
+        run(train_split=warm)
+        start = time.perf_counter()
+        run(train_split=timed)
+        seconds[backend] = (time.perf_counter() - start) / batches
+    return min(seconds, key=seconds.__getitem__), seconds
 
 
 def prefers_channels_last(graph: Graph) -> bool:
