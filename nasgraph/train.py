@@ -56,9 +56,13 @@ from nasgraph.recipe import (  # noqa: F401
 # (docs/benchmarks.md, "Thresholds of the trainer").
 SMALL_MACS = 20_000_000
 # channels_last (NHWC) trains a network faster on a CPU (oneDNN's NHWC convs skip the
-# reorders of NCHW) unless a conv writes fewer channels than this over more than one pixel:
-# NHWC batch norm vectorizes across channels (with AVX-512 the bound may be 16).
+# reorders of NCHW) unless much of it is narrow: NHWC batch norm vectorizes across channels,
+# and layers of fewer than NHWC_MIN_WIDTH channels (with AVX-512 the bound may be 16) train
+# slower in it. Where such layers write more than NHWC_NARROW_SHARE of the values that the
+# convs write, NCHW is as fast or faster; below, NHWC is 1.0-1.9x faster (100 residual
+# candidates, docs/benchmarks.md, "channels_last or NCHW").
 NHWC_MIN_WIDTH = 8
+NHWC_NARROW_SHARE = 0.25
 # oneDNN's NHWC 1x1 strided convolution writes past its buffer in the weight gradient when
 # a group has fewer input channels than its vector block (8 floats with AVX2, 16 with
 # AVX-512): heap corruption on one thread, wrong gradients on two
@@ -256,10 +260,13 @@ def faster_backend(graph: Graph, data: Dataset, recipe: Recipe | None = None,
 
 
 def prefers_channels_last(graph: Graph) -> bool:
-    """Whether `graph` trains faster on a CPU in channels_last: when no conv writes fewer
-    than `NHWC_MIN_WIDTH` channels over more than one pixel."""
-    return all(node.type.channels >= NHWC_MIN_WIDTH or node.type.height * node.type.width == 1
-               for node in graph if node.kind == "conv2d")
+    """Whether `graph` trains faster on a CPU in channels_last: when the convs that write
+    fewer than `NHWC_MIN_WIDTH` channels (over more than one pixel) write at most
+    `NHWC_NARROW_SHARE` of the values all convs write."""
+    planes = [node.type for node in graph
+              if node.kind == "conv2d" and node.type.height * node.type.width > 1]
+    narrow = sum(t.numel for t in planes if t.channels < NHWC_MIN_WIDTH)
+    return narrow <= NHWC_NARROW_SHARE * sum(t.numel for t in planes)
 
 
 @contextmanager

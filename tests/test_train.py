@@ -204,8 +204,16 @@ def test_channels_last_computes_the_gradients_of_nchw():
     assert not narrow._forward_pre_hooks
 
 
-def test_channels_last_is_for_networks_without_narrow_layers():
-    assert not prefers_channels_last(tiny_resnet((1, 12, 12)))  # 6 channels over 12 x 12
+def test_channels_last_is_for_networks_not_mostly_narrow():
+    # 6 channels over 12 x 12: 864 of the 2,160 values the convs write (40%)
+    assert not prefers_channels_last(tiny_resnet((1, 12, 12)))
+    b = GraphBuilder("narrow_stem")
+    with b.scope("stem"):
+        x = conv_unit(b, b.input(1, 12, 12), 4, 3)  # 576 values of 4 channels ...
+    with b.scope("body"):
+        x = conv_unit(b, x, 16, 3)  # ... and 2,304 of 16: 20% narrow
+    b.output(b.linear(b.flatten(b.gap(x)), 10))
+    assert prefers_channels_last(b.build())
     b = GraphBuilder("gated")
     x = conv_unit(b, b.input(3, 16, 16), 8, 3)
     gate = b.relu(b.conv(b.gap(x), 2, 1, name="squeeze"))
