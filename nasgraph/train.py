@@ -148,7 +148,7 @@ def train(graph: Graph | nn.Module, data: Dataset, recipe: Recipe | None = None,
           on_epoch: Callable[[int, float], None] | None = None,
           train_split: Split | None = None, val_split: Split | None = None,
           backend: Literal["torch", "numba"] = "torch",
-          replan: Replan | None = None) -> TrainResult:
+          replan: Replan | None = None, validate_each_epoch: bool = True) -> TrainResult:
     """Train `graph` (lowered here) from scratch; validation accuracy after every epoch.
 
     `on_epoch(epoch, val_accuracy)` is called after each epoch; it may raise to stop (an
@@ -157,8 +157,11 @@ def train(graph: Graph | nn.Module, data: Dataset, recipe: Recipe | None = None,
     after each epoch with the seconds it took (training and validation); when it returns a
     number, training goes on to that many epochs in all (at least those done), the
     learning-rate schedule rebuilt for them. Replan before the cosine decay begins (at the
-    end of the warm-up) and no learning rate jumps. A graph trains in channels_last on a CPU
-    when `prefers_channels_last`; a module given as it is trains NCHW.
+    end of the warm-up) and no learning rate jumps. `validate_each_epoch=False` validates
+    after the last epoch only (a final retraining, tested once at the end): the other
+    epochs' accuracy is NaN, and their seconds are training's alone. A graph trains in
+    channels_last on a CPU when `prefers_channels_last`; a module given as it is trains
+    NCHW.
 
     `backend="numba"` trains a graph on the CPU without torch's autograd
     (`nasgraph.backends.numba.loop.fit`: the same recipe and initial weights, numpy's
@@ -167,7 +170,7 @@ def train(graph: Graph | nn.Module, data: Dataset, recipe: Recipe | None = None,
     recipe = recipe or Recipe()
     if backend == "numba":
         return _train_numba(graph, data, recipe, epochs, seed, on_epoch, train_split,
-                            val_split, replan)
+                            val_split, replan, validate_each_epoch)
     if backend != "torch":
         raise NasgraphError(f"backend={backend!r}: hint: torch or numba")
     device = resolve_device(device) if isinstance(device, str) else device
@@ -187,7 +190,7 @@ def train(graph: Graph | nn.Module, data: Dataset, recipe: Recipe | None = None,
         model = model.to(device)
         with channels_last(model, enabled=nhwc):
             return _train(model, data, recipe, epochs, device, seed, on_epoch, train_split,
-                          val_split, nhwc, replan)
+                          val_split, nhwc, replan, validate_each_epoch)
     finally:
         torch.set_num_threads(threads)
 
@@ -195,7 +198,8 @@ def train(graph: Graph | nn.Module, data: Dataset, recipe: Recipe | None = None,
 def _train_numba(graph: Graph | nn.Module, data: Dataset, recipe: Recipe, epochs: int,
                  seed: int, on_epoch: Callable[[int, float], None] | None,
                  train_split: Split | None, val_split: Split | None,
-                 replan: Replan | None = None) -> TrainResult:
+                 replan: Replan | None = None, validate_each_epoch: bool = True
+                 ) -> TrainResult:
     """`train` on the numba backend: the dataset's tensors as numpy arrays, the initial
     weights those `lower(graph)` draws after `seed_everything(seed)` (as the torch path's),
     and the trained weights loaded back into that module."""
@@ -214,7 +218,7 @@ def _train_numba(graph: Graph | nn.Module, data: Dataset, recipe: Recipe, epochs
                  recipe, epochs, seed,
                  state={k: v.numpy() for k, v in model.state_dict().items()},
                  batch_size=recipe.batch_for(len(data.train)), flip=data.flip,
-                 on_epoch=on_epoch, replan=replan)
+                 on_epoch=on_epoch, replan=replan, validate_each_epoch=validate_each_epoch)
     model.load_state_dict({k: torch.from_numpy(np.asarray(v))
                            for k, v in result.state.items()})
     return TrainResult(model=model, val_accuracy=result.val_accuracy,
@@ -322,7 +326,7 @@ def make_optimizer(params: list[nn.Parameter], recipe: Recipe, lr: float,
 def _train(model: nn.Module, data: Dataset, recipe: Recipe, epochs: int,
            device: torch.device, seed: int, on_epoch: Callable[[int, float], None] | None,
            train_split: Split | None, val_split: Split | None, nhwc: bool,
-           replan: Replan | None) -> TrainResult:
+           replan: Replan | None, validate_each_epoch: bool = True) -> TrainResult:
     train_data = (train_split or data.train).to(device)
     val_data = (val_split or data.val).to(device)
     batch_size = recipe.batch_for(len(data.train))  # the same in the final retraining
@@ -354,12 +358,14 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, epochs: int,
                 group["lr"] = lr * schedule(step)
             opt.step()
             step += 1
-        acc = accuracy(model, val_data)
+        acc = accuracy(model, val_data) if validate_each_epoch else math.nan
         seconds = time.perf_counter() - started
-        history.append(acc)
         if replan is not None and (total := replan(epoch + 1, seconds)) is not None:
             epochs = max(epoch + 1, total)
             schedule = warmup_cosine(epochs, steps_per_epoch, recipe.warmup_epochs)
+        if not validate_each_epoch and epoch + 1 == epochs:
+            acc = accuracy(model, val_data)
+        history.append(acc)
         if on_epoch is not None:
             on_epoch(epoch, acc)
         epoch += 1

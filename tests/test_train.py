@@ -3,6 +3,7 @@ against a plain loop, the channels_last path against NCHW, and learning on synth
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -158,6 +159,22 @@ def test_replanning_at_the_end_of_the_warm_up_trains_as_if_planned_so(synthetic,
         ours, theirs = replanned.model.state_dict(), planned.model.state_dict()
         for key, value in theirs.items():
             torch.testing.assert_close(ours[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_validating_after_the_last_epoch_only_trains_the_same(synthetic, backend):
+    # a final retraining validates once, after the epoch its replanning makes the last
+    g = tiny_resnet(synthetic.input_shape, 6)
+    recipe = Recipe(batch_size=64, shift=0)
+    seen = []
+    once = train(g, synthetic, recipe, epochs=3, device="cpu", seed=2, backend=backend,
+                 replan=lambda done, seconds: 2 if done == 1 else None,
+                 on_epoch=lambda epoch, acc: seen.append(acc), validate_each_epoch=False)
+    each = train(g, synthetic, recipe, epochs=2, device="cpu", seed=2, backend=backend)
+    assert math.isnan(once.history[0]) and math.isnan(seen[0])
+    assert once.history[1] == seen[1] == once.val_accuracy == each.history[1]
+    for key, value in each.model.state_dict().items():
+        assert torch.equal(once.model.state_dict()[key], value), key
 
 
 def test_on_epoch_sees_every_epoch_and_may_stop_training(synthetic):

@@ -81,7 +81,8 @@ def _trained(cfg: SearchConfig, graph: Graph, data: Dataset, device: torch.devic
     run = train(graph, data, cfg.recipe, epochs=total, device=device,
                 seed=SEED_BASE + k, train_split=concat_splits(data.train, data.val),
                 val_split=data.test, on_epoch=lambda epoch, acc: report(epoch + 1, total),
-                backend=backend_for(cfg, graph, data, device), replan=replan)
+                backend=backend_for(cfg, graph, data, device), replan=replan,
+                validate_each_epoch=False)  # tested once, after the last epoch
     state = {n: v.cpu() for n, v in run.model.state_dict().items()}
     return Retrained(accuracy(run.model, data.test), state, run.epochs)
 

@@ -91,7 +91,7 @@ def fit(graph: Graph, train: Arrays, val: Arrays, recipe: Recipe, epochs: int = 
         seed: int = 0, *, state: Mapping[str, object] | None = None,
         batch_size: int | None = None, flip: bool = False,
         on_epoch: Callable[[int, float], None] | None = None,
-        replan: Replan | None = None) -> FitResult:
+        replan: Replan | None = None, validate_each_epoch: bool = True) -> FitResult:
     """Train `graph` on `train` by `recipe` for `epochs`; validate on `val` after each.
 
     Args:
@@ -113,6 +113,9 @@ def fit(graph: Graph, train: Arrays, val: Arrays, recipe: Recipe, epochs: int = 
         replan: called as `replan(epochs_done, seconds)` after each epoch; a number it
             returns is the epochs to train in all (at least those done), the learning-rate
             schedule rebuilt for them (`nasgraph.train.train` says when).
+        validate_each_epoch: False: validate after the last epoch only; the others'
+            accuracy (in `history` and to `on_epoch`) is NaN, and `replan` gets the
+            seconds of training alone.
 
     Example:
         >>> import numpy as np, nasgraph
@@ -154,12 +157,14 @@ def fit(graph: Graph, train: Arrays, val: Arrays, recipe: Recipe, epochs: int = 
             params.set_grads(out.grads)
             opt.step(lr * schedule(step))
             step += 1
-        acc = accuracy(graph, state, val)
+        acc = accuracy(graph, state, val) if validate_each_epoch else math.nan
         seconds = time.perf_counter() - started
-        history.append(acc)
         if replan is not None and (total := replan(epoch + 1, seconds)) is not None:
             epochs = max(epoch + 1, total)
             schedule = warmup_cosine(epochs, steps_per_epoch, recipe.warmup_epochs)
+        if not validate_each_epoch and epoch + 1 == epochs:
+            acc = accuracy(graph, state, val)
+        history.append(acc)
         if on_epoch is not None:
             on_epoch(epoch, acc)
         epoch += 1
