@@ -31,19 +31,16 @@ from nasgraph.recipe import Recipe
 from nasgraph.search.budget import Budget, parse_amount
 from nasgraph.search.proxies import fitted_candidates
 from nasgraph.search.space import Context, load_space
-from nasgraph.train import NHWC_MIN_WIDTH, NHWC_NARROW_SHARE, prefers_channels_last
+from nasgraph.train import (
+    NHWC_MIN_WIDTH,
+    NHWC_NARROW_SHARE,
+    narrow_share,
+    prefers_channels_last,
+)
 
 # narrow share -> rows of the table
 BINS = [(0.0, 0.0), (0.0, 0.1), (0.1, 0.2), (0.2, NHWC_NARROW_SHARE),
         (NHWC_NARROW_SHARE, 0.5), (0.5, 1.0)]
-
-
-def narrow_share(graph: Graph) -> float:
-    """Of the values the convs write over more than one pixel, the share written by convs
-    of fewer than `NHWC_MIN_WIDTH` channels."""
-    planes = [n.type for n in graph if n.kind == "conv2d" and n.type.height * n.type.width > 1]
-    total = sum(t.numel for t in planes)
-    return sum(t.numel for t in planes if t.channels < NHWC_MIN_WIDTH) / max(1, total)
 
 
 def measure(graph: Graph, x: np.ndarray, y: np.ndarray, rounds: int) -> tuple[float, float]:

@@ -264,13 +264,18 @@ def faster_backend(graph: Graph, data: Dataset, recipe: Recipe | None = None,
 
 
 def prefers_channels_last(graph: Graph) -> bool:
-    """Whether `graph` trains faster on a CPU in channels_last: when the convs that write
-    fewer than `NHWC_MIN_WIDTH` channels (over more than one pixel) write at most
-    `NHWC_NARROW_SHARE` of the values all convs write."""
+    """Whether `graph` trains faster on a CPU in channels_last: when its `narrow_share` is
+    at most `NHWC_NARROW_SHARE`."""
+    return narrow_share(graph) <= NHWC_NARROW_SHARE
+
+
+def narrow_share(graph: Graph) -> float:
+    """Of the values the convs of `graph` write over more than one pixel, the share that
+    convs of fewer than `NHWC_MIN_WIDTH` channels write (0 without such convs)."""
     planes = [node.type for node in graph
               if node.kind == "conv2d" and node.type.height * node.type.width > 1]
     narrow = sum(t.numel for t in planes if t.channels < NHWC_MIN_WIDTH)
-    return narrow <= NHWC_NARROW_SHARE * sum(t.numel for t in planes)
+    return narrow / max(1, sum(t.numel for t in planes))
 
 
 @contextmanager
