@@ -59,7 +59,7 @@ SMALL_MACS = 20_000_000
 # reorders of NCHW) unless much of it is narrow: NHWC batch norm vectorizes across channels,
 # and layers of fewer than NHWC_MIN_WIDTH channels (with AVX-512 the bound may be 16) train
 # slower in it. Where such layers write more than NHWC_NARROW_SHARE of the values that the
-# convs write, NCHW is as fast or faster; below, NHWC is 1.0-1.9x faster (100 residual
+# convs write, NCHW is as fast; below, NHWC took a median 0.72-0.94x the time (100 residual
 # candidates, docs/benchmarks.md, "channels_last or NCHW").
 NHWC_MIN_WIDTH = 8
 NHWC_NARROW_SHARE = 0.25

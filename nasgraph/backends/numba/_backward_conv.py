@@ -301,55 +301,6 @@ def conv2d_nhwc_backward(xp, gy, w2, parts, gxp, kh, kw, sh, sw, dh, need_dx, th
                                 gxf[dst + q] += back1[at + q]
 
 
-# the stride-1 weight gradient's chunks of samples: about this many padded pixels each,
-# gy's and x's share of a chunk then fit in a core's L2 cache
-PIXELS = 4096
-
-
-@njit(parallel=True, cache=True)
-def conv2d_weight_grad_s1(xp, gy, parts, kh, kw, dh, threads):
-    """parts[t] += thread t's share of the weight gradient of a stride-1 conv (no groups,
-    `dh` dilation down, none across) from its input zero-padded in NHWC (xp, N x Hp x Wp
-    x Cin) and gy (N x Cout x Ho x Wo); parts is threads x Cout x (kh * kw * Cin), taps
-    outer, channels inner, as `conv2d_nhwc_backward`'s.
-
-    Seed 003's correlation of x with dy, one GEMM per tap and no column copies: with gy
-    laid out on the padded grid (a row per padded pixel, Cout wide, zero where no output
-    pixel is), the input each output pixel reads through tap (i, j) is the row i * dh * Wp
-    + j further on in xp, so x's side of tap (i, j) is a plain view of xp:
-
-        dw[:, tap (i, j), :] = g.T @ xp_rows[off:off + L]    off = i * dh * Wp + j
-
-    The last `off` rows of a chunk would read past it; they are all padding in g (an
-    output pixel's window lies in its own padded plane), so they are left out."""
-    n_batch, hp, wp, cin = xp.shape
-    cout, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
-    plane = hp * wp
-    per = max(1, PIXELS // plane)
-    xf = xp.reshape(xp.size)
-    for t in prange(threads):
-        lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
-        for n0 in range(lo, hi, per):
-            m = min(per, hi - n0)
-            rows = m * plane
-            g = np.zeros((rows, cout), np.float32)
-            for s in range(m):
-                for oh in range(ho):
-                    for ow in range(wo):
-                        at = s * plane + oh * wp + ow
-                        for co in range(cout):
-                            g[at, co] = gy[n0 + s, co, oh, ow]
-            base = n0 * plane
-            for i in range(kh):
-                for j in range(kw):
-                    off = i * dh * wp + j
-                    n_rows = rows - off
-                    x_tap = xf[(base + off) * cin:(base + off + n_rows) * cin]
-                    tap = (i * kw + j) * cin
-                    parts[t, :, tap:tap + cin] += np.dot(g[:n_rows].T,
-                                                         x_tap.reshape(n_rows, cin))
-
-
 @njit(parallel=True, cache=True)
 def from_padded_nhwc(xp, x, ph, pw):
     """The interior of zero-padded N x Hp x Wp x C `xp` -> N x C x H x W `x`."""
