@@ -42,6 +42,9 @@ TRIAL_IMAGES = 100_000  # a timed trial trains on about this many images ...
 MAX_TRIAL_EPOCHS = 10  # ... in at most this many epochs
 REPORT_SECONDS = 20.0  # leaderboard, test accuracy of the top trials, drawings, plots
 MARGIN = 1.1  # the final retraining's epochs are estimated, not measured: 10% to spare
+# after this many epochs a final retraining is fitted again to the time left, at the mean
+# pace of its epochs from the second on (every seed's process then trains), and may grow
+STEADY_EPOCHS = 4
 
 
 class FinalPlan(NamedTuple):
@@ -120,23 +123,28 @@ def level_and_fastest(trials: Sequence[Trained], val_images: int) -> int:
     return min(level, key=lambda t: (t.train_seconds, -t.val_accuracy, t.number)).number
 
 
-def refit_epochs(now: float, until: float, epoch_seconds: float, rounds: int = 1) -> int:
-    """The epochs in all of a final retraining whose first epoch took `epoch_seconds` and
-    ended at `now`, so that it ends by `until`, and so do the `rounds - 1` retrainings of as
-    many epochs that train after it: (E - 1) + (rounds - 1) E epochs, 10% to spare, fit in
-    the time left. At least 1.
+def refit_epochs(now: float, until: float, epoch_seconds: float, rounds: int = 1,
+                 done: int = 1) -> int:
+    """The epochs in all of a final retraining that has trained `done` epochs by `now`, at
+    `epoch_seconds` an epoch, so that it ends by `until`, and so do the `rounds - 1`
+    retrainings of as many epochs that train after it: (E - done) + (rounds - 1) E epochs,
+    10% to spare, fit in the time left. At least `done`.
 
-    The final retraining is planned from its trial's pace; after its first epoch its own
-    pace is known, and the epochs are cut to these when fewer (`final.py`), so a trial
-    that was timed fast does not overrun the budget.
+    The final retraining is planned from its trial's pace, a single measurement made while
+    trials and the search's own work shared the cores. After its first epoch the epochs are
+    cut to these when fewer, so that a trial timed fast does not overrun the budget; after
+    `STEADY_EPOCHS` they are fitted again at the pace of the epochs since the first, longer
+    or shorter (`final.py`).
 
     >>> refit_epochs(now=100.0, until=1000.0, epoch_seconds=20.0)  # 900 / 22 + 1
     41
     >>> refit_epochs(now=100.0, until=1000.0, epoch_seconds=20.0, rounds=2)
     20
+    >>> refit_epochs(now=160.0, until=1000.0, epoch_seconds=20.0, done=4)  # 840 / 22 + 4
+    42
     """
     per = epoch_seconds * MARGIN
-    return max(1, math.floor(((until - now) / per + 1) / max(1, rounds)))
+    return max(done, math.floor(((until - now) / per + done) / max(1, rounds)))
 
 
 def trial_epochs(train_images: int) -> int:

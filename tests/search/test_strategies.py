@@ -25,6 +25,7 @@ from nasgraph.search.schedule import (
     MARGIN,
     MAX_TRIAL_EPOCHS,
     REPORT_SECONDS,
+    STEADY_EPOCHS,
     TIMED_DEFAULTS,
     TRIAL_IMAGES,
     FinalPlan,
@@ -192,6 +193,9 @@ def test_refit_epochs_fill_the_time_left_after_the_first_epoch():
         assert ((epochs - 1) + (rounds - 1) * epochs) * per <= 900
         assert (epochs + (rounds - 1) * (epochs + 1)) * per > 900
     assert refit_epochs(now=999.0, until=1000.0, epoch_seconds=20.0) == 1  # out of time
+    # after 4 epochs, with 840 s left: 4 + 840 / 22, and never fewer than those done
+    assert refit_epochs(now=160.0, until=1000.0, epoch_seconds=20.0, done=4) == 42
+    assert refit_epochs(now=999.0, until=1000.0, epoch_seconds=20.0, done=4) == 4
 
 
 @pytest.mark.parametrize(("refit_to", "trained"), [(2, 2), (5, 3)])
@@ -201,7 +205,8 @@ def test_the_final_retraining_is_cut_once_after_its_first_epoch(tmp_path, monkey
     # 3 epochs planned are cut to 2 when only 2 fit, and not lengthened when 5 would
     calls = []
 
-    def refit(now: float, until: float, epoch_seconds: float, rounds: int = 1) -> int:
+    def refit(now: float, until: float, epoch_seconds: float, rounds: int = 1,
+              done: int = 1) -> int:
         calls.append((until, rounds))
         return refit_to
 
@@ -215,6 +220,27 @@ def test_the_final_retraining_is_cut_once_after_its_first_epoch(tmp_path, monkey
     best = result.best
     assert best["final_epochs_runs"] == [trained, trained] and best["final_epochs"] == trained
     assert ("final retraining, seed 2/2", trained, trained) in seen
+
+
+@pytest.mark.parametrize("refit_to", [5, 18])
+def test_a_long_final_retraining_is_fitted_again_at_its_steady_pace(tmp_path, monkeypatch,
+                                                                   refit_to):
+    # 16 epochs planned (4 x STEADY_EPOCHS): not cut after the first; after the fourth,
+    # fitted again at the mean of epochs 2-4, and cut to 5 or grown to 18
+    assert STEADY_EPOCHS == 4
+    calls = []
+
+    def refit(now: float, until: float, epoch_seconds: float, rounds: int = 1,
+              done: int = 1) -> int:
+        calls.append((done, epoch_seconds))
+        return 16 if done == 1 else refit_to
+
+    monkeypatch.setattr("nasgraph.search.final.refit_epochs", refit)
+    cfg = SearchConfig(space=TINY, trials=1, epochs=1, final_epochs=16, final_seeds=1,
+                       final_until=time.time() + 1000, runs_dir=str(tmp_path), device="cpu")
+    best = search(cfg).best
+    assert [done for done, _ in calls] == [1, STEADY_EPOCHS]
+    assert best["final_epochs_runs"] == [refit_to]
 
 
 def test_final_seeds_train_in_parallel_on_cpu_workers_and_report_each_epoch(tmp_path):
