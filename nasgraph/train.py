@@ -157,11 +157,12 @@ def train(graph: Graph | nn.Module, data: Dataset, recipe: Recipe | None = None,
     after each epoch with the seconds it took (training and validation); when it returns a
     number, training goes on to that many epochs in all (at least those done), the
     learning-rate schedule rebuilt for them. Replan before the cosine decay begins (at the
-    end of the warm-up) and no learning rate jumps. `validate_each_epoch=False` validates
-    after the last epoch only (a final retraining, tested once at the end): the other
-    epochs' accuracy is NaN, and their seconds are training's alone. A graph trains in
-    channels_last on a CPU when `prefers_channels_last`; a module given as it is trains
-    NCHW.
+    end of the warm-up) and no learning rate jumps; early in the decay it moves little (a
+    timed search's final retraining is fitted again after its fourth epoch).
+    `validate_each_epoch=False` validates after the last epoch only (a final retraining,
+    tested once at the end): the other epochs' accuracy is NaN, and their seconds are
+    training's alone. A graph trains in channels_last on a CPU when
+    `prefers_channels_last`; a module given as it is trains NCHW.
 
     `backend="numba"` trains a graph on the CPU without torch's autograd
     (`nasgraph.backends.numba.loop.fit`: the same recipe and initial weights, numpy's
