@@ -15,7 +15,10 @@ are read from that benchmark's JSON (the command to make them is printed when mi
         [--write]
 
 A run whose folder holds `wall.json` is not run again: the seeds can be run a few at a time.
-Wall clock: the whole command, measured around it.
+Wall clock: the whole command, measured around it. Each finished run's result is kept in
+`--record` (default `benchmarks/results/timed_search.json`, committed) with the revision
+and machine it ran on, and the report is made from the record: runs made in different
+sessions, whose run folders are gone, report together.
 
 `--replay-final` replays the final retraining of runs made before a timed search chose its
 final network by `schedule.level_and_fastest` (it retrained the best by validation
@@ -39,6 +42,10 @@ import time
 from pathlib import Path
 
 from benchmarks._report import machine, write_section
+from benchmarks._revision import ROOT
+
+RECORD = ROOT / "benchmarks" / "results" / "timed_search.json"
+HAND = ROOT / "benchmarks" / "results" / "timed_search_hand.json"
 
 STRATEGIES = {"search": [], "random": ["--sampler", "random", "--pruner", "none",
                                        "--screen", "0"]}
@@ -115,20 +122,56 @@ def replay_final(folder: Path) -> None:
 
 
 def result(args: argparse.Namespace, strategy: str, seed: int) -> dict:
+    """The record of the run in `args.runs_dir`: what the report shows of it."""
     folder = args.runs_dir / f"{strategy}-s{seed}"
     best = json.loads(next(folder.glob("*/best/result.json")).read_text())
     if (folder / "replay.json").is_file():
         best = {**best, **json.loads((folder / "replay.json").read_text())}
-    wall = json.loads((folder / "wall.json").read_text())["seconds"]
-    return {"seed": seed, "test": best["test_accuracy"], "runs": best["test_accuracy_runs"],
+    runs = best["test_accuracy_runs"]
+    return {"strategy": strategy, "seed": seed, "test": best["test_accuracy"], "runs": runs,
+            "sd": statistics.stdev(runs) if len(runs) > 1 else 0.0,
             "epochs": best["final_epochs"], "macs": best["macs"], "params": best["params"],
-            "val": best["val_accuracy"], "wall": wall, "trial": best.get("trial"),
-            "replayed": "replaces_trial" in best,
+            "val": best["val_accuracy"],
+            "wall": json.loads((folder / "wall.json").read_text())["seconds"],
+            "trial": best.get("trial"), "replayed": "replaces_trial" in best,
             "epochs_text": " + ".join(map(str, best["final_epochs_runs"]))
             if len(set(best.get("final_epochs_runs", []))) > 1
-            else f"{len(best['test_accuracy_runs'])} x {best['final_epochs']}",
+            else f"{len(runs)} x {best['final_epochs']}",
             "final_seconds": best.get("final_seconds"),
             "final_seconds_allowed": best.get("final_seconds_allowed")}
+
+
+def revision() -> str:
+    """The git revision the benchmark runs from, `+` when its package has changes."""
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip()
+    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain",
+                                                             "nasgraph") else "")
+
+
+def record(args: argparse.Namespace, seeds: list[int]) -> list[dict]:
+    """Bring the runs of `args.runs_dir` into the record file and return the record. A run
+    recorded with the same result keeps the revision, machine and date it was recorded
+    with: they say where it ran."""
+    kept = json.loads(args.record.read_text()) if args.record.is_file() else []
+    by_key = {(r["strategy"], r["seed"]): r for r in kept}
+    for seed in seeds:
+        for strategy in STRATEGIES:
+            if not (args.runs_dir / f"{strategy}-s{seed}" / "wall.json").is_file():
+                continue
+            new, old = result(args, strategy, seed), by_key.get((strategy, seed), {})
+            if any(old.get(k) != v for k, v in new.items()):
+                by_key[strategy, seed] = {**new, "revision": revision(),
+                                          "machine": machine(),
+                                          "date": time.strftime("%Y-%m-%d")}
+    kept = sorted(by_key.values(), key=lambda r: (list(STRATEGIES).index(r["strategy"]),
+                                                  r["seed"]))
+    args.record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.record.with_name(f".{args.record.name}.tmp")
+    tmp.write_text(json.dumps(kept, indent=1) + "\n")
+    tmp.replace(args.record)
+    return kept
 
 
 def welch(a: list[float], b: list[float]) -> str:
@@ -143,16 +186,22 @@ def report(args: argparse.Namespace, seeds: list[int]) -> str:
     budget_s = parse_duration(args.time_budget)
     rows = ["| search | seed | best trial val | best: MACs, params | final retraining | "
             "test (mean +- sd of the retrainings) | wall |", "|---|---:|---:|---|---|---:|---:|"]
-    got = {s: [result(args, s, seed) for seed in seeds] for s in STRATEGIES}
+    kept = {(r["strategy"], r["seed"]): r for r in json.loads(args.record.read_text())}
+    missing = [f"{s} seed {seed}" for s in STRATEGIES for seed in seeds
+               if (s, seed) not in kept]
+    if missing:
+        raise SystemExit(f"{args.record}: no record of {', '.join(missing)}: run them with "
+                         f"--runs-dir")
+    got = {s: [kept[s, seed] for seed in seeds] for s in STRATEGIES}
     for strategy, results in got.items():
         for r in results:
-            sd = statistics.stdev(r["runs"]) if len(r["runs"]) > 1 else 0.0
             replayed = (f" (final replayed: {r['final_seconds']:.0f} of "
                         f"{r['final_seconds_allowed']:.0f} s)" if r["replayed"] else "")
-            rows.append(f"| {strategy}{replayed} | {r['seed']} | {r['val']:.2%} | "
+            val = "n/a" if r["val"] is None else f"{r['val']:.2%}"
+            rows.append(f"| {strategy}{replayed} | {r['seed']} | {val} | "
                         f"{r['macs'] / 1e3:.0f}k, "
                         f"{r['params'] / 1e3:.1f}k | {r['epochs_text']} epochs | "
-                        f"{r['test']:.2%} +- {sd:.2%} | {r['wall']:.0f} s "
+                        f"{r['test']:.2%} +- {r['sd']:.2%} | {r['wall']:.0f} s "
                         f"({r['wall'] / budget_s - 1:+.1%}) |")
     median = round(statistics.median(r["epochs"] for r in got["search"]))
     epochs = args.hand_epochs or median
@@ -176,9 +225,9 @@ def report(args: argparse.Namespace, seeds: list[int]) -> str:
     else:
         margins.append(f"no plain CNN runs of {epochs} epochs in the hand JSON; make them "
                        f"with `python -m benchmarks.fashion_limits --seeds 2 --cells "
-                       f"{args.budget}:{epochs}:no --json {args.hand_json}`")
+                       f"{args.budget}:{epochs}:no --json {shown(args.hand_json or HAND)}`")
     return (f"`python -m benchmarks.timed_search --seeds {','.join(map(str, seeds))}`: "
-            f"{machine()}. Search: `{' '.join(command(args, 'search', 0, Path('DIR'))[:9])}"
+            f"{provenance(got)}. Search: `{' '.join(command(args, 'search', 0, Path('DIR'))[:9])}"
             f" --seed S`; random: the same with `{' '.join(STRATEGIES['random'])}`, run after "
             "it; one seed after the other. Test: the best candidate retrained from scratch "
             "on train + validation (seeds 10000, ...), mean over its retrainings; wall: the "
@@ -191,7 +240,43 @@ def report(args: argparse.Namespace, seeds: list[int]) -> str:
             + (" \"Final replayed\": the run's final retraining replayed on the trial "
                "`schedule.level_and_fastest` picks, in the time the run had for it "
                "(`--replay-final`); its seconds against that time in brackets." if any(
-                   r["replayed"] for rs in got.values() for r in rs) else ""))
+                   r["replayed"] for rs in got.values() for r in rs) else "")
+            + notes(got))
+
+
+def notes(got: dict[str, list[dict]]) -> str:
+    """The records' notes, each once: ' Search seeds 0, 1 and random seed 0: NOTE'."""
+    runs: dict[str, dict[str, list[int]]] = {}
+    for strategy, results in got.items():
+        for r in results:
+            if r.get("note"):
+                runs.setdefault(r["note"], {}).setdefault(strategy, []).append(r["seed"])
+    text = ""
+    for note, by_strategy in runs.items():
+        named = [f"{s} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                 for s, seeds in by_strategy.items()]
+        text += f" {' and '.join(named).capitalize()}: {note}"
+    return text
+
+
+def provenance(got: dict[str, list[dict]]) -> str:
+    """Where the runs ran: 'MACHINE; revision R (date D): search 0, 1; random 0, ...'."""
+    machines = sorted({r["machine"] for rs in got.values() for r in rs})
+    groups: dict[tuple[str, str], dict[str, list[int]]] = {}
+    for strategy, results in got.items():
+        for r in results:
+            groups.setdefault((r["revision"], r["date"]), {}).setdefault(
+                strategy, []).append(r["seed"])
+    return "; ".join(machines) + "; " + "; ".join(
+        f"revision {rev} ({date}): " + ", ".join(
+            f"{s} {', '.join(map(str, seeds))}" for s, seeds in runs.items())
+        for (rev, date), runs in sorted(groups.items(), key=lambda g: g[0][1]))
+
+
+def shown(path: Path) -> Path:
+    """`path` as the report shows it: relative to the repository when it is inside."""
+    return path.relative_to(ROOT) if path.is_absolute() and path.is_relative_to(ROOT) \
+        else path
 
 
 def hand_runs(args: argparse.Namespace, epochs: int) -> list[dict]:
@@ -206,13 +291,16 @@ def hand_runs(args: argparse.Namespace, epochs: int) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs-dir", type=Path, required=True)
+    p.add_argument("--runs-dir", type=Path, help="where the runs are made; without it, "
+                   "the report is made from the record alone")
+    p.add_argument("--record", type=Path, default=RECORD,
+                   help="the runs' results, kept across sessions")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--space", default="residual")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--budget", default="1M")
     p.add_argument("--time-budget", default="30m")
-    p.add_argument("--hand-json", type=Path, help="fashion_limits' --json")
+    p.add_argument("--hand-json", type=Path, default=HAND, help="fashion_limits' --json")
     p.add_argument("--hand-epochs", type=int, help="the plain CNN's runs of this many "
                    "epochs; default: the searches' median final epochs")
     p.add_argument("--report-only", action="store_true", help="run nothing")
@@ -221,16 +309,19 @@ def main() -> None:
     p.add_argument("--write", action="store_true", help="into docs/benchmarks.md")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    if not args.report_only:
+    if args.runs_dir and not args.report_only:
         for seed in seeds:
             for strategy in STRATEGIES:
                 run(args, strategy, seed)
-    if args.replay_final:
+                record(args, seeds)
+    if args.runs_dir and args.replay_final:
         for seed in seeds:
             for strategy in STRATEGIES:
                 folder = args.runs_dir / f"{strategy}-s{seed}"
                 if not (folder / "replay.json").is_file():
                     replay_final(folder)
+    if args.runs_dir:
+        record(args, seeds)
     text = report(args, seeds)
     print(text)
     if args.write:
