@@ -53,7 +53,9 @@ def one(job: tuple[tuple[int, int, bool], int]) -> dict:
 def table(results: list[dict]) -> str:
     rows = ["| MACs budget | width x | params | epochs | flips | test | runs | s per run |",
             "|---:|---:|---:|---:|---|---:|---:|---:|"]
-    for budget, epochs, flip in CELLS:
+    # the default cells in their order, then any other run with --cells
+    cells = dict.fromkeys([*CELLS, *((r["budget"], r["epochs"], r["flip"]) for r in results)])
+    for budget, epochs, flip in cells:
         got = [r for r in results if (r["budget"], r["epochs"], r["flip"]) == (budget, epochs,
                                                                              flip)]
         if not got:
