@@ -16,7 +16,9 @@ ACTIVATIONS = ["relu", "relu6", "sigmoid", "tanh", "silu", "hardswish", "gelu"]
 
 @st.composite
 def graphs(draw: st.DrawFn, max_nodes: int = 12, max_channels: int = 12,
-           max_size: int = 14) -> Graph:
+           max_size: int = 14, classifier: bool = False) -> Graph:
+    """`classifier`: the only output is a classifier head on the last tensor drawn (what a
+    training loss takes), else that tensor, and maybe a head as a second output."""
     b = GraphBuilder("random")
     c = draw(st.integers(1, max_channels))
     h = draw(st.integers(3, max_size))
@@ -36,6 +38,9 @@ def graphs(draw: st.DrawFn, max_nodes: int = 12, max_channels: int = 12,
         if y is not None:
             pool.append(y)
     last = pool[-1]
+    if classifier:
+        b.output(b.linear(b.flatten(b.gap(last)), draw(st.integers(2, 7))))
+        return b.build()
     b.output(last)
     if draw(st.booleans()):  # a classifier head as a second output
         head = b.linear(b.flatten(b.gap(pool[draw(st.integers(0, len(pool) - 1))])),
