@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
+import statistics
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -39,3 +41,10 @@ def write_section(name: str, markdown: str, doc: Path = DOC) -> None:
     tmp = doc.with_name(f".{doc.name}.tmp")
     tmp.write_text(text)
     tmp.replace(doc)
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float]:
+    """mean(a) - mean(b) and its standard error (Welch): sqrt(var_a / n_a + var_b / n_b),
+    the sample variances of the lists with more than one value."""
+    se = math.sqrt(sum(statistics.variance(x) / len(x) for x in (a, b) if len(x) > 1))
+    return statistics.fmean(a) - statistics.fmean(b), se

@@ -14,13 +14,12 @@ the means over the seeds, with the standard error of their difference (Welch).
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 
-from benchmarks._report import machine, write_section
+from benchmarks._report import machine, welch, write_section
 from benchmarks.numba_cpu import digits_candidate
-from nasgraph.data import load_dataset
+from nasgraph.data import Dataset, load_dataset
 from nasgraph.recipe import Recipe
 from nasgraph.search.final import SEED_BASE
 from nasgraph.train import accuracy, concat_splits, train
@@ -28,19 +27,13 @@ from nasgraph.train import accuracy, concat_splits, train
 BACKENDS = ("torch", "numba")
 
 
-def run(backend: str, seed: int, epochs: int) -> tuple[float, float]:
+def run(data: Dataset, backend: str, seed: int, epochs: int) -> tuple[float, float]:
     """(test accuracy, seconds) of one final retraining of the digits candidate."""
-    data = load_dataset("digits")
     start = time.perf_counter()
     result = train(digits_candidate(), data, Recipe(), epochs=epochs, device="cpu",
                    seed=seed, train_split=concat_splits(data.train, data.val),
                    val_split=data.test, backend=backend, validate_each_epoch=False)
     return accuracy(result.model, data.test), time.perf_counter() - start
-
-
-def standard_error(a: list[float], b: list[float]) -> float:
-    """Of mean(a) - mean(b), Welch's: sqrt(var_a / n_a + var_b / n_b)."""
-    return math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
 
 
 def table(results: dict[str, list[tuple[float, float]]], seeds: list[int]) -> str:
@@ -65,21 +58,21 @@ def main() -> None:
         p.error("--seeds: at least 2, for a standard error")
 
     seeds = [SEED_BASE + k for k in range(args.seeds)]
+    data = load_dataset("digits")
     results: dict[str, list[tuple[float, float]]] = {b: [] for b in BACKENDS}
     for seed in seeds:  # the trainers in turns, so that a drift of the machine hits both
         for backend in BACKENDS:
-            results[backend].append(run(backend, seed, args.epochs))
+            results[backend].append(run(data, backend, seed, args.epochs))
             print(f"seed {seed} {backend}: {results[backend][-1][0]:.2%}", flush=True)
 
     torch_acc, numba_acc = ([a for a, _ in results[b]] for b in BACKENDS)
-    diff = statistics.fmean(numba_acc) - statistics.fmean(torch_acc)
-    se = standard_error(numba_acc, torch_acc)
+    diff, se = welch(numba_acc, torch_acc)
     verdict = "within" if abs(diff) <= se else "outside"
     body = (f"`python -m benchmarks.numba_accuracy --seeds {args.seeds} --epochs "
             f"{args.epochs}`: {machine()}; the digits candidate of `numba_cpu` "
             f"(2 residual stages, {len(seeds)} seeds from {SEED_BASE}), the default recipe, "
             f"{args.epochs} epochs on train + validation as a digits search's final "
-            f"retraining, tested on the {len(load_dataset('digits').test)} test digits; "
+            f"retraining, tested on the {len(data.test)} test digits; "
             "torch on the CPU, one trainer after the other for each seed.\n\n"
             f"{table(results, seeds)}\n\n"
             f"numba - torch: {diff * 100:+.2f} +- {se * 100:.2f} points (difference of the "

@@ -41,6 +41,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import _report
 from benchmarks._report import machine, write_section
 from benchmarks._revision import ROOT
 
@@ -176,8 +177,8 @@ def record(args: argparse.Namespace, seeds: list[int]) -> list[dict]:
 
 def welch(a: list[float], b: list[float]) -> str:
     """Difference of the means in points, +- its standard error."""
-    se = math.sqrt(sum(statistics.variance(x) / len(x) for x in (a, b) if len(x) > 1))
-    return f"{(statistics.fmean(a) - statistics.fmean(b)) * 100:+.2f} +- {se * 100:.2f}"
+    diff, se = _report.welch(a, b)
+    return f"{diff * 100:+.2f} +- {se * 100:.2f}"
 
 
 def report(args: argparse.Namespace, seeds: list[int]) -> str:

@@ -1,14 +1,17 @@
-"""benchmarks/numba_accuracy: the margin and its standard error, and the table."""
+"""benchmarks/numba_accuracy: the margin and its standard error (`_report.welch`), and
+the table."""
 
 import math
 
-from benchmarks.numba_accuracy import standard_error, table
+from benchmarks._report import welch
+from benchmarks.numba_accuracy import table
 
 
 def test_standard_error_is_welchs_by_hand():
     # sample variances 2 and 20/3, of 2 and 4 values
-    assert math.isclose(standard_error([1.0, 3.0], [0.0, 2.0, 4.0, 6.0]),
-                        math.sqrt(2.0 / 2 + (20.0 / 3) / 4))
+    diff, se = welch([1.0, 3.0], [0.0, 2.0, 4.0, 6.0])
+    assert diff == -1.0
+    assert math.isclose(se, math.sqrt(2.0 / 2 + (20.0 / 3) / 4))
 
 
 def test_table_gives_each_seed_and_the_mean():
