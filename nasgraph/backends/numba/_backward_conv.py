@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from nasgraph.backends.numba import _tiled as tiled_k
+from nasgraph.backends.numba import _wgrad as wgrad_k
 
 # samples share one GEMM until it has this many columns: fewer, larger BLAS calls
 COLUMNS = 2048
@@ -246,11 +247,13 @@ def conv2d_input_grad(gy: np.ndarray, w: np.ndarray, gx: np.ndarray, pad: tuple[
 
 
 @njit(parallel=True, cache=True)
-def conv2d_nhwc_backward(xp, gy, w2, parts, gxp, kh, kw, sh, sw, dh, need_dx, threads):
+def conv2d_nhwc_backward(xp, gy, w2, parts, gxp, kh, kw, sh, sw, dh, need_dw, need_dx,
+                         threads):
     """Gradients of a conv (no groups, `dh` dilation down, none across) from its input
-    zero-padded in NHWC (xp, N x Hp x Wp x Cin, as the forward had it) and gy (N x Cout x
-    Ho x Wo): parts[t] += thread t's share of the weight gradient, and where `need_dx`
-    gxp += the input gradient, padded like xp. Both in the taps-outer, channels-inner
+    zero-padded in NHWC (xp, N x Hp x Wp x Cin, as the forward had it; only its shape is
+    read where not `need_dw`) and gy (N x Cout x Ho x Wo): where `need_dw` parts[t] +=
+    thread t's share of the weight gradient, and where `need_dx` gxp += the input
+    gradient, padded like xp. Both in the taps-outer, channels-inner
     order of a window: w2 is the weight as Cout x (kh * kw * Cin), parts threads x Cout x
     (kh * kw * Cin) (the caller sums and reorders).
 
@@ -270,21 +273,23 @@ def conv2d_nhwc_backward(xp, gy, w2, parts, gxp, kh, kw, sh, sw, dh, need_dx, th
         lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
         for n0 in range(lo, hi, per):
             m = min(per, hi - n0)
-            cols = np.empty((m * hw, k), np.float32)
-            cols1 = cols.reshape(cols.size)
             rows = np.empty((cout, m * hw), np.float32)
-            for s in range(m):
-                base = (n0 + s) * hp * wp * cin
-                for oh in range(ho):
-                    for ow in range(wo):
-                        dst = np.uint64((s * hw + oh * wo + ow) * k)
-                        for i in range(kh):
-                            src = np.uint64(base + ((oh * sh + i * dh) * wp + ow * sw) * cin)
-                            at = dst + np.uint64(i) * run_u
-                            for q in range(run_u):
-                                cols1[at + q] = xf[src + q]
             _gather_rows(gy1, cout, hw, n0, m, 0, rows)
-            parts[t] += np.dot(rows, cols)
+            if need_dw:
+                cols = np.empty((m * hw, k), np.float32)
+                cols1 = cols.reshape(cols.size)
+                for s in range(m):
+                    base = (n0 + s) * hp * wp * cin
+                    for oh in range(ho):
+                        for ow in range(wo):
+                            dst = np.uint64((s * hw + oh * wo + ow) * k)
+                            for i in range(kh):
+                                src = np.uint64(base + ((oh * sh + i * dh) * wp + ow * sw)
+                                                * cin)
+                                at = dst + np.uint64(i) * run_u
+                                for q in range(run_u):
+                                    cols1[at + q] = xf[src + q]
+                parts[t] += np.dot(rows, cols)
             if not need_dx:
                 continue
             back = np.dot(rows.T, w2)  # pixels x K, laid out as cols
@@ -299,6 +304,45 @@ def conv2d_nhwc_backward(xp, gy, w2, parts, gxp, kh, kw, sh, sw, dh, need_dx, th
                             at = src + np.uint64(i) * run_u
                             for q in range(run_u):
                                 gxf[dst + q] += back1[at + q]
+
+
+# a chunk of samples' dy rows and input planes, in float32 values, that `_wgrad` sums
+# before it adds its accumulators into float64: about a quarter of a 512 KB L2 cache
+CHUNK_VALUES = 32768
+
+
+def conv2d_weight_grad(x: np.ndarray, gy: np.ndarray, kernel: tuple[int, int],
+                       stride: tuple[int, int], pad: tuple[int, int],
+                       dilation: tuple[int, int], threads: int) -> np.ndarray:
+    """The weight gradient of an ungrouped conv, Cout x Cin x kh x kw, by the register-
+    tiled kernel of `_wgrad`: x N x Cin x H x W, gy N x Cout x Ho x Wo. Each tap's sum
+    over the batch is a dot product of dy's padded rows with one offset into the input's
+    stride-phase planes (`_wgrad`'s docstring); no im2col columns are copied."""
+    n, cin, _, _ = x.shape
+    cout, ho, wo = gy.shape[1:]
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    wq = wo + (kw - 1) * dw // sw  # the planes' width: every tap's window fits in a row
+    length = -(-ho * wq // wgrad_k.LANES) * wgrad_k.LANES  # dy's row, whole vectors
+    last = (kh - 1) * dh // sh * wq + (kw - 1) * dw // sw  # the farthest tap's offset
+    plane = last + length  # each tap reads `length` values from its offset
+    phases = sh * sw
+    xq = np.empty((n, cin * phases, plane), np.float32)
+    wgrad_k.to_phase_planes(x, xq, sh, sw, *pad, wq)
+    cob = -(-cout // wgrad_k.R)
+    gp = np.empty((n, cob * wgrad_k.R, length), np.float32)
+    wgrad_k.to_rows(gy, gp, wq)
+    taps = [((c * sh + i * dh % sh) * sw + j * dw % sw) * plane
+            + i * dh // sh * wq + j * dw // sw
+            for c in range(cin) for i in range(kh) for j in range(kw)]
+    tiles = -(-len(taps) // wgrad_k.S)
+    offs = np.array(taps + taps[-1:] * (tiles * wgrad_k.S - len(taps)), np.int64)
+    parts = np.zeros((threads, cob, tiles, wgrad_k.R, wgrad_k.S, wgrad_k.LANES))
+    per_sample = cob * wgrad_k.R * length + cin * phases * plane
+    wgrad_k.weight_grad(gp.reshape(gp.size), gp[0].size, xq.reshape(xq.size), xq[0].size,
+                        offs.reshape(tiles, wgrad_k.S), parts, n, cob,
+                        length // wgrad_k.LANES, max(1, CHUNK_VALUES // per_sample), threads)
+    sums = parts.sum(axis=(0, 5)).transpose(0, 2, 1, 3).reshape(cob * wgrad_k.R, -1)
+    return sums[:cout, :len(taps)].astype(np.float32).reshape(cout, cin, kh, kw)
 
 
 @njit(parallel=True, cache=True)

@@ -74,16 +74,34 @@ def _empty(x: np.ndarray, node: Node) -> np.ndarray:
 
 
 class _Padded(NamedTuple):
-    """What a conv run by the tiled kernel keeps for its backward: its input zero-padded
-    in NHWC (the weight gradient reads it) and the input's shape."""
+    """What a conv run by the tiled kernel keeps for its backward: its input, and where
+    the weight gradient is a GEMM of copied columns (not `_planes_pay`) the input
+    zero-padded in NHWC, from which they are copied."""
 
-    xp: np.ndarray
-    shape: tuple[int, ...]
+    xp: np.ndarray | None
+    x: np.ndarray
+
+
+def _planes_pay(op, out_channels: int, out_pixels: int) -> bool:
+    """Whether a tiled conv's weight gradient runs faster by `_wgrad`'s register-tiled
+    kernel than as a GEMM of copied columns: spatial kernels of few output channels, and
+    of strided convs only on large outputs. The GEMM's rows are its output channels, and
+    OpenBLAS uses few rows badly; with more, it copies once for many FMAs. Measured on
+    AVX2, one thread, batch 128 (docs/numba.md, "The weight gradient"): at 7-16 output
+    channels the tiled kernel takes 0.3-0.7x the GEMM's time, at 32 about as long, at 64
+    1.7-2.5x; strided ones onto 7x7 outputs 1.7-2x."""
+    kh, kw = op.kernel
+    return (kh * kw > 1 and out_channels <= WGRAD_MAX_CHANNELS
+            and (op.stride == (1, 1) or out_pixels >= 196))
+
+
+# convs of at most this many output channels take `_wgrad`'s weight gradient
+WGRAD_MAX_CHANNELS = 28
 
 
 def _conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                   ) -> tuple[np.ndarray, np.ndarray | _Padded]:
-    # N x Cin x H x W -> N x Cout x Ho x Wo; saved: x, or x padded in NHWC (`_Padded`)
+    # N x Cin x H x W -> N x Cout x Ho x Wo; saved: x, or for a tiled conv `_Padded`
     op, x = node.op, xs[0]
     w = wts["weight"]  # Cout x Cin/G x kh x kw
     cout, cig, kh, kw = w.shape
@@ -97,7 +115,8 @@ def _conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
         xp = conv_b.padded_nhwc(x, op.pad, run.threads)
         conv_b.conv2d_direct(xp, w, bias if op.bias else None, out, op.stride,
                              op.dilation[0], run.threads)
-        return out, _Padded(xp, x.shape)
+        planes = _planes_pay(op, cout, out.shape[2] * out.shape[3])
+        return out, _Padded(None if planes else xp, x)
     else:
         conv_b.conv2d_forward(x, w.reshape(op.groups, cout // op.groups, cig * kh * kw),
                               bias, out, kh, kw, *geometry, int(op.bias), run.threads)
@@ -137,25 +156,37 @@ def _conv_backward(node: Node, gy: np.ndarray, saved: np.ndarray | _Padded, wts:
 
 def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run: Run,
                          needs: list[bool]) -> Grads:
-    # both gradients from the padded NHWC input the forward kept; the input gradient of a
-    # stride-1 conv is a tiled conv of gy (seed 003's full convolution), others are added
-    # back window by window
+    # the weight gradient by `_wgrad` or as a GEMM from the padded NHWC input the forward
+    # kept (`_planes_pay`); the input gradient of a stride-1 conv is a tiled conv of gy
+    # (seed 003's full convolution), of others added back window by window
     cout, cin, kh, kw = w.shape
-    w2 = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(cout, kh * kw * cin)
-    direct_dx = needs[0] and _tiled_input_grad(op, saved.shape)
+    x = saved.x
+    direct_dx = needs[0] and _tiled_input_grad(op, x.shape)
     add_dx = needs[0] and not direct_dx
-    gxp = np.zeros_like(saved.xp) if add_dx else _NO_GRAD
-    parts = np.zeros((run.threads, cout, kh * kw * cin), _F32)
-    conv_b.conv2d_nhwc_backward(saved.xp, gy, w2, parts, gxp, kh, kw, *op.stride,
-                                op.dilation[0], add_dx, run.threads)
-    gw = parts[0] if run.threads == 1 else parts.sum(axis=0)
-    gw = np.ascontiguousarray(gw.reshape(cout, kh, kw, cin).transpose(0, 3, 1, 2))
+    gemm_dw = saved.xp is not None
+    gw = None
+    if not gemm_dw:
+        gw = conv_b.conv2d_weight_grad(x, gy, op.kernel, op.stride, op.pad, op.dilation,
+                                       run.threads)
+    if gemm_dw or add_dx:
+        n, _, h, wi = x.shape
+        xp_shape = (n, h + 2 * op.pad[0], wi + 2 * op.pad[1], cin)
+        gxp = np.zeros(xp_shape, _F32) if add_dx else _NO_GRAD
+        w2 = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(cout, kh * kw * cin)
+        parts = np.zeros((run.threads if gemm_dw else 1, cout, kh * kw * cin), _F32)
+        # without the GEMM, only xp's shape is read: gxp has it
+        conv_b.conv2d_nhwc_backward(saved.xp if gemm_dw else gxp, gy, w2, parts, gxp, kh,
+                                    kw, *op.stride, op.dilation[0], gemm_dw, add_dx,
+                                    run.threads)
+        if gemm_dw:
+            gw = parts[0] if run.threads == 1 else parts.sum(axis=0)
+            gw = np.ascontiguousarray(gw.reshape(cout, kh, kw, cin).transpose(0, 3, 1, 2))
     gx = None
     if direct_dx:
-        gx = np.empty(saved.shape, _F32)
+        gx = np.empty(x.shape, _F32)
         conv_b.conv2d_input_grad(gy, w, gx, op.pad, op.dilation[0], run.threads)
     elif add_dx:
-        gx = np.empty(saved.shape, _F32)
+        gx = np.empty(x.shape, _F32)
         conv_b.from_padded_nhwc(gxp, gx, *op.pad)
     return [gx], _with_bias_grad(op, gw, gy)
 

@@ -295,6 +295,50 @@ def test_a_wide_1x1_conv_trains_on_the_tiled_kernel():
     check_against_torch(g)
 
 
+@pytest.mark.parametrize("kernel, stride, pad, dilation", [
+    ((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1), (1, 1)),
+    ((5, 5), (2, 2), (2, 2), (1, 1)), ((1, 1), (2, 2), (0, 0), (1, 1)),
+    ((3, 3), (3, 3), (1, 1), (1, 1)), ((3, 1), (2, 1), (1, 0), (1, 1)),
+    ((3, 3), (1, 1), (2, 2), (2, 2)), ((3, 3), (1, 1), (0, 0), (2, 1)),
+    ((2, 2), (1, 1), (0, 0), (1, 1))])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_tiled_weight_gradient_matches_torch_float64(kernel, stride, pad, dilation, threads):
+    # `_wgrad` through stride phases, dilations and uneven kernels; output channels not a
+    # multiple of its tile's 4, taps not of its 3, samples split unevenly over `threads`
+    from nasgraph.backends.numba._backward_conv import conv2d_weight_grad
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, 11, 9, dtype=torch.float64, generator=gen)
+    w = torch.randn(7, 3, *kernel, dtype=torch.float64, generator=gen, requires_grad=True)
+    y = F.conv2d(x, w, stride=stride, padding=pad, dilation=dilation)
+    gy = torch.randn(y.shape, dtype=torch.float64, generator=gen)
+    (y * gy).sum().backward()
+    got = conv2d_weight_grad(x.float().numpy(), gy.float().numpy(), kernel, stride, pad,
+                             dilation, threads)
+    ref = w.grad.numpy()
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_generated_weight_gradient_kernel_is_up_to_date():
+    from nasgraph.backends.numba import _wgrad_gen
+
+    assert _wgrad_gen.TARGET.read_text() == _wgrad_gen.render()
+
+
+@pytest.mark.parametrize("max_channels", [0, 1000], ids=["gemm", "wgrad"])
+def test_both_weight_gradients_of_tiled_convs_match_torch(max_channels, monkeypatch):
+    # each tiled conv's weight gradient as a GEMM of copied columns and by `_wgrad`, as
+    # `_planes_pay` picks by output channels: here forced one way, then the other
+    monkeypatch.setattr(_backward_ops, "WGRAD_MAX_CHANNELS", max_channels)
+    check_against_torch(residual_graph())
+    b = GraphBuilder("strided")
+    x = b.conv(b.input(2, 16, 16), 5, 3, stride=2, padding=1)
+    x = b.conv(b.relu(x), 6, (3, 2), stride=(1, 2), padding=1, dilation=(2, 1))
+    b.output(b.linear(b.flatten(b.relu(x)), 3))
+    check_against_torch(b.build(), n=5)
+
+
 def residual_graph() -> Graph:
     """Two ResNet basic blocks, the second with a strided 1x1 projection shortcut."""
     b = GraphBuilder("residual")
