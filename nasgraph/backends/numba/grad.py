@@ -14,7 +14,9 @@ consumers send it, and skips the nodes no trainable weight lies behind.
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import platform
 from collections.abc import Mapping, MutableMapping
 from typing import NamedTuple
 
@@ -73,6 +75,31 @@ def _one_blas_thread() -> None:
     # `_limit_blas_threads` once per process: it scans the loaded libraries, 1 ms a call,
     # a fifth of a training step of a small net at batch 32
     _limit_blas_threads()
+
+
+# glibc's mallopt parameters, and what the training pass sets them to
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks up to 32 MiB come from the heap
+TRIM_THRESHOLD = 512 << 20  # the heap keeps up to 512 MiB of freed memory at its top
+
+
+@functools.cache
+def _reuse_freed_memory() -> bool:
+    """Once per process, where the C library is glibc: keep freed blocks up to
+    MMAP_THRESHOLD in the heap for the next step's arrays. glibc maps a large block
+    fresh from the OS and unmaps it when freed, above a threshold that starts at 128 KiB
+    and rises only as such blocks are freed, so a pass's new arrays (every activation and
+    gradient) faulted their pages in anew, step after step: 2,500 page faults a step for
+    the digits candidate at batch 128, 34,000 for resnet20, which took a quarter to two
+    fifths of a step (docs/numba.md, "Memory"). Returns whether the settings took."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 class _Plan(NamedTuple):
@@ -185,6 +212,10 @@ def loss_and_grads(graph: Graph, state_dict: Mapping[str, object], x: np.ndarray
             (`module.eval()`), gradients of that function.
         seed: draws the dropout masks (`dropout_mask`).
 
+    The first call in a process limits BLAS to one thread and, under glibc, keeps freed
+    blocks of up to 32 MiB in the heap for reuse (`_reuse_freed_memory`): process-wide
+    settings, made for the loops that call this step after step.
+
     Example:
         >>> import numpy as np, nasgraph
         >>> from nasgraph.backends.numba.grad import loss_and_grads
@@ -199,6 +230,7 @@ def loss_and_grads(graph: Graph, state_dict: Mapping[str, object], x: np.ndarray
     x4, labels = _check(graph, x, y, label_smoothing)
     state = _state(plan, graph, state_dict)
     _one_blas_thread()
+    _reuse_freed_memory()
     per_node: dict[str, Weights] = {
         node_id: {suffix: state[key] for suffix, key in entries if key in state}
         for node_id, entries in plan.by_node.items()}
