@@ -4,26 +4,34 @@ For y = conv(x, w) the input gradient is the full convolution of dy with the ker
 rotated by 180 degrees, and the weight gradient the correlation of x with dy (seed 003).
 
 Convs that the executor runs with its register-tiled direct kernel (`_tiled`: no groups,
-no dilation across, wider than 1x1 or strided) train on it too. The forward runs it on x
-zero-padded in NHWC and keeps that copy; from it the weight gradient is one GEMM per
-chunk of samples, dw = dy @ cols, whose columns are whole runs of the padded rows
-(`conv2d_nhwc_backward`). The input gradient of a stride-1 conv is itself a stride-1
-tiled conv of dy with the rotated kernel (`conv2d_input_grad`); of a strided one, the
-GEMM dy.T @ w added back window by window into padded rows.
+no dilation across, wider than 1x1 or strided) train on it too, on x zero-padded in NHWC.
+Their weight gradient is `_wgrad`'s register-tiled kernel on the input's stride-phase
+planes (`phase_planes`, `conv2d_weight_grad`) where that pays (few output channels:
+`_backward_ops._planes_pay`), else one GEMM per chunk of samples, dw = dy @ cols, whose
+columns are whole runs of the padded NHWC rows the forward kept (`conv2d_nhwc_backward`).
+The input gradient of a stride-1 conv is itself a stride-1 tiled conv of dy with the
+rotated kernel (`conv2d_input_grad`); of a strided one, the GEMM dy.T @ w added back
+window by window into padded rows.
+
+Convs with one input channel per group (depthwise) run on the same phase planes: the
+forward one axpy per tap along a padded row (`depthwise_forward`), the weight gradient
+`_wgrad`'s kernel group by group, the input gradient the forward's adjoint, one axpy per
+tap into the planes (`depthwise_input_grad`).
 
 Other convs go through im2col's columns (K x pixels), cols = im2col(x), y = w @ cols:
 
     dw = dy @ cols.T        dx = col2im(w.T @ dy)
 
 where col2im, the adjoint of im2col, adds each column entry back into the pixel it was
-read from. Convs with one input channel per group (depthwise) have GEMMs of one row; they
-run as direct loops instead (their forward is the executor's, `_conv`).
+read from.
 
 Arrays are C-contiguous float32 N x C x H x W; gradients of inputs are added into
 zeroed arrays.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
@@ -306,43 +314,185 @@ def conv2d_nhwc_backward(xp, gy, w2, parts, gxp, kh, kw, sh, sw, dh, need_dw, ne
                                 gxf[dst + q] += back1[at + q]
 
 
-# a chunk of samples' dy rows and input planes, in float32 values, that `_wgrad` sums
-# before it adds its accumulators into float64: about a quarter of a 512 KB L2 cache
+# a chunk of samples' dy rows and input planes of one group, in float32 values, that
+# `_wgrad` sums before it adds its accumulators into float64: a quarter of a 512 KB L2
 CHUNK_VALUES = 32768
 
 
-def conv2d_weight_grad(x: np.ndarray, gy: np.ndarray, kernel: tuple[int, int],
-                       stride: tuple[int, int], pad: tuple[int, int],
-                       dilation: tuple[int, int], threads: int) -> np.ndarray:
-    """The weight gradient of an ungrouped conv, Cout x Cin x kh x kw, by the register-
-    tiled kernel of `_wgrad`: x N x Cin x H x W, gy N x Cout x Ho x Wo. Each tap's sum
-    over the batch is a dot product of dy's padded rows with one offset into the input's
-    stride-phase planes (`_wgrad`'s docstring); no im2col columns are copied."""
-    n, cin, _, _ = x.shape
-    cout, ho, wo = gy.shape[1:]
-    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-    wq = wo + (kw - 1) * dw // sw  # the planes' width: every tap's window fits in a row
-    length = -(-ho * wq // wgrad_k.LANES) * wgrad_k.LANES  # dy's row, whole vectors
-    last = (kh - 1) * dh // sh * wq + (kw - 1) * dw // sw  # the farthest tap's offset
-    plane = last + length  # each tap reads `length` values from its offset
-    phases = sh * sw
-    xq = np.empty((n, cin * phases, plane), np.float32)
+class PhasePlanes(NamedTuple):
+    """A conv's input zero-padded and split into its stride phases (`_wgrad`'s layout,
+    `phase_planes`): xq is N x C*sh*sw x `plane`, channel c's planes from c*sh*sw*plane
+    in a sample's values. Output pixel (oh, ow) is p = oh*wq + ow of a row `length`
+    long (whole vectors); tap t reads x at its offset taps[t] + p into a channel's planes."""
+
+    xq: np.ndarray
+    shape: tuple[int, ...]  # x's
+    out_hw: tuple[int, int]  # Ho, Wo
+    wq: int
+    length: int
+    plane: int
+    taps: np.ndarray  # int64, kh*kw: each tap's offset into a channel's planes
+    stride: tuple[int, int]
+    pad: tuple[int, int]
+
+
+def phase_planes(x: np.ndarray, out_hw: tuple[int, int], kernel: tuple[int, int],
+                 stride: tuple[int, int], pad: tuple[int, int], dilation: tuple[int, int]
+                 ) -> PhasePlanes:
+    """x (N x C x H x W) as `PhasePlanes` for a conv of this geometry: planes Wq = Wo +
+    (kw-1)*dw // sw wide, so that every tap's window of a row fits in a row, and long
+    enough for the farthest tap to read a whole padded row of dy."""
+    (ho, wo), (kh, kw), (sh, sw), (dh, dw) = out_hw, kernel, stride, dilation
+    wq = wo + (kw - 1) * dw // sw
+    length = -(-ho * wq // wgrad_k.LANES) * wgrad_k.LANES
+    plane = (kh - 1) * dh // sh * wq + (kw - 1) * dw // sw + length
+    taps = np.array([(i * dh % sh * sw + j * dw % sw) * plane + i * dh // sh * wq
+                     + j * dw // sw for i in range(kh) for j in range(kw)], np.int64)
+    xq = np.empty((x.shape[0], x.shape[1] * sh * sw, plane), np.float32)
     wgrad_k.to_phase_planes(x, xq, sh, sw, *pad, wq)
-    cob = -(-cout // wgrad_k.R)
-    gp = np.empty((n, cob * wgrad_k.R, length), np.float32)
-    wgrad_k.to_rows(gy, gp, wq)
-    taps = [((c * sh + i * dh % sh) * sw + j * dw % sw) * plane
-            + i * dh // sh * wq + j * dw // sw
-            for c in range(cin) for i in range(kh) for j in range(kw)]
-    tiles = -(-len(taps) // wgrad_k.S)
-    offs = np.array(taps + taps[-1:] * (tiles * wgrad_k.S - len(taps)), np.int64)
-    parts = np.zeros((threads, cob, tiles, wgrad_k.R, wgrad_k.S, wgrad_k.LANES))
-    per_sample = cob * wgrad_k.R * length + cin * phases * plane
-    wgrad_k.weight_grad(gp.reshape(gp.size), gp[0].size, xq.reshape(xq.size), xq[0].size,
-                        offs.reshape(tiles, wgrad_k.S), parts, n, cob,
-                        length // wgrad_k.LANES, max(1, CHUNK_VALUES // per_sample), threads)
-    sums = parts.sum(axis=(0, 5)).transpose(0, 2, 1, 3).reshape(cob * wgrad_k.R, -1)
-    return sums[:cout, :len(taps)].astype(np.float32).reshape(cout, cin, kh, kw)
+    return PhasePlanes(xq, x.shape, out_hw, wq, length, plane, taps, stride, pad)
+
+
+def _rows(planes: PhasePlanes, gy: np.ndarray, groups: int, rows: int) -> np.ndarray:
+    # gy as `_wgrad.to_rows` lays it out: each group's channels padded to `rows` rows
+    gp = np.empty((gy.shape[0], groups * rows, planes.length), np.float32)
+    wgrad_k.to_rows(gy, gp, planes.wq, groups)
+    return gp
+
+
+def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
+                       kernel: tuple[int, int], threads: int,
+                       gp: np.ndarray | None = None) -> np.ndarray:
+    """The weight gradient of a conv, Cout x Cin/G x kh x kw, by `_wgrad`'s register-
+    tiled kernels: each tap's sum over the batch is a dot product of dy's padded rows with
+    one offset into the input's `planes`; no im2col columns are copied. gy: N x Cout x Ho
+    x Wo; `gp`: gy already laid out as `depthwise_rows` gives it."""
+    n = gy.shape[0]
+    cout, cin = gy.shape[1], planes.shape[1]
+    cig, cog = cin // groups, cout // groups
+    r, s = wgrad_k.TILES[0] if groups == 1 or cog >= 4 else wgrad_k.TILES[1]
+    blocks = -(-cog // r)
+    if gp is None:
+        gp = _rows(planes, gy, groups, blocks * r)
+    phases = planes.stride[0] * planes.stride[1]
+    ntaps = cig * len(planes.taps)
+    tiles = -(-ntaps // s)
+    offs = np.empty((groups, tiles * s), np.int64)  # the last tile padded with repeats
+    channels = np.arange(cin).reshape(groups, cig, 1) * (phases * planes.plane)
+    offs[:, :ntaps] = (channels + planes.taps).reshape(groups, ntaps)
+    offs[:, ntaps:] = offs[:, ntaps - 1:ntaps]
+    parts = np.zeros((threads, groups, blocks, tiles, r * s * wgrad_k.LANES))
+    per_group = (gp[0].size + planes.xq[0].size) // groups  # a sample's, a tile's group
+    wgrad_k.weight_grad(gp.reshape(gp.size), gp[0].size, planes.xq.reshape(planes.xq.size),
+                        planes.xq[0].size, offs.reshape(groups, tiles, s), parts, n, blocks,
+                        planes.length // wgrad_k.LANES, max(1, CHUNK_VALUES // per_group),
+                        threads)
+    sums = parts.sum(axis=0).reshape(groups, blocks, tiles, r, s, wgrad_k.LANES).sum(axis=5)
+    sums = sums.transpose(0, 1, 3, 2, 4).reshape(groups, blocks * r, tiles * s)
+    return sums[:, :cog, :ntaps].astype(np.float32).reshape(cout, cig, *kernel)
+
+
+def depthwise_rows(planes: PhasePlanes, gy: np.ndarray) -> np.ndarray:
+    """gy laid out for a depthwise conv's `conv2d_weight_grad` and
+    `depthwise_input_grad`: each input channel's Cout/Cin rows padded to whole tiles."""
+    cin, cout = planes.shape[1], gy.shape[1]
+    r = wgrad_k.TILES[0][0] if cout // cin >= 4 else wgrad_k.TILES[1][0]
+    return _rows(planes, gy, cin, -(-(cout // cin) // r) * r)
+
+
+@njit(parallel=True, cache=True, fastmath={"contract", "nsz", "arcp"})
+def _depthwise_planes_forward(x1, x_n, ci_n, taps, w, bias, out, wq, length, threads):
+    # out[n, co] = bias[co] + the sum over taps t of w[co, t] times the planes of input
+    # channel co // m (ci_n values each; x_n a sample) from taps[t] + p, cropped from
+    # rows wq wide to wo: one axpy per tap along a row `length` long, which vectorizes,
+    # into a row that stays in L1
+    n_batch, cout, ho, wo = out.shape
+    mult = cout // (x_n // ci_n)
+    jobs = n_batch * cout
+    out1 = out.reshape(out.size)
+    for t in prange(threads):
+        acc = np.empty(length, np.float32)
+        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
+            n, co = job // cout, job % cout
+            acc[:] = bias[co]
+            base = n * x_n + co // mult * ci_n
+            for k in range(taps.size):
+                wv = w[co, k]
+                src = np.uint64(base + taps[k])
+                for p in range(np.uint64(length)):
+                    acc[p] += wv * x1[src + p]
+            # out[n, co], flat and unsigned: views cost reference counting, signed offsets
+            # negative-index fix-ups
+            dst = np.uint64(job * ho * wo)
+            for r in range(ho):
+                d, a = dst + np.uint64(r * wo), np.uint64(r * wq)
+                for c in range(np.uint64(wo)):
+                    out1[d + c] = acc[a + c]
+
+
+def depthwise_forward(planes: PhasePlanes, w: np.ndarray, bias: np.ndarray | None,
+                      out: np.ndarray, threads: int) -> None:
+    """out = the depthwise conv of the input of `planes` (one input channel per group,
+    Cout/Cin outputs each) with w (Cout x kh*kw) + bias, from its phase planes: the
+    training pass keeps them for the weight gradient."""
+    xq = planes.xq
+    per_channel = xq.shape[1] // planes.shape[1] * planes.plane
+    _depthwise_planes_forward(xq.reshape(xq.size), xq[0].size, per_channel, planes.taps, w,
+                              np.zeros(out.shape[1], np.float32) if bias is None else bias,
+                              out, planes.wq, planes.length, threads)
+
+
+@njit(parallel=True, cache=True, fastmath={"contract", "nsz", "arcp"})
+def _depthwise_planes_input_grad(g1, g_n, rows, taps, w, gx, sh, sw, ph, pw, wq, length,
+                                 plane, threads):
+    # gx[n, ci] = the sum over its m output channels co and taps t of w[co, t] times dy's
+    # padded row (rows apart in g1, from sample n's g_n values) added at taps[t] + p into
+    # the channel's phase planes (the adjoint of the forward's reads), then gathered back
+    # from the planes. dy is zero in the padded columns, so they add nothing.
+    n_batch, cin, h, wi = gx.shape
+    mult = w.shape[0] // cin
+    jobs = n_batch * cin
+    gx1 = gx.reshape(gx.size)
+    for t in prange(threads):
+        buf = np.empty(sh * sw * plane, np.float32)
+        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
+            n, ci = job // cin, job % cin
+            buf[:] = 0.0
+            for q in range(mult):
+                co = ci * mult + q
+                src = np.uint64(n * g_n + (ci * rows + q) * length)
+                for k in range(taps.size):
+                    wv = w[co, k]
+                    dst = np.uint64(taps[k])
+                    for p in range(np.uint64(length)):
+                        buf[dst + p] += wv * g1[src + p]
+            # gx[n, ci], flat and unsigned: views cost reference counting, signed offsets
+            # negative-index fix-ups
+            d0 = np.uint64(job * h * wi)
+            for k in range(np.uint64(h * wi)):
+                gx1[d0 + k] = 0.0  # pixels no window reads: past the planes
+            for a in range(sh):
+                r_lo, r_hi = wgrad_k.phase_span(a, sh, ph, h, plane // wq)
+                for b in range(sw):
+                    c_lo, c_hi = wgrad_k.phase_span(b, sw, pw, wi, wq)
+                    for r in range(r_lo, r_hi):
+                        dst = d0 + np.uint64((r * sh + a - ph) * wi + b - pw + c_lo * sw)
+                        src = np.uint64((a * sw + b) * plane + r * wq + c_lo)
+                        for c in range(np.uint64(c_hi - c_lo)):
+                            gx1[dst + c * np.uint64(sw)] = buf[src + c]
+
+
+def depthwise_input_grad(planes: PhasePlanes, gp: np.ndarray, w: np.ndarray,
+                         threads: int) -> np.ndarray:
+    """dx of a depthwise conv (any stride, dilation and channel multiplier), N x Cin x H x
+    W: each output channel's dy row (`depthwise_rows`) added tap by tap, times the tap's
+    weight, where the forward read the input: seed 003's full convolution of dy with the
+    rotated kernel, as the forward's adjoint."""
+    gx = np.empty(planes.shape, np.float32)
+    _depthwise_planes_input_grad(gp.reshape(gp.size), gp[0].size, gp.shape[1] // gx.shape[1],
+                                 planes.taps, w, gx, *planes.stride, *planes.pad, planes.wq,
+                                 planes.length, planes.plane, threads)
+    return gx
 
 
 @njit(parallel=True, cache=True)
@@ -357,129 +507,6 @@ def from_padded_nhwc(xp, x, ph, pw):
 
 
 _FAST = {"reassoc", "contract", "nsz", "arcp"}
-
-
-@njit(cache=True, fastmath=_FAST)
-def _dot_run(a, b, b_at, n, step):
-    # sum(a[k] * b[b_at + k * step] for k < n)
-    s = np.float32(0.0)
-    if step == 1:  # loops of their own: contiguous, and a constant stride, vectorize
-        for k in range(np.uint64(n)):
-            s += a[k] * b[b_at + k]
-    elif step == 2:
-        for k in range(np.uint64(n)):
-            s += a[k] * b[b_at + np.uint64(2) * k]
-    else:
-        for k in range(np.uint64(n)):
-            s += a[k] * b[b_at + k * step]
-    return s
-
-
-@njit(cache=True, fastmath=_FAST)
-def _axpy_run(v, a, b, b_at, n, step):
-    # b[b_at + k * step] += v * a[k] for k < n
-    if step == 1:
-        for k in range(np.uint64(n)):
-            b[b_at + k] += v * a[k]
-    elif step == 2:
-        for k in range(np.uint64(n)):
-            b[b_at + np.uint64(2) * k] += v * a[k]
-    else:
-        for k in range(np.uint64(n)):
-            b[b_at + k * step] += v * a[k]
-
-
-@njit(inline="always", cache=True)
-def _padded_geometry(h, wi, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw):
-    # Padded planes Wp wide (rounded up to a multiple of sw), gy's rows R = sh * Wp / sw
-    # wide: output (oh, ow) is then at t = oh * R + ow and reads padded input sw * t +
-    # tap offset. R < Wo (a stride wider across than down) cannot be laid out so: R = 0
-    wp = -(-(wi + 2 * pw) // sw) * sw
-    r = sh * wp // sw
-    size = max((h + 2 * ph) * wp, (kh - 1) * dh * wp + (kw - 1) * dw + sw * ho * r) + 1
-    return wp, (r if r >= wo else 0), size
-
-
-@njit(cache=True)
-def _depthwise_backward_padded(x, w, gy, gx, gw, ci, mult, sh, sw, ph, pw, dh, dw, need_dx):
-    # One input channel of a depthwise conv, on zero-padded planes laid out row after row
-    # (`_padded_geometry`; gy's rows padded from Wo to R with zeros), the samples' planes
-    # one after another (gy's `block` apart, x's sw * block): each tap is then one long
-    # dot product (dw) and one long axpy (dx) over the whole batch at stride sw, with no
-    # bounds tests
-    n_batch, _, h, wi = x.shape
-    _, kh, kw = w.shape
-    ho, wo = gy.shape[2], gy.shape[3]
-    wp, r, size = _padded_geometry(h, wi, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)
-    block = max(ho * r, -(-size // sw))
-    length = n_batch * block
-    step = np.uint64(sw)
-    xp = np.zeros(sw * length + size, np.float32)
-    gp = np.zeros(length, np.float32)
-    dxp = np.zeros(sw * length + size if need_dx else 1, np.float32)
-    for n in range(n_batch):
-        at = n * sw * block
-        for row in range(h):
-            xp[at + (row + ph) * wp + pw:at + (row + ph) * wp + pw + wi] = x[n, ci, row]
-    for q in range(mult):
-        co = ci * mult + q
-        for n in range(n_batch):
-            for row in range(ho):
-                gp[n * block + row * r:n * block + row * r + wo] = gy[n, co, row]
-        for i in range(kh):
-            for j in range(kw):
-                at = np.uint64(i * dh * wp + j * dw)
-                gw[co, i, j] = _dot_run(gp, xp, at, length, step)
-                if need_dx:
-                    _axpy_run(w[co, i, j], gp, dxp, at, length, step)
-    if need_dx:
-        for n in range(n_batch):
-            at = n * sw * block
-            for row in range(h):
-                gx[n, ci, row] += dxp[at + (row + ph) * wp + pw:at + (row + ph) * wp + pw + wi]
-
-
-@njit(parallel=True, cache=True, fastmath=_FAST)
-def conv2d_depthwise_backward(x, w, gy, gx, gw, sh, sw, ph, pw, dh, dw, need_dx):
-    """Gradients of a conv with one input channel per group (depthwise, any channel
-    multiplier): x N x Cin x H x W, w Cout x kh x kw, gy N x Cout x Ho x Wo -> gx += dx
-    (when `need_dx`), gw = dw (Cout x kh x kw).
-
-    One job per input channel: it owns its dx planes and the weights of its Cout/Cin
-    output channels, so no two threads write one value. It runs on padded planes
-    (`_depthwise_backward_padded`), or where a stride across exceeds the stride down by
-    too much for their layout, tap by tap over the valid windows."""
-    n_batch, cin, h, wi = x.shape
-    cout, kh, kw = w.shape
-    mult = cout // cin
-    ho, wo = gy.shape[2], gy.shape[3]
-    padded = _padded_geometry(h, wi, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)[1] > 0
-    for ci in prange(cin):
-        if padded:
-            _depthwise_backward_padded(x, w, gy, gx, gw, ci, mult, sh, sw, ph, pw, dh, dw,
-                                       need_dx)
-            continue
-        for q in range(mult):
-            co = ci * mult + q
-            for i in range(kh):
-                for j in range(kw):
-                    a = pw - j * dw
-                    lo, hi = _valid_columns(a, sw, wi, wo)
-                    wv = w[co, i, j]
-                    acc = np.float32(0.0)
-                    for n in range(n_batch):
-                        for oh in range(ho):
-                            ih = oh * sh - ph + i * dh
-                            if ih < 0 or ih >= h:
-                                continue
-                            src, g = x[n, ci, ih], gy[n, co, oh]
-                            for ow in range(lo, hi):
-                                acc += g[ow] * src[ow * sw - a]
-                            if need_dx:
-                                dst = gx[n, ci, ih]
-                                for ow in range(lo, hi):
-                                    dst[ow * sw - a] += wv * g[ow]
-                    gw[co, i, j] = acc
 
 
 @njit(parallel=True, cache=True, fastmath=_FAST)

@@ -21,7 +21,6 @@ import numpy as np
 from nasgraph.backends.numba import _backward_conv as conv_b
 from nasgraph.backends.numba import _backward_elementwise as elem_b
 from nasgraph.backends.numba import _backward_resample as resample_b
-from nasgraph.backends.numba import _conv as conv_k
 from nasgraph.backends.numba import _elementwise as elem_k
 from nasgraph.backends.numba import _resample as resample_k
 from nasgraph.backends.numba import _tiled as tiled_k
@@ -100,26 +99,29 @@ WGRAD_MAX_CHANNELS = 28
 
 
 def _conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
-                  ) -> tuple[np.ndarray, np.ndarray | _Padded]:
-    # N x Cin x H x W -> N x Cout x Ho x Wo; saved: x, or for a tiled conv `_Padded`
+                  ) -> tuple[np.ndarray, np.ndarray | _Padded | conv_b.PhasePlanes]:
+    # N x Cin x H x W -> N x Cout x Ho x Wo; saved: x, for a tiled conv `_Padded`, for a
+    # depthwise one its input's phase planes
     op, x = node.op, xs[0]
     w = wts["weight"]  # Cout x Cin/G x kh x kw
     cout, cig, kh, kw = w.shape
     bias = wts["bias"] if op.bias else _NO_BIAS
     out = _empty(x, node)
-    geometry = (*op.stride, *op.pad, *op.dilation)
-    if cig == 1:
-        conv_k.conv2d_depthwise(x, w.reshape(cout, kh, kw), bias, _NO_RES, out, 0, *geometry,
-                                0, int(op.bias), 0, run.threads)
-    elif conv_strategy(node, cig, winograd=False) == "tiled":  # as the executor runs it
+    if cig == 1:  # depthwise: on the planes its weight and input gradients read
+        planes = conv_b.phase_planes(x, out.shape[2:], op.kernel, op.stride, op.pad,
+                                     op.dilation)
+        conv_b.depthwise_forward(planes, w.reshape(cout, kh * kw), bias if op.bias else None,
+                                 out, run.threads)
+        return out, planes
+    if conv_strategy(node, cig, winograd=False) == "tiled":  # as the executor runs it
         xp = conv_b.padded_nhwc(x, op.pad, run.threads)
         conv_b.conv2d_direct(xp, w, bias if op.bias else None, out, op.stride,
                              op.dilation[0], run.threads)
         planes = _planes_pay(op, cout, out.shape[2] * out.shape[3])
         return out, _Padded(None if planes else xp, x)
-    else:
-        conv_b.conv2d_forward(x, w.reshape(op.groups, cout // op.groups, cig * kh * kw),
-                              bias, out, kh, kw, *geometry, int(op.bias), run.threads)
+    conv_b.conv2d_forward(x, w.reshape(op.groups, cout // op.groups, cig * kh * kw), bias,
+                          out, kh, kw, *op.stride, *op.pad, *op.dilation, int(op.bias),
+                          run.threads)
     return out, x
 
 
@@ -131,26 +133,27 @@ def _tiled_input_grad(op, shape: tuple[int, ...]) -> bool:
             and (kh - 1) * op.dilation[0] >= op.pad[0] and kw - 1 >= op.pad[1])
 
 
-def _conv_backward(node: Node, gy: np.ndarray, saved: np.ndarray | _Padded, wts: Weights,
-                   run: Run, needs: list[bool]) -> Grads:
+def _conv_backward(node: Node, gy: np.ndarray,
+                   saved: np.ndarray | _Padded | conv_b.PhasePlanes, wts: Weights, run: Run,
+                   needs: list[bool]) -> Grads:
     op = node.op
     w = wts["weight"]
     cout, cig, kh, kw = w.shape
     if isinstance(saved, _Padded):
         return _tiled_conv_backward(op, gy, saved, w, run, needs)
+    if isinstance(saved, conv_b.PhasePlanes):  # depthwise
+        gp = conv_b.depthwise_rows(saved, gy)
+        gw = conv_b.conv2d_weight_grad(saved, gy, op.groups, op.kernel, run.threads, gp)
+        gx = conv_b.depthwise_input_grad(saved, gp, w.reshape(cout, kh * kw), run.threads) \
+            if needs[0] else None
+        return [gx], _with_bias_grad(op, gw, gy)
     x = saved
     gx = np.zeros_like(x) if needs[0] else _NO_GRAD
-    geometry = (*op.stride, *op.pad, *op.dilation)
-    if cig == 1:
-        gw = np.empty((cout, kh, kw), _F32)
-        conv_b.conv2d_depthwise_backward(x, w.reshape(cout, kh, kw), gy, gx, gw, *geometry,
-                                         needs[0])
-    else:
-        cog, k = cout // op.groups, cig * kh * kw
-        parts = np.zeros((run.threads, op.groups, cog, k), _F32)
-        conv_b.conv2d_backward(x, w.reshape(op.groups, cog, k), gy, gx, parts, kh, kw,
-                               *geometry, needs[0], run.threads)
-        gw = parts[0] if run.threads == 1 else parts.sum(axis=0)
+    cog, k = cout // op.groups, cig * kh * kw
+    parts = np.zeros((run.threads, op.groups, cog, k), _F32)
+    conv_b.conv2d_backward(x, w.reshape(op.groups, cog, k), gy, gx, parts, kh, kw,
+                           *op.stride, *op.pad, *op.dilation, needs[0], run.threads)
+    gw = parts[0] if run.threads == 1 else parts.sum(axis=0)
     return [gx if needs[0] else None], _with_bias_grad(op, gw.reshape(w.shape), gy)
 
 
@@ -166,8 +169,9 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
     gemm_dw = saved.xp is not None
     gw = None
     if not gemm_dw:
-        gw = conv_b.conv2d_weight_grad(x, gy, op.kernel, op.stride, op.pad, op.dilation,
-                                       run.threads)
+        planes = conv_b.phase_planes(x, gy.shape[2:], op.kernel, op.stride, op.pad,
+                                     op.dilation)
+        gw = conv_b.conv2d_weight_grad(planes, gy, 1, op.kernel, run.threads)
     if gemm_dw or add_dx:
         n, _, h, wi = x.shape
         xp_shape = (n, h + 2 * op.pad[0], wi + 2 * op.pad[1], cin)

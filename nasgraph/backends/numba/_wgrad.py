@@ -13,11 +13,13 @@ into its sh x sw stride phases, each zero-padded into planes Wq = Wo + (kw-1)*dw
 for every pixel. The padded columns cost (Wq - Wo)/Wo more work; a 14x14 output of a 3x3
 conv, 14%.
 
-`_tile` sums R=4 output channels x S=3 taps over a run of samples, LANES=8 pixels
-at a time, in R*S*LANES scalar accumulators that LLVM packs into R*S vector registers
-(NUMBA_SLP_VECTORIZE): per 8 pixels, 4 loads of dy, 3 of x and 12 FMAs, no
-copy of the im2col columns. The accumulators stay in registers across the samples of a
-chunk; the chunks' sums are added in float64.
+`_tile_RxS` sums R output channels x S taps over a run of samples, LANES=8 pixels at a
+time, in R*S*LANES scalar accumulators that LLVM packs into R*S vector registers
+(NUMBA_SLP_VECTORIZE): per 8 pixels, R loads of dy, S of x and R*S FMAs, no copy of
+the im2col columns. The accumulators stay in registers across the samples of a chunk; the
+chunks' sums are added in float64. The rows of a tile share the taps' input plane, so a
+grouped conv (depthwise included) tiles each group's output channels with its own taps.
+Tiles (R x S): 4 x 3, 1 x 9.
 """
 
 from __future__ import annotations
@@ -25,31 +27,30 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-R = 4
-S = 3
+TILES = ((4, 3), (1, 9))
 LANES = 8
 
 
 @njit(cache=True, fastmath={"contract", "nsz", "arcp"})
-def _tile(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, out):
-    # out[(r*S + s)*LANES + lane] = the sum over samples 0..m-1 (g_n and x_n
-    # values apart) and pixels of lane `lane` of dy's row r (g_c values apart, from
-    # g_0) times x from the offset offs[k, s] of tap s (from x_0), in float32: a
-    # float64 sum here makes the SLP vectorizer pick 4 lanes. Unsigned offsets: no
-    # negative-index fix-ups, which would keep it from seeing runs.
+def _tile_4x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, out):
+    # out[(r*3 + s)*LANES + lane] = the sum over samples 0..m-1 (g_n and x_n
+    # values apart) and pixels of lane `lane` of dy's row r < 4 (g_c values
+    # apart, from g_0) times x from the offset offs[k, s] of tap s (from x_0), in
+    # float32: a float64 sum here makes the SLP vectorizer pick 4 lanes. Unsigned
+    # offsets: no negative-index fix-ups, which would keep it from seeing runs.
     zero = np.float32(0.0)
-    a00_0 = a00_1 = a00_2 = a00_3 = a00_4 = a00_5 = a00_6 = a00_7 = zero
-    a01_0 = a01_1 = a01_2 = a01_3 = a01_4 = a01_5 = a01_6 = a01_7 = zero
-    a02_0 = a02_1 = a02_2 = a02_3 = a02_4 = a02_5 = a02_6 = a02_7 = zero
-    a10_0 = a10_1 = a10_2 = a10_3 = a10_4 = a10_5 = a10_6 = a10_7 = zero
-    a11_0 = a11_1 = a11_2 = a11_3 = a11_4 = a11_5 = a11_6 = a11_7 = zero
-    a12_0 = a12_1 = a12_2 = a12_3 = a12_4 = a12_5 = a12_6 = a12_7 = zero
-    a20_0 = a20_1 = a20_2 = a20_3 = a20_4 = a20_5 = a20_6 = a20_7 = zero
-    a21_0 = a21_1 = a21_2 = a21_3 = a21_4 = a21_5 = a21_6 = a21_7 = zero
-    a22_0 = a22_1 = a22_2 = a22_3 = a22_4 = a22_5 = a22_6 = a22_7 = zero
-    a30_0 = a30_1 = a30_2 = a30_3 = a30_4 = a30_5 = a30_6 = a30_7 = zero
-    a31_0 = a31_1 = a31_2 = a31_3 = a31_4 = a31_5 = a31_6 = a31_7 = zero
-    a32_0 = a32_1 = a32_2 = a32_3 = a32_4 = a32_5 = a32_6 = a32_7 = zero
+    a0_0_0 = a0_0_1 = a0_0_2 = a0_0_3 = a0_0_4 = a0_0_5 = a0_0_6 = a0_0_7 = zero
+    a0_1_0 = a0_1_1 = a0_1_2 = a0_1_3 = a0_1_4 = a0_1_5 = a0_1_6 = a0_1_7 = zero
+    a0_2_0 = a0_2_1 = a0_2_2 = a0_2_3 = a0_2_4 = a0_2_5 = a0_2_6 = a0_2_7 = zero
+    a1_0_0 = a1_0_1 = a1_0_2 = a1_0_3 = a1_0_4 = a1_0_5 = a1_0_6 = a1_0_7 = zero
+    a1_1_0 = a1_1_1 = a1_1_2 = a1_1_3 = a1_1_4 = a1_1_5 = a1_1_6 = a1_1_7 = zero
+    a1_2_0 = a1_2_1 = a1_2_2 = a1_2_3 = a1_2_4 = a1_2_5 = a1_2_6 = a1_2_7 = zero
+    a2_0_0 = a2_0_1 = a2_0_2 = a2_0_3 = a2_0_4 = a2_0_5 = a2_0_6 = a2_0_7 = zero
+    a2_1_0 = a2_1_1 = a2_1_2 = a2_1_3 = a2_1_4 = a2_1_5 = a2_1_6 = a2_1_7 = zero
+    a2_2_0 = a2_2_1 = a2_2_2 = a2_2_3 = a2_2_4 = a2_2_5 = a2_2_6 = a2_2_7 = zero
+    a3_0_0 = a3_0_1 = a3_0_2 = a3_0_3 = a3_0_4 = a3_0_5 = a3_0_6 = a3_0_7 = zero
+    a3_1_0 = a3_1_1 = a3_1_2 = a3_1_3 = a3_1_4 = a3_1_5 = a3_1_6 = a3_1_7 = zero
+    a3_2_0 = a3_2_1 = a3_2_2 = a3_2_3 = a3_2_4 = a3_2_5 = a3_2_6 = a3_2_7 = zero
     for n in range(m):
         h0 = np.uint64(g_0 + n * g_n + 0 * g_c)
         h1 = np.uint64(g_0 + n * g_n + 1 * g_c)
@@ -92,30 +93,30 @@ def _tile(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, out):
             q5 = g1[h0 + p + np.uint64(5)]
             q6 = g1[h0 + p + np.uint64(6)]
             q7 = g1[h0 + p + np.uint64(7)]
-            a00_0 += q0 * u0_0
-            a00_1 += q1 * u0_1
-            a00_2 += q2 * u0_2
-            a00_3 += q3 * u0_3
-            a00_4 += q4 * u0_4
-            a00_5 += q5 * u0_5
-            a00_6 += q6 * u0_6
-            a00_7 += q7 * u0_7
-            a01_0 += q0 * u1_0
-            a01_1 += q1 * u1_1
-            a01_2 += q2 * u1_2
-            a01_3 += q3 * u1_3
-            a01_4 += q4 * u1_4
-            a01_5 += q5 * u1_5
-            a01_6 += q6 * u1_6
-            a01_7 += q7 * u1_7
-            a02_0 += q0 * u2_0
-            a02_1 += q1 * u2_1
-            a02_2 += q2 * u2_2
-            a02_3 += q3 * u2_3
-            a02_4 += q4 * u2_4
-            a02_5 += q5 * u2_5
-            a02_6 += q6 * u2_6
-            a02_7 += q7 * u2_7
+            a0_0_0 += q0 * u0_0
+            a0_0_1 += q1 * u0_1
+            a0_0_2 += q2 * u0_2
+            a0_0_3 += q3 * u0_3
+            a0_0_4 += q4 * u0_4
+            a0_0_5 += q5 * u0_5
+            a0_0_6 += q6 * u0_6
+            a0_0_7 += q7 * u0_7
+            a0_1_0 += q0 * u1_0
+            a0_1_1 += q1 * u1_1
+            a0_1_2 += q2 * u1_2
+            a0_1_3 += q3 * u1_3
+            a0_1_4 += q4 * u1_4
+            a0_1_5 += q5 * u1_5
+            a0_1_6 += q6 * u1_6
+            a0_1_7 += q7 * u1_7
+            a0_2_0 += q0 * u2_0
+            a0_2_1 += q1 * u2_1
+            a0_2_2 += q2 * u2_2
+            a0_2_3 += q3 * u2_3
+            a0_2_4 += q4 * u2_4
+            a0_2_5 += q5 * u2_5
+            a0_2_6 += q6 * u2_6
+            a0_2_7 += q7 * u2_7
             q0 = g1[h1 + p + np.uint64(0)]
             q1 = g1[h1 + p + np.uint64(1)]
             q2 = g1[h1 + p + np.uint64(2)]
@@ -124,30 +125,30 @@ def _tile(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, out):
             q5 = g1[h1 + p + np.uint64(5)]
             q6 = g1[h1 + p + np.uint64(6)]
             q7 = g1[h1 + p + np.uint64(7)]
-            a10_0 += q0 * u0_0
-            a10_1 += q1 * u0_1
-            a10_2 += q2 * u0_2
-            a10_3 += q3 * u0_3
-            a10_4 += q4 * u0_4
-            a10_5 += q5 * u0_5
-            a10_6 += q6 * u0_6
-            a10_7 += q7 * u0_7
-            a11_0 += q0 * u1_0
-            a11_1 += q1 * u1_1
-            a11_2 += q2 * u1_2
-            a11_3 += q3 * u1_3
-            a11_4 += q4 * u1_4
-            a11_5 += q5 * u1_5
-            a11_6 += q6 * u1_6
-            a11_7 += q7 * u1_7
-            a12_0 += q0 * u2_0
-            a12_1 += q1 * u2_1
-            a12_2 += q2 * u2_2
-            a12_3 += q3 * u2_3
-            a12_4 += q4 * u2_4
-            a12_5 += q5 * u2_5
-            a12_6 += q6 * u2_6
-            a12_7 += q7 * u2_7
+            a1_0_0 += q0 * u0_0
+            a1_0_1 += q1 * u0_1
+            a1_0_2 += q2 * u0_2
+            a1_0_3 += q3 * u0_3
+            a1_0_4 += q4 * u0_4
+            a1_0_5 += q5 * u0_5
+            a1_0_6 += q6 * u0_6
+            a1_0_7 += q7 * u0_7
+            a1_1_0 += q0 * u1_0
+            a1_1_1 += q1 * u1_1
+            a1_1_2 += q2 * u1_2
+            a1_1_3 += q3 * u1_3
+            a1_1_4 += q4 * u1_4
+            a1_1_5 += q5 * u1_5
+            a1_1_6 += q6 * u1_6
+            a1_1_7 += q7 * u1_7
+            a1_2_0 += q0 * u2_0
+            a1_2_1 += q1 * u2_1
+            a1_2_2 += q2 * u2_2
+            a1_2_3 += q3 * u2_3
+            a1_2_4 += q4 * u2_4
+            a1_2_5 += q5 * u2_5
+            a1_2_6 += q6 * u2_6
+            a1_2_7 += q7 * u2_7
             q0 = g1[h2 + p + np.uint64(0)]
             q1 = g1[h2 + p + np.uint64(1)]
             q2 = g1[h2 + p + np.uint64(2)]
@@ -156,30 +157,30 @@ def _tile(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, out):
             q5 = g1[h2 + p + np.uint64(5)]
             q6 = g1[h2 + p + np.uint64(6)]
             q7 = g1[h2 + p + np.uint64(7)]
-            a20_0 += q0 * u0_0
-            a20_1 += q1 * u0_1
-            a20_2 += q2 * u0_2
-            a20_3 += q3 * u0_3
-            a20_4 += q4 * u0_4
-            a20_5 += q5 * u0_5
-            a20_6 += q6 * u0_6
-            a20_7 += q7 * u0_7
-            a21_0 += q0 * u1_0
-            a21_1 += q1 * u1_1
-            a21_2 += q2 * u1_2
-            a21_3 += q3 * u1_3
-            a21_4 += q4 * u1_4
-            a21_5 += q5 * u1_5
-            a21_6 += q6 * u1_6
-            a21_7 += q7 * u1_7
-            a22_0 += q0 * u2_0
-            a22_1 += q1 * u2_1
-            a22_2 += q2 * u2_2
-            a22_3 += q3 * u2_3
-            a22_4 += q4 * u2_4
-            a22_5 += q5 * u2_5
-            a22_6 += q6 * u2_6
-            a22_7 += q7 * u2_7
+            a2_0_0 += q0 * u0_0
+            a2_0_1 += q1 * u0_1
+            a2_0_2 += q2 * u0_2
+            a2_0_3 += q3 * u0_3
+            a2_0_4 += q4 * u0_4
+            a2_0_5 += q5 * u0_5
+            a2_0_6 += q6 * u0_6
+            a2_0_7 += q7 * u0_7
+            a2_1_0 += q0 * u1_0
+            a2_1_1 += q1 * u1_1
+            a2_1_2 += q2 * u1_2
+            a2_1_3 += q3 * u1_3
+            a2_1_4 += q4 * u1_4
+            a2_1_5 += q5 * u1_5
+            a2_1_6 += q6 * u1_6
+            a2_1_7 += q7 * u1_7
+            a2_2_0 += q0 * u2_0
+            a2_2_1 += q1 * u2_1
+            a2_2_2 += q2 * u2_2
+            a2_2_3 += q3 * u2_3
+            a2_2_4 += q4 * u2_4
+            a2_2_5 += q5 * u2_5
+            a2_2_6 += q6 * u2_6
+            a2_2_7 += q7 * u2_7
             q0 = g1[h3 + p + np.uint64(0)]
             q1 = g1[h3 + p + np.uint64(1)]
             q2 = g1[h3 + p + np.uint64(2)]
@@ -188,186 +189,471 @@ def _tile(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, out):
             q5 = g1[h3 + p + np.uint64(5)]
             q6 = g1[h3 + p + np.uint64(6)]
             q7 = g1[h3 + p + np.uint64(7)]
-            a30_0 += q0 * u0_0
-            a30_1 += q1 * u0_1
-            a30_2 += q2 * u0_2
-            a30_3 += q3 * u0_3
-            a30_4 += q4 * u0_4
-            a30_5 += q5 * u0_5
-            a30_6 += q6 * u0_6
-            a30_7 += q7 * u0_7
-            a31_0 += q0 * u1_0
-            a31_1 += q1 * u1_1
-            a31_2 += q2 * u1_2
-            a31_3 += q3 * u1_3
-            a31_4 += q4 * u1_4
-            a31_5 += q5 * u1_5
-            a31_6 += q6 * u1_6
-            a31_7 += q7 * u1_7
-            a32_0 += q0 * u2_0
-            a32_1 += q1 * u2_1
-            a32_2 += q2 * u2_2
-            a32_3 += q3 * u2_3
-            a32_4 += q4 * u2_4
-            a32_5 += q5 * u2_5
-            a32_6 += q6 * u2_6
-            a32_7 += q7 * u2_7
-    out[0] = a00_0
-    out[1] = a00_1
-    out[2] = a00_2
-    out[3] = a00_3
-    out[4] = a00_4
-    out[5] = a00_5
-    out[6] = a00_6
-    out[7] = a00_7
-    out[8] = a01_0
-    out[9] = a01_1
-    out[10] = a01_2
-    out[11] = a01_3
-    out[12] = a01_4
-    out[13] = a01_5
-    out[14] = a01_6
-    out[15] = a01_7
-    out[16] = a02_0
-    out[17] = a02_1
-    out[18] = a02_2
-    out[19] = a02_3
-    out[20] = a02_4
-    out[21] = a02_5
-    out[22] = a02_6
-    out[23] = a02_7
-    out[24] = a10_0
-    out[25] = a10_1
-    out[26] = a10_2
-    out[27] = a10_3
-    out[28] = a10_4
-    out[29] = a10_5
-    out[30] = a10_6
-    out[31] = a10_7
-    out[32] = a11_0
-    out[33] = a11_1
-    out[34] = a11_2
-    out[35] = a11_3
-    out[36] = a11_4
-    out[37] = a11_5
-    out[38] = a11_6
-    out[39] = a11_7
-    out[40] = a12_0
-    out[41] = a12_1
-    out[42] = a12_2
-    out[43] = a12_3
-    out[44] = a12_4
-    out[45] = a12_5
-    out[46] = a12_6
-    out[47] = a12_7
-    out[48] = a20_0
-    out[49] = a20_1
-    out[50] = a20_2
-    out[51] = a20_3
-    out[52] = a20_4
-    out[53] = a20_5
-    out[54] = a20_6
-    out[55] = a20_7
-    out[56] = a21_0
-    out[57] = a21_1
-    out[58] = a21_2
-    out[59] = a21_3
-    out[60] = a21_4
-    out[61] = a21_5
-    out[62] = a21_6
-    out[63] = a21_7
-    out[64] = a22_0
-    out[65] = a22_1
-    out[66] = a22_2
-    out[67] = a22_3
-    out[68] = a22_4
-    out[69] = a22_5
-    out[70] = a22_6
-    out[71] = a22_7
-    out[72] = a30_0
-    out[73] = a30_1
-    out[74] = a30_2
-    out[75] = a30_3
-    out[76] = a30_4
-    out[77] = a30_5
-    out[78] = a30_6
-    out[79] = a30_7
-    out[80] = a31_0
-    out[81] = a31_1
-    out[82] = a31_2
-    out[83] = a31_3
-    out[84] = a31_4
-    out[85] = a31_5
-    out[86] = a31_6
-    out[87] = a31_7
-    out[88] = a32_0
-    out[89] = a32_1
-    out[90] = a32_2
-    out[91] = a32_3
-    out[92] = a32_4
-    out[93] = a32_5
-    out[94] = a32_6
-    out[95] = a32_7
+            a3_0_0 += q0 * u0_0
+            a3_0_1 += q1 * u0_1
+            a3_0_2 += q2 * u0_2
+            a3_0_3 += q3 * u0_3
+            a3_0_4 += q4 * u0_4
+            a3_0_5 += q5 * u0_5
+            a3_0_6 += q6 * u0_6
+            a3_0_7 += q7 * u0_7
+            a3_1_0 += q0 * u1_0
+            a3_1_1 += q1 * u1_1
+            a3_1_2 += q2 * u1_2
+            a3_1_3 += q3 * u1_3
+            a3_1_4 += q4 * u1_4
+            a3_1_5 += q5 * u1_5
+            a3_1_6 += q6 * u1_6
+            a3_1_7 += q7 * u1_7
+            a3_2_0 += q0 * u2_0
+            a3_2_1 += q1 * u2_1
+            a3_2_2 += q2 * u2_2
+            a3_2_3 += q3 * u2_3
+            a3_2_4 += q4 * u2_4
+            a3_2_5 += q5 * u2_5
+            a3_2_6 += q6 * u2_6
+            a3_2_7 += q7 * u2_7
+    out[0] = a0_0_0
+    out[1] = a0_0_1
+    out[2] = a0_0_2
+    out[3] = a0_0_3
+    out[4] = a0_0_4
+    out[5] = a0_0_5
+    out[6] = a0_0_6
+    out[7] = a0_0_7
+    out[8] = a0_1_0
+    out[9] = a0_1_1
+    out[10] = a0_1_2
+    out[11] = a0_1_3
+    out[12] = a0_1_4
+    out[13] = a0_1_5
+    out[14] = a0_1_6
+    out[15] = a0_1_7
+    out[16] = a0_2_0
+    out[17] = a0_2_1
+    out[18] = a0_2_2
+    out[19] = a0_2_3
+    out[20] = a0_2_4
+    out[21] = a0_2_5
+    out[22] = a0_2_6
+    out[23] = a0_2_7
+    out[24] = a1_0_0
+    out[25] = a1_0_1
+    out[26] = a1_0_2
+    out[27] = a1_0_3
+    out[28] = a1_0_4
+    out[29] = a1_0_5
+    out[30] = a1_0_6
+    out[31] = a1_0_7
+    out[32] = a1_1_0
+    out[33] = a1_1_1
+    out[34] = a1_1_2
+    out[35] = a1_1_3
+    out[36] = a1_1_4
+    out[37] = a1_1_5
+    out[38] = a1_1_6
+    out[39] = a1_1_7
+    out[40] = a1_2_0
+    out[41] = a1_2_1
+    out[42] = a1_2_2
+    out[43] = a1_2_3
+    out[44] = a1_2_4
+    out[45] = a1_2_5
+    out[46] = a1_2_6
+    out[47] = a1_2_7
+    out[48] = a2_0_0
+    out[49] = a2_0_1
+    out[50] = a2_0_2
+    out[51] = a2_0_3
+    out[52] = a2_0_4
+    out[53] = a2_0_5
+    out[54] = a2_0_6
+    out[55] = a2_0_7
+    out[56] = a2_1_0
+    out[57] = a2_1_1
+    out[58] = a2_1_2
+    out[59] = a2_1_3
+    out[60] = a2_1_4
+    out[61] = a2_1_5
+    out[62] = a2_1_6
+    out[63] = a2_1_7
+    out[64] = a2_2_0
+    out[65] = a2_2_1
+    out[66] = a2_2_2
+    out[67] = a2_2_3
+    out[68] = a2_2_4
+    out[69] = a2_2_5
+    out[70] = a2_2_6
+    out[71] = a2_2_7
+    out[72] = a3_0_0
+    out[73] = a3_0_1
+    out[74] = a3_0_2
+    out[75] = a3_0_3
+    out[76] = a3_0_4
+    out[77] = a3_0_5
+    out[78] = a3_0_6
+    out[79] = a3_0_7
+    out[80] = a3_1_0
+    out[81] = a3_1_1
+    out[82] = a3_1_2
+    out[83] = a3_1_3
+    out[84] = a3_1_4
+    out[85] = a3_1_5
+    out[86] = a3_1_6
+    out[87] = a3_1_7
+    out[88] = a3_2_0
+    out[89] = a3_2_1
+    out[90] = a3_2_2
+    out[91] = a3_2_3
+    out[92] = a3_2_4
+    out[93] = a3_2_5
+    out[94] = a3_2_6
+    out[95] = a3_2_7
+
+
+@njit(cache=True, fastmath={"contract", "nsz", "arcp"})
+def _tile_1x9(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, out):
+    # out[(r*9 + s)*LANES + lane] = the sum over samples 0..m-1 (g_n and x_n
+    # values apart) and pixels of lane `lane` of dy's row r < 1 (g_c values
+    # apart, from g_0) times x from the offset offs[k, s] of tap s (from x_0), in
+    # float32: a float64 sum here makes the SLP vectorizer pick 4 lanes. Unsigned
+    # offsets: no negative-index fix-ups, which would keep it from seeing runs.
+    zero = np.float32(0.0)
+    a0_0_0 = a0_0_1 = a0_0_2 = a0_0_3 = a0_0_4 = a0_0_5 = a0_0_6 = a0_0_7 = zero
+    a0_1_0 = a0_1_1 = a0_1_2 = a0_1_3 = a0_1_4 = a0_1_5 = a0_1_6 = a0_1_7 = zero
+    a0_2_0 = a0_2_1 = a0_2_2 = a0_2_3 = a0_2_4 = a0_2_5 = a0_2_6 = a0_2_7 = zero
+    a0_3_0 = a0_3_1 = a0_3_2 = a0_3_3 = a0_3_4 = a0_3_5 = a0_3_6 = a0_3_7 = zero
+    a0_4_0 = a0_4_1 = a0_4_2 = a0_4_3 = a0_4_4 = a0_4_5 = a0_4_6 = a0_4_7 = zero
+    a0_5_0 = a0_5_1 = a0_5_2 = a0_5_3 = a0_5_4 = a0_5_5 = a0_5_6 = a0_5_7 = zero
+    a0_6_0 = a0_6_1 = a0_6_2 = a0_6_3 = a0_6_4 = a0_6_5 = a0_6_6 = a0_6_7 = zero
+    a0_7_0 = a0_7_1 = a0_7_2 = a0_7_3 = a0_7_4 = a0_7_5 = a0_7_6 = a0_7_7 = zero
+    a0_8_0 = a0_8_1 = a0_8_2 = a0_8_3 = a0_8_4 = a0_8_5 = a0_8_6 = a0_8_7 = zero
+    for n in range(m):
+        h0 = np.uint64(g_0 + n * g_n + 0 * g_c)
+        t0 = np.uint64(x_0 + n * x_n + offs[k, 0])
+        t1 = np.uint64(x_0 + n * x_n + offs[k, 1])
+        t2 = np.uint64(x_0 + n * x_n + offs[k, 2])
+        t3 = np.uint64(x_0 + n * x_n + offs[k, 3])
+        t4 = np.uint64(x_0 + n * x_n + offs[k, 4])
+        t5 = np.uint64(x_0 + n * x_n + offs[k, 5])
+        t6 = np.uint64(x_0 + n * x_n + offs[k, 6])
+        t7 = np.uint64(x_0 + n * x_n + offs[k, 7])
+        t8 = np.uint64(x_0 + n * x_n + offs[k, 8])
+        for step in range(steps):
+            p = np.uint64(step * LANES)
+            u0_0 = x1[t0 + p + np.uint64(0)]
+            u0_1 = x1[t0 + p + np.uint64(1)]
+            u0_2 = x1[t0 + p + np.uint64(2)]
+            u0_3 = x1[t0 + p + np.uint64(3)]
+            u0_4 = x1[t0 + p + np.uint64(4)]
+            u0_5 = x1[t0 + p + np.uint64(5)]
+            u0_6 = x1[t0 + p + np.uint64(6)]
+            u0_7 = x1[t0 + p + np.uint64(7)]
+            u1_0 = x1[t1 + p + np.uint64(0)]
+            u1_1 = x1[t1 + p + np.uint64(1)]
+            u1_2 = x1[t1 + p + np.uint64(2)]
+            u1_3 = x1[t1 + p + np.uint64(3)]
+            u1_4 = x1[t1 + p + np.uint64(4)]
+            u1_5 = x1[t1 + p + np.uint64(5)]
+            u1_6 = x1[t1 + p + np.uint64(6)]
+            u1_7 = x1[t1 + p + np.uint64(7)]
+            u2_0 = x1[t2 + p + np.uint64(0)]
+            u2_1 = x1[t2 + p + np.uint64(1)]
+            u2_2 = x1[t2 + p + np.uint64(2)]
+            u2_3 = x1[t2 + p + np.uint64(3)]
+            u2_4 = x1[t2 + p + np.uint64(4)]
+            u2_5 = x1[t2 + p + np.uint64(5)]
+            u2_6 = x1[t2 + p + np.uint64(6)]
+            u2_7 = x1[t2 + p + np.uint64(7)]
+            u3_0 = x1[t3 + p + np.uint64(0)]
+            u3_1 = x1[t3 + p + np.uint64(1)]
+            u3_2 = x1[t3 + p + np.uint64(2)]
+            u3_3 = x1[t3 + p + np.uint64(3)]
+            u3_4 = x1[t3 + p + np.uint64(4)]
+            u3_5 = x1[t3 + p + np.uint64(5)]
+            u3_6 = x1[t3 + p + np.uint64(6)]
+            u3_7 = x1[t3 + p + np.uint64(7)]
+            u4_0 = x1[t4 + p + np.uint64(0)]
+            u4_1 = x1[t4 + p + np.uint64(1)]
+            u4_2 = x1[t4 + p + np.uint64(2)]
+            u4_3 = x1[t4 + p + np.uint64(3)]
+            u4_4 = x1[t4 + p + np.uint64(4)]
+            u4_5 = x1[t4 + p + np.uint64(5)]
+            u4_6 = x1[t4 + p + np.uint64(6)]
+            u4_7 = x1[t4 + p + np.uint64(7)]
+            u5_0 = x1[t5 + p + np.uint64(0)]
+            u5_1 = x1[t5 + p + np.uint64(1)]
+            u5_2 = x1[t5 + p + np.uint64(2)]
+            u5_3 = x1[t5 + p + np.uint64(3)]
+            u5_4 = x1[t5 + p + np.uint64(4)]
+            u5_5 = x1[t5 + p + np.uint64(5)]
+            u5_6 = x1[t5 + p + np.uint64(6)]
+            u5_7 = x1[t5 + p + np.uint64(7)]
+            u6_0 = x1[t6 + p + np.uint64(0)]
+            u6_1 = x1[t6 + p + np.uint64(1)]
+            u6_2 = x1[t6 + p + np.uint64(2)]
+            u6_3 = x1[t6 + p + np.uint64(3)]
+            u6_4 = x1[t6 + p + np.uint64(4)]
+            u6_5 = x1[t6 + p + np.uint64(5)]
+            u6_6 = x1[t6 + p + np.uint64(6)]
+            u6_7 = x1[t6 + p + np.uint64(7)]
+            u7_0 = x1[t7 + p + np.uint64(0)]
+            u7_1 = x1[t7 + p + np.uint64(1)]
+            u7_2 = x1[t7 + p + np.uint64(2)]
+            u7_3 = x1[t7 + p + np.uint64(3)]
+            u7_4 = x1[t7 + p + np.uint64(4)]
+            u7_5 = x1[t7 + p + np.uint64(5)]
+            u7_6 = x1[t7 + p + np.uint64(6)]
+            u7_7 = x1[t7 + p + np.uint64(7)]
+            u8_0 = x1[t8 + p + np.uint64(0)]
+            u8_1 = x1[t8 + p + np.uint64(1)]
+            u8_2 = x1[t8 + p + np.uint64(2)]
+            u8_3 = x1[t8 + p + np.uint64(3)]
+            u8_4 = x1[t8 + p + np.uint64(4)]
+            u8_5 = x1[t8 + p + np.uint64(5)]
+            u8_6 = x1[t8 + p + np.uint64(6)]
+            u8_7 = x1[t8 + p + np.uint64(7)]
+            q0 = g1[h0 + p + np.uint64(0)]
+            q1 = g1[h0 + p + np.uint64(1)]
+            q2 = g1[h0 + p + np.uint64(2)]
+            q3 = g1[h0 + p + np.uint64(3)]
+            q4 = g1[h0 + p + np.uint64(4)]
+            q5 = g1[h0 + p + np.uint64(5)]
+            q6 = g1[h0 + p + np.uint64(6)]
+            q7 = g1[h0 + p + np.uint64(7)]
+            a0_0_0 += q0 * u0_0
+            a0_0_1 += q1 * u0_1
+            a0_0_2 += q2 * u0_2
+            a0_0_3 += q3 * u0_3
+            a0_0_4 += q4 * u0_4
+            a0_0_5 += q5 * u0_5
+            a0_0_6 += q6 * u0_6
+            a0_0_7 += q7 * u0_7
+            a0_1_0 += q0 * u1_0
+            a0_1_1 += q1 * u1_1
+            a0_1_2 += q2 * u1_2
+            a0_1_3 += q3 * u1_3
+            a0_1_4 += q4 * u1_4
+            a0_1_5 += q5 * u1_5
+            a0_1_6 += q6 * u1_6
+            a0_1_7 += q7 * u1_7
+            a0_2_0 += q0 * u2_0
+            a0_2_1 += q1 * u2_1
+            a0_2_2 += q2 * u2_2
+            a0_2_3 += q3 * u2_3
+            a0_2_4 += q4 * u2_4
+            a0_2_5 += q5 * u2_5
+            a0_2_6 += q6 * u2_6
+            a0_2_7 += q7 * u2_7
+            a0_3_0 += q0 * u3_0
+            a0_3_1 += q1 * u3_1
+            a0_3_2 += q2 * u3_2
+            a0_3_3 += q3 * u3_3
+            a0_3_4 += q4 * u3_4
+            a0_3_5 += q5 * u3_5
+            a0_3_6 += q6 * u3_6
+            a0_3_7 += q7 * u3_7
+            a0_4_0 += q0 * u4_0
+            a0_4_1 += q1 * u4_1
+            a0_4_2 += q2 * u4_2
+            a0_4_3 += q3 * u4_3
+            a0_4_4 += q4 * u4_4
+            a0_4_5 += q5 * u4_5
+            a0_4_6 += q6 * u4_6
+            a0_4_7 += q7 * u4_7
+            a0_5_0 += q0 * u5_0
+            a0_5_1 += q1 * u5_1
+            a0_5_2 += q2 * u5_2
+            a0_5_3 += q3 * u5_3
+            a0_5_4 += q4 * u5_4
+            a0_5_5 += q5 * u5_5
+            a0_5_6 += q6 * u5_6
+            a0_5_7 += q7 * u5_7
+            a0_6_0 += q0 * u6_0
+            a0_6_1 += q1 * u6_1
+            a0_6_2 += q2 * u6_2
+            a0_6_3 += q3 * u6_3
+            a0_6_4 += q4 * u6_4
+            a0_6_5 += q5 * u6_5
+            a0_6_6 += q6 * u6_6
+            a0_6_7 += q7 * u6_7
+            a0_7_0 += q0 * u7_0
+            a0_7_1 += q1 * u7_1
+            a0_7_2 += q2 * u7_2
+            a0_7_3 += q3 * u7_3
+            a0_7_4 += q4 * u7_4
+            a0_7_5 += q5 * u7_5
+            a0_7_6 += q6 * u7_6
+            a0_7_7 += q7 * u7_7
+            a0_8_0 += q0 * u8_0
+            a0_8_1 += q1 * u8_1
+            a0_8_2 += q2 * u8_2
+            a0_8_3 += q3 * u8_3
+            a0_8_4 += q4 * u8_4
+            a0_8_5 += q5 * u8_5
+            a0_8_6 += q6 * u8_6
+            a0_8_7 += q7 * u8_7
+    out[0] = a0_0_0
+    out[1] = a0_0_1
+    out[2] = a0_0_2
+    out[3] = a0_0_3
+    out[4] = a0_0_4
+    out[5] = a0_0_5
+    out[6] = a0_0_6
+    out[7] = a0_0_7
+    out[8] = a0_1_0
+    out[9] = a0_1_1
+    out[10] = a0_1_2
+    out[11] = a0_1_3
+    out[12] = a0_1_4
+    out[13] = a0_1_5
+    out[14] = a0_1_6
+    out[15] = a0_1_7
+    out[16] = a0_2_0
+    out[17] = a0_2_1
+    out[18] = a0_2_2
+    out[19] = a0_2_3
+    out[20] = a0_2_4
+    out[21] = a0_2_5
+    out[22] = a0_2_6
+    out[23] = a0_2_7
+    out[24] = a0_3_0
+    out[25] = a0_3_1
+    out[26] = a0_3_2
+    out[27] = a0_3_3
+    out[28] = a0_3_4
+    out[29] = a0_3_5
+    out[30] = a0_3_6
+    out[31] = a0_3_7
+    out[32] = a0_4_0
+    out[33] = a0_4_1
+    out[34] = a0_4_2
+    out[35] = a0_4_3
+    out[36] = a0_4_4
+    out[37] = a0_4_5
+    out[38] = a0_4_6
+    out[39] = a0_4_7
+    out[40] = a0_5_0
+    out[41] = a0_5_1
+    out[42] = a0_5_2
+    out[43] = a0_5_3
+    out[44] = a0_5_4
+    out[45] = a0_5_5
+    out[46] = a0_5_6
+    out[47] = a0_5_7
+    out[48] = a0_6_0
+    out[49] = a0_6_1
+    out[50] = a0_6_2
+    out[51] = a0_6_3
+    out[52] = a0_6_4
+    out[53] = a0_6_5
+    out[54] = a0_6_6
+    out[55] = a0_6_7
+    out[56] = a0_7_0
+    out[57] = a0_7_1
+    out[58] = a0_7_2
+    out[59] = a0_7_3
+    out[60] = a0_7_4
+    out[61] = a0_7_5
+    out[62] = a0_7_6
+    out[63] = a0_7_7
+    out[64] = a0_8_0
+    out[65] = a0_8_1
+    out[66] = a0_8_2
+    out[67] = a0_8_3
+    out[68] = a0_8_4
+    out[69] = a0_8_5
+    out[70] = a0_8_6
+    out[71] = a0_8_7
 
 
 @njit(parallel=True, cache=True)
-def weight_grad(g1, g_n, x1, x_n, offs, parts, n_batch, cob, steps, chunk, threads):
+def weight_grad(g1, g_n, x1, x_n, offs, parts, n_batch, blocks, steps, chunk, threads):
     """parts[t] += thread t's share of the tap sums: its samples, in chunks of `chunk`.
 
-    g1: dy as rows (`to_rows`, N x cob*R x steps*LANES, flat; g_n values a sample), x1:
-    the input as phase planes (`to_phase_planes`, flat; x_n values a sample), offs: the
-    taps in tiles of S, each tap's offset into a sample's planes (n_tiles x S). parts:
-    threads x cob x n_tiles x R x S x LANES, float64."""
-    n_tiles = offs.shape[0]
+    g1: dy as rows (`to_rows`, N x G*blocks*R x steps*LANES, flat; g_n values a sample),
+    x1: the input as phase planes (`to_phase_planes`, flat; x_n values a sample), offs:
+    each group's taps in tiles of S, as offsets into a sample's planes (G x n_tiles x S;
+    S picks the tile, R follows). parts: threads x G x blocks x n_tiles x R*S*LANES,
+    float64."""
+    groups, n_tiles, s = offs.shape
+    r = 4 if s == 3 else 1
     plane = steps * LANES
     for t in prange(threads):
         lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
         acc = parts[t].reshape(parts[t].size)
-        out = np.empty(R * S * LANES, np.float32)
+        out = np.empty(r * s * LANES, np.float32)
         for n0 in range(lo, hi, chunk):
             m = min(chunk, hi - n0)
-            for b in range(cob):
-                for k in range(n_tiles):
-                    _tile(g1, n0 * g_n + b * R * plane, plane, g_n, x1, n0 * x_n, x_n,
-                          offs, k, m, steps, out)
-                    at = (b * n_tiles + k) * R * S * LANES
-                    for q in range(R * S * LANES):
-                        acc[at + q] += out[q]
+            for g in range(groups):
+                for b in range(blocks):
+                    g_0 = n0 * g_n + (g * blocks + b) * r * plane
+                    for k in range(n_tiles):
+                        if s == 3:
+                            _tile_4x3(g1, g_0, plane, g_n, x1, n0 * x_n, x_n, offs[g], k, m,
+                                      steps, out)
+                        else:
+                            _tile_1x9(g1, g_0, plane, g_n, x1, n0 * x_n, x_n, offs[g], k, m,
+                                      steps, out)
+                        at = ((g * blocks + b) * n_tiles + k) * r * s * LANES
+                        for q in range(r * s * LANES):
+                            acc[at + q] += out[q]
+
+
+@njit(inline="always", cache=True)
+def phase_span(a, s, p, n, width):
+    """The plane columns (or rows) c with 0 <= c*s + a - p < n, as lo <= c < hi, hi at
+    most `width`: where phase a of a stride-s axis padded by p holds values of x."""
+    lo = max(0, -((a - p) // s))
+    return lo, max(lo, min(width, (n - 1 + p - a) // s + 1))
 
 
 @njit(parallel=True, cache=True)
 def to_phase_planes(x, xq, sh, sw, ph, pw, wq):
     """x (N x C x H x W) zero-padded by (ph, pw) and split into its sh x sw stride phases:
     xq[n, (c*sh + a)*sw + b, r*Wq + q] = xpad[n, c, r*sh + a, q*sw + b], zero past x and
-    past the plane's Hq rows of Wq (xq: N x C*sh*sw x plane length)."""
+    past the plane's rows of Wq (xq: N x C*sh*sw x plane length)."""
     n_batch, c_in, h, w = x.shape
     length = xq.shape[2]
+    x1, q1 = x.reshape(x.size), xq.reshape(xq.size)  # flat: views cost reference counting
     for job in prange(n_batch * c_in):
-        n, c = job // c_in, job % c_in
         for a in range(sh):
+            r_lo, r_hi = phase_span(a, sh, ph, h, length // wq)
             for b in range(sw):
-                dst = xq[n, (c * sh + a) * sw + b]
-                dst[:] = 0.0
-                for r in range(min(length // wq, (h + ph - a + sh - 1) // sh)):
-                    ih = r * sh + a - ph
-                    if ih < 0:
-                        continue
-                    for q in range(wq):
-                        iw = q * sw + b - pw
-                        if 0 <= iw < w:
-                            dst[r * wq + q] = x[n, c, ih, iw]
+                q_lo, q_hi = phase_span(b, sw, pw, w, wq)
+                # plane (a, b) of channel `job`; unsigned offsets: no negative-index fix-ups
+                d0 = np.uint64(((job * sh + a) * sw + b) * length)
+                for k in range(np.uint64(length)):
+                    q1[d0 + k] = 0.0
+                for r in range(r_lo, r_hi):
+                    src = np.uint64((job * h + r * sh + a - ph) * w + b - pw + q_lo * sw)
+                    dst = d0 + np.uint64(r * wq + q_lo)
+                    if sw == 1:
+                        for q in range(np.uint64(q_hi - q_lo)):
+                            q1[dst + q] = x1[src + q]
+                    else:
+                        for q in range(np.uint64(q_hi - q_lo)):
+                            q1[dst + q] = x1[src + q * np.uint64(sw)]
 
 
 @njit(parallel=True, cache=True)
-def to_rows(gy, gp, wq):
-    """gy (N x Cout x Ho x Wo) -> gp (N x Cp x L): each plane's rows padded from Wo to Wq
-    with zeros, zeros past Ho rows and in the channels Cout..Cp."""
+def to_rows(gy, gp, wq, groups):
+    """gy (N x Cout x Ho x Wo) -> gp (N x G*Cp x L): each plane's rows padded from Wo to
+    Wq with zeros, zeros past Ho rows; group g's Cout/G channels at rows g*Cp.., zero
+    rows after them (Cp >= Cout/G: whole tiles)."""
     n_batch, cout, ho, wo = gy.shape
-    cp = gp.shape[1]
-    for job in prange(n_batch * cp):
-        n, c = job // cp, job % cp
-        dst = gp[n, c]
-        dst[:] = 0.0
-        if c < cout:
-            for r in range(ho):
-                dst[r * wq:r * wq + wo] = gy[n, c, r]
+    rows, length, cog = gp.shape[1], gp.shape[2], cout // groups
+    cp = rows // groups
+    g1, p1 = gy.reshape(gy.size), gp.reshape(gp.size)  # flat: views cost reference counting
+    for job in prange(n_batch * rows):
+        n, d = job // rows, job % rows
+        g, r = d // cp, d % cp
+        dst = np.uint64(job * length)
+        for k in range(np.uint64(length)):
+            p1[dst + k] = 0.0
+        if r < cog:
+            src = np.uint64((n * cout + g * cog + r) * ho * wo)
+            for row in range(ho):
+                d_row, s_row = dst + np.uint64(row * wq), src + np.uint64(row * wo)
+                for k in range(np.uint64(wo)):
+                    p1[d_row + k] = g1[s_row + k]

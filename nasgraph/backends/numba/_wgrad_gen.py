@@ -1,8 +1,8 @@
 """Generates `_wgrad.py`, the register-tiled weight gradient of a convolution.
 
-Its inner kernel holds R output channels x S taps x LANES pixels in R*S*LANES scalar
+Its inner kernels hold R output channels x S taps x LANES pixels in R*S*LANES scalar
 accumulators, which LLVM's SLP vectorizer packs into R*S vector registers (as `_tiled_gen`
-does for the forward). Regenerate after editing: `python -m
+does for the forward), for two tile shapes (`TILES`). Regenerate after editing: `python -m
 nasgraph.backends.numba._wgrad_gen` (a test checks the file is up to date).
 """
 
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-R = 4  # output channels per tile
-S = 3  # taps per tile: a 3x3 kernel's row; R*S = 12 of AVX2's 16 vector registers
+# the tiles, as (R output channels, S taps): 4 x 3 for ungrouped convs and depthwise ones
+# of 4 or more outputs an input channel, 1 x 9 (a 3x3 kernel) for depthwise ones of fewer;
+# R*S = 12 and 9 of AVX2's 16 vector registers
+TILES = ((4, 3), (1, 9))
 LANES = 8  # pixels per vector: one AVX2 register of float32
 
 TARGET = Path(__file__).with_name("_wgrad.py")
@@ -31,11 +33,13 @@ into its sh x sw stride phases, each zero-padded into planes Wq = Wo + (kw-1)*dw
 for every pixel. The padded columns cost (Wq - Wo)/Wo more work; a 14x14 output of a 3x3
 conv, 14%.
 
-`_tile` sums R={R} output channels x S={S} taps over a run of samples, LANES={LANES} pixels
-at a time, in R*S*LANES scalar accumulators that LLVM packs into R*S vector registers
-(NUMBA_SLP_VECTORIZE): per {LANES} pixels, {R} loads of dy, {S} of x and {R * S} FMAs, no
-copy of the im2col columns. The accumulators stay in registers across the samples of a
-chunk; the chunks' sums are added in float64.
+`_tile_RxS` sums R output channels x S taps over a run of samples, LANES={LANES} pixels at a
+time, in R*S*LANES scalar accumulators that LLVM packs into R*S vector registers
+(NUMBA_SLP_VECTORIZE): per {LANES} pixels, R loads of dy, S of x and R*S FMAs, no copy of
+the im2col columns. The accumulators stay in registers across the samples of a chunk; the
+chunks' sums are added in float64. The rows of a tile share the taps' input plane, so a
+grouped conv (depthwise included) tiles each group's output channels with its own taps.
+Tiles (R x S): {", ".join(f"{r} x {t}" for r, t in TILES)}.
 """
 
 from __future__ import annotations
@@ -43,108 +47,137 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-R = {R}
-S = {S}
+TILES = {TILES!r}
 LANES = {LANES}
 '''
 
 DRIVER = '''
 
 @njit(parallel=True, cache=True)
-def weight_grad(g1, g_n, x1, x_n, offs, parts, n_batch, cob, steps, chunk, threads):
+def weight_grad(g1, g_n, x1, x_n, offs, parts, n_batch, blocks, steps, chunk, threads):
     """parts[t] += thread t's share of the tap sums: its samples, in chunks of `chunk`.
 
-    g1: dy as rows (`to_rows`, N x cob*R x steps*LANES, flat; g_n values a sample), x1:
-    the input as phase planes (`to_phase_planes`, flat; x_n values a sample), offs: the
-    taps in tiles of S, each tap's offset into a sample's planes (n_tiles x S). parts:
-    threads x cob x n_tiles x R x S x LANES, float64."""
-    n_tiles = offs.shape[0]
+    g1: dy as rows (`to_rows`, N x G*blocks*R x steps*LANES, flat; g_n values a sample),
+    x1: the input as phase planes (`to_phase_planes`, flat; x_n values a sample), offs:
+    each group's taps in tiles of S, as offsets into a sample's planes (G x n_tiles x S;
+    S picks the tile, R follows). parts: threads x G x blocks x n_tiles x R*S*LANES,
+    float64."""
+    groups, n_tiles, s = offs.shape
+    r = 4 if s == 3 else 1
     plane = steps * LANES
     for t in prange(threads):
         lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
         acc = parts[t].reshape(parts[t].size)
-        out = np.empty(R * S * LANES, np.float32)
+        out = np.empty(r * s * LANES, np.float32)
         for n0 in range(lo, hi, chunk):
             m = min(chunk, hi - n0)
-            for b in range(cob):
-                for k in range(n_tiles):
-                    _tile(g1, n0 * g_n + b * R * plane, plane, g_n, x1, n0 * x_n, x_n,
-                          offs, k, m, steps, out)
-                    at = (b * n_tiles + k) * R * S * LANES
-                    for q in range(R * S * LANES):
-                        acc[at + q] += out[q]
+            for g in range(groups):
+                for b in range(blocks):
+                    g_0 = n0 * g_n + (g * blocks + b) * r * plane
+                    for k in range(n_tiles):
+                        if s == 3:
+                            _tile_4x3(g1, g_0, plane, g_n, x1, n0 * x_n, x_n, offs[g], k, m,
+                                      steps, out)
+                        else:
+                            _tile_1x9(g1, g_0, plane, g_n, x1, n0 * x_n, x_n, offs[g], k, m,
+                                      steps, out)
+                        at = ((g * blocks + b) * n_tiles + k) * r * s * LANES
+                        for q in range(r * s * LANES):
+                            acc[at + q] += out[q]
+
+
+@njit(inline="always", cache=True)
+def phase_span(a, s, p, n, width):
+    """The plane columns (or rows) c with 0 <= c*s + a - p < n, as lo <= c < hi, hi at
+    most `width`: where phase a of a stride-s axis padded by p holds values of x."""
+    lo = max(0, -((a - p) // s))
+    return lo, max(lo, min(width, (n - 1 + p - a) // s + 1))
 
 
 @njit(parallel=True, cache=True)
 def to_phase_planes(x, xq, sh, sw, ph, pw, wq):
     """x (N x C x H x W) zero-padded by (ph, pw) and split into its sh x sw stride phases:
     xq[n, (c*sh + a)*sw + b, r*Wq + q] = xpad[n, c, r*sh + a, q*sw + b], zero past x and
-    past the plane's Hq rows of Wq (xq: N x C*sh*sw x plane length)."""
+    past the plane's rows of Wq (xq: N x C*sh*sw x plane length)."""
     n_batch, c_in, h, w = x.shape
     length = xq.shape[2]
+    x1, q1 = x.reshape(x.size), xq.reshape(xq.size)  # flat: views cost reference counting
     for job in prange(n_batch * c_in):
-        n, c = job // c_in, job % c_in
         for a in range(sh):
+            r_lo, r_hi = phase_span(a, sh, ph, h, length // wq)
             for b in range(sw):
-                dst = xq[n, (c * sh + a) * sw + b]
-                dst[:] = 0.0
-                for r in range(min(length // wq, (h + ph - a + sh - 1) // sh)):
-                    ih = r * sh + a - ph
-                    if ih < 0:
-                        continue
-                    for q in range(wq):
-                        iw = q * sw + b - pw
-                        if 0 <= iw < w:
-                            dst[r * wq + q] = x[n, c, ih, iw]
+                q_lo, q_hi = phase_span(b, sw, pw, w, wq)
+                # plane (a, b) of channel `job`; unsigned offsets: no negative-index fix-ups
+                d0 = np.uint64(((job * sh + a) * sw + b) * length)
+                for k in range(np.uint64(length)):
+                    q1[d0 + k] = 0.0
+                for r in range(r_lo, r_hi):
+                    src = np.uint64((job * h + r * sh + a - ph) * w + b - pw + q_lo * sw)
+                    dst = d0 + np.uint64(r * wq + q_lo)
+                    if sw == 1:
+                        for q in range(np.uint64(q_hi - q_lo)):
+                            q1[dst + q] = x1[src + q]
+                    else:
+                        for q in range(np.uint64(q_hi - q_lo)):
+                            q1[dst + q] = x1[src + q * np.uint64(sw)]
 
 
 @njit(parallel=True, cache=True)
-def to_rows(gy, gp, wq):
-    """gy (N x Cout x Ho x Wo) -> gp (N x Cp x L): each plane's rows padded from Wo to Wq
-    with zeros, zeros past Ho rows and in the channels Cout..Cp."""
+def to_rows(gy, gp, wq, groups):
+    """gy (N x Cout x Ho x Wo) -> gp (N x G*Cp x L): each plane's rows padded from Wo to
+    Wq with zeros, zeros past Ho rows; group g's Cout/G channels at rows g*Cp.., zero
+    rows after them (Cp >= Cout/G: whole tiles)."""
     n_batch, cout, ho, wo = gy.shape
-    cp = gp.shape[1]
-    for job in prange(n_batch * cp):
-        n, c = job // cp, job % cp
-        dst = gp[n, c]
-        dst[:] = 0.0
-        if c < cout:
-            for r in range(ho):
-                dst[r * wq:r * wq + wo] = gy[n, c, r]
+    rows, length, cog = gp.shape[1], gp.shape[2], cout // groups
+    cp = rows // groups
+    g1, p1 = gy.reshape(gy.size), gp.reshape(gp.size)  # flat: views cost reference counting
+    for job in prange(n_batch * rows):
+        n, d = job // rows, job % rows
+        g, r = d // cp, d % cp
+        dst = np.uint64(job * length)
+        for k in range(np.uint64(length)):
+            p1[dst + k] = 0.0
+        if r < cog:
+            src = np.uint64((n * cout + g * cog + r) * ho * wo)
+            for row in range(ho):
+                d_row, s_row = dst + np.uint64(row * wq), src + np.uint64(row * wo)
+                for k in range(np.uint64(wo)):
+                    p1[d_row + k] = g1[s_row + k]
 '''
 
 
-def _tile_kernel() -> str:
+def _tile_kernel(rows: int, taps: int) -> str:
     ind1, ind2, ind3 = (" " * k for k in (4, 8, 12))
-    names = [f"a{r}{s}_{lane}" for r in range(R) for s in range(S) for lane in range(LANES)]
+    names = [f"a{r}_{s}_{lane}" for r in range(rows) for s in range(taps)
+             for lane in range(LANES)]
     lines = [
         '@njit(cache=True, fastmath={"contract", "nsz", "arcp"})',
-        "def _tile(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, out):",
-        "    # out[(r*S + s)*LANES + lane] = the sum over samples 0..m-1 (g_n and x_n",
-        "    # values apart) and pixels of lane `lane` of dy's row r (g_c values apart, from",
-        "    # g_0) times x from the offset offs[k, s] of tap s (from x_0), in float32: a",
-        "    # float64 sum here makes the SLP vectorizer pick 4 lanes. Unsigned offsets: no",
-        "    # negative-index fix-ups, which would keep it from seeing runs.",
+        f"def _tile_{rows}x{taps}(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, out):",
+        f"    # out[(r*{taps} + s)*LANES + lane] = the sum over samples 0..m-1 (g_n and x_n",
+        f"    # values apart) and pixels of lane `lane` of dy's row r < {rows} (g_c values",
+        "    # apart, from g_0) times x from the offset offs[k, s] of tap s (from x_0), in",
+        "    # float32: a float64 sum here makes the SLP vectorizer pick 4 lanes. Unsigned",
+        "    # offsets: no negative-index fix-ups, which would keep it from seeing runs.",
+        f"{ind1}zero = np.float32(0.0)",
     ]
-    lines.append(f"{ind1}zero = np.float32(0.0)")
     for k in range(0, len(names), LANES):
         lines.append(f"{ind1}" + " = ".join(names[k:k + LANES]) + " = zero")
     lines.append(f"{ind1}for n in range(m):")
-    for r in range(R):
+    for r in range(rows):
         lines.append(f"{ind2}h{r} = np.uint64(g_0 + n * g_n + {r} * g_c)")
-    for s in range(S):
+    for s in range(taps):
         lines.append(f"{ind2}t{s} = np.uint64(x_0 + n * x_n + offs[k, {s}])")
     lines.append(f"{ind2}for step in range(steps):")
     lines.append(f"{ind3}p = np.uint64(step * LANES)")
-    for s in range(S):
+    for s in range(taps):
         for lane in range(LANES):
             lines.append(f"{ind3}u{s}_{lane} = x1[t{s} + p + np.uint64({lane})]")
-    for r in range(R):
+    for r in range(rows):
         for lane in range(LANES):
             lines.append(f"{ind3}q{lane} = g1[h{r} + p + np.uint64({lane})]")
-        for s in range(S):
+        for s in range(taps):
             for lane in range(LANES):
-                lines.append(f"{ind3}a{r}{s}_{lane} += q{lane} * u{s}_{lane}")
+                lines.append(f"{ind3}a{r}_{s}_{lane} += q{lane} * u{s}_{lane}")
     for k, name in enumerate(names):
         lines.append(f"{ind1}out[{k}] = {name}")
     return "\n".join(lines) + "\n"
@@ -152,7 +185,8 @@ def _tile_kernel() -> str:
 
 def render() -> str:
     """The source of `_wgrad.py`."""
-    return HEADER + "\n\n" + _tile_kernel() + DRIVER
+    tiles = "\n\n".join(_tile_kernel(rows, taps) for rows, taps in TILES)
+    return HEADER + "\n\n" + tiles + DRIVER
 
 
 if __name__ == "__main__":

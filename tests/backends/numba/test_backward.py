@@ -303,24 +303,43 @@ def test_a_wide_1x1_conv_trains_on_the_tiled_kernel():
     ((5, 5), (2, 2), (2, 2), (1, 1)), ((1, 1), (2, 2), (0, 0), (1, 1)),
     ((3, 3), (3, 3), (1, 1), (1, 1)), ((3, 1), (2, 1), (1, 0), (1, 1)),
     ((3, 3), (1, 1), (2, 2), (2, 2)), ((3, 3), (1, 1), (0, 0), (2, 1)),
-    ((2, 2), (1, 1), (0, 0), (1, 1))])
+    ((2, 2), (1, 1), (0, 0), (1, 1)), ((3, 3), (2, 2), (0, 0), (1, 1))])
+@pytest.mark.parametrize("cin, cout, groups", [(3, 7, 1), (6, 6, 6), (2, 12, 2), (4, 8, 2)],
+                         ids=["dense", "depthwise", "depthwise_x6", "grouped"])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_tiled_weight_gradient_matches_torch_float64(kernel, stride, pad, dilation, threads):
-    # `_wgrad` through stride phases, dilations and uneven kernels; output channels not a
-    # multiple of its tile's 4, taps not of its 3, samples split unevenly over `threads`
-    from nasgraph.backends.numba._backward_conv import conv2d_weight_grad
+def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, cout, groups,
+                                           threads):
+    # `_wgrad`'s weight gradient, and for depthwise convs the forward and input gradient
+    # on the same phase planes: strides, dilations, uneven kernels, output channels not a
+    # multiple of a tile's rows, taps not of its columns, a window that misses the last
+    # rows, samples split unevenly over `threads`
+    from nasgraph.backends.numba import _backward_conv as conv_b
 
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(5, 3, 11, 9, dtype=torch.float64, generator=gen)
-    w = torch.randn(7, 3, *kernel, dtype=torch.float64, generator=gen, requires_grad=True)
-    y = F.conv2d(x, w, stride=stride, padding=pad, dilation=dilation)
+    x = torch.randn(5, cin, 11, 9, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(cout, cin // groups, *kernel, dtype=torch.float64, generator=gen,
+                    requires_grad=True)
+    y = F.conv2d(x, w, stride=stride, padding=pad, dilation=dilation, groups=groups)
     gy = torch.randn(y.shape, dtype=torch.float64, generator=gen)
     (y * gy).sum().backward()
-    got = conv2d_weight_grad(x.float().numpy(), gy.float().numpy(), kernel, stride, pad,
-                             dilation, threads)
-    ref = w.grad.numpy()
-    assert got.dtype == np.float32 and got.shape == ref.shape
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    planes = conv_b.phase_planes(x.detach().float().numpy(), y.shape[2:], kernel, stride,
+                                 pad, dilation)
+    gy32 = gy.float().numpy()
+
+    def close(got: np.ndarray, ref: torch.Tensor) -> None:
+        ref = ref.detach().numpy()
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+    close(conv_b.conv2d_weight_grad(planes, gy32, groups, kernel, threads), w.grad)
+    if cin == groups:  # depthwise
+        w32 = w.detach().float().numpy().reshape(cout, -1)
+        out = np.empty(y.shape, np.float32)
+        conv_b.depthwise_forward(planes, w32, None, out, threads)
+        close(out, y)
+        gp = conv_b.depthwise_rows(planes, gy32)
+        close(conv_b.conv2d_weight_grad(planes, gy32, groups, kernel, threads, gp), w.grad)
+        close(conv_b.depthwise_input_grad(planes, gp, w32, threads), x.grad)
 
 
 def test_generated_weight_gradient_kernel_is_up_to_date():
