@@ -342,6 +342,29 @@ def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, c
         close(conv_b.depthwise_input_grad(planes, gp, w32, threads), x.grad)
 
 
+@pytest.mark.parametrize("cout, stride", [(3, 1), (8, 1), (8, 2), (9, 1)])
+def test_training_forward_conv_matches_torch_on_narrow_and_wide_tiles(cout, stride):
+    # `conv2d_direct` runs convs of at most 8 output channels on `_tiled_narrow`'s 12 x 8
+    # tiles (outputs of 12 pixels or more), wider ones on `_tiled`'s 6 x 16
+    from nasgraph.backends.numba import _backward_conv as conv_b
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 9, 10, generator=gen)
+    w = torch.randn(cout, 5, 3, 3, generator=gen)
+    bias = torch.randn(cout, generator=gen)
+    ref = F.conv2d(x, w, bias, stride=stride, padding=1).numpy()
+    out = np.empty(ref.shape, np.float32)
+    xp = conv_b.padded_nhwc(x.numpy(), (1, 1), 1)
+    conv_b.conv2d_direct(xp, w.numpy(), bias.numpy(), out, (stride, stride), 1, 1)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_generated_narrow_tiled_kernel_is_up_to_date():
+    from nasgraph.backends.numba import _tiled_gen
+
+    assert _tiled_gen.NARROW_TARGET.read_text() == _tiled_gen.render_narrow()
+
+
 def test_generated_weight_gradient_kernel_is_up_to_date():
     from nasgraph.backends.numba import _wgrad_gen
 
