@@ -366,6 +366,11 @@ def _rows(planes: PhasePlanes, gy: np.ndarray, groups: int, rows: int) -> np.nda
     return gp
 
 
+def _tile(groups: int, out_per_group: int) -> tuple[int, int]:
+    # `_wgrad`'s tile (rows, taps): 4 x 3 for ungrouped convs and groups of 4+ outputs
+    return wgrad_k.TILES[0] if groups == 1 or out_per_group >= 4 else wgrad_k.TILES[1]
+
+
 def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
                        kernel: tuple[int, int], threads: int,
                        gp: np.ndarray | None = None) -> np.ndarray:
@@ -376,7 +381,7 @@ def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
     n = gy.shape[0]
     cout, cin = gy.shape[1], planes.shape[1]
     cig, cog = cin // groups, cout // groups
-    r, s = wgrad_k.TILES[0] if groups == 1 or cog >= 4 else wgrad_k.TILES[1]
+    r, s = _tile(groups, cog)
     blocks = -(-cog // r)
     if gp is None:
         gp = _rows(planes, gy, groups, blocks * r)
@@ -402,7 +407,7 @@ def depthwise_rows(planes: PhasePlanes, gy: np.ndarray) -> np.ndarray:
     """gy laid out for a depthwise conv's `conv2d_weight_grad` and
     `depthwise_input_grad`: each input channel's Cout/Cin rows padded to whole tiles."""
     cin, cout = planes.shape[1], gy.shape[1]
-    r = wgrad_k.TILES[0][0] if cout // cin >= 4 else wgrad_k.TILES[1][0]
+    r = _tile(cin, cout // cin)[0]
     return _rows(planes, gy, cin, -(-(cout // cin) // r) * r)
 
 

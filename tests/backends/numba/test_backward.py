@@ -304,8 +304,9 @@ def test_a_wide_1x1_conv_trains_on_the_tiled_kernel():
     ((3, 3), (3, 3), (1, 1), (1, 1)), ((3, 1), (2, 1), (1, 0), (1, 1)),
     ((3, 3), (1, 1), (2, 2), (2, 2)), ((3, 3), (1, 1), (0, 0), (2, 1)),
     ((2, 2), (1, 1), (0, 0), (1, 1)), ((3, 3), (2, 2), (0, 0), (1, 1))])
-@pytest.mark.parametrize("cin, cout, groups", [(3, 7, 1), (6, 6, 6), (2, 12, 2), (4, 8, 2)],
-                         ids=["dense", "depthwise", "depthwise_x6", "grouped"])
+@pytest.mark.parametrize("cin, cout, groups", [(3, 7, 1), (6, 6, 6), (2, 12, 2), (4, 8, 2),
+                                               (1, 3, 1)],
+                         ids=["dense", "depthwise", "depthwise_x6", "grouped", "stem"])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, cout, groups,
                                            threads):
