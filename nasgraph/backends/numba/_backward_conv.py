@@ -4,19 +4,14 @@ For y = conv(x, w) the input gradient is the full convolution of dy with the ker
 rotated by 180 degrees, and the weight gradient the correlation of x with dy (seed 003).
 
 Convs that the executor runs with its register-tiled direct kernel (`_tiled`: no groups,
-no dilation across, wider than 1x1 or strided) train on it too, on x zero-padded in NHWC.
-Their weight gradient is `_wgrad`'s register-tiled kernel on the input's stride-phase
-planes (`phase_planes`, `conv2d_weight_grad`) where that pays (few output channels:
-`_backward_ops._planes_pay`), else one GEMM per chunk of samples, dw = dy @ cols, whose
+no dilation across, wider than 1x1 or strided) train on it too, on x zero-padded in NHWC
+(`conv2d_direct`; `_tiled_narrow` for at most 8 output channels). Their weight gradient
+is `_planes.conv2d_weight_grad` where that pays (few output channels:
+`_conv_rules._planes_pay`), else one GEMM per chunk of samples, dw = dy @ cols, whose
 columns are whole runs of the padded NHWC rows the forward kept (`conv2d_nhwc_backward`).
 The input gradient of a stride-1 conv is itself a stride-1 tiled conv of dy with the
 rotated kernel (`conv2d_input_grad`); of a strided one, the GEMM dy.T @ w added back
-window by window into padded rows.
-
-Convs with one input channel per group (depthwise) run on the same phase planes: the
-forward one axpy per tap along a padded row (`depthwise_forward`), the weight gradient
-`_wgrad`'s kernel group by group, the input gradient the forward's adjoint, one axpy per
-tap into the planes (`depthwise_input_grad`).
+window by window into padded rows. Depthwise convs train in `_planes`.
 
 Other convs go through im2col's columns (K x pixels), cols = im2col(x), y = w @ cols:
 
@@ -31,14 +26,11 @@ zeroed arrays.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 from numba import njit, prange
 
 from nasgraph.backends.numba import _tiled as tiled_k
 from nasgraph.backends.numba import _tiled_narrow as narrow_k
-from nasgraph.backends.numba import _wgrad as wgrad_k
 
 # samples share one GEMM until it has this many columns: fewer, larger BLAS calls
 COLUMNS = 2048
@@ -318,192 +310,6 @@ def conv2d_nhwc_backward(xp, gy, w2, parts, gxp, kh, kw, sh, sw, dh, need_dw, ne
                             at = src + np.uint64(i) * run_u
                             for q in range(run_u):
                                 gxf[dst + q] += back1[at + q]
-
-
-# a chunk of samples' dy rows and input planes of one group, in float32 values, that
-# `_wgrad` sums before it adds its accumulators into float64: a quarter of a 512 KB L2
-CHUNK_VALUES = 32768
-
-
-class PhasePlanes(NamedTuple):
-    """A conv's input zero-padded and split into its stride phases (`_wgrad`'s layout,
-    `phase_planes`): xq is N x C*sh*sw x `plane`, channel c's planes from c*sh*sw*plane
-    in a sample's values. Output pixel (oh, ow) is p = oh*wq + ow of a row `length`
-    long (whole vectors); tap t reads x at its offset taps[t] + p into a channel's planes."""
-
-    xq: np.ndarray
-    shape: tuple[int, ...]  # x's
-    out_hw: tuple[int, int]  # Ho, Wo
-    wq: int
-    length: int
-    plane: int
-    taps: np.ndarray  # int64, kh*kw: each tap's offset into a channel's planes
-    stride: tuple[int, int]
-    pad: tuple[int, int]
-
-
-def phase_planes(x: np.ndarray, out_hw: tuple[int, int], kernel: tuple[int, int],
-                 stride: tuple[int, int], pad: tuple[int, int], dilation: tuple[int, int]
-                 ) -> PhasePlanes:
-    """x (N x C x H x W) as `PhasePlanes` for a conv of this geometry: planes Wq = Wo +
-    (kw-1)*dw // sw wide, so that every tap's window of a row fits in a row, and long
-    enough for the farthest tap to read a whole padded row of dy."""
-    (ho, wo), (kh, kw), (sh, sw), (dh, dw) = out_hw, kernel, stride, dilation
-    wq = wo + (kw - 1) * dw // sw
-    length = -(-ho * wq // wgrad_k.LANES) * wgrad_k.LANES
-    plane = (kh - 1) * dh // sh * wq + (kw - 1) * dw // sw + length
-    taps = np.array([(i * dh % sh * sw + j * dw % sw) * plane + i * dh // sh * wq
-                     + j * dw // sw for i in range(kh) for j in range(kw)], np.int64)
-    xq = np.empty((x.shape[0], x.shape[1] * sh * sw, plane), np.float32)
-    wgrad_k.to_phase_planes(x, xq, sh, sw, *pad, wq)
-    return PhasePlanes(xq, x.shape, out_hw, wq, length, plane, taps, stride, pad)
-
-
-def _rows(planes: PhasePlanes, gy: np.ndarray, groups: int, rows: int) -> np.ndarray:
-    # gy as `_wgrad.to_rows` lays it out: each group's channels padded to `rows` rows
-    gp = np.empty((gy.shape[0], groups * rows, planes.length), np.float32)
-    wgrad_k.to_rows(gy, gp, planes.wq, groups)
-    return gp
-
-
-def _tile(groups: int, out_per_group: int) -> tuple[int, int]:
-    # `_wgrad`'s tile (rows, taps): 4 x 3 for ungrouped convs and groups of 4+ outputs
-    return wgrad_k.TILES[0] if groups == 1 or out_per_group >= 4 else wgrad_k.TILES[1]
-
-
-def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
-                       kernel: tuple[int, int], threads: int,
-                       gp: np.ndarray | None = None) -> np.ndarray:
-    """The weight gradient of a conv, Cout x Cin/G x kh x kw, by `_wgrad`'s register-
-    tiled kernels: each tap's sum over the batch is a dot product of dy's padded rows with
-    one offset into the input's `planes`; no im2col columns are copied. gy: N x Cout x Ho
-    x Wo; `gp`: gy already laid out as `depthwise_rows` gives it."""
-    n = gy.shape[0]
-    cout, cin = gy.shape[1], planes.shape[1]
-    cig, cog = cin // groups, cout // groups
-    r, s = _tile(groups, cog)
-    blocks = -(-cog // r)
-    if gp is None:
-        gp = _rows(planes, gy, groups, blocks * r)
-    phases = planes.stride[0] * planes.stride[1]
-    ntaps = cig * len(planes.taps)
-    tiles = -(-ntaps // s)
-    offs = np.empty((groups, tiles * s), np.int64)  # the last tile padded with repeats
-    channels = np.arange(cin).reshape(groups, cig, 1) * (phases * planes.plane)
-    offs[:, :ntaps] = (channels + planes.taps).reshape(groups, ntaps)
-    offs[:, ntaps:] = offs[:, ntaps - 1:ntaps]
-    parts = np.zeros((threads, groups, blocks, tiles, r * s * wgrad_k.LANES))
-    per_group = (gp[0].size + planes.xq[0].size) // groups  # a sample's, a tile's group
-    wgrad_k.weight_grad(gp.reshape(gp.size), gp[0].size, planes.xq.reshape(planes.xq.size),
-                        planes.xq[0].size, offs.reshape(groups, tiles, s), parts, n, blocks,
-                        planes.length // wgrad_k.LANES, max(1, CHUNK_VALUES // per_group),
-                        threads)
-    sums = parts.sum(axis=0).reshape(groups, blocks, tiles, r, s, wgrad_k.LANES).sum(axis=5)
-    sums = sums.transpose(0, 1, 3, 2, 4).reshape(groups, blocks * r, tiles * s)
-    return sums[:, :cog, :ntaps].astype(np.float32).reshape(cout, cig, *kernel)
-
-
-def depthwise_rows(planes: PhasePlanes, gy: np.ndarray) -> np.ndarray:
-    """gy laid out for a depthwise conv's `conv2d_weight_grad` and
-    `depthwise_input_grad`: each input channel's Cout/Cin rows padded to whole tiles."""
-    cin, cout = planes.shape[1], gy.shape[1]
-    r = _tile(cin, cout // cin)[0]
-    return _rows(planes, gy, cin, -(-(cout // cin) // r) * r)
-
-
-@njit(parallel=True, cache=True, fastmath={"contract", "nsz", "arcp"})
-def _depthwise_planes_forward(x1, x_n, ci_n, taps, w, bias, out, wq, length, threads):
-    # out[n, co] = bias[co] + the sum over taps t of w[co, t] times the planes of input
-    # channel co // m (ci_n values each; x_n a sample) from taps[t] + p, cropped from
-    # rows wq wide to wo: one axpy per tap along a row `length` long, which vectorizes,
-    # into a row that stays in L1
-    n_batch, cout, ho, wo = out.shape
-    mult = cout // (x_n // ci_n)
-    jobs = n_batch * cout
-    out1 = out.reshape(out.size)
-    for t in prange(threads):
-        acc = np.empty(length, np.float32)
-        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
-            n, co = job // cout, job % cout
-            acc[:] = bias[co]
-            base = n * x_n + co // mult * ci_n
-            for k in range(taps.size):
-                wv = w[co, k]
-                src = np.uint64(base + taps[k])
-                for p in range(np.uint64(length)):
-                    acc[p] += wv * x1[src + p]
-            # out[n, co], flat and unsigned: views cost reference counting, signed offsets
-            # negative-index fix-ups
-            dst = np.uint64(job * ho * wo)
-            for r in range(ho):
-                d, a = dst + np.uint64(r * wo), np.uint64(r * wq)
-                for c in range(np.uint64(wo)):
-                    out1[d + c] = acc[a + c]
-
-
-def depthwise_forward(planes: PhasePlanes, w: np.ndarray, bias: np.ndarray | None,
-                      out: np.ndarray, threads: int) -> None:
-    """out = the depthwise conv of the input of `planes` (one input channel per group,
-    Cout/Cin outputs each) with w (Cout x kh*kw) + bias, from its phase planes: the
-    training pass keeps them for the weight gradient."""
-    xq = planes.xq
-    per_channel = xq.shape[1] // planes.shape[1] * planes.plane
-    _depthwise_planes_forward(xq.reshape(xq.size), xq[0].size, per_channel, planes.taps, w,
-                              np.zeros(out.shape[1], np.float32) if bias is None else bias,
-                              out, planes.wq, planes.length, threads)
-
-
-@njit(parallel=True, cache=True, fastmath={"contract", "nsz", "arcp"})
-def _depthwise_planes_input_grad(g1, g_n, rows, taps, w, gx, sh, sw, ph, pw, wq, length,
-                                 plane, threads):
-    # gx[n, ci] = the sum over its m output channels co and taps t of w[co, t] times dy's
-    # padded row (rows apart in g1, from sample n's g_n values) added at taps[t] + p into
-    # the channel's phase planes (the adjoint of the forward's reads), then gathered back
-    # from the planes. dy is zero in the padded columns, so they add nothing.
-    n_batch, cin, h, wi = gx.shape
-    mult = w.shape[0] // cin
-    jobs = n_batch * cin
-    gx1 = gx.reshape(gx.size)
-    for t in prange(threads):
-        buf = np.empty(sh * sw * plane, np.float32)
-        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
-            n, ci = job // cin, job % cin
-            buf[:] = 0.0
-            for q in range(mult):
-                co = ci * mult + q
-                src = np.uint64(n * g_n + (ci * rows + q) * length)
-                for k in range(taps.size):
-                    wv = w[co, k]
-                    dst = np.uint64(taps[k])
-                    for p in range(np.uint64(length)):
-                        buf[dst + p] += wv * g1[src + p]
-            # gx[n, ci], flat and unsigned: views cost reference counting, signed offsets
-            # negative-index fix-ups
-            d0 = np.uint64(job * h * wi)
-            for k in range(np.uint64(h * wi)):
-                gx1[d0 + k] = 0.0  # pixels no window reads: past the planes
-            for a in range(sh):
-                r_lo, r_hi = wgrad_k.phase_span(a, sh, ph, h, plane // wq)
-                for b in range(sw):
-                    c_lo, c_hi = wgrad_k.phase_span(b, sw, pw, wi, wq)
-                    for r in range(r_lo, r_hi):
-                        dst = d0 + np.uint64((r * sh + a - ph) * wi + b - pw + c_lo * sw)
-                        src = np.uint64((a * sw + b) * plane + r * wq + c_lo)
-                        for c in range(np.uint64(c_hi - c_lo)):
-                            gx1[dst + c * np.uint64(sw)] = buf[src + c]
-
-
-def depthwise_input_grad(planes: PhasePlanes, gp: np.ndarray, w: np.ndarray,
-                         threads: int) -> np.ndarray:
-    """dx of a depthwise conv (any stride, dilation and channel multiplier), N x Cin x H x
-    W: each output channel's dy row (`depthwise_rows`) added tap by tap, times the tap's
-    weight, where the forward read the input: seed 003's full convolution of dy with the
-    rotated kernel, as the forward's adjoint."""
-    gx = np.empty(planes.shape, np.float32)
-    _depthwise_planes_input_grad(gp.reshape(gp.size), gp[0].size, gp.shape[1] // gx.shape[1],
-                                 planes.taps, w, gx, *planes.stride, *planes.pad, planes.wq,
-                                 planes.length, planes.plane, threads)
-    return gx
 
 
 @njit(parallel=True, cache=True)

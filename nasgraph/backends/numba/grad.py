@@ -23,7 +23,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from nasgraph.backends.numba._backward_ops import BACKWARD, Run, Weights, dropout_mask, shape4
+from nasgraph.backends.numba._backward_ops import BACKWARD, dropout_mask
+from nasgraph.backends.numba._rule import Run, Weights, shape4
 from nasgraph.backends.numba._weights import checked_state
 from nasgraph.backends.numba.executor import _limit_blas_threads
 from nasgraph.errors import GraphError, NasgraphError

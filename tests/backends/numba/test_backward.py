@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from nasgraph import init_state, zoo
-from nasgraph.backends.numba import _backward_ops
+from nasgraph.backends.numba import _conv_rules, _rule
 from nasgraph.backends.numba import grad as grad_module
 from nasgraph.backends.numba.grad import (
     BACKWARD,
@@ -80,7 +80,7 @@ def torch_reference(graph: Graph, state: dict[str, np.ndarray], x: np.ndarray,
     m.to(dtype).train(training)
     for node in graph:
         if node.kind == "dropout" and training and node.op.p > 0:
-            shape = (x.shape[0], *_backward_ops.shape4(graph[node.inputs[0]]))
+            shape = (x.shape[0], *_rule.shape4(graph[node.inputs[0]]))
             *parents, leaf = node.param_key.split(".")
             parent = m.get_submodule(".".join(parents))
             setattr(parent, leaf, _Mask(dropout_mask(seed, node.id, shape, node.op.p)))
@@ -314,7 +314,7 @@ def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, c
     # on the same phase planes: strides, dilations, uneven kernels, output channels not a
     # multiple of a tile's rows, taps not of its columns, a window that misses the last
     # rows, samples split unevenly over `threads`
-    from nasgraph.backends.numba import _backward_conv as conv_b
+    from nasgraph.backends.numba import _planes as conv_b
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, cin, 11, 9, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -376,7 +376,7 @@ def test_generated_weight_gradient_kernel_is_up_to_date():
 def test_both_weight_gradients_of_tiled_convs_match_torch(max_channels, monkeypatch):
     # each tiled conv's weight gradient as a GEMM of copied columns and by `_wgrad`, as
     # `_planes_pay` picks by output channels: here forced one way, then the other
-    monkeypatch.setattr(_backward_ops, "WGRAD_MAX_CHANNELS", max_channels)
+    monkeypatch.setattr(_conv_rules, "WGRAD_MAX_CHANNELS", max_channels)
     check_against_torch(residual_graph())
     b = GraphBuilder("strided")
     x = b.conv(b.input(2, 16, 16), 5, 3, stride=2, padding=1)

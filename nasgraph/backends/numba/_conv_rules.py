@@ -1,0 +1,181 @@
+"""Training rules of convolutions (`conv2d`, `fused_conv2d`): which kernels of
+`_backward_conv` and `_planes` run a conv's forward and its gradients, and what the forward
+keeps for the backward. docs/numba.md, "Which kernel computes which gradient"."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from nasgraph.backends.numba import _backward_conv as conv_b
+from nasgraph.backends.numba import _planes as planes_k
+from nasgraph.backends.numba import _tiled as tiled_k
+from nasgraph.backends.numba._activations import ACT_CODES
+from nasgraph.backends.numba._rule import (
+    F32,
+    NO_BIAS,
+    NO_GRAD,
+    Grads,
+    Run,
+    Weights,
+    activate,
+    activation_grad,
+    empty,
+)
+from nasgraph.backends.numba.nodes import conv_strategy
+from nasgraph.ir import Node
+
+
+class _Padded(NamedTuple):
+    """What a conv run by the tiled kernel keeps for its backward: its input, and where
+    the weight gradient is a GEMM of copied columns (not `_planes_pay`) the input
+    zero-padded in NHWC, from which they are copied."""
+
+    xp: np.ndarray | None
+    x: np.ndarray
+
+
+def _planes_pay(op, out_channels: int, out_pixels: int) -> bool:
+    """Whether a tiled conv's weight gradient runs faster by `_wgrad`'s register-tiled
+    kernel than as a GEMM of copied columns: spatial kernels of few output channels, and
+    of strided convs only on large outputs. The GEMM's rows are its output channels, and
+    OpenBLAS uses few rows badly; with more, it copies once for many FMAs. Measured on
+    AVX2, one thread, batch 128 (docs/numba.md, "The weight gradient"): at 7-16 output
+    channels the tiled kernel takes 0.3-0.7x the GEMM's time, at 32 about as long, at 64
+    1.7-2.5x; strided ones onto 7x7 outputs 1.7-2x."""
+    kh, kw = op.kernel
+    return (kh * kw > 1 and out_channels <= WGRAD_MAX_CHANNELS
+            and (op.stride == (1, 1) or out_pixels >= 196))
+
+
+# convs of at most this many output channels take `_wgrad`'s weight gradient
+WGRAD_MAX_CHANNELS = 28
+
+
+def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
+                 ) -> tuple[np.ndarray, np.ndarray | _Padded | planes_k.PhasePlanes]:
+    # N x Cin x H x W -> N x Cout x Ho x Wo; saved: x, for a tiled conv `_Padded`, for a
+    # depthwise one its input's phase planes
+    op, x = node.op, xs[0]
+    w = wts["weight"]  # Cout x Cin/G x kh x kw
+    cout, cig, kh, kw = w.shape
+    bias = wts["bias"] if op.bias else NO_BIAS
+    out = empty(x, node)
+    if cig == 1:  # depthwise: on the planes its weight and input gradients read
+        planes = planes_k.phase_planes(x, out.shape[2:], op.kernel, op.stride, op.pad,
+                                     op.dilation)
+        planes_k.depthwise_forward(planes, w.reshape(cout, kh * kw), bias if op.bias else None,
+                                 out, run.threads)
+        return out, planes
+    if conv_strategy(node, cig, winograd=False) == "tiled":  # as the executor runs it
+        xp = conv_b.padded_nhwc(x, op.pad, run.threads)
+        conv_b.conv2d_direct(xp, w, bias if op.bias else None, out, op.stride,
+                             op.dilation[0], run.threads)
+        planes = _planes_pay(op, cout, out.shape[2] * out.shape[3])
+        return out, _Padded(None if planes else xp, x)
+    conv_b.conv2d_forward(x, w.reshape(op.groups, cout // op.groups, cig * kh * kw), bias,
+                          out, kh, kw, *op.stride, *op.pad, *op.dilation, int(op.bias),
+                          run.threads)
+    return out, x
+
+
+def _tiled_input_grad(op, shape: tuple[int, ...]) -> bool:
+    # dx of a stride-1 conv is a stride-1 conv of dy (`conv_b.conv2d_input_grad`), padded
+    # by (k - 1) * d - p on each side (not negative), with a tile's worth of pixels
+    kh, kw = op.kernel
+    return (op.stride == (1, 1) and shape[2] * shape[3] >= tiled_k.R
+            and (kh - 1) * op.dilation[0] >= op.pad[0] and kw - 1 >= op.pad[1])
+
+
+def conv_backward(node: Node, gy: np.ndarray,
+                  saved: np.ndarray | _Padded | planes_k.PhasePlanes, wts: Weights, run: Run,
+                  needs: list[bool]) -> Grads:
+    op = node.op
+    w = wts["weight"]
+    cout, cig, kh, kw = w.shape
+    if isinstance(saved, _Padded):
+        return _tiled_conv_backward(op, gy, saved, w, run, needs)
+    if isinstance(saved, planes_k.PhasePlanes):  # depthwise
+        gp = planes_k.depthwise_rows(saved, gy)
+        gw = planes_k.conv2d_weight_grad(saved, gy, op.groups, op.kernel, run.threads, gp)
+        gx = planes_k.depthwise_input_grad(saved, gp, w.reshape(cout, kh * kw), run.threads) \
+            if needs[0] else None
+        return [gx], _with_bias_grad(op, gw, gy)
+    x = saved
+    gx = np.zeros_like(x) if needs[0] else NO_GRAD
+    cog, k = cout // op.groups, cig * kh * kw
+    parts = np.zeros((run.threads, op.groups, cog, k), F32)
+    conv_b.conv2d_backward(x, w.reshape(op.groups, cog, k), gy, gx, parts, kh, kw,
+                           *op.stride, *op.pad, *op.dilation, needs[0], run.threads)
+    gw = parts[0] if run.threads == 1 else parts.sum(axis=0)
+    return [gx if needs[0] else None], _with_bias_grad(op, gw.reshape(w.shape), gy)
+
+
+def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run: Run,
+                         needs: list[bool]) -> Grads:
+    # the weight gradient by `_wgrad` or as a GEMM from the padded NHWC input the forward
+    # kept (`_planes_pay`); the input gradient of a stride-1 conv is a tiled conv of gy
+    # (seed 003's full convolution), of others added back window by window
+    cout, cin, kh, kw = w.shape
+    x = saved.x
+    direct_dx = needs[0] and _tiled_input_grad(op, x.shape)
+    add_dx = needs[0] and not direct_dx
+    gemm_dw = saved.xp is not None
+    gw = None
+    if not gemm_dw:
+        planes = planes_k.phase_planes(x, gy.shape[2:], op.kernel, op.stride, op.pad,
+                                     op.dilation)
+        gw = planes_k.conv2d_weight_grad(planes, gy, 1, op.kernel, run.threads)
+    if gemm_dw or add_dx:
+        n, _, h, wi = x.shape
+        xp_shape = (n, h + 2 * op.pad[0], wi + 2 * op.pad[1], cin)
+        gxp = np.zeros(xp_shape, F32) if add_dx else NO_GRAD
+        w2 = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(cout, kh * kw * cin)
+        parts = np.zeros((run.threads if gemm_dw else 1, cout, kh * kw * cin), F32)
+        # without the GEMM, only xp's shape is read: gxp has it
+        conv_b.conv2d_nhwc_backward(saved.xp if gemm_dw else gxp, gy, w2, parts, gxp, kh,
+                                    kw, *op.stride, op.dilation[0], gemm_dw, add_dx,
+                                    run.threads)
+        if gemm_dw:
+            gw = parts[0] if run.threads == 1 else parts.sum(axis=0)
+            gw = np.ascontiguousarray(gw.reshape(cout, kh, kw, cin).transpose(0, 3, 1, 2))
+    gx = None
+    if direct_dx:
+        gx = np.empty(x.shape, F32)
+        conv_b.conv2d_input_grad(gy, w, gx, op.pad, op.dilation[0], run.threads)
+    elif add_dx:
+        gx = np.empty(x.shape, F32)
+        conv_b.from_padded_nhwc(gxp, gx, *op.pad)
+    return [gx], _with_bias_grad(op, gw, gy)
+
+
+def _with_bias_grad(op, gw: np.ndarray, gy: np.ndarray) -> Weights:
+    grads = {"weight": gw}
+    if op.bias:
+        grads["bias"] = np.empty(op.out_channels, F32)
+        conv_b.channel_sums(gy, grads["bias"])
+    return grads
+
+
+def fused_conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
+                       ) -> tuple[np.ndarray, tuple]:
+    # act(conv(x) + residual); saved: x and the activation's input
+    op = node.op
+    pre, x = conv_forward(node, xs[:1], wts, run)
+    if op.residual:
+        pre += xs[1]
+    if op.act is None:
+        return pre, (x, pre)
+    out = np.empty_like(pre)
+    activate(pre, out, ACT_CODES[op.act])
+    return out, (x, pre)
+
+
+def fused_conv_backward(node: Node, gy: np.ndarray, saved: tuple, wts: Weights, run: Run,
+                        needs: list[bool]) -> Grads:
+    x, pre = saved
+    if node.op.act is not None:
+        gy = activation_grad(pre, gy, ACT_CODES[node.op.act])
+    (gx,), grads = conv_backward(node, gy, x, wts, run, needs[:1])
+    return [gx, gy] if node.op.residual else [gx], grads

@@ -1,0 +1,312 @@
+"""Convolutions on stride-phase planes: the layout of `_wgrad`'s register-tiled weight
+gradient, and the depthwise convs that train on it.
+
+Seed 003: the weight gradient is the correlation of the input with dy,
+
+    dw[co, ci, i, j] = sum over n, oh, ow of
+                       dy[n, co, oh, ow] * xpad[n, ci, oh*sh + i*dh, ow*sw + j*dw]
+
+Laid out right, each tap's sum is a dot product of two contiguous runs. The input is split
+into its sh x sw stride phases, each zero-padded into planes Wq = Wo + (kw-1)*dw // sw wide
+(`phase_planes`); dy's rows are padded from Wo to Wq with zeros (`to_rows`). Output pixel
+(oh, ow) is then at p = oh*Wq + ow in dy's row, and tap (i, j) reads the plane of phase
+(i*dh % sh, j*dw % sw) at p + (i*dh // sh)*Wq + j*dw // sw: one offset per tap, the same
+for every pixel. The padded columns cost (Wq - Wo)/Wo more work; a 14x14 output of a 3x3
+conv, 14%. `weight_grad` runs `_wgrad`'s tiles over chunks of samples, group by group.
+
+Depthwise convs (one input channel per group) run on the same planes: the forward one axpy
+per tap along a padded row (`depthwise_forward`), the input gradient the forward's adjoint,
+one axpy per tap into the planes, gathered back (`depthwise_input_grad`).
+
+Copies and gathers index flat arrays with unsigned offsets: views cost reference counting,
+and signed offsets negative-index fix-ups (2-3x, measured).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from nasgraph.backends.numba import _wgrad as wgrad_k
+
+LANES = wgrad_k.LANES  # pixels a vector of the tile kernels holds
+
+
+@njit(parallel=True, cache=True)
+def weight_grad(g1, g_n, x1, x_n, offs, parts, n_batch, blocks, steps, chunk, threads):
+    """parts[t] += thread t's share of the tap sums: its samples, in chunks of `chunk`.
+
+    g1: dy as rows (`to_rows`, N x G*blocks*R x steps*LANES, flat; g_n values a
+    sample); x1: the input as phase planes (`to_phase_planes`, flat; x_n values a
+    sample); offs: each group's taps in tiles of S, as offsets into a sample's planes (G x
+    n_tiles x S; S picks the tile, R follows); parts: threads x G x blocks x n_tiles x
+    R*S*LANES, float64."""
+    groups, n_tiles, s = offs.shape
+    r = 4 if s == 3 else 1
+    plane = steps * LANES
+    for t in prange(threads):
+        lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
+        acc = parts[t].reshape(parts[t].size)
+        out = np.empty(r * s * LANES, np.float32)
+        for n0 in range(lo, hi, chunk):
+            m = min(chunk, hi - n0)
+            for g in range(groups):
+                for b in range(blocks):
+                    g_0 = n0 * g_n + (g * blocks + b) * r * plane
+                    for k in range(n_tiles):
+                        if s == 3:
+                            wgrad_k.tile_4x3(g1, g_0, plane, g_n, x1, n0 * x_n, x_n, offs[g],
+                                             k, m, steps, out)
+                        else:
+                            wgrad_k.tile_1x9(g1, g_0, plane, g_n, x1, n0 * x_n, x_n, offs[g],
+                                             k, m, steps, out)
+                        at = ((g * blocks + b) * n_tiles + k) * r * s * LANES
+                        for q in range(r * s * LANES):
+                            acc[at + q] += out[q]
+
+
+@njit(inline="always", cache=True)
+def phase_span(a, s, p, n, width):
+    """The plane columns (or rows) c with 0 <= c*s + a - p < n, as lo <= c < hi, hi at
+    most `width`: where phase a of a stride-s axis padded by p holds values of x."""
+    lo = max(0, -((a - p) // s))
+    return lo, max(lo, min(width, (n - 1 + p - a) // s + 1))
+
+
+@njit(parallel=True, cache=True)
+def to_phase_planes(x, xq, sh, sw, ph, pw, wq):
+    """x (N x C x H x W) zero-padded by (ph, pw) and split into its sh x sw stride phases:
+    xq[n, (c*sh + a)*sw + b, r*Wq + q] = xpad[n, c, r*sh + a, q*sw + b], zero past x and
+    past the plane's rows of Wq (xq: N x C*sh*sw x plane length)."""
+    n_batch, c_in, h, w = x.shape
+    length = xq.shape[2]
+    x1, q1 = x.reshape(x.size), xq.reshape(xq.size)  # flat: views cost reference counting
+    for job in prange(n_batch * c_in):
+        for a in range(sh):
+            r_lo, r_hi = phase_span(a, sh, ph, h, length // wq)
+            for b in range(sw):
+                q_lo, q_hi = phase_span(b, sw, pw, w, wq)
+                # plane (a, b) of channel `job`; unsigned offsets: no negative-index fix-ups
+                d0 = np.uint64(((job * sh + a) * sw + b) * length)
+                for k in range(np.uint64(length)):
+                    q1[d0 + k] = 0.0
+                for r in range(r_lo, r_hi):
+                    src = np.uint64((job * h + r * sh + a - ph) * w + b - pw + q_lo * sw)
+                    dst = d0 + np.uint64(r * wq + q_lo)
+                    if sw == 1:
+                        for q in range(np.uint64(q_hi - q_lo)):
+                            q1[dst + q] = x1[src + q]
+                    else:
+                        for q in range(np.uint64(q_hi - q_lo)):
+                            q1[dst + q] = x1[src + q * np.uint64(sw)]
+
+
+@njit(parallel=True, cache=True)
+def to_rows(gy, gp, wq, groups):
+    """gy (N x Cout x Ho x Wo) -> gp (N x G*Cp x L): each plane's rows padded from Wo to
+    Wq with zeros, zeros past Ho rows; group g's Cout/G channels at rows g*Cp.., zero
+    rows after them (Cp >= Cout/G: whole tiles)."""
+    n_batch, cout, ho, wo = gy.shape
+    rows, length, cog = gp.shape[1], gp.shape[2], cout // groups
+    cp = rows // groups
+    g1, p1 = gy.reshape(gy.size), gp.reshape(gp.size)  # flat: views cost reference counting
+    for job in prange(n_batch * rows):
+        n, d = job // rows, job % rows
+        g, r = d // cp, d % cp
+        dst = np.uint64(job * length)
+        for k in range(np.uint64(length)):
+            p1[dst + k] = 0.0
+        if r < cog:
+            src = np.uint64((n * cout + g * cog + r) * ho * wo)
+            for row in range(ho):
+                d_row, s_row = dst + np.uint64(row * wq), src + np.uint64(row * wo)
+                for k in range(np.uint64(wo)):
+                    p1[d_row + k] = g1[s_row + k]
+
+
+# a chunk of samples' dy rows and input planes of one group, in float32 values, that
+# `_wgrad` sums before it adds its accumulators into float64: a quarter of a 512 KB L2
+CHUNK_VALUES = 32768
+
+
+class PhasePlanes(NamedTuple):
+    """A conv's input zero-padded and split into its stride phases (`_wgrad`'s layout,
+    `phase_planes`): xq is N x C*sh*sw x `plane`, channel c's planes from c*sh*sw*plane
+    in a sample's values. Output pixel (oh, ow) is p = oh*wq + ow of a row `length`
+    long (whole vectors); tap t reads x at its offset taps[t] + p into a channel's planes."""
+
+    xq: np.ndarray
+    shape: tuple[int, ...]  # x's
+    out_hw: tuple[int, int]  # Ho, Wo
+    wq: int
+    length: int
+    plane: int
+    taps: np.ndarray  # int64, kh*kw: each tap's offset into a channel's planes
+    stride: tuple[int, int]
+    pad: tuple[int, int]
+
+
+def phase_planes(x: np.ndarray, out_hw: tuple[int, int], kernel: tuple[int, int],
+                 stride: tuple[int, int], pad: tuple[int, int], dilation: tuple[int, int]
+                 ) -> PhasePlanes:
+    """x (N x C x H x W) as `PhasePlanes` for a conv of this geometry: planes Wq = Wo +
+    (kw-1)*dw // sw wide, so that every tap's window of a row fits in a row, and long
+    enough for the farthest tap to read a whole padded row of dy."""
+    (ho, wo), (kh, kw), (sh, sw), (dh, dw) = out_hw, kernel, stride, dilation
+    wq = wo + (kw - 1) * dw // sw
+    length = -(-ho * wq // LANES) * LANES
+    plane = (kh - 1) * dh // sh * wq + (kw - 1) * dw // sw + length
+    taps = np.array([(i * dh % sh * sw + j * dw % sw) * plane + i * dh // sh * wq
+                     + j * dw // sw for i in range(kh) for j in range(kw)], np.int64)
+    xq = np.empty((x.shape[0], x.shape[1] * sh * sw, plane), np.float32)
+    to_phase_planes(x, xq, sh, sw, *pad, wq)
+    return PhasePlanes(xq, x.shape, out_hw, wq, length, plane, taps, stride, pad)
+
+
+def _rows(planes: PhasePlanes, gy: np.ndarray, groups: int, rows: int) -> np.ndarray:
+    # gy as `_wgrad.to_rows` lays it out: each group's channels padded to `rows` rows
+    gp = np.empty((gy.shape[0], groups * rows, planes.length), np.float32)
+    to_rows(gy, gp, planes.wq, groups)
+    return gp
+
+
+def _tile(groups: int, out_per_group: int) -> tuple[int, int]:
+    # `_wgrad`'s tile (rows, taps): 4 x 3 for ungrouped convs and groups of 4+ outputs
+    return wgrad_k.TILES[0] if groups == 1 or out_per_group >= 4 else wgrad_k.TILES[1]
+
+
+def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
+                       kernel: tuple[int, int], threads: int,
+                       gp: np.ndarray | None = None) -> np.ndarray:
+    """The weight gradient of a conv, Cout x Cin/G x kh x kw, by `_wgrad`'s register-
+    tiled kernels: each tap's sum over the batch is a dot product of dy's padded rows with
+    one offset into the input's `planes`; no im2col columns are copied. gy: N x Cout x Ho
+    x Wo; `gp`: gy already laid out as `depthwise_rows` gives it."""
+    n = gy.shape[0]
+    cout, cin = gy.shape[1], planes.shape[1]
+    cig, cog = cin // groups, cout // groups
+    r, s = _tile(groups, cog)
+    blocks = -(-cog // r)
+    if gp is None:
+        gp = _rows(planes, gy, groups, blocks * r)
+    phases = planes.stride[0] * planes.stride[1]
+    ntaps = cig * len(planes.taps)
+    tiles = -(-ntaps // s)
+    offs = np.empty((groups, tiles * s), np.int64)  # the last tile padded with repeats
+    channels = np.arange(cin).reshape(groups, cig, 1) * (phases * planes.plane)
+    offs[:, :ntaps] = (channels + planes.taps).reshape(groups, ntaps)
+    offs[:, ntaps:] = offs[:, ntaps - 1:ntaps]
+    parts = np.zeros((threads, groups, blocks, tiles, r * s * LANES))
+    per_group = (gp[0].size + planes.xq[0].size) // groups  # a sample's, a tile's group
+    weight_grad(gp.reshape(gp.size), gp[0].size, planes.xq.reshape(planes.xq.size),
+                        planes.xq[0].size, offs.reshape(groups, tiles, s), parts, n, blocks,
+                        planes.length // LANES, max(1, CHUNK_VALUES // per_group),
+                        threads)
+    sums = parts.sum(axis=0).reshape(groups, blocks, tiles, r, s, LANES).sum(axis=5)
+    sums = sums.transpose(0, 1, 3, 2, 4).reshape(groups, blocks * r, tiles * s)
+    return sums[:, :cog, :ntaps].astype(np.float32).reshape(cout, cig, *kernel)
+
+
+def depthwise_rows(planes: PhasePlanes, gy: np.ndarray) -> np.ndarray:
+    """gy laid out for a depthwise conv's `conv2d_weight_grad` and
+    `depthwise_input_grad`: each input channel's Cout/Cin rows padded to whole tiles."""
+    cin, cout = planes.shape[1], gy.shape[1]
+    r = _tile(cin, cout // cin)[0]
+    return _rows(planes, gy, cin, -(-(cout // cin) // r) * r)
+
+
+@njit(parallel=True, cache=True, fastmath={"contract", "nsz", "arcp"})
+def _depthwise_planes_forward(x1, x_n, ci_n, taps, w, bias, out, wq, length, threads):
+    # out[n, co] = bias[co] + the sum over taps t of w[co, t] times the planes of input
+    # channel co // m (ci_n values each; x_n a sample) from taps[t] + p, cropped from
+    # rows wq wide to wo: one axpy per tap along a row `length` long, which vectorizes,
+    # into a row that stays in L1
+    n_batch, cout, ho, wo = out.shape
+    mult = cout // (x_n // ci_n)
+    jobs = n_batch * cout
+    out1 = out.reshape(out.size)
+    for t in prange(threads):
+        acc = np.empty(length, np.float32)
+        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
+            n, co = job // cout, job % cout
+            acc[:] = bias[co]
+            base = n * x_n + co // mult * ci_n
+            for k in range(taps.size):
+                wv = w[co, k]
+                src = np.uint64(base + taps[k])
+                for p in range(np.uint64(length)):
+                    acc[p] += wv * x1[src + p]
+            # out[n, co], flat and unsigned: views cost reference counting, signed offsets
+            # negative-index fix-ups
+            dst = np.uint64(job * ho * wo)
+            for r in range(ho):
+                d, a = dst + np.uint64(r * wo), np.uint64(r * wq)
+                for c in range(np.uint64(wo)):
+                    out1[d + c] = acc[a + c]
+
+
+def depthwise_forward(planes: PhasePlanes, w: np.ndarray, bias: np.ndarray | None,
+                      out: np.ndarray, threads: int) -> None:
+    """out = the depthwise conv of the input of `planes` (one input channel per group,
+    Cout/Cin outputs each) with w (Cout x kh*kw) + bias, from its phase planes: the
+    training pass keeps them for the weight gradient."""
+    xq = planes.xq
+    per_channel = xq.shape[1] // planes.shape[1] * planes.plane
+    _depthwise_planes_forward(xq.reshape(xq.size), xq[0].size, per_channel, planes.taps, w,
+                              np.zeros(out.shape[1], np.float32) if bias is None else bias,
+                              out, planes.wq, planes.length, threads)
+
+
+@njit(parallel=True, cache=True, fastmath={"contract", "nsz", "arcp"})
+def _depthwise_planes_input_grad(g1, g_n, rows, taps, w, gx, sh, sw, ph, pw, wq, length,
+                                 plane, threads):
+    # gx[n, ci] = the sum over its m output channels co and taps t of w[co, t] times dy's
+    # padded row (rows apart in g1, from sample n's g_n values) added at taps[t] + p into
+    # the channel's phase planes (the adjoint of the forward's reads), then gathered back
+    # from the planes. dy is zero in the padded columns, so they add nothing.
+    n_batch, cin, h, wi = gx.shape
+    mult = w.shape[0] // cin
+    jobs = n_batch * cin
+    gx1 = gx.reshape(gx.size)
+    for t in prange(threads):
+        buf = np.empty(sh * sw * plane, np.float32)
+        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
+            n, ci = job // cin, job % cin
+            buf[:] = 0.0
+            for q in range(mult):
+                co = ci * mult + q
+                src = np.uint64(n * g_n + (ci * rows + q) * length)
+                for k in range(taps.size):
+                    wv = w[co, k]
+                    dst = np.uint64(taps[k])
+                    for p in range(np.uint64(length)):
+                        buf[dst + p] += wv * g1[src + p]
+            # gx[n, ci], flat and unsigned: views cost reference counting, signed offsets
+            # negative-index fix-ups
+            d0 = np.uint64(job * h * wi)
+            for k in range(np.uint64(h * wi)):
+                gx1[d0 + k] = 0.0  # pixels no window reads: past the planes
+            for a in range(sh):
+                r_lo, r_hi = phase_span(a, sh, ph, h, plane // wq)
+                for b in range(sw):
+                    c_lo, c_hi = phase_span(b, sw, pw, wi, wq)
+                    for r in range(r_lo, r_hi):
+                        dst = d0 + np.uint64((r * sh + a - ph) * wi + b - pw + c_lo * sw)
+                        src = np.uint64((a * sw + b) * plane + r * wq + c_lo)
+                        for c in range(np.uint64(c_hi - c_lo)):
+                            gx1[dst + c * np.uint64(sw)] = buf[src + c]
+
+
+def depthwise_input_grad(planes: PhasePlanes, gp: np.ndarray, w: np.ndarray,
+                         threads: int) -> np.ndarray:
+    """dx of a depthwise conv (any stride, dilation and channel multiplier), N x Cin x H x
+    W: each output channel's dy row (`depthwise_rows`) added tap by tap, times the tap's
+    weight, where the forward read the input: seed 003's full convolution of dy with the
+    rotated kernel, as the forward's adjoint."""
+    gx = np.empty(planes.shape, np.float32)
+    _depthwise_planes_input_grad(gp.reshape(gp.size), gp[0].size, gp.shape[1] // gx.shape[1],
+                                 planes.taps, w, gx, *planes.stride, *planes.pad, planes.wq,
+                                 planes.length, planes.plane, threads)
+    return gx
