@@ -5,7 +5,8 @@ rotated by 180 degrees, and the weight gradient the correlation of x with dy (se
 
 Convs that the executor runs with its register-tiled direct kernel (`_tiled`: no groups,
 no dilation across, wider than 1x1 or strided) train on it too, on x zero-padded in NHWC
-(`conv2d_direct`; `_tiled_narrow` for at most 8 output channels). Their weight gradient
+(`conv2d_direct`; `_tiled_narrow` for at most 8 output channels, `_tiled_wide` for more
+than 16 where numba compiles 512-bit vectors, `_isa`). Their weight gradient
 is `_planes.conv2d_weight_grad` where that pays (few output channels:
 `_conv_rules._planes_pay`), else one GEMM per chunk of samples, dw = dy @ cols, whose
 columns are whole runs of the padded NHWC rows the forward kept (`conv2d_nhwc_backward`).
@@ -31,10 +32,13 @@ from numba import njit, prange
 
 from nasgraph.backends.numba import _tiled as tiled_k
 from nasgraph.backends.numba import _tiled_narrow as narrow_k
+from nasgraph.backends.numba import _tiled_wide as wide_k
+from nasgraph.backends.numba._isa import wide_vectors
 
 # samples share one GEMM until it has this many columns: fewer, larger BLAS calls
 COLUMNS = 2048
 _NO_RES = np.zeros((1, 1, 1, 1), np.float32)
+WIDE = wide_vectors()  # 512-bit vectors: `conv2d_direct` may take `_tiled_wide`'s tiles
 
 
 @njit(inline="always", cache=True)
@@ -229,11 +233,17 @@ def conv2d_direct(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: n
     the executor picks it (3x3 convs of 8-32 channels at batch 128: 1.5-3x)."""
     n, _, _, cin = xp.shape
     cout, _, kh, _ = w.shape
+    pixels = out.shape[2] * out.shape[3]
     # convs of at most 8 output channels on the narrow twin's 12 x 8 tiles: 16-channel
     # ones would leave half the accumulators zero (Fashion ResNet's 7-channel 3x3 convs,
-    # forward or input gradient: 0.5x the time, one thread, batch 128)
-    kernels = narrow_k if cout <= narrow_k.V and out.shape[2] * out.shape[3] >= narrow_k.R \
-        else tiled_k
+    # forward or input gradient: 0.5x the time, one thread, batch 128); of more than 16
+    # on the wide twin's 12 x 32 where vectors are 512 bits (`_isa`)
+    if cout <= narrow_k.V and pixels >= narrow_k.R:
+        kernels = narrow_k
+    elif WIDE and cout > tiled_k.V and pixels >= wide_k.R:
+        kernels = wide_k
+    else:
+        kernels = tiled_k
     (kernels.conv2d_tiled_1 if threads == 1 else kernels.conv2d_tiled)(
         xp.reshape(n, xp.shape[1], -1), 0, kernels.pack_weights(w),
         kernels.pack_bias(bias, cout), _NO_RES, out, 0, cout, cin, kh, *stride, dilation, 0,

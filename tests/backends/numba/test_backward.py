@@ -10,6 +10,7 @@ masks the numba pass drew (`dropout_mask`).
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import resource
 from collections.abc import Callable
@@ -346,27 +347,60 @@ def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, c
         close(conv_b.depthwise_input_grad(planes, gp, w32, threads), x.grad)
 
 
-@pytest.mark.parametrize("cout, stride", [(3, 1), (8, 1), (8, 2), (9, 1)])
-def test_training_forward_conv_matches_torch_on_narrow_and_wide_tiles(cout, stride):
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("cout, stride", [(3, 1), (8, 1), (8, 2), (9, 1), (17, 1), (40, 2)])
+def test_training_forward_conv_matches_torch_on_every_tile(monkeypatch, cout, stride, wide):
     # `conv2d_direct` runs convs of at most 8 output channels on `_tiled_narrow`'s 12 x 8
-    # tiles (outputs of 12 pixels or more), wider ones on `_tiled`'s 6 x 16
+    # tiles (outputs of 12 pixels or more), wider ones on `_tiled`'s 6 x 16, and those of
+    # more than 16 where vectors are 512 bits on `_tiled_wide`'s 12 x 32: forced here on
+    # and off, so that every machine checks every tile (spilled, the wide one is slow on
+    # AVX2, not wrong)
     from nasgraph.backends.numba import _backward_conv as conv_b
 
+    monkeypatch.setattr(conv_b, "WIDE", wide)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, 9, 10, generator=gen)
     w = torch.randn(cout, 5, 3, 3, generator=gen)
     bias = torch.randn(cout, generator=gen)
     ref = F.conv2d(x, w, bias, stride=stride, padding=1).numpy()
-    out = np.empty(ref.shape, np.float32)
-    xp = conv_b.padded_nhwc(x.numpy(), (1, 1), 1)
-    conv_b.conv2d_direct(xp, w.numpy(), bias.numpy(), out, (stride, stride), 1, 1)
-    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    for threads in (1, 2):
+        out = np.empty(ref.shape, np.float32)
+        xp = conv_b.padded_nhwc(x.numpy(), (1, 1), threads)
+        conv_b.conv2d_direct(xp, w.numpy(), bias.numpy(), out, (stride, stride), 1, threads)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
-def test_generated_narrow_tiled_kernel_is_up_to_date():
+def test_generated_tiled_kernel_twins_are_up_to_date():
     from nasgraph.backends.numba import _tiled_gen
 
-    assert _tiled_gen.NARROW_TARGET.read_text() == _tiled_gen.render_narrow()
+    for twin in _tiled_gen.TWINS:
+        assert _tiled_gen.twin_path(twin[2]).read_text() == _tiled_gen.render_twin(*twin)
+
+
+def test_wide_vectors_follow_the_features_numba_compiles_for(monkeypatch):
+    from nasgraph.backends.numba import _backward_conv as conv_b
+    from nasgraph.backends.numba import _isa
+
+    # on this machine: what the code generator took, as `conv2d_direct` reads it
+    assert conv_b.WIDE is _isa.wide_vectors()
+    # `_isa`: 512-bit vectors where numba's features enable AVX-512 and lift LLVM's 256-bit
+    # preference, whoever set them; a user's own NUMBA_CPU_FEATURES is left alone
+    for features, wide in [("+avx2,+avx512f,-prefer-256-bit", True), ("+avx2,+avx512f", False),
+                           ("+avx2,-avx512f,-prefer-256-bit", False), ("", False)]:
+        monkeypatch.setattr(_isa, "_compiled_features", lambda f=features: f.split(","))
+        assert _isa.wide_vectors() is wide
+    monkeypatch.delenv("NUMBA_CPU_NAME", raising=False)
+    monkeypatch.setenv(_isa.FEATURES, "+avx2")
+    monkeypatch.setattr(_isa, "_host_features", lambda: "+avx2,+avx512f")
+    _isa.use_wide_vectors()
+    assert os.environ[_isa.FEATURES] == "+avx2"
+    monkeypatch.delenv(_isa.FEATURES)
+    _isa.use_wide_vectors()
+    assert os.environ[_isa.FEATURES] == "+avx2,+avx512f,-prefer-256-bit"
+    monkeypatch.setattr(_isa, "_host_features", lambda: "+avx2,-avx512f")
+    monkeypatch.delenv(_isa.FEATURES)
+    _isa.use_wide_vectors()
+    assert _isa.FEATURES not in os.environ
 
 
 def test_generated_weight_gradient_kernel_is_up_to_date():
