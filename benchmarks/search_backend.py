@@ -8,7 +8,10 @@ folder, final retraining included.
         [--trials 12] [--epochs 3] [--final-seeds 1] [--repeats 2] [--workers 1] [--write]
 
 With `--workers 2` the search runs two worker processes, and each trains on its share of
-the cores (one each on two), whichever the trainer: the comparison at equal cores.
+the cores (one each on two), whichever the trainer: the comparison at equal cores. Workers
+draw trials from one study as they come free, so which candidates a search trains would
+depend on timing; the first timed search's candidates are therefore queued, in its order,
+into every later one (`study.enqueue_trial`): all train the same candidates.
 """
 
 from __future__ import annotations
@@ -23,8 +26,12 @@ from benchmarks._report import machine, write_section
 BACKENDS = ("torch", "numba", "auto")
 
 
-def one(args: argparse.Namespace, backend: str) -> dict:
+def one(args: argparse.Namespace, backend: str, candidates: list[dict] | None = None
+        ) -> dict:
+    """One search with `backend`, timed; `candidates`: parameters to queue as its trials,
+    in order. Returns its time, result and the parameters of its finished trials."""
     import optuna
+    from optuna.trial import TrialState
 
     from nasgraph.search.budget import parse_amount
     from nasgraph.search.config import SearchConfig
@@ -36,16 +43,23 @@ def one(args: argparse.Namespace, backend: str) -> dict:
                            epochs=args.epochs, final_seeds=args.final_seeds, sampler="random",
                            seed=args.seed, device="cpu", runs_dir=runs, backend=backend,
                            study=f"backend-{backend}", workers=args.workers)
+
+        def queue(study: optuna.Study, remaining: int) -> None:
+            for params in candidates or []:
+                study.enqueue_trial(params)
+
         start = time.perf_counter()
-        result = search(cfg)
+        result = search(cfg, on_start=queue)
         seconds = time.perf_counter() - start
         study = optuna.load_study(study_name=cfg.study_name,
                                   storage=f"sqlite:///{cfg.study_dir / 'study.db'}")
         used = [t.user_attrs.get("backend") for t in study.trials if "backend" in t.user_attrs]
+        done = [t.params for t in sorted(study.trials, key=lambda t: t.number)
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     best = result.best or {}
     return {"backend": backend, "seconds": seconds, "val": best.get("val_accuracy"),
             "test": best.get("test_accuracy"), "numba_trials": used.count("numba"),
-            "trials": len(used), "phases": result.seconds}
+            "trials": len(used), "phases": result.seconds, "candidates": done}
 
 
 def main() -> None:
@@ -66,7 +80,11 @@ def main() -> None:
     warm = argparse.Namespace(**{**vars(args), "trials": 1, "epochs": 1, "final_seeds": 0})
     for backend in BACKENDS:
         one(warm, backend)
-    runs = [one(args, backend) for _ in range(args.repeats) for backend in BACKENDS]
+    runs: list[dict] = []
+    for _ in range(args.repeats):
+        for backend in BACKENDS:
+            fixed = runs[0]["candidates"] if runs and args.workers > 1 else None
+            runs.append(one(args, backend, fixed))
     rows = ["| trainer | wall s (each turn) | vs torch | trials on numba | best val | "
             "test |", "|---|---:|---:|---:|---:|---:|"]
     torch_s = statistics.median(r["seconds"] for r in runs if r["backend"] == "torch")
@@ -86,7 +104,8 @@ def main() -> None:
             f"space `{args.space}`, random sampler, seed {args.seed}; "
             + ("one worker; each trainer on the threads it picks itself" if args.workers == 1
                else f"{args.workers} workers, each on its share of the cores "
-               "(`share_cores`), both trainers")
+               "(`share_cores`), both trainers; every search trains the first one's "
+               "candidates, queued in its order")
             + ". The trainers start from the same weights but "
             "draw batch order and shifts from different generators (torch's, numpy's), so "
             "their accuracies differ by training noise; best val and test are the last "
