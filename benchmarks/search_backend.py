@@ -85,8 +85,9 @@ def main() -> None:
         for backend in BACKENDS:
             fixed = runs[0]["candidates"] if runs and args.workers > 1 else None
             runs.append(one(args, backend, fixed))
-    rows = ["| trainer | wall s (each turn) | vs torch | trials on numba | best val | "
-            "test |", "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| trainer | wall s (each turn) | vs torch | trials s / final retraining s "
+            "(each turn) | trials on numba | best val | test |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
     torch_s = statistics.median(r["seconds"] for r in runs if r["backend"] == "torch")
     for backend in BACKENDS:
         mine = [r for r in runs if r["backend"] == backend]
@@ -95,6 +96,9 @@ def main() -> None:
         rows.append(f"| {backend} | {statistics.median(secs):.1f} "
                     f"({', '.join(f'{s:.1f}' for s in secs)}) | "
                     f"{statistics.median(secs) / torch_s:.2f}x | "
+                    + ", ".join(f"{r['phases'].get('trials', 0):.1f} / "
+                                f"{r['phases'].get('report and final retraining', 0):.1f}"
+                                for r in mine) + " | "
                     f"{mine[-1]['numba_trials']}/{mine[-1]['trials']} | "
                     f"{mine[-1]['val']:.2%} | {'-' if test is None else f'{test:.2%}'} |")
     text = (f"`python -m benchmarks.search_backend --dataset {args.dataset} --budget "
