@@ -27,9 +27,9 @@ TWINS = (
     (12, 8, "_tiled_narrow.py", "for convs of at most 8 output channels: `_tiled` keeps "
      "16-channel tiles, of which such a conv uses half or less"),
     # two 512-bit vectors of channels x 12 pixels: 24 of AVX-512's 32 vector registers
-    # (`_isa.WIDE_VECTORS`); on AVX2's 16 it would spill
+    # (`_isa.wide_vectors`); on AVX2's 16 it would spill
     (12, 32, "_tiled_wide.py", "for convs of more than 16 output channels where numba "
-     "compiles 512-bit vectors (`_isa.WIDE_VECTORS`): 24 accumulators of AVX-512's 32 "
+     "compiles 512-bit vectors (`_isa.wide_vectors`): 24 accumulators of AVX-512's 32 "
      "vector registers"),
 )
 
@@ -315,7 +315,7 @@ def render() -> str:
             + PACK + "\n\n" + _serial(pad))
 
 
-def render_twin(r: int, v: int, name: str, purpose: str) -> str:
+def render_twin(r: int, v: int, purpose: str) -> str:
     """The source of a twin (`TWINS`): `_tiled`'s kernel with R x V tiles, its weight and
     bias packing; the helpers that do not depend on the tile imported."""
     head = HEADER[HEADER.index("@njit(inline"):]
@@ -345,10 +345,11 @@ V = {v}
 
 
 def twin_path(name: str) -> Path:
+    """Where the twin of file `name` is written: beside `_tiled.py`."""
     return TARGET.with_name(name)
 
 
 if __name__ == "__main__":
     TARGET.write_text(render())
-    for twin in TWINS:
-        twin_path(twin[2]).write_text(render_twin(*twin))
+    for r, v, name, purpose in TWINS:
+        twin_path(name).write_text(render_twin(r, v, purpose))

@@ -373,8 +373,8 @@ def test_training_forward_conv_matches_torch_on_every_tile(monkeypatch, cout, st
 def test_generated_tiled_kernel_twins_are_up_to_date():
     from nasgraph.backends.numba import _tiled_gen
 
-    for twin in _tiled_gen.TWINS:
-        assert _tiled_gen.twin_path(twin[2]).read_text() == _tiled_gen.render_twin(*twin)
+    for r, v, name, purpose in _tiled_gen.TWINS:
+        assert _tiled_gen.twin_path(name).read_text() == _tiled_gen.render_twin(r, v, purpose)
 
 
 def test_wide_vectors_follow_the_features_numba_compiles_for(monkeypatch):
