@@ -33,12 +33,16 @@ from numba import njit, prange
 from nasgraph.backends.numba import _tiled as tiled_k
 from nasgraph.backends.numba import _tiled_narrow as narrow_k
 from nasgraph.backends.numba import _tiled_wide as wide_k
+from nasgraph.backends.numba import _wgrad_nhwc as wgrad_nhwc_k
 from nasgraph.backends.numba._isa import wide_vectors
 
 # samples share one GEMM until it has this many columns: fewer, larger BLAS calls
 COLUMNS = 2048
 _NO_RES = np.zeros((1, 1, 1, 1), np.float32)
 WIDE = wide_vectors()  # 512-bit vectors: `conv2d_direct` may take `_tiled_wide`'s tiles
+# pixels that `_wgrad_nhwc`'s tiles sum in float32 before a thread adds them into its
+# float64 share: a chunk of samples whose input and dy the tiles re-read from cache
+CHUNK_PIXELS = 1024
 
 
 @njit(inline="always", cache=True)
@@ -320,6 +324,99 @@ def conv2d_nhwc_backward(xp, gy, w2, parts, gxp, kh, kw, sh, sw, dh, need_dw, ne
                             at = src + np.uint64(i) * run_u
                             for q in range(run_u):
                                 gxf[dst + q] += back1[at + q]
+
+
+def nhwc_weight_grad_pays(out_channels: int) -> bool:
+    """Whether a tiled conv's weight gradient runs on `_wgrad_nhwc`'s tiles
+    (`conv2d_weight_grad_nhwc`): where vectors are 512 bits, for more than 8 output
+    channels. Measured on an AVX-512 Xeon, one thread (docs/numba.md, "The weight
+    gradient"): 0.4-0.75x the time of `_wgrad`'s tiles and of the GEMM of copied columns
+    for 16-64 channels, as long for 90 channels on 4x4 maps; at 8 channels on 28x28, 1.3x
+    `_wgrad`'s, whose tiles are of 4 output channels. AVX2 keeps the kernels it was tuned
+    with: the tiles here are sized for 32 vector registers."""
+    return WIDE and out_channels > narrow_k.V
+
+
+@njit(parallel=True, cache=True)
+def to_channels_last(gy, gt):
+    """gy (N x C x Ho x Wo) -> gt (N x Ho*Wo x Cp), channels C..Cp zero: dy as
+    `_wgrad_nhwc`'s tiles read it, a tile's channels of a pixel one run. Pixels go in
+    blocks of 8, so that a channel's reads are one run."""
+    n_batch, c, ho, wo = gy.shape
+    hw, cp = ho * wo, gt.shape[2]
+    g1, t1 = gy.reshape(gy.size), gt.reshape(gt.size)
+    cpu = np.uint64(cp)
+    for n in prange(n_batch):
+        for p0 in range(0, hw, 8):
+            m = np.uint64(min(8, hw - p0))
+            for k in range(c):
+                src = np.uint64((n * c + k) * hw + p0)
+                dst = np.uint64((n * hw + p0) * cp + k)
+                for q in range(m):
+                    t1[dst + q * cpu] = g1[src + q]
+            for q in range(m):
+                dst = np.uint64((n * hw + p0) * cp) + q * cpu
+                for k in range(np.uint64(c), cpu):
+                    t1[dst + k] = 0.0
+
+
+@njit(parallel=True, cache=True)
+def weight_grad_nhwc(xp, gt, offs, parts, ho, wo, sh, sw, chunk, wide, threads):
+    """parts[t] += thread t's share of dw (K x Cp, its samples), by `_wgrad_nhwc`'s
+    tiles: 12 columns x 32 channels where `wide`, else 16 x 16. xp: the input
+    zero-padded in NHWC (N x Hp x Wp x Cin); gt: dy as `to_channels_last` lays it out;
+    offs: each of the K columns' offset from a pixel's window in a sample of xp,
+    padded to whole tiles; samples go in chunks of `chunk`."""
+    n_batch, hp, wp, cin = xp.shape
+    cp = gt.shape[2]
+    cols, chans = (12, 32) if wide else (16, 16)
+    n_kb, n_cb = offs.shape[0] // cols, cp // chans
+    row, xs = wp * cin, hp * wp * cin
+    xf, gf = xp.reshape(xp.size), gt.reshape(gt.size)
+    for t in prange(threads):
+        lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
+        out = np.empty(cols * chans, np.float32)
+        for n0 in range(lo, hi, chunk):
+            n1 = min(hi, n0 + chunk)
+            for cb in range(n_cb):
+                for kb in range(n_kb):
+                    if wide:
+                        wgrad_nhwc_k.tile_12x32(xf, gf, offs, kb, cb, n0, n1, ho, wo, row,
+                                                sh, sw, cin, cp, xs, out)
+                    else:
+                        wgrad_nhwc_k.tile_16x16(xf, gf, offs, kb, cb, n0, n1, ho, wo, row,
+                                                sh, sw, cin, cp, xs, out)
+                    for k in range(cols):
+                        for v in range(chans):
+                            parts[t, kb * cols + k, cb * chans + v] += out[k * chans + v]
+
+
+def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, int],
+                            stride: tuple[int, int], dilation: int, threads: int
+                            ) -> np.ndarray:
+    """The weight gradient (Cout x Cin x kh x kw) of a conv with no groups, `dilation`
+    down and none across, from its input zero-padded in NHWC (xp, `padded_nhwc`, as the
+    forward read it) and gy (N x Cout x Ho x Wo): dw = dy . cols, seed 003's correlation,
+    by `_wgrad_nhwc`'s register tiles, the columns read in place (kh runs of kw * Cin
+    values of xp a pixel), dy laid out in NHWC (`to_channels_last`). Sums: float32 over
+    CHUNK_PIXELS pixels or a sample, float64 across."""
+    n, _, wp, cin = xp.shape
+    cout, ho, wo = gy.shape[1:]
+    kh, kw = kernel
+    wide = cout > wgrad_nhwc_k.NHWC_TILES[0][1]
+    cols, chans = wgrad_nhwc_k.NHWC_TILES[wide]
+    run = kw * cin  # a kernel row's taps over the input channels, one run of xp
+    k = kh * run
+    q = np.minimum(np.arange(-(-k // cols) * cols), k - 1)  # the last tile: repeats
+    offs = (q // run) * dilation * wp * cin + q % run
+    gt = np.empty((n, ho * wo, -(-cout // chans) * chans), np.float32)
+    to_channels_last(gy, gt)
+    parts = np.zeros((threads, offs.size, gt.shape[2]))
+    weight_grad_nhwc(xp, gt, offs, parts, ho, wo, *stride,
+                     max(1, CHUNK_PIXELS // (ho * wo)), wide, threads)
+    dw = parts[0] if threads == 1 else parts.sum(axis=0)
+    return np.ascontiguousarray(
+        dw[:k, :cout].T.reshape(cout, kh, kw, cin).transpose(0, 3, 1, 2), np.float32)
 
 
 @njit(parallel=True, cache=True)

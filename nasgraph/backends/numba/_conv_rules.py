@@ -72,7 +72,8 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
         xp = conv_b.padded_nhwc(x, op.pad, run.threads)
         conv_b.conv2d_direct(xp, w, bias if op.bias else None, out, op.stride,
                              op.dilation[0], run.threads)
-        planes = _planes_pay(op, cout, out.shape[2] * out.shape[3])
+        planes = not conv_b.nhwc_weight_grad_pays(cout) and _planes_pay(
+            op, cout, out.shape[2] * out.shape[3])
         return out, _Padded(None if planes else xp, x)
     conv_b.conv2d_forward(x, w.reshape(op.groups, cout // op.groups, cig * kh * kw), bias,
                           out, kh, kw, *op.stride, *op.pad, *op.dilation, int(op.bias),
@@ -114,16 +115,21 @@ def conv_backward(node: Node, gy: np.ndarray,
 
 def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run: Run,
                          needs: list[bool]) -> Grads:
-    # the weight gradient by `_wgrad` or as a GEMM from the padded NHWC input the forward
-    # kept (`_planes_pay`); the input gradient of a stride-1 conv is a tiled conv of gy
-    # (seed 003's full convolution), of others added back window by window
+    # the weight gradient from the padded NHWC input the forward kept, by `_wgrad_nhwc`'s
+    # tiles where they pay (`nhwc_weight_grad_pays`) or as a GEMM, else by `_wgrad` on
+    # phase planes (`_planes_pay`); the input gradient of a stride-1 conv is a tiled conv
+    # of gy (seed 003's full convolution), of others added back window by window
     cout, cin, kh, kw = w.shape
     x = saved.x
     direct_dx = needs[0] and _tiled_input_grad(op, x.shape)
     add_dx = needs[0] and not direct_dx
-    gemm_dw = saved.xp is not None
+    nhwc_dw = saved.xp is not None and conv_b.nhwc_weight_grad_pays(cout)
+    gemm_dw = saved.xp is not None and not nhwc_dw
     gw = None
-    if not gemm_dw:
+    if nhwc_dw:
+        gw = conv_b.conv2d_weight_grad_nhwc(saved.xp, gy, op.kernel, op.stride,
+                                            op.dilation[0], run.threads)
+    elif not gemm_dw:
         planes = planes_k.phase_planes(x, gy.shape[2:], op.kernel, op.stride, op.pad,
                                      op.dilation)
         gw = planes_k.conv2d_weight_grad(planes, gy, 1, op.kernel, run.threads)

@@ -407,13 +407,19 @@ def test_generated_weight_gradient_kernel_is_up_to_date():
     from nasgraph.backends.numba import _wgrad_gen
 
     assert _wgrad_gen.TARGET.read_text() == _wgrad_gen.render()
+    assert _wgrad_gen.NHWC_TARGET.read_text() == _wgrad_gen.render_nhwc()
 
 
-@pytest.mark.parametrize("max_channels", [0, 1000], ids=["gemm", "wgrad"])
-def test_both_weight_gradients_of_tiled_convs_match_torch(max_channels, monkeypatch):
-    # each tiled conv's weight gradient as a GEMM of copied columns and by `_wgrad`, as
-    # `_planes_pay` picks by output channels: here forced one way, then the other
+@pytest.mark.parametrize("max_channels, wide", [(0, False), (1000, False), (0, True)],
+                         ids=["gemm", "wgrad", "nhwc"])
+def test_every_weight_gradient_of_tiled_convs_matches_torch(max_channels, wide, monkeypatch):
+    # each tiled conv's weight gradient as a GEMM of copied columns, by `_wgrad` and, as
+    # where vectors are 512 bits, by `_wgrad_nhwc` (`nhwc_weight_grad_pays`), as
+    # `_planes_pay` picks by output channels: here forced one way, then the others
+    from nasgraph.backends.numba import _backward_conv as conv_b
+
     monkeypatch.setattr(_conv_rules, "WGRAD_MAX_CHANNELS", max_channels)
+    monkeypatch.setattr(conv_b, "WIDE", wide)
     check_against_torch(residual_graph())
     b = GraphBuilder("strided")
     x = b.conv(b.input(2, 16, 16), 5, 3, stride=2, padding=1)
@@ -744,3 +750,31 @@ def test_bad_input_shape_and_spatial_output_are_refused():
     spatial = b.build()
     with pytest.raises(GraphError, match="one logit per class"):
         loss_and_grads(spatial, init_state(spatial), x[:, :, :8, :8], y)
+
+
+@pytest.mark.parametrize("kernel, stride, pad, dilation", [
+    ((3, 3), (1, 1), (1, 1), 1), ((3, 3), (2, 2), (1, 1), 1), ((5, 5), (2, 2), (2, 2), 1),
+    ((1, 1), (2, 2), (0, 0), 1), ((3, 1), (2, 1), (1, 0), 1), ((3, 3), (1, 1), (2, 1), 2),
+    ((2, 2), (1, 1), (0, 0), 1)])
+@pytest.mark.parametrize("cin, cout", [(3, 9), (16, 16), (5, 17), (7, 40)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_nhwc_weight_gradient_matches_torch_float64(kernel, stride, pad, dilation, cin, cout,
+                                                    threads):
+    # `_wgrad_nhwc`'s tiles, both on every machine (the tile goes by output channels):
+    # strides, dilation down, uneven kernels, columns and channels not whole tiles,
+    # samples split unevenly over `threads`, chunks of samples (CHUNK_PIXELS)
+    from nasgraph.backends.numba import _backward_conv as conv_b
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, cin, 11, 9, dtype=torch.float64, generator=gen)
+    w = torch.randn(cout, cin, *kernel, dtype=torch.float64, generator=gen,
+                    requires_grad=True)
+    y = F.conv2d(x, w, stride=stride, padding=pad, dilation=(dilation, 1))
+    gy = torch.randn(y.shape, dtype=torch.float64, generator=gen)
+    (y * gy).sum().backward()
+    xp = conv_b.padded_nhwc(x.float().numpy(), pad, threads)
+    got = conv_b.conv2d_weight_grad_nhwc(xp, gy.float().numpy(), kernel, stride, dilation,
+                                         threads)
+    ref = w.grad.numpy()
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
