@@ -241,7 +241,7 @@ def conv2d_direct(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: n
     # convs of at most 8 output channels on the narrow twin's 12 x 8 tiles: 16-channel
     # ones would leave half the accumulators zero (Fashion ResNet's 7-channel 3x3 convs,
     # forward or input gradient: 0.5x the time, one thread, batch 128); of more than 16
-    # on the wide twin's 12 x 32 where vectors are 512 bits (`_isa`)
+    # on the wide twin's 8 x 32 where vectors are 512 bits (`_isa`)
     if cout <= narrow_k.V and pixels >= narrow_k.R:
         kernels = narrow_k
     elif WIDE and cout > tiled_k.V and pixels >= wide_k.R:

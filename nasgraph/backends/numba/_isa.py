@@ -9,11 +9,13 @@ before numba is first imported, lifts that preference through numba's NUMBA_CPU_
 cache keys its kernels by the features, so kernels compiled either way never mix.
 
 Measured on an Intel Xeon with AVX-512, one thread (docs/numba.md, "AVX-512"): with 512-bit
-vectors `_tiled`'s 6 x 16 tile takes 0.88-0.94x the time of 256-bit ones, and `_tiled_wide`'s
-12 x 32 tile (24 of the 32 registers) 0.73-0.81x that again at 32-64 channels; whole training
-steps 0.91-0.94x for nets of 16-90 channels, 0.98-1.05x for the smallest. `_wgrad`'s
-weight-gradient tiles gained nothing from more accumulators (8 x 3, 4 x 6: 0.97-1.10x) or
-16-pixel vectors, and keep their AVX2 shape.
+vectors `_tiled`'s 6 x 16 tile takes 0.88-0.94x the time of 256-bit ones, and a 12 x 32 tile
+(24 of the 32 registers) 0.73-0.81x that again at 32-64 channels; whole training steps
+0.91-0.94x for nets of 16-90 channels, 0.98-1.05x for the smallest. `_tiled_wide`'s 8 x 32
+tile does as well on larger maps and better on 4x4 and 8x8 ones, which it covers in whole
+tiles. `_wgrad`'s weight-gradient tiles gained nothing from more accumulators (8 x 3, 4 x 6:
+0.97-1.10x) or 16-pixel vectors, and keep their AVX2 shape; `_wgrad_nhwc`'s tiles, for
+512-bit vectors only, take over from them and from the GEMM at more than 8 channels.
 """
 
 from __future__ import annotations

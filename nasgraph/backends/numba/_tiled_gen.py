@@ -26,10 +26,12 @@ TWINS = (
     # leave half of them zero for such convs
     (12, 8, "_tiled_narrow.py", "for convs of at most 8 output channels: `_tiled` keeps "
      "16-channel tiles, of which such a conv uses half or less"),
-    # two 512-bit vectors of channels x 12 pixels: 24 of AVX-512's 32 vector registers
-    # (`_isa.wide_vectors`); on AVX2's 16 it would spill
-    (12, 32, "_tiled_wide.py", "for convs of more than 16 output channels where numba "
-     "compiles 512-bit vectors (`_isa.wide_vectors`): 24 accumulators of AVX-512's 32 "
+    # two 512-bit vectors of channels x 8 pixels: 16 of AVX-512's 32 vector registers
+    # (`_isa.wide_vectors`); on AVX2's 16 it would spill. 8 pixels, not 12: the small
+    # maps of 4x4 and 8x8 pixels are whole tiles (0.71-0.93x the time of 12 x 32 there,
+    # 0.91-1.05x on 7x7 to 28x28; docs/numba.md, "AVX-512")
+    (8, 32, "_tiled_wide.py", "for convs of more than 16 output channels where numba "
+     "compiles 512-bit vectors (`_isa.wide_vectors`): 16 accumulators of AVX-512's 32 "
      "vector registers"),
 )
 

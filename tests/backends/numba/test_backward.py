@@ -352,7 +352,7 @@ def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, c
 def test_training_forward_conv_matches_torch_on_every_tile(monkeypatch, cout, stride, wide):
     # `conv2d_direct` runs convs of at most 8 output channels on `_tiled_narrow`'s 12 x 8
     # tiles (outputs of 12 pixels or more), wider ones on `_tiled`'s 6 x 16, and those of
-    # more than 16 where vectors are 512 bits on `_tiled_wide`'s 12 x 32: forced here on
+    # more than 16 where vectors are 512 bits on `_tiled_wide`'s 8 x 32: forced here on
     # and off, so that every machine checks every tile (spilled, the wide one is slow on
     # AVX2, not wrong)
     from nasgraph.backends.numba import _backward_conv as conv_b
