@@ -43,6 +43,7 @@ WIDE = wide_vectors()  # 512-bit vectors: `conv2d_direct` may take `_tiled_wide`
 # pixels that `_wgrad_nhwc`'s tiles sum in float32 before a thread adds them into its
 # float64 share: a chunk of samples whose input and dy the tiles re-read from cache
 CHUNK_PIXELS = 1024
+NHWC_TILES = wgrad_nhwc_k.NHWC_TILES  # (columns, channels): 9-16 channels, and more
 
 
 @njit(inline="always", cache=True)
@@ -361,15 +362,15 @@ def to_channels_last(gy, gt):
 
 
 @njit(parallel=True, cache=True)
-def weight_grad_nhwc(xp, gt, offs, parts, ho, wo, sh, sw, chunk, wide, threads):
+def weight_grad_nhwc(xp, gt, offs, parts, ho, wo, sh, sw, chunk, wide_tile, threads):
     """parts[t] += thread t's share of dw (K x Cp, its samples), by `_wgrad_nhwc`'s
-    tiles: 12 columns x 32 channels where `wide`, else 16 x 16. xp: the input
+    tiles: 12 columns x 32 channels where `wide_tile`, else 16 x 16. xp: the input
     zero-padded in NHWC (N x Hp x Wp x Cin); gt: dy as `to_channels_last` lays it out;
     offs: each of the K columns' offset from a pixel's window in a sample of xp,
     padded to whole tiles; samples go in chunks of `chunk`."""
     n_batch, hp, wp, cin = xp.shape
     cp = gt.shape[2]
-    cols, chans = (12, 32) if wide else (16, 16)
+    cols, chans = NHWC_TILES[1] if wide_tile else NHWC_TILES[0]
     n_kb, n_cb = offs.shape[0] // cols, cp // chans
     row, xs = wp * cin, hp * wp * cin
     xf, gf = xp.reshape(xp.size), gt.reshape(gt.size)
@@ -380,7 +381,7 @@ def weight_grad_nhwc(xp, gt, offs, parts, ho, wo, sh, sw, chunk, wide, threads):
             n1 = min(hi, n0 + chunk)
             for cb in range(n_cb):
                 for kb in range(n_kb):
-                    if wide:
+                    if wide_tile:
                         wgrad_nhwc_k.tile_12x32(xf, gf, offs, kb, cb, n0, n1, ho, wo, row,
                                                 sh, sw, cin, cp, xs, out)
                     else:
@@ -403,8 +404,8 @@ def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, i
     n, _, wp, cin = xp.shape
     cout, ho, wo = gy.shape[1:]
     kh, kw = kernel
-    wide = cout > wgrad_nhwc_k.NHWC_TILES[0][1]
-    cols, chans = wgrad_nhwc_k.NHWC_TILES[wide]
+    wide_tile = cout > NHWC_TILES[0][1]
+    cols, chans = NHWC_TILES[wide_tile]
     run = kw * cin  # a kernel row's taps over the input channels, one run of xp
     k = kh * run
     q = np.minimum(np.arange(-(-k // cols) * cols), k - 1)  # the last tile: repeats
@@ -413,7 +414,7 @@ def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, i
     to_channels_last(gy, gt)
     parts = np.zeros((threads, offs.size, gt.shape[2]))
     weight_grad_nhwc(xp, gt, offs, parts, ho, wo, *stride,
-                     max(1, CHUNK_PIXELS // (ho * wo)), wide, threads)
+                     max(1, CHUNK_PIXELS // (ho * wo)), wide_tile, threads)
     dw = parts[0] if threads == 1 else parts.sum(axis=0)
     return np.ascontiguousarray(
         dw[:k, :cout].T.reshape(cout, kh, kw, cin).transpose(0, 3, 1, 2), np.float32)
