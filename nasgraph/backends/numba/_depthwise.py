@@ -11,6 +11,10 @@ arithmetic of a 3x3 plane a fifth of that.
 A job is one output row of one block of channels; the epilogue act(acc + residual)
 writes NCHW at channel offset `co` or zero-padded NHWC for the next NHWC conv, as the
 tiled conv writes.
+
+Training runs small depthwise convs on the same layout (`_conv_rules`): the forward on
+`conv2d_depthwise_nhwc`, the weight and input gradients on `depthwise_nhwc_backward`,
+each tap a multiply-add over a run of channels.
 """
 
 from __future__ import annotations
@@ -208,3 +212,87 @@ def conv2d_depthwise_nhwc_1(xp, x_off, w, bias, res, out, co, kh, kw, sh, sw, dh
     for job in range(jobs):
         _job(job, xf, x_off, wf, bias, res1, out1, out, c, hp, wpc, kh, kw, sh, sw, dh, dw,
              act, has_res, ho, wo, out_pad, o, r, acc)
+
+
+# ------------------------------------------------------------------ training: gradients
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def depthwise_nhwc_backward(xp, gy, w, gx, parts, kh, kw, sh, sw, dh, dw, ph, pw,
+                            need_dx, threads):
+    """The gradients of a depthwise conv from its input zero-padded in NHWC (xp, N x Hp x
+    Wp x C, what the training forward read) and dy (gy, N x C x Ho x Wo), with w its
+    kh*kw x C weights (`pack_weights`); over the taps (i, j) and output pixels (oh, ow),
+    with (r, q) = (oh*sh + i*dh, ow*sw + j*dw):
+
+        dw[tap, c] = sum of dy[n, c, oh, ow] * xp[n, r, q, c]
+        dxp[n, r, q, c] += dy[n, c, oh, ow] * w[tap, c]
+
+    each a run over the channels, vectorized, where the NCHW kernels pay per channel
+    plane. parts[t] += thread t's samples' weight gradient (threads x kh*kw x C, float64;
+    summed per sample in float32); where `need_dx`, gx (N x C x H x W) = the interior of
+    dxp, xp being padded by (ph, pw). Each thread takes a run of samples and keeps one
+    sample's dy, in NHWC, and dxp in scratch. Flat unsigned offsets: no views, no
+    negative-index fix-ups."""
+    n_batch, hp, wp, c = xp.shape
+    ho, wo = gy.shape[2], gy.shape[3]
+    h, wi = hp - 2 * ph, wp - 2 * pw
+    hw, taps, cu = ho * wo, kh * kw, np.uint64(c)
+    xf, wf = xp.reshape(xp.size), w.reshape(w.size)
+    gy1, gx1 = gy.reshape(gy.size), gx.reshape(gx.size)
+    for t in prange(threads):
+        g = np.empty(hw * c, np.float32)  # one sample's dy, pixels x channels
+        gp = np.empty(hp * wp * c, np.float32)  # its dxp
+        acc = np.empty(taps * c, np.float32)
+        for n in range(t * n_batch // threads, (t + 1) * n_batch // threads):
+            for k in range(cu):
+                src = np.uint64((n * c + k) * hw)
+                for p in range(np.uint64(hw)):
+                    g[p * cu + k] = gy1[src + p]
+            acc[:] = 0.0
+            base = np.uint64(n * hp * wp * c)
+            _weight_taps(g, xf, base, acc, ho, wo, wp, c, kh, kw, sh, sw, dh, dw)
+            for q in range(taps * c):
+                parts[t, q // c, q % c] += acc[q]
+            if not need_dx:
+                continue
+            gp[:] = 0.0
+            _input_taps(g, wf, gp, ho, wo, wp, c, kh, kw, sh, sw, dh, dw)
+            for k in range(cu):
+                dst = np.uint64((n * c + k) * h * wi)
+                for r in range(h):
+                    src = np.uint64(((r + ph) * wp + pw) * c) + k
+                    d = dst + np.uint64(r * wi)
+                    for q in range(np.uint64(wi)):
+                        gx1[d + q] = gp[src + q * cu]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _weight_taps(g, xf, base, acc, ho, wo, wp, c, kh, kw, sh, sw, dh, dw):
+    # acc[tap*C + k] += sum over output pixels of g[pixel*C + k] * xf[base + the tap's
+    # input pixel*C + k]
+    cu = np.uint64(c)
+    for oh in range(ho):
+        for ow in range(wo):
+            at = np.uint64((oh * wo + ow) * c)
+            for i in range(kh):
+                for j in range(kw):
+                    tap = np.uint64((i * kw + j) * c)
+                    px = base + np.uint64(((oh * sh + i * dh) * wp + ow * sw + j * dw) * c)
+                    for k in range(cu):
+                        acc[tap + k] += g[at + k] * xf[px + k]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _input_taps(g, wf, gp, ho, wo, wp, c, kh, kw, sh, sw, dh, dw):
+    # gp[the tap's input pixel*C + k] += g[pixel*C + k] * wf[tap*C + k]
+    cu = np.uint64(c)
+    for oh in range(ho):
+        for ow in range(wo):
+            at = np.uint64((oh * wo + ow) * c)
+            for i in range(kh):
+                for j in range(kw):
+                    tap = np.uint64((i * kw + j) * c)
+                    px = np.uint64(((oh * sh + i * dh) * wp + ow * sw + j * dw) * c)
+                    for k in range(cu):
+                        gp[px + k] += g[at + k] * wf[tap + k]

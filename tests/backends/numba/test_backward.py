@@ -15,6 +15,7 @@ import platform
 import resource
 from collections.abc import Callable
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -778,3 +779,28 @@ def test_nhwc_weight_gradient_matches_torch_float64(kernel, stride, pad, dilatio
     ref = w.grad.numpy()
     assert got.dtype == np.float32 and got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("kernel, stride, pad, dilation", [
+    ((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1), (1, 1)),
+    ((5, 5), (2, 2), (2, 2), (1, 1)), ((3, 1), (2, 1), (1, 0), (1, 1)),
+    ((3, 3), (1, 1), (2, 2), (2, 2)), ((3, 3), (1, 1), (0, 0), (2, 1))])
+@pytest.mark.parametrize("nhwc_pixels", [0, 1000], ids=["planes", "nhwc"])
+def test_both_depthwise_paths_match_torch(kernel, stride, pad, dilation, nhwc_pixels,
+                                          monkeypatch):
+    # a depthwise conv of channel multiplier 1 trains in NHWC on small outputs and on
+    # phase planes on larger ones (`_depthwise_nhwc`): forced one way, then the other;
+    # 20 channels (a 16-lane run and 4 more), a bias, a conv before it that needs its
+    # input gradient, on one thread and on two, 5 samples split unevenly
+    monkeypatch.setattr(_conv_rules, "DEPTHWISE_NHWC_PIXELS", nhwc_pixels)
+    b = GraphBuilder("depthwise")
+    x = b.relu(b.conv(b.input(3, 11, 9), 20, 1))
+    x = b.conv(x, 20, kernel, stride, pad, dilation, groups=20)
+    b.output(b.linear(b.flatten(b.gap(b.relu(x))), CLASSES))
+    graph, before = b.build(), numba.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            check_against_torch(graph, n=5)
+    finally:
+        numba.set_num_threads(before)
