@@ -6,13 +6,16 @@ rotated by 180 degrees, and the weight gradient the correlation of x with dy (se
 Convs that the executor runs with its register-tiled direct kernel (`_tiled`: no groups,
 no dilation across, wider than 1x1 or strided) train on it too, on x zero-padded in NHWC
 (`conv2d_direct`; `_tiled_narrow` for at most 8 output channels, `_tiled_wide` for more
-than 16 where numba compiles 512-bit vectors, `_isa`). Their weight gradient
-is `_planes.conv2d_weight_grad` where that pays (few output channels:
-`_conv_rules._planes_pay`), else one GEMM per chunk of samples, dw = dy @ cols, whose
-columns are whole runs of the padded NHWC rows the forward kept (`conv2d_nhwc_backward`).
-The input gradient of a stride-1 conv is itself a stride-1 tiled conv of dy with the
-rotated kernel (`conv2d_input_grad`); of a strided one, the GEMM dy.T @ w added back
-window by window into padded rows. Depthwise convs train in `_planes`.
+than 16 where numba compiles 512-bit vectors, `_isa`). Their weight gradient, where
+vectors are 512 bits and there are more than 8 output channels, is `_wgrad_nhwc`'s
+register tiles on the padded NHWC input the forward kept and dy in NHWC
+(`conv2d_weight_grad_nhwc`); else `_planes.conv2d_weight_grad` where that pays (few output
+channels: `_conv_rules._planes_pay`), else one GEMM per chunk of samples, dw = dy @ cols,
+whose columns are whole runs of the padded NHWC rows (`conv2d_nhwc_backward`). The input
+gradient of a stride-1 conv is itself a stride-1 tiled conv of dy with the rotated kernel
+(`conv2d_input_grad`); of a strided one, the GEMM dy.T @ w added back window by window
+into padded rows. Depthwise convs train in `_depthwise` (small outputs, in NHWC) or
+`_planes`.
 
 Other convs go through im2col's columns (K x pixels), cols = im2col(x), y = w @ cols:
 
