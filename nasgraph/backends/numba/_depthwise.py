@@ -250,14 +250,14 @@ def depthwise_nhwc_backward(xp, gy, w, gx, parts, kh, kw, sh, sw, dh, dw, ph, pw
                 for p in range(np.uint64(hw)):
                     g[p * cu + k] = gy1[src + p]
             acc[:] = 0.0
-            base = np.uint64(n * hp * wp * c)
-            _weight_taps(g, xf, base, acc, ho, wo, wp, c, kh, kw, sh, sw, dh, dw)
+            if need_dx:
+                gp[:] = 0.0
+            _tap_sums(g, xf, np.uint64(n * hp * wp * c), wf, acc, gp, need_dx, ho, wo, wp, c,
+                      kh, kw, sh, sw, dh, dw)
             for q in range(taps * c):
                 parts[t, q // c, q % c] += acc[q]
             if not need_dx:
                 continue
-            gp[:] = 0.0
-            _input_taps(g, wf, gp, ho, wo, wp, c, kh, kw, sh, sw, dh, dw)
             for k in range(cu):
                 dst = np.uint64((n * c + k) * h * wi)
                 for r in range(h):
@@ -268,24 +268,10 @@ def depthwise_nhwc_backward(xp, gy, w, gx, parts, kh, kw, sh, sw, dh, dw, ph, pw
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _weight_taps(g, xf, base, acc, ho, wo, wp, c, kh, kw, sh, sw, dh, dw):
-    # acc[tap*C + k] += sum over output pixels of g[pixel*C + k] * xf[base + the tap's
-    # input pixel*C + k]
-    cu = np.uint64(c)
-    for oh in range(ho):
-        for ow in range(wo):
-            at = np.uint64((oh * wo + ow) * c)
-            for i in range(kh):
-                for j in range(kw):
-                    tap = np.uint64((i * kw + j) * c)
-                    px = base + np.uint64(((oh * sh + i * dh) * wp + ow * sw + j * dw) * c)
-                    for k in range(cu):
-                        acc[tap + k] += g[at + k] * xf[px + k]
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def _input_taps(g, wf, gp, ho, wo, wp, c, kh, kw, sh, sw, dh, dw):
-    # gp[the tap's input pixel*C + k] += g[pixel*C + k] * wf[tap*C + k]
+def _tap_sums(g, xf, base, wf, acc, gp, need_dx, ho, wo, wp, c, kh, kw, sh, sw, dh, dw):
+    # for each output pixel and tap, over the channels k: acc[tap*C + k] += g[pixel*C + k]
+    # * xf[base + the tap's input pixel*C + k] (dW), and where `need_dx`, gp[the tap's
+    # input pixel*C + k] += g[pixel*C + k] * wf[tap*C + k] (dX)
     cu = np.uint64(c)
     for oh in range(ho):
         for ow in range(wo):
@@ -295,4 +281,7 @@ def _input_taps(g, wf, gp, ho, wo, wp, c, kh, kw, sh, sw, dh, dw):
                     tap = np.uint64((i * kw + j) * c)
                     px = np.uint64(((oh * sh + i * dh) * wp + ow * sw + j * dw) * c)
                     for k in range(cu):
-                        gp[px + k] += g[at + k] * wf[tap + k]
+                        acc[tap + k] += g[at + k] * xf[base + px + k]
+                    if need_dx:
+                        for k in range(cu):
+                            gp[px + k] += g[at + k] * wf[tap + k]

@@ -224,6 +224,18 @@ def _serial(parallel: str) -> str:
             + body[doc_end:].replace("prange(", "range(") + "\n")
 
 
+def outer_product(indent: str, rows: int, width: int, vec: str, vec_at, row_at) -> list[str]:
+    """The lines of one rank-1 update of a tile's scalar accumulators a{r}_{v}: the width
+    values `vec`{v} = vec_at(v), then for each row r, x = row_at(r) and a{r}_{v} += x *
+    `vec`{v}. What the tiled kernels (pixels x channels) and `_wgrad_nhwc`'s (columns x
+    channels) do per step of their inner loop."""
+    lines = [f"{indent}{vec}{v} = {vec_at(v)}" for v in range(width)]
+    for r in range(rows):
+        lines.append(f"{indent}x = {row_at(r)}")
+        lines += [f"{indent}a{r}_{v} += x * {vec}{v}" for v in range(width)]
+    return lines
+
+
 def _tile_kernel(R: int = R, V: int = V) -> str:  # noqa: N803 (the tile's names)
     lines = [
         '@njit(cache=True, fastmath={"contract", "nsz", "arcp"})',
@@ -275,12 +287,8 @@ def _tile_kernel(R: int = R, V: int = V) -> str:  # noqa: N803 (the tile's names
         f"{ind2}for c in range(run_u):",
         f"{ind3}wc = wi + c * v_u",
     ]
-    for v in range(V):
-        lines.append(f"{ind3}w{v} = wf[wc + np.uint64({v})]")
-    for r in range(R):
-        lines.append(f"{ind3}x = xf[x{r}i + c]")
-        for v in range(V):
-            lines.append(f"{ind3}a{r}_{v} += x * w{v}")
+    lines += outer_product(ind3, R, V, "w", lambda v: f"wf[wc + np.uint64({v})]",
+                           lambda r: f"xf[x{r}i + c]")
     # the epilogue: the accumulators to memory, then act(acc + residual)
     for r in range(R):
         for v in range(V):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nasgraph.backends.numba._tiled_gen import outer_product
+
 # the tiles, as (R output channels, S taps): 4 x 3 for ungrouped convs and depthwise ones
 # of 4 or more outputs an input channel, 1 x 9 (a 3x3 kernel) for depthwise ones of fewer;
 # R*S = 12 and 9 of AVX2's 16 vector registers
@@ -138,12 +140,8 @@ def _nhwc_tile_kernel(cols: int, chans: int) -> str:
         f"{ind3}g_at = gq + np.uint64(oh * wo * cp)",
         f"{ind3}for _ in range(wo):",
     ]
-    for v in range(chans):
-        lines.append(f"{ind4}g{v} = gf[g_at + np.uint64({v})]")
-    for k in range(cols):
-        lines.append(f"{ind4}x = xf[x_at + o{k}]")
-        for v in range(chans):
-            lines.append(f"{ind4}a{k}_{v} += x * g{v}")
+    lines += outer_product(ind4, cols, chans, "g", lambda v: f"gf[g_at + np.uint64({v})]",
+                           lambda k: f"xf[x_at + o{k}]")
     lines += [f"{ind4}x_at += x_step", f"{ind4}g_at += g_step"]
     for k, name in enumerate(names):
         lines.append(f"{ind1}out[{k}] = {name}")
