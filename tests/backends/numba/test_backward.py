@@ -199,6 +199,10 @@ CONV_CASES: dict[str, dict] = {
     "5x5_pad1": {"out_channels": 6, "kernel": 5, "padding": 1},  # dx pads dy by 3
     "same": {"out_channels": 6, "kernel": (3, 5), "padding": "same"},
     "1x1_stride2": {"out_channels": 6, "kernel": 1, "stride": 2},
+    # strided 1x1 convs run as 1x1 convs of the pixels they read: uneven strides onto an
+    # odd count of pixels, and grouped
+    "1x1_stride_3x2": {"out_channels": 6, "kernel": 1, "stride": (3, 2), "bias": False},
+    "1x1_stride2_groups2": {"out_channels": 6, "kernel": 1, "stride": 2, "groups": 2},
     "no_bias": {"out_channels": 6, "kernel": 3, "padding": 1, "bias": False},
     "groups2": {"out_channels": 6, "kernel": 3, "padding": 1, "groups": 2},
     "groups4_5x5": {"out_channels": 4, "kernel": 5, "padding": 2, "groups": 4,
