@@ -344,24 +344,21 @@ def nhwc_weight_grad_pays(out_channels: int) -> bool:
 @njit(parallel=True, cache=True)
 def to_channels_last(gy, gt):
     """gy (N x C x Ho x Wo) -> gt (N x Ho*Wo x Cp), channels C..Cp zero: dy as
-    `_wgrad_nhwc`'s tiles read it, a tile's channels of a pixel one run. Pixels go in
-    blocks of 8, so that a channel's reads are one run."""
+    `_wgrad_nhwc`'s tiles read it, a tile's channels of a pixel one run. Each pixel's
+    channels are written as one run, read a plane apart: 0.6-0.84x the time of copying
+    blocks of 8 pixels a channel (12-90 channels, one thread)."""
     n_batch, c, ho, wo = gy.shape
     hw, cp = ho * wo, gt.shape[2]
     g1, t1 = gy.reshape(gy.size), gt.reshape(gt.size)
-    cpu = np.uint64(cp)
+    cu, cpu, hwu = np.uint64(c), np.uint64(cp), np.uint64(hw)
     for n in prange(n_batch):
-        for p0 in range(0, hw, 8):
-            m = np.uint64(min(8, hw - p0))
-            for k in range(c):
-                src = np.uint64((n * c + k) * hw + p0)
-                dst = np.uint64((n * hw + p0) * cp + k)
-                for q in range(m):
-                    t1[dst + q * cpu] = g1[src + q]
-            for q in range(m):
-                dst = np.uint64((n * hw + p0) * cp) + q * cpu
-                for k in range(np.uint64(c), cpu):
-                    t1[dst + k] = 0.0
+        for q in range(hwu):
+            src = np.uint64(n * c * hw) + q
+            dst = (np.uint64(n * hw) + q) * cpu
+            for k in range(cu):
+                t1[dst + k] = g1[src + k * hwu]
+            for k in range(cu, cpu):
+                t1[dst + k] = 0.0
 
 
 @njit(parallel=True, cache=True)
