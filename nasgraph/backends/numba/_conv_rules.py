@@ -30,12 +30,14 @@ from nasgraph.ir import Node
 
 
 class _Padded(NamedTuple):
-    """What a conv run by the tiled kernel keeps for its backward: its input, and where
-    the weight gradient is a GEMM of copied columns (not `_planes_pay`) the input
-    zero-padded in NHWC, from which they are copied."""
+    """What a conv the executor tiles keeps for its backward: its input; where the
+    weight gradient reads the input zero-padded in NHWC (`_wgrad_nhwc`'s tiles, or a
+    GEMM of columns copied from it), that; where the forward ran on the input's phase
+    planes (`_planes_forward`), those, which `_wgrad` reads."""
 
     xp: np.ndarray | None
     x: np.ndarray
+    planes: planes_k.PhasePlanes | None = None
 
 
 class _DepthwiseNHWC(NamedTuple):
@@ -96,6 +98,23 @@ def _planes_pay(op, out_channels: int, out_pixels: int) -> bool:
 # convs of at most this many output channels take `_wgrad`'s weight gradient
 WGRAD_MAX_CHANNELS = 28
 
+# convs of at most this many output channels run on phase planes (`_planes_forward`)
+PLANES_MAX_CHANNELS = 8
+
+
+def _planes_forward(op, out_channels: int, out_pixels: int) -> bool:
+    """Whether a tiled conv's forward runs on its input's phase planes
+    (`planes_k.conv2d_forward`): few output channels, where vectors are 512 bits, and
+    where `_wgrad` reads the planes for the weight gradient anyway. The NHWC tiles hold
+    a pixel's output channels in a vector, so 6 channels fill 6 of its 8 lanes; on the
+    planes a vector holds 16 pixels of a row. Measured on an AVX-512 Xeon, one thread,
+    batch 128, the copies included (docs/numba.md, "Few output channels on the phase
+    planes"): 0.38-0.66x the time for 4-8 output channels, 0.79-0.89x for 10-16, where the
+    weight gradient stays on the NHWC tiles. Its tiles need 16 of the 32 vector registers:
+    AVX2 keeps the NHWC tiles."""
+    return (conv_b.WIDE and out_channels <= PLANES_MAX_CHANNELS
+            and _planes_pay(op, out_channels, out_pixels))
+
 
 def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                  ) -> tuple[np.ndarray, np.ndarray | _Padded | _Subsampled
@@ -125,12 +144,26 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
              *op.stride, *op.dilation, 0, 0, ho, wo, -1, -1, run.threads)
         return out, _DepthwiseNHWC(xp, taps)
     if cig == 1:  # depthwise: on the planes its weight and input gradients read
+        # one input channel (a stem) where vectors are 512 bits: `conv2d_forward`'s tiles
+        # of output channels x pixels (0.27-0.53x the time of an axpy per output channel
+        # and tap, 6-22 output channels, one thread; docs/numba.md, "Few output channels
+        # on the phase planes")
+        stem = op.groups == 1 and conv_b.WIDE
         planes = planes_k.phase_planes(x, out.shape[2:], op.kernel, op.stride, op.pad,
-                                     op.dilation)
-        planes_k.depthwise_forward(planes, w.reshape(cout, kh * kw), bias if op.bias else None,
-                                 out, run.threads)
+                                       op.dilation,
+                                       multiple=planes_k.PIXELS if stem else planes_k.LANES)
+        if stem:
+            planes_k.conv2d_forward(planes, w, bias if op.bias else None, out, run.threads)
+        else:
+            planes_k.depthwise_forward(planes, w.reshape(cout, kh * kw),
+                                       bias if op.bias else None, out, run.threads)
         return out, planes
     if conv_strategy(node, cig, winograd=False) == "tiled":  # as the executor runs it
+        if _planes_forward(op, cout, out.shape[2] * out.shape[3]):
+            planes = planes_k.phase_planes(x, out.shape[2:], op.kernel, op.stride, op.pad,
+                                           op.dilation, multiple=planes_k.PIXELS)
+            planes_k.conv2d_forward(planes, w, bias if op.bias else None, out, run.threads)
+            return out, _Padded(None, x, planes)
         xp = conv_b.padded_nhwc(x, op.pad, run.threads)
         conv_b.conv2d_direct(xp, w, bias if op.bias else None, out, op.stride,
                              op.dilation[0], run.threads)
@@ -208,8 +241,10 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
                          needs: list[bool]) -> Grads:
     # the weight gradient from the padded NHWC input the forward kept, by `_wgrad_nhwc`'s
     # tiles where they pay (`nhwc_weight_grad_pays`) or as a GEMM, else by `_wgrad` on
-    # phase planes (`_planes_pay`); the input gradient of a stride-1 conv is a tiled conv
-    # of gy (seed 003's full convolution), of others added back window by window
+    # phase planes (`_planes_pay`; the forward's, where it ran on them); the input
+    # gradient of a stride-1 conv is a conv of gy (seed 003's full convolution), on its
+    # phase planes for few input channels where vectors are 512 bits (as
+    # `_planes_forward` picks), else tiled; of others added back window by window
     cout, cin, kh, kw = w.shape
     x = saved.x
     direct_dx = needs[0] and _tiled_input_grad(op, x.shape)
@@ -221,8 +256,10 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
         gw = conv_b.conv2d_weight_grad_nhwc(saved.xp, gy, op.kernel, op.stride,
                                             op.dilation[0], run.threads)
     elif not gemm_dw:
-        planes = planes_k.phase_planes(x, gy.shape[2:], op.kernel, op.stride, op.pad,
-                                     op.dilation)
+        planes = saved.planes
+        if planes is None:
+            planes = planes_k.phase_planes(x, gy.shape[2:], op.kernel, op.stride, op.pad,
+                                           op.dilation)
         gw = planes_k.conv2d_weight_grad(planes, gy, 1, op.kernel, run.threads)
     if gemm_dw or add_dx:
         n, _, h, wi = x.shape
@@ -238,7 +275,9 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
             gw = parts[0] if run.threads == 1 else parts.sum(axis=0)
             gw = np.ascontiguousarray(gw.reshape(cout, kh, kw, cin).transpose(0, 3, 1, 2))
     gx = None
-    if direct_dx:
+    if direct_dx and conv_b.WIDE and cin <= PLANES_MAX_CHANNELS:
+        gx = planes_k.conv2d_input_grad(gy, w, x.shape, op.pad, op.dilation, run.threads)
+    elif direct_dx:
         gx = np.empty(x.shape, F32)
         conv_b.conv2d_input_grad(gy, w, gx, op.pad, op.dilation[0], run.threads)
     elif add_dx:

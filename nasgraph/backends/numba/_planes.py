@@ -16,7 +16,10 @@ conv, 14%. `weight_grad` runs `_wgrad`'s tiles over chunks of samples, group by 
 
 Depthwise convs (one input channel per group) run on the same planes: the forward one axpy
 per tap along a padded row (`depthwise_forward`), the input gradient the forward's adjoint,
-one axpy per tap into the planes, gathered back (`depthwise_input_grad`).
+one axpy per tap into the planes, gathered back (`depthwise_input_grad`). So do the
+forward of ungrouped convs of few output channels, and the input gradient of such
+stride-1 convs (a conv of dy's planes): `conv2d_forward`, on `_planes_conv`'s tiles of
+output channels x 32 pixels of a row.
 
 Copies and gathers index flat arrays with unsigned offsets: views cost reference counting,
 and signed offsets negative-index fix-ups (2-3x, measured).
@@ -29,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
+from nasgraph.backends.numba import _planes_conv as conv_k
 from nasgraph.backends.numba import _wgrad as wgrad_k
 
 LANES = wgrad_k.LANES  # pixels a vector of the tile kernels holds
@@ -149,14 +153,16 @@ class PhasePlanes(NamedTuple):
 
 
 def phase_planes(x: np.ndarray, out_hw: tuple[int, int], kernel: tuple[int, int],
-                 stride: tuple[int, int], pad: tuple[int, int], dilation: tuple[int, int]
-                 ) -> PhasePlanes:
+                 stride: tuple[int, int], pad: tuple[int, int], dilation: tuple[int, int],
+                 multiple: int = LANES) -> PhasePlanes:
     """x (N x C x H x W) as `PhasePlanes` for a conv of this geometry: planes Wq = Wo +
     (kw-1)*dw // sw wide, so that every tap's window of a row fits in a row, and long
-    enough for the farthest tap to read a whole padded row of dy."""
+    enough for the farthest tap to read a whole padded row of dy, its length a multiple
+    of `multiple` pixels (LANES: `_wgrad`'s vectors; PIXELS: `conv2d_forward`'s tiles,
+    which `_wgrad` reads as well)."""
     (ho, wo), (kh, kw), (sh, sw), (dh, dw) = out_hw, kernel, stride, dilation
     wq = wo + (kw - 1) * dw // sw
-    length = -(-ho * wq // LANES) * LANES
+    length = -(-ho * wq // multiple) * multiple
     plane = (kh - 1) * dh // sh * wq + (kw - 1) * dw // sw + length
     taps = np.array([(i * dh % sh * sw + j * dw % sw) * plane + i * dh // sh * wq
                      + j * dw // sw for i in range(kh) for j in range(kw)], np.int64)
@@ -309,4 +315,81 @@ def depthwise_input_grad(planes: PhasePlanes, gp: np.ndarray, w: np.ndarray,
     _depthwise_planes_input_grad(gp.reshape(gp.size), gp[0].size, gp.shape[1] // gx.shape[1],
                                  planes.taps, w, gx, *planes.stride, *planes.pad, planes.wq,
                                  planes.length, planes.plane, threads)
+    return gx
+
+
+PIXELS = conv_k.PIXELS  # pixels of a row of the planes that `conv2d_forward`'s tiles hold
+
+
+def conv_rows(cout: int) -> int:
+    """The output channels of `conv2d_forward`'s tile for a conv of `cout`: the tile that
+    pads them least, the larger of two that pad them as much."""
+    return min((r for r, _ in conv_k.TILES), key=lambda r: (-(-cout // r) * r, -r))
+
+
+@njit(parallel=True, cache=True)
+def _planes_conv(x1, x_n, ci_n, taps, wp, rows, bias, out, wq, length, threads):
+    # out[n, co] = bias[co] + the conv of sample n's planes (x_n values a sample, ci_n a
+    # channel) with wp (blocks x Cin x taps x rows): a block of `rows` output channels at
+    # a time into rows `length` long, which stay in L1, cropped from wq wide to wo
+    n_batch, cout, ho, wo = out.shape
+    cin = x_n // ci_n
+    blocks = -(-cout // rows)
+    block_w = cin * taps.size * rows
+    jobs = n_batch * blocks
+    out1 = out.reshape(out.size)
+    for t in prange(threads):
+        acc = np.empty(rows * length, np.float32)
+        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
+            n, b = job // blocks, job % blocks
+            for p0 in range(0, length, PIXELS):
+                if rows == 8:
+                    conv_k.tile_8x32(x1, n * x_n, ci_n, taps, wp, b * block_w, cin, p0, acc,
+                                     length)
+                else:
+                    conv_k.tile_4x32(x1, n * x_n, ci_n, taps, wp, b * block_w, cin, p0, acc,
+                                     length)
+            for r in range(min(rows, cout - b * rows)):
+                co = b * rows + r
+                bias_co = bias[co]
+                dst, src = np.uint64((n * cout + co) * ho * wo), np.uint64(r * length)
+                for oh in range(ho):
+                    d, a = dst + np.uint64(oh * wo), src + np.uint64(oh * wq)
+                    for c in range(np.uint64(wo)):
+                        out1[d + c] = acc[a + c] + bias_co
+
+
+def conv2d_forward(planes: PhasePlanes, w: np.ndarray, bias: np.ndarray | None,
+                   out: np.ndarray, threads: int) -> None:
+    """out = conv(x, w) + bias for a conv with no groups (w: Cout x Cin x kh x kw), from
+    x's `planes` with rows of whole tiles (`phase_planes(..., multiple=PIXELS)`): each
+    output pixel's sum over input channels and taps, `_planes_conv`'s tiles of output
+    channels x PIXELS pixels of a padded row, the taps read in place."""
+    cout, cin = w.shape[:2]
+    assert planes.length % PIXELS == 0, "planes' rows must be whole tiles"
+    rows = conv_rows(cout)
+    blocks = -(-cout // rows)
+    wp = np.zeros((blocks * rows, cin, len(planes.taps)), np.float32)
+    wp[:cout] = w.reshape(cout, cin, -1)
+    wp = np.ascontiguousarray(wp.reshape(blocks, rows, cin, -1).transpose(0, 2, 3, 1))
+    xq = planes.xq
+    _planes_conv(xq.reshape(xq.size), xq[0].size, xq[0].size // cin, planes.taps,
+                 wp.reshape(wp.size), rows,
+                 np.zeros(cout, np.float32) if bias is None else bias, out, planes.wq,
+                 planes.length, threads)
+
+
+def conv2d_input_grad(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...],
+                      pad: tuple[int, int], dilation: tuple[int, int], threads: int
+                      ) -> np.ndarray:
+    """dx (`x_shape`) of a stride-1 conv with no groups: seed 003's full convolution of gy
+    with the kernel rotated by 180 degrees and its channel axes swapped, that is
+    `conv2d_forward` on gy's planes padded by (k - 1) * d - p (not negative)."""
+    kh, kw = w.shape[2:]
+    rotated = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    full = ((kh - 1) * dilation[0] - pad[0], (kw - 1) * dilation[1] - pad[1])
+    planes = phase_planes(gy, x_shape[2:], (kh, kw), (1, 1), full, dilation,
+                          multiple=PIXELS)
+    gx = np.empty(x_shape, np.float32)
+    conv2d_forward(planes, rotated, None, gx, threads)
     return gx

@@ -433,6 +433,38 @@ def test_every_weight_gradient_of_tiled_convs_matches_torch(max_channels, wide, 
     check_against_torch(b.build(), n=5)
 
 
+def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
+    # where vectors are 512 bits, convs of few output channels run forward on their
+    # input's phase planes and stride-1 ones of few input channels their input gradient
+    # (`_planes_forward`): forced here, as on such a CPU, whatever this one has; each
+    # tile (8 and 4 rows, a partial block of each), strides, a 5x5 kernel, dilation, a
+    # one-channel input, on one thread and on two, 5 samples split unevenly
+    from nasgraph.backends.numba import _backward_conv as conv_b
+    from nasgraph.backends.numba import _planes
+
+    monkeypatch.setattr(conv_b, "WIDE", True)
+    calls = []
+    forward = _planes.conv2d_forward
+    monkeypatch.setattr(_planes, "conv2d_forward",
+                        lambda planes, w, *args: calls.append(w.shape) or forward(
+                            planes, w, *args))
+    b = GraphBuilder("planes")
+    x = b.relu(b.conv(b.input(1, 30, 30), 6, 3, stride=2, padding=1))  # 15x15 out
+    x = b.relu(b.bn(b.conv(x, 7, 3, padding=1, bias=False)))
+    x = b.relu(b.conv(x, 3, 5, padding=2))
+    x = b.relu(b.conv(x, 5, 3, padding=2, dilation=(2, 1)))
+    b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
+    graph, before = b.build(), numba.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            check_against_torch(graph, n=5)
+    finally:
+        numba.set_num_threads(before)
+    # per pass: 4 forwards, 3 input gradients (the first conv's input needs none)
+    assert len(calls) == 7 * len({1, min(2, numba.config.NUMBA_NUM_THREADS)})
+
+
 def residual_graph() -> Graph:
     """Two ResNet basic blocks, the second with a strided 1x1 projection shortcut."""
     b = GraphBuilder("residual")
