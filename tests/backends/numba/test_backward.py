@@ -415,6 +415,12 @@ def test_generated_weight_gradient_kernel_is_up_to_date():
     assert _wgrad_gen.NHWC_TARGET.read_text() == _wgrad_gen.render_nhwc()
 
 
+def test_generated_planes_conv_kernel_is_up_to_date():
+    from nasgraph.backends.numba import _planes_conv_gen
+
+    assert _planes_conv_gen.TARGET.read_text() == _planes_conv_gen.render()
+
+
 @pytest.mark.parametrize("max_channels, wide", [(0, False), (1000, False), (0, True)],
                          ids=["gemm", "wgrad", "nhwc"])
 def test_every_weight_gradient_of_tiled_convs_matches_torch(max_channels, wide, monkeypatch):
