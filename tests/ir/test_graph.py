@@ -351,3 +351,22 @@ def test_fingerprint_ignores_names_branch_order_and_what_inference_folds():
                                       input_shape=(3, 32, 32)).fingerprint()
     assert g.fingerprint() != zoo.get("resnet18", num_classes=10,
                                       input_shape=(3, 64, 64)).fingerprint()
+
+
+def test_a_pickled_graph_hashes_anew_in_another_process():
+    # a graph computes its hash once, from str hashes that differ between processes
+    # (PYTHONHASHSEED): the cached value must not travel with it to a worker
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    g = nasgraph.zoo.get("lenet5")
+    before = hash(g)
+    data = pickle.dumps(g)
+    assert hash(pickle.loads(data)) == before and pickle.loads(data) == g
+    script = ("import pickle, sys; g = pickle.loads(sys.stdin.buffer.read()); "
+              "print(hash(g) == hash((g.name, tuple(g._nodes.values()))))")
+    out = subprocess.run([sys.executable, "-c", script], input=data, capture_output=True,
+                         check=True, env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert out.stdout.strip() == b"True"
