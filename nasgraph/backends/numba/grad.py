@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import platform
 from collections.abc import Mapping, MutableMapping
 from typing import NamedTuple
 
 import numba
 import numpy as np
+from numba import njit
 
 from nasgraph.backends.numba._backward_ops import BACKWARD, dropout_mask
 from nasgraph.backends.numba._rule import Run, Weights, shape4
@@ -61,14 +63,30 @@ def cross_entropy(logits: np.ndarray, y: np.ndarray, label_smoothing: float = 0.
     mean_n[(1 - eps) * -log p[n, y_n] + eps * mean_k(-log p[n, k])] and its gradient
     (softmax - target) / N. Computed in float64: N x K is small.
     """
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    n, k = log_p.shape
-    target = np.full((n, k), label_smoothing / k)
-    target[np.arange(n), y] += 1.0 - label_smoothing
-    loss = float(-(target * log_p).sum() / n)
-    return loss, ((np.exp(log_p) - target) / n).astype(np.float32)
+    grad = np.empty(logits.shape, np.float32)
+    return _cross_entropy(np.ascontiguousarray(logits), y, label_smoothing, grad), grad
+
+
+@njit(cache=True)
+def _cross_entropy(logits, y, label_smoothing, grad):
+    # `cross_entropy`, row by row in float64; writes the gradient into grad, returns the
+    # loss. One call: as a dozen numpy operations it took 30 us a step at batch 32.
+    n, k = logits.shape
+    total = 0.0
+    for i in range(n):
+        top = -np.inf
+        for j in range(k):
+            top = max(top, np.float64(logits[i, j]))
+        norm = 0.0
+        for j in range(k):
+            norm += math.exp(logits[i, j] - top)
+        log_norm = math.log(norm)
+        for j in range(k):
+            log_p = logits[i, j] - top - log_norm
+            target = label_smoothing / k + (1.0 - label_smoothing if j == y[i] else 0.0)
+            total -= target * log_p
+            grad[i, j] = (math.exp(log_p) - target) / n
+    return total / n
 
 
 @functools.cache
