@@ -91,6 +91,23 @@ def batchnorm_train(x, gamma, beta, eps, out, mean, var):
                 out1[at + k] = x1[at + k] * scale + shift
 
 
+@njit(cache=True)
+def running_statistics(mean, var, running_mean, running_var, momentum, count, eps):
+    """torch's update of BatchNorm's running statistics from a batch's (float64 mean and
+    biased var over `count` values a channel): each moves by `momentum` towards the
+    batch's, the variance unbiased; returned as float32, with the batch's 1 / sqrt(var +
+    eps) (float64) the backward needs. One call: as numpy operations, 7 us a BatchNorm."""
+    c = mean.size
+    new_mean, new_var = np.empty(c, np.float32), np.empty(c, np.float32)
+    invstd = np.empty(c)
+    for k in range(c):
+        new_mean[k] = (1 - momentum) * np.float64(running_mean[k]) + momentum * mean[k]
+        new_var[k] = ((1 - momentum) * np.float64(running_var[k])
+                      + momentum * var[k] * (count / (count - 1)))
+        invstd[k] = 1.0 / math.sqrt(var[k] + eps)
+    return new_mean, new_var, invstd
+
+
 @njit(parallel=True, cache=True)
 def batchnorm_backward(x, gy, gamma, mean, invstd, gx, ggamma, gbeta, training, need_dx):
     """Gradients of BatchNorm, y = gamma * (x - mean) * invstd + beta per channel:

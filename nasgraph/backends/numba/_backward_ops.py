@@ -62,13 +62,12 @@ def _batchnorm_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                          f"per channel, got input {x.shape}; hint: a larger batch")
     mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
     elem_b.batchnorm_train(x, wts["weight"], wts["bias"], op.eps, out, mean, var)
-    # torch: running stats move by `momentum` towards the batch's, the variance unbiased
-    key, m = node.param_key, op.momentum
-    run.buffers[f"{key}.running_mean"] = (
-        (1 - m) * wts["running_mean"] + m * mean).astype(F32)
-    run.buffers[f"{key}.running_var"] = (
-        (1 - m) * wts["running_var"] + m * var * (count / (count - 1))).astype(F32)
-    return out, (x, mean, 1.0 / np.sqrt(var + op.eps))
+    key = node.param_key
+    running_mean, running_var, invstd = elem_b.running_statistics(
+        mean, var, wts["running_mean"], wts["running_var"], op.momentum, count, op.eps)
+    run.buffers[f"{key}.running_mean"] = running_mean
+    run.buffers[f"{key}.running_var"] = running_var
+    return out, (x, mean, invstd)
 
 
 def _batchnorm_backward(node: Node, gy: np.ndarray, saved: tuple, wts: Weights, run: Run,
