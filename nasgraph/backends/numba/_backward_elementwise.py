@@ -56,8 +56,15 @@ def _run_dot_centered(a1, b1, at, n, mu):
     return s
 
 
+def fusable(code: int) -> bool:
+    """Whether BatchNorm's forward can apply activation `code` (`ACT_CODES`) in its own
+    output pass (`batchnorm_train`): ReLU and ReLU6, whose derivative their output gives,
+    so that the backward needs no input of theirs."""
+    return code in (1, 2)
+
+
 @njit(parallel=True, cache=True)
-def batchnorm_train(x, gamma, beta, eps, out, mean, var):
+def batchnorm_train(x, gamma, beta, eps, out, mean, var, act):
     """BatchNorm on the batch's statistics: per channel c, mean[c] and the biased var[c]
     over N x H x W, then out = gamma * (x - mean) / sqrt(var + eps) + beta.
 
@@ -66,7 +73,9 @@ def batchnorm_train(x, gamma, beta, eps, out, mean, var):
     the channel's first value), so that a constant channel's mean is x0 exactly and its
     normalized values 0: float32 sums of x itself leave the mean a rounding off, which
     1 / sqrt(var + eps) then scales up to 300x (a channel padded with zeros, normalized
-    twice, gave its second BatchNorm's weight a gradient 1% off torch's)."""
+    twice, gave its second BatchNorm's weight a gradient 1% off torch's).
+
+    `act` (`fusable`: 1 ReLU, 2 ReLU6, else 0) is applied to out in the same pass."""
     n_batch, c_in, h, w = x.shape
     hw = h * w
     count = n_batch * hw
@@ -87,8 +96,16 @@ def batchnorm_train(x, gamma, beta, eps, out, mean, var):
         shift = np.float32(beta[c] - mu * (gamma[c] / math.sqrt(v + eps)))
         for n in range(n_batch):
             at = np.uint64((n * c_in + c) * hw)
-            for k in range(np.uint64(hw)):
-                out1[at + k] = x1[at + k] * scale + shift
+            if act == 1:
+                for k in range(np.uint64(hw)):
+                    out1[at + k] = max(x1[at + k] * scale + shift, np.float32(0.0))
+            elif act == 2:
+                for k in range(np.uint64(hw)):
+                    out1[at + k] = min(max(x1[at + k] * scale + shift, np.float32(0.0)),
+                                       np.float32(6.0))
+            else:
+                for k in range(np.uint64(hw)):
+                    out1[at + k] = x1[at + k] * scale + shift
 
 
 @njit(cache=True)

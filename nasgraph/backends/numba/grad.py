@@ -25,7 +25,9 @@ import numba
 import numpy as np
 from numba import njit
 
-from nasgraph.backends.numba._backward_ops import BACKWARD, dropout_mask
+from nasgraph.backends.numba._activations import ACT_CODES
+from nasgraph.backends.numba._backward_elementwise import fusable
+from nasgraph.backends.numba._backward_ops import BACKWARD, batchnorm_act_forward, dropout_mask
 from nasgraph.backends.numba._rule import Run, Weights, shape4
 from nasgraph.backends.numba._weights import checked_state
 from nasgraph.backends.numba.executor import _limit_blas_threads
@@ -132,6 +134,8 @@ class _Plan(NamedTuple):
     trainable: dict[str, list[str]]  # node id -> suffixes of its trainable weights
     needed: frozenset[str]  # `_requires_grad`
     counters: list[str]  # int64 entries (`num_batches_tracked`)
+    fused: dict[str, int]  # BatchNorm id -> the code of the activation it applies
+    absorbed: frozenset[str]  # those activations: their BatchNorm's output is theirs
 
 
 def _check_rules(graph: Graph) -> None:
@@ -162,9 +166,24 @@ def _plan(graph: Graph) -> _Plan:
         by_node.setdefault(node.id, []).append((suffix, key))
         if spec.trainable:
             trainable.setdefault(node.id, []).append(suffix)
+    fused = _fused_activations(graph)
     return _Plan(specs, {k: spec.shape for k, (_, spec) in specs.items() if not spec.optional},
                  by_node, trainable, frozenset(_requires_grad(graph, trainable)),
-                 [k for k, (_, spec) in specs.items() if spec.dtype == "int64"])
+                 [k for k, (_, spec) in specs.items() if spec.dtype == "int64"], fused,
+                 frozenset(graph.successors(i)[0].id for i in fused))
+
+
+def _fused_activations(graph: Graph) -> dict[str, int]:
+    """BatchNorm node -> the code of the activation that alone reads its output, where
+    BatchNorm's forward can apply it in its own output pass (ReLU, ReLU6: `fusable`):
+    one pass over the tensor fewer (docs/numba.md, "BatchNorm applies its ReLU")."""
+    fused = {}
+    for node in graph:
+        succ = graph.successors(node.id) if node.kind == "batchnorm2d" else []
+        if len(succ) == 1 and succ[0].kind == "activation" and fusable(
+                code := ACT_CODES[succ[0].op.fn]):
+            fused[node.id] = code
+    return fused
 
 
 def _check(graph: Graph, x: np.ndarray, y: np.ndarray, label_smoothing: float
@@ -260,13 +279,19 @@ def loss_and_grads(graph: Graph, state_dict: Mapping[str, object], x: np.ndarray
     values: dict[str, np.ndarray] = {}
     for node in graph:
         xs = [values[i] for i in node.inputs]
-        values[node.id], saved[node.id] = BACKWARD[node.kind].forward(
-            node, xs, per_node.get(node.id, {}), run)
+        if node.id in plan.absorbed:  # its BatchNorm applied it
+            values[node.id], saved[node.id] = xs[0], None
+        elif node.id in plan.fused:
+            values[node.id], saved[node.id] = batchnorm_act_forward(
+                node, xs, per_node[node.id], run, plan.fused[node.id])
+        else:
+            values[node.id], saved[node.id] = BACKWARD[node.kind].forward(
+                node, xs, per_node.get(node.id, {}), run)
     logits = values[graph.outputs[0].id].reshape(x4.shape[0], -1)
     values.clear()  # what the backward needs is in `saved`
     loss, g_logits = cross_entropy(logits, labels, label_smoothing)
 
-    grads = _backward(graph, run, saved, per_node, plan.trainable, plan.needed,
+    grads = _backward(graph, run, saved, per_node, plan,
                       {graph.outputs[0].id: g_logits.reshape(*g_logits.shape, 1, 1)})
     for key, (_, spec) in plan.specs.items():  # weights no gradient reached
         if spec.trainable and key not in grads:
@@ -279,11 +304,12 @@ def loss_and_grads(graph: Graph, state_dict: Mapping[str, object], x: np.ndarray
 
 
 def _backward(graph: Graph, run: Run, saved: dict[str, object],
-              per_node: Mapping[str, Weights], trainable: Mapping[str, list[str]],
-              needed: frozenset[str], seeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+              per_node: Mapping[str, Weights], plan: _Plan, seeds: dict[str, np.ndarray]
+              ) -> dict[str, np.ndarray]:
     """Walks `graph` in reverse from the output gradients `seeds` (node id -> dL/d output):
     each node's backward gets the sum of what its consumers sent it, where a gradient
-    flows (`needed`). Returns the trainable weights' gradients, by state-dict key."""
+    flows (`plan.needed`). Returns the trainable weights' gradients, by state-dict key."""
+    trainable, needed = plan.trainable, plan.needed
     incoming = dict(seeds)
     grads: dict[str, np.ndarray] = {}
     for node in reversed(graph.nodes):
@@ -291,6 +317,9 @@ def _backward(graph: Graph, run: Run, saved: dict[str, object],
         gy = incoming.pop(node_id, None)
         ctx = saved.pop(node_id)
         if gy is None or node_id not in needed:
+            continue
+        if node_id in plan.absorbed:  # its BatchNorm's backward takes gy through it
+            incoming[node.inputs[0]] = gy
             continue
         needs = [i in needed for i in node.inputs]
         g_inputs, g_weights = BACKWARD[node.kind].backward(

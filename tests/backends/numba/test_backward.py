@@ -471,6 +471,24 @@ def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
     assert len(calls) == 7 * len({1, min(2, numba.config.NUMBA_NUM_THREADS)})
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_applies_the_activation_it_alone_feeds(training):
+    # BatchNorm -> ReLU and -> ReLU6: the activation in BatchNorm's output pass
+    # (`_fused_activations`); a BatchNorm read by two nodes, or followed by another
+    # activation, stays apart
+    b = GraphBuilder("fused")
+    x = b.conv(b.input(3, 9, 9), 8, 3, padding=1)
+    relu = b.relu(b.bn(x, name="bn_relu"))
+    relu6 = b.act(b.bn(b.conv(relu, 8, 3, padding=1), name="bn_relu6"), "relu6")
+    shared = b.bn(b.conv(relu6, 8, 1), name="bn_shared")
+    y = b.add([b.relu(shared), shared])
+    y = b.act(b.bn(b.conv(y, 8, 3, padding=1), name="bn_tanh"), "tanh")
+    b.output(b.linear(b.flatten(b.gap(y)), CLASSES))
+    graph = b.build()
+    assert grad_module._fused_activations(graph) == {"bn_relu": 1, "bn_relu6": 2}
+    check_against_torch(graph, training=training, n=5)
+
+
 def residual_graph() -> Graph:
     """Two ResNet basic blocks, the second with a strided 1x1 projection shortcut."""
     b = GraphBuilder("residual")
@@ -587,17 +605,26 @@ def test_every_zoo_model_matches_torch_float64(name, monkeypatch):
     precision, then that the loss and gradients agree given the same branches. (The FCN's
     output is a map, not a class vector: no cross-entropy to train it with here.)"""
     graph = _small_zoo_model(name)
-    taken: dict[str, tuple[np.ndarray, object]] = {}  # node id -> (its input, saved)
+    # node id -> (an activation's output, a pooling's input; saved): the output gives the
+    # branch as the input does (`_branch`), and an activation that its BatchNorm applies
+    # (`grad._fused_activations`) has only its output
+    taken: dict[str, tuple[np.ndarray, object]] = {}
 
     def recording(rule):
         def forward(node, xs, wts, run):
             out, saved = rule.forward(node, xs, wts, run)
-            taken[node.id] = (xs[0].copy(), saved)
+            taken[node.id] = ((out if node.kind == "activation" else xs[0]).copy(), saved)
             return out, saved
         return rule._replace(forward=forward)
 
+    def batchnorm_act(node, xs, wts, run, act=0, forward=grad_module.batchnorm_act_forward):
+        out, saved = forward(node, xs, wts, run, act)
+        taken[graph.successors(node.id)[0].id] = (out.copy(), saved)
+        return out, saved
+
     for kind in ("activation", "maxpool2d"):
         monkeypatch.setitem(BACKWARD, kind, recording(BACKWARD[kind]))
+    monkeypatch.setattr(grad_module, "batchnorm_act_forward", batchnorm_act)
     state = perturbed_state(graph)
     x, y = batch(graph, 4)
     result = loss_and_grads(graph, state, x, y, label_smoothing=0.1)
