@@ -141,6 +141,19 @@ def check_against_torch(graph: Graph, label_smoothing: float = 0.0, training: bo
         assert result.buffers == {}
 
 
+def check_on_one_thread_and_two(graph: Graph) -> int:
+    """`check_against_torch` on 5 samples (split unevenly between two threads), on one
+    thread, then on two where numba has them; returns how many passes that made."""
+    before, counts = numba.get_num_threads(), sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)})
+    try:
+        for threads in counts:
+            numba.set_num_threads(threads)
+            check_against_torch(graph, n=5)
+    finally:
+        numba.set_num_threads(before)
+    return len(counts)
+
+
 def single_op_graph(body: Callable[[GraphBuilder, Tensor], Tensor],
                     shape: tuple[int, int, int] = (3, 10, 10)) -> Graph:
     """input -> conv 3x3 (so that a gradient flows into the op) -> body -> flatten ->
@@ -460,15 +473,9 @@ def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
     x = b.relu(b.conv(x, 3, 5, padding=2))
     x = b.relu(b.conv(x, 5, 3, padding=2, dilation=(2, 1)))
     b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
-    graph, before = b.build(), numba.get_num_threads()
-    try:
-        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
-            numba.set_num_threads(threads)
-            check_against_torch(graph, n=5)
-    finally:
-        numba.set_num_threads(before)
+    passes = check_on_one_thread_and_two(b.build())
     # per pass: 4 forwards, 3 input gradients (the first conv's input needs none)
-    assert len(calls) == 7 * len({1, min(2, numba.config.NUMBA_NUM_THREADS)})
+    assert len(calls) == 7 * passes
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -866,10 +873,4 @@ def test_both_depthwise_paths_match_torch(kernel, stride, pad, dilation, nhwc_pi
     x = b.relu(b.conv(b.input(3, 11, 9), 20, 1))
     x = b.conv(x, 20, kernel, stride, pad, dilation, groups=20)
     b.output(b.linear(b.flatten(b.gap(b.relu(x))), CLASSES))
-    graph, before = b.build(), numba.get_num_threads()
-    try:
-        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
-            numba.set_num_threads(threads)
-            check_against_torch(graph, n=5)
-    finally:
-        numba.set_num_threads(before)
+    check_on_one_thread_and_two(b.build())
