@@ -212,8 +212,9 @@ def conv_backward(node: Node, gy: np.ndarray,
         gw = np.ascontiguousarray(gw.T, F32).reshape(w.shape)
         return [gx if needs[0] else None], _with_bias_grad(op, gw, gy)
     if isinstance(saved, planes_k.PhasePlanes):  # depthwise
-        gp = planes_k.depthwise_rows(saved, gy)
-        gw = planes_k.conv2d_weight_grad(saved, gy, op.groups, op.kernel, run.threads, gp)
+        gp = planes_k.depthwise_rows(saved, gy, conv_b.WIDE)
+        gw = planes_k.conv2d_weight_grad(saved, gy, op.groups, op.kernel, run.threads, gp,
+                                         conv_b.WIDE)
         gx = planes_k.depthwise_input_grad(saved, gp, w.reshape(cout, kh * kw), run.threads) \
             if needs[0] else None
         return [gx], _with_bias_grad(op, gw, gy)
@@ -260,7 +261,8 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
         if planes is None:
             planes = planes_k.phase_planes(x, gy.shape[2:], op.kernel, op.stride, op.pad,
                                            op.dilation)
-        gw = planes_k.conv2d_weight_grad(planes, gy, 1, op.kernel, run.threads)
+        gw = planes_k.conv2d_weight_grad(planes, gy, 1, op.kernel, run.threads,
+                                         wide=conv_b.WIDE)
     if gemm_dw or add_dx:
         n, _, h, wi = x.shape
         xp_shape = (n, h + 2 * op.pad[0], wi + 2 * op.pad[1], cin)

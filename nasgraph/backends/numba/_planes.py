@@ -45,10 +45,10 @@ def weight_grad(g1, g_n, x1, x_n, offs, parts, n_batch, blocks, steps, chunk, th
     g1: dy as rows (`to_rows`, N x G*blocks*R x steps*LANES, flat; g_n values a
     sample); x1: the input as phase planes (`to_phase_planes`, flat; x_n values a
     sample); offs: each group's taps in tiles of S, as offsets into a sample's planes (G x
-    n_tiles x S; S picks the tile, R follows); parts: threads x G x blocks x n_tiles x
-    R*S*LANES, float64."""
+    n_tiles x S); parts: threads x G x blocks x n_tiles x R*S*LANES, float64. The tile
+    R x S is `_wgrad`'s of those sizes (`_tile`)."""
     groups, n_tiles, s = offs.shape
-    r = 4 if s == 3 else 1
+    r = parts.shape[4] // (s * LANES)
     plane = steps * LANES
     for t in prange(threads):
         lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
@@ -59,13 +59,26 @@ def weight_grad(g1, g_n, x1, x_n, offs, parts, n_batch, blocks, steps, chunk, th
             for g in range(groups):
                 for b in range(blocks):
                     g_0 = n0 * g_n + (g * blocks + b) * r * plane
+                    x_0 = n0 * x_n
                     for k in range(n_tiles):
-                        if s == 3:
-                            wgrad_k.tile_4x3(g1, g_0, plane, g_n, x1, n0 * x_n, x_n, offs[g],
-                                             k, m, steps, out)
+                        if r == 4:
+                            wgrad_k.tile_4x3(g1, g_0, plane, g_n, x1, x_0, x_n, offs[g], k, m,
+                                             steps, out)
+                        elif r == 1:
+                            wgrad_k.tile_1x9(g1, g_0, plane, g_n, x1, x_0, x_n, offs[g], k, m,
+                                             steps, out)
+                        elif r == 3:
+                            wgrad_k.tile_3x3(g1, g_0, plane, g_n, x1, x_0, x_n, offs[g], k, m,
+                                             steps, out)
+                        elif r == 5:
+                            wgrad_k.tile_5x3(g1, g_0, plane, g_n, x1, x_0, x_n, offs[g], k, m,
+                                             steps, out)
+                        elif r == 6:
+                            wgrad_k.tile_6x3(g1, g_0, plane, g_n, x1, x_0, x_n, offs[g], k, m,
+                                             steps, out)
                         else:
-                            wgrad_k.tile_1x9(g1, g_0, plane, g_n, x1, n0 * x_n, x_n, offs[g],
-                                             k, m, steps, out)
+                            wgrad_k.tile_7x3(g1, g_0, plane, g_n, x1, x_0, x_n, offs[g], k, m,
+                                             steps, out)
                         at = ((g * blocks + b) * n_tiles + k) * r * s * LANES
                         for q in range(r * s * LANES):
                             acc[at + q] += out[q]
@@ -178,22 +191,36 @@ def _rows(planes: PhasePlanes, gy: np.ndarray, groups: int, rows: int) -> np.nda
     return gp
 
 
-def _tile(groups: int, out_per_group: int) -> tuple[int, int]:
-    # `_wgrad`'s tile (rows, taps): 4 x 3 for ungrouped convs and groups of 4+ outputs
+# where vectors are 512 bits, ungrouped convs of these many output channels take a tile of
+# as many rows (`_tile`)
+FITTED_ROWS = (3, 5, 6, 7)
+
+
+def _tile(groups: int, out_per_group: int, wide: bool = False) -> tuple[int, int]:
+    """`_wgrad`'s tile (rows, taps) for a conv's weight gradient: where `wide` (vectors of
+    512 bits, 32 registers) R x 3 for an ungrouped conv of R output channels in
+    `FITTED_ROWS`, which leaves no rows of zeros; else 4 x 3 for ungrouped convs and groups
+    of 4+ outputs, else 1 x 9. Measured on an AVX-512 Xeon, one thread, 3x3 convs at batch
+    128 (docs/numba.md, "Tiles of as many rows as output channels"): R x 3 takes
+    0.64-0.90x the time of 4 x 3 for 3 and 5-7 channels, 8 x 3 0.97x for 8. AVX2 keeps the
+    4 x 3 it was tuned with."""
+    if wide and groups == 1 and out_per_group in FITTED_ROWS:
+        return out_per_group, 3
     return wgrad_k.TILES[0] if groups == 1 or out_per_group >= 4 else wgrad_k.TILES[1]
 
 
 def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
                        kernel: tuple[int, int], threads: int,
-                       gp: np.ndarray | None = None) -> np.ndarray:
+                       gp: np.ndarray | None = None, wide: bool = False) -> np.ndarray:
     """The weight gradient of a conv, Cout x Cin/G x kh x kw, by `_wgrad`'s register-
     tiled kernels: each tap's sum over the batch is a dot product of dy's padded rows with
     one offset into the input's `planes`; no im2col columns are copied. gy: N x Cout x Ho
-    x Wo; `gp`: gy already laid out as `depthwise_rows` gives it."""
+    x Wo; `gp`: gy already laid out as `depthwise_rows` gives it; `wide`: vectors of 512
+    bits, which allow tiles of more rows (`_tile`)."""
     n = gy.shape[0]
     cout, cin = gy.shape[1], planes.shape[1]
     cig, cog = cin // groups, cout // groups
-    r, s = _tile(groups, cog)
+    r, s = _tile(groups, cog, wide)
     blocks = -(-cog // r)
     if gp is None:
         gp = _rows(planes, gy, groups, blocks * r)
@@ -215,11 +242,11 @@ def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
     return sums[:, :cog, :ntaps].astype(np.float32).reshape(cout, cig, *kernel)
 
 
-def depthwise_rows(planes: PhasePlanes, gy: np.ndarray) -> np.ndarray:
-    """gy laid out for a depthwise conv's `conv2d_weight_grad` and
+def depthwise_rows(planes: PhasePlanes, gy: np.ndarray, wide: bool = False) -> np.ndarray:
+    """gy laid out for a depthwise conv's `conv2d_weight_grad` (with the same `wide`) and
     `depthwise_input_grad`: each input channel's Cout/Cin rows padded to whole tiles."""
     cin, cout = planes.shape[1], gy.shape[1]
-    r = _tile(cin, cout // cin)[0]
+    r = _tile(cin, cout // cin, wide)[0]
     return _rows(planes, gy, cin, -(-(cout // cin) // r) * r)
 
 
@@ -342,13 +369,20 @@ def _planes_conv(x1, x_n, ci_n, taps, wp, rows, bias, out, wq, length, threads):
         acc = np.empty(rows * length, np.float32)
         for job in range(t * jobs // threads, (t + 1) * jobs // threads):
             n, b = job // blocks, job % blocks
+            x_0, w_0 = n * x_n, b * block_w
             for p0 in range(0, length, PIXELS):
                 if rows == 8:
-                    conv_k.tile_8x32(x1, n * x_n, ci_n, taps, wp, b * block_w, cin, p0, acc,
-                                     length)
+                    conv_k.tile_8x32(x1, x_0, ci_n, taps, wp, w_0, cin, p0, acc, length)
+                elif rows == 7:
+                    conv_k.tile_7x32(x1, x_0, ci_n, taps, wp, w_0, cin, p0, acc, length)
+                elif rows == 6:
+                    conv_k.tile_6x32(x1, x_0, ci_n, taps, wp, w_0, cin, p0, acc, length)
+                elif rows == 5:
+                    conv_k.tile_5x32(x1, x_0, ci_n, taps, wp, w_0, cin, p0, acc, length)
+                elif rows == 4:
+                    conv_k.tile_4x32(x1, x_0, ci_n, taps, wp, w_0, cin, p0, acc, length)
                 else:
-                    conv_k.tile_4x32(x1, n * x_n, ci_n, taps, wp, b * block_w, cin, p0, acc,
-                                     length)
+                    conv_k.tile_3x32(x1, x_0, ci_n, taps, wp, w_0, cin, p0, acc, length)
             for r in range(min(rows, cout - b * rows)):
                 co = b * rows + r
                 bias_co = bias[co]

@@ -455,27 +455,33 @@ def test_every_weight_gradient_of_tiled_convs_matches_torch(max_channels, wide, 
 def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
     # where vectors are 512 bits, convs of few output channels run forward on their
     # input's phase planes and stride-1 ones of few input channels their input gradient
-    # (`_planes_forward`): forced here, as on such a CPU, whatever this one has; each
-    # tile (8 and 4 rows, a partial block of each), strides, a 5x5 kernel, dilation, a
-    # one-channel input, on one thread and on two, 5 samples split unevenly
+    # (`_planes_forward`), and their weight gradients take tiles of as many rows as they
+    # have output channels (`_planes._tile`): forced here, as on such a CPU, whatever this
+    # one has; every tile of either kernel, a partial block, strides, a 5x5 kernel,
+    # dilation, a one-channel input, on one thread and on two, 5 samples split unevenly
     from nasgraph.backends.numba import _backward_conv as conv_b
-    from nasgraph.backends.numba import _planes
+    from nasgraph.backends.numba import _planes, _planes_conv, _wgrad
 
     monkeypatch.setattr(conv_b, "WIDE", True)
-    calls = []
-    forward = _planes.conv2d_forward
+    rows, tiles = [], []
+    forward, tile = _planes.conv2d_forward, _planes._tile
     monkeypatch.setattr(_planes, "conv2d_forward",
-                        lambda planes, w, *args: calls.append(w.shape) or forward(
+                        lambda planes, w, *args: rows.append(w.shape[0]) or forward(
                             planes, w, *args))
+    monkeypatch.setattr(_planes, "_tile", lambda *args: tiles.append(tile(*args)) or tiles[-1])
     b = GraphBuilder("planes")
     x = b.relu(b.conv(b.input(1, 30, 30), 6, 3, stride=2, padding=1))  # 15x15 out
     x = b.relu(b.bn(b.conv(x, 7, 3, padding=1, bias=False)))
     x = b.relu(b.conv(x, 3, 5, padding=2))
     x = b.relu(b.conv(x, 5, 3, padding=2, dilation=(2, 1)))
+    for width in (8, 2, 4):  # 2: one row of zeros in a 3-row tile
+        x = b.relu(b.conv(x, width, 3, padding=1))
     b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
     passes = check_on_one_thread_and_two(b.build())
-    # per pass: 4 forwards, 3 input gradients (the first conv's input needs none)
-    assert len(calls) == 7 * passes
+    # per pass: 7 forwards, 6 input gradients (the first conv's input needs none)
+    assert len(rows) == 13 * passes
+    assert {_planes.conv_rows(r) for r in rows} == {r for r, _ in _planes_conv.TILES}
+    assert {(6, 3), (7, 3), (3, 3), (5, 3), _wgrad.TILES[0]} <= set(tiles)
 
 
 @pytest.mark.parametrize("training", [True, False])
