@@ -116,6 +116,35 @@ def _planes_forward(op, out_channels: int, out_pixels: int) -> bool:
             and _planes_pay(op, out_channels, out_pixels))
 
 
+# the input gradient of a stride-1 conv of 9-16 input channels runs on dy's phase planes
+# where their tiles do enough useful work (`_planes_input_grad`): per FMA computed they ran
+# about this many times as fast as the NHWC tiles (3x3 convs, 9-16 channels, 4x4 to 32x32)
+PLANES_RATE = 1.2
+
+
+def _planes_input_grad(cin: int, x_shape: tuple[int, ...], kernel_w: int,
+                       dilation_w: int) -> bool:
+    """Whether a stride-1 conv's input gradient runs on dy's phase planes
+    (`planes_k.conv2d_input_grad`), where vectors are 512 bits: for at most
+    PLANES_MAX_CHANNELS input channels always; for 9-16 (the NHWC tile's vector) where the
+    planes' tiles, at PLANES_RATE times the NHWC tiles' rate, do more useful work. Both
+    compute zeros: the NHWC tile's lanes past Cin, the planes' rows padded to whole tiles
+    and the pixels past the map in each padded row. Measured on an AVX-512 Xeon, one
+    thread, 3x3 convs (docs/numba.md, "The input gradient of 9-16 channels on the
+    planes"): 0.64-0.96x the time of the NHWC tiles where it is taken, 0.93-1.35x where
+    it is not."""
+    if not conv_b.WIDE or cin > tiled_k.V:
+        return False
+    if cin <= PLANES_MAX_CHANNELS:
+        return True
+    h, w = x_shape[2:]
+    row = h * (w + (kernel_w - 1) * dilation_w)  # the map's rows, padded by the kernel
+    rows = planes_k.conv_rows(cin)
+    used = h * w / (-(-row // planes_k.PIXELS) * planes_k.PIXELS) * cin / (-(-cin // rows)
+                                                                           * rows)
+    return PLANES_RATE * used > cin / tiled_k.V  # the NHWC tile's lanes in use
+
+
 def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                  ) -> tuple[np.ndarray, np.ndarray | _Padded | _Subsampled
                             | planes_k.PhasePlanes | _DepthwiseNHWC]:
@@ -244,8 +273,8 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
     # tiles where they pay (`nhwc_weight_grad_pays`) or as a GEMM, else by `_wgrad` on
     # phase planes (`_planes_pay`; the forward's, where it ran on them); the input
     # gradient of a stride-1 conv is a conv of gy (seed 003's full convolution), on its
-    # phase planes for few input channels where vectors are 512 bits (as
-    # `_planes_forward` picks), else tiled; of others added back window by window
+    # phase planes for few input channels where vectors are 512 bits
+    # (`_planes_input_grad`), else tiled; of others added back window by window
     cout, cin, kh, kw = w.shape
     x = saved.x
     direct_dx = needs[0] and _tiled_input_grad(op, x.shape)
@@ -277,7 +306,7 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
             gw = parts[0] if run.threads == 1 else parts.sum(axis=0)
             gw = np.ascontiguousarray(gw.reshape(cout, kh, kw, cin).transpose(0, 3, 1, 2))
     gx = None
-    if direct_dx and conv_b.WIDE and cin <= PLANES_MAX_CHANNELS:
+    if direct_dx and _planes_input_grad(cin, x.shape, kw, op.dilation[1]):
         gx = planes_k.conv2d_input_grad(gy, w, x.shape, op.pad, op.dilation, run.threads)
     elif direct_dx:
         gx = np.empty(x.shape, F32)

@@ -474,12 +474,21 @@ def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
     x = b.relu(b.bn(b.conv(x, 7, 3, padding=1, bias=False)))
     x = b.relu(b.conv(x, 3, 5, padding=2))
     x = b.relu(b.conv(x, 5, 3, padding=2, dilation=(2, 1)))
-    for width in (8, 2, 4):  # 2: one row of zeros in a 3-row tile
+    for width in (8, 2, 4, 12, 6):  # 2: one row of zeros in a 3-row tile
         x = b.relu(b.conv(x, width, 3, padding=1))
     b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
     passes = check_on_one_thread_and_two(b.build())
-    # per pass: 7 forwards, 6 input gradients (the first conv's input needs none)
-    assert len(rows) == 13 * passes
+    # per pass: 8 forwards (not the one of 12 output channels), 8 input gradients (the
+    # first conv's input needs none; the last one's of 12 channels on 15x15 maps,
+    # `_planes_input_grad`)
+    assert len(rows) == 16 * passes
+    assert 12 in rows
+    from nasgraph.backends.numba._conv_rules import _planes_input_grad
+
+    # 16 channels on 8x8 maps: a padded row of 80 pixels in tiles of 32 leaves 2/3 in use
+    assert not _planes_input_grad(16, (5, 16, 8, 8), 3, 1)
+    assert _planes_input_grad(16, (5, 16, 16, 16), 3, 1)
+    assert not _planes_input_grad(17, (5, 17, 16, 16), 3, 1)
     assert {_planes.conv_rows(r) for r in rows} == {r for r, _ in _planes_conv.TILES}
     assert {(6, 3), (7, 3), (3, 3), (5, 3), _wgrad.TILES[0]} <= set(tiles)
 
