@@ -180,10 +180,12 @@ def conv2d_forward(x, w, bias, out, kh, kw, sh, sw, ph, pw, dh, dw, has_bias, th
 
 
 @njit(parallel=True, cache=True)
-def conv2d_backward(x, w, gy, gx, gw_parts, kh, kw, sh, sw, ph, pw, dh, dw, need_dx, threads):
+def conv2d_backward(x, w, gy, gx, gw_parts, kh, kw, sh, sw, ph, pw, dh, dw, need_dx, need_dw,
+                    threads):
     """Gradients of a `conv2d_forward` conv: gy N x Cout x Ho x Wo -> gx += dx (N x Cin x
-    H x W, when `need_dx`) and gw_parts[t] += the weight gradient of thread t's samples
-    (threads x G x Cout/G x K; the caller sums them: no two threads add into one array).
+    H x W, when `need_dx`) and, when `need_dw`, gw_parts[t] += the weight gradient of
+    thread t's samples (threads x G x Cout/G x K; the caller sums them: no two threads add
+    into one array).
 
         dw = gy @ cols.T        dx = col2im(w.T @ gy)
 
@@ -204,10 +206,11 @@ def conv2d_backward(x, w, gy, gx, gw_parts, kh, kw, sh, sw, ph, pw, dh, dw, need
             cols = np.empty((k, m * hw), np.float32)
             rows = np.empty((cog, m * hw), np.float32)
             for g in range(groups):
-                _columns(x1, cin, h, wi, n0, m, g * cig, cols, kh, kw, sh, sw, ph, pw, dh, dw,
-                         ho, wo, pointwise)
                 _gather_rows(gy1, cout, hw, n0, m, g * cog, rows)
-                gw_parts[t, g] += np.dot(rows, cols.T)  # Cout/G x K
+                if need_dw:
+                    _columns(x1, cin, h, wi, n0, m, g * cig, cols, kh, kw, sh, sw, ph, pw,
+                             dh, dw, ho, wo, pointwise)
+                    gw_parts[t, g] += np.dot(rows, cols.T)  # Cout/G x K
                 if not need_dx:
                     continue
                 back = np.dot(w[g].T, rows)  # K x (m * Ho * Wo)

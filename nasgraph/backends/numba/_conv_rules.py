@@ -56,6 +56,15 @@ class _Subsampled(NamedTuple):
     shape: tuple[int, ...]
 
 
+class _Grouped(NamedTuple):
+    """What a grouped conv run forward on phase planes (`_planes_grouped`) keeps for its
+    backward: its input's planes, which the weight gradient reads; where dx is not a conv
+    of dy (`_grouped_dx_is_conv`), its input too, which the GEMM of columns reads."""
+
+    planes: planes_k.PhasePlanes
+    x: np.ndarray | None = None
+
+
 def _subsampled_pointwise(op) -> bool:
     """Whether a conv is a 1x1 conv of its input's every s-th pixel: a strided, unpadded
     1x1 kernel (a ResNet's projection shortcut). Copying those pixels out first, then
@@ -145,12 +154,30 @@ def _planes_input_grad(cin: int, x_shape: tuple[int, ...], kernel_w: int,
     return PLANES_RATE * used > cin / tiled_k.V  # the NHWC tile's lanes in use
 
 
+def _planes_grouped(op, in_per_group: int) -> bool:
+    """Whether a grouped conv (not depthwise) runs forward on its input's phase planes,
+    group by group (`planes_k.conv2d_forward`), where vectors are 512 bits. Elsewhere
+    grouped convs run as a GEMM of im2col columns per group, which ran at 2-16 GFLOP/s on
+    a ResNeXt candidate's 3x3 convs of 2-4 groups (docs/numba.md, "Grouped convs on the
+    planes"). Its gradients follow `_grouped_dx_is_conv`."""
+    return conv_b.WIDE and op.groups > 1 and in_per_group > 1
+
+
+def _grouped_dx_is_conv(op) -> bool:
+    """Whether a grouped conv's input gradient is a conv of dy on its planes (seed 003):
+    stride 1, and a kernel that covers its padding. Otherwise it comes from the GEMM of
+    columns (`conv2d_backward`, the weight gradient skipped: `_wgrad`'s on the input's
+    planes is faster there too)."""
+    (kh, kw), (dh, dw) = op.kernel, op.dilation
+    return op.stride == (1, 1) and (kh - 1) * dh >= op.pad[0] and (kw - 1) * dw >= op.pad[1]
+
+
 def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
-                 ) -> tuple[np.ndarray, np.ndarray | _Padded | _Subsampled
+                 ) -> tuple[np.ndarray, np.ndarray | _Padded | _Subsampled | _Grouped
                             | planes_k.PhasePlanes | _DepthwiseNHWC]:
     # N x Cin x H x W -> N x Cout x Ho x Wo; saved: x, for a tiled conv `_Padded`, for a
     # strided 1x1 one `_Subsampled`, for a depthwise one `_DepthwiseNHWC` or its input's
-    # phase planes
+    # phase planes, for a grouped one on the planes `_Grouped`
     op, x = node.op, xs[0]
     w = wts["weight"]  # Cout x Cin/G x kh x kw
     cout, cig, kh, kw = w.shape
@@ -199,6 +226,12 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
         planes = not conv_b.nhwc_weight_grad_pays(cout) and _planes_pay(
             op, cout, out.shape[2] * out.shape[3])
         return out, _Padded(None if planes else xp, x)
+    if _planes_grouped(op, cig):
+        planes = planes_k.phase_planes(x, out.shape[2:], op.kernel, op.stride, op.pad,
+                                       op.dilation, multiple=planes_k.PIXELS)
+        planes_k.conv2d_forward(planes, w, bias if op.bias else None, out, run.threads,
+                                op.groups)
+        return out, _Grouped(planes, None if _grouped_dx_is_conv(op) else x)
     conv_b.conv2d_forward(x, w.reshape(op.groups, cout // op.groups, cig * kh * kw), bias,
                           out, kh, kw, *op.stride, *op.pad, *op.dilation, int(op.bias),
                           run.threads)
@@ -214,13 +247,25 @@ def _tiled_input_grad(op, shape: tuple[int, ...]) -> bool:
 
 
 def conv_backward(node: Node, gy: np.ndarray,
-                  saved: np.ndarray | _Padded | _Subsampled | planes_k.PhasePlanes
+                  saved: np.ndarray | _Padded | _Subsampled | _Grouped | planes_k.PhasePlanes
                   | _DepthwiseNHWC, wts: Weights, run: Run, needs: list[bool]) -> Grads:
     op = node.op
     w = wts["weight"]
     cout, cig, kh, kw = w.shape
     if isinstance(saved, _Padded):
         return _tiled_conv_backward(op, gy, saved, w, run, needs)
+    if isinstance(saved, _Grouped):  # dw on the planes, dx a conv on dy's or the GEMM's
+        gw = planes_k.conv2d_weight_grad(saved.planes, gy, op.groups, op.kernel, run.threads,
+                                         wide=conv_b.WIDE)
+        gx = None
+        if needs[0] and saved.x is None:
+            gx = planes_k.conv2d_input_grad(gy, w, saved.planes.shape, op.pad, op.dilation,
+                                            run.threads, op.groups)
+        elif needs[0]:
+            gx, _ = _gemm_conv_backward(saved.x, w, gy, op.groups, (*op.stride, *op.pad,
+                                                                    *op.dilation),
+                                        True, run, need_dw=False)
+        return [gx], _with_bias_grad(op, gw, gy)
     if isinstance(saved, _Subsampled):  # the stride-1 conv's gradients, dx spread back
         gxs, gw = _gemm_conv_backward(saved.xs, w, gy, op.groups, (1, 1, 0, 0, 1, 1),
                                       needs[0], run)
@@ -253,18 +298,18 @@ def conv_backward(node: Node, gy: np.ndarray,
 
 
 def _gemm_conv_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, groups: int,
-                        geometry: tuple[int, ...], need_dx: bool, run: Run
-                        ) -> tuple[np.ndarray | None, np.ndarray]:
-    """dx (None unless `need_dx`) and dw of a `conv2d_forward` conv: geometry is (sh, sw,
-    ph, pw, dh, dw)."""
+                        geometry: tuple[int, ...], need_dx: bool, run: Run,
+                        need_dw: bool = True) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """dx (None unless `need_dx`) and dw (None unless `need_dw`) of a `conv2d_forward`
+    conv: geometry is (sh, sw, ph, pw, dh, dw)."""
     cout, cig, kh, kw = w.shape
     gx = np.zeros_like(x) if need_dx else NO_GRAD
     cog, k = cout // groups, cig * kh * kw
-    parts = np.zeros((run.threads, groups, cog, k), F32)
+    parts = np.zeros((run.threads if need_dw else 1, groups, cog, k), F32)
     conv_b.conv2d_backward(x, w.reshape(groups, cog, k), gy, gx, parts, kh, kw, *geometry,
-                           need_dx, run.threads)
-    gw = parts[0] if run.threads == 1 else parts.sum(axis=0)
-    return (gx if need_dx else None), gw.reshape(w.shape)
+                           need_dx, need_dw, run.threads)
+    gw = (parts[0] if run.threads == 1 else parts.sum(axis=0)).reshape(w.shape)
+    return (gx if need_dx else None), (gw if need_dw else None)
 
 
 def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run: Run,

@@ -191,20 +191,21 @@ def _rows(planes: PhasePlanes, gy: np.ndarray, groups: int, rows: int) -> np.nda
     return gp
 
 
-# where vectors are 512 bits, ungrouped convs of these many output channels take a tile of
-# as many rows (`_tile`)
+# where vectors are 512 bits, convs of these many output channels a group (but depthwise
+# ones) take a tile of as many rows (`_tile`)
 FITTED_ROWS = (3, 5, 6, 7)
 
 
-def _tile(groups: int, out_per_group: int, wide: bool = False) -> tuple[int, int]:
+def _tile(groups: int, out_per_group: int, wide: bool = False, in_per_group: int = 1
+          ) -> tuple[int, int]:
     """`_wgrad`'s tile (rows, taps) for a conv's weight gradient: where `wide` (vectors of
-    512 bits, 32 registers) R x 3 for an ungrouped conv of R output channels in
-    `FITTED_ROWS`, which leaves no rows of zeros; else 4 x 3 for ungrouped convs and groups
-    of 4+ outputs, else 1 x 9. Measured on an AVX-512 Xeon, one thread, 3x3 convs at batch
-    128 (docs/numba.md, "Tiles of as many rows as output channels"): R x 3 takes
-    0.64-0.90x the time of 4 x 3 for 3 and 5-7 channels, 8 x 3 0.97x for 8. AVX2 keeps the
-    4 x 3 it was tuned with."""
-    if wide and groups == 1 and out_per_group in FITTED_ROWS:
+    512 bits, 32 registers) R x 3 for a conv of R output channels a group in
+    `FITTED_ROWS`, ungrouped or of several input channels a group, which leaves no rows
+    of zeros; else 4 x 3 for ungrouped convs and groups of 4+ outputs, else 1 x 9.
+    Measured on an AVX-512 Xeon, one thread, 3x3 convs at batch 128 (docs/numba.md,
+    "Tiles of as many rows as output channels"): R x 3 takes 0.64-0.90x the time of 4 x 3
+    for 3 and 5-7 channels, 8 x 3 0.97x for 8. AVX2 keeps the 4 x 3 it was tuned with."""
+    if wide and out_per_group in FITTED_ROWS and (groups == 1 or in_per_group > 1):
         return out_per_group, 3
     return wgrad_k.TILES[0] if groups == 1 or out_per_group >= 4 else wgrad_k.TILES[1]
 
@@ -220,7 +221,7 @@ def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
     n = gy.shape[0]
     cout, cin = gy.shape[1], planes.shape[1]
     cig, cog = cin // groups, cout // groups
-    r, s = _tile(groups, cog, wide)
+    r, s = _tile(groups, cog, wide, cig)
     blocks = -(-cog // r)
     if gp is None:
         gp = _rows(planes, gy, groups, blocks * r)
@@ -355,36 +356,39 @@ def conv_rows(cout: int) -> int:
 
 
 @njit(parallel=True, cache=True)
-def _planes_conv(x1, x_n, ci_n, taps, wp, rows, bias, out, wq, length, threads):
+def _planes_conv(x1, x_n, ci_n, taps, wp, rows, groups, bias, out, wq, length, threads):
     # out[n, co] = bias[co] + the conv of sample n's planes (x_n values a sample, ci_n a
-    # channel) with wp (blocks x Cin x taps x rows): a block of `rows` output channels at
-    # a time into rows `length` long, which stay in L1, cropped from wq wide to wo
+    # channel) with wp (G x blocks x Cin/G x taps x rows): a block of `rows` output
+    # channels of a group at a time, from its group's input channels, into rows `length`
+    # long, which stay in L1, cropped from wq wide to wo
     n_batch, cout, ho, wo = out.shape
-    cin = x_n // ci_n
-    blocks = -(-cout // rows)
-    block_w = cin * taps.size * rows
-    jobs = n_batch * blocks
+    cig = x_n // ci_n // groups
+    cog = cout // groups
+    blocks = -(-cog // rows)  # a group's
+    block_w = cig * taps.size * rows
+    jobs = n_batch * groups * blocks
     out1 = out.reshape(out.size)
     for t in prange(threads):
         acc = np.empty(rows * length, np.float32)
         for job in range(t * jobs // threads, (t + 1) * jobs // threads):
-            n, b = job // blocks, job % blocks
-            x_0, w_0 = n * x_n, b * block_w
+            n, gb = job // (groups * blocks), job % (groups * blocks)
+            g, b = gb // blocks, gb % blocks
+            x_0, w_0 = n * x_n + g * cig * ci_n, gb * block_w
             for p0 in range(0, length, PIXELS):
                 if rows == 8:
-                    conv_k.tile_8x32(x1, x_0, ci_n, taps, wp, w_0, cin, p0, acc, length)
+                    conv_k.tile_8x32(x1, x_0, ci_n, taps, wp, w_0, cig, p0, acc, length)
                 elif rows == 7:
-                    conv_k.tile_7x32(x1, x_0, ci_n, taps, wp, w_0, cin, p0, acc, length)
+                    conv_k.tile_7x32(x1, x_0, ci_n, taps, wp, w_0, cig, p0, acc, length)
                 elif rows == 6:
-                    conv_k.tile_6x32(x1, x_0, ci_n, taps, wp, w_0, cin, p0, acc, length)
+                    conv_k.tile_6x32(x1, x_0, ci_n, taps, wp, w_0, cig, p0, acc, length)
                 elif rows == 5:
-                    conv_k.tile_5x32(x1, x_0, ci_n, taps, wp, w_0, cin, p0, acc, length)
+                    conv_k.tile_5x32(x1, x_0, ci_n, taps, wp, w_0, cig, p0, acc, length)
                 elif rows == 4:
-                    conv_k.tile_4x32(x1, x_0, ci_n, taps, wp, w_0, cin, p0, acc, length)
+                    conv_k.tile_4x32(x1, x_0, ci_n, taps, wp, w_0, cig, p0, acc, length)
                 else:
-                    conv_k.tile_3x32(x1, x_0, ci_n, taps, wp, w_0, cin, p0, acc, length)
-            for r in range(min(rows, cout - b * rows)):
-                co = b * rows + r
+                    conv_k.tile_3x32(x1, x_0, ci_n, taps, wp, w_0, cig, p0, acc, length)
+            for r in range(min(rows, cog - b * rows)):
+                co = g * cog + b * rows + r
                 bias_co = bias[co]
                 dst, src = np.uint64((n * cout + co) * ho * wo), np.uint64(r * length)
                 for oh in range(ho):
@@ -394,36 +398,43 @@ def _planes_conv(x1, x_n, ci_n, taps, wp, rows, bias, out, wq, length, threads):
 
 
 def conv2d_forward(planes: PhasePlanes, w: np.ndarray, bias: np.ndarray | None,
-                   out: np.ndarray, threads: int) -> None:
-    """out = conv(x, w) + bias for a conv with no groups (w: Cout x Cin x kh x kw), from
-    x's `planes` with rows of whole tiles (`phase_planes(..., multiple=PIXELS)`): each
-    output pixel's sum over input channels and taps, `_planes_conv`'s tiles of output
-    channels x PIXELS pixels of a padded row, the taps read in place."""
-    cout, cin = w.shape[:2]
+                   out: np.ndarray, threads: int, groups: int = 1) -> None:
+    """out = conv(x, w) + bias for a conv of `groups` groups (w: Cout x Cin/G x kh x
+    kw), from x's `planes` with rows of whole tiles (`phase_planes(..., multiple=PIXELS)`):
+    each output pixel's sum over its group's input channels and the taps,
+    `_planes_conv`'s tiles of a group's output channels x PIXELS pixels of a padded row,
+    the taps read in place."""
+    cout, cig = w.shape[:2]
+    cog = cout // groups
     assert planes.length % PIXELS == 0, "planes' rows must be whole tiles"
-    rows = conv_rows(cout)
-    blocks = -(-cout // rows)
-    wp = np.zeros((blocks * rows, cin, len(planes.taps)), np.float32)
-    wp[:cout] = w.reshape(cout, cin, -1)
-    wp = np.ascontiguousarray(wp.reshape(blocks, rows, cin, -1).transpose(0, 2, 3, 1))
+    rows = conv_rows(cog)
+    blocks = -(-cog // rows)
+    wp = np.zeros((groups, blocks * rows, cig, len(planes.taps)), np.float32)
+    wp[:, :cog] = w.reshape(groups, cog, cig, -1)
+    wp = np.ascontiguousarray(
+        wp.reshape(groups, blocks, rows, cig, -1).transpose(0, 1, 3, 4, 2))
     xq = planes.xq
-    _planes_conv(xq.reshape(xq.size), xq[0].size, xq[0].size // cin, planes.taps,
-                 wp.reshape(wp.size), rows,
+    _planes_conv(xq.reshape(xq.size), xq[0].size, xq[0].size // (cig * groups),
+                 planes.taps, wp.reshape(wp.size), rows, groups,
                  np.zeros(cout, np.float32) if bias is None else bias, out, planes.wq,
                  planes.length, threads)
 
 
 def conv2d_input_grad(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...],
-                      pad: tuple[int, int], dilation: tuple[int, int], threads: int
-                      ) -> np.ndarray:
-    """dx (`x_shape`) of a stride-1 conv with no groups: seed 003's full convolution of gy
-    with the kernel rotated by 180 degrees and its channel axes swapped, that is
-    `conv2d_forward` on gy's planes padded by (k - 1) * d - p (not negative)."""
-    kh, kw = w.shape[2:]
-    rotated = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+                      pad: tuple[int, int], dilation: tuple[int, int], threads: int,
+                      groups: int = 1) -> np.ndarray:
+    """dx (`x_shape`) of a stride-1 conv of `groups` groups: seed 003's full convolution
+    of gy with the kernel rotated by 180 degrees and each group's channel axes swapped,
+    that is `conv2d_forward` on gy's planes padded by (k - 1) * d - p (not negative),
+    with the same groups."""
+    cout, cig, kh, kw = w.shape
+    cog = cout // groups
+    rotated = np.ascontiguousarray(
+        w.reshape(groups, cog, cig, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    ).reshape(groups * cig, cog, kh, kw)
     full = ((kh - 1) * dilation[0] - pad[0], (kw - 1) * dilation[1] - pad[1])
     planes = phase_planes(gy, x_shape[2:], (kh, kw), (1, 1), full, dilation,
                           multiple=PIXELS)
     gx = np.empty(x_shape, np.float32)
-    conv2d_forward(planes, rotated, None, gx, threads)
+    conv2d_forward(planes, rotated, None, gx, threads, groups)
     return gx

@@ -493,6 +493,36 @@ def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
     assert {(6, 3), (7, 3), (3, 3), (5, 3), _wgrad.TILES[0]} <= set(tiles)
 
 
+def test_grouped_convs_on_phase_planes_match_torch(monkeypatch):
+    # where vectors are 512 bits, grouped convs run forward on their input's phase planes
+    # group by group, their weight gradients on `_wgrad`'s tiles and, where dx is a conv
+    # of dy, their input gradients on its planes (`_planes_grouped`): forced here, as on
+    # such a CPU; groups of 2-12 output channels (one and two tile blocks), strides, a 5x5
+    # kernel, dilation, a kernel that does not cover its padding, on 1 and 2 threads
+    from nasgraph.backends.numba import _backward_conv as conv_b
+    from nasgraph.backends.numba import _planes
+
+    monkeypatch.setattr(conv_b, "WIDE", True)
+    grouped = []
+    forward = _planes.conv2d_forward
+    monkeypatch.setattr(_planes, "conv2d_forward",
+                        lambda planes, w, bias, out, threads, groups=1: grouped.append(
+                            groups) or forward(planes, w, bias, out, threads, groups))
+    b = GraphBuilder("grouped")
+    x = b.relu(b.conv(b.input(3, 11, 11), 12, 3, padding=1))
+    x = b.relu(b.bn(b.conv(x, 12, 3, padding=1, groups=4, bias=False)))
+    x = b.relu(b.conv(x, 18, 3, stride=2, padding=1, groups=2))
+    x = b.relu(b.conv(x, 6, 5, padding=2, groups=3, dilation=(2, 1)))
+    x = b.relu(b.conv(x, 24, 3, padding=1, groups=2))  # 12 a group: two blocks of 6
+    x = b.relu(b.conv(x, 24, 1, padding=1, groups=4))  # dx not a conv of dy
+    x = b.relu(b.conv(x, 24, 3, padding=1, stride=(2, 1), groups=3))
+    b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
+    passes = check_on_one_thread_and_two(b.build())
+    # per pass: 6 grouped forwards, 3 input gradients on dy's planes (stride 1, padding
+    # covered); the rest from the GEMM of columns
+    assert sorted(g for g in grouped if g > 1) == sorted([4, 2, 3, 2, 4, 3, 4, 3, 2] * passes)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_applies_the_activation_it_alone_feeds(training):
     # BatchNorm -> ReLU and -> ReLU6: the activation in BatchNorm's output pass
