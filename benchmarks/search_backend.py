@@ -54,12 +54,39 @@ def one(args: argparse.Namespace, backend: str, candidates: list[dict] | None = 
         study = optuna.load_study(study_name=cfg.study_name,
                                   storage=f"sqlite:///{cfg.study_dir / 'study.db'}")
         used = [t.user_attrs.get("backend") for t in study.trials if "backend" in t.user_attrs]
-        done = [t.params for t in sorted(study.trials, key=lambda t: t.number)
-                if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        finished = [t for t in sorted(study.trials, key=lambda t: t.number)
+                    if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        # each trial's own seconds (fit to budget, training, validation) and graph, by
+        # architecture
+        per_trial = {t.user_attrs["fingerprint"]: {
+            "macs": t.user_attrs.get("macs"), "params": t.user_attrs.get("params"),
+            "backend": t.user_attrs.get("backend"),
+            "seconds": (t.datetime_complete - t.datetime_start).total_seconds(),
+            "graph": cfg.folder.trial_file(t.number, "graph.json").read_text()}
+            for t in finished if "fingerprint" in t.user_attrs}
     best = result.best or {}
     return {"backend": backend, "seconds": seconds, "val": best.get("val_accuracy"),
             "test": best.get("test_accuracy"), "numba_trials": used.count("numba"),
-            "trials": len(used), "phases": result.seconds, "candidates": done}
+            "trials": len(used), "phases": result.seconds,
+            "candidates": [t.params for t in finished], "per_trial": per_trial}
+
+
+def trial_table(runs: list[dict]) -> str:
+    """Each candidate's trial seconds by trainer (medians over the turns), where every
+    search trained the same candidates: which of them a trainer trains faster."""
+    rows = ["| candidate | MACs | params | torch s | numba s | numba / torch | auto chose |",
+            "|---|---:|---:|---:|---:|---:|---|"]
+    for i, (key, first) in enumerate(runs[0]["per_trial"].items()):
+        secs = {b: [r["per_trial"][key]["seconds"] for r in runs
+                    if r["backend"] == b and key in r["per_trial"]] for b in BACKENDS}
+        if not secs["torch"] or not secs["numba"]:
+            continue
+        t, n = statistics.median(secs["torch"]), statistics.median(secs["numba"])
+        chose = [r["per_trial"][key]["backend"] for r in runs
+                 if r["backend"] == "auto" and key in r["per_trial"]]
+        rows.append(f"| {i} | {first['macs'] / 1e6:.2f}M | {first['params'] / 1e3:.1f}k | "
+                    f"{t:.1f} | {n:.1f} | {n / t:.2f}x | {', '.join(map(str, chose)) or '-'} |")
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -114,6 +141,8 @@ def main() -> None:
             "draw batch order and shifts from different generators (torch's, numpy's), so "
             "their accuracies differ by training noise; best val and test are the last "
             "turn's.\n\n" + "\n".join(rows))
+    if args.workers > 1:  # the same candidates in every search: each one's trial time
+        text += "\n\nEach candidate's trial, seconds:\n\n" + trial_table(runs)
     print(text)
     if args.write:
         name = args.dataset + (f"_workers{args.workers}" if args.workers > 1 else "")
