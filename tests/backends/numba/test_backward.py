@@ -523,6 +523,28 @@ def test_grouped_convs_on_phase_planes_match_torch(monkeypatch):
     assert sorted(g for g in grouped if g > 1) == sorted([4, 2, 3, 2, 4, 3, 4, 3, 2] * passes)
 
 
+def test_convs_onto_tiny_maps_run_as_dense_layers(monkeypatch):
+    # ungrouped spatial convs onto fewer pixels than a tile train as a dense layer of
+    # their unrolled weight (`_conv_rules._dense`): strides, bias or not, a BatchNorm
+    # after, a non-square kernel with dilation and padding; a conv onto 9 pixels stays
+    # tiled; on 1 and 2 threads
+    from nasgraph.backends.numba import _conv_rules
+
+    dense = []
+    scatter = _conv_rules._scatter
+    monkeypatch.setattr(_conv_rules, "_scatter",
+                        lambda wd, w, *args: dense.append(w.size) or scatter(wd, w, *args))
+    b = GraphBuilder("tiny")
+    x = b.relu(b.conv(b.input(3, 9, 9), 8, 3, stride=2, padding=1))  # 5x5
+    x = b.relu(b.conv(x, 12, 3, stride=2, padding=1))  # 3x3: tiled
+    x = b.relu(b.bn(b.conv(x, 10, 3, stride=2, padding=1, bias=False)))  # 2x2
+    x = b.relu(b.conv(x, 7, 3, padding=1))
+    x = b.relu(b.conv(x, 6, (2, 3), padding=(0, 2), dilation=(1, 2)))  # 1x2
+    b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
+    passes = check_on_one_thread_and_two(b.build())
+    assert dense == [10 * 12 * 9, 7 * 10 * 9, 6 * 7 * 6] * passes
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_applies_the_activation_it_alone_feeds(training):
     # BatchNorm -> ReLU and -> ReLU6: the activation in BatchNorm's output pass
