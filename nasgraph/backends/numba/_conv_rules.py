@@ -61,7 +61,7 @@ class _Subsampled(NamedTuple):
 class _Grouped(NamedTuple):
     """What a grouped conv run forward on phase planes (`_planes_grouped`) keeps for its
     backward: its input's planes, which the weight gradient reads; where dx is not a conv
-    of dy (`_grouped_dx_is_conv`), its input too, which the GEMM of columns reads."""
+    of dy (`_dx_is_conv`), its input too, which the GEMM of columns reads."""
 
     planes: planes_k.PhasePlanes
     x: np.ndarray | None = None
@@ -211,10 +211,9 @@ def _planes_input_grad(cin: int, x_shape: tuple[int, ...], kernel_w: int,
     if cin <= PLANES_MAX_CHANNELS:
         return True
     h, w = x_shape[2:]
-    row = h * (w + (kernel_w - 1) * dilation_w)  # the map's rows, padded by the kernel
+    length = planes_k.row_length(h, w + (kernel_w - 1) * dilation_w, planes_k.PIXELS)
     rows = planes_k.conv_rows(cin)
-    used = h * w / (-(-row // planes_k.PIXELS) * planes_k.PIXELS) * cin / (-(-cin // rows)
-                                                                           * rows)
+    used = h * w / length * cin / (-(-cin // rows) * rows)
     return PLANES_RATE * used > cin / tiled_k.V  # the NHWC tile's lanes in use
 
 
@@ -223,15 +222,16 @@ def _planes_grouped(op, in_per_group: int) -> bool:
     group by group (`planes_k.conv2d_forward`), where vectors are 512 bits. Elsewhere
     grouped convs run as a GEMM of im2col columns per group, which ran at 2-16 GFLOP/s on
     a ResNeXt candidate's 3x3 convs of 2-4 groups (docs/numba.md, "Grouped convs on the
-    planes"). Its gradients follow `_grouped_dx_is_conv`."""
+    planes"). Its gradients follow `_dx_is_conv`."""
     return conv_b.WIDE and op.groups > 1 and in_per_group > 1
 
 
-def _grouped_dx_is_conv(op) -> bool:
-    """Whether a grouped conv's input gradient is a conv of dy on its planes (seed 003):
-    stride 1, and a kernel that covers its padding. Otherwise it comes from the GEMM of
-    columns (`conv2d_backward`, the weight gradient skipped: `_wgrad`'s on the input's
-    planes is faster there too)."""
+def _dx_is_conv(op) -> bool:
+    """Whether a conv's input gradient is a stride-1 conv of dy (seed 003's full
+    convolution): stride 1, and a kernel that covers its padding, so that dy is padded by
+    (k - 1) * d - p >= 0 on each side. Otherwise it is added back window by window (a
+    GEMM of columns; for a grouped conv `conv2d_backward`, its weight gradient skipped:
+    `_wgrad`'s on the input's planes is faster there too)."""
     (kh, kw), (dh, dw) = op.kernel, op.dilation
     return op.stride == (1, 1) and (kh - 1) * dh >= op.pad[0] and (kw - 1) * dw >= op.pad[1]
 
@@ -306,7 +306,7 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                                        op.dilation, multiple=planes_k.PIXELS)
         planes_k.conv2d_forward(planes, w, bias if op.bias else None, out, run.threads,
                                 op.groups)
-        return out, _Grouped(planes, None if _grouped_dx_is_conv(op) else x)
+        return out, _Grouped(planes, None if _dx_is_conv(op) else x)
     conv_b.conv2d_forward(x, w.reshape(op.groups, cout // op.groups, cig * kh * kw), bias,
                           out, kh, kw, *op.stride, *op.pad, *op.dilation, int(op.bias),
                           run.threads)
@@ -314,11 +314,8 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
 
 
 def _tiled_input_grad(op, shape: tuple[int, ...]) -> bool:
-    # dx of a stride-1 conv is a stride-1 conv of dy (`conv_b.conv2d_input_grad`), padded
-    # by (k - 1) * d - p on each side (not negative), with a tile's worth of pixels
-    kh, kw = op.kernel
-    return (op.stride == (1, 1) and shape[2] * shape[3] >= tiled_k.R
-            and (kh - 1) * op.dilation[0] >= op.pad[0] and kw - 1 >= op.pad[1])
+    # dx a conv of dy (`conv_b.conv2d_input_grad`), with a tile's worth of pixels
+    return _dx_is_conv(op) and shape[2] * shape[3] >= tiled_k.R
 
 
 def conv_backward(node: Node, gy: np.ndarray,

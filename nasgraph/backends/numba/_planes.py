@@ -165,6 +165,12 @@ class PhasePlanes(NamedTuple):
     pad: tuple[int, int]
 
 
+def row_length(ho: int, wq: int, multiple: int) -> int:
+    """The length of a conv's output row on its phase planes: Ho rows Wq wide, padded to
+    a multiple of `multiple` pixels (whole vectors or tiles)."""
+    return -(-ho * wq // multiple) * multiple
+
+
 def phase_planes(x: np.ndarray, out_hw: tuple[int, int], kernel: tuple[int, int],
                  stride: tuple[int, int], pad: tuple[int, int], dilation: tuple[int, int],
                  multiple: int = LANES) -> PhasePlanes:
@@ -175,7 +181,7 @@ def phase_planes(x: np.ndarray, out_hw: tuple[int, int], kernel: tuple[int, int]
     which `_wgrad` reads as well)."""
     (ho, wo), (kh, kw), (sh, sw), (dh, dw) = out_hw, kernel, stride, dilation
     wq = wo + (kw - 1) * dw // sw
-    length = -(-ho * wq // multiple) * multiple
+    length = row_length(ho, wq, multiple)
     plane = (kh - 1) * dh // sh * wq + (kw - 1) * dw // sw + length
     taps = np.array([(i * dh % sh * sw + j * dw % sw) * plane + i * dh // sh * wq
                      + j * dw // sw for i in range(kh) for j in range(kw)], np.int64)
