@@ -606,13 +606,15 @@ def test_blocks_match_torch(make, label_smoothing):
 
 # mobilenet_v2: depthwise convs, relu6, dropout; efficientnet_b0: squeeze-excitation
 # (broadcast mul), silu, sigmoid. At 64 x 64 their last BatchNorms still see 16 values a
-# channel: at 32 x 32, 4, and float32 gradients (torch's too) are 1e-3 from float64's
+# channel: at 32 x 32, 4, and float32 gradients (torch's too) are 1e-3 from float64's.
+# Their kinks are pinned (`check_on_pinned_kinks`): at batch 4 one of mobilenet_v2's last
+# ReLU6 inputs was 0 in one numba pass and 1.9e-5 in another whose first BatchNorm
+# summed in another order, and its branch moved features.18.0.weight's gradient by 17%
 @pytest.mark.parametrize("name, shape", [("resnet20_cifar", (3, 16, 16)),
                                          ("mobilenet_v2", (3, 64, 64)),
                                          ("efficientnet_b0", (3, 64, 64))])
-def test_zoo_model_matches_torch(name, shape):
-    check_against_torch(zoo.get(name, num_classes=10, input_shape=shape), n=4,
-                        label_smoothing=0.1)
+def test_zoo_model_matches_torch(name, shape, monkeypatch):
+    check_on_pinned_kinks(zoo.get(name, num_classes=10, input_shape=shape), monkeypatch)
 
 
 class _Kinks(nn.Module):
@@ -670,15 +672,19 @@ def _small_zoo_model(name: str) -> Graph:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in zoo.names() if zoo.entry(n).family != "fcn"])
 def test_every_zoo_model_matches_torch_float64(name, monkeypatch):
-    """Every classifier of the zoo at a reduced size against torch in float64, each ReLU
-    and max pooling taking the branch the numba pass took. Where a ReLU's input lies
-    within float32 rounding of 0 (or a pooling window's two largest values of each
-    other), the two passes may route its gradient differently, and a gradient summed over
-    a channel then differs by that element's share (up to 20% in xception and resnet56,
-    found so). The test asserts that every such disagreement is a tie at float32
-    precision, then that the loss and gradients agree given the same branches. (The FCN's
-    output is a map, not a class vector: no cross-entropy to train it with here.)"""
-    graph = _small_zoo_model(name)
+    """Every classifier of the zoo at a reduced size (`check_on_pinned_kinks`). (The
+    FCN's output is a map, not a class vector: no cross-entropy to train it with here.)"""
+    check_on_pinned_kinks(_small_zoo_model(name), monkeypatch)
+
+
+def check_on_pinned_kinks(graph: Graph, monkeypatch) -> None:
+    """`graph` against torch in float64 at batch 4, each ReLU and max pooling taking the
+    branch the numba pass took. Where a ReLU's input lies within float32 rounding of 0
+    (or a pooling window's two largest values of each other), the two passes may route
+    its gradient differently, and a gradient summed over a channel then differs by that
+    element's share (up to 20% in xception and resnet56, found so). This asserts that
+    every such disagreement is a tie at float32 precision, then that the loss and
+    gradients agree given the same branches."""
     # node id -> (an activation's output, a pooling's input; saved): the output gives the
     # branch as the input does (`_branch`), and an activation that its BatchNorm applies
     # (`grad._fused_activations`) has only its output
