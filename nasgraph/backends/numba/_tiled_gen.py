@@ -30,6 +30,13 @@ TWINS = (
     # (`_isa.wide_vectors`); on AVX2's 16 it would spill. 8 pixels, not 12: the small
     # maps of 4x4 and 8x8 pixels are whole tiles (0.71-0.93x the time of 12 x 32 there,
     # 0.91-1.05x on 7x7 to 28x28; docs/numba.md, "AVX-512")
+    # one 512-bit vector of channels x 12 pixels: 12 accumulators where `_tiled`'s 6 x 16,
+    # sized for AVX2's two 8-lane vectors, leaves 6 on AVX-512 (too few to cover the FMA
+    # latency). 3x3 convs of 16 channels, one thread: 0.90x the time on 32x32 maps, 0.95x
+    # on 14x14, 0.97x on 7x7 (docs/numba.md, "AVX-512")
+    (12, 16, "_tiled_mid.py", "for convs of 9-16 output channels where numba compiles "
+     "512-bit vectors (`_isa.wide_vectors`): one vector of channels, 12 accumulators of "
+     "AVX-512's 32 vector registers"),
     (8, 32, "_tiled_wide.py", "for convs of more than 16 output channels where numba "
      "compiles 512-bit vectors (`_isa.wide_vectors`): 16 accumulators of AVX-512's 32 "
      "vector registers"),
