@@ -250,6 +250,34 @@ def activation_forward(x, out, code):
 
 
 @njit(parallel=True, cache=True)
+def add_pair(a, wa, b, wb, out, act):
+    """out = act(wa * a + wb * b), elementwise over arrays of one shape (flat views), in
+    one pass; `act` as `batchnorm_train`'s (1 ReLU, 2 ReLU6, else none). Weights of 1
+    multiply nothing."""
+    af, bf, of = a.reshape(a.size), b.reshape(b.size), out.reshape(out.size)
+    size = af.shape[0]
+    ones = wa == 1.0 and wb == 1.0
+    fa, fb = np.float32(wa), np.float32(wb)
+    zero, six = np.float32(0.0), np.float32(6.0)
+    for blk in prange((size + BLOCK - 1) // BLOCK):
+        lo, hi = np.uint64(blk * BLOCK), np.uint64(min(size, (blk + 1) * BLOCK))
+        if ones and act == 1:
+            for k in range(lo, hi):
+                of[k] = max(af[k] + bf[k], zero)
+        elif ones and act == 0:
+            for k in range(lo, hi):
+                of[k] = af[k] + bf[k]
+        else:
+            for k in range(lo, hi):
+                v = af[k] + bf[k] if ones else fa * af[k] + fb * bf[k]
+                if act == 1:
+                    v = max(v, zero)
+                elif act == 2:
+                    v = min(max(v, zero), six)
+                of[k] = v
+
+
+@njit(parallel=True, cache=True)
 def activation_backward(x, gy, gx, code):
     """gx = gy * act'(x), elementwise over arrays of any one shape (flat views)."""
     xf, gf, of = x.reshape(x.size), gy.reshape(gy.size), gx.reshape(gx.size)

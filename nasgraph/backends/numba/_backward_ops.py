@@ -236,16 +236,35 @@ def _add_weights(node: Node) -> list[float]:
     return list(node.op.weights or [1.0] * len(node.inputs))
 
 
-def _add_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
-                 ) -> tuple[np.ndarray, None]:
+def add_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run, act: int = 0
+                    ) -> tuple[np.ndarray, tuple | None]:
+    """The weighted sum of the inputs, and where `act` is a code `elem_b.fusable` takes,
+    the activation that alone reads it, as BatchNorm's forward applies one
+    (`batchnorm_act_forward`): a residual block's add and ReLU in one pass over two inputs
+    (`elem_b.add_pair`), where they took three. saved: the output and the code where an
+    activation was applied (its derivative's source), else None."""
+    weights = _add_weights(node)
     out = np.empty_like(xs[0])
-    for k, (x, w) in enumerate(zip(xs, _add_weights(node), strict=True)):
-        elem_k.add_scaled(x, float(w), out, 0, int(k > 0))
-    return out, None
+    if len(xs) == 2:
+        elem_b.add_pair(xs[0], float(weights[0]), xs[1], float(weights[1]), out, act)
+    else:
+        for k, (x, w) in enumerate(zip(xs, weights, strict=True)):
+            elem_k.add_scaled(x, float(w), out, 0, int(k > 0))
+        if act:
+            activate(out, out, act)
+    return out, ((out, act) if act else None)
 
 
-def _add_backward(node: Node, gy: np.ndarray, saved: None, wts: Weights, run: Run,
+def _add_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
+                 ) -> tuple[np.ndarray, tuple | None]:
+    return add_act_forward(node, xs, wts, run)
+
+
+def _add_backward(node: Node, gy: np.ndarray, saved: tuple | None, wts: Weights, run: Run,
                   needs: list[bool]) -> Grads:
+    if saved is not None:  # gy is the activation's: through it first (`add_act_forward`)
+        y, act = saved
+        gy = activation_grad(y, gy, act)
     return [None if not need else gy if w == 1.0 else gy * F32(w)
             for w, need in zip(_add_weights(node), needs, strict=True)], {}
 

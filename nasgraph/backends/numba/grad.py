@@ -27,7 +27,12 @@ from numba import njit
 
 from nasgraph.backends.numba._activations import ACT_CODES
 from nasgraph.backends.numba._backward_elementwise import fusable
-from nasgraph.backends.numba._backward_ops import BACKWARD, batchnorm_act_forward, dropout_mask
+from nasgraph.backends.numba._backward_ops import (
+    BACKWARD,
+    add_act_forward,
+    batchnorm_act_forward,
+    dropout_mask,
+)
 from nasgraph.backends.numba._rule import Run, Weights, shape4
 from nasgraph.backends.numba._weights import checked_state
 from nasgraph.backends.numba.executor import _limit_blas_threads
@@ -134,8 +139,8 @@ class _Plan(NamedTuple):
     trainable: dict[str, list[str]]  # node id -> suffixes of its trainable weights
     needed: frozenset[str]  # `_requires_grad`
     counters: list[str]  # int64 entries (`num_batches_tracked`)
-    fused: dict[str, int]  # BatchNorm id -> the code of the activation it applies
-    absorbed: frozenset[str]  # those activations: their BatchNorm's output is theirs
+    fused: dict[str, int]  # BatchNorm or add id -> the code of the activation it applies
+    absorbed: frozenset[str]  # those activations: their producer's output is theirs
 
 
 def _check_rules(graph: Graph) -> None:
@@ -174,12 +179,13 @@ def _plan(graph: Graph) -> _Plan:
 
 
 def _fused_activations(graph: Graph) -> dict[str, int]:
-    """BatchNorm node -> the code of the activation that alone reads its output, where
-    BatchNorm's forward can apply it in its own output pass (ReLU, ReLU6: `fusable`):
-    one pass over the tensor fewer (docs/numba.md, "BatchNorm applies its ReLU")."""
+    """BatchNorm or add node -> the code of the activation that alone reads its output,
+    where the node's forward can apply it in its own output pass (ReLU, ReLU6:
+    `fusable`): one pass over the tensor fewer (docs/numba.md, "BatchNorm and adds apply
+    their ReLU")."""
     fused = {}
     for node in graph:
-        succ = graph.successors(node.id) if node.kind == "batchnorm2d" else []
+        succ = graph.successors(node.id) if node.kind in ("batchnorm2d", "add") else []
         if len(succ) == 1 and succ[0].kind == "activation" and fusable(
                 code := ACT_CODES[succ[0].op.fn]):
             fused[node.id] = code
@@ -279,11 +285,12 @@ def loss_and_grads(graph: Graph, state_dict: Mapping[str, object], x: np.ndarray
     values: dict[str, np.ndarray] = {}
     for node in graph:
         xs = [values[i] for i in node.inputs]
-        if node.id in plan.absorbed:  # its BatchNorm applied it
+        if node.id in plan.absorbed:  # its BatchNorm or add applied it
             values[node.id], saved[node.id] = xs[0], None
         elif node.id in plan.fused:
-            values[node.id], saved[node.id] = batchnorm_act_forward(
-                node, xs, per_node[node.id], run, plan.fused[node.id])
+            forward = batchnorm_act_forward if node.kind == "batchnorm2d" else add_act_forward
+            values[node.id], saved[node.id] = forward(node, xs, per_node.get(node.id, {}), run,
+                                                      plan.fused[node.id])
         else:
             values[node.id], saved[node.id] = BACKWARD[node.kind].forward(
                 node, xs, per_node.get(node.id, {}), run)
@@ -318,7 +325,7 @@ def _backward(graph: Graph, run: Run, saved: dict[str, object],
         ctx = saved.pop(node_id)
         if gy is None or node_id not in needed:
             continue
-        if node_id in plan.absorbed:  # its BatchNorm's backward takes gy through it
+        if node_id in plan.absorbed:  # its producer's backward takes gy through it
             incoming[node.inputs[0]] = gy
             continue
         needs = [i in needed for i in node.inputs]

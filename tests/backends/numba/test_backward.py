@@ -547,20 +547,25 @@ def test_convs_onto_tiny_maps_run_as_dense_layers(monkeypatch):
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_batchnorm_applies_the_activation_it_alone_feeds(training):
-    # BatchNorm -> ReLU and -> ReLU6: the activation in BatchNorm's output pass
-    # (`_fused_activations`); a BatchNorm read by two nodes, or followed by another
-    # activation, stays apart
+def test_batchnorm_and_add_apply_the_activation_they_alone_feed(training):
+    # BatchNorm or add -> ReLU and -> ReLU6: the activation in their output pass
+    # (`_fused_activations`): adds of two inputs, weighted or not, and of three; a
+    # BatchNorm or an add read by two nodes, or followed by another activation, stays apart
     b = GraphBuilder("fused")
     x = b.conv(b.input(3, 9, 9), 8, 3, padding=1)
     relu = b.relu(b.bn(x, name="bn_relu"))
     relu6 = b.act(b.bn(b.conv(relu, 8, 3, padding=1), name="bn_relu6"), "relu6")
     shared = b.bn(b.conv(relu6, 8, 1), name="bn_shared")
-    y = b.add([b.relu(shared), shared])
-    y = b.act(b.bn(b.conv(y, 8, 3, padding=1), name="bn_tanh"), "tanh")
+    y = b.relu(b.add([b.relu(shared), shared], name="add_relu"))
+    y = b.act(b.add([y, relu6], weights=[0.5, -2.0], name="weighted_relu6"), "relu6")
+    y = b.relu(b.add([y, relu, relu6], name="add3_relu"))
+    both = b.add([y, relu], name="add_shared")
+    y = b.add([b.relu(both), b.act(both, "silu")], name="add_silu")
+    y = b.act(b.bn(b.conv(b.act(y, "silu"), 8, 3, padding=1), name="bn_tanh"), "tanh")
     b.output(b.linear(b.flatten(b.gap(y)), CLASSES))
     graph = b.build()
-    assert grad_module._fused_activations(graph) == {"bn_relu": 1, "bn_relu6": 2}
+    assert grad_module._fused_activations(graph) == {
+        "bn_relu": 1, "bn_relu6": 2, "add_relu": 1, "weighted_relu6": 2, "add3_relu": 1}
     check_against_torch(graph, training=training, n=5)
 
 
@@ -687,8 +692,8 @@ def check_on_pinned_kinks(graph: Graph, monkeypatch) -> None:
     every such disagreement is a tie at float32 precision, then that the loss and
     gradients agree given the same branches."""
     # node id -> (an activation's output, a pooling's input; saved): the output gives the
-    # branch as the input does (`_branch`), and an activation that its BatchNorm applies
-    # (`grad._fused_activations`) has only its output
+    # branch as the input does (`_branch`), and an activation that its BatchNorm or add
+    # applies (`grad._fused_activations`) has only its output
     taken: dict[str, tuple[np.ndarray, object]] = {}
 
     def recording(rule):
@@ -698,14 +703,17 @@ def check_on_pinned_kinks(graph: Graph, monkeypatch) -> None:
             return out, saved
         return rule._replace(forward=forward)
 
-    def batchnorm_act(node, xs, wts, run, act=0, forward=grad_module.batchnorm_act_forward):
-        out, saved = forward(node, xs, wts, run, act)
-        taken[graph.successors(node.id)[0].id] = (out.copy(), saved)
-        return out, saved
+    def with_act(forward):  # a BatchNorm's or an add's forward that applies an activation
+        def recorded(node, xs, wts, run, act=0):
+            out, saved = forward(node, xs, wts, run, act)
+            taken[graph.successors(node.id)[0].id] = (out.copy(), saved)
+            return out, saved
+        return recorded
 
     for kind in ("activation", "maxpool2d"):
         monkeypatch.setitem(BACKWARD, kind, recording(BACKWARD[kind]))
-    monkeypatch.setattr(grad_module, "batchnorm_act_forward", batchnorm_act)
+    for name in ("batchnorm_act_forward", "add_act_forward"):
+        monkeypatch.setattr(grad_module, name, with_act(getattr(grad_module, name)))
     state = perturbed_state(graph)
     x, y = batch(graph, 4)
     result = loss_and_grads(graph, state, x, y, label_smoothing=0.1)
