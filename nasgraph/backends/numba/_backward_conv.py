@@ -6,13 +6,13 @@ rotated by 180 degrees, and the weight gradient the correlation of x with dy (se
 Convs that the executor runs with its register-tiled direct kernel (`_tiled`: no groups,
 no dilation across, wider than 1x1 or strided) train on it too, on x zero-padded in NHWC
 (`conv2d_direct`; `_tiled_narrow` for at most 8 output channels, and where numba
-compiles 512-bit vectors (`_isa`) `_tiled_mid` for 9-16 and `_tiled_wide` for more).
-Their weight gradient, where vectors are 512 bits and there are more than 8 output
-channels, is `_wgrad_nhwc`'s register tiles on the padded NHWC input the forward kept and
-dy in NHWC (`conv2d_weight_grad_nhwc`); else `_planes.conv2d_weight_grad` where that pays
-(few output channels: `_conv_rules._planes_pay`), else one GEMM per chunk of samples,
-dw = dy @ cols, whose columns are whole runs of the padded NHWC rows
-(`conv2d_nhwc_backward`). The input
+compiles 512-bit vectors (`_isa`) `_tiled_mid` for 9-16 and `_tiled_wide` or
+`_tiled_wide48` for more). Their weight gradient, where vectors are 512 bits and there
+are more than 8 output channels, is `_wgrad_nhwc`'s register tiles on the padded NHWC
+input the forward kept and dy in NHWC (`conv2d_weight_grad_nhwc`); else
+`_planes.conv2d_weight_grad` where that pays (few output channels:
+`_conv_rules._planes_pay`), else one GEMM per chunk of samples, dw = dy @ cols, whose
+columns are whole runs of the padded NHWC rows (`conv2d_nhwc_backward`). The input
 gradient of a stride-1 conv is itself a stride-1 tiled conv of dy with the rotated kernel
 (`conv2d_input_grad`); of a strided one, the GEMM dy.T @ w added back window by window
 into padded rows. Depthwise convs train in `_depthwise` (small outputs, in NHWC) or
@@ -38,6 +38,7 @@ from nasgraph.backends.numba import _tiled as tiled_k
 from nasgraph.backends.numba import _tiled_mid as mid_k
 from nasgraph.backends.numba import _tiled_narrow as narrow_k
 from nasgraph.backends.numba import _tiled_wide as wide_k
+from nasgraph.backends.numba import _tiled_wide48 as wide48_k
 from nasgraph.backends.numba import _wgrad_nhwc as wgrad_nhwc_k
 from nasgraph.backends.numba._isa import wide_vectors
 
@@ -251,11 +252,12 @@ def conv2d_direct(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: n
     # ones would leave half the accumulators zero (Fashion ResNet's 7-channel 3x3 convs,
     # forward or input gradient: 0.5x the time, one thread, batch 128); where vectors are
     # 512 bits (`_isa`), of 9-16 on the mid twin's 12 x 16 and of more than 16 on the
-    # wide twin's 8 x 32
+    # wide twins' 8 x 32 or 8 x 48, whichever pads the channels less
     if cout <= narrow_k.V and pixels >= narrow_k.R:
         kernels = narrow_k
     elif WIDE and cout > tiled_k.V and pixels >= wide_k.R:
-        kernels = wide_k
+        lanes = -(-cout // wide48_k.V) * wide48_k.V
+        kernels = wide48_k if lanes < -(-cout // wide_k.V) * wide_k.V else wide_k
     elif WIDE and cout > narrow_k.V and pixels >= mid_k.R:
         kernels = mid_k
     else:

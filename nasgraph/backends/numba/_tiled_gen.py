@@ -37,6 +37,13 @@ TWINS = (
     (12, 16, "_tiled_mid.py", "for convs of 9-16 output channels where numba compiles "
      "512-bit vectors (`_isa.wide_vectors`): one vector of channels, 12 accumulators of "
      "AVX-512's 32 vector registers"),
+    # three 512-bit vectors of channels x 8 pixels: 24 accumulators, for convs whose
+    # channels fill fewer lanes of 32-channel tiles (33-48 channels: 48 lanes, not 64).
+    # 3x3 convs of 45 channels, one thread: 0.73-0.76x the 8 x 32 tile's time; of 90
+    # (96 lanes either way), 1.06x (docs/numba.md, "AVX-512")
+    (8, 48, "_tiled_wide48.py", "for convs whose output channels fill more of its "
+     "48-channel tiles than of `_tiled_wide`'s 32 (33-48 channels), where numba compiles "
+     "512-bit vectors: 24 accumulators of AVX-512's 32 vector registers"),
     (8, 32, "_tiled_wide.py", "for convs of more than 16 output channels where numba "
      "compiles 512-bit vectors (`_isa.wide_vectors`): 16 accumulators of AVX-512's 32 "
      "vector registers"),

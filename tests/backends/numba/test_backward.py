@@ -367,13 +367,14 @@ def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, c
 
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("cout, stride", [(3, 1), (8, 1), (8, 2), (9, 1), (16, 2), (17, 1),
-                                          (40, 2)])
+                                          (40, 2), (45, 1), (64, 1)])
 def test_training_forward_conv_matches_torch_on_every_tile(monkeypatch, cout, stride, wide):
     # `conv2d_direct` runs convs of at most 8 output channels on `_tiled_narrow`'s 12 x 8
     # tiles (outputs of 12 pixels or more), wider ones on `_tiled`'s 6 x 16, and where
     # vectors are 512 bits those of 9-16 on `_tiled_mid`'s 12 x 16 and of more on
-    # `_tiled_wide`'s 8 x 32: forced here on and off, so that every machine checks every
-    # tile (spilled, the wide ones are slow on AVX2, not wrong)
+    # `_tiled_wide`'s 8 x 32 or `_tiled_wide48`'s 8 x 48 (33-48 channels): forced here on
+    # and off, so that every machine checks every tile (spilled, the wide ones are slow on
+    # AVX2, not wrong)
     from nasgraph.backends.numba import _backward_conv as conv_b
 
     monkeypatch.setattr(conv_b, "WIDE", wide)
