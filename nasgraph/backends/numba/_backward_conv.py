@@ -49,7 +49,7 @@ WIDE = wide_vectors()  # 512-bit vectors: `conv2d_direct` may take `_tiled_wide`
 # pixels that `_wgrad_nhwc`'s tiles sum in float32 before a thread adds them into its
 # float64 share: a chunk of samples whose input and dy the tiles re-read from cache
 CHUNK_PIXELS = 1024
-NHWC_TILES = wgrad_nhwc_k.NHWC_TILES  # (columns, channels): 9-16 channels, and more
+NHWC_TILES = wgrad_nhwc_k.NHWC_TILES  # (columns, channels): `nhwc_weight_grad_tile`
 
 
 @njit(inline="always", cache=True)
@@ -372,15 +372,15 @@ def to_channels_last(gy, gt):
 
 
 @njit(parallel=True, cache=True)
-def weight_grad_nhwc(xp, gt, offs, parts, ho, wo, sh, sw, chunk, wide_tile, threads):
+def weight_grad_nhwc(xp, gt, offs, parts, ho, wo, sh, sw, chunk, tile, threads):
     """parts[t] += thread t's share of dw (K x Cp, its samples), by `_wgrad_nhwc`'s
-    tiles: 12 columns x 32 channels where `wide_tile`, else 16 x 16. xp: the input
+    tiles: NHWC_TILES[tile] (16 columns x 16 channels, 12 x 32 or 8 x 48). xp: the input
     zero-padded in NHWC (N x Hp x Wp x Cin); gt: dy as `to_channels_last` lays it out;
     offs: each of the K columns' offset from a pixel's window in a sample of xp,
     padded to whole tiles; samples go in chunks of `chunk`."""
     n_batch, hp, wp, cin = xp.shape
     cp = gt.shape[2]
-    cols, chans = NHWC_TILES[1] if wide_tile else NHWC_TILES[0]
+    cols, chans = NHWC_TILES[tile]
     n_kb, n_cb = offs.shape[0] // cols, cp // chans
     row, xs = wp * cin, hp * wp * cin
     xf, gf = xp.reshape(xp.size), gt.reshape(gt.size)
@@ -391,15 +391,28 @@ def weight_grad_nhwc(xp, gt, offs, parts, ho, wo, sh, sw, chunk, wide_tile, thre
             n1 = min(hi, n0 + chunk)
             for cb in range(n_cb):
                 for kb in range(n_kb):
-                    if wide_tile:
+                    if tile == 0:
+                        wgrad_nhwc_k.tile_16x16(xf, gf, offs, kb, cb, n0, n1, ho, wo, row,
+                                                sh, sw, cin, cp, xs, out)
+                    elif tile == 1:
                         wgrad_nhwc_k.tile_12x32(xf, gf, offs, kb, cb, n0, n1, ho, wo, row,
                                                 sh, sw, cin, cp, xs, out)
                     else:
-                        wgrad_nhwc_k.tile_16x16(xf, gf, offs, kb, cb, n0, n1, ho, wo, row,
-                                                sh, sw, cin, cp, xs, out)
+                        wgrad_nhwc_k.tile_8x48(xf, gf, offs, kb, cb, n0, n1, ho, wo, row,
+                                               sh, sw, cin, cp, xs, out)
                     for k in range(cols):
                         for v in range(chans):
                             parts[t, kb * cols + k, cb * chans + v] += out[k * chans + v]
+
+
+def nhwc_weight_grad_tile(out_channels: int) -> int:
+    """Which of `_wgrad_nhwc`'s tiles (an index of NHWC_TILES) takes a conv's weight
+    gradient: 16 x 16 for at most 16 output channels, else 12 x 32 or 8 x 48, whichever
+    pads the channels to fewer lanes (8 x 48 for 33-48, 129-144, ...)."""
+    if out_channels <= NHWC_TILES[0][1]:
+        return 0
+    lanes = [-(-out_channels // chans) * chans for _, chans in NHWC_TILES[1:]]
+    return 2 if lanes[1] < lanes[0] else 1
 
 
 def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, int],
@@ -414,8 +427,8 @@ def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, i
     n, _, wp, cin = xp.shape
     cout, ho, wo = gy.shape[1:]
     kh, kw = kernel
-    wide_tile = cout > NHWC_TILES[0][1]
-    cols, chans = NHWC_TILES[wide_tile]
+    tile = nhwc_weight_grad_tile(cout)
+    cols, chans = NHWC_TILES[tile]
     run = kw * cin  # a kernel row's taps over the input channels, one run of xp
     k = kh * run
     q = np.minimum(np.arange(-(-k // cols) * cols), k - 1)  # the last tile: repeats
@@ -424,7 +437,7 @@ def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, i
     to_channels_last(gy, gt)
     parts = np.zeros((threads, offs.size, gt.shape[2]))
     weight_grad_nhwc(xp, gt, offs, parts, ho, wo, *stride,
-                     max(1, CHUNK_PIXELS // (ho * wo)), wide_tile, threads)
+                     max(1, CHUNK_PIXELS // (ho * wo)), tile, threads)
     dw = parts[0] if threads == 1 else parts.sum(axis=0)
     return np.ascontiguousarray(
         dw[:k, :cout].T.reshape(cout, kh, kw, cin).transpose(0, 3, 1, 2), np.float32)

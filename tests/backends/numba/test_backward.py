@@ -423,6 +423,28 @@ def test_wide_vectors_follow_the_features_numba_compiles_for(monkeypatch):
     assert _isa.FEATURES not in os.environ
 
 
+@pytest.mark.parametrize("cout, stride", [(12, 1), (20, 2), (45, 1), (45, 2), (64, 1),
+                                          (140, 1)])
+def test_every_nhwc_weight_gradient_tile_matches_torch(cout, stride):
+    # `_wgrad_nhwc`'s tiles, as `nhwc_weight_grad_tile` picks them: 16 x 16 for at most 16
+    # output channels, else 12 x 32 or 8 x 48, whichever pads fewer lanes (45 and 140:
+    # 8 x 48); partial tiles of columns and channels, strides, one thread and two
+    from nasgraph.backends.numba import _backward_conv as conv_b
+
+    assert [conv_b.nhwc_weight_grad_tile(c) for c in (12, 20, 45, 64, 140)] == [0, 1, 2, 1, 2]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 9, 10, generator=gen)
+    w = torch.randn(cout, 5, 3, 3, generator=gen, requires_grad=True)
+    y = F.conv2d(x, w, stride=stride, padding=1)
+    gy = torch.randn(y.shape, generator=gen)
+    (ref,) = torch.autograd.grad(y, w, gy)
+    for threads in (1, 2):
+        xp = conv_b.padded_nhwc(x.numpy(), (1, 1), threads)
+        dw = conv_b.conv2d_weight_grad_nhwc(xp, gy.numpy(), (3, 3), (stride, stride), 1,
+                                            threads)
+        assert_close(dw, ref.numpy(), f"dw, {cout} channels, {threads} threads")
+
+
 def test_generated_weight_gradient_kernel_is_up_to_date():
     from nasgraph.backends.numba import _wgrad_gen
 
