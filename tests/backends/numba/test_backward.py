@@ -569,6 +569,23 @@ def test_convs_onto_tiny_maps_run_as_dense_layers(monkeypatch):
     assert dense == [10 * 12 * 9, 7 * 10 * 9, 6 * 7 * 6] * passes
 
 
+def test_pointwise_convs_on_one_thread_run_as_batched_matmuls(monkeypatch):
+    # 1x1 convs with no groups, and strided ones' subsampled pixels, run as numpy's
+    # batched matmul on one thread (`_batched_pointwise`), as the im2col GEMM on two: the
+    # first one's input needs no gradient, biases, and one after a BatchNorm
+    calls = []
+    forward = _conv_rules._pointwise_forward
+    monkeypatch.setattr(_conv_rules, "_pointwise_forward",
+                        lambda x, *args: calls.append(x.shape) or forward(x, *args))
+    b = GraphBuilder("pointwise")
+    x = b.relu(b.conv(b.input(5, 6, 7), 7, 1))
+    x = b.relu(b.bn(b.conv(x, 9, 1, stride=2, bias=False)))
+    x = b.conv(x, 4, 1, groups=1)
+    b.output(b.linear(b.flatten(b.gap(b.relu(x))), CLASSES))
+    check_on_one_thread_and_two(b.build())
+    assert calls == [(5, 5, 6, 7), (5, 7, 3, 4), (5, 9, 3, 4)]  # the one-thread pass only
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_and_add_apply_the_activation_they_alone_feed(training):
     # BatchNorm or add -> ReLU and -> ReLU6: the activation in their output pass
