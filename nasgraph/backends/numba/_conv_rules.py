@@ -69,29 +69,44 @@ class _Grouped(NamedTuple):
 
 class _Dense(NamedTuple):
     """What a conv run as a dense layer (`_dense`) keeps for its backward: its input, and
-    its weight unrolled into the dense layer's matrix."""
+    its weight unrolled into the dense layer's matrix, one a group."""
 
     x: np.ndarray
-    wd: np.ndarray  # Cout*Ho*Wo x Cin*H*W
+    wd: np.ndarray  # G x Cout/G*Ho*Wo x Cin/G*H*W
 
 
 # a conv runs as a dense layer only where its unrolled weight has at most this many values
+# a group
 DENSE_MAX_VALUES = 1 << 22  # 16 MiB
+# a grouped conv runs as a dense layer where the dense layer's multiply-adds are at most
+# this many times the conv's (the taps that read inside the map)
+DENSE_GROUPED_WORK = 3
 
 
 def _dense(op, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
-    """Whether a conv trains as a dense layer of its unrolled weight (`_unrolled`): an
-    ungrouped spatial kernel onto fewer pixels than a tile of the tiled kernels
-    (`tiled_k.R`), which run it as an im2col GEMM of a few columns a sample. On 2x2 maps
-    a 3x3 kernel reads 4 of its 9 taps inside the map, and the dense layer multiplies
-    only those; its GEMM spans the batch. Measured on an AVX-512 Xeon, one thread, batch
-    128, in a ResNet candidate's step (docs/numba.md, "Tiny maps as dense layers"): 88 ->
-    88 channels on 2x2 maps took 0.18x the im2col GEMM's time forward and 0.13x backward,
-    20 -> 88 from 4x4 at stride 2 0.53x and 0.47x."""
+    """Whether a conv trains as a dense layer of its unrolled weight (`_unrolled`), one a
+    group: a spatial kernel, not depthwise, (ungrouped) onto fewer pixels than a tile of
+    the tiled kernels (`tiled_k.R`), which run it as an im2col GEMM of a few columns a
+    sample, or (grouped) where the dense layer does at most DENSE_GROUPED_WORK times the
+    conv's multiply-adds, in place of the phase planes' grouped tiles. On 2x2 maps a 3x3
+    kernel reads 4 of its 9 taps inside the map, and the dense layer multiplies only
+    those; its GEMM spans the batch. Measured on an AVX-512 Xeon, one thread, batch 128
+    (docs/numba.md, "Tiny maps as dense layers"): 88 -> 88 channels on 2x2 maps took 0.18x
+    the im2col GEMM's time forward and 0.13x backward, 20 -> 88 from 4x4 at stride 2
+    0.53x and 0.47x; grouped, 64 channels in 4 groups, forward and backward together, on
+    2x2 maps 0.06x the planes' time, on 4x4 (2.56 times the work) 0.66x, from 7x7 at
+    stride 2 (6.8 times) 0.97x."""
     cout, po = out_shape[1], out_shape[2] * out_shape[3]
     cin, pi = x_shape[1], x_shape[2] * x_shape[3]
-    return (op.groups == 1 and op.kernel != (1, 1) and po < tiled_k.R
-            and cout * po * cin * pi <= DENSE_MAX_VALUES)
+    g = op.groups
+    cog, cig = cout // g, cin // g
+    if op.kernel == (1, 1) or cig == 1 or cog * po * cig * pi > DENSE_MAX_VALUES:
+        return False
+    if g == 1:
+        return po < tiled_k.R
+    taps = _unrolled(1, 1, x_shape[2:], out_shape[2:], op.kernel, op.stride, op.pad,
+                     op.dilation)[0].size  # (output pixel, tap) pairs inside the map
+    return po * pi <= DENSE_GROUPED_WORK * taps
 
 
 @functools.lru_cache(maxsize=256)
@@ -330,13 +345,17 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
         planes = not conv_b.nhwc_weight_grad_pays(cout) and _planes_pay(
             op, cout, out.shape[2] * out.shape[3])
         return out, _Padded(None if planes else xp, x)
-    if _dense(op, x.shape, out.shape):  # out = x @ wd.T, sample by sample rows
-        dst, src = _unrolled(cout, cig, x.shape[2:], out.shape[2:], op.kernel, op.stride,
-                             op.pad, op.dilation)
+    if _dense(op, x.shape, out.shape):  # out[:, g] = x[:, g] @ wd[g].T, samples as rows
+        g = op.groups
+        dst, src = _unrolled(cout // g, cig, x.shape[2:], out.shape[2:], op.kernel,
+                             op.stride, op.pad, op.dilation)
         n = x.shape[0]
-        wd = np.zeros((out[0].size, x[0].size), F32)
-        _scatter(wd.reshape(wd.size), w.reshape(w.size), dst, src)
-        np.dot(x.reshape(n, -1), wd.T, out=out.reshape(n, -1))
+        wd = np.zeros((g, out[0].size // g, x[0].size // g), F32)
+        w2 = w.reshape(g, -1)
+        x3, out3 = x.reshape(n, g, -1), out.reshape(n, g, -1)
+        for k in range(g):
+            _scatter(wd[k].reshape(-1), w2[k], dst, src)
+            np.matmul(x3[:, k], wd[k].T, out=out3[:, k])
         if op.bias:
             out.reshape(n, cout, -1)[...] += bias.reshape(cout, 1)
         return out, _Dense(x, wd)
@@ -369,14 +388,17 @@ def conv_backward(node: Node, gy: np.ndarray,
     cout, cig, kh, kw = w.shape
     if isinstance(saved, _Padded):
         return _tiled_conv_backward(op, gy, saved, w, run, needs)
-    if isinstance(saved, _Dense):  # dx = gy @ wd; dw gathered from gy.T @ x
-        n = gy.shape[0]
-        g2, x2 = gy.reshape(n, -1), saved.x.reshape(n, -1)
-        dst, src = _unrolled(cout, cig, saved.x.shape[2:], gy.shape[2:], op.kernel,
+    if isinstance(saved, _Dense):  # dx = gy @ wd; dw gathered from gy.T @ x, by group
+        g, n = op.groups, gy.shape[0]
+        g3, x3 = gy.reshape(n, g, -1), saved.x.reshape(n, g, -1)
+        dst, src = _unrolled(cout // g, cig, saved.x.shape[2:], gy.shape[2:], op.kernel,
                              op.stride, op.pad, op.dilation)
-        gw = np.zeros(w.size, F32)
-        _gather_add(gw, np.dot(g2.T, x2).reshape(-1), dst, src)
-        gx = np.dot(g2, saved.wd).reshape(saved.x.shape) if needs[0] else None
+        gw = np.zeros((g, w.size // g), F32)
+        gx = np.empty(saved.x.shape, F32) if needs[0] else None
+        for k in range(g):
+            _gather_add(gw[k], np.dot(g3[:, k].T, x3[:, k]).reshape(-1), dst, src)
+            if gx is not None:
+                np.matmul(g3[:, k], saved.wd[k], out=gx.reshape(n, g, -1)[:, k])
         return [gx], _with_bias_grad(op, gw.reshape(w.shape), gy)
     if isinstance(saved, _Grouped):  # dw on the planes, dx a conv on dy's or the GEMM's
         gw = planes_k.conv2d_weight_grad(saved.planes, gy, op.groups, op.kernel, run.threads,

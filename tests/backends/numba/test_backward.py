@@ -522,11 +522,13 @@ def test_grouped_convs_on_phase_planes_match_torch(monkeypatch):
     # group by group, their weight gradients on `_wgrad`'s tiles and, where dx is a conv
     # of dy, their input gradients on its planes (`_planes_grouped`): forced here, as on
     # such a CPU; groups of 2-12 output channels (one and two tile blocks), strides, a 5x5
-    # kernel, dilation, a kernel that does not cover its padding, on 1 and 2 threads
+    # kernel, dilation, a kernel that does not cover its padding, on 1 and 2 threads;
+    # none as a dense layer (`_dense`, tested below)
     from nasgraph.backends.numba import _backward_conv as conv_b
     from nasgraph.backends.numba import _planes
 
     monkeypatch.setattr(conv_b, "WIDE", True)
+    monkeypatch.setattr(_conv_rules, "DENSE_GROUPED_WORK", 0)
     grouped = []
     forward = _planes.conv2d_forward
     monkeypatch.setattr(_planes, "conv2d_forward",
@@ -551,7 +553,9 @@ def test_convs_onto_tiny_maps_run_as_dense_layers(monkeypatch):
     # ungrouped spatial convs onto fewer pixels than a tile train as a dense layer of
     # their unrolled weight (`_conv_rules._dense`): strides, bias or not, a BatchNorm
     # after, a non-square kernel with dilation and padding; a conv onto 9 pixels stays
-    # tiled; on 1 and 2 threads
+    # tiled. Grouped ones, a dense layer a group, where it does at most 3x the conv's
+    # multiply-adds: on 4x4 maps (2.56x), 3x3 and 2x2, not from 7x7 at stride 2 (6.8x)
+    # nor on 5x5 (3.7x). On 1 and 2 threads
     from nasgraph.backends.numba import _conv_rules
 
     dense = []
@@ -560,13 +564,24 @@ def test_convs_onto_tiny_maps_run_as_dense_layers(monkeypatch):
                         lambda wd, w, *args: dense.append(w.size) or scatter(wd, w, *args))
     b = GraphBuilder("tiny")
     x = b.relu(b.conv(b.input(3, 9, 9), 8, 3, stride=2, padding=1))  # 5x5
+    x = b.relu(b.conv(x, 8, 3, padding=1, groups=2))  # 5x5, grouped: planes
     x = b.relu(b.conv(x, 12, 3, stride=2, padding=1))  # 3x3: tiled
+    x = b.relu(b.bn(b.conv(x, 12, 3, padding=1, groups=3, bias=False)))  # 3x3, grouped
     x = b.relu(b.bn(b.conv(x, 10, 3, stride=2, padding=1, bias=False)))  # 2x2
+    x = b.relu(b.conv(x, 8, 3, padding=1, groups=2))  # 2x2, grouped, with bias
     x = b.relu(b.conv(x, 7, 3, padding=1))
     x = b.relu(b.conv(x, 6, (2, 3), padding=(0, 2), dilation=(1, 2)))  # 1x2
     b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
     passes = check_on_one_thread_and_two(b.build())
-    assert dense == [10 * 12 * 9, 7 * 10 * 9, 6 * 7 * 6] * passes
+    assert dense == ([4 * 4 * 9] * 3 + [10 * 12 * 9] + [4 * 5 * 9] * 2
+                     + [7 * 8 * 9, 6 * 7 * 6]) * passes
+    b = GraphBuilder("grouped")  # 4x4 maps: dense; from 7x7 at stride 2: planes
+    y = b.relu(b.conv(b.input(4, 7, 7), 8, 3, stride=2, padding=1, groups=2))
+    y = b.relu(b.bn(b.conv(y, 8, 3, padding=1, groups=4, bias=False)))
+    b.output(b.linear(b.flatten(b.gap(y)), CLASSES))
+    dense.clear()
+    passes = check_on_one_thread_and_two(b.build())
+    assert dense == [2 * 2 * 9] * 4 * passes
 
 
 def test_pointwise_convs_on_one_thread_run_as_batched_matmuls(monkeypatch):
