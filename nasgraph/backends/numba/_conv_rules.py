@@ -95,7 +95,7 @@ def _dense(op, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
     the im2col GEMM's time forward and 0.13x backward, 20 -> 88 from 4x4 at stride 2
     0.53x and 0.47x; grouped, 64 channels in 4 groups, forward and backward together, on
     2x2 maps 0.06x the planes' time, on 4x4 (2.56 times the work) 0.66x, from 7x7 at
-    stride 2 (6.8 times) 0.97x."""
+    stride 2 (7.8 times) 0.97x."""
     cout, po = out_shape[1], out_shape[2] * out_shape[3]
     cin, pi = x_shape[1], x_shape[2] * x_shape[3]
     g = op.groups

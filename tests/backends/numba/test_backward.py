@@ -554,7 +554,7 @@ def test_convs_onto_tiny_maps_run_as_dense_layers(monkeypatch):
     # their unrolled weight (`_conv_rules._dense`): strides, bias or not, a BatchNorm
     # after, a non-square kernel with dilation and padding; a conv onto 9 pixels stays
     # tiled. Grouped ones, a dense layer a group, where it does at most 3x the conv's
-    # multiply-adds: on 4x4 maps (2.56x), 3x3 and 2x2, not from 7x7 at stride 2 (6.8x)
+    # multiply-adds: on 4x4 maps (2.56x), 3x3 and 2x2, not from 7x7 at stride 2 (7.8x)
     # nor on 5x5 (3.7x). On 1 and 2 threads
     from nasgraph.backends.numba import _conv_rules
 
