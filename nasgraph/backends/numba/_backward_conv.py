@@ -230,6 +230,11 @@ def conv2d_backward(x, w, gy, gx, gw_parts, kh, kw, sh, sw, ph, pw, dh, dw, need
                                     dw, ho, wo)
 
 
+def lanes(channels: int, width: int) -> int:
+    """Vector lanes that tiles of `width` channels spend on `channels`: whole tiles."""
+    return -(-channels // width) * width
+
+
 def padded_nhwc(x: np.ndarray, pad: tuple[int, int], threads: int) -> np.ndarray:
     """x (N x C x H x W) copied into zero-padded N x (H+2ph) x (W+2pw) x C: what the tiled
     kernels read."""
@@ -256,8 +261,7 @@ def conv2d_direct(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: n
     if cout <= narrow_k.V and pixels >= narrow_k.R:
         kernels = narrow_k
     elif WIDE and cout > tiled_k.V and pixels >= wide_k.R:
-        lanes = -(-cout // wide48_k.V) * wide48_k.V
-        kernels = wide48_k if lanes < -(-cout // wide_k.V) * wide_k.V else wide_k
+        kernels = wide48_k if lanes(cout, wide48_k.V) < lanes(cout, wide_k.V) else wide_k
     elif WIDE and cout > narrow_k.V and pixels >= mid_k.R:
         kernels = mid_k
     else:
@@ -411,8 +415,8 @@ def nhwc_weight_grad_tile(out_channels: int) -> int:
     pads the channels to fewer lanes (8 x 48 for 33-48, 129-144, ...)."""
     if out_channels <= NHWC_TILES[0][1]:
         return 0
-    lanes = [-(-out_channels // chans) * chans for _, chans in NHWC_TILES[1:]]
-    return 2 if lanes[1] < lanes[0] else 1
+    return 2 if lanes(out_channels, NHWC_TILES[2][1]) < lanes(out_channels,
+                                                            NHWC_TILES[1][1]) else 1
 
 
 def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, int],
