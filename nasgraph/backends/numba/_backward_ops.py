@@ -76,11 +76,6 @@ def batchnorm_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: R
     return out, (x, mean, invstd, out if act else x, act)
 
 
-def _batchnorm_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
-                       ) -> tuple[np.ndarray, tuple]:
-    return batchnorm_act_forward(node, xs, wts, run)
-
-
 def _batchnorm_backward(node: Node, gy: np.ndarray, saved: tuple, wts: Weights, run: Run,
                         needs: list[bool]) -> Grads:
     x, mean, invstd, y, act = saved
@@ -255,11 +250,6 @@ def add_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run, ac
     return out, ((out, act) if act else None)
 
 
-def _add_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
-                 ) -> tuple[np.ndarray, tuple | None]:
-    return add_act_forward(node, xs, wts, run)
-
-
 def _add_backward(node: Node, gy: np.ndarray, saved: tuple | None, wts: Weights, run: Run,
                   needs: list[bool]) -> Grads:
     if saved is not None:  # gy is the activation's: through it first (`add_act_forward`)
@@ -420,7 +410,7 @@ BACKWARD: dict[str, Rule] = {
     "identity": Rule(_pass_forward, _pass_backward),
     "conv2d": Rule(conv_forward, conv_backward),
     "fused_conv2d": Rule(fused_conv_forward, fused_conv_backward),
-    "batchnorm2d": Rule(_batchnorm_forward, _batchnorm_backward),
+    "batchnorm2d": Rule(batchnorm_act_forward, _batchnorm_backward),
     "layernorm2d": Rule(_layernorm_forward, _layernorm_backward),
     "activation": Rule(_activation_forward, _activation_backward),
     "maxpool2d": Rule(_maxpool_forward, _maxpool_backward),
@@ -429,7 +419,7 @@ BACKWARD: dict[str, Rule] = {
     "adaptive_avgpool2d": Rule(_adaptive_forward, _adaptive_backward),
     "upsample": Rule(_upsample_forward, _upsample_backward),
     "concat": Rule(_concat_forward, _concat_backward),
-    "add": Rule(_add_forward, _add_backward),
+    "add": Rule(add_act_forward, _add_backward),
     "mul": Rule(_mul_forward, _mul_backward),
     "channel_pad": Rule(_channel_pad_forward, _channel_pad_backward),
     "channel_shuffle": Rule(_channel_shuffle_forward, _channel_shuffle_backward),

@@ -1,16 +1,16 @@
 """Training rules of convolutions (`conv2d`, `fused_conv2d`): which kernels of
-`_backward_conv` and `_planes` run a conv's forward and its gradients, and what the forward
-keeps for the backward. docs/numba.md, "Which kernel computes which gradient"."""
+`_backward_conv`, `_planes` and `_conv_matmul` run a conv's forward and its gradients, and
+what the forward keeps for the backward. docs/numba.md, "Which kernel computes which
+gradient"."""
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 
 from nasgraph.backends.numba import _backward_conv as conv_b
+from nasgraph.backends.numba import _conv_matmul as matmul_k
 from nasgraph.backends.numba import _depthwise as depthwise_k
 from nasgraph.backends.numba import _planes as planes_k
 from nasgraph.backends.numba import _tiled as tiled_k
@@ -67,83 +67,6 @@ class _Grouped(NamedTuple):
     x: np.ndarray | None = None
 
 
-class _Dense(NamedTuple):
-    """What a conv run as a dense layer (`_dense`) keeps for its backward: its input, and
-    its weight unrolled into the dense layer's matrix, one a group."""
-
-    x: np.ndarray
-    wd: np.ndarray  # G x Cout/G*Ho*Wo x Cin/G*H*W
-
-
-# a conv runs as a dense layer only where its unrolled weight has at most this many values
-# a group
-DENSE_MAX_VALUES = 1 << 22  # 16 MiB
-# a grouped conv runs as a dense layer where the dense layer's multiply-adds are at most
-# this many times the conv's (the taps that read inside the map)
-DENSE_GROUPED_WORK = 3
-
-
-def _dense(op, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
-    """Whether a conv trains as a dense layer of its unrolled weight (`_unrolled`), one a
-    group: a spatial kernel, not depthwise, (ungrouped) onto fewer pixels than a tile of
-    the tiled kernels (`tiled_k.R`), which run it as an im2col GEMM of a few columns a
-    sample, or (grouped) where the dense layer does at most DENSE_GROUPED_WORK times the
-    conv's multiply-adds, in place of the phase planes' grouped tiles. On 2x2 maps a 3x3
-    kernel reads 4 of its 9 taps inside the map, and the dense layer multiplies only
-    those; its GEMM spans the batch. Measured on an AVX-512 Xeon, one thread, batch 128
-    (docs/numba.md, "Tiny maps as dense layers"): 88 -> 88 channels on 2x2 maps took 0.18x
-    the im2col GEMM's time forward and 0.13x backward, 20 -> 88 from 4x4 at stride 2
-    0.53x and 0.47x; grouped, 64 channels in 4 groups, forward and backward together, on
-    2x2 maps 0.06x the planes' time, on 4x4 (2.56 times the work) 0.66x, from 7x7 at
-    stride 2 (7.8 times) 0.97x."""
-    cout, po = out_shape[1], out_shape[2] * out_shape[3]
-    cin, pi = x_shape[1], x_shape[2] * x_shape[3]
-    g = op.groups
-    cog, cig = cout // g, cin // g
-    if op.kernel == (1, 1) or cig == 1 or cog * po * cig * pi > DENSE_MAX_VALUES:
-        return False
-    if g == 1:
-        return po < tiled_k.R
-    taps = _unrolled(1, 1, x_shape[2:], out_shape[2:], op.kernel, op.stride, op.pad,
-                     op.dilation)[0].size  # (output pixel, tap) pairs inside the map
-    return po * pi <= DENSE_GROUPED_WORK * taps
-
-
-@functools.lru_cache(maxsize=256)
-def _unrolled(cout: int, cin: int, x_hw: tuple[int, int], out_hw: tuple[int, int],
-              kernel: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int],
-              dilation: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Where a conv's weights sit in its dense matrix: value src[k] of the flat weight
-    (Cout x Cin x kh x kw) is entry dst[k] of the flat Cout*Ho*Wo x Cin*H*W matrix, for
-    every output pixel, input channel and tap that reads inside the map (the padding's
-    taps read zeros, and have no entry). Cached per geometry: not to be written."""
-    (h, w), (ho, wo), (kh, kw) = x_hw, out_hw, kernel
-    taps = [(oh * wo + ow, ih * w + iw, i * kw + j)
-            for oh in range(ho) for ow in range(wo) for i in range(kh) for j in range(kw)
-            if 0 <= (ih := oh * stride[0] - pad[0] + i * dilation[0]) < h
-            and 0 <= (iw := ow * stride[1] - pad[1] + j * dilation[1]) < w]
-    p, q, t = (np.array(a, np.int64) for a in zip(*taps, strict=True))
-    co = np.arange(cout, dtype=np.int64).reshape(-1, 1, 1)
-    ci = np.arange(cin, dtype=np.int64).reshape(1, -1, 1)
-    dst = ((co * (ho * wo) + p) * (cin * h * w) + ci * (h * w) + q).ravel()
-    src = ((co * cin + ci) * (kh * kw) + t).ravel()
-    return dst, src
-
-
-@njit(cache=True)
-def _scatter(wd, w, dst, src):
-    # wd[dst[k]] = w[src[k]] (flat arrays)
-    for k in range(dst.size):
-        wd[dst[k]] = w[src[k]]
-
-
-@njit(cache=True)
-def _gather_add(gw, gwd, dst, src):
-    # gw[src[k]] += gwd[dst[k]] (flat arrays): each weight's sum over the pixels it joins
-    for k in range(dst.size):
-        gw[src[k]] += gwd[dst[k]]
-
-
 def _subsampled_pointwise(op) -> bool:
     """Whether a conv is a 1x1 conv of its input's every s-th pixel: a strided, unpadded
     1x1 kernel (a ResNet's projection shortcut). Copying those pixels out first, then
@@ -153,42 +76,6 @@ def _subsampled_pointwise(op) -> bool:
     tiled path's time (6-22 input channels, 4x4 to 7x7 outputs, batch 32-128;
     docs/numba.md, "Strided 1x1 convs, and the copies between layouts")."""
     return op.kernel == (1, 1) and op.stride != (1, 1) and op.pad == (0, 0)
-
-
-def _batched_pointwise(op, run: Run) -> bool:
-    """Whether a 1x1 stride-1 unpadded conv with no groups (or a strided one's subsampled
-    pixels, `_subsampled_pointwise`) runs as numpy's batched matmul, one sgemm a sample:
-    y[n] = W @ x[n], where NCHW planes are the GEMM's operands as they lie. The GEMM of
-    `conv_b.conv2d_forward` first copies a run of samples' planes side by side, and its
-    output back. On one thread only: BLAS runs on one (`grad._one_blas_thread`), where
-    `conv2d_forward` splits the samples between numba's threads. Measured on an AVX-512
-    Xeon, one thread, batch 128, the MobileNetV2-style net's 1x1 convs (8-96 -> 16-128
-    channels, 4x4 to 14x14; docs/numba.md, "1x1 convs as batched matmuls"): forward
-    0.47-0.74x the time, backward 0.52-0.84x."""
-    return (run.threads == 1 and op.kernel == (1, 1) and op.groups == 1
-            and op.pad == (0, 0) and (op.stride == (1, 1) or _subsampled_pointwise(op)))
-
-
-def _pointwise_forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
-                       out: np.ndarray) -> None:
-    # out[n] = w @ x[n] (+ bias), N x C x H x W planes as (C, H*W) matrices
-    n, cin = x.shape[:2]
-    cout = w.shape[0]
-    out3 = out.reshape(n, cout, -1)
-    np.matmul(w.reshape(cout, cin), x.reshape(n, cin, -1), out=out3)
-    if bias is not None:
-        out3 += bias.reshape(cout, 1)
-
-
-def _pointwise_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, need_dx: bool
-                        ) -> tuple[np.ndarray | None, np.ndarray]:
-    # dx[n] = w.T @ dy[n]; dw = sum over n of dy[n] @ x[n].T (the sum in float64)
-    n, cin = x.shape[:2]
-    cout = w.shape[0]
-    w2, g3, x3 = w.reshape(cout, cin), gy.reshape(n, cout, -1), x.reshape(n, cin, -1)
-    gx = np.matmul(w2.T, g3).reshape(x.shape) if need_dx else None
-    gw = np.matmul(g3, x3.transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)
-    return gx, gw.astype(F32).reshape(w.shape)
 
 
 # depthwise convs with at most this many output pixels train in NHWC (`_depthwise`)
@@ -289,11 +176,11 @@ def _dx_is_conv(op) -> bool:
 
 def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                  ) -> tuple[np.ndarray, np.ndarray | _Padded | _Subsampled | _Grouped
-                            | _Dense | planes_k.PhasePlanes | _DepthwiseNHWC]:
+                            | matmul_k.Dense | planes_k.PhasePlanes | _DepthwiseNHWC]:
     # N x Cin x H x W -> N x Cout x Ho x Wo; saved: x, for a tiled conv `_Padded`, for a
     # strided 1x1 one `_Subsampled`, for a depthwise one `_DepthwiseNHWC` or its input's
     # phase planes, for a grouped one on the planes `_Grouped`, for one on a tiny map
-    # `_Dense`
+    # `matmul_k.Dense`
     op, x = node.op, xs[0]
     w = wts["weight"]  # Cout x Cin/G x kh x kw
     cout, cig, kh, kw = w.shape
@@ -302,8 +189,8 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
     if _subsampled_pointwise(op):
         sh, sw = op.stride
         sub = np.ascontiguousarray(x[:, :, ::sh, ::sw])
-        if _batched_pointwise(op, run):
-            _pointwise_forward(sub, w, bias if op.bias else None, out)
+        if matmul_k.batched_pointwise(op, run.threads):
+            matmul_k.pointwise_forward(sub, w, bias if op.bias else None, out)
         else:
             conv_b.conv2d_forward(sub, w.reshape(op.groups, cout // op.groups, cig), bias,
                                   out, 1, 1, 1, 1, 0, 0, 1, 1, int(op.bias), run.threads)
@@ -345,28 +232,16 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
         planes = not conv_b.nhwc_weight_grad_pays(cout) and _planes_pay(
             op, cout, out.shape[2] * out.shape[3])
         return out, _Padded(None if planes else xp, x)
-    if _dense(op, x.shape, out.shape):  # out[:, g] = x[:, g] @ wd[g].T, samples as rows
-        g = op.groups
-        dst, src = _unrolled(cout // g, cig, x.shape[2:], out.shape[2:], op.kernel,
-                             op.stride, op.pad, op.dilation)
-        n = x.shape[0]
-        wd = np.zeros((g, out[0].size // g, x[0].size // g), F32)
-        w2 = w.reshape(g, -1)
-        x3, out3 = x.reshape(n, g, -1), out.reshape(n, g, -1)
-        for k in range(g):
-            _scatter(wd[k].reshape(-1), w2[k], dst, src)
-            np.matmul(x3[:, k], wd[k].T, out=out3[:, k])
-        if op.bias:
-            out.reshape(n, cout, -1)[...] += bias.reshape(cout, 1)
-        return out, _Dense(x, wd)
+    if matmul_k.dense(op, x.shape, out.shape):
+        return out, matmul_k.dense_forward(op, x, w, bias if op.bias else None, out)
     if _planes_grouped(op, cig):
         planes = planes_k.phase_planes(x, out.shape[2:], op.kernel, op.stride, op.pad,
                                        op.dilation, multiple=planes_k.PIXELS)
         planes_k.conv2d_forward(planes, w, bias if op.bias else None, out, run.threads,
                                 op.groups)
         return out, _Grouped(planes, None if _dx_is_conv(op) else x)
-    if _batched_pointwise(op, run):
-        _pointwise_forward(x, w, bias if op.bias else None, out)
+    if matmul_k.batched_pointwise(op, run.threads):
+        matmul_k.pointwise_forward(x, w, bias if op.bias else None, out)
         return out, x
     conv_b.conv2d_forward(x, w.reshape(op.groups, cout // op.groups, cig * kh * kw), bias,
                           out, kh, kw, *op.stride, *op.pad, *op.dilation, int(op.bias),
@@ -380,7 +255,7 @@ def _tiled_input_grad(op, shape: tuple[int, ...]) -> bool:
 
 
 def conv_backward(node: Node, gy: np.ndarray,
-                  saved: np.ndarray | _Padded | _Subsampled | _Grouped | _Dense
+                  saved: np.ndarray | _Padded | _Subsampled | _Grouped | matmul_k.Dense
                   | planes_k.PhasePlanes | _DepthwiseNHWC, wts: Weights, run: Run,
                   needs: list[bool]) -> Grads:
     op = node.op
@@ -388,18 +263,9 @@ def conv_backward(node: Node, gy: np.ndarray,
     cout, cig, kh, kw = w.shape
     if isinstance(saved, _Padded):
         return _tiled_conv_backward(op, gy, saved, w, run, needs)
-    if isinstance(saved, _Dense):  # dx = gy @ wd; dw gathered from gy.T @ x, by group
-        g, n = op.groups, gy.shape[0]
-        g3, x3 = gy.reshape(n, g, -1), saved.x.reshape(n, g, -1)
-        dst, src = _unrolled(cout // g, cig, saved.x.shape[2:], gy.shape[2:], op.kernel,
-                             op.stride, op.pad, op.dilation)
-        gw = np.zeros((g, w.size // g), F32)
-        gx = np.empty(saved.x.shape, F32) if needs[0] else None
-        for k in range(g):
-            _gather_add(gw[k], np.dot(g3[:, k].T, x3[:, k]).reshape(-1), dst, src)
-            if gx is not None:
-                np.matmul(g3[:, k], saved.wd[k], out=gx.reshape(n, g, -1)[:, k])
-        return [gx], _with_bias_grad(op, gw.reshape(w.shape), gy)
+    if isinstance(saved, matmul_k.Dense):
+        gx, gw = matmul_k.dense_backward(op, saved, gy, w, needs[0])
+        return [gx], _with_bias_grad(op, gw, gy)
     if isinstance(saved, _Grouped):  # dw on the planes, dx a conv on dy's or the GEMM's
         gw = planes_k.conv2d_weight_grad(saved.planes, gy, op.groups, op.kernel, run.threads,
                                          wide=conv_b.WIDE)
@@ -413,8 +279,8 @@ def conv_backward(node: Node, gy: np.ndarray,
                                         True, run, need_dw=False)
         return [gx], _with_bias_grad(op, gw, gy)
     if isinstance(saved, _Subsampled):  # the stride-1 conv's gradients, dx spread back
-        if _batched_pointwise(op, run):
-            gxs, gw = _pointwise_backward(saved.xs, w, gy, needs[0])
+        if matmul_k.batched_pointwise(op, run.threads):
+            gxs, gw = matmul_k.pointwise_backward(saved.xs, w, gy, needs[0])
         else:
             gxs, gw = _gemm_conv_backward(saved.xs, w, gy, op.groups, (1, 1, 0, 0, 1, 1),
                                           needs[0], run)
@@ -441,8 +307,8 @@ def conv_backward(node: Node, gy: np.ndarray,
         gx = planes_k.depthwise_input_grad(saved, gp, w.reshape(cout, kh * kw), run.threads) \
             if needs[0] else None
         return [gx], _with_bias_grad(op, gw, gy)
-    if _batched_pointwise(op, run):
-        gx, gw = _pointwise_backward(saved, w, gy, needs[0])
+    if matmul_k.batched_pointwise(op, run.threads):
+        gx, gw = matmul_k.pointwise_backward(saved, w, gy, needs[0])
     else:
         gx, gw = _gemm_conv_backward(saved, w, gy, op.groups, (*op.stride, *op.pad,
                                                               *op.dilation), needs[0], run)

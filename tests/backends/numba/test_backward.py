@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from nasgraph import init_state, zoo
-from nasgraph.backends.numba import _conv_rules, _rule
+from nasgraph.backends.numba import _conv_matmul, _conv_rules, _rule
 from nasgraph.backends.numba import grad as grad_module
 from nasgraph.backends.numba.grad import (
     BACKWARD,
@@ -523,12 +523,12 @@ def test_grouped_convs_on_phase_planes_match_torch(monkeypatch):
     # of dy, their input gradients on its planes (`_planes_grouped`): forced here, as on
     # such a CPU; groups of 2-12 output channels (one and two tile blocks), strides, a 5x5
     # kernel, dilation, a kernel that does not cover its padding, on 1 and 2 threads;
-    # none as a dense layer (`_dense`, tested below)
+    # none as a dense layer (`_conv_matmul.dense`, tested below)
     from nasgraph.backends.numba import _backward_conv as conv_b
     from nasgraph.backends.numba import _planes
 
     monkeypatch.setattr(conv_b, "WIDE", True)
-    monkeypatch.setattr(_conv_rules, "DENSE_GROUPED_WORK", 0)
+    monkeypatch.setattr(_conv_matmul, "DENSE_GROUPED_WORK", 0)
     grouped = []
     forward = _planes.conv2d_forward
     monkeypatch.setattr(_planes, "conv2d_forward",
@@ -551,16 +551,14 @@ def test_grouped_convs_on_phase_planes_match_torch(monkeypatch):
 
 def test_convs_onto_tiny_maps_run_as_dense_layers(monkeypatch):
     # ungrouped spatial convs onto fewer pixels than a tile train as a dense layer of
-    # their unrolled weight (`_conv_rules._dense`): strides, bias or not, a BatchNorm
+    # their unrolled weight (`_conv_matmul.dense`): strides, bias or not, a BatchNorm
     # after, a non-square kernel with dilation and padding; a conv onto 9 pixels stays
     # tiled. Grouped ones, a dense layer a group, where it does at most 3x the conv's
     # multiply-adds: on 4x4 maps (2.56x), 3x3 and 2x2, not from 7x7 at stride 2 (7.8x)
     # nor on 5x5 (3.7x). On 1 and 2 threads
-    from nasgraph.backends.numba import _conv_rules
-
     dense = []
-    scatter = _conv_rules._scatter
-    monkeypatch.setattr(_conv_rules, "_scatter",
+    scatter = _conv_matmul.scatter
+    monkeypatch.setattr(_conv_matmul, "scatter",
                         lambda wd, w, *args: dense.append(w.size) or scatter(wd, w, *args))
     b = GraphBuilder("tiny")
     x = b.relu(b.conv(b.input(3, 9, 9), 8, 3, stride=2, padding=1))  # 5x5
@@ -586,11 +584,11 @@ def test_convs_onto_tiny_maps_run_as_dense_layers(monkeypatch):
 
 def test_pointwise_convs_on_one_thread_run_as_batched_matmuls(monkeypatch):
     # 1x1 convs with no groups, and strided ones' subsampled pixels, run as numpy's
-    # batched matmul on one thread (`_batched_pointwise`), as the im2col GEMM on two: the
-    # first one's input needs no gradient, biases, and one after a BatchNorm
+    # batched matmul on one thread (`_conv_matmul.batched_pointwise`), as the im2col GEMM
+    # on two: the first one's input needs no gradient, biases, and one after a BatchNorm
     calls = []
-    forward = _conv_rules._pointwise_forward
-    monkeypatch.setattr(_conv_rules, "_pointwise_forward",
+    forward = _conv_matmul.pointwise_forward
+    monkeypatch.setattr(_conv_matmul, "pointwise_forward",
                         lambda x, *args: calls.append(x.shape) or forward(x, *args))
     b = GraphBuilder("pointwise")
     x = b.relu(b.conv(b.input(5, 6, 7), 7, 1))

@@ -1,0 +1,170 @@
+"""Convolutions trained as plain matrix products over the batch, by BLAS, where the conv
+kernels do little: convs onto small maps as dense layers of their unrolled weight, one a
+group (`dense`), and 1x1 convs as one matrix product a sample (`batched_pointwise`).
+`_conv_rules` decides when; docs/numba.md, "Tiny maps as dense layers" and "1x1 convs as
+batched matmuls"."""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from nasgraph.backends.numba import _tiled as tiled_k
+
+
+class Dense(NamedTuple):
+    """What a conv run as a dense layer (`dense_forward`) keeps for its backward: its
+    input, and its weight unrolled into the dense layer's matrix, one a group."""
+
+    x: np.ndarray
+    wd: np.ndarray  # G x Cout/G*Ho*Wo x Cin/G*H*W
+
+
+# a conv runs as a dense layer only where its unrolled weight has at most this many values
+# a group
+DENSE_MAX_VALUES = 1 << 22  # 16 MiB
+# a grouped conv runs as a dense layer where the dense layer's multiply-adds are at most
+# this many times the conv's (the taps that read inside the map)
+DENSE_GROUPED_WORK = 3
+
+
+def dense(op, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
+    """Whether a conv trains as a dense layer of its unrolled weight (`unrolled`), one a
+    group: a spatial kernel, not depthwise, (ungrouped) onto fewer pixels than a tile of
+    the tiled kernels (`tiled_k.R`), which run it as an im2col GEMM of a few columns a
+    sample, or (grouped) where the dense layer does at most DENSE_GROUPED_WORK times the
+    conv's multiply-adds, in place of the phase planes' grouped tiles. On 2x2 maps a 3x3
+    kernel reads 4 of its 9 taps inside the map, and the dense layer multiplies only
+    those; its GEMM spans the batch. Measured on an AVX-512 Xeon, one thread, batch 128
+    (docs/numba.md, "Tiny maps as dense layers"): 88 -> 88 channels on 2x2 maps took 0.18x
+    the im2col GEMM's time forward and 0.13x backward, 20 -> 88 from 4x4 at stride 2
+    0.53x and 0.47x; grouped, 64 channels in 4 groups, forward and backward together, on
+    2x2 maps 0.06x the planes' time, on 4x4 (2.56 times the work) 0.66x, from 7x7 at
+    stride 2 (7.8 times) 0.97x."""
+    cout, po = out_shape[1], out_shape[2] * out_shape[3]
+    cin, pi = x_shape[1], x_shape[2] * x_shape[3]
+    g = op.groups
+    cog, cig = cout // g, cin // g
+    if op.kernel == (1, 1) or cig == 1 or cog * po * cig * pi > DENSE_MAX_VALUES:
+        return False
+    if g == 1:
+        return po < tiled_k.R
+    taps = unrolled(1, 1, x_shape[2:], out_shape[2:], op.kernel, op.stride, op.pad,
+                    op.dilation)[0].size  # (output pixel, tap) pairs inside the map
+    return po * pi <= DENSE_GROUPED_WORK * taps
+
+
+@functools.lru_cache(maxsize=256)
+def unrolled(cout: int, cin: int, x_hw: tuple[int, int], out_hw: tuple[int, int],
+             kernel: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int],
+             dilation: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Where a conv's weights sit in its dense matrix: value src[k] of the flat weight
+    (Cout x Cin x kh x kw) is entry dst[k] of the flat Cout*Ho*Wo x Cin*H*W matrix, for
+    every output pixel, input channel and tap that reads inside the map (the padding's
+    taps read zeros, and have no entry). Cached per geometry: not to be written."""
+    (h, w), (ho, wo), (kh, kw) = x_hw, out_hw, kernel
+    taps = [(oh * wo + ow, ih * w + iw, i * kw + j)
+            for oh in range(ho) for ow in range(wo) for i in range(kh) for j in range(kw)
+            if 0 <= (ih := oh * stride[0] - pad[0] + i * dilation[0]) < h
+            and 0 <= (iw := ow * stride[1] - pad[1] + j * dilation[1]) < w]
+    p, q, t = (np.array(a, np.int64) for a in zip(*taps, strict=True))
+    co = np.arange(cout, dtype=np.int64).reshape(-1, 1, 1)
+    ci = np.arange(cin, dtype=np.int64).reshape(1, -1, 1)
+    dst = ((co * (ho * wo) + p) * (cin * h * w) + ci * (h * w) + q).ravel()
+    src = ((co * cin + ci) * (kh * kw) + t).ravel()
+    return dst, src
+
+
+@njit(cache=True)
+def scatter(wd, w, dst, src):
+    """wd[dst[k]] = w[src[k]] (flat arrays)."""
+    for k in range(dst.size):
+        wd[dst[k]] = w[src[k]]
+
+
+@njit(cache=True)
+def gather_add(gw, gwd, dst, src):
+    """gw[src[k]] += gwd[dst[k]] (flat arrays): each weight's sum over the pixels it
+    joins."""
+    for k in range(dst.size):
+        gw[src[k]] += gwd[dst[k]]
+
+
+def _geometry(op, x_shape: tuple[int, ...], out_shape: tuple[int, ...]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    # `unrolled` for one group of the conv
+    g = op.groups
+    return unrolled(out_shape[1] // g, x_shape[1] // g, x_shape[2:], out_shape[2:],
+                    op.kernel, op.stride, op.pad, op.dilation)
+
+
+def dense_forward(op, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                  out: np.ndarray) -> Dense:
+    """out[:, g] = x[:, g] @ wd[g].T (+ bias), a sample a row, each group's NCHW values
+    read in place; returns what the backward needs."""
+    g, n = op.groups, x.shape[0]
+    dst, src = _geometry(op, x.shape, out.shape)
+    wd = np.zeros((g, out[0].size // g, x[0].size // g), np.float32)
+    w2 = w.reshape(g, -1)
+    x3, out3 = x.reshape(n, g, -1), out.reshape(n, g, -1)
+    for k in range(g):
+        scatter(wd[k].reshape(-1), w2[k], dst, src)
+        np.matmul(x3[:, k], wd[k].T, out=out3[:, k])
+    if bias is not None:
+        out.reshape(n, out.shape[1], -1)[...] += bias.reshape(-1, 1)
+    return Dense(x, wd)
+
+
+def dense_backward(op, saved: Dense, gy: np.ndarray, w: np.ndarray, need_dx: bool
+                   ) -> tuple[np.ndarray | None, np.ndarray]:
+    """dx (None unless `need_dx`) and dw of a `dense_forward` conv: dx[:, g] = dy[:, g] @
+    wd[g]; dw gathered from dy[:, g].T @ x[:, g]."""
+    g, n = op.groups, gy.shape[0]
+    g3, x3 = gy.reshape(n, g, -1), saved.x.reshape(n, g, -1)
+    dst, src = _geometry(op, saved.x.shape, gy.shape)
+    gw = np.zeros((g, w.size // g), np.float32)
+    gx = np.empty(saved.x.shape, np.float32) if need_dx else None
+    for k in range(g):
+        gather_add(gw[k], np.dot(g3[:, k].T, x3[:, k]).reshape(-1), dst, src)
+        if gx is not None:
+            np.matmul(g3[:, k], saved.wd[k], out=gx.reshape(n, g, -1)[:, k])
+    return gx, gw.reshape(w.shape)
+
+
+def batched_pointwise(op, threads: int) -> bool:
+    """Whether a 1x1 unpadded conv with no groups (stride 1, or a strided one's
+    subsampled pixels: `_conv_rules._subsampled_pointwise`) runs as numpy's batched
+    matmul, one sgemm a sample: y[n] = W @ x[n], where NCHW planes are the GEMM's operands
+    as they lie. The GEMM of `_backward_conv.conv2d_forward` first copies a run of samples'
+    planes side by side, and its output back. On one thread only: BLAS runs on one
+    (`grad._one_blas_thread`), where `conv2d_forward` splits the samples between numba's
+    threads. Measured on an AVX-512 Xeon, one thread, batch 128, the MobileNetV2-style
+    net's 1x1 convs (8-96 -> 16-128 channels, 4x4 to 14x14; docs/numba.md, "1x1 convs as
+    batched matmuls"): forward 0.47-0.74x the time, backward 0.52-0.84x."""
+    return threads == 1 and op.kernel == (1, 1) and op.groups == 1 and op.pad == (0, 0)
+
+
+def pointwise_forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
+                      out: np.ndarray) -> None:
+    """out[n] = w @ x[n] (+ bias), N x C x H x W planes as (C, H*W) matrices."""
+    n, cin = x.shape[:2]
+    cout = w.shape[0]
+    out3 = out.reshape(n, cout, -1)
+    np.matmul(w.reshape(cout, cin), x.reshape(n, cin, -1), out=out3)
+    if bias is not None:
+        out3 += bias.reshape(cout, 1)
+
+
+def pointwise_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, need_dx: bool
+                       ) -> tuple[np.ndarray | None, np.ndarray]:
+    """dx[n] = w.T @ dy[n] (None unless `need_dx`); dw = the sum over n of dy[n] @ x[n].T,
+    summed in float64."""
+    n, cin = x.shape[:2]
+    cout = w.shape[0]
+    w2, g3, x3 = w.reshape(cout, cin), gy.reshape(n, cout, -1), x.reshape(n, cin, -1)
+    gx = np.matmul(w2.T, g3).reshape(x.shape) if need_dx else None
+    gw = np.matmul(g3, x3.transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)
+    return gx, gw.astype(np.float32).reshape(w.shape)
