@@ -153,6 +153,13 @@ def _trial_loop(study: optuna.Study, run: Callable[[optuna.Trial], Any], n: int,
         except KeyboardInterrupt:
             _requeue(study, last)
             raise
+        except (ValueError, AssertionError) as e:
+            if not _failed_elsewhere(study, last, e):
+                raise
+            log(f"trial {last['number']} was failed as stale by another worker while it ran "
+                "(no heartbeat within the grace period; hint: NASGRAPH_GRACE_PERIOD); "
+                "its retry runs it again")
+            continue
         outcome = last.get("outcome")
         if outcome == "done":
             mine += 1
@@ -164,6 +171,17 @@ def _trial_loop(study: optuna.Study, run: Callable[[optuna.Trial], Any], n: int,
                 raise NasgraphError(f"{failures} trials in a row failed, the last with "
                                     f"{outcome}; hint: `nasgraph study show` lists them")
     return mine
+
+
+def _failed_elsewhere(study: optuna.Study, last: dict[str, Any], error: BaseException) -> bool:
+    """Whether `error` says that the trial this worker just ran had been failed by another
+    worker's stale-trial check before Optuna could record its outcome. Optuna then raises
+    "Cannot tell a FAIL trial" (and, on the way out, asserts) instead of returning; the
+    heartbeat callback has already queued a retry of the trial's parameters (storage.py)."""
+    told = error if isinstance(error, ValueError) else error.__context__
+    if "number" not in last or not str(told).startswith("Cannot tell a FAIL trial"):
+        return False
+    return study.get_trials(deepcopy=False)[last["number"]].state == TrialState.FAIL
 
 
 def _requeue(study: optuna.Study, last: dict[str, Any]) -> None:
