@@ -31,6 +31,8 @@ zeroed arrays.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
@@ -244,14 +246,47 @@ def padded_nhwc(x: np.ndarray, pad: tuple[int, int], threads: int) -> np.ndarray
     return xp
 
 
+@njit(cache=True)
+def pack_tiles(w, v, flip):
+    """w (Cout x Cin x kh x kw) packed as the tiled kernels read it, ceil(Cout/v) x kh x
+    (kw*Cin) x v with the channels zero-padded to whole blocks (`_tiled.pack_weights`).
+    With `flip`, w is a forward conv's weight and the kernel packed is its input
+    gradient's: rotated by 180 degrees, its channel axes swapped (seed 003), in the same
+    pass (numpy took a copy to rotate and one to pack: 10.8 against 4.4 us for 32 x 32 x
+    3 x 3, every step)."""
+    co, ci, kh, kw = w.shape
+    cout, cin = (ci, co) if flip else (co, ci)
+    blocks = (cout + v - 1) // v
+    packed = np.zeros((blocks, kh, kw * cin, v), np.float32)
+    p1, w1 = packed.reshape(packed.size), w.reshape(w.size)  # flat: unsigned offsets
+    taps = kh * kw
+    # lane l of channel block b, tap (i, j), input channel c: w[b*v + l, c, i, j]
+    lane_step = np.uint64(taps if flip else ci * taps)
+    for b in range(blocks):
+        lanes = np.uint64(min(v, cout - b * v))
+        for i in range(kh):
+            for j in range(kw):
+                for c in range(cin):
+                    dst = np.uint64((((b * kh + i) * kw + j) * cin + c) * v)
+                    if flip:
+                        src = np.uint64((c * ci + b * v) * taps + (kh - 1 - i) * kw + kw - 1 - j)
+                    else:
+                        src = np.uint64((b * v * ci + c) * taps + i * kw + j)
+                    for lane in range(lanes):
+                        p1[dst + lane] = w1[src + lane * lane_step]
+    return packed
+
+
 def conv2d_direct(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: np.ndarray,
-                  stride: tuple[int, int], dilation: int, threads: int) -> None:
+                  stride: tuple[int, int], dilation: int, threads: int,
+                  flip: bool = False) -> None:
     """out = conv(x, w) + bias by the executor's register-tiled direct kernel (`_tiled`),
-    from x zero-padded in NHWC (`padded_nhwc`): w Cout x Cin x kh x kw (no groups), out
-    N x Cout x Ho x Wo; `dilation` down (none across). Faster than im2col + GEMM wherever
-    the executor picks it (3x3 convs of 8-32 channels at batch 128: 1.5-3x)."""
+    from x zero-padded in NHWC (`padded_nhwc`): w Cout x Cin x kh x kw (no groups; with
+    `flip`, Cin x Cout x kh x kw, run rotated: `pack_tiles`), out N x Cout x Ho x Wo;
+    `dilation` down (none across). Faster than im2col + GEMM wherever the executor picks it
+    (3x3 convs of 8-32 channels at batch 128: 1.5-3x)."""
     n, _, _, cin = xp.shape
-    cout, _, kh, _ = w.shape
+    cout, kh = out.shape[1], w.shape[2]
     pixels = out.shape[2] * out.shape[3]
     # convs of at most 8 output channels on the narrow twin's 12 x 8 tiles: 16-channel
     # ones would leave half the accumulators zero (Fashion ResNet's 7-channel 3x3 convs,
@@ -267,7 +302,7 @@ def conv2d_direct(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: n
     else:
         kernels = tiled_k
     (kernels.conv2d_tiled_1 if threads == 1 else kernels.conv2d_tiled)(
-        xp.reshape(n, xp.shape[1], -1), 0, kernels.pack_weights(w),
+        xp.reshape(n, xp.shape[1], -1), 0, pack_tiles(w, kernels.V, flip),
         kernels.pack_bias(bias, cout), _NO_RES, out, 0, cout, cin, kh, *stride, dilation, 0,
         0, out.shape[2], out.shape[3], -1, -1, threads)
 
@@ -279,9 +314,8 @@ def conv2d_input_grad(gy: np.ndarray, w: np.ndarray, gx: np.ndarray, pad: tuple[
     swapped (seed 003), that is a stride-1 conv of gy padded by (k - 1) * d - p,
     run by `conv2d_direct`. Overwrites gx."""
     kh, kw = w.shape[2:]
-    rotated = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     gp = padded_nhwc(gy, ((kh - 1) * dilation - pad[0], kw - 1 - pad[1]), threads)
-    conv2d_direct(gp, rotated, None, gx, (1, 1), dilation, threads)
+    conv2d_direct(gp, w, None, gx, (1, 1), dilation, threads, flip=True)
 
 
 @njit(parallel=True, cache=True)
@@ -430,21 +464,52 @@ def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, i
     CHUNK_PIXELS pixels or a sample, float64 across."""
     n, _, wp, cin = xp.shape
     cout, ho, wo = gy.shape[1:]
-    kh, kw = kernel
     tile = nhwc_weight_grad_tile(cout)
-    cols, chans = NHWC_TILES[tile]
-    run = kw * cin  # a kernel row's taps over the input channels, one run of xp
-    k = kh * run
-    q = np.minimum(np.arange(-(-k // cols) * cols), k - 1)  # the last tile: repeats
-    offs = (q // run) * dilation * wp * cin + q % run
+    chans = NHWC_TILES[tile][1]
+    offs = _nhwc_columns(kernel, cin, wp, dilation, NHWC_TILES[tile][0])
     gt = np.empty((n, ho * wo, -(-cout // chans) * chans), np.float32)
     to_channels_last(gy, gt)
     parts = np.zeros((threads, offs.size, gt.shape[2]))
     weight_grad_nhwc(xp, gt, offs, parts, ho, wo, *stride,
                      max(1, CHUNK_PIXELS // (ho * wo)), tile, threads)
-    dw = parts[0] if threads == 1 else parts.sum(axis=0)
-    return np.ascontiguousarray(
-        dw[:k, :cout].T.reshape(cout, kh, kw, cin).transpose(0, 3, 1, 2), np.float32)
+    dw = np.empty((cout, cin, *kernel), np.float32)
+    unpack_weight_grad(parts, dw)
+    return dw
+
+
+@functools.lru_cache(maxsize=256)
+def _nhwc_columns(kernel: tuple[int, int], cin: int, wp: int, dilation: int,
+                  cols: int) -> np.ndarray:
+    # each column's offset from a pixel's window in a padded NHWC sample Wp wide: kh runs
+    # of kw * Cin values, padded to whole tiles of `cols` by repeating the last column.
+    # One array per conv geometry: five numpy calls a step took 5 us
+    kh, kw = kernel
+    run = kw * cin  # a kernel row's taps over the input channels, one run of xp
+    k = kh * run
+    q = np.minimum(np.arange(-(-k // cols) * cols), k - 1)
+    offs = (q // run) * dilation * wp * cin + q % run
+    offs.flags.writeable = False
+    return offs
+
+
+@njit(cache=True)
+def unpack_weight_grad(parts, dw):
+    """dw (Cout x Cin x kh x kw, float32) = the sum over threads of parts (threads x K x
+    Cp, float64; column k = (i * kw + j) * Cin + c of tap (i, j), input channel c): each
+    column's channels read in a row (numpy's transposing copies: 1.5x the time)."""
+    cout, cin, kh, kw = dw.shape
+    threads, k_all, cp = parts.shape
+    taps = np.uint64(kh * kw)
+    p1, d1 = parts.reshape(parts.size), dw.reshape(dw.size)  # flat: unsigned offsets
+    for t in range(taps):
+        for c in range(np.uint64(cin)):
+            src = (t * np.uint64(cin) + c) * np.uint64(cp)
+            dst = c * taps + t
+            for o in range(np.uint64(cout)):
+                total = p1[src + o]
+                for th in range(1, threads):
+                    total += p1[np.uint64(th * k_all * cp) + src + o]
+                d1[dst + o * np.uint64(cin) * taps] = total
 
 
 @njit(parallel=True, cache=True)

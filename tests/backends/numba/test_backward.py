@@ -365,6 +365,34 @@ def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, c
         close(conv_b.depthwise_input_grad(planes, gp, w32, threads), x.grad)
 
 
+@pytest.mark.parametrize("shape", [(32, 32, 3, 3), (8, 160, 1, 1), (45, 7, 3, 3), (5, 3, 2, 3)])
+@pytest.mark.parametrize("v", [8, 16, 32])
+def test_weights_packed_for_the_tiles_as_numpy_packs_them(shape, v):
+    # `pack_tiles` against the executor's numpy packing of w, and of w rotated by 180
+    # degrees with its channel axes swapped (the input gradient's kernel)
+    from nasgraph.backends.numba import _backward_conv as conv_b
+    from nasgraph.backends.numba import _tiled
+
+    w = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    rotated = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_tiled, "V", v)
+        assert (conv_b.pack_tiles(w, v, False) == _tiled.pack_weights(w)).all()
+        assert (conv_b.pack_tiles(w, v, True) == _tiled.pack_weights(rotated)).all()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_weight_gradient_unpacked_from_tile_columns(threads):
+    # column k = (i * kw + j) * Cin + c, padded columns and channels past the end
+    from nasgraph.backends.numba import _backward_conv as conv_b
+
+    parts = np.random.default_rng(1).standard_normal((threads, 40, 16))
+    dw = np.empty((5, 3, 3, 4), np.float32)
+    conv_b.unpack_weight_grad(parts, dw)
+    want = parts.sum(axis=0)[:36, :5].T.reshape(5, 3, 4, 3).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(dw, want, rtol=1e-6)
+
+
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("cout, stride", [(3, 1), (8, 1), (8, 2), (9, 1), (16, 2), (17, 1),
                                           (40, 2), (45, 1), (64, 1)])
