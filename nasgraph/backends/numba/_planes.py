@@ -27,6 +27,7 @@ and signed offsets negative-index fix-ups (2-3x, measured).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -179,15 +180,26 @@ def phase_planes(x: np.ndarray, out_hw: tuple[int, int], kernel: tuple[int, int]
     enough for the farthest tap to read a whole padded row of dy, its length a multiple
     of `multiple` pixels (LANES: `_wgrad`'s vectors; PIXELS: `conv2d_forward`'s tiles,
     which `_wgrad` reads as well)."""
+    wq, length, plane, taps = _plane_geometry(out_hw, kernel, stride, dilation, multiple)
+    sh, sw = stride
+    xq = np.empty((x.shape[0], x.shape[1] * sh * sw, plane), np.float32)
+    to_phase_planes(x, xq, sh, sw, *pad, wq)
+    return PhasePlanes(xq, x.shape, out_hw, wq, length, plane, taps, stride, pad)
+
+
+@functools.lru_cache(maxsize=256)
+def _plane_geometry(out_hw: tuple[int, int], kernel: tuple[int, int],
+                    stride: tuple[int, int], dilation: tuple[int, int], multiple: int
+                    ) -> tuple[int, int, int, np.ndarray]:
+    # `phase_planes`' Wq, row length, plane length and tap offsets (shared, never
+    # written): once per geometry
     (ho, wo), (kh, kw), (sh, sw), (dh, dw) = out_hw, kernel, stride, dilation
     wq = wo + (kw - 1) * dw // sw
     length = row_length(ho, wq, multiple)
     plane = (kh - 1) * dh // sh * wq + (kw - 1) * dw // sw + length
     taps = np.array([(i * dh % sh * sw + j * dw % sw) * plane + i * dh // sh * wq
                      + j * dw // sw for i in range(kh) for j in range(kw)], np.int64)
-    xq = np.empty((x.shape[0], x.shape[1] * sh * sw, plane), np.float32)
-    to_phase_planes(x, xq, sh, sw, *pad, wq)
-    return PhasePlanes(xq, x.shape, out_hw, wq, length, plane, taps, stride, pad)
+    return wq, length, plane, taps
 
 
 def _rows(planes: PhasePlanes, gy: np.ndarray, groups: int, rows: int) -> np.ndarray:
@@ -231,22 +243,56 @@ def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
     blocks = -(-cog // r)
     if gp is None:
         gp = _rows(planes, gy, groups, blocks * r)
-    phases = planes.stride[0] * planes.stride[1]
     ntaps = cig * len(planes.taps)
     tiles = -(-ntaps // s)
-    offs = np.empty((groups, tiles * s), np.int64)  # the last tile padded with repeats
-    channels = np.arange(cin).reshape(groups, cig, 1) * (phases * planes.plane)
-    offs[:, :ntaps] = (channels + planes.taps).reshape(groups, ntaps)
-    offs[:, ntaps:] = offs[:, ntaps - 1:ntaps]
+    offs = _tap_offsets(groups, cig, tuple(planes.taps),
+                        planes.stride[0] * planes.stride[1] * planes.plane, tiles * s)
     parts = np.zeros((threads, groups, blocks, tiles, r * s * LANES))
     per_group = (gp[0].size + planes.xq[0].size) // groups  # a sample's, a tile's group
     weight_grad(gp.reshape(gp.size), gp[0].size, planes.xq.reshape(planes.xq.size),
                         planes.xq[0].size, offs.reshape(groups, tiles, s), parts, n, blocks,
                         planes.length // LANES, max(1, CHUNK_VALUES // per_group),
                         threads)
-    sums = parts.sum(axis=0).reshape(groups, blocks, tiles, r, s, LANES).sum(axis=5)
-    sums = sums.transpose(0, 1, 3, 2, 4).reshape(groups, blocks * r, tiles * s)
-    return sums[:, :cog, :ntaps].astype(np.float32).reshape(cout, cig, *kernel)
+    dw = np.empty((cout, cig, *kernel), np.float32)
+    unpack_tiles(parts, dw.reshape(cout, ntaps), r, s)
+    return dw
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_offsets(groups: int, cig: int, taps: tuple[int, ...], channel: int,
+                 width: int) -> np.ndarray:
+    # each (input channel, tap) column's offset into a sample's planes, a group's to a
+    # row, `width` long: the last tile padded with repeats. One array per conv geometry,
+    # shared (never written)
+    ntaps = cig * len(taps)
+    offs = np.empty((groups, width), np.int64)
+    channels = np.arange(groups * cig).reshape(groups, cig, 1) * channel
+    offs[:, :ntaps] = (channels + np.array(taps)).reshape(groups, ntaps)
+    offs[:, ntaps:] = offs[:, ntaps - 1:ntaps]
+    return offs
+
+
+@njit(cache=True)
+def unpack_tiles(parts, dw, r, s):
+    """dw (Cout x Cin/G*kh*kw, float32) = `weight_grad`'s parts (threads x groups x
+    blocks x tiles x r*s*LANES, float64) summed over the threads and the lanes: tile
+    (block b, tile t) holds output channels b*r.. of its group, columns t*s.. (numpy's
+    sums and transposing copies of the small parts: 2-3x the time)."""
+    threads, groups, blocks, tiles = parts.shape[:4]
+    lanes = parts.shape[4] // (r * s)
+    cout, ntaps = dw.shape
+    cog = cout // groups
+    for g in range(groups):
+        for o in range(cog):
+            b, ro = o // r, o % r
+            for k in range(ntaps):
+                t, so = k // s, k % s
+                base = (ro * s + so) * lanes
+                total = 0.0
+                for th in range(threads):
+                    for lane in range(lanes):
+                        total += parts[th, g, b, t, base + lane]
+                dw[g * cog + o, k] = total
 
 
 def depthwise_rows(planes: PhasePlanes, gy: np.ndarray, wide: bool = False) -> np.ndarray:
@@ -403,22 +449,45 @@ def _planes_conv(x1, x_n, ci_n, taps, wp, rows, groups, bias, out, wq, length, t
                         out1[d + c] = acc[a + c] + bias_co
 
 
+@njit(cache=True)
+def pack_rows(w, groups, rows, flip):
+    """The weights of a conv of `groups` groups as `_planes_conv`'s tiles read them:
+    groups x blocks x Cin/G x kh*kw x `rows` (each group's output channels padded to whole
+    blocks of rows with zeros). w is Cout x Cin/G x kh x kw; with `flip`, w is a forward
+    conv's and the conv packed its input gradient's (seed 003): each group's kernel
+    rotated by 180 degrees, its channel axes swapped, in the same pass."""
+    co, ci, kh, kw = w.shape
+    taps = kh * kw
+    cog, cig = (ci, co // groups) if flip else (co // groups, ci)
+    blocks = (cog + rows - 1) // rows
+    wp = np.zeros((groups, blocks, cig, taps, rows), np.float32)
+    for g in range(groups):
+        for o in range(cog):
+            b, ro = o // rows, o % rows
+            for c in range(cig):
+                for t in range(taps):
+                    if flip:  # output channel o reads forward input o, from output c
+                        wp[g, b, c, t, ro] = w[g * cig + c, o, kh - 1 - t // kw,
+                                               kw - 1 - t % kw]
+                    else:
+                        wp[g, b, c, t, ro] = w[g * cog + o, c, t // kw, t % kw]
+    return wp
+
+
 def conv2d_forward(planes: PhasePlanes, w: np.ndarray, bias: np.ndarray | None,
-                   out: np.ndarray, threads: int, groups: int = 1) -> None:
+                   out: np.ndarray, threads: int, groups: int = 1, flip: bool = False
+                   ) -> None:
     """out = conv(x, w) + bias for a conv of `groups` groups (w: Cout x Cin/G x kh x
-    kw), from x's `planes` with rows of whole tiles (`phase_planes(..., multiple=PIXELS)`):
+    kw; with `flip`, a forward conv's weight whose input gradient this conv is:
+    `pack_rows`), from x's `planes` with rows of whole tiles (`phase_planes(...,
+    multiple=PIXELS)`):
     each output pixel's sum over its group's input channels and the taps,
     `_planes_conv`'s tiles of a group's output channels x PIXELS pixels of a padded row,
     the taps read in place."""
-    cout, cig = w.shape[:2]
-    cog = cout // groups
+    cout, cig = out.shape[1], planes.shape[1] // groups
     assert planes.length % PIXELS == 0, "planes' rows must be whole tiles"
-    rows = conv_rows(cog)
-    blocks = -(-cog // rows)
-    wp = np.zeros((groups, blocks * rows, cig, len(planes.taps)), np.float32)
-    wp[:, :cog] = w.reshape(groups, cog, cig, -1)
-    wp = np.ascontiguousarray(
-        wp.reshape(groups, blocks, rows, cig, -1).transpose(0, 1, 3, 4, 2))
+    rows = conv_rows(cout // groups)
+    wp = pack_rows(w, groups, rows, flip)
     xq = planes.xq
     _planes_conv(xq.reshape(xq.size), xq[0].size, xq[0].size // (cig * groups),
                  planes.taps, wp.reshape(wp.size), rows, groups,
@@ -433,14 +502,10 @@ def conv2d_input_grad(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...],
     of gy with the kernel rotated by 180 degrees and each group's channel axes swapped,
     that is `conv2d_forward` on gy's planes padded by (k - 1) * d - p (not negative),
     with the same groups."""
-    cout, cig, kh, kw = w.shape
-    cog = cout // groups
-    rotated = np.ascontiguousarray(
-        w.reshape(groups, cog, cig, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-    ).reshape(groups * cig, cog, kh, kw)
+    kh, kw = w.shape[2:]
     full = ((kh - 1) * dilation[0] - pad[0], (kw - 1) * dilation[1] - pad[1])
     planes = phase_planes(gy, x_shape[2:], (kh, kw), (1, 1), full, dilation,
                           multiple=PIXELS)
     gx = np.empty(x_shape, np.float32)
-    conv2d_forward(planes, rotated, None, gx, threads, groups)
+    conv2d_forward(planes, w, None, gx, threads, groups, flip=True)
     return gx

@@ -518,8 +518,8 @@ def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
     rows, tiles = [], []
     forward, tile = _planes.conv2d_forward, _planes._tile
     monkeypatch.setattr(_planes, "conv2d_forward",
-                        lambda planes, w, *args: rows.append(w.shape[0]) or forward(
-                            planes, w, *args))
+                        lambda planes, w, bias, out, *args, **kw: rows.append(
+                            out.shape[1]) or forward(planes, w, bias, out, *args, **kw))
     monkeypatch.setattr(_planes, "_tile", lambda *args: tiles.append(tile(*args)) or tiles[-1])
     b = GraphBuilder("planes")
     x = b.relu(b.conv(b.input(1, 30, 30), 6, 3, stride=2, padding=1))  # 15x15 out
@@ -560,8 +560,9 @@ def test_grouped_convs_on_phase_planes_match_torch(monkeypatch):
     grouped = []
     forward = _planes.conv2d_forward
     monkeypatch.setattr(_planes, "conv2d_forward",
-                        lambda planes, w, bias, out, threads, groups=1: grouped.append(
-                            groups) or forward(planes, w, bias, out, threads, groups))
+                        lambda planes, w, bias, out, threads, groups=1, flip=False:
+                        grouped.append(groups) or forward(planes, w, bias, out, threads,
+                                                          groups, flip))
     b = GraphBuilder("grouped")
     x = b.relu(b.conv(b.input(3, 11, 11), 12, 3, padding=1))
     x = b.relu(b.bn(b.conv(x, 12, 3, padding=1, groups=4, bias=False)))
