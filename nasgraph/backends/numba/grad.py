@@ -141,11 +141,17 @@ class _Plan(NamedTuple):
     counters: list[str]  # int64 entries (`num_batches_tracked`)
     fused: dict[str, int]  # BatchNorm or add id -> the code of the activation it applies
     absorbed: frozenset[str]  # those activations: their producer's output is theirs
+    kinds: frozenset[str]  # the graph's op kinds (`_check_rules`)
+    input: Node
+    output: Node
+    grad_keys: dict[str, list[tuple[str, str]]]  # node id -> trainable (suffix, key)
 
 
-def _check_rules(graph: Graph) -> None:
+def _check_rules(graph: Graph, kinds: frozenset[str]) -> None:
     """A one-line GraphError for the first node without a backward rule; on every call,
     not in the cached plan: `BACKWARD` is open to additions."""
+    if kinds <= BACKWARD.keys():
+        return
     for node in graph:
         if node.kind not in BACKWARD:
             raise GraphError(f"node {node.id!r} ({node.kind}) has no backward in the numba "
@@ -172,10 +178,13 @@ def _plan(graph: Graph) -> _Plan:
         if spec.trainable:
             trainable.setdefault(node.id, []).append(suffix)
     fused = _fused_activations(graph)
+    grad_keys = {node_id: [(suffix, f"{graph[node_id].param_key}.{suffix}")
+                           for suffix in suffixes] for node_id, suffixes in trainable.items()}
     return _Plan(specs, {k: spec.shape for k, (_, spec) in specs.items() if not spec.optional},
                  by_node, trainable, frozenset(_requires_grad(graph, trainable)),
                  [k for k, (_, spec) in specs.items() if spec.dtype == "int64"], fused,
-                 frozenset(graph.successors(i)[0].id for i in fused))
+                 frozenset(graph.successors(i)[0].id for i in fused),
+                 frozenset(node.kind for node in graph), graph.inputs[0], out, grad_keys)
 
 
 def _fused_activations(graph: Graph) -> dict[str, int]:
@@ -192,11 +201,11 @@ def _fused_activations(graph: Graph) -> dict[str, int]:
     return fused
 
 
-def _check(graph: Graph, x: np.ndarray, y: np.ndarray, label_smoothing: float
+def _check(plan: _Plan, graph: Graph, x: np.ndarray, y: np.ndarray, label_smoothing: float
            ) -> tuple[np.ndarray, np.ndarray]:
     """x as N x C x H x W float32 and y as int64 labels, once the shapes and the labels
     fit the graph; raises a one-line NasgraphError if not."""
-    (inp,), (out,) = graph.inputs, graph.outputs
+    inp, out = plan.input, plan.output
     x = np.asarray(x)
     if x.ndim != 1 + len(inp.type.shape) or x.shape[1:] != inp.type.shape:
         raise NasgraphError(f"graph {graph.name!r} takes N x {inp.type} input, got shape "
@@ -269,16 +278,16 @@ def loss_and_grads(graph: Graph, state_dict: Mapping[str, object], x: np.ndarray
         >>> out.grads["c1.weight"].shape, out.logits.shape
         ((6, 1, 5, 5), (4, 10))
     """
-    _check_rules(graph)
     plan = _plan(graph)
-    x4, labels = _check(graph, x, y, label_smoothing)
+    _check_rules(graph, plan.kinds)
+    x4, labels = _check(plan, graph, x, y, label_smoothing)
     state = _state(plan, graph, state_dict)
     _one_blas_thread()
     _reuse_freed_memory()
     per_node: dict[str, Weights] = {
         node_id: {suffix: state[key] for suffix, key in entries if key in state}
         for node_id, entries in plan.by_node.items()}
-    run = Run(inputs={graph.inputs[0].id: x4}, training=training,
+    run = Run(inputs={plan.input.id: x4}, training=training,
               threads=numba.get_num_threads(), seed=seed)
 
     saved: dict[str, object] = {}
@@ -294,12 +303,12 @@ def loss_and_grads(graph: Graph, state_dict: Mapping[str, object], x: np.ndarray
         else:
             values[node.id], saved[node.id] = BACKWARD[node.kind].forward(
                 node, xs, per_node.get(node.id, {}), run)
-    logits = values[graph.outputs[0].id].reshape(x4.shape[0], -1)
+    logits = values[plan.output.id].reshape(x4.shape[0], -1)
     values.clear()  # what the backward needs is in `saved`
     loss, g_logits = cross_entropy(logits, labels, label_smoothing)
 
     grads = _backward(graph, run, saved, per_node, plan,
-                      {graph.outputs[0].id: g_logits.reshape(*g_logits.shape, 1, 1)})
+                      {plan.output.id: g_logits.reshape(*g_logits.shape, 1, 1)})
     for key, (_, spec) in plan.specs.items():  # weights no gradient reached
         if spec.trainable and key not in grads:
             grads[key] = np.zeros(spec.shape, np.float32)
@@ -316,7 +325,7 @@ def _backward(graph: Graph, run: Run, saved: dict[str, object],
     """Walks `graph` in reverse from the output gradients `seeds` (node id -> dL/d output):
     each node's backward gets the sum of what its consumers sent it, where a gradient
     flows (`plan.needed`). Returns the trainable weights' gradients, by state-dict key."""
-    trainable, needed = plan.trainable, plan.needed
+    grad_keys, needed = plan.grad_keys, plan.needed
     incoming = dict(seeds)
     grads: dict[str, np.ndarray] = {}
     for node in reversed(graph.nodes):
@@ -331,8 +340,8 @@ def _backward(graph: Graph, run: Run, saved: dict[str, object],
         needs = [i in needed for i in node.inputs]
         g_inputs, g_weights = BACKWARD[node.kind].backward(
             node, gy, ctx, per_node.get(node_id, {}), run, needs)
-        for suffix in trainable.get(node_id, []):
-            grads[f"{node.param_key}.{suffix}"] = g_weights[suffix]
+        for suffix, key in grad_keys.get(node_id, ()):
+            grads[key] = g_weights[suffix]
         for input_id, g, need in zip(node.inputs, g_inputs, needs, strict=True):
             if need:
                 # a new array, never `+=`: g may be another node's gradient itself
