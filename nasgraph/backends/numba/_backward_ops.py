@@ -67,7 +67,8 @@ def batchnorm_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: R
         raise GraphError(f"node {node.id!r} (batchnorm2d): training needs more than one value "
                          f"per channel, got input {x.shape}; hint: a larger batch")
     mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
-    elem_b.batchnorm_train(x, wts["weight"], wts["bias"], op.eps, out, mean, var, act)
+    elem_b.batchnorm_train(x, wts["weight"], wts["bias"], op.eps, out, mean, var, act,
+                           run.threads)
     key = node.param_key
     running_mean, running_var, invstd = elem_b.running_statistics(
         mean, var, wts["running_mean"], wts["running_var"], op.momentum, count, op.eps)
@@ -84,7 +85,7 @@ def _batchnorm_backward(node: Node, gy: np.ndarray, saved: tuple, wts: Weights, 
     gx = np.empty_like(x) if needs[0] else NO_GRAD
     ggamma, gbeta = np.empty(x.shape[1], F32), np.empty(x.shape[1], F32)
     elem_b.batchnorm_backward(x, gy, wts["weight"], mean, invstd, gx, ggamma, gbeta,
-                              run.training, needs[0])
+                              run.training, needs[0], run.threads)
     return [gx if needs[0] else None], {"weight": ggamma, "bias": gbeta}
 
 

@@ -628,6 +628,30 @@ def test_pointwise_convs_on_one_thread_run_as_batched_matmuls(monkeypatch):
     assert calls == [(5, 5, 6, 7), (5, 7, 3, 4), (5, 9, 3, 4)]  # the one-thread pass only
 
 
+@pytest.mark.parametrize("small_plane", [0, 1 << 30], ids=["by_channel", "by_sample"])
+def test_batchnorm_walks_channel_by_channel_or_sample_by_sample_alike(monkeypatch,
+                                                                      small_plane):
+    # BatchNorm's passes go channel by channel, or sample by sample on small planes of
+    # large tensors (`_by_sample`), each forced here: training on one thread and two (5
+    # samples split unevenly), with a fused ReLU, a BatchNorm that needs no input
+    # gradient, and eval
+    from nasgraph.backends.numba import _backward_elementwise
+
+    monkeypatch.setattr(_backward_elementwise, "SMALL_PLANE", small_plane)
+    monkeypatch.setattr(_backward_elementwise, "SAMPLE_WALK_VALUES", 0)
+    b = GraphBuilder("bn")
+    x = b.relu(b.bn(b.conv(b.input(3, 7, 9), 6, 3, padding=1)))
+    x = b.bn(b.conv(x, 5, 3, stride=2, padding=1))
+    b.output(b.linear(b.flatten(b.gap(b.relu(x))), CLASSES))
+    g = b.build()
+    check_on_one_thread_and_two(g)
+    check_against_torch(g, training=False)
+    first = GraphBuilder("bn_first")  # on the input: no input gradient
+    first.output(first.linear(first.flatten(first.gap(first.bn(first.input(4, 6, 6)))),
+                              CLASSES))
+    check_on_one_thread_and_two(first.build())
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_and_add_apply_the_activation_they_alone_feed(training):
     # BatchNorm or add -> ReLU and -> ReLU6: the activation in their output pass
