@@ -82,15 +82,26 @@ def _subsampled_pointwise(op) -> bool:
 DEPTHWISE_NHWC_PIXELS = 64
 
 
-def _depthwise_nhwc(out_channels: int, in_channels: int, out_pixels: int) -> bool:
+def _depthwise_nhwc(op, out_channels: int, in_channels: int, out_pixels: int) -> bool:
     """Whether a depthwise conv trains in NHWC: channel multiplier 1, small outputs. On
     the phase planes every channel's plane costs setup, and a 4x4 or 7x7 plane has little
     work to spread it over; in NHWC each tap is one multiply-add over a run of channels.
     Measured on an AVX-512 Xeon, one thread, 3x3 convs at batch 128 (docs/numba.md,
     "Depthwise convs in NHWC"): forward plus backward 0.49-0.62x the planes' time onto
     4x4, 0.71-0.95x onto 7x7, 0.91-0.96x onto 8x8; 1.07x onto 10x10, 1.65-1.9x onto
-    14x14."""
-    return out_channels == in_channels and out_pixels <= DEPTHWISE_NHWC_PIXELS
+    14x14. Since the planes sum a 3x3 kernel's taps in registers (`_planes._nine_taps`),
+    stride-1 3x3 convs of at most DEPTHWISE_PLANES_CHANNELS channels onto 7x7 and 8x8
+    stay on the planes: there they take 0.54-0.61x NHWC's time at 16 channels, 0.84x at
+    32, 0.96-1.05x at 64 (docs/numba.md, "Nine taps in registers")."""
+    if out_channels != in_channels or out_pixels > DEPTHWISE_NHWC_PIXELS:
+        return False
+    return not (op.kernel == (3, 3) and op.stride == (1, 1) and op.dilation == (1, 1)
+                and out_pixels > 16 and out_channels <= DEPTHWISE_PLANES_CHANNELS)
+
+
+# stride-1 3x3 depthwise convs of at most this many channels stay on the phase planes
+# (`_depthwise_nhwc`)
+DEPTHWISE_PLANES_CHANNELS = 32
 
 
 def _planes_pay(op, out_channels: int, out_pixels: int) -> bool:
@@ -195,7 +206,7 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
             conv_b.conv2d_forward(sub, w.reshape(op.groups, cout // op.groups, cig), bias,
                                   out, 1, 1, 1, 1, 0, 0, 1, 1, int(op.bias), run.threads)
         return out, _Subsampled(sub, x.shape)
-    if cig == 1 and _depthwise_nhwc(cout, x.shape[1], out.shape[2] * out.shape[3]):
+    if cig == 1 and _depthwise_nhwc(op, cout, x.shape[1], out.shape[2] * out.shape[3]):
         xp = conv_b.padded_nhwc(x, op.pad, run.threads)
         taps = depthwise_k.pack_weights(w)
         ho, wo = out.shape[2:]

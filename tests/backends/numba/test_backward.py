@@ -1057,8 +1057,26 @@ def test_both_depthwise_paths_match_torch(kernel, stride, pad, dilation, nhwc_pi
     # 20 channels (a 16-lane run and 4 more), a bias, a conv before it that needs its
     # input gradient, on one thread and on two, 5 samples split unevenly
     monkeypatch.setattr(_conv_rules, "DEPTHWISE_NHWC_PIXELS", nhwc_pixels)
+    monkeypatch.setattr(_conv_rules, "DEPTHWISE_PLANES_CHANNELS", 0)
     b = GraphBuilder("depthwise")
     x = b.relu(b.conv(b.input(3, 11, 9), 20, 1))
     x = b.conv(x, 20, kernel, stride, pad, dilation, groups=20)
     b.output(b.linear(b.flatten(b.gap(b.relu(x))), CLASSES))
     check_on_one_thread_and_two(b.build())
+
+
+def test_small_depthwise_convs_choose_nhwc_or_the_planes():
+    # NHWC onto at most 64 pixels, but stride-1 3x3 convs of at most 32 channels onto 7x7
+    # and 8x8, which the planes' nine-tap kernels take (`_depthwise_nhwc`)
+    from nasgraph.backends.numba._conv_rules import _depthwise_nhwc
+
+    def op(kernel=(3, 3), stride=(1, 1), dilation=(1, 1)):
+        return ops.Conv2d(out_channels=16, kernel=kernel, stride=stride, padding=1,
+                          dilation=dilation, groups=16)
+
+    assert not _depthwise_nhwc(op(), 16, 16, 49) and not _depthwise_nhwc(op(), 32, 32, 64)
+    assert _depthwise_nhwc(op(), 64, 64, 49) and _depthwise_nhwc(op(), 16, 16, 16)
+    assert _depthwise_nhwc(op(stride=(2, 2)), 16, 16, 49)
+    assert _depthwise_nhwc(op(kernel=(5, 5)), 16, 16, 49)
+    assert _depthwise_nhwc(op(dilation=(2, 2)), 16, 16, 49)
+    assert not _depthwise_nhwc(op(), 16, 16, 100) and not _depthwise_nhwc(op(), 32, 16, 49)
