@@ -308,14 +308,22 @@ def conv2d_direct(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: n
 
 
 def conv2d_input_grad(gy: np.ndarray, w: np.ndarray, gx: np.ndarray, pad: tuple[int, int],
-                      dilation: int, threads: int) -> None:
+                      dilation: int, threads: int) -> np.ndarray:
     """gx = the input gradient of a stride-1 conv (no groups, `dilation` down): the full
     convolution of gy with the kernel rotated by 180 degrees and its channel axes
     swapped (seed 003), that is a stride-1 conv of gy padded by (k - 1) * d - p,
-    run by `conv2d_direct`. Overwrites gx."""
-    kh, kw = w.shape[2:]
-    gp = padded_nhwc(gy, ((kh - 1) * dilation - pad[0], kw - 1 - pad[1]), threads)
+    run by `conv2d_direct`. Overwrites gx; returns gy's padded NHWC copy, which the
+    weight gradient may read (`dy_padding`)."""
+    gp = padded_nhwc(gy, dy_padding(w.shape[2:], pad, dilation), threads)
     conv2d_direct(gp, w, None, gx, (1, 1), dilation, threads, flip=True)
+    return gp
+
+
+def dy_padding(kernel: tuple[int, int], pad: tuple[int, int], dilation: int
+               ) -> tuple[int, int]:
+    """How far a stride-1 conv's input gradient pads dy: (k - 1) * d - p (no dilation
+    across)."""
+    return (kernel[0] - 1) * dilation - pad[0], kernel[1] - 1 - pad[1]
 
 
 @njit(parallel=True, cache=True)
@@ -410,18 +418,21 @@ def to_channels_last(gy, gt):
 
 
 @njit(parallel=True, cache=True)
-def weight_grad_nhwc(xp, gt, offs, parts, ho, wo, sh, sw, chunk, tile, threads):
+def weight_grad_nhwc(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, tile, threads):
     """parts[t] += thread t's share of dw (K x Cp, its samples), by `_wgrad_nhwc`'s
     tiles: NHWC_TILES[tile] (16 columns x 16 channels, 12 x 32 or 8 x 48). xp: the input
-    zero-padded in NHWC (N x Hp x Wp x Cin); gt: dy as `to_channels_last` lays it out;
-    offs: each of the K columns' offset from a pixel's window in a sample of xp,
+    zero-padded in NHWC (N x Hp x Wp x Cin); gf: dy in NHWC, flat, with g_geometry =
+    (values a sample, a row, the first pixel's offset) and Cp = parts.shape[2] values a
+    pixel (`to_channels_last`'s layout, or the zero-padded copy the input gradient
+    reads); offs: each of the K columns' offset from a pixel's window in a sample of xp,
     padded to whole tiles; samples go in chunks of `chunk`."""
     n_batch, hp, wp, cin = xp.shape
-    cp = gt.shape[2]
+    cp = parts.shape[2]
+    gs, grow, gbase = g_geometry
     cols, chans = NHWC_TILES[tile]
     n_kb, n_cb = offs.shape[0] // cols, cp // chans
     row, xs = wp * cin, hp * wp * cin
-    xf, gf = xp.reshape(xp.size), gt.reshape(gt.size)
+    xf = xp.reshape(xp.size)
     for t in prange(threads):
         lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
         out = np.empty(cols * chans, np.float32)
@@ -431,13 +442,13 @@ def weight_grad_nhwc(xp, gt, offs, parts, ho, wo, sh, sw, chunk, tile, threads):
                 for kb in range(n_kb):
                     if tile == 0:
                         wgrad_nhwc_k.tile_16x16(xf, gf, offs, kb, cb, n0, n1, ho, wo, row,
-                                                sh, sw, cin, cp, xs, out)
+                                                sh, sw, cin, cp, xs, gs, grow, gbase, out)
                     elif tile == 1:
                         wgrad_nhwc_k.tile_12x32(xf, gf, offs, kb, cb, n0, n1, ho, wo, row,
-                                                sh, sw, cin, cp, xs, out)
+                                                sh, sw, cin, cp, xs, gs, grow, gbase, out)
                     else:
                         wgrad_nhwc_k.tile_8x48(xf, gf, offs, kb, cb, n0, n1, ho, wo, row,
-                                               sh, sw, cin, cp, xs, out)
+                                               sh, sw, cin, cp, xs, gs, grow, gbase, out)
                     for k in range(cols):
                         for v in range(chans):
                             parts[t, kb * cols + k, cb * chans + v] += out[k * chans + v]
@@ -454,27 +465,44 @@ def nhwc_weight_grad_tile(out_channels: int) -> int:
 
 
 def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, int],
-                            stride: tuple[int, int], dilation: int, threads: int
+                            stride: tuple[int, int], dilation: int, threads: int,
+                            gp: np.ndarray | None = None, gp_pad: tuple[int, int] = (0, 0)
                             ) -> np.ndarray:
     """The weight gradient (Cout x Cin x kh x kw) of a conv with no groups, `dilation`
     down and none across, from its input zero-padded in NHWC (xp, `padded_nhwc`, as the
     forward read it) and gy (N x Cout x Ho x Wo): dw = dy . cols, seed 003's correlation,
     by `_wgrad_nhwc`'s register tiles, the columns read in place (kh runs of kw * Cin
-    values of xp a pixel), dy laid out in NHWC (`to_channels_last`). Sums: float32 over
-    CHUNK_PIXELS pixels or a sample, float64 across."""
+    values of xp a pixel), dy laid out in NHWC (`to_channels_last`), or read from `gp`,
+    dy zero-padded in NHWC by `gp_pad` (the input gradient's copy, `padded_nhwc`), where
+    its channels fill whole tiles (`shares_padded_dy`). Sums: float32 over CHUNK_PIXELS
+    pixels or a sample, float64 across."""
     n, _, wp, cin = xp.shape
     cout, ho, wo = gy.shape[1:]
     tile = nhwc_weight_grad_tile(cout)
     chans = NHWC_TILES[tile][1]
     offs = _nhwc_columns(kernel, cin, wp, dilation, NHWC_TILES[tile][0])
-    gt = np.empty((n, ho * wo, -(-cout // chans) * chans), np.float32)
-    to_channels_last(gy, gt)
-    parts = np.zeros((threads, offs.size, gt.shape[2]))
-    weight_grad_nhwc(xp, gt, offs, parts, ho, wo, *stride,
+    if gp is not None and cout % chans == 0:
+        gpw = gp.shape[2]
+        geometry = (gp[0].size, gpw * cout, (gp_pad[0] * gpw + gp_pad[1]) * cout)
+        gf, cp = gp.reshape(gp.size), cout
+    else:
+        cp = -(-cout // chans) * chans
+        gt = np.empty((n, ho * wo, cp), np.float32)
+        to_channels_last(gy, gt)
+        geometry, gf = (ho * wo * cp, wo * cp, 0), gt.reshape(gt.size)
+    parts = np.zeros((threads, offs.size, cp))
+    weight_grad_nhwc(xp, gf, geometry, offs, parts, ho, wo, *stride,
                      max(1, CHUNK_PIXELS // (ho * wo)), tile, threads)
     dw = np.empty((cout, cin, *kernel), np.float32)
     unpack_weight_grad(parts, dw)
     return dw
+
+
+def shares_padded_dy(out_channels: int) -> bool:
+    """Whether `conv2d_weight_grad_nhwc` reads dy from the input gradient's zero-padded
+    NHWC copy: where the output channels fill whole tiles, so that the copy's pixels are
+    the tiles' rows as they lie (16, 32, 64, 96, 128 ... channels)."""
+    return out_channels % NHWC_TILES[nhwc_weight_grad_tile(out_channels)][1] == 0
 
 
 @functools.lru_cache(maxsize=256)

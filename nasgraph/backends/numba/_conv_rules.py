@@ -348,17 +348,25 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
     # phase planes (`_planes_pay`; the forward's, where it ran on them); the input
     # gradient of a stride-1 conv is a conv of gy (seed 003's full convolution), on its
     # phase planes for few input channels where vectors are 512 bits
-    # (`_planes_input_grad`), else tiled; of others added back window by window
+    # (`_planes_input_grad`), else tiled, on dy's padded NHWC copy, which the NHWC weight
+    # gradient then reads too (`shares_padded_dy`); of others added back window by window
     cout, cin, kh, kw = w.shape
     x = saved.x
     direct_dx = needs[0] and _tiled_input_grad(op, x.shape)
     add_dx = needs[0] and not direct_dx
     nhwc_dw = saved.xp is not None and conv_b.nhwc_weight_grad_pays(cout)
     gemm_dw = saved.xp is not None and not nhwc_dw
-    gw = None
+    gx = gp = gw = None
+    if direct_dx and _planes_input_grad(cin, x.shape, kw, op.dilation[1]):
+        gx = planes_k.conv2d_input_grad(gy, w, x.shape, op.pad, op.dilation, run.threads)
+    elif direct_dx:
+        gx = np.empty(x.shape, F32)
+        gp = conv_b.conv2d_input_grad(gy, w, gx, op.pad, op.dilation[0], run.threads)
     if nhwc_dw:
-        gw = conv_b.conv2d_weight_grad_nhwc(saved.xp, gy, op.kernel, op.stride,
-                                            op.dilation[0], run.threads)
+        shared = gp is not None and conv_b.shares_padded_dy(cout)
+        gw = conv_b.conv2d_weight_grad_nhwc(
+            saved.xp, gy, op.kernel, op.stride, op.dilation[0], run.threads,
+            gp if shared else None, conv_b.dy_padding(op.kernel, op.pad, op.dilation[0]))
     elif not gemm_dw:
         planes = saved.planes
         if planes is None:
@@ -379,13 +387,7 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
         if gemm_dw:
             gw = parts[0] if run.threads == 1 else parts.sum(axis=0)
             gw = np.ascontiguousarray(gw.reshape(cout, kh, kw, cin).transpose(0, 3, 1, 2))
-    gx = None
-    if direct_dx and _planes_input_grad(cin, x.shape, kw, op.dilation[1]):
-        gx = planes_k.conv2d_input_grad(gy, w, x.shape, op.pad, op.dilation, run.threads)
-    elif direct_dx:
-        gx = np.empty(x.shape, F32)
-        conv_b.conv2d_input_grad(gy, w, gx, op.pad, op.dilation[0], run.threads)
-    elif add_dx:
+    if add_dx:
         gx = np.empty(x.shape, F32)
         conv_b.from_padded_nhwc(gxp, gx, *op.pad)
     return [gx], _with_bias_grad(op, gw, gy)

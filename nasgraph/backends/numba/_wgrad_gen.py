@@ -122,11 +122,12 @@ def _nhwc_tile_kernel(cols: int, chans: int) -> str:
     lines = [
         '@njit(cache=True, fastmath={"contract", "nsz", "arcp"})',
         f"def tile_{cols}x{chans}(xf, gf, offs, kb, cb, n0, n1, ho, wo, row, sh, sw, cin, cp, xs,",
-        f"{' ' * len(f'def tile_{cols}x{chans}(')}out):",
+        f"{' ' * len(f'def tile_{cols}x{chans}(')}gs, grow, gbase, out):",
         f"    # out[k*{chans} + v] = the sum over samples n0..n1-1 and their Ho x Wo pixels of",
         f"    # x at the column offset offs[kb*{cols} + k] from the pixel's window (xf: samples",
-        f"    # xs values apart, rows `row`) times dy's channel cb*{chans} + v (gf: pixels cp",
-        "    # values apart), in float32. Unsigned offsets: no negative-index fix-ups.",
+        f"    # xs values apart, rows `row`) times dy's channel cb*{chans} + v (gf: from gbase,",
+        "    # samples gs values apart, rows grow, pixels cp), in float32. Unsigned offsets:",
+        "    # no negative-index fix-ups.",
         f"{ind1}zero = np.float32(0.0)",
         f"{ind1}k0 = kb * {cols}",
     ]
@@ -138,10 +139,10 @@ def _nhwc_tile_kernel(cols: int, chans: int) -> str:
         f"{ind1}x_step, g_step = np.uint64(sw * cin), np.uint64(cp)",
         f"{ind1}for n in range(n0, n1):",
         f"{ind2}xq = np.uint64(n * xs)",
-        f"{ind2}gq = np.uint64((n * ho * wo) * cp + cb * {chans})",
+        f"{ind2}gq = np.uint64(gbase + n * gs + cb * {chans})",
         f"{ind2}for oh in range(ho):",
         f"{ind3}x_at = xq + np.uint64(oh * sh * row)  # the window of pixel (oh, 0)",
-        f"{ind3}g_at = gq + np.uint64(oh * wo * cp)",
+        f"{ind3}g_at = gq + np.uint64(oh * grow)",
         f"{ind3}for _ in range(wo):",
     ]
     lines += outer_product(ind4, cols, chans, "g", lambda v: f"gf[g_at + np.uint64({v})]",

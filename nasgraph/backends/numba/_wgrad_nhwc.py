@@ -21,11 +21,12 @@ NHWC_TILES = ((16, 16), (12, 32), (8, 48))
 
 @njit(cache=True, fastmath={"contract", "nsz", "arcp"})
 def tile_16x16(xf, gf, offs, kb, cb, n0, n1, ho, wo, row, sh, sw, cin, cp, xs,
-               out):
+               gs, grow, gbase, out):
     # out[k*16 + v] = the sum over samples n0..n1-1 and their Ho x Wo pixels of
     # x at the column offset offs[kb*16 + k] from the pixel's window (xf: samples
-    # xs values apart, rows `row`) times dy's channel cb*16 + v (gf: pixels cp
-    # values apart), in float32. Unsigned offsets: no negative-index fix-ups.
+    # xs values apart, rows `row`) times dy's channel cb*16 + v (gf: from gbase,
+    # samples gs values apart, rows grow, pixels cp), in float32. Unsigned offsets:
+    # no negative-index fix-ups.
     zero = np.float32(0.0)
     k0 = kb * 16
     o0 = np.uint64(offs[k0 + 0])
@@ -79,10 +80,10 @@ def tile_16x16(xf, gf, offs, kb, cb, n0, n1, ho, wo, row, sh, sw, cin, cp, xs,
     x_step, g_step = np.uint64(sw * cin), np.uint64(cp)
     for n in range(n0, n1):
         xq = np.uint64(n * xs)
-        gq = np.uint64((n * ho * wo) * cp + cb * 16)
+        gq = np.uint64(gbase + n * gs + cb * 16)
         for oh in range(ho):
             x_at = xq + np.uint64(oh * sh * row)  # the window of pixel (oh, 0)
-            g_at = gq + np.uint64(oh * wo * cp)
+            g_at = gq + np.uint64(oh * grow)
             for _ in range(wo):
                 g0 = gf[g_at + np.uint64(0)]
                 g1 = gf[g_at + np.uint64(1)]
@@ -634,11 +635,12 @@ def tile_16x16(xf, gf, offs, kb, cb, n0, n1, ho, wo, row, sh, sw, cin, cp, xs,
 
 @njit(cache=True, fastmath={"contract", "nsz", "arcp"})
 def tile_12x32(xf, gf, offs, kb, cb, n0, n1, ho, wo, row, sh, sw, cin, cp, xs,
-               out):
+               gs, grow, gbase, out):
     # out[k*32 + v] = the sum over samples n0..n1-1 and their Ho x Wo pixels of
     # x at the column offset offs[kb*12 + k] from the pixel's window (xf: samples
-    # xs values apart, rows `row`) times dy's channel cb*32 + v (gf: pixels cp
-    # values apart), in float32. Unsigned offsets: no negative-index fix-ups.
+    # xs values apart, rows `row`) times dy's channel cb*32 + v (gf: from gbase,
+    # samples gs values apart, rows grow, pixels cp), in float32. Unsigned offsets:
+    # no negative-index fix-ups.
     zero = np.float32(0.0)
     k0 = kb * 12
     o0 = np.uint64(offs[k0 + 0])
@@ -704,10 +706,10 @@ def tile_12x32(xf, gf, offs, kb, cb, n0, n1, ho, wo, row, sh, sw, cin, cp, xs,
     x_step, g_step = np.uint64(sw * cin), np.uint64(cp)
     for n in range(n0, n1):
         xq = np.uint64(n * xs)
-        gq = np.uint64((n * ho * wo) * cp + cb * 32)
+        gq = np.uint64(gbase + n * gs + cb * 32)
         for oh in range(ho):
             x_at = xq + np.uint64(oh * sh * row)  # the window of pixel (oh, 0)
-            g_at = gq + np.uint64(oh * wo * cp)
+            g_at = gq + np.uint64(oh * grow)
             for _ in range(wo):
                 g0 = gf[g_at + np.uint64(0)]
                 g1 = gf[g_at + np.uint64(1)]
@@ -1527,11 +1529,12 @@ def tile_12x32(xf, gf, offs, kb, cb, n0, n1, ho, wo, row, sh, sw, cin, cp, xs,
 
 @njit(cache=True, fastmath={"contract", "nsz", "arcp"})
 def tile_8x48(xf, gf, offs, kb, cb, n0, n1, ho, wo, row, sh, sw, cin, cp, xs,
-              out):
+              gs, grow, gbase, out):
     # out[k*48 + v] = the sum over samples n0..n1-1 and their Ho x Wo pixels of
     # x at the column offset offs[kb*8 + k] from the pixel's window (xf: samples
-    # xs values apart, rows `row`) times dy's channel cb*48 + v (gf: pixels cp
-    # values apart), in float32. Unsigned offsets: no negative-index fix-ups.
+    # xs values apart, rows `row`) times dy's channel cb*48 + v (gf: from gbase,
+    # samples gs values apart, rows grow, pixels cp), in float32. Unsigned offsets:
+    # no negative-index fix-ups.
     zero = np.float32(0.0)
     k0 = kb * 8
     o0 = np.uint64(offs[k0 + 0])
@@ -1593,10 +1596,10 @@ def tile_8x48(xf, gf, offs, kb, cb, n0, n1, ho, wo, row, sh, sw, cin, cp, xs,
     x_step, g_step = np.uint64(sw * cin), np.uint64(cp)
     for n in range(n0, n1):
         xq = np.uint64(n * xs)
-        gq = np.uint64((n * ho * wo) * cp + cb * 48)
+        gq = np.uint64(gbase + n * gs + cb * 48)
         for oh in range(ho):
             x_at = xq + np.uint64(oh * sh * row)  # the window of pixel (oh, 0)
-            g_at = gq + np.uint64(oh * wo * cp)
+            g_at = gq + np.uint64(oh * grow)
             for _ in range(wo):
                 g0 = gf[g_at + np.uint64(0)]
                 g1 = gf[g_at + np.uint64(1)]

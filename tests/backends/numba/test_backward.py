@@ -1045,6 +1045,31 @@ def test_nhwc_weight_gradient_matches_torch_float64(kernel, stride, pad, dilatio
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("cout", [16, 32, 48, 64, 24])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_nhwc_weight_gradient_reads_the_input_gradients_padded_dy(cout, stride, threads):
+    # where the output channels fill whole tiles (`shares_padded_dy`), the weight gradient
+    # reads dy from the input gradient's zero-padded NHWC copy (rows and samples of the
+    # padded width, from the first interior pixel); 24 channels do not fill a tile and lay
+    # dy out again
+    from nasgraph.backends.numba import _backward_conv as conv_b
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 6, 9, 11, dtype=torch.float64, generator=gen)
+    w = torch.randn(cout, 6, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    y = F.conv2d(x, w, stride=stride, padding=1)
+    gy = torch.randn(y.shape, dtype=torch.float64, generator=gen)
+    (y * gy).sum().backward()
+    xp = conv_b.padded_nhwc(x.float().numpy(), (1, 1), threads)
+    gp = conv_b.padded_nhwc(gy.float().numpy(), (2, 1), threads)
+    assert conv_b.shares_padded_dy(cout) == (cout != 24)
+    got = conv_b.conv2d_weight_grad_nhwc(xp, gy.float().numpy(), (3, 3), (stride, stride), 1,
+                                         threads, gp, (2, 1))
+    ref = w.grad.numpy()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
 @pytest.mark.parametrize("kernel, stride, pad, dilation", [
     ((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1), (1, 1)),
     ((5, 5), (2, 2), (2, 2), (1, 1)), ((3, 1), (2, 1), (1, 0), (1, 1)),
