@@ -246,43 +246,12 @@ def padded_nhwc(x: np.ndarray, pad: tuple[int, int], threads: int) -> np.ndarray
     return xp
 
 
-@njit(cache=True)
-def pack_tiles(w, v, flip):
-    """w (Cout x Cin x kh x kw) packed as the tiled kernels read it, ceil(Cout/v) x kh x
-    (kw*Cin) x v with the channels zero-padded to whole blocks (`_tiled.pack_weights`).
-    With `flip`, w is a forward conv's weight and the kernel packed is its input
-    gradient's: rotated by 180 degrees, its channel axes swapped (seed 003), in the same
-    pass (numpy took a copy to rotate and one to pack: 10.8 against 4.4 us for 32 x 32 x
-    3 x 3, every step)."""
-    co, ci, kh, kw = w.shape
-    cout, cin = (ci, co) if flip else (co, ci)
-    blocks = (cout + v - 1) // v
-    packed = np.zeros((blocks, kh, kw * cin, v), np.float32)
-    p1, w1 = packed.reshape(packed.size), w.reshape(w.size)  # flat: unsigned offsets
-    taps = kh * kw
-    # lane l of channel block b, tap (i, j), input channel c: w[b*v + l, c, i, j]
-    lane_step = np.uint64(taps if flip else ci * taps)
-    for b in range(blocks):
-        lanes = np.uint64(min(v, cout - b * v))
-        for i in range(kh):
-            for j in range(kw):
-                for c in range(cin):
-                    dst = np.uint64((((b * kh + i) * kw + j) * cin + c) * v)
-                    if flip:
-                        src = np.uint64((c * ci + b * v) * taps + (kh - 1 - i) * kw + kw - 1 - j)
-                    else:
-                        src = np.uint64((b * v * ci + c) * taps + i * kw + j)
-                    for lane in range(lanes):
-                        p1[dst + lane] = w1[src + lane * lane_step]
-    return packed
-
-
 def conv2d_direct(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: np.ndarray,
                   stride: tuple[int, int], dilation: int, threads: int,
                   flip: bool = False) -> None:
     """out = conv(x, w) + bias by the executor's register-tiled direct kernel (`_tiled`),
     from x zero-padded in NHWC (`padded_nhwc`): w Cout x Cin x kh x kw (no groups; with
-    `flip`, Cin x Cout x kh x kw, run rotated: `pack_tiles`), out N x Cout x Ho x Wo;
+    `flip`, Cin x Cout x kh x kw, run rotated: `_tiled.pack_tiles`), out N x Cout x Ho x Wo;
     `dilation` down (none across). Faster than im2col + GEMM wherever the executor picks it
     (3x3 convs of 8-32 channels at batch 128: 1.5-3x)."""
     n, _, _, cin = xp.shape
@@ -302,7 +271,7 @@ def conv2d_direct(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: n
     else:
         kernels = tiled_k
     (kernels.conv2d_tiled_1 if threads == 1 else kernels.conv2d_tiled)(
-        xp.reshape(n, xp.shape[1], -1), 0, pack_tiles(w, kernels.V, flip),
+        xp.reshape(n, xp.shape[1], -1), 0, tiled_k.pack_tiles(w, kernels.V, flip),
         kernels.pack_bias(bias, cout), _NO_RES, out, 0, cout, cin, kh, *stride, dilation, 0,
         0, out.shape[2], out.shape[3], -1, -1, threads)
 

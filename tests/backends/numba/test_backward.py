@@ -365,20 +365,29 @@ def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, c
         close(conv_b.depthwise_input_grad(planes, gp, w32, threads), x.grad)
 
 
+def numpy_packed(w: np.ndarray, v: int) -> np.ndarray:
+    """The tiled kernels' weight layout, ceil(Cout/v) x kh x (kw*Cin) x v, by numpy's
+    transposes: `pack_tiles`' reference."""
+    cout, cin, kh, kw = w.shape
+    blocks = -(-cout // v)
+    padded = np.zeros((blocks * v, cin, kh, kw), np.float32)
+    padded[:cout] = w
+    packed = padded.reshape(blocks, v, cin, kh, kw).transpose(0, 3, 4, 2, 1)
+    return np.ascontiguousarray(packed).reshape(blocks, kh, kw * cin, v)
+
+
 @pytest.mark.parametrize("shape", [(32, 32, 3, 3), (8, 160, 1, 1), (45, 7, 3, 3), (5, 3, 2, 3)])
 @pytest.mark.parametrize("v", [8, 16, 32])
 def test_weights_packed_for_the_tiles_as_numpy_packs_them(shape, v):
-    # `pack_tiles` against the executor's numpy packing of w, and of w rotated by 180
-    # degrees with its channel axes swapped (the input gradient's kernel)
-    from nasgraph.backends.numba import _backward_conv as conv_b
+    # `pack_tiles` against numpy's packing of w, and of w rotated by 180 degrees with its
+    # channel axes swapped (the input gradient's kernel); the executor's `pack_weights`
     from nasgraph.backends.numba import _tiled
 
     w = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     rotated = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(_tiled, "V", v)
-        assert (conv_b.pack_tiles(w, v, False) == _tiled.pack_weights(w)).all()
-        assert (conv_b.pack_tiles(w, v, True) == _tiled.pack_weights(rotated)).all()
+    assert (_tiled.pack_tiles(w, v, False) == numpy_packed(w, v)).all()
+    assert (_tiled.pack_tiles(w, v, True) == numpy_packed(rotated, v)).all()
+    assert (_tiled.pack_weights(w) == numpy_packed(w, _tiled.V)).all()
 
 
 @pytest.mark.parametrize("threads", [1, 3])
