@@ -450,7 +450,7 @@ def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, i
     tile = nhwc_weight_grad_tile(cout)
     chans = NHWC_TILES[tile][1]
     offs = _nhwc_columns(kernel, cin, wp, dilation, NHWC_TILES[tile][0])
-    if gp is not None and cout % chans == 0:
+    if gp is not None and shares_padded_dy(cout):
         gpw = gp.shape[2]
         geometry = (gp[0].size, gpw * cout, (gp_pad[0] * gpw + gp_pad[1]) * cout)
         gf, cp = gp.reshape(gp.size), cout

@@ -13,6 +13,7 @@ from nasgraph.backends.numba import _backward_conv as conv_b
 from nasgraph.backends.numba import _conv_matmul as matmul_k
 from nasgraph.backends.numba import _depthwise as depthwise_k
 from nasgraph.backends.numba import _planes as planes_k
+from nasgraph.backends.numba import _planes_depthwise as depthwise_planes_k
 from nasgraph.backends.numba import _tiled as tiled_k
 from nasgraph.backends.numba._activations import ACT_CODES
 from nasgraph.backends.numba._rule import (
@@ -89,7 +90,7 @@ def _depthwise_nhwc(op, out_channels: int, in_channels: int, out_pixels: int) ->
     Measured on an AVX-512 Xeon, one thread, 3x3 convs at batch 128 (docs/numba.md,
     "Depthwise convs in NHWC"): forward plus backward 0.49-0.62x the planes' time onto
     4x4, 0.71-0.95x onto 7x7, 0.91-0.96x onto 8x8; 1.07x onto 10x10, 1.65-1.9x onto
-    14x14. Since the planes sum a 3x3 kernel's taps in registers (`_planes._nine_taps`),
+    14x14. Since the planes sum a 3x3 kernel's taps in registers (`_planes_depthwise._nine_taps`),
     stride-1 3x3 convs of at most DEPTHWISE_PLANES_CHANNELS channels onto 7x7 and 8x8
     stay on the planes: there they take 0.54-0.61x NHWC's time at 16 channels, 0.84x at
     32, 0.96-1.05x at 64 (docs/numba.md, "Nine taps in registers")."""
@@ -228,7 +229,7 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
         if stem:
             planes_k.conv2d_forward(planes, w, bias if op.bias else None, out, run.threads)
         else:
-            planes_k.depthwise_forward(planes, w.reshape(cout, kh * kw),
+            depthwise_planes_k.depthwise_forward(planes, w.reshape(cout, kh * kw),
                                        bias if op.bias else None, out, run.threads)
         return out, planes
     if conv_strategy(node, cig, winograd=False) == "tiled":  # as the executor runs it
@@ -312,11 +313,11 @@ def conv_backward(node: Node, gy: np.ndarray,
         gw = np.ascontiguousarray(gw.T, F32).reshape(w.shape)
         return [gx if needs[0] else None], _with_bias_grad(op, gw, gy)
     if isinstance(saved, planes_k.PhasePlanes):  # depthwise
-        gp = planes_k.depthwise_rows(saved, gy, conv_b.WIDE)
+        gp = depthwise_planes_k.depthwise_rows(saved, gy, conv_b.WIDE)
         gw = planes_k.conv2d_weight_grad(saved, gy, op.groups, op.kernel, run.threads, gp,
                                          conv_b.WIDE)
-        gx = planes_k.depthwise_input_grad(saved, gp, w.reshape(cout, kh * kw), run.threads) \
-            if needs[0] else None
+        gx = depthwise_planes_k.depthwise_input_grad(
+            saved, gp, w.reshape(cout, kh * kw), run.threads) if needs[0] else None
         return [gx], _with_bias_grad(op, gw, gy)
     if matmul_k.batched_pointwise(op, run.threads):
         gx, gw = matmul_k.pointwise_backward(saved, w, gy, needs[0])
@@ -363,10 +364,9 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
         gx = np.empty(x.shape, F32)
         gp = conv_b.conv2d_input_grad(gy, w, gx, op.pad, op.dilation[0], run.threads)
     if nhwc_dw:
-        shared = gp is not None and conv_b.shares_padded_dy(cout)
         gw = conv_b.conv2d_weight_grad_nhwc(
-            saved.xp, gy, op.kernel, op.stride, op.dilation[0], run.threads,
-            gp if shared else None, conv_b.dy_padding(op.kernel, op.pad, op.dilation[0]))
+            saved.xp, gy, op.kernel, op.stride, op.dilation[0], run.threads, gp,
+            conv_b.dy_padding(op.kernel, op.pad, op.dilation[0]))
     elif not gemm_dw:
         planes = saved.planes
         if planes is None:

@@ -337,6 +337,7 @@ def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, c
     # multiple of a tile's rows, taps not of its columns, a window that misses the last
     # rows, samples split unevenly over `threads`
     from nasgraph.backends.numba import _planes as conv_b
+    from nasgraph.backends.numba import _planes_depthwise as depthwise_b
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, cin, 11, 9, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -358,11 +359,11 @@ def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, c
     if cin == groups:  # depthwise
         w32 = w.detach().float().numpy().reshape(cout, -1)
         out = np.empty(y.shape, np.float32)
-        conv_b.depthwise_forward(planes, w32, None, out, threads)
+        depthwise_b.depthwise_forward(planes, w32, None, out, threads)
         close(out, y)
-        gp = conv_b.depthwise_rows(planes, gy32)
+        gp = depthwise_b.depthwise_rows(planes, gy32)
         close(conv_b.conv2d_weight_grad(planes, gy32, groups, kernel, threads, gp), w.grad)
-        close(conv_b.depthwise_input_grad(planes, gp, w32, threads), x.grad)
+        close(depthwise_b.depthwise_input_grad(planes, gp, w32, threads), x.grad)
 
 
 def numpy_packed(w: np.ndarray, v: int) -> np.ndarray:
