@@ -145,7 +145,7 @@ def _batchnorm_train_by_channel(x, gamma, beta, eps, out, mean, var, act):
 
 @njit(inline="always", cache=True)
 def _column_sum(parts, c):
-    # the threads' sums of channel c (a slice's .sum() allocated: 1-4x a small pass)
+    # the threads' sums of channel c (a slice's .sum() allocated: up to 5x a small pass)
     total = 0.0
     for t in range(parts.shape[0]):
         total += parts[t, c]
