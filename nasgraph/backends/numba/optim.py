@@ -1,8 +1,11 @@
-"""SGD (Nesterov momentum) and AdamW in numpy, step for step as torch.optim computes them.
+"""SGD (Nesterov momentum) and AdamW, step for step as torch.optim computes them.
 
 The trainable weights live in one flat float32 vector (`FlatParams`), the state dict's
-entries being views of it: an optimizer step is then a dozen numpy operations on whole
-vectors, whatever the number of layers, rather than a dozen per weight tensor. As
+entries being views of it: an optimizer step is then one pass of a numba loop over whole
+vectors, whatever the number of layers, rather than a dozen operations per weight tensor.
+Each weight's update is the same float32 arithmetic, in the same order, as torch's
+(and as the dozen numpy whole-vector operations this module first ran, which read and
+wrote the vectors once each: 5x the time for the digits candidate's 20k weights). As
 `nasgraph.train.make_optimizer` groups them, weights of two or more dimensions (conv
 and linear kernels) are decayed and the rest (biases, BatchNorm's scale and shift) are not;
 the decayed weights come first in the vector, so a group is a slice.
@@ -23,6 +26,7 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Literal
 
 import numpy as np
+from numba import njit
 
 __all__ = ["SGD", "AdamW", "FlatParams", "make_optimizer"]
 
@@ -72,23 +76,16 @@ class SGD:
         self.params, self.momentum = params, np.float32(momentum)
         self.groups = params.groups(weight_decay)
         self.buf: np.ndarray | None = None
-        self._d = np.empty_like(params.data)
 
     def step(self, lr: float) -> None:
         """One update of `params.data` from `params.grad` at learning rate `lr`."""
-        p, d = self.params.data, self._d
-        np.copyto(d, self.params.grad)
+        p, g = self.params.data, self.params.grad
+        first = self.buf is None
+        if first:
+            self.buf = np.empty_like(p)
         for where, wd in self.groups:
-            if wd:
-                d[where] += np.float32(wd) * p[where]
-        if self.buf is None:
-            self.buf = d.copy()
-        else:
-            self.buf *= self.momentum
-            self.buf += d
-        d += self.momentum * self.buf
-        d *= np.float32(lr)
-        p -= d
+            _sgd(p, g, self.buf, where.start or 0, where.stop or p.size, np.float32(wd),
+                 self.momentum, np.float32(lr), first)
 
 
 class AdamW:
@@ -104,30 +101,43 @@ class AdamW:
         self.groups = params.groups(weight_decay)
         self.m = np.zeros_like(params.data)
         self.v = np.zeros_like(params.data)
-        self._t = np.empty_like(params.data)
         self.steps = 0
 
     def step(self, lr: float) -> None:
         """One update of `params.data` from `params.grad` at learning rate `lr`."""
-        p, g, m, v, t = self.params.data, self.params.grad, self.m, self.v, self._t
+        p = self.params.data
         b1, b2 = self.betas
         self.steps += 1
+        bias2 = np.float32(np.sqrt(1.0 - b2 ** self.steps))
+        step_size = np.float32(lr / (1.0 - b1 ** self.steps))
         for where, wd in self.groups:
-            if wd:
-                p[where] *= np.float32(1.0 - lr * wd)
-        np.subtract(g, m, out=t)  # m += (1 - b1) * (g - m), as torch's lerp
-        t *= np.float32(1.0 - b1)
-        m += t
-        v *= np.float32(b2)
-        np.multiply(g, g, out=t)
-        t *= np.float32(1.0 - b2)
-        v += t
-        np.sqrt(v, out=t)
-        t /= np.float32(np.sqrt(1.0 - b2 ** self.steps))
-        t += np.float32(self.eps)
-        np.divide(m, t, out=t)
-        t *= np.float32(lr / (1.0 - b1 ** self.steps))
-        p -= t
+            _adamw(p, self.params.grad, self.m, self.v, where.start or 0, where.stop or p.size,
+                   np.float32(1.0 - lr * wd), np.float32(1.0 - b1), np.float32(b2),
+                   np.float32(1.0 - b2), bias2, np.float32(self.eps), step_size)
+
+
+@njit(cache=True)
+def _sgd(p, g, buf, lo, hi, wd, momentum, lr, first):
+    # weights lo..hi: d = g + wd * p; b = d (first step) or momentum * b + d;
+    # p -= (d + momentum * b) * lr, each in float32 as torch rounds it
+    for i in range(np.uint64(lo), np.uint64(hi)):  # unsigned: no wraparound checks
+        d = g[i] + wd * p[i] if wd else g[i]
+        b = d if first else momentum * buf[i] + d
+        buf[i] = b
+        p[i] -= (d + momentum * b) * lr
+
+
+@njit(cache=True, error_model="numpy")  # no ZeroDivisionError branch: it vectorizes
+def _adamw(p, g, m, v, lo, hi, decay, one_b1, b2, one_b2, bias2, eps, step_size):
+    # weights lo..hi: p *= decay (1 - lr * wd); m += (g - m) * (1 - b1), torch's lerp;
+    # v = v * b2 + g * g * (1 - b2); p -= m / (sqrt(v) / bias2 + eps) * step_size, with
+    # bias2 = sqrt(1 - b2^t) and step_size = lr / (1 - b1^t); each in float32
+    for i in range(np.uint64(lo), np.uint64(hi)):  # unsigned: no wraparound checks
+        gi = g[i]
+        mi = m[i] + (gi - m[i]) * one_b1
+        vi = v[i] * b2 + gi * gi * one_b2
+        m[i], v[i] = mi, vi
+        p[i] = p[i] * decay - mi / (np.sqrt(vi) / bias2 + eps) * step_size
 
 
 def make_optimizer(kind: Literal["sgd", "adamw"], params: FlatParams, weight_decay: float,
