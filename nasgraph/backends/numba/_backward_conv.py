@@ -388,18 +388,19 @@ def to_channels_last(gy, gt):
 
 @njit(parallel=True, cache=True)
 def weight_grad_nhwc(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, tile, threads):
-    """parts[t] += thread t's share of dw (K x Cp, its samples), by `_wgrad_nhwc`'s
-    tiles: NHWC_TILES[tile] (16 columns x 16 channels, 12 x 32 or 8 x 48). xp: the input
-    zero-padded in NHWC (N x Hp x Wp x Cin); gf: dy in NHWC, flat, with g_geometry =
-    (values a sample, a row, the first pixel's offset) and Cp = parts.shape[2] values a
-    pixel (`to_channels_last`'s layout, or the zero-padded copy the input gradient
-    reads); offs: each of the K columns' offset from a pixel's window in a sample of xp,
-    padded to whole tiles; samples go in chunks of `chunk`."""
+    """parts[t] += thread t's share of dw (K x Cp, its samples; Cp: the output channels
+    in whole tiles), by `_wgrad_nhwc`'s tiles: NHWC_TILES[tile] (16 columns x 16
+    channels, 12 x 32 or 8 x 48). xp: the input zero-padded in NHWC (N x Hp x Wp x Cin);
+    gf: dy in NHWC, flat, with g_geometry = (values a sample, a row, a pixel, the first
+    pixel's offset): `to_channels_last`'s layout (Cp values a pixel), or the zero-padded
+    copy the input gradient reads (Cout a pixel; a tile's lanes past Cout read the next
+    pixels', whose sums no weight takes); offs: each of the K columns' offset from a
+    pixel's window in a sample of xp, padded to whole tiles; samples go in chunks of
+    `chunk`."""
     n_batch, hp, wp, cin = xp.shape
-    cp = parts.shape[2]
-    gs, grow, gbase = g_geometry
+    gs, grow, gpix, gbase = g_geometry
     cols, chans = NHWC_TILES[tile]
-    n_kb, n_cb = offs.shape[0] // cols, cp // chans
+    n_kb, n_cb = offs.shape[0] // cols, parts.shape[2] // chans
     row, xs = wp * cin, hp * wp * cin
     xf = xp.reshape(xp.size)
     for t in prange(threads):
@@ -411,13 +412,13 @@ def weight_grad_nhwc(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, til
                 for kb in range(n_kb):
                     if tile == 0:
                         wgrad_nhwc_k.tile_16x16(xf, gf, offs, kb, cb, n0, n1, ho, wo, row,
-                                                sh, sw, cin, cp, xs, gs, grow, gbase, out)
+                                                sh, sw, cin, gpix, xs, gs, grow, gbase, out)
                     elif tile == 1:
                         wgrad_nhwc_k.tile_12x32(xf, gf, offs, kb, cb, n0, n1, ho, wo, row,
-                                                sh, sw, cin, cp, xs, gs, grow, gbase, out)
+                                                sh, sw, cin, gpix, xs, gs, grow, gbase, out)
                     else:
                         wgrad_nhwc_k.tile_8x48(xf, gf, offs, kb, cb, n0, n1, ho, wo, row,
-                                               sh, sw, cin, cp, xs, gs, grow, gbase, out)
+                                               sh, sw, cin, gpix, xs, gs, grow, gbase, out)
                     for k in range(cols):
                         for v in range(chans):
                             parts[t, kb * cols + k, cb * chans + v] += out[k * chans + v]
@@ -443,22 +444,21 @@ def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, i
     by `_wgrad_nhwc`'s register tiles, the columns read in place (kh runs of kw * Cin
     values of xp a pixel), dy laid out in NHWC (`to_channels_last`), or read from `gp`,
     dy zero-padded in NHWC by `gp_pad` (the input gradient's copy, `padded_nhwc`), where
-    its channels fill whole tiles (`shares_padded_dy`). Sums: float32 over CHUNK_PIXELS
+    the tiles' reads stay inside it (`shares_padded_dy`). Sums: float32 over CHUNK_PIXELS
     pixels or a sample, float64 across."""
     n, _, wp, cin = xp.shape
     cout, ho, wo = gy.shape[1:]
     tile = nhwc_weight_grad_tile(cout)
-    chans = NHWC_TILES[tile][1]
+    cp = lanes(cout, NHWC_TILES[tile][1])
     offs = _nhwc_columns(kernel, cin, wp, dilation, NHWC_TILES[tile][0])
-    if gp is not None and shares_padded_dy(cout):
+    if gp is not None and shares_padded_dy(cout, gp_pad, wo):
         gpw = gp.shape[2]
-        geometry = (gp[0].size, gpw * cout, (gp_pad[0] * gpw + gp_pad[1]) * cout)
-        gf, cp = gp.reshape(gp.size), cout
+        geometry = (gp[0].size, gpw * cout, cout, (gp_pad[0] * gpw + gp_pad[1]) * cout)
+        gf = gp.reshape(gp.size)
     else:
-        cp = -(-cout // chans) * chans
         gt = np.empty((n, ho * wo, cp), np.float32)
         to_channels_last(gy, gt)
-        geometry, gf = (ho * wo * cp, wo * cp, 0), gt.reshape(gt.size)
+        geometry, gf = (ho * wo * cp, wo * cp, cp, 0), gt.reshape(gt.size)
     parts = np.zeros((threads, offs.size, cp))
     weight_grad_nhwc(xp, gf, geometry, offs, parts, ho, wo, *stride,
                      max(1, CHUNK_PIXELS // (ho * wo)), tile, threads)
@@ -467,11 +467,25 @@ def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, i
     return dw
 
 
-def shares_padded_dy(out_channels: int) -> bool:
-    """Whether `conv2d_weight_grad_nhwc` reads dy from the input gradient's zero-padded
-    NHWC copy: where the output channels fill whole tiles, so that the copy's pixels are
-    the tiles' rows as they lie (16, 32, 64, 96, 128 ... channels)."""
-    return out_channels % NHWC_TILES[nhwc_weight_grad_tile(out_channels)][1] == 0
+def shares_padded_dy(out_channels: int, pad: tuple[int, int], width: int) -> bool:
+    """Whether `conv2d_weight_grad_nhwc` reads dy (`width` pixels a row) from the input
+    gradient's NHWC copy, zero-padded by `pad`, in place. Where the output channels fill
+    the tiles' vectors (16, 32, 64, 96 ...), always. Where they do not, a tile's last
+    lanes read the next pixel's values, whose sums are dropped: taken for at most
+    SHARED_DY_MAX_CHANNELS channels, where the padding after the copy's last pixel (the
+    right border and the bottom rows) holds those lanes."""
+    over = lanes(out_channels, NHWC_TILES[nhwc_weight_grad_tile(out_channels)][1]) \
+        - out_channels
+    return over == 0 or (out_channels <= SHARED_DY_MAX_CHANNELS
+                         and over <= (pad[1] + pad[0] * (width + 2 * pad[1])) * out_channels)
+
+
+# Output channels up to which the weight gradient reads the padded dy in place although
+# they do not fill its tiles' vectors. Measured on an AVX-512 Xeon, one thread, 3x3
+# convs at batch 128 (docs/numba.md, "dy read in place"): 0.78-0.94x the time of laying
+# dy out again for 12-28 channels; 0.91-1.08x for 36-100, where the copy is a smaller
+# share and each pixel's vectors straddle cache lines
+SHARED_DY_MAX_CHANNELS = 32
 
 
 @functools.lru_cache(maxsize=256)

@@ -1055,14 +1055,17 @@ def test_nhwc_weight_gradient_matches_torch_float64(kernel, stride, pad, dilatio
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("cout", [16, 32, 48, 64, 24])
+@pytest.mark.parametrize("cout", [16, 32, 48, 64, 24, 22, 45, 90])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_nhwc_weight_gradient_reads_the_input_gradients_padded_dy(cout, stride, threads):
-    # where the output channels fill whole tiles (`shares_padded_dy`), the weight gradient
-    # reads dy from the input gradient's zero-padded NHWC copy (rows and samples of the
-    # padded width, from the first interior pixel); 24 channels do not fill a tile and lay
-    # dy out again
+@pytest.mark.parametrize("gp_pad", [(2, 1), (0, 0)])
+def test_nhwc_weight_gradient_reads_the_input_gradients_padded_dy(cout, stride, threads,
+                                                                   gp_pad):
+    # the weight gradient reads dy from the input gradient's zero-padded NHWC copy (rows
+    # and samples of the padded width, from the first interior pixel) where the tiles'
+    # reads stay inside it (`shares_padded_dy`): where the channels fill whole tiles, or
+    # for few channels where the padding after the last pixel holds the lanes past them
+    # (which read the next pixel's dy, their sums dropped); else it lays dy out again
     from nasgraph.backends.numba import _backward_conv as conv_b
 
     gen = torch.Generator().manual_seed(1)
@@ -1072,10 +1075,17 @@ def test_nhwc_weight_gradient_reads_the_input_gradients_padded_dy(cout, stride, 
     gy = torch.randn(y.shape, dtype=torch.float64, generator=gen)
     (y * gy).sum().backward()
     xp = conv_b.padded_nhwc(x.float().numpy(), (1, 1), threads)
-    gp = conv_b.padded_nhwc(gy.float().numpy(), (2, 1), threads)
-    assert conv_b.shares_padded_dy(cout) == (cout != 24)
+    gp = conv_b.padded_nhwc(gy.float().numpy(), gp_pad, threads)
+    fills = cout in (16, 32, 48, 64)
+    shares = conv_b.shares_padded_dy(cout, gp_pad, y.shape[3])
+    assert shares == (fills or (gp_pad != (0, 0) and cout <= conv_b.SHARED_DY_MAX_CHANNELS))
+    # the farthest value a tile reads: the vectors of channels at the last pixel
+    lanes = conv_b.lanes(cout, conv_b.NHWC_TILES[conv_b.nhwc_weight_grad_tile(cout)][1])
+    n, hp, wp, _ = gp.shape
+    last = ((n - 1) * hp * wp + (hp - 1 - gp_pad[0]) * wp + wp - 1 - gp_pad[1]) * cout
+    assert not shares or last + lanes <= gp.size
     got = conv_b.conv2d_weight_grad_nhwc(xp, gy.float().numpy(), (3, 3), (stride, stride), 1,
-                                         threads, gp, (2, 1))
+                                         threads, gp, gp_pad)
     ref = w.grad.numpy()
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
