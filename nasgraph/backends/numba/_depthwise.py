@@ -12,7 +12,8 @@ A job is one output row of one block of channels; the epilogue act(acc + residua
 writes NCHW at channel offset `co` or zero-padded NHWC for the next NHWC conv, as the
 tiled conv writes.
 
-Training runs small depthwise convs on the same layout (`_conv_rules`): the forward on
+Training runs small depthwise convs on the same layout (`_conv_rules`), but for the
+stride-1 3x3 ones, which take flat planes (`_depthwise_flat`): the forward on
 `conv2d_depthwise_nhwc`, the weight and input gradients on `depthwise_nhwc_backward`,
 each tap a multiply-add over a run of channels.
 """
