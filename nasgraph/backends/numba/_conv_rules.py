@@ -89,18 +89,21 @@ def _subsampled_pointwise(op) -> bool:
 
 def _flat_depthwise(op, out_channels: int, in_channels: int, pixels: int) -> bool:
     """Whether a depthwise conv trains on flat planes (`_depthwise_flat`): channel
-    multiplier 1, 3x3, stride 1, padding 1, no dilation, maps of at most
-    FLAT_MAX_PIXELS. Each tap reads the plane shifted by a constant, masked where it falls
-    off the map, so a plane is whole vectors, with no transposes (NHWC) and no rows to
-    copy and crop (the phase planes). Measured on an AVX-512 Xeon, one thread, batch 128
-    (32 for 8x8), forward plus backward (docs/numba.md, "Depthwise convs on flat
-    planes"): 0.56-0.75x the time of the faster of NHWC and the phase planes for 16-128
-    channels on 4x4 to 14x14 maps, 0.92x on 28x28, as long on 56x56."""
-    return (out_channels == in_channels and op.kernel == (3, 3) and op.stride == (1, 1)
+    multiplier 1, 3x3, stride 1 or 2, padding 1, no dilation, input maps of at most
+    FLAT_MAX_PIXELS. Each tap reads the plane (a stride phase of it) shifted by a
+    constant, masked where it falls off the map, so a plane is whole vectors, with no
+    transposes (NHWC) and no rows to copy and crop (the phase planes). Measured on an
+    AVX-512 Xeon, one thread, batch 128 (32 for 8x8), forward plus backward
+    (docs/numba.md, "Depthwise convs on flat planes"), against the faster of NHWC and the
+    phase planes: stride 1, 0.56-0.75x for 16-128 channels on 4x4 to 14x14 maps, 0.92x
+    on 28x28, as long on 56x56; stride 2, 0.68-0.84x from 8x8 to 28x28, 1.07x from
+    56x56."""
+    return (out_channels == in_channels and op.kernel == (3, 3) and op.stride in FLAT_STRIDES
             and op.pad == (1, 1) and op.dilation == (1, 1) and pixels <= FLAT_MAX_PIXELS)
 
 
-FLAT_MAX_PIXELS = 784  # 28x28
+FLAT_MAX_PIXELS = 784  # 28x28, the input's
+FLAT_STRIDES = ((1, 1), (2, 2))
 
 
 # depthwise convs with at most this many output pixels train in NHWC (`_depthwise`)
@@ -235,10 +238,10 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                                   out, 1, 1, 1, 1, 0, 0, 1, 1, int(op.bias), run.threads)
         return out, _Subsampled(sub, x.shape)
     if cig == 1 and _flat_depthwise(op, cout, x.shape[1], x.shape[2] * x.shape[3]):
-        geo = flat_k.flat_geometry(*x.shape[2:])
         flat_k.depthwise_forward(x, w.reshape(cout, 9),
-                                 bias if op.bias else np.zeros(cout, F32), out, geo.shifts,
-                                 geo.masks, geo.lead, geo.scratch, run.threads)
+                                 bias if op.bias else np.zeros(cout, F32), out,
+                                 flat_k.flat_geometry(*x.shape[2:], op.stride[0]),
+                                 run.threads)
         return out, _DepthwiseFlat(x)
     if cig == 1 and _depthwise_nhwc(op, cout, x.shape[1], out.shape[2] * out.shape[3]):
         xp = conv_b.padded_nhwc(x, op.pad, run.threads)
@@ -337,11 +340,10 @@ def conv_backward(node: Node, gy: np.ndarray,
         return [gx], _with_bias_grad(op, gw, gy)
     if isinstance(saved, _DepthwiseFlat):
         x = saved.x
-        geo = flat_k.flat_geometry(*x.shape[2:])
         gx = np.empty_like(x) if needs[0] else NO_GRAD
         parts = np.zeros((run.threads, cout, 9))
-        flat_k.depthwise_backward(x, gy, w.reshape(cout, 9), gx, parts, geo.shifts,
-                                  geo.masks, geo.back, geo.lead, geo.scratch, needs[0],
+        flat_k.depthwise_backward(x, gy, w.reshape(cout, 9), gx, parts,
+                                  flat_k.flat_geometry(*x.shape[2:], op.stride[0]), needs[0],
                                   run.threads)
         gw = (parts[0] if run.threads == 1 else parts.sum(axis=0)).astype(F32)
         return [gx if needs[0] else None], _with_bias_grad(op, gw.reshape(w.shape), gy)

@@ -1111,19 +1111,21 @@ def test_both_depthwise_paths_match_torch(kernel, stride, pad, dilation, nhwc_pi
     check_on_one_thread_and_two(b.build())
 
 
-@pytest.mark.parametrize("hw", [(11, 9), (1, 1), (1, 6), (6, 1), (4, 4), (28, 28)])
+@pytest.mark.parametrize("hw", [(11, 9), (1, 1), (1, 6), (6, 1), (4, 4), (5, 8), (28, 28)])
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("first", [False, True], ids=["after_a_conv", "first_layer"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_flat_depthwise_convs_match_torch(hw, first, bias):
-    # stride-1 3x3 depthwise convs, padding 1, train on flat planes (`_flat_depthwise`):
-    # maps from 1x1 (every tap but the centre off the map) to 28x28, non-square ones,
-    # rows of one pixel (each column shift wraps); 20 channels, with and without a bias;
-    # after a conv that needs the input gradient, or as the first layer, which does not
+def test_flat_depthwise_convs_match_torch(hw, stride, first, bias):
+    # 3x3 depthwise convs of stride 1 and 2, padding 1, train on flat planes
+    # (`_flat_depthwise`): maps from 1x1 (every tap but the centre off the map) to 28x28,
+    # non-square ones, odd and even (a stride phase one row or column short or not), rows
+    # of one pixel (each column shift wraps); 20 channels, with and without a bias; after
+    # a conv that needs the input gradient, or as the first layer, which does not
     b = GraphBuilder("flat")
     x = b.input(20 if first else 3, *hw)
     if not first:
         x = b.relu(b.conv(x, 20, 1))
-    x = b.conv(x, 20, 3, 1, 1, groups=20, bias=bias)
+    x = b.conv(x, 20, 3, stride, 1, groups=20, bias=bias)
     b.output(b.linear(b.flatten(b.gap(b.relu(x))), CLASSES))
     graph = b.build()
     conv = [n for n in graph if n.kind == "conv2d"][-1]
@@ -1131,7 +1133,7 @@ def test_flat_depthwise_convs_match_torch(hw, first, bias):
     check_on_one_thread_and_two(graph)
 
 
-def test_flat_depthwise_convs_are_3x3_stride_1_padding_1_on_small_maps():
+def test_flat_depthwise_convs_are_3x3_stride_1_or_2_padding_1_on_small_maps():
     from nasgraph.backends.numba._conv_rules import FLAT_MAX_PIXELS, _flat_depthwise
 
     def op(kernel=3, stride=1, padding=1, dilation=1):
@@ -1139,9 +1141,10 @@ def test_flat_depthwise_convs_are_3x3_stride_1_padding_1_on_small_maps():
                           dilation=dilation, groups=16)
 
     assert _flat_depthwise(op(), 16, 16, 49) and _flat_depthwise(op(), 16, 16, FLAT_MAX_PIXELS)
+    assert _flat_depthwise(op(stride=2), 16, 16, 49)
     assert not _flat_depthwise(op(), 16, 16, FLAT_MAX_PIXELS + 1)
     assert not _flat_depthwise(op(), 32, 16, 49)  # channel multiplier 2
-    for other in (op(stride=2), op(kernel=5, padding=2), op(padding=0),
+    for other in (op(stride=3), op(stride=(1, 2)), op(kernel=5, padding=2), op(padding=0),
                   op(dilation=2, padding=2)):
         assert not _flat_depthwise(other, 16, 16, 49)
 
