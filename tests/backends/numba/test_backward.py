@@ -1133,6 +1133,20 @@ def test_flat_depthwise_convs_match_torch(hw, stride, first, bias):
     check_on_one_thread_and_two(graph)
 
 
+@pytest.mark.parametrize("n", [1, 5, 16, 37, 128])
+def test_sample_sum_adds_the_samples_to_float64(n):
+    # float32 over runs of SUM_CHUNK samples, float64 across, the samples past the last
+    # whole run included: against numpy's float64 sum, to float32 precision; values of
+    # mixed sign and scale, so that a dropped or doubled sample shows
+    rng = np.random.default_rng(n)
+    parts = (rng.standard_normal((n, 6, 5)) * rng.uniform(0.1, 10, (n, 1, 1))
+             ).astype(np.float32)
+    got = _conv_matmul.sample_sum(parts)
+    ref = parts.astype(np.float64).sum(axis=0)
+    assert got.dtype == np.float64 and got.shape == (6, 5)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * np.abs(parts).sum(axis=0).max())
+
+
 def test_flat_depthwise_convs_are_3x3_stride_1_or_2_padding_1_on_small_maps():
     from nasgraph.backends.numba._conv_rules import FLAT_MAX_PIXELS, _flat_depthwise
 
