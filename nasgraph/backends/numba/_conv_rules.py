@@ -90,20 +90,19 @@ def _subsampled_pointwise(op) -> bool:
 def _flat_depthwise(op, out_channels: int, in_channels: int, pixels: int) -> bool:
     """Whether a depthwise conv trains on flat planes (`_depthwise_flat`): channel
     multiplier 1, 3x3, stride 1 or 2, padding 1, no dilation, input maps of at most
-    FLAT_MAX_PIXELS. Each tap reads the plane (a stride phase of it) shifted by a
-    constant, masked where it falls off the map, so a plane is whole vectors, with no
-    transposes (NHWC) and no rows to copy and crop (the phase planes). Measured on an
-    AVX-512 Xeon, one thread, batch 128 (32 for 8x8), forward plus backward
-    (docs/numba.md, "Depthwise convs on flat planes"), against the faster of NHWC and the
-    phase planes: stride 1, 0.56-0.75x for 16-128 channels on 4x4 to 14x14 maps, 0.92x
-    on 28x28, as long on 56x56; stride 2, 0.68-0.84x from 8x8 to 28x28, 1.07x from
-    56x56."""
-    return (out_channels == in_channels and op.kernel == (3, 3) and op.stride in FLAT_STRIDES
-            and op.pad == (1, 1) and op.dilation == (1, 1) and pixels <= FLAT_MAX_PIXELS)
+    FLAT_MAX_PIXELS[stride]. Each tap reads the plane (a stride phase of it) shifted by a
+    constant, so a plane is whole vectors, with no transposes (NHWC) and no rows to copy
+    and crop (the phase planes). Measured on an AVX-512 Xeon, one thread, batch 128 (32
+    for 8x8 and 56x56), forward plus backward (docs/numba.md, "Depthwise convs on flat
+    planes"), against the faster of NHWC and the phase planes: stride 1, 0.45-0.74x for
+    16-128 channels on 4x4 to 28x28 maps, 0.83x on 56x56; stride 2, 0.66-0.83x from 7x7
+    to 28x28, 1.15x from 56x56."""
+    return (out_channels == in_channels and op.kernel == (3, 3) and op.pad == (1, 1)
+            and op.dilation == (1, 1) and pixels <= FLAT_MAX_PIXELS.get(op.stride, 0))
 
 
-FLAT_MAX_PIXELS = 784  # 28x28, the input's
-FLAT_STRIDES = ((1, 1), (2, 2))
+# input pixels up to which depthwise convs take the flat planes, by stride
+FLAT_MAX_PIXELS = {(1, 1): 3136, (2, 2): 784}  # 56x56, 28x28
 
 
 # depthwise convs with at most this many output pixels train in NHWC (`_depthwise`)

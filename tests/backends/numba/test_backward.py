@@ -1103,7 +1103,7 @@ def test_both_depthwise_paths_match_torch(kernel, stride, pad, dilation, nhwc_pi
     # input gradient, on one thread and on two, 5 samples split unevenly
     monkeypatch.setattr(_conv_rules, "DEPTHWISE_NHWC_PIXELS", nhwc_pixels)
     monkeypatch.setattr(_conv_rules, "DEPTHWISE_PLANES_CHANNELS", 0)
-    monkeypatch.setattr(_conv_rules, "FLAT_MAX_PIXELS", 0)
+    monkeypatch.setattr(_conv_rules, "FLAT_MAX_PIXELS", {})
     b = GraphBuilder("depthwise")
     x = b.relu(b.conv(b.input(3, 11, 9), 20, 1))
     x = b.conv(x, 20, kernel, stride, pad, dilation, groups=20)
@@ -1111,13 +1111,15 @@ def test_both_depthwise_paths_match_torch(kernel, stride, pad, dilation, nhwc_pi
     check_on_one_thread_and_two(b.build())
 
 
-@pytest.mark.parametrize("hw", [(11, 9), (1, 1), (1, 6), (6, 1), (4, 4), (5, 8), (28, 28)])
+@pytest.mark.parametrize("hw", [(11, 9), (1, 1), (1, 6), (6, 1), (4, 4), (5, 8), (28, 28),
+                                (56, 56)])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("first", [False, True], ids=["after_a_conv", "first_layer"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_flat_depthwise_convs_match_torch(hw, stride, first, bias):
     # 3x3 depthwise convs of stride 1 and 2, padding 1, train on flat planes
-    # (`_flat_depthwise`): maps from 1x1 (every tap but the centre off the map) to 28x28,
+    # (`_flat_depthwise`): maps from 1x1 (every tap but the centre off the map) to 56x56
+    # (stride 1; stride 2 takes the old paths there, also checked),
     # non-square ones, odd and even (a stride phase one row or column short or not), rows
     # of one pixel (each column shift wraps); 20 channels, with and without a bias; after
     # a conv that needs the input gradient, or as the first layer, which does not
@@ -1129,7 +1131,8 @@ def test_flat_depthwise_convs_match_torch(hw, stride, first, bias):
     b.output(b.linear(b.flatten(b.gap(b.relu(x))), CLASSES))
     graph = b.build()
     conv = [n for n in graph if n.kind == "conv2d"][-1]
-    assert _conv_rules._flat_depthwise(conv.op, 20, 20, hw[0] * hw[1])
+    flat = hw[0] * hw[1] <= _conv_rules.FLAT_MAX_PIXELS[(stride, stride)]
+    assert _conv_rules._flat_depthwise(conv.op, 20, 20, hw[0] * hw[1]) == flat
     check_on_one_thread_and_two(graph)
 
 
@@ -1154,9 +1157,12 @@ def test_flat_depthwise_convs_are_3x3_stride_1_or_2_padding_1_on_small_maps():
         return ops.Conv2d(out_channels=16, kernel=kernel, stride=stride, padding=padding,
                           dilation=dilation, groups=16)
 
-    assert _flat_depthwise(op(), 16, 16, 49) and _flat_depthwise(op(), 16, 16, FLAT_MAX_PIXELS)
+    most_1, most_2 = FLAT_MAX_PIXELS[(1, 1)], FLAT_MAX_PIXELS[(2, 2)]
+    assert _flat_depthwise(op(), 16, 16, 49) and _flat_depthwise(op(), 16, 16, most_1)
     assert _flat_depthwise(op(stride=2), 16, 16, 49)
-    assert not _flat_depthwise(op(), 16, 16, FLAT_MAX_PIXELS + 1)
+    assert _flat_depthwise(op(stride=2), 16, 16, most_2)
+    assert not _flat_depthwise(op(), 16, 16, most_1 + 1)
+    assert not _flat_depthwise(op(stride=2), 16, 16, most_2 + 1)
     assert not _flat_depthwise(op(), 32, 16, 49)  # channel multiplier 2
     for other in (op(stride=3), op(stride=(1, 2)), op(kernel=5, padding=2), op(padding=0),
                   op(dilation=2, padding=2)):
