@@ -87,18 +87,20 @@ def _subsampled_pointwise(op) -> bool:
     return op.kernel == (1, 1) and op.stride != (1, 1) and op.pad == (0, 0)
 
 
-def _flat_depthwise(op, out_channels: int, in_channels: int, pixels: int) -> bool:
-    """Whether a depthwise conv trains on flat planes (`_depthwise_flat`): channel
-    multiplier 1, 3x3, stride 1 or 2, padding 1, no dilation, input maps of at most
-    FLAT_MAX_PIXELS[stride]. Each tap reads the plane (a stride phase of it) shifted by a
-    constant, so a plane is whole vectors, with no transposes (NHWC) and no rows to copy
-    and crop (the phase planes). Measured on an AVX-512 Xeon, one thread, batch 128 (32
-    for 8x8 and 56x56), forward plus backward (docs/numba.md, "Depthwise convs on flat
-    planes"), against the faster of NHWC and the phase planes: stride 1, 0.45-0.74x for
-    16-128 channels on 4x4 to 28x28 maps, 0.83x on 56x56; stride 2, 0.66-0.83x from 7x7
-    to 28x28, 1.15x from 56x56."""
-    return (out_channels == in_channels and op.kernel == (3, 3) and op.pad == (1, 1)
-            and op.dilation == (1, 1) and pixels <= FLAT_MAX_PIXELS.get(op.stride, 0))
+def _flat_depthwise(op, pixels: int) -> bool:
+    """Whether a conv of one input channel a group (depthwise, of any channel multiplier;
+    a stem of one input channel) trains on flat planes (`_depthwise_flat`): 3x3, stride
+    1 or 2, padding 1, no dilation, input maps of at most FLAT_MAX_PIXELS[stride]. Each
+    tap reads the plane (a stride phase of it) shifted by a constant, so a plane is whole
+    vectors, with no transposes (NHWC) and no rows to copy and crop (the phase planes).
+    Measured on an AVX-512 Xeon, one thread, batch 128 (32 for 8x8 and 56x56), forward
+    plus backward (docs/numba.md, "Depthwise convs on flat planes"), against the faster
+    of NHWC and the phase planes: channel multiplier 1, stride 1, 0.45-0.74x on 4x4 to
+    28x28 maps, 0.83x on 56x56; stride 2, 0.66-0.83x from 7x7 to 28x28, 1.15x from 56x56.
+    Multiplier 2-4: 0.42-0.65x the planes' time. Stems of one input channel, without an
+    input gradient: 0.72-1.0x the planes' stem tiles."""
+    return (op.kernel == (3, 3) and op.pad == (1, 1) and op.dilation == (1, 1)
+            and pixels <= FLAT_MAX_PIXELS.get(op.stride, 0))
 
 
 # input pixels up to which depthwise convs take the flat planes, by stride
@@ -236,7 +238,7 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
             conv_b.conv2d_forward(sub, w.reshape(op.groups, cout // op.groups, cig), bias,
                                   out, 1, 1, 1, 1, 0, 0, 1, 1, int(op.bias), run.threads)
         return out, _Subsampled(sub, x.shape)
-    if cig == 1 and _flat_depthwise(op, cout, x.shape[1], x.shape[2] * x.shape[3]):
+    if cig == 1 and _flat_depthwise(op, x.shape[2] * x.shape[3]):
         flat_k.depthwise_forward(x, w.reshape(cout, 9),
                                  bias if op.bias else np.zeros(cout, F32), out,
                                  flat_k.flat_geometry(*x.shape[2:], op.stride[0]),

@@ -124,12 +124,15 @@ def _copy_in(x1, src, hw, place, lead, stride, scr):
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def depthwise_forward(x, w, bias, out, geometry, threads):
-    """out (N x C x Ho x Wo) = the 3x3 conv of x (N x C x H x W) with w (C x 9) plus bias
-    (C), `geometry` its `FlatGeometry`: each thread a run of the N x C planes in memory
-    order, each copied into zeroed scratch, then out[q] = bias + the sum over taps of
-    w[t] * scratch[reads[t] + q], the left and right taps masked."""
+    """out (N x C*M x Ho x Wo) = the 3x3 conv of x (N x C x H x W), one input channel a
+    group, with w (C*M x 9) plus bias (C*M), `geometry` its `FlatGeometry`: output
+    channels c*M .. c*M + M-1 read input channel c (M = 1: depthwise; C = 1: a stem).
+    Each thread a run of the N x C input planes in memory order, each copied into zeroed
+    scratch, then for each of its outputs out[q] = bias + the sum over taps of w[t] *
+    scratch[reads[t] + q], the left and right taps masked."""
     stride, _, length, lead, scratch, reads, _, left, right, place, _ = geometry
     n_batch, c, h, wd = x.shape
+    m = out.shape[1] // c
     hw, howo = h * wd, out.shape[2] * out.shape[3]
     planes = n_batch * c
     x1, o1 = x.reshape(x.size), out.reshape(out.size)
@@ -137,12 +140,14 @@ def depthwise_forward(x, w, bias, out, geometry, threads):
         scr = np.zeros(scratch, np.float32)
         acc = np.empty(length, np.float32)
         for plane in range(th * planes // threads, (th + 1) * planes // threads):
-            ch = plane % c
             _copy_in(x1, np.uint64(plane * hw), hw, place, lead, stride, scr)
-            _nine(w[ch], left, right, scr, scr, scr, reads, bias[ch], acc, length)
-            dst = np.uint64(plane * howo)
-            for q in range(np.uint64(howo)):
-                o1[dst + q] = acc[q]
+            for k in range(m):  # output plane (n, c*M + k), its channel c*M + k
+                o = plane * m + k
+                ch = o % (c * m)
+                _nine(w[ch], left, right, scr, scr, scr, reads, bias[ch], acc, length)
+                dst = np.uint64(o * howo)
+                for q in range(np.uint64(howo)):
+                    o1[dst + q] = acc[q]
 
 
 @njit(cache=True, fastmath=SUMS)
@@ -203,41 +208,57 @@ def _phase_input_grads(wc, gl, gm, gr, back_reads, dph, length):
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads):
     """The gradients of `depthwise_forward`'s conv (`geometry`: its `FlatGeometry`):
-    parts[t] (threads x C x 9, float64) += thread t's share of the weight gradient, and
-    where `need_dx`, gx (N x C x H x W). Each thread a run of the N x C planes in memory
-    order; dy's plane is masked once for the left taps and once for the right ones."""
+    parts[t] (threads x C*M x 9, float64) += thread t's share of the weight gradient,
+    and where `need_dx`, gx (N x C x H x W), the sum over an input channel's M outputs.
+    Each thread a run of the N x C input planes in memory order; each output's dy plane
+    is masked once for the left taps and once for the right ones."""
     (stride, _, length, lead, scratch, reads, back_reads, left, right, place,
      gather) = geometry
     n_batch, c, h, wd = x.shape
+    m = gy.shape[1] // c
     hw, howo = h * wd, gy.shape[2] * gy.shape[3]
     planes = n_batch * c
     x1, g1, o1 = x.reshape(x.size), gy.reshape(gy.size), gx.reshape(gx.size)
     lead_u, lu = np.uint64(lead), np.uint64(length)
+    phased = np.uint64(stride * stride * length)
     for th in prange(threads):
         sx = np.zeros(scratch, np.float32)
         gm = np.zeros(lead + length + lead, np.float32)
         gl, gr = np.zeros_like(gm), np.zeros_like(gm)
-        dph = np.empty(stride * stride * length, np.float32)
+        dph = np.empty(phased, np.float32)
+        total = np.empty(phased, np.float32)  # over the M outputs
         ones = np.ones(length, np.float32)  # dy comes masked: none on the input's side
         for plane in range(th * planes // threads, (th + 1) * planes // threads):
-            ch = plane % c
             src = np.uint64(plane * hw)
             _copy_in(x1, src, hw, place, lead, stride, sx)
-            g_src = np.uint64(plane * howo)
-            for q in range(np.uint64(howo)):
-                gm[lead_u + q] = g1[g_src + q]
-            for q in range(lu):
-                gl[lead_u + q] = gm[lead_u + q] * left[q]
-                gr[lead_u + q] = gm[lead_u + q] * right[q]
-            _tap_sums(gl, gm, gr, sx, reads, lead, length, parts[th, ch])
+            for k in range(m):
+                o = plane * m + k
+                ch = o % (c * m)
+                g_src = np.uint64(o * howo)
+                for q in range(np.uint64(howo)):
+                    gm[lead_u + q] = g1[g_src + q]
+                for q in range(lu):
+                    gl[lead_u + q] = gm[lead_u + q] * left[q]
+                    gr[lead_u + q] = gm[lead_u + q] * right[q]
+                _tap_sums(gl, gm, gr, sx, reads, lead, length, parts[th, ch])
+                if not need_dx:
+                    continue
+                if stride == 1:
+                    _nine(w[ch], ones, ones, gl, gm, gr, back_reads, np.float32(0.0), dph,
+                          length)
+                else:
+                    _phase_input_grads(w[ch], gl, gm, gr, back_reads, dph, length)
+                if k == 0:
+                    for u in range(phased):
+                        total[u] = dph[u]
+                else:
+                    for u in range(phased):
+                        total[u] += dph[u]
             if not need_dx:
                 continue
             if stride == 1:
-                _nine(w[ch], ones, ones, gl, gm, gr, back_reads, np.float32(0.0), dph,
-                      length)
-                for k in range(np.uint64(hw)):
-                    o1[src + k] = dph[k]
+                for j in range(np.uint64(hw)):
+                    o1[src + j] = total[j]
             else:
-                _phase_input_grads(w[ch], gl, gm, gr, back_reads, dph, length)
-                for k in range(np.uint64(hw)):
-                    o1[src + k] = dph[gather[k]]
+                for j in range(np.uint64(hw)):
+                    o1[src + j] = total[gather[j]]

@@ -1116,23 +1116,39 @@ def test_both_depthwise_paths_match_torch(kernel, stride, pad, dilation, nhwc_pi
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("first", [False, True], ids=["after_a_conv", "first_layer"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_flat_depthwise_convs_match_torch(hw, stride, first, bias):
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_flat_depthwise_convs_match_torch(hw, stride, first, bias, multiplier):
     # 3x3 depthwise convs of stride 1 and 2, padding 1, train on flat planes
     # (`_flat_depthwise`): maps from 1x1 (every tap but the centre off the map) to 56x56
     # (stride 1; stride 2 takes the old paths there, also checked),
     # non-square ones, odd and even (a stride phase one row or column short or not), rows
-    # of one pixel (each column shift wraps); 20 channels, with and without a bias; after
-    # a conv that needs the input gradient, or as the first layer, which does not
+    # of one pixel (each column shift wraps); 20 channels, one or two outputs each, with
+    # and without a bias; after a conv that needs the input gradient, or as the first
+    # layer, which does not
     b = GraphBuilder("flat")
     x = b.input(20 if first else 3, *hw)
     if not first:
         x = b.relu(b.conv(x, 20, 1))
-    x = b.conv(x, 20, 3, stride, 1, groups=20, bias=bias)
+    x = b.conv(x, 20 * multiplier, 3, stride, 1, groups=20, bias=bias)
     b.output(b.linear(b.flatten(b.gap(b.relu(x))), CLASSES))
     graph = b.build()
     conv = [n for n in graph if n.kind == "conv2d"][-1]
     flat = hw[0] * hw[1] <= _conv_rules.FLAT_MAX_PIXELS[(stride, stride)]
-    assert _conv_rules._flat_depthwise(conv.op, 20, 20, hw[0] * hw[1]) == flat
+    assert _conv_rules._flat_depthwise(conv.op, hw[0] * hw[1]) == flat
+    check_on_one_thread_and_two(graph)
+
+
+@pytest.mark.parametrize("hw, stride", [((8, 8), 1), ((28, 28), 2), ((5, 7), 2)])
+def test_flat_stems_match_torch(hw, stride):
+    # a first conv of one input channel (a stem: one group) takes the flat planes too,
+    # each output channel its own weights on the same input plane
+    b = GraphBuilder("stem")
+    x = b.relu(b.conv(b.input(1, *hw), 16, 3, stride, 1))
+    x = b.relu(b.conv(x, 8, 3, 1, 1))
+    b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
+    graph = b.build()
+    stem = next(n for n in graph if n.kind == "conv2d")
+    assert _conv_rules._flat_depthwise(stem.op, hw[0] * hw[1])
     check_on_one_thread_and_two(graph)
 
 
@@ -1151,6 +1167,7 @@ def test_sample_sum_adds_the_samples_to_float64(n):
 
 
 def test_flat_depthwise_convs_are_3x3_stride_1_or_2_padding_1_on_small_maps():
+    # asked of convs of one input channel a group (any channel multiplier, stems)
     from nasgraph.backends.numba._conv_rules import FLAT_MAX_PIXELS, _flat_depthwise
 
     def op(kernel=3, stride=1, padding=1, dilation=1):
@@ -1158,15 +1175,13 @@ def test_flat_depthwise_convs_are_3x3_stride_1_or_2_padding_1_on_small_maps():
                           dilation=dilation, groups=16)
 
     most_1, most_2 = FLAT_MAX_PIXELS[(1, 1)], FLAT_MAX_PIXELS[(2, 2)]
-    assert _flat_depthwise(op(), 16, 16, 49) and _flat_depthwise(op(), 16, 16, most_1)
-    assert _flat_depthwise(op(stride=2), 16, 16, 49)
-    assert _flat_depthwise(op(stride=2), 16, 16, most_2)
-    assert not _flat_depthwise(op(), 16, 16, most_1 + 1)
-    assert not _flat_depthwise(op(stride=2), 16, 16, most_2 + 1)
-    assert not _flat_depthwise(op(), 32, 16, 49)  # channel multiplier 2
+    assert _flat_depthwise(op(), 49) and _flat_depthwise(op(), most_1)
+    assert _flat_depthwise(op(stride=2), 49) and _flat_depthwise(op(stride=2), most_2)
+    assert not _flat_depthwise(op(), most_1 + 1)
+    assert not _flat_depthwise(op(stride=2), most_2 + 1)
     for other in (op(stride=3), op(stride=(1, 2)), op(kernel=5, padding=2), op(padding=0),
                   op(dilation=2, padding=2)):
-        assert not _flat_depthwise(other, 16, 16, 49)
+        assert not _flat_depthwise(other, 49)
 
 
 def test_small_depthwise_convs_choose_nhwc_or_the_planes():
