@@ -84,6 +84,26 @@ def test_optimizer_steps_equal_torch_optim(kind):
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adamw"])
+@pytest.mark.parametrize("decayed", [False, True])
+def test_a_group_of_no_weights_is_left_alone(kind, decayed):
+    # all weights decayed (kernels only) or none (biases only): the empty group's slice,
+    # (0, 0) or (n, n), must not stand for the whole vector. With a zero gradient a step
+    # moves the weights by their decay alone, where it applies
+    shape = (3, 2) if decayed else (3,)
+    state = {"w": np.full(shape, 2.0, np.float32)}
+    params = FlatParams(state, ["w"])
+    opt = make_optimizer(kind, params, weight_decay=0.5, momentum=0.9)
+    params.grad[:] = 0.0
+    opt.step(lr=0.1)
+    f32 = np.float32
+    if kind == "sgd":  # d = wd * p = 1, the first buffer d: p -= (d + 0.9 * d) * lr
+        moved = f32(2.0) - (f32(1.0) + f32(0.9) * f32(1.0)) * f32(0.1)
+    else:  # p *= 1 - lr * wd; the Adam term is 0 / (0 + eps)
+        moved = f32(2.0) * f32(1.0 - 0.1 * 0.5)
+    assert np.all(state["w"] == (moved if decayed else f32(2.0)))
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
 def test_training_steps_equal_torch_autograd_and_optim(kind):
     """Three whole steps (forward, backward, BN statistics, optimizer) on both backends
     from the same weights and batches: weights and running statistics agree."""
