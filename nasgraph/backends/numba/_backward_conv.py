@@ -11,7 +11,7 @@ compiles 512-bit vectors (`_isa`) `_tiled_mid` for 9-16 and `_tiled_wide` or
 are more than 8 output channels, is `_wgrad_nhwc`'s register tiles on the padded NHWC
 input the forward kept and dy in NHWC (`conv2d_weight_grad_nhwc`); else
 `_planes.conv2d_weight_grad` where that pays (few output channels:
-`_conv_rules._planes_pay`), else one GEMM per chunk of samples, dw = dy @ cols, whose
+`_conv_paths.planes_pay`), else one GEMM per chunk of samples, dw = dy @ cols, whose
 columns are whole runs of the padded NHWC rows (`conv2d_nhwc_backward`). The input
 gradient of a stride-1 conv is itself a stride-1 tiled conv of dy with the rotated kernel
 (`conv2d_input_grad`); of a strided one, the GEMM dy.T @ w added back window by window

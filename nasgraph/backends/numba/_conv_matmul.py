@@ -136,7 +136,7 @@ def dense_backward(op, saved: Dense, gy: np.ndarray, w: np.ndarray, need_dx: boo
 
 def batched_pointwise(op, threads: int) -> bool:
     """Whether a 1x1 unpadded conv with no groups (stride 1, or a strided one's
-    subsampled pixels: `_conv_rules._subsampled_pointwise`) runs as numpy's batched
+    subsampled pixels: `_conv_paths.subsampled_pointwise`) runs as numpy's batched
     matmul, one sgemm a sample: y[n] = W @ x[n], where NCHW planes are the GEMM's operands
     as they lie. The GEMM of `_backward_conv.conv2d_forward` first copies a run of samples'
     planes side by side, and its output back. On one thread only: BLAS runs on one

@@ -1,7 +1,7 @@
 """Training rules of convolutions (`conv2d`, `fused_conv2d`): which kernels of
 `_backward_conv`, `_planes` and `_conv_matmul` run a conv's forward and its gradients, and
-what the forward keeps for the backward. docs/numba.md, "Which kernel computes which
-gradient"."""
+what the forward keeps for the backward; `_conv_paths` says which path takes a conv.
+docs/numba.md, "Which kernel computes which gradient"."""
 
 from __future__ import annotations
 
@@ -15,8 +15,18 @@ from nasgraph.backends.numba import _depthwise as depthwise_k
 from nasgraph.backends.numba import _depthwise_flat as flat_k
 from nasgraph.backends.numba import _planes as planes_k
 from nasgraph.backends.numba import _planes_depthwise as depthwise_planes_k
-from nasgraph.backends.numba import _tiled as tiled_k
 from nasgraph.backends.numba._activations import ACT_CODES
+from nasgraph.backends.numba._conv_paths import (
+    depthwise_nhwc,
+    dx_is_conv,
+    flat_depthwise,
+    planes_forward,
+    planes_grouped,
+    planes_input_grad,
+    planes_pay,
+    subsampled_pointwise,
+    tiled_input_grad,
+)
 from nasgraph.backends.numba._rule import (
     F32,
     NO_BIAS,
@@ -37,7 +47,7 @@ class _Padded(NamedTuple):
     """What a conv the executor tiles keeps for its backward: its input; where the
     weight gradient reads the input zero-padded in NHWC (`_wgrad_nhwc`'s tiles, or a
     GEMM of columns copied from it), that; where the forward ran on the input's phase
-    planes (`_planes_forward`), those, which `_wgrad` reads."""
+    planes (`planes_forward`), those, which `_wgrad` reads."""
 
     xp: np.ndarray | None
     x: np.ndarray
@@ -45,22 +55,23 @@ class _Padded(NamedTuple):
 
 
 class _DepthwiseFlat(NamedTuple):
-    """What a depthwise conv run on flat planes (`_flat_depthwise`) keeps for its
-    backward: its input."""
+    """What a depthwise conv (or a stem of one input channel) run on flat planes
+    (`_conv_paths.flat_depthwise`) keeps for its backward: its input."""
 
     x: np.ndarray
 
 
 class _DepthwiseNHWC(NamedTuple):
-    """What a depthwise conv run in NHWC (`_depthwise_nhwc`) keeps for its backward: its
-    input zero-padded in NHWC, and its weights packed tap by tap (kh*kw x C)."""
+    """What a depthwise conv run in NHWC (`_conv_paths.depthwise_nhwc`) keeps for its
+    backward: its input zero-padded in NHWC, and its weights packed tap by tap (kh*kw x
+    C)."""
 
     xp: np.ndarray
     w: np.ndarray
 
 
 class _Subsampled(NamedTuple):
-    """What a strided 1x1 conv (`_subsampled_pointwise`) keeps for its backward: the
+    """What a strided 1x1 conv (`subsampled_pointwise`) keeps for its backward: the
     pixels its kernel reads, and the shape of its whole input."""
 
     xs: np.ndarray
@@ -68,152 +79,12 @@ class _Subsampled(NamedTuple):
 
 
 class _Grouped(NamedTuple):
-    """What a grouped conv run forward on phase planes (`_planes_grouped`) keeps for its
+    """What a grouped conv run forward on phase planes (`planes_grouped`) keeps for its
     backward: its input's planes, which the weight gradient reads; where dx is not a conv
-    of dy (`_dx_is_conv`), its input too, which the GEMM of columns reads."""
+    of dy (`dx_is_conv`), its input too, which the GEMM of columns reads."""
 
     planes: planes_k.PhasePlanes
     x: np.ndarray | None = None
-
-
-def _subsampled_pointwise(op) -> bool:
-    """Whether a conv is a 1x1 conv of its input's every s-th pixel: a strided, unpadded
-    1x1 kernel (a ResNet's projection shortcut). Copying those pixels out first, then
-    running the stride-1 GEMM conv, reads a quarter of the input at stride 2 where the
-    tiled kernel lays out all of it, and its tiles do little with a handful of input
-    channels. Forward plus backward, one thread, on an AVX-512 Xeon: 0.36-0.64x the
-    tiled path's time (6-22 input channels, 4x4 to 7x7 outputs, batch 32-128;
-    docs/numba.md, "Strided 1x1 convs, and the copies between layouts")."""
-    return op.kernel == (1, 1) and op.stride != (1, 1) and op.pad == (0, 0)
-
-
-def _flat_depthwise(op, pixels: int) -> bool:
-    """Whether a conv of one input channel a group (depthwise, of any channel multiplier;
-    a stem of one input channel) trains on flat planes (`_depthwise_flat`): 3x3, stride
-    1 or 2, padding 1, no dilation, input maps of at most FLAT_MAX_PIXELS[stride]. Each
-    tap reads the plane (a stride phase of it) shifted by a constant, so a plane is whole
-    vectors, with no transposes (NHWC) and no rows to copy and crop (the phase planes).
-    Measured on an AVX-512 Xeon, one thread, batch 128 (32 for 8x8 and 56x56), forward
-    plus backward (docs/numba.md, "Depthwise convs on flat planes"), against the faster
-    of NHWC and the phase planes: channel multiplier 1, stride 1, 0.45-0.74x on 4x4 to
-    28x28 maps, 0.83x on 56x56; stride 2, 0.66-0.83x from 7x7 to 28x28, 1.15x from 56x56.
-    Multiplier 2-4: 0.42-0.65x the planes' time. Stems of one input channel, without an
-    input gradient: 0.72-1.0x the planes' stem tiles."""
-    return (op.kernel == (3, 3) and op.pad == (1, 1) and op.dilation == (1, 1)
-            and pixels <= FLAT_MAX_PIXELS.get(op.stride, 0))
-
-
-# input pixels up to which depthwise convs take the flat planes, by stride
-FLAT_MAX_PIXELS = {(1, 1): 3136, (2, 2): 784}  # 56x56, 28x28
-
-
-# depthwise convs with at most this many output pixels train in NHWC (`_depthwise`)
-DEPTHWISE_NHWC_PIXELS = 64
-
-
-def _depthwise_nhwc(op, out_channels: int, in_channels: int, out_pixels: int) -> bool:
-    """Whether a depthwise conv trains in NHWC: channel multiplier 1, small outputs. On
-    the phase planes every channel's plane costs setup, and a 4x4 or 7x7 plane has little
-    work to spread it over; in NHWC each tap is one multiply-add over a run of channels.
-    Measured on an AVX-512 Xeon, one thread, 3x3 convs at batch 128 (docs/numba.md,
-    "Depthwise convs in NHWC"): forward plus backward 0.49-0.62x the planes' time onto
-    4x4, 0.71-0.95x onto 7x7, 0.91-0.96x onto 8x8; 1.07x onto 10x10, 1.65-1.9x onto
-    14x14. Since the planes sum a 3x3 kernel's taps in registers (`_planes_depthwise._nine_taps`),
-    stride-1 3x3 convs of at most DEPTHWISE_PLANES_CHANNELS channels onto 7x7 and 8x8
-    stay on the planes: there they take 0.54-0.61x NHWC's time at 16 channels, 0.84x at
-    32, 0.96-1.05x at 64 (docs/numba.md, "Nine taps in registers"). Asked only of convs
-    the flat planes do not take (`_flat_depthwise`): strided ones, other kernels and
-    paddings."""
-    if out_channels != in_channels or out_pixels > DEPTHWISE_NHWC_PIXELS:
-        return False
-    return not (op.kernel == (3, 3) and op.stride == (1, 1) and op.dilation == (1, 1)
-                and out_pixels > 16 and out_channels <= DEPTHWISE_PLANES_CHANNELS)
-
-
-# stride-1 3x3 depthwise convs of at most this many channels stay on the phase planes
-# (`_depthwise_nhwc`)
-DEPTHWISE_PLANES_CHANNELS = 32
-
-
-def _planes_pay(op, out_channels: int, out_pixels: int) -> bool:
-    """Whether a tiled conv's weight gradient runs faster by `_wgrad`'s register-tiled
-    kernel than as a GEMM of copied columns: spatial kernels of few output channels, and
-    of strided convs only on large outputs. The GEMM's rows are its output channels, and
-    OpenBLAS uses few rows badly; with more, it copies once for many FMAs. Measured on
-    AVX2, one thread, batch 128 (docs/numba.md, "The weight gradient"): at 7-16 output
-    channels the tiled kernel takes 0.3-0.7x the GEMM's time, at 32 about as long, at 64
-    1.7-2.5x; strided ones onto 7x7 outputs 1.7-2x."""
-    kh, kw = op.kernel
-    return (kh * kw > 1 and out_channels <= WGRAD_MAX_CHANNELS
-            and (op.stride == (1, 1) or out_pixels >= 196))
-
-
-# convs of at most this many output channels take `_wgrad`'s weight gradient
-WGRAD_MAX_CHANNELS = 28
-
-# convs of at most this many output channels run on phase planes (`_planes_forward`)
-PLANES_MAX_CHANNELS = 8
-
-
-def _planes_forward(op, out_channels: int, out_pixels: int) -> bool:
-    """Whether a tiled conv's forward runs on its input's phase planes
-    (`planes_k.conv2d_forward`): few output channels, where vectors are 512 bits, and
-    where `_wgrad` reads the planes for the weight gradient anyway. The NHWC tiles hold
-    a pixel's output channels in a vector, so 6 channels fill 6 of its 8 lanes; on the
-    planes a vector holds 16 pixels of a row. Measured on an AVX-512 Xeon, one thread,
-    batch 128, the copies included (docs/numba.md, "Few output channels on the phase
-    planes"): 0.38-0.66x the time for 4-8 output channels, 0.79-0.89x for 10-16, where the
-    weight gradient stays on the NHWC tiles. Its tiles need 16 of the 32 vector registers:
-    AVX2 keeps the NHWC tiles."""
-    return (conv_b.WIDE and out_channels <= PLANES_MAX_CHANNELS
-            and _planes_pay(op, out_channels, out_pixels))
-
-
-# the input gradient of a stride-1 conv of 9-16 input channels runs on dy's phase planes
-# where their tiles do enough useful work (`_planes_input_grad`): per FMA computed they ran
-# about this many times as fast as the NHWC tiles (3x3 convs, 9-16 channels, 4x4 to 32x32)
-PLANES_RATE = 1.2
-
-
-def _planes_input_grad(cin: int, x_shape: tuple[int, ...], kernel_w: int,
-                       dilation_w: int) -> bool:
-    """Whether a stride-1 conv's input gradient runs on dy's phase planes
-    (`planes_k.conv2d_input_grad`), where vectors are 512 bits: for at most
-    PLANES_MAX_CHANNELS input channels always; for 9-16 (the NHWC tile's vector) where the
-    planes' tiles, at PLANES_RATE times the NHWC tiles' rate, do more useful work. Both
-    compute zeros: the NHWC tile's lanes past Cin, the planes' rows padded to whole tiles
-    and the pixels past the map in each padded row. Measured on an AVX-512 Xeon, one
-    thread, 3x3 convs (docs/numba.md, "The input gradient of 9-16 channels on the
-    planes"): 0.64-0.96x the time of the NHWC tiles where it is taken, 0.93-1.35x where
-    it is not."""
-    if not conv_b.WIDE or cin > tiled_k.V:
-        return False
-    if cin <= PLANES_MAX_CHANNELS:
-        return True
-    h, w = x_shape[2:]
-    length = planes_k.row_length(h, w + (kernel_w - 1) * dilation_w, planes_k.PIXELS)
-    rows = planes_k.conv_rows(cin)
-    used = h * w / length * cin / (-(-cin // rows) * rows)
-    return PLANES_RATE * used > cin / tiled_k.V  # the NHWC tile's lanes in use
-
-
-def _planes_grouped(op, in_per_group: int) -> bool:
-    """Whether a grouped conv (not depthwise) runs forward on its input's phase planes,
-    group by group (`planes_k.conv2d_forward`), where vectors are 512 bits. Elsewhere
-    grouped convs run as a GEMM of im2col columns per group, which ran at 2-16 GFLOP/s on
-    a ResNeXt candidate's 3x3 convs of 2-4 groups (docs/numba.md, "Grouped convs on the
-    planes"). Its gradients follow `_dx_is_conv`."""
-    return conv_b.WIDE and op.groups > 1 and in_per_group > 1
-
-
-def _dx_is_conv(op) -> bool:
-    """Whether a conv's input gradient is a stride-1 conv of dy (seed 003's full
-    convolution): stride 1, and a kernel that covers its padding, so that dy is padded by
-    (k - 1) * d - p >= 0 on each side. Otherwise it is added back window by window (a
-    GEMM of columns; for a grouped conv `conv2d_backward`, its weight gradient skipped:
-    `_wgrad`'s on the input's planes is faster there too)."""
-    (kh, kw), (dh, dw) = op.kernel, op.dilation
-    return op.stride == (1, 1) and (kh - 1) * dh >= op.pad[0] and (kw - 1) * dw >= op.pad[1]
 
 
 def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
@@ -229,7 +100,7 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
     cout, cig, kh, kw = w.shape
     bias = wts["bias"] if op.bias else NO_BIAS
     out = empty(x, node)
-    if _subsampled_pointwise(op):
+    if subsampled_pointwise(op):
         sh, sw = op.stride
         sub = np.ascontiguousarray(x[:, :, ::sh, ::sw])
         if matmul_k.batched_pointwise(op, run.threads):
@@ -238,13 +109,13 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
             conv_b.conv2d_forward(sub, w.reshape(op.groups, cout // op.groups, cig), bias,
                                   out, 1, 1, 1, 1, 0, 0, 1, 1, int(op.bias), run.threads)
         return out, _Subsampled(sub, x.shape)
-    if cig == 1 and _flat_depthwise(op, x.shape[2] * x.shape[3]):
+    if cig == 1 and flat_depthwise(op, x.shape[2] * x.shape[3]):
         flat_k.depthwise_forward(x, w.reshape(cout, 9),
                                  bias if op.bias else np.zeros(cout, F32), out,
                                  flat_k.flat_geometry(*x.shape[2:], op.stride[0]),
                                  run.threads)
         return out, _DepthwiseFlat(x)
-    if cig == 1 and _depthwise_nhwc(op, cout, x.shape[1], out.shape[2] * out.shape[3]):
+    if cig == 1 and depthwise_nhwc(op, cout, x.shape[1], out.shape[2] * out.shape[3]):
         xp = conv_b.padded_nhwc(x, op.pad, run.threads)
         taps = depthwise_k.pack_weights(w)
         ho, wo = out.shape[2:]
@@ -270,7 +141,7 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                                        bias if op.bias else None, out, run.threads)
         return out, planes
     if conv_strategy(node, cig, winograd=False) == "tiled":  # as the executor runs it
-        if _planes_forward(op, cout, out.shape[2] * out.shape[3]):
+        if planes_forward(op, cout, out.shape[2] * out.shape[3]):
             planes = planes_k.phase_planes(x, out.shape[2:], op.kernel, op.stride, op.pad,
                                            op.dilation, multiple=planes_k.PIXELS)
             planes_k.conv2d_forward(planes, w, bias if op.bias else None, out, run.threads)
@@ -278,17 +149,17 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
         xp = conv_b.padded_nhwc(x, op.pad, run.threads)
         conv_b.conv2d_direct(xp, w, bias if op.bias else None, out, op.stride,
                              op.dilation[0], run.threads)
-        planes = not conv_b.nhwc_weight_grad_pays(cout) and _planes_pay(
+        planes = not conv_b.nhwc_weight_grad_pays(cout) and planes_pay(
             op, cout, out.shape[2] * out.shape[3])
         return out, _Padded(None if planes else xp, x)
     if matmul_k.dense(op, x.shape, out.shape):
         return out, matmul_k.dense_forward(op, x, w, bias if op.bias else None, out)
-    if _planes_grouped(op, cig):
+    if planes_grouped(op, cig):
         planes = planes_k.phase_planes(x, out.shape[2:], op.kernel, op.stride, op.pad,
                                        op.dilation, multiple=planes_k.PIXELS)
         planes_k.conv2d_forward(planes, w, bias if op.bias else None, out, run.threads,
                                 op.groups)
-        return out, _Grouped(planes, None if _dx_is_conv(op) else x)
+        return out, _Grouped(planes, None if dx_is_conv(op) else x)
     if matmul_k.batched_pointwise(op, run.threads):
         matmul_k.pointwise_forward(x, w, bias if op.bias else None, out)
         return out, x
@@ -296,11 +167,6 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                           out, kh, kw, *op.stride, *op.pad, *op.dilation, int(op.bias),
                           run.threads)
     return out, x
-
-
-def _tiled_input_grad(op, shape: tuple[int, ...]) -> bool:
-    # dx a conv of dy (`conv_b.conv2d_input_grad`), with a tile's worth of pixels
-    return _dx_is_conv(op) and shape[2] * shape[3] >= tiled_k.R
 
 
 def conv_backward(node: Node, gy: np.ndarray,
@@ -393,19 +259,19 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
                          needs: list[bool]) -> Grads:
     # the weight gradient from the padded NHWC input the forward kept, by `_wgrad_nhwc`'s
     # tiles where they pay (`nhwc_weight_grad_pays`) or as a GEMM, else by `_wgrad` on
-    # phase planes (`_planes_pay`; the forward's, where it ran on them); the input
+    # phase planes (`planes_pay`; the forward's, where it ran on them); the input
     # gradient of a stride-1 conv is a conv of gy (seed 003's full convolution), on its
     # phase planes for few input channels where vectors are 512 bits
-    # (`_planes_input_grad`), else tiled, on dy's padded NHWC copy, which the NHWC weight
+    # (`planes_input_grad`), else tiled, on dy's padded NHWC copy, which the NHWC weight
     # gradient then reads too (`shares_padded_dy`); of others added back window by window
     cout, cin, kh, kw = w.shape
     x = saved.x
-    direct_dx = needs[0] and _tiled_input_grad(op, x.shape)
+    direct_dx = needs[0] and tiled_input_grad(op, x.shape)
     add_dx = needs[0] and not direct_dx
     nhwc_dw = saved.xp is not None and conv_b.nhwc_weight_grad_pays(cout)
     gemm_dw = saved.xp is not None and not nhwc_dw
     gx = gp = gw = None
-    if direct_dx and _planes_input_grad(cin, x.shape, kw, op.dilation[1]):
+    if direct_dx and planes_input_grad(cin, x.shape, kw, op.dilation[1]):
         gx = planes_k.conv2d_input_grad(gy, w, x.shape, op.pad, op.dilation, run.threads)
     elif direct_dx:
         gx = np.empty(x.shape, F32)

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from nasgraph import init_state, zoo
-from nasgraph.backends.numba import _conv_matmul, _conv_rules, _rule
+from nasgraph.backends.numba import _conv_matmul, _conv_paths, _rule
 from nasgraph.backends.numba import grad as grad_module
 from nasgraph.backends.numba.grad import (
     BACKWARD,
@@ -501,10 +501,10 @@ def test_generated_planes_conv_kernel_is_up_to_date():
 def test_every_weight_gradient_of_tiled_convs_matches_torch(max_channels, wide, monkeypatch):
     # each tiled conv's weight gradient as a GEMM of copied columns, by `_wgrad` and, as
     # where vectors are 512 bits, by `_wgrad_nhwc` (`nhwc_weight_grad_pays`), as
-    # `_planes_pay` picks by output channels: here forced one way, then the others
+    # `planes_pay` picks by output channels: here forced one way, then the others
     from nasgraph.backends.numba import _backward_conv as conv_b
 
-    monkeypatch.setattr(_conv_rules, "WGRAD_MAX_CHANNELS", max_channels)
+    monkeypatch.setattr(_conv_paths, "WGRAD_MAX_CHANNELS", max_channels)
     monkeypatch.setattr(conv_b, "WIDE", wide)
     check_against_torch(residual_graph())
     b = GraphBuilder("strided")
@@ -517,7 +517,7 @@ def test_every_weight_gradient_of_tiled_convs_matches_torch(max_channels, wide, 
 def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
     # where vectors are 512 bits, convs of few output channels run forward on their
     # input's phase planes and stride-1 ones of few input channels their input gradient
-    # (`_planes_forward`), and their weight gradients take tiles of as many rows as they
+    # (`planes_forward`), and their weight gradients take tiles of as many rows as they
     # have output channels (`_planes._tile`): forced here, as on such a CPU, whatever this
     # one has; every tile of either kernel, a partial block, strides, a 5x5 kernel,
     # dilation, a one-channel input, on one thread and on two, 5 samples split unevenly
@@ -542,15 +542,15 @@ def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
     passes = check_on_one_thread_and_two(b.build())
     # per pass: 8 forwards (not the one of 12 output channels), 8 input gradients (the
     # first conv's input needs none; the last one's of 12 channels on 15x15 maps,
-    # `_planes_input_grad`)
+    # `planes_input_grad`)
     assert len(rows) == 16 * passes
     assert 12 in rows
-    from nasgraph.backends.numba._conv_rules import _planes_input_grad
+    from nasgraph.backends.numba._conv_paths import planes_input_grad
 
     # 16 channels on 8x8 maps: a padded row of 80 pixels in tiles of 32 leaves 2/3 in use
-    assert not _planes_input_grad(16, (5, 16, 8, 8), 3, 1)
-    assert _planes_input_grad(16, (5, 16, 16, 16), 3, 1)
-    assert not _planes_input_grad(17, (5, 17, 16, 16), 3, 1)
+    assert not planes_input_grad(16, (5, 16, 8, 8), 3, 1)
+    assert planes_input_grad(16, (5, 16, 16, 16), 3, 1)
+    assert not planes_input_grad(17, (5, 17, 16, 16), 3, 1)
     assert {_planes.conv_rows(r) for r in rows} == {r for r, _ in _planes_conv.TILES}
     assert {(6, 3), (7, 3), (3, 3), (5, 3), _wgrad.TILES[0]} <= set(tiles)
 
@@ -558,7 +558,7 @@ def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
 def test_grouped_convs_on_phase_planes_match_torch(monkeypatch):
     # where vectors are 512 bits, grouped convs run forward on their input's phase planes
     # group by group, their weight gradients on `_wgrad`'s tiles and, where dx is a conv
-    # of dy, their input gradients on its planes (`_planes_grouped`): forced here, as on
+    # of dy, their input gradients on its planes (`planes_grouped`): forced here, as on
     # such a CPU; groups of 2-12 output channels (one and two tile blocks), strides, a 5x5
     # kernel, dilation, a kernel that does not cover its padding, on 1 and 2 threads;
     # none as a dense layer (`_conv_matmul.dense`, tested below)
@@ -1098,12 +1098,12 @@ def test_nhwc_weight_gradient_reads_the_input_gradients_padded_dy(cout, stride, 
 def test_both_depthwise_paths_match_torch(kernel, stride, pad, dilation, nhwc_pixels,
                                           monkeypatch):
     # a depthwise conv of channel multiplier 1 trains in NHWC on small outputs and on
-    # phase planes on larger ones (`_depthwise_nhwc`): forced one way, then the other;
+    # phase planes on larger ones (`depthwise_nhwc`): forced one way, then the other;
     # 20 channels (a 16-lane run and 4 more), a bias, a conv before it that needs its
     # input gradient, on one thread and on two, 5 samples split unevenly
-    monkeypatch.setattr(_conv_rules, "DEPTHWISE_NHWC_PIXELS", nhwc_pixels)
-    monkeypatch.setattr(_conv_rules, "DEPTHWISE_PLANES_CHANNELS", 0)
-    monkeypatch.setattr(_conv_rules, "FLAT_MAX_PIXELS", {})
+    monkeypatch.setattr(_conv_paths, "DEPTHWISE_NHWC_PIXELS", nhwc_pixels)
+    monkeypatch.setattr(_conv_paths, "DEPTHWISE_PLANES_CHANNELS", 0)
+    monkeypatch.setattr(_conv_paths, "FLAT_MAX_PIXELS", {})
     b = GraphBuilder("depthwise")
     x = b.relu(b.conv(b.input(3, 11, 9), 20, 1))
     x = b.conv(x, 20, kernel, stride, pad, dilation, groups=20)
@@ -1119,7 +1119,7 @@ def test_both_depthwise_paths_match_torch(kernel, stride, pad, dilation, nhwc_pi
 @pytest.mark.parametrize("multiplier", [1, 2])
 def test_flat_depthwise_convs_match_torch(hw, stride, first, bias, multiplier):
     # 3x3 depthwise convs of stride 1 and 2, padding 1, train on flat planes
-    # (`_flat_depthwise`): maps from 1x1 (every tap but the centre off the map) to 56x56
+    # (`flat_depthwise`): maps from 1x1 (every tap but the centre off the map) to 56x56
     # (stride 1; stride 2 takes the old paths there, also checked),
     # non-square ones, odd and even (a stride phase one row or column short or not), rows
     # of one pixel (each column shift wraps); 20 channels, one or two outputs each, with
@@ -1133,8 +1133,8 @@ def test_flat_depthwise_convs_match_torch(hw, stride, first, bias, multiplier):
     b.output(b.linear(b.flatten(b.gap(b.relu(x))), CLASSES))
     graph = b.build()
     conv = [n for n in graph if n.kind == "conv2d"][-1]
-    flat = hw[0] * hw[1] <= _conv_rules.FLAT_MAX_PIXELS[(stride, stride)]
-    assert _conv_rules._flat_depthwise(conv.op, hw[0] * hw[1]) == flat
+    flat = hw[0] * hw[1] <= _conv_paths.FLAT_MAX_PIXELS[(stride, stride)]
+    assert _conv_paths.flat_depthwise(conv.op, hw[0] * hw[1]) == flat
     check_on_one_thread_and_two(graph)
 
 
@@ -1148,7 +1148,7 @@ def test_flat_stems_match_torch(hw, stride):
     b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
     graph = b.build()
     stem = next(n for n in graph if n.kind == "conv2d")
-    assert _conv_rules._flat_depthwise(stem.op, hw[0] * hw[1])
+    assert _conv_paths.flat_depthwise(stem.op, hw[0] * hw[1])
     check_on_one_thread_and_two(graph)
 
 
@@ -1168,34 +1168,34 @@ def test_sample_sum_adds_the_samples_to_float64(n):
 
 def test_flat_depthwise_convs_are_3x3_stride_1_or_2_padding_1_on_small_maps():
     # asked of convs of one input channel a group (any channel multiplier, stems)
-    from nasgraph.backends.numba._conv_rules import FLAT_MAX_PIXELS, _flat_depthwise
+    from nasgraph.backends.numba._conv_paths import FLAT_MAX_PIXELS, flat_depthwise
 
     def op(kernel=3, stride=1, padding=1, dilation=1):
         return ops.Conv2d(out_channels=16, kernel=kernel, stride=stride, padding=padding,
                           dilation=dilation, groups=16)
 
     most_1, most_2 = FLAT_MAX_PIXELS[(1, 1)], FLAT_MAX_PIXELS[(2, 2)]
-    assert _flat_depthwise(op(), 49) and _flat_depthwise(op(), most_1)
-    assert _flat_depthwise(op(stride=2), 49) and _flat_depthwise(op(stride=2), most_2)
-    assert not _flat_depthwise(op(), most_1 + 1)
-    assert not _flat_depthwise(op(stride=2), most_2 + 1)
+    assert flat_depthwise(op(), 49) and flat_depthwise(op(), most_1)
+    assert flat_depthwise(op(stride=2), 49) and flat_depthwise(op(stride=2), most_2)
+    assert not flat_depthwise(op(), most_1 + 1)
+    assert not flat_depthwise(op(stride=2), most_2 + 1)
     for other in (op(stride=3), op(stride=(1, 2)), op(kernel=5, padding=2), op(padding=0),
                   op(dilation=2, padding=2)):
-        assert not _flat_depthwise(other, 49)
+        assert not flat_depthwise(other, 49)
 
 
 def test_small_depthwise_convs_choose_nhwc_or_the_planes():
     # NHWC onto at most 64 pixels, but stride-1 3x3 convs of at most 32 channels onto 7x7
-    # and 8x8, which the planes' nine-tap kernels take (`_depthwise_nhwc`)
-    from nasgraph.backends.numba._conv_rules import _depthwise_nhwc
+    # and 8x8, which the planes' nine-tap kernels take (`depthwise_nhwc`)
+    from nasgraph.backends.numba._conv_paths import depthwise_nhwc
 
     def op(kernel=(3, 3), stride=(1, 1), dilation=(1, 1)):
         return ops.Conv2d(out_channels=16, kernel=kernel, stride=stride, padding=1,
                           dilation=dilation, groups=16)
 
-    assert not _depthwise_nhwc(op(), 16, 16, 49) and not _depthwise_nhwc(op(), 32, 32, 64)
-    assert _depthwise_nhwc(op(), 64, 64, 49) and _depthwise_nhwc(op(), 16, 16, 16)
-    assert _depthwise_nhwc(op(stride=(2, 2)), 16, 16, 49)
-    assert _depthwise_nhwc(op(kernel=(5, 5)), 16, 16, 49)
-    assert _depthwise_nhwc(op(dilation=(2, 2)), 16, 16, 49)
-    assert not _depthwise_nhwc(op(), 16, 16, 100) and not _depthwise_nhwc(op(), 32, 16, 49)
+    assert not depthwise_nhwc(op(), 16, 16, 49) and not depthwise_nhwc(op(), 32, 32, 64)
+    assert depthwise_nhwc(op(), 64, 64, 49) and depthwise_nhwc(op(), 16, 16, 16)
+    assert depthwise_nhwc(op(stride=(2, 2)), 16, 16, 49)
+    assert depthwise_nhwc(op(kernel=(5, 5)), 16, 16, 49)
+    assert depthwise_nhwc(op(dilation=(2, 2)), 16, 16, 49)
+    assert not depthwise_nhwc(op(), 16, 16, 100) and not depthwise_nhwc(op(), 32, 16, 49)
