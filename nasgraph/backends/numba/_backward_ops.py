@@ -171,13 +171,32 @@ def _avgpool_backward(node: Node, gy: np.ndarray, shape: tuple, wts: Weights, ru
 
 def _adaptive_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                       ) -> tuple[np.ndarray, tuple]:
-    out = empty(xs[0], node)
-    resample_k.adaptive_avgpool(xs[0], out, 0)
-    return out, xs[0].shape
+    x, out = xs[0], empty(xs[0], node)
+    if out.shape[2:] == (1, 1):  # a global pool: one mean a plane
+        hw = x.shape[2] * x.shape[3]
+        if run.threads == 1:
+            resample_b.global_avgpool_planes(x.reshape(-1), out.reshape(-1), hw, 0,
+                                             out.size)
+        else:
+            resample_b.global_avgpool_parallel(x.reshape(-1), out.reshape(-1), hw,
+                                               run.threads)
+    else:
+        resample_k.adaptive_avgpool(x, out, 0)
+    return out, x.shape
 
 
 def _adaptive_backward(node: Node, gy: np.ndarray, shape: tuple, wts: Weights, run: Run,
                        needs: list[bool]) -> Grads:
+    if gy.shape[2:] == (1, 1):  # a global pool: each plane its mean's gradient / (H x W)
+        gx = np.empty(shape, F32)
+        hw = shape[2] * shape[3]
+        if run.threads == 1:
+            resample_b.global_avgpool_backward_planes(gy.reshape(-1), gx.reshape(-1), hw,
+                                                      0, gy.size)
+        else:
+            resample_b.global_avgpool_backward_parallel(gy.reshape(-1), gx.reshape(-1), hw,
+                                                        run.threads)
+        return [gx], {}
     gx = np.zeros(shape, F32)
     resample_b.adaptive_avgpool_backward(gy, gx)
     return [gx], {}

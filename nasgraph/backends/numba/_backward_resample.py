@@ -99,6 +99,53 @@ def adaptive_avgpool_backward(gy, gx):
                         dst[i, j] += v
 
 
+# plane sums reassociated, so that LLVM vectorizes them
+REASSOC = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@njit(cache=True, fastmath=REASSOC)
+def global_avgpool_planes(xf, of, hw, p0, p1):
+    """of[p] = the mean of plane p of the flat x (its hw values, from p * hw on), for
+    planes p0..p1: flat offsets, no view per plane and no parallel region, where the
+    adaptive pool's per-plane views and window loops took 6-8x as long at one thread
+    (32 x 32 planes of 4x4: 11.8 against 2.1 us)."""
+    scale = np.float32(1.0 / hw)
+    for p in range(p0, p1):
+        at = np.uint64(p * hw)
+        s = np.float32(0.0)
+        for j in range(np.uint64(hw)):
+            s += xf[at + j]
+        of[p] = s * scale
+
+
+@njit(cache=True)
+def global_avgpool_backward_planes(gf, xf, hw, p0, p1):
+    """The adjoint of `global_avgpool_planes`: plane p of the flat gx (written, not
+    added to) = gf[p] / hw, for planes p0..p1."""
+    for p in range(p0, p1):
+        v = gf[p] / np.float32(hw)
+        at = np.uint64(p * hw)
+        for j in range(np.uint64(hw)):
+            xf[at + j] = v
+
+
+@njit(parallel=True, cache=True)
+def global_avgpool_parallel(xf, of, hw, threads):
+    """`global_avgpool_planes` over all planes, a run of them per thread."""
+    planes = of.size
+    for t in prange(threads):
+        global_avgpool_planes(xf, of, hw, t * planes // threads, (t + 1) * planes // threads)
+
+
+@njit(parallel=True, cache=True)
+def global_avgpool_backward_parallel(gf, xf, hw, threads):
+    """`global_avgpool_backward_planes` over all planes, a run of them per thread."""
+    planes = gf.size
+    for t in prange(threads):
+        global_avgpool_backward_planes(gf, xf, hw, t * planes // threads,
+                                       (t + 1) * planes // threads)
+
+
 @njit(parallel=True, cache=True)
 def upsample_backward(gy, gx, bilinear, align_corners, scale_h, scale_w):
     """The adjoint of `_resample.upsample` (same float32 source indices and weights):

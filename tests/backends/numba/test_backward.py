@@ -248,6 +248,7 @@ OP_CASES: dict[str, Callable[[GraphBuilder, Tensor], Tensor]] = {
     "avgpool_ceil_pad_exclude": lambda b, x: b.avgpool(x, 4, 3, padding=1, ceil_mode=True,
                                                        count_include_pad=False),
     "global_avgpool": lambda b, x: b.gap(x),
+    "adaptive_avgpool_1": lambda b, x: b.adaptive_avgpool(x, 1),
     "adaptive_avgpool_3": lambda b, x: b.adaptive_avgpool(x, 3),
     "adaptive_avgpool_4x7": lambda b, x: b.adaptive_avgpool(x, (4, 7)),
     "add": _two_convs(lambda b, p, q: b.add([p, q])),
@@ -619,6 +620,13 @@ def test_convs_onto_tiny_maps_run_as_dense_layers(monkeypatch):
     dense.clear()
     passes = check_on_one_thread_and_two(b.build())
     assert dense == [2 * 2 * 9] * 4 * passes
+
+
+def test_global_pools_on_one_thread_and_two():
+    # global pools take one mean a plane, a run of planes per thread: 5 samples x 8
+    # channels, split between two; an odd map (7x5) and one pixel
+    for shape in [(3, 7, 5), (3, 1, 1)]:
+        assert check_on_one_thread_and_two(single_op_graph(lambda b, x: b.gap(x), shape))
 
 
 def test_pointwise_convs_on_one_thread_run_as_batched_matmuls(monkeypatch):
