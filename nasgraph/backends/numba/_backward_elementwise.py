@@ -79,7 +79,7 @@ def _by_sample(x) -> bool:
     return x.shape[2] * x.shape[3] <= SMALL_PLANE and x.size >= SAMPLE_WALK_VALUES
 
 
-def batchnorm_train(x, gamma, beta, eps, out, mean, var, act, threads):
+def batchnorm_train(x, gamma, beta, eps, out, mean, var, scale, shift, act, threads):
     """BatchNorm on the batch's statistics: per channel c, mean[c] and the biased var[c]
     over N x H x W, then out = gamma * (x - mean) / sqrt(var + eps) + beta.
 
@@ -91,12 +91,15 @@ def batchnorm_train(x, gamma, beta, eps, out, mean, var, act, threads):
     twice, gave its second BatchNorm's weight a gradient 1% off torch's).
 
     `act` (`fusable`: 1 ReLU, 2 ReLU6, else 0) is applied to out in the same pass.
+    scale and shift (float32, per channel) get what out = x * scale + shift used, from
+    which the backward recomputes the activation's derivative (`batchnorm_backward`).
     Channel by channel, or sample by sample (`_by_sample`); the sums are the same either
     way (a plane's in float32, in sample order in float64)."""
     if _by_sample(x):
-        _batchnorm_train_by_sample(x, gamma, beta, eps, out, mean, var, act, threads)
+        _batchnorm_train_by_sample(x, gamma, beta, eps, out, mean, var, scale, shift, act,
+                                   threads)
     else:
-        _batchnorm_train_by_channel(x, gamma, beta, eps, out, mean, var, act)
+        _batchnorm_train_by_channel(x, gamma, beta, eps, out, mean, var, scale, shift, act)
 
 
 @njit(cache=True)
@@ -121,7 +124,7 @@ def _normalize_run(x1, out1, at, n, scale, shift, act):
 
 
 @njit(parallel=True, cache=True)
-def _batchnorm_train_by_channel(x, gamma, beta, eps, out, mean, var, act):
+def _batchnorm_train_by_channel(x, gamma, beta, eps, out, mean, var, scale, shift, act):
     n_batch, c_in, h, w = x.shape
     hw = h * w
     count = n_batch * hw
@@ -138,9 +141,10 @@ def _batchnorm_train_by_channel(x, gamma, beta, eps, out, mean, var, act):
             total += _run_square_deviation(x1, np.uint64((n * c_in + c) * hw), hw, mu32)
         v = total / count
         mean[c], var[c] = mu, v
-        scale, shift = _scale_shift(gamma[c], beta[c], mu, v, eps)
+        k, k0 = _scale_shift(gamma[c], beta[c], mu, v, eps)
+        scale[c], shift[c] = k, k0
         for n in range(n_batch):
-            _normalize_run(x1, out1, np.uint64((n * c_in + c) * hw), hw, scale, shift, act)
+            _normalize_run(x1, out1, np.uint64((n * c_in + c) * hw), hw, k, k0, act)
 
 
 @njit(inline="always", cache=True)
@@ -153,7 +157,8 @@ def _column_sum(parts, c):
 
 
 @njit(parallel=True, cache=True)
-def _batchnorm_train_by_sample(x, gamma, beta, eps, out, mean, var, act, threads):
+def _batchnorm_train_by_sample(x, gamma, beta, eps, out, mean, var, scale, shift, act,
+                               threads):
     # each thread its share of the samples, its sums per channel in parts[t]
     n_batch, c_in, h, w = x.shape
     hw = h * w
@@ -177,7 +182,6 @@ def _batchnorm_train_by_sample(x, gamma, beta, eps, out, mean, var, act, threads
             for c in range(c_in):
                 parts[t, c] += _run_square_deviation(x1, np.uint64((n * c_in + c) * hw), hw,
                                                      mu32[c])
-    scale, shift = np.empty(c_in, np.float32), np.empty(c_in, np.float32)
     for c in range(c_in):
         var[c] = _column_sum(parts, c) / count
         scale[c], shift[c] = _scale_shift(gamma[c], beta[c], mean[c], var[c], eps)
@@ -206,7 +210,7 @@ def running_statistics(mean, var, running_mean, running_var, momentum, count, ep
 
 
 def batchnorm_backward(x, gy, gamma, mean, invstd, gx, ggamma, gbeta, training, need_dx,
-                       threads):
+                       threads, scale, shift, act):
     """Gradients of BatchNorm, y = gamma * (x - mean) * invstd + beta per channel:
     gbeta = sum(gy), ggamma = sum(gy * xhat); and with `need_dx`, gx = dx:
 
@@ -215,13 +219,20 @@ def batchnorm_backward(x, gy, gamma, mean, invstd, gx, ggamma, gbeta, training, 
         eval (running statistics, constants):
             dx = gamma * invstd * gy
 
+    Where the forward applied activation `act` (1 ReLU, 2 ReLU6; 0 none), gy is its
+    output's gradient, and each value of it is taken through the activation first: kept
+    where x * scale + shift (the forward's `scale` and `shift`, float32 per channel)
+    lies where the activation's slope is 1, else 0. That mask is recomputed from x, which
+    both passes read anyway, as the forward rounded it, so that it is the output's
+    (y > 0 for ReLU, 0 < y < 6 for ReLU6); no pass of its own over the tensor.
+
     Channel by channel, or sample by sample (`_by_sample`)."""
     if _by_sample(x):
         _batchnorm_backward_by_sample(x, gy, gamma, mean, invstd, gx, ggamma, gbeta,
-                                      training, need_dx, threads)
+                                      training, need_dx, scale, shift, act, threads)
     else:
         _batchnorm_backward_by_channel(x, gy, gamma, mean, invstd, gx, ggamma, gbeta,
-                                       training, need_dx)
+                                       training, need_dx, scale, shift, act)
 
 
 @njit(cache=True)
@@ -234,26 +245,86 @@ def _dx_coefficients(gamma, inv, sum_g, sum_gx, count, training):
     return k_g, np.float32(sum_g / count), np.float32(inv * inv * sum_gx / count)
 
 
-@njit(inline="always", cache=True)
-def _dx_run(g1, x1, o1, at, n, mu, k_g, k0, k1):
+# the masked sums round x * scale + shift as the forward's output pass did: a product,
+# then a sum, never fused into one multiply-add ("contract"), so that each mask is the
+# forward's output's
+_MASKED = {"reassoc", "nsz", "arcp"}
+
+
+@njit(cache=True, fastmath=_MASKED)
+def _run_relu_sums(g1, x1, at, n, mu, scale, shift):
+    # sum(g') and sum(g' * (x - mu)) over n values from `at`, g' = g where x * scale +
+    # shift > 0, else 0. One loop of its own, g loaded whatever the mask: a loop per
+    # activation and a load under the mask left runs of 16-64 values scalar (3-8x the
+    # time of the unmasked sums on 4x4 to 8x8 planes)
+    zero = np.float32(0.0)
+    s, sx = np.float32(0.0), np.float32(0.0)
     for k in range(np.uint64(n)):
-        o1[at + k] = k_g * (g1[at + k] - k0 - (x1[at + k] - mu) * k1)
+        v, g = x1[at + k], g1[at + k]
+        g = g if v * scale + shift > zero else zero
+        s += g
+        sx += g * (v - mu)
+    return s, sx
+
+
+@njit(cache=True, fastmath=_MASKED)
+def _run_relu6_sums(g1, x1, at, n, mu, scale, shift):
+    # `_run_relu_sums` for ReLU6: g' = g where 0 < x * scale + shift < 6
+    zero, six = np.float32(0.0), np.float32(6.0)
+    s, sx = np.float32(0.0), np.float32(0.0)
+    for k in range(np.uint64(n)):
+        v, g = x1[at + k], g1[at + k]
+        pre = v * scale + shift
+        g = g if zero < pre < six else zero
+        s += g
+        sx += g * (v - mu)
+    return s, sx
+
+
+@njit(inline="always", cache=True)
+def _run_sums(g1, x1, at, n, mu, scale, shift, act):
+    # sum(g) and sum(g * (x - mu)) over a run, g masked by the activation `act` (if any)
+    if act == 1:
+        return _run_relu_sums(g1, x1, at, n, mu, scale, shift)
+    if act == 2:
+        return _run_relu6_sums(g1, x1, at, n, mu, scale, shift)
+    return _run_sum(g1, at, n), _run_dot_centered(g1, x1, at, n, mu)
+
+
+@njit(inline="always", cache=True)
+def _dx_run(g1, x1, o1, at, n, mu, k_g, k0, k1, scale, shift, act):
+    # dx over a run, g masked by the activation `act` as `_run_sums` masks it
+    zero, six = np.float32(0.0), np.float32(6.0)
+    if act == 1:
+        for k in range(np.uint64(n)):
+            v, g = x1[at + k], g1[at + k]
+            g = g if v * scale + shift > zero else zero
+            o1[at + k] = k_g * (g - k0 - (v - mu) * k1)
+    elif act == 2:
+        for k in range(np.uint64(n)):
+            v, g = x1[at + k], g1[at + k]
+            pre = v * scale + shift
+            g = g if zero < pre < six else zero
+            o1[at + k] = k_g * (g - k0 - (v - mu) * k1)
+    else:
+        for k in range(np.uint64(n)):
+            o1[at + k] = k_g * (g1[at + k] - k0 - (x1[at + k] - mu) * k1)
 
 
 @njit(parallel=True, cache=True)
 def _batchnorm_backward_by_channel(x, gy, gamma, mean, invstd, gx, ggamma, gbeta, training,
-                                   need_dx):
+                                   need_dx, scale, shift, act):
     n_batch, c_in, h, w = x.shape
     hw = h * w
     count = n_batch * hw
     x1, g1, o1 = x.reshape(x.size), gy.reshape(gy.size), gx.reshape(gx.size)
     for c in prange(c_in):
-        mu = np.float32(mean[c])
+        mu, sc, sh = np.float32(mean[c]), scale[c], shift[c]
         sum_g, sum_gx = 0.0, 0.0
         for n in range(n_batch):
-            at = np.uint64((n * c_in + c) * hw)
-            sum_g += _run_sum(g1, at, hw)
-            sum_gx += _run_dot_centered(g1, x1, at, hw, mu)
+            s, sx = _run_sums(g1, x1, np.uint64((n * c_in + c) * hw), hw, mu, sc, sh, act)
+            sum_g += s
+            sum_gx += sx
         inv = invstd[c]
         gbeta[c] = sum_g
         ggamma[c] = sum_gx * inv
@@ -261,12 +332,13 @@ def _batchnorm_backward_by_channel(x, gy, gamma, mean, invstd, gx, ggamma, gbeta
             continue
         k_g, k0, k1 = _dx_coefficients(gamma[c], inv, sum_g, sum_gx, count, training)
         for n in range(n_batch):
-            _dx_run(g1, x1, o1, np.uint64((n * c_in + c) * hw), hw, mu, k_g, k0, k1)
+            _dx_run(g1, x1, o1, np.uint64((n * c_in + c) * hw), hw, mu, k_g, k0, k1, sc, sh,
+                    act)
 
 
 @njit(parallel=True, cache=True)
 def _batchnorm_backward_by_sample(x, gy, gamma, mean, invstd, gx, ggamma, gbeta, training,
-                                  need_dx, threads):
+                                  need_dx, scale, shift, act, threads):
     n_batch, c_in, h, w = x.shape
     hw = h * w
     count = n_batch * hw
@@ -278,9 +350,10 @@ def _batchnorm_backward_by_sample(x, gy, gamma, mean, invstd, gx, ggamma, gbeta,
     for t in prange(threads):
         for n in range(t * n_batch // threads, (t + 1) * n_batch // threads):
             for c in range(c_in):
-                at = np.uint64((n * c_in + c) * hw)
-                sums[t, 0, c] += _run_sum(g1, at, hw)
-                sums[t, 1, c] += _run_dot_centered(g1, x1, at, hw, mu[c])
+                s, sx = _run_sums(g1, x1, np.uint64((n * c_in + c) * hw), hw, mu[c],
+                                  scale[c], shift[c], act)
+                sums[t, 0, c] += s
+                sums[t, 1, c] += sx
     k = np.empty((3, c_in), np.float32)
     for c in range(c_in):
         sum_g, sum_gx = _column_sum(sums[:, 0], c), _column_sum(sums[:, 1], c)
@@ -294,7 +367,7 @@ def _batchnorm_backward_by_sample(x, gy, gamma, mean, invstd, gx, ggamma, gbeta,
         for n in range(t * n_batch // threads, (t + 1) * n_batch // threads):
             for c in range(c_in):
                 _dx_run(g1, x1, o1, np.uint64((n * c_in + c) * hw), hw, mu[c], k[0, c],
-                        k[1, c], k[2, c])
+                        k[1, c], k[2, c], scale[c], shift[c], act)
 
 
 @njit(inline="always", cache=True)

@@ -48,11 +48,12 @@ def batchnorm_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: R
                           act: int = 0) -> tuple[np.ndarray, tuple]:
     """BatchNorm's forward, and where `act` is a code `elem_b.fusable` takes (ReLU,
     ReLU6) the activation that alone reads its output, in the same pass: one read and
-    one write of the tensor fewer (`grad._plan` pairs them). The backward then takes
-    the gradient through the activation first, its derivative read from the output."""
+    one write of the tensor fewer (`grad._plan` pairs them). The backward takes the
+    gradient through the activation in its own passes, the derivative recomputed from x
+    (`elem_b.batchnorm_backward`): the output is not kept."""
     # saved: x, the mean and 1 / sqrt(var + eps) it normalized with (float64, per
-    # channel), the output where an activation was applied (its derivative's source,
-    # else x: unread), and the activation's code
+    # channel), the float32 scale and shift of out = act(x * scale + shift), and the
+    # activation's code
     op, x = node.op, xs[0]
     out = np.empty_like(x)
     if not run.training:
@@ -61,31 +62,30 @@ def batchnorm_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: R
         scale = (wts["weight"] * invstd).astype(F32)
         shift = (wts["bias"] - mean * wts["weight"] * invstd).astype(F32)
         elem_k.scale_shift(x, scale, shift, out, 0, act)
-        return out, (x, mean, invstd, out if act else x, act)
+        return out, (x, mean, invstd, scale, shift, act)
     count = x.shape[0] * x.shape[2] * x.shape[3]
     if count < 2:
         raise GraphError(f"node {node.id!r} (batchnorm2d): training needs more than one value "
                          f"per channel, got input {x.shape}; hint: a larger batch")
     mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
-    elem_b.batchnorm_train(x, wts["weight"], wts["bias"], op.eps, out, mean, var, act,
-                           run.threads)
+    scale, shift = np.empty(x.shape[1], F32), np.empty(x.shape[1], F32)
+    elem_b.batchnorm_train(x, wts["weight"], wts["bias"], op.eps, out, mean, var, scale,
+                           shift, act, run.threads)
     key = node.param_key
     running_mean, running_var, invstd = elem_b.running_statistics(
         mean, var, wts["running_mean"], wts["running_var"], op.momentum, count, op.eps)
     run.buffers[f"{key}.running_mean"] = running_mean
     run.buffers[f"{key}.running_var"] = running_var
-    return out, (x, mean, invstd, out if act else x, act)
+    return out, (x, mean, invstd, scale, shift, act)
 
 
 def _batchnorm_backward(node: Node, gy: np.ndarray, saved: tuple, wts: Weights, run: Run,
                         needs: list[bool]) -> Grads:
-    x, mean, invstd, y, act = saved
-    if act:  # gy is the activation's: through it first, its derivative read from y
-        gy = activation_grad(y, gy, act)
+    x, mean, invstd, scale, shift, act = saved  # gy: act's output's, where act
     gx = np.empty_like(x) if needs[0] else NO_GRAD
     ggamma, gbeta = np.empty(x.shape[1], F32), np.empty(x.shape[1], F32)
     elem_b.batchnorm_backward(x, gy, wts["weight"], mean, invstd, gx, ggamma, gbeta,
-                              run.training, needs[0], run.threads)
+                              run.training, needs[0], run.threads, scale, shift, act)
     return [gx if needs[0] else None], {"weight": ggamma, "bias": gbeta}
 
 
