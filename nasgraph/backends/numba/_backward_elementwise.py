@@ -58,8 +58,9 @@ def _run_dot_centered(a1, b1, at, n, mu):
 
 def fusable(code: int) -> bool:
     """Whether BatchNorm's forward can apply activation `code` (`ACT_CODES`) in its own
-    output pass (`batchnorm_train`): ReLU and ReLU6, whose derivative their output gives,
-    so that the backward needs no input of theirs."""
+    output pass (`batchnorm_train`): ReLU and ReLU6, whose derivative is 1 or 0 by where
+    their input lies, which BatchNorm's backward recomputes from its own input
+    (`batchnorm_backward`) and an add's reads from the output (y > 0, 0 < y < 6)."""
     return code in (1, 2)
 
 
