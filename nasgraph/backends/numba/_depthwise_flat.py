@@ -93,20 +93,23 @@ def flat_geometry(h: int, w: int, stride: int) -> FlatGeometry:
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _nine(wc, left, right, sl, sm, sr, at, b, acc, length):
-    # acc[q] = b + left[q] * (the left taps' w * sl[at + q]) + (the middle taps' w *
-    # sm[at + q]) + right[q] * (the right taps' w * sr[at + q]): the forward with sl, sm
-    # and sr all the input; the stride-1 input gradient with them dy masked by left, dy
-    # and dy masked by right, and no masks of its own (ones)
-    w0, w1, w2, w3, w4, w5, w6, w7, w8 = wc[0], wc[1], wc[2], wc[3], wc[4], wc[5], wc[6], \
-        wc[7], wc[8]
+def _nine(wf, ch, left, right, sl, sm, sr, at, b, acc, to, length):
+    # acc[to + q] = b + left[q] * (the left taps' w * sl[at + q]) + (the middle taps' w *
+    # sm[at + q]) + right[q] * (the right taps' w * sr[at + q]) for q < length, w the
+    # nine weights of channel ch in the flat wf: the forward with sl, sm and sr all the
+    # input; the stride-1 input gradient with them dy masked by left, dy and dy masked by
+    # right, and no masks of its own (ones). Flat offsets, no views: a view per plane
+    # costs reference counting, as long as a 4x4 plane's arithmetic
+    w = np.uint64(ch * 9)
+    w0, w1, w2, w3, w4 = wf[w], wf[w + 1], wf[w + 2], wf[w + 3], wf[w + 4]
+    w5, w6, w7, w8 = wf[w + 5], wf[w + 6], wf[w + 7], wf[w + 8]
     a0, a1, a2, a3, a4 = (np.uint64(at[0]), np.uint64(at[1]), np.uint64(at[2]),
                           np.uint64(at[3]), np.uint64(at[4]))
     a5, a6, a7, a8 = np.uint64(at[5]), np.uint64(at[6]), np.uint64(at[7]), np.uint64(at[8])
     for q in range(np.uint64(length)):
-        acc[q] = (b + left[q] * (w0 * sl[a0 + q] + w3 * sl[a3 + q] + w6 * sl[a6 + q])
-                  + (w1 * sm[a1 + q] + w4 * sm[a4 + q] + w7 * sm[a7 + q])
-                  + right[q] * (w2 * sr[a2 + q] + w5 * sr[a5 + q] + w8 * sr[a8 + q]))
+        acc[to + q] = (b + left[q] * (w0 * sl[a0 + q] + w3 * sl[a3 + q] + w6 * sl[a6 + q])
+                       + (w1 * sm[a1 + q] + w4 * sm[a4 + q] + w7 * sm[a7 + q])
+                       + right[q] * (w2 * sr[a2 + q] + w5 * sr[a5 + q] + w8 * sr[a8 + q]))
 
 
 @njit(inline="always", cache=True)
@@ -135,26 +138,23 @@ def depthwise_forward(x, w, bias, out, geometry, threads):
     m = out.shape[1] // c
     hw, howo = h * wd, out.shape[2] * out.shape[3]
     planes = n_batch * c
-    x1, o1 = x.reshape(x.size), out.reshape(out.size)
+    x1, w1, o1 = x.reshape(x.size), w.reshape(w.size), out.reshape(out.size)
     for th in prange(threads):
         scr = np.zeros(scratch, np.float32)
-        acc = np.empty(length, np.float32)
         for plane in range(th * planes // threads, (th + 1) * planes // threads):
             _copy_in(x1, np.uint64(plane * hw), hw, place, lead, stride, scr)
-            for k in range(m):  # output plane (n, c*M + k), its channel c*M + k
-                o = plane * m + k
+            for k in range(m):  # output plane (n, c*M + k), its channel c*M + k, straight
+                o = plane * m + k  # into out: its Ho x Wo values, not the whole vectors
                 ch = o % (c * m)
-                _nine(w[ch], left, right, scr, scr, scr, reads, bias[ch], acc, length)
-                dst = np.uint64(o * howo)
-                for q in range(np.uint64(howo)):
-                    o1[dst + q] = acc[q]
+                _nine(w1, ch, left, right, scr, scr, scr, reads, bias[ch], o1,
+                      np.uint64(o * howo), howo)
 
 
 @njit(cache=True, fastmath=SUMS)
-def _tap_sums(gl, gm, gr, x, at, lead, length, sums):
-    # sums[t] += the sum over q of g[lead + q] * x[at[t] + q], g being dy masked by left
-    # (gl) for the left taps, dy (gm) for the middle ones, masked by right (gr) for the
-    # right ones; each in float32 over the plane
+def _tap_sums(gl, gm, gr, x, at, lead, length, sums, to):
+    # sums[to + t] += the sum over q of g[lead + q] * x[at[t] + q], g being dy masked by
+    # left (gl) for the left taps, dy (gm) for the middle ones, masked by right (gr) for
+    # the right ones; each in float32 over the plane
     lead_u = np.uint64(lead)
     a0, a1, a2, a3, a4 = (np.uint64(at[0]), np.uint64(at[1]), np.uint64(at[2]),
                           np.uint64(at[3]), np.uint64(at[4]))
@@ -171,26 +171,27 @@ def _tap_sums(gl, gm, gr, x, at, lead, length, sums):
         s6 += lq * x[a6 + q]
         s7 += mq * x[a7 + q]
         s8 += rq * x[a8 + q]
-    sums[0] += s0
-    sums[1] += s1
-    sums[2] += s2
-    sums[3] += s3
-    sums[4] += s4
-    sums[5] += s5
-    sums[6] += s6
-    sums[7] += s7
-    sums[8] += s8
+    sums[to] += s0
+    sums[to + 1] += s1
+    sums[to + 2] += s2
+    sums[to + 3] += s3
+    sums[to + 4] += s4
+    sums[to + 5] += s5
+    sums[to + 6] += s6
+    sums[to + 7] += s7
+    sums[to + 8] += s8
 
 
 @njit(inline="always", cache=True, fastmath=FASTMATH)
-def _phase_input_grads(wc, gl, gm, gr, back_reads, dph, length):
+def _phase_input_grads(wf, ch, gl, gm, gr, back_reads, dph, length):
     # the input gradient of a stride-2 conv, phase by phase: dph[p * L + u] = the sum over
-    # the taps t that read phase p of wc[t] * g[back_reads[t] + u] (g: dy masked as for
+    # the taps t that read phase p of w[t] * g[back_reads[t] + u] (g: dy masked as for
     # `_tap_sums`). Tap (i, j) reads phase ((i - 1) % 2, (j - 1) % 2): the centre tap
     # phase 0, the taps left and right of it phase 1, above and below it phase 2, the
-    # corners phase 3
-    w0, w1, w2, w3, w4, w5, w6, w7, w8 = wc[0], wc[1], wc[2], wc[3], wc[4], wc[5], wc[6], \
-        wc[7], wc[8]
+    # corners phase 3; w: channel ch's nine in the flat wf
+    w = np.uint64(ch * 9)
+    w0, w1, w2, w3, w4 = wf[w], wf[w + 1], wf[w + 2], wf[w + 3], wf[w + 4]
+    w5, w6, w7, w8 = wf[w + 5], wf[w + 6], wf[w + 7], wf[w + 8]
     r0, r1, r2, r3, r4 = (np.uint64(back_reads[0]), np.uint64(back_reads[1]),
                           np.uint64(back_reads[2]), np.uint64(back_reads[3]),
                           np.uint64(back_reads[4]))
@@ -219,6 +220,7 @@ def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads):
     hw, howo = h * wd, gy.shape[2] * gy.shape[3]
     planes = n_batch * c
     x1, g1, o1 = x.reshape(x.size), gy.reshape(gy.size), gx.reshape(gx.size)
+    w1, p1 = w.reshape(w.size), parts.reshape(parts.size)
     lead_u, lu = np.uint64(lead), np.uint64(length)
     phased = np.uint64(stride * stride * length)
     for th in prange(threads):
@@ -240,21 +242,26 @@ def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads):
                 for q in range(lu):
                     gl[lead_u + q] = gm[lead_u + q] * left[q]
                     gr[lead_u + q] = gm[lead_u + q] * right[q]
-                _tap_sums(gl, gm, gr, sx, reads, lead, length, parts[th, ch])
+                _tap_sums(gl, gm, gr, sx, reads, lead, length, p1,
+                          np.uint64((th * c * m + ch) * 9))
                 if not need_dx:
                     continue
+                if stride == 1 and m == 1:  # one output: its sum straight into gx
+                    _nine(w1, ch, ones, ones, gl, gm, gr, back_reads, np.float32(0.0), o1,
+                          src, hw)
+                    continue
                 if stride == 1:
-                    _nine(w[ch], ones, ones, gl, gm, gr, back_reads, np.float32(0.0), dph,
-                          length)
+                    _nine(w1, ch, ones, ones, gl, gm, gr, back_reads, np.float32(0.0), dph,
+                          np.uint64(0), length)
                 else:
-                    _phase_input_grads(w[ch], gl, gm, gr, back_reads, dph, length)
+                    _phase_input_grads(w1, ch, gl, gm, gr, back_reads, dph, length)
                 if k == 0:
                     for u in range(phased):
                         total[u] = dph[u]
                 else:
                     for u in range(phased):
                         total[u] += dph[u]
-            if not need_dx:
+            if not need_dx or (stride == 1 and m == 1):
                 continue
             if stride == 1:
                 for j in range(np.uint64(hw)):
