@@ -39,6 +39,7 @@ from numba import njit, prange
 from nasgraph.backends.numba import _tiled as tiled_k
 from nasgraph.backends.numba import _tiled_mid as mid_k
 from nasgraph.backends.numba import _tiled_narrow as narrow_k
+from nasgraph.backends.numba import _tiled_row as row_k
 from nasgraph.backends.numba import _tiled_wide as wide_k
 from nasgraph.backends.numba import _tiled_wide48 as wide48_k
 from nasgraph.backends.numba import _wgrad_nhwc as wgrad_nhwc_k
@@ -257,6 +258,11 @@ def conv2d_direct(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: n
     n, _, _, cin = xp.shape
     cout, kh = out.shape[1], w.shape[2]
     pixels = out.shape[2] * out.shape[3]
+    if row_tiles(cout, w.shape[3], stride[1], out.shape[3]):
+        (row_k.conv2d_row_1 if threads == 1 else row_k.conv2d_row)(
+            xp.reshape(n, xp.shape[1], -1), tiled_k.pack_tiles(w, row_k.V, flip),
+            row_k.pack_bias(bias, cout), out, cout, cin, kh, stride[0], dilation, threads)
+        return
     # convs of at most 8 output channels on the narrow twin's 12 x 8 tiles: 16-channel
     # ones would leave half the accumulators zero (Fashion ResNet's 7-channel 3x3 convs,
     # forward or input gradient: 0.5x the time, one thread, batch 128); where vectors are
@@ -274,6 +280,18 @@ def conv2d_direct(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: n
         xp.reshape(n, xp.shape[1], -1), 0, tiled_k.pack_tiles(w, kernels.V, flip),
         kernels.pack_bias(bias, cout), _NO_RES, out, 0, cout, cin, kh, *stride, dilation, 0,
         0, out.shape[2], out.shape[3], -1, -1, threads)
+
+
+def row_tiles(cout: int, kw: int, stride_w: int, wo: int) -> bool:
+    """Whether `conv2d_direct` runs a conv on `_tiled_row`'s tiles of 8 pixels of a row,
+    each input value loaded once for the three kernel columns that read it: 9-16 output
+    channels (one 512-bit vector, where `_tiled_mid`'s 12 x 16 tiles load an input value
+    for every multiply-add), 3 columns, stride 1 across, and rows that fill at least 7/8
+    of the tiles they take (8, 14-16, 21-24, ... pixels: a row's last tile recomputes
+    pixels of the one before)."""
+    tiles = -(-wo // row_k.R)
+    return (WIDE and narrow_k.V < cout <= row_k.V and kw == row_k.KW and stride_w == 1
+            and wo >= row_k.R and 8 * wo >= 7 * tiles * row_k.R)
 
 
 def conv2d_input_grad(gy: np.ndarray, w: np.ndarray, gx: np.ndarray, pad: tuple[int, int],

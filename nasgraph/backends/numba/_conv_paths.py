@@ -119,7 +119,11 @@ def planes_input_grad(cin: int, x_shape: tuple[int, ...], kernel_w: int,
     and the pixels past the map in each padded row. Measured on an AVX-512 Xeon, one
     thread, 3x3 convs (docs/numba.md, "The input gradient of 9-16 channels on the
     planes"): 0.64-0.96x the time of the NHWC tiles where it is taken, 0.93-1.35x where
-    it is not."""
+    it is not. Where the NHWC side runs `_tiled_row`'s tiles of a row (`conv_b.row_tiles`),
+    ROW_RATE times as fast, the planes must do that much more useful work to be taken: at
+    16 channels they never are (on their own 0.95-1.05x the tiles' time from 14x14 to
+    32x32 maps, 1.33-1.47x on 8x8, and dy's padded copy for the tiles is the one the
+    NHWC weight gradient reads), at 10-12 on 14x14 and 16x16 they still are (0.75-0.85x)."""
     if not conv_b.WIDE or cin > tiled_k.V:
         return False
     if cin <= PLANES_MAX_CHANNELS:
@@ -128,7 +132,16 @@ def planes_input_grad(cin: int, x_shape: tuple[int, ...], kernel_w: int,
     length = planes_k.row_length(h, w + (kernel_w - 1) * dilation_w, planes_k.PIXELS)
     rows = planes_k.conv_rows(cin)
     used = h * w / length * cin / (-(-cin // rows) * rows)
-    return PLANES_RATE * used > cin / tiled_k.V  # the NHWC tile's lanes in use
+    rate = PLANES_RATE
+    if dilation_w == 1 and conv_b.row_tiles(cin, kernel_w, 1, w):
+        rate /= ROW_RATE  # the NHWC tiles of a row, faster than those `PLANES_RATE` met
+    return rate * used > cin / tiled_k.V  # the NHWC tile's lanes in use
+
+
+# how many times as fast `_tiled_row`'s tiles ran as `_tiled_mid`'s, forward or input
+# gradient, 3x3 convs of 16 channels on 8x8 to 32x32 maps, one thread (0.78-0.90x the
+# time; docs/numba.md, "Tiles of a row")
+ROW_RATE = 1.2
 
 
 def planes_grouped(op, in_per_group: int) -> bool:

@@ -429,6 +429,53 @@ def test_training_forward_conv_matches_torch_on_every_tile(monkeypatch, cout, st
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("cout, width", [(9, 8), (12, 14), (16, 16), (16, 15)])
+@pytest.mark.parametrize("kernel, stride, dilation", [((3, 3), 1, 1), ((3, 3), 2, 1),
+                                                     ((1, 3), 1, 1), ((5, 3), 1, 2)])
+def test_tiles_of_a_row_match_torch(monkeypatch, cout, width, kernel, stride, dilation):
+    # 3-column convs of 9-16 output channels, stride 1 across, on rows that fill their
+    # tiles of 8 pixels (`row_tiles`): `_tiled_row`, forced as where vectors are 512
+    # bits. Forward with a bias (stride and dilation down) and the input gradient (a
+    # stride-1 conv of dy with the kernel rotated), on one thread and two; 5 samples, odd
+    # heights, a row's last tile moved back over the one before (15 pixels)
+    from nasgraph.backends.numba import _backward_conv as conv_b
+    from nasgraph.backends.numba import _tiled_row
+
+    monkeypatch.setattr(conv_b, "WIDE", True)
+    calls = []
+    for name in ("conv2d_row", "conv2d_row_1"):
+        kernel_fn = getattr(_tiled_row, name)
+        monkeypatch.setattr(_tiled_row, name, lambda *a, f=kernel_fn: calls.append(1) or f(*a))
+    gen = torch.Generator().manual_seed(0)
+    pad = ((kernel[0] - 1) * dilation // 2, 1)
+    x = torch.randn(5, 7, 11, width, generator=gen)
+    w = torch.randn(cout, 7, *kernel, generator=gen)
+    bias = torch.randn(cout, generator=gen)
+    ref = F.conv2d(x, w, bias, stride=(stride, 1), padding=pad, dilation=(dilation, 1)).numpy()
+    for threads in (1, 2):
+        out = np.empty(ref.shape, np.float32)
+        xp = conv_b.padded_nhwc(x.numpy(), pad, threads)
+        conv_b.conv2d_direct(xp, w.numpy(), bias.numpy(), out, (stride, 1), dilation, threads)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+        if stride == 1:  # the input gradient of 7 channels: its conv has 7 outputs
+            w_t = torch.randn(7, cout, *kernel, generator=gen)  # cout channels back
+            x2 = torch.randn(5, cout, 11, width, generator=gen, requires_grad=True)
+            y2 = F.conv2d(x2, w_t, padding=pad, dilation=(dilation, 1))
+            g2 = torch.randn(y2.shape, generator=gen)
+            y2.backward(g2)
+            gx = np.empty(x2.shape, np.float32)
+            conv_b.conv2d_input_grad(g2.numpy(), w_t.numpy(), gx, pad, dilation, threads)
+            np.testing.assert_allclose(gx, x2.grad.numpy(), rtol=1e-5,
+                                       atol=1e-5 * np.abs(x2.grad.numpy()).max())
+    assert len(calls) == (4 if stride == 1 else 2)
+
+
+def test_generated_row_kernel_is_up_to_date():
+    from nasgraph.backends.numba import _tiled_row_gen
+
+    assert _tiled_row_gen.TARGET.read_text() == _tiled_row_gen.render()
+
+
 def test_generated_tiled_kernel_twins_are_up_to_date():
     from nasgraph.backends.numba import _tiled_gen
 
@@ -548,9 +595,12 @@ def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
     assert 12 in rows
     from nasgraph.backends.numba._conv_paths import planes_input_grad
 
-    # 16 channels on 8x8 maps: a padded row of 80 pixels in tiles of 32 leaves 2/3 in use
+    # 16 channels on 8x8 maps: a padded row of 80 pixels in tiles of 32 leaves 2/3 in use;
+    # on 16x16 the NHWC tiles of a row (`row_tiles`) are faster, as on 14x14, but with 12
+    # channels the planes still are
     assert not planes_input_grad(16, (5, 16, 8, 8), 3, 1)
-    assert planes_input_grad(16, (5, 16, 16, 16), 3, 1)
+    assert not planes_input_grad(16, (5, 16, 16, 16), 3, 1)
+    assert planes_input_grad(12, (5, 12, 14, 14), 3, 1)
     assert not planes_input_grad(17, (5, 17, 16, 16), 3, 1)
     assert {_planes.conv_rows(r) for r in rows} == {r for r, _ in _planes_conv.TILES}
     assert {(6, 3), (7, 3), (3, 3), (5, 3), _wgrad.TILES[0]} <= set(tiles)
