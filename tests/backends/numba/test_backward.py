@@ -470,6 +470,42 @@ def test_tiles_of_a_row_match_torch(monkeypatch, cout, width, kernel, stride, di
     assert len(calls) == (4 if stride == 1 else 2)
 
 
+@pytest.mark.parametrize("cin, cout, width", [(8, 9, 4), (16, 16, 8), (24, 12, 12)])
+@pytest.mark.parametrize("kernel, stride, dilation", [((3, 3), 1, 1), ((3, 3), 2, 1),
+                                                     ((1, 3), 1, 1), ((5, 3), 1, 2)])
+def test_weight_gradient_tiles_of_a_row_match_torch(monkeypatch, cin, cout, width, kernel,
+                                                    stride, dilation):
+    # `_tiled_row.wgrad_row` (`row_weight_grad`), forced as where vectors are 512 bits:
+    # 9-16 output channels, input channels in groups of 8, rows in runs of 4 pixels,
+    # strides and dilations down, dy laid out anew or read from the input gradient's
+    # padded copy, on one thread and two, 5 samples split unevenly
+    from nasgraph.backends.numba import _backward_conv as conv_b
+
+    monkeypatch.setattr(conv_b, "WIDE", True)
+    calls = []
+    monkeypatch.setattr(conv_b, "weight_grad_rows", lambda *a, f=conv_b.weight_grad_rows:
+                        calls.append(1) or f(*a))
+    gen = torch.Generator().manual_seed(0)
+    pad = ((kernel[0] - 1) * dilation // 2, 1)
+    x = torch.randn(5, cin, 11, width, generator=gen)
+    w = torch.randn(cout, cin, *kernel, generator=gen)
+    y = F.conv2d(x, w, stride=(stride, 1), padding=pad, dilation=(dilation, 1))
+    gy = torch.randn(y.shape, generator=gen)
+    ref = torch.nn.grad.conv2d_weight(x, w.shape, gy, stride=(stride, 1), padding=pad,
+                                      dilation=(dilation, 1)).numpy()
+    assert conv_b.row_weight_grad(cout, cin, kernel, (stride, 1), y.shape[3])
+    gp_pad = conv_b.dy_padding(kernel, pad, dilation)
+    for threads in (1, 2):
+        xp = conv_b.padded_nhwc(x.numpy(), pad, threads)
+        shared = [None] if stride != 1 else [None, conv_b.padded_nhwc(gy.numpy(), gp_pad,
+                                                                       threads)]
+        for gp in shared:
+            dw = conv_b.conv2d_weight_grad_nhwc(xp, gy.numpy(), kernel, (stride, 1), dilation,
+                                                threads, gp, gp_pad)
+            np.testing.assert_allclose(dw, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    assert len(calls) == 2 * (2 if stride == 1 else 1)
+
+
 def test_generated_row_kernel_is_up_to_date():
     from nasgraph.backends.numba import _tiled_row_gen
 
