@@ -443,43 +443,59 @@ def weight_grad_nhwc(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, til
 
 
 @njit(parallel=True, cache=True)
-def weight_grad_rows(xp, gf, g_geometry, parts, ho, wo, sh, dh, kh, chunk, threads):
-    """`weight_grad_nhwc` by `_tiled_row.wgrad_row`'s tiles, each the KW kernel columns
-    of WG_CHANNELS input channels in one kernel row x V output channels (`row_weight_grad`
-    says where): parts[t] += thread t's share of dw (K x V, K in `_nhwc_columns`' order,
-    kernel row, column, input channel), its samples in chunks of `chunk`."""
+def weight_grad_rows(xp, gf, g_geometry, parts, ho, wo, sh, dh, kh, chunk, tile, threads):
+    """`weight_grad_nhwc` by `_tiled_row`'s weight-gradient tiles WG_TILES[tile], each
+    the KW kernel columns of a group of input channels in one kernel row x a block of
+    output channels (`row_weight_grad` says where): parts[t] += thread t's share of dw
+    (K x Cp, K in `_nhwc_columns`' order: kernel row, column, input channel), its samples
+    in chunks of `chunk`."""
     n_batch, hp, wp, cin = xp.shape
     gs, grow, gpix, gbase = g_geometry
     row, xs = wp * cin, hp * wp * cin
     xf = xp.reshape(xp.size)
-    kw, cb, v = row_k.KW, row_k.WG_CHANNELS, row_k.V
+    kw = row_k.KW
+    v, _, cb = row_k.WG_TILES[tile]
     for t in prange(threads):
         lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
         out = np.empty(kw * cb * v, np.float32)
         for n0 in range(lo, hi, chunk):
             n1 = min(hi, n0 + chunk)
-            for i in range(kh):
-                for c0 in range(0, cin, cb):
-                    row_k.wgrad_row(xf, gf, i, c0, n0, n1, ho, wo, row, sh, dh, cin, gpix, xs,
-                                    gs, grow, gbase, out)
-                    for j in range(kw):
-                        for c in range(cb):
-                            k = (i * kw + j) * cin + c0 + c
-                            for q in range(v):
-                                parts[t, k, q] += out[(j * cb + c) * v + q]
+            for g0 in range(0, parts.shape[2], v):
+                for i in range(kh):
+                    for c0 in range(0, cin, cb):
+                        if tile == 0:
+                            row_k.wgrad_row_16(xf, gf, i, c0, g0, n0, n1, ho, wo, row, sh,
+                                               dh, cin, gpix, xs, gs, grow, gbase, out)
+                        else:
+                            row_k.wgrad_row_32(xf, gf, i, c0, g0, n0, n1, ho, wo, row, sh,
+                                               dh, cin, gpix, xs, gs, grow, gbase, out)
+                        for j in range(kw):
+                            for c in range(cb):
+                                k = (i * kw + j) * cin + c0 + c
+                                for q in range(v):
+                                    parts[t, k, g0 + q] += out[(j * cb + c) * v + q]
 
 
 def row_weight_grad(out_channels: int, in_channels: int, kernel: tuple[int, int],
-                    stride: tuple[int, int], wo: int) -> bool:
-    """Whether `conv2d_weight_grad_nhwc` takes `_tiled_row`'s weight-gradient tiles,
-    which load each input value once for the three kernel columns that read it, where
-    the 16 x 16 tile loads one for every 16 multiply-adds: 9-16 output channels, 3
-    columns, stride 1 across, input channels in whole groups of WG_CHANNELS and rows of
-    whole runs of WG_PIXELS pixels. One thread, 3x3 convs of 16 channels, dy laid out
-    alike: 0.64-0.77x the 16 x 16 tile's time (docs/numba.md, "Tiles of a row")."""
-    return (WIDE and nhwc_weight_grad_tile(out_channels) == 0 and out_channels > narrow_k.V
-            and kernel[1] == row_k.KW and stride[1] == 1
-            and in_channels % row_k.WG_CHANNELS == 0 and wo % row_k.WG_PIXELS == 0)
+                    stride: tuple[int, int], wo: int) -> int | None:
+    """Which of `_tiled_row`'s weight-gradient tiles (an index of WG_TILES)
+    `conv2d_weight_grad_nhwc` takes, or None: those load each input value once for the
+    three kernel columns that read it, where `_wgrad_nhwc`'s 16 x 16 and 12 x 32 tiles
+    load one for every 16 or 24 multiply-adds. For 3 columns, stride 1 across, input
+    channels in whole groups and rows in whole runs of the tile's pixels: 9-16 output
+    channels on the 16-channel tile, and where the NHWC tiles take 32-channel blocks
+    (17-32, 49-64 channels, ...), the 32-channel tile. One thread, 3x3 convs, dy laid out
+    alike (docs/numba.md, "Tiles of a row"): 16 channels 0.64-0.77x the 16 x 16 tile's
+    time."""
+    if not (WIDE and out_channels > narrow_k.V and kernel[1] == row_k.KW
+            and stride[1] == 1):
+        return None
+    nhwc = nhwc_weight_grad_tile(out_channels)
+    tile = 0 if nhwc == 0 else 1 if nhwc == 1 else None
+    if tile is None:
+        return None
+    _, pixels, channels = row_k.WG_TILES[tile]
+    return tile if in_channels % channels == 0 and wo % pixels == 0 else None
 
 
 def nhwc_weight_grad_tile(out_channels: int) -> int:
@@ -519,9 +535,10 @@ def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, i
         geometry, gf = (ho * wo * cp, wo * cp, cp, 0), gt.reshape(gt.size)
     parts = np.zeros((threads, offs.size, cp))
     chunk = max(1, CHUNK_PIXELS // (ho * wo))
-    if row_weight_grad(cout, cin, kernel, stride, wo):
+    row_tile = row_weight_grad(cout, cin, kernel, stride, wo)
+    if row_tile is not None:
         weight_grad_rows(xp, gf, geometry, parts, ho, wo, stride[0], dilation, kernel[0],
-                         chunk, threads)
+                         chunk, row_tile, threads)
     else:
         weight_grad_nhwc(xp, gf, geometry, offs, parts, ho, wo, *stride, chunk, tile,
                          threads)

@@ -17,13 +17,15 @@ weight vectors and an input broadcast in AVX-512's 32 registers. Regenerate afte
 editing: `python -m nasgraph.backends.numba._tiled_row_gen` (a test checks the file is up
 to date).
 
-The weight gradient (`wgrad_row`) turns the same reuse around: dW[i, j, c, :] sums x[row
-oh + i, column ow + j, c] times dY[oh, ow, :] over the pixels. For WG_PIXELS pixels of a
-row it loads their dY vectors once, then each of the WG_PIXELS + 2 input columns under
-them once per input channel, and input column u times dY of pixel u - j goes into
-column j's accumulator: a tile of KW x WG_CHANNELS columns x V channels (24 accumulators),
-3 x 4 x 8 multiply-adds for 4 + 6 x 8 loads, where `_wgrad_nhwc`'s 16 x 16 tile loads an
-input value for every 16 multiply-adds.
+The weight gradient (`wgrad_row_16`, `wgrad_row_32`) turns the same reuse around: dW[i, j,
+c, :] sums x[row oh + i, column ow + j, c] times dY[oh, ow, :] over the pixels. For P
+pixels of a row it loads their dY vectors once, then each of the P + 2 input columns under
+them once per input channel, and input column u times dY of pixel u - j goes into column
+j's accumulator: a tile of KW x C input channels x V output channels (`WG_TILES`). For V =
+16, P = 4 and C = 8: 96 multiply-adds for 52 loads, where `_wgrad_nhwc`'s 16 x 16 tile
+loads an input value for every 16 multiply-adds; for V = 32, P = 2 and C = 4: 48
+multiply-adds (of 512-bit vectors) for 20 loads, where its 12 x 32 tile takes 14 loads
+for 24.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from pathlib import Path
 R = 8  # output pixels of a row per tile
 V = 16  # output channels per tile: one 512-bit vector
 KW = 3  # kernel columns
-WG_PIXELS = 4  # the weight gradient's tile: pixels of a row ...
-WG_CHANNELS = 8  # ... x input channels x the KW kernel columns x V output channels
+# the weight gradient's tiles: (output channels, pixels of a row, input channels), each x
+# the KW kernel columns; 24 accumulators and 4 vectors of dY either way
+WG_TILES = ((16, 4, 8), (32, 2, 4))
 
 TARGET = Path(__file__).with_name("_tiled_row.py")
 
@@ -53,8 +56,7 @@ from numba import njit, prange
 R = {R}
 V = {V}
 KW = {KW}
-WG_PIXELS = {WG_PIXELS}
-WG_CHANNELS = {WG_CHANNELS}
+WG_TILES = {WG_TILES!r}
 
 '''
 
@@ -161,25 +163,24 @@ def _row_kernel() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _wgrad_kernel() -> str:
-    """`wgrad_row`: one tile of the weight gradient, summed over a run of samples."""
-    p, cb = WG_PIXELS, WG_CHANNELS
+def _wgrad_kernel(v_out: int, p: int, cb: int) -> str:
+    """`wgrad_row_{v_out}`: one tile of the weight gradient, summed over a run of samples."""
     i1, i2, i3, i4 = "    ", " " * 8, " " * 12, " " * 16
     lines = [
         "@njit(cache=True, fastmath={\"contract\", \"nsz\", \"arcp\"})",
-        "def wgrad_row(xf, gf, i, c0, n0, n1, ho, wo, row, sh, dh, cin, gpix, xs, gs, grow,",
-        "              gbase, out):",
-        f"{i1}# out[(j * WG_CHANNELS + c) * V + v] = the sum over samples n0..n1-1 and their",
+        f"def wgrad_row_{v_out}(xf, gf, i, c0, g0, n0, n1, ho, wo, row, sh, dh, cin, gpix, xs,",
+        f"{' ' * len(f'def wgrad_row_{v_out}(')}gs, grow, gbase, out):",
+        f"{i1}# out[(j * {cb} + c) * {v_out} + v] = the sum over samples n0..n1-1 and their",
         f"{i1}# Ho x Wo pixels of x at (kernel row i, column j, input channel c0 + c) of the",
-        f"{i1}# pixel's window times dy's channel v, in float32. xf: the input zero-padded in",
-        f"{i1}# NHWC, samples xs values apart, rows `row`; gf: dy in NHWC from gbase, samples",
-        f"{i1}# gs values apart, rows grow, pixels gpix. Stride 1 across; Wo a multiple of",
-        f"{i1}# WG_PIXELS; unsigned offsets: no negative-index fix-ups.",
+        f"{i1}# pixel's window times dy's channel g0 + v, in float32. xf: the input",
+        f"{i1}# zero-padded in NHWC, samples xs values apart, rows `row`; gf: dy in NHWC from",
+        f"{i1}# gbase, samples gs values apart, rows grow, pixels gpix. Stride 1 across; Wo",
+        f"{i1}# a multiple of {p}; unsigned offsets: no negative-index fix-ups.",
         f"{i1}zero = np.float32(0.0)",
     ]
     for j in range(KW):
         for c in range(cb):
-            for v0 in range(0, V, 8):
+            for v0 in range(0, v_out, 8):
                 lines.append(f"{i1}" + " = ".join(f"a{j}_{c}_{v}" for v in range(v0, v0 + 8))
                              + " = zero")
     lines += [
@@ -187,30 +188,32 @@ def _wgrad_kernel() -> str:
         f"{i1}for n in range(n0, n1):",
         f"{i2}for oh in range(ho):",
         f"{i3}xb = np.uint64(n * xs + (oh * sh + i * dh) * row + c0)",
-        f"{i3}gb = np.uint64(gbase + n * gs + oh * grow)",
+        f"{i3}gb = np.uint64(gbase + n * gs + oh * grow + g0)",
         f"{i3}for ow0 in range(0, wo, {p}):",
         f"{i4}xo = xb + np.uint64(ow0) * cu",
         f"{i4}go = gb + np.uint64(ow0) * gp",
     ]
     for r in range(p):
         lines.append(f"{i4}gr = go + np.uint64({r}) * gp")
-        lines += [f"{i4}g{r}_{v} = gf[gr + np.uint64({v})]" for v in range(V)]
+        lines += [f"{i4}g{r}_{v} = gf[gr + np.uint64({v})]" for v in range(v_out)]
     for u in range(p + KW - 1):
         lines.append(f"{i4}xu = xo + np.uint64({u}) * cu")
         for c in range(cb):
             lines.append(f"{i4}x = xf[xu + np.uint64({c})]")
             for j in range(KW):
                 if 0 <= u - j < p:
-                    lines += [f"{i4}a{j}_{c}_{v} += x * g{u - j}_{v}" for v in range(V)]
+                    lines += [f"{i4}a{j}_{c}_{v} += x * g{u - j}_{v}" for v in range(v_out)]
     for j in range(KW):
         for c in range(cb):
-            lines += [f"{i1}out[{(j * cb + c) * V + v}] = a{j}_{c}_{v}" for v in range(V)]
+            lines += [f"{i1}out[{(j * cb + c) * v_out + v}] = a{j}_{c}_{v}"
+                      for v in range(v_out)]
     return "\n".join(lines) + "\n"
 
 
 def render() -> str:
     """The source of `_tiled_row.py`."""
-    return HEADER + "\n" + _row_kernel() + DRIVERS + "\n\n" + _wgrad_kernel()
+    return (HEADER + "\n" + _row_kernel() + DRIVERS + "\n\n"
+            + "\n\n".join(_wgrad_kernel(*tile) for tile in WG_TILES))
 
 
 if __name__ == "__main__":

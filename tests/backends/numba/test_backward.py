@@ -470,15 +470,17 @@ def test_tiles_of_a_row_match_torch(monkeypatch, cout, width, kernel, stride, di
     assert len(calls) == (4 if stride == 1 else 2)
 
 
-@pytest.mark.parametrize("cin, cout, width", [(8, 9, 4), (16, 16, 8), (24, 12, 12)])
+@pytest.mark.parametrize("cin, cout, width", [(8, 9, 4), (16, 16, 8), (24, 12, 12),
+                                              (12, 28, 6), (8, 64, 4)])
 @pytest.mark.parametrize("kernel, stride, dilation", [((3, 3), 1, 1), ((3, 3), 2, 1),
                                                      ((1, 3), 1, 1), ((5, 3), 1, 2)])
 def test_weight_gradient_tiles_of_a_row_match_torch(monkeypatch, cin, cout, width, kernel,
                                                     stride, dilation):
-    # `_tiled_row.wgrad_row` (`row_weight_grad`), forced as where vectors are 512 bits:
-    # 9-16 output channels, input channels in groups of 8, rows in runs of 4 pixels,
-    # strides and dilations down, dy laid out anew or read from the input gradient's
-    # padded copy, on one thread and two, 5 samples split unevenly
+    # `_tiled_row`'s weight-gradient tiles (`row_weight_grad`), forced as where vectors
+    # are 512 bits: 9-16 output channels (input channels in groups of 8, rows in runs of
+    # 4 pixels) and 17-32 or two blocks of 32 (groups of 4, runs of 2; 28: lanes past
+    # the channels), strides and dilations down, dy laid out anew or read from the input
+    # gradient's padded copy, on one thread and two, 5 samples split unevenly
     from nasgraph.backends.numba import _backward_conv as conv_b
 
     monkeypatch.setattr(conv_b, "WIDE", True)
@@ -493,7 +495,8 @@ def test_weight_gradient_tiles_of_a_row_match_torch(monkeypatch, cin, cout, widt
     gy = torch.randn(y.shape, generator=gen)
     ref = torch.nn.grad.conv2d_weight(x, w.shape, gy, stride=(stride, 1), padding=pad,
                                       dilation=(dilation, 1)).numpy()
-    assert conv_b.row_weight_grad(cout, cin, kernel, (stride, 1), y.shape[3])
+    assert conv_b.row_weight_grad(cout, cin, kernel, (stride, 1), y.shape[3]) == (
+        cout > 16)
     gp_pad = conv_b.dy_padding(kernel, pad, dilation)
     for threads in (1, 2):
         xp = conv_b.padded_nhwc(x.numpy(), pad, threads)
