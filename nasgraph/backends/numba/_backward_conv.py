@@ -485,14 +485,13 @@ def row_weight_grad(out_channels: int, in_channels: int, kernel: tuple[int, int]
     channels in whole groups and rows in whole runs of the tile's pixels: 9-16 output
     channels on the 16-channel tile, and where the NHWC tiles take 32-channel blocks
     (17-32, 49-64 channels, ...), the 32-channel tile. One thread, 3x3 convs, dy laid out
-    alike (docs/numba.md, "Tiles of a row"): 16 channels 0.64-0.77x the 16 x 16 tile's
-    time."""
+    alike (docs/numba.md, "Tiles of a row"): 16 channels 0.66-0.77x the 16 x 16 tile's
+    time, 17-64 channels 0.90-0.95x the 12 x 32 tile's."""
     if not (WIDE and out_channels > narrow_k.V and kernel[1] == row_k.KW
             and stride[1] == 1):
         return None
-    nhwc = nhwc_weight_grad_tile(out_channels)
-    tile = 0 if nhwc == 0 else 1 if nhwc == 1 else None
-    if tile is None:
+    tile = nhwc_weight_grad_tile(out_channels)  # WG_TILES follows NHWC_TILES' first two
+    if tile >= len(row_k.WG_TILES):  # 8 x 48: no row tile of 48 channels
         return None
     _, pixels, channels = row_k.WG_TILES[tile]
     return tile if in_channels % channels == 0 and wo % pixels == 0 else None
