@@ -7,9 +7,11 @@ Convs that the executor runs with its register-tiled direct kernel (`_tiled`: no
 no dilation across, wider than 1x1 or strided) train on it too, on x zero-padded in NHWC
 (`conv2d_direct`; `_tiled_narrow` for at most 8 output channels, and where numba
 compiles 512-bit vectors (`_isa`) `_tiled_mid` for 9-16 and `_tiled_wide` or
-`_tiled_wide48` for more). Their weight gradient, where vectors are 512 bits and there
-are more than 8 output channels, is `_wgrad_nhwc`'s register tiles on the padded NHWC
-input the forward kept and dy in NHWC (`conv2d_weight_grad_nhwc`); else
+`_tiled_wide48` for more; 3-column convs of 9-16 on `_tiled_row`'s tiles of a row,
+`row_tiles`). Their weight gradient, where vectors are 512 bits and there are more than 8
+output channels, is `_wgrad_nhwc`'s register tiles on the padded NHWC input the forward
+kept and dy in NHWC (`conv2d_weight_grad_nhwc`; `_tiled_row`'s tiles of a row for
+3-column convs where they fit, `row_weight_grad`); else
 `_planes.conv2d_weight_grad` where that pays (few output channels:
 `_conv_paths.planes_pay`), else one GEMM per chunk of samples, dw = dy @ cols, whose
 columns are whole runs of the padded NHWC rows (`conv2d_nhwc_backward`). The input
