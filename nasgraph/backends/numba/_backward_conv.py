@@ -10,7 +10,7 @@ compiles 512-bit vectors (`_isa`) `_tiled_mid` for 9-16 and `_tiled_wide` or
 `_tiled_wide48` for more; 3-column convs of 9-16 on `_tiled_row`'s tiles of a row,
 `row_tiles`). Their weight gradient, where vectors are 512 bits and there are more than 8
 output channels, is `_wgrad_nhwc`'s register tiles on the padded NHWC input the forward
-kept and dy in NHWC (`conv2d_weight_grad_nhwc`; `_tiled_row`'s tiles of a row for
+kept and dy in NHWC (`conv2d_weight_grad_nhwc`; `_wgrad_row`'s tiles of a row for
 3-column convs where they fit, `row_weight_grad`); else
 `_planes.conv2d_weight_grad` where that pays (few output channels:
 `_conv_paths.planes_pay`), else one GEMM per chunk of samples, dw = dy @ cols, whose
@@ -45,6 +45,7 @@ from nasgraph.backends.numba import _tiled_row as row_k
 from nasgraph.backends.numba import _tiled_wide as wide_k
 from nasgraph.backends.numba import _tiled_wide48 as wide48_k
 from nasgraph.backends.numba import _wgrad_nhwc as wgrad_nhwc_k
+from nasgraph.backends.numba import _wgrad_row as wgrad_row_k
 from nasgraph.backends.numba._isa import wide_vectors
 
 # samples share one GEMM until it has this many columns: fewer, larger BLAS calls
@@ -446,17 +447,17 @@ def weight_grad_nhwc(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, til
 
 @njit(parallel=True, cache=True)
 def weight_grad_rows(xp, gf, g_geometry, parts, ho, wo, sh, dh, kh, chunk, tile, threads):
-    """`weight_grad_nhwc` by `_tiled_row`'s weight-gradient tiles WG_TILES[tile], each
-    the KW kernel columns of a group of input channels in one kernel row x a block of
-    output channels (`row_weight_grad` says where): parts[t] += thread t's share of dw
-    (K x Cp, K in `_nhwc_columns`' order: kernel row, column, input channel), its samples
-    in chunks of `chunk`."""
+    """`weight_grad_nhwc` by `_wgrad_row`'s tiles WG_TILES[tile], each the KW kernel
+    columns of a group of input channels in one kernel row x a block of output channels
+    (`row_weight_grad` says where): parts[t] += thread t's share of dw (K x Cp, K in
+    `_nhwc_columns`' order: kernel row, column, input channel), its samples in chunks of
+    `chunk`."""
     n_batch, hp, wp, cin = xp.shape
     gs, grow, gpix, gbase = g_geometry
     row, xs = wp * cin, hp * wp * cin
     xf = xp.reshape(xp.size)
-    kw = row_k.KW
-    v, _, cb = row_k.WG_TILES[tile]
+    kw = wgrad_row_k.KW
+    v, _, cb = wgrad_row_k.WG_TILES[tile]
     for t in prange(threads):
         lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
         out = np.empty(kw * cb * v, np.float32)
@@ -465,12 +466,12 @@ def weight_grad_rows(xp, gf, g_geometry, parts, ho, wo, sh, dh, kh, chunk, tile,
             for g0 in range(0, parts.shape[2], v):
                 for i in range(kh):
                     for c0 in range(0, cin, cb):
+                        args = (xf, gf, i, c0, g0, n0, n1, ho, wo, row, sh, dh, cin, gpix,
+                                xs, gs, grow, gbase, out)
                         if tile == 0:
-                            row_k.wgrad_row_16(xf, gf, i, c0, g0, n0, n1, ho, wo, row, sh,
-                                               dh, cin, gpix, xs, gs, grow, gbase, out)
+                            wgrad_row_k.wgrad_row_16(*args)
                         else:
-                            row_k.wgrad_row_32(xf, gf, i, c0, g0, n0, n1, ho, wo, row, sh,
-                                               dh, cin, gpix, xs, gs, grow, gbase, out)
+                            wgrad_row_k.wgrad_row_32(*args)
                         for j in range(kw):
                             for c in range(cb):
                                 k = (i * kw + j) * cin + c0 + c
@@ -480,7 +481,7 @@ def weight_grad_rows(xp, gf, g_geometry, parts, ho, wo, sh, dh, kh, chunk, tile,
 
 def row_weight_grad(out_channels: int, in_channels: int, kernel: tuple[int, int],
                     stride: tuple[int, int], wo: int) -> int | None:
-    """Which of `_tiled_row`'s weight-gradient tiles (an index of WG_TILES)
+    """Which of `_wgrad_row`'s tiles (an index of WG_TILES)
     `conv2d_weight_grad_nhwc` takes, or None: those load each input value once for the
     three kernel columns that read it, where `_wgrad_nhwc`'s 16 x 16 and 12 x 32 tiles
     load one for every 16 or 24 multiply-adds. For 3 columns, stride 1 across, input
@@ -489,13 +490,13 @@ def row_weight_grad(out_channels: int, in_channels: int, kernel: tuple[int, int]
     (17-32, 49-64 channels, ...), the 32-channel tile. One thread, 3x3 convs, dy laid out
     alike (docs/numba.md, "Tiles of a row"): 16 channels 0.66-0.77x the 16 x 16 tile's
     time, 17-64 channels 0.90-0.95x the 12 x 32 tile's."""
-    if not (WIDE and out_channels > narrow_k.V and kernel[1] == row_k.KW
+    if not (WIDE and out_channels > narrow_k.V and kernel[1] == wgrad_row_k.KW
             and stride[1] == 1):
         return None
     tile = nhwc_weight_grad_tile(out_channels)  # WG_TILES follows NHWC_TILES' first two
-    if tile >= len(row_k.WG_TILES):  # 8 x 48: no row tile of 48 channels
+    if tile >= len(wgrad_row_k.WG_TILES):  # 8 x 48: no row tile of 48 channels
         return None
-    _, pixels, channels = row_k.WG_TILES[tile]
+    _, pixels, channels = wgrad_row_k.WG_TILES[tile]
     return tile if in_channels % channels == 0 and wo % pixels == 0 else None
 
 

@@ -513,6 +513,7 @@ def test_generated_row_kernel_is_up_to_date():
     from nasgraph.backends.numba import _tiled_row_gen
 
     assert _tiled_row_gen.TARGET.read_text() == _tiled_row_gen.render()
+    assert _tiled_row_gen.WGRAD_TARGET.read_text() == _tiled_row_gen.render_wgrad()
 
 
 def test_generated_tiled_kernel_twins_are_up_to_date():
