@@ -34,6 +34,7 @@ zeroed arrays.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
@@ -241,6 +242,20 @@ def lanes(channels: int, width: int) -> int:
     return -(-channels // width) * width
 
 
+class PaddedDy(NamedTuple):
+    """A conv's dy (N x C x Ho x Wo) as its input gradient's tiles read it: zero-padded
+    by `pad` in NHWC (`dy_padding`), written so by the op that produced it (BatchNorm's
+    backward: `_conv_rules.padded_dy` says where) instead of copied by the conv."""
+
+    gp: np.ndarray  # N x (Ho + 2 pad[0]) x (Wo + 2 pad[1]) x C
+    pad: tuple[int, int]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        n, hp, wp, c = self.gp.shape
+        return n, c, hp - 2 * self.pad[0], wp - 2 * self.pad[1]
+
+
 def padded_nhwc(x: np.ndarray, pad: tuple[int, int], threads: int) -> np.ndarray:
     """x (N x C x H x W) copied into zero-padded N x (H+2ph) x (W+2pw) x C: what the tiled
     kernels read."""
@@ -303,8 +318,11 @@ def conv2d_input_grad(gy: np.ndarray, w: np.ndarray, gx: np.ndarray, pad: tuple[
     convolution of gy with the kernel rotated by 180 degrees and its channel axes
     swapped (seed 003), that is a stride-1 conv of gy padded by (k - 1) * d - p,
     run by `conv2d_direct`. Overwrites gx; returns gy's padded NHWC copy, which the
-    weight gradient may read (`dy_padding`)."""
-    gp = padded_nhwc(gy, dy_padding(w.shape[2:], pad, dilation), threads)
+    weight gradient may read (`dy_padding`). gy may come so already (`PaddedDy`)."""
+    if isinstance(gy, PaddedDy):
+        gp = gy.gp
+    else:
+        gp = padded_nhwc(gy, dy_padding(w.shape[2:], pad, dilation), threads)
     conv2d_direct(gp, w, None, gx, (1, 1), dilation, threads, flip=True)
     return gp
 

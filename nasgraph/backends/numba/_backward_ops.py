@@ -15,6 +15,7 @@ import zlib
 
 import numpy as np
 
+from nasgraph.backends.numba import _backward_conv as conv_b
 from nasgraph.backends.numba import _backward_elementwise as elem_b
 from nasgraph.backends.numba import _backward_resample as resample_b
 from nasgraph.backends.numba import _elementwise as elem_k
@@ -87,6 +88,27 @@ def _batchnorm_backward(node: Node, gy: np.ndarray, saved: tuple, wts: Weights, 
     elem_b.batchnorm_backward(x, gy, wts["weight"], mean, invstd, gx, ggamma, gbeta,
                               run.training, needs[0], run.threads, scale, shift, act)
     return [gx if needs[0] else None], {"weight": ggamma, "bias": gbeta}
+
+
+def fits_padded_dx(saved: tuple) -> bool:
+    """Whether `batchnorm_backward_padded` can take a BatchNorm that kept `saved`."""
+    return elem_b.padded_dx_fits(saved[0].shape)
+
+
+def batchnorm_backward_padded(node: Node, gy: np.ndarray, saved: tuple, wts: Weights,
+                              run: Run, pad: tuple[int, int]) -> Grads:
+    """BatchNorm's backward with dx written zero-padded by `pad` in NHWC
+    (`conv_b.PaddedDy`), for the conv that produced its input to read as it is
+    (`_conv_rules.padded_dy`), where its shape fits (`fits_padded_dx`)."""
+    x, mean, invstd, scale, shift, act = saved
+    n, c, h, w = x.shape
+    gp = np.empty((n, h + 2 * pad[0], w + 2 * pad[1], c), F32)
+    ggamma, gbeta = np.empty(c, F32), np.empty(c, F32)
+    elem_b.batchnorm_backward(x, gy, wts["weight"], mean, invstd, NO_GRAD, ggamma, gbeta,
+                              run.training, False, run.threads, scale, shift, act)
+    elem_b.batchnorm_dx_padded_nhwc(x, gy, wts["weight"], mean, invstd, ggamma, gbeta,
+                                    run.training, scale, shift, act, gp, run.threads)
+    return [conv_b.PaddedDy(gp, pad)], {"weight": ggamma, "bias": gbeta}
 
 
 def _layernorm_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run

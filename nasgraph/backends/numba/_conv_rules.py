@@ -266,11 +266,14 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
     # gradient then reads too (`shares_padded_dy`); of others added back window by window
     cout, cin, kh, kw = w.shape
     x = saved.x
+    # dy as its producer wrote it, zero-padded in NHWC (`padded_dy`): the paths taken
+    # below read that alone
+    gp = gy.gp if isinstance(gy, conv_b.PaddedDy) else None
     direct_dx = needs[0] and tiled_input_grad(op, x.shape)
     add_dx = needs[0] and not direct_dx
     nhwc_dw = saved.xp is not None and conv_b.nhwc_weight_grad_pays(cout)
     gemm_dw = saved.xp is not None and not nhwc_dw
-    gx = gp = gw = None
+    gx = gw = None
     if direct_dx and planes_input_grad(cin, x.shape, kw, op.dilation[1]):
         gx = planes_k.conv2d_input_grad(gy, w, x.shape, op.pad, op.dilation, run.threads)
     elif direct_dx:
@@ -304,6 +307,25 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
         gx = np.empty(x.shape, F32)
         conv_b.from_padded_nhwc(gxp, gx, *op.pad)
     return [gx], _with_bias_grad(op, gw, gy)
+
+
+def padded_dy(node: Node, saved: object, need_dx: bool) -> tuple[int, int] | None:
+    """The padding with which a conv's backward would copy dy into NHWC, where it reads
+    dy in no other layout: a tiled conv (`_Padded`, its input kept in NHWC) without a
+    bias and of stride 1 (`tiled_input_grad`), whose weight gradient runs on the NHWC
+    tiles and can read dy's copy in place (`conv_b.shares_padded_dy`), and whose input
+    gradient, if `need_dx`, is a conv of dy on those tiles (not on the phase planes).
+    There the op that produces dy may write it so (`conv_b.PaddedDy`); else None."""
+    op = node.op
+    if node.kind != "conv2d" or op.bias or not isinstance(saved, _Padded) or saved.xp is None:
+        return None
+    x_shape = saved.x.shape
+    if not (conv_b.nhwc_weight_grad_pays(op.out_channels) and tiled_input_grad(op, x_shape)):
+        return None
+    if need_dx and planes_input_grad(x_shape[1], x_shape, op.kernel[1], op.dilation[1]):
+        return None
+    pad = conv_b.dy_padding(op.kernel, op.pad, op.dilation[0])
+    return pad if conv_b.shares_padded_dy(op.out_channels, pad, node.type.width) else None
 
 
 def _with_bias_grad(op, gw: np.ndarray, gy: np.ndarray) -> Weights:

@@ -31,8 +31,11 @@ from nasgraph.backends.numba._backward_ops import (
     BACKWARD,
     add_act_forward,
     batchnorm_act_forward,
+    batchnorm_backward_padded,
     dropout_mask,
+    fits_padded_dx,
 )
+from nasgraph.backends.numba._conv_rules import padded_dy
 from nasgraph.backends.numba._rule import Run, Weights, shape4
 from nasgraph.backends.numba._weights import checked_state
 from nasgraph.backends.numba.executor import _limit_blas_threads
@@ -145,6 +148,8 @@ class _Plan(NamedTuple):
     input: Node
     output: Node
     grad_keys: dict[str, list[tuple[str, str]]]  # node id -> trainable (suffix, key)
+    # BatchNorm id -> the conv whose output it alone reads (`_padded_dy`)
+    conv_before: dict[str, str]
 
 
 def _check_rules(graph: Graph, kinds: frozenset[str]) -> None:
@@ -180,11 +185,15 @@ def _plan(graph: Graph) -> _Plan:
     fused = _fused_activations(graph)
     grad_keys = {node_id: [(suffix, f"{graph[node_id].param_key}.{suffix}")
                            for suffix in suffixes] for node_id, suffixes in trainable.items()}
+    conv_before = {node.id: node.inputs[0] for node in graph if node.kind == "batchnorm2d"
+                   and graph[node.inputs[0]].kind == "conv2d"
+                   and len(graph.successors(node.inputs[0])) == 1}
     return _Plan(specs, {k: spec.shape for k, (_, spec) in specs.items() if not spec.optional},
                  by_node, trainable, frozenset(_requires_grad(graph, trainable)),
                  [k for k, (_, spec) in specs.items() if spec.dtype == "int64"], fused,
                  frozenset(graph.successors(i)[0].id for i in fused),
-                 frozenset(node.kind for node in graph), graph.inputs[0], out, grad_keys)
+                 frozenset(node.kind for node in graph), graph.inputs[0], out, grad_keys,
+                 conv_before)
 
 
 def _fused_activations(graph: Graph) -> dict[str, int]:
@@ -338,7 +347,8 @@ def _backward(graph: Graph, run: Run, saved: dict[str, object],
             incoming[node.inputs[0]] = gy
             continue
         needs = [i in needed for i in node.inputs]
-        g_inputs, g_weights = BACKWARD[node.kind].backward(
+        result = _padded_dy(graph, node, gy, ctx, per_node, run, saved, plan, needs)
+        g_inputs, g_weights = result or BACKWARD[node.kind].backward(
             node, gy, ctx, per_node.get(node_id, {}), run, needs)
         for suffix, key in grad_keys.get(node_id, ()):
             grads[key] = g_weights[suffix]
@@ -347,6 +357,22 @@ def _backward(graph: Graph, run: Run, saved: dict[str, object],
                 # a new array, never `+=`: g may be another node's gradient itself
                 incoming[input_id] = g if input_id not in incoming else incoming[input_id] + g
     return grads
+
+
+def _padded_dy(graph: Graph, node: Node, gy: np.ndarray, ctx: object,
+               per_node: Mapping[str, Weights], run: Run, saved: dict[str, object],
+               plan: _Plan, needs: list[bool]) -> tuple | None:
+    """A BatchNorm's backward that writes dx in the layout the conv before it reads dy
+    in (zero-padded NHWC: `_conv_rules.padded_dy`), sparing the conv its copy; None where
+    the node is not such a BatchNorm, or the conv reads dy otherwise."""
+    conv_id = plan.conv_before.get(node.id)
+    if conv_id is None or not needs[0] or not fits_padded_dx(ctx):
+        return None
+    conv = graph[conv_id]
+    pad = padded_dy(conv, saved[conv_id], conv.inputs[0] in plan.needed)
+    if pad is None:
+        return None
+    return batchnorm_backward_padded(node, gy, ctx, per_node.get(node.id, {}), run, pad)
 
 
 def value_and_grad(graph: Graph, state_dict: MutableMapping[str, object], x: np.ndarray,
