@@ -242,17 +242,18 @@ def lanes(channels: int, width: int) -> int:
     return -(-channels // width) * width
 
 
-class PaddedDy(NamedTuple):
-    """A conv's dy (N x C x Ho x Wo) as its input gradient's tiles read it: zero-padded
-    by `pad` in NHWC (`dy_padding`), written so by the op that produced it (BatchNorm's
-    backward: `_conv_rules.padded_dy` says where) instead of copied by the conv."""
+class PaddedNHWC(NamedTuple):
+    """An N x C x H x W tensor as the tiled kernels read it: zero-padded by `pad` in NHWC
+    (what `padded_nhwc` copies). A conv's input or dy, written so by the BatchNorm that
+    produces it (`_conv_rules.padded_x`, `_conv_rules.padded_dy` say where) instead of
+    copied by the conv."""
 
-    gp: np.ndarray  # N x (Ho + 2 pad[0]) x (Wo + 2 pad[1]) x C
+    xp: np.ndarray  # N x (H + 2 pad[0]) x (W + 2 pad[1]) x C
     pad: tuple[int, int]
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        n, hp, wp, c = self.gp.shape
+        n, hp, wp, c = self.xp.shape
         return n, c, hp - 2 * self.pad[0], wp - 2 * self.pad[1]
 
 
@@ -318,9 +319,9 @@ def conv2d_input_grad(gy: np.ndarray, w: np.ndarray, gx: np.ndarray, pad: tuple[
     convolution of gy with the kernel rotated by 180 degrees and its channel axes
     swapped (seed 003), that is a stride-1 conv of gy padded by (k - 1) * d - p,
     run by `conv2d_direct`. Overwrites gx; returns gy's padded NHWC copy, which the
-    weight gradient may read (`dy_padding`). gy may come so already (`PaddedDy`)."""
-    if isinstance(gy, PaddedDy):
-        gp = gy.gp
+    weight gradient may read (`dy_padding`). gy may come so already (`PaddedNHWC`)."""
+    if isinstance(gy, PaddedNHWC):
+        gp = gy.xp
     else:
         gp = padded_nhwc(gy, dy_padding(w.shape[2:], pad, dilation), threads)
     conv2d_direct(gp, w, None, gx, (1, 1), dilation, threads, flip=True)

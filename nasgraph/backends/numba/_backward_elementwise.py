@@ -82,7 +82,8 @@ def _by_sample(x) -> bool:
     return x.shape[2] * x.shape[3] <= SMALL_PLANE and x.size >= SAMPLE_WALK_VALUES
 
 
-def batchnorm_train(x, gamma, beta, eps, out, mean, var, scale, shift, act, threads):
+def batchnorm_train(x, gamma, beta, eps, out, mean, var, scale, shift, act, threads,
+                    normalize=True):
     """BatchNorm on the batch's statistics: per channel c, mean[c] and the biased var[c]
     over N x H x W, then out = gamma * (x - mean) / sqrt(var + eps) + beta.
 
@@ -96,13 +97,16 @@ def batchnorm_train(x, gamma, beta, eps, out, mean, var, scale, shift, act, thre
     `act` (`fusable`: 1 ReLU, 2 ReLU6, else 0) is applied to out in the same pass.
     scale and shift (float32, per channel) get what out = x * scale + shift used, from
     which the backward recomputes the activation's derivative (`batchnorm_backward`).
-    Channel by channel, or sample by sample (`_by_sample`); the sums are the same either
-    way (a plane's in float32, in sample order in float64)."""
+    Without `normalize`, the statistics alone: out is not written (the output pass is
+    `batchnorm_out_padded_nhwc`'s). Channel by channel, or sample by sample
+    (`_by_sample`); the sums are the same either way (a plane's in float32, in sample
+    order in float64)."""
     if _by_sample(x):
         _batchnorm_train_by_sample(x, gamma, beta, eps, out, mean, var, scale, shift, act,
-                                   threads)
+                                   threads, normalize)
     else:
-        _batchnorm_train_by_channel(x, gamma, beta, eps, out, mean, var, scale, shift, act)
+        _batchnorm_train_by_channel(x, gamma, beta, eps, out, mean, var, scale, shift, act,
+                                    normalize)
 
 
 @njit(cache=True)
@@ -113,21 +117,24 @@ def _scale_shift(gamma, beta, mu, v, eps):
 
 
 @njit(inline="always", cache=True)
-def _normalize_run(x1, out1, at, n, scale, shift, act):
+def _normalize_run(x1, out1, at, n, scale, shift, act, to):
+    # out1[to:to+n] = act(x1[at:at+n] * scale + shift): a product, then a sum (no fused
+    # multiply-add), as the backward recomputes it for the activation's mask
     if act == 1:
         for k in range(np.uint64(n)):
-            out1[at + k] = max(x1[at + k] * scale + shift, np.float32(0.0))
+            out1[to + k] = max(x1[at + k] * scale + shift, np.float32(0.0))
     elif act == 2:
         for k in range(np.uint64(n)):
-            out1[at + k] = min(max(x1[at + k] * scale + shift, np.float32(0.0)),
+            out1[to + k] = min(max(x1[at + k] * scale + shift, np.float32(0.0)),
                                np.float32(6.0))
     else:
         for k in range(np.uint64(n)):
-            out1[at + k] = x1[at + k] * scale + shift
+            out1[to + k] = x1[at + k] * scale + shift
 
 
 @njit(parallel=True, cache=True)
-def _batchnorm_train_by_channel(x, gamma, beta, eps, out, mean, var, scale, shift, act):
+def _batchnorm_train_by_channel(x, gamma, beta, eps, out, mean, var, scale, shift, act,
+                                normalize):
     n_batch, c_in, h, w = x.shape
     hw = h * w
     count = n_batch * hw
@@ -146,8 +153,10 @@ def _batchnorm_train_by_channel(x, gamma, beta, eps, out, mean, var, scale, shif
         mean[c], var[c] = mu, v
         k, k0 = _scale_shift(gamma[c], beta[c], mu, v, eps)
         scale[c], shift[c] = k, k0
-        for n in range(n_batch):
-            _normalize_run(x1, out1, np.uint64((n * c_in + c) * hw), hw, k, k0, act)
+        if normalize:
+            for n in range(n_batch):
+                at = np.uint64((n * c_in + c) * hw)
+                _normalize_run(x1, out1, at, hw, k, k0, act, at)
 
 
 @njit(inline="always", cache=True)
@@ -161,7 +170,7 @@ def _column_sum(parts, c):
 
 @njit(parallel=True, cache=True)
 def _batchnorm_train_by_sample(x, gamma, beta, eps, out, mean, var, scale, shift, act,
-                               threads):
+                               threads, normalize):
     # each thread its share of the samples, its sums per channel in parts[t]
     n_batch, c_in, h, w = x.shape
     hw = h * w
@@ -188,11 +197,13 @@ def _batchnorm_train_by_sample(x, gamma, beta, eps, out, mean, var, scale, shift
     for c in range(c_in):
         var[c] = _column_sum(parts, c) / count
         scale[c], shift[c] = _scale_shift(gamma[c], beta[c], mean[c], var[c], eps)
+    if not normalize:
+        return
     for t in prange(threads):
         for n in range(t * n_batch // threads, (t + 1) * n_batch // threads):
             for c in range(c_in):
-                _normalize_run(x1, out1, np.uint64((n * c_in + c) * hw), hw, scale[c],
-                               shift[c], act)
+                at = np.uint64((n * c_in + c) * hw)
+                _normalize_run(x1, out1, at, hw, scale[c], shift[c], act, at)
 
 
 @njit(cache=True)
@@ -373,34 +384,48 @@ def _batchnorm_backward_by_sample(x, gy, gamma, mean, invstd, gx, ggamma, gbeta,
                         k[1, c], k[2, c], scale[c], shift[c], act)
 
 
+def batchnorm_out_padded_nhwc(x, scale, shift, act, xp, threads):
+    """BatchNorm's output act(x * scale + shift) (`_normalize_run`'s, per channel, `act`
+    as `batchnorm_train` applies it) written zero-padded in NHWC into xp (N x (H+2ph) x
+    (W+2pw) x C): the layout in which the conv after it reads its input
+    (`_backward_conv.PaddedNHWC`), so that the conv does not copy it there. Where
+    `padded_fits`, as `batchnorm_dx_padded_nhwc`."""
+    if threads == 1:
+        _padded_nhwc_1(x, x, _NO_COEFFICIENTS, scale, shift, act, xp, False)
+    else:
+        _padded_nhwc(x, x, _NO_COEFFICIENTS, scale, shift, act, xp, False)
+
+
 def batchnorm_dx_padded_nhwc(x, gy, gamma, mean, invstd, ggamma, gbeta, training, scale,
                              shift, act, gp, threads):
     """BatchNorm's input gradient (`batchnorm_backward`'s dx, gy masked by `act` as there)
     written zero-padded in NHWC into gp (N x (H+2ph) x (W+2pw) x C): the layout in which a
-    conv's tiles read dy (`_backward_conv.PaddedDy`), so that the conv that produced x
+    conv's tiles read dy (`_backward_conv.PaddedNHWC`), so that the conv that produced x
     does not copy it there. From the sums `batchnorm_backward` left in ggamma and gbeta
-    (run with need_dx False), where `padded_dx_fits`: a job per sample and block of 16
-    channels, a row of them (two of maps 8 wide) computed as the NCHW pass computes it,
-    then transposed in registers 16 pixels at a time (`_transpose.transpose16`)."""
+    (run with need_dx False), where `padded_fits`: a job per sample and block of 16
+    channels, a row of them computed as the NCHW pass computes it, then transposed in
+    registers 16 pixels at a time (`_transpose.transpose16`)."""
     count = x.shape[0] * x.shape[2] * x.shape[3]
     k = _coefficients(gamma, mean, invstd, ggamma, gbeta, count, training)
     if threads == 1:
-        _dx_padded_nhwc_1(x, gy, k, scale, shift, act, gp)
+        _padded_nhwc_1(x, gy, k, scale, shift, act, gp, True)
     else:
-        _dx_padded_nhwc(x, gy, k, scale, shift, act, gp)
+        _padded_nhwc(x, gy, k, scale, shift, act, gp, True)
 
 
-def padded_dx_fits(shape: tuple[int, ...]) -> bool:
-    """Whether `batchnorm_dx_padded_nhwc` takes an N x C x H x W input: whole blocks of
-    16 channels, and of 16 pixels of a row, or of two rows of maps 8 wide in tensors of
-    at least SAMPLE_WALK_VALUES. Measured on an AVX-512 Xeon, one thread, against
-    BatchNorm's backward (with ReLU) and dy's copy: 0.81x on 64 x 16 x 32 x 32, 0.94-0.98x
-    on 16 x 16 maps, 0.97-0.98x on 8 x 8 maps of 128k values and more; 1.14x on 8 x 8 maps
-    at batch 32 (32k values), 1.22-1.26x on 4 x 4 maps, which keep the copy."""
-    _, c, h, w = shape
-    rows = w % SIDE == 0 or (w == SIDE // 2 and h % 2 == 0
-                             and c * h * w * shape[0] >= SAMPLE_WALK_VALUES)
-    return c % SIDE == 0 and rows
+def padded_fits(shape: tuple[int, ...]) -> bool:
+    """Whether `batchnorm_dx_padded_nhwc` and `batchnorm_out_padded_nhwc` take an N x C x H
+    x W tensor: whole blocks of 16 channels, rows of two or more whole blocks of 16
+    pixels. Measured on an AVX-512 Xeon, one thread, caches flushed before each call (as
+    a training step leaves them), against BatchNorm's NCHW pass and the conv's copy:
+    forward 0.69-0.85x and backward 0.87-1.02x on maps 32 to 64 wide (16-64 channels);
+    on 16 x 16 maps 0.93-1.26x and 1.0-1.36x, on 8 x 8 maps (two rows a block) 1.06-1.15x
+    and 1.17-1.24x, which keep the copy."""
+    _, c, _, w = shape
+    return c % SIDE == 0 and w % SIDE == 0 and w >= 2 * SIDE
+
+
+_NO_COEFFICIENTS = np.zeros((4, 1), np.float32)  # what the output pass does not read
 
 
 @njit(cache=True)
@@ -415,12 +440,15 @@ def _coefficients(gamma, mean, invstd, ggamma, gbeta, count, training):
     return k
 
 
+# The rows of the padded passes are loops of a runtime length m: of a constant 16 they
+# were unrolled into scalar code (the loads could alias buf, which the loop vectorizer
+# checks at run time and the SLP vectorizer cannot)
+
+
 @njit(inline="always", cache=True, fastmath=_MASKED)
 def _dx_rows(x1, g1, at, hw, c0, m, k, scale, shift, act, buf):
     # dx of channels c0..c0+15 at m consecutive values of their planes from `at` (channel
-    # c0's), into buf channel by channel (16 x m), as `_dx_run` computes it. m is a
-    # runtime length: a constant 16 was unrolled into scalar code (the loads could alias
-    # buf, which the loop vectorizer checks at run time and the SLP vectorizer cannot)
+    # c0's), into buf channel by channel (16 x m), as `_dx_run` computes it
     zero, six = np.float32(0.0), np.float32(6.0)
     mu = np.uint64(m)
     for i in range(np.uint64(SIDE)):
@@ -444,9 +472,18 @@ def _dx_rows(x1, g1, at, hw, c0, m, k, scale, shift, act, buf):
 
 
 @njit(inline="always", cache=True)
-def _dx_padded_job(x1, g1, p1, job, shape, hp, wp, k, scale, shift, act, buf):
-    # sample job // blocks, channels (job % blocks) * 16 .. + 15, a row at a time (two
-    # of maps 8 wide); the first block's job also zeroes the sample's border
+def _out_rows(x1, at, hw, c0, m, scale, shift, act, buf):
+    # act(x * scale + shift) of channels c0..c0+15 at m consecutive values of their
+    # planes from `at`, into buf channel by channel, as `_normalize_run` computes it
+    mu = np.uint64(m)
+    for i in range(np.uint64(SIDE)):
+        _normalize_run(x1, buf, at + i * hw, mu, scale[c0 + i], shift[c0 + i], act, i * mu)
+
+
+@njit(inline="always", cache=True)
+def _padded_job(x1, g1, p1, job, shape, hp, wp, k, scale, shift, act, buf, dx):
+    # sample job // blocks, channels (job % blocks) * 16 .. + 15, a row at a time, dx
+    # or the output; the first block's job also zeroes the sample's border
     n_batch, c_in, h, w = shape
     blocks = c_in // SIDE
     n, c0 = job // blocks, job % blocks * SIDE
@@ -466,33 +503,34 @@ def _dx_padded_job(x1, g1, p1, job, shape, hp, wp, k, scale, shift, act, buf):
                 p1[o + i] = 0.0
     src = np.uint64((n * c_in + c0) * h * w)
     dst = base + np.uint64(ph) * wcu + np.uint64(pw * c_in + c0)
-    rows = 1 if w % SIDE == 0 else 2
-    m = rows * w  # values of each plane a step computes
-    run = np.uint64(4 if rows == 1 else 3)  # a pixel block's runs: 16 or 8 pixels
-    for r in range(0, h, rows):
-        _dx_rows(x1, g1, src + np.uint64(r * w), hw, c0, m, k, scale, shift, act, buf)
-        for q0 in range(0, m, SIDE):
-            transpose16(buf, np.uint64(q0), np.uint64(m), p1,
-                        dst + np.uint64(r) * wcu + np.uint64(q0) * cu, cu, run, wcu)
+    for r in range(h):
+        at = src + np.uint64(r * w)
+        if dx:
+            _dx_rows(x1, g1, at, hw, c0, w, k, scale, shift, act, buf)
+        else:
+            _out_rows(x1, at, hw, c0, w, scale, shift, act, buf)
+        for q0 in range(0, w, SIDE):
+            transpose16(buf, np.uint64(q0), np.uint64(w), p1,
+                        dst + np.uint64(r) * wcu + np.uint64(q0) * cu, cu)
 
 
 @njit(parallel=True, cache=True)
-def _dx_padded_nhwc(x, gy, k, scale, shift, act, gp):
-    x1, g1, p1 = x.reshape(x.size), gy.reshape(gy.size), gp.reshape(gp.size)
+def _padded_nhwc(x, gy, k, scale, shift, act, xp, dx):
+    x1, g1, p1 = x.reshape(x.size), gy.reshape(gy.size), xp.reshape(xp.size)
     for job in prange(x.shape[0] * (x.shape[1] // SIDE)):
-        buf = np.empty(SIDE * max(x.shape[3], SIDE), np.float32)
-        _dx_padded_job(x1, g1, p1, job, x.shape, gp.shape[1], gp.shape[2], k, scale, shift,
-                       act, buf)
+        buf = np.empty(SIDE * x.shape[3], np.float32)
+        _padded_job(x1, g1, p1, job, x.shape, xp.shape[1], xp.shape[2], k, scale, shift,
+                    act, buf, dx)
 
 
 @njit(cache=True)
-def _dx_padded_nhwc_1(x, gy, k, scale, shift, act, gp):
-    # `_dx_padded_nhwc` on the calling thread alone
-    x1, g1, p1 = x.reshape(x.size), gy.reshape(gy.size), gp.reshape(gp.size)
-    buf = np.empty(SIDE * max(x.shape[3], SIDE), np.float32)
+def _padded_nhwc_1(x, gy, k, scale, shift, act, xp, dx):
+    # `_padded_nhwc` on the calling thread alone
+    x1, g1, p1 = x.reshape(x.size), gy.reshape(gy.size), xp.reshape(xp.size)
+    buf = np.empty(SIDE * x.shape[3], np.float32)
     for job in range(x.shape[0] * (x.shape[1] // SIDE)):
-        _dx_padded_job(x1, g1, p1, job, x.shape, gp.shape[1], gp.shape[2], k, scale, shift,
-                       act, buf)
+        _padded_job(x1, g1, p1, job, x.shape, xp.shape[1], xp.shape[2], k, scale, shift,
+                    act, buf, dx)
 
 
 @njit(inline="always", cache=True)

@@ -46,22 +46,28 @@ from nasgraph.ir import Node
 
 
 def batchnorm_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run,
-                          act: int = 0) -> tuple[np.ndarray, tuple]:
+                          act: int = 0, pad: tuple[int, int] | None = None
+                          ) -> tuple[np.ndarray | conv_b.PaddedNHWC, tuple]:
     """BatchNorm's forward, and where `act` is a code `elem_b.fusable` takes (ReLU,
     ReLU6) the activation that alone reads its output, in the same pass: one read and
     one write of the tensor fewer (`grad._plan` pairs them). The backward takes the
     gradient through the activation in its own passes, the derivative recomputed from x
-    (`elem_b.batchnorm_backward`): the output is not kept."""
+    (`elem_b.batchnorm_backward`): the output is not kept. With `pad`, the output is
+    written zero-padded by it in NHWC (`conv_b.PaddedNHWC`), for the conv that alone
+    reads it (`grad._padded_x`)."""
     # saved: x, the mean and 1 / sqrt(var + eps) it normalized with (float64, per
     # channel), the float32 scale and shift of out = act(x * scale + shift), and the
     # activation's code
     op, x = node.op, xs[0]
-    out = np.empty_like(x)
+    out = np.empty_like(x) if pad is None else NO_GRAD
     if not run.training:
         mean = wts["running_mean"].astype(np.float64)
         invstd = 1.0 / np.sqrt(wts["running_var"].astype(np.float64) + op.eps)
         scale = (wts["weight"] * invstd).astype(F32)
         shift = (wts["bias"] - mean * wts["weight"] * invstd).astype(F32)
+        if pad is not None:
+            return _padded_output(x, scale, shift, act, pad, run), (x, mean, invstd, scale,
+                                                                  shift, act)
         elem_k.scale_shift(x, scale, shift, out, 0, act)
         return out, (x, mean, invstd, scale, shift, act)
     count = x.shape[0] * x.shape[2] * x.shape[3]
@@ -71,13 +77,23 @@ def batchnorm_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: R
     mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
     scale, shift = np.empty(x.shape[1], F32), np.empty(x.shape[1], F32)
     elem_b.batchnorm_train(x, wts["weight"], wts["bias"], op.eps, out, mean, var, scale,
-                           shift, act, run.threads)
+                           shift, act, run.threads, pad is None)
     key = node.param_key
     running_mean, running_var, invstd = elem_b.running_statistics(
         mean, var, wts["running_mean"], wts["running_var"], op.momentum, count, op.eps)
     run.buffers[f"{key}.running_mean"] = running_mean
     run.buffers[f"{key}.running_var"] = running_var
+    if pad is not None:
+        out = _padded_output(x, scale, shift, act, pad, run)
     return out, (x, mean, invstd, scale, shift, act)
+
+
+def _padded_output(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, act: int,
+                   pad: tuple[int, int], run: Run) -> conv_b.PaddedNHWC:
+    n, c, h, w = x.shape
+    xp = np.empty((n, h + 2 * pad[0], w + 2 * pad[1], c), F32)
+    elem_b.batchnorm_out_padded_nhwc(x, scale, shift, act, xp, run.threads)
+    return conv_b.PaddedNHWC(xp, pad)
 
 
 def _batchnorm_backward(node: Node, gy: np.ndarray, saved: tuple, wts: Weights, run: Run,
@@ -90,16 +106,17 @@ def _batchnorm_backward(node: Node, gy: np.ndarray, saved: tuple, wts: Weights, 
     return [gx if needs[0] else None], {"weight": ggamma, "bias": gbeta}
 
 
-def fits_padded_dx(saved: tuple) -> bool:
-    """Whether `batchnorm_backward_padded` can take a BatchNorm that kept `saved`."""
-    return elem_b.padded_dx_fits(saved[0].shape)
+def fits_padded(x: np.ndarray) -> bool:
+    """Whether BatchNorm's kernels can write an output or a gradient of x's shape zero-
+    padded in NHWC (`batchnorm_act_forward` with `pad`, `batchnorm_backward_padded`)."""
+    return elem_b.padded_fits(x.shape)
 
 
 def batchnorm_backward_padded(node: Node, gy: np.ndarray, saved: tuple, wts: Weights,
                               run: Run, pad: tuple[int, int]) -> Grads:
     """BatchNorm's backward with dx written zero-padded by `pad` in NHWC
-    (`conv_b.PaddedDy`), for the conv that produced its input to read as it is
-    (`_conv_rules.padded_dy`), where its shape fits (`fits_padded_dx`)."""
+    (`conv_b.PaddedNHWC`), for the conv that produced its input to read as it is
+    (`_conv_rules.padded_dy`), where its shape fits (`fits_padded`)."""
     x, mean, invstd, scale, shift, act = saved
     n, c, h, w = x.shape
     gp = np.empty((n, h + 2 * pad[0], w + 2 * pad[1], c), F32)
@@ -108,7 +125,7 @@ def batchnorm_backward_padded(node: Node, gy: np.ndarray, saved: tuple, wts: Wei
                               run.training, False, run.threads, scale, shift, act)
     elem_b.batchnorm_dx_padded_nhwc(x, gy, wts["weight"], mean, invstd, ggamma, gbeta,
                                     run.training, scale, shift, act, gp, run.threads)
-    return [conv_b.PaddedDy(gp, pad)], {"weight": ggamma, "bias": gbeta}
+    return [conv_b.PaddedNHWC(gp, pad)], {"weight": ggamma, "bias": gbeta}
 
 
 def _layernorm_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run

@@ -50,7 +50,7 @@ class _Padded(NamedTuple):
     planes (`planes_forward`), those, which `_wgrad` reads."""
 
     xp: np.ndarray | None
-    x: np.ndarray
+    x: np.ndarray | conv_b.PaddedNHWC  # where xp is kept, its shape alone is read
     planes: planes_k.PhasePlanes | None = None
 
 
@@ -100,6 +100,10 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
     cout, cig, kh, kw = w.shape
     bias = wts["bias"] if op.bias else NO_BIAS
     out = empty(x, node)
+    if isinstance(x, conv_b.PaddedNHWC):  # as its producer wrote it for this (`padded_x`)
+        conv_b.conv2d_direct(x.xp, w, bias if op.bias else None, out, op.stride,
+                             op.dilation[0], run.threads)
+        return out, _Padded(x.xp, x)
     if subsampled_pointwise(op):
         sh, sw = op.stride
         sub = np.ascontiguousarray(x[:, :, ::sh, ::sw])
@@ -149,8 +153,7 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
         xp = conv_b.padded_nhwc(x, op.pad, run.threads)
         conv_b.conv2d_direct(xp, w, bias if op.bias else None, out, op.stride,
                              op.dilation[0], run.threads)
-        planes = not conv_b.nhwc_weight_grad_pays(cout) and planes_pay(
-            op, cout, out.shape[2] * out.shape[3])
+        planes = _weight_grad_on_planes(op, cout, out.shape[2] * out.shape[3])
         return out, _Padded(None if planes else xp, x)
     if matmul_k.dense(op, x.shape, out.shape):
         return out, matmul_k.dense_forward(op, x, w, bias if op.bias else None, out)
@@ -167,6 +170,29 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                           out, kh, kw, *op.stride, *op.pad, *op.dilation, int(op.bias),
                           run.threads)
     return out, x
+
+
+def _weight_grad_on_planes(op, cout: int, pixels: int) -> bool:
+    # whether a tiled conv's weight gradient runs on its input's phase planes
+    # (`planes_pay`), not on the NHWC copy the forward read
+    return not conv_b.nhwc_weight_grad_pays(cout) and planes_pay(op, cout, pixels)
+
+
+def padded_x(node: Node, x_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """The padding with which a conv's forward copies its input into NHWC, where that
+    copy is all it reads and keeps of it: the tiled path of `conv_forward` (no groups,
+    more than one input channel, not on the phase planes, forward or weight gradient).
+    There the op that produces x may write it so (`conv_b.PaddedNHWC`); else None. Where
+    vectors are 512 bits, as `padded_dy` (where it was measured)."""
+    op = node.op
+    if not conv_b.WIDE or node.kind != "conv2d" or op.groups != 1 or x_shape[1] == 1 \
+            or subsampled_pointwise(op):
+        return None
+    pixels = node.type.height * node.type.width
+    if conv_strategy(node, x_shape[1], winograd=False) != "tiled" or planes_forward(
+            op, op.out_channels, pixels) or _weight_grad_on_planes(op, op.out_channels, pixels):
+        return None
+    return op.pad
 
 
 def conv_backward(node: Node, gy: np.ndarray,
@@ -268,7 +294,7 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
     x = saved.x
     # dy as its producer wrote it, zero-padded in NHWC (`padded_dy`): the paths taken
     # below read that alone
-    gp = gy.gp if isinstance(gy, conv_b.PaddedDy) else None
+    gp = gy.xp if isinstance(gy, conv_b.PaddedNHWC) else None
     direct_dx = needs[0] and tiled_input_grad(op, x.shape)
     add_dx = needs[0] and not direct_dx
     nhwc_dw = saved.xp is not None and conv_b.nhwc_weight_grad_pays(cout)
@@ -315,7 +341,7 @@ def padded_dy(node: Node, saved: object, need_dx: bool) -> tuple[int, int] | Non
     bias and of stride 1 (`tiled_input_grad`), whose weight gradient runs on the NHWC
     tiles and can read dy's copy in place (`conv_b.shares_padded_dy`), and whose input
     gradient, if `need_dx`, is a conv of dy on those tiles (not on the phase planes).
-    There the op that produces dy may write it so (`conv_b.PaddedDy`); else None."""
+    There the op that produces dy may write it so (`conv_b.PaddedNHWC`); else None."""
     op = node.op
     if node.kind != "conv2d" or op.bias or not isinstance(saved, _Padded) or saved.xp is None:
         return None

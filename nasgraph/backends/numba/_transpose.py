@@ -42,39 +42,42 @@ def _swap_masks() -> list[tuple[int, ir.Constant, ir.Constant]]:
 
 
 @intrinsic
-def transpose16(typingctx, src, src_at, src_step, dst, dst_at, dst_step, run_shift,
-                run_step):
-    """Writes the 16 x 16 block src[src_at + i * src_step + j] (i, j < 16, float32, flat
-    arrays, unsigned offsets) transposed: its column j as 16 consecutive values at
-    dst_at + (j >> run_shift) * run_step + (j & (2**run_shift - 1)) * dst_step, that is
-    in runs of 2**run_shift columns run_step apart (run_shift 4: one run). Rows are
-    loaded and stored unaligned; no bounds are checked."""
-    sig = types.void(src, types.uint64, types.uint64, dst, types.uint64, types.uint64,
-                     types.uint64, types.uint64)
+def transpose16(typingctx, src, src_at, src_step, dst, dst_at, dst_step):
+    """Writes the 16 x 16 block src[src_at + i * src_step + j] (i, j < 16; flat float32
+    arrays, unsigned offsets) transposed: its column j as the 16 consecutive values at
+    dst_at + j * dst_step. Rows are loaded and stored unaligned; no bounds are
+    checked."""
+    sig = types.void(src, types.uint64, types.uint64, dst, types.uint64, types.uint64)
 
     def codegen(context, builder, signature, args):
         s_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
         d_ptr = context.make_array(signature.args[3])(context, builder, args[3]).data
-        s_at, s_step, d_at, d_step, shift, r_step = args[1], args[2], *args[4:]
-        rows = []
-        for i in range(BLOCK):
-            at = builder.add(s_at, builder.mul(s_step, ir.Constant(_I64, i)))
-            p = builder.bitcast(builder.gep(s_ptr, [at]), _F32X16.as_pointer())
-            rows.append(builder.load(p, align=4))
+        s_at, s_step, _, d_at, d_step = args[1:]
+        rows = [_load(builder, s_ptr, builder.add(s_at, builder.mul(s_step, _index(i))))
+                for i in range(BLOCK)]
         for h, low, high in _swap_masks():
             for i in range(BLOCK):
                 if not i & h:
                     a, b = rows[i], rows[i + h]
                     rows[i] = builder.shuffle_vector(a, b, low)
                     rows[i + h] = builder.shuffle_vector(a, b, high)
-        mask = builder.sub(builder.shl(ir.Constant(_I64, 1), shift), ir.Constant(_I64, 1))
-        for j in range(BLOCK):
-            col = ir.Constant(_I64, j)
-            at = builder.add(d_at, builder.add(
-                builder.mul(builder.lshr(col, shift), r_step),
-                builder.mul(builder.and_(col, mask), d_step)))
-            p = builder.bitcast(builder.gep(d_ptr, [at]), _F32X16.as_pointer())
-            builder.store(rows[j], p, align=4)
+        for j, row in enumerate(rows):
+            _store(builder, d_ptr, builder.add(d_at, builder.mul(d_step, _index(j))), row)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _index(i: int) -> ir.Constant:
+    return ir.Constant(_I64, i)
+
+
+def _load(builder: ir.IRBuilder, base, at) -> ir.Value:
+    # 16 float32 from base[at], unaligned
+    return builder.load(builder.bitcast(builder.gep(base, [at]), _F32X16.as_pointer()),
+                        align=4)
+
+
+def _store(builder: ir.IRBuilder, base, at, row: ir.Value) -> None:
+    builder.store(row, builder.bitcast(builder.gep(base, [at]), _F32X16.as_pointer()),
+                  align=4)

@@ -33,9 +33,9 @@ from nasgraph.backends.numba._backward_ops import (
     batchnorm_act_forward,
     batchnorm_backward_padded,
     dropout_mask,
-    fits_padded_dx,
+    fits_padded,
 )
-from nasgraph.backends.numba._conv_rules import padded_dy
+from nasgraph.backends.numba._conv_rules import padded_dy, padded_x
 from nasgraph.backends.numba._rule import Run, Weights, shape4
 from nasgraph.backends.numba._weights import checked_state
 from nasgraph.backends.numba.executor import _limit_blas_threads
@@ -150,6 +150,9 @@ class _Plan(NamedTuple):
     grad_keys: dict[str, list[tuple[str, str]]]  # node id -> trainable (suffix, key)
     # BatchNorm id -> the conv whose output it alone reads (`_padded_dy`)
     conv_before: dict[str, str]
+    # BatchNorm id -> the conv that alone reads its output, through the activation it
+    # applies (`_padded_x`)
+    conv_after: dict[str, str]
 
 
 def _check_rules(graph: Graph, kinds: frozenset[str]) -> None:
@@ -188,12 +191,18 @@ def _plan(graph: Graph) -> _Plan:
     conv_before = {node.id: node.inputs[0] for node in graph if node.kind == "batchnorm2d"
                    and graph[node.inputs[0]].kind == "conv2d"
                    and len(graph.successors(node.inputs[0])) == 1}
+    conv_after = {}
+    for node_id in fused:
+        readers = graph.successors(graph.successors(node_id)[0].id)
+        if graph[node_id].kind == "batchnorm2d" and len(readers) == 1 \
+                and readers[0].kind == "conv2d":
+            conv_after[node_id] = readers[0].id
     return _Plan(specs, {k: spec.shape for k, (_, spec) in specs.items() if not spec.optional},
                  by_node, trainable, frozenset(_requires_grad(graph, trainable)),
                  [k for k, (_, spec) in specs.items() if spec.dtype == "int64"], fused,
                  frozenset(graph.successors(i)[0].id for i in fused),
                  frozenset(node.kind for node in graph), graph.inputs[0], out, grad_keys,
-                 conv_before)
+                 conv_before, conv_after)
 
 
 def _fused_activations(graph: Graph) -> dict[str, int]:
@@ -305,10 +314,13 @@ def loss_and_grads(graph: Graph, state_dict: Mapping[str, object], x: np.ndarray
         xs = [values[i] for i in node.inputs]
         if node.id in plan.absorbed:  # its BatchNorm or add applied it
             values[node.id], saved[node.id] = xs[0], None
+        elif node.id in plan.fused and node.kind == "batchnorm2d":
+            values[node.id], saved[node.id] = batchnorm_act_forward(
+                node, xs, per_node.get(node.id, {}), run, plan.fused[node.id],
+                _padded_x(graph, node, xs[0], plan))
         elif node.id in plan.fused:
-            forward = batchnorm_act_forward if node.kind == "batchnorm2d" else add_act_forward
-            values[node.id], saved[node.id] = forward(node, xs, per_node.get(node.id, {}), run,
-                                                      plan.fused[node.id])
+            values[node.id], saved[node.id] = add_act_forward(
+                node, xs, per_node.get(node.id, {}), run, plan.fused[node.id])
         else:
             values[node.id], saved[node.id] = BACKWARD[node.kind].forward(
                 node, xs, per_node.get(node.id, {}), run)
@@ -359,6 +371,16 @@ def _backward(graph: Graph, run: Run, saved: dict[str, object],
     return grads
 
 
+def _padded_x(graph: Graph, node: Node, x: np.ndarray, plan: _Plan) -> tuple[int, int] | None:
+    """The padding in which a BatchNorm writes its output zero-padded in NHWC, where the
+    conv after it reads it only so (`_conv_rules.padded_x`), sparing the conv its copy;
+    None where the node is not such a BatchNorm."""
+    conv_id = plan.conv_after.get(node.id)
+    if conv_id is None or not fits_padded(x):
+        return None
+    return padded_x(graph[conv_id], x.shape)
+
+
 def _padded_dy(graph: Graph, node: Node, gy: np.ndarray, ctx: object,
                per_node: Mapping[str, Weights], run: Run, saved: dict[str, object],
                plan: _Plan, needs: list[bool]) -> tuple | None:
@@ -366,7 +388,7 @@ def _padded_dy(graph: Graph, node: Node, gy: np.ndarray, ctx: object,
     in (zero-padded NHWC: `_conv_rules.padded_dy`), sparing the conv its copy; None where
     the node is not such a BatchNorm, or the conv reads dy otherwise."""
     conv_id = plan.conv_before.get(node.id)
-    if conv_id is None or not needs[0] or not fits_padded_dx(ctx):
+    if conv_id is None or not needs[0] or not fits_padded(ctx[0]):
         return None
     conv = graph[conv_id]
     pad = padded_dy(conv, saved[conv_id], conv.inputs[0] in plan.needed)

@@ -783,39 +783,33 @@ def test_batchnorm_and_add_apply_the_activation_they_alone_feed(training):
     check_against_torch(graph, training=training, n=5)
 
 
-@pytest.mark.parametrize("run_shift", [4, 3, 2])
-def test_blocks_transposed_in_registers(run_shift):
-    # `transpose16`: 16 x 16 blocks from rows `step` apart, their columns written in runs
-    # of 2**run_shift values `run_step` apart, at unaligned offsets
+def test_blocks_transposed_in_registers():
+    # `transpose16`: a 16 x 16 block from rows `step` apart, its columns written
+    # `dst_step` apart, at unaligned offsets, nothing else written
     from numba import njit
 
     from nasgraph.backends.numba._transpose import transpose16
 
     @njit
-    def run(src, at, step, dst, to, dst_step, shift, run_step):
-        transpose16(src, at, step, dst, to, dst_step, shift, run_step)
+    def run(src, at, step, dst, to, dst_step):
+        transpose16(src, at, step, dst, to, dst_step)
 
     src = np.random.default_rng(0).standard_normal(3 + 20 * 16).astype(np.float32)
-    run_len, run_step, dst_step = 1 << run_shift, 700, 40
-    dst = np.full(3000, np.nan, np.float32)
-    run(src, np.uint64(3), np.uint64(20), dst, np.uint64(5), np.uint64(dst_step),
-        np.uint64(run_shift), np.uint64(run_step))
-    block = src[3:].reshape(16, 20)[:, :16]
+    dst = np.full(700, np.nan, np.float32)
+    run(src, np.uint64(3), np.uint64(20), dst, np.uint64(5), np.uint64(40))
     want = np.full_like(dst, np.nan)
-    for j in range(16):
-        at = 5 + j // run_len * run_step + j % run_len * dst_step
-        want[at:at + 16] = block[:, j]
+    want[5:5 + 16 * 40].reshape(16, 40)[:, :16] = src[3:].reshape(16, 20)[:, :16].T
     np.testing.assert_array_equal(dst, want)
 
 
-@pytest.mark.parametrize("shape, pad", [((3, 16, 5, 16), (1, 1)), ((2, 32, 3, 32), (2, 0)),
-                                        ((3, 16, 6, 8), (1, 1))])
+@pytest.mark.parametrize("shape, pad", [((3, 16, 5, 32), (1, 1)), ((2, 32, 3, 48), (2, 0)),
+                                        ((3, 16, 2, 64), (0, 1))])
 @pytest.mark.parametrize("act", [0, 1, 2])
 @pytest.mark.parametrize("training", [True, False])
-def test_batchnorm_dx_written_padded_in_nhwc(shape, pad, act, training):
-    # `batchnorm_dx_padded_nhwc` writes what `batchnorm_backward` computes as dx, zero-
-    # padded in NHWC as the conv's copy would lay it out, on one thread and two (blocks
-    # of 16 pixels of a row, or of two rows of maps 8 wide)
+def test_batchnorm_writes_padded_nhwc_as_the_copy_lays_it_out(shape, pad, act, training):
+    # `batchnorm_dx_padded_nhwc` writes what `batchnorm_backward` computes as dx, and
+    # `batchnorm_out_padded_nhwc` what `batchnorm_train` computes as the output, zero-
+    # padded in NHWC as the conv's copy lays them out, on one thread and two
     from nasgraph.backends.numba import _backward_conv as conv_b
     from nasgraph.backends.numba import _backward_elementwise as elem_b
 
@@ -824,11 +818,17 @@ def test_batchnorm_dx_written_padded_in_nhwc(shape, pad, act, training):
     x = (3 * rng.standard_normal(shape)).astype(np.float32)
     gy = rng.standard_normal(shape).astype(np.float32)
     gamma = rng.uniform(0.5, 1.5, c).astype(np.float32)
-    mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
-    invstd = 1 / np.sqrt(x.var(axis=(0, 2, 3), dtype=np.float64) + 1e-5)
-    scale = (gamma * invstd).astype(np.float32)
-    shift = (rng.uniform(-1, 1, c) - mean * gamma * invstd).astype(np.float32)
+    beta = rng.uniform(-1, 1, c).astype(np.float32)
+    mean, var = np.empty(c), np.empty(c)
+    scale, shift = np.empty(c, np.float32), np.empty(c, np.float32)
     for threads in (1, 2):
+        out = np.empty_like(x)
+        elem_b.batchnorm_train(x, gamma, beta, 1e-5, out, mean, var, scale, shift, act,
+                               threads)
+        xp = np.full((n, h + 2 * pad[0], w + 2 * pad[1], c), np.nan, np.float32)
+        elem_b.batchnorm_out_padded_nhwc(x, scale, shift, act, xp, threads)
+        np.testing.assert_array_equal(xp, conv_b.padded_nhwc(out, pad, threads))
+        invstd = 1 / np.sqrt(var + 1e-5)
         gx = np.empty_like(x)
         sums = [np.empty(c, np.float32) for _ in range(4)]
         elem_b.batchnorm_backward(x, gy, gamma, mean, invstd, gx, sums[0], sums[1], training,
@@ -840,31 +840,48 @@ def test_batchnorm_dx_written_padded_in_nhwc(shape, pad, act, training):
         elem_b.batchnorm_dx_padded_nhwc(x, gy, gamma, mean, invstd, sums[2], sums[3],
                                         training, scale, shift, act, gp, threads)
         np.testing.assert_allclose(gp, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
-        assert (gp[:, :pad[0]] == 0).all() and (gp[:, :, :pad[1]] == 0).all()
+
+
+def nchw(value: np.ndarray | object) -> np.ndarray:
+    """A tensor a training rule passed on, as N x C x H x W: an array, or the interior of
+    one zero-padded in NHWC (`_backward_conv.PaddedNHWC`)."""
+    from nasgraph.backends.numba import _backward_conv as conv_b
+
+    if not isinstance(value, conv_b.PaddedNHWC):
+        return value
+    (ph, pw), (_, _, h, w) = value.pad, value.shape
+    return value.xp[:, ph:ph + h, pw:pw + w].transpose(0, 3, 1, 2)
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_batchnorm_writes_dx_as_the_conv_before_it_reads_dy(monkeypatch, training):
-    # a BatchNorm after a conv whose backward reads dy only zero-padded in NHWC (`_conv_
-    # rules.padded_dy`) writes dx so (`batchnorm_backward_padded`), forced as where
-    # vectors are 512 bits: after a stem whose input needs no gradient, with ReLU, ReLU6,
-    # no activation, on a map 8 wide (two rows a block); not after a strided conv, nor a
-    # conv with a bias. One thread and two, 5 samples
+def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, training):
+    # a BatchNorm whose output only a tiled conv reads writes it zero-padded in NHWC
+    # (`_conv_rules.padded_x`), and one after a conv whose backward reads dy only so
+    # (`padded_dy`) writes dx so, forced as where vectors are 512 bits: after a stem whose
+    # input needs no gradient, with ReLU, ReLU6, no activation; not on maps 16 wide
+    # (`padded_fits`), after a strided conv, nor after a conv with a bias. One thread and
+    # two, 5 samples
     from nasgraph.backends.numba import _backward_conv as conv_b
-    from nasgraph.backends.numba import _backward_elementwise as elem_b
 
     monkeypatch.setattr(conv_b, "WIDE", True)
-    monkeypatch.setattr(elem_b, "SAMPLE_WALK_VALUES", 0)  # 8-wide maps at any size
-    taken = []
+    backward, forward = [], []
     monkeypatch.setattr(grad_module, "batchnorm_backward_padded",
                         lambda node, *a, f=grad_module.batchnorm_backward_padded:
-                        taken.append(node.id) or f(node, *a))
-    b = GraphBuilder("padded_dy")
-    x = b.relu(b.bn(b.conv(b.input(3, 8, 16), 16, 3, padding=1, bias=False), name="stem"))
+                        backward.append(node.id) or f(node, *a))
+
+    def recorded(node, *args, f=grad_module.batchnorm_act_forward):
+        out, saved = f(node, *args)
+        if isinstance(out, conv_b.PaddedNHWC):
+            forward.append(node.id)
+        return out, saved
+
+    monkeypatch.setattr(grad_module, "batchnorm_act_forward", recorded)
+    b = GraphBuilder("padded")
+    x = b.relu(b.bn(b.conv(b.input(3, 6, 32), 16, 3, padding=1, bias=False), name="stem"))
     x = b.act(b.bn(b.conv(x, 16, 3, padding=1, bias=False), name="relu6"), "relu6")
     x = b.act(b.bn(b.conv(x, 32, 3, padding=1, bias=False), name="plain"), "silu")
     x = b.relu(b.bn(b.conv(x, 16, 3, stride=2, padding=1, bias=False), name="strided"))
-    x = b.relu(b.bn(b.conv(x, 16, 3, padding=1, bias=False), name="eight_wide"))
+    x = b.relu(b.bn(b.conv(x, 16, 3, padding=1, bias=False), name="narrow"))
     x = b.relu(b.bn(b.conv(x, 16, 3, padding=1), name="biased"))
     b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
     graph = b.build()
@@ -873,7 +890,8 @@ def test_batchnorm_writes_dx_as_the_conv_before_it_reads_dy(monkeypatch, trainin
     else:
         check_against_torch(graph, training=False, n=5)
         passes = 1
-    assert taken == ["eight_wide", "plain", "relu6", "stem"] * passes
+    assert forward == ["stem", "relu6"] * passes
+    assert backward == ["plain", "relu6", "stem"] * passes
 
 
 def residual_graph() -> Graph:
@@ -1011,9 +1029,9 @@ def check_on_pinned_kinks(graph: Graph, monkeypatch) -> None:
         return rule._replace(forward=forward)
 
     def with_act(forward):  # a BatchNorm's or an add's forward that applies an activation
-        def recorded(node, xs, wts, run, act=0):
-            out, saved = forward(node, xs, wts, run, act)
-            taken[graph.successors(node.id)[0].id] = (out.copy(), saved)
+        def recorded(node, *args):
+            out, saved = forward(node, *args)
+            taken[graph.successors(node.id)[0].id] = (nchw(out).copy(), saved)
             return out, saved
         return recorded
 
