@@ -669,6 +669,21 @@ def relu_backward(x, gy, gx):
 
 
 @njit(parallel=True, cache=True)
+def relu_backward_sum(x, g1, g2, gx):
+    """gx = g1 + g2 where x > 0, else 0: ReLU's backward of a gradient in two terms (a
+    residual block's output, read by the next block's conv and its shortcut), in one
+    pass where the sum and the mask took two."""
+    xf, af, bf, of = x.reshape(x.size), g1.reshape(g1.size), g2.reshape(g2.size), \
+        gx.reshape(gx.size)
+    size = xf.shape[0]
+    zero = np.float32(0.0)
+    for b in prange((size + BLOCK - 1) // BLOCK):
+        for k in range(np.uint64(b * BLOCK), np.uint64(min(size, (b + 1) * BLOCK))):
+            g = af[k] + bf[k]
+            of[k] = g if xf[k] > zero else zero
+
+
+@njit(parallel=True, cache=True)
 def broadcast_product_backward(full, gy, out):
     """The gradient of the C x 1 x 1 factor s of y = full * s: out[n, c] = sum over H x W
     of gy[n, c] * full[n, c] (out N x C x 1 x 1)."""

@@ -60,11 +60,31 @@ def activate(x: np.ndarray, out: np.ndarray, code: int) -> None:
     elem_b.activation_forward(x, out, code)
 
 
-def activation_grad(x: np.ndarray, gy: np.ndarray, code: int) -> np.ndarray:
-    """gy times the derivative of activation `code` at x, a new array."""
+class Terms(tuple):
+    """The gradients that a node's consumers sent it, not yet summed: what the walker
+    (`grad._backward`) hands the rules that take them, `activation_grad`'s callers, which
+    sum them in their own pass. Summed left to right (`total`), as the walker sums them
+    for every other rule."""
+
+    def total(self) -> np.ndarray:
+        out = self[0]
+        for g in self[1:]:
+            out = out + g
+        return out
+
+
+def activation_grad(x: np.ndarray, gy: np.ndarray | Terms, code: int) -> np.ndarray:
+    """gy times the derivative of activation `code` at x, a new array. gy may come in
+    `Terms`: for ReLU, the last two are summed in its mask's pass (`relu_backward_sum`:
+    one pass over three arrays where the sum and the mask took two over five), the sum
+    rounded as `Terms.total` rounds it."""
     gx = np.empty_like(x)
-    if code == ACT_CODES["relu"]:
+    if isinstance(gy, Terms) and code == ACT_CODES["relu"]:
+        head = Terms(gy[:-1]).total()
+        elem_b.relu_backward_sum(x, head, gy[-1], gx)
+    elif code == ACT_CODES["relu"]:
         elem_b.relu_backward(x, gy, gx)
     else:
+        gy = gy.total() if isinstance(gy, Terms) else gy
         elem_b.activation_backward(x, gy, gx, code)
     return gx

@@ -36,7 +36,7 @@ from nasgraph.backends.numba._backward_ops import (
     fits_padded,
 )
 from nasgraph.backends.numba._conv_rules import padded_dy, padded_x
-from nasgraph.backends.numba._rule import Run, Weights, shape4
+from nasgraph.backends.numba._rule import Run, Terms, Weights, shape4
 from nasgraph.backends.numba._weights import checked_state
 from nasgraph.backends.numba.executor import _limit_blas_threads
 from nasgraph.errors import GraphError, NasgraphError
@@ -358,6 +358,8 @@ def _backward(graph: Graph, run: Run, saved: dict[str, object],
         if node_id in plan.absorbed:  # its producer's backward takes gy through it
             incoming[node.inputs[0]] = gy
             continue
+        if isinstance(gy, Terms) and not _takes_terms(node, plan):
+            gy = gy.total()
         needs = [i in needed for i in node.inputs]
         result = _padded_dy(graph, node, gy, ctx, per_node, run, saved, plan, needs)
         g_inputs, g_weights = result or BACKWARD[node.kind].backward(
@@ -365,10 +367,18 @@ def _backward(graph: Graph, run: Run, saved: dict[str, object],
         for suffix, key in grad_keys.get(node_id, ()):
             grads[key] = g_weights[suffix]
         for input_id, g, need in zip(node.inputs, g_inputs, needs, strict=True):
-            if need:
-                # a new array, never `+=`: g may be another node's gradient itself
-                incoming[input_id] = g if input_id not in incoming else incoming[input_id] + g
+            if need:  # summed where it is read (`Terms`), never `+=` into another's
+                prev = incoming.get(input_id)
+                incoming[input_id] = g if prev is None else Terms(
+                    (*prev, g) if isinstance(prev, Terms) else (prev, g))
     return grads
+
+
+def _takes_terms(node: Node, plan: _Plan) -> bool:
+    """Whether `node`'s backward takes its gradient in `Terms`: those whose first pass
+    is an activation's derivative (`_rule.activation_grad`), an activation's own or the
+    one an add applies (`_fused_activations`)."""
+    return node.kind == "activation" or (node.kind == "add" and node.id in plan.fused)
 
 
 def _padded_x(graph: Graph, node: Node, x: np.ndarray, plan: _Plan) -> tuple[int, int] | None:

@@ -894,6 +894,34 @@ def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, traini
     assert backward == ["plain", "relu6", "stem"] * passes
 
 
+def test_gradients_in_terms_are_summed_in_the_activations_pass(monkeypatch):
+    # a ReLU read by three nodes, an add's fused ReLU read by two and a SiLU read by two:
+    # their gradients reach them in `Terms`, which ReLU's backward sums in its mask's
+    # pass (`relu_backward_sum`) and SiLU's before it; against torch, and bit for bit as
+    # when the walker sums them as they come
+    from nasgraph.backends.numba import _backward_elementwise as elem_b
+
+    b = GraphBuilder("terms")
+    x = b.relu(b.conv(b.input(3, 8, 8), 6, 3, padding=1))
+    y = b.add([b.conv(x, 6, 3, padding=1), b.conv(x, 6, 1)])
+    y = b.relu(b.add([y, x], name="add_relu"))
+    z = b.act(b.conv(y, 6, 3, padding=1), "silu")
+    out = b.add([b.conv(z, 6, 1), z, y])
+    b.output(b.linear(b.flatten(b.gap(out)), CLASSES))
+    graph = b.build()
+    calls = []
+    monkeypatch.setattr(elem_b, "relu_backward_sum", lambda *a, f=elem_b.relu_backward_sum:
+                        calls.append(1) or f(*a))
+    check_against_torch(graph, n=5)
+    assert len(calls) == 2
+    state, (xs, ys) = perturbed_state(graph), batch(graph, 5)
+    summed = loss_and_grads(graph, state, xs, ys)
+    monkeypatch.setattr(grad_module, "_takes_terms", lambda node, plan: False)
+    eager = loss_and_grads(graph, state, xs, ys)
+    for key, g in eager.grads.items():
+        np.testing.assert_array_equal(summed.grads[key], g, err_msg=key)
+
+
 def residual_graph() -> Graph:
     """Two ResNet basic blocks, the second with a strided 1x1 projection shortcut."""
     b = GraphBuilder("residual")
