@@ -6,15 +6,16 @@ Numba has no vector shuffles, and value by value LLVM moves planes into pixels w
 gathers of 8 values (a 64-bit index each). `transpose16` is written as LLVM IR
 (`numba.extending.intrinsic`): it loads 16 rows of 16 values, permutes them in 64
 two-vector shuffles (four rounds that swap the off-diagonal halves of each block: 8 x 8,
-then 4 x 4, 2 x 2, 1 x 1) and stores 16 rows. LLVM lowers the shuffles for the CPU's
-vectors (`vpermt2ps` on AVX-512, pairs of 256-bit shuffles on AVX2). In L1, 15.6 ns a
-block on an AVX-512 Xeon, one thread: 65 GB/s read.
+then 4 x 4, 2 x 2, 1 x 1) and stores 16 rows. LLVM lowers the shuffles for the CPU it
+compiles for (`vpermt2ps` on AVX-512; the tests also pass compiled for AVX2, with
+NUMBA_CPU_NAME=haswell). In L1, 15.6 ns a block on an AVX-512 Xeon, one thread: 65 GB/s
+read.
 
-It makes BatchNorm's backward write dx straight into the padded NHWC that the conv before
-it reads dy in (`_backward_elementwise.batchnorm_dx_padded_nhwc`). A plain NCHW -> NHWC
-copy built on it was faster alone (0.72-0.94x on resnet20's tensors) but not in a
-training step (1.01x): the copy is bound by memory there (docs/numba.md, "dx written in
-the conv's layout").
+BatchNorm's passes that write their output or dx straight into the padded NHWC a tiled
+conv reads use it (`_backward_elementwise.batchnorm_out_padded_nhwc`,
+`batchnorm_dx_padded_nhwc`). A plain NCHW -> NHWC copy built on it was faster alone
+(0.72-0.94x on resnet20's tensors) but not in a training step (1.01x): the copy is bound
+by memory there (docs/numba.md, "BatchNorm writes what the conv reads").
 """
 
 from __future__ import annotations

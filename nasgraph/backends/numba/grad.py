@@ -344,8 +344,9 @@ def _backward(graph: Graph, run: Run, saved: dict[str, object],
               per_node: Mapping[str, Weights], plan: _Plan, seeds: dict[str, np.ndarray]
               ) -> dict[str, np.ndarray]:
     """Walks `graph` in reverse from the output gradients `seeds` (node id -> dL/d output):
-    each node's backward gets the sum of what its consumers sent it, where a gradient
-    flows (`plan.needed`). Returns the trainable weights' gradients, by state-dict key."""
+    each node's backward gets the sum of what its consumers sent it (unsummed, in `Terms`,
+    where it sums them in its own first pass: `_takes_terms`), where a gradient flows
+    (`plan.needed`). Returns the trainable weights' gradients, by state-dict key."""
     grad_keys, needed = plan.grad_keys, plan.needed
     incoming = dict(seeds)
     grads: dict[str, np.ndarray] = {}
