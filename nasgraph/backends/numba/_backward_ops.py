@@ -18,6 +18,7 @@ import numpy as np
 from nasgraph.backends.numba import _backward_conv as conv_b
 from nasgraph.backends.numba import _backward_elementwise as elem_b
 from nasgraph.backends.numba import _backward_resample as resample_b
+from nasgraph.backends.numba import _batchnorm_nhwc as nhwc_b
 from nasgraph.backends.numba import _elementwise as elem_k
 from nasgraph.backends.numba import _resample as resample_k
 from nasgraph.backends.numba._activations import ACT_CODES
@@ -92,7 +93,7 @@ def _padded_output(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, act: int
                    pad: tuple[int, int], run: Run) -> conv_b.PaddedNHWC:
     n, c, h, w = x.shape
     xp = np.empty((n, h + 2 * pad[0], w + 2 * pad[1], c), F32)
-    elem_b.batchnorm_out_padded_nhwc(x, scale, shift, act, xp, run.threads)
+    nhwc_b.batchnorm_out_padded_nhwc(x, scale, shift, act, xp, run.threads)
     return conv_b.PaddedNHWC(xp, pad)
 
 
@@ -106,24 +107,18 @@ def _batchnorm_backward(node: Node, gy: np.ndarray, saved: tuple, wts: Weights, 
     return [gx if needs[0] else None], {"weight": ggamma, "bias": gbeta}
 
 
-def fits_padded(x: np.ndarray) -> bool:
-    """Whether BatchNorm's kernels can write an output or a gradient of x's shape zero-
-    padded in NHWC (`batchnorm_act_forward` with `pad`, `batchnorm_backward_padded`)."""
-    return elem_b.padded_fits(x.shape)
-
-
 def batchnorm_backward_padded(node: Node, gy: np.ndarray, saved: tuple, wts: Weights,
                               run: Run, pad: tuple[int, int]) -> Grads:
     """BatchNorm's backward with dx written zero-padded by `pad` in NHWC
     (`conv_b.PaddedNHWC`), for the conv that produced its input to read as it is
-    (`_conv_rules.padded_dy`), where its shape fits (`fits_padded`)."""
+    (`_conv_rules.padded_dy`), where its shape fits (`nhwc_b.padded_fits`)."""
     x, mean, invstd, scale, shift, act = saved
     n, c, h, w = x.shape
     gp = np.empty((n, h + 2 * pad[0], w + 2 * pad[1], c), F32)
     ggamma, gbeta = np.empty(c, F32), np.empty(c, F32)
     elem_b.batchnorm_backward(x, gy, wts["weight"], mean, invstd, NO_GRAD, ggamma, gbeta,
                               run.training, False, run.threads, scale, shift, act)
-    elem_b.batchnorm_dx_padded_nhwc(x, gy, wts["weight"], mean, invstd, ggamma, gbeta,
+    nhwc_b.batchnorm_dx_padded_nhwc(x, gy, wts["weight"], mean, invstd, ggamma, gbeta,
                                     run.training, scale, shift, act, gp, run.threads)
     return [conv_b.PaddedNHWC(gp, pad)], {"weight": ggamma, "bias": gbeta}
 

@@ -12,7 +12,7 @@ NUMBA_CPU_NAME=haswell). In L1, 15.6 ns a block on an AVX-512 Xeon, one thread: 
 read.
 
 BatchNorm's passes that write their output or dx straight into the padded NHWC a tiled
-conv reads use it (`_backward_elementwise.batchnorm_out_padded_nhwc`,
+conv reads use it (`_batchnorm_nhwc.batchnorm_out_padded_nhwc`,
 `batchnorm_dx_padded_nhwc`). A plain NCHW -> NHWC copy built on it was faster alone
 (0.72-0.94x on resnet20's tensors) but not in a training step (1.01x): the copy is bound
 by memory there (docs/numba.md, "BatchNorm writes what the conv reads").

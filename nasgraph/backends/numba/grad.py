@@ -33,8 +33,8 @@ from nasgraph.backends.numba._backward_ops import (
     batchnorm_act_forward,
     batchnorm_backward_padded,
     dropout_mask,
-    fits_padded,
 )
+from nasgraph.backends.numba._batchnorm_nhwc import padded_fits
 from nasgraph.backends.numba._conv_rules import padded_dy, padded_x
 from nasgraph.backends.numba._rule import Run, Terms, Weights, shape4
 from nasgraph.backends.numba._weights import checked_state
@@ -387,7 +387,7 @@ def _padded_x(graph: Graph, node: Node, x: np.ndarray, plan: _Plan) -> tuple[int
     conv after it reads it only so (`_conv_rules.padded_x`), sparing the conv its copy;
     None where the node is not such a BatchNorm."""
     conv_id = plan.conv_after.get(node.id)
-    if conv_id is None or not fits_padded(x):
+    if conv_id is None or not padded_fits(x.shape):
         return None
     return padded_x(graph[conv_id], x.shape)
 
@@ -399,7 +399,7 @@ def _padded_dy(graph: Graph, node: Node, gy: np.ndarray, ctx: object,
     in (zero-padded NHWC: `_conv_rules.padded_dy`), sparing the conv its copy; None where
     the node is not such a BatchNorm, or the conv reads dy otherwise."""
     conv_id = plan.conv_before.get(node.id)
-    if conv_id is None or not needs[0] or not fits_padded(ctx[0]):
+    if conv_id is None or not needs[0] or not padded_fits(ctx[0].shape):
         return None
     conv = graph[conv_id]
     pad = padded_dy(conv, saved[conv_id], conv.inputs[0] in plan.needed)

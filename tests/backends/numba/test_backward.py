@@ -812,6 +812,7 @@ def test_batchnorm_writes_padded_nhwc_as_the_copy_lays_it_out(shape, pad, act, t
     # padded in NHWC as the conv's copy lays them out, on one thread and two
     from nasgraph.backends.numba import _backward_conv as conv_b
     from nasgraph.backends.numba import _backward_elementwise as elem_b
+    from nasgraph.backends.numba import _batchnorm_nhwc as nhwc_b
 
     rng = np.random.default_rng(act)
     n, c, h, w = shape
@@ -826,7 +827,7 @@ def test_batchnorm_writes_padded_nhwc_as_the_copy_lays_it_out(shape, pad, act, t
         elem_b.batchnorm_train(x, gamma, beta, 1e-5, out, mean, var, scale, shift, act,
                                threads)
         xp = np.full((n, h + 2 * pad[0], w + 2 * pad[1], c), np.nan, np.float32)
-        elem_b.batchnorm_out_padded_nhwc(x, scale, shift, act, xp, threads)
+        nhwc_b.batchnorm_out_padded_nhwc(x, scale, shift, act, xp, threads)
         np.testing.assert_array_equal(xp, conv_b.padded_nhwc(out, pad, threads))
         invstd = 1 / np.sqrt(var + 1e-5)
         gx = np.empty_like(x)
@@ -837,7 +838,7 @@ def test_batchnorm_writes_padded_nhwc_as_the_copy_lays_it_out(shape, pad, act, t
         gp = np.full(want.shape, np.nan, np.float32)
         elem_b.batchnorm_backward(x, gy, gamma, mean, invstd, _rule.NO_GRAD, sums[2], sums[3],
                                   training, False, threads, scale, shift, act)
-        elem_b.batchnorm_dx_padded_nhwc(x, gy, gamma, mean, invstd, sums[2], sums[3],
+        nhwc_b.batchnorm_dx_padded_nhwc(x, gy, gamma, mean, invstd, sums[2], sums[3],
                                         training, scale, shift, act, gp, threads)
         np.testing.assert_allclose(gp, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
