@@ -496,6 +496,40 @@ def add_pair(a, wa, b, wb, out, act):
 
 
 @njit(parallel=True, cache=True)
+def add_normalized(a, sa, ta, wa, b, sb, tb, wb, both, out, act):
+    """`add_pair` of a BatchNorm's output not yet written, a' = a * sa + ta per channel
+    (float32: a product, then a sum, as BatchNorm's own output pass rounds it), and b, or
+    with `both` b' = b * sb + tb: out = act(wa * a' + wb * b') in one pass over a and b,
+    the same values bit for bit as BatchNorm's pass and then `add_pair`'s."""
+    n_batch, c_in, h, w = a.shape
+    hw = h * w
+    af, bf, of = a.reshape(a.size), b.reshape(b.size), out.reshape(out.size)
+    ones = wa == 1.0 and wb == 1.0
+    fa, fb = np.float32(wa), np.float32(wb)
+    zero, six = np.float32(0.0), np.float32(6.0)
+    for job in prange(n_batch * c_in):
+        c = job % c_in
+        s, t = sa[c], ta[c]
+        lo, hi = np.uint64(job * hw), np.uint64((job + 1) * hw)
+        if ones and act == 1 and not both:
+            for k in range(lo, hi):
+                of[k] = max((af[k] * s + t) + bf[k], zero)
+        elif ones and act == 0 and not both:
+            for k in range(lo, hi):
+                of[k] = (af[k] * s + t) + bf[k]
+        else:
+            s2, t2 = sb[c], tb[c]
+            for k in range(lo, hi):
+                u = bf[k] * s2 + t2 if both else bf[k]
+                v = (af[k] * s + t) + u if ones else fa * (af[k] * s + t) + fb * u
+                if act == 1:
+                    v = max(v, zero)
+                elif act == 2:
+                    v = min(max(v, zero), six)
+                of[k] = v
+
+
+@njit(parallel=True, cache=True)
 def activation_backward(x, gy, gx, code):
     """gx = gy * act'(x), elementwise over arrays of any one shape (flat views)."""
     xf, gf, of = x.reshape(x.size), gy.reshape(gy.size), gx.reshape(gx.size)

@@ -12,6 +12,7 @@ not allocate: an input's gradient may be another node's.
 from __future__ import annotations
 
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -46,47 +47,65 @@ from nasgraph.ir import Node
 # ------------------------------------------------------------------ normalization
 
 
+class Normalized(NamedTuple):
+    """A BatchNorm's output not written: x * scale + shift per channel (float32), which
+    the add that alone reads it computes in its own pass (`add_act_forward`;
+    `grad._plan` says where)."""
+
+    x: np.ndarray
+    scale: np.ndarray
+    shift: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.x.shape
+
+
 def batchnorm_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run,
-                          act: int = 0, pad: tuple[int, int] | None = None
-                          ) -> tuple[np.ndarray | conv_b.PaddedNHWC, tuple]:
+                          act: int = 0, pad: tuple[int, int] | None = None,
+                          deferred: bool = False
+                          ) -> tuple[np.ndarray | conv_b.PaddedNHWC | Normalized, tuple]:
     """BatchNorm's forward, and where `act` is a code `elem_b.fusable` takes (ReLU,
     ReLU6) the activation that alone reads its output, in the same pass: one read and
     one write of the tensor fewer (`grad._plan` pairs them). The backward takes the
     gradient through the activation in its own passes, the derivative recomputed from x
     (`elem_b.batchnorm_backward`): the output is not kept. With `pad`, the output is
     written zero-padded by it in NHWC (`conv_b.PaddedNHWC`), for the conv that alone
-    reads it (`grad._padded_x`)."""
+    reads it (`grad._padded_x`); `deferred`, it is not written (`Normalized`), for the
+    add that alone reads it (`grad._Plan.into_add`)."""
     # saved: x, the mean and 1 / sqrt(var + eps) it normalized with (float64, per
     # channel), the float32 scale and shift of out = act(x * scale + shift), and the
     # activation's code
     op, x = node.op, xs[0]
-    out = np.empty_like(x) if pad is None else NO_GRAD
+    here = pad is None and not deferred  # the NCHW output, written by this pass
+    out = np.empty_like(x) if here else NO_GRAD
     if not run.training:
         mean = wts["running_mean"].astype(np.float64)
         invstd = 1.0 / np.sqrt(wts["running_var"].astype(np.float64) + op.eps)
         scale = (wts["weight"] * invstd).astype(F32)
         shift = (wts["bias"] - mean * wts["weight"] * invstd).astype(F32)
-        if pad is not None:
-            return _padded_output(x, scale, shift, act, pad, run), (x, mean, invstd, scale,
-                                                                  shift, act)
-        elem_k.scale_shift(x, scale, shift, out, 0, act)
-        return out, (x, mean, invstd, scale, shift, act)
-    count = x.shape[0] * x.shape[2] * x.shape[3]
-    if count < 2:
-        raise GraphError(f"node {node.id!r} (batchnorm2d): training needs more than one value "
-                         f"per channel, got input {x.shape}; hint: a larger batch")
-    mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
-    scale, shift = np.empty(x.shape[1], F32), np.empty(x.shape[1], F32)
-    elem_b.batchnorm_train(x, wts["weight"], wts["bias"], op.eps, out, mean, var, scale,
-                           shift, act, run.threads, pad is None)
-    key = node.param_key
-    running_mean, running_var, invstd = elem_b.running_statistics(
-        mean, var, wts["running_mean"], wts["running_var"], op.momentum, count, op.eps)
-    run.buffers[f"{key}.running_mean"] = running_mean
-    run.buffers[f"{key}.running_var"] = running_var
+        if here:
+            elem_k.scale_shift(x, scale, shift, out, 0, act)
+    else:
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        if count < 2:
+            raise GraphError(f"node {node.id!r} (batchnorm2d): training needs more than one "
+                             f"value per channel, got input {x.shape}; hint: a larger batch")
+        mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
+        scale, shift = np.empty(x.shape[1], F32), np.empty(x.shape[1], F32)
+        elem_b.batchnorm_train(x, wts["weight"], wts["bias"], op.eps, out, mean, var, scale,
+                               shift, act, run.threads, here)
+        key = node.param_key
+        running_mean, running_var, invstd = elem_b.running_statistics(
+            mean, var, wts["running_mean"], wts["running_var"], op.momentum, count, op.eps)
+        run.buffers[f"{key}.running_mean"] = running_mean
+        run.buffers[f"{key}.running_var"] = running_var
+    saved = (x, mean, invstd, scale, shift, act)
+    if deferred:
+        return Normalized(x, scale, shift), saved
     if pad is not None:
-        out = _padded_output(x, scale, shift, act, pad, run)
-    return out, (x, mean, invstd, scale, shift, act)
+        return _padded_output(x, scale, shift, act, pad, run), saved
+    return out, saved
 
 
 def _padded_output(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, act: int,
@@ -285,16 +304,26 @@ def _add_weights(node: Node) -> list[float]:
     return list(node.op.weights or [1.0] * len(node.inputs))
 
 
-def add_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run, act: int = 0
-                    ) -> tuple[np.ndarray, tuple | None]:
+def add_act_forward(node: Node, xs: list[np.ndarray | Normalized], wts: Weights, run: Run,
+                    act: int = 0) -> tuple[np.ndarray, tuple | None]:
     """The weighted sum of the inputs, and where `act` is a code `elem_b.fusable` takes,
     the activation that alone reads it, as BatchNorm's forward applies one
     (`batchnorm_act_forward`): a residual block's add and ReLU in one pass over two inputs
-    (`elem_b.add_pair`), where they took three. saved: the output and the code where an
-    activation was applied (its derivative's source), else None."""
+    (`elem_b.add_pair`), where they took three. Of two, one or both may be a BatchNorm's
+    output not yet written (`Normalized`), computed in that same pass
+    (`elem_b.add_normalized`). saved: the output and the code where an activation was
+    applied (its derivative's source), else None."""
     weights = _add_weights(node)
-    out = np.empty_like(xs[0])
-    if len(xs) == 2:
+    out = np.empty(xs[0].shape, F32)
+    if len(xs) == 2 and isinstance(xs[1], Normalized) and not isinstance(xs[0], Normalized):
+        xs, weights = xs[::-1], weights[::-1]  # a sum's terms commute, bit for bit
+    if isinstance(xs[0], Normalized):
+        (a, sa, ta), b = xs
+        both = isinstance(b, Normalized)
+        sb, tb = (b.scale, b.shift) if both else (sa, ta)
+        elem_b.add_normalized(a, sa, ta, float(weights[0]), b.x if both else b, sb, tb,
+                              float(weights[1]), both, out, act)
+    elif len(xs) == 2:
         elem_b.add_pair(xs[0], float(weights[0]), xs[1], float(weights[1]), out, act)
     else:
         for k, (x, w) in enumerate(zip(xs, weights, strict=True)):

@@ -153,6 +153,9 @@ class _Plan(NamedTuple):
     # BatchNorm id -> the conv that alone reads its output, through the activation it
     # applies (`_padded_x`)
     conv_after: dict[str, str]
+    # BatchNorms whose output a two-input add alone reads, which computes it in its own
+    # pass (`_backward_ops.Normalized`)
+    into_add: frozenset[str]
 
 
 def _check_rules(graph: Graph, kinds: frozenset[str]) -> None:
@@ -197,12 +200,19 @@ def _plan(graph: Graph) -> _Plan:
         if graph[node_id].kind == "batchnorm2d" and len(readers) == 1 \
                 and readers[0].kind == "conv2d":
             conv_after[node_id] = readers[0].id
+    into_add = frozenset(node.id for node in graph if node.kind == "batchnorm2d"
+                         and node.id != out.id and _only_reader_is_pair_add(graph, node.id))
     return _Plan(specs, {k: spec.shape for k, (_, spec) in specs.items() if not spec.optional},
                  by_node, trainable, frozenset(_requires_grad(graph, trainable)),
                  [k for k, (_, spec) in specs.items() if spec.dtype == "int64"], fused,
                  frozenset(graph.successors(i)[0].id for i in fused),
                  frozenset(node.kind for node in graph), graph.inputs[0], out, grad_keys,
-                 conv_before, conv_after)
+                 conv_before, conv_after, into_add)
+
+
+def _only_reader_is_pair_add(graph: Graph, node_id: str) -> bool:
+    readers = graph.successors(node_id)
+    return len(readers) == 1 and readers[0].kind == "add" and len(readers[0].inputs) == 2
 
 
 def _fused_activations(graph: Graph) -> dict[str, int]:
@@ -314,6 +324,9 @@ def loss_and_grads(graph: Graph, state_dict: Mapping[str, object], x: np.ndarray
         xs = [values[i] for i in node.inputs]
         if node.id in plan.absorbed:  # its BatchNorm or add applied it
             values[node.id], saved[node.id] = xs[0], None
+        elif node.id in plan.into_add:  # the add after it writes its output
+            values[node.id], saved[node.id] = batchnorm_act_forward(
+                node, xs, per_node.get(node.id, {}), run, deferred=True)
         elif node.id in plan.fused and node.kind == "batchnorm2d":
             values[node.id], saved[node.id] = batchnorm_act_forward(
                 node, xs, per_node.get(node.id, {}), run, plan.fused[node.id],
