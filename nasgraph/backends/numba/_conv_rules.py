@@ -213,8 +213,8 @@ def conv_backward(node: Node, gy: np.ndarray,
                                          wide=conv_b.WIDE)
         gx = None
         if needs[0] and saved.x is None:
-            gx = planes_k.conv2d_input_grad(gy, w, saved.planes.shape, op.pad, op.dilation,
-                                            run.threads, op.groups)
+            gx, _ = planes_k.conv2d_input_grad(gy, w, saved.planes.shape, op.pad,
+                                               op.dilation, run.threads, op.groups)
         elif needs[0]:
             gx, _ = _gemm_conv_backward(saved.x, w, gy, op.groups, (*op.stride, *op.pad,
                                                                     *op.dilation),
@@ -299,9 +299,10 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
     add_dx = needs[0] and not direct_dx
     nhwc_dw = saved.xp is not None and conv_b.nhwc_weight_grad_pays(cout)
     gemm_dw = saved.xp is not None and not nhwc_dw
-    gx = gw = None
+    gx = gw = dy_planes = None
     if direct_dx and planes_input_grad(cin, x.shape, kw, op.dilation[1]):
-        gx = planes_k.conv2d_input_grad(gy, w, x.shape, op.pad, op.dilation, run.threads)
+        gx, dy_planes = planes_k.conv2d_input_grad(gy, w, x.shape, op.pad, op.dilation,
+                                                   run.threads)
     elif direct_dx:
         gx = np.empty(x.shape, F32)
         gp = conv_b.conv2d_input_grad(gy, w, gx, op.pad, op.dilation[0], run.threads)
@@ -315,7 +316,7 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
             planes = planes_k.phase_planes(x, gy.shape[2:], op.kernel, op.stride, op.pad,
                                            op.dilation)
         gw = planes_k.conv2d_weight_grad(planes, gy, 1, op.kernel, run.threads,
-                                         wide=conv_b.WIDE)
+                                         wide=conv_b.WIDE, dy_planes=dy_planes)
     if gemm_dw or add_dx:
         n, _, h, wi = x.shape
         xp_shape = (n, h + 2 * op.pad[0], wi + 2 * op.pad[1], cin)

@@ -38,17 +38,18 @@ LANES = wgrad_k.LANES  # pixels a vector of the tile kernels holds
 
 
 @njit(parallel=True, cache=True)
-def weight_grad(g1, g_n, x1, x_n, offs, parts, n_batch, blocks, steps, chunk, threads):
+def weight_grad(g1, g_at, g_c, g_n, x1, x_n, offs, parts, n_batch, blocks, steps, chunk,
+                threads):
     """parts[t] += thread t's share of the tap sums: its samples, in chunks of `chunk`.
 
-    g1: dy as rows (`to_rows`, N x G*blocks*R x steps*LANES, flat; g_n values a
-    sample); x1: the input as phase planes (`to_phase_planes`, flat; x_n values a
-    sample); offs: each group's taps in tiles of S, as offsets into a sample's planes (G x
+    g1: dy as rows of steps*LANES values, G*blocks*R of them a sample, flat: from g_at,
+    g_c values a row apart, g_n a sample (`to_rows` lays them out so, from 0, g_c the
+    rows' length; dy's own planes hold them too, `_rows_in_planes`); x1: the input as
+    phase planes (`to_phase_planes`, flat; x_n values a sample); offs: each group's taps in tiles of S, as offsets into a sample's planes (G x
     n_tiles x S); parts: threads x G x blocks x n_tiles x R*S*LANES, float64. The tile
     R x S is `_wgrad`'s of those sizes (`_tile`)."""
     groups, n_tiles, s = offs.shape
     r = parts.shape[4] // (s * LANES)
-    plane = steps * LANES
     for t in prange(threads):
         lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
         acc = parts[t].reshape(parts[t].size)
@@ -57,26 +58,26 @@ def weight_grad(g1, g_n, x1, x_n, offs, parts, n_batch, blocks, steps, chunk, th
             m = min(chunk, hi - n0)
             for g in range(groups):
                 for b in range(blocks):
-                    g_0 = n0 * g_n + (g * blocks + b) * r * plane
+                    g_0 = g_at + n0 * g_n + (g * blocks + b) * r * g_c
                     x_0 = n0 * x_n
                     for k in range(n_tiles):
                         if r == 4:
-                            wgrad_k.tile_4x3(g1, g_0, plane, g_n, x1, x_0, x_n, offs[g], k, m,
+                            wgrad_k.tile_4x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
                                              steps, out)
                         elif r == 1:
-                            wgrad_k.tile_1x9(g1, g_0, plane, g_n, x1, x_0, x_n, offs[g], k, m,
+                            wgrad_k.tile_1x9(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
                                              steps, out)
                         elif r == 3:
-                            wgrad_k.tile_3x3(g1, g_0, plane, g_n, x1, x_0, x_n, offs[g], k, m,
+                            wgrad_k.tile_3x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
                                              steps, out)
                         elif r == 5:
-                            wgrad_k.tile_5x3(g1, g_0, plane, g_n, x1, x_0, x_n, offs[g], k, m,
+                            wgrad_k.tile_5x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
                                              steps, out)
                         elif r == 6:
-                            wgrad_k.tile_6x3(g1, g_0, plane, g_n, x1, x_0, x_n, offs[g], k, m,
+                            wgrad_k.tile_6x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
                                              steps, out)
                         else:
-                            wgrad_k.tile_7x3(g1, g_0, plane, g_n, x1, x_0, x_n, offs[g], k, m,
+                            wgrad_k.tile_7x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
                                              steps, out)
                         at = ((g * blocks + b) * n_tiles + k) * r * s * LANES
                         for q in range(r * s * LANES):
@@ -228,32 +229,58 @@ def _tile(groups: int, out_per_group: int, wide: bool = False, in_per_group: int
 
 def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
                        kernel: tuple[int, int], threads: int,
-                       gp: np.ndarray | None = None, wide: bool = False) -> np.ndarray:
+                       gp: np.ndarray | None = None, wide: bool = False,
+                       dy_planes: PhasePlanes | None = None) -> np.ndarray:
     """The weight gradient of a conv, Cout x Cin/G x kh x kw, by `_wgrad`'s register-
     tiled kernels: each tap's sum over the batch is a dot product of dy's padded rows with
     one offset into the input's `planes`; no im2col columns are copied. gy: N x Cout x Ho
     x Wo; `gp`: gy already laid out as `_planes_depthwise.depthwise_rows` gives it;
-    `wide`: vectors of 512 bits, which allow tiles of more rows (`_tile`)."""
+    `dy_planes`: gy's planes for the input gradient (`conv2d_input_grad`), whose rows are
+    read in place where they hold `to_rows`' (`_rows_in_planes`); `wide`: vectors of 512
+    bits, which allow tiles of more rows (`_tile`)."""
     n = gy.shape[0]
     cout, cin = gy.shape[1], planes.shape[1]
     cig, cog = cin // groups, cout // groups
     r, s = _tile(groups, cog, wide, cig)
     blocks = -(-cog // r)
-    if gp is None:
-        gp = _rows(planes, gy, groups, blocks * r)
+    at = None  # the rows' offset into dy's planes, where it holds them as they are
+    if dy_planes is not None and groups == 1 and blocks * r == cout:
+        at = _rows_in_planes(dy_planes, planes)
+    if at is not None:  # dy's rows, within its planes
+        g, g_c = dy_planes.xq, dy_planes.plane
+    else:
+        g = _rows(planes, gy, groups, blocks * r) if gp is None else gp
+        at, g_c = 0, planes.length
     ntaps = cig * len(planes.taps)
     tiles = -(-ntaps // s)
     offs = _tap_offsets(groups, cig, tuple(planes.taps),
                         planes.stride[0] * planes.stride[1] * planes.plane, tiles * s)
     parts = np.zeros((threads, groups, blocks, tiles, r * s * LANES))
-    per_group = (gp[0].size + planes.xq[0].size) // groups  # a sample's, a tile's group
-    weight_grad(gp.reshape(gp.size), gp[0].size, planes.xq.reshape(planes.xq.size),
-                        planes.xq[0].size, offs.reshape(groups, tiles, s), parts, n, blocks,
-                        planes.length // LANES, max(1, CHUNK_VALUES // per_group),
-                        threads)
+    # a sample's rows and planes, a tile's group (the rows as `to_rows` lays them out,
+    # wherever they are read: the same chunks, the same sums)
+    per_group = (groups * blocks * r * planes.length + planes.xq[0].size) // groups
+    weight_grad(g.reshape(g.size), at, g_c, g[0].size, planes.xq.reshape(planes.xq.size),
+                planes.xq[0].size, offs.reshape(groups, tiles, s), parts, n, blocks,
+                planes.length // LANES, max(1, CHUNK_VALUES // per_group), threads)
     dw = np.empty((cout, cig, *kernel), np.float32)
     unpack_tiles(parts, dw.reshape(cout, ntaps), r, s)
     return dw
+
+
+def _rows_in_planes(dy: PhasePlanes, planes: PhasePlanes) -> int | None:
+    """Where the rows `to_rows` lays dy out in for a weight gradient on `planes` lie
+    within dy's own planes for the input gradient (`conv2d_input_grad`, stride 1), as an
+    offset into a channel's plane; None where they do not. Both are dy's rows Wq wide:
+    dy padded by (fh, fw) in its planes, so row oh, column ow at (oh + fh)*Wq + ow + fw,
+    the columns past Wo its right padding and the next row's left, zeros. Where the
+    planes are as wide (a padding of half the kernel's reach) and long enough, `to_rows`'
+    copy is that run of them from fh*Wq + fw: 0.2 ms of a 13 ms step of the Fashion
+    ResNet (docs/numba.md, "dy's rows within its planes")."""
+    fh, fw = dy.pad
+    at = fh * dy.wq + fw
+    if dy.wq != planes.wq or at + planes.length > dy.plane:
+        return None
+    return at
 
 
 @functools.lru_cache(maxsize=256)
@@ -392,15 +419,16 @@ def conv2d_forward(planes: PhasePlanes, w: np.ndarray, bias: np.ndarray | None,
 
 def conv2d_input_grad(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...],
                       pad: tuple[int, int], dilation: tuple[int, int], threads: int,
-                      groups: int = 1) -> np.ndarray:
+                      groups: int = 1) -> tuple[np.ndarray, PhasePlanes]:
     """dx (`x_shape`) of a stride-1 conv of `groups` groups: seed 003's full convolution
     of gy with the kernel rotated by 180 degrees and each group's channel axes swapped,
     that is `conv2d_forward` on gy's planes padded by (k - 1) * d - p (not negative),
-    with the same groups."""
+    with the same groups. Returns dx and those planes, from which the weight gradient
+    may read dy's rows (`conv2d_weight_grad`'s `dy_planes`)."""
     kh, kw = w.shape[2:]
     full = ((kh - 1) * dilation[0] - pad[0], (kw - 1) * dilation[1] - pad[1])
     planes = phase_planes(gy, x_shape[2:], (kh, kw), (1, 1), full, dilation,
                           multiple=PIXELS)
     gx = np.empty(x_shape, np.float32)
     conv2d_forward(planes, w, None, gx, threads, groups, flip=True)
-    return gx
+    return gx, planes

@@ -357,6 +357,17 @@ def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, c
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
     close(conv_b.conv2d_weight_grad(planes, gy32, groups, kernel, threads), w.grad)
+    if groups == 1 and stride == (1, 1):  # dx on dy's planes, whose rows dw may read
+        gx, dy_planes = conv_b.conv2d_input_grad(gy32, w.detach().float().numpy(), x.shape,
+                                                 pad, dilation, threads)
+        close(gx, x.grad)
+        copied = conv_b.conv2d_weight_grad(planes, gy32, 1, kernel, threads, wide=True)
+        within = conv_b.conv2d_weight_grad(planes, gy32, 1, kernel, threads, wide=True,
+                                           dy_planes=dy_planes)
+        np.testing.assert_array_equal(within, copied)
+        # read in place where the padding is half the kernel's reach (its rows as wide)
+        same = all(2 * p == (k - 1) * d for p, k, d in zip(pad, kernel, dilation))
+        assert (conv_b._rows_in_planes(dy_planes, planes) is not None) == same
     if cin == groups:  # depthwise
         w32 = w.detach().float().numpy().reshape(cout, -1)
         out = np.empty(y.shape, np.float32)
