@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from nasgraph.backends.numba._activations import activate
+from nasgraph.backends.numba._masked import into_plane
 
 _FAST = {"reassoc", "contract", "nsz", "arcp"}
 
@@ -81,7 +82,7 @@ def _by_sample(x) -> bool:
 
 
 def batchnorm_train(x, gamma, beta, eps, out, mean, var, scale, shift, act, threads,
-                    normalize=True):
+                    normalize=True, planes=None):
     """BatchNorm on the batch's statistics: per channel c, mean[c] and the biased var[c]
     over N x H x W, then out = gamma * (x - mean) / sqrt(var + eps) + beta.
 
@@ -96,15 +97,17 @@ def batchnorm_train(x, gamma, beta, eps, out, mean, var, scale, shift, act, thre
     scale and shift (float32, per channel) get what out = x * scale + shift used, from
     which the backward recomputes the activation's derivative (`batchnorm_backward`).
     Without `normalize`, the statistics alone: out is not written (the output pass is
-    `_batchnorm_nhwc.batchnorm_out_padded_nhwc`'s). Channel by channel, or sample by sample
-    (`_by_sample`); the sums are the same either way (a plane's in float32, in sample
-    order in float64)."""
-    if _by_sample(x):
+    `_batchnorm_nhwc.batchnorm_out_padded_nhwc`'s). With `planes` (xq, Wq, ph, pw), out
+    is not written either: each channel's output goes into a stride-1 conv's phase
+    planes instead (`_masked.into_plane`), channel by channel. Channel by channel, or sample
+    by sample (`_by_sample`); the sums are the same either way (a plane's in float32, in
+    sample order in float64)."""
+    if _by_sample(x) and planes is None:
         _batchnorm_train_by_sample(x, gamma, beta, eps, out, mean, var, scale, shift, act,
                                    threads, normalize)
     else:
         _batchnorm_train_by_channel(x, gamma, beta, eps, out, mean, var, scale, shift, act,
-                                    normalize)
+                                    normalize, *(planes or _NO_PLANES))
 
 
 @njit(cache=True)
@@ -130,13 +133,19 @@ def _normalize_run(x1, out1, at, n, scale, shift, act, to):
             out1[to + k] = x1[at + k] * scale + shift
 
 
+# `_into_planes`' arguments where a pass writes no planes
+_NO_PLANES = (np.zeros((1, 1, 1), np.float32), 0, 0, 0)
+
+
 @njit(parallel=True, cache=True)
 def _batchnorm_train_by_channel(x, gamma, beta, eps, out, mean, var, scale, shift, act,
-                                normalize):
+                                normalize, xq, wq, ph, pw):
+    # with wq (> 0), each channel's output into xq's planes instead of out
     n_batch, c_in, h, w = x.shape
     hw = h * w
     count = n_batch * hw
-    x1, out1 = x.reshape(x.size), out.reshape(out.size)
+    x1, out1, q1 = x.reshape(x.size), out.reshape(out.size), xq.reshape(xq.size)
+    plane = xq.shape[2]
     for c in prange(c_in):
         x0 = x1[np.uint64(c * hw)]
         total = 0.0
@@ -151,7 +160,14 @@ def _batchnorm_train_by_channel(x, gamma, beta, eps, out, mean, var, scale, shif
         mean[c], var[c] = mu, v
         k, k0 = _scale_shift(gamma[c], beta[c], mu, v, eps)
         scale[c], shift[c] = k, k0
-        if normalize:
+        if wq:
+            buf = np.empty(hw, np.float32)
+            for n in range(n_batch):
+                _normalize_run(x1, buf, np.uint64((n * c_in + c) * hw), hw, k, k0, act,
+                               np.uint64(0))
+                into_plane(buf, np.uint64(0), q1, np.uint64((n * c_in + c) * plane), h, w, wq,
+                           ph, pw, plane)
+        elif normalize:
             for n in range(n_batch):
                 at = np.uint64((n * c_in + c) * hw)
                 _normalize_run(x1, out1, at, hw, k, k0, act, at)
@@ -222,7 +238,7 @@ def running_statistics(mean, var, running_mean, running_var, momentum, count, ep
 
 
 def batchnorm_backward(x, gy, gamma, mean, invstd, gx, ggamma, gbeta, training, need_dx,
-                       threads, scale, shift, act):
+                       threads, scale, shift, act, planes=None):
     """Gradients of BatchNorm, y = gamma * (x - mean) * invstd + beta per channel:
     gbeta = sum(gy), ggamma = sum(gy * xhat); and with `need_dx`, gx = dx:
 
@@ -238,13 +254,16 @@ def batchnorm_backward(x, gy, gamma, mean, invstd, gx, ggamma, gbeta, training, 
     both passes read anyway, as the forward rounded it, so that it is the output's
     (y > 0 for ReLU, 0 < y < 6 for ReLU6); no pass of its own over the tensor.
 
+    With `planes` (gq, Wq, ph, pw), dx goes into a stride-1 conv's phase planes
+    instead of gx (`_masked.into_plane`), channel by channel: dy as the conv before reads it.
     Channel by channel, or sample by sample (`_by_sample`)."""
-    if _by_sample(x):
+    if _by_sample(x) and planes is None:
         _batchnorm_backward_by_sample(x, gy, gamma, mean, invstd, gx, ggamma, gbeta,
                                       training, need_dx, scale, shift, act, threads)
     else:
         _batchnorm_backward_by_channel(x, gy, gamma, mean, invstd, gx, ggamma, gbeta,
-                                       training, need_dx, scale, shift, act)
+                                       training, need_dx, scale, shift, act,
+                                       *(planes or _NO_PLANES))
 
 
 @njit(cache=True)
@@ -304,32 +323,36 @@ def _run_sums(g1, x1, at, n, mu, scale, shift, act):
 
 
 @njit(inline="always", cache=True)
-def _dx_run(g1, x1, o1, at, n, mu, k_g, k0, k1, scale, shift, act):
-    # dx over a run, g masked by the activation `act` as `_run_sums` masks it
+def _dx_run(g1, x1, o1, at, n, mu, k_g, k0, k1, scale, shift, act, to):
+    # dx over a run from `at`, into o1 from `to`, g masked by the activation `act` as
+    # `_run_sums` masks it
     zero, six = np.float32(0.0), np.float32(6.0)
     if act == 1:
         for k in range(np.uint64(n)):
             v, g = x1[at + k], g1[at + k]
             g = g if v * scale + shift > zero else zero
-            o1[at + k] = k_g * (g - k0 - (v - mu) * k1)
+            o1[to + k] = k_g * (g - k0 - (v - mu) * k1)
     elif act == 2:
         for k in range(np.uint64(n)):
             v, g = x1[at + k], g1[at + k]
             pre = v * scale + shift
             g = g if zero < pre < six else zero
-            o1[at + k] = k_g * (g - k0 - (v - mu) * k1)
+            o1[to + k] = k_g * (g - k0 - (v - mu) * k1)
     else:
         for k in range(np.uint64(n)):
-            o1[at + k] = k_g * (g1[at + k] - k0 - (x1[at + k] - mu) * k1)
+            o1[to + k] = k_g * (g1[at + k] - k0 - (x1[at + k] - mu) * k1)
 
 
 @njit(parallel=True, cache=True)
 def _batchnorm_backward_by_channel(x, gy, gamma, mean, invstd, gx, ggamma, gbeta, training,
-                                   need_dx, scale, shift, act):
+                                   need_dx, scale, shift, act, gq, wq, ph, pw):
+    # with wq (> 0), each channel's dx into gq's planes instead of gx
     n_batch, c_in, h, w = x.shape
     hw = h * w
     count = n_batch * hw
-    x1, g1, o1 = x.reshape(x.size), gy.reshape(gy.size), gx.reshape(gx.size)
+    x1, g1, o1, q1 = x.reshape(x.size), gy.reshape(gy.size), gx.reshape(gx.size), \
+        gq.reshape(gq.size)
+    plane = gq.shape[2]
     for c in prange(c_in):
         mu, sc, sh = np.float32(mean[c]), scale[c], shift[c]
         sum_g, sum_gx = 0.0, 0.0
@@ -343,9 +366,15 @@ def _batchnorm_backward_by_channel(x, gy, gamma, mean, invstd, gx, ggamma, gbeta
         if not need_dx:
             continue
         k_g, k0, k1 = _dx_coefficients(gamma[c], inv, sum_g, sum_gx, count, training)
+        buf = np.empty(hw if wq else 0, np.float32)
         for n in range(n_batch):
-            _dx_run(g1, x1, o1, np.uint64((n * c_in + c) * hw), hw, mu, k_g, k0, k1, sc, sh,
-                    act)
+            at = np.uint64((n * c_in + c) * hw)
+            if wq:
+                _dx_run(g1, x1, buf, at, hw, mu, k_g, k0, k1, sc, sh, act, np.uint64(0))
+                into_plane(buf, np.uint64(0), q1, np.uint64((n * c_in + c) * plane), h, w, wq,
+                           ph, pw, plane)
+            else:
+                _dx_run(g1, x1, o1, at, hw, mu, k_g, k0, k1, sc, sh, act, at)
 
 
 @njit(parallel=True, cache=True)
@@ -378,8 +407,9 @@ def _batchnorm_backward_by_sample(x, gy, gamma, mean, invstd, gx, ggamma, gbeta,
     for t in prange(threads):
         for n in range(t * n_batch // threads, (t + 1) * n_batch // threads):
             for c in range(c_in):
-                _dx_run(g1, x1, o1, np.uint64((n * c_in + c) * hw), hw, mu[c], k[0, c],
-                        k[1, c], k[2, c], scale[c], shift[c], act)
+                at = np.uint64((n * c_in + c) * hw)
+                _dx_run(g1, x1, o1, at, hw, mu[c], k[0, c], k[1, c], k[2, c], scale[c],
+                        shift[c], act, at)
 
 
 @njit(inline="always", cache=True)

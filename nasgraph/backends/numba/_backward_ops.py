@@ -21,6 +21,7 @@ from nasgraph.backends.numba import _backward_elementwise as elem_b
 from nasgraph.backends.numba import _backward_resample as resample_b
 from nasgraph.backends.numba import _batchnorm_nhwc as nhwc_b
 from nasgraph.backends.numba import _elementwise as elem_k
+from nasgraph.backends.numba import _planes as planes_k
 from nasgraph.backends.numba import _resample as resample_k
 from nasgraph.backends.numba._activations import ACT_CODES
 from nasgraph.backends.numba._conv_rules import (
@@ -63,27 +64,33 @@ class Normalized(NamedTuple):
 
 def batchnorm_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run,
                           act: int = 0, pad: tuple[int, int] | None = None,
-                          deferred: bool = False
-                          ) -> tuple[np.ndarray | conv_b.PaddedNHWC | Normalized, tuple]:
+                          deferred: bool = False, planes: planes_k.PlanesFor | None = None
+                          ) -> tuple[np.ndarray | conv_b.PaddedNHWC | Normalized
+                                     | planes_k.PhasePlanes, tuple]:
     """BatchNorm's forward, and where `act` is a code `elem_b.fusable` takes (ReLU,
     ReLU6) the activation that alone reads its output, in the same pass: one read and
     one write of the tensor fewer (`grad._plan` pairs them). The backward takes the
     gradient through the activation in its own passes, the derivative recomputed from x
     (`elem_b.batchnorm_backward`): the output is not kept. With `pad`, the output is
     written zero-padded by it in NHWC (`conv_b.PaddedNHWC`), for the conv that alone
-    reads it (`grad._padded_x`); `deferred`, it is not written (`Normalized`), for the
-    add that alone reads it (`grad._Plan.into_add`)."""
+    reads it (`grad._written_for`); with `planes`, as that conv's phase planes
+    (`planes_k.PhasePlanes`); `deferred`, it is not written (`Normalized`), for the add
+    that alone reads it (`grad._Plan.into_add`)."""
     # saved: x, the mean and 1 / sqrt(var + eps) it normalized with (float64, per
     # channel), the float32 scale and shift of out = act(x * scale + shift), and the
     # activation's code
     op, x = node.op, xs[0]
-    here = pad is None and not deferred  # the NCHW output, written by this pass
+    # the NCHW output, written by this pass
+    here = pad is None and planes is None and not deferred
     out = np.empty_like(x) if here else NO_GRAD
     if not run.training:
         mean = wts["running_mean"].astype(np.float64)
         invstd = 1.0 / np.sqrt(wts["running_var"].astype(np.float64) + op.eps)
         scale = (wts["weight"] * invstd).astype(F32)
         shift = (wts["bias"] - mean * wts["weight"] * invstd).astype(F32)
+        if planes is not None:
+            raise GraphError(f"node {node.id!r} (batchnorm2d): phase planes are written in "
+                             "training only")
         if here:
             elem_k.scale_shift(x, scale, shift, out, 0, act)
     else:
@@ -93,8 +100,12 @@ def batchnorm_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: R
                              f"value per channel, got input {x.shape}; hint: a larger batch")
         mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
         scale, shift = np.empty(x.shape[1], F32), np.empty(x.shape[1], F32)
+        written = None if planes is None else planes_k.empty_planes(x.shape, planes)
         elem_b.batchnorm_train(x, wts["weight"], wts["bias"], op.eps, out, mean, var, scale,
-                               shift, act, run.threads, here)
+                               shift, act, run.threads, here,
+                               None if written is None else _into(written))
+        if written is not None:
+            out = written
         key = node.param_key
         running_mean, running_var, invstd = elem_b.running_statistics(
             mean, var, wts["running_mean"], wts["running_var"], op.momentum, count, op.eps)
@@ -106,6 +117,11 @@ def batchnorm_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: R
     if pad is not None:
         return _padded_output(x, scale, shift, act, pad, run), saved
     return out, saved
+
+
+def _into(planes: planes_k.PhasePlanes) -> tuple:
+    # a stride-1 conv's phase planes as the BatchNorm kernels write them
+    return planes.xq, planes.wq, *planes.pad
 
 
 def _padded_output(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, act: int,
@@ -140,6 +156,18 @@ def batchnorm_backward_padded(node: Node, gy: np.ndarray, saved: tuple, wts: Wei
     nhwc_b.batchnorm_dx_padded_nhwc(x, gy, wts["weight"], mean, invstd, ggamma, gbeta,
                                     run.training, scale, shift, act, gp, run.threads)
     return [conv_b.PaddedNHWC(gp, pad)], {"weight": ggamma, "bias": gbeta}
+
+
+def batchnorm_backward_planes(node: Node, gy: np.ndarray, saved: tuple, wts: Weights,
+                              run: Run, spec: planes_k.PlanesFor) -> Grads:
+    """BatchNorm's backward with dx written as phase planes (`spec`), for the conv that
+    produced its input to read as they are (`_conv_rules.planes_dy`)."""
+    x, mean, invstd, scale, shift, act = saved
+    gq = planes_k.empty_planes(x.shape, spec)
+    ggamma, gbeta = np.empty(x.shape[1], F32), np.empty(x.shape[1], F32)
+    elem_b.batchnorm_backward(x, gy, wts["weight"], mean, invstd, NO_GRAD, ggamma, gbeta,
+                              run.training, True, run.threads, scale, shift, act, _into(gq))
+    return [gq], {"weight": ggamma, "bias": gbeta}
 
 
 def _layernorm_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run

@@ -50,7 +50,8 @@ class _Padded(NamedTuple):
     planes (`planes_forward`), those, which `_wgrad` reads."""
 
     xp: np.ndarray | None
-    x: np.ndarray | conv_b.PaddedNHWC  # where xp is kept, its shape alone is read
+    # where xp or planes are kept, its shape alone is read
+    x: np.ndarray | conv_b.PaddedNHWC | planes_k.PhasePlanes
     planes: planes_k.PhasePlanes | None = None
 
 
@@ -104,6 +105,9 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
         conv_b.conv2d_direct(x.xp, w, bias if op.bias else None, out, op.stride,
                              op.dilation[0], run.threads)
         return out, _Padded(x.xp, x)
+    if isinstance(x, planes_k.PhasePlanes):  # as its producer wrote them (`planes_x`)
+        planes_k.conv2d_forward(x, w, bias if op.bias else None, out, run.threads)
+        return out, _Padded(None, x, x)
     if subsampled_pointwise(op):
         sh, sw = op.stride
         sub = np.ascontiguousarray(x[:, :, ::sh, ::sw])
@@ -193,6 +197,53 @@ def padded_x(node: Node, x_shape: tuple[int, ...]) -> tuple[int, int] | None:
             op, op.out_channels, pixels) or _weight_grad_on_planes(op, op.out_channels, pixels):
         return None
     return op.pad
+
+
+def planes_x(node: Node, x_shape: tuple[int, ...]) -> planes_k.PlanesFor | None:
+    """Where a conv's forward runs on its input's phase planes (`planes_forward`), stride
+    1, no groups, more than one input channel, a padding of half the kernel's reach: how
+    it lays them out, so that the op that produces x may write them
+    (`planes_k.PhasePlanes`); else None."""
+    op = node.op
+    if node.kind != "conv2d" or op.groups != 1 or op.stride != (1, 1) or x_shape[1] == 1 \
+            or not _half_reach(op):
+        return None
+    ho, wo = node.type.height, node.type.width
+    if conv_strategy(node, x_shape[1], winograd=False) != "tiled" or not planes_forward(
+            op, op.out_channels, ho * wo):
+        return None
+    return planes_k.PlanesFor((ho, wo), op.kernel, op.pad, op.dilation)
+
+
+def _half_reach(op) -> bool:
+    # a padding of half the kernel's reach on each axis: the output as large as the
+    # input at stride 1, dy's planes as wide as the input's
+    return all(2 * p == (k - 1) * d for p, k, d in zip(op.pad, op.kernel, op.dilation,
+                                                         strict=True))
+
+
+def planes_dy(node: Node, saved: object, need_dx: bool) -> planes_k.PlanesFor | None:
+    """Where a conv's backward reads dy only as phase planes: a tiled conv without a bias
+    whose weight gradient runs on the planes (`_Padded` without xp) and whose input
+    gradient, wanted, is a conv of dy's planes (`planes_input_grad`), with a padding of
+    half the kernel's reach and output channels in whole tiles of `_wgrad`, so that the
+    weight gradient reads dy's rows within those planes (`planes_k._rows_in_planes`).
+    There the op that produces dy may write them; else None."""
+    op = node.op
+    if node.kind != "conv2d" or op.bias or not need_dx or not isinstance(saved, _Padded) \
+            or saved.xp is not None:
+        return None
+    x_shape, kw, dw = saved.x.shape, op.kernel[1], op.dilation[1]
+    if not (tiled_input_grad(op, x_shape)
+            and planes_input_grad(x_shape[1], x_shape, kw, dw)):
+        return None
+    if not _half_reach(op):
+        return None
+    cout = op.out_channels
+    rows, _ = planes_k._tile(1, cout, conv_b.WIDE, x_shape[1])
+    if cout % rows:
+        return None
+    return planes_k.PlanesFor(x_shape[2:], op.kernel, op.pad, op.dilation)
 
 
 def conv_backward(node: Node, gy: np.ndarray,

@@ -33,6 +33,7 @@ from numba import njit, prange
 
 from nasgraph.backends.numba import _planes_conv as conv_k
 from nasgraph.backends.numba import _wgrad as wgrad_k
+from nasgraph.backends.numba._masked import into_plane, move
 
 LANES = wgrad_k.LANES  # pixels a vector of the tile kernels holds
 
@@ -45,9 +46,10 @@ def weight_grad(g1, g_at, g_c, g_n, x1, x_n, offs, parts, n_batch, blocks, steps
     g1: dy as rows of steps*LANES values, G*blocks*R of them a sample, flat: from g_at,
     g_c values a row apart, g_n a sample (`to_rows` lays them out so, from 0, g_c the
     rows' length; dy's own planes hold them too, `_rows_in_planes`); x1: the input as
-    phase planes (`to_phase_planes`, flat; x_n values a sample); offs: each group's taps in tiles of S, as offsets into a sample's planes (G x
-    n_tiles x S); parts: threads x G x blocks x n_tiles x R*S*LANES, float64. The tile
-    R x S is `_wgrad`'s of those sizes (`_tile`)."""
+    phase planes (`to_phase_planes`, flat; x_n values a sample); offs: each group's taps
+    in tiles of S, as offsets into a sample's planes (G x n_tiles x S); parts: threads x
+    G x blocks x n_tiles x R*S*LANES, float64. The tile R x S is `_wgrad`'s of those
+    sizes (`_tile`)."""
     groups, n_tiles, s = offs.shape
     r = parts.shape[4] // (s * LANES)
     for t in prange(threads):
@@ -100,7 +102,13 @@ def to_phase_planes(x, xq, sh, sw, ph, pw, wq):
     n_batch, c_in, h, w = x.shape
     length = xq.shape[2]
     x1, q1 = x.reshape(x.size), xq.reshape(xq.size)  # flat: views cost reference counting
+    # one plane, all of x: rows moved in spans of Wq (`into_plane`)
+    whole = sh == 1 and sw == 1 and wq == w + 2 * pw and (ph + h) * wq + pw <= length
     for job in prange(n_batch * c_in):
+        if whole:
+            into_plane(x1, np.uint64(job * h * w), q1, np.uint64(job * length), h, w, wq, ph,
+                       pw, length)
+            continue
         for a in range(sh):
             r_lo, r_hi = phase_span(a, sh, ph, h, length // wq)
             for b in range(sw):
@@ -112,9 +120,9 @@ def to_phase_planes(x, xq, sh, sw, ph, pw, wq):
                 for r in range(r_lo, r_hi):
                     src = np.uint64((job * h + r * sh + a - ph) * w + b - pw + q_lo * sw)
                     dst = d0 + np.uint64(r * wq + q_lo)
-                    if sw == 1:
-                        for q in range(np.uint64(q_hi - q_lo)):
-                            q1[dst + q] = x1[src + q]
+                    if sw == 1:  # a masked vector a 16 values: a loop would stay scalar
+                        count = np.uint64(q_hi - q_lo)
+                        move(x1, src, count, q1, dst, count)
                     else:
                         for q in range(np.uint64(q_hi - q_lo)):
                             q1[dst + q] = x1[src + q * np.uint64(sw)]
@@ -163,6 +171,28 @@ class PhasePlanes(NamedTuple):
     taps: np.ndarray  # int64, kh*kw: each tap's offset into a channel's planes
     stride: tuple[int, int]
     pad: tuple[int, int]
+
+
+class PlanesFor(NamedTuple):
+    """Where a stride-1 conv reads a tensor as phase planes of rows of whole tiles
+    (`conv2d_forward`'s, `multiple=PIXELS`): its input for the forward, or dy for the
+    input gradient (`conv2d_input_grad`). The conv's output size (for dy's planes, the
+    input gradient's), its kernel and dilation, and the tensor's padding. The op that
+    produces the tensor may write it so (`empty_planes`, `_batchnorm_planes`)."""
+
+    out_hw: tuple[int, int]
+    kernel: tuple[int, int]
+    pad: tuple[int, int]
+    dilation: tuple[int, int]
+
+
+def empty_planes(shape: tuple[int, ...], spec: PlanesFor) -> PhasePlanes:
+    """`PhasePlanes` of an N x C x H x W tensor as `spec` lays them out, not yet
+    written: what `phase_planes(x, *spec, stride (1, 1), multiple=PIXELS)` would fill."""
+    wq, length, plane, taps = _plane_geometry(spec.out_hw, spec.kernel, (1, 1),
+                                              spec.dilation, PIXELS)
+    xq = np.empty((shape[0], shape[1], plane), np.float32)
+    return PhasePlanes(xq, shape, spec.out_hw, wq, length, plane, taps, (1, 1), spec.pad)
 
 
 def row_length(ho: int, wq: int, multiple: int) -> int:
@@ -249,6 +279,7 @@ def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
     if at is not None:  # dy's rows, within its planes
         g, g_c = dy_planes.xq, dy_planes.plane
     else:
+        assert not isinstance(gy, PhasePlanes), "dy's rows must lie within its planes"
         g = _rows(planes, gy, groups, blocks * r) if gp is None else gp
         at, g_c = 0, planes.length
     ntaps = cig * len(planes.taps)
@@ -417,18 +448,20 @@ def conv2d_forward(planes: PhasePlanes, w: np.ndarray, bias: np.ndarray | None,
                  planes.length, threads)
 
 
-def conv2d_input_grad(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...],
-                      pad: tuple[int, int], dilation: tuple[int, int], threads: int,
-                      groups: int = 1) -> tuple[np.ndarray, PhasePlanes]:
+def conv2d_input_grad(gy: np.ndarray | PhasePlanes, w: np.ndarray,
+                      x_shape: tuple[int, ...], pad: tuple[int, int],
+                      dilation: tuple[int, int], threads: int, groups: int = 1
+                      ) -> tuple[np.ndarray, PhasePlanes]:
     """dx (`x_shape`) of a stride-1 conv of `groups` groups: seed 003's full convolution
     of gy with the kernel rotated by 180 degrees and each group's channel axes swapped,
     that is `conv2d_forward` on gy's planes padded by (k - 1) * d - p (not negative),
-    with the same groups. Returns dx and those planes, from which the weight gradient
+    with the same groups; gy may come as those planes (`PlanesFor`). Returns dx and the
+    planes, from which the weight gradient
     may read dy's rows (`conv2d_weight_grad`'s `dy_planes`)."""
     kh, kw = w.shape[2:]
     full = ((kh - 1) * dilation[0] - pad[0], (kw - 1) * dilation[1] - pad[1])
-    planes = phase_planes(gy, x_shape[2:], (kh, kw), (1, 1), full, dilation,
-                          multiple=PIXELS)
+    planes = gy if isinstance(gy, PhasePlanes) else phase_planes(
+        gy, x_shape[2:], (kh, kw), (1, 1), full, dilation, multiple=PIXELS)
     gx = np.empty(x_shape, np.float32)
     conv2d_forward(planes, w, None, gx, threads, groups, flip=True)
     return gx, planes

@@ -32,10 +32,12 @@ from nasgraph.backends.numba._backward_ops import (
     add_act_forward,
     batchnorm_act_forward,
     batchnorm_backward_padded,
+    batchnorm_backward_planes,
     dropout_mask,
 )
 from nasgraph.backends.numba._batchnorm_nhwc import padded_fits
-from nasgraph.backends.numba._conv_rules import padded_dy, padded_x
+from nasgraph.backends.numba._conv_rules import padded_dy, padded_x, planes_dy, planes_x
+from nasgraph.backends.numba._planes import PlanesFor
 from nasgraph.backends.numba._rule import Run, Terms, Weights, shape4
 from nasgraph.backends.numba._weights import checked_state
 from nasgraph.backends.numba.executor import _limit_blas_threads
@@ -151,7 +153,7 @@ class _Plan(NamedTuple):
     # BatchNorm id -> the conv whose output it alone reads (`_padded_dy`)
     conv_before: dict[str, str]
     # BatchNorm id -> the conv that alone reads its output, through the activation it
-    # applies (`_padded_x`)
+    # applies (`_written_for`)
     conv_after: dict[str, str]
     # BatchNorms whose output a two-input add alone reads, which computes it in its own
     # pass (`_backward_ops.Normalized`)
@@ -328,9 +330,10 @@ def loss_and_grads(graph: Graph, state_dict: Mapping[str, object], x: np.ndarray
             values[node.id], saved[node.id] = batchnorm_act_forward(
                 node, xs, per_node.get(node.id, {}), run, deferred=True)
         elif node.id in plan.fused and node.kind == "batchnorm2d":
+            pad, planes = _written_for(graph, node, xs[0], plan, training)
             values[node.id], saved[node.id] = batchnorm_act_forward(
-                node, xs, per_node.get(node.id, {}), run, plan.fused[node.id],
-                _padded_x(graph, node, xs[0], plan))
+                node, xs, per_node.get(node.id, {}), run, plan.fused[node.id], pad,
+                planes=planes)
         elif node.id in plan.fused:
             values[node.id], saved[node.id] = add_act_forward(
                 node, xs, per_node.get(node.id, {}), run, plan.fused[node.id])
@@ -395,30 +398,39 @@ def _takes_terms(node: Node, plan: _Plan) -> bool:
     return node.kind == "activation" or (node.kind == "add" and node.id in plan.fused)
 
 
-def _padded_x(graph: Graph, node: Node, x: np.ndarray, plan: _Plan) -> tuple[int, int] | None:
-    """The padding in which a BatchNorm writes its output zero-padded in NHWC, where the
-    conv after it reads it only so (`_conv_rules.padded_x`), sparing the conv its copy;
-    None where the node is not such a BatchNorm."""
+def _written_for(graph: Graph, node: Node, x: np.ndarray, plan: _Plan, training: bool
+                 ) -> tuple[tuple[int, int] | None, PlanesFor | None]:
+    """How a BatchNorm writes its output for the conv that alone reads it, sparing the
+    conv its copy: zero-padded in NHWC, the padding (`_conv_rules.padded_x`), where its
+    shape fits (`padded_fits`); else, in training, as the conv's phase planes
+    (`_conv_rules.planes_x`), from the pass that computes the statistics; None and None
+    where neither, or the node is not such a BatchNorm."""
     conv_id = plan.conv_after.get(node.id)
-    if conv_id is None or not padded_fits(x.shape):
-        return None
-    return padded_x(graph[conv_id], x.shape)
+    if conv_id is None:
+        return None, None
+    if padded_fits(x.shape):
+        return padded_x(graph[conv_id], x.shape), None
+    return None, planes_x(graph[conv_id], x.shape) if training else None
 
 
 def _padded_dy(graph: Graph, node: Node, gy: np.ndarray, ctx: object,
                per_node: Mapping[str, Weights], run: Run, saved: dict[str, object],
                plan: _Plan, needs: list[bool]) -> tuple | None:
     """A BatchNorm's backward that writes dx in the layout the conv before it reads dy
-    in (zero-padded NHWC: `_conv_rules.padded_dy`), sparing the conv its copy; None where
+    in, sparing the conv its copy: zero-padded NHWC (`_conv_rules.padded_dy`) where its
+    shape fits (`padded_fits`), else phase planes (`_conv_rules.planes_dy`); None where
     the node is not such a BatchNorm, or the conv reads dy otherwise."""
     conv_id = plan.conv_before.get(node.id)
-    if conv_id is None or not needs[0] or not padded_fits(ctx[0].shape):
+    if conv_id is None or not needs[0]:
         return None
-    conv = graph[conv_id]
-    pad = padded_dy(conv, saved[conv_id], conv.inputs[0] in plan.needed)
-    if pad is None:
-        return None
-    return batchnorm_backward_padded(node, gy, ctx, per_node.get(node.id, {}), run, pad)
+    conv, wts = graph[conv_id], per_node.get(node.id, {})
+    need_dx = conv.inputs[0] in plan.needed
+    if padded_fits(ctx[0].shape):
+        pad = padded_dy(conv, saved[conv_id], need_dx)
+        return None if pad is None else batchnorm_backward_padded(node, gy, ctx, wts, run,
+                                                                  pad)
+    spec = planes_dy(conv, saved[conv_id], need_dx)
+    return None if spec is None else batchnorm_backward_planes(node, gy, ctx, wts, run, spec)
 
 
 def value_and_grad(graph: Graph, state_dict: MutableMapping[str, object], x: np.ndarray,

@@ -366,7 +366,7 @@ def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, c
                                            dy_planes=dy_planes)
         np.testing.assert_array_equal(within, copied)
         # read in place where the padding is half the kernel's reach (its rows as wide)
-        same = all(2 * p == (k - 1) * d for p, k, d in zip(pad, kernel, dilation))
+        same = all(2 * p == (k - 1) * d for p, k, d in zip(pad, kernel, dilation, strict=True))
         assert (conv_b._rows_in_planes(dy_planes, planes) is not None) == same
     if cin == groups:  # depthwise
         w32 = w.detach().float().numpy().reshape(cout, -1)
@@ -855,10 +855,16 @@ def test_batchnorm_writes_padded_nhwc_as_the_copy_lays_it_out(shape, pad, act, t
 
 
 def nchw(value: np.ndarray | object) -> np.ndarray:
-    """A tensor a training rule passed on, as N x C x H x W: an array, or the interior of
-    one zero-padded in NHWC (`_backward_conv.PaddedNHWC`)."""
+    """A tensor a training rule passed on, as N x C x H x W: an array, the interior of
+    one zero-padded in NHWC (`_backward_conv.PaddedNHWC`), or of a stride-1 conv's phase
+    planes (`_planes.PhasePlanes`)."""
     from nasgraph.backends.numba import _backward_conv as conv_b
+    from nasgraph.backends.numba import _planes
 
+    if isinstance(value, _planes.PhasePlanes):
+        (ph, pw), (n, c, h, w), wq = value.pad, value.shape, value.wq
+        rows = value.xq[:, :, :(ph + h) * wq].reshape(n, c, ph + h, wq)
+        return rows[:, :, ph:, pw:pw + w]
     if not isinstance(value, conv_b.PaddedNHWC):
         return value
     (ph, pw), (_, _, h, w) = value.pad, value.shape
@@ -881,8 +887,8 @@ def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, traini
                         lambda node, *a, f=grad_module.batchnorm_backward_padded:
                         backward.append(node.id) or f(node, *a))
 
-    def recorded(node, *args, f=grad_module.batchnorm_act_forward):
-        out, saved = f(node, *args)
+    def recorded(node, *args, f=grad_module.batchnorm_act_forward, **kwargs):
+        out, saved = f(node, *args, **kwargs)
         if isinstance(out, conv_b.PaddedNHWC):
             forward.append(node.id)
         return out, saved
@@ -904,6 +910,88 @@ def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, traini
         passes = 1
     assert forward == ["stem", "relu6"] * passes
     assert backward == ["plain", "relu6", "stem"] * passes
+
+
+def test_masked_moves_write_their_span_alone():
+    # `copy16`: n values, zeros up to m, nothing past m, at unaligned offsets; `move` in
+    # runs longer than 16; `into_plane` lays a map out as numpy pads it, Wq wide
+    from numba import njit
+
+    from nasgraph.backends.numba import _masked
+
+    @njit
+    def moved(src, a, n, dst, b, m):
+        _masked.move(src, np.uint64(a), np.uint64(n), dst, np.uint64(b), np.uint64(m))
+
+    @njit
+    def planed(src, a, dst, at, h, w, wq, ph, pw, plane):
+        _masked.into_plane(src, np.uint64(a), dst, np.uint64(at), h, w, wq, ph, pw, plane)
+
+    src = np.arange(1, 401, dtype=np.float32)
+    for n, m in [(14, 16), (0, 5), (16, 16), (3, 3), (7, 9), (20, 20), (33, 40), (0, 17)]:
+        dst = np.full(100, -1, np.float32)
+        moved(src, 5, n, dst, 11, m)
+        want = np.full(100, -1, np.float32)
+        want[11:11 + n], want[11 + n:11 + m] = src[5:5 + n], 0
+        np.testing.assert_array_equal(dst, want)
+    for h, w, ph, pw in [(14, 14, 1, 1), (7, 7, 2, 1), (4, 4, 1, 1), (3, 20, 1, 2)]:
+        wq = w + 2 * pw
+        plane = (h + 2 * ph) * wq + 5
+        dst = np.full(plane + 3, -1, np.float32)
+        planed(src, 3, dst, 1, h, w, wq, ph, pw, plane)
+        padded = np.pad(src[3:3 + h * w].reshape(h, w), ((ph, ph), (pw, pw))).ravel()
+        want = np.full(plane + 3, -1, np.float32)
+        want[1:1 + plane] = np.concatenate([padded, np.zeros(5, np.float32)])
+        np.testing.assert_array_equal(dst, want)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_writes_the_phase_planes_the_conv_reads(monkeypatch, training):
+    # where vectors are 512 bits (forced), a BatchNorm whose output only a stride-1 conv
+    # on phase planes reads writes those planes (`_conv_rules.planes_x`), in training; and
+    # one after such a conv whose backward reads dy only as planes writes dx so
+    # (`planes_dy`): not where the conv's padding is not half its kernel's reach, nor
+    # after a conv with a bias, nor after a stem whose input needs no gradient. Against
+    # torch on one thread and two, and bit for bit as when the conv lays them out
+    from nasgraph.backends.numba import _backward_conv as conv_b
+    from nasgraph.backends.numba import _planes
+
+    monkeypatch.setattr(conv_b, "WIDE", True)
+    forward, backward = [], []
+
+    def recorded(node, *args, f=grad_module.batchnorm_act_forward, **kwargs):
+        out, saved = f(node, *args, **kwargs)
+        if isinstance(out, _planes.PhasePlanes):
+            forward.append(node.id)
+        return out, saved
+
+    monkeypatch.setattr(grad_module, "batchnorm_act_forward", recorded)
+    monkeypatch.setattr(grad_module, "batchnorm_backward_planes",
+                        lambda node, *a, f=grad_module.batchnorm_backward_planes:
+                        backward.append(node.id) or f(node, *a))
+    b = GraphBuilder("planes")
+    x = b.relu(b.bn(b.conv(b.input(3, 10, 10), 6, 3, padding=1, bias=False), name="stem"))
+    x = b.relu(b.bn(b.conv(x, 6, 3, padding=1, bias=False), name="a"))
+    x = b.act(b.bn(b.conv(x, 5, 3, padding=1, bias=False), name="b"), "relu6")
+    x = b.relu(b.bn(b.conv(x, 4, 3, bias=False), name="unpadded"))
+    x = b.relu(b.bn(b.conv(x, 4, 3, padding=1), name="biased"))
+    b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
+    graph = b.build()
+    if training:
+        passes = check_on_one_thread_and_two(graph)
+    else:
+        check_against_torch(graph, training=False, n=5)
+        passes = 1
+    assert forward == (["stem", "a", "unpadded"] if training else []) * passes
+    assert backward == ["b", "a"] * passes
+    state, (xs, ys) = perturbed_state(graph), batch(graph, 5)
+    written = loss_and_grads(graph, state, xs, ys, training=training)
+    monkeypatch.setattr(grad_module, "planes_x", lambda *a: None)
+    monkeypatch.setattr(grad_module, "planes_dy", lambda *a: None)
+    copied = loss_and_grads(graph, state, xs, ys, training=training)
+    assert written.loss == copied.loss
+    for key, g in copied.grads.items():
+        np.testing.assert_array_equal(written.grads[key], g, err_msg=key)
 
 
 def test_gradients_in_terms_are_summed_in_the_activations_pass(monkeypatch):
@@ -1112,10 +1200,10 @@ def check_on_pinned_kinks(graph: Graph, monkeypatch) -> None:
         return rule._replace(forward=forward)
 
     def with_act(forward):  # a BatchNorm's or an add's forward that applies an activation
-        def recorded(node, *args, deferred=False):
+        def recorded(node, *args, deferred=False, **kwargs):
             if deferred:  # a BatchNorm whose output the add after it computes
                 return forward(node, *args, deferred=True)
-            out, saved = forward(node, *args)
+            out, saved = forward(node, *args, **kwargs)
             taken[graph.successors(node.id)[0].id] = (nchw(out).copy(), saved)
             return out, saved
         return recorded

@@ -1,0 +1,82 @@
+"""Short runs of float32 moved in one masked vector (`copy16`): how the kernels that lay
+a tensor out in rows wider than its own (the phase planes' zero-padded rows) move rows of
+at most 16 values.
+
+A loop over a run of 14 values (a 14 x 14 map's row) stays scalar: LLVM vectorizes a loop
+whose trip count it does not know for runs of 64 and more (16 lanes, 4 vectors at a
+time), and leaves the rest to a scalar remainder. `copy16` is written as LLVM IR
+(`numba.extending.intrinsic`): a masked load of n values, zeros in the other lanes, and a
+masked store of m lanes, which LLVM lowers for the CPU it compiles for (`vmovups` under
+a mask register on AVX-512, `vmaskmovps` on AVX2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+LANES = 16  # values a `copy16` moves at most
+_F32X16 = ir.VectorType(ir.FloatType(), LANES)
+_I1X16 = ir.VectorType(ir.IntType(1), LANES)
+_I32 = ir.IntType(32)
+
+
+@intrinsic
+def copy16(typingctx, src, src_at, n, dst, dst_at, m):
+    """dst[dst_at + j] = src[src_at + j] for j < n, 0.0 for n <= j < m (n <= m <= 16;
+    flat float32 arrays, unsigned offsets): one masked load, one masked store; the values
+    past n are not read, those past m not written. No bounds are checked."""
+    sig = types.void(src, types.uint64, types.uint64, dst, types.uint64, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        s_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
+        d_ptr = context.make_array(signature.args[3])(context, builder, args[3]).data
+        s_at, count, _, d_at, span = args[1:]
+        load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            _F32X16, [s_ptr.type, _I32, _I1X16, _F32X16]), "llvm.masked.load.v16f32.p0")
+        store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            ir.VoidType(), [_F32X16, d_ptr.type, _I32, _I1X16]), "llvm.masked.store.v16f32.p0")
+        zeros = ir.Constant(_F32X16, [0.0] * LANES)
+        value = builder.call(load, [builder.gep(s_ptr, [s_at]), ir.Constant(_I32, 4),
+                                    _first(builder, count), zeros])
+        builder.call(store, [value, builder.gep(d_ptr, [d_at]), ir.Constant(_I32, 4),
+                             _first(builder, span)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _first(builder: ir.IRBuilder, count: ir.Value) -> ir.Value:
+    # the mask of lanes j < count (count <= 16): the low `count` bits of an i16
+    bits = builder.sub(builder.shl(ir.Constant(_I32, 1), builder.trunc(count, _I32)),
+                       ir.Constant(_I32, 1))
+    return builder.bitcast(builder.trunc(bits, ir.IntType(LANES)), _I1X16)
+
+
+@njit(inline="always", cache=True)
+def move(src, src_at, n, dst, dst_at, m):
+    """dst[dst_at + j] = src[src_at + j] for j < n, 0.0 for n <= j < m (n <= m; flat
+    float32 arrays, unsigned offsets), 16 values a `copy16`."""
+    lanes = np.uint64(LANES)
+    for j in range(np.uint64(0), m, lanes):
+        k = min(lanes, m - j)
+        copy16(src, src_at + j, min(k, n - j) if n > j else np.uint64(0), dst, dst_at + j, k)
+
+
+@njit(inline="always", cache=True)
+def into_plane(src, src_at, dst, at, h, w, wq, ph, pw, plane):
+    """An H x W map (src from src_at, rows W apart) written as a stride-1 phase plane at
+    `at` in dst (`_planes.PhasePlanes`: Wq wide, the map padded by (ph, pw), `plane`
+    long, zeros around): each row's span of Wq values with its right padding and the next
+    row's left (`move`), then the zeros above and below. The caller sees that (ph + H) *
+    Wq + pw <= plane."""
+    wu, wqu, zero = np.uint64(w), np.uint64(wq), np.uint64(0)
+    first = np.uint64(ph * wq + pw)  # row 0, column 0
+    move(src, zero, zero, dst, at, first)
+    for r in range(h):
+        move(src, src_at + np.uint64(r) * wu, wu, dst, at + first + np.uint64(r) * wqu, wqu)
+    end = first + np.uint64(h) * wqu
+    move(src, zero, zero, dst, at + end, np.uint64(plane) - end)
