@@ -366,14 +366,16 @@ def _batchnorm_backward_by_channel(x, gy, gamma, mean, invstd, gx, ggamma, gbeta
         if not need_dx:
             continue
         k_g, k0, k1 = _dx_coefficients(gamma[c], inv, sum_g, sum_gx, count, training)
-        buf = np.empty(hw if wq else 0, np.float32)
-        for n in range(n_batch):
-            at = np.uint64((n * c_in + c) * hw)
-            if wq:
-                _dx_run(g1, x1, buf, at, hw, mu, k_g, k0, k1, sc, sh, act, np.uint64(0))
-                into_plane(buf, np.uint64(0), q1, np.uint64((n * c_in + c) * plane), h, w, wq,
-                           ph, pw, plane)
-            else:
+        if wq:
+            buf = np.empty(hw, np.float32)
+            for n in range(n_batch):
+                _dx_run(g1, x1, buf, np.uint64((n * c_in + c) * hw), hw, mu, k_g, k0, k1, sc,
+                        sh, act, np.uint64(0))
+                into_plane(buf, np.uint64(0), q1, np.uint64((n * c_in + c) * plane), h, w,
+                           wq, ph, pw, plane)
+        else:
+            for n in range(n_batch):
+                at = np.uint64((n * c_in + c) * hw)
                 _dx_run(g1, x1, o1, at, hw, mu, k_g, k0, k1, sc, sh, act, at)
 
 
