@@ -35,10 +35,7 @@ def copy16(typingctx, src, src_at, n, dst, dst_at, m):
         s_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
         d_ptr = context.make_array(signature.args[3])(context, builder, args[3]).data
         s_at, count, _, d_at, span = args[1:]
-        load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-            _F32X16, [s_ptr.type, _I32, _I1X16, _F32X16]), "llvm.masked.load.v16f32.p0")
-        store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-            ir.VoidType(), [_F32X16, d_ptr.type, _I32, _I1X16]), "llvm.masked.store.v16f32.p0")
+        load, store = _masked_load_store(builder, s_ptr, d_ptr)
         zeros = ir.Constant(_F32X16, [0.0] * LANES)
         value = builder.call(load, [builder.gep(s_ptr, [s_at]), ir.Constant(_I32, 4),
                                     _first(builder, count), zeros])
@@ -47,6 +44,41 @@ def copy16(typingctx, src, src_at, n, dst, dst_at, m):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def add16(typingctx, src, src_at, n, dst, dst_at, value):
+    """dst[dst_at + j] = src[src_at + j] + value for j < n (n <= 16; flat float32 arrays,
+    unsigned offsets, value float32): one masked load, an add, one masked store; nothing
+    past n is read or written. No bounds are checked."""
+    sig = types.void(src, types.uint64, types.uint64, dst, types.uint64, types.float32)
+
+    def codegen(context, builder, signature, args):
+        s_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
+        d_ptr = context.make_array(signature.args[3])(context, builder, args[3]).data
+        s_at, count, _, d_at, value = args[1:]
+        load, store = _masked_load_store(builder, s_ptr, d_ptr)
+        mask = _first(builder, count)
+        loaded = builder.call(load, [builder.gep(s_ptr, [s_at]), ir.Constant(_I32, 4), mask,
+                                     ir.Constant(_F32X16, [0.0] * LANES)])
+        splat = builder.insert_element(ir.Constant(_F32X16, None), value,
+                                       ir.Constant(_I32, 0))
+        splat = builder.shuffle_vector(splat, splat, ir.Constant(
+            ir.VectorType(_I32, LANES), [0] * LANES))
+        builder.call(store, [builder.fadd(loaded, splat), builder.gep(d_ptr, [d_at]),
+                             ir.Constant(_I32, 4), mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _masked_load_store(builder: ir.IRBuilder, s_ptr, d_ptr) -> tuple:
+    # LLVM's masked load from s_ptr's and store to d_ptr's kind of pointer, 16 x float32
+    load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        _F32X16, [s_ptr.type, _I32, _I1X16, _F32X16]), "llvm.masked.load.v16f32.p0")
+    store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        ir.VoidType(), [_F32X16, d_ptr.type, _I32, _I1X16]), "llvm.masked.store.v16f32.p0")
+    return load, store
 
 
 def _first(builder: ir.IRBuilder, count: ir.Value) -> ir.Value:

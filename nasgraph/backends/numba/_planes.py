@@ -33,7 +33,8 @@ from numba import njit, prange
 
 from nasgraph.backends.numba import _planes_conv as conv_k
 from nasgraph.backends.numba import _wgrad as wgrad_k
-from nasgraph.backends.numba._masked import into_plane, move
+from nasgraph.backends.numba._masked import LANES as LANES16
+from nasgraph.backends.numba._masked import add16, into_plane, move
 
 LANES = wgrad_k.LANES  # pixels a vector of the tile kernels holds
 
@@ -396,10 +397,11 @@ def _planes_conv(x1, x_n, ci_n, taps, wp, rows, groups, bias, out, wq, length, t
                 co = g * cog + b * rows + r
                 bias_co = bias[co]
                 dst, src = np.uint64((n * cout + co) * ho * wo), np.uint64(r * length)
-                for oh in range(ho):
+                for oh in range(ho):  # a masked vector a 16 values (a loop: scalar)
                     d, a = dst + np.uint64(oh * wo), src + np.uint64(oh * wq)
-                    for c in range(np.uint64(wo)):
-                        out1[d + c] = acc[a + c] + bias_co
+                    for c in range(np.uint64(0), np.uint64(wo), np.uint64(LANES16)):
+                        add16(acc, a + c, min(np.uint64(LANES16), np.uint64(wo) - c), out1,
+                              d + c, bias_co)
 
 
 @njit(cache=True)

@@ -914,7 +914,8 @@ def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, traini
 
 def test_masked_moves_write_their_span_alone():
     # `copy16`: n values, zeros up to m, nothing past m, at unaligned offsets; `move` in
-    # runs longer than 16; `into_plane` lays a map out as numpy pads it, Wq wide
+    # runs longer than 16; `add16` adds a value; `into_plane` lays a map out as numpy
+    # pads it, Wq wide
     from numba import njit
 
     from nasgraph.backends.numba import _masked
@@ -922,6 +923,10 @@ def test_masked_moves_write_their_span_alone():
     @njit
     def moved(src, a, n, dst, b, m):
         _masked.move(src, np.uint64(a), np.uint64(n), dst, np.uint64(b), np.uint64(m))
+
+    @njit
+    def added(src, a, n, dst, b, value):
+        _masked.add16(src, np.uint64(a), np.uint64(n), dst, np.uint64(b), np.float32(value))
 
     @njit
     def planed(src, a, dst, at, h, w, wq, ph, pw, plane):
@@ -933,6 +938,12 @@ def test_masked_moves_write_their_span_alone():
         moved(src, 5, n, dst, 11, m)
         want = np.full(100, -1, np.float32)
         want[11:11 + n], want[11 + n:11 + m] = src[5:5 + n], 0
+        np.testing.assert_array_equal(dst, want)
+    for n in (0, 7, 14, 16):  # `add16`: the sum of a float32 and a value, n of them
+        dst = np.full(40, -1, np.float32)
+        added(src, 3, n, dst, 9, 0.1)
+        want = np.full(40, -1, np.float32)
+        want[9:9 + n] = src[3:3 + n] + np.float32(0.1)
         np.testing.assert_array_equal(dst, want)
     for h, w, ph, pw in [(14, 14, 1, 1), (7, 7, 2, 1), (4, 4, 1, 1), (3, 20, 1, 2)]:
         wq = w + 2 * pw
