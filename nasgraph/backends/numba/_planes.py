@@ -307,7 +307,8 @@ def _rows_in_planes(dy: PhasePlanes, planes: PhasePlanes) -> int | None:
     the columns past Wo its right padding and the next row's left, zeros. Where the
     planes are as wide (a padding of half the kernel's reach) and long enough, `to_rows`'
     copy is that run of them from fh*Wq + fw: 0.2 ms of a 13 ms step of the Fashion
-    ResNet (docs/numba.md, "dy's rows within its planes")."""
+    ResNet (docs/numba.md, "BatchNorm left to the add, and written as the phase
+    planes")."""
     fh, fw = dy.pad
     at = fh * dy.wq + fw
     if dy.wq != planes.wq or at + planes.length > dy.plane:
