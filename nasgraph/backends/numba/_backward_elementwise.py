@@ -98,10 +98,10 @@ def batchnorm_train(x, gamma, beta, eps, out, mean, var, scale, shift, act, thre
     which the backward recomputes the activation's derivative (`batchnorm_backward`).
     Without `normalize`, the statistics alone: out is not written (the output pass is
     `_batchnorm_nhwc.batchnorm_out_padded_nhwc`'s). With `planes` (xq, Wq, ph, pw), out
-    is not written either: each channel's output goes into a stride-1 conv's phase
-    planes instead (`_masked.into_plane`), channel by channel. Channel by channel, or sample
-    by sample (`_by_sample`); the sums are the same either way (a plane's in float32, in
-    sample order in float64)."""
+    is not written either: the output goes into a stride-1 conv's phase planes instead
+    (`_masked.into_plane`), from the channel's pass. Channel by channel, or sample by
+    sample (`_by_sample`, never with planes); the sums are the same either way (a
+    plane's in float32, in sample order in float64)."""
     if _by_sample(x) and planes is None:
         _batchnorm_train_by_sample(x, gamma, beta, eps, out, mean, var, scale, shift, act,
                                    threads, normalize)
@@ -133,7 +133,7 @@ def _normalize_run(x1, out1, at, n, scale, shift, act, to):
             out1[to + k] = x1[at + k] * scale + shift
 
 
-# `_into_planes`' arguments where a pass writes no planes
+# the by-channel passes' planes arguments (xq, Wq, ph, pw) where they write none
 _NO_PLANES = (np.zeros((1, 1, 1), np.float32), 0, 0, 0)
 
 
@@ -254,9 +254,9 @@ def batchnorm_backward(x, gy, gamma, mean, invstd, gx, ggamma, gbeta, training, 
     both passes read anyway, as the forward rounded it, so that it is the output's
     (y > 0 for ReLU, 0 < y < 6 for ReLU6); no pass of its own over the tensor.
 
-    With `planes` (gq, Wq, ph, pw), dx goes into a stride-1 conv's phase planes
-    instead of gx (`_masked.into_plane`), channel by channel: dy as the conv before reads it.
-    Channel by channel, or sample by sample (`_by_sample`)."""
+    With `planes` (gq, Wq, ph, pw), dx goes into a stride-1 conv's phase planes instead
+    of gx (`_masked.into_plane`): dy as the conv before reads it. Channel by channel, or
+    sample by sample (`_by_sample`, never with planes)."""
     if _by_sample(x) and planes is None:
         _batchnorm_backward_by_sample(x, gy, gamma, mean, invstd, gx, ggamma, gbeta,
                                       training, need_dx, scale, shift, act, threads)

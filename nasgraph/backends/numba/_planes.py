@@ -179,7 +179,7 @@ class PlanesFor(NamedTuple):
     (`conv2d_forward`'s, `multiple=PIXELS`): its input for the forward, or dy for the
     input gradient (`conv2d_input_grad`). The conv's output size (for dy's planes, the
     input gradient's), its kernel and dilation, and the tensor's padding. The op that
-    produces the tensor may write it so (`empty_planes`, `_batchnorm_planes`)."""
+    produces the tensor may write it so (`empty_planes`; BatchNorm's by-channel passes)."""
 
     out_hw: tuple[int, int]
     kernel: tuple[int, int]
