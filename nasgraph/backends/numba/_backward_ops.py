@@ -19,6 +19,7 @@ import numpy as np
 from nasgraph.backends.numba import _backward_conv as conv_b
 from nasgraph.backends.numba import _backward_elementwise as elem_b
 from nasgraph.backends.numba import _backward_resample as resample_b
+from nasgraph.backends.numba import _batchnorm as bn_b
 from nasgraph.backends.numba import _batchnorm_nhwc as nhwc_b
 from nasgraph.backends.numba import _elementwise as elem_k
 from nasgraph.backends.numba import _planes as planes_k
@@ -71,7 +72,7 @@ def batchnorm_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: R
     ReLU6) the activation that alone reads its output, in the same pass: one read and
     one write of the tensor fewer (`grad._plan` pairs them). The backward takes the
     gradient through the activation in its own passes, the derivative recomputed from x
-    (`elem_b.batchnorm_backward`): the output is not kept. With `pad`, the output is
+    (`bn_b.batchnorm_backward`): the output is not kept. With `pad`, the output is
     written zero-padded by it in NHWC (`conv_b.PaddedNHWC`), for the conv that alone
     reads it (`grad._written_for`); with `planes`, as that conv's phase planes
     (`planes_k.PhasePlanes`); `deferred`, it is not written (`Normalized`), for the add
@@ -101,13 +102,13 @@ def batchnorm_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: R
         mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
         scale, shift = np.empty(x.shape[1], F32), np.empty(x.shape[1], F32)
         written = None if planes is None else planes_k.empty_planes(x.shape, planes)
-        elem_b.batchnorm_train(x, wts["weight"], wts["bias"], op.eps, out, mean, var, scale,
+        bn_b.batchnorm_train(x, wts["weight"], wts["bias"], op.eps, out, mean, var, scale,
                                shift, act, run.threads, here,
                                None if written is None else _into(written))
         if written is not None:
             out = written
         key = node.param_key
-        running_mean, running_var, invstd = elem_b.running_statistics(
+        running_mean, running_var, invstd = bn_b.running_statistics(
             mean, var, wts["running_mean"], wts["running_var"], op.momentum, count, op.eps)
         run.buffers[f"{key}.running_mean"] = running_mean
         run.buffers[f"{key}.running_var"] = running_var
@@ -137,7 +138,7 @@ def _batchnorm_backward(node: Node, gy: np.ndarray, saved: tuple, wts: Weights, 
     x, mean, invstd, scale, shift, act = saved  # gy: act's output's, where act
     gx = np.empty_like(x) if needs[0] else NO_GRAD
     ggamma, gbeta = np.empty(x.shape[1], F32), np.empty(x.shape[1], F32)
-    elem_b.batchnorm_backward(x, gy, wts["weight"], mean, invstd, gx, ggamma, gbeta,
+    bn_b.batchnorm_backward(x, gy, wts["weight"], mean, invstd, gx, ggamma, gbeta,
                               run.training, needs[0], run.threads, scale, shift, act)
     return [gx if needs[0] else None], {"weight": ggamma, "bias": gbeta}
 
@@ -151,7 +152,7 @@ def batchnorm_backward_padded(node: Node, gy: np.ndarray, saved: tuple, wts: Wei
     n, c, h, w = x.shape
     gp = np.empty((n, h + 2 * pad[0], w + 2 * pad[1], c), F32)
     ggamma, gbeta = np.empty(c, F32), np.empty(c, F32)
-    elem_b.batchnorm_backward(x, gy, wts["weight"], mean, invstd, NO_GRAD, ggamma, gbeta,
+    bn_b.batchnorm_backward(x, gy, wts["weight"], mean, invstd, NO_GRAD, ggamma, gbeta,
                               run.training, False, run.threads, scale, shift, act)
     nhwc_b.batchnorm_dx_padded_nhwc(x, gy, wts["weight"], mean, invstd, ggamma, gbeta,
                                     run.training, scale, shift, act, gp, run.threads)
@@ -165,7 +166,7 @@ def batchnorm_backward_planes(node: Node, gy: np.ndarray, saved: tuple, wts: Wei
     x, mean, invstd, scale, shift, act = saved
     gq = planes_k.empty_planes(x.shape, spec)
     ggamma, gbeta = np.empty(x.shape[1], F32), np.empty(x.shape[1], F32)
-    elem_b.batchnorm_backward(x, gy, wts["weight"], mean, invstd, NO_GRAD, ggamma, gbeta,
+    bn_b.batchnorm_backward(x, gy, wts["weight"], mean, invstd, NO_GRAD, ggamma, gbeta,
                               run.training, True, run.threads, scale, shift, act, _into(gq))
     return [gq], {"weight": ggamma, "bias": gbeta}
 

@@ -2,7 +2,7 @@
 (`batchnorm_out_padded_nhwc`) or its input gradient (`batchnorm_dx_padded_nhwc`) zero-padded
 in NHWC (`_backward_conv.PaddedNHWC`), so that the conv beside it copies nothing
 (docs/numba.md, "BatchNorm writes what the conv reads"). Each computes a row of 16
-channels as `_backward_elementwise`'s NCHW passes do and moves it out 16 pixels at a time
+channels as `_batchnorm`'s NCHW passes do and moves it out 16 pixels at a time
 in registers (`_transpose.transpose16`). Flat arrays, unsigned offsets, as there.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from nasgraph.backends.numba._backward_elementwise import (
+from nasgraph.backends.numba._batchnorm import (
     _MASKED,
     _dx_coefficients,
     _normalize_run,

@@ -30,20 +30,7 @@ def copy16(typingctx, src, src_at, n, dst, dst_at, m):
     flat float32 arrays, unsigned offsets): one masked load, one masked store; the values
     past n are not read, those past m not written. No bounds are checked."""
     sig = types.void(src, types.uint64, types.uint64, dst, types.uint64, types.uint64)
-
-    def codegen(context, builder, signature, args):
-        s_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
-        d_ptr = context.make_array(signature.args[3])(context, builder, args[3]).data
-        s_at, count, _, d_at, span = args[1:]
-        load, store = _masked_load_store(builder, s_ptr, d_ptr)
-        zeros = ir.Constant(_F32X16, [0.0] * LANES)
-        value = builder.call(load, [builder.gep(s_ptr, [s_at]), ir.Constant(_I32, 4),
-                                    _first(builder, count), zeros])
-        builder.call(store, [value, builder.gep(d_ptr, [d_at]), ir.Constant(_I32, 4),
-                             _first(builder, span)])
-        return context.get_dummy_value()
-
-    return sig, codegen
+    return sig, _masked_codegen(add=False)
 
 
 @intrinsic
@@ -52,24 +39,32 @@ def add16(typingctx, src, src_at, n, dst, dst_at, value):
     unsigned offsets, value float32): one masked load, an add, one masked store; nothing
     past n is read or written. No bounds are checked."""
     sig = types.void(src, types.uint64, types.uint64, dst, types.uint64, types.float32)
+    return sig, _masked_codegen(add=True)
 
+
+def _masked_codegen(add: bool):
+    # the code of `copy16` (the last argument: the lanes stored) or, with `add`, of
+    # `add16` (the last argument: the value added; as many lanes stored as loaded)
     def codegen(context, builder, signature, args):
         s_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
         d_ptr = context.make_array(signature.args[3])(context, builder, args[3]).data
-        s_at, count, _, d_at, value = args[1:]
+        s_at, count, _, d_at, last = args[1:]
         load, store = _masked_load_store(builder, s_ptr, d_ptr)
-        mask = _first(builder, count)
-        loaded = builder.call(load, [builder.gep(s_ptr, [s_at]), ir.Constant(_I32, 4), mask,
-                                     ir.Constant(_F32X16, [0.0] * LANES)])
-        splat = builder.insert_element(ir.Constant(_F32X16, None), value,
-                                       ir.Constant(_I32, 0))
-        splat = builder.shuffle_vector(splat, splat, ir.Constant(
-            ir.VectorType(_I32, LANES), [0] * LANES))
-        builder.call(store, [builder.fadd(loaded, splat), builder.gep(d_ptr, [d_at]),
-                             ir.Constant(_I32, 4), mask])
+        loaded = _first(builder, count)
+        value = builder.call(load, [builder.gep(s_ptr, [s_at]), ir.Constant(_I32, 4), loaded,
+                                    ir.Constant(_F32X16, [0.0] * LANES)])
+        if add:
+            splat = builder.insert_element(ir.Constant(_F32X16, None), last,
+                                           ir.Constant(_I32, 0))
+            splat = builder.shuffle_vector(splat, splat, ir.Constant(
+                ir.VectorType(_I32, LANES), [0] * LANES))
+            value, stored = builder.fadd(value, splat), loaded
+        else:
+            stored = _first(builder, last)
+        builder.call(store, [value, builder.gep(d_ptr, [d_at]), ir.Constant(_I32, 4), stored])
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
 
 
 def _masked_load_store(builder: ir.IRBuilder, s_ptr, d_ptr) -> tuple:

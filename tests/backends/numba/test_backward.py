@@ -754,10 +754,10 @@ def test_batchnorm_walks_channel_by_channel_or_sample_by_sample_alike(monkeypatc
     # large tensors (`_by_sample`), each forced here: training on one thread and two (5
     # samples split unevenly), with a fused ReLU, a BatchNorm that needs no input
     # gradient, and eval
-    from nasgraph.backends.numba import _backward_elementwise
+    from nasgraph.backends.numba import _batchnorm
 
-    monkeypatch.setattr(_backward_elementwise, "SMALL_PLANE", small_plane)
-    monkeypatch.setattr(_backward_elementwise, "SAMPLE_WALK_VALUES", 0)
+    monkeypatch.setattr(_batchnorm, "SMALL_PLANE", small_plane)
+    monkeypatch.setattr(_batchnorm, "SAMPLE_WALK_VALUES", 0)
     b = GraphBuilder("bn")
     x = b.relu(b.bn(b.conv(b.input(3, 7, 9), 6, 3, padding=1)))
     x = b.bn(b.conv(x, 5, 3, stride=2, padding=1))
@@ -822,7 +822,7 @@ def test_batchnorm_writes_padded_nhwc_as_the_copy_lays_it_out(shape, pad, act, t
     # `batchnorm_out_padded_nhwc` what `batchnorm_train` computes as the output, zero-
     # padded in NHWC as the conv's copy lays them out, on one thread and two
     from nasgraph.backends.numba import _backward_conv as conv_b
-    from nasgraph.backends.numba import _backward_elementwise as elem_b
+    from nasgraph.backends.numba import _batchnorm as bn_b
     from nasgraph.backends.numba import _batchnorm_nhwc as nhwc_b
 
     rng = np.random.default_rng(act)
@@ -835,7 +835,7 @@ def test_batchnorm_writes_padded_nhwc_as_the_copy_lays_it_out(shape, pad, act, t
     scale, shift = np.empty(c, np.float32), np.empty(c, np.float32)
     for threads in (1, 2):
         out = np.empty_like(x)
-        elem_b.batchnorm_train(x, gamma, beta, 1e-5, out, mean, var, scale, shift, act,
+        bn_b.batchnorm_train(x, gamma, beta, 1e-5, out, mean, var, scale, shift, act,
                                threads)
         xp = np.full((n, h + 2 * pad[0], w + 2 * pad[1], c), np.nan, np.float32)
         nhwc_b.batchnorm_out_padded_nhwc(x, scale, shift, act, xp, threads)
@@ -843,11 +843,11 @@ def test_batchnorm_writes_padded_nhwc_as_the_copy_lays_it_out(shape, pad, act, t
         invstd = 1 / np.sqrt(var + 1e-5)
         gx = np.empty_like(x)
         sums = [np.empty(c, np.float32) for _ in range(4)]
-        elem_b.batchnorm_backward(x, gy, gamma, mean, invstd, gx, sums[0], sums[1], training,
+        bn_b.batchnorm_backward(x, gy, gamma, mean, invstd, gx, sums[0], sums[1], training,
                                   True, threads, scale, shift, act)
         want = conv_b.padded_nhwc(gx, pad, threads)
         gp = np.full(want.shape, np.nan, np.float32)
-        elem_b.batchnorm_backward(x, gy, gamma, mean, invstd, _rule.NO_GRAD, sums[2], sums[3],
+        bn_b.batchnorm_backward(x, gy, gamma, mean, invstd, _rule.NO_GRAD, sums[2], sums[3],
                                   training, False, threads, scale, shift, act)
         nhwc_b.batchnorm_dx_padded_nhwc(x, gy, gamma, mean, invstd, sums[2], sums[3],
                                         training, scale, shift, act, gp, threads)
@@ -871,6 +871,34 @@ def nchw(value: np.ndarray | object) -> np.ndarray:
     return value.xp[:, ph:ph + h, pw:pw + w].transpose(0, 3, 1, 2)
 
 
+def check_in_mode(graph: Graph, training: bool) -> int:
+    """`check_on_one_thread_and_two` in training, `check_against_torch` on 5 samples in
+    eval; returns how many passes that made."""
+    if training:
+        return check_on_one_thread_and_two(graph)
+    check_against_torch(graph, training=False, n=5)
+    return 1
+
+
+def record_written(monkeypatch, layout: type, backward_rule: str
+                   ) -> tuple[list[str], list[str]]:
+    """The ids of the BatchNorms whose forward `grad` has returned its output as a `layout`
+    and of those whose backward it runs as `grad.<backward_rule>`, in call order."""
+    forward, backward = [], []
+
+    def recorded(node, *args, f=grad_module.batchnorm_act_forward, **kwargs):
+        out, saved = f(node, *args, **kwargs)
+        if isinstance(out, layout):
+            forward.append(node.id)
+        return out, saved
+
+    rule = getattr(grad_module, backward_rule)
+    monkeypatch.setattr(grad_module, "batchnorm_act_forward", recorded)
+    monkeypatch.setattr(grad_module, backward_rule,
+                        lambda node, *a: backward.append(node.id) or rule(node, *a))
+    return forward, backward
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, training):
     # a BatchNorm whose output only a tiled conv reads writes it zero-padded in NHWC
@@ -882,18 +910,8 @@ def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, traini
     from nasgraph.backends.numba import _backward_conv as conv_b
 
     monkeypatch.setattr(conv_b, "WIDE", True)
-    backward, forward = [], []
-    monkeypatch.setattr(grad_module, "batchnorm_backward_padded",
-                        lambda node, *a, f=grad_module.batchnorm_backward_padded:
-                        backward.append(node.id) or f(node, *a))
-
-    def recorded(node, *args, f=grad_module.batchnorm_act_forward, **kwargs):
-        out, saved = f(node, *args, **kwargs)
-        if isinstance(out, conv_b.PaddedNHWC):
-            forward.append(node.id)
-        return out, saved
-
-    monkeypatch.setattr(grad_module, "batchnorm_act_forward", recorded)
+    forward, backward = record_written(monkeypatch, conv_b.PaddedNHWC,
+                                       "batchnorm_backward_padded")
     b = GraphBuilder("padded")
     x = b.relu(b.bn(b.conv(b.input(3, 6, 32), 16, 3, padding=1, bias=False), name="stem"))
     x = b.act(b.bn(b.conv(x, 16, 3, padding=1, bias=False), name="relu6"), "relu6")
@@ -903,11 +921,7 @@ def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, traini
     x = b.relu(b.bn(b.conv(x, 16, 3, padding=1), name="biased"))
     b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
     graph = b.build()
-    if training:
-        passes = check_on_one_thread_and_two(graph)
-    else:
-        check_against_torch(graph, training=False, n=5)
-        passes = 1
+    passes = check_in_mode(graph, training)
     assert forward == ["stem", "relu6"] * passes
     assert backward == ["plain", "relu6", "stem"] * passes
 
@@ -968,18 +982,8 @@ def test_batchnorm_writes_the_phase_planes_the_conv_reads(monkeypatch, training)
     from nasgraph.backends.numba import _planes
 
     monkeypatch.setattr(conv_b, "WIDE", True)
-    forward, backward = [], []
-
-    def recorded(node, *args, f=grad_module.batchnorm_act_forward, **kwargs):
-        out, saved = f(node, *args, **kwargs)
-        if isinstance(out, _planes.PhasePlanes):
-            forward.append(node.id)
-        return out, saved
-
-    monkeypatch.setattr(grad_module, "batchnorm_act_forward", recorded)
-    monkeypatch.setattr(grad_module, "batchnorm_backward_planes",
-                        lambda node, *a, f=grad_module.batchnorm_backward_planes:
-                        backward.append(node.id) or f(node, *a))
+    forward, backward = record_written(monkeypatch, _planes.PhasePlanes,
+                                       "batchnorm_backward_planes")
     b = GraphBuilder("planes")
     x = b.relu(b.bn(b.conv(b.input(3, 10, 10), 6, 3, padding=1, bias=False), name="stem"))
     x = b.relu(b.bn(b.conv(x, 6, 3, padding=1, bias=False), name="a"))
@@ -988,11 +992,7 @@ def test_batchnorm_writes_the_phase_planes_the_conv_reads(monkeypatch, training)
     x = b.relu(b.bn(b.conv(x, 4, 3, padding=1), name="biased"))
     b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
     graph = b.build()
-    if training:
-        passes = check_on_one_thread_and_two(graph)
-    else:
-        check_against_torch(graph, training=False, n=5)
-        passes = 1
+    passes = check_in_mode(graph, training)
     assert forward == (["stem", "a", "unpadded"] if training else []) * passes
     assert backward == ["b", "a"] * passes
     state, (xs, ys) = perturbed_state(graph), batch(graph, 5)
@@ -1057,11 +1057,7 @@ def test_batchnorm_read_only_by_an_add_is_written_by_it(monkeypatch, training):
     calls = []
     monkeypatch.setattr(elem_b, "add_normalized", lambda *a, f=elem_b.add_normalized:
                         calls.append(1) or f(*a))
-    if training:
-        passes = check_on_one_thread_and_two(graph)
-    else:
-        check_against_torch(graph, training=False, n=5)
-        passes = 1
+    passes = check_in_mode(graph, training)
     assert len(calls) == 3 * passes
     state, (xs, ys) = perturbed_state(graph), batch(graph, 5)
     fused = loss_and_grads(graph, state, xs, ys, training=training)
