@@ -209,6 +209,30 @@ def relu_backward_sum(x, g1, g2, gx):
 
 
 @njit(parallel=True, cache=True)
+def relu_backward_spread(x, g1, s, sh, sw, gx):
+    """gx = g1 + s spread where x > 0, else 0: ReLU's backward of a gradient in two terms,
+    the second a strided 1x1 conv's (`_rule.Spread`): s (N x C x Ho x Wo) belongs at
+    every sh-th row and sw-th column of x's maps. A map at a time: the mask of g1, then
+    the sum at s's pixels, as `relu_backward_sum` rounds it."""
+    n_batch, c_in, h, w = x.shape
+    ho, wo = s.shape[2], s.shape[3]
+    hw, how = h * w, ho * wo
+    xf, af, sf, of = x.reshape(x.size), g1.reshape(g1.size), s.reshape(s.size), \
+        gx.reshape(gx.size)
+    zero = np.float32(0.0)
+    for job in prange(n_batch * c_in):
+        lo = np.uint64(job * hw)
+        for k in range(lo, lo + np.uint64(hw)):
+            of[k] = af[k] if xf[k] > zero else zero
+        for i in range(ho):
+            row, src = lo + np.uint64(i * sh * w), np.uint64(job * how + i * wo)
+            for j in range(wo):  # a select, not a branch: x's sign is a coin toss
+                k = row + np.uint64(j * sw)
+                g = af[k] + sf[src + np.uint64(j)]
+                of[k] = g if xf[k] > zero else zero
+
+
+@njit(parallel=True, cache=True)
 def broadcast_product_backward(full, gy, out):
     """The gradient of the C x 1 x 1 factor s of y = full * s: out[n, c] = sum over H x W
     of gy[n, c] * full[n, c] (out N x C x 1 x 1)."""

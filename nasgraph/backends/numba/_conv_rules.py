@@ -34,6 +34,7 @@ from nasgraph.backends.numba._rule import (
     NO_RES,
     Grads,
     Run,
+    Spread,
     Weights,
     activate,
     activation_grad,
@@ -271,16 +272,13 @@ def conv_backward(node: Node, gy: np.ndarray,
                                                                     *op.dilation),
                                         True, run, need_dw=False)
         return [gx], _with_bias_grad(op, gw, gy)
-    if isinstance(saved, _Subsampled):  # the stride-1 conv's gradients, dx spread back
+    if isinstance(saved, _Subsampled):  # the stride-1 conv's gradients, dx at its pixels
         if matmul_k.batched_pointwise(op, run.threads):
             gxs, gw = matmul_k.pointwise_backward(saved.xs, w, gy, needs[0])
         else:
             gxs, gw = _gemm_conv_backward(saved.xs, w, gy, op.groups, (1, 1, 0, 0, 1, 1),
                                           needs[0], run)
-        gx = None
-        if needs[0]:
-            gx = np.zeros(saved.shape, F32)
-            gx[:, :, ::op.stride[0], ::op.stride[1]] = gxs
+        gx = Spread(gxs, op.stride, saved.shape) if needs[0] else None
         return [gx], _with_bias_grad(op, gw, gy)
     if isinstance(saved, _DepthwiseFlat):
         x = saved.x

@@ -60,31 +60,74 @@ def activate(x: np.ndarray, out: np.ndarray, code: int) -> None:
     elem_b.activation_forward(x, out, code)
 
 
+class Spread(NamedTuple):
+    """The input gradient of a strided 1x1 conv (`_conv_rules._Subsampled`): nonzero only
+    at the pixels the conv read, every sh-th row and sw-th column of an N x C x H x W
+    map, and kept as those values alone (N x C x Ho x Wo). Where its input has other
+    readers, the sum of their gradients adds it in its own pass (`Terms.total`,
+    `activation_grad`) instead of the zeros around it being written and read back."""
+
+    values: np.ndarray
+    stride: tuple[int, int]
+    shape: tuple[int, ...]  # the whole gradient's
+
+    def dense(self) -> np.ndarray:
+        """The whole gradient, zeros around the values."""
+        out = np.zeros(self.shape, F32)
+        self.add_into(out)
+        return out
+
+    def added_to(self, g: np.ndarray) -> np.ndarray:
+        """g + this gradient, a new array: g's values but at the pixels, rounded as
+        `g + self.dense()` rounds them."""
+        out = g.copy()
+        self.add_into(out)
+        return out
+
+    def add_into(self, out: np.ndarray) -> None:
+        sh, sw = self.stride
+        out[:, :, ::sh, ::sw] += self.values
+
+
+Gradient = np.ndarray | Spread
+
+
 class Terms(tuple):
     """The gradients that a node's consumers sent it, not yet summed: what the walker
     (`grad._backward`) hands the rules that take them, `activation_grad`'s callers, which
     sum them in their own pass. Summed left to right (`total`), as the walker sums them
-    for every other rule."""
+    for every other rule; a `Spread` term at its pixels alone."""
 
     def total(self) -> np.ndarray:
-        out = self[0]
+        out = dense(self[0])
         for g in self[1:]:
-            out = out + g
+            out = g.added_to(out) if isinstance(g, Spread) else out + g
         return out
 
 
-def activation_grad(x: np.ndarray, gy: np.ndarray | Terms, code: int) -> np.ndarray:
+def dense(g: Gradient) -> np.ndarray:
+    """A gradient as one array."""
+    return g.dense() if isinstance(g, Spread) else g
+
+
+def activation_grad(x: np.ndarray, gy: Gradient | Terms, code: int) -> np.ndarray:
     """gy times the derivative of activation `code` at x, a new array. gy may come in
     `Terms`: for ReLU, the last two are summed in its mask's pass (`relu_backward_sum`:
     one pass over three arrays where the sum and the mask took two over five), the sum
-    rounded as `Terms.total` rounds it."""
+    rounded as `Terms.total` rounds it; a `Spread` term at its pixels alone
+    (`relu_backward_spread`), the last of two (a sum of two commutes, bit for bit)."""
     gx = np.empty_like(x)
+    if isinstance(gy, Terms) and len(gy) == 2 and isinstance(gy[0], Spread):
+        gy = Terms(gy[::-1])
     if isinstance(gy, Terms) and code == ACT_CODES["relu"]:
-        head = Terms(gy[:-1]).total()
-        elem_b.relu_backward_sum(x, head, gy[-1], gx)
+        head, last = Terms(gy[:-1]).total(), gy[-1]
+        if isinstance(last, Spread):
+            elem_b.relu_backward_spread(x, head, last.values, *last.stride, gx)
+        else:
+            elem_b.relu_backward_sum(x, head, last, gx)
     elif code == ACT_CODES["relu"]:
-        elem_b.relu_backward(x, gy, gx)
+        elem_b.relu_backward(x, dense(gy), gx)
     else:
-        gy = gy.total() if isinstance(gy, Terms) else gy
+        gy = gy.total() if isinstance(gy, Terms) else dense(gy)
         elem_b.activation_backward(x, gy, gx, code)
     return gx

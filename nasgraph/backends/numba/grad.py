@@ -38,7 +38,7 @@ from nasgraph.backends.numba._backward_ops import (
 from nasgraph.backends.numba._batchnorm_nhwc import padded_fits
 from nasgraph.backends.numba._conv_rules import padded_dy, padded_x, planes_dy, planes_x
 from nasgraph.backends.numba._planes import PlanesFor
-from nasgraph.backends.numba._rule import Run, Terms, Weights, shape4
+from nasgraph.backends.numba._rule import Run, Spread, Terms, Weights, shape4
 from nasgraph.backends.numba._weights import checked_state
 from nasgraph.backends.numba.executor import _limit_blas_threads
 from nasgraph.errors import GraphError, NasgraphError
@@ -361,7 +361,8 @@ def _backward(graph: Graph, run: Run, saved: dict[str, object],
               ) -> dict[str, np.ndarray]:
     """Walks `graph` in reverse from the output gradients `seeds` (node id -> dL/d output):
     each node's backward gets the sum of what its consumers sent it (unsummed, in `Terms`,
-    where it sums them in its own first pass: `_takes_terms`), where a gradient flows
+    where it sums them in its own first pass: `_takes_terms`; a strided 1x1 conv's as
+    its values alone, `Spread`, which only those take), where a gradient flows
     (`plan.needed`). Returns the trainable weights' gradients, by state-dict key."""
     grad_keys, needed = plan.grad_keys, plan.needed
     incoming = dict(seeds)
@@ -377,6 +378,8 @@ def _backward(graph: Graph, run: Run, saved: dict[str, object],
             continue
         if isinstance(gy, Terms) and not _takes_terms(node, plan):
             gy = gy.total()
+        elif isinstance(gy, Spread) and not _takes_terms(node, plan):
+            gy = gy.dense()
         needs = [i in needed for i in node.inputs]
         result = _padded_dy(graph, node, gy, ctx, per_node, run, saved, plan, needs)
         g_inputs, g_weights = result or BACKWARD[node.kind].backward(

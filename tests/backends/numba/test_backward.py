@@ -1033,6 +1033,56 @@ def test_gradients_in_terms_are_summed_in_the_activations_pass(monkeypatch):
         np.testing.assert_array_equal(summed.grads[key], g, err_msg=key)
 
 
+@pytest.mark.parametrize("stride", [(2, 2), (2, 1), (3, 2)])
+def test_relu_backward_adds_a_spread_gradient_at_its_pixels(stride):
+    from nasgraph.backends.numba import _backward_elementwise as elem_b
+
+    rng = np.random.default_rng(0)
+    sh, sw = stride
+    for shape in [(3, 5, 7, 7), (2, 4, 14, 9), (1, 2, 1, 3)]:
+        x, g = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+        x[0, 0, 0, :] = 0.0  # the kink: no gradient
+        n, c, h, w = shape
+        s = rng.standard_normal((n, c, -(-h // sh), -(-w // sw))).astype(np.float32)
+        spread = _rule.Spread(s, stride, shape)
+        gx = np.full(shape, np.nan, np.float32)
+        elem_b.relu_backward_spread(x, g, s, sh, sw, gx)
+        want = np.where(x > 0, g + spread.dense(), np.float32(0.0))
+        np.testing.assert_array_equal(gx, want)
+        np.testing.assert_array_equal(_rule.Terms((g, spread)).total(), g + spread.dense())
+        np.testing.assert_array_equal(_rule.Terms((spread, g)).total(), spread.dense() + g)
+
+
+def test_a_strided_pointwise_convs_input_gradient_is_summed_at_its_pixels(monkeypatch):
+    # a strided 1x1 conv (a residual shortcut) sends its input gradient as its values
+    # alone (`Spread`): a ReLU read by it and a 3x3 conv adds them in its mask's pass, in
+    # either order of the readers; a SiLU sums them in `Terms.total`; a conv read by it
+    # alone gets them spread out. Against torch, one thread and two (the batched matmul
+    # and the GEMM), and bit for bit as when the walker sums them as they come
+    from nasgraph.backends.numba import _backward_elementwise as elem_b
+
+    b = GraphBuilder("spread")
+    x = b.relu(b.conv(b.input(3, 9, 9), 6, 3, padding=1))
+    y = b.relu(b.add([b.conv(x, 8, 1, stride=2), b.conv(x, 8, 3, stride=2, padding=1)]))
+    z = b.relu(b.add([b.conv(y, 8, 3, stride=2, padding=1), b.conv(y, 8, 1, stride=2)]))
+    u = b.act(b.conv(z, 8, 3, padding=1), "silu")
+    v = b.add([b.conv(u, 10, 1, stride=(2, 1)), b.conv(u, 10, 3, stride=(2, 1), padding=1)])
+    out = b.conv(b.conv(v, 10, 3, padding=1), 10, 1, stride=2)
+    b.output(b.linear(b.flatten(b.gap(out)), CLASSES))
+    graph = b.build()
+    calls = []
+    monkeypatch.setattr(elem_b, "relu_backward_spread",
+                        lambda *a, f=elem_b.relu_backward_spread: calls.append(1) or f(*a))
+    passes = check_on_one_thread_and_two(graph)
+    assert len(calls) == 2 * passes
+    state, (xs, ys) = perturbed_state(graph), batch(graph, 5)
+    summed = loss_and_grads(graph, state, xs, ys)
+    monkeypatch.setattr(grad_module, "_takes_terms", lambda node, plan: False)
+    eager = loss_and_grads(graph, state, xs, ys)
+    for key, g in eager.grads.items():
+        np.testing.assert_array_equal(summed.grads[key], g, err_msg=key)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_read_only_by_an_add_is_written_by_it(monkeypatch, training):
     # a BatchNorm whose output only a two-input add reads leaves it to the add's pass
