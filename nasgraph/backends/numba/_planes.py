@@ -42,7 +42,9 @@ LANES = wgrad_k.LANES  # pixels a vector of the tile kernels holds
 @njit(parallel=True, cache=True)
 def weight_grad(g1, g_at, g_c, g_n, x1, x_n, offs, parts, n_batch, blocks, steps, chunk,
                 threads):
-    """parts[t] += thread t's share of the tap sums: its samples, in chunks of `chunk`.
+    """parts[t] += thread t's share of the tap sums: its samples, in chunks of `chunk`
+    whose rows and planes stay in L1 while every tile reads them, summed in float32 over
+    SUM_SAMPLES samples at a time, then added into parts in float64.
 
     g1: dy as rows of steps*LANES values, G*blocks*R of them a sample, flat: from g_at,
     g_c values a row apart, g_n a sample (`to_rows` lays them out so, from 0, g_c the
@@ -55,8 +57,9 @@ def weight_grad(g1, g_at, g_c, g_n, x1, x_n, offs, parts, n_batch, blocks, steps
     r = parts.shape[4] // (s * LANES)
     for t in prange(threads):
         lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
-        acc = parts[t].reshape(parts[t].size)
-        out = np.empty(r * s * LANES, np.float32)
+        total = parts[t].reshape(parts[t].size)
+        acc = np.zeros(total.size, np.float32)
+        summed = 0
         for n0 in range(lo, hi, chunk):
             m = min(chunk, hi - n0)
             for g in range(groups):
@@ -64,27 +67,31 @@ def weight_grad(g1, g_at, g_c, g_n, x1, x_n, offs, parts, n_batch, blocks, steps
                     g_0 = g_at + n0 * g_n + (g * blocks + b) * r * g_c
                     x_0 = n0 * x_n
                     for k in range(n_tiles):
+                        at = ((g * blocks + b) * n_tiles + k) * r * s * LANES
                         if r == 4:
                             wgrad_k.tile_4x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, out)
+                                             steps, acc, at)
                         elif r == 1:
                             wgrad_k.tile_1x9(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, out)
+                                             steps, acc, at)
                         elif r == 3:
                             wgrad_k.tile_3x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, out)
+                                             steps, acc, at)
                         elif r == 5:
                             wgrad_k.tile_5x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, out)
+                                             steps, acc, at)
                         elif r == 6:
                             wgrad_k.tile_6x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, out)
+                                             steps, acc, at)
                         else:
                             wgrad_k.tile_7x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, out)
-                        at = ((g * blocks + b) * n_tiles + k) * r * s * LANES
-                        for q in range(r * s * LANES):
-                            acc[at + q] += out[q]
+                                             steps, acc, at)
+            summed += m
+            if summed >= SUM_SAMPLES or n0 + m >= hi:
+                for q in range(total.size):
+                    total[q] += acc[q]
+                    acc[q] = 0.0
+                summed = 0
 
 
 @njit(inline="always", cache=True)
@@ -153,8 +160,10 @@ def to_rows(gy, gp, wq, groups):
 
 
 # a chunk of samples' dy rows and input planes of one group, in float32 values, that
-# `_wgrad` sums before it adds its accumulators into float64: a quarter of a 512 KB L2
-CHUNK_VALUES = 32768
+# every tap tile of `weight_grad` reads in turn: 32 KB, within a 48 KB L1
+CHUNK_VALUES = 8192
+# samples whose tap sums `weight_grad` adds in float32 before it adds them into float64
+SUM_SAMPLES = 16
 
 
 class PhasePlanes(NamedTuple):
