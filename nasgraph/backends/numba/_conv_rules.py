@@ -218,9 +218,10 @@ def planes_x(node: Node, x_shape: tuple[int, ...]) -> planes_k.PlanesFor | None:
 
 def _half_reach(op) -> bool:
     # a padding of half the kernel's reach on each axis: the output as large as the
-    # input at stride 1, dy's planes as wide as the input's
-    return all(2 * p == (k - 1) * d for p, k, d in zip(op.pad, op.kernel, op.dilation,
-                                                         strict=True))
+    # input at stride 1, dy's planes as wide as the input's (no generator: asked for
+    # every conv every step)
+    (ph, pw), (kh, kw), (dh, dw) = op.pad, op.kernel, op.dilation
+    return 2 * ph == (kh - 1) * dh and 2 * pw == (kw - 1) * dw
 
 
 def planes_dy(node: Node, saved: object, need_dx: bool) -> planes_k.PlanesFor | None:

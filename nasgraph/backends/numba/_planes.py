@@ -365,9 +365,11 @@ def unpack_tiles(parts, dw, r, s):
 PIXELS = conv_k.PIXELS  # pixels of a row of the planes that `conv2d_forward`'s tiles hold
 
 
+@functools.cache
 def conv_rows(cout: int) -> int:
     """The output channels of `conv2d_forward`'s tile for a conv of `cout`: the tile that
-    pads them least, the larger of two that pad them as much."""
+    pads them least, the larger of two that pad them as much (looked up once a count: a
+    step asks for every conv, forward and back)."""
     return min((r for r, _ in conv_k.TILES), key=lambda r: (-(-cout // r) * r, -r))
 
 
