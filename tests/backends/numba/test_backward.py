@@ -378,6 +378,31 @@ def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, c
         close(depthwise_b.depthwise_input_grad(planes, gp, w32, threads), x.grad)
 
 
+@pytest.mark.parametrize("chunk_values", [1, 4000, 1 << 20])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_weight_gradient_over_chunks_and_runs_of_samples(monkeypatch, chunk_values,
+                                                         threads):
+    # `_planes.weight_grad` sums its tiles' float32 accumulators over chunks of samples
+    # (one, a few, all: chunk_values) into float64 every SUM_SAMPLES: 37 samples, split
+    # unevenly over `threads`, both tile widths, against torch in float64
+    from nasgraph.backends.numba import _planes
+
+    monkeypatch.setattr(_planes, "CHUNK_VALUES", chunk_values)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(37, 7, 12, 10, dtype=torch.float64, generator=gen)
+    w = torch.randn(6, 7, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    y = F.conv2d(x, w, padding=1)
+    gy = torch.randn(y.shape, dtype=torch.float64, generator=gen)
+    (y * gy).sum().backward()
+    ref = w.grad.numpy()
+    planes = _planes.phase_planes(x.float().numpy(), y.shape[2:], (3, 3), (1, 1), (1, 1),
+                                  (1, 1))
+    for wide in (False, True):
+        got = _planes.conv2d_weight_grad(planes, gy.float().numpy(), 1, (3, 3), threads,
+                                         wide=wide)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
 def numpy_packed(w: np.ndarray, v: int) -> np.ndarray:
     """The tiled kernels' weight layout, ceil(Cout/v) x kh x (kw*Cin) x v, by numpy's
     transposes: `pack_tiles`' reference."""
