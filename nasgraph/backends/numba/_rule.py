@@ -78,8 +78,8 @@ class Spread(NamedTuple):
         return out
 
     def added_to(self, g: np.ndarray) -> np.ndarray:
-        """g + this gradient, a new array: g's values but at the pixels, rounded as
-        `g + self.dense()` rounds them."""
+        """g + this gradient, a new array: g's values, and at the pixels their sums with
+        the values, rounded as `g + self.dense()` rounds them."""
         out = g.copy()
         self.add_into(out)
         return out

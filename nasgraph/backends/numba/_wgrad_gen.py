@@ -39,9 +39,9 @@ _wgrad_gen.py), on the stride-phase planes `_planes` lays out.
 `tile_RxS` adds to R output channels x S taps' sums over a run of samples, LANES={LANES}
 pixels at a time, in R*S*LANES scalar accumulators that LLVM packs into R*S vector
 registers (NUMBA_SLP_VECTORIZE), loaded from a float32 array and stored back: per {LANES}
-pixels, R loads of dy, S of x and R*S FMAs, no copy of the
-im2col columns. The rows of a tile share the taps' input plane, so a grouped conv
-(depthwise included) tiles each group's output channels with its own taps.
+pixels, R loads of dy, S of x and R*S FMAs, no copy of the im2col columns. The rows of a
+tile share the taps' input plane, so a grouped conv (depthwise included) tiles each
+group's output channels with its own taps.
 Tiles (R x S): {", ".join(f"{r} x {t}" for r, t in TILES)}.
 """
 
