@@ -12,7 +12,7 @@ compiles 512-bit vectors (`_isa`) `_tiled_mid` for 9-16 and `_tiled_wide` or
 output channels, is `_wgrad_nhwc`'s register tiles on the padded NHWC input the forward
 kept and dy in NHWC (`conv2d_weight_grad_nhwc`; `_wgrad_row`'s tiles of a row for
 3-column convs where they fit, `row_weight_grad`); else
-`_planes.conv2d_weight_grad` where that pays (few output channels:
+`_planes_wgrad.conv2d_weight_grad` where that pays (few output channels:
 `_conv_paths.planes_pay`), else one GEMM per chunk of samples, dw = dy @ cols, whose
 columns are whole runs of the padded NHWC rows (`conv2d_nhwc_backward`). The input
 gradient of a stride-1 conv is itself a stride-1 tiled conv of dy with the rotated kernel

@@ -1,6 +1,7 @@
 """Training rules of convolutions (`conv2d`, `fused_conv2d`): which kernels of
-`_backward_conv`, `_planes` and `_conv_matmul` run a conv's forward and its gradients, and
-what the forward keeps for the backward; `_conv_paths` says which path takes a conv.
+`_backward_conv`, `_planes`, `_planes_wgrad` and `_conv_matmul` run a conv's forward and
+its gradients, and what the forward keeps for the backward; `_conv_paths` says which path
+takes a conv.
 docs/numba.md, "Which kernel computes which gradient"."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from nasgraph.backends.numba import _depthwise as depthwise_k
 from nasgraph.backends.numba import _depthwise_flat as flat_k
 from nasgraph.backends.numba import _planes as planes_k
 from nasgraph.backends.numba import _planes_depthwise as depthwise_planes_k
+from nasgraph.backends.numba import _planes_wgrad as wgrad_planes_k
 from nasgraph.backends.numba._activations import ACT_CODES
 from nasgraph.backends.numba._conv_paths import (
     depthwise_nhwc,
@@ -229,7 +231,7 @@ def planes_dy(node: Node, saved: object, need_dx: bool) -> planes_k.PlanesFor | 
     whose weight gradient runs on the planes (`_Padded` without xp) and whose input
     gradient, wanted, is a conv of dy's planes (`planes_input_grad`), with a padding of
     half the kernel's reach and output channels in whole tiles of `_wgrad`, so that the
-    weight gradient reads dy's rows within those planes (`planes_k._rows_in_planes`).
+    weight gradient reads dy's rows within those planes (`wgrad_planes_k._rows_in_planes`).
     There the op that produces dy may write them; else None."""
     op = node.op
     if node.kind != "conv2d" or op.bias or not need_dx or not isinstance(saved, _Padded) \
@@ -242,7 +244,7 @@ def planes_dy(node: Node, saved: object, need_dx: bool) -> planes_k.PlanesFor | 
     if not _half_reach(op):
         return None
     cout = op.out_channels
-    rows, _ = planes_k._tile(1, cout, conv_b.WIDE, x_shape[1])
+    rows, _ = wgrad_planes_k._tile(1, cout, conv_b.WIDE, x_shape[1])
     if cout % rows:
         return None
     return planes_k.PlanesFor(x_shape[2:], op.kernel, op.pad, op.dilation)
@@ -262,8 +264,8 @@ def conv_backward(node: Node, gy: np.ndarray,
         gx, gw = matmul_k.dense_backward(op, saved, gy, w, needs[0])
         return [gx], _with_bias_grad(op, gw, gy)
     if isinstance(saved, _Grouped):  # dw on the planes, dx a conv on dy's or the GEMM's
-        gw = planes_k.conv2d_weight_grad(saved.planes, gy, op.groups, op.kernel, run.threads,
-                                         wide=conv_b.WIDE)
+        gw = wgrad_planes_k.conv2d_weight_grad(saved.planes, gy, op.groups, op.kernel,
+                                               run.threads, wide=conv_b.WIDE)
         gx = None
         if needs[0] and saved.x is None:
             gx, _ = planes_k.conv2d_input_grad(gy, w, saved.planes.shape, op.pad,
@@ -303,8 +305,8 @@ def conv_backward(node: Node, gy: np.ndarray,
         return [gx if needs[0] else None], _with_bias_grad(op, gw, gy)
     if isinstance(saved, planes_k.PhasePlanes):  # depthwise
         gp = depthwise_planes_k.depthwise_rows(saved, gy, conv_b.WIDE)
-        gw = planes_k.conv2d_weight_grad(saved, gy, op.groups, op.kernel, run.threads, gp,
-                                         conv_b.WIDE)
+        gw = wgrad_planes_k.conv2d_weight_grad(saved, gy, op.groups, op.kernel,
+                                               run.threads, gp, conv_b.WIDE)
         gx = depthwise_planes_k.depthwise_input_grad(
             saved, gp, w.reshape(cout, kh * kw), run.threads) if needs[0] else None
         return [gx], _with_bias_grad(op, gw, gy)
@@ -365,8 +367,8 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
         if planes is None:
             planes = planes_k.phase_planes(x, gy.shape[2:], op.kernel, op.stride, op.pad,
                                            op.dilation)
-        gw = planes_k.conv2d_weight_grad(planes, gy, 1, op.kernel, run.threads,
-                                         wide=conv_b.WIDE, dy_planes=dy_planes)
+        gw = wgrad_planes_k.conv2d_weight_grad(planes, gy, 1, op.kernel, run.threads,
+                                               wide=conv_b.WIDE, dy_planes=dy_planes)
     if gemm_dw or add_dx:
         n, _, h, wi = x.shape
         xp_shape = (n, h + 2 * op.pad[0], wi + 2 * op.pad[1], cin)

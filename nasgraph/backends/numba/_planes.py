@@ -1,18 +1,12 @@
-"""Convolutions on stride-phase planes: the layout of `_wgrad`'s register-tiled weight
-gradient, and the convs of few channels that train on it.
+"""Stride-phase planes: the layout of `_wgrad`'s register-tiled weight gradient
+(`_planes_wgrad`), and the convs of few channels that train on it.
 
-Seed 003: the weight gradient is the correlation of the input with dy,
-
-    dw[co, ci, i, j] = sum over n, oh, ow of
-                       dy[n, co, oh, ow] * xpad[n, ci, oh*sh + i*dh, ow*sw + j*dw]
-
-Laid out right, each tap's sum is a dot product of two contiguous runs. The input is split
-into its sh x sw stride phases, each zero-padded into planes Wq = Wo + (kw-1)*dw // sw wide
-(`phase_planes`); dy's rows are padded from Wo to Wq with zeros (`to_rows`). Output pixel
-(oh, ow) is then at p = oh*Wq + ow in dy's row, and tap (i, j) reads the plane of phase
-(i*dh % sh, j*dw % sw) at p + (i*dh // sh)*Wq + j*dw // sw: one offset per tap, the same
-for every pixel. The padded columns cost (Wq - Wo)/Wo more work; a 14x14 output of a 3x3
-conv, 14%. `weight_grad` runs `_wgrad`'s tiles over chunks of samples, group by group.
+The input is split into its sh x sw stride phases, each zero-padded into planes Wq = Wo +
+(kw-1)*dw // sw wide (`phase_planes`), rows of `length` values (whole vectors or tiles).
+Output pixel (oh, ow) is at p = oh*Wq + ow of a row, and tap (i, j) reads the plane of
+phase (i*dh % sh, j*dw % sw) at p + (i*dh // sh)*Wq + j*dw // sw: one offset per tap, the
+same for every pixel (`PhasePlanes.taps`). The padded columns cost (Wq - Wo)/Wo more
+work; a 14x14 output of a 3x3 conv, 14%.
 
 Depthwise convs (one input channel per group) run on the same planes
 (`_planes_depthwise`). So do the forward of ungrouped convs of few output channels, and
@@ -37,61 +31,6 @@ from nasgraph.backends.numba._masked import LANES as LANES16
 from nasgraph.backends.numba._masked import add16, into_plane, move
 
 LANES = wgrad_k.LANES  # pixels a vector of the tile kernels holds
-
-
-@njit(parallel=True, cache=True)
-def weight_grad(g1, g_at, g_c, g_n, x1, x_n, offs, parts, n_batch, blocks, steps, chunk,
-                threads):
-    """parts[t] += thread t's share of the tap sums: its samples, in chunks of `chunk`
-    whose rows and planes stay in L1 while every tile reads them, summed in float32 over
-    SUM_SAMPLES samples at a time, then added into parts in float64.
-
-    g1: dy as rows of steps*LANES values, G*blocks*R of them a sample, flat: from g_at,
-    g_c values a row apart, g_n a sample (`to_rows` lays them out so, from 0, g_c the
-    rows' length; dy's own planes hold them too, `_rows_in_planes`); x1: the input as
-    phase planes (`to_phase_planes`, flat; x_n values a sample); offs: each group's taps
-    in tiles of S, as offsets into a sample's planes (G x n_tiles x S); parts: threads x
-    G x blocks x n_tiles x R*S*LANES, float64. The tile R x S is `_wgrad`'s of those
-    sizes (`_tile`)."""
-    groups, n_tiles, s = offs.shape
-    r = parts.shape[4] // (s * LANES)
-    for t in prange(threads):
-        lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
-        total = parts[t].reshape(parts[t].size)
-        acc = np.zeros(total.size, np.float32)
-        summed = 0
-        for n0 in range(lo, hi, chunk):
-            m = min(chunk, hi - n0)
-            for g in range(groups):
-                for b in range(blocks):
-                    g_0 = g_at + n0 * g_n + (g * blocks + b) * r * g_c
-                    x_0 = n0 * x_n
-                    for k in range(n_tiles):
-                        at = ((g * blocks + b) * n_tiles + k) * r * s * LANES
-                        if r == 4:
-                            wgrad_k.tile_4x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, acc, at)
-                        elif r == 1:
-                            wgrad_k.tile_1x9(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, acc, at)
-                        elif r == 3:
-                            wgrad_k.tile_3x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, acc, at)
-                        elif r == 5:
-                            wgrad_k.tile_5x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, acc, at)
-                        elif r == 6:
-                            wgrad_k.tile_6x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, acc, at)
-                        else:
-                            wgrad_k.tile_7x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, acc, at)
-            summed += m
-            if summed >= SUM_SAMPLES or n0 + m >= hi:
-                for q in range(total.size):
-                    total[q] += acc[q]
-                    acc[q] = 0.0
-                summed = 0
 
 
 @njit(inline="always", cache=True)
@@ -134,36 +73,6 @@ def to_phase_planes(x, xq, sh, sw, ph, pw, wq):
                     else:
                         for q in range(np.uint64(q_hi - q_lo)):
                             q1[dst + q] = x1[src + q * np.uint64(sw)]
-
-
-@njit(parallel=True, cache=True)
-def to_rows(gy, gp, wq, groups):
-    """gy (N x Cout x Ho x Wo) -> gp (N x G*Cp x L): each plane's rows padded from Wo to
-    Wq with zeros, zeros past Ho rows; group g's Cout/G channels at rows g*Cp.., zero
-    rows after them (Cp >= Cout/G: whole tiles)."""
-    n_batch, cout, ho, wo = gy.shape
-    rows, length, cog = gp.shape[1], gp.shape[2], cout // groups
-    cp = rows // groups
-    g1, p1 = gy.reshape(gy.size), gp.reshape(gp.size)  # flat: views cost reference counting
-    for job in prange(n_batch * rows):
-        n, d = job // rows, job % rows
-        g, r = d // cp, d % cp
-        dst = np.uint64(job * length)
-        for k in range(np.uint64(length)):
-            p1[dst + k] = 0.0
-        if r < cog:
-            src = np.uint64((n * cout + g * cog + r) * ho * wo)
-            for row in range(ho):
-                d_row, s_row = dst + np.uint64(row * wq), src + np.uint64(row * wo)
-                for k in range(np.uint64(wo)):
-                    p1[d_row + k] = g1[s_row + k]
-
-
-# a chunk of samples' dy rows and input planes of one group, in float32 values, that
-# every tap tile of `weight_grad` reads in turn: 32 KB, within a 48 KB L1
-CHUNK_VALUES = 8192
-# samples whose tap sums `weight_grad` adds in float32 before it adds them into float64
-SUM_SAMPLES = 16
 
 
 class PhasePlanes(NamedTuple):
@@ -239,127 +148,6 @@ def _plane_geometry(out_hw: tuple[int, int], kernel: tuple[int, int],
     taps = np.array([(i * dh % sh * sw + j * dw % sw) * plane + i * dh // sh * wq
                      + j * dw // sw for i in range(kh) for j in range(kw)], np.int64)
     return wq, length, plane, taps
-
-
-def _rows(planes: PhasePlanes, gy: np.ndarray, groups: int, rows: int) -> np.ndarray:
-    # gy as `_wgrad.to_rows` lays it out: each group's channels padded to `rows` rows
-    gp = np.empty((gy.shape[0], groups * rows, planes.length), np.float32)
-    to_rows(gy, gp, planes.wq, groups)
-    return gp
-
-
-# where vectors are 512 bits, convs of these many output channels a group (but depthwise
-# ones) take a tile of as many rows (`_tile`)
-FITTED_ROWS = (3, 5, 6, 7)
-
-
-def _tile(groups: int, out_per_group: int, wide: bool = False, in_per_group: int = 1
-          ) -> tuple[int, int]:
-    """`_wgrad`'s tile (rows, taps) for a conv's weight gradient: where `wide` (vectors of
-    512 bits, 32 registers) R x 3 for a conv of R output channels a group in
-    `FITTED_ROWS`, ungrouped or of several input channels a group, which leaves no rows
-    of zeros; else 4 x 3 for ungrouped convs and groups of 4+ outputs, else 1 x 9.
-    Measured on an AVX-512 Xeon, one thread, 3x3 convs at batch 128 (docs/numba.md,
-    "Tiles of as many rows as output channels"): R x 3 takes 0.64-0.90x the time of 4 x 3
-    for 3 and 5-7 channels, 8 x 3 0.97x for 8. AVX2 keeps the 4 x 3 it was tuned with."""
-    if wide and out_per_group in FITTED_ROWS and (groups == 1 or in_per_group > 1):
-        return out_per_group, 3
-    return wgrad_k.TILES[0] if groups == 1 or out_per_group >= 4 else wgrad_k.TILES[1]
-
-
-def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
-                       kernel: tuple[int, int], threads: int,
-                       gp: np.ndarray | None = None, wide: bool = False,
-                       dy_planes: PhasePlanes | None = None) -> np.ndarray:
-    """The weight gradient of a conv, Cout x Cin/G x kh x kw, by `_wgrad`'s register-
-    tiled kernels: each tap's sum over the batch is a dot product of dy's padded rows with
-    one offset into the input's `planes`; no im2col columns are copied. gy: N x Cout x Ho
-    x Wo; `gp`: gy already laid out as `_planes_depthwise.depthwise_rows` gives it;
-    `dy_planes`: gy's planes for the input gradient (`conv2d_input_grad`), whose rows are
-    read in place where they hold `to_rows`' (`_rows_in_planes`); `wide`: vectors of 512
-    bits, which allow tiles of more rows (`_tile`)."""
-    n = gy.shape[0]
-    cout, cin = gy.shape[1], planes.shape[1]
-    cig, cog = cin // groups, cout // groups
-    r, s = _tile(groups, cog, wide, cig)
-    blocks = -(-cog // r)
-    at = None  # the rows' offset into dy's planes, where it holds them as they are
-    if dy_planes is not None and groups == 1 and blocks * r == cout:
-        at = _rows_in_planes(dy_planes, planes)
-    if at is not None:  # dy's rows, within its planes
-        g, g_c = dy_planes.xq, dy_planes.plane
-    else:
-        assert not isinstance(gy, PhasePlanes), "dy's rows must lie within its planes"
-        g = _rows(planes, gy, groups, blocks * r) if gp is None else gp
-        at, g_c = 0, planes.length
-    ntaps = cig * len(planes.taps)
-    tiles = -(-ntaps // s)
-    offs = _tap_offsets(groups, cig, tuple(planes.taps),
-                        planes.stride[0] * planes.stride[1] * planes.plane, tiles * s)
-    parts = np.zeros((threads, groups, blocks, tiles, r * s * LANES))
-    # a sample's rows and planes, a tile's group (the rows as `to_rows` lays them out,
-    # wherever they are read: the same chunks, the same sums)
-    per_group = (groups * blocks * r * planes.length + planes.xq[0].size) // groups
-    weight_grad(g.reshape(g.size), at, g_c, g[0].size, planes.xq.reshape(planes.xq.size),
-                planes.xq[0].size, offs.reshape(groups, tiles, s), parts, n, blocks,
-                planes.length // LANES, max(1, CHUNK_VALUES // per_group), threads)
-    dw = np.empty((cout, cig, *kernel), np.float32)
-    unpack_tiles(parts, dw.reshape(cout, ntaps), r, s)
-    return dw
-
-
-def _rows_in_planes(dy: PhasePlanes, planes: PhasePlanes) -> int | None:
-    """Where the rows `to_rows` lays dy out in for a weight gradient on `planes` lie
-    within dy's own planes for the input gradient (`conv2d_input_grad`, stride 1), as an
-    offset into a channel's plane; None where they do not. Both are dy's rows Wq wide:
-    dy padded by (fh, fw) in its planes, so row oh, column ow at (oh + fh)*Wq + ow + fw,
-    the columns past Wo its right padding and the next row's left, zeros. Where the
-    planes are as wide (a padding of half the kernel's reach) and long enough, `to_rows`'
-    copy is that run of them from fh*Wq + fw: 0.2 ms of a 13 ms step of the Fashion
-    ResNet (docs/numba.md, "BatchNorm left to the add, and written as the phase
-    planes")."""
-    fh, fw = dy.pad
-    at = fh * dy.wq + fw
-    if dy.wq != planes.wq or at + planes.length > dy.plane:
-        return None
-    return at
-
-
-@functools.lru_cache(maxsize=256)
-def _tap_offsets(groups: int, cig: int, taps: tuple[int, ...], channel: int,
-                 width: int) -> np.ndarray:
-    # each (input channel, tap) column's offset into a sample's planes, a group's to a
-    # row, `width` long: the last tile padded with repeats. One array per conv geometry,
-    # shared (never written)
-    ntaps = cig * len(taps)
-    offs = np.empty((groups, width), np.int64)
-    channels = np.arange(groups * cig).reshape(groups, cig, 1) * channel
-    offs[:, :ntaps] = (channels + np.array(taps)).reshape(groups, ntaps)
-    offs[:, ntaps:] = offs[:, ntaps - 1:ntaps]
-    return offs
-
-
-@njit(cache=True)
-def unpack_tiles(parts, dw, r, s):
-    """dw (Cout x Cin/G*kh*kw, float32) = `weight_grad`'s parts (threads x groups x
-    blocks x tiles x r*s*LANES, float64) summed over the threads and the lanes: tile
-    (block b, tile t) holds output channels b*r.. of its group, columns t*s.. (numpy's
-    sums and transposing copies of the small parts: 2-3x the time)."""
-    threads, groups, blocks, tiles = parts.shape[:4]
-    lanes = parts.shape[4] // (r * s)
-    cout, ntaps = dw.shape
-    cog = cout // groups
-    for g in range(groups):
-        for o in range(cog):
-            b, ro = o // r, o % r
-            for k in range(ntaps):
-                t, so = k // s, k % s
-                base = (ro * s + so) * lanes
-                total = 0.0
-                for th in range(threads):
-                    for lane in range(lanes):
-                        total += parts[th, g, b, t, base + lane]
-                dw[g * cog + o, k] = total
 
 
 PIXELS = conv_k.PIXELS  # pixels of a row of the planes that `conv2d_forward`'s tiles hold

@@ -1,5 +1,5 @@
 """Depthwise convs (one input channel per group) on stride-phase planes (`_planes`), which
-the training pass keeps for the weight gradient (`_planes.conv2d_weight_grad`).
+the training pass keeps for the weight gradient (`_planes_wgrad.conv2d_weight_grad`).
 
 The forward takes each output channel's row of the input's planes: for a 3x3 kernel a
 pixel's nine taps summed in registers (`_nine_taps`), else one axpy per tap along the
@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from nasgraph.backends.numba._planes import PhasePlanes, _rows, _tile, phase_span
+from nasgraph.backends.numba._planes import PhasePlanes, phase_span
+from nasgraph.backends.numba._planes_wgrad import _rows, _tile
 
 
 def depthwise_rows(planes: PhasePlanes, gy: np.ndarray, wide: bool = False) -> np.ndarray:

@@ -20,7 +20,7 @@ from nasgraph.backends.numba._tiled_gen import outer_product
 # of 4 or more outputs an input channel, 1 x 9 (a 3x3 kernel) for depthwise ones of fewer;
 # R*S = 12 and 9 of AVX2's 16 vector registers. Where vectors are 512 bits (32 registers),
 # ungrouped convs of 3 and 5-7 output channels take a tile of as many rows, which leaves
-# no rows of zeros (`_planes._tile`)
+# no rows of zeros (`_planes_wgrad._tile`)
 TILES = ((4, 3), (1, 9), (3, 3), (5, 3), (6, 3), (7, 3))
 LANES = 8  # pixels per vector: one AVX2 register of float32
 

@@ -339,6 +339,7 @@ def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, c
     # rows, samples split unevenly over `threads`
     from nasgraph.backends.numba import _planes as conv_b
     from nasgraph.backends.numba import _planes_depthwise as depthwise_b
+    from nasgraph.backends.numba import _planes_wgrad as wgrad_b
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, cin, 11, 9, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -356,25 +357,25 @@ def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, c
         assert got.dtype == np.float32 and got.shape == ref.shape
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
-    close(conv_b.conv2d_weight_grad(planes, gy32, groups, kernel, threads), w.grad)
+    close(wgrad_b.conv2d_weight_grad(planes, gy32, groups, kernel, threads), w.grad)
     if groups == 1 and stride == (1, 1):  # dx on dy's planes, whose rows dw may read
         gx, dy_planes = conv_b.conv2d_input_grad(gy32, w.detach().float().numpy(), x.shape,
                                                  pad, dilation, threads)
         close(gx, x.grad)
-        copied = conv_b.conv2d_weight_grad(planes, gy32, 1, kernel, threads, wide=True)
-        within = conv_b.conv2d_weight_grad(planes, gy32, 1, kernel, threads, wide=True,
+        copied = wgrad_b.conv2d_weight_grad(planes, gy32, 1, kernel, threads, wide=True)
+        within = wgrad_b.conv2d_weight_grad(planes, gy32, 1, kernel, threads, wide=True,
                                            dy_planes=dy_planes)
         np.testing.assert_array_equal(within, copied)
         # read in place where the padding is half the kernel's reach (its rows as wide)
         same = all(2 * p == (k - 1) * d for p, k, d in zip(pad, kernel, dilation, strict=True))
-        assert (conv_b._rows_in_planes(dy_planes, planes) is not None) == same
+        assert (wgrad_b._rows_in_planes(dy_planes, planes) is not None) == same
     if cin == groups:  # depthwise
         w32 = w.detach().float().numpy().reshape(cout, -1)
         out = np.empty(y.shape, np.float32)
         depthwise_b.depthwise_forward(planes, w32, None, out, threads)
         close(out, y)
         gp = depthwise_b.depthwise_rows(planes, gy32)
-        close(conv_b.conv2d_weight_grad(planes, gy32, groups, kernel, threads, gp), w.grad)
+        close(wgrad_b.conv2d_weight_grad(planes, gy32, groups, kernel, threads, gp), w.grad)
         close(depthwise_b.depthwise_input_grad(planes, gp, w32, threads), x.grad)
 
 
@@ -382,12 +383,12 @@ def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, c
 @pytest.mark.parametrize("threads", [1, 3])
 def test_weight_gradient_over_chunks_and_runs_of_samples(monkeypatch, chunk_values,
                                                          threads):
-    # `_planes.weight_grad` sums its tiles' float32 accumulators over chunks of samples
+    # `_planes_wgrad.weight_grad` sums its tiles' float32 accumulators over chunks of samples
     # (one, a few, all: chunk_values) into float64 every SUM_SAMPLES: 37 samples, split
     # unevenly over `threads`, both tile widths, against torch in float64
-    from nasgraph.backends.numba import _planes
+    from nasgraph.backends.numba import _planes, _planes_wgrad
 
-    monkeypatch.setattr(_planes, "CHUNK_VALUES", chunk_values)
+    monkeypatch.setattr(_planes_wgrad, "CHUNK_VALUES", chunk_values)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(37, 7, 12, 10, dtype=torch.float64, generator=gen)
     w = torch.randn(6, 7, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -398,8 +399,8 @@ def test_weight_gradient_over_chunks_and_runs_of_samples(monkeypatch, chunk_valu
     planes = _planes.phase_planes(x.float().numpy(), y.shape[2:], (3, 3), (1, 1), (1, 1),
                                   (1, 1))
     for wide in (False, True):
-        got = _planes.conv2d_weight_grad(planes, gy.float().numpy(), 1, (3, 3), threads,
-                                         wide=wide)
+        got = _planes_wgrad.conv2d_weight_grad(planes, gy.float().numpy(), 1, (3, 3),
+                                              threads, wide=wide)
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
@@ -642,19 +643,20 @@ def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
     # where vectors are 512 bits, convs of few output channels run forward on their
     # input's phase planes and stride-1 ones of few input channels their input gradient
     # (`planes_forward`), and their weight gradients take tiles of as many rows as they
-    # have output channels (`_planes._tile`): forced here, as on such a CPU, whatever this
+    # have output channels (`_planes_wgrad._tile`): forced here, as on such a CPU, whatever this
     # one has; every tile of either kernel, a partial block, strides, a 5x5 kernel,
     # dilation, a one-channel input, on one thread and on two, 5 samples split unevenly
     from nasgraph.backends.numba import _backward_conv as conv_b
-    from nasgraph.backends.numba import _planes, _planes_conv, _wgrad
+    from nasgraph.backends.numba import _planes, _planes_conv, _planes_wgrad, _wgrad
 
     monkeypatch.setattr(conv_b, "WIDE", True)
     rows, tiles = [], []
-    forward, tile = _planes.conv2d_forward, _planes._tile
+    forward, tile = _planes.conv2d_forward, _planes_wgrad._tile
     monkeypatch.setattr(_planes, "conv2d_forward",
                         lambda planes, w, bias, out, *args, **kw: rows.append(
                             out.shape[1]) or forward(planes, w, bias, out, *args, **kw))
-    monkeypatch.setattr(_planes, "_tile", lambda *args: tiles.append(tile(*args)) or tiles[-1])
+    monkeypatch.setattr(_planes_wgrad, "_tile",
+                        lambda *args: tiles.append(tile(*args)) or tiles[-1])
     b = GraphBuilder("planes")
     x = b.relu(b.conv(b.input(1, 30, 30), 6, 3, stride=2, padding=1))  # 15x15 out
     x = b.relu(b.bn(b.conv(x, 7, 3, padding=1, bias=False)))
