@@ -17,7 +17,8 @@ tiles, three steps on one thread, in the thread's own part of a work buffer:
    conv's register-tiled inner kernel (`_tiled._tiles`) as a 1x1 conv over the group's
    tiles, so that no second one has to be compiled;
 3. output transform and epilogue: act(A^T M A + bias + residual), written NCHW at channel
-   offset `co` or zero-padded NHWC for the next conv, as the tiled conv writes.
+   offset `co` (whole tiles 16 channels at a time through a transpose in registers) or
+   zero-padded NHWC for the next conv, as the tiled conv writes.
 
 A group's tiles go through all three steps before the next group, so the work buffer
 stays in the core's cache and the threads never wait for each other: one parallel region
@@ -41,6 +42,8 @@ from numba import njit, prange
 
 from nasgraph.backends.numba._activations import activate_call
 from nasgraph.backends.numba._tiled import R, V, _strides, _tiles, zero_border
+from nasgraph.backends.numba._transpose import BLOCK as SIDE
+from nasgraph.backends.numba._transpose import transpose16
 
 FASTMATH = {"contract", "nsz", "arcp"}
 
@@ -54,17 +57,54 @@ AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
                [0, 1, -1, 8, -8, 1]], float)
 
 
-def pack_weights(w: np.ndarray) -> np.ndarray:
-    """Cout x Cin x 3 x 3 -> U = G g G^T as 36 x ceil(Cout/V) x Cin x V (computed in float64,
-    output channels zero-padded to whole blocks): the layout `_tiles` reads its weights
-    in, with position ab and channel block cb at block ab * blocks + cb."""
-    cout, cin = w.shape[:2]
-    u = np.einsum("ai,ocij,bj->abco", G, w.astype(np.float64), G)  # 6 x 6 x Cin x Cout
+def pack_weights(w: np.ndarray, flip: bool = False) -> np.ndarray:
+    """Cout x Cin x 3 x 3 -> U = G g G^T as 36 x ceil(Cout/V) x Cin x V (float32, computed
+    in float64, output channels zero-padded to whole blocks): the layout `_tiles` reads its
+    weights in, with position ab and channel block cb at block ab * blocks + cb. With
+    `flip`, w is Cin x Cout x 3 x 3 and each kernel is rotated by 180 degrees: the weights
+    of the conv that is a stride-1 conv's input gradient (seed 003), as training packs
+    them every step (`_transform`: 0.1 ms for 64 x 64 channels, one thread)."""
+    cout, cin = (w.shape[1], w.shape[0]) if flip else w.shape[:2]
+    # taps outermost, output channels innermost: the transform's runs
+    taps = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1) if flip else w.transpose(2, 3, 1, 0)
     blocks = -(-cout // V)
-    padded = np.zeros((36, cin, blocks * V))
-    padded[..., :cout] = u.reshape(36, cin, cout)
-    packed = padded.reshape(36, cin, blocks, V).transpose(0, 2, 1, 3)
-    return np.ascontiguousarray(packed, np.float32)
+    u = (np.zeros if cout % V else np.empty)((36, blocks, cin, V), np.float32)
+    _transform(np.ascontiguousarray(taps, np.float32), u)
+    return u
+
+
+@njit(cache=True)
+def _transform(taps, u):
+    """u[a*6 + b, o // V, c, o % V] = (G g G^T)[a, b] for the 3x3 kernel g[i, j] = taps[i,
+    j, c, o], in float64, as T = G g, then T G^T (G's rows written out), V output channels
+    at a time."""
+    h0, h1, h2, h3 = 1 / 4, 1 / 6, 1 / 12, 1 / 24
+    cin, cout = taps.shape[2], taps.shape[3]
+    t = np.empty((6, 3, V))
+    for c in range(cin):
+        for cb in range((cout + V - 1) // V):
+            o0 = cb * V
+            for j in range(3):
+                for v in range(min(V, cout - o0)):
+                    g0 = np.float64(taps[0, j, c, o0 + v])
+                    g1 = np.float64(taps[1, j, c, o0 + v])
+                    g2 = np.float64(taps[2, j, c, o0 + v])
+                    t[0, j, v] = g0 * h0
+                    t[1, j, v] = -(g0 + g1 + g2) * h1
+                    t[2, j, v] = -(g0 - g1 + g2) * h1
+                    t[3, j, v] = g0 * h3 + g1 * h2 + g2 * h1
+                    t[4, j, v] = g0 * h3 - g1 * h2 + g2 * h1
+                    t[5, j, v] = g2
+            for a in range(6):
+                b = a * 6
+                for v in range(min(V, cout - o0)):
+                    g0, g1, g2 = t[a, 0, v], t[a, 1, v], t[a, 2, v]
+                    u[b, cb, c, v] = g0 * h0
+                    u[b + 1, cb, c, v] = -(g0 + g1 + g2) * h1
+                    u[b + 2, cb, c, v] = -(g0 - g1 + g2) * h1
+                    u[b + 3, cb, c, v] = g0 * h3 + g1 * h2 + g2 * h1
+                    u[b + 4, cb, c, v] = g0 * h3 - g1 * h2 + g2 * h1
+                    u[b + 5, cb, c, v] = g2
 
 
 WORK_BYTES = 1 << 21  # a thread's work buffer, at most (groups of R tiles excepted)
@@ -240,6 +280,25 @@ def _output_tile(m, m0, coutp, c0, c1, bias, tmp, h, dst, d0, d_h, d_w, res1, r0
                 dst[o3 + k] = min(max(y3 + b, lo), hi)
 
 
+@njit(inline="always", cache=True)
+def _store_planes(y, y0, coutp, c0, c1, out1, at, o_c, o_h, h):
+    """A whole tile's 4 x 4 pixels of channels c0..c1 (c0 a multiple of V; pixel (a, b) of
+    channel c at y0 + (a*4 + b)*coutp + c in y) to NCHW planes (at at + c*o_c + a*o_h + b
+    in `out1`): 16 channels at a time transposed in registers (`transpose16`) into
+    y[h:h + 256], then each channel's four rows of four. Value by value (`_store_tile`),
+    a store a channel apart: 1.5x the whole conv's time on 64 channels at 16 x 16."""
+    hu, cu = np.uint64(h), np.uint64(coutp)
+    for c in range(c0, c1, SIDE):
+        transpose16(y, np.uint64(y0 + c), cu, y, hu, np.uint64(SIDE))
+        for k in range(min(SIDE, c1 - c)):
+            s = hu + np.uint64(k * SIDE)
+            o = np.uint64(at + (c + k) * o_c)
+            for a in range(4):  # loaded before stored: a vector each (y may be out1)
+                q, r = o + np.uint64(a * o_h), s + np.uint64(4 * a)
+                v0, v1, v2, v3 = y[r], y[r + 1], y[r + 2], y[r + 3]
+                out1[q], out1[q + 1], out1[q + 2], out1[q + 3] = v0, v1, v2, v3
+
+
 @njit(cache=True)
 def _store_tile(y, y0, coutp, c0, c1, rows, cols, act, has_res, out1, at, o_c, o_h, o_w,
                 res1, rt, r_c, r_h, r_w):
@@ -302,8 +361,10 @@ def _job(xf, hp, row, x_off, cin, uf, zeros, blocks, bias, t0, t1, cb0, cb1, cou
                    m_0, one, zero, 36 * coutp, wf, zero, one, zero, zero)
     c0, c1 = cb0 * V, min(cb1 * V, cout)
     # the identity, ReLU and ReLU6 as a clamp, written straight to channels-contiguous
-    # outputs; the rest through y, this tile's 4 x 4 x Cout values
+    # outputs, or through y, this tile's 4 x 4 x Cout values, transposed to NCHW ones;
+    # the rest through y value by value
     clamp = act <= 2 and o_c == 1 and (r_c == 1 or not has_res)
+    planes = act <= 2 and o_w == 1 and o_c != 1 and not has_res
     lo = np.float32(-np.inf) if act == 0 else np.float32(0.0)
     hi = np.float32(6.0) if act == 2 else np.float32(np.inf)
     for t in range(t0, t1):  # 3. act(A^T M A + bias + residual)
@@ -315,6 +376,10 @@ def _job(xf, hp, row, x_off, cin, uf, zeros, blocks, bias, t0, t1, cb0, cb1, cou
         if clamp and i0 + 4 <= ho and j0 + 4 <= wo:
             _output_tile(wf, m, coutp, c0, c1, bias, wf, h_0, out1, at, o_h, o_w, res1, rt,
                          r_h, r_w, has_res, lo, hi)
+        elif planes and i0 + 4 <= ho and j0 + 4 <= wo:
+            _output_tile(wf, m, coutp, c0, c1, bias, wf, h_0, wf, m, 4 * coutp, coutp,
+                         res1, zero, zero, zero, zero, lo, hi)
+            _store_planes(wf, m, coutp, c0, c1, out1, at, o_c, o_h, h_0)
         else:  # y overwrites the tile's own products, read into tmp before
             _output_tile(wf, m, coutp, c0, c1, bias, wf, h_0, wf, m, 4 * coutp, coutp,
                          res1, zero, zero, zero, zero, np.float32(-np.inf),

@@ -507,6 +507,63 @@ def test_tiles_of_a_row_match_torch(monkeypatch, cout, width, kernel, stride, di
     assert len(calls) == (4 if stride == 1 else 2)
 
 
+@pytest.mark.parametrize("cin, cout, height, width", [(64, 64, 8, 8), (72, 64, 9, 11),
+                                                      (64, 80, 13, 16)])
+def test_winograd_convs_in_training_match_torch(monkeypatch, cin, cout, height, width):
+    # 3x3 stride-1 convs of 64 channels and more on maps of 8 x 8 and more
+    # (`winograd_pays`): forward with a bias and the input gradient (F(4x4, 3x3) of dy
+    # with the kernel rotated and its channel axes swapped, `pack_weights(w, flip=True)`),
+    # on one thread and two; 5 samples, sizes not a multiple of the 4x4 tile (edge tiles
+    # go value by value), channels not a multiple of 16 (a padded block), outputs NCHW
+    # (`_winograd._store_planes`). Winograd rounds more than a direct conv: 1e-6 to 1e-5
+    # of the output's scale (docs/numba.md)
+    from nasgraph.backends.numba import _backward_conv as conv_b
+    from nasgraph.backends.numba import _winograd
+
+    calls = []
+    for name in ("conv2d_winograd", "conv2d_winograd_1"):
+        kernel_fn = getattr(_winograd, name)
+        monkeypatch.setattr(_winograd, name, lambda *a, f=kernel_fn: calls.append(1) or f(*a))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, cin, height, width, generator=gen, dtype=torch.float64,
+                    requires_grad=True)
+    w = torch.randn(cout, cin, 3, 3, generator=gen, dtype=torch.float64) / (3 * cin ** 0.5)
+    bias = torch.randn(cout, generator=gen, dtype=torch.float64)
+    y = F.conv2d(x, w, bias, padding=1)
+    gy = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    y.backward(gy)
+    ref, ref_gx = y.detach().numpy(), x.grad.numpy()
+    f32 = functools.partial(np.asarray, dtype=np.float32)
+    for threads in (1, 2):
+        out = np.empty(ref.shape, np.float32)
+        xp = conv_b.padded_nhwc(f32(x.detach()), (1, 1), threads)
+        conv_b.conv2d_direct(xp, f32(w), f32(bias), out, (1, 1), 1, threads)
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=3e-5 * np.abs(ref).max())
+        gx = np.empty(ref_gx.shape, np.float32)
+        conv_b.conv2d_input_grad(f32(gy), f32(w), gx, (1, 1), 1, threads)
+        np.testing.assert_allclose(gx, ref_gx, rtol=1e-4, atol=3e-5 * np.abs(ref_gx).max())
+    assert len(calls) == 4
+
+
+def test_a_resnet_block_of_64_channels_trains_on_winograd(monkeypatch):
+    # a step through Winograd convs (forward, input gradient) beside the tiled kernels'
+    # weight gradient, BatchNorm and a residual, against torch, one thread and two
+    from nasgraph.backends.numba import _backward_conv as conv_b
+
+    calls = []
+    kernel_fn = conv_b.conv2d_winograd
+    monkeypatch.setattr(conv_b, "conv2d_winograd",
+                        lambda *a, f=kernel_fn: calls.append(a[1].shape) or f(*a))
+    b = GraphBuilder("winograd_block")
+    x = b.relu(b.bn(b.conv(b.input(3, 10, 9), 64, 3, padding=1)))  # tiled: 3 inputs
+    h = b.relu(b.bn(b.conv(x, 64, 3, padding=1, bias=False)))
+    x = b.relu(b.add([b.bn(b.conv(h, 64, 3, padding=1, bias=False)), x]))
+    b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
+    passes = check_on_one_thread_and_two(b.build())
+    # per pass: two forward convs and their two input gradients
+    assert len(calls) == 4 * passes
+
+
 @pytest.mark.parametrize("cin, cout, width", [(8, 9, 4), (16, 16, 8), (24, 12, 12),
                                               (12, 28, 6), (8, 64, 4)])
 @pytest.mark.parametrize("kernel, stride, dilation", [((3, 3), 1, 1), ((3, 3), 2, 1),

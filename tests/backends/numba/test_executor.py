@@ -334,6 +334,22 @@ def test_winograd_transforms_compute_the_correlation():
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_winograd_weights_are_the_kernel_transform():
+    # pack_weights: U = G g G^T in `_tiles`' layout (36 x channel blocks x Cin x V), the
+    # output channels zero-padded; with flip, of the kernel rotated and its channel axes
+    # swapped (a stride-1 conv's input gradient)
+    from nasgraph.backends.numba._winograd import G, V, pack_weights
+
+    w = np.random.default_rng(0).standard_normal((20, 7, 3, 3)).astype(np.float32)
+    u = np.einsum("ai,ocij,bj->abco", G, w.astype(np.float64), G).reshape(36, 7, 20)
+    want = np.zeros((36, 7, 2 * V))
+    want[..., :20] = u
+    want = want.reshape(36, 7, 2, V).transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(pack_weights(w), want, rtol=1e-6, atol=1e-7)
+    rotated = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+    assert np.array_equal(pack_weights(rotated, flip=True), pack_weights(w))
+
+
 @pytest.mark.parametrize("fn", [None, "relu", "relu6", "silu"])
 @pytest.mark.parametrize(("batch", "threads"), [(1, 2), (3, 1)])
 def test_winograd_convs_agree_with_torch(fn, batch, threads):
