@@ -73,17 +73,17 @@ def pack_weights(w: np.ndarray, flip: bool = False) -> np.ndarray:
     return u
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)
 def _transform(taps, u):
     """u[a*6 + b, o // V, c, o % V] = (G g G^T)[a, b] for the 3x3 kernel g[i, j] = taps[i,
     j, c, o], in float64, as T = G g, then T G^T (G's rows written out), V output channels
-    at a time."""
+    at a time, in the order u is laid out in (a block of them a job)."""
     h0, h1, h2, h3 = 1 / 4, 1 / 6, 1 / 12, 1 / 24
     cin, cout = taps.shape[2], taps.shape[3]
-    t = np.empty((6, 3, V))
-    for c in range(cin):
-        for cb in range((cout + V - 1) // V):
-            o0 = cb * V
+    for cb in prange((cout + V - 1) // V):
+        t = np.empty((6, 3, V))
+        o0 = cb * V
+        for c in range(cin):
             for j in range(3):
                 for v in range(min(V, cout - o0)):
                     g0 = np.float64(taps[0, j, c, o0 + v])
