@@ -154,6 +154,18 @@ def check_on_one_thread_and_two(graph: Graph) -> int:
     return len(counts)
 
 
+def check_same_bits_as_summed_eagerly(graph: Graph, monkeypatch) -> None:
+    """`graph`'s gradients, with the walker handing terms on unsummed (`Terms`, `Spread`)
+    to the rules that take them, bit for bit as when it sums every gradient as it
+    comes."""
+    state, (xs, ys) = perturbed_state(graph), batch(graph, 5)
+    summed = loss_and_grads(graph, state, xs, ys)
+    monkeypatch.setattr(grad_module, "_takes_terms", lambda node, plan: False)
+    eager = loss_and_grads(graph, state, xs, ys)
+    for key, g in eager.grads.items():
+        np.testing.assert_array_equal(summed.grads[key], g, err_msg=key)
+
+
 def single_op_graph(body: Callable[[GraphBuilder, Tensor], Tensor],
                     shape: tuple[int, int, int] = (3, 10, 10)) -> Graph:
     """input -> conv 3x3 (so that a gradient flows into the op) -> body -> flatten ->
@@ -1109,12 +1121,7 @@ def test_gradients_in_terms_are_summed_in_the_activations_pass(monkeypatch):
                         calls.append(1) or f(*a))
     check_against_torch(graph, n=5)
     assert len(calls) == 2
-    state, (xs, ys) = perturbed_state(graph), batch(graph, 5)
-    summed = loss_and_grads(graph, state, xs, ys)
-    monkeypatch.setattr(grad_module, "_takes_terms", lambda node, plan: False)
-    eager = loss_and_grads(graph, state, xs, ys)
-    for key, g in eager.grads.items():
-        np.testing.assert_array_equal(summed.grads[key], g, err_msg=key)
+    check_same_bits_as_summed_eagerly(graph, monkeypatch)
 
 
 @pytest.mark.parametrize("stride", [(2, 2), (2, 1), (3, 2)])
@@ -1159,12 +1166,7 @@ def test_a_strided_pointwise_convs_input_gradient_is_summed_at_its_pixels(monkey
                         lambda *a, f=elem_b.relu_backward_spread: calls.append(1) or f(*a))
     passes = check_on_one_thread_and_two(graph)
     assert len(calls) == 2 * passes
-    state, (xs, ys) = perturbed_state(graph), batch(graph, 5)
-    summed = loss_and_grads(graph, state, xs, ys)
-    monkeypatch.setattr(grad_module, "_takes_terms", lambda node, plan: False)
-    eager = loss_and_grads(graph, state, xs, ys)
-    for key, g in eager.grads.items():
-        np.testing.assert_array_equal(summed.grads[key], g, err_msg=key)
+    check_same_bits_as_summed_eagerly(graph, monkeypatch)
 
 
 @pytest.mark.parametrize("training", [True, False])
