@@ -22,6 +22,7 @@ LANES = 16  # values a `copy16` moves at most
 _F32X16 = ir.VectorType(ir.FloatType(), LANES)
 _I1X16 = ir.VectorType(ir.IntType(1), LANES)
 _I32 = ir.IntType(32)
+_I32X16 = ir.VectorType(_I32, LANES)
 
 
 @intrinsic
@@ -77,10 +78,13 @@ def _masked_load_store(builder: ir.IRBuilder, s_ptr, d_ptr) -> tuple:
 
 
 def _first(builder: ir.IRBuilder, count: ir.Value) -> ir.Value:
-    # the mask of lanes j < count (count <= 16): the low `count` bits of an i16
-    bits = builder.sub(builder.shl(ir.Constant(_I32, 1), builder.trunc(count, _I32)),
-                       ir.Constant(_I32, 1))
-    return builder.bitcast(builder.trunc(bits, ir.IntType(LANES)), _I1X16)
+    # the mask of lanes j < count (count <= 16), as the lane numbers compared with count
+    # (a vector compare on either ISA); an i16 of count low bits bitcast to the mask is one
+    # move into a mask register on AVX-512 but a test and an insert a lane on AVX2
+    splat = builder.insert_element(ir.Constant(_I32X16, None), builder.trunc(count, _I32),
+                                   ir.Constant(_I32, 0))
+    splat = builder.shuffle_vector(splat, splat, ir.Constant(_I32X16, [0] * LANES))
+    return builder.icmp_unsigned("<", ir.Constant(_I32X16, list(range(LANES))), splat)
 
 
 @njit(inline="always", cache=True)

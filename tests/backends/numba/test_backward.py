@@ -1043,13 +1043,14 @@ def test_masked_moves_write_their_span_alone():
         _masked.into_plane(src, np.uint64(a), dst, np.uint64(at), h, w, wq, ph, pw, plane)
 
     src = np.arange(1, 401, dtype=np.float32)
-    for n, m in [(14, 16), (0, 5), (16, 16), (3, 3), (7, 9), (20, 20), (33, 40), (0, 17)]:
+    every_mask = [(n, m) for m in range(17) for n in range(m + 1)]  # each lane count
+    for n, m in every_mask + [(20, 20), (33, 40), (0, 17)]:
         dst = np.full(100, -1, np.float32)
         moved(src, 5, n, dst, 11, m)
         want = np.full(100, -1, np.float32)
         want[11:11 + n], want[11 + n:11 + m] = src[5:5 + n], 0
         np.testing.assert_array_equal(dst, want)
-    for n in (0, 7, 14, 16):  # `add16`: the sum of a float32 and a value, n of them
+    for n in range(17):  # `add16`: the sum of a float32 and a value, n of them
         dst = np.full(40, -1, np.float32)
         added(src, 3, n, dst, 9, 0.1)
         want = np.full(40, -1, np.float32)
