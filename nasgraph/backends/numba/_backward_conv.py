@@ -309,16 +309,22 @@ def conv2d_direct(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: n
 def winograd_pays(cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int],
                   dilation: int, out_size: tuple[int, int]) -> bool:
     """Whether `conv2d_direct` runs a conv as Winograd F(4x4, 3x3) (`conv2d_winograd`): 3x3,
-    stride 1, no dilation, at least 64 input and output channels, maps of at least 8 x 8.
-    Measured on an AVX-512 Xeon, one thread, batch 64, weights transformed in the call,
-    output NCHW, against the direct kernels here: 0.64-0.79x the time for 64-128 channels
-    on 8x8 and 16x16 maps; 32 channels 0.93-1.05x (8x8 to 32x32), 1.03x on 4x4 maps
-    (docs/numba.md, "Winograd in training")."""
+    stride 1, no dilation, maps of at least 4 x 4, and at least as many input and output
+    channels as `WINOGRAD_FROM` gives for the vector width. One thread, weights transformed
+    in the call, output NCHW, against the direct kernels here (docs/numba.md, "Winograd in
+    training"). On an AVX-512 Xeon, batch 64 and 128: 0.58-0.79x the time for 64-128
+    channels on 4x4 to 16x16 maps; 32-45 channels 0.85-1.05x. Compiled for AVX2
+    (`NUMBA_CPU_NAME=haswell`) on the same Xeon, where the direct kernel is the 6 x 16
+    tile: 0.40-0.91x for 28-90 channels on 4x4 to 16x16 maps (28 on 14x14 0.97-0.99x), 16-24
+    channels 0.93-1.13x. On 2 x 2 maps the kernel's 4 x 4 tiles do not fit."""
+    channels, side = WINOGRAD_FROM[WIDE]
     return (kernel == (3, 3) and tuple(stride) == (1, 1) and dilation == 1
-            and min(cin, cout) >= WINOGRAD_CHANNELS and min(out_size) >= 8)
+            and min(cin, cout) >= channels and min(out_size) >= side)
 
 
-WINOGRAD_CHANNELS = 64  # `winograd_pays`'s fewest input and output channels
+# `winograd_pays`' fewest input and output channels and smallest map side, where vectors
+# are 512 bits (`WIDE`: True) and where they are 256
+WINOGRAD_FROM = {True: (64, 4), False: (28, 4)}
 
 
 def conv2d_winograd(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None,

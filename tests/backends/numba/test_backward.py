@@ -520,18 +520,21 @@ def test_tiles_of_a_row_match_torch(monkeypatch, cout, width, kernel, stride, di
 
 
 @pytest.mark.parametrize("cin, cout, height, width", [(64, 64, 8, 8), (72, 64, 9, 11),
-                                                      (64, 80, 13, 16)])
+                                                      (64, 80, 13, 16), (64, 64, 4, 4),
+                                                      (28, 30, 4, 5), (28, 28, 7, 7)])
 def test_winograd_convs_in_training_match_torch(monkeypatch, cin, cout, height, width):
-    # 3x3 stride-1 convs of 64 channels and more on maps of 8 x 8 and more
-    # (`winograd_pays`): forward with a bias and the input gradient (F(4x4, 3x3) of dy
-    # with the kernel rotated and its channel axes swapped, `pack_weights(w, flip=True)`),
-    # on one thread and two; 5 samples, sizes not a multiple of the 4x4 tile (edge tiles
-    # go value by value), channels not a multiple of 16 (a padded block), outputs NCHW
-    # (`_winograd._store_planes`). Winograd rounds more than a direct conv: 1e-6 to 1e-5
-    # of the output's scale (docs/numba.md)
+    # 3x3 stride-1 convs that `winograd_pays` sends to Winograd, by the rule where vectors
+    # are 256 bits (from 28 channels) on either ISA: forward with a bias and the input
+    # gradient (F(4x4, 3x3) of dy with the kernel rotated and its channel axes swapped,
+    # `pack_weights(w, flip=True)`), on one thread and two; 5 samples, maps from one 4x4
+    # tile up, sizes not a multiple of the tile (edge tiles go value by value), channels
+    # not a multiple of 16 (a padded block), outputs NCHW (`_winograd._store_planes`).
+    # Winograd rounds more than a direct conv: 1e-6 to 1e-5 of the output's scale
+    # (docs/numba.md)
     from nasgraph.backends.numba import _backward_conv as conv_b
     from nasgraph.backends.numba import _winograd
 
+    monkeypatch.setitem(conv_b.WINOGRAD_FROM, conv_b.WIDE, conv_b.WINOGRAD_FROM[False])
     calls = []
     for name in ("conv2d_winograd", "conv2d_winograd_1"):
         kernel_fn = getattr(_winograd, name)
