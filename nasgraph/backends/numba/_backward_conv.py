@@ -8,8 +8,8 @@ no dilation across, wider than 1x1 or strided) train on it too, on x zero-padded
 (`conv2d_direct`; `_tiled_narrow` for at most 8 output channels, and where numba
 compiles 512-bit vectors (`_isa`) `_tiled_mid` for 9-16 and `_tiled_wide` or
 `_tiled_wide48` for more; 3-column convs of 9-16 on `_tiled_row`'s tiles of a row,
-`row_tiles`). Their weight gradient, where vectors are 512 bits and there are more than 8
-output channels, is `_wgrad_nhwc`'s register tiles on the padded NHWC input the forward
+`row_tiles`). Their weight gradient, where vectors are 512 bits and there are more than
+8 output channels, is `_wgrad_nhwc`'s register tiles on the padded NHWC input the forward
 kept and dy in NHWC (`conv2d_weight_grad_nhwc`; `_wgrad_row`'s tiles of a row for
 3-column convs where they fit, `row_weight_grad`); else
 `_planes_wgrad.conv2d_weight_grad` where that pays (few output channels:
@@ -364,8 +364,8 @@ def conv2d_input_grad(gy: np.ndarray, w: np.ndarray, gx: np.ndarray, pad: tuple[
     convolution of gy with the kernel rotated by 180 degrees and its channel axes
     swapped (seed 003), that is a stride-1 conv of gy padded by (k - 1) * d - p,
     run by `conv2d_winograd` where that pays (`winograd_pays`), else by `conv2d_direct`.
-    Overwrites gx; returns gy's padded NHWC copy, which the
-    weight gradient may read (`dy_padding`). gy may come so already (`PaddedNHWC`)."""
+    Overwrites gx; returns gy's padded NHWC copy, which the weight gradient may read
+    (`dy_padding`). gy may come so already (`PaddedNHWC`)."""
     if isinstance(gy, PaddedNHWC):
         gp = gy.xp
     else:
