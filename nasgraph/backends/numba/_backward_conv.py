@@ -303,17 +303,18 @@ def conv2d_direct(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: n
         0, out.shape[2], out.shape[3], -1, -1, threads)
 
 
-def winograd_pays(cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int],
-                  dilation: int, out_size: tuple[int, int]) -> bool:
-    """Whether `conv2d_input_grad` runs as Winograd F(4x4, 3x3) (`conv2d_winograd`): 3x3,
-    stride 1, no dilation, maps of at least 4 x 4, and at least as many input and output
-    channels as `WINOGRAD_FROM` gives for the vector width. One thread, weights transformed
-    in the call, output NCHW, against the direct kernels here (docs/numba.md, "Winograd in
-    training"). On an AVX-512 Xeon, batch 64 and 128: 0.58-0.79x the time for 64-128
-    channels on 4x4 to 16x16 maps; 32-45 channels 0.85-1.05x. Compiled for AVX2
-    (`NUMBA_CPU_NAME=haswell`) on the same Xeon, where the direct kernel is the 6 x 16
-    tile: 0.40-0.91x for 28-90 channels on 4x4 to 16x16 maps (28 on 14x14 0.97-0.99x), 16-24
-    channels 0.93-1.13x. On 2 x 2 maps the kernel's 4 x 4 tiles do not fit.
+def winograd_pays(cin: int, cout: int, kernel: tuple[int, int], dilation: int,
+                  out_size: tuple[int, int]) -> bool:
+    """Whether `conv2d_input_grad` (a stride-1 conv) runs as Winograd F(4x4, 3x3)
+    (`conv2d_winograd`): 3x3, no dilation, maps of at least 4 x 4, and at least as many
+    input and output channels as `WINOGRAD_FROM` gives for the vector width. One thread,
+    weights transformed in the call, output NCHW, against the direct kernels here
+    (docs/numba.md, "Winograd in training"). On an AVX-512 Xeon, batch 64 and 128:
+    0.58-0.79x the time for 64-128 channels on 4x4 to 16x16 maps; 32-45 channels
+    0.85-1.05x. Compiled for AVX2 (`NUMBA_CPU_NAME=haswell`) on the same Xeon, where the
+    direct kernel is the 6 x 16 tile: 0.40-0.91x for 28-90 channels on 4x4 to 16x16 maps
+    (28 on 14x14 0.97-0.99x), 16-24 channels 0.93-1.13x. On 2 x 2 maps the kernel's 4 x 4
+    tiles do not fit.
 
     The input gradient only: Winograd rounds 1e-6 to 1e-5 of a conv's output scale, the
     direct kernel about 1e-7, and in the forward that error reaches the BatchNorm
@@ -323,8 +324,8 @@ def winograd_pays(cin: int, cout: int, kernel: tuple[int, int], stride: tuple[in
     8x), and by 11% of a conv's with the rule for AVX2. The input gradient's error goes
     back through the BatchNorms linearly: the zoo's tests pass."""
     channels, side = WINOGRAD_FROM[WIDE]
-    return (kernel == (3, 3) and tuple(stride) == (1, 1) and dilation == 1
-            and min(cin, cout) >= channels and min(out_size) >= side)
+    return (kernel == (3, 3) and dilation == 1 and min(cin, cout) >= channels
+            and min(out_size) >= side)
 
 
 # `winograd_pays`' fewest input and output channels and smallest map side, where vectors
@@ -370,7 +371,7 @@ def conv2d_input_grad(gy: np.ndarray, w: np.ndarray, gx: np.ndarray, pad: tuple[
         gp = gy.xp
     else:
         gp = padded_nhwc(gy, dy_padding(w.shape[2:], pad, dilation), threads)
-    if winograd_pays(w.shape[0], w.shape[1], w.shape[2:], (1, 1), dilation, gx.shape[2:]):
+    if winograd_pays(w.shape[0], w.shape[1], w.shape[2:], dilation, gx.shape[2:]):
         conv2d_winograd(gp, w, None, gx, threads, flip=True)
     else:
         conv2d_direct(gp, w, None, gx, (1, 1), dilation, threads, flip=True)
