@@ -25,6 +25,34 @@ from nasgraph.backends.numba import _wgrad as wgrad_k
 from nasgraph.backends.numba._planes import LANES, PhasePlanes
 
 
+@njit(inline="always", cache=True)
+def _sum_tiles(tile, lanes, g1, g_at, g_c, g_n, x1, x_n, offs, parts, n_batch, blocks, steps,
+               chunk, t, threads):
+    # thread t's share of `weight_grad`, by `tile` (`_wgrad.tile`, or `_wgrad.tile_wide`
+    # for vectors of `lanes` pixels)
+    groups, n_tiles, s = offs.shape
+    r = parts.shape[4] // (s * lanes)
+    lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
+    total = parts[t].reshape(parts[t].size)
+    acc = np.zeros(total.size, np.float32)
+    summed = 0
+    for n0 in range(lo, hi, chunk):
+        m = min(chunk, hi - n0)
+        for g in range(groups):
+            for b in range(blocks):
+                g_0 = g_at + n0 * g_n + (g * blocks + b) * r * g_c
+                x_0 = n0 * x_n
+                for k in range(n_tiles):
+                    at = ((g * blocks + b) * n_tiles + k) * r * s * lanes
+                    tile(r, g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m, steps, acc, at)
+        summed += m
+        if summed >= SUM_SAMPLES or n0 + m >= hi:
+            for q in range(total.size):
+                total[q] += acc[q]
+                acc[q] = 0.0
+            summed = 0
+
+
 @njit(parallel=True, cache=True)
 def weight_grad(g1, g_at, g_c, g_n, x1, x_n, offs, parts, n_batch, blocks, steps, chunk,
                 threads):
@@ -38,46 +66,21 @@ def weight_grad(g1, g_at, g_c, g_n, x1, x_n, offs, parts, n_batch, blocks, steps
     phase planes (`to_phase_planes`, flat; x_n values a sample); offs: each group's taps
     in tiles of S, as offsets into a sample's planes (G x n_tiles x S); parts: threads x
     G x blocks x n_tiles x R*S*LANES, float64. The tile R x S is `_wgrad`'s of those
-    sizes (`_tile`)."""
-    groups, n_tiles, s = offs.shape
-    r = parts.shape[4] // (s * LANES)
+    sizes (`_tile`) on vectors of LANES = 8 pixels; `weight_grad_wide` runs its tiles of
+    16."""
     for t in prange(threads):
-        lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
-        total = parts[t].reshape(parts[t].size)
-        acc = np.zeros(total.size, np.float32)
-        summed = 0
-        for n0 in range(lo, hi, chunk):
-            m = min(chunk, hi - n0)
-            for g in range(groups):
-                for b in range(blocks):
-                    g_0 = g_at + n0 * g_n + (g * blocks + b) * r * g_c
-                    x_0 = n0 * x_n
-                    for k in range(n_tiles):
-                        at = ((g * blocks + b) * n_tiles + k) * r * s * LANES
-                        if r == 4:
-                            wgrad_k.tile_4x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, acc, at)
-                        elif r == 1:
-                            wgrad_k.tile_1x9(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, acc, at)
-                        elif r == 3:
-                            wgrad_k.tile_3x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, acc, at)
-                        elif r == 5:
-                            wgrad_k.tile_5x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, acc, at)
-                        elif r == 6:
-                            wgrad_k.tile_6x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, acc, at)
-                        else:
-                            wgrad_k.tile_7x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m,
-                                             steps, acc, at)
-            summed += m
-            if summed >= SUM_SAMPLES or n0 + m >= hi:
-                for q in range(total.size):
-                    total[q] += acc[q]
-                    acc[q] = 0.0
-                summed = 0
+        _sum_tiles(wgrad_k.tile, wgrad_k.LANES, g1, g_at, g_c, g_n, x1, x_n, offs, parts,
+                   n_batch, blocks, steps, chunk, t, threads)
+
+
+@njit(parallel=True, cache=True)
+def weight_grad_wide(g1, g_at, g_c, g_n, x1, x_n, offs, parts, n_batch, blocks, steps,
+                     chunk, threads):
+    """`weight_grad` by `_wgrad`'s tiles of 16 pixels a vector (`WIDE_TILES`): rows
+    `steps` * 16 values long."""
+    for t in prange(threads):
+        _sum_tiles(wgrad_k.tile_wide, wgrad_k.WIDE_LANES, g1, g_at, g_c, g_n, x1, x_n, offs,
+                   parts, n_batch, blocks, steps, chunk, t, threads)
 
 
 @njit(parallel=True, cache=True)
@@ -118,22 +121,38 @@ def _rows(planes: PhasePlanes, gy: np.ndarray, groups: int, rows: int) -> np.nda
 
 
 # where vectors are 512 bits, convs of these many output channels a group (but depthwise
-# ones) take a tile of as many rows (`_tile`)
+# ones) take a tile of as many rows (`_tile`); 8 as well on tiles of 16 pixels
 FITTED_ROWS = (3, 5, 6, 7)
 
 
-def _tile(groups: int, out_per_group: int, wide: bool = False, in_per_group: int = 1
-          ) -> tuple[int, int]:
+def _tile(groups: int, out_per_group: int, wide: bool = False, in_per_group: int = 1,
+          lanes: int = LANES) -> tuple[int, int]:
     """`_wgrad`'s tile (rows, taps) for a conv's weight gradient: where `wide` (vectors of
     512 bits, 32 registers) R x 3 for a conv of R output channels a group in
-    `FITTED_ROWS`, ungrouped or of several input channels a group, which leaves no rows
-    of zeros; else 4 x 3 for ungrouped convs and groups of 4+ outputs, else 1 x 9.
-    Measured on an AVX-512 Xeon, one thread, 3x3 convs at batch 128 (docs/numba.md,
-    "Tiles of as many rows as output channels"): R x 3 takes 0.64-0.90x the time of 4 x 3
-    for 3 and 5-7 channels, 8 x 3 0.97x for 8. AVX2 keeps the 4 x 3 it was tuned with."""
-    if wide and out_per_group in FITTED_ROWS and (groups == 1 or in_per_group > 1):
+    `FITTED_ROWS` (or 8, on tiles of 16 `lanes`), ungrouped or of several input channels
+    a group, which leaves no rows of zeros; else 4 x 3 for ungrouped convs and groups of
+    4+ outputs, else 1 x 9. Measured on an AVX-512 Xeon, one thread, 3x3 convs at batch
+    128 (docs/numba.md, "Tiles of as many rows as output channels"): R x 3 takes
+    0.64-0.90x the time of 4 x 3 for 3 and 5-7 channels; for 8, 8 x 3 0.97x on 8 lanes,
+    0.87-0.91x on 16. AVX2 keeps the 4 x 3 it was tuned with. Whole blocks of rows fit
+    the same output channel counts on either lane width (8 x 3 for 8, where 4 x 3 fits
+    twice), so `_conv_rules.planes_dy`, which asks before the planes exist, gets the
+    answer that holds for both."""
+    fitted = FITTED_ROWS + ((8,) if lanes == wgrad_k.WIDE_LANES else ())
+    if wide and out_per_group in fitted and (groups == 1 or in_per_group > 1):
         return out_per_group, 3
     return wgrad_k.TILES[0] if groups == 1 or out_per_group >= 4 else wgrad_k.TILES[1]
+
+
+def _lanes(planes: PhasePlanes, wide: bool) -> int:
+    """The pixels a vector of the weight gradient's tiles holds: where `wide` (vectors
+    of 512 bits), 16 (`_wgrad.WIDE_TILES`) on planes whose rows are whole vectors of them
+    (as `conv2d_forward`'s tiles lay them out, `PIXELS`); else 8 (`_wgrad.TILES`). On an
+    AVX-512 Xeon, one thread, 3x3 convs at batch 128: 0.64-0.89x the time of the 8-pixel
+    tiles for 3-8 output channels (docs/numba.md, "The weight gradient on 16 pixels a
+    vector")."""
+    wide_lanes = wgrad_k.WIDE_LANES
+    return wide_lanes if wide and planes.length % wide_lanes == 0 else wgrad_k.LANES
 
 
 def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
@@ -146,11 +165,12 @@ def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
     x Wo; `gp`: gy already laid out as `_planes_depthwise.depthwise_rows` gives it;
     `dy_planes`: gy's planes for the input gradient (`conv2d_input_grad`), whose rows are
     read in place where they hold `to_rows`' (`_rows_in_planes`); `wide`: vectors of 512
-    bits, which allow tiles of more rows (`_tile`)."""
+    bits, which allow tiles of more rows (`_tile`) and of more pixels (`_lanes`)."""
     n = gy.shape[0]
     cout, cin = gy.shape[1], planes.shape[1]
     cig, cog = cin // groups, cout // groups
-    r, s = _tile(groups, cog, wide, cig)
+    lanes = _lanes(planes, wide)
+    r, s = _tile(groups, cog, wide, cig, lanes)
     blocks = -(-cog // r)
     at = None  # the rows' offset into dy's planes, where it holds them as they are
     if dy_planes is not None and groups == 1 and blocks * r == cout:
@@ -165,13 +185,14 @@ def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
     tiles = -(-ntaps // s)
     offs = _tap_offsets(groups, cig, tuple(planes.taps),
                         planes.stride[0] * planes.stride[1] * planes.plane, tiles * s)
-    parts = np.zeros((threads, groups, blocks, tiles, r * s * LANES))
+    parts = np.zeros((threads, groups, blocks, tiles, r * s * lanes))
     # a sample's rows and planes, a tile's group (the rows as `to_rows` lays them out,
     # wherever they are read: the same chunks, the same sums)
     per_group = (groups * blocks * r * planes.length + planes.xq[0].size) // groups
-    weight_grad(g.reshape(g.size), at, g_c, g[0].size, planes.xq.reshape(planes.xq.size),
+    kernel_sums = weight_grad_wide if lanes == wgrad_k.WIDE_LANES else weight_grad
+    kernel_sums(g.reshape(g.size), at, g_c, g[0].size, planes.xq.reshape(planes.xq.size),
                 planes.xq[0].size, offs.reshape(groups, tiles, s), parts, n, blocks,
-                planes.length // LANES, max(1, CHUNK_VALUES // per_group), threads)
+                planes.length // lanes, max(1, CHUNK_VALUES // per_group), threads)
     dw = np.empty((cout, cig, *kernel), np.float32)
     unpack_tiles(parts, dw.reshape(cout, ntaps), r, s)
     return dw

