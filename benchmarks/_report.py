@@ -7,6 +7,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -28,6 +29,21 @@ def machine() -> str:
                                         ("asimd", "NEON")) if flag in flags), "")
     return (f"{cpu}{f' ({isa})' if isa else ''}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}")
+
+
+def revision() -> str:
+    """The git revision measured, as `revision 1a2b3c4`, with `+ changes` where the working
+    tree's `nasgraph/` or `benchmarks/` differ from it; `revision unknown` outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=DOC.parent.parent, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--", "nasgraph", "benchmarks")
+    except (OSError, subprocess.CalledProcessError):
+        return "revision unknown"
+    return f"revision {head}{' + changes' if changed else ''}"
 
 
 def write_section(name: str, markdown: str, doc: Path = DOC) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks._report import machine, write_section
+from benchmarks._report import machine, revision, write_section
 from benchmarks.fashion_search import plain, resnet
 from benchmarks.numba_cpu import _medians, digits_candidate, resnet20_style, sgemm_peak
 from benchmarks.search_quality import fitted, plain_cnn
@@ -154,9 +154,9 @@ def main() -> None:
         f"--seconds {args.seconds:g} --cases {args.cases}`: {machine()}; torch "
         f"{torch.__version__}, numba {numba.__version__}; {args.threads} thread(s); sgemm "
         f"peak (numpy, 1024^3) {peak:.0f} GFLOP/s before, {peak_after:.0f} after; "
-        f"{time.perf_counter() - start:.0f} s. Medians over {args.rounds} turns; a step "
-        "counts 6 x MACs x batch FLOPs. Torch: the faster of NCHW and channels_last (where "
-        "the trainer uses it; - elsewhere).\n\n"
+        f"{time.perf_counter() - start:.0f} s; {revision()}. Medians over {args.rounds} "
+        "turns; a step counts 6 x MACs x batch FLOPs. Torch: the faster of NCHW and "
+        "channels_last (where the trainer uses it; - elsewhere).\n\n"
         + table(rows))
     print(text)
     if args.write:

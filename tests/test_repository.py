@@ -18,3 +18,19 @@ def test_no_merge_conflict_markers():
     texts = {f: (ROOT / f).read_text(errors="replace") for f in files if (ROOT / f).is_file()}
     marked = [f for f, text in texts.items() if OURS.search(text) or THEIRS.search(text)]
     assert marked == []
+
+
+def test_benchmarks_name_the_revision_they_measured(monkeypatch):
+    # `benchmarks._report.revision`: HEAD's short hash, `+ changes` where the code differs
+    # from it, and a plain word where git cannot answer
+    from benchmarks import _report
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert re.fullmatch(rf"revision {head}( \+ changes)?", _report.revision())
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(_report.subprocess, "run", no_git)
+    assert _report.revision() == "revision unknown"
