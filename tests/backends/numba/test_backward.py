@@ -421,9 +421,9 @@ def test_weight_gradient_over_chunks_and_runs_of_samples(monkeypatch, chunk_valu
 @pytest.mark.parametrize("cout, groups", [(2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1),
                                           (8, 1), (9, 1), (6, 6), (12, 3)])
 def test_every_plane_weight_gradient_tile_matches_torch(cout, groups, lanes, threads):
-    # `_wgrad`'s tiles of 8 pixels a vector and `_wgrad_wide`'s of 16, where vectors are
-    # 512 bits (`wide`): 16 on planes whose rows are whole vectors of 16 (`_lanes`),
-    # here 5 x 7 rows of 35 pixels padded to 48, else 8 (padded to 40). Every tile shape:
+    # `_wgrad`'s tiles of 8 pixels a vector (`TILES`) and of 16 (`WIDE_TILES`), taken
+    # where vectors are 512 bits (`wide`) on planes whose rows are whole vectors of 16
+    # (`_lanes`): here 5 x 7 rows of 35 pixels padded to 48, else 40. Every tile shape:
     # R x 3 for 3-7 output channels (8 too on 16 lanes), 4 x 3 with a partial block of
     # rows and with several, 1 x 9 (depthwise), 4 x 3 for groups of 4 outputs; 37
     # samples, split unevenly over `threads`, against torch in float64
