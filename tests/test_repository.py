@@ -1,4 +1,5 @@
-"""The repository's text files are whole: no merge left half done."""
+"""The repository's text files are whole (no merge left half done), and the benchmarks name
+the revision they measured."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The vector width the kernels are compiled for on this CPU, and the tiles it allows.
 
-The register-tiled kernels (`_tiled`, `_wgrad`) hold their accumulators in scalars that
-LLVM's SLP vectorizer packs into vector registers, as wide as LLVM prefers for the CPU.
+The register-tiled kernels (`_tiled` and its twins) hold their accumulators in scalars
+that LLVM's SLP vectorizer packs into vector registers, as wide as LLVM prefers for the CPU.
 On AVX-512 CPUs its tuning prefers 256-bit vectors (Intel's server cores since Skylake),
 which leaves half of each register and 16 of the 32 unused. `use_wide_vectors`, called
 before numba is first imported, lifts that preference through numba's NUMBA_CPU_FEATURES
@@ -13,9 +13,10 @@ vectors `_tiled`'s 6 x 16 tile takes 0.88-0.94x the time of 256-bit ones, and a 
 (24 of the 32 registers) 0.73-0.81x that again at 32-64 channels; whole training steps
 0.91-0.94x for nets of 16-90 channels, 0.98-1.05x for the smallest. `_tiled_wide`'s 8 x 32
 tile does as well on larger maps and better on 4x4 and 8x8 ones, which it covers in whole
-tiles. `_wgrad`'s weight-gradient tiles gained nothing from more accumulators (8 x 3, 4 x 6:
-0.97-1.10x) or 16-pixel vectors, and keep their AVX2 shape; `_wgrad_nhwc`'s tiles, for
-512-bit vectors only, take over from them and from the GEMM at more than 8 channels.
+tiles. `_wgrad`'s weight-gradient tiles (LLVM IR, vectors of 8 or 16 pixels) take 16
+pixels where `wide_vectors` (0.64-0.89x the time for 3-8 channels, docs/numba.md, "The
+weight gradient on 16 pixels a vector"); `_wgrad_nhwc`'s tiles, for 512-bit vectors
+only, take over from them and from the GEMM at more than 8 channels.
 """
 
 from __future__ import annotations

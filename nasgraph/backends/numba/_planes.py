@@ -30,7 +30,7 @@ from nasgraph.backends.numba import _wgrad as wgrad_k
 from nasgraph.backends.numba._masked import LANES as LANES16
 from nasgraph.backends.numba._masked import add16, into_plane, move
 
-LANES = wgrad_k.LANES  # pixels a vector of the tile kernels holds
+LANES = wgrad_k.LANES  # pixels a vector of `_wgrad`'s 8-pixel tiles: rows' default multiple
 
 
 @njit(inline="always", cache=True)

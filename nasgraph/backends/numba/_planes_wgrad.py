@@ -9,7 +9,8 @@ Seed 003: the weight gradient is the correlation of the input with dy,
 On the input's phase planes, with dy's rows padded from Wo to Wq with zeros (`to_rows`,
 or dy's own planes where they hold those rows: `_rows_in_planes`), each tap's sum is a
 dot product of two contiguous runs: dy's row, and the plane at the tap's offset.
-`weight_grad` runs `_wgrad`'s tiles over chunks of samples, group by group.
+`_wgrad.weight_grad` runs its tiles over chunks of samples, group by group, 8 pixels a
+vector; `weight_grad_wide` its tiles of 16 (`_lanes`).
 
 Copies index flat arrays with unsigned offsets, as `_planes` does.
 """
@@ -23,64 +24,6 @@ from numba import njit, prange
 
 from nasgraph.backends.numba import _wgrad as wgrad_k
 from nasgraph.backends.numba._planes import LANES, PhasePlanes
-
-
-@njit(inline="always", cache=True)
-def _sum_tiles(tile, lanes, g1, g_at, g_c, g_n, x1, x_n, offs, parts, n_batch, blocks, steps,
-               chunk, t, threads):
-    # thread t's share of `weight_grad`, by `tile` (`_wgrad.tile`, or `_wgrad.tile_wide`
-    # for vectors of `lanes` pixels)
-    groups, n_tiles, s = offs.shape
-    r = parts.shape[4] // (s * lanes)
-    lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
-    total = parts[t].reshape(parts[t].size)
-    acc = np.zeros(total.size, np.float32)
-    summed = 0
-    for n0 in range(lo, hi, chunk):
-        m = min(chunk, hi - n0)
-        for g in range(groups):
-            for b in range(blocks):
-                g_0 = g_at + n0 * g_n + (g * blocks + b) * r * g_c
-                x_0 = n0 * x_n
-                for k in range(n_tiles):
-                    at = ((g * blocks + b) * n_tiles + k) * r * s * lanes
-                    tile(r, g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m, steps, acc, at)
-        summed += m
-        if summed >= SUM_SAMPLES or n0 + m >= hi:
-            for q in range(total.size):
-                total[q] += acc[q]
-                acc[q] = 0.0
-            summed = 0
-
-
-@njit(parallel=True, cache=True)
-def weight_grad(g1, g_at, g_c, g_n, x1, x_n, offs, parts, n_batch, blocks, steps, chunk,
-                threads):
-    """parts[t] += thread t's share of the tap sums: its samples, in chunks of `chunk`
-    whose rows and planes stay in L1 while every tile reads them, summed in float32 over
-    SUM_SAMPLES samples at a time, then added into parts in float64.
-
-    g1: dy as rows of steps*LANES values, G*blocks*R of them a sample, flat: from g_at,
-    g_c values a row apart, g_n a sample (`to_rows` lays them out so, from 0, g_c the
-    rows' length; dy's own planes hold them too, `_rows_in_planes`); x1: the input as
-    phase planes (`to_phase_planes`, flat; x_n values a sample); offs: each group's taps
-    in tiles of S, as offsets into a sample's planes (G x n_tiles x S); parts: threads x
-    G x blocks x n_tiles x R*S*LANES, float64. The tile R x S is `_wgrad`'s of those
-    sizes (`_tile`) on vectors of LANES = 8 pixels; `weight_grad_wide` runs its tiles of
-    16."""
-    for t in prange(threads):
-        _sum_tiles(wgrad_k.tile, wgrad_k.LANES, g1, g_at, g_c, g_n, x1, x_n, offs, parts,
-                   n_batch, blocks, steps, chunk, t, threads)
-
-
-@njit(parallel=True, cache=True)
-def weight_grad_wide(g1, g_at, g_c, g_n, x1, x_n, offs, parts, n_batch, blocks, steps,
-                     chunk, threads):
-    """`weight_grad` by `_wgrad`'s tiles of 16 pixels a vector (`WIDE_TILES`): rows
-    `steps` * 16 values long."""
-    for t in prange(threads):
-        _sum_tiles(wgrad_k.tile_wide, wgrad_k.WIDE_LANES, g1, g_at, g_c, g_n, x1, x_n, offs,
-                   parts, n_batch, blocks, steps, chunk, t, threads)
 
 
 @njit(parallel=True, cache=True)
@@ -107,10 +50,8 @@ def to_rows(gy, gp, wq, groups):
 
 
 # a chunk of samples' dy rows and input planes of one group, in float32 values, that
-# every tap tile of `weight_grad` reads in turn: 32 KB, within a 48 KB L1
+# every tap tile of `_wgrad.weight_grad` reads in turn: 32 KB, within a 48 KB L1
 CHUNK_VALUES = 8192
-# samples whose tap sums `weight_grad` adds in float32 before it adds them into float64
-SUM_SAMPLES = 16
 
 
 def _rows(planes: PhasePlanes, gy: np.ndarray, groups: int, rows: int) -> np.ndarray:
@@ -132,9 +73,10 @@ def _tile(groups: int, out_per_group: int, wide: bool = False, in_per_group: int
     `FITTED_ROWS` (or 8, on tiles of 16 `lanes`), ungrouped or of several input channels
     a group, which leaves no rows of zeros; else 4 x 3 for ungrouped convs and groups of
     4+ outputs, else 1 x 9. Measured on an AVX-512 Xeon, one thread, 3x3 convs at batch
-    128 (docs/numba.md, "Tiles of as many rows as output channels"): R x 3 takes
-    0.64-0.90x the time of 4 x 3 for 3 and 5-7 channels; for 8, 8 x 3 0.97x on 8 lanes,
-    0.87-0.91x on 16. AVX2 keeps the 4 x 3 it was tuned with. Whole blocks of rows fit
+    128 (docs/numba.md, "Tiles of as many rows as output channels" and "The weight
+    gradient on 16 pixels a vector"): R x 3 takes 0.64-0.90x the time of 4 x 3 for 3 and
+    5-7 channels; for 8, 8 x 3 0.97x on 8 lanes (not taken), 0.87-0.91x on 16. AVX2
+    keeps the 4 x 3 it was tuned with. Whole blocks of rows fit
     the same output channel counts on either lane width (8 x 3 for 8, where 4 x 3 fits
     twice), so `_conv_rules.planes_dy`, which asks before the planes exist, gets the
     answer that holds for both."""
@@ -144,15 +86,18 @@ def _tile(groups: int, out_per_group: int, wide: bool = False, in_per_group: int
     return wgrad_k.TILES[0] if groups == 1 or out_per_group >= 4 else wgrad_k.TILES[1]
 
 
-def _lanes(planes: PhasePlanes, wide: bool) -> int:
+def _lanes(planes: PhasePlanes, wide: bool, depthwise: bool = False) -> int:
     """The pixels a vector of the weight gradient's tiles holds: where `wide` (vectors
     of 512 bits), 16 (`_wgrad.WIDE_TILES`) on planes whose rows are whole vectors of them
-    (as `conv2d_forward`'s tiles lay them out, `PIXELS`); else 8 (`_wgrad.TILES`). On an
-    AVX-512 Xeon, one thread, 3x3 convs at batch 128: 0.64-0.89x the time of the 8-pixel
-    tiles for 3-8 output channels (docs/numba.md, "The weight gradient on 16 pixels a
-    vector")."""
+    (as `conv2d_forward`'s tiles lay them out, `PIXELS`), but for `depthwise` convs (one
+    input channel a group); else 8 (`_wgrad.TILES`). On an AVX-512 Xeon, one thread, 3x3
+    convs at batch 128: 0.64-0.89x the time of the 8-pixel tiles for 3-8 output
+    channels, 0.97-1.05x for depthwise ones (docs/numba.md, "The weight gradient on 16
+    pixels a vector")."""
     wide_lanes = wgrad_k.WIDE_LANES
-    return wide_lanes if wide and planes.length % wide_lanes == 0 else wgrad_k.LANES
+    if wide and not depthwise and planes.length % wide_lanes == 0:
+        return wide_lanes
+    return wgrad_k.LANES
 
 
 def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
@@ -169,8 +114,10 @@ def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
     n = gy.shape[0]
     cout, cin = gy.shape[1], planes.shape[1]
     cig, cog = cin // groups, cout // groups
-    lanes = _lanes(planes, wide)
+    lanes = _lanes(planes, wide, depthwise=groups > 1 and cig == 1)
     r, s = _tile(groups, cog, wide, cig, lanes)
+    wide_tiles = lanes == wgrad_k.WIDE_LANES
+    assert (r, s) in (wgrad_k.WIDE_TILES if wide_tiles else wgrad_k.TILES), (r, s, lanes)
     blocks = -(-cog // r)
     at = None  # the rows' offset into dy's planes, where it holds them as they are
     if dy_planes is not None and groups == 1 and blocks * r == cout:
@@ -189,7 +136,7 @@ def conv2d_weight_grad(planes: PhasePlanes, gy: np.ndarray, groups: int,
     # a sample's rows and planes, a tile's group (the rows as `to_rows` lays them out,
     # wherever they are read: the same chunks, the same sums)
     per_group = (groups * blocks * r * planes.length + planes.xq[0].size) // groups
-    kernel_sums = weight_grad_wide if lanes == wgrad_k.WIDE_LANES else weight_grad
+    kernel_sums = wgrad_k.weight_grad_wide if wide_tiles else wgrad_k.weight_grad
     kernel_sums(g.reshape(g.size), at, g_c, g[0].size, planes.xq.reshape(planes.xq.size),
                 planes.xq[0].size, offs.reshape(groups, tiles, s), parts, n, blocks,
                 planes.length // lanes, max(1, CHUNK_VALUES // per_group), threads)
@@ -231,8 +178,8 @@ def _tap_offsets(groups: int, cig: int, taps: tuple[int, ...], channel: int,
 
 @njit(cache=True)
 def unpack_tiles(parts, dw, r, s):
-    """dw (Cout x Cin/G*kh*kw, float32) = `weight_grad`'s parts (threads x groups x
-    blocks x tiles x r*s*LANES, float64) summed over the threads and the lanes: tile
+    """dw (Cout x Cin/G*kh*kw, float32) = `_wgrad.weight_grad`'s parts (threads x groups x
+    blocks x tiles x r*s*lanes, float64) summed over the threads and the lanes: tile
     (block b, tile t) holds output channels b*r.. of its group, columns t*s.. (numpy's
     sums and transposing copies of the small parts: 2-3x the time)."""
     threads, groups, blocks, tiles = parts.shape[:4]

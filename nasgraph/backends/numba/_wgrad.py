@@ -10,22 +10,29 @@ group's output channels with its own taps.
 The tiles are written as LLVM IR (`numba.extending.intrinsic`, as `_masked` and
 `_transpose` are): vectors of 8 pixels (`TILES`; one AVX2 register) or of 16
 (`WIDE_TILES`; one 512-bit register), the accumulators kept in registers across the
-loops (LLVM promotes their stack slots), which LLVM lowers for the CPU it compiles for.
-Generated as scalar code that the SLP vectorizer packed, the 16-pixel tiles took numba a
-minute to compile; as IR, two seconds for all of them.
+loops (LLVM promotes their stack slots), which LLVM lowers for the CPU it compiles for
+(`llvm.fmuladd`: one FMA where the CPU has them). Generated as scalar code that the SLP
+vectorizer packed, the 16-pixel tiles took numba a minute to compile; as IR, the driver
+of either width compiles in under 3 s.
 
 Every tile takes the same arguments (`tile`): g1 dy's rows (flat float32) from g_0, g_c
 values a row apart and g_n a sample; x1 the planes (flat float32) from x_0, x_n values a
-sample; offs[k, s] tap s's offset (tile column k of an int64 array); m samples; `steps`
-vectors a row; acc (flat float32) the R x S accumulators of LANES values from `at`, row
-r's tap s at (r*S + s)*LANES, loaded and stored back, so that a run of samples (whose
-rows stay in L1) costs no sum of its own. Offsets are not checked.
+sample; offs[k, s] tap s's offset (row k of an int64 array: tile k's S columns); m
+samples; `steps` vectors a row; acc (flat float32) the R x S accumulators of LANES values
+from `at`, row r's tap s at (r*S + s)*LANES, loaded and stored back, so that a run of
+samples (whose rows stay in L1) costs no sum of its own. Offsets are not checked.
+
+`weight_grad` and `weight_grad_wide` run the tiles over chunks of samples
+(`_planes_wgrad.conv2d_weight_grad` lays their arguments out). They live here, with the
+tiles they compile in: numba keys a cached kernel by its own file, so editing the IR here
+recompiles them; a caller in another file would keep running the old IR.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -36,9 +43,14 @@ WIDE_LANES = 16  # pixels a vector of `WIDE_TILES`
 # outputs an input channel, 1 x 9 (a 3x3 kernel) for depthwise ones of fewer; R*S = 12
 # and 9 of AVX2's 16 vector registers. Where vectors are 512 bits (32 registers),
 # ungrouped convs of 3 and 5-7 output channels take a tile of as many rows, which leaves
-# no rows of zeros (`_planes_wgrad._tile`); on 16 pixels, 8 as well (24 registers)
+# no rows of zeros (`_planes_wgrad._tile`); on 16 pixels, 8 as well (24 registers).
+# Depthwise convs keep 8 pixels (`_planes_wgrad._lanes`); grouped ones of several input
+# channels a group and few outputs take 1 x 9 on 16
 TILES = ((4, 3), (1, 9), (3, 3), (5, 3), (6, 3), (7, 3))
 WIDE_TILES = TILES + ((8, 3),)
+
+# samples whose tap sums `weight_grad` adds in float32 before it adds them into float64
+SUM_SAMPLES = 16
 
 _F32 = ir.FloatType()
 _I64 = ir.IntType(64)
@@ -49,6 +61,12 @@ def _tile_intrinsic(rows: int, taps: int, lanes: int):
     vec = ir.VectorType(_F32, lanes)
 
     def tile(typingctx, g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at):
+        if not (all(_flat_float32(a) for a in (g1, x1, acc))
+                and isinstance(offs, types.Array) and offs.dtype == types.int64
+                and offs.ndim == 2
+                and all(isinstance(i, types.Integer)
+                        for i in (g_0, g_c, g_n, x_0, x_n, k, m, steps, at))):
+            return None  # numba then names the arguments it could not type
         sig = types.void(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
 
         def codegen(context, builder, signature, args):
@@ -64,7 +82,7 @@ def _tile_intrinsic(rows: int, taps: int, lanes: int):
                                                          offs_array, [k, _i64(s)]))
                    for s in range(taps)]
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-                vec, [vec, vec, vec]), f"llvm.fma.v{lanes}f32")
+                vec, [vec, vec, vec]), f"llvm.fmuladd.v{lanes}f32")
             sums = []  # row r's tap s at r*taps + s
             for i in range(rows * taps):
                 slot = cgutils.alloca_once(builder, vec)
@@ -84,7 +102,7 @@ def _tile_intrinsic(rows: int, taps: int, lanes: int):
                     for r in range(rows):
                         q = _load(builder, g_ptr, builder.add(row[r], p), vec)
                         for s in range(taps):
-                            slot = sums[r * taps + s]
+                            slot = sums[r * taps + s]  # += q * u[s]
                             builder.store(builder.call(fma, [q, u[s], builder.load(slot)]),
                                           slot)
             for i, slot in enumerate(sums):
@@ -96,6 +114,10 @@ def _tile_intrinsic(rows: int, taps: int, lanes: int):
 
     tile.__name__ = f"tile_{rows}x{taps}" + ("_wide" if lanes == WIDE_LANES else "")
     return intrinsic(tile)
+
+
+def _flat_float32(kind) -> bool:
+    return isinstance(kind, types.Array) and kind.dtype == types.float32 and kind.ndim == 1
 
 
 def _i64(value: int) -> ir.Constant:
@@ -130,7 +152,7 @@ def tile(r, g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at):
         tile_5x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
     elif r == 6:
         tile_6x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
-    else:
+    else:  # 7: callers take r from `TILES` (a raise here would serialize their prange)
         tile_7x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
 
 
@@ -149,5 +171,63 @@ def tile_wide(r, g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at):
         tile_6x3_wide(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
     elif r == 7:
         tile_7x3_wide(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
-    else:
+    else:  # 8: callers take r from `WIDE_TILES`
         tile_8x3_wide(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
+
+
+@njit(inline="always", cache=True)
+def _sum_tiles(tile, lanes, g1, g_at, g_c, g_n, x1, x_n, offs, parts, n_batch, blocks, steps,
+               chunk, t, threads):
+    # thread t's share of `weight_grad`, by `tile` (`tile`, or `tile_wide` for vectors of
+    # `lanes` pixels)
+    groups, n_tiles, s = offs.shape
+    r = parts.shape[4] // (s * lanes)
+    lo, hi = t * n_batch // threads, (t + 1) * n_batch // threads
+    total = parts[t].reshape(parts[t].size)
+    acc = np.zeros(total.size, np.float32)
+    summed = 0
+    for n0 in range(lo, hi, chunk):
+        m = min(chunk, hi - n0)
+        for g in range(groups):
+            for b in range(blocks):
+                g_0 = g_at + n0 * g_n + (g * blocks + b) * r * g_c
+                x_0 = n0 * x_n
+                for k in range(n_tiles):
+                    at = ((g * blocks + b) * n_tiles + k) * r * s * lanes
+                    tile(r, g1, g_0, g_c, g_n, x1, x_0, x_n, offs[g], k, m, steps, acc, at)
+        summed += m
+        if summed >= SUM_SAMPLES or n0 + m >= hi:
+            for q in range(total.size):
+                total[q] += acc[q]
+                acc[q] = 0.0
+            summed = 0
+
+
+@njit(parallel=True, cache=True)
+def weight_grad(g1, g_at, g_c, g_n, x1, x_n, offs, parts, n_batch, blocks, steps, chunk,
+                threads):
+    """parts[t] += thread t's share of the tap sums: its samples, in chunks of `chunk`
+    whose rows and planes stay in L1 while every tile reads them, summed in float32 over
+    SUM_SAMPLES samples at a time, then added into parts in float64.
+
+    g1: dy as rows of steps*LANES values, G*blocks*R of them a sample, flat: from g_at,
+    g_c values a row apart, g_n a sample (`to_rows` lays them out so, from 0, g_c the
+    rows' length; dy's own planes hold them too, `_rows_in_planes`); x1: the input as
+    phase planes (`to_phase_planes`, flat; x_n values a sample); offs: each group's taps
+    in tiles of S, as offsets into a sample's planes (G x n_tiles x S); parts: threads x
+    G x blocks x n_tiles x R*S*LANES, float64. The tile R x S is the one of those sizes
+    (`_planes_wgrad._tile`) on vectors of LANES = 8 pixels; `weight_grad_wide` runs the
+    tiles of 16."""
+    for t in prange(threads):
+        _sum_tiles(tile, LANES, g1, g_at, g_c, g_n, x1, x_n, offs, parts,
+                   n_batch, blocks, steps, chunk, t, threads)
+
+
+@njit(parallel=True, cache=True)
+def weight_grad_wide(g1, g_at, g_c, g_n, x1, x_n, offs, parts, n_batch, blocks, steps,
+                     chunk, threads):
+    """`weight_grad` by the tiles of 16 pixels a vector (`WIDE_TILES`): rows
+    `steps` * 16 values long."""
+    for t in prange(threads):
+        _sum_tiles(tile_wide, WIDE_LANES, g1, g_at, g_c, g_n, x1, x_n, offs,
+                   parts, n_batch, blocks, steps, chunk, t, threads)

@@ -395,7 +395,7 @@ def test_plane_kernels_match_torch_float64(kernel, stride, pad, dilation, cin, c
 @pytest.mark.parametrize("threads", [1, 3])
 def test_weight_gradient_over_chunks_and_runs_of_samples(monkeypatch, chunk_values,
                                                          threads):
-    # `_planes_wgrad.weight_grad` sums its tiles' float32 accumulators over chunks of samples
+    # `_wgrad.weight_grad` sums its tiles' float32 accumulators over chunks of samples
     # (one, a few, all: chunk_values) into float64 every SUM_SAMPLES: 37 samples, split
     # unevenly over `threads`, both tile widths, against torch in float64
     from nasgraph.backends.numba import _planes, _planes_wgrad
@@ -418,38 +418,51 @@ def test_weight_gradient_over_chunks_and_runs_of_samples(monkeypatch, chunk_valu
 
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("kernel", [(3, 3), (5, 5)])
 @pytest.mark.parametrize("cout, groups", [(2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1),
-                                          (8, 1), (9, 1), (6, 6), (12, 3)])
-def test_every_plane_weight_gradient_tile_matches_torch(cout, groups, lanes, threads):
-    # `_wgrad`'s tiles of 8 pixels a vector (`TILES`) and of 16 (`WIDE_TILES`), taken
-    # where vectors are 512 bits (`wide`) on planes whose rows are whole vectors of 16
-    # (`_lanes`): here 5 x 7 rows of 35 pixels padded to 48, else 40. Every tile shape:
-    # R x 3 for 3-7 output channels (8 too on 16 lanes), 4 x 3 with a partial block of
-    # rows and with several, 1 x 9 (depthwise), 4 x 3 for groups of 4 outputs; 37
-    # samples, split unevenly over `threads`, against torch in float64
+                                          (8, 1), (9, 1), (6, 6), (12, 3), (2, 2)])
+def test_every_plane_weight_gradient_tile_matches_torch(cout, groups, kernel, lanes, threads):
+    # `_wgrad`'s tiles of 8 pixels a vector (`TILES`) and of 16 (`WIDE_TILES`), taken where
+    # vectors are 512 bits (`wide`) on planes whose rows are whole vectors of 16 (`_lanes`;
+    # here 5 rows 8 wide with the padding, 40 pixels: 48 in whole vectors of 16, else 40),
+    # but for depthwise convs. Every tile shape: R x 3 for 3-7 output channels (8 too on 16
+    # lanes), 4 x 3 with a partial block of rows and with several, 1 x 9 (depthwise, and
+    # groups of 2 input channels and 1 output), 4 x 3 for groups of 4 outputs; a 5x5 kernel
+    # leaves the last tile of taps partial; dy's rows copied, and read within dy's planes;
+    # 37 samples, split unevenly over `threads`; against torch in float64
     from nasgraph.backends.numba import _planes, _planes_wgrad, _wgrad
 
     cin = 3 * groups if groups > 1 and cout > groups else max(groups, 4)
+    pad = (kernel[0] // 2, kernel[1] // 2)
     gen = torch.Generator().manual_seed(cout)
-    x = torch.randn(37, cin, 5, 5, dtype=torch.float64, generator=gen)
-    w = torch.randn(cout, cin // groups, 3, 3, dtype=torch.float64, generator=gen,
+    x = torch.randn(37, cin, 5, 9 - kernel[1], dtype=torch.float64, generator=gen)
+    w = torch.randn(cout, cin // groups, *kernel, dtype=torch.float64, generator=gen,
                     requires_grad=True)
-    y = F.conv2d(x, w, padding=1, groups=groups)
+    y = F.conv2d(x, w, padding=pad, groups=groups)
     gy = torch.randn(y.shape, dtype=torch.float64, generator=gen)
     (y * gy).sum().backward()
-    planes = _planes.phase_planes(x.float().numpy(), y.shape[2:], (3, 3), (1, 1), (1, 1),
-                                  (1, 1), multiple=lanes)
-    assert _planes_wgrad._lanes(planes, wide=True) == lanes
-    assert _planes_wgrad._lanes(planes, wide=False) == _wgrad.LANES
-    rows, taps = _planes_wgrad._tile(groups, cout // groups, True, cin // groups, lanes)
-    fitted = groups == 1 and (cout in _planes_wgrad.FITTED_ROWS
-                              or cout == 8 and lanes == _wgrad.WIDE_LANES)
-    depthwise = cin == groups and cout // groups < 4
-    assert (rows, taps) == ((cout, 3) if fitted else (1, 9) if depthwise else (4, 3))
-    got = _planes_wgrad.conv2d_weight_grad(planes, gy.float().numpy(), groups, (3, 3),
-                                          threads, wide=True)
     ref = w.grad.numpy()
+    gy32 = gy.float().numpy()
+    planes = _planes.phase_planes(x.float().numpy(), y.shape[2:], kernel, (1, 1), pad,
+                                  (1, 1), multiple=lanes)
+    depthwise = cin == groups
+    taken = _wgrad.LANES if depthwise else lanes
+    assert _planes_wgrad._lanes(planes, True, depthwise) == taken
+    assert _planes_wgrad._lanes(planes, False) == _wgrad.LANES
+    rows, taps = _planes_wgrad._tile(groups, cout // groups, True, cin // groups, taken)
+    fitted = groups == 1 and (cout in _planes_wgrad.FITTED_ROWS
+                              or cout == 8 and taken == _wgrad.WIDE_LANES)
+    one_row = groups > 1 and cout // groups < 4
+    assert (rows, taps) == ((cout, 3) if fitted else (1, 9) if one_row else (4, 3))
+    got = _planes_wgrad.conv2d_weight_grad(planes, gy32, groups, kernel, threads, wide=True)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    if groups == 1:  # dy's rows within the planes that dx's conv reads
+        _, dy_planes = _planes.conv2d_input_grad(gy32, w.detach().float().numpy(), x.shape,
+                                                 pad, (1, 1), threads)
+        assert _planes_wgrad._rows_in_planes(dy_planes, planes) is not None
+        got = _planes_wgrad.conv2d_weight_grad(planes, gy32, 1, kernel, threads, wide=True,
+                                              dy_planes=dy_planes)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
 def numpy_packed(w: np.ndarray, v: int) -> np.ndarray:
