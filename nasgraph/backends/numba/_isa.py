@@ -14,7 +14,7 @@ vectors `_tiled`'s 6 x 16 tile takes 0.88-0.94x the time of 256-bit ones, and a 
 0.91-0.94x for nets of 16-90 channels, 0.98-1.05x for the smallest. `_tiled_wide`'s 8 x 32
 tile does as well on larger maps and better on 4x4 and 8x8 ones, which it covers in whole
 tiles. `_wgrad`'s weight-gradient tiles (LLVM IR, vectors of 8 or 16 pixels) take 16
-pixels where `wide_vectors` (0.64-0.89x the time for 3-8 channels, docs/numba.md, "The
+pixels where `wide_vectors` (0.64-0.99x the time for 3-8 channels, docs/numba.md, "The
 weight gradient on 16 pixels a vector"); `_wgrad_nhwc`'s tiles, for 512-bit vectors
 only, take over from them and from the GEMM at more than 8 channels.
 """

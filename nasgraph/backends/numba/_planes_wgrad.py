@@ -91,9 +91,9 @@ def _lanes(planes: PhasePlanes, wide: bool, depthwise: bool = False) -> int:
     of 512 bits), 16 (`_wgrad.WIDE_TILES`) on planes whose rows are whole vectors of them
     (as `conv2d_forward`'s tiles lay them out, `PIXELS`), but for `depthwise` convs (one
     input channel a group); else 8 (`_wgrad.TILES`). On an AVX-512 Xeon, one thread, 3x3
-    convs at batch 128: 0.64-0.89x the time of the 8-pixel tiles for 3-8 output
-    channels, 0.97-1.05x for depthwise ones (docs/numba.md, "The weight gradient on 16
-    pixels a vector")."""
+    convs at batch 128: 0.64-0.99x the time of the 8-pixel tiles for 3-8 output
+    channels over five runs, 0.97-1.05x for depthwise ones (docs/numba.md, "The weight
+    gradient on 16 pixels a vector")."""
     wide_lanes = wgrad_k.WIDE_LANES
     if wide and not depthwise and planes.length % wide_lanes == 0:
         return wide_lanes

@@ -56,64 +56,79 @@ _F32 = ir.FloatType()
 _I64 = ir.IntType(64)
 
 
-def _tile_intrinsic(rows: int, taps: int, lanes: int):
-    """The tile of `rows` x `taps` on vectors of `lanes` pixels, as an intrinsic."""
-    vec = ir.VectorType(_F32, lanes)
+def _tiles_intrinsic(tiles: tuple[tuple[int, int], ...], lanes: int):
+    """`tile(r, ...)` for these tiles on vectors of `lanes` pixels, as an intrinsic: a
+    switch on r, each case one tile's loops (`_emit_tile`); a row count that is no tile's
+    does nothing (callers take r from the tiles; a raise in numba code would serialize
+    their prange)."""
 
-    def tile(typingctx, g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at):
+    def tile(typingctx, r, g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at):
         if not (all(_flat_float32(a) for a in (g1, x1, acc))
                 and isinstance(offs, types.Array) and offs.dtype == types.int64
                 and offs.ndim == 2
                 and all(isinstance(i, types.Integer)
-                        for i in (g_0, g_c, g_n, x_0, x_n, k, m, steps, at))):
+                        for i in (r, g_0, g_c, g_n, x_0, x_n, k, m, steps, at))):
             return None  # numba then names the arguments it could not type
-        sig = types.void(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
+        sig = types.void(r, g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
 
         def codegen(context, builder, signature, args):
             kinds = signature.args
-            g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at = (
+            r, *values = (
                 context.cast(builder, v, t, types.int64) if isinstance(t, types.Integer)
                 else v for v, t in zip(args, kinds, strict=True))
-            g_ptr = context.make_array(kinds[0])(context, builder, g1).data
-            x_ptr = context.make_array(kinds[4])(context, builder, x1).data
-            a_ptr = context.make_array(kinds[11])(context, builder, acc).data
-            offs_array = context.make_array(kinds[7])(context, builder, offs)
-            tap = [builder.load(cgutils.get_item_pointer(context, builder, kinds[7],
-                                                         offs_array, [k, _i64(s)]))
-                   for s in range(taps)]
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-                vec, [vec, vec, vec]), f"llvm.fmuladd.v{lanes}f32")
-            sums = []  # row r's tap s at r*taps + s
-            for i in range(rows * taps):
-                slot = cgutils.alloca_once(builder, vec)
-                builder.store(_load(builder, a_ptr, builder.add(at, _i64(i * lanes)), vec),
-                              slot)
-                sums.append(slot)
-            with cgutils.for_range(builder, m) as sample:
-                n = sample.index
-                row = [builder.add(builder.add(g_0, builder.mul(n, g_n)),
-                                   builder.mul(g_c, _i64(r))) for r in range(rows)]
-                x_n0 = builder.add(x_0, builder.mul(n, x_n))
-                window = [builder.add(x_n0, tap[s]) for s in range(taps)]
-                with cgutils.for_range(builder, steps) as step:
-                    p = builder.mul(step.index, _i64(lanes))
-                    u = [_load(builder, x_ptr, builder.add(window[s], p), vec)
-                         for s in range(taps)]
-                    for r in range(rows):
-                        q = _load(builder, g_ptr, builder.add(row[r], p), vec)
-                        for s in range(taps):
-                            slot = sums[r * taps + s]  # += q * u[s]
-                            builder.store(builder.call(fma, [q, u[s], builder.load(slot)]),
-                                          slot)
-            for i, slot in enumerate(sums):
-                _store(builder, a_ptr, builder.add(at, _i64(i * lanes)),
-                       builder.load(slot), vec)
+            done = builder.append_basic_block("tiles.done")
+            switch = builder.switch(r, done)
+            for rows, taps in tiles:
+                case = builder.append_basic_block(f"tile.{rows}x{taps}")
+                switch.add_case(_i64(rows), case)
+                builder.position_at_end(case)
+                _emit_tile(context, builder, kinds[1:], values, rows, taps, lanes)
+                builder.branch(done)
+            builder.position_at_end(done)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    tile.__name__ = f"tile_{rows}x{taps}" + ("_wide" if lanes == WIDE_LANES else "")
+    tile.__name__ = "tile_wide" if lanes == WIDE_LANES else "tile"
     return intrinsic(tile)
+
+
+def _emit_tile(context, builder: ir.IRBuilder, kinds, values, rows: int, taps: int,
+               lanes: int) -> None:
+    # the loops of the tile of `rows` x `taps` on vectors of `lanes` pixels, on the
+    # arguments after r (integers as int64)
+    vec = ir.VectorType(_F32, lanes)
+    g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at = values
+    g_ptr = context.make_array(kinds[0])(context, builder, g1).data
+    x_ptr = context.make_array(kinds[4])(context, builder, x1).data
+    a_ptr = context.make_array(kinds[11])(context, builder, acc).data
+    offs_array = context.make_array(kinds[7])(context, builder, offs)
+    tap = [builder.load(cgutils.get_item_pointer(context, builder, kinds[7], offs_array,
+                                                 [k, _i64(s)]))
+           for s in range(taps)]
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+        vec, [vec, vec, vec]), f"llvm.fmuladd.v{lanes}f32")
+    sums = []  # row r's tap s at r*taps + s
+    for i in range(rows * taps):
+        slot = cgutils.alloca_once(builder, vec)
+        builder.store(_load(builder, a_ptr, builder.add(at, _i64(i * lanes)), vec), slot)
+        sums.append(slot)
+    with cgutils.for_range(builder, m) as sample:
+        n = sample.index
+        row = [builder.add(builder.add(g_0, builder.mul(n, g_n)), builder.mul(g_c, _i64(r)))
+               for r in range(rows)]
+        x_n0 = builder.add(x_0, builder.mul(n, x_n))
+        window = [builder.add(x_n0, tap[s]) for s in range(taps)]
+        with cgutils.for_range(builder, steps) as step:
+            p = builder.mul(step.index, _i64(lanes))
+            u = [_load(builder, x_ptr, builder.add(window[s], p), vec) for s in range(taps)]
+            for r in range(rows):
+                q = _load(builder, g_ptr, builder.add(row[r], p), vec)
+                for s in range(taps):
+                    slot = sums[r * taps + s]  # += q * u[s]
+                    builder.store(builder.call(fma, [q, u[s], builder.load(slot)]), slot)
+    for i, slot in enumerate(sums):
+        _store(builder, a_ptr, builder.add(at, _i64(i * lanes)), builder.load(slot), vec)
 
 
 def _flat_float32(kind) -> bool:
@@ -133,46 +148,10 @@ def _store(builder: ir.IRBuilder, base, at, value: ir.Value, vec: ir.VectorType)
     builder.store(value, builder.bitcast(builder.gep(base, [at]), vec.as_pointer()), align=4)
 
 
-tile_4x3, tile_1x9, tile_3x3, tile_5x3, tile_6x3, tile_7x3 = (
-    _tile_intrinsic(r, s, LANES) for r, s in TILES)
-(tile_4x3_wide, tile_1x9_wide, tile_3x3_wide, tile_5x3_wide, tile_6x3_wide, tile_7x3_wide,
- tile_8x3_wide) = (_tile_intrinsic(r, s, WIDE_LANES) for r, s in WIDE_TILES)
-
-
-@njit(inline="always", cache=True)
-def tile(r, g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at):
-    """The tile of `TILES` with r rows, on these arguments."""
-    if r == 4:
-        tile_4x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
-    elif r == 1:
-        tile_1x9(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
-    elif r == 3:
-        tile_3x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
-    elif r == 5:
-        tile_5x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
-    elif r == 6:
-        tile_6x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
-    else:  # 7: callers take r from `TILES` (a raise here would serialize their prange)
-        tile_7x3(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
-
-
-@njit(inline="always", cache=True)
-def tile_wide(r, g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at):
-    """The tile of `WIDE_TILES` with r rows, on these arguments."""
-    if r == 4:
-        tile_4x3_wide(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
-    elif r == 1:
-        tile_1x9_wide(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
-    elif r == 3:
-        tile_3x3_wide(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
-    elif r == 5:
-        tile_5x3_wide(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
-    elif r == 6:
-        tile_6x3_wide(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
-    elif r == 7:
-        tile_7x3_wide(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
-    else:  # 8: callers take r from `WIDE_TILES`
-        tile_8x3_wide(g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at)
+# tile(r, g1, g_0, g_c, g_n, x1, x_0, x_n, offs, k, m, steps, acc, at): the tile of `TILES`
+# with r rows on those arguments; `tile_wide` of `WIDE_TILES`
+tile = _tiles_intrinsic(TILES, LANES)
+tile_wide = _tiles_intrinsic(WIDE_TILES, WIDE_LANES)
 
 
 @njit(inline="always", cache=True)
