@@ -19,6 +19,10 @@ TILES = 8  # pixel tiles per parallel job, at most
 
 TARGET = Path(__file__).with_name("_tiled.py")
 
+# the tiles whose NCHW epilogue transposes in registers: R pixels of a row x V channels in
+# blocks of `_transpose.store_columns8`'s 8 x 16
+COLUMN_PIXELS, COLUMN_CHANNELS = 8, 16
+
 # Twins of the kernel with other tiles, for training's forward and input gradient
 # (`_backward_conv.conv2d_direct`): (R, V, the file, what the tile is for).
 TWINS = (
@@ -354,6 +358,17 @@ def _tile_kernel(R: int = R, V: int = V) -> str:  # noqa: N803 (the tile's names
     lines.append(f"{ind1}if by_pixel:  # V contiguous values a pixel")
     for r in range(R):
         lines.append(f"{ind2}_store_pixel(tile, {r}, res1, rt{r}, has_res, act, out1, at{r})")
+    if R == COLUMN_PIXELS and V % COLUMN_CHANNELS == 0:
+        # where a channel's R pixels are consecutive values (NCHW, the tile on one row or
+        # the rows without padding), 16 channels at a time transposed in registers
+        # (`_transpose.store_columns8`) instead of value by value
+        lines += [
+            f"{ind1}elif at{R - 1} == at0 + np.uint64({R - 1}) and not has_res and act == 0:",
+            f"{ind2}for b in range(0, n_v, {COLUMN_CHANNELS}):",
+            f"{ind3}store_columns8(tile, np.uint64(b), v_u, out1, at0 + np.uint64(b) * o_cu, "
+            "o_cu,",
+            f"{ind3}               np.uint64(min({COLUMN_CHANNELS}, n_v - b)))",
+        ]
     lines += [
         f"{ind1}else:  # one loop over the block's channels, the R pixels unrolled",
         f"{ind2}for v in range(n_v):",
@@ -388,6 +403,8 @@ def render_twin(r: int, v: int, purpose: str) -> str:
             "weights packed by `_tiled.pack_tiles` with this module's V, the bias by its "
             "`pack_bias`.")
     doc = '"""' + textwrap.fill(text, 90) + '\n"""\n'
+    columns = ("from nasgraph.backends.numba._transpose import store_columns8\n"
+               if r == COLUMN_PIXELS and v % COLUMN_CHANNELS == 0 else "")
     imports = (f'''
 from __future__ import annotations
 
@@ -396,7 +413,7 @@ from numba import njit, prange
 
 from nasgraph.backends.numba._activations import activate_inline
 from nasgraph.backends.numba._tiled import _strides, jobs_per_block, zero_border
-
+{columns}
 R = {r}
 V = {v}
 

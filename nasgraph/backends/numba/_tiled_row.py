@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from nasgraph.backends.numba._transpose import store_columns8
+
 R = 8
 V = 16
 KW = 3
@@ -25,7 +27,8 @@ def _rows(xf, x_0, row, wf, bias, cb, ho, wo, cout, cin, kh, sh, dh, of, o_0, o_
     # Unsigned offsets: no negative-index fix-ups. The accumulators go out
     # through `tile`, a pixel's channels side by side, so that LLVM packs them
     # channel-wise (stored straight into the N x C x Ho x Wo output, pixel-wise,
-    # it packed the pixels and broadcast the weights: 2.4x the time).
+    # it packed the pixels and broadcast the weights: 2.4x the time), and from
+    # there into the output's planes transposed in registers (`store_columns8`).
     tile = np.empty((R, V), np.float32)
     cu, v_u = np.uint64(cin), np.uint64(V)
     c0 = cb * V
@@ -668,17 +671,8 @@ def _rows(xf, x_0, row, wf, bias, cb, ho, wo, cout, cin, kh, sh, dh, of, o_0, o_
         tile[7, 13] = a7_13
         tile[7, 14] = a7_14
         tile[7, 15] = a7_15
-        at = np.uint64(o_0 + c0 * o_c + oh * o_h + ow0)
-        for v in range(n_v):
-            o = at + np.uint64(v * o_c)
-            of[o + np.uint64(0)] = tile[0, v]
-            of[o + np.uint64(1)] = tile[1, v]
-            of[o + np.uint64(2)] = tile[2, v]
-            of[o + np.uint64(3)] = tile[3, v]
-            of[o + np.uint64(4)] = tile[4, v]
-            of[o + np.uint64(5)] = tile[5, v]
-            of[o + np.uint64(6)] = tile[6, v]
-            of[o + np.uint64(7)] = tile[7, v]
+        store_columns8(tile, np.uint64(0), v_u, of, np.uint64(o_0 + c0 * o_c + oh * o_h + ow0),
+                       np.uint64(o_c), np.uint64(n_v))
 
 
 @njit(parallel=True, cache=True)

@@ -12,6 +12,7 @@ from numba import njit, prange
 
 from nasgraph.backends.numba._activations import activate_inline
 from nasgraph.backends.numba._tiled import _strides, jobs_per_block, zero_border
+from nasgraph.backends.numba._transpose import store_columns8
 
 R = 8
 V = 48
@@ -1132,6 +1133,10 @@ def _tiles(xf, x_0, row, wf, run, bias, cb, pt0, pt1, hw, wo, cout, cin, kh, sh,
             _store_pixel(tile, 5, res1, rt5, has_res, act, out1, at5)
             _store_pixel(tile, 6, res1, rt6, has_res, act, out1, at6)
             _store_pixel(tile, 7, res1, rt7, has_res, act, out1, at7)
+        elif at7 == at0 + np.uint64(7) and not has_res and act == 0:
+            for b in range(0, n_v, 16):
+                store_columns8(tile, np.uint64(b), v_u, out1, at0 + np.uint64(b) * o_cu, o_cu,
+                               np.uint64(min(16, n_v - b)))
         else:  # one loop over the block's channels, the R pixels unrolled
             for v in range(n_v):
                 o, q = np.uint64(v) * o_cu, np.uint64(v) * r_cu

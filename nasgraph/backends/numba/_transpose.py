@@ -82,3 +82,46 @@ def _load(builder: ir.IRBuilder, base, at) -> ir.Value:
 def _store(builder: ir.IRBuilder, base, at, row: ir.Value) -> None:
     builder.store(row, builder.bitcast(builder.gep(base, [at]), _F32X16.as_pointer()),
                   align=4)
+
+
+
+_F32X8 = ir.VectorType(ir.FloatType(), 8)
+_HALF = 8  # rows of a `store_columns8` tile
+
+
+@intrinsic
+def store_columns8(typingctx, src, src_at, src_step, dst, dst_at, dst_step, n):
+    """Writes the 8 x 16 block src[src_at + i * src_step + j] (i < 8, j < 16) transposed,
+    for its first n columns (n <= 16): column j as the 8 consecutive values at dst_at + j
+    * dst_step (flat float32 arrays, unsigned offsets). A conv tile's 8 pixels of a row x
+    16 channels, written into N x C x H x W. The rows are transposed in registers by
+    `transpose16`'s last three rounds, on the two 8 x 8 halves at once: row i then holds
+    column i in its first 8 values and column i + 8 in its last. No bounds are
+    checked."""
+    sig = types.void(src, types.uint64, types.uint64, dst, types.uint64, types.uint64,
+                     types.uint64)
+
+    def codegen(context, builder, signature, args):
+        s_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
+        d_ptr = context.make_array(signature.args[3])(context, builder, args[3]).data
+        s_at, s_step, _, d_at, d_step, n = args[1:]
+        rows = [_load(builder, s_ptr, builder.add(s_at, builder.mul(s_step, _index(i))))
+                for i in range(_HALF)]
+        for h, low, high in _swap_masks()[1:]:
+            for i in range(_HALF):
+                if not i & h:
+                    a, b = rows[i], rows[i + h]
+                    rows[i] = builder.shuffle_vector(a, b, low)
+                    rows[i + h] = builder.shuffle_vector(a, b, high)
+        halves = [ir.Constant(ir.VectorType(ir.IntType(32), _HALF), list(range(k, k + _HALF)))
+                  for k in (0, _HALF)]
+        for j in range(BLOCK):
+            row = rows[j % _HALF]
+            column = builder.shuffle_vector(row, row, halves[j // _HALF])
+            with builder.if_then(builder.icmp_unsigned("<", _index(j), n), likely=True):
+                at = builder.add(d_at, builder.mul(d_step, _index(j)))
+                builder.store(column, builder.bitcast(builder.gep(d_ptr, [at]),
+                                                      _F32X8.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
