@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from nasgraph.backends.numba._activations import activate_inline
+from nasgraph.backends.numba._transpose import store_columns2, store_columns4
 
 R = 6
 V = 16
@@ -421,6 +422,11 @@ def _tiles(xf, x_0, row, wf, run, bias, cb, pt0, pt1, hw, wo, cout, cin, kh, sh,
             _store_pixel(tile, 3, res1, rt3, has_res, act, out1, at3)
             _store_pixel(tile, 4, res1, rt4, has_res, act, out1, at4)
             _store_pixel(tile, 5, res1, rt5, has_res, act, out1, at5)
+        elif at5 == at0 + np.uint64(5) and not has_res and act == 0:
+            for b in range(0, n_v, 16):
+                m, o = np.uint64(min(16, n_v - b)), at0 + np.uint64(b) * o_cu
+                store_columns4(tile, np.uint64(b), v_u, out1, o, o_cu, m)
+                store_columns2(tile, np.uint64(64 + b), v_u, out1, o + np.uint64(4), o_cu, m)
         else:  # one loop over the block's channels, the R pixels unrolled
             for v in range(n_v):
                 o, q = np.uint64(v) * o_cu, np.uint64(v) * r_cu

@@ -819,8 +819,8 @@ def _tiles(xf, x_0, row, wf, run, bias, cb, pt0, pt1, hw, wo, cout, cin, kh, sh,
             _store_pixel(tile, 7, res1, rt7, has_res, act, out1, at7)
         elif at7 == at0 + np.uint64(7) and not has_res and act == 0:
             for b in range(0, n_v, 16):
-                store_columns8(tile, np.uint64(b), v_u, out1, at0 + np.uint64(b) * o_cu, o_cu,
-                               np.uint64(min(16, n_v - b)))
+                m, o = np.uint64(min(16, n_v - b)), at0 + np.uint64(b) * o_cu
+                store_columns8(tile, np.uint64(b), v_u, out1, o, o_cu, m)
         else:  # one loop over the block's channels, the R pixels unrolled
             for v in range(n_v):
                 o, q = np.uint64(v) * o_cu, np.uint64(v) * r_cu

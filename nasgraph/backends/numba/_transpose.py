@@ -16,6 +16,11 @@ conv reads use it (`_batchnorm_nhwc.batchnorm_out_padded_nhwc`,
 `batchnorm_dx_padded_nhwc`). A plain NCHW -> NHWC copy built on it was faster alone
 (0.72-0.94x on resnet20's tensors) but not in a training step (1.01x): the copy is bound
 by memory there (docs/numba.md, "BatchNorm writes what the conv reads").
+
+`store_columns8` (and its twins of 4 and 2 rows) does the same the other way round, for
+the tiled convs' NCHW outputs: a tile of 8 pixels x 16 channels, its columns written as
+a channel's 8 pixels, in the last three of those rounds (docs/numba.md, "The tiles' NCHW
+epilogue in registers").
 """
 
 from __future__ import annotations
@@ -84,44 +89,55 @@ def _store(builder: ir.IRBuilder, base, at, row: ir.Value) -> None:
                   align=4)
 
 
+def _columns_intrinsic(rows: int):
+    """`store_columns{rows}`: a rows x 16 block (rows 8, 4 or 2) written transposed."""
 
-_F32X8 = ir.VectorType(ir.FloatType(), 8)
-_HALF = 8  # rows of a `store_columns8` tile
+    def store_columns(typingctx, src, src_at, src_step, dst, dst_at, dst_step, n):
+        if not (isinstance(src, types.Array) and src.dtype == types.float32
+                and src.layout == "C" and isinstance(dst, types.Array)
+                and dst.dtype == types.float32 and dst.ndim == 1):
+            return None  # numba then names the arguments it could not type
+        sig = types.void(src, types.uint64, types.uint64, dst, types.uint64, types.uint64,
+                         types.uint64)
+
+        def codegen(context, builder, signature, args):
+            s_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
+            d_ptr = context.make_array(signature.args[3])(context, builder, args[3]).data
+            s_at, s_step, _, d_at, d_step, n = args[1:]
+            block = [_load(builder, s_ptr, builder.add(s_at, builder.mul(s_step, _index(i))))
+                     for i in range(rows)]
+            for h, low, high in _swap_masks():
+                for i in range(rows if h < rows else 0):
+                    if not i & h:
+                        a, b = block[i], block[i + h]
+                        block[i] = builder.shuffle_vector(a, b, low)
+                        block[i + h] = builder.shuffle_vector(a, b, high)
+            column = ir.VectorType(ir.FloatType(), rows)
+            for j in range(BLOCK):  # column j: row j % rows, lanes from j // rows * rows
+                first = j // rows * rows
+                lanes = ir.Constant(ir.VectorType(ir.IntType(32), rows),
+                                    list(range(first, first + rows)))
+                values = builder.shuffle_vector(block[j % rows], block[j % rows], lanes)
+                with builder.if_then(builder.icmp_unsigned("<", _index(j), n), likely=True):
+                    at = builder.gep(d_ptr, [builder.add(d_at, builder.mul(d_step, _index(j)))])
+                    builder.store(values, builder.bitcast(at, column.as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    store_columns.__name__ = f"store_columns{rows}"
+    return intrinsic(store_columns)
 
 
-@intrinsic
-def store_columns8(typingctx, src, src_at, src_step, dst, dst_at, dst_step, n):
-    """Writes the 8 x 16 block src[src_at + i * src_step + j] (i < 8, j < 16) transposed,
-    for its first n columns (n <= 16): column j as the 8 consecutive values at dst_at + j
-    * dst_step (flat float32 arrays, unsigned offsets). A conv tile's 8 pixels of a row x
-    16 channels, written into N x C x H x W. The rows are transposed in registers by
-    `transpose16`'s last three rounds, on the two 8 x 8 halves at once: row i then holds
-    column i in its first 8 values and column i + 8 in its last. No bounds are
-    checked."""
-    sig = types.void(src, types.uint64, types.uint64, dst, types.uint64, types.uint64,
-                     types.uint64)
-
-    def codegen(context, builder, signature, args):
-        s_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
-        d_ptr = context.make_array(signature.args[3])(context, builder, args[3]).data
-        s_at, s_step, _, d_at, d_step, n = args[1:]
-        rows = [_load(builder, s_ptr, builder.add(s_at, builder.mul(s_step, _index(i))))
-                for i in range(_HALF)]
-        for h, low, high in _swap_masks()[1:]:
-            for i in range(_HALF):
-                if not i & h:
-                    a, b = rows[i], rows[i + h]
-                    rows[i] = builder.shuffle_vector(a, b, low)
-                    rows[i + h] = builder.shuffle_vector(a, b, high)
-        halves = [ir.Constant(ir.VectorType(ir.IntType(32), _HALF), list(range(k, k + _HALF)))
-                  for k in (0, _HALF)]
-        for j in range(BLOCK):
-            row = rows[j % _HALF]
-            column = builder.shuffle_vector(row, row, halves[j // _HALF])
-            with builder.if_then(builder.icmp_unsigned("<", _index(j), n), likely=True):
-                at = builder.add(d_at, builder.mul(d_step, _index(j)))
-                builder.store(column, builder.bitcast(builder.gep(d_ptr, [at]),
-                                                      _F32X8.as_pointer()), align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
+# store_columnsR(src, src_at, src_step, dst, dst_at, dst_step, n): writes the R x 16 block
+# src[src_at + i * src_step + j] (i < R, j < 16) transposed, for its first n columns (n <=
+# 16): column j as the R consecutive values at dst_at + j * dst_step (float32 arrays,
+# unsigned offsets; src C-contiguous of any rank, read flat: a tile needs no reshape, which
+# would count references in the kernel's loop). A conv tile's R pixels x 16 channels,
+# written into N x C x H x W where a channel's R pixels are consecutive values. The rows
+# are transposed in registers by `transpose16`'s rounds that swap blocks smaller than R,
+# on the 16 / R blocks of R columns at once: row i then holds column i of each. No bounds
+# are checked.
+store_columns8 = _columns_intrinsic(8)
+store_columns4 = _columns_intrinsic(4)
+store_columns2 = _columns_intrinsic(2)

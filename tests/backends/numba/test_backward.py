@@ -961,23 +961,27 @@ def test_blocks_transposed_in_registers():
     np.testing.assert_array_equal(dst, want)
 
 
+@pytest.mark.parametrize("rows", [8, 4, 2])
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 15, 16])
-def test_tile_columns_transposed_in_registers(n):
-    # `store_columns8`: the first n columns of an 8 x 16 block, read from a 2-D tile at
-    # an offset, each written as 8 consecutive values `dst_step` apart; nothing else
+def test_tile_columns_transposed_in_registers(rows, n):
+    # `store_columns{rows}`: the first n columns of a rows x 16 block, read from a 2-D
+    # tile at an offset, each written as `rows` consecutive values `dst_step` apart;
+    # nothing else
     from numba import njit
 
-    from nasgraph.backends.numba._transpose import store_columns8
+    from nasgraph.backends.numba import _transpose
+
+    store = getattr(_transpose, f"store_columns{rows}")
 
     @njit
     def run(tile, at, step, dst, to, dst_step, n):
-        store_columns8(tile, at, step, dst, to, dst_step, n)
+        store(tile, at, step, dst, to, dst_step, n)
 
-    tile = np.random.default_rng(n).standard_normal((8, 36)).astype(np.float32)
+    tile = np.random.default_rng(n).standard_normal((rows, 36)).astype(np.float32)
     dst = np.full(400, np.nan, np.float32)
     run(tile, np.uint64(3), np.uint64(36), dst, np.uint64(5), np.uint64(21), np.uint64(n))
     want = np.full_like(dst, np.nan)
-    want[5:5 + 16 * 21].reshape(16, 21)[:n, :8] = tile[:, 3:19].T[:n]
+    want[5:5 + 16 * 21].reshape(16, 21)[:n, :rows] = tile[:, 3:19].T[:n]
     np.testing.assert_array_equal(dst, want)
 
 
