@@ -173,7 +173,7 @@ def _row_kernel() -> str:
     for r in range(R):
         lines += [f"{i2}tile[{r}, {v}] = a{r}_{v}" for v in range(V)]
     # value by value, the epilogue took 13-30% of a call (3x3 convs of 16 channels on 8x8
-    # to 32x32 maps); transposed in registers, the calls take 0.92-0.96x the time
+    # to 32x32 maps); transposed in registers, the calls take 0.91-0.96x the time
     lines += [
         f"{i2}store_columns8(tile, np.uint64(0), v_u, of, np.uint64(o_0 + c0 * o_c + oh * o_h "
         "+ ow0),",

@@ -19,8 +19,8 @@ by memory there (docs/numba.md, "BatchNorm writes what the conv reads").
 
 `store_columns8` (and its twins of 4 and 2 rows) does the same the other way round, for
 the tiled convs' NCHW outputs: a tile of 8 pixels x 16 channels, its columns written as
-a channel's 8 pixels, in the last three of those rounds (docs/numba.md, "The tiles' NCHW
-epilogue in registers").
+a channel's 8 pixels, by those of the rounds that swap blocks smaller than 8 (docs/numba.md,
+"The tiles' NCHW epilogue in registers").
 """
 
 from __future__ import annotations
