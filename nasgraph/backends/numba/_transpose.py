@@ -85,12 +85,14 @@ def _load(builder: ir.IRBuilder, base, at) -> ir.Value:
 
 
 def _store(builder: ir.IRBuilder, base, at, row: ir.Value) -> None:
-    builder.store(row, builder.bitcast(builder.gep(base, [at]), _F32X16.as_pointer()),
+    # a vector (of any width) at base[at], unaligned
+    builder.store(row, builder.bitcast(builder.gep(base, [at]), row.type.as_pointer()),
                   align=4)
 
 
 def _columns_intrinsic(rows: int):
-    """`store_columns{rows}`: a rows x 16 block (rows 8, 4 or 2) written transposed."""
+    """`store_columns{rows}`: a rows x 16 block (rows of `COLUMN_ROWS`) written
+    transposed."""
 
     def store_columns(typingctx, src, src_at, src_step, dst, dst_at, dst_step, n):
         if not (isinstance(src, types.Array) and src.dtype == types.float32
@@ -112,15 +114,14 @@ def _columns_intrinsic(rows: int):
                         a, b = block[i], block[i + h]
                         block[i] = builder.shuffle_vector(a, b, low)
                         block[i + h] = builder.shuffle_vector(a, b, high)
-            column = ir.VectorType(ir.FloatType(), rows)
             for j in range(BLOCK):  # column j: row j % rows, lanes from j // rows * rows
                 first = j // rows * rows
                 lanes = ir.Constant(ir.VectorType(ir.IntType(32), rows),
                                     list(range(first, first + rows)))
                 values = builder.shuffle_vector(block[j % rows], block[j % rows], lanes)
                 with builder.if_then(builder.icmp_unsigned("<", _index(j), n), likely=True):
-                    at = builder.gep(d_ptr, [builder.add(d_at, builder.mul(d_step, _index(j)))])
-                    builder.store(values, builder.bitcast(at, column.as_pointer()), align=4)
+                    _store(builder, d_ptr, builder.add(d_at, builder.mul(d_step, _index(j))),
+                           values)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -138,6 +139,5 @@ def _columns_intrinsic(rows: int):
 # are transposed in registers by `transpose16`'s rounds that swap blocks smaller than R,
 # on the 16 / R blocks of R columns at once: row i then holds column i of each. No bounds
 # are checked.
-store_columns8 = _columns_intrinsic(8)
-store_columns4 = _columns_intrinsic(4)
-store_columns2 = _columns_intrinsic(2)
+COLUMN_ROWS = (8, 4, 2)  # the row counts of the `store_columns` intrinsics
+store_columns8, store_columns4, store_columns2 = map(_columns_intrinsic, COLUMN_ROWS)
