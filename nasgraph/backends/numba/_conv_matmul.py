@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from nasgraph.backends.numba import _blas as blas_k
 from nasgraph.backends.numba import _tiled as tiled_k
 
 
@@ -160,28 +161,19 @@ def pointwise_forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
 
 def pointwise_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, need_dx: bool
                        ) -> tuple[np.ndarray | None, np.ndarray]:
-    """dx[n] = w.T @ dy[n] (None unless `need_dx`); dw = the sum over n of dy[n] @ x[n].T
-    (`sample_sum`)."""
+    """dx[n] = w.T @ dy[n] (None unless `need_dx`); dw = the sum over n of dy[n] @ x[n].T,
+    accumulated by sgemm itself (`_blas.summed_products`): float32 over runs of SUM_CHUNK
+    samples, float64 across."""
     n, cin = x.shape[:2]
     cout = w.shape[0]
-    w2, g3, x3 = w.reshape(cout, cin), gy.reshape(n, cout, -1), x.reshape(n, cin, -1)
+    w2 = w.reshape(cout, cin)
+    g3 = np.ascontiguousarray(gy).reshape(n, cout, -1)
+    x3 = np.ascontiguousarray(x).reshape(n, cin, -1)
     gx = np.matmul(w2.T, g3).reshape(x.shape) if need_dx else None
-    gw = sample_sum(np.matmul(g3, x3.transpose(0, 2, 1)))
+    gw = blas_k.summed_products(blas_k.SGEMM, g3, x3, SUM_CHUNK)
     return gx, gw.astype(np.float32).reshape(w.shape)
 
 
-SUM_CHUNK = 16  # samples whose products `sample_sum` adds in float32
-
-
-def sample_sum(parts: np.ndarray) -> np.ndarray:
-    """The sum over the first axis of float32 `parts`, in float64: float32 over runs of
-    SUM_CHUNK, float64 across. numpy's float64 sum of float32 values casts each one on
-    the way: 2.5-4x the time of float32 sums (128 products of 24 x 96 to 128 x 32)."""
-    whole = len(parts) // SUM_CHUNK * SUM_CHUNK
-    if not whole:
-        return parts.sum(axis=0, dtype=np.float64)
-    runs = parts[:whole].reshape(-1, SUM_CHUNK, *parts.shape[1:]).sum(axis=1)
-    total = runs.sum(axis=0, dtype=np.float64)
-    if whole < len(parts):
-        total += parts[whole:].sum(axis=0, dtype=np.float64)
-    return total
+# samples whose products the weight gradient sums in float32 (`pointwise_backward`): the
+# weight gradients' convention, a run of samples in float32, the runs in float64
+SUM_CHUNK = 16

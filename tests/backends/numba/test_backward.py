@@ -1755,17 +1755,23 @@ def test_flat_stems_match_torch(hw, stride):
 
 
 @pytest.mark.parametrize("n", [1, 5, 16, 37, 128])
-def test_sample_sum_adds_the_samples_to_float64(n):
-    # float32 over runs of SUM_CHUNK samples, float64 across, the samples past the last
-    # whole run included: against numpy's float64 sum, to float32 precision; values of
-    # mixed sign and scale, so that a dropped or doubled sample shows
+@pytest.mark.parametrize("m, k, pixels", [(6, 5, 16), (32, 128, 1), (3, 7, 49)])
+def test_summed_products_add_the_samples_to_float64(n, m, k, pixels):
+    # sgemm with beta = 1 over runs of SUM_CHUNK samples, float64 across, the samples past
+    # the last whole run included: against the float64 products summed, within float32
+    # rounding of sums of up to 16 x 49 terms; values of mixed sign and scale, so that a
+    # dropped or doubled sample (1/n of the magnitude or more) shows
+    from nasgraph.backends.numba import _blas
+
     rng = np.random.default_rng(n)
-    parts = (rng.standard_normal((n, 6, 5)) * rng.uniform(0.1, 10, (n, 1, 1))
-             ).astype(np.float32)
-    got = _conv_matmul.sample_sum(parts)
-    ref = parts.astype(np.float64).sum(axis=0)
-    assert got.dtype == np.float64 and got.shape == (6, 5)
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * np.abs(parts).sum(axis=0).max())
+    scale = rng.uniform(0.1, 10, (n, 1, 1))
+    a = (rng.standard_normal((n, m, pixels)) * scale).astype(np.float32)
+    b = rng.standard_normal((n, k, pixels)).astype(np.float32)
+    got = _blas.summed_products(_blas.SGEMM, a, b, _conv_matmul.SUM_CHUNK)
+    terms = np.einsum("smp,skp->smkp", a.astype(np.float64), b.astype(np.float64))
+    ref = terms.sum(axis=(0, 3))
+    assert got.dtype == np.float64 and got.shape == (m, k)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(terms).sum(axis=(0, 3)).max())
 
 
 def test_flat_depthwise_convs_are_3x3_stride_1_or_2_padding_1_on_small_maps():
