@@ -32,13 +32,34 @@ def flat_depthwise(op, pixels: int) -> bool:
     of NHWC and the phase planes: channel multiplier 1, stride 1, 0.45-0.74x on 4x4 to
     28x28 maps, 0.83x on 56x56; stride 2, 0.66-0.83x from 7x7 to 28x28, 1.15x from 56x56.
     Multiplier 2-4: 0.42-0.65x the planes' time. Stems of one input channel, without an
-    input gradient: 0.72-1.0x the planes' stem tiles."""
+    input gradient: 0.72-1.0x the planes' stem tiles. Of these, depthwise convs of
+    multiplier 1 on small maps take the batch in the lanes instead (`lanes_depthwise`)."""
     return (op.kernel == (3, 3) and op.pad == (1, 1) and op.dilation == (1, 1)
             and pixels <= FLAT_MAX_PIXELS.get(op.stride, 0))
 
 
 # input pixels up to which depthwise convs take the flat planes, by stride
 FLAT_MAX_PIXELS = {(1, 1): 3136, (2, 2): 784}  # 56x56, 28x28
+
+
+def lanes_depthwise(op, in_channels: int, out_channels: int, pixels: int) -> bool:
+    """Whether a depthwise conv the flat planes would take (`flat_depthwise`) trains with
+    16 samples in a vector's lanes instead (`_depthwise_lanes`): channel multiplier 1,
+    input maps of at most LANES_MAX_PIXELS[stride] (stride 1: up to 8x8, a plane of one
+    to four vectors, where the flat planes' loops run short). Measured on an AVX-512
+    Xeon, one thread, batch 128 (32 where said), both kernels in turns in one process,
+    time over the flat planes' (docs/numba.md, "Depthwise convs with the batch in the
+    lanes"), forward and backward: stride 2 from 7x7 to 28x28, 0.38-0.58x and 0.39-0.72x;
+    stride 1 on 4x4 0.44-0.58x and 0.36-0.48x, on 7x7 0.64-0.70x and 0.52-0.58x (batch
+    32 too), on 8x8 0.77-0.98x and 0.71-0.89x; on 14x14 1.11x and 0.89x, on 16x16 1.43x
+    and 0.95x: those stay flat."""
+    return (in_channels == out_channels and flat_depthwise(op, pixels)
+            and pixels <= LANES_MAX_PIXELS.get(op.stride, 0))
+
+
+# input pixels up to which depthwise convs of channel multiplier 1 take the lanes, by
+# stride
+LANES_MAX_PIXELS = {(1, 1): 64, (2, 2): 784}  # 8x8, 28x28
 
 
 # depthwise convs with at most this many output pixels train in NHWC (`_depthwise`)

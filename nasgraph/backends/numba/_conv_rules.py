@@ -14,6 +14,7 @@ from nasgraph.backends.numba import _backward_conv as conv_b
 from nasgraph.backends.numba import _conv_matmul as matmul_k
 from nasgraph.backends.numba import _depthwise as depthwise_k
 from nasgraph.backends.numba import _depthwise_flat as flat_k
+from nasgraph.backends.numba import _depthwise_lanes as lanes_k
 from nasgraph.backends.numba import _planes as planes_k
 from nasgraph.backends.numba import _planes_depthwise as depthwise_planes_k
 from nasgraph.backends.numba import _planes_wgrad as wgrad_planes_k
@@ -22,6 +23,7 @@ from nasgraph.backends.numba._conv_paths import (
     depthwise_nhwc,
     dx_is_conv,
     flat_depthwise,
+    lanes_depthwise,
     planes_forward,
     planes_grouped,
     planes_input_grad,
@@ -65,6 +67,13 @@ class _DepthwiseFlat(NamedTuple):
     x: np.ndarray
 
 
+class _DepthwiseLanes(NamedTuple):
+    """What a depthwise conv run with the batch in the lanes
+    (`_conv_paths.lanes_depthwise`) keeps for its backward: its input."""
+
+    x: np.ndarray
+
+
 class _DepthwiseNHWC(NamedTuple):
     """What a depthwise conv run in NHWC (`_conv_paths.depthwise_nhwc`) keeps for its
     backward: its input zero-padded in NHWC, and its weights packed tap by tap (kh*kw x
@@ -94,10 +103,11 @@ class _Grouped(NamedTuple):
 def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                  ) -> tuple[np.ndarray, np.ndarray | _Padded | _Subsampled | _Grouped
                             | matmul_k.Dense | planes_k.PhasePlanes | _DepthwiseNHWC
-                            | _DepthwiseFlat]:
+                            | _DepthwiseFlat | _DepthwiseLanes]:
     # N x Cin x H x W -> N x Cout x Ho x Wo; saved: x, for a tiled conv `_Padded`, for a
     # strided 1x1 one `_Subsampled`, for a depthwise one (or a stem of one input channel)
-    # `_DepthwiseFlat`, `_DepthwiseNHWC` or its input's phase planes, for a grouped one on
+    # `_DepthwiseLanes`, `_DepthwiseFlat`, `_DepthwiseNHWC` or its input's phase planes,
+    # for a grouped one on
     # the planes `_Grouped`, for one on a tiny map `matmul_k.Dense`
     op, x = node.op, xs[0]
     w = wts["weight"]  # Cout x Cin/G x kh x kw
@@ -120,6 +130,11 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
             conv_b.conv2d_forward(sub, w.reshape(op.groups, cout // op.groups, cig), bias,
                                   out, 1, 1, 1, 1, 0, 0, 1, 1, int(op.bias), run.threads)
         return out, _Subsampled(sub, x.shape)
+    if cig == 1 and lanes_depthwise(op, x.shape[1], cout, x.shape[2] * x.shape[3]):
+        lanes_k.depthwise_forward(x, w.reshape(cout, 9),
+                                  bias if op.bias else np.zeros(cout, F32), out,
+                                  _lanes_geometry(op, x.shape), run.threads)
+        return out, _DepthwiseLanes(x)
     if cig == 1 and flat_depthwise(op, x.shape[2] * x.shape[3]):
         flat_k.depthwise_forward(x, w.reshape(cout, 9),
                                  bias if op.bias else np.zeros(cout, F32), out,
@@ -250,9 +265,14 @@ def planes_dy(node: Node, saved: object, need_dx: bool) -> planes_k.PlanesFor | 
     return planes_k.PlanesFor(x_shape[2:], op.kernel, op.pad, op.dilation)
 
 
+def _lanes_geometry(op, x_shape: tuple[int, ...]) -> lanes_k.LanesGeometry:
+    return lanes_k.lanes_geometry(*x_shape[2:], op.stride, op.pad, op.dilation)
+
+
 def conv_backward(node: Node, gy: np.ndarray,
                   saved: np.ndarray | _Padded | _Subsampled | _Grouped | matmul_k.Dense
-                  | planes_k.PhasePlanes | _DepthwiseNHWC | _DepthwiseFlat, wts: Weights,
+                  | planes_k.PhasePlanes | _DepthwiseNHWC | _DepthwiseFlat | _DepthwiseLanes,
+                  wts: Weights,
                   run: Run,
                   needs: list[bool]) -> Grads:
     op = node.op
@@ -283,6 +303,14 @@ def conv_backward(node: Node, gy: np.ndarray,
                                           needs[0], run)
         gx = Spread(gxs, op.stride, saved.shape) if needs[0] else None
         return [gx], _with_bias_grad(op, gw, gy)
+    if isinstance(saved, _DepthwiseLanes):
+        x = saved.x
+        gx = np.empty_like(x) if needs[0] else NO_GRAD
+        parts = np.zeros((run.threads, cout, 9))
+        lanes_k.depthwise_backward(x, gy, w.reshape(cout, 9), gx, parts,
+                                   _lanes_geometry(op, x.shape), needs[0], run.threads)
+        gw = (parts[0] if run.threads == 1 else parts.sum(axis=0)).astype(F32)
+        return [gx if needs[0] else None], _with_bias_grad(op, gw.reshape(w.shape), gy)
     if isinstance(saved, _DepthwiseFlat):
         x = saved.x
         gx = np.empty_like(x) if needs[0] else NO_GRAD

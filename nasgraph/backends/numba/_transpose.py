@@ -59,19 +59,48 @@ def transpose16(typingctx, src, src_at, src_step, dst, dst_at, dst_step):
         s_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
         d_ptr = context.make_array(signature.args[3])(context, builder, args[3]).data
         s_at, s_step, _, d_at, d_step = args[1:]
-        rows = [_load(builder, s_ptr, builder.add(s_at, builder.mul(s_step, _index(i))))
-                for i in range(BLOCK)]
-        for h, low, high in _swap_masks():
-            for i in range(BLOCK):
-                if not i & h:
-                    a, b = rows[i], rows[i + h]
-                    rows[i] = builder.shuffle_vector(a, b, low)
-                    rows[i + h] = builder.shuffle_vector(a, b, high)
+        rows = _transposed(builder, s_ptr, s_at, s_step)
         for j, row in enumerate(rows):
             _store(builder, d_ptr, builder.add(d_at, builder.mul(d_step, _index(j))), row)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def transpose16_to(typingctx, src, src_at, src_step, dst, places, first):
+    """`transpose16` with each column stored where `places` says: the 16 x 16 block
+    src[src_at + i * src_step + j] transposed, column j as the 16 consecutive values at
+    dst[places[first + j]] (flat float32 arrays, places int64, unsigned offsets): 16
+    pixels of 16 samples into a grid whose rows are padded (`_depthwise_lanes`). No
+    bounds are checked."""
+    sig = types.void(src, types.uint64, types.uint64, dst, places, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        s_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
+        d_ptr = context.make_array(signature.args[3])(context, builder, args[3]).data
+        p_ptr = context.make_array(signature.args[4])(context, builder, args[4]).data
+        s_at, s_step, _, _, first = args[1:]
+        for j, row in enumerate(_transposed(builder, s_ptr, s_at, s_step)):
+            at = builder.load(builder.gep(p_ptr, [builder.add(first, _index(j))]))
+            _store(builder, d_ptr, at, row)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _transposed(builder: ir.IRBuilder, s_ptr, s_at, s_step) -> list[ir.Value]:
+    # the 16 rows s_ptr[s_at + i * s_step:+16] loaded and transposed: row j of the result
+    # is column j, after the four rounds of swaps
+    rows = [_load(builder, s_ptr, builder.add(s_at, builder.mul(s_step, _index(i))))
+            for i in range(BLOCK)]
+    for h, low, high in _swap_masks():
+        for i in range(BLOCK):
+            if not i & h:
+                a, b = rows[i], rows[i + h]
+                rows[i] = builder.shuffle_vector(a, b, low)
+                rows[i + h] = builder.shuffle_vector(a, b, high)
+    return rows
 
 
 def _index(i: int) -> ir.Constant:

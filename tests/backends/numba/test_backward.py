@@ -1719,14 +1719,19 @@ def test_both_depthwise_paths_match_torch(kernel, stride, pad, dilation, nhwc_pi
 @pytest.mark.parametrize("first", [False, True], ids=["after_a_conv", "first_layer"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("multiplier", [1, 2])
-def test_flat_depthwise_convs_match_torch(hw, stride, first, bias, multiplier):
+@pytest.mark.parametrize("lanes", [False, True], ids=["flat", "lanes"])
+def test_flat_depthwise_convs_match_torch(hw, stride, first, bias, multiplier, lanes,
+                                          monkeypatch):
     # 3x3 depthwise convs of stride 1 and 2, padding 1, train on flat planes
-    # (`flat_depthwise`): maps from 1x1 (every tap but the centre off the map) to 56x56
-    # (stride 1; stride 2 takes the old paths there, also checked),
+    # (`flat_depthwise`), or those of channel multiplier 1 with the batch in the lanes
+    # (`lanes_depthwise`), each forced: maps from 1x1 (every tap but the centre off the
+    # map) to 56x56 (stride 1; stride 2 takes the old paths there, also checked),
     # non-square ones, odd and even (a stride phase one row or column short or not), rows
     # of one pixel (each column shift wraps); 20 channels, one or two outputs each, with
     # and without a bias; after a conv that needs the input gradient, or as the first
     # layer, which does not
+    monkeypatch.setattr(_conv_paths, "LANES_MAX_PIXELS",
+                        dict.fromkeys(_conv_paths.FLAT_MAX_PIXELS, 1 << 30) if lanes else {})
     b = GraphBuilder("flat")
     x = b.input(20 if first else 3, *hw)
     if not first:
@@ -1737,7 +1742,50 @@ def test_flat_depthwise_convs_match_torch(hw, stride, first, bias, multiplier):
     conv = [n for n in graph if n.kind == "conv2d"][-1]
     flat = hw[0] * hw[1] <= _conv_paths.FLAT_MAX_PIXELS[(stride, stride)]
     assert _conv_paths.flat_depthwise(conv.op, hw[0] * hw[1]) == flat
+    assert _conv_paths.lanes_depthwise(conv.op, 20, 20 * multiplier, hw[0] * hw[1]) == (
+        flat and lanes and multiplier == 1)
     check_on_one_thread_and_two(graph)
+
+
+@pytest.mark.parametrize("n", [37, 32])
+@pytest.mark.parametrize("hw, stride", [((4, 4), 1), ((7, 7), 1), ((5, 8), 1), ((1, 1), 1),
+                                        ((7, 7), 2), ((8, 8), 2), ((14, 14), 2),
+                                        ((28, 28), 2), ((5, 8), 2), ((3, 1), 2)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lanes_depthwise_kernels_match_torch(n, hw, stride, threads):
+    # the kernels with 16 samples in the lanes, called directly at batches of whole
+    # blocks of 16 (the transposes) and not (37: two blocks and 5 samples, value by
+    # value), on one thread and two (their jobs split unevenly): forward, dx and dw
+    # against torch's float64 conv, to float32 precision
+    from nasgraph.backends.numba import _depthwise_lanes as lanes
+
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("numba has one thread")
+    rng = np.random.default_rng(n + stride)
+    c = 19
+    x = rng.standard_normal((n, c, *hw)).astype(np.float32)
+    w = rng.standard_normal((c, 9)).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    geometry = lanes.lanes_geometry(*hw, (stride, stride), (1, 1), (1, 1))
+    xt = torch.from_numpy(x).double().requires_grad_()
+    wt = torch.from_numpy(w).double().reshape(c, 1, 3, 3).requires_grad_()
+    yt = F.conv2d(xt, wt, torch.from_numpy(bias).double(), stride=stride, padding=1, groups=c)
+    assert yt.shape[2:] == geometry.out_hw
+    gy = rng.standard_normal(yt.shape).astype(np.float32)
+    yt.backward(torch.from_numpy(gy).double())
+    out = np.empty(yt.shape, np.float32)
+    gx = np.empty_like(x)
+    parts = np.zeros((threads, c, 9))
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(threads)
+        lanes.depthwise_forward(x, w, bias, out, geometry, threads)
+        lanes.depthwise_backward(x, gy, w, gx, parts, geometry, True, threads)
+    finally:
+        numba.set_num_threads(before)
+    for got, ref in ((out, yt), (gx, xt.grad), (parts.sum(axis=0), wt.grad.reshape(c, 9))):
+        ref = ref.detach().numpy()
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("hw, stride", [((8, 8), 1), ((28, 28), 2), ((5, 7), 2)])
