@@ -9,15 +9,22 @@ in registers (`_transpose.transpose16`). Flat arrays, unsigned offsets, as there
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from nasgraph.backends.numba._batchnorm import (
     _MASKED,
     _dx_coefficients,
     _normalize_run,
 )
+from nasgraph.backends.numba._masked import load_first, move
 from nasgraph.backends.numba._transpose import BLOCK as SIDE
-from nasgraph.backends.numba._transpose import transpose16
+from nasgraph.backends.numba._transpose import (
+    store_at_places,
+    transpose16,
+    transposed,
+)
 
 
 def batchnorm_out_padded_nhwc(x, scale, shift, act, xp, threads):
@@ -26,10 +33,7 @@ def batchnorm_out_padded_nhwc(x, scale, shift, act, xp, threads):
     (W+2pw) x C): the layout in which the conv after it reads its input
     (`_backward_conv.PaddedNHWC`), so that the conv does not copy it there. Where
     `padded_fits`, as `batchnorm_dx_padded_nhwc`."""
-    if threads == 1:
-        _padded_nhwc_1(x, x, _NO_COEFFICIENTS, scale, shift, act, xp, False)
-    else:
-        _padded_nhwc(x, x, _NO_COEFFICIENTS, scale, shift, act, xp, False)
+    _passes(x.shape, threads)(x, x, _NO_COEFFICIENTS, scale, shift, act, xp, False)
 
 
 def batchnorm_dx_padded_nhwc(x, gy, gamma, mean, invstd, ggamma, gbeta, training, scale,
@@ -43,22 +47,28 @@ def batchnorm_dx_padded_nhwc(x, gy, gamma, mean, invstd, ggamma, gbeta, training
     registers 16 pixels at a time (`_transpose.transpose16`)."""
     count = x.shape[0] * x.shape[2] * x.shape[3]
     k = _coefficients(gamma, mean, invstd, ggamma, gbeta, count, training)
+    _passes(x.shape, threads)(x, gy, k, scale, shift, act, gp, True)
+
+
+def _passes(shape: tuple[int, ...], threads: int):
+    # the row kernels where a row is two or more whole blocks of 16 pixels, else the plane
+    # kernels
+    rows = shape[3] % SIDE == 0 and shape[3] >= 2 * SIDE
     if threads == 1:
-        _padded_nhwc_1(x, gy, k, scale, shift, act, gp, True)
-    else:
-        _padded_nhwc(x, gy, k, scale, shift, act, gp, True)
+        return _padded_nhwc_1 if rows else _plane_nhwc_1
+    return _padded_nhwc if rows else _plane_nhwc
 
 
 def padded_fits(shape: tuple[int, ...]) -> bool:
     """Whether `batchnorm_dx_padded_nhwc` and `batchnorm_out_padded_nhwc` take an N x C x H
-    x W tensor: whole blocks of 16 channels, rows of two or more whole blocks of 16
-    pixels. Measured on an AVX-512 Xeon, one thread, caches flushed before each call (as
-    a training step leaves them), against BatchNorm's NCHW pass and the conv's copy:
-    forward 0.69-0.85x and backward 0.87-1.02x on maps 32 to 64 wide (16-64 channels);
-    on 16 x 16 maps 0.93-1.26x and 1.0-1.36x, on 8 x 8 maps (two rows a block) 1.06-1.15x
-    and 1.17-1.24x, which keep the copy."""
-    _, c, _, w = shape
-    return c % SIDE == 0 and w % SIDE == 0 and w >= 2 * SIDE
+    x W tensor: whole blocks of 16 channels. Rows of two or more whole blocks of 16
+    pixels go a row at a time (`_padded_nhwc`), other maps a plane at a time
+    (`_plane_nhwc`). Measured on an AVX-512 Xeon, one thread, caches flushed before each
+    call (as a training step leaves them), against BatchNorm's NCHW pass and the conv's
+    copy: rows, forward 0.69-0.85x and backward 0.87-1.02x on maps 32 to 64 wide (16-64
+    channels); planes, 0.56-0.88x and 0.76-1.00x on 4x4 to 56x56 maps of 16-128 channels
+    at batch 32-128 (docs/numba.md, "BatchNorm writes what the conv reads")."""
+    return shape[1] % SIDE == 0
 
 
 _NO_COEFFICIENTS = np.zeros((4, 1), np.float32)  # what the output pass does not read
@@ -167,3 +177,180 @@ def _padded_nhwc_1(x, gy, k, scale, shift, act, xp, dx):
     for job in range(x.shape[0] * (x.shape[1] // SIDE)):
         _padded_job(x1, g1, p1, job, x.shape, xp.shape[1], xp.shape[2], k, scale, shift,
                     act, buf, dx)
+
+
+# Maps whose rows are not two or more whole blocks of 16 pixels (16x16, 14x14, 8x8, 7x7,
+# 4x4): a job is a sample's block of 16 channels over its whole plane, 16 pixels at a
+# time (the last block masked), each block of 16 channels x 16 pixels computed and
+# transposed in registers (`_out16`, `_dx16`) and its pixels stored where the padded
+# layout has them (`_transpose.store_at_places`)
+
+_F32X16 = ir.VectorType(ir.FloatType(), SIDE)
+_I32X16 = ir.VectorType(ir.IntType(32), SIDE)
+_I64 = ir.IntType(64)
+
+
+def _splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
+    v = builder.insert_element(ir.Constant(_F32X16, None), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(v, v, ir.Constant(_I32X16, [0] * SIDE))
+
+
+def _rows(builder: ir.IRBuilder, ptr, at, step, count) -> list[ir.Value]:
+    # the 16 rows ptr[at + i * step:+count], zeros past count (a masked load each)
+    return [load_first(builder, ptr, builder.add(at, builder.mul(step, ir.Constant(_I64, i))),
+                       count) for i in range(SIDE)]
+
+
+def _channel(builder: ir.IRBuilder, ptr, at) -> ir.Value:
+    # ptr[at] (float32) in every lane
+    return _splat(builder, builder.load(builder.gep(ptr, [at])))
+
+
+def _activated(builder: ir.IRBuilder, y: ir.Value, act: ir.Value) -> ir.Value:
+    # act(y) as `_normalize_run` applies it: 1 ReLU (y if y > 0 else 0), 2 ReLU6, else y
+    zero, six = ir.Constant(_F32X16, [0.0] * SIDE), ir.Constant(_F32X16, [6.0] * SIDE)
+    relu = builder.select(builder.fcmp_ordered(">", y, zero), y, zero)
+    relu6 = builder.select(builder.fcmp_ordered("<", relu, six), relu, six)
+    is1 = builder.icmp_signed("==", act, ir.Constant(act.type, 1))
+    is2 = builder.icmp_signed("==", act, ir.Constant(act.type, 2))
+    return builder.select(is1, relu, builder.select(is2, relu6, y))
+
+
+def _passed(builder: ir.IRBuilder, pre: ir.Value, act: ir.Value) -> ir.Value:
+    # where the activation's slope is 1 at its input `pre` (an i1 vector): ReLU pre > 0,
+    # ReLU6 0 < pre < 6, else everywhere
+    zero, six = ir.Constant(_F32X16, [0.0] * SIDE), ir.Constant(_F32X16, [6.0] * SIDE)
+    above = builder.fcmp_ordered(">", pre, zero)
+    inside = builder.and_(above, builder.fcmp_ordered("<", pre, six))
+    is1 = builder.icmp_signed("==", act, ir.Constant(act.type, 1))
+    is2 = builder.icmp_signed("==", act, ir.Constant(act.type, 2))
+    every = ir.Constant(ir.VectorType(ir.IntType(1), SIDE), [1] * SIDE)
+    return builder.select(is1, above, builder.select(is2, inside, every))
+
+
+@intrinsic
+def _out16(typingctx, x, at, step, scale, shift, c0, act, dst, dst_at, places, first,
+           count):
+    # rows i < 16: act(x[at + i * step:+count] * scale[c0 + i] + shift[c0 + i]) (a
+    # product, then a sum, as `_normalize_run`; count <= 16 pixels read), transposed,
+    # column j < count stored at dst[dst_at + places[first + j]]
+    sig = types.void(x, types.uint64, types.uint64, scale, shift, types.uint64, types.int64,
+                     dst, types.uint64, places, types.uint64, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        x_p, sc_p, sh_p, d_p, p_p = (context.make_array(signature.args[k])(
+            context, builder, args[k]).data for k in (0, 3, 4, 7, 9))
+        at, step, c0, act, d_at, first, count = (args[k] for k in (1, 2, 5, 6, 8, 10, 11))
+        rows = []
+        for i, v in enumerate(_rows(builder, x_p, at, step, count)):
+            c = builder.add(c0, ir.Constant(_I64, i))
+            y = builder.fadd(builder.fmul(v, _channel(builder, sc_p, c)),
+                             _channel(builder, sh_p, c))
+            rows.append(_activated(builder, y, act))
+        store_at_places(builder, d_p, d_at, p_p, first, transposed(builder, rows), count)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _dx16(typingctx, x, g, at, step, k, c_in, scale, shift, c0, act, dst, dst_at, places,
+          first, count):
+    # rows i < 16 of dx = kk * (g' - ka - (x - mu) * kb) (k's rows mu, kk, ka, kb of
+    # channel c0 + i; flat, C a row), g' = g where the activation passed x * scale +
+    # shift (a product, then a sum), as `_dx_rows`; count <= 16 pixels read, transposed,
+    # column j < count stored at dst[dst_at + places[first + j]]
+    sig = types.void(x, g, types.uint64, types.uint64, k, types.uint64, scale, shift,
+                     types.uint64, types.int64, dst, types.uint64, places, types.uint64,
+                     types.uint64)
+
+    def codegen(context, builder, signature, args):
+        x_p, g_p, k_p, sc_p, sh_p, d_p, p_p = (context.make_array(signature.args[i])(
+            context, builder, args[i]).data for i in (0, 1, 4, 6, 7, 10, 12))
+        at, step, c_in, c0, act, d_at, first, count = (args[i] for i in
+                                                       (2, 3, 5, 8, 9, 11, 13, 14))
+        zero = ir.Constant(_F32X16, [0.0] * SIDE)
+        rows = []
+        for i, (v, g) in enumerate(zip(_rows(builder, x_p, at, step, count),
+                                       _rows(builder, g_p, at, step, count), strict=True)):
+            c = builder.add(c0, ir.Constant(_I64, i))
+            mu, kk, ka, kb = (_channel(builder, k_p, builder.add(builder.mul(
+                ir.Constant(_I64, row), c_in), c)) for row in range(4))
+            pre = builder.fadd(builder.fmul(v, _channel(builder, sc_p, c)),
+                               _channel(builder, sh_p, c))
+            g = builder.select(_passed(builder, pre, act), g, zero)
+            inner = builder.fsub(builder.fsub(g, ka), builder.fmul(builder.fsub(v, mu), kb))
+            rows.append(builder.fmul(kk, inner))
+        store_at_places(builder, d_p, d_at, p_p, first, transposed(builder, rows), count)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def _plane_places(h, w, wp, ph, pw, c_in):
+    # where each pixel's C values start in a sample of the padded NHWC layout
+    at = np.empty(h * w, np.int64)
+    for p in range(h * w):
+        at[p] = ((p // w + ph) * wp + p % w + pw) * c_in
+    return at
+
+
+@njit(inline="always", cache=True)
+def _plane_job(x1, g1, p1, job, shape, hp, wp, k1, scale, shift, act, places, dx):
+    # sample job // blocks, channels (job % blocks) * 16 .. + 15 over the whole plane, dx
+    # or the output; the first block's job also zeroes the sample's border
+    n_batch, c_in, h, w = shape
+    blocks = c_in // SIDE
+    n, c0 = job // blocks, job % blocks * SIDE
+    ph, pw = (hp - h) // 2, (wp - w) // 2
+    hw, wcu = h * w, np.uint64(wp * c_in)
+    base = np.uint64(n * hp) * wcu
+    if c0 == 0:  # zeros 16 at a time (`_masked.move` of nothing): value by value they
+        # took as long as the rest on 8x8 maps
+        nothing = np.uint64(0)
+        move(p1, nothing, nothing, p1, base, np.uint64(ph) * wcu)
+        move(p1, nothing, nothing, p1, base + np.uint64(ph + h) * wcu,
+             np.uint64(hp - ph - h) * wcu)
+        side = np.uint64(pw * c_in)
+        for r in range(h):
+            o = base + np.uint64(ph + r) * wcu
+            move(p1, nothing, nothing, p1, o, side)
+            move(p1, nothing, nothing, p1, o + np.uint64((pw + w) * c_in), wcu - side
+                 - np.uint64(w * c_in))
+    src = np.uint64((n * c_in + c0) * hw)
+    step, cu = np.uint64(hw), np.uint64(c_in)
+    to = base + np.uint64(c0)
+    for p0 in range(0, hw, SIDE):
+        count = np.uint64(min(SIDE, hw - p0))
+        if dx:
+            _dx16(x1, g1, src + np.uint64(p0), step, k1, cu, scale, shift, np.uint64(c0),
+                  act, p1, to, places, np.uint64(p0), count)
+        else:
+            _out16(x1, src + np.uint64(p0), step, scale, shift, np.uint64(c0), act, p1, to,
+                   places, np.uint64(p0), count)
+
+
+@njit(parallel=True, cache=True)
+def _plane_nhwc(x, gy, k, scale, shift, act, xp, dx):
+    x1, g1, p1 = x.reshape(x.size), gy.reshape(gy.size), xp.reshape(xp.size)
+    n_batch, c_in, h, w = x.shape
+    places = _plane_places(h, w, xp.shape[2], (xp.shape[1] - h) // 2, (xp.shape[2] - w) // 2,
+                           c_in)
+    k1 = k.reshape(k.size)
+    for job in prange(n_batch * (c_in // SIDE)):
+        _plane_job(x1, g1, p1, job, x.shape, xp.shape[1], xp.shape[2], k1, scale, shift,
+                   act, places, dx)
+
+
+@njit(cache=True)
+def _plane_nhwc_1(x, gy, k, scale, shift, act, xp, dx):
+    # `_plane_nhwc` on the calling thread alone
+    x1, g1, p1 = x.reshape(x.size), gy.reshape(gy.size), xp.reshape(xp.size)
+    n_batch, c_in, h, w = x.shape
+    places = _plane_places(h, w, xp.shape[2], (xp.shape[1] - h) // 2, (xp.shape[2] - w) // 2,
+                           c_in)
+    k1 = k.reshape(k.size)
+    for job in range(n_batch * (c_in // SIDE)):
+        _plane_job(x1, g1, p1, job, x.shape, xp.shape[1], xp.shape[2], k1, scale, shift,
+                   act, places, dx)

@@ -208,7 +208,8 @@ def _into_lanes(x1, n0, lanes, c, planes, hw, inside, grid):
     src = np.uint64(n0) * step + np.uint64(c * hw)
     whole = hw // LANES * LANES if lanes == LANES else 0
     for p0 in range(0, whole, LANES):
-        transpose16_to(x1, src + np.uint64(p0), step, grid, inside, np.uint64(p0))
+        transpose16_to(x1, src + np.uint64(p0), step, grid, np.uint64(0), inside,
+                       np.uint64(p0))
     for p in range(whole, hw):
         d = np.uint64(inside[p])
         for k in range(LANES):

@@ -77,6 +77,14 @@ def _masked_load_store(builder: ir.IRBuilder, s_ptr, d_ptr) -> tuple:
     return load, store
 
 
+def load_first(builder: ir.IRBuilder, ptr, at: ir.Value, count: ir.Value) -> ir.Value:
+    """For intrinsics: ptr[at:at + count] (count <= 16) as a vector of 16 float32, zeros
+    in the other lanes, whose values are not read (a masked load)."""
+    load, _ = _masked_load_store(builder, ptr, ptr)
+    return builder.call(load, [builder.gep(ptr, [at]), ir.Constant(_I32, 4),
+                               _first(builder, count), ir.Constant(_F32X16, [0.0] * LANES)])
+
+
 def _first(builder: ir.IRBuilder, count: ir.Value) -> ir.Value:
     # the mask of lanes j < count (count <= 16), as the lane numbers compared with count
     # (a vector compare on either ISA); an i16 of count low bits bitcast to the mask is one

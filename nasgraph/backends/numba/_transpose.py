@@ -59,7 +59,7 @@ def transpose16(typingctx, src, src_at, src_step, dst, dst_at, dst_step):
         s_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
         d_ptr = context.make_array(signature.args[3])(context, builder, args[3]).data
         s_at, s_step, _, d_at, d_step = args[1:]
-        rows = _transposed(builder, s_ptr, s_at, s_step)
+        rows = transposed(builder, load_rows(builder, s_ptr, s_at, s_step))
         for j, row in enumerate(rows):
             _store(builder, d_ptr, builder.add(d_at, builder.mul(d_step, _index(j))), row)
         return context.get_dummy_value()
@@ -68,32 +68,38 @@ def transpose16(typingctx, src, src_at, src_step, dst, dst_at, dst_step):
 
 
 @intrinsic
-def transpose16_to(typingctx, src, src_at, src_step, dst, places, first):
+def transpose16_to(typingctx, src, src_at, src_step, dst, dst_at, places, first):
     """`transpose16` with each column stored where `places` says: the 16 x 16 block
     src[src_at + i * src_step + j] transposed, column j as the 16 consecutive values at
-    dst[places[first + j]] (flat float32 arrays, places int64, unsigned offsets): 16
-    pixels of 16 samples into a grid whose rows are padded (`_depthwise_lanes`). No
-    bounds are checked."""
-    sig = types.void(src, types.uint64, types.uint64, dst, places, types.uint64)
+    dst[dst_at + places[first + j]] (flat float32 arrays, places int64, unsigned
+    offsets): 16 pixels of 16 samples or channels into a layout whose rows are padded
+    (`_depthwise_lanes`). No bounds are checked."""
+    sig = types.void(src, types.uint64, types.uint64, dst, types.uint64, places,
+                     types.uint64)
 
     def codegen(context, builder, signature, args):
         s_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
         d_ptr = context.make_array(signature.args[3])(context, builder, args[3]).data
-        p_ptr = context.make_array(signature.args[4])(context, builder, args[4]).data
-        s_at, s_step, _, _, first = args[1:]
-        for j, row in enumerate(_transposed(builder, s_ptr, s_at, s_step)):
-            at = builder.load(builder.gep(p_ptr, [builder.add(first, _index(j))]))
-            _store(builder, d_ptr, at, row)
+        p_ptr = context.make_array(signature.args[5])(context, builder, args[5]).data
+        s_at, s_step, _, d_at, _, first = args[1:]
+        store_at_places(builder, d_ptr, d_at, p_ptr, first,
+                        transposed(builder, load_rows(builder, s_ptr, s_at, s_step)))
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-def _transposed(builder: ir.IRBuilder, s_ptr, s_at, s_step) -> list[ir.Value]:
-    # the 16 rows s_ptr[s_at + i * s_step:+16] loaded and transposed: row j of the result
-    # is column j, after the four rounds of swaps
-    rows = [_load(builder, s_ptr, builder.add(s_at, builder.mul(s_step, _index(i))))
+def load_rows(builder: ir.IRBuilder, s_ptr, s_at, s_step) -> list[ir.Value]:
+    """The 16 rows s_ptr[s_at + i * s_step:+16] (LLVM vectors of 16 float32)."""
+    return [_load(builder, s_ptr, builder.add(s_at, builder.mul(s_step, _index(i))))
             for i in range(BLOCK)]
+
+
+def transposed(builder: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """16 rows of 16 float32 transposed: row j of the result is column j, after the four
+    rounds of swaps. For intrinsics that compute their rows before they move them
+    (`_batchnorm_nhwc`)."""
+    rows = list(rows)
     for h, low, high in _swap_masks():
         for i in range(BLOCK):
             if not i & h:
@@ -101,6 +107,24 @@ def _transposed(builder: ir.IRBuilder, s_ptr, s_at, s_step) -> list[ir.Value]:
                 rows[i] = builder.shuffle_vector(a, b, low)
                 rows[i + h] = builder.shuffle_vector(a, b, high)
     return rows
+
+
+def store_at_places(builder: ir.IRBuilder, d_ptr, d_at, p_ptr, first, rows,
+                    count: ir.Value | None = None) -> None:
+    """Stores rows[j] at d_ptr[d_at + p_ptr[first + j]] (p_ptr int64): a transposed
+    block's columns, each where an array of places says (`transpose16_to`); with
+    `count`, only those j < count."""
+    for j, row in enumerate(rows):
+        if count is None:
+            _store_at_place(builder, d_ptr, d_at, p_ptr, first, j, row)
+            continue
+        with builder.if_then(builder.icmp_unsigned("<", _index(j), count), likely=True):
+            _store_at_place(builder, d_ptr, d_at, p_ptr, first, j, row)
+
+
+def _store_at_place(builder: ir.IRBuilder, d_ptr, d_at, p_ptr, first, j: int, row) -> None:
+    at = builder.load(builder.gep(p_ptr, [builder.add(first, _index(j))]))
+    _store(builder, d_ptr, builder.add(d_at, at), row)
 
 
 def _index(i: int) -> ir.Constant:

@@ -986,13 +986,18 @@ def test_tile_columns_transposed_in_registers(rows, n):
 
 
 @pytest.mark.parametrize("shape, pad", [((3, 16, 5, 32), (1, 1)), ((2, 32, 3, 48), (2, 0)),
-                                        ((3, 16, 2, 64), (0, 1))])
+                                        ((3, 16, 2, 64), (0, 1)), ((3, 16, 8, 8), (1, 1)),
+                                        ((2, 32, 7, 7), (1, 1)), ((2, 16, 14, 14), (2, 0)),
+                                        ((3, 48, 4, 5), (0, 1)), ((3, 16, 1, 3), (1, 1)),
+                                        ((2, 16, 16, 16), (1, 1))])
 @pytest.mark.parametrize("act", [0, 1, 2])
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_writes_padded_nhwc_as_the_copy_lays_it_out(shape, pad, act, training):
     # `batchnorm_dx_padded_nhwc` writes what `batchnorm_backward` computes as dx, and
     # `batchnorm_out_padded_nhwc` what `batchnorm_train` computes as the output, zero-
-    # padded in NHWC as the conv's copy lays them out, on one thread and two
+    # padded in NHWC as the conv's copy lays them out, on one thread and two: rows of
+    # whole blocks of 16 pixels a row at a time, other maps a plane at a time, 16 pixels
+    # at a time and the last block partial (49, 196, 20 or 3 pixels)
     from nasgraph.backends.numba import _backward_conv as conv_b
     from nasgraph.backends.numba import _batchnorm as bn_b
     from nasgraph.backends.numba import _batchnorm_nhwc as nhwc_b
@@ -1076,9 +1081,9 @@ def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, traini
     # a BatchNorm whose output only a tiled conv reads writes it zero-padded in NHWC
     # (`_conv_rules.padded_x`), and one after a conv whose backward reads dy only so
     # (`padded_dy`) writes dx so, forced as where vectors are 512 bits: after a stem whose
-    # input needs no gradient, with ReLU, ReLU6, no activation; not on maps 16 wide
-    # (`padded_fits`), after a strided conv, nor after a conv with a bias. One thread and
-    # two, 5 samples
+    # input needs no gradient, with ReLU, ReLU6, no activation, on maps 32 and 16 wide
+    # (a row at a time, a plane at a time); not of 24 channels (`padded_fits`), after a
+    # strided conv, nor after a conv with a bias. One thread and two, 5 samples
     from nasgraph.backends.numba import _backward_conv as conv_b
 
     monkeypatch.setattr(conv_b, "WIDE", True)
@@ -1089,12 +1094,12 @@ def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, traini
     x = b.act(b.bn(b.conv(x, 16, 3, padding=1, bias=False), name="relu6"), "relu6")
     x = b.act(b.bn(b.conv(x, 32, 3, padding=1, bias=False), name="plain"), "silu")
     x = b.relu(b.bn(b.conv(x, 16, 3, stride=2, padding=1, bias=False), name="strided"))
-    x = b.relu(b.bn(b.conv(x, 16, 3, padding=1, bias=False), name="narrow"))
+    x = b.relu(b.bn(b.conv(x, 24, 3, padding=1, bias=False), name="uneven"))
     x = b.relu(b.bn(b.conv(x, 16, 3, padding=1), name="biased"))
     b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
     graph = b.build()
     passes = check_in_mode(graph, training)
-    assert forward == ["stem", "relu6"] * passes
+    assert forward == ["stem", "relu6", "strided"] * passes
     assert backward == ["plain", "relu6", "stem"] * passes
 
 
