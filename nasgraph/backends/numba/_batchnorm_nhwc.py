@@ -218,14 +218,19 @@ def _plane_job(x1, g1, p1, job, shape, hp, wp, k1, scale, shift, act, places, dx
                    places, np.uint64(p0), count)
 
 
+@njit(inline="always", cache=True)
+def _plane_arrays(x, gy, k, xp):
+    # the flat views the jobs read and write, and each pixel's place in a padded sample
+    h, w = x.shape[2], x.shape[3]
+    places = _plane_places(h, w, xp.shape[2], (xp.shape[1] - h) // 2, (xp.shape[2] - w) // 2,
+                           x.shape[1])
+    return x.reshape(x.size), gy.reshape(gy.size), xp.reshape(xp.size), k.reshape(k.size), places
+
+
 @njit(parallel=True, cache=True)
 def _plane_nhwc(x, gy, k, scale, shift, act, xp, dx):
-    x1, g1, p1 = x.reshape(x.size), gy.reshape(gy.size), xp.reshape(xp.size)
-    n_batch, c_in, h, w = x.shape
-    places = _plane_places(h, w, xp.shape[2], (xp.shape[1] - h) // 2, (xp.shape[2] - w) // 2,
-                           c_in)
-    k1 = k.reshape(k.size)
-    for job in prange(n_batch * (c_in // SIDE)):
+    x1, g1, p1, k1, places = _plane_arrays(x, gy, k, xp)
+    for job in prange(x.shape[0] * (x.shape[1] // SIDE)):
         _plane_job(x1, g1, p1, job, x.shape, xp.shape[1], xp.shape[2], k1, scale, shift,
                    act, places, dx)
 
@@ -233,11 +238,7 @@ def _plane_nhwc(x, gy, k, scale, shift, act, xp, dx):
 @njit(cache=True)
 def _plane_nhwc_1(x, gy, k, scale, shift, act, xp, dx):
     # `_plane_nhwc` on the calling thread alone
-    x1, g1, p1 = x.reshape(x.size), gy.reshape(gy.size), xp.reshape(xp.size)
-    n_batch, c_in, h, w = x.shape
-    places = _plane_places(h, w, xp.shape[2], (xp.shape[1] - h) // 2, (xp.shape[2] - w) // 2,
-                           c_in)
-    k1 = k.reshape(k.size)
-    for job in range(n_batch * (c_in // SIDE)):
+    x1, g1, p1, k1, places = _plane_arrays(x, gy, k, xp)
+    for job in range(x.shape[0] * (x.shape[1] // SIDE)):
         _plane_job(x1, g1, p1, job, x.shape, xp.shape[1], xp.shape[2], k1, scale, shift,
                    act, places, dx)

@@ -232,6 +232,15 @@ def _from_lanes(vals, hw, o1, n0, lanes, c, planes):
             o1[dst + np.uint64(k) * step + np.uint64(p)] = vals[s + np.uint64(k)]
 
 
+@njit(inline="always", cache=True)
+def _job(job, c, n_batch):
+    # a job's channel, its block's first sample and how many samples the block has: jobs
+    # go channel by channel within a block of 16 samples
+    b, ch = divmod(job, c)
+    n0 = b * LANES
+    return ch, n0, min(LANES, n_batch - n0)
+
+
 @njit(parallel=True, cache=True)
 def depthwise_forward(x, w, bias, out, geometry, threads):
     """out (N x C x Ho x Wo) = the 3x3 depthwise conv of x (N x C x H x W) with w (C x 9)
@@ -248,9 +257,7 @@ def depthwise_forward(x, w, bias, out, geometry, threads):
         grid = np.zeros(hp * wp * LANES, np.float32)
         vals = np.empty(howo * LANES, np.float32)
         for job in range(th * jobs // threads, (th + 1) * jobs // threads):
-            b, ch = divmod(job, c)
-            n0 = b * LANES
-            lanes = min(LANES, n_batch - n0)
+            ch, n0, lanes = _job(job, c, n_batch)
             _into_lanes(x1, n0, lanes, ch, c, hw, inside, grid)
             windows9(grid, window, offs, _nine_weights(w1, ch), bias[ch], vals,
                      np.uint64(howo))
@@ -278,9 +285,7 @@ def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads):
         vals = np.empty(hw * LANES, np.float32)
         sums = np.empty(TAPS * LANES, np.float32)
         for job in range(th * jobs // threads, (th + 1) * jobs // threads):
-            b, ch = divmod(job, c)
-            n0 = b * LANES
-            lanes = min(LANES, n_batch - n0)
+            ch, n0, lanes = _job(job, c, n_batch)
             _into_lanes(x1, n0, lanes, ch, c, hw, inside, grid)
             _into_lanes(g1, n0, lanes, ch, c, howo, spread, up)
             sums[:] = 0.0
