@@ -107,8 +107,7 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
     # N x Cin x H x W -> N x Cout x Ho x Wo; saved: x, for a tiled conv `_Padded`, for a
     # strided 1x1 one `_Subsampled`, for a depthwise one (or a stem of one input channel)
     # `_DepthwiseLanes`, `_DepthwiseFlat`, `_DepthwiseNHWC` or its input's phase planes,
-    # for a grouped one on
-    # the planes `_Grouped`, for one on a tiny map `matmul_k.Dense`
+    # for a grouped one on the planes `_Grouped`, for one on a tiny map `matmul_k.Dense`
     op, x = node.op, xs[0]
     w = wts["weight"]  # Cout x Cin/G x kh x kw
     cout, cig, kh, kw = w.shape
