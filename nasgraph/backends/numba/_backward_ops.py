@@ -12,7 +12,6 @@ not allocate: an input's gradient may be another node's.
 from __future__ import annotations
 
 import zlib
-from typing import NamedTuple
 
 import numpy as np
 
@@ -35,6 +34,7 @@ from nasgraph.backends.numba._rule import (
     F32,
     NO_GRAD,
     Grads,
+    Normalized,
     Rule,
     Run,
     Weights,
@@ -47,20 +47,6 @@ from nasgraph.errors import GraphError
 from nasgraph.ir import Node
 
 # ------------------------------------------------------------------ normalization
-
-
-class Normalized(NamedTuple):
-    """A BatchNorm's output not written: x * scale + shift per channel (float32), which
-    the add that alone reads it computes in its own pass (`add_act_forward`;
-    `grad._plan` says where)."""
-
-    x: np.ndarray
-    scale: np.ndarray
-    shift: np.ndarray
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.x.shape
 
 
 def batchnorm_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run,
@@ -114,7 +100,7 @@ def batchnorm_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: R
         run.buffers[f"{key}.running_var"] = running_var
     saved = (x, mean, invstd, scale, shift, act)
     if deferred:
-        return Normalized(x, scale, shift), saved
+        return Normalized(x, scale, shift, act), saved
     if pad is not None:
         return _padded_output(x, scale, shift, act, pad, run), saved
     return out, saved
@@ -347,7 +333,7 @@ def add_act_forward(node: Node, xs: list[np.ndarray | Normalized], wts: Weights,
     if len(xs) == 2 and isinstance(xs[1], Normalized) and not isinstance(xs[0], Normalized):
         xs, weights = xs[::-1], weights[::-1]  # a sum's terms commute, bit for bit
     if isinstance(xs[0], Normalized):
-        (a, sa, ta), b = xs
+        (a, sa, ta, _), b = xs  # an add's inputs come with no activation
         both = isinstance(b, Normalized)
         sb, tb = (b.scale, b.shift) if both else (sa, ta)
         elem_b.add_normalized(a, sa, ta, float(weights[0]), b.x if both else b, sb, tb,

@@ -37,6 +37,7 @@ from nasgraph.backends.numba._rule import (
     NO_GRAD,
     NO_RES,
     Grads,
+    Normalized,
     Run,
     Spread,
     Weights,
@@ -69,9 +70,10 @@ class _DepthwiseFlat(NamedTuple):
 
 class _DepthwiseLanes(NamedTuple):
     """What a depthwise conv run with the batch in the lanes
-    (`_conv_paths.lanes_depthwise`) keeps for its backward: its input."""
+    (`_conv_paths.lanes_depthwise`) keeps for its backward: its input, or the BatchNorm
+    output it was given unwritten (`Normalized`), normalized again there."""
 
-    x: np.ndarray
+    x: np.ndarray | Normalized
 
 
 class _DepthwiseNHWC(NamedTuple):
@@ -113,6 +115,11 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
     cout, cig, kh, kw = w.shape
     bias = wts["bias"] if op.bias else NO_BIAS
     out = empty(x, node)
+    if isinstance(x, Normalized):  # the BatchNorm before it left that to it
+        lanes_k.depthwise_forward(x.x, w.reshape(cout, 9),
+                                  bias if op.bias else np.zeros(cout, F32), out,
+                                  _lanes_geometry(op, x.shape), run.threads, _norm(x))
+        return out, _DepthwiseLanes(x)
     if isinstance(x, conv_b.PaddedNHWC):  # as its producer wrote it for this (`padded_x`)
         conv_b.conv2d_direct(x.xp, w, bias if op.bias else None, out, op.stride,
                              op.dilation[0], run.threads)
@@ -264,6 +271,11 @@ def planes_dy(node: Node, saved: object, need_dx: bool) -> planes_k.PlanesFor | 
     return planes_k.PlanesFor(x_shape[2:], op.kernel, op.pad, op.dilation)
 
 
+def _norm(x: Normalized) -> tuple:
+    # `_depthwise_lanes`'s normalization of its input
+    return x.scale, x.shift, x.act, True
+
+
 def _lanes_geometry(op, x_shape: tuple[int, ...]) -> lanes_k.LanesGeometry:
     return lanes_k.lanes_geometry(*x_shape[2:], op.stride, op.pad, op.dilation)
 
@@ -303,11 +315,12 @@ def conv_backward(node: Node, gy: np.ndarray,
         gx = Spread(gxs, op.stride, saved.shape) if needs[0] else None
         return [gx], _with_bias_grad(op, gw, gy)
     if isinstance(saved, _DepthwiseLanes):
-        x = saved.x
+        x = saved.x.x if isinstance(saved.x, Normalized) else saved.x
         gx = np.empty_like(x) if needs[0] else NO_GRAD
         parts = np.zeros((run.threads, cout, 9))
+        norm = _norm(saved.x) if isinstance(saved.x, Normalized) else lanes_k._NO_NORM
         lanes_k.depthwise_backward(x, gy, w.reshape(cout, 9), gx, parts,
-                                   _lanes_geometry(op, x.shape), needs[0], run.threads)
+                                   _lanes_geometry(op, x.shape), needs[0], run.threads, norm)
         gw = (parts[0] if run.threads == 1 else parts.sum(axis=0)).astype(F32)
         return [gx if needs[0] else None], _with_bias_grad(op, gw.reshape(w.shape), gy)
     if isinstance(saved, _DepthwiseFlat):

@@ -35,6 +35,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from nasgraph.backends.numba._batchnorm_nhwc import _activated
 from nasgraph.backends.numba._transpose import BLOCK, transpose16, transpose16_to
 
 LANES = BLOCK  # samples a vector: the transposes' block
@@ -176,6 +177,26 @@ def wgrad9(typingctx, x, window, offs, g, spread, count, sums):
     return sig, codegen
 
 
+@intrinsic
+def normalize_at(typingctx, grid, places, count, scale, shift, act):
+    """grid[places[p]:+16] = act(grid[places[p]:+16] * scale + shift) for p < count: a
+    BatchNorm's output (`_rule.Normalized`) computed in the grid, a product, then
+    a sum, as BatchNorm's output pass rounds it (`_batchnorm_nhwc._activated`)."""
+    sig = types.void(grid, places, types.uint64, types.float32, types.float32, types.int64)
+
+    def codegen(context, builder, signature, args):
+        grid_p, places_p = _arrays(context, builder, signature, args, (0, 1))
+        count, scale, shift, act = args[2], args[3], args[4], args[5]
+        sc, sh = _splat(builder, scale), _splat(builder, shift)
+        with cgutils.for_range(builder, count) as loop:
+            at = _vector(builder, grid_p, builder.load(builder.gep(places_p, [loop.index])))
+            y = builder.fadd(builder.fmul(builder.load(at, align=4), sc), sh)
+            builder.store(_activated(builder, y, act), at, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(inline="always", cache=True)
 def _nine_offsets(taps):
     return (np.uint64(taps[0]), np.uint64(taps[1]), np.uint64(taps[2]), np.uint64(taps[3]),
@@ -232,6 +253,18 @@ def _from_lanes(vals, hw, o1, n0, lanes, c, planes):
             o1[dst + np.uint64(k) * step + np.uint64(p)] = vals[s + np.uint64(k)]
 
 
+# `norm` where the input is not normalized: (scale, shift, act, normalized)
+_NO_NORM = (np.zeros(1, np.float32), np.zeros(1, np.float32), 0, False)
+
+
+@njit(inline="always", cache=True)
+def _normalized(grid, inside, hw, ch, norm):
+    # channel ch's block normalized in the grid where `norm` says so (its padding stays 0)
+    scale, shift, act, normalized = norm
+    if normalized:
+        normalize_at(grid, inside, np.uint64(hw), scale[ch], shift[ch], act)
+
+
 @njit(inline="always", cache=True)
 def _job(job, c, n_batch):
     # a job's channel, its block's first sample and how many samples the block has: jobs
@@ -242,10 +275,11 @@ def _job(job, c, n_batch):
 
 
 @njit(parallel=True, cache=True)
-def depthwise_forward(x, w, bias, out, geometry, threads):
+def depthwise_forward(x, w, bias, out, geometry, threads, norm=_NO_NORM):
     """out (N x C x Ho x Wo) = the 3x3 depthwise conv of x (N x C x H x W) with w (C x 9)
-    plus bias (C), `geometry` its `LanesGeometry`. Each thread its share of the (block
-    of 16 samples, channel) pairs."""
+    plus bias (C), `geometry` its `LanesGeometry`; with `norm` (scale, shift, act, True),
+    of act(x * scale + shift) per channel instead, the BatchNorm before it (`normalize_at`).
+    Each thread its share of the (block of 16 samples, channel) pairs."""
     (h, wd), (hp, wp), (ho, wo), window, taps, inside = geometry[:6]
     n_batch, c = x.shape[0], x.shape[1]
     hw, howo = h * wd, ho * wo
@@ -259,15 +293,18 @@ def depthwise_forward(x, w, bias, out, geometry, threads):
         for job in range(th * jobs // threads, (th + 1) * jobs // threads):
             ch, n0, lanes = _job(job, c, n_batch)
             _into_lanes(x1, n0, lanes, ch, c, hw, inside, grid)
+            _normalized(grid, inside, hw, ch, norm)
             windows9(grid, window, offs, _nine_weights(w1, ch), bias[ch], vals,
                      np.uint64(howo))
             _from_lanes(vals, howo, o1, n0, lanes, ch, c)
 
 
 @njit(parallel=True, cache=True)
-def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads):
-    """The gradients of `depthwise_forward`'s conv: parts[t] (threads x C x 9, float64)
-    += thread t's share of the weight gradient, and where `need_dx`, gx (N x C x H x W):
+def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads, norm=_NO_NORM):
+    """The gradients of `depthwise_forward`'s conv (its input normalized again with `norm`
+    where the forward's was): parts[t] (threads x C x 9, float64) += thread t's share of
+    the weight gradient, and where `need_dx`, gx (N x C x H x W), the gradient of the
+    conv's input (the BatchNorm's output, where normalized):
     dy's block spread into the zero grid of `LanesGeometry.up`, then dw's lanes summed
     over its pixels (`wgrad9`) and dx its windows with the kernel rotated (`windows9`)."""
     ((h, wd), (hp, wp), (ho, wo), window, taps, inside, (uh, uw), spread, up_window,
@@ -287,6 +324,7 @@ def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads):
         for job in range(th * jobs // threads, (th + 1) * jobs // threads):
             ch, n0, lanes = _job(job, c, n_batch)
             _into_lanes(x1, n0, lanes, ch, c, hw, inside, grid)
+            _normalized(grid, inside, hw, ch, norm)
             _into_lanes(g1, n0, lanes, ch, c, howo, spread, up)
             sums[:] = 0.0
             wgrad9(grid, window, offs, up, spread, np.uint64(howo), sums)

@@ -131,3 +131,19 @@ def activation_grad(x: np.ndarray, gy: Gradient | Terms, code: int) -> np.ndarra
         gy = gy.total() if isinstance(gy, Terms) else dense(gy)
         elem_b.activation_backward(x, gy, gx, code)
     return gx
+
+
+class Normalized(NamedTuple):
+    """A BatchNorm's output not written: act(x * scale + shift) per channel (float32),
+    which the op that alone reads it computes in its own pass: an add (`add_act_forward`;
+    no activation), or a depthwise conv with the batch in the lanes, as it lays its input
+    out (`_conv_rules.conv_forward`); `grad._plan` and `grad._deferred_for` say where."""
+
+    x: np.ndarray
+    scale: np.ndarray
+    shift: np.ndarray
+    act: int = 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.x.shape

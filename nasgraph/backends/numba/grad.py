@@ -36,6 +36,7 @@ from nasgraph.backends.numba._backward_ops import (
     dropout_mask,
 )
 from nasgraph.backends.numba._batchnorm_nhwc import padded_fits
+from nasgraph.backends.numba._conv_paths import lanes_depthwise
 from nasgraph.backends.numba._conv_rules import padded_dy, padded_x, planes_dy, planes_x
 from nasgraph.backends.numba._planes import PlanesFor
 from nasgraph.backends.numba._rule import Run, Spread, Terms, Weights, shape4
@@ -156,7 +157,7 @@ class _Plan(NamedTuple):
     # applies (`_written_for`)
     conv_after: dict[str, str]
     # BatchNorms whose output a two-input add alone reads, which computes it in its own
-    # pass (`_backward_ops.Normalized`)
+    # pass (`_rule.Normalized`)
     into_add: frozenset[str]
 
 
@@ -333,7 +334,7 @@ def loss_and_grads(graph: Graph, state_dict: Mapping[str, object], x: np.ndarray
             pad, planes = _written_for(graph, node, xs[0], plan, training)
             values[node.id], saved[node.id] = batchnorm_act_forward(
                 node, xs, per_node.get(node.id, {}), run, plan.fused[node.id], pad,
-                planes=planes)
+                deferred=_deferred_for(graph, node, xs[0], plan), planes=planes)
         elif node.id in plan.fused:
             values[node.id], saved[node.id] = add_act_forward(
                 node, xs, per_node.get(node.id, {}), run, plan.fused[node.id])
@@ -414,6 +415,19 @@ def _written_for(graph: Graph, node: Node, x: np.ndarray, plan: _Plan, training:
     if padded_fits(x.shape):
         return padded_x(graph[conv_id], x.shape), None
     return None, planes_x(graph[conv_id], x.shape) if training else None
+
+
+def _deferred_for(graph: Graph, node: Node, x: np.ndarray, plan: _Plan) -> bool:
+    """Whether a BatchNorm leaves its output (and its activation's) unwritten
+    (`Normalized`) for the depthwise conv that alone reads it, which normalizes its input
+    as it lays it out with the batch in the lanes (`_conv_paths.lanes_depthwise`): one
+    write and one read of the tensor fewer, forward, and none kept for the backward."""
+    conv_id = plan.conv_after.get(node.id)
+    if conv_id is None:
+        return False
+    op = graph[conv_id].op
+    return op.groups == x.shape[1] and lanes_depthwise(op, x.shape[1], op.out_channels,
+                                                       x.shape[2] * x.shape[3])
 
 
 def _padded_dy(graph: Graph, node: Node, gy: np.ndarray, ctx: object,

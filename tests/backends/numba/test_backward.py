@@ -1033,10 +1033,17 @@ def test_batchnorm_writes_padded_nhwc_as_the_copy_lays_it_out(shape, pad, act, t
 
 def nchw(value: np.ndarray | object) -> np.ndarray:
     """A tensor a training rule passed on, as N x C x H x W: an array, the interior of
-    one zero-padded in NHWC (`_backward_conv.PaddedNHWC`), or of a stride-1 conv's phase
-    planes (`_planes.PhasePlanes`)."""
+    one zero-padded in NHWC (`_backward_conv.PaddedNHWC`), of a stride-1 conv's phase
+    planes (`_planes.PhasePlanes`), or a BatchNorm's output left unwritten
+    (`_rule.Normalized`: computed here as its reader computes it, a product then a sum)."""
     from nasgraph.backends.numba import _backward_conv as conv_b
     from nasgraph.backends.numba import _planes
+
+    if isinstance(value, _rule.Normalized):
+        c = value.x.shape[1]
+        y = value.x * value.scale.reshape(1, c, 1, 1) + value.shift.reshape(1, c, 1, 1)
+        return np.maximum(y, 0) if value.act == 1 else (
+            np.minimum(np.maximum(y, 0), 6) if value.act == 2 else y)
 
     if isinstance(value, _planes.PhasePlanes):
         (ph, pw), (n, c, h, w), wq = value.pad, value.shape, value.wq
@@ -1252,6 +1259,45 @@ def test_a_strided_pointwise_convs_input_gradient_is_summed_at_its_pixels(monkey
 
 
 @pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("n", [5, 37])
+def test_batchnorm_read_only_by_a_lanes_depthwise_conv_is_left_to_it(monkeypatch, training,
+                                                                    n):
+    # a BatchNorm with its ReLU or ReLU6 whose output only a depthwise conv with the
+    # batch in the lanes reads leaves it unwritten (`grad._deferred_for`), the conv
+    # normalizing its input as it lays it out, forward and backward: bit for bit the
+    # gradients of BatchNorm writing it, in training and in eval, at a batch of whole
+    # blocks of 16 and one short; not where the depthwise conv runs on the flat planes
+    # (14x14 at stride 1), without an activation (`grad._plan.conv_after` pairs only
+    # those), nor where another node reads the output too
+    b = GraphBuilder("into_lanes")
+
+    def depthwise(x, c, stride=1):
+        return b.conv(x, c, 3, stride=stride, padding=1, groups=c)
+
+    x = depthwise(b.relu(b.bn(b.conv(b.input(3, 14, 14), 16, 1), name="flat")), 16)
+    x = depthwise(b.act(b.bn(b.conv(x, 24, 1), name="s2"), "relu6"), 24, stride=2)
+    x = depthwise(b.bn(b.conv(x, 32, 1), name="bare"), 32)
+    x = depthwise(b.relu(b.bn(b.conv(x, 32, 1), name="with_relu")), 32)
+    shared = b.relu(b.bn(b.conv(x, 32, 1), name="shared"))
+    x = b.add([depthwise(shared, 32), shared])
+    b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
+    graph = b.build()
+    state, (xs, ys) = perturbed_state(graph), batch(graph, n)
+    calls = []
+    rule = grad_module._deferred_for
+    monkeypatch.setattr(grad_module, "_deferred_for",
+                        lambda graph, node, *a: rule(graph, node, *a)
+                        and not calls.append(node.id))
+    left = loss_and_grads(graph, state, xs, ys, training=training)
+    assert calls == ["s2", "with_relu"]
+    monkeypatch.setattr(grad_module, "_deferred_for", lambda *a: False)
+    written = loss_and_grads(graph, state, xs, ys, training=training)
+    assert left.loss == written.loss
+    for key, g in written.grads.items():
+        np.testing.assert_array_equal(left.grads[key], g, err_msg=key)
+
+
+@pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_read_only_by_an_add_is_written_by_it(monkeypatch, training):
     # a BatchNorm whose output only a two-input add reads leaves it to the add's pass
     # (`Normalized`, `add_normalized`): as the first input or the second, both inputs,
@@ -1425,10 +1471,10 @@ def check_on_pinned_kinks(graph: Graph, monkeypatch) -> None:
         return rule._replace(forward=forward)
 
     def with_act(forward):  # a BatchNorm's or an add's forward that applies an activation
-        def recorded(node, *args, deferred=False, **kwargs):
-            if deferred:  # a BatchNorm whose output the add after it computes
-                return forward(node, *args, deferred=True)
+        def recorded(node, *args, **kwargs):
             out, saved = forward(node, *args, **kwargs)
+            if isinstance(out, _rule.Normalized) and not out.act:  # left to the add after it
+                return out, saved
             taken[graph.successors(node.id)[0].id] = (nchw(out).copy(), saved)
             return out, saved
         return recorded
