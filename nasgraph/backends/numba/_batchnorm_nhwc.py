@@ -16,7 +16,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from nasgraph.backends.numba._batchnorm import _dx_coefficients
-from nasgraph.backends.numba._masked import load_first, move
+from nasgraph.backends.numba._masked import load_first, move, splat
 from nasgraph.backends.numba._transpose import BLOCK as SIDE
 from nasgraph.backends.numba._transpose import store_at_places, transposed
 
@@ -73,13 +73,7 @@ def _coefficients(gamma, mean, invstd, ggamma, gbeta, count, training):
 # (the last block masked)
 
 _F32X16 = ir.VectorType(ir.FloatType(), SIDE)
-_I32X16 = ir.VectorType(ir.IntType(32), SIDE)
 _I64 = ir.IntType(64)
-
-
-def _splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
-    v = builder.insert_element(ir.Constant(_F32X16, None), value, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(v, v, ir.Constant(_I32X16, [0] * SIDE))
 
 
 def _rows(builder: ir.IRBuilder, ptr, at, step, count) -> list[ir.Value]:
@@ -90,7 +84,7 @@ def _rows(builder: ir.IRBuilder, ptr, at, step, count) -> list[ir.Value]:
 
 def _channel(builder: ir.IRBuilder, ptr, at) -> ir.Value:
     # ptr[at] (float32) in every lane
-    return _splat(builder, builder.load(builder.gep(ptr, [at])))
+    return splat(builder, builder.load(builder.gep(ptr, [at])))
 
 
 def _activated(builder: ir.IRBuilder, y: ir.Value, act: ir.Value) -> ir.Value:

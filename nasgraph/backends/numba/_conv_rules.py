@@ -318,7 +318,7 @@ def conv_backward(node: Node, gy: np.ndarray,
         x = saved.x.x if isinstance(saved.x, Normalized) else saved.x
         gx = np.empty_like(x) if needs[0] else NO_GRAD
         parts = np.zeros((run.threads, cout, 9))
-        norm = _norm(saved.x) if isinstance(saved.x, Normalized) else lanes_k._NO_NORM
+        norm = _norm(saved.x) if isinstance(saved.x, Normalized) else lanes_k.NO_NORM
         lanes_k.depthwise_backward(x, gy, w.reshape(cout, 9), gx, parts,
                                    _lanes_geometry(op, x.shape), needs[0], run.threads, norm)
         gw = (parts[0] if run.threads == 1 else parts.sum(axis=0)).astype(F32)

@@ -36,12 +36,12 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from nasgraph.backends.numba._batchnorm_nhwc import _activated
+from nasgraph.backends.numba._masked import splat
 from nasgraph.backends.numba._transpose import BLOCK, transpose16, transpose16_to
 
 LANES = BLOCK  # samples a vector: the transposes' block
 TAPS = 9  # a 3x3 kernel's
 _F32X16 = ir.VectorType(ir.FloatType(), LANES)
-_I32X16 = ir.VectorType(ir.IntType(32), LANES)
 _I64 = ir.IntType(64)
 
 
@@ -93,11 +93,6 @@ def lanes_geometry(h: int, w: int, stride: tuple[int, int], pad: tuple[int, int]
                          up_taps.astype(np.int64))
 
 
-def _splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
-    v = builder.insert_element(ir.Constant(_F32X16, None), value, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(v, v, ir.Constant(_I32X16, [0] * LANES))
-
-
 def _vector(builder: ir.IRBuilder, base, at) -> ir.Value:
     return builder.bitcast(builder.gep(base, [at]), _F32X16.as_pointer())
 
@@ -109,7 +104,7 @@ def _arrays(context, builder, signature, args, which):
 
 def _taps(builder, offs, ws):
     # the nine (offset, weight broadcast) pairs, from their tuples
-    return [(builder.extract_value(offs, t), _splat(builder, builder.extract_value(ws, t)))
+    return [(builder.extract_value(offs, t), splat(builder, builder.extract_value(ws, t)))
             for t in range(TAPS)]
 
 
@@ -128,7 +123,7 @@ def windows9(typingctx, src, window, offs, ws, bias, dst, count):
         src_p, window_p, dst_p = _arrays(context, builder, signature, args, (0, 1, 5))
         offs, ws, bias, count = args[2], args[3], args[4], args[6]
         taps = _taps(builder, offs, ws)
-        start = _splat(builder, bias)
+        start = splat(builder, bias)
         flags = ("contract",)
         with cgutils.for_range(builder, count) as loop:
             p = loop.index
@@ -187,7 +182,7 @@ def normalize_at(typingctx, grid, places, count, scale, shift, act):
     def codegen(context, builder, signature, args):
         grid_p, places_p = _arrays(context, builder, signature, args, (0, 1))
         count, scale, shift, act = args[2], args[3], args[4], args[5]
-        sc, sh = _splat(builder, scale), _splat(builder, shift)
+        sc, sh = splat(builder, scale), splat(builder, shift)
         with cgutils.for_range(builder, count) as loop:
             at = _vector(builder, grid_p, builder.load(builder.gep(places_p, [loop.index])))
             y = builder.fadd(builder.fmul(builder.load(at, align=4), sc), sh)
@@ -254,7 +249,7 @@ def _from_lanes(vals, hw, o1, n0, lanes, c, planes):
 
 
 # `norm` where the input is not normalized: (scale, shift, act, normalized)
-_NO_NORM = (np.zeros(1, np.float32), np.zeros(1, np.float32), 0, False)
+NO_NORM = (np.zeros(1, np.float32), np.zeros(1, np.float32), 0, False)
 
 
 @njit(inline="always", cache=True)
@@ -275,7 +270,7 @@ def _job(job, c, n_batch):
 
 
 @njit(parallel=True, cache=True)
-def depthwise_forward(x, w, bias, out, geometry, threads, norm=_NO_NORM):
+def depthwise_forward(x, w, bias, out, geometry, threads, norm=NO_NORM):
     """out (N x C x Ho x Wo) = the 3x3 depthwise conv of x (N x C x H x W) with w (C x 9)
     plus bias (C), `geometry` its `LanesGeometry`; with `norm` (scale, shift, act, True),
     of act(x * scale + shift) per channel instead, the BatchNorm before it (`normalize_at`).
@@ -300,7 +295,7 @@ def depthwise_forward(x, w, bias, out, geometry, threads, norm=_NO_NORM):
 
 
 @njit(parallel=True, cache=True)
-def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads, norm=_NO_NORM):
+def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads, norm=NO_NORM):
     """The gradients of `depthwise_forward`'s conv (its input normalized again with `norm`
     where the forward's was): parts[t] (threads x C x 9, float64) += thread t's share of
     the weight gradient, and where `need_dx`, gx (N x C x H x W), the gradient of the

@@ -55,11 +55,7 @@ def _masked_codegen(add: bool):
         value = builder.call(load, [builder.gep(s_ptr, [s_at]), ir.Constant(_I32, 4), loaded,
                                     ir.Constant(_F32X16, [0.0] * LANES)])
         if add:
-            splat = builder.insert_element(ir.Constant(_F32X16, None), last,
-                                           ir.Constant(_I32, 0))
-            splat = builder.shuffle_vector(splat, splat, ir.Constant(
-                ir.VectorType(_I32, LANES), [0] * LANES))
-            value, stored = builder.fadd(value, splat), loaded
+            value, stored = builder.fadd(value, splat(builder, last)), loaded
         else:
             stored = _first(builder, last)
         builder.call(store, [value, builder.gep(d_ptr, [d_at]), ir.Constant(_I32, 4), stored])
@@ -75,6 +71,12 @@ def _masked_load_store(builder: ir.IRBuilder, s_ptr, d_ptr) -> tuple:
     store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
         ir.VoidType(), [_F32X16, d_ptr.type, _I32, _I1X16]), "llvm.masked.store.v16f32.p0")
     return load, store
+
+
+def splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
+    """For intrinsics: a float32 in all 16 lanes of a vector."""
+    v = builder.insert_element(ir.Constant(_F32X16, None), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(_I32X16, [0] * LANES))
 
 
 def load_first(builder: ir.IRBuilder, ptr, at: ir.Value, count: ir.Value) -> ir.Value:
