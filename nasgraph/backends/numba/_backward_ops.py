@@ -37,6 +37,7 @@ from nasgraph.backends.numba._rule import (
     Normalized,
     Rule,
     Run,
+    Summed,
     Weights,
     activate,
     activation_grad,
@@ -100,7 +101,7 @@ def batchnorm_act_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: R
         run.buffers[f"{key}.running_var"] = running_var
     saved = (x, mean, invstd, scale, shift, act)
     if deferred:
-        return Normalized(x, scale, shift, act), saved
+        return Normalized(x, scale, shift, act, mean.astype(F32)), saved
     if pad is not None:
         return _padded_output(x, scale, shift, act, pad, run), saved
     return out, saved
@@ -119,13 +120,21 @@ def _padded_output(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, act: int
     return conv_b.PaddedNHWC(xp, pad)
 
 
-def _batchnorm_backward(node: Node, gy: np.ndarray, saved: tuple, wts: Weights, run: Run,
-                        needs: list[bool]) -> Grads:
+def _summed(gy: np.ndarray | Summed) -> tuple[np.ndarray, np.ndarray | None]:
+    # a BatchNorm's output gradient, and the sums its backward takes over it where the
+    # conv after it took them (`Summed`)
+    return (gy.g, gy.sums) if isinstance(gy, Summed) else (gy, None)
+
+
+def _batchnorm_backward(node: Node, gy: np.ndarray | Summed, saved: tuple, wts: Weights,
+                        run: Run, needs: list[bool]) -> Grads:
     x, mean, invstd, scale, shift, act = saved  # gy: act's output's, where act
+    gy, sums = _summed(gy)
     gx = np.empty_like(x) if needs[0] else NO_GRAD
     ggamma, gbeta = np.empty(x.shape[1], F32), np.empty(x.shape[1], F32)
     bn_b.batchnorm_backward(x, gy, wts["weight"], mean, invstd, gx, ggamma, gbeta,
-                              run.training, needs[0], run.threads, scale, shift, act)
+                              run.training, needs[0], run.threads, scale, shift, act,
+                              sums=sums)
     return [gx if needs[0] else None], {"weight": ggamma, "bias": gbeta}
 
 
@@ -135,11 +144,13 @@ def batchnorm_backward_padded(node: Node, gy: np.ndarray, saved: tuple, wts: Wei
     (`conv_b.PaddedNHWC`), for the conv that produced its input to read as it is
     (`_conv_rules.padded_dy`), where its shape fits (`nhwc_b.padded_fits`)."""
     x, mean, invstd, scale, shift, act = saved
+    gy, sums = _summed(gy)
     n, c, h, w = x.shape
     gp = np.empty((n, h + 2 * pad[0], w + 2 * pad[1], c), F32)
     ggamma, gbeta = np.empty(c, F32), np.empty(c, F32)
     bn_b.batchnorm_backward(x, gy, wts["weight"], mean, invstd, NO_GRAD, ggamma, gbeta,
-                              run.training, False, run.threads, scale, shift, act)
+                              run.training, False, run.threads, scale, shift, act,
+                              sums=sums)
     nhwc_b.batchnorm_dx_padded_nhwc(x, gy, wts["weight"], mean, invstd, ggamma, gbeta,
                                     run.training, scale, shift, act, gp, run.threads)
     return [conv_b.PaddedNHWC(gp, pad)], {"weight": ggamma, "bias": gbeta}
@@ -150,10 +161,12 @@ def batchnorm_backward_planes(node: Node, gy: np.ndarray, saved: tuple, wts: Wei
     """BatchNorm's backward with dx written as phase planes (`spec`), for the conv that
     produced its input to read as they are (`_conv_rules.planes_dy`)."""
     x, mean, invstd, scale, shift, act = saved
+    gy, sums = _summed(gy)
     gq = planes_k.empty_planes(x.shape, spec)
     ggamma, gbeta = np.empty(x.shape[1], F32), np.empty(x.shape[1], F32)
     bn_b.batchnorm_backward(x, gy, wts["weight"], mean, invstd, NO_GRAD, ggamma, gbeta,
-                              run.training, True, run.threads, scale, shift, act, _into(gq))
+                              run.training, True, run.threads, scale, shift, act, _into(gq),
+                              sums)
     return [gq], {"weight": ggamma, "bias": gbeta}
 
 
@@ -333,7 +346,7 @@ def add_act_forward(node: Node, xs: list[np.ndarray | Normalized], wts: Weights,
     if len(xs) == 2 and isinstance(xs[1], Normalized) and not isinstance(xs[0], Normalized):
         xs, weights = xs[::-1], weights[::-1]  # a sum's terms commute, bit for bit
     if isinstance(xs[0], Normalized):
-        (a, sa, ta, _), b = xs  # an add's inputs come with no activation
+        (a, sa, ta), b = xs[0][:3], xs[1]  # an add's inputs come with no activation
         both = isinstance(b, Normalized)
         sb, tb = (b.scale, b.shift) if both else (sa, ta)
         elem_b.add_normalized(a, sa, ta, float(weights[0]), b.x if both else b, sb, tb,

@@ -232,7 +232,7 @@ def running_statistics(mean, var, running_mean, running_var, momentum, count, ep
 
 
 def batchnorm_backward(x, gy, gamma, mean, invstd, gx, ggamma, gbeta, training, need_dx,
-                       threads, scale, shift, act, planes=None):
+                       threads, scale, shift, act, planes=None, sums=None):
     """Gradients of BatchNorm, y = gamma * (x - mean) * invstd + beta per channel:
     gbeta = sum(gy), ggamma = sum(gy * xhat); and with `need_dx`, gx = dx:
 
@@ -250,14 +250,21 @@ def batchnorm_backward(x, gy, gamma, mean, invstd, gx, ggamma, gbeta, training, 
 
     With `planes` (gq, Wq, ph, pw), dx goes into a stride-1 conv's phase planes instead
     of gx (`_masked.into_plane`): dy as the conv before reads it. Channel by channel, or
-    sample by sample (`_by_sample`, never with planes)."""
+    sample by sample (`_by_sample`, never with planes). Given `sums` (2 x C, float64: the
+    sums of the masked gy and of it times x - mean, as the conv after the BatchNorm took
+    them, `_rule.Summed`), the first pass is not made."""
+    given = _NO_SUMS if sums is None else sums
     if _by_sample(x) and planes is None:
         _batchnorm_backward_by_sample(x, gy, gamma, mean, invstd, gx, ggamma, gbeta,
-                                      training, need_dx, scale, shift, act, threads)
+                                      training, need_dx, scale, shift, act, threads, given)
     else:
         _batchnorm_backward_by_channel(x, gy, gamma, mean, invstd, gx, ggamma, gbeta,
                                        training, need_dx, scale, shift, act,
-                                       *(planes or _NO_PLANES))
+                                       *(planes or _NO_PLANES), given)
+
+
+# `batchnorm_backward`'s kernels' sums where none are given
+_NO_SUMS = np.zeros((2, 0))
 
 
 @njit(cache=True)
@@ -339,18 +346,22 @@ def _dx_run(g1, x1, o1, at, n, mu, k_g, k0, k1, scale, shift, act, to):
 
 @njit(parallel=True, cache=True)
 def _batchnorm_backward_by_channel(x, gy, gamma, mean, invstd, gx, ggamma, gbeta, training,
-                                   need_dx, scale, shift, act, gq, wq, ph, pw):
-    # with wq (> 0), each channel's dx into gq's planes instead of gx
+                                   need_dx, scale, shift, act, gq, wq, ph, pw, given):
+    # with wq (> 0), each channel's dx into gq's planes instead of gx; the sums given
+    # where `given` has a column a channel
     n_batch, c_in, h, w = x.shape
     hw = h * w
     count = n_batch * hw
     x1, g1, o1, q1 = x.reshape(x.size), gy.reshape(gy.size), gx.reshape(gx.size), \
         gq.reshape(gq.size)
     plane = gq.shape[2]
+    have = given.shape[1] == c_in
     for c in prange(c_in):
         mu, sc, sh = np.float32(mean[c]), scale[c], shift[c]
         sum_g, sum_gx = 0.0, 0.0
-        for n in range(n_batch):
+        if have:
+            sum_g, sum_gx = given[0, c], given[1, c]
+        for n in range(0 if have else n_batch):
             s, sx = _run_sums(g1, x1, np.uint64((n * c_in + c) * hw), hw, mu, sc, sh, act)
             sum_g += s
             sum_gx += sx
@@ -375,7 +386,7 @@ def _batchnorm_backward_by_channel(x, gy, gamma, mean, invstd, gx, ggamma, gbeta
 
 @njit(parallel=True, cache=True)
 def _batchnorm_backward_by_sample(x, gy, gamma, mean, invstd, gx, ggamma, gbeta, training,
-                                  need_dx, scale, shift, act, threads):
+                                  need_dx, scale, shift, act, threads, given):
     n_batch, c_in, h, w = x.shape
     hw = h * w
     count = n_batch * hw
@@ -383,8 +394,11 @@ def _batchnorm_backward_by_sample(x, gy, gamma, mean, invstd, gx, ggamma, gbeta,
     mu = np.empty(c_in, np.float32)
     for c in range(c_in):
         mu[c] = np.float32(mean[c])
-    sums = np.zeros((threads, 2, c_in))
-    for t in prange(threads):
+    have = given.shape[1] == c_in
+    sums = np.zeros((1 if have else threads, 2, c_in))
+    if have:
+        sums[0] = given
+    for t in prange(0 if have else threads):
         for n in range(t * n_batch // threads, (t + 1) * n_batch // threads):
             for c in range(c_in):
                 s, sx = _run_sums(g1, x1, np.uint64((n * c_in + c) * hw), hw, mu[c],

@@ -40,6 +40,7 @@ from nasgraph.backends.numba._rule import (
     Normalized,
     Run,
     Spread,
+    Summed,
     Weights,
     activate,
     activation_grad,
@@ -273,7 +274,7 @@ def planes_dy(node: Node, saved: object, need_dx: bool) -> planes_k.PlanesFor | 
 
 def _norm(x: Normalized) -> tuple:
     # `_depthwise_lanes`'s normalization of its input
-    return x.scale, x.shift, x.act, True
+    return x.scale, x.shift, x.mean, x.act, True
 
 
 def _lanes_geometry(op, x_shape: tuple[int, ...]) -> lanes_k.LanesGeometry:
@@ -318,11 +319,19 @@ def conv_backward(node: Node, gy: np.ndarray,
         x = saved.x.x if isinstance(saved.x, Normalized) else saved.x
         gx = np.empty_like(x) if needs[0] else NO_GRAD
         parts = np.zeros((run.threads, cout, 9))
-        norm = _norm(saved.x) if isinstance(saved.x, Normalized) else lanes_k.NO_NORM
+        normalized = isinstance(saved.x, Normalized)
+        # where the BatchNorm before it left it its output, the BatchNorm's backward sums
+        # too (`Summed`)
+        sums = np.zeros((run.threads, 2, cout)) if normalized and needs[0] else lanes_k.NO_SUMS
         lanes_k.depthwise_backward(x, gy, w.reshape(cout, 9), gx, parts,
-                                   _lanes_geometry(op, x.shape), needs[0], run.threads, norm)
+                                   _lanes_geometry(op, x.shape), needs[0], run.threads,
+                                   _norm(saved.x) if normalized else lanes_k.NO_NORM, sums)
         gw = (parts[0] if run.threads == 1 else parts.sum(axis=0)).astype(F32)
-        return [gx if needs[0] else None], _with_bias_grad(op, gw.reshape(w.shape), gy)
+        if not needs[0]:
+            gx = None
+        elif normalized:
+            gx = Summed(gx, sums[0] if run.threads == 1 else sums.sum(axis=0))
+        return [gx], _with_bias_grad(op, gw.reshape(w.shape), gy)
     if isinstance(saved, _DepthwiseFlat):
         x = saved.x
         gx = np.empty_like(x) if needs[0] else NO_GRAD

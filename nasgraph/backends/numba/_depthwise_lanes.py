@@ -35,7 +35,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from nasgraph.backends.numba._batchnorm_nhwc import _activated
+from nasgraph.backends.numba._batchnorm_nhwc import _activated, _passed
 from nasgraph.backends.numba._masked import splat
 from nasgraph.backends.numba._transpose import BLOCK, transpose16, transpose16_to
 
@@ -173,20 +173,61 @@ def wgrad9(typingctx, x, window, offs, g, spread, count, sums):
 
 
 @intrinsic
-def normalize_at(typingctx, grid, places, count, scale, shift, act):
-    """grid[places[p]:+16] = act(grid[places[p]:+16] * scale + shift) for p < count: a
+def normalize_at(typingctx, src, dst, places, count, scale, shift, act):
+    """dst[places[p]:+16] = act(src[places[p]:+16] * scale + shift) for p < count: a
     BatchNorm's output (`_rule.Normalized`) computed in the grid, a product, then
     a sum, as BatchNorm's output pass rounds it (`_batchnorm_nhwc._activated`)."""
-    sig = types.void(grid, places, types.uint64, types.float32, types.float32, types.int64)
+    sig = types.void(src, dst, places, types.uint64, types.float32, types.float32,
+                     types.int64)
 
     def codegen(context, builder, signature, args):
-        grid_p, places_p = _arrays(context, builder, signature, args, (0, 1))
-        count, scale, shift, act = args[2], args[3], args[4], args[5]
+        src_p, dst_p, places_p = _arrays(context, builder, signature, args, (0, 1, 2))
+        count, scale, shift, act = args[3], args[4], args[5], args[6]
         sc, sh = splat(builder, scale), splat(builder, shift)
         with cgutils.for_range(builder, count) as loop:
-            at = _vector(builder, grid_p, builder.load(builder.gep(places_p, [loop.index])))
-            y = builder.fadd(builder.fmul(builder.load(at, align=4), sc), sh)
-            builder.store(_activated(builder, y, act), at, align=4)
+            at = builder.load(builder.gep(places_p, [loop.index]))
+            y = builder.fadd(builder.fmul(builder.load(_vector(builder, src_p, at), align=4),
+                                          sc), sh)
+            builder.store(_activated(builder, y, act), _vector(builder, dst_p, at), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def masked_sums(typingctx, raw, places, g, count, mu, scale, shift, act, sums):
+    """sums[:16] += the sum over p < count of g'[p], sums[16:32] += that of g'[p] *
+    (raw[places[p]:+16] - mu), lane by lane, where g' is g[16 p:+16] where the
+    activation's slope is 1 at raw * scale + shift (a product, then a sum, as the
+    forward rounded it; `_batchnorm_nhwc._passed`), else 0: a BatchNorm's backward sums
+    (`_batchnorm._run_sums`) over the gradient of its output, as the conv after it
+    computes it."""
+    sig = types.void(raw, places, g, types.uint64, types.float32, types.float32,
+                     types.float32, types.int64, sums)
+
+    def codegen(context, builder, signature, args):
+        raw_p, places_p, g_p, sums_p = _arrays(context, builder, signature, args,
+                                               (0, 1, 2, 8))
+        count, mu, scale, shift, act = args[3], args[4], args[5], args[6], args[7]
+        m, sc, sh = splat(builder, mu), splat(builder, scale), splat(builder, shift)
+        zero = ir.Constant(_F32X16, [0.0] * LANES)
+        acc_g = cgutils.alloca_once_value(builder, zero)
+        acc_x = cgutils.alloca_once_value(builder, zero)
+        with cgutils.for_range(builder, count) as loop:
+            p = loop.index
+            v = builder.load(_vector(builder, raw_p, builder.load(builder.gep(places_p, [p]))),
+                             align=4)
+            gv = builder.load(_vector(builder, g_p, builder.mul(p, ir.Constant(_I64, LANES))),
+                              align=4)
+            keep = _passed(builder, builder.fadd(builder.fmul(v, sc), sh), act)
+            gk = builder.select(keep, gv, zero)
+            builder.store(builder.fadd(builder.load(acc_g), gk), acc_g)
+            builder.store(builder.fadd(builder.load(acc_x),
+                                       builder.fmul(gk, builder.fsub(v, m))), acc_x)
+        for k, acc in enumerate((acc_g, acc_x)):
+            s = _vector(builder, sums_p, ir.Constant(_I64, k * LANES))
+            builder.store(builder.fadd(builder.load(s, align=4), builder.load(acc)), s,
+                          align=4)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -248,16 +289,20 @@ def _from_lanes(vals, hw, o1, n0, lanes, c, planes):
             o1[dst + np.uint64(k) * step + np.uint64(p)] = vals[s + np.uint64(k)]
 
 
-# `norm` where the input is not normalized: (scale, shift, act, normalized)
-NO_NORM = (np.zeros(1, np.float32), np.zeros(1, np.float32), 0, False)
+# `norm` where the input is not normalized: (scale, shift, mean, act, normalized)
+NO_NORM = (np.zeros(1, np.float32), np.zeros(1, np.float32), np.zeros(1, np.float32), 0,
+           False)
+# `depthwise_backward`'s `bn_sums` where it takes none
+NO_SUMS = np.zeros((1, 2, 1))
 
 
 @njit(inline="always", cache=True)
-def _normalized(grid, inside, hw, ch, norm):
-    # channel ch's block normalized in the grid where `norm` says so (its padding stays 0)
-    scale, shift, act, normalized = norm
+def _normalized(raw, grid, inside, hw, ch, norm):
+    # channel ch's block, raw in `raw`, normalized into the grid where `norm` says so (its
+    # padding stays 0)
+    scale, shift, _, act, normalized = norm
     if normalized:
-        normalize_at(grid, inside, np.uint64(hw), scale[ch], shift[ch], act)
+        normalize_at(raw, grid, inside, np.uint64(hw), scale[ch], shift[ch], act)
 
 
 @njit(inline="always", cache=True)
@@ -288,20 +333,24 @@ def depthwise_forward(x, w, bias, out, geometry, threads, norm=NO_NORM):
         for job in range(th * jobs // threads, (th + 1) * jobs // threads):
             ch, n0, lanes = _job(job, c, n_batch)
             _into_lanes(x1, n0, lanes, ch, c, hw, inside, grid)
-            _normalized(grid, inside, hw, ch, norm)
+            _normalized(grid, grid, inside, hw, ch, norm)
             windows9(grid, window, offs, _nine_weights(w1, ch), bias[ch], vals,
                      np.uint64(howo))
             _from_lanes(vals, howo, o1, n0, lanes, ch, c)
 
 
 @njit(parallel=True, cache=True)
-def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads, norm=NO_NORM):
+def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads, norm=NO_NORM,
+                       bn_sums=NO_SUMS):
     """The gradients of `depthwise_forward`'s conv (its input normalized again with `norm`
     where the forward's was): parts[t] (threads x C x 9, float64) += thread t's share of
     the weight gradient, and where `need_dx`, gx (N x C x H x W), the gradient of the
     conv's input (the BatchNorm's output, where normalized):
     dy's block spread into the zero grid of `LanesGeometry.up`, then dw's lanes summed
-    over its pixels (`wgrad9`) and dx its windows with the kernel rotated (`windows9`)."""
+    over its pixels (`wgrad9`) and dx its windows with the kernel rotated (`windows9`).
+    Where normalized, need_dx and bn_sums is threads x 2 x C (float64), bn_sums[t] +=
+    thread t's share of the BatchNorm's backward sums over gx (`masked_sums`: float32
+    over a block of 16 samples, float64 across), which its backward then need not take."""
     ((h, wd), (hp, wp), (ho, wo), window, taps, inside, (uh, uw), spread, up_window,
      up_taps) = geometry
     n_batch, c = x.shape[0], x.shape[1]
@@ -311,15 +360,18 @@ def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads, norm=NO_
     blocks = -(-n_batch // LANES)
     jobs = blocks * c
     offs, up_offs = _nine_offsets(taps), _nine_offsets(up_taps)
+    mean, act, normalized = norm[2], norm[3], norm[4]
+    summed = normalized and need_dx and bn_sums.shape[2] == c
     for th in prange(threads):
         grid = np.zeros(hp * wp * LANES, np.float32)
+        raw = np.zeros(hp * wp * LANES if summed else 1, np.float32)
         up = np.zeros(uh * uw * LANES, np.float32)  # dy, spread: its zeros stay
         vals = np.empty(hw * LANES, np.float32)
         sums = np.empty(TAPS * LANES, np.float32)
         for job in range(th * jobs // threads, (th + 1) * jobs // threads):
             ch, n0, lanes = _job(job, c, n_batch)
-            _into_lanes(x1, n0, lanes, ch, c, hw, inside, grid)
-            _normalized(grid, inside, hw, ch, norm)
+            _into_lanes(x1, n0, lanes, ch, c, hw, inside, raw if summed else grid)
+            _normalized(raw if summed else grid, grid, inside, hw, ch, norm)
             _into_lanes(g1, n0, lanes, ch, c, howo, spread, up)
             sums[:] = 0.0
             wgrad9(grid, window, offs, up, spread, np.uint64(howo), sums)
@@ -332,3 +384,12 @@ def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads, norm=NO_
                 windows9(up, up_window, up_offs, _nine_rotated(w1, ch), np.float32(0.0),
                          vals, np.uint64(hw))
                 _from_lanes(vals, hw, o1, n0, lanes, ch, c)
+            if summed:
+                sums[:2 * LANES] = 0.0
+                masked_sums(raw, inside, vals, np.uint64(hw), mean[ch], norm[0][ch],
+                            norm[1][ch], act, sums)
+                for k in range(2):
+                    s = np.float32(0.0)
+                    for j in range(LANES):
+                        s += sums[k * LANES + j]
+                    bn_sums[th, k, ch] += s

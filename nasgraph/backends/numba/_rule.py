@@ -137,13 +137,31 @@ class Normalized(NamedTuple):
     """A BatchNorm's output not written: act(x * scale + shift) per channel (float32),
     which the op that alone reads it computes in its own pass: an add (`add_act_forward`;
     no activation), or a depthwise conv with the batch in the lanes, as it lays its input
-    out (`_conv_rules.conv_forward`); `grad._plan` and `grad._deferred_for` say where."""
+    out (`_conv_rules.conv_forward`); `grad._plan` and `grad._deferred_for` say where.
+    `mean`: the batch's (or the running) mean, float32, which that conv's backward
+    centers x on for the BatchNorm's sums (`Summed`)."""
 
     x: np.ndarray
     scale: np.ndarray
     shift: np.ndarray
     act: int = 0
+    mean: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
         return self.x.shape
+
+
+class Summed(NamedTuple):
+    """The gradient of a BatchNorm's output (`Normalized`) from the depthwise conv that
+    alone reads it, with the sums the BatchNorm's backward takes over it: per channel,
+    of dy' and of dy' * (x - mean), dy' masked by the BatchNorm's activation
+    (`_depthwise_lanes.masked_sums`), float64, 2 x C. The BatchNorm's backward then makes
+    one pass, not two (`_batchnorm.batchnorm_backward`)."""
+
+    g: np.ndarray
+    sums: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.g.shape
