@@ -292,8 +292,8 @@ def _from_lanes(vals, hw, o1, n0, lanes, c, planes):
 # `norm` where the input is not normalized: (scale, shift, mean, act, normalized)
 NO_NORM = (np.zeros(1, np.float32), np.zeros(1, np.float32), np.zeros(1, np.float32), 0,
            False)
-# `depthwise_backward`'s `bn_sums` where it takes none
-NO_SUMS = np.zeros((1, 2, 1))
+# `depthwise_backward`'s `bn_sums` where it takes none (no column a channel)
+NO_SUMS = np.zeros((1, 2, 0))
 
 
 @njit(inline="always", cache=True)
@@ -303,6 +303,15 @@ def _normalized(raw, grid, inside, hw, ch, norm):
     scale, shift, _, act, normalized = norm
     if normalized:
         normalize_at(raw, grid, inside, np.uint64(hw), scale[ch], shift[ch], act)
+
+
+@njit(inline="always", cache=True)
+def _lane_sum(sums, row):
+    # the 16 lanes of sums[16 row:+16] summed in float32, in lane order
+    total = np.float32(0.0)
+    for lane in range(LANES):
+        total += sums[row * LANES + lane]
+    return total
 
 
 @njit(inline="always", cache=True)
@@ -376,10 +385,7 @@ def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads, norm=NO_
             sums[:] = 0.0
             wgrad9(grid, window, offs, up, spread, np.uint64(howo), sums)
             for t in range(TAPS):
-                s = np.float32(0.0)
-                for k in range(LANES):
-                    s += sums[t * LANES + k]
-                parts[th, ch, t] += s
+                parts[th, ch, t] += _lane_sum(sums, t)
             if need_dx:
                 windows9(up, up_window, up_offs, _nine_rotated(w1, ch), np.float32(0.0),
                          vals, np.uint64(hw))
@@ -389,7 +395,4 @@ def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads, norm=NO_
                 masked_sums(raw, inside, vals, np.uint64(hw), mean[ch], norm[0][ch],
                             norm[1][ch], act, sums)
                 for k in range(2):
-                    s = np.float32(0.0)
-                    for j in range(LANES):
-                        s += sums[k * LANES + j]
-                    bn_sums[th, k, ch] += s
+                    bn_sums[th, k, ch] += _lane_sum(sums, k)

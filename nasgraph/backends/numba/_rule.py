@@ -144,8 +144,8 @@ class Normalized(NamedTuple):
     x: np.ndarray
     scale: np.ndarray
     shift: np.ndarray
-    act: int = 0
-    mean: np.ndarray | None = None
+    act: int
+    mean: np.ndarray
 
     @property
     def shape(self) -> tuple[int, ...]:
