@@ -247,7 +247,7 @@ def lanes(channels: int, width: int) -> int:
 class PaddedNHWC(NamedTuple):
     """An N x C x H x W tensor as the tiled kernels read it: zero-padded by `pad` in NHWC
     (what `padded_nhwc` copies). A conv's input or dy, written so by the BatchNorm that
-    produces it (`_conv_rules.padded_x`, `_conv_rules.padded_dy` say where) instead of
+    produces it (`_conv_layouts.padded_x`, `_conv_layouts.padded_dy` say where) instead of
     copied by the conv."""
 
     xp: np.ndarray  # N x (H + 2 pad[0]) x (W + 2 pad[1]) x C

@@ -142,7 +142,7 @@ def batchnorm_backward_padded(node: Node, gy: np.ndarray, saved: tuple, wts: Wei
                               run: Run, pad: tuple[int, int]) -> Grads:
     """BatchNorm's backward with dx written zero-padded by `pad` in NHWC
     (`conv_b.PaddedNHWC`), for the conv that produced its input to read as it is
-    (`_conv_rules.padded_dy`), where its shape fits (`nhwc_b.padded_fits`)."""
+    (`_conv_layouts.padded_dy`), where its shape fits (`nhwc_b.padded_fits`)."""
     x, mean, invstd, scale, shift, act = saved
     gy, sums = _summed(gy)
     n, c, h, w = x.shape
@@ -159,7 +159,7 @@ def batchnorm_backward_padded(node: Node, gy: np.ndarray, saved: tuple, wts: Wei
 def batchnorm_backward_planes(node: Node, gy: np.ndarray, saved: tuple, wts: Weights,
                               run: Run, spec: planes_k.PlanesFor) -> Grads:
     """BatchNorm's backward with dx written as phase planes (`spec`), for the conv that
-    produced its input to read as they are (`_conv_rules.planes_dy`)."""
+    produced its input to read as they are (`_conv_layouts.planes_dy`)."""
     x, mean, invstd, scale, shift, act = saved
     gy, sums = _summed(gy)
     gq = planes_k.empty_planes(x.shape, spec)

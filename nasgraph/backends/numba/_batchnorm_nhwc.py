@@ -16,7 +16,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from nasgraph.backends.numba._batchnorm import _dx_coefficients
-from nasgraph.backends.numba._masked import load_first, move, splat
+from nasgraph.backends.numba._masked import activated, load_first, move, passed, splat
 from nasgraph.backends.numba._transpose import BLOCK as SIDE
 from nasgraph.backends.numba._transpose import store_at_places, transposed
 
@@ -87,28 +87,6 @@ def _channel(builder: ir.IRBuilder, ptr, at) -> ir.Value:
     return splat(builder, builder.load(builder.gep(ptr, [at])))
 
 
-def _activated(builder: ir.IRBuilder, y: ir.Value, act: ir.Value) -> ir.Value:
-    # act(y) as `_normalize_run` applies it: 1 ReLU (y if y > 0 else 0), 2 ReLU6, else y
-    zero, six = ir.Constant(_F32X16, [0.0] * SIDE), ir.Constant(_F32X16, [6.0] * SIDE)
-    relu = builder.select(builder.fcmp_ordered(">", y, zero), y, zero)
-    relu6 = builder.select(builder.fcmp_ordered("<", relu, six), relu, six)
-    is1 = builder.icmp_signed("==", act, ir.Constant(act.type, 1))
-    is2 = builder.icmp_signed("==", act, ir.Constant(act.type, 2))
-    return builder.select(is1, relu, builder.select(is2, relu6, y))
-
-
-def _passed(builder: ir.IRBuilder, pre: ir.Value, act: ir.Value) -> ir.Value:
-    # where the activation's slope is 1 at its input `pre` (an i1 vector): ReLU pre > 0,
-    # ReLU6 0 < pre < 6, else everywhere
-    zero, six = ir.Constant(_F32X16, [0.0] * SIDE), ir.Constant(_F32X16, [6.0] * SIDE)
-    above = builder.fcmp_ordered(">", pre, zero)
-    inside = builder.and_(above, builder.fcmp_ordered("<", pre, six))
-    is1 = builder.icmp_signed("==", act, ir.Constant(act.type, 1))
-    is2 = builder.icmp_signed("==", act, ir.Constant(act.type, 2))
-    every = ir.Constant(ir.VectorType(ir.IntType(1), SIDE), [1] * SIDE)
-    return builder.select(is1, above, builder.select(is2, inside, every))
-
-
 @intrinsic
 def _out16(typingctx, x, at, step, scale, shift, c0, act, dst, dst_at, places, first,
            count):
@@ -127,7 +105,7 @@ def _out16(typingctx, x, at, step, scale, shift, c0, act, dst, dst_at, places, f
             c = builder.add(c0, ir.Constant(_I64, i))
             y = builder.fadd(builder.fmul(v, _channel(builder, sc_p, c)),
                              _channel(builder, sh_p, c))
-            rows.append(_activated(builder, y, act))
+            rows.append(activated(builder, y, act))
         store_at_places(builder, d_p, d_at, p_p, first, transposed(builder, rows), count)
         return context.get_dummy_value()
 
@@ -159,7 +137,7 @@ def _dx16(typingctx, x, g, at, step, k, c_in, scale, shift, c0, act, dst, dst_at
                 ir.Constant(_I64, row), c_in), c)) for row in range(4))
             pre = builder.fadd(builder.fmul(v, _channel(builder, sc_p, c)),
                                _channel(builder, sh_p, c))
-            g = builder.select(_passed(builder, pre, act), g, zero)
+            g = builder.select(passed(builder, pre, act), g, zero)
             inner = builder.fsub(builder.fsub(g, ka), builder.fmul(builder.fsub(v, mu), kb))
             rows.append(builder.fmul(kk, inner))
         store_at_places(builder, d_p, d_at, p_p, first, transposed(builder, rows), count)

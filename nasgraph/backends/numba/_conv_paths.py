@@ -57,6 +57,15 @@ def lanes_depthwise(op, in_channels: int, out_channels: int, pixels: int) -> boo
             and pixels <= LANES_MAX_PIXELS.get(op.stride, 0))
 
 
+def lanes_conv(op, x_shape: tuple[int, ...]) -> bool:
+    """Whether a conv on an N x C x H x W input trains with the batch in the lanes: a
+    group per input channel, and `lanes_depthwise`. Asked by the conv's rule
+    (`_conv_rules.conv_forward`) and by the BatchNorm before it, which then leaves the
+    conv its output (`grad._deferred_for`)."""
+    return op.groups == x_shape[1] and lanes_depthwise(op, x_shape[1], op.out_channels,
+                                                       x_shape[2] * x_shape[3])
+
+
 # input pixels up to which depthwise convs of channel multiplier 1 take the lanes, by
 # stride
 LANES_MAX_PIXELS = {(1, 1): 64, (2, 2): 784}  # 8x8, 28x28

@@ -1,7 +1,7 @@
 """Training rules of convolutions (`conv2d`, `fused_conv2d`): which kernels of
 `_backward_conv`, `_planes`, `_planes_wgrad` and `_conv_matmul` run a conv's forward and
 its gradients, and what the forward keeps for the backward; `_conv_paths` says which path
-takes a conv.
+takes a conv, `_conv_layouts` what it asks the ops beside it to write.
 docs/numba.md, "Which kernel computes which gradient"."""
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from nasgraph.backends.numba import _planes as planes_k
 from nasgraph.backends.numba import _planes_depthwise as depthwise_planes_k
 from nasgraph.backends.numba import _planes_wgrad as wgrad_planes_k
 from nasgraph.backends.numba._activations import ACT_CODES
+from nasgraph.backends.numba._conv_layouts import Padded, weight_grad_on_planes
 from nasgraph.backends.numba._conv_paths import (
     depthwise_nhwc,
     dx_is_conv,
     flat_depthwise,
-    lanes_depthwise,
+    lanes_conv,
     planes_forward,
     planes_grouped,
     planes_input_grad,
-    planes_pay,
     subsampled_pointwise,
     tiled_input_grad,
 )
@@ -48,18 +48,6 @@ from nasgraph.backends.numba._rule import (
 )
 from nasgraph.backends.numba.nodes import conv_strategy
 from nasgraph.ir import Node
-
-
-class _Padded(NamedTuple):
-    """What a conv the executor tiles keeps for its backward: its input; where the
-    weight gradient reads the input zero-padded in NHWC (`_wgrad_nhwc`'s tiles, or a
-    GEMM of columns copied from it), that; where the forward ran on the input's phase
-    planes (`planes_forward`), those, which `_wgrad` reads."""
-
-    xp: np.ndarray | None
-    # where xp or planes are kept, its shape alone is read
-    x: np.ndarray | conv_b.PaddedNHWC | planes_k.PhasePlanes
-    planes: planes_k.PhasePlanes | None = None
 
 
 class _DepthwiseFlat(NamedTuple):
@@ -104,10 +92,10 @@ class _Grouped(NamedTuple):
 
 
 def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
-                 ) -> tuple[np.ndarray, np.ndarray | _Padded | _Subsampled | _Grouped
+                 ) -> tuple[np.ndarray, np.ndarray | Padded | _Subsampled | _Grouped
                             | matmul_k.Dense | planes_k.PhasePlanes | _DepthwiseNHWC
                             | _DepthwiseFlat | _DepthwiseLanes]:
-    # N x Cin x H x W -> N x Cout x Ho x Wo; saved: x, for a tiled conv `_Padded`, for a
+    # N x Cin x H x W -> N x Cout x Ho x Wo; saved: x, for a tiled conv `Padded`, for a
     # strided 1x1 one `_Subsampled`, for a depthwise one (or a stem of one input channel)
     # `_DepthwiseLanes`, `_DepthwiseFlat`, `_DepthwiseNHWC` or its input's phase planes,
     # for a grouped one on the planes `_Grouped`, for one on a tiny map `matmul_k.Dense`
@@ -124,10 +112,10 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
     if isinstance(x, conv_b.PaddedNHWC):  # as its producer wrote it for this (`padded_x`)
         conv_b.conv2d_direct(x.xp, w, bias if op.bias else None, out, op.stride,
                              op.dilation[0], run.threads)
-        return out, _Padded(x.xp, x)
+        return out, Padded(x.xp, x)
     if isinstance(x, planes_k.PhasePlanes):  # as its producer wrote them (`planes_x`)
         planes_k.conv2d_forward(x, w, bias if op.bias else None, out, run.threads)
-        return out, _Padded(None, x, x)
+        return out, Padded(None, x, x)
     if subsampled_pointwise(op):
         sh, sw = op.stride
         sub = np.ascontiguousarray(x[:, :, ::sh, ::sw])
@@ -137,7 +125,7 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
             conv_b.conv2d_forward(sub, w.reshape(op.groups, cout // op.groups, cig), bias,
                                   out, 1, 1, 1, 1, 0, 0, 1, 1, int(op.bias), run.threads)
         return out, _Subsampled(sub, x.shape)
-    if cig == 1 and lanes_depthwise(op, x.shape[1], cout, x.shape[2] * x.shape[3]):
+    if lanes_conv(op, x.shape):
         lanes_k.depthwise_forward(x, w.reshape(cout, 9),
                                   bias if op.bias else np.zeros(cout, F32), out,
                                   _lanes_geometry(op, x.shape), run.threads)
@@ -178,12 +166,12 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
             planes = planes_k.phase_planes(x, out.shape[2:], op.kernel, op.stride, op.pad,
                                            op.dilation, multiple=planes_k.PIXELS)
             planes_k.conv2d_forward(planes, w, bias if op.bias else None, out, run.threads)
-            return out, _Padded(None, x, planes)
+            return out, Padded(None, x, planes)
         xp = conv_b.padded_nhwc(x, op.pad, run.threads)
         conv_b.conv2d_direct(xp, w, bias if op.bias else None, out, op.stride,
                              op.dilation[0], run.threads)
-        planes = _weight_grad_on_planes(op, cout, out.shape[2] * out.shape[3])
-        return out, _Padded(None if planes else xp, x)
+        planes = weight_grad_on_planes(op, cout, out.shape[2] * out.shape[3])
+        return out, Padded(None if planes else xp, x)
     if matmul_k.dense(op, x.shape, out.shape):
         return out, matmul_k.dense_forward(op, x, w, bias if op.bias else None, out)
     if planes_grouped(op, cig):
@@ -201,77 +189,6 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
     return out, x
 
 
-def _weight_grad_on_planes(op, cout: int, pixels: int) -> bool:
-    # whether a tiled conv's weight gradient runs on its input's phase planes
-    # (`planes_pay`), not on the NHWC copy the forward read
-    return not conv_b.nhwc_weight_grad_pays(cout) and planes_pay(op, cout, pixels)
-
-
-def padded_x(node: Node, x_shape: tuple[int, ...]) -> tuple[int, int] | None:
-    """The padding with which a conv's forward copies its input into NHWC, where that
-    copy is all it reads and keeps of it: the tiled path of `conv_forward` (no groups,
-    more than one input channel, not on the phase planes, forward or weight gradient).
-    There the op that produces x may write it so (`conv_b.PaddedNHWC`); else None. Where
-    vectors are 512 bits, as `padded_dy` (where it was measured)."""
-    op = node.op
-    if not conv_b.WIDE or node.kind != "conv2d" or op.groups != 1 or x_shape[1] == 1 \
-            or subsampled_pointwise(op):
-        return None
-    pixels = node.type.height * node.type.width
-    if conv_strategy(node, x_shape[1], winograd=False) != "tiled" or planes_forward(
-            op, op.out_channels, pixels) or _weight_grad_on_planes(op, op.out_channels, pixels):
-        return None
-    return op.pad
-
-
-def planes_x(node: Node, x_shape: tuple[int, ...]) -> planes_k.PlanesFor | None:
-    """Where a conv's forward runs on its input's phase planes (`planes_forward`), stride
-    1, no groups, more than one input channel, a padding of half the kernel's reach: how
-    it lays them out, so that the op that produces x may write them
-    (`planes_k.PhasePlanes`); else None."""
-    op = node.op
-    if node.kind != "conv2d" or op.groups != 1 or op.stride != (1, 1) or x_shape[1] == 1 \
-            or not _half_reach(op):
-        return None
-    ho, wo = node.type.height, node.type.width
-    if conv_strategy(node, x_shape[1], winograd=False) != "tiled" or not planes_forward(
-            op, op.out_channels, ho * wo):
-        return None
-    return planes_k.PlanesFor((ho, wo), op.kernel, op.pad, op.dilation)
-
-
-def _half_reach(op) -> bool:
-    # a padding of half the kernel's reach on each axis: the output as large as the
-    # input at stride 1, dy's planes as wide as the input's (no generator: asked for
-    # every conv every step)
-    (ph, pw), (kh, kw), (dh, dw) = op.pad, op.kernel, op.dilation
-    return 2 * ph == (kh - 1) * dh and 2 * pw == (kw - 1) * dw
-
-
-def planes_dy(node: Node, saved: object, need_dx: bool) -> planes_k.PlanesFor | None:
-    """Where a conv's backward reads dy only as phase planes: a tiled conv without a bias
-    whose weight gradient runs on the planes (`_Padded` without xp) and whose input
-    gradient, wanted, is a conv of dy's planes (`planes_input_grad`), with a padding of
-    half the kernel's reach and output channels in whole tiles of `_wgrad`, so that the
-    weight gradient reads dy's rows within those planes (`wgrad_planes_k._rows_in_planes`).
-    There the op that produces dy may write them; else None."""
-    op = node.op
-    if node.kind != "conv2d" or op.bias or not need_dx or not isinstance(saved, _Padded) \
-            or saved.xp is not None:
-        return None
-    x_shape, kw, dw = saved.x.shape, op.kernel[1], op.dilation[1]
-    if not (tiled_input_grad(op, x_shape)
-            and planes_input_grad(x_shape[1], x_shape, kw, dw)):
-        return None
-    if not _half_reach(op):
-        return None
-    cout = op.out_channels
-    rows, _ = wgrad_planes_k._tile(1, cout, conv_b.WIDE, x_shape[1])
-    if cout % rows:
-        return None
-    return planes_k.PlanesFor(x_shape[2:], op.kernel, op.pad, op.dilation)
-
-
 def _norm(x: Normalized) -> tuple:
     # `_depthwise_lanes`'s normalization of its input
     return x.scale, x.shift, x.mean, x.act, True
@@ -282,7 +199,7 @@ def _lanes_geometry(op, x_shape: tuple[int, ...]) -> lanes_k.LanesGeometry:
 
 
 def conv_backward(node: Node, gy: np.ndarray,
-                  saved: np.ndarray | _Padded | _Subsampled | _Grouped | matmul_k.Dense
+                  saved: np.ndarray | Padded | _Subsampled | _Grouped | matmul_k.Dense
                   | planes_k.PhasePlanes | _DepthwiseNHWC | _DepthwiseFlat | _DepthwiseLanes,
                   wts: Weights,
                   run: Run,
@@ -290,7 +207,7 @@ def conv_backward(node: Node, gy: np.ndarray,
     op = node.op
     w = wts["weight"]
     cout, cig, kh, kw = w.shape
-    if isinstance(saved, _Padded):
+    if isinstance(saved, Padded):
         return _tiled_conv_backward(op, gy, saved, w, run, needs)
     if isinstance(saved, matmul_k.Dense):
         gx, gw = matmul_k.dense_backward(op, saved, gy, w, needs[0])
@@ -316,12 +233,12 @@ def conv_backward(node: Node, gy: np.ndarray,
         gx = Spread(gxs, op.stride, saved.shape) if needs[0] else None
         return [gx], _with_bias_grad(op, gw, gy)
     if isinstance(saved, _DepthwiseLanes):
-        x = saved.x.x if isinstance(saved.x, Normalized) else saved.x
+        # where the BatchNorm before it left it its output, normalized again here, and
+        # that BatchNorm's backward sums taken too (`Summed`)
+        normalized = isinstance(saved.x, Normalized)
+        x = saved.x.x if normalized else saved.x
         gx = np.empty_like(x) if needs[0] else NO_GRAD
         parts = np.zeros((run.threads, cout, 9))
-        normalized = isinstance(saved.x, Normalized)
-        # where the BatchNorm before it left it its output, the BatchNorm's backward sums
-        # too (`Summed`)
         sums = np.zeros((run.threads, 2, cout)) if normalized and needs[0] else lanes_k.NO_SUMS
         lanes_k.depthwise_backward(x, gy, w.reshape(cout, 9), gx, parts,
                                    _lanes_geometry(op, x.shape), needs[0], run.threads,
@@ -382,7 +299,7 @@ def _gemm_conv_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, groups: in
     return (gx if need_dx else None), (gw if need_dw else None)
 
 
-def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run: Run,
+def _tiled_conv_backward(op, gy: np.ndarray, saved: Padded, w: np.ndarray, run: Run,
                          needs: list[bool]) -> Grads:
     # the weight gradient from the padded NHWC input the forward kept, by `_wgrad_nhwc`'s
     # tiles where they pay (`nhwc_weight_grad_pays`) or as a GEMM, else by `_wgrad` on
@@ -435,25 +352,6 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: _Padded, w: np.ndarray, run:
         gx = np.empty(x.shape, F32)
         conv_b.from_padded_nhwc(gxp, gx, *op.pad)
     return [gx], _with_bias_grad(op, gw, gy)
-
-
-def padded_dy(node: Node, saved: object, need_dx: bool) -> tuple[int, int] | None:
-    """The padding with which a conv's backward would copy dy into NHWC, where it reads
-    dy in no other layout: a tiled conv (`_Padded`, its input kept in NHWC) without a
-    bias and of stride 1 (`tiled_input_grad`), whose weight gradient runs on the NHWC
-    tiles and can read dy's copy in place (`conv_b.shares_padded_dy`), and whose input
-    gradient, if `need_dx`, is a conv of dy on those tiles (not on the phase planes).
-    There the op that produces dy may write it so (`conv_b.PaddedNHWC`); else None."""
-    op = node.op
-    if node.kind != "conv2d" or op.bias or not isinstance(saved, _Padded) or saved.xp is None:
-        return None
-    x_shape = saved.x.shape
-    if not (conv_b.nhwc_weight_grad_pays(op.out_channels) and tiled_input_grad(op, x_shape)):
-        return None
-    if need_dx and planes_input_grad(x_shape[1], x_shape, op.kernel[1], op.dilation[1]):
-        return None
-    pad = conv_b.dy_padding(op.kernel, op.pad, op.dilation[0])
-    return pad if conv_b.shares_padded_dy(op.out_channels, pad, node.type.width) else None
 
 
 def _with_bias_grad(op, gw: np.ndarray, gy: np.ndarray) -> Weights:

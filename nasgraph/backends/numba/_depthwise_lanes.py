@@ -35,8 +35,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from nasgraph.backends.numba._batchnorm_nhwc import _activated, _passed
-from nasgraph.backends.numba._masked import splat
+from nasgraph.backends.numba._masked import activated, passed, splat
 from nasgraph.backends.numba._transpose import BLOCK, transpose16, transpose16_to
 
 LANES = BLOCK  # samples a vector: the transposes' block
@@ -176,7 +175,7 @@ def wgrad9(typingctx, x, window, offs, g, spread, count, sums):
 def normalize_at(typingctx, src, dst, places, count, scale, shift, act):
     """dst[places[p]:+16] = act(src[places[p]:+16] * scale + shift) for p < count: a
     BatchNorm's output (`_rule.Normalized`) computed in the grid, a product, then
-    a sum, as BatchNorm's output pass rounds it (`_batchnorm_nhwc._activated`)."""
+    a sum, as BatchNorm's output pass rounds it (`_masked.activated`)."""
     sig = types.void(src, dst, places, types.uint64, types.float32, types.float32,
                      types.int64)
 
@@ -188,7 +187,7 @@ def normalize_at(typingctx, src, dst, places, count, scale, shift, act):
             at = builder.load(builder.gep(places_p, [loop.index]))
             y = builder.fadd(builder.fmul(builder.load(_vector(builder, src_p, at), align=4),
                                           sc), sh)
-            builder.store(_activated(builder, y, act), _vector(builder, dst_p, at), align=4)
+            builder.store(activated(builder, y, act), _vector(builder, dst_p, at), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -199,7 +198,7 @@ def masked_sums(typingctx, raw, places, g, count, mu, scale, shift, act, sums):
     """sums[:16] += the sum over p < count of g'[p], sums[16:32] += that of g'[p] *
     (raw[places[p]:+16] - mu), lane by lane, where g' is g[16 p:+16] where the
     activation's slope is 1 at raw * scale + shift (a product, then a sum, as the
-    forward rounded it; `_batchnorm_nhwc._passed`), else 0: a BatchNorm's backward sums
+    forward rounded it; `_masked.passed`), else 0: a BatchNorm's backward sums
     (`_batchnorm._run_sums`) over the gradient of its output, as the conv after it
     computes it."""
     sig = types.void(raw, places, g, types.uint64, types.float32, types.float32,
@@ -219,7 +218,7 @@ def masked_sums(typingctx, raw, places, g, count, mu, scale, shift, act, sums):
                              align=4)
             gv = builder.load(_vector(builder, g_p, builder.mul(p, ir.Constant(_I64, LANES))),
                               align=4)
-            keep = _passed(builder, builder.fadd(builder.fmul(v, sc), sh), act)
+            keep = passed(builder, builder.fadd(builder.fmul(v, sc), sh), act)
             gk = builder.select(keep, gv, zero)
             builder.store(builder.fadd(builder.load(acc_g), gk), acc_g)
             builder.store(builder.fadd(builder.load(acc_x),

@@ -8,6 +8,10 @@ time), and leaves the rest to a scalar remainder. `copy16` is written as LLVM IR
 (`numba.extending.intrinsic`): a masked load of n values, zeros in the other lanes, and a
 masked store of m lanes, which LLVM lowers for the CPU it compiles for (`vmovups` under
 a mask register on AVX-512, `vmaskmovps` on AVX2).
+
+It also holds the pieces other modules' intrinsics build vectors of 16 from: a value in
+every lane (`splat`), a masked load (`load_first`), and an activation and where its slope
+is 1 (`activated`, `passed`), as BatchNorm's fused passes apply them.
 """
 
 from __future__ import annotations
@@ -77,6 +81,29 @@ def splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
     """For intrinsics: a float32 in all 16 lanes of a vector."""
     v = builder.insert_element(ir.Constant(_F32X16, None), value, ir.Constant(_I32, 0))
     return builder.shuffle_vector(v, v, ir.Constant(_I32X16, [0] * LANES))
+
+
+def activated(builder: ir.IRBuilder, y: ir.Value, act: ir.Value) -> ir.Value:
+    """For intrinsics: act(y) of a vector of 16, as `_batchnorm._normalize_run` applies
+    it: `act` (an integer value) 1 ReLU (y if y > 0 else 0), 2 ReLU6, else y."""
+    zero, six = ir.Constant(_F32X16, [0.0] * LANES), ir.Constant(_F32X16, [6.0] * LANES)
+    relu = builder.select(builder.fcmp_ordered(">", y, zero), y, zero)
+    relu6 = builder.select(builder.fcmp_ordered("<", relu, six), relu, six)
+    is1 = builder.icmp_signed("==", act, ir.Constant(act.type, 1))
+    is2 = builder.icmp_signed("==", act, ir.Constant(act.type, 2))
+    return builder.select(is1, relu, builder.select(is2, relu6, y))
+
+
+def passed(builder: ir.IRBuilder, pre: ir.Value, act: ir.Value) -> ir.Value:
+    """For intrinsics: where activation `act`'s slope is 1 at its input `pre` (a vector
+    of 16; an i1 vector): ReLU pre > 0, ReLU6 0 < pre < 6, else everywhere."""
+    zero, six = ir.Constant(_F32X16, [0.0] * LANES), ir.Constant(_F32X16, [6.0] * LANES)
+    above = builder.fcmp_ordered(">", pre, zero)
+    inside = builder.and_(above, builder.fcmp_ordered("<", pre, six))
+    is1 = builder.icmp_signed("==", act, ir.Constant(act.type, 1))
+    is2 = builder.icmp_signed("==", act, ir.Constant(act.type, 2))
+    every = ir.Constant(_I1X16, [1] * LANES)
+    return builder.select(is1, above, builder.select(is2, inside, every))
 
 
 def load_first(builder: ir.IRBuilder, ptr, at: ir.Value, count: ir.Value) -> ir.Value:

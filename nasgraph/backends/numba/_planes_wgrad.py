@@ -78,7 +78,7 @@ def _tile(groups: int, out_per_group: int, wide: bool = False, in_per_group: int
     5-7 channels; for 8, 8 x 3 0.97x on 8 lanes (not taken), 0.87-0.91x on 16. AVX2
     keeps the 4 x 3 it was tuned with. Whole blocks of rows fit the same output channel
     counts on either lane width (8 x 3 for 8, where 4 x 3 fits twice), so
-    `_conv_rules.planes_dy`, which asks before the planes exist, gets the answer that
+    `_conv_layouts.planes_dy`, which asks before the planes exist, gets the answer that
     holds for both."""
     fitted = FITTED_ROWS + ((8,) if lanes == wgrad_k.WIDE_LANES else ())
     if wide and out_per_group in fitted and (groups == 1 or in_per_group > 1):

@@ -36,8 +36,8 @@ from nasgraph.backends.numba._backward_ops import (
     dropout_mask,
 )
 from nasgraph.backends.numba._batchnorm_nhwc import padded_fits
-from nasgraph.backends.numba._conv_paths import lanes_depthwise
-from nasgraph.backends.numba._conv_rules import padded_dy, padded_x, planes_dy, planes_x
+from nasgraph.backends.numba._conv_layouts import padded_dy, padded_x, planes_dy, planes_x
+from nasgraph.backends.numba._conv_paths import lanes_conv
 from nasgraph.backends.numba._planes import PlanesFor
 from nasgraph.backends.numba._rule import Run, Spread, Terms, Weights, shape4
 from nasgraph.backends.numba._weights import checked_state
@@ -405,9 +405,9 @@ def _takes_terms(node: Node, plan: _Plan) -> bool:
 def _written_for(graph: Graph, node: Node, x: np.ndarray, plan: _Plan, training: bool
                  ) -> tuple[tuple[int, int] | None, PlanesFor | None]:
     """How a BatchNorm writes its output for the conv that alone reads it, sparing the
-    conv its copy: zero-padded in NHWC, the padding (`_conv_rules.padded_x`), where its
+    conv its copy: zero-padded in NHWC, the padding (`_conv_layouts.padded_x`), where its
     shape fits (`padded_fits`); else, in training, as the conv's phase planes
-    (`_conv_rules.planes_x`), from the pass that computes the statistics; None and None
+    (`_conv_layouts.planes_x`), from the pass that computes the statistics; None and None
     where neither, or the node is not such a BatchNorm."""
     conv_id = plan.conv_after.get(node.id)
     if conv_id is None:
@@ -420,22 +420,18 @@ def _written_for(graph: Graph, node: Node, x: np.ndarray, plan: _Plan, training:
 def _deferred_for(graph: Graph, node: Node, x: np.ndarray, plan: _Plan) -> bool:
     """Whether a BatchNorm leaves its output (and its activation's) unwritten
     (`Normalized`) for the depthwise conv that alone reads it, which normalizes its input
-    as it lays it out with the batch in the lanes (`_conv_paths.lanes_depthwise`): one
+    as it lays it out with the batch in the lanes (`_conv_paths.lanes_conv`): one
     write and one read of the tensor fewer, forward, and none kept for the backward."""
     conv_id = plan.conv_after.get(node.id)
-    if conv_id is None:
-        return False
-    op = graph[conv_id].op
-    return op.groups == x.shape[1] and lanes_depthwise(op, x.shape[1], op.out_channels,
-                                                       x.shape[2] * x.shape[3])
+    return conv_id is not None and lanes_conv(graph[conv_id].op, x.shape)
 
 
 def _padded_dy(graph: Graph, node: Node, gy: np.ndarray, ctx: object,
                per_node: Mapping[str, Weights], run: Run, saved: dict[str, object],
                plan: _Plan, needs: list[bool]) -> tuple | None:
     """A BatchNorm's backward that writes dx in the layout the conv before it reads dy
-    in, sparing the conv its copy: zero-padded NHWC (`_conv_rules.padded_dy`) where its
-    shape fits (`padded_fits`), else phase planes (`_conv_rules.planes_dy`); None where
+    in, sparing the conv its copy: zero-padded NHWC (`_conv_layouts.padded_dy`) where its
+    shape fits (`padded_fits`), else phase planes (`_conv_layouts.planes_dy`); None where
     the node is not such a BatchNorm, or the conv reads dy otherwise."""
     conv_id = plan.conv_before.get(node.id)
     if conv_id is None or not needs[0]:

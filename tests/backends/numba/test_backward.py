@@ -1086,7 +1086,7 @@ def record_written(monkeypatch, layout: type, backward_rule: str
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, training):
     # a BatchNorm whose output only a tiled conv reads writes it zero-padded in NHWC
-    # (`_conv_rules.padded_x`), and one after a conv whose backward reads dy only so
+    # (`_conv_layouts.padded_x`), and one after a conv whose backward reads dy only so
     # (`padded_dy`) writes dx so, forced as where vectors are 512 bits: after a stem whose
     # input needs no gradient, with ReLU, ReLU6, no activation, on maps 32 and 16 wide
     # (a row at a time, a plane at a time); not of 24 channels (`padded_fits`), after a
@@ -1158,7 +1158,7 @@ def test_masked_moves_write_their_span_alone():
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_writes_the_phase_planes_the_conv_reads(monkeypatch, training):
     # where vectors are 512 bits (forced), a BatchNorm whose output only a stride-1 conv
-    # on phase planes reads writes those planes (`_conv_rules.planes_x`), in training; and
+    # on phase planes reads writes those planes (`_conv_layouts.planes_x`), in training; and
     # one after such a conv whose backward reads dy only as planes writes dx so
     # (`planes_dy`): not where the conv's padding is not half its kernel's reach, nor
     # after a conv with a bias, nor after a stem whose input needs no gradient. Against
