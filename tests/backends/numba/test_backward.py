@@ -1265,14 +1265,13 @@ def test_batchnorm_read_only_by_a_lanes_depthwise_conv_is_left_to_it(monkeypatch
     # a BatchNorm with its ReLU or ReLU6 whose output only a depthwise conv with the
     # batch in the lanes reads leaves it unwritten (`grad._deferred_for`), the conv
     # normalizing its input as it lays it out, forward and backward, and taking the
-    # BatchNorm's backward sums over its input gradient (`_rule.Summed`): bit for bit the
-    # loss and the gradients of the weights after the last such BatchNorm of BatchNorm
-    # writing it, the rest within float32 precision of them (the sums taken in another
-    # order) and of torch, in
-    # training and in eval, at a batch of whole blocks of 16 and one short; not where the
-    # depthwise conv runs on the flat planes (14x14 at stride 1), without an activation
-    # (`grad._plan.conv_after` pairs only those), nor where another node reads the
-    # output too
+    # BatchNorm's backward sums over its input gradient (`_rule.Summed`). Against the
+    # BatchNorm writing its output: the same loss and, after the last such BatchNorm, the
+    # same weight gradients, bit for bit; the rest within float32 precision (the sums
+    # taken in another order); and against torch. In training and in eval, at a batch of
+    # whole blocks of 16 and one short; not where the depthwise conv runs on the flat
+    # planes (14x14 at stride 1), without an activation (`grad._plan.conv_after` pairs
+    # only those), nor where another node reads the output too
     b = GraphBuilder("into_lanes")
 
     def depthwise(x, c, stride=1):
