@@ -90,8 +90,9 @@ class _Side:
 def pair_ratios(make_a, make_b, rounds: int, turn: float, b_first: bool) -> list[float]:
     """One pair's rounds: B's time a step over A's, each round both in turn (A, B, then
     B, A, ...; B first where `b_first`)."""
-    sides = [make_a(), make_b()]
+    sides = [make_a()]
     try:
+        sides.append(make_b())
         ratios = []
         for r in range(rounds):
             order = (1, 0) if (r % 2 == 0) == b_first else (0, 1)
