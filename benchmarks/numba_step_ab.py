@@ -33,12 +33,14 @@ from benchmarks._revision import ROOT, extracted
 
 
 def worker(case: str, batch: int) -> None:
-    """The timing side: builds the case's step, says `ready`, then answers each line of
-    seconds on stdin with `steps seconds`, having run the step for that long."""
+    """The timing side: builds the case's step, says `ready` and the folder its `nasgraph`
+    came from, then answers each line of seconds on stdin with `steps seconds`, having
+    run the step for that long."""
     import numba
     import numpy as np
     import torch
 
+    import nasgraph
     from benchmarks import numba_train
 
     torch.set_num_threads(1)
@@ -49,7 +51,7 @@ def worker(case: str, batch: int) -> None:
     step = numba_train.numba_step(graph, x, rng.integers(0, 10, batch))
     for _ in range(5):
         step()
-    print("ready", flush=True)
+    print("ready", Path(nasgraph.__file__).resolve().parent.parent, flush=True)
     for line in sys.stdin:
         seconds, steps, start = float(line), 0, time.perf_counter()
         while (elapsed := time.perf_counter() - start) < seconds or not steps:
@@ -67,13 +69,19 @@ class _Side:
     """A worker process running the package in `code`."""
 
     def __init__(self, code: Path, case: str, batch: int):
+        # run from `code`: `python -m` puts the current folder first on the path, before
+        # PYTHONPATH, and `benchmarks` comes from the working tree after it
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(ROOT)])}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.numba_step_ab", "--worker", "--case", case,
-             "--batch", str(batch)], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+             "--batch", str(batch)], cwd=code, env=env, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True)
-        if self.proc.stdout.readline().strip() != "ready":
+        answer = self.proc.stdout.readline().split(maxsplit=1)
+        if answer[:1] != ["ready"]:
             raise SystemExit(f"the worker for {code} did not start (exit {self.proc.wait()})")
+        if Path(answer[1].strip()) != code.resolve():
+            self.close()
+            raise SystemExit(f"the worker for {code} imported nasgraph from {answer[1].strip()}")
 
     def time_step(self, seconds: float) -> float:
         """Seconds a step, over a turn of `seconds`."""
