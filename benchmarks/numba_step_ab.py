@@ -9,9 +9,10 @@ with `git archive`), one the working tree's, each building `benchmarks.numba_tra
 for the case and then timing it in turns of `--turn` seconds: A, B, B, A, ... A round's
 ratio is B's time a step over A's (working tree over revision: below 1 is faster). Over a
 minute the machine's speed drifts by more than the changes this is for, and turns cancel
-that; but a pair's median also moves by 2-3% from one pair of processes to the next, the
+that; but a pair's median also moves by 2-6% from one pair of processes to the next, the
 same code against itself included, so the result is the median over several fresh pairs,
-which alternate which side starts. Prints each pair's median and the median of those; writes
+which alternate which side starts (the same code against itself, eight pairs: 0.999x and
+1.000x in two runs). Prints each pair's median and the median of those; writes
 nothing. Both sides use the working tree's `benchmarks/` (the case's graph and step), so
 the revision must have the trainer those call (`loss_and_grads`, `FlatParams`,
 `make_optimizer`). Each side's kernels are cached beside its own sources (numba's
