@@ -243,11 +243,11 @@ def conv_backward(node: Node, gy: np.ndarray,
         lanes_k.depthwise_backward(x, gy, w.reshape(cout, 9), gx, parts,
                                    _lanes_geometry(op, x.shape), needs[0], run.threads,
                                    _norm(saved.x) if normalized else lanes_k.NO_NORM, sums)
-        gw = (parts[0] if run.threads == 1 else parts.sum(axis=0)).astype(F32)
+        gw = _total(parts).astype(F32)
         if not needs[0]:
             gx = None
         elif normalized:
-            gx = Summed(gx, sums[0] if run.threads == 1 else sums.sum(axis=0))
+            gx = Summed(gx, _total(sums))
         return [gx], _with_bias_grad(op, gw.reshape(w.shape), gy)
     if isinstance(saved, _DepthwiseFlat):
         x = saved.x
@@ -256,7 +256,7 @@ def conv_backward(node: Node, gy: np.ndarray,
         flat_k.depthwise_backward(x, gy, w.reshape(cout, 9), gx, parts,
                                   flat_k.flat_geometry(*x.shape[2:], op.stride[0]), needs[0],
                                   run.threads)
-        gw = (parts[0] if run.threads == 1 else parts.sum(axis=0)).astype(F32)
+        gw = _total(parts).astype(F32)
         return [gx if needs[0] else None], _with_bias_grad(op, gw.reshape(w.shape), gy)
     if isinstance(saved, _DepthwiseNHWC):
         xp = saved.xp
@@ -266,7 +266,7 @@ def conv_backward(node: Node, gy: np.ndarray,
         parts = np.zeros((run.threads, kh * kw, cout))
         depthwise_k.depthwise_nhwc_backward(xp, gy, saved.w, gx, parts, kh, kw, *op.stride,
                                             *op.dilation, ph, pw, needs[0], run.threads)
-        gw = parts[0] if run.threads == 1 else parts.sum(axis=0)
+        gw = _total(parts)
         gw = np.ascontiguousarray(gw.T, F32).reshape(w.shape)
         return [gx if needs[0] else None], _with_bias_grad(op, gw, gy)
     if isinstance(saved, planes_k.PhasePlanes):  # depthwise
@@ -295,7 +295,7 @@ def _gemm_conv_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, groups: in
     parts = np.zeros((run.threads if need_dw else 1, groups, cog, k), F32)
     conv_b.conv2d_backward(x, w.reshape(groups, cog, k), gy, gx, parts, kh, kw, *geometry,
                            need_dx, need_dw, run.threads)
-    gw = (parts[0] if run.threads == 1 else parts.sum(axis=0)).reshape(w.shape)
+    gw = _total(parts).reshape(w.shape)
     return (gx if need_dx else None), (gw if need_dw else None)
 
 
@@ -346,12 +346,18 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: Padded, w: np.ndarray, run: 
                                     kw, *op.stride, op.dilation[0], gemm_dw, add_dx,
                                     run.threads)
         if gemm_dw:
-            gw = parts[0] if run.threads == 1 else parts.sum(axis=0)
+            gw = _total(parts)
             gw = np.ascontiguousarray(gw.reshape(cout, kh, kw, cin).transpose(0, 3, 1, 2))
     if add_dx:
         gx = np.empty(x.shape, F32)
         conv_b.from_padded_nhwc(gxp, gx, *op.pad)
     return [gx], _with_bias_grad(op, gw, gy)
+
+
+def _total(parts: np.ndarray) -> np.ndarray:
+    """The threads' partial sums (a kernel's `parts`, one row a thread) added up; one
+    thread's row as it is."""
+    return parts[0] if len(parts) == 1 else parts.sum(axis=0)
 
 
 def _with_bias_grad(op, gw: np.ndarray, gy: np.ndarray) -> Weights:
