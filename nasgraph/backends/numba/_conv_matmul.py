@@ -65,12 +65,16 @@ def unrolled(cout: int, cin: int, x_hw: tuple[int, int], out_hw: tuple[int, int]
     """Where a conv's weights sit in its dense matrix: value src[k] of the flat weight
     (Cout x Cin x kh x kw) is entry dst[k] of the flat Cout*Ho*Wo x Cin*H*W matrix, for
     every output pixel, input channel and tap that reads inside the map (the padding's
-    taps read zeros, and have no entry). Cached per geometry: not to be written."""
+    taps read zeros, and have no entry; where every tap does, the matrix is zeros and
+    there are none). Cached per geometry: not to be written."""
     (h, w), (ho, wo), (kh, kw) = x_hw, out_hw, kernel
     taps = [(oh * wo + ow, ih * w + iw, i * kw + j)
             for oh in range(ho) for ow in range(wo) for i in range(kh) for j in range(kw)
             if 0 <= (ih := oh * stride[0] - pad[0] + i * dilation[0]) < h
             and 0 <= (iw := ow * stride[1] - pad[1] + j * dilation[1]) < w]
+    if not taps:
+        none = np.zeros(0, np.int64)
+        return none, none
     p, q, t = (np.array(a, np.int64) for a in zip(*taps, strict=True))
     co = np.arange(cout, dtype=np.int64).reshape(-1, 1, 1)
     ci = np.arange(cin, dtype=np.int64).reshape(1, -1, 1)

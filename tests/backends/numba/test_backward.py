@@ -871,6 +871,19 @@ def test_convs_onto_tiny_maps_run_as_dense_layers(monkeypatch):
     assert dense == [2 * 2 * 9] * 4 * passes
 
 
+def test_a_dense_layer_whose_every_tap_reads_the_padding():
+    # a dilated 2x2 kernel on a 3x1 map padded across reads only the padding (found by
+    # the random DAGs): its dense matrix is zeros, its output the bias, its weight
+    # gradient zero
+    b = GraphBuilder("padding_only")
+    x = b.conv(b.input(2, 3, 1), 3, 2, padding=(0, 1), dilation=2)  # 1x1
+    b.output(b.linear(b.flatten(b.gap(b.relu(x))), CLASSES))
+    graph = b.build()
+    conv = next(node for node in graph if node.kind == "conv2d")
+    assert _conv_matmul.dense(conv.op, (5, 2, 3, 1), (5, 3, 1, 1))
+    check_on_one_thread_and_two(graph)
+
+
 def test_global_pools_on_one_thread_and_two():
     # global pools take one mean a plane, a run of planes per thread: 5 samples x 8
     # channels, split between two; an odd map (7x5) and one pixel
