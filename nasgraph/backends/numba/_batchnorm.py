@@ -63,12 +63,13 @@ def _run_dot_centered(a1, b1, at, n, mu):
 # SAMPLE_WALK_VALUES, walks the tensor a sample at a time (`batchnorm_train`,
 # `batchnorm_backward`): channel by channel, each 4x4 to 8x8 plane is a few vectors a
 # sample's stride apart, which the prefetcher does not follow; sample by sample the
-# passes stream. On an AVX-512 Xeon, one thread, warm: 0.60-0.86x the time forward and
-# backward on 4x4 to 8x8 maps of 128 samples x 16-128 channels; 1.0-1.33x on tensors of
-# 32k-88k values, where the extra passes' set-up does not pay (docs/numba.md, "BatchNorm
-# on small maps")
+# passes stream. On an AVX-512 Xeon, one thread, forward and backward: 0.60-0.86x the
+# time on 4x4 to 8x8 maps of 128 samples x 16-128 channels (warm); on 64k-100k values
+# 0.60-0.95x as a step meets them (from memory: six copies in turn), 0.80-0.97x warm;
+# on 32k values 0.87-1.14x. 14x14 planes: 0.88-1.23x, left to the channel walk
+# (docs/numba.md, "BatchNorm on small maps")
 SMALL_PLANE = 64
-SAMPLE_WALK_VALUES = 1 << 17
+SAMPLE_WALK_VALUES = 1 << 16
 
 
 def _by_sample(x) -> bool:
