@@ -38,7 +38,6 @@ def worker(case: str, batch: int) -> None:
     came from, then answers each line of seconds on stdin with `steps seconds`, having
     run the step for that long."""
     import numba
-    import numpy as np
     import torch
 
     import nasgraph
@@ -47,9 +46,7 @@ def worker(case: str, batch: int) -> None:
     torch.set_num_threads(1)
     numba.set_num_threads(1)
     graph = _cases(numba_train)[case]()
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, *graph.inputs[0].type.shape)).astype(np.float32)
-    step = numba_train.numba_step(graph, x, rng.integers(0, 10, batch))
+    step = numba_train.numba_step(graph, *numba_train.inputs(graph, batch))
     for _ in range(5):
         step()
     print("ready", Path(nasgraph.__file__).resolve().parent.parent, flush=True)
@@ -129,8 +126,9 @@ def main() -> None:
         return
     from benchmarks import numba_train
 
-    if args.case not in _cases(numba_train):
-        parser.error(f"no case {args.case!r}; the cases: {', '.join(_cases(numba_train))}")
+    cases = _cases(numba_train)
+    if args.case not in cases:
+        parser.error(f"no case {args.case!r}; the cases: {', '.join(cases)}")
     if subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{args.against}^{{commit}}"],
                       cwd=ROOT, capture_output=True).returncode:
         parser.error(f"no git revision {args.against!r}")

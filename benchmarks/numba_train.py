@@ -59,6 +59,14 @@ CASES: dict[str, list[tuple[str, Callable[[], Graph], int]]] = {
 }
 
 
+def inputs(graph: Graph, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The batch every arm of a case trains on: standard normal images of the graph's
+    input shape and labels in 0..9, both drawn from seed 0."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, *graph.inputs[0].type.shape)).astype(np.float32)
+    return x, rng.integers(0, 10, batch)
+
+
 def numba_step(graph: Graph, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:
     state = init_state(graph, seed=0)
     trainable = [k for k, (_, spec) in graph.weight_specs().items() if spec.trainable]
@@ -97,9 +105,7 @@ def torch_step(graph: Graph, x: np.ndarray, y: np.ndarray, nhwc: bool,
 
 def case(name: str, graph: Graph, batch: int, rounds: int, seconds: float,
          peak: float) -> dict:
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, *graph.inputs[0].type.shape)).astype(np.float32)
-    y = rng.integers(0, 10, batch)
+    x, y = inputs(graph, batch)
     with contextlib.ExitStack() as stack:
         arms = [numba_step(graph, x, y), torch_step(graph, x, y, False, stack)]
         if prefers_channels_last(graph):  # as the trainer decides; else NCHW is faster
@@ -139,6 +145,10 @@ def main() -> None:
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--write", action="store_true", help="into docs/benchmarks.md")
     args = p.parse_args()
+    unknown = [group for group in args.cases.split(",") if group not in CASES]
+    if unknown:
+        p.error(f"no case group {', '.join(map(repr, unknown))}; the groups: "
+                f"{', '.join(CASES)}")
     torch.set_num_threads(args.threads)
     numba.set_num_threads(args.threads)
     start = time.perf_counter()
