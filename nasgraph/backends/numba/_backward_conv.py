@@ -9,9 +9,10 @@ no dilation across, wider than 1x1 or strided) train on it too, on x zero-padded
 compiles 512-bit vectors (`_isa`) `_tiled_mid` for 9-16 and `_tiled_wide` or
 `_tiled_wide48` for more; 3-column convs of 9-16 on `_tiled_row`'s tiles of a row,
 `row_tiles`). Their weight gradient, where vectors are 512 bits and there are more than
-8 output channels, is `_wgrad_nhwc`'s register tiles on the padded NHWC input the forward
-kept and dy in NHWC (`conv2d_weight_grad_nhwc`; `_wgrad_row`'s tiles of a row for
-3-column convs where they fit, `row_weight_grad`); else
+8 output channels, or 256 bits and at most 28 (`nhwc_weight_grad_pays`), is
+`_wgrad_nhwc`'s register tiles on the padded NHWC input the forward kept and dy in NHWC
+(`conv2d_weight_grad_nhwc`; `_wgrad_row`'s tiles of a row for 3-column convs where they
+fit, `row_weight_grad`); else
 `_planes_wgrad.conv2d_weight_grad` where that pays (few output channels:
 `_conv_paths.planes_pay`), else one GEMM per chunk of samples, dw = dy @ cols, whose
 columns are whole runs of the padded NHWC rows (`conv2d_nhwc_backward`). The input
@@ -447,13 +448,24 @@ def conv2d_nhwc_backward(xp, gy, w2, parts, gxp, kh, kw, sh, sw, dh, need_dw, ne
 
 def nhwc_weight_grad_pays(out_channels: int) -> bool:
     """Whether a tiled conv's weight gradient runs on `_wgrad_nhwc`'s tiles
-    (`conv2d_weight_grad_nhwc`): where vectors are 512 bits, for more than 8 output
+    (`conv2d_weight_grad_nhwc`). Where vectors are 512 bits, for more than 8 output
     channels. Measured on an AVX-512 Xeon, one thread (docs/numba.md, "The weight
     gradient"): 0.4-0.75x the time of `_wgrad`'s tiles and of the GEMM of copied columns
     for 16-64 channels, as long for 90 channels on 4x4 maps; at 8 channels on 28x28, 1.3x
-    `_wgrad`'s, whose tiles are of 4 output channels. AVX2 keeps the kernels it was tuned
-    with: the tiles here are sized for 32 vector registers."""
-    return WIDE and out_channels > narrow_k.V
+    `_wgrad`'s, whose tiles are of 4 output channels. Where they are 256 bits, for at most
+    NHWC_MAX_CHANNELS_256, the channels `_wgrad`'s tiles took before. Measured on an AMD
+    EPYC with AVX2, one thread, 3x3 convs at batch 128, against `_wgrad` with the phase
+    planes it lays out (docs/numba.md, "The weight gradient on AVX2"): 0.46-0.91x for 6-28
+    channels with dy read from the input gradient's padded copy, 0.48-0.77x for strided
+    ones; at 32 channels 0.85-1.08x the GEMM's time, at 40-128 1.1-2.7x."""
+    if WIDE:
+        return out_channels > narrow_k.V
+    return out_channels <= NHWC_MAX_CHANNELS_256
+
+
+# where vectors are 256 bits, convs of at most this many output channels take
+# `_wgrad_nhwc`'s tiles for their weight gradient (`nhwc_weight_grad_pays`)
+NHWC_MAX_CHANNELS_256 = 28
 
 
 @njit(parallel=True, cache=True)
@@ -480,7 +492,8 @@ def to_channels_last(gy, gt):
 def weight_grad_nhwc(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, tile, threads):
     """parts[t] += thread t's share of dw (K x Cp, its samples; Cp: the output channels
     in whole tiles), by `_wgrad_nhwc`'s tiles: NHWC_TILES[tile] (16 columns x 16
-    channels, 12 x 32 or 8 x 48). xp: the input zero-padded in NHWC (N x Hp x Wp x Cin);
+    channels, 12 x 32 or 8 x 48 for 512-bit vectors, 12 x 8, 6 x 16 or 4 x 24 for 256-bit
+    ones). xp: the input zero-padded in NHWC (N x Hp x Wp x Cin);
     gf: dy in NHWC, flat, with g_geometry = (values a sample, a row, a pixel, the first
     pixel's offset): `to_channels_last`'s layout (Cp values a pixel), or the zero-padded
     copy the input gradient reads (Cout a pixel; a tile's lanes past Cout read the next
@@ -500,15 +513,20 @@ def weight_grad_nhwc(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, til
             n1 = min(hi, n0 + chunk)
             for cb in range(n_cb):
                 for kb in range(n_kb):
+                    args = (xf, gf, offs, kb, cb, n0, n1, ho, wo, row, sh, sw, cin, gpix,
+                            xs, gs, grow, gbase, out)
                     if tile == 0:
-                        wgrad_nhwc_k.tile_16x16(xf, gf, offs, kb, cb, n0, n1, ho, wo, row,
-                                                sh, sw, cin, gpix, xs, gs, grow, gbase, out)
+                        wgrad_nhwc_k.tile_16x16(*args)
                     elif tile == 1:
-                        wgrad_nhwc_k.tile_12x32(xf, gf, offs, kb, cb, n0, n1, ho, wo, row,
-                                                sh, sw, cin, gpix, xs, gs, grow, gbase, out)
+                        wgrad_nhwc_k.tile_12x32(*args)
+                    elif tile == 2:
+                        wgrad_nhwc_k.tile_8x48(*args)
+                    elif tile == 3:
+                        wgrad_nhwc_k.tile_12x8(*args)
+                    elif tile == 4:
+                        wgrad_nhwc_k.tile_6x16(*args)
                     else:
-                        wgrad_nhwc_k.tile_8x48(xf, gf, offs, kb, cb, n0, n1, ho, wo, row,
-                                               sh, sw, cin, gpix, xs, gs, grow, gbase, out)
+                        wgrad_nhwc_k.tile_4x24(*args)
                     for k in range(cols):
                         for v in range(chans):
                             parts[t, kb * cols + k, cb * chans + v] += out[k * chans + v]
@@ -571,12 +589,16 @@ def row_weight_grad(out_channels: int, in_channels: int, kernel: tuple[int, int]
 
 def nhwc_weight_grad_tile(out_channels: int) -> int:
     """Which of `_wgrad_nhwc`'s tiles (an index of NHWC_TILES) takes a conv's weight
-    gradient: 16 x 16 for at most 16 output channels, else 12 x 32 or 8 x 48, whichever
-    pads the channels to fewer lanes (8 x 48 for 33-48, 129-144, ...)."""
-    if out_channels <= NHWC_TILES[0][1]:
-        return 0
-    return 2 if lanes(out_channels, NHWC_TILES[2][1]) < lanes(out_channels,
-                                                            NHWC_TILES[1][1]) else 1
+    gradient. For 512-bit vectors: 16 x 16 for at most 16 output channels, else 12 x 32 or
+    8 x 48, whichever pads the channels to fewer lanes (8 x 48 for 33-48, 129-144, ...).
+    For 256-bit ones: 12 x 8 for at most 8, else 6 x 16 or 4 x 24, whichever pads fewer
+    (4 x 24 for 17-24, 65-72, ...)."""
+    first = 0 if WIDE else wgrad_nhwc_k.FIRST_256
+    narrow, one, other = NHWC_TILES[first:first + 3]
+    if out_channels <= narrow[1]:
+        return first
+    fewer = lanes(out_channels, other[1]) < lanes(out_channels, one[1])
+    return first + (2 if fewer else 1)
 
 
 def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, int],

@@ -5,10 +5,11 @@ dw[k, co] = the sum over pixels p of cols[p, k] * dy[p, co], where a pixel's im2
 column is kh runs of kw*Cin values of the input zero-padded in NHWC, and dy is in NHWC
 too (`_backward_conv.conv2d_weight_grad_nhwc` lays both out). `tile_KxV` sums K columns x
 V output channels over the pixels of a run of samples in K*V scalar accumulators that
-LLVM packs into vector registers (NUMBA_SLP_VECTORIZE): per pixel, V/16 vector loads of
-dy, K values of x broadcast, K*V/16 FMAs; the forward's tile (`_tiled`) with its pixels
-and columns swapped. For 512-bit vectors (`_isa`), tiles (K x V):
-16 x 16, 12 x 32, 8 x 48.
+LLVM packs into vector registers (NUMBA_SLP_VECTORIZE): per pixel, V/L vector loads of
+dy (L lanes a vector), K values of x broadcast, K*V/L FMAs; the forward's tile (`_tiled`)
+with its pixels and columns swapped. Tiles (K x V) for 512-bit vectors (`_isa`):
+16 x 16, 12 x 32, 8 x 48; for 256-bit ones:
+12 x 8, 6 x 16, 4 x 24.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-NHWC_TILES = ((16, 16), (12, 32), (8, 48))
+NHWC_TILES = ((16, 16), (12, 32), (8, 48), (12, 8), (6, 16), (4, 24))
+FIRST_256 = 3
 
 
 @njit(cache=True, fastmath={"contract", "nsz", "arcp"})
@@ -2427,3 +2429,773 @@ def tile_8x48(xf, gf, offs, kb, cb, n0, n1, ho, wo, row, sh, sw, cin, cp, xs,
     out[381] = a7_45
     out[382] = a7_46
     out[383] = a7_47
+
+
+@njit(cache=True, fastmath={"contract", "nsz", "arcp"})
+def tile_12x8(xf, gf, offs, kb, cb, n0, n1, ho, wo, row, sh, sw, cin, cp, xs,
+              gs, grow, gbase, out):
+    # out[k*8 + v] = the sum over samples n0..n1-1 and their Ho x Wo pixels of
+    # x at the column offset offs[kb*12 + k] from the pixel's window (xf: samples
+    # xs values apart, rows `row`) times dy's channel cb*8 + v (gf: from gbase,
+    # samples gs values apart, rows grow, pixels cp), in float32. Unsigned offsets:
+    # no negative-index fix-ups.
+    zero = np.float32(0.0)
+    k0 = kb * 12
+    o0 = np.uint64(offs[k0 + 0])
+    o1 = np.uint64(offs[k0 + 1])
+    o2 = np.uint64(offs[k0 + 2])
+    o3 = np.uint64(offs[k0 + 3])
+    o4 = np.uint64(offs[k0 + 4])
+    o5 = np.uint64(offs[k0 + 5])
+    o6 = np.uint64(offs[k0 + 6])
+    o7 = np.uint64(offs[k0 + 7])
+    o8 = np.uint64(offs[k0 + 8])
+    o9 = np.uint64(offs[k0 + 9])
+    o10 = np.uint64(offs[k0 + 10])
+    o11 = np.uint64(offs[k0 + 11])
+    a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = zero
+    a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = a1_6 = a1_7 = zero
+    a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = a2_6 = a2_7 = zero
+    a3_0 = a3_1 = a3_2 = a3_3 = a3_4 = a3_5 = a3_6 = a3_7 = zero
+    a4_0 = a4_1 = a4_2 = a4_3 = a4_4 = a4_5 = a4_6 = a4_7 = zero
+    a5_0 = a5_1 = a5_2 = a5_3 = a5_4 = a5_5 = a5_6 = a5_7 = zero
+    a6_0 = a6_1 = a6_2 = a6_3 = a6_4 = a6_5 = a6_6 = a6_7 = zero
+    a7_0 = a7_1 = a7_2 = a7_3 = a7_4 = a7_5 = a7_6 = a7_7 = zero
+    a8_0 = a8_1 = a8_2 = a8_3 = a8_4 = a8_5 = a8_6 = a8_7 = zero
+    a9_0 = a9_1 = a9_2 = a9_3 = a9_4 = a9_5 = a9_6 = a9_7 = zero
+    a10_0 = a10_1 = a10_2 = a10_3 = a10_4 = a10_5 = a10_6 = a10_7 = zero
+    a11_0 = a11_1 = a11_2 = a11_3 = a11_4 = a11_5 = a11_6 = a11_7 = zero
+    x_step, g_step = np.uint64(sw * cin), np.uint64(cp)
+    for n in range(n0, n1):
+        xq = np.uint64(n * xs)
+        gq = np.uint64(gbase + n * gs + cb * 8)
+        for oh in range(ho):
+            x_at = xq + np.uint64(oh * sh * row)  # the window of pixel (oh, 0)
+            g_at = gq + np.uint64(oh * grow)
+            for _ in range(wo):
+                g0 = gf[g_at + np.uint64(0)]
+                g1 = gf[g_at + np.uint64(1)]
+                g2 = gf[g_at + np.uint64(2)]
+                g3 = gf[g_at + np.uint64(3)]
+                g4 = gf[g_at + np.uint64(4)]
+                g5 = gf[g_at + np.uint64(5)]
+                g6 = gf[g_at + np.uint64(6)]
+                g7 = gf[g_at + np.uint64(7)]
+                x = xf[x_at + o0]
+                a0_0 += x * g0
+                a0_1 += x * g1
+                a0_2 += x * g2
+                a0_3 += x * g3
+                a0_4 += x * g4
+                a0_5 += x * g5
+                a0_6 += x * g6
+                a0_7 += x * g7
+                x = xf[x_at + o1]
+                a1_0 += x * g0
+                a1_1 += x * g1
+                a1_2 += x * g2
+                a1_3 += x * g3
+                a1_4 += x * g4
+                a1_5 += x * g5
+                a1_6 += x * g6
+                a1_7 += x * g7
+                x = xf[x_at + o2]
+                a2_0 += x * g0
+                a2_1 += x * g1
+                a2_2 += x * g2
+                a2_3 += x * g3
+                a2_4 += x * g4
+                a2_5 += x * g5
+                a2_6 += x * g6
+                a2_7 += x * g7
+                x = xf[x_at + o3]
+                a3_0 += x * g0
+                a3_1 += x * g1
+                a3_2 += x * g2
+                a3_3 += x * g3
+                a3_4 += x * g4
+                a3_5 += x * g5
+                a3_6 += x * g6
+                a3_7 += x * g7
+                x = xf[x_at + o4]
+                a4_0 += x * g0
+                a4_1 += x * g1
+                a4_2 += x * g2
+                a4_3 += x * g3
+                a4_4 += x * g4
+                a4_5 += x * g5
+                a4_6 += x * g6
+                a4_7 += x * g7
+                x = xf[x_at + o5]
+                a5_0 += x * g0
+                a5_1 += x * g1
+                a5_2 += x * g2
+                a5_3 += x * g3
+                a5_4 += x * g4
+                a5_5 += x * g5
+                a5_6 += x * g6
+                a5_7 += x * g7
+                x = xf[x_at + o6]
+                a6_0 += x * g0
+                a6_1 += x * g1
+                a6_2 += x * g2
+                a6_3 += x * g3
+                a6_4 += x * g4
+                a6_5 += x * g5
+                a6_6 += x * g6
+                a6_7 += x * g7
+                x = xf[x_at + o7]
+                a7_0 += x * g0
+                a7_1 += x * g1
+                a7_2 += x * g2
+                a7_3 += x * g3
+                a7_4 += x * g4
+                a7_5 += x * g5
+                a7_6 += x * g6
+                a7_7 += x * g7
+                x = xf[x_at + o8]
+                a8_0 += x * g0
+                a8_1 += x * g1
+                a8_2 += x * g2
+                a8_3 += x * g3
+                a8_4 += x * g4
+                a8_5 += x * g5
+                a8_6 += x * g6
+                a8_7 += x * g7
+                x = xf[x_at + o9]
+                a9_0 += x * g0
+                a9_1 += x * g1
+                a9_2 += x * g2
+                a9_3 += x * g3
+                a9_4 += x * g4
+                a9_5 += x * g5
+                a9_6 += x * g6
+                a9_7 += x * g7
+                x = xf[x_at + o10]
+                a10_0 += x * g0
+                a10_1 += x * g1
+                a10_2 += x * g2
+                a10_3 += x * g3
+                a10_4 += x * g4
+                a10_5 += x * g5
+                a10_6 += x * g6
+                a10_7 += x * g7
+                x = xf[x_at + o11]
+                a11_0 += x * g0
+                a11_1 += x * g1
+                a11_2 += x * g2
+                a11_3 += x * g3
+                a11_4 += x * g4
+                a11_5 += x * g5
+                a11_6 += x * g6
+                a11_7 += x * g7
+                x_at += x_step
+                g_at += g_step
+    out[0] = a0_0
+    out[1] = a0_1
+    out[2] = a0_2
+    out[3] = a0_3
+    out[4] = a0_4
+    out[5] = a0_5
+    out[6] = a0_6
+    out[7] = a0_7
+    out[8] = a1_0
+    out[9] = a1_1
+    out[10] = a1_2
+    out[11] = a1_3
+    out[12] = a1_4
+    out[13] = a1_5
+    out[14] = a1_6
+    out[15] = a1_7
+    out[16] = a2_0
+    out[17] = a2_1
+    out[18] = a2_2
+    out[19] = a2_3
+    out[20] = a2_4
+    out[21] = a2_5
+    out[22] = a2_6
+    out[23] = a2_7
+    out[24] = a3_0
+    out[25] = a3_1
+    out[26] = a3_2
+    out[27] = a3_3
+    out[28] = a3_4
+    out[29] = a3_5
+    out[30] = a3_6
+    out[31] = a3_7
+    out[32] = a4_0
+    out[33] = a4_1
+    out[34] = a4_2
+    out[35] = a4_3
+    out[36] = a4_4
+    out[37] = a4_5
+    out[38] = a4_6
+    out[39] = a4_7
+    out[40] = a5_0
+    out[41] = a5_1
+    out[42] = a5_2
+    out[43] = a5_3
+    out[44] = a5_4
+    out[45] = a5_5
+    out[46] = a5_6
+    out[47] = a5_7
+    out[48] = a6_0
+    out[49] = a6_1
+    out[50] = a6_2
+    out[51] = a6_3
+    out[52] = a6_4
+    out[53] = a6_5
+    out[54] = a6_6
+    out[55] = a6_7
+    out[56] = a7_0
+    out[57] = a7_1
+    out[58] = a7_2
+    out[59] = a7_3
+    out[60] = a7_4
+    out[61] = a7_5
+    out[62] = a7_6
+    out[63] = a7_7
+    out[64] = a8_0
+    out[65] = a8_1
+    out[66] = a8_2
+    out[67] = a8_3
+    out[68] = a8_4
+    out[69] = a8_5
+    out[70] = a8_6
+    out[71] = a8_7
+    out[72] = a9_0
+    out[73] = a9_1
+    out[74] = a9_2
+    out[75] = a9_3
+    out[76] = a9_4
+    out[77] = a9_5
+    out[78] = a9_6
+    out[79] = a9_7
+    out[80] = a10_0
+    out[81] = a10_1
+    out[82] = a10_2
+    out[83] = a10_3
+    out[84] = a10_4
+    out[85] = a10_5
+    out[86] = a10_6
+    out[87] = a10_7
+    out[88] = a11_0
+    out[89] = a11_1
+    out[90] = a11_2
+    out[91] = a11_3
+    out[92] = a11_4
+    out[93] = a11_5
+    out[94] = a11_6
+    out[95] = a11_7
+
+
+@njit(cache=True, fastmath={"contract", "nsz", "arcp"})
+def tile_6x16(xf, gf, offs, kb, cb, n0, n1, ho, wo, row, sh, sw, cin, cp, xs,
+              gs, grow, gbase, out):
+    # out[k*16 + v] = the sum over samples n0..n1-1 and their Ho x Wo pixels of
+    # x at the column offset offs[kb*6 + k] from the pixel's window (xf: samples
+    # xs values apart, rows `row`) times dy's channel cb*16 + v (gf: from gbase,
+    # samples gs values apart, rows grow, pixels cp), in float32. Unsigned offsets:
+    # no negative-index fix-ups.
+    zero = np.float32(0.0)
+    k0 = kb * 6
+    o0 = np.uint64(offs[k0 + 0])
+    o1 = np.uint64(offs[k0 + 1])
+    o2 = np.uint64(offs[k0 + 2])
+    o3 = np.uint64(offs[k0 + 3])
+    o4 = np.uint64(offs[k0 + 4])
+    o5 = np.uint64(offs[k0 + 5])
+    a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = zero
+    a0_8 = a0_9 = a0_10 = a0_11 = a0_12 = a0_13 = a0_14 = a0_15 = zero
+    a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = a1_6 = a1_7 = zero
+    a1_8 = a1_9 = a1_10 = a1_11 = a1_12 = a1_13 = a1_14 = a1_15 = zero
+    a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = a2_6 = a2_7 = zero
+    a2_8 = a2_9 = a2_10 = a2_11 = a2_12 = a2_13 = a2_14 = a2_15 = zero
+    a3_0 = a3_1 = a3_2 = a3_3 = a3_4 = a3_5 = a3_6 = a3_7 = zero
+    a3_8 = a3_9 = a3_10 = a3_11 = a3_12 = a3_13 = a3_14 = a3_15 = zero
+    a4_0 = a4_1 = a4_2 = a4_3 = a4_4 = a4_5 = a4_6 = a4_7 = zero
+    a4_8 = a4_9 = a4_10 = a4_11 = a4_12 = a4_13 = a4_14 = a4_15 = zero
+    a5_0 = a5_1 = a5_2 = a5_3 = a5_4 = a5_5 = a5_6 = a5_7 = zero
+    a5_8 = a5_9 = a5_10 = a5_11 = a5_12 = a5_13 = a5_14 = a5_15 = zero
+    x_step, g_step = np.uint64(sw * cin), np.uint64(cp)
+    for n in range(n0, n1):
+        xq = np.uint64(n * xs)
+        gq = np.uint64(gbase + n * gs + cb * 16)
+        for oh in range(ho):
+            x_at = xq + np.uint64(oh * sh * row)  # the window of pixel (oh, 0)
+            g_at = gq + np.uint64(oh * grow)
+            for _ in range(wo):
+                g0 = gf[g_at + np.uint64(0)]
+                g1 = gf[g_at + np.uint64(1)]
+                g2 = gf[g_at + np.uint64(2)]
+                g3 = gf[g_at + np.uint64(3)]
+                g4 = gf[g_at + np.uint64(4)]
+                g5 = gf[g_at + np.uint64(5)]
+                g6 = gf[g_at + np.uint64(6)]
+                g7 = gf[g_at + np.uint64(7)]
+                g8 = gf[g_at + np.uint64(8)]
+                g9 = gf[g_at + np.uint64(9)]
+                g10 = gf[g_at + np.uint64(10)]
+                g11 = gf[g_at + np.uint64(11)]
+                g12 = gf[g_at + np.uint64(12)]
+                g13 = gf[g_at + np.uint64(13)]
+                g14 = gf[g_at + np.uint64(14)]
+                g15 = gf[g_at + np.uint64(15)]
+                x = xf[x_at + o0]
+                a0_0 += x * g0
+                a0_1 += x * g1
+                a0_2 += x * g2
+                a0_3 += x * g3
+                a0_4 += x * g4
+                a0_5 += x * g5
+                a0_6 += x * g6
+                a0_7 += x * g7
+                a0_8 += x * g8
+                a0_9 += x * g9
+                a0_10 += x * g10
+                a0_11 += x * g11
+                a0_12 += x * g12
+                a0_13 += x * g13
+                a0_14 += x * g14
+                a0_15 += x * g15
+                x = xf[x_at + o1]
+                a1_0 += x * g0
+                a1_1 += x * g1
+                a1_2 += x * g2
+                a1_3 += x * g3
+                a1_4 += x * g4
+                a1_5 += x * g5
+                a1_6 += x * g6
+                a1_7 += x * g7
+                a1_8 += x * g8
+                a1_9 += x * g9
+                a1_10 += x * g10
+                a1_11 += x * g11
+                a1_12 += x * g12
+                a1_13 += x * g13
+                a1_14 += x * g14
+                a1_15 += x * g15
+                x = xf[x_at + o2]
+                a2_0 += x * g0
+                a2_1 += x * g1
+                a2_2 += x * g2
+                a2_3 += x * g3
+                a2_4 += x * g4
+                a2_5 += x * g5
+                a2_6 += x * g6
+                a2_7 += x * g7
+                a2_8 += x * g8
+                a2_9 += x * g9
+                a2_10 += x * g10
+                a2_11 += x * g11
+                a2_12 += x * g12
+                a2_13 += x * g13
+                a2_14 += x * g14
+                a2_15 += x * g15
+                x = xf[x_at + o3]
+                a3_0 += x * g0
+                a3_1 += x * g1
+                a3_2 += x * g2
+                a3_3 += x * g3
+                a3_4 += x * g4
+                a3_5 += x * g5
+                a3_6 += x * g6
+                a3_7 += x * g7
+                a3_8 += x * g8
+                a3_9 += x * g9
+                a3_10 += x * g10
+                a3_11 += x * g11
+                a3_12 += x * g12
+                a3_13 += x * g13
+                a3_14 += x * g14
+                a3_15 += x * g15
+                x = xf[x_at + o4]
+                a4_0 += x * g0
+                a4_1 += x * g1
+                a4_2 += x * g2
+                a4_3 += x * g3
+                a4_4 += x * g4
+                a4_5 += x * g5
+                a4_6 += x * g6
+                a4_7 += x * g7
+                a4_8 += x * g8
+                a4_9 += x * g9
+                a4_10 += x * g10
+                a4_11 += x * g11
+                a4_12 += x * g12
+                a4_13 += x * g13
+                a4_14 += x * g14
+                a4_15 += x * g15
+                x = xf[x_at + o5]
+                a5_0 += x * g0
+                a5_1 += x * g1
+                a5_2 += x * g2
+                a5_3 += x * g3
+                a5_4 += x * g4
+                a5_5 += x * g5
+                a5_6 += x * g6
+                a5_7 += x * g7
+                a5_8 += x * g8
+                a5_9 += x * g9
+                a5_10 += x * g10
+                a5_11 += x * g11
+                a5_12 += x * g12
+                a5_13 += x * g13
+                a5_14 += x * g14
+                a5_15 += x * g15
+                x_at += x_step
+                g_at += g_step
+    out[0] = a0_0
+    out[1] = a0_1
+    out[2] = a0_2
+    out[3] = a0_3
+    out[4] = a0_4
+    out[5] = a0_5
+    out[6] = a0_6
+    out[7] = a0_7
+    out[8] = a0_8
+    out[9] = a0_9
+    out[10] = a0_10
+    out[11] = a0_11
+    out[12] = a0_12
+    out[13] = a0_13
+    out[14] = a0_14
+    out[15] = a0_15
+    out[16] = a1_0
+    out[17] = a1_1
+    out[18] = a1_2
+    out[19] = a1_3
+    out[20] = a1_4
+    out[21] = a1_5
+    out[22] = a1_6
+    out[23] = a1_7
+    out[24] = a1_8
+    out[25] = a1_9
+    out[26] = a1_10
+    out[27] = a1_11
+    out[28] = a1_12
+    out[29] = a1_13
+    out[30] = a1_14
+    out[31] = a1_15
+    out[32] = a2_0
+    out[33] = a2_1
+    out[34] = a2_2
+    out[35] = a2_3
+    out[36] = a2_4
+    out[37] = a2_5
+    out[38] = a2_6
+    out[39] = a2_7
+    out[40] = a2_8
+    out[41] = a2_9
+    out[42] = a2_10
+    out[43] = a2_11
+    out[44] = a2_12
+    out[45] = a2_13
+    out[46] = a2_14
+    out[47] = a2_15
+    out[48] = a3_0
+    out[49] = a3_1
+    out[50] = a3_2
+    out[51] = a3_3
+    out[52] = a3_4
+    out[53] = a3_5
+    out[54] = a3_6
+    out[55] = a3_7
+    out[56] = a3_8
+    out[57] = a3_9
+    out[58] = a3_10
+    out[59] = a3_11
+    out[60] = a3_12
+    out[61] = a3_13
+    out[62] = a3_14
+    out[63] = a3_15
+    out[64] = a4_0
+    out[65] = a4_1
+    out[66] = a4_2
+    out[67] = a4_3
+    out[68] = a4_4
+    out[69] = a4_5
+    out[70] = a4_6
+    out[71] = a4_7
+    out[72] = a4_8
+    out[73] = a4_9
+    out[74] = a4_10
+    out[75] = a4_11
+    out[76] = a4_12
+    out[77] = a4_13
+    out[78] = a4_14
+    out[79] = a4_15
+    out[80] = a5_0
+    out[81] = a5_1
+    out[82] = a5_2
+    out[83] = a5_3
+    out[84] = a5_4
+    out[85] = a5_5
+    out[86] = a5_6
+    out[87] = a5_7
+    out[88] = a5_8
+    out[89] = a5_9
+    out[90] = a5_10
+    out[91] = a5_11
+    out[92] = a5_12
+    out[93] = a5_13
+    out[94] = a5_14
+    out[95] = a5_15
+
+
+@njit(cache=True, fastmath={"contract", "nsz", "arcp"})
+def tile_4x24(xf, gf, offs, kb, cb, n0, n1, ho, wo, row, sh, sw, cin, cp, xs,
+              gs, grow, gbase, out):
+    # out[k*24 + v] = the sum over samples n0..n1-1 and their Ho x Wo pixels of
+    # x at the column offset offs[kb*4 + k] from the pixel's window (xf: samples
+    # xs values apart, rows `row`) times dy's channel cb*24 + v (gf: from gbase,
+    # samples gs values apart, rows grow, pixels cp), in float32. Unsigned offsets:
+    # no negative-index fix-ups.
+    zero = np.float32(0.0)
+    k0 = kb * 4
+    o0 = np.uint64(offs[k0 + 0])
+    o1 = np.uint64(offs[k0 + 1])
+    o2 = np.uint64(offs[k0 + 2])
+    o3 = np.uint64(offs[k0 + 3])
+    a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = zero
+    a0_8 = a0_9 = a0_10 = a0_11 = a0_12 = a0_13 = a0_14 = a0_15 = zero
+    a0_16 = a0_17 = a0_18 = a0_19 = a0_20 = a0_21 = a0_22 = a0_23 = zero
+    a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = a1_6 = a1_7 = zero
+    a1_8 = a1_9 = a1_10 = a1_11 = a1_12 = a1_13 = a1_14 = a1_15 = zero
+    a1_16 = a1_17 = a1_18 = a1_19 = a1_20 = a1_21 = a1_22 = a1_23 = zero
+    a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = a2_6 = a2_7 = zero
+    a2_8 = a2_9 = a2_10 = a2_11 = a2_12 = a2_13 = a2_14 = a2_15 = zero
+    a2_16 = a2_17 = a2_18 = a2_19 = a2_20 = a2_21 = a2_22 = a2_23 = zero
+    a3_0 = a3_1 = a3_2 = a3_3 = a3_4 = a3_5 = a3_6 = a3_7 = zero
+    a3_8 = a3_9 = a3_10 = a3_11 = a3_12 = a3_13 = a3_14 = a3_15 = zero
+    a3_16 = a3_17 = a3_18 = a3_19 = a3_20 = a3_21 = a3_22 = a3_23 = zero
+    x_step, g_step = np.uint64(sw * cin), np.uint64(cp)
+    for n in range(n0, n1):
+        xq = np.uint64(n * xs)
+        gq = np.uint64(gbase + n * gs + cb * 24)
+        for oh in range(ho):
+            x_at = xq + np.uint64(oh * sh * row)  # the window of pixel (oh, 0)
+            g_at = gq + np.uint64(oh * grow)
+            for _ in range(wo):
+                g0 = gf[g_at + np.uint64(0)]
+                g1 = gf[g_at + np.uint64(1)]
+                g2 = gf[g_at + np.uint64(2)]
+                g3 = gf[g_at + np.uint64(3)]
+                g4 = gf[g_at + np.uint64(4)]
+                g5 = gf[g_at + np.uint64(5)]
+                g6 = gf[g_at + np.uint64(6)]
+                g7 = gf[g_at + np.uint64(7)]
+                g8 = gf[g_at + np.uint64(8)]
+                g9 = gf[g_at + np.uint64(9)]
+                g10 = gf[g_at + np.uint64(10)]
+                g11 = gf[g_at + np.uint64(11)]
+                g12 = gf[g_at + np.uint64(12)]
+                g13 = gf[g_at + np.uint64(13)]
+                g14 = gf[g_at + np.uint64(14)]
+                g15 = gf[g_at + np.uint64(15)]
+                g16 = gf[g_at + np.uint64(16)]
+                g17 = gf[g_at + np.uint64(17)]
+                g18 = gf[g_at + np.uint64(18)]
+                g19 = gf[g_at + np.uint64(19)]
+                g20 = gf[g_at + np.uint64(20)]
+                g21 = gf[g_at + np.uint64(21)]
+                g22 = gf[g_at + np.uint64(22)]
+                g23 = gf[g_at + np.uint64(23)]
+                x = xf[x_at + o0]
+                a0_0 += x * g0
+                a0_1 += x * g1
+                a0_2 += x * g2
+                a0_3 += x * g3
+                a0_4 += x * g4
+                a0_5 += x * g5
+                a0_6 += x * g6
+                a0_7 += x * g7
+                a0_8 += x * g8
+                a0_9 += x * g9
+                a0_10 += x * g10
+                a0_11 += x * g11
+                a0_12 += x * g12
+                a0_13 += x * g13
+                a0_14 += x * g14
+                a0_15 += x * g15
+                a0_16 += x * g16
+                a0_17 += x * g17
+                a0_18 += x * g18
+                a0_19 += x * g19
+                a0_20 += x * g20
+                a0_21 += x * g21
+                a0_22 += x * g22
+                a0_23 += x * g23
+                x = xf[x_at + o1]
+                a1_0 += x * g0
+                a1_1 += x * g1
+                a1_2 += x * g2
+                a1_3 += x * g3
+                a1_4 += x * g4
+                a1_5 += x * g5
+                a1_6 += x * g6
+                a1_7 += x * g7
+                a1_8 += x * g8
+                a1_9 += x * g9
+                a1_10 += x * g10
+                a1_11 += x * g11
+                a1_12 += x * g12
+                a1_13 += x * g13
+                a1_14 += x * g14
+                a1_15 += x * g15
+                a1_16 += x * g16
+                a1_17 += x * g17
+                a1_18 += x * g18
+                a1_19 += x * g19
+                a1_20 += x * g20
+                a1_21 += x * g21
+                a1_22 += x * g22
+                a1_23 += x * g23
+                x = xf[x_at + o2]
+                a2_0 += x * g0
+                a2_1 += x * g1
+                a2_2 += x * g2
+                a2_3 += x * g3
+                a2_4 += x * g4
+                a2_5 += x * g5
+                a2_6 += x * g6
+                a2_7 += x * g7
+                a2_8 += x * g8
+                a2_9 += x * g9
+                a2_10 += x * g10
+                a2_11 += x * g11
+                a2_12 += x * g12
+                a2_13 += x * g13
+                a2_14 += x * g14
+                a2_15 += x * g15
+                a2_16 += x * g16
+                a2_17 += x * g17
+                a2_18 += x * g18
+                a2_19 += x * g19
+                a2_20 += x * g20
+                a2_21 += x * g21
+                a2_22 += x * g22
+                a2_23 += x * g23
+                x = xf[x_at + o3]
+                a3_0 += x * g0
+                a3_1 += x * g1
+                a3_2 += x * g2
+                a3_3 += x * g3
+                a3_4 += x * g4
+                a3_5 += x * g5
+                a3_6 += x * g6
+                a3_7 += x * g7
+                a3_8 += x * g8
+                a3_9 += x * g9
+                a3_10 += x * g10
+                a3_11 += x * g11
+                a3_12 += x * g12
+                a3_13 += x * g13
+                a3_14 += x * g14
+                a3_15 += x * g15
+                a3_16 += x * g16
+                a3_17 += x * g17
+                a3_18 += x * g18
+                a3_19 += x * g19
+                a3_20 += x * g20
+                a3_21 += x * g21
+                a3_22 += x * g22
+                a3_23 += x * g23
+                x_at += x_step
+                g_at += g_step
+    out[0] = a0_0
+    out[1] = a0_1
+    out[2] = a0_2
+    out[3] = a0_3
+    out[4] = a0_4
+    out[5] = a0_5
+    out[6] = a0_6
+    out[7] = a0_7
+    out[8] = a0_8
+    out[9] = a0_9
+    out[10] = a0_10
+    out[11] = a0_11
+    out[12] = a0_12
+    out[13] = a0_13
+    out[14] = a0_14
+    out[15] = a0_15
+    out[16] = a0_16
+    out[17] = a0_17
+    out[18] = a0_18
+    out[19] = a0_19
+    out[20] = a0_20
+    out[21] = a0_21
+    out[22] = a0_22
+    out[23] = a0_23
+    out[24] = a1_0
+    out[25] = a1_1
+    out[26] = a1_2
+    out[27] = a1_3
+    out[28] = a1_4
+    out[29] = a1_5
+    out[30] = a1_6
+    out[31] = a1_7
+    out[32] = a1_8
+    out[33] = a1_9
+    out[34] = a1_10
+    out[35] = a1_11
+    out[36] = a1_12
+    out[37] = a1_13
+    out[38] = a1_14
+    out[39] = a1_15
+    out[40] = a1_16
+    out[41] = a1_17
+    out[42] = a1_18
+    out[43] = a1_19
+    out[44] = a1_20
+    out[45] = a1_21
+    out[46] = a1_22
+    out[47] = a1_23
+    out[48] = a2_0
+    out[49] = a2_1
+    out[50] = a2_2
+    out[51] = a2_3
+    out[52] = a2_4
+    out[53] = a2_5
+    out[54] = a2_6
+    out[55] = a2_7
+    out[56] = a2_8
+    out[57] = a2_9
+    out[58] = a2_10
+    out[59] = a2_11
+    out[60] = a2_12
+    out[61] = a2_13
+    out[62] = a2_14
+    out[63] = a2_15
+    out[64] = a2_16
+    out[65] = a2_17
+    out[66] = a2_18
+    out[67] = a2_19
+    out[68] = a2_20
+    out[69] = a2_21
+    out[70] = a2_22
+    out[71] = a2_23
+    out[72] = a3_0
+    out[73] = a3_1
+    out[74] = a3_2
+    out[75] = a3_3
+    out[76] = a3_4
+    out[77] = a3_5
+    out[78] = a3_6
+    out[79] = a3_7
+    out[80] = a3_8
+    out[81] = a3_9
+    out[82] = a3_10
+    out[83] = a3_11
+    out[84] = a3_12
+    out[85] = a3_13
+    out[86] = a3_14
+    out[87] = a3_15
+    out[88] = a3_16
+    out[89] = a3_17
+    out[90] = a3_18
+    out[91] = a3_19
+    out[92] = a3_20
+    out[93] = a3_21
+    out[94] = a3_22
+    out[95] = a3_23

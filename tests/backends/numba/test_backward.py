@@ -708,15 +708,23 @@ def test_wide_vectors_follow_the_features_numba_compiles_for(monkeypatch):
     assert _isa.FEATURES not in os.environ
 
 
-@pytest.mark.parametrize("cout, stride", [(12, 1), (20, 2), (45, 1), (45, 2), (64, 1),
-                                          (140, 1)])
-def test_every_nhwc_weight_gradient_tile_matches_torch(cout, stride):
-    # `_wgrad_nhwc`'s tiles, as `nhwc_weight_grad_tile` picks them: 16 x 16 for at most 16
-    # output channels, else 12 x 32 or 8 x 48, whichever pads fewer lanes (45 and 140:
-    # 8 x 48); partial tiles of columns and channels, strides, one thread and two
+@pytest.mark.parametrize("cout, stride", [(6, 1), (12, 1), (20, 2), (45, 1), (45, 2),
+                                          (64, 1), (140, 1)])
+@pytest.mark.parametrize("wide", [True, False], ids=["512-bit", "256-bit"])
+def test_every_nhwc_weight_gradient_tile_matches_torch(cout, stride, wide, monkeypatch):
+    # `_wgrad_nhwc`'s tiles, as `nhwc_weight_grad_tile` picks them. For 512-bit vectors
+    # 16 x 16 for at most 16 output channels, else 12 x 32 or 8 x 48, whichever pads fewer
+    # lanes (45 and 140: 8 x 48); for 256-bit ones 12 x 8 for at most 8, else 6 x 16 or
+    # 4 x 24, whichever pads fewer (20: 4 x 24; 140: as many, 6 x 16). Each ISA's tiles
+    # forced here, whatever this CPU has: partial tiles of columns and channels, strides,
+    # one thread and two
     from nasgraph.backends.numba import _backward_conv as conv_b
 
-    assert [conv_b.nhwc_weight_grad_tile(c) for c in (12, 20, 45, 64, 140)] == [0, 1, 2, 1, 2]
+    monkeypatch.setattr(conv_b, "WIDE", wide)
+    picked = [conv_b.NHWC_TILES[conv_b.nhwc_weight_grad_tile(c)]
+              for c in (6, 12, 20, 45, 64, 140)]
+    assert picked == ([(16, 16), (16, 16), (12, 32), (8, 48), (12, 32), (8, 48)] if wide
+                      else [(12, 8), (6, 16), (4, 24), (6, 16), (6, 16), (6, 16)])
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, 9, 10, generator=gen)
     w = torch.randn(cout, 5, 3, 3, generator=gen, requires_grad=True)
@@ -742,16 +750,20 @@ def test_generated_planes_conv_kernel_is_up_to_date():
     assert _planes_conv_gen.TARGET.read_text() == _planes_conv_gen.render()
 
 
-@pytest.mark.parametrize("max_channels, wide", [(0, False), (1000, False), (0, True)],
-                         ids=["gemm", "wgrad", "nhwc"])
-def test_every_weight_gradient_of_tiled_convs_matches_torch(max_channels, wide, monkeypatch):
-    # each tiled conv's weight gradient as a GEMM of copied columns, by `_wgrad` and, as
-    # where vectors are 512 bits, by `_wgrad_nhwc` (`nhwc_weight_grad_pays`), as
-    # `planes_pay` picks by output channels: here forced one way, then the others
+@pytest.mark.parametrize("max_channels, wide, nhwc_256", [
+    (0, False, 0), (1000, False, 0), (0, True, 0), (0, False, 1000)],
+    ids=["gemm", "wgrad", "nhwc", "nhwc-256-bit"])
+def test_every_weight_gradient_of_tiled_convs_matches_torch(max_channels, wide, nhwc_256,
+                                                            monkeypatch):
+    # each tiled conv's weight gradient as a GEMM of copied columns, by `_wgrad` (as
+    # `planes_pay` picks by output channels) and by `_wgrad_nhwc` (`nhwc_weight_grad_pays`)
+    # as where vectors are 512 bits and as where they are 256: here forced one way, then
+    # the others
     from nasgraph.backends.numba import _backward_conv as conv_b
 
     monkeypatch.setattr(_conv_paths, "WGRAD_MAX_CHANNELS", max_channels)
     monkeypatch.setattr(conv_b, "WIDE", wide)
+    monkeypatch.setattr(conv_b, "NHWC_MAX_CHANNELS_256", nhwc_256)
     check_against_torch(residual_graph())
     b = GraphBuilder("strided")
     x = b.conv(b.input(2, 16, 16), 5, 3, stride=2, padding=1)
@@ -1707,12 +1719,15 @@ def test_bad_input_shape_and_spatial_output_are_refused():
     ((2, 2), (1, 1), (0, 0), 1)])
 @pytest.mark.parametrize("cin, cout", [(3, 9), (16, 16), (5, 17), (7, 40)])
 @pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("wide", [True, False], ids=["512-bit", "256-bit"])
 def test_nhwc_weight_gradient_matches_torch_float64(kernel, stride, pad, dilation, cin, cout,
-                                                    threads):
-    # `_wgrad_nhwc`'s tiles, both on every machine (the tile goes by output channels):
-    # strides, dilation down, uneven kernels, columns and channels not whole tiles,
-    # samples split unevenly over `threads`, chunks of samples (CHUNK_PIXELS)
+                                                    threads, wide, monkeypatch):
+    # `_wgrad_nhwc`'s tiles of either ISA on every machine (the tile goes by output
+    # channels): strides, dilation down, uneven kernels, columns and channels not whole
+    # tiles, samples split unevenly over `threads`, chunks of samples (CHUNK_PIXELS)
     from nasgraph.backends.numba import _backward_conv as conv_b
+
+    monkeypatch.setattr(conv_b, "WIDE", wide)
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, cin, 11, 9, dtype=torch.float64, generator=gen)
@@ -1733,15 +1748,18 @@ def test_nhwc_weight_gradient_matches_torch_float64(kernel, stride, pad, dilatio
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("gp_pad", [(2, 1), (0, 0)])
+@pytest.mark.parametrize("wide", [True, False], ids=["512-bit", "256-bit"])
 def test_nhwc_weight_gradient_reads_the_input_gradients_padded_dy(cout, stride, threads,
-                                                                   gp_pad):
+                                                                   gp_pad, wide, monkeypatch):
     # the weight gradient reads dy from the input gradient's zero-padded NHWC copy (rows
     # and samples of the padded width, from the first interior pixel) where the tiles'
     # reads stay inside it (`shares_padded_dy`): where the channels fill whole tiles, or
     # for few channels where the padding after the last pixel holds the lanes past them
-    # (which read the next pixel's dy, their sums dropped); else it lays dy out again
+    # (which read the next pixel's dy, their sums dropped); else it lays dy out again.
+    # The tiles of either ISA, forced
     from nasgraph.backends.numba import _backward_conv as conv_b
 
+    monkeypatch.setattr(conv_b, "WIDE", wide)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(5, 6, 9, 11, dtype=torch.float64, generator=gen)
     w = torch.randn(cout, 6, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -1750,7 +1768,7 @@ def test_nhwc_weight_gradient_reads_the_input_gradients_padded_dy(cout, stride, 
     (y * gy).sum().backward()
     xp = conv_b.padded_nhwc(x.float().numpy(), (1, 1), threads)
     gp = conv_b.padded_nhwc(gy.float().numpy(), gp_pad, threads)
-    fills = cout in (16, 32, 48, 64)
+    fills = cout in ((16, 32, 48, 64) if wide else (16, 24, 32, 48, 64))
     shares = conv_b.shares_padded_dy(cout, gp_pad, y.shape[3])
     assert shares == (fills or (gp_pad != (0, 0) and cout <= conv_b.SHARED_DY_MAX_CHANNELS))
     # the farthest value a tile reads: the vectors of channels at the last pixel
