@@ -457,7 +457,10 @@ def nhwc_weight_grad_pays(out_channels: int) -> bool:
     EPYC with AVX2, one thread, 3x3 convs at batch 128, against `_wgrad` with the phase
     planes it lays out (docs/numba.md, "The weight gradient on AVX2"): 0.46-0.91x for 6-28
     channels with dy read from the input gradient's padded copy, 0.48-0.77x for strided
-    ones; at 32 channels 0.85-1.08x the GEMM's time, at 40-128 1.1-2.7x."""
+    ones (and a third to two thirds of the GEMM's time). Above, the GEMM keeps them: at 32
+    channels whole conv backwards took 0.80-1.09x its time at stride 1 and 1.12-1.22x at
+    stride 2, where it computes the input gradient in the same pass; the weight gradient
+    alone at 40-128 channels 0.87-2.7x."""
     if WIDE:
         return out_channels > narrow_k.V
     return out_channels <= NHWC_MAX_CHANNELS_256
