@@ -48,10 +48,14 @@ def padded_x(node: Node, x_shape: tuple[int, ...]) -> tuple[int, int] | None:
     """The padding with which a conv's forward copies its input into NHWC, where that
     copy is all it reads and keeps of it: the tiled path of `conv_forward` (no groups,
     more than one input channel, not on the phase planes, forward or weight gradient).
-    There the op that produces x may write it so (`conv_b.PaddedNHWC`); else None. Where
-    vectors are 512 bits, as `padded_dy` (where it was measured)."""
+    There the op that produces x may write it so (`conv_b.PaddedNHWC`); else None.
+    Measured on an AVX-512 Xeon first (docs/numba.md, "BatchNorm writes what the conv
+    reads"); on an AMD EPYC with AVX2, whole steps in pairs of processes against the
+    conv's own copy: resnet20 0.974x (eight pairs, 0.951-1.024x), the digits candidate
+    at batch 128 0.987x (four, 0.967-1.019x; docs/numba.md, "The weight gradient on
+    AVX2")."""
     op = node.op
-    if not conv_b.WIDE or node.kind != "conv2d" or op.groups != 1 or x_shape[1] == 1 \
+    if node.kind != "conv2d" or op.groups != 1 or x_shape[1] == 1 \
             or subsampled_pointwise(op):
         return None
     pixels = node.type.height * node.type.width
