@@ -20,8 +20,8 @@ from nasgraph.backends.numba._tiled_gen import outer_product
 # 12 x 32's time, 3x3 convs of 45 channels at batch 128, one thread). For 256-bit ones
 # (AVX2's 16 registers), the last three, 12 accumulator registers each: 12 x 8 for at most
 # 8 output channels, 6 x 16 for more, 4 x 24 where that pads fewer (17-24 channels: 0.68x
-# 6 x 16's time at 24 channels on 14x14; 8 x 8, 4 x 16, 3 x 32 and 2 x 32 did no better,
-# docs/numba.md, "The weight gradient on AVX2")
+# 6 x 16's time at 24 channels on 14x14; 8 x 8, 4 x 16, 3 x 32, 2 x 32, 14 x 8 and 7 x 16
+# did no better, docs/numba.md, "The weight gradient on AVX2")
 NHWC_TILES = ((16, 16), (12, 32), (8, 48), (12, 8), (6, 16), (4, 24))
 FIRST_256 = 3  # NHWC_TILES[FIRST_256:] are the tiles for 256-bit vectors
 NHWC_TARGET = Path(__file__).with_name("_wgrad_nhwc.py")
