@@ -106,7 +106,10 @@ def planes_pay(op, out_channels: int, out_pixels: int) -> bool:
     OpenBLAS uses few rows badly; with more, it copies once for many FMAs. Measured on
     AVX2, one thread, batch 128 (docs/numba.md, "The weight gradient"): at 7-16 output
     channels the tiled kernel takes 0.3-0.7x the GEMM's time, at 32 about as long, at 64
-    1.7-2.5x; strided ones onto 7x7 outputs 1.7-2x."""
+    1.7-2.5x; strided ones onto 7x7 outputs 1.7-2x. Asked only where `_wgrad_nhwc`'s
+    tiles do not take the weight gradient (`_backward_conv.nhwc_weight_grad_pays`): where
+    vectors are 512 bits, convs of at most 8 output channels; where they are 256, convs
+    above NHWC_MAX_CHANNELS_256 (28), so there it says no and the GEMM takes them."""
     kh, kw = op.kernel
     return (kh * kw > 1 and out_channels <= WGRAD_MAX_CHANNELS
             and (op.stride == (1, 1) or out_pixels >= 196))

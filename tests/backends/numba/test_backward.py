@@ -42,6 +42,10 @@ from tests.strategies import graphs
 
 BATCH = 6
 CLASSES = 5
+# a test run as where numba compiles 512-bit vectors and as where 256 (`conv_b.WIDE`,
+# monkeypatched), whatever this CPU has
+EITHER_VECTOR_WIDTH = pytest.mark.parametrize("wide", [True, False],
+                                              ids=["512-bit", "256-bit"])
 
 
 def perturbed_state(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
@@ -710,7 +714,7 @@ def test_wide_vectors_follow_the_features_numba_compiles_for(monkeypatch):
 
 @pytest.mark.parametrize("cout, stride", [(6, 1), (12, 1), (20, 2), (45, 1), (45, 2),
                                           (64, 1), (140, 1)])
-@pytest.mark.parametrize("wide", [True, False], ids=["512-bit", "256-bit"])
+@EITHER_VECTOR_WIDTH
 def test_every_nhwc_weight_gradient_tile_matches_torch(cout, stride, wide, monkeypatch):
     # `_wgrad_nhwc`'s tiles, as `nhwc_weight_grad_tile` picks them. For 512-bit vectors
     # 16 x 16 for at most 16 output channels, else 12 x 32 or 8 x 48, whichever pads fewer
@@ -1109,7 +1113,7 @@ def record_written(monkeypatch, layout: type, backward_rule: str
 
 
 @pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("wide", [True, False], ids=["512-bit", "256-bit"])
+@EITHER_VECTOR_WIDTH
 def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, training, wide):
     # a BatchNorm whose output only a tiled conv reads writes it zero-padded in NHWC
     # (`_conv_layouts.padded_x`), and one after a conv whose backward reads dy only so
@@ -1722,7 +1726,7 @@ def test_bad_input_shape_and_spatial_output_are_refused():
     ((2, 2), (1, 1), (0, 0), 1)])
 @pytest.mark.parametrize("cin, cout", [(3, 9), (16, 16), (5, 17), (7, 40)])
 @pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("wide", [True, False], ids=["512-bit", "256-bit"])
+@EITHER_VECTOR_WIDTH
 def test_nhwc_weight_gradient_matches_torch_float64(kernel, stride, pad, dilation, cin, cout,
                                                     threads, wide, monkeypatch):
     # `_wgrad_nhwc`'s tiles of either ISA on every machine (the tile goes by output
@@ -1751,7 +1755,7 @@ def test_nhwc_weight_gradient_matches_torch_float64(kernel, stride, pad, dilatio
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("gp_pad", [(2, 1), (0, 0)])
-@pytest.mark.parametrize("wide", [True, False], ids=["512-bit", "256-bit"])
+@EITHER_VECTOR_WIDTH
 def test_nhwc_weight_gradient_reads_the_input_gradients_padded_dy(cout, stride, threads,
                                                                    gp_pad, wide, monkeypatch):
     # the weight gradient reads dy from the input gradient's zero-padded NHWC copy (rows
