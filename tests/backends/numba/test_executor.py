@@ -15,6 +15,7 @@ from torch import fx
 
 from nasgraph import init_state, zoo
 from nasgraph.backends import numba as nb
+from nasgraph.backends.numba import _tiled as tiled_k
 from nasgraph.backends.numba._weights import weight_shapes
 from nasgraph.backends.torch import lower
 from nasgraph.errors import GraphError, NasgraphError
@@ -475,6 +476,22 @@ def test_tiled_convs_hand_each_other_padded_nhwc():
     # column in; the concat parts are written NCHW
     assert ex.nhwc == {"input": 1, "conv": 2}
     assert_agree(g, batch=2)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape, pad", [((2, 1, 5, 7), (1, 2)), ((2, 7, 14, 13), (1, 1)),
+                                        ((2, 24, 9, 9), (0, 1)), ((2, 16, 32, 32), (1, 1)),
+                                        ((1, 20, 32, 64), (2, 0))])
+def test_padded_nhwc_copy_is_numpys_transpose_and_pad(shape, pad, threads):
+    # each of the copy's ways: one channel, blocks of 8 columns (fewer than 16 channels),
+    # a pixel's channels as one run, blocks of 16 (16+ channels on planes of 4 KB
+    # multiples, whose reads a plane apart share an L1 set)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    n, c, h, w = shape
+    xp = np.full((n, h + 2 * pad[0], w + 2 * pad[1], c), np.nan, np.float32)
+    (tiled_k.to_padded_nhwc_1 if threads == 1 else tiled_k.to_padded_nhwc)(x, xp, *pad)
+    want = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (pad[0],) * 2, (pad[1],) * 2, (0, 0)))
+    np.testing.assert_array_equal(xp, want)
 
 
 @pytest.mark.parametrize("fn", ["relu", "sigmoid"])
