@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 from nasgraph.backends.numba._transpose import BLOCK as COLUMN_CHANNELS
-from nasgraph.backends.numba._transpose import COLUMN_ROWS
+from nasgraph.backends.numba._transpose import COLUMN_ROWS, COLUMN_WIDTHS
 
 R = 6  # output pixels per tile
 V = 16  # output channels per tile: two AVX2 vectors, R*V/8 = 12 accumulator registers
@@ -23,12 +23,28 @@ TILES = 8  # pixel tiles per parallel job, at most
 TARGET = Path(__file__).with_name("_tiled.py")
 
 
+def column_width(v: int) -> int | None:
+    """The channels of the blocks that a tile of v channels writes NCHW in
+    (`column_blocks`): 16 (`COLUMN_CHANNELS`) where v is whole blocks of 16, else v
+    itself where the intrinsics take rows of v (8: `_tiled_narrow`'s tiles), else none."""
+    if v % COLUMN_CHANNELS == 0:
+        return COLUMN_CHANNELS
+    return v if v in COLUMN_WIDTHS else None
+
+
+def column_intrinsic(rows: int, v: int) -> str:
+    """The name of the `_transpose.store_columns` that writes `rows` pixels of a tile of
+    v channels."""
+    width = column_width(v)
+    return f"store_columns{rows}" + ("" if width == COLUMN_CHANNELS else f"x{width}")
+
+
 def column_blocks(r: int, v: int) -> list[tuple[int, int]]:
     """The (first pixel, pixels) blocks that a tile of r pixels x v channels writes NCHW
     in, each by the `_transpose.store_columns` of that many rows (`COLUMN_ROWS`: 8, 4, 2)
-    x 16 channels (`COLUMN_CHANNELS`), transposed in registers; none (the epilogue goes
-    value by value) where v is not whole blocks of 16 channels or r is odd."""
-    if v % COLUMN_CHANNELS or r % min(COLUMN_ROWS):
+    x 16 channels (`COLUMN_CHANNELS`), or x 8 for tiles of 8 channels, transposed in
+    registers; none (the epilogue goes value by value) where v is neither or r is odd."""
+    if column_width(v) is None or r % min(COLUMN_ROWS):
         return []
     blocks, first = [], 0
     for rows in COLUMN_ROWS:
@@ -40,7 +56,7 @@ def column_blocks(r: int, v: int) -> list[tuple[int, int]]:
 
 def _column_imports(r: int, v: int) -> str:
     # the import of the `store_columns` a tile's epilogue calls, if any
-    names = sorted({f"store_columns{rows}" for _, rows in column_blocks(r, v)})
+    names = sorted({column_intrinsic(rows, v) for _, rows in column_blocks(r, v)})
     return f"from nasgraph.backends.numba._transpose import {', '.join(names)}\n" if names else ""
 
 
@@ -388,18 +404,20 @@ def _tile_kernel(R: int = R, V: int = V) -> str:  # noqa: N803 (the tile's names
     blocks = column_blocks(R, V)
     if blocks:
         # where a channel's R pixels are consecutive values (NCHW, the tile on one row or
-        # the rows without padding), 16 channels at a time transposed in registers
-        # (`_transpose.store_columns8` and its twins, for 8, 4 or 2 of the pixels) instead
-        # of value by value
+        # the rows without padding), 16 channels at a time (8 in tiles of 8) transposed in
+        # registers (`_transpose.store_columns8` and its twins, for 8, 4 or 2 of the
+        # pixels) instead of value by value
+        width = column_width(V)
         lines += [
             f"{ind1}elif at{R - 1} == at0 + np.uint64({R - 1}) and not has_res and act == 0:",
-            f"{ind2}for b in range(0, n_v, {COLUMN_CHANNELS}):",
-            f"{ind3}m, o = np.uint64(min({COLUMN_CHANNELS}, n_v - b)), at0 + np.uint64(b) * o_cu",
+            f"{ind2}for b in range(0, n_v, {width}):",
+            f"{ind3}m, o = np.uint64(min({width}, n_v - b)), at0 + np.uint64(b) * o_cu",
         ]
         for first, rows in blocks:
             src, dst = (f"np.uint64({first * V} + b)", f"o + np.uint64({first})") if first else (
                 "np.uint64(b)", "o")
-            lines.append(f"{ind3}store_columns{rows}(tile, {src}, v_u, out1, {dst}, o_cu, m)")
+            lines.append(f"{ind3}{column_intrinsic(rows, V)}(tile, {src}, v_u, out1, {dst}, "
+                         "o_cu, m)")
     lines += [
         f"{ind1}else:  # one loop over the block's channels, the R pixels unrolled",
         f"{ind2}for v in range(n_v):",

@@ -11,6 +11,7 @@ from numba import njit, prange
 
 from nasgraph.backends.numba._activations import activate_inline
 from nasgraph.backends.numba._tiled import _strides, jobs_per_block, zero_border
+from nasgraph.backends.numba._transpose import store_columns4x8, store_columns8x8
 
 R = 12
 V = 8
@@ -463,6 +464,11 @@ def _tiles(xf, x_0, row, wf, run, bias, cb, pt0, pt1, hw, wo, cout, cin, kh, sh,
             _store_pixel(tile, 9, res1, rt9, has_res, act, out1, at9)
             _store_pixel(tile, 10, res1, rt10, has_res, act, out1, at10)
             _store_pixel(tile, 11, res1, rt11, has_res, act, out1, at11)
+        elif at11 == at0 + np.uint64(11) and not has_res and act == 0:
+            for b in range(0, n_v, 8):
+                m, o = np.uint64(min(8, n_v - b)), at0 + np.uint64(b) * o_cu
+                store_columns8x8(tile, np.uint64(b), v_u, out1, o, o_cu, m)
+                store_columns4x8(tile, np.uint64(64 + b), v_u, out1, o + np.uint64(8), o_cu, m)
         else:  # one loop over the block's channels, the R pixels unrolled
             for v in range(n_v):
                 o, q = np.uint64(v) * o_cu, np.uint64(v) * r_cu

@@ -35,15 +35,16 @@ _I32X16 = ir.VectorType(ir.IntType(32), BLOCK)
 _I64 = ir.IntType(64)
 
 
-def _swap_masks() -> list[tuple[int, ir.Constant, ir.Constant]]:
-    # for each half-size h = 8, 4, 2, 1: the shuffles that swap, between rows i and i + h
-    # (i & h == 0), the values of row i at columns j + h with those of row i + h at
-    # columns j (j & h == 0); a mask indexes the two rows' 32 values, row i's first
-    masks = []
-    for h in (8, 4, 2, 1):
-        low = [j if not j & h else BLOCK + j - h for j in range(BLOCK)]
-        high = [j + h if not j & h else BLOCK + j for j in range(BLOCK)]
-        masks.append((h, ir.Constant(_I32X16, low), ir.Constant(_I32X16, high)))
+def _swap_masks(width: int = BLOCK) -> list[tuple[int, ir.Constant, ir.Constant]]:
+    # for each half-size h = width / 2, ..., 2, 1: the shuffles that swap, between rows i
+    # and i + h (i & h == 0), the values of row i at columns j + h with those of row i + h
+    # at columns j (j & h == 0), rows of `width` values; a mask indexes the two rows'
+    # 2 * width values, row i's first
+    masks, lanes = [], ir.VectorType(ir.IntType(32), width)
+    for h in (8, 4, 2, 1)[(BLOCK // width).bit_length() - 1:]:
+        low = [j if not j & h else width + j - h for j in range(width)]
+        high = [j + h if not j & h else width + j for j in range(width)]
+        masks.append((h, ir.Constant(lanes, low), ir.Constant(lanes, high)))
     return masks
 
 
@@ -131,9 +132,9 @@ def _index(i: int) -> ir.Constant:
     return ir.Constant(_I64, i)
 
 
-def _load(builder: ir.IRBuilder, base, at) -> ir.Value:
-    # 16 float32 from base[at], unaligned
-    return builder.load(builder.bitcast(builder.gep(base, [at]), _F32X16.as_pointer()),
+def _load(builder: ir.IRBuilder, base, at, vector: ir.VectorType = _F32X16) -> ir.Value:
+    # 16 float32 (or `vector`'s) from base[at], unaligned
+    return builder.load(builder.bitcast(builder.gep(base, [at]), vector.as_pointer()),
                         align=4)
 
 
@@ -143,9 +144,10 @@ def _store(builder: ir.IRBuilder, base, at, row: ir.Value) -> None:
                   align=4)
 
 
-def _columns_intrinsic(rows: int):
+def _columns_intrinsic(rows: int, width: int = BLOCK):
     """`store_columns{rows}`: a rows x 16 block (rows of `COLUMN_ROWS`) written
-    transposed."""
+    transposed; `store_columns{rows}x8` the same of a rows x 8 block."""
+    vector = ir.VectorType(ir.FloatType(), width)
 
     def store_columns(typingctx, src, src_at, src_step, dst, dst_at, dst_step, n):
         if not (isinstance(src, types.Array) and src.dtype == types.float32
@@ -159,15 +161,15 @@ def _columns_intrinsic(rows: int):
             s_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
             d_ptr = context.make_array(signature.args[3])(context, builder, args[3]).data
             s_at, s_step, _, d_at, d_step, n = args[1:]
-            block = [_load(builder, s_ptr, builder.add(s_at, builder.mul(s_step, _index(i))))
-                     for i in range(rows)]
-            for h, low, high in _swap_masks():
+            block = [_load(builder, s_ptr, builder.add(s_at, builder.mul(s_step, _index(i))),
+                           vector) for i in range(rows)]
+            for h, low, high in _swap_masks(width):
                 for i in range(rows if h < rows else 0):
                     if not i & h:
                         a, b = block[i], block[i + h]
                         block[i] = builder.shuffle_vector(a, b, low)
                         block[i + h] = builder.shuffle_vector(a, b, high)
-            for j in range(BLOCK):  # column j: row j % rows, lanes from j // rows * rows
+            for j in range(width):  # column j: row j % rows, lanes from j // rows * rows
                 first = j // rows * rows
                 lanes = ir.Constant(ir.VectorType(ir.IntType(32), rows),
                                     list(range(first, first + rows)))
@@ -179,7 +181,7 @@ def _columns_intrinsic(rows: int):
 
         return sig, codegen
 
-    store_columns.__name__ = f"store_columns{rows}"
+    store_columns.__name__ = f"store_columns{rows}" + ("" if width == BLOCK else f"x{width}")
     return intrinsic(store_columns)
 
 
@@ -191,6 +193,10 @@ def _columns_intrinsic(rows: int):
 # written into N x C x H x W where a channel's R pixels are consecutive values. The rows
 # are transposed in registers by `transpose16`'s rounds that swap blocks smaller than R,
 # on the 16 / R blocks of R columns at once: row i then holds column i of each. No bounds
-# are checked.
+# are checked. store_columnsRx8 does the same with R x 8 blocks (n <= 8), 8 channels a
+# tile row (`_tiled_narrow`'s tiles), the rows of 8 values.
 COLUMN_ROWS = (8, 4, 2)  # the row counts of the `store_columns` intrinsics
+COLUMN_WIDTHS = (BLOCK, 8)  # the channels a tile row holds, to which they apply
 store_columns8, store_columns4, store_columns2 = map(_columns_intrinsic, COLUMN_ROWS)
+store_columns8x8, store_columns4x8, store_columns2x8 = (
+    _columns_intrinsic(rows, 8) for rows in COLUMN_ROWS)

@@ -991,16 +991,17 @@ def test_blocks_transposed_in_registers():
 
 
 @pytest.mark.parametrize("rows", [8, 4, 2])
-@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 15, 16])
-def test_tile_columns_transposed_in_registers(rows, n):
-    # `store_columns{rows}`: the first n columns of a rows x 16 block, read from a 2-D
-    # tile at an offset, each written as `rows` consecutive values `dst_step` apart;
-    # nothing else
+@pytest.mark.parametrize("width, n", [(16, 0), (16, 1), (16, 7), (16, 8), (16, 9), (16, 15),
+                                      (16, 16), (8, 0), (8, 1), (8, 7), (8, 8)])
+def test_tile_columns_transposed_in_registers(rows, width, n):
+    # `store_columns{rows}` (`store_columns{rows}x8`): the first n columns of a rows x 16
+    # (x 8) block, read from a 2-D tile at an offset, each written as `rows` consecutive
+    # values `dst_step` apart; nothing else
     from numba import njit
 
     from nasgraph.backends.numba import _transpose
 
-    store = getattr(_transpose, f"store_columns{rows}")
+    store = getattr(_transpose, f"store_columns{rows}" + ("x8" if width == 8 else ""))
 
     @njit
     def run(tile, at, step, dst, to, dst_step, n):
@@ -1010,7 +1011,7 @@ def test_tile_columns_transposed_in_registers(rows, n):
     dst = np.full(400, np.nan, np.float32)
     run(tile, np.uint64(3), np.uint64(36), dst, np.uint64(5), np.uint64(21), np.uint64(n))
     want = np.full_like(dst, np.nan)
-    want[5:5 + 16 * 21].reshape(16, 21)[:n, :rows] = tile[:, 3:19].T[:n]
+    want[5:5 + 16 * 21].reshape(16, 21)[:n, :rows] = tile[:, 3:3 + width].T[:n]
     np.testing.assert_array_equal(dst, want)
 
 
