@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 BLOCK = 16  # a transposed block: BLOCK x BLOCK values
@@ -200,3 +201,71 @@ COLUMN_WIDTHS = (BLOCK, 8)  # the channels a tile row holds, to which they apply
 store_columns8, store_columns4, store_columns2 = map(_columns_intrinsic, COLUMN_ROWS)
 store_columns8x8, store_columns4x8, store_columns2x8 = (
     _columns_intrinsic(rows, 8) for rows in COLUMN_ROWS)
+
+
+def _pixels_intrinsic(width: int):
+    """`pixels{width}`: up to `width` channels x `width` pixels of NCHW planes written
+    as pixels of channels."""
+    vector = ir.VectorType(ir.FloatType(), width)
+    lanes = ir.VectorType(ir.IntType(32), width)
+    mask = ir.VectorType(ir.IntType(1), width)
+
+    def pixels(typingctx, src, src_at, src_step, channels, count, dst, dst_at, dst_step):
+        if not (isinstance(src, types.Array) and src.dtype == types.float32
+                and src.ndim == 1 and isinstance(dst, types.Array)
+                and dst.dtype == types.float32 and dst.ndim == 1):
+            return None  # numba then names the arguments it could not type
+        sig = types.void(src, types.uint64, types.uint64, types.uint64, types.uint64, dst,
+                         types.uint64, types.uint64)
+
+        def codegen(context, builder, signature, args):
+            s_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
+            d_ptr = context.make_array(signature.args[5])(context, builder, args[5]).data
+            s_at, s_step, channels, count, _, d_at, d_step = args[1:]
+            load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+                vector, [s_ptr.type, ir.IntType(32), mask, vector]),
+                f"llvm.masked.load.v{width}f32.p0")
+            splat = builder.insert_element(ir.Constant(lanes, None),
+                                           builder.trunc(count, ir.IntType(32)),
+                                           ir.Constant(ir.IntType(32), 0))
+            splat = builder.shuffle_vector(splat, splat, ir.Constant(lanes, [0] * width))
+            first = builder.icmp_unsigned("<", ir.Constant(lanes, list(range(width))), splat)
+            zero = ir.Constant(vector, [0.0] * width)
+            last = builder.sub(channels, _index(1))
+            rows = []
+            for i in range(width):  # rows past the channels: zeros, their loads in bounds
+                inside = builder.icmp_unsigned("<", _index(i), channels)
+                at = builder.add(s_at, builder.mul(s_step, builder.select(inside, _index(i),
+                                                                          last)))
+                row = builder.call(load, [builder.gep(s_ptr, [at]),
+                                          ir.Constant(ir.IntType(32), 4), first, zero])
+                rows.append(builder.select(inside, row, zero))
+            for h, low, high in _swap_masks(width):
+                for i in range(width):
+                    if not i & h:
+                        a, b = rows[i], rows[i + h]
+                        rows[i] = builder.shuffle_vector(a, b, low)
+                        rows[i + h] = builder.shuffle_vector(a, b, high)
+            for j, row in enumerate(rows):  # in order: each may write over the next's
+                with builder.if_then(builder.icmp_unsigned("<", _index(j), count),
+                                     likely=True):
+                    _store(builder, d_ptr, builder.add(d_at, builder.mul(d_step, _index(j))),
+                           row)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    pixels.__name__ = f"pixels{width}"
+    return intrinsic(pixels)
+
+
+# pixelsW(src, src_at, src_step, channels, count, dst, dst_at, dst_step): of the planes
+# src[src_at + i * src_step:] (i < channels <= W), pixels j < count <= W written as
+# pixels: dst[dst_at + j * dst_step + i] = src[src_at + i * src_step + j], each pixel's W
+# values stored whole, those past the channels zeros (float32 arrays, unsigned offsets).
+# A pixel's store so writes W - channels zeros past its channels, over the next pixel's
+# (stored after it) or whatever follows. An NCHW -> NHWC copy of fewer than W channels
+# (`_tiled.to_padded_nhwc`): W x W loaded (masked to count; rows past the channels read
+# the last channel's, then zeroed), transposed in registers as `transpose16`. No bounds
+# are checked.
+pixels8, pixels16 = _pixels_intrinsic(8), _pixels_intrinsic(BLOCK)

@@ -479,13 +479,17 @@ def test_tiled_convs_hand_each_other_padded_nhwc():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("shape, pad", [((2, 1, 5, 7), (1, 2)), ((2, 7, 14, 13), (1, 1)),
-                                        ((2, 24, 9, 9), (0, 1)), ((2, 16, 32, 32), (1, 1)),
-                                        ((1, 20, 32, 64), (2, 0))])
+@pytest.mark.parametrize("shape, pad", [((2, 1, 5, 7), (1, 2)), ((2, 3, 9, 9), (1, 1)),
+                                        ((2, 7, 5, 9), (1, 0)), ((2, 24, 9, 9), (0, 1)),
+                                        ((2, 16, 32, 32), (1, 1)), ((1, 20, 32, 64), (2, 0)),
+                                        ((2, 7, 14, 13), (1, 1)), ((2, 4, 9, 11), (0, 1)),
+                                        ((2, 12, 7, 7), (1, 1)), ((2, 9, 5, 19), (1, 2))])
 def test_padded_nhwc_copy_is_numpys_transpose_and_pad(shape, pad, threads):
-    # each of the copy's ways: one channel, blocks of 8 columns (fewer than 16 channels),
-    # a pixel's channels as one run, blocks of 16 (16+ channels on planes of 4 KB
-    # multiples, whose reads a plane apart share an L1 set)
+    # each of the copy's ways: one channel; blocks of 8 columns (fewer than 16 channels
+    # whose zeros past a pixel would not fit in the right padding); a pixel's channels as
+    # one run; blocks of 16 (16+ channels on planes of 4 KB multiples, whose reads a
+    # plane apart share an L1 set); 8 and 16 pixels transposed in registers (4-8 and 9-15
+    # channels), rows of whole blocks and partial ones
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     n, c, h, w = shape
     xp = np.full((n, h + 2 * pad[0], w + 2 * pad[1], c), np.nan, np.float32)
