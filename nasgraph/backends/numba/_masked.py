@@ -68,12 +68,14 @@ def _masked_codegen(add: bool):
     return codegen
 
 
-def _masked_load_store(builder: ir.IRBuilder, s_ptr, d_ptr) -> tuple:
-    # LLVM's masked load from s_ptr's and store to d_ptr's kind of pointer, 16 x float32
+def _masked_load_store(builder: ir.IRBuilder, s_ptr, d_ptr, lanes: int = LANES) -> tuple:
+    # LLVM's masked load from s_ptr's and store to d_ptr's kind of pointer, 16 (`lanes`) x
+    # float32
+    vector, mask = ir.VectorType(ir.FloatType(), lanes), ir.VectorType(ir.IntType(1), lanes)
     load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-        _F32X16, [s_ptr.type, _I32, _I1X16, _F32X16]), "llvm.masked.load.v16f32.p0")
+        vector, [s_ptr.type, _I32, mask, vector]), f"llvm.masked.load.v{lanes}f32.p0")
     store = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-        ir.VoidType(), [_F32X16, d_ptr.type, _I32, _I1X16]), "llvm.masked.store.v16f32.p0")
+        ir.VoidType(), [vector, d_ptr.type, _I32, mask]), f"llvm.masked.store.v{lanes}f32.p0")
     return load, store
 
 
@@ -106,22 +108,25 @@ def passed(builder: ir.IRBuilder, pre: ir.Value, act: ir.Value) -> ir.Value:
     return builder.select(is1, above, builder.select(is2, inside, every))
 
 
-def load_first(builder: ir.IRBuilder, ptr, at: ir.Value, count: ir.Value) -> ir.Value:
-    """For intrinsics: ptr[at:at + count] (count <= 16) as a vector of 16 float32, zeros
-    in the other lanes, whose values are not read (a masked load)."""
-    load, _ = _masked_load_store(builder, ptr, ptr)
+def load_first(builder: ir.IRBuilder, ptr, at: ir.Value, count: ir.Value,
+               lanes: int = LANES) -> ir.Value:
+    """For intrinsics: ptr[at:at + count] (count <= 16) as a vector of 16 (`lanes`)
+    float32, zeros in the other lanes, whose values are not read (a masked load)."""
+    load, _ = _masked_load_store(builder, ptr, ptr, lanes)
+    zeros = ir.Constant(ir.VectorType(ir.FloatType(), lanes), [0.0] * lanes)
     return builder.call(load, [builder.gep(ptr, [at]), ir.Constant(_I32, 4),
-                               _first(builder, count), ir.Constant(_F32X16, [0.0] * LANES)])
+                               _first(builder, count, lanes), zeros])
 
 
-def _first(builder: ir.IRBuilder, count: ir.Value) -> ir.Value:
+def _first(builder: ir.IRBuilder, count: ir.Value, lanes: int = LANES) -> ir.Value:
     # the mask of lanes j < count (count <= 16), as the lane numbers compared with count
     # (a vector compare on either ISA); an i16 of count low bits bitcast to the mask is one
     # move into a mask register on AVX-512 but a test and an insert a lane on AVX2
-    splat = builder.insert_element(ir.Constant(_I32X16, None), builder.trunc(count, _I32),
+    numbers = ir.VectorType(_I32, lanes)
+    splat = builder.insert_element(ir.Constant(numbers, None), builder.trunc(count, _I32),
                                    ir.Constant(_I32, 0))
-    splat = builder.shuffle_vector(splat, splat, ir.Constant(_I32X16, [0] * LANES))
-    return builder.icmp_unsigned("<", ir.Constant(_I32X16, list(range(LANES))), splat)
+    splat = builder.shuffle_vector(splat, splat, ir.Constant(numbers, [0] * lanes))
+    return builder.icmp_unsigned("<", ir.Constant(numbers, list(range(lanes))), splat)
 
 
 @njit(inline="always", cache=True)

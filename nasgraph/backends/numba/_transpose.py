@@ -27,8 +27,9 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
+
+from nasgraph.backends.numba._masked import load_first
 
 BLOCK = 16  # a transposed block: BLOCK x BLOCK values
 _F32X16 = ir.VectorType(ir.FloatType(), BLOCK)
@@ -98,12 +99,12 @@ def load_rows(builder: ir.IRBuilder, s_ptr, s_at, s_step) -> list[ir.Value]:
 
 
 def transposed(builder: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
-    """16 rows of 16 float32 transposed: row j of the result is column j, after the four
-    rounds of swaps. For intrinsics that compute their rows before they move them
-    (`_batchnorm_nhwc`)."""
+    """16 rows of 16 float32 (8 of 8) transposed: row j of the result is column j, after
+    the four (three) rounds of swaps. For intrinsics that compute their rows before they
+    move them (`_batchnorm_nhwc`, `pixels16`)."""
     rows = list(rows)
-    for h, low, high in _swap_masks():
-        for i in range(BLOCK):
+    for h, low, high in _swap_masks(len(rows)):
+        for i in range(len(rows)):
             if not i & h:
                 a, b = rows[i], rows[i + h]
                 rows[i] = builder.shuffle_vector(a, b, low)
@@ -206,9 +207,7 @@ store_columns8x8, store_columns4x8, store_columns2x8 = (
 def _pixels_intrinsic(width: int):
     """`pixels{width}`: up to `width` channels x `width` pixels of NCHW planes written
     as pixels of channels."""
-    vector = ir.VectorType(ir.FloatType(), width)
-    lanes = ir.VectorType(ir.IntType(32), width)
-    mask = ir.VectorType(ir.IntType(1), width)
+    zero = ir.Constant(ir.VectorType(ir.FloatType(), width), [0.0] * width)
 
     def pixels(typingctx, src, src_at, src_step, channels, count, dst, dst_at, dst_step):
         if not (isinstance(src, types.Array) and src.dtype == types.float32
@@ -222,31 +221,16 @@ def _pixels_intrinsic(width: int):
             s_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
             d_ptr = context.make_array(signature.args[5])(context, builder, args[5]).data
             s_at, s_step, channels, count, _, d_at, d_step = args[1:]
-            load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-                vector, [s_ptr.type, ir.IntType(32), mask, vector]),
-                f"llvm.masked.load.v{width}f32.p0")
-            splat = builder.insert_element(ir.Constant(lanes, None),
-                                           builder.trunc(count, ir.IntType(32)),
-                                           ir.Constant(ir.IntType(32), 0))
-            splat = builder.shuffle_vector(splat, splat, ir.Constant(lanes, [0] * width))
-            first = builder.icmp_unsigned("<", ir.Constant(lanes, list(range(width))), splat)
-            zero = ir.Constant(vector, [0.0] * width)
             last = builder.sub(channels, _index(1))
             rows = []
             for i in range(width):  # rows past the channels: zeros, their loads in bounds
                 inside = builder.icmp_unsigned("<", _index(i), channels)
                 at = builder.add(s_at, builder.mul(s_step, builder.select(inside, _index(i),
                                                                           last)))
-                row = builder.call(load, [builder.gep(s_ptr, [at]),
-                                          ir.Constant(ir.IntType(32), 4), first, zero])
+                row = load_first(builder, s_ptr, at, count, width)
                 rows.append(builder.select(inside, row, zero))
-            for h, low, high in _swap_masks(width):
-                for i in range(width):
-                    if not i & h:
-                        a, b = rows[i], rows[i + h]
-                        rows[i] = builder.shuffle_vector(a, b, low)
-                        rows[i + h] = builder.shuffle_vector(a, b, high)
-            for j, row in enumerate(rows):  # in order: each may write over the next's
+            # in order of j: each pixel's zeros may fall on the next's values
+            for j, row in enumerate(transposed(builder, rows)):
                 with builder.if_then(builder.icmp_unsigned("<", _index(j), count),
                                      likely=True):
                     _store(builder, d_ptr, builder.add(d_at, builder.mul(d_step, _index(j))),
