@@ -9,7 +9,7 @@ no dilation across, wider than 1x1 or strided) train on it too, on x zero-padded
 compiles 512-bit vectors (`_isa`) `_tiled_mid` for 9-16 and `_tiled_wide` or
 `_tiled_wide48` for more; 3-column convs of 9-16 on `_tiled_row`'s tiles of a row,
 `row_tiles`). Their weight gradient, where vectors are 512 bits and there are more than
-8 output channels, or 256 bits and at most 28 (`nhwc_weight_grad_pays`), is
+8 output channels, or 256 bits and at most 32 (28 if strided; `nhwc_weight_grad_pays`), is
 `_wgrad_nhwc`'s register tiles on the padded NHWC input the forward kept and dy in NHWC
 (`conv2d_weight_grad_nhwc`; `_wgrad_row`'s tiles of a row for 3-column convs where they
 fit, `row_weight_grad`); else
@@ -446,29 +446,34 @@ def conv2d_nhwc_backward(xp, gy, w2, parts, gxp, kh, kw, sh, sw, dh, need_dw, ne
                                 gxf[dst + q] += back1[at + q]
 
 
-def nhwc_weight_grad_pays(out_channels: int) -> bool:
+def nhwc_weight_grad_pays(out_channels: int, stride: tuple[int, int]) -> bool:
     """Whether a tiled conv's weight gradient runs on `_wgrad_nhwc`'s tiles
     (`conv2d_weight_grad_nhwc`). Where vectors are 512 bits, for more than 8 output
     channels. Measured on an AVX-512 Xeon, one thread (docs/numba.md, "The weight
     gradient"): 0.4-0.75x the time of `_wgrad`'s tiles and of the GEMM of copied columns
     for 16-64 channels, as long for 90 channels on 4x4 maps; at 8 channels on 28x28, 1.3x
     `_wgrad`'s, whose tiles are of 4 output channels. Where they are 256 bits, for at most
-    NHWC_MAX_CHANNELS_256, the channels `_wgrad`'s tiles took before. Measured on an AMD
-    EPYC with AVX2, one thread, 3x3 convs at batch 128, against `_wgrad` with the phase
-    planes it lays out (docs/numba.md, "The weight gradient on AVX2"): 0.46-0.91x for 6-28
-    channels with dy read from the input gradient's padded copy, 0.48-0.77x for strided
-    ones (and a third to two thirds of the GEMM's time). Above, the GEMM keeps them: at 32
-    channels whole conv backwards took 0.80-1.09x its time at stride 1 and 1.12-1.22x at
-    stride 2, where it computes the input gradient in the same pass; the weight gradient
-    alone at 40-128 channels 0.87-2.7x."""
+    NHWC_MAX_CHANNELS_256 at stride 1 and NHWC_MAX_CHANNELS_256_STRIDED at others.
+    Measured on an AMD EPYC with AVX2, one thread, 3x3 convs at batch 128, against
+    `_wgrad` with the phase planes it lays out (docs/numba.md, "The weight gradient on
+    AVX2"): 0.46-0.91x for 6-28 channels with dy read from the input gradient's padded
+    copy, 0.48-0.77x for strided ones (and a third to two thirds of the GEMM's time).
+    Whole conv backwards against the GEMM, in turns, with the allocator set as a training
+    step sets it (`grad._reuse_freed_memory`): 29-32 channels at stride 1 0.67-0.92x on
+    7x7 to 28x28 maps (1.01x on 4x4), at stride 2 1.06-1.09x; 36-90 channels at stride 1
+    0.88-1.30x. Above, the GEMM keeps them."""
     if WIDE:
         return out_channels > narrow_k.V
-    return out_channels <= NHWC_MAX_CHANNELS_256
+    if stride == (1, 1):
+        return out_channels <= NHWC_MAX_CHANNELS_256
+    return out_channels <= NHWC_MAX_CHANNELS_256_STRIDED
 
 
 # where vectors are 256 bits, convs of at most this many output channels take
-# `_wgrad_nhwc`'s tiles for their weight gradient (`nhwc_weight_grad_pays`)
-NHWC_MAX_CHANNELS_256 = 28
+# `_wgrad_nhwc`'s tiles for their weight gradient (`nhwc_weight_grad_pays`): at stride 1
+# (29-32 fill the 6 x 16 tile's two vectors of 8 twice), and at others
+NHWC_MAX_CHANNELS_256 = 32
+NHWC_MAX_CHANNELS_256_STRIDED = 28
 
 
 @njit(parallel=True, cache=True)

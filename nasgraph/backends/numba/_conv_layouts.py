@@ -41,7 +41,7 @@ class Padded(NamedTuple):
 def weight_grad_on_planes(op, cout: int, pixels: int) -> bool:
     # whether a tiled conv's weight gradient runs on its input's phase planes
     # (`planes_pay`), not on the NHWC copy the forward read
-    return not conv_b.nhwc_weight_grad_pays(cout) and planes_pay(op, cout, pixels)
+    return not conv_b.nhwc_weight_grad_pays(cout, op.stride) and planes_pay(op, cout, pixels)
 
 
 def padded_x(node: Node, x_shape: tuple[int, ...]) -> tuple[int, int] | None:
@@ -124,7 +124,8 @@ def padded_dy(node: Node, saved: object, need_dx: bool) -> tuple[int, int] | Non
     if node.kind != "conv2d" or op.bias or not isinstance(saved, Padded) or saved.xp is None:
         return None
     x_shape = saved.x.shape
-    if not (conv_b.nhwc_weight_grad_pays(op.out_channels) and tiled_input_grad(op, x_shape)):
+    if not (conv_b.nhwc_weight_grad_pays(op.out_channels, op.stride)
+            and tiled_input_grad(op, x_shape)):
         return None
     if need_dx and planes_input_grad(x_shape[1], x_shape, op.kernel[1], op.dilation[1]):
         return None

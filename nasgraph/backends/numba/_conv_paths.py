@@ -109,7 +109,8 @@ def planes_pay(op, out_channels: int, out_pixels: int) -> bool:
     1.7-2.5x; strided ones onto 7x7 outputs 1.7-2x. Asked only where `_wgrad_nhwc`'s
     tiles do not take the weight gradient (`_backward_conv.nhwc_weight_grad_pays`): where
     vectors are 512 bits, convs of at most 8 output channels; where they are 256, convs
-    above NHWC_MAX_CHANNELS_256 (28), so there it says no and the GEMM takes them."""
+    above NHWC_MAX_CHANNELS_256 (32; 28 if strided), so there it says no and the GEMM
+    takes them."""
     kh, kw = op.kernel
     return (kh * kw > 1 and out_channels <= WGRAD_MAX_CHANNELS
             and (op.stride == (1, 1) or out_pixels >= 196))

@@ -315,7 +315,7 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: Padded, w: np.ndarray, run: 
     gp = gy.xp if isinstance(gy, conv_b.PaddedNHWC) else None
     direct_dx = needs[0] and tiled_input_grad(op, x.shape)
     add_dx = needs[0] and not direct_dx
-    nhwc_dw = saved.xp is not None and conv_b.nhwc_weight_grad_pays(cout)
+    nhwc_dw = saved.xp is not None and conv_b.nhwc_weight_grad_pays(cout, op.stride)
     gemm_dw = saved.xp is not None and not nhwc_dw
     gx = gw = dy_planes = None
     if direct_dx and planes_input_grad(cin, x.shape, kw, op.dilation[1]):

@@ -768,6 +768,7 @@ def test_every_weight_gradient_of_tiled_convs_matches_torch(max_channels, wide, 
     monkeypatch.setattr(_conv_paths, "WGRAD_MAX_CHANNELS", max_channels)
     monkeypatch.setattr(conv_b, "WIDE", wide)
     monkeypatch.setattr(conv_b, "NHWC_MAX_CHANNELS_256", nhwc_256)
+    monkeypatch.setattr(conv_b, "NHWC_MAX_CHANNELS_256_STRIDED", nhwc_256)
     check_against_torch(residual_graph())
     b = GraphBuilder("strided")
     x = b.conv(b.input(2, 16, 16), 5, 3, stride=2, padding=1)
@@ -1119,7 +1120,7 @@ def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, traini
     # a BatchNorm whose output only a tiled conv reads writes it zero-padded in NHWC
     # (`_conv_layouts.padded_x`), and one after a conv whose backward reads dy only so
     # (`padded_dy`) writes dx so, forced as where vectors are 512 bits and as where they
-    # are 256 (where the 32-channel conv's weight gradient is the GEMM's, which reads dy
+    # are 256 (where the 48-channel conv's weight gradient is the GEMM's, which reads dy
     # in NCHW): after a stem whose input needs no gradient, with ReLU, ReLU6, no
     # activation, on maps 32 and 16 wide (a row at a time, a plane at a time); not of 24
     # channels (`padded_fits`), after a strided conv, nor after a conv with a bias. One
@@ -1132,7 +1133,7 @@ def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, traini
     b = GraphBuilder("padded")
     x = b.relu(b.bn(b.conv(b.input(3, 6, 32), 16, 3, padding=1, bias=False), name="stem"))
     x = b.act(b.bn(b.conv(x, 16, 3, padding=1, bias=False), name="relu6"), "relu6")
-    x = b.act(b.bn(b.conv(x, 32, 3, padding=1, bias=False), name="plain"), "silu")
+    x = b.act(b.bn(b.conv(x, 48, 3, padding=1, bias=False), name="plain"), "silu")
     x = b.relu(b.bn(b.conv(x, 16, 3, stride=2, padding=1, bias=False), name="strided"))
     x = b.relu(b.bn(b.conv(x, 24, 3, padding=1, bias=False), name="uneven"))
     x = b.relu(b.bn(b.conv(x, 16, 3, padding=1), name="biased"))
