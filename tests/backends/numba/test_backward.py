@@ -777,6 +777,21 @@ def test_every_weight_gradient_of_tiled_convs_matches_torch(max_channels, wide, 
     check_against_torch(b.build(), n=5)
 
 
+@pytest.mark.parametrize("wide, cout, stride, taken", [
+    (False, 28, (2, 2), True), (False, 29, (2, 2), False), (False, 32, (1, 1), True),
+    (False, 33, (1, 1), False), (False, 6, (2, 2), True), (True, 8, (1, 1), False),
+    (True, 9, (2, 2), True), (True, 128, (1, 1), True)])
+def test_nhwc_weight_gradient_rule_by_vector_width_and_stride(monkeypatch, wide, cout,
+                                                              stride, taken):
+    # where vectors are 256 bits, `_wgrad_nhwc`'s tiles take convs of at most 32 output
+    # channels at stride 1 and 28 at others (`nhwc_weight_grad_pays`), the GEMM those
+    # above; where they are 512 bits, those of more than 8, at any stride
+    from nasgraph.backends.numba import _backward_conv as conv_b
+
+    monkeypatch.setattr(conv_b, "WIDE", wide)
+    assert conv_b.nhwc_weight_grad_pays(cout, stride) is taken
+
+
 def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
     # where vectors are 512 bits, convs of few output channels run forward on their
     # input's phase planes and stride-1 ones of few input channels their input gradient
