@@ -20,7 +20,9 @@ by memory there (docs/numba.md, "BatchNorm writes what the conv reads").
 `store_columns8` (and its twins of 4 and 2 rows) does the same the other way round, for
 the tiled convs' NCHW outputs: a tile of 8 pixels x 16 channels, its columns written as
 a channel's 8 pixels, by those of the rounds that swap blocks smaller than 8 (docs/numba.md,
-"The tiles' NCHW epilogue in registers").
+"The tiles' NCHW epilogue in registers"); `store_columns8x8` and its twins for tiles of
+8 channels. `pixels8` and `pixels16` copy fewer than 8 (16) channels of NCHW planes into
+NHWC, 8 (16) pixels at a time, each pixel's vector stored whole (`_tiled.to_padded_nhwc`).
 """
 
 from __future__ import annotations
