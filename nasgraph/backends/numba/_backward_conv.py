@@ -50,7 +50,7 @@ from nasgraph.backends.numba import _tiled_wide48 as wide48_k
 from nasgraph.backends.numba import _wgrad_nhwc as wgrad_nhwc_k
 from nasgraph.backends.numba import _wgrad_row as wgrad_row_k
 from nasgraph.backends.numba import _winograd as winograd_k
-from nasgraph.backends.numba._isa import wide_vectors
+from nasgraph.backends.numba._isa import l2_bytes, wide_vectors
 
 # samples share one GEMM until it has this many columns: fewer, larger BLAS calls
 COLUMNS = 2048
@@ -59,6 +59,8 @@ WIDE = wide_vectors()  # 512-bit vectors: `conv2d_direct` may take `_tiled_wide`
 # pixels that `_wgrad_nhwc`'s tiles sum in float32 before a thread adds them into its
 # float64 share: a chunk of samples whose input and dy the tiles re-read from cache
 CHUNK_PIXELS = 1024
+# the bytes of input and dy a chunk may hold: half of a core's L2 (`chunk_samples`)
+CHUNK_BYTES = (l2_bytes() or 0) // 2
 NHWC_TILES = wgrad_nhwc_k.NHWC_TILES  # (columns, channels): `nhwc_weight_grad_tile`
 
 
@@ -635,7 +637,7 @@ def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, i
         to_channels_last(gy, gt)
         geometry, gf = (ho * wo * cp, wo * cp, cp, 0), gt.reshape(gt.size)
     parts = np.zeros((threads, offs.size, cp))
-    chunk = max(1, CHUNK_PIXELS // (ho * wo))
+    chunk = chunk_samples(ho * wo, (xp[0].size + geometry[0]) * xp.itemsize)
     row_tile = row_weight_grad(cout, cin, kernel, stride, wo)
     if row_tile is not None:
         weight_grad_rows(xp, gf, geometry, parts, ho, wo, stride[0], dilation, kernel[0],
@@ -646,6 +648,21 @@ def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, i
     dw = np.empty((cout, cin, *kernel), np.float32)
     unpack_weight_grad(parts, dw)
     return dw
+
+
+def chunk_samples(pixels: int, sample_bytes: int) -> int:
+    """How many samples of `pixels` output pixels `_wgrad_nhwc`'s tiles take at a time:
+    CHUNK_PIXELS pixels, fewer where their input and dy (`sample_bytes` a sample) would
+    not fit in CHUNK_BYTES, half of the L2 (1 and more). Every tile pass reads the whole
+    chunk again, from L2 where it fits. Measured on an AMD EPYC (512 KB of L2), one
+    thread, 3x3 convs at batch 128 (docs/numba.md, "The weight gradient on AVX2"): where
+    1024 pixels held 330-590 KB, 28 and 32 channels onto 4x4 and 8x8 maps, 0.73-0.91x
+    the time; where they held less (7-24 channels onto 7x7 to 32x32), smaller chunks
+    were no faster. Where the L2 cannot be read, CHUNK_PIXELS alone."""
+    chunk = max(1, CHUNK_PIXELS // pixels)
+    if CHUNK_BYTES:
+        chunk = min(chunk, max(1, CHUNK_BYTES // sample_bytes))
+    return chunk
 
 
 def shares_padded_dy(out_channels: int, pad: tuple[int, int], width: int) -> bool:

@@ -1806,6 +1806,54 @@ def test_nhwc_weight_gradient_reads_the_input_gradients_padded_dy(cout, stride, 
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
+def test_l2_size_from_sysfs(tmp_path):
+    # `_isa.l2_bytes` reads the level-2 entry of Linux's cache directory, its size in
+    # kilobytes or megabytes, and says None where there is none to read
+    from nasgraph.backends.numba import _isa
+
+    for index, (level, size) in enumerate([("1", "32K"), ("1", "32K"), ("2", "2048K"),
+                                           ("3", "32768K")]):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "level").write_text(level + "\n")
+        (tmp_path / f"index{index}" / "size").write_text(size + "\n")
+    assert _isa.l2_bytes(str(tmp_path)) == 2 << 20
+    (tmp_path / "index2" / "size").write_text("1M\n")
+    assert _isa.l2_bytes(str(tmp_path)) == 1 << 20
+    assert _isa.l2_bytes(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize("cin, cout, stride", [(28, 28, 1), (14, 28, 2), (7, 7, 1)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_weight_gradient_chunks_fit_half_the_l2(cin, cout, stride, threads, monkeypatch):
+    # `_wgrad_nhwc`'s tiles take CHUNK_PIXELS pixels of samples at a time, fewer where
+    # their input and dy would not fit in CHUNK_BYTES (half the L2), at least one; the
+    # gradient is the same however the batch is cut (here into chunks of 2 samples and
+    # a last one of 1, per thread), in the tiles of this CPU's vector width
+    from nasgraph.backends.numba import _backward_conv as conv_b
+
+    monkeypatch.setattr(conv_b, "CHUNK_BYTES", 256 << 10)
+    assert conv_b.chunk_samples(16, 8064) == 32  # 28 channels on 4x4: 64 samples, 504 KB
+    assert conv_b.chunk_samples(196, 14336) == 5  # 7 channels on 14x14: CHUNK_PIXELS
+    assert conv_b.chunk_samples(16, 1 << 20) == 1
+    monkeypatch.setattr(conv_b, "CHUNK_BYTES", 0)  # the L2 unknown
+    assert conv_b.chunk_samples(16, 8064) == 64
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(5, cin, 8, 8, dtype=torch.float64, generator=gen)
+    w = torch.randn(cout, cin, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    y = F.conv2d(x, w, stride=stride, padding=1)
+    gy = torch.randn(y.shape, dtype=torch.float64, generator=gen)
+    (y * gy).sum().backward()
+    xp = conv_b.padded_nhwc(x.float().numpy(), (1, 1), threads)
+    gp = conv_b.padded_nhwc(gy.float().numpy(), (1, 1), threads)
+    sample = (xp[0].size + gp[0].size) * xp.itemsize
+    monkeypatch.setattr(conv_b, "CHUNK_BYTES", 2 * sample + 1)
+    got = conv_b.conv2d_weight_grad_nhwc(xp, gy.float().numpy(), (3, 3), (stride, stride), 1,
+                                         threads, gp, (1, 1))
+    ref = w.grad.numpy()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
 @pytest.mark.parametrize("kernel, stride, pad, dilation", [
     ((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1), (1, 1)),
     ((5, 5), (2, 2), (2, 2), (1, 1)), ((3, 1), (2, 1), (1, 0), (1, 1)),
