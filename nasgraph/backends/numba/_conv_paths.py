@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from nasgraph.backends.numba import _backward_conv as conv_b
 from nasgraph.backends.numba import _planes as planes_k
+from nasgraph.backends.numba import _strided_dx as strided_k
 from nasgraph.backends.numba import _tiled as tiled_k
 
 
@@ -195,6 +196,26 @@ def dx_is_conv(op) -> bool:
     `_wgrad`'s on the input's planes is faster there too)."""
     (kh, kw), (dh, dw) = op.kernel, op.dilation
     return op.stride == (1, 1) and (kh - 1) * dh >= op.pad[0] and (kw - 1) * dw >= op.pad[1]
+
+
+def strided_dx_pays(op, in_channels: int, out_channels: int) -> bool:
+    """Whether a strided tiled conv's input gradient is summed in registers
+    (`_strided_dx`) rather than as the GEMM back = dyᵀ · W added window by window:
+    where vectors are 256 bits, a kernel row of at most 24 values (kw·Cin: 3x3 kernels
+    of at most 8 input channels), at least STRIDED_DX_MIN_OUT output channels, no
+    dilation across. Measured on an AMD EPYC with AVX2, one thread, stride 2 at batch
+    128 (docs/numba.md, "The strided input gradient in registers"), dx alone, the copy
+    out of its padded layout included: 0.63-0.72x the GEMM's time for 4 -> 8 to 8 -> 16
+    channels on 7x7 to 28x28 inputs; 3 -> 6 on 28x28 1.04x (6 output channels: a tile's
+    loop over them too short); 16 input channels on 2 x 6 tiles 1.4-1.7x. Where vectors
+    are 512 bits it was not measured, and the GEMM keeps them."""
+    return (not conv_b.WIDE and op.stride != (1, 1) and op.dilation[1] == 1
+            and out_channels >= STRIDED_DX_MIN_OUT
+            and strided_k.vectors(op.kernel[1] * in_channels) <= strided_k.MAX_VECTORS)
+
+
+# strided convs of fewer output channels keep the GEMM's input gradient (`strided_dx_pays`)
+STRIDED_DX_MIN_OUT = 8
 
 
 def tiled_input_grad(op, shape: tuple[int, ...]) -> bool:

@@ -18,6 +18,7 @@ from nasgraph.backends.numba import _depthwise_lanes as lanes_k
 from nasgraph.backends.numba import _planes as planes_k
 from nasgraph.backends.numba import _planes_depthwise as depthwise_planes_k
 from nasgraph.backends.numba import _planes_wgrad as wgrad_planes_k
+from nasgraph.backends.numba import _strided_dx as strided_k
 from nasgraph.backends.numba._activations import ACT_CODES
 from nasgraph.backends.numba._conv_layouts import Padded, weight_grad_on_planes
 from nasgraph.backends.numba._conv_paths import (
@@ -28,6 +29,7 @@ from nasgraph.backends.numba._conv_paths import (
     planes_forward,
     planes_grouped,
     planes_input_grad,
+    strided_dx_pays,
     subsampled_pointwise,
     tiled_input_grad,
 )
@@ -307,7 +309,8 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: Padded, w: np.ndarray, run: 
     # gradient of a stride-1 conv is a conv of gy (seed 003's full convolution), on its
     # phase planes for few input channels where vectors are 512 bits
     # (`planes_input_grad`), else tiled, on dy's padded NHWC copy, which the NHWC weight
-    # gradient then reads too (`shares_padded_dy`); of others added back window by window
+    # gradient then reads too (`shares_padded_dy`); of others summed in registers where
+    # that pays (`strided_dx_pays`), else added back window by window
     cout, cin, kh, kw = w.shape
     x = saved.x
     # dy as its producer wrote it, zero-padded in NHWC (`padded_dy`): the paths taken
@@ -318,6 +321,10 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: Padded, w: np.ndarray, run: 
     nhwc_dw = saved.xp is not None and conv_b.nhwc_weight_grad_pays(cout, op.stride)
     gemm_dw = saved.xp is not None and not nhwc_dw
     gx = gw = dy_planes = None
+    if add_dx and isinstance(gy, np.ndarray) and strided_dx_pays(op, cin, cout):
+        gx = strided_k.input_gradient(gy, w, x.shape, op.stride, op.pad, op.dilation[0],
+                                      run.threads)
+        add_dx = False
     if direct_dx and planes_input_grad(cin, x.shape, kw, op.dilation[1]):
         gx, dy_planes = planes_k.conv2d_input_grad(gy, w, x.shape, op.pad, op.dilation,
                                                    run.threads)

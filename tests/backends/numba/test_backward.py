@@ -1806,6 +1806,60 @@ def test_nhwc_weight_gradient_reads_the_input_gradients_padded_dy(cout, stride, 
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("cin, cout, kernel, stride, pad, dilation", [
+    (7, 14, 3, 2, 1, 1), (8, 16, 3, 2, 1, 1), (3, 8, 3, (2, 1), 1, 1), (4, 9, 5, 2, 2, 1),
+    (2, 8, 3, 3, 0, 1), (6, 12, 3, 2, (2, 1), (2, 1)), (5, 8, 1, 2, 1, 1)])
+def test_strided_input_gradient_in_registers_matches_torch(cin, cout, kernel, stride, pad,
+                                                           dilation, monkeypatch):
+    # where vectors are 256 bits (forced here, whatever this CPU has), a strided conv of
+    # at most 24 values a kernel row and 8+ output channels sums its input gradient in
+    # registers (`_strided_dx`): odd strides, a stride down only, a 5x5 kernel, no
+    # padding, dilation down, a padded 1x1 kernel, on one thread and on two, 5 samples,
+    # pixels left over after whole tiles, through a whole training pass
+    from nasgraph.backends.numba import _backward_conv as conv_b
+    from nasgraph.backends.numba import _strided_dx
+
+    monkeypatch.setattr(conv_b, "WIDE", False)
+    calls = []
+    original = _strided_dx.input_gradient
+    monkeypatch.setattr(_strided_dx, "input_gradient",
+                        lambda *args: calls.append(args[1].shape) or original(*args))
+    b = GraphBuilder("strided_dx")
+    x = b.relu(b.conv(b.input(2, 13, 11), cin, 3, padding=1, name="stem"))
+    x = b.conv(x, cout, kernel, stride=stride, padding=pad, dilation=dilation, name="conv")
+    b.output(b.linear(b.flatten(b.relu(x)), CLASSES, name="fc"))
+    passes = check_on_one_thread_and_two(b.build())
+    assert calls == [(cout, cin, kernel, kernel)] * passes
+
+
+def test_strided_input_gradient_rule():
+    # `strided_dx_pays`: strided, a kernel row of at most 24 values (3 vectors of 8),
+    # at least 8 output channels, no dilation across, vectors of 256 bits
+    from nasgraph.backends.numba import _backward_conv as conv_b
+    from nasgraph.backends.numba import _strided_dx
+    from nasgraph.ir import ops
+
+    def pays(cin, cout, kernel=3, stride=2, dilation=1, wide=False):
+        op = ops.Conv2d(out_channels=cout, kernel=kernel, stride=stride, padding=1,
+                        dilation=dilation)
+        before, conv_b.WIDE = conv_b.WIDE, wide
+        try:
+            return _conv_paths.strided_dx_pays(op, cin, cout)
+        finally:
+            conv_b.WIDE = before
+
+    assert pays(8, 16) and pays(7, 8) and pays(4, 9, kernel=5) and pays(3, 8, stride=(2, 1))
+    assert not pays(9, 16)  # 27 values a kernel row
+    assert not pays(8, 7)  # too few output channels
+    assert not pays(8, 16, stride=1)
+    assert not pays(8, 16, dilation=(1, 2))
+    assert not pays(8, 16, wide=True)
+    with pytest.raises(ValueError, match="more than 24 values"):
+        _strided_dx.input_gradient(np.zeros((1, 4, 4, 4), np.float32),
+                                   np.zeros((4, 9, 3, 3), np.float32), (1, 9, 8, 8), (2, 2),
+                                   (1, 1), 1, 1)
+
+
 def test_l2_size_from_sysfs(tmp_path):
     # `_isa.l2_bytes` reads the level-2 entry of Linux's cache directory, its size in
     # kilobytes or megabytes, and says None where there is none to read

@@ -1,0 +1,215 @@
+"""The input gradient of a strided conv of few input channels, summed in registers.
+
+Seed 003's input gradient of a strided conv adds each output pixel's dy, through the
+kernel, back into the window the forward read:
+
+    dx[window(p) + (i, j), c] += sum over output channels o of w[o, c, i, j] * dy[o, p]
+
+`_backward_conv.conv2d_nhwc_backward` computes the products for all pixels as one GEMM
+(back = dyᵀ · W, pixels x kh·kw·Cin) and then adds them window by window. With a few
+output channels that GEMM's inner dimension is Cout, 6-16: OpenBLAS ran it at 40-50
+GFLOP/s on an AMD EPYC, and the product matrix went through memory twice more, written
+and read back. Here a tile of P output pixels x one kernel row keeps its sums in vector
+registers: for each output channel, the row's weights (kw·Cin values, a run of V vectors
+of 8, zero past the run) times dy at each of the P pixels, then each pixel's V vectors
+added into its window's row of dx, zero-padded in NHWC, where that row is kw·Cin
+consecutive values. The zeros past the run add nothing; the arrays are laid out with
+room for them (`SLACK`).
+
+A tile is 4 pixels x a run of up to 3 vectors (kw·Cin <= 24: 3x3 kernels of at most 8
+input channels), 12 of AVX2's 16 vector registers of sums. Wider runs took longer than
+the GEMM: with 2 x 6 tiles (16 input channels) 1.4-1.7x its time, the weights not held
+in registers. `_conv_paths.strided_dx_pays` says which convs take it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from nasgraph.backends.numba._backward_conv import from_padded_nhwc
+
+WIDTH = 8  # float32 lanes of a vector: 256 bits
+_F32X8 = ir.VectorType(ir.FloatType(), WIDTH)
+_I64 = ir.IntType(64)
+PIXELS = 4  # output pixels a tile: 4 x 3 vectors of sums, 12 of AVX2's 16 registers
+MAX_VECTORS = 3  # vectors of a kernel row's run: kw·Cin <= 24
+SLACK = WIDTH - 1  # values past a sample's padded dx that the last run's zeros reach
+
+
+def vectors(run: int) -> int:
+    """The vectors of 8 that a kernel row's run of kw·Cin values takes."""
+    return -(-run // WIDTH)
+
+
+def _splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
+    one = builder.insert_element(ir.Constant(_F32X8, None), value, ir.Constant(_I64, 0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32),
+                                                                      WIDTH), [0] * WIDTH))
+
+
+def _vector(builder: ir.IRBuilder, base, at) -> ir.Value:
+    return builder.bitcast(builder.gep(base, [at]), _F32X8.as_pointer())
+
+
+def _tile_intrinsic(pixels: int, n_vectors: int):
+    """`tile{pixels}x{n_vectors}`: the sums of `pixels` output pixels x one kernel row,
+    added into dx."""
+
+    def tile(typingctx, gy, g_ats, g_step, count, w, w_at, dst, d_ats):
+        if not all(isinstance(a, types.UniTuple) and a.count == pixels for a in (g_ats, d_ats)):
+            return None  # numba then names the arguments it could not type
+        sig = types.void(gy, g_ats, types.uint64, types.uint64, w, types.uint64, dst, d_ats)
+
+        def codegen(context, builder, signature, args):
+            g_ptr, w_ptr, d_ptr = (context.make_array(signature.args[k])(
+                context, builder, args[k]).data for k in (0, 4, 6))
+            _, g_ats, g_step, count, _, w_at, _, d_ats = args
+            zero = ir.Constant(_F32X8, [0.0] * WIDTH)
+            sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(n_vectors)]
+                    for _ in range(pixels)]
+            flags = ("contract",)
+            step = ir.Constant(_I64, n_vectors * WIDTH)
+            with cgutils.for_range(builder, count) as loop:
+                o = loop.index  # the output channel
+                w_row = builder.add(w_at, builder.mul(o, step))
+                ws = [builder.load(_vector(builder, w_ptr, builder.add(
+                    w_row, ir.Constant(_I64, v * WIDTH))), align=4) for v in range(n_vectors)]
+                g_o = builder.mul(o, g_step)
+                for p in range(pixels):
+                    g = _splat(builder, builder.load(builder.gep(
+                        g_ptr, [builder.add(builder.extract_value(g_ats, p), g_o)])))
+                    for v in range(n_vectors):
+                        acc = sums[p][v]
+                        builder.store(builder.fadd(builder.load(acc), builder.fmul(
+                            g, ws[v], flags=flags), flags=flags), acc)
+            for p in range(pixels):
+                d_at = builder.extract_value(d_ats, p)
+                for v in range(n_vectors):
+                    at = _vector(builder, d_ptr, builder.add(d_at, ir.Constant(_I64, v * WIDTH)))
+                    builder.store(builder.fadd(builder.load(at, align=4),
+                                               builder.load(sums[p][v])), at, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    tile.__name__ = f"tile{pixels}x{n_vectors}"
+    return intrinsic(tile)
+
+
+# tilePxV(gy, g_ats, g_step, count, w, w_at, dst, d_ats): for the pixels p < P,
+# dst[d_ats[p] + k] += the sum over o < count of w[w_at + o * 8V + k] * gy[g_ats[p] + o *
+# g_step], k < 8V (flat float32 arrays, unsigned offsets; g_ats and d_ats tuples of P).
+# No bounds are checked.
+tile4x1, tile4x2, tile4x3 = (_tile_intrinsic(PIXELS, v) for v in (1, 2, 3))
+tile1x1, tile1x2, tile1x3 = (_tile_intrinsic(1, v) for v in (1, 2, 3))
+
+
+def packed_rows(w: np.ndarray) -> np.ndarray:
+    """w (Cout x Cin x kh x kw) as kh x Cout x 8V: kernel row i of output channel o its
+    run of kw·Cin values, tap by tap, each tap's input channels, zero past the run."""
+    cout, cin, kh, kw = w.shape
+    run = kw * cin
+    rows = np.zeros((kh, cout, vectors(run) * WIDTH), np.float32)
+    rows[:, :, :run] = w.transpose(2, 0, 3, 1).reshape(kh, cout, run)
+    return rows
+
+
+@njit(inline="always", cache=True)
+def _tile(n_vectors, pixels, g1, g_ats, g_step, cout, w1, w_at, d1, d_ats):
+    # the tile of `pixels` (PIXELS or 1) for a run of n_vectors vectors
+    c = np.uint64(cout)
+    if pixels == 1:
+        g, d = (g_ats[0],), (d_ats[0],)
+        if n_vectors == 1:
+            tile1x1(g1, g, g_step, c, w1, w_at, d1, d)
+        elif n_vectors == 2:
+            tile1x2(g1, g, g_step, c, w1, w_at, d1, d)
+        else:
+            tile1x3(g1, g, g_step, c, w1, w_at, d1, d)
+    else:
+        g4 = (g_ats[0], g_ats[1], g_ats[2], g_ats[3])
+        d4 = (d_ats[0], d_ats[1], d_ats[2], d_ats[3])
+        if n_vectors == 1:
+            tile4x1(g1, g4, g_step, c, w1, w_at, d1, d4)
+        elif n_vectors == 2:
+            tile4x2(g1, g4, g_step, c, w1, w_at, d1, d4)
+        else:
+            tile4x3(g1, g4, g_step, c, w1, w_at, d1, d4)
+
+
+@functools.lru_cache(maxsize=64)
+def pixel_order(ho: int, wo: int, kw: int, stride: tuple[int, int], wp: int, cin: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The output pixels in the order the tiles take them, and the offset of each one's
+    window in a padded NHWC sample Wp wide (once per geometry, shared, never written).
+    Each row's columns go by their remainder modulo ceil(kw / sw), so that the windows
+    of a tile's pixels in one row do not overlap and no tile reads back a vector it has
+    just written (which the CPU cannot forward from its store): 0.71-0.75x the time of
+    row order for 3x3 convs onto 7x7 at stride 2, one thread (docs/numba.md)."""
+    sh, sw = stride
+    apart = -(-kw // sw)
+    cols = np.concatenate([np.arange(r, wo, apart) for r in range(min(apart, wo))])
+    oh, ow = np.repeat(np.arange(ho), len(cols)), np.tile(cols, ho)
+    return ((oh * wo + ow).astype(np.int64),
+            ((oh * sh * wp + ow * sw) * cin).astype(np.int64))
+
+
+@njit(parallel=True, cache=True)
+def input_grad(gy, rows, gxp, order, windows, row, threads):
+    """gxp (N x values a sample, zero on entry) += the input gradient of a conv (no
+    groups, no dilation across) with `rows` (`packed_rows`) at dy, gy (N x Cout x Ho x
+    Wo): sample n's zero-padded Hp x Wp x Cin dx in gxp[n, :Hp·Wp·Cin], the values after
+    it (at least SLACK) room for the zeros past each run. The output pixels go in
+    `order`, `windows` their windows' offsets (`pixel_order`); kernel row i is i·`row`
+    values below (dilation down times Wp·Cin). Each thread its share of the samples."""
+    n_batch, cout, ho, wo = gy.shape
+    kh = rows.shape[0]
+    hw = ho * wo
+    n_vectors = rows.shape[2] // WIDTH
+    g1, w1, d1 = gy.reshape(gy.size), rows.reshape(rows.size), gxp.reshape(gxp.size)
+    g_step = np.uint64(hw)
+    w_step = cout * rows.shape[2]
+    for t in prange(threads):
+        g_ats = np.empty(PIXELS, np.uint64)
+        d_ats = np.empty(PIXELS, np.uint64)
+        for n in range(t * n_batch // threads, (t + 1) * n_batch // threads):
+            g_n, d_n = n * cout * hw, n * gxp.shape[1]
+            for i in range(kh):
+                d_i = d_n + i * row
+                q = 0
+                while q < hw:
+                    width = PIXELS if q + PIXELS <= hw else 1
+                    for k in range(width):
+                        g_ats[k] = g_n + order[q + k]
+                        d_ats[k] = d_i + windows[q + k]
+                    _tile(n_vectors, width, g1, g_ats, g_step, cout, w1,
+                          np.uint64(i * w_step), d1, d_ats)
+                    q += width
+
+
+def input_gradient(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...],
+                   stride: tuple[int, int], pad: tuple[int, int], dilation: int,
+                   threads: int) -> np.ndarray:
+    """dx (N x Cin x H x W) of a conv with w (Cout x Cin x kh x kw; kw·Cin <= 24), the
+    given stride and padding and `dilation` down (none across), at gy (N x Cout x Ho x
+    Wo): summed by `input_grad` into a zero-padded NHWC dx, whose interior is then
+    copied out."""
+    n, cin, h, wd = x_shape
+    kh, kw = w.shape[2:]
+    if vectors(kw * cin) > MAX_VECTORS:
+        raise ValueError(f"a kernel row of {kw} x {cin} input channels is more than "
+                         f"{MAX_VECTORS * WIDTH} values")
+    hp, wp = h + 2 * pad[0], wd + 2 * pad[1]
+    size = hp * wp * cin
+    gxp = np.zeros((n, size + SLACK), np.float32)
+    order, windows = pixel_order(*gy.shape[2:], kw, stride, wp, cin)
+    input_grad(gy, packed_rows(w), gxp, order, windows, dilation * wp * cin, threads)
+    gx = np.empty(x_shape, np.float32)
+    from_padded_nhwc(gxp[:, :size].reshape(n, hp, wp, cin), gx, *pad)
+    return gx
