@@ -198,18 +198,19 @@ def input_gradient(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...],
                    threads: int) -> np.ndarray:
     """dx (N x Cin x H x W) of a conv with w (Cout x Cin x kh x kw; kw·Cin <= 24), the
     given stride and padding and `dilation` down (none across), at gy (N x Cout x Ho x
-    Wo): summed by `input_grad` into a zero-padded NHWC dx, whose interior is then
-    copied out."""
+    Wo): summed by `input_grad` into a zero-padded NHWC dx (with rows of room below
+    each sample for the zeros past the runs), whose interior is then copied out."""
     n, cin, h, wd = x_shape
     kh, kw = w.shape[2:]
     if vectors(kw * cin) > MAX_VECTORS:
         raise ValueError(f"a kernel row of {kw} x {cin} input channels is more than "
                          f"{MAX_VECTORS * WIDTH} values")
     hp, wp = h + 2 * pad[0], wd + 2 * pad[1]
-    size = hp * wp * cin
-    gxp = np.zeros((n, size + SLACK), np.float32)
+    below = -(-SLACK // (wp * cin))  # rows of room for the zeros past the last run
+    gxp = np.zeros((n, hp + below, wp, cin), np.float32)
     order, windows = pixel_order(*gy.shape[2:], kw, stride, wp, cin)
-    input_grad(gy, packed_rows(w), gxp, order, windows, dilation * wp * cin, threads)
+    input_grad(gy, packed_rows(w), gxp.reshape(n, -1), order, windows, dilation * wp * cin,
+               threads)
     gx = np.empty(x_shape, np.float32)
-    from_padded_nhwc(gxp[:, :size].reshape(n, hp, wp, cin), gx, *pad)
+    from_padded_nhwc(gxp, gx, *pad)
     return gx

@@ -1832,6 +1832,23 @@ def test_strided_input_gradient_in_registers_matches_torch(cin, cout, kernel, st
     assert calls == [(cout, cin, kernel, kernel)] * passes
 
 
+@pytest.mark.parametrize("c", [1, 3, 7, 8, 9, 14, 16, 17, 33])
+@pytest.mark.parametrize("h, w, ph, pw", [(14, 14, 1, 1), (6, 28, 1, 1), (4, 4, 0, 0),
+                                          (5, 7, 1, 2), (3, 2, 2, 1)])
+def test_from_padded_nhwc_every_path(c, h, w, ph, pw):
+    # the interior of a padded NHWC tensor back to NCHW: rows of an even width 8, 4 and 2
+    # pixels at a time, of up to 8 or 16 channels a vector, blocks of 16 and a partial
+    # one past 16; odd widths and unpadded ones (whose last vector would read past the
+    # end) value by value. Exactly the interior, bit for bit, nothing else written
+    from nasgraph.backends.numba import _backward_conv as conv_b
+
+    xp = np.random.default_rng(c).standard_normal((3, h + 2 * ph, w + 2 * pw, c)).astype(
+        np.float32)
+    x = np.full((3, c, h, w), np.nan, np.float32)
+    conv_b.from_padded_nhwc(xp, x, ph, pw)
+    np.testing.assert_array_equal(x, xp[:, ph:ph + h, pw:pw + w].transpose(0, 3, 1, 2))
+
+
 def test_strided_input_gradient_rule():
     # `strided_dx_pays`: strided, a kernel row of at most 24 values (3 vectors of 8),
     # at least 8 output channels, no dilation across, vectors of 256 bits
