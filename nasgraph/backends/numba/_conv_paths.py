@@ -201,14 +201,15 @@ def dx_is_conv(op) -> bool:
 def strided_dx_pays(op, in_channels: int, out_channels: int) -> bool:
     """Whether a strided tiled conv's input gradient is summed in registers
     (`_strided_dx`) rather than as the GEMM back = dyᵀ · W added window by window:
-    where vectors are 256 bits, a kernel row of at most 24 values (kw·Cin: 3x3 kernels
-    of at most 8 input channels), at least STRIDED_DX_MIN_OUT output channels, no
+    where vectors are 256 bits, a kernel row of at most 96 values (kw·Cin: 3x3 kernels
+    of at most 32 input channels), at least STRIDED_DX_MIN_OUT output channels, no
     dilation across. Measured on an AMD EPYC with AVX2, one thread, stride 2 at batch
-    128 (docs/numba.md, "The strided input gradient in registers"), dx alone, the copy
-    out of its padded layout included: 0.63-0.72x the GEMM's time for 4 -> 8 to 8 -> 16
-    channels on 7x7 to 28x28 inputs; 3 -> 6 on 28x28 1.04x (6 output channels: a tile's
-    loop over them too short); 16 input channels on 2 x 6 tiles 1.4-1.7x. Where vectors
-    are 512 bits it was not measured, and the GEMM keeps them."""
+    128 (64 where said; docs/numba.md, "The strided input gradient in registers"), dx
+    alone, the copy out of its padded layout included: 0.63-0.72x the GEMM's time for 4
+    -> 8 to 8 -> 16 channels on 7x7 to 28x28 inputs, 0.76-0.80x for 9-16 input channels,
+    0.81-0.87x for 20-32 (32 -> 64 on 16x16 at 64); 3 -> 6 on 28x28 1.04x (6 output
+    channels: a tile's loop over them too short). Where vectors are 512 bits it was not
+    measured, and the GEMM keeps them."""
     return (not conv_b.WIDE and op.stride != (1, 1) and op.dilation[1] == 1
             and out_channels >= STRIDED_DX_MIN_OUT
             and strided_k.vectors(op.kernel[1] * in_channels) <= strided_k.MAX_VECTORS)

@@ -16,10 +16,12 @@ added into its window's row of dx, zero-padded in NHWC, where that row is kw·Ci
 consecutive values. The zeros past the run add nothing; the arrays are laid out with
 room for them (`SLACK`).
 
-A tile is 4 pixels x a run of up to 3 vectors (kw·Cin <= 24: 3x3 kernels of at most 8
-input channels), 12 of AVX2's 16 vector registers of sums. Wider runs took longer than
-the GEMM: with 2 x 6 tiles (16 input channels) 1.4-1.7x its time, the weights not held
-in registers. `_conv_paths.strided_dx_pays` says which convs take it.
+A tile is 4 pixels x up to 3 vectors of a kernel row's run, 12 of AVX2's 16 vector
+registers of sums; longer runs (up to 12 vectors: kw·Cin <= 96, 3x3 kernels of at most
+32 input channels) go in parts of 3 vectors, each pixel's dy loaded again for each
+part. Tiles of 2 pixels x 6 vectors, for 16 input channels, took 1.4-1.7x the GEMM's
+time, their weights not held in registers. `_conv_paths.strided_dx_pays` says which
+convs take it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ WIDTH = 8  # float32 lanes of a vector: 256 bits
 _F32X8 = ir.VectorType(ir.FloatType(), WIDTH)
 _I64 = ir.IntType(64)
 PIXELS = 4  # output pixels a tile: 4 x 3 vectors of sums, 12 of AVX2's 16 registers
-MAX_VECTORS = 3  # vectors of a kernel row's run: kw·Cin <= 24
+TILE_VECTORS = 3  # vectors of a kernel row's run a tile takes, the run in such parts
+MAX_VECTORS = 12  # vectors of a kernel row's run: kw·Cin <= 96
 SLACK = WIDTH - 1  # values past a sample's padded dx that the last run's zeros reach
 
 
@@ -61,25 +64,25 @@ def _tile_intrinsic(pixels: int, n_vectors: int):
     """`tile{pixels}x{n_vectors}`: the sums of `pixels` output pixels x one kernel row,
     added into dx."""
 
-    def tile(typingctx, gy, g_ats, g_step, count, w, w_at, dst, d_ats):
+    def tile(typingctx, gy, g_ats, g_step, count, w, w_at, w_row, dst, d_ats):
         if not all(isinstance(a, types.UniTuple) and a.count == pixels for a in (g_ats, d_ats)):
             return None  # numba then names the arguments it could not type
-        sig = types.void(gy, g_ats, types.uint64, types.uint64, w, types.uint64, dst, d_ats)
+        sig = types.void(gy, g_ats, types.uint64, types.uint64, w, types.uint64,
+                         types.uint64, dst, d_ats)
 
         def codegen(context, builder, signature, args):
             g_ptr, w_ptr, d_ptr = (context.make_array(signature.args[k])(
-                context, builder, args[k]).data for k in (0, 4, 6))
-            _, g_ats, g_step, count, _, w_at, _, d_ats = args
+                context, builder, args[k]).data for k in (0, 4, 7))
+            _, g_ats, g_step, count, _, w_at, w_row, _, d_ats = args
             zero = ir.Constant(_F32X8, [0.0] * WIDTH)
             sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(n_vectors)]
                     for _ in range(pixels)]
             flags = ("contract",)
-            step = ir.Constant(_I64, n_vectors * WIDTH)
             with cgutils.for_range(builder, count) as loop:
                 o = loop.index  # the output channel
-                w_row = builder.add(w_at, builder.mul(o, step))
+                w_o = builder.add(w_at, builder.mul(o, w_row))
                 ws = [builder.load(_vector(builder, w_ptr, builder.add(
-                    w_row, ir.Constant(_I64, v * WIDTH))), align=4) for v in range(n_vectors)]
+                    w_o, ir.Constant(_I64, v * WIDTH))), align=4) for v in range(n_vectors)]
                 g_o = builder.mul(o, g_step)
                 for p in range(pixels):
                     g = _splat(builder, builder.load(builder.gep(
@@ -102,10 +105,10 @@ def _tile_intrinsic(pixels: int, n_vectors: int):
     return intrinsic(tile)
 
 
-# tilePxV(gy, g_ats, g_step, count, w, w_at, dst, d_ats): for the pixels p < P,
-# dst[d_ats[p] + k] += the sum over o < count of w[w_at + o * 8V + k] * gy[g_ats[p] + o *
-# g_step], k < 8V (flat float32 arrays, unsigned offsets; g_ats and d_ats tuples of P).
-# No bounds are checked.
+# tilePxV(gy, g_ats, g_step, count, w, w_at, w_row, dst, d_ats): for the pixels p < P,
+# dst[d_ats[p] + k] += the sum over o < count of w[w_at + o * w_row + k] * gy[g_ats[p] +
+# o * g_step], k < 8V (flat float32 arrays, unsigned offsets; g_ats and d_ats tuples of
+# P). No bounds are checked.
 tile4x1, tile4x2, tile4x3 = (_tile_intrinsic(PIXELS, v) for v in (1, 2, 3))
 tile1x1, tile1x2, tile1x3 = (_tile_intrinsic(1, v) for v in (1, 2, 3))
 
@@ -121,26 +124,27 @@ def packed_rows(w: np.ndarray) -> np.ndarray:
 
 
 @njit(inline="always", cache=True)
-def _tile(n_vectors, pixels, g1, g_ats, g_step, cout, w1, w_at, d1, d_ats):
-    # the tile of `pixels` (PIXELS or 1) for a run of n_vectors vectors
-    c = np.uint64(cout)
+def _tile(n_vectors, pixels, g1, g_ats, g_step, cout, w1, w_at, w_row, d1, d_ats, shift):
+    # the tile of `pixels` (PIXELS or 1) for n_vectors (<= 3) vectors of a kernel row's
+    # run from its value `shift` on
+    c, u = np.uint64(cout), np.uint64(shift)
     if pixels == 1:
-        g, d = (g_ats[0],), (d_ats[0],)
+        g, d = (g_ats[0],), (d_ats[0] + u,)
         if n_vectors == 1:
-            tile1x1(g1, g, g_step, c, w1, w_at, d1, d)
+            tile1x1(g1, g, g_step, c, w1, w_at, w_row, d1, d)
         elif n_vectors == 2:
-            tile1x2(g1, g, g_step, c, w1, w_at, d1, d)
+            tile1x2(g1, g, g_step, c, w1, w_at, w_row, d1, d)
         else:
-            tile1x3(g1, g, g_step, c, w1, w_at, d1, d)
+            tile1x3(g1, g, g_step, c, w1, w_at, w_row, d1, d)
     else:
         g4 = (g_ats[0], g_ats[1], g_ats[2], g_ats[3])
-        d4 = (d_ats[0], d_ats[1], d_ats[2], d_ats[3])
+        d4 = (d_ats[0] + u, d_ats[1] + u, d_ats[2] + u, d_ats[3] + u)
         if n_vectors == 1:
-            tile4x1(g1, g4, g_step, c, w1, w_at, d1, d4)
+            tile4x1(g1, g4, g_step, c, w1, w_at, w_row, d1, d4)
         elif n_vectors == 2:
-            tile4x2(g1, g4, g_step, c, w1, w_at, d1, d4)
+            tile4x2(g1, g4, g_step, c, w1, w_at, w_row, d1, d4)
         else:
-            tile4x3(g1, g4, g_step, c, w1, w_at, d1, d4)
+            tile4x3(g1, g4, g_step, c, w1, w_at, w_row, d1, d4)
 
 
 @functools.lru_cache(maxsize=64)
@@ -173,7 +177,7 @@ def input_grad(gy, rows, gxp, order, windows, row, threads):
     hw = ho * wo
     n_vectors = rows.shape[2] // WIDTH
     g1, w1, d1 = gy.reshape(gy.size), rows.reshape(rows.size), gxp.reshape(gxp.size)
-    g_step = np.uint64(hw)
+    g_step, w_row = np.uint64(hw), np.uint64(rows.shape[2])
     w_step = cout * rows.shape[2]
     for t in prange(threads):
         g_ats = np.empty(PIXELS, np.uint64)
@@ -188,15 +192,17 @@ def input_grad(gy, rows, gxp, order, windows, row, threads):
                     for k in range(width):
                         g_ats[k] = g_n + order[q + k]
                         d_ats[k] = d_i + windows[q + k]
-                    _tile(n_vectors, width, g1, g_ats, g_step, cout, w1,
-                          np.uint64(i * w_step), d1, d_ats)
+                    for v0 in range(0, n_vectors, TILE_VECTORS):
+                        _tile(min(TILE_VECTORS, n_vectors - v0), width, g1, g_ats, g_step,
+                              cout, w1, np.uint64(i * w_step + v0 * WIDTH), w_row, d1, d_ats,
+                              v0 * WIDTH)
                     q += width
 
 
 def input_gradient(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...],
                    stride: tuple[int, int], pad: tuple[int, int], dilation: int,
                    threads: int) -> np.ndarray:
-    """dx (N x Cin x H x W) of a conv with w (Cout x Cin x kh x kw; kw·Cin <= 24), the
+    """dx (N x Cin x H x W) of a conv with w (Cout x Cin x kh x kw; kw·Cin <= 96), the
     given stride and padding and `dilation` down (none across), at gy (N x Cout x Ho x
     Wo): summed by `input_grad` into a zero-padded NHWC dx (with rows of room below
     each sample for the zeros past the runs), whose interior is then copied out."""

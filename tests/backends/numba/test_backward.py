@@ -1808,14 +1808,16 @@ def test_nhwc_weight_gradient_reads_the_input_gradients_padded_dy(cout, stride, 
 
 @pytest.mark.parametrize("cin, cout, kernel, stride, pad, dilation", [
     (7, 14, 3, 2, 1, 1), (8, 16, 3, 2, 1, 1), (3, 8, 3, (2, 1), 1, 1), (4, 9, 5, 2, 2, 1),
-    (2, 8, 3, 3, 0, 1), (6, 12, 3, 2, (2, 1), (2, 1)), (5, 8, 1, 2, 1, 1)])
+    (2, 8, 3, 3, 0, 1), (6, 12, 3, 2, (2, 1), (2, 1)), (5, 8, 1, 2, 1, 1),
+    (11, 22, 3, 2, 1, 1), (32, 40, 3, 2, 1, 1)])
 def test_strided_input_gradient_in_registers_matches_torch(cin, cout, kernel, stride, pad,
                                                            dilation, monkeypatch):
     # where vectors are 256 bits (forced here, whatever this CPU has), a strided conv of
     # at most 24 values a kernel row and 8+ output channels sums its input gradient in
     # registers (`_strided_dx`): odd strides, a stride down only, a 5x5 kernel, no
-    # padding, dilation down, a padded 1x1 kernel, on one thread and on two, 5 samples,
-    # pixels left over after whole tiles, through a whole training pass
+    # padding, dilation down, a padded 1x1 kernel, runs of 5 and of 12 vectors (in parts
+    # of 3), on one thread and on two, 5 samples, pixels left over after whole tiles,
+    # through a whole training pass
     from nasgraph.backends.numba import _backward_conv as conv_b
     from nasgraph.backends.numba import _strided_dx
 
@@ -1850,7 +1852,7 @@ def test_from_padded_nhwc_every_path(c, h, w, ph, pw):
 
 
 def test_strided_input_gradient_rule():
-    # `strided_dx_pays`: strided, a kernel row of at most 24 values (3 vectors of 8),
+    # `strided_dx_pays`: strided, a kernel row of at most 96 values (12 vectors of 8),
     # at least 8 output channels, no dilation across, vectors of 256 bits
     from nasgraph.backends.numba import _backward_conv as conv_b
     from nasgraph.backends.numba import _strided_dx
@@ -1866,15 +1868,15 @@ def test_strided_input_gradient_rule():
             conv_b.WIDE = before
 
     assert pays(8, 16) and pays(7, 8) and pays(4, 9, kernel=5) and pays(3, 8, stride=(2, 1))
-    assert not pays(9, 16)  # 27 values a kernel row
+    assert pays(32, 64) and not pays(33, 64)  # 99 values a kernel row
     assert not pays(8, 7)  # too few output channels
     assert not pays(8, 16, stride=1)
     assert not pays(8, 16, dilation=(1, 2))
     assert not pays(8, 16, wide=True)
-    with pytest.raises(ValueError, match="more than 24 values"):
+    with pytest.raises(ValueError, match="more than 96 values"):
         _strided_dx.input_gradient(np.zeros((1, 4, 4, 4), np.float32),
-                                   np.zeros((4, 9, 3, 3), np.float32), (1, 9, 8, 8), (2, 2),
-                                   (1, 1), 1, 1)
+                                   np.zeros((4, 33, 3, 3), np.float32), (1, 33, 8, 8),
+                                   (2, 2), (1, 1), 1, 1)
 
 
 def test_l2_size_from_sysfs(tmp_path):
