@@ -1879,6 +1879,50 @@ def test_strided_input_gradient_rule():
                                    (2, 2), (1, 1), 1, 1)
 
 
+@pytest.mark.parametrize("pixels", [8, 9, 12, 16, 20, 24, 25, 49, 196])
+@pytest.mark.parametrize("cin, cout", [(3, 4), (8, 5), (13, 16)])
+def test_pointwise_tiles_every_tail(pixels, cin, cout):
+    # `_pointwise`'s tiles: planes of whole tiles of 24 pixels and the tiles of 3, 2 and
+    # 1 vectors that end at the last pixel (two where the plane is shorter than the tile
+    # they would take), channel blocks of 4 and the last one ending at the last channel;
+    # every output value written, as numpy's matmul computes it
+    from nasgraph.backends.numba import _pointwise
+
+    rng = np.random.default_rng(pixels)
+    x = rng.standard_normal((3, cin, pixels)).astype(np.float32)
+    w = rng.standard_normal((cout, cin)).astype(np.float32)
+    out = np.full((3, cout, pixels), np.nan, np.float32)
+    _pointwise.pointwise(x, w, out, 2)
+    np.testing.assert_allclose(out, np.matmul(w, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_stride, hw", [(1, 7), (1, 4), (2, 14), (1, 3), (1, 2)])
+def test_pointwise_convs_on_tiles_match_torch(kernel_stride, hw, monkeypatch):
+    # where vectors are 256 bits (forced here), 1x1 convs on one thread take
+    # `_pointwise`'s tiles for their forward and input gradient where the planes hold a
+    # vector of pixels (not on 2x2), and train as torch computes them
+    from nasgraph.backends.numba import _backward_conv as conv_b
+    from nasgraph.backends.numba import _pointwise
+
+    monkeypatch.setattr(conv_b, "WIDE", False)
+    calls = []
+    original = _pointwise.pointwise
+    monkeypatch.setattr(_pointwise, "pointwise",
+                        lambda x, w, *rest: calls.append(w.shape) or original(x, w, *rest))
+    b = GraphBuilder("pointwise")
+    x = b.relu(b.conv(b.input(2, hw * kernel_stride, hw * kernel_stride), 6, 3, padding=1,
+                      name="stem"))
+    x = b.conv(x, 13, 1, stride=kernel_stride, name="conv")
+    b.output(b.linear(b.flatten(b.relu(x)), CLASSES, name="fc"))
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        check_against_torch(b.build(), n=5)
+    finally:
+        numba.set_num_threads(before)
+    assert calls == ([] if hw * hw < 8 else [(13, 6), (6, 13)])
+
+
 def test_l2_size_from_sysfs(tmp_path):
     # `_isa.l2_bytes` reads the level-2 entry of Linux's cache directory, its size in
     # kilobytes or megabytes, and says None where there is none to read
