@@ -10,18 +10,18 @@ kernel, back into the window the forward read:
 output channels that GEMM's inner dimension is Cout, 6-16: OpenBLAS ran it at 40-50
 GFLOP/s on an AMD EPYC, and the product matrix went through memory twice more, written
 and read back. Here a tile of P output pixels x one kernel row keeps its sums in vector
-registers: for each output channel, the row's weights (kw·Cin values, a run of V vectors
-of 8, zero past the run) times dy at each of the P pixels, then each pixel's V vectors
-added into its window's row of dx, zero-padded in NHWC, where that row is kw·Cin
-consecutive values. The zeros past the run add nothing; the arrays are laid out with
-room for them (`SLACK`).
+registers (`_outer`'s tiles, which `_pointwise` shares): for each output channel, the
+row's weights (kw·Cin values, a run of V vectors of 8, zero past the run) times dy at
+each of the P pixels, then each pixel's V vectors added into its window's row of dx,
+zero-padded in NHWC, where that row is kw·Cin consecutive values. The zeros past the run
+add nothing; the arrays are laid out with room for them (`SLACK`).
 
 A tile is 4 pixels x up to 3 vectors of a kernel row's run, 12 of AVX2's 16 vector
 registers of sums; longer runs (up to 12 vectors: kw·Cin <= 96, 3x3 kernels of at most
-32 input channels) go in parts of 3 vectors, each pixel's dy loaded again for each
-part. Tiles of 2 pixels x 6 vectors, for 16 input channels, took 1.4-1.7x the GEMM's
-time, their weights not held in registers. `_conv_paths.strided_dx_pays` says which
-convs take it.
+32 input channels) go in parts of 3 vectors, each pixel's dy loaded again for each part.
+Tiles of 2 pixels x 6 vectors, for 16 input channels, took 1.4-1.7x the GEMM's time,
+their weights not held in registers. `_conv_paths.strided_dx_pays` says which convs take
+it.
 """
 
 from __future__ import annotations
@@ -29,16 +29,11 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from nasgraph.backends.numba._backward_conv import from_padded_nhwc
+from nasgraph.backends.numba._outer import WIDTH, add1x1, add1x2, add1x3, add4x1, add4x2, add4x3
 
-WIDTH = 8  # float32 lanes of a vector: 256 bits
-_F32X8 = ir.VectorType(ir.FloatType(), WIDTH)
-_I64 = ir.IntType(64)
 PIXELS = 4  # output pixels a tile: 4 x 3 vectors of sums, 12 of AVX2's 16 registers
 TILE_VECTORS = 3  # vectors of a kernel row's run a tile takes, the run in such parts
 MAX_VECTORS = 12  # vectors of a kernel row's run: kw·Cin <= 96
@@ -48,69 +43,6 @@ SLACK = WIDTH - 1  # values past a sample's padded dx that the last run's zeros 
 def vectors(run: int) -> int:
     """The vectors of 8 that a kernel row's run of kw·Cin values takes."""
     return -(-run // WIDTH)
-
-
-def _splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
-    one = builder.insert_element(ir.Constant(_F32X8, None), value, ir.Constant(_I64, 0))
-    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32),
-                                                                      WIDTH), [0] * WIDTH))
-
-
-def _vector(builder: ir.IRBuilder, base, at) -> ir.Value:
-    return builder.bitcast(builder.gep(base, [at]), _F32X8.as_pointer())
-
-
-def _tile_intrinsic(pixels: int, n_vectors: int):
-    """`tile{pixels}x{n_vectors}`: the sums of `pixels` output pixels x one kernel row,
-    added into dx."""
-
-    def tile(typingctx, gy, g_ats, g_step, count, w, w_at, w_row, dst, d_ats):
-        if not all(isinstance(a, types.UniTuple) and a.count == pixels for a in (g_ats, d_ats)):
-            return None  # numba then names the arguments it could not type
-        sig = types.void(gy, g_ats, types.uint64, types.uint64, w, types.uint64,
-                         types.uint64, dst, d_ats)
-
-        def codegen(context, builder, signature, args):
-            g_ptr, w_ptr, d_ptr = (context.make_array(signature.args[k])(
-                context, builder, args[k]).data for k in (0, 4, 7))
-            _, g_ats, g_step, count, _, w_at, w_row, _, d_ats = args
-            zero = ir.Constant(_F32X8, [0.0] * WIDTH)
-            sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(n_vectors)]
-                    for _ in range(pixels)]
-            flags = ("contract",)
-            with cgutils.for_range(builder, count) as loop:
-                o = loop.index  # the output channel
-                w_o = builder.add(w_at, builder.mul(o, w_row))
-                ws = [builder.load(_vector(builder, w_ptr, builder.add(
-                    w_o, ir.Constant(_I64, v * WIDTH))), align=4) for v in range(n_vectors)]
-                g_o = builder.mul(o, g_step)
-                for p in range(pixels):
-                    g = _splat(builder, builder.load(builder.gep(
-                        g_ptr, [builder.add(builder.extract_value(g_ats, p), g_o)])))
-                    for v in range(n_vectors):
-                        acc = sums[p][v]
-                        builder.store(builder.fadd(builder.load(acc), builder.fmul(
-                            g, ws[v], flags=flags), flags=flags), acc)
-            for p in range(pixels):
-                d_at = builder.extract_value(d_ats, p)
-                for v in range(n_vectors):
-                    at = _vector(builder, d_ptr, builder.add(d_at, ir.Constant(_I64, v * WIDTH)))
-                    builder.store(builder.fadd(builder.load(at, align=4),
-                                               builder.load(sums[p][v])), at, align=4)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    tile.__name__ = f"tile{pixels}x{n_vectors}"
-    return intrinsic(tile)
-
-
-# tilePxV(gy, g_ats, g_step, count, w, w_at, w_row, dst, d_ats): for the pixels p < P,
-# dst[d_ats[p] + k] += the sum over o < count of w[w_at + o * w_row + k] * gy[g_ats[p] +
-# o * g_step], k < 8V (flat float32 arrays, unsigned offsets; g_ats and d_ats tuples of
-# P). No bounds are checked.
-tile4x1, tile4x2, tile4x3 = (_tile_intrinsic(PIXELS, v) for v in (1, 2, 3))
-tile1x1, tile1x2, tile1x3 = (_tile_intrinsic(1, v) for v in (1, 2, 3))
 
 
 def packed_rows(w: np.ndarray) -> np.ndarray:
@@ -126,25 +58,26 @@ def packed_rows(w: np.ndarray) -> np.ndarray:
 @njit(inline="always", cache=True)
 def _tile(n_vectors, pixels, g1, g_ats, g_step, cout, w1, w_at, w_row, d1, d_ats, shift):
     # the tile of `pixels` (PIXELS or 1) for n_vectors (<= 3) vectors of a kernel row's
-    # run from its value `shift` on
+    # run from its value `shift` on: dy at the pixels broadcast, the weights' runs from
+    # w_at, added into dx from each window's d_ats + shift
     c, u = np.uint64(cout), np.uint64(shift)
     if pixels == 1:
         g, d = (g_ats[0],), (d_ats[0] + u,)
         if n_vectors == 1:
-            tile1x1(g1, g, g_step, c, w1, w_at, w_row, d1, d)
+            add1x1(g1, g, g_step, c, w1, w_at, w_row, d1, d)
         elif n_vectors == 2:
-            tile1x2(g1, g, g_step, c, w1, w_at, w_row, d1, d)
+            add1x2(g1, g, g_step, c, w1, w_at, w_row, d1, d)
         else:
-            tile1x3(g1, g, g_step, c, w1, w_at, w_row, d1, d)
+            add1x3(g1, g, g_step, c, w1, w_at, w_row, d1, d)
     else:
         g4 = (g_ats[0], g_ats[1], g_ats[2], g_ats[3])
         d4 = (d_ats[0] + u, d_ats[1] + u, d_ats[2] + u, d_ats[3] + u)
         if n_vectors == 1:
-            tile4x1(g1, g4, g_step, c, w1, w_at, w_row, d1, d4)
+            add4x1(g1, g4, g_step, c, w1, w_at, w_row, d1, d4)
         elif n_vectors == 2:
-            tile4x2(g1, g4, g_step, c, w1, w_at, w_row, d1, d4)
+            add4x2(g1, g4, g_step, c, w1, w_at, w_row, d1, d4)
         else:
-            tile4x3(g1, g4, g_step, c, w1, w_at, w_row, d1, d4)
+            add4x3(g1, g4, g_step, c, w1, w_at, w_row, d1, d4)
 
 
 @functools.lru_cache(maxsize=64)
