@@ -30,7 +30,7 @@ from nasgraph.backends.torch import (
 )
 from nasgraph.errors import NasgraphError
 from nasgraph.ir import GraphBuilder
-from tests.references import reference_model, with_reference
+from tests.references import exported_with_reference, reference_model, with_reference
 from tests.strategies import graphs
 
 IMPORTERS = {"torchvision": import_torchvision_weights,
@@ -81,7 +81,7 @@ def test_imported_weights_and_the_python_export_reproduce_the_reference(name, tm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", with_reference())
+@pytest.mark.parametrize("name", exported_with_reference())
 def test_torchscript_and_onnx_exports_reproduce_the_reference(name, tmp_path):
     graph, reference, state = _imported(name)
     x = torch.randn(3, *graph.inputs[0].type.shape)
