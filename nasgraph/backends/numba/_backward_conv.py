@@ -506,8 +506,9 @@ def to_channels_last(gy, gt):
                 t1[dst + k] = 0.0
 
 
-@njit(parallel=True, cache=True)
-def weight_grad_nhwc(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, tile, threads):
+@njit(inline="always")
+def _weight_grad_nhwc(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, tile, threads,
+                      wide):
     """parts[t] += thread t's share of dw (K x Cp, its samples; Cp: the output channels
     in whole tiles), by `_wgrad_nhwc`'s tiles: NHWC_TILES[tile] (16 columns x 16
     channels, 12 x 32 or 8 x 48 for 512-bit vectors, 12 x 8, 6 x 16 or 4 x 24 for 256-bit
@@ -517,7 +518,7 @@ def weight_grad_nhwc(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, til
     copy the input gradient reads (Cout a pixel; a tile's lanes past Cout read the next
     pixels', whose sums no weight takes); offs: each of the K columns' offset from a
     pixel's window in a sample of xp, padded to whole tiles; samples go in chunks of
-    `chunk`."""
+    `chunk`; wide: tile is one of the 512-bit tiles (0-2), else of the 256-bit ones."""
     n_batch, hp, wp, cin = xp.shape
     gs, grow, gpix, gbase = g_geometry
     cols, chans = NHWC_TILES[tile]
@@ -533,12 +534,13 @@ def weight_grad_nhwc(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, til
                 for kb in range(n_kb):
                     args = (xf, gf, offs, kb, cb, n0, n1, ho, wo, row, sh, sw, cin, gpix,
                             xs, gs, grow, gbase, out)
-                    if tile == 0:
-                        wgrad_nhwc_k.tile_16x16(*args)
-                    elif tile == 1:
-                        wgrad_nhwc_k.tile_12x32(*args)
-                    elif tile == 2:
-                        wgrad_nhwc_k.tile_8x48(*args)
+                    if wide:  # a constant where inlined: one ISA's tiles compiled
+                        if tile == 0:
+                            wgrad_nhwc_k.tile_16x16(*args)
+                        elif tile == 1:
+                            wgrad_nhwc_k.tile_12x32(*args)
+                        else:
+                            wgrad_nhwc_k.tile_8x48(*args)
                     elif tile == 3:
                         wgrad_nhwc_k.tile_12x8(*args)
                     elif tile == 4:
@@ -550,9 +552,27 @@ def weight_grad_nhwc(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, til
                             parts[t, kb * cols + k, cb * chans + v] += out[k * chans + v]
 
 
+# `_weight_grad_nhwc` for each vector width. With the width a constant, numba drops the
+# other width's branch before it types the calls, so a process compiles only the three
+# tiles its CPU takes: on an AMD EPYC (AVX2) the 512-bit ones had been 37 of the 179 s
+# that the Fashion ResNet's first training step spent compiling with numba's cache cold.
+@njit(parallel=True, cache=True)
+def weight_grad_nhwc_512(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, tile,
+                         threads):
+    _weight_grad_nhwc(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, tile, threads,
+                      True)
+
+
+@njit(parallel=True, cache=True)
+def weight_grad_nhwc_256(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, tile,
+                         threads):
+    _weight_grad_nhwc(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, tile, threads,
+                      False)
+
+
 @njit(parallel=True, cache=True)
 def weight_grad_rows(xp, gf, g_geometry, parts, ho, wo, sh, dh, kh, chunk, tile, threads):
-    """`weight_grad_nhwc` by `_wgrad_row`'s tiles WG_TILES[tile], each the KW kernel
+    """`_weight_grad_nhwc` by `_wgrad_row`'s tiles WG_TILES[tile], each the KW kernel
     columns of a group of input channels in one kernel row x a block of output channels
     (`row_weight_grad` says where): parts[t] += thread t's share of dw (K x Cp, K in
     `_nhwc_columns`' order: kernel row, column, input channel), its samples in chunks of
@@ -651,8 +671,8 @@ def conv2d_weight_grad_nhwc(xp: np.ndarray, gy: np.ndarray, kernel: tuple[int, i
         weight_grad_rows(xp, gf, geometry, parts, ho, wo, stride[0], dilation, kernel[0],
                          chunk, row_tile, threads)
     else:
-        weight_grad_nhwc(xp, gf, geometry, offs, parts, ho, wo, *stride, chunk, tile,
-                         threads)
+        run = weight_grad_nhwc_512 if tile < wgrad_nhwc_k.FIRST_256 else weight_grad_nhwc_256
+        run(xp, gf, geometry, offs, parts, ho, wo, *stride, chunk, tile, threads)
     dw = np.empty((cout, cin, *kernel), np.float32)
     unpack_weight_grad(parts, dw)
     return dw
