@@ -554,8 +554,9 @@ def _weight_grad_nhwc(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, ti
 
 # `_weight_grad_nhwc` for each vector width. With the width a constant, numba drops the
 # other width's branch before it types the calls, so a process compiles only the three
-# tiles its CPU takes: on an AMD EPYC (AVX2) the 512-bit ones had been 37 of the 179 s
-# that the Fashion ResNet's first training step spent compiling with numba's cache cold.
+# tiles its CPU takes: on an AMD EPYC (AVX2) the 512-bit ones had been 50 of the 250 s
+# that the Fashion ResNet's first training step spent compiling with numba's cache cold
+# (docs/numba.md, "A training step's first call compiles only its CPU's tiles").
 @njit(parallel=True, cache=True)
 def weight_grad_nhwc_512(xp, gf, g_geometry, offs, parts, ho, wo, sh, sw, chunk, tile,
                          threads):
