@@ -82,15 +82,14 @@ def exported_with_reference() -> list:
     weights a file holds), and, smallest first, each larger one with an op form
     (`_op_forms`) that none before it has. The exporters write a graph node by node, so
     a model adds to the test only what its nodes and its size add; the VGGs, AlexNet
-    and the deeper ResNets took 151 of the TorchScript and ONNX test's 280 s on a fresh clone
-    (`make test`, 2 cores) and added neither."""
-    graphs = {n: g for n, (g, _) in _referenced().items()}
-    sizes = {n: size for n, (_, size) in _referenced().items()}
-    names = list(graphs)
-    keep = {n for n in names if sizes[n] <= LARGE_PARAMS} | {max(names, key=sizes.get)}
-    covered = set().union(*(_op_forms(graphs[n]) for n in keep))
-    for name in sorted(set(names) - keep, key=sizes.get):
-        if forms := _op_forms(graphs[name]) - covered:
+    and the deeper ResNets took 151 of the TorchScript and ONNX test's 280 s on a fresh
+    clone (`make test`, 2 cores) and added neither."""
+    refs = _referenced()
+    keep = {n for n, (_, size) in refs.items() if size <= LARGE_PARAMS}
+    keep.add(max(refs, key=lambda n: refs[n][1]))
+    covered = set().union(*(_op_forms(refs[n][0]) for n in keep))
+    for name in sorted(refs.keys() - keep, key=lambda n: refs[n][1]):
+        if forms := _op_forms(refs[name][0]) - covered:
             keep.add(name)
             covered |= forms
     return [p for p in with_reference() if (p if isinstance(p, str) else p.values[0]) in keep]
