@@ -130,7 +130,7 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
     if lanes_conv(op, x.shape):
         lanes_k.depthwise_forward(x, w.reshape(cout, 9),
                                   bias if op.bias else np.zeros(cout, F32), out,
-                                  _lanes_geometry(op, x.shape), run.threads)
+                                  _lanes_geometry(op, x.shape), run.threads, lanes_k.NO_NORM)
         return out, _DepthwiseLanes(x)
     if cig == 1 and flat_depthwise(op, x.shape[2] * x.shape[3]):
         flat_k.depthwise_forward(x, w.reshape(cout, 9),

@@ -293,6 +293,10 @@ NO_NORM = (np.zeros(1, np.float32), np.zeros(1, np.float32), np.zeros(1, np.floa
            False)
 # `depthwise_backward`'s `bn_sums` where it takes none (no column a channel)
 NO_SUMS = np.zeros((1, 2, 0))
+# Both are passed, never left as defaults: numba types an omitted argument by its default,
+# and a default that cannot be hashed (arrays, a tuple of them) by its id(), which differs
+# in every process, so numba's cache would never hold the call and each process would
+# compile it again (`test_no_cached_kernel_has_an_unhashable_default`).
 
 
 @njit(inline="always", cache=True)
@@ -323,10 +327,11 @@ def _job(job, c, n_batch):
 
 
 @njit(parallel=True, cache=True)
-def depthwise_forward(x, w, bias, out, geometry, threads, norm=NO_NORM):
+def depthwise_forward(x, w, bias, out, geometry, threads, norm):
     """out (N x C x Ho x Wo) = the 3x3 depthwise conv of x (N x C x H x W) with w (C x 9)
-    plus bias (C), `geometry` its `LanesGeometry`; with `norm` (scale, shift, act, True),
-    of act(x * scale + shift) per channel instead, the BatchNorm before it (`normalize_at`).
+    plus bias (C), `geometry` its `LanesGeometry`; with `norm` (scale, shift, mean, act,
+    True) rather than `NO_NORM`, of act(x * scale + shift) per channel instead, the
+    BatchNorm before it (`normalize_at`).
     Each thread its share of the (block of 16 samples, channel) pairs."""
     (h, wd), (hp, wp), (ho, wo), window, taps, inside = geometry[:6]
     n_batch, c = x.shape[0], x.shape[1]
@@ -348,8 +353,7 @@ def depthwise_forward(x, w, bias, out, geometry, threads, norm=NO_NORM):
 
 
 @njit(parallel=True, cache=True)
-def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads, norm=NO_NORM,
-                       bn_sums=NO_SUMS):
+def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads, norm, bn_sums):
     """The gradients of `depthwise_forward`'s conv (its input normalized again with `norm`
     where the forward's was): parts[t] (threads x C x 9, float64) += thread t's share of
     the weight gradient, and where `need_dx`, gx (N x C x H x W), the gradient of the
@@ -358,7 +362,8 @@ def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads, norm=NO_
     over its pixels (`wgrad9`) and dx its windows with the kernel rotated (`windows9`).
     Where normalized, need_dx and bn_sums is threads x 2 x C (float64), bn_sums[t] +=
     thread t's share of the BatchNorm's backward sums over gx (`masked_sums`: float32
-    over a block of 16 samples, float64 across), which its backward then need not take."""
+    over a block of 16 samples, float64 across), which its backward then need not take;
+    `NO_SUMS` where it takes none."""
     ((h, wd), (hp, wp), (ho, wo), window, taps, inside, (uh, uw), spread, up_window,
      up_taps) = geometry
     n_batch, c = x.shape[0], x.shape[1]

@@ -2058,8 +2058,9 @@ def test_lanes_depthwise_kernels_match_torch(n, hw, stride, threads):
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(threads)
-        lanes.depthwise_forward(x, w, bias, out, geometry, threads)
-        lanes.depthwise_backward(x, gy, w, gx, parts, geometry, True, threads)
+        lanes.depthwise_forward(x, w, bias, out, geometry, threads, lanes.NO_NORM)
+        lanes.depthwise_backward(x, gy, w, gx, parts, geometry, True, threads,
+                                 lanes.NO_NORM, lanes.NO_SUMS)
     finally:
         numba.set_num_threads(before)
     for got, ref in ((out, yt), (gx, xt.grad), (parts.sum(axis=0), wt.grad.reshape(c, 9))):

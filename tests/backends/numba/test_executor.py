@@ -548,6 +548,34 @@ def test_compile_leaves_blas_single_threaded():
     assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
 
 
+def test_no_cached_kernel_has_an_unhashable_default():
+    # numba types an omitted argument by its default, and one that cannot be hashed (an
+    # array, a tuple holding one) by its id(): a key that differs in every process, so
+    # numba's on-disk cache never holds that call, and each process compiles it again
+    import importlib
+    import inspect
+    import pkgutil
+
+    from numba.core.dispatcher import Dispatcher
+
+    def unhashable(value):
+        try:
+            hash(value)
+        except TypeError:
+            return True
+        return False
+
+    kernels = 0
+    for info in pkgutil.iter_modules(nb.__path__):
+        module = importlib.import_module(f"{nb.__name__}.{info.name}")
+        for name, fn in vars(module).items():
+            if isinstance(fn, Dispatcher) and fn.py_func.__module__ == module.__name__:
+                kernels += 1
+                for p in inspect.signature(fn.py_func).parameters.values():
+                    assert not unhashable(p.default), f"{info.name}.{name}({p.name}=...)"
+    assert kernels > 100  # the walk found the kernels
+
+
 @pytest.mark.parametrize(("c", "mult", "hw", "kernel", "stride", "pad", "dil"), [
     (3, 1, (9, 13), (3, 3), (1, 1), (1, 1), (1, 1)),
     (4, 2, (11, 7), (3, 5), (2, 1), (0, 2), (1, 1)),
