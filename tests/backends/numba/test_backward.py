@@ -1006,13 +1006,10 @@ def test_blocks_transposed_in_registers():
     np.testing.assert_array_equal(dst, want)
 
 
-@pytest.mark.parametrize("rows", [8, 4, 2])
-@pytest.mark.parametrize("width, n", [(16, 0), (16, 1), (16, 7), (16, 8), (16, 9), (16, 15),
-                                      (16, 16), (8, 0), (8, 1), (8, 7), (8, 8)])
-def test_tile_columns_transposed_in_registers(rows, width, n):
-    # `store_columns{rows}` (`store_columns{rows}x8`): the first n columns of a rows x 16
-    # (x 8) block, read from a 2-D tile at an offset, each written as `rows` consecutive
-    # values `dst_step` apart; nothing else
+@functools.cache
+def _column_store(rows: int, width: int):
+    # `store_columns{rows}` (`store_columns{rows}x8`), callable from Python: compiled once
+    # per store, not once per test case
     from numba import njit
 
     from nasgraph.backends.numba import _transpose
@@ -1023,6 +1020,17 @@ def test_tile_columns_transposed_in_registers(rows, width, n):
     def run(tile, at, step, dst, to, dst_step, n):
         store(tile, at, step, dst, to, dst_step, n)
 
+    return run
+
+
+@pytest.mark.parametrize("rows", [8, 4, 2])
+@pytest.mark.parametrize("width, n", [(16, 0), (16, 1), (16, 7), (16, 8), (16, 9), (16, 15),
+                                      (16, 16), (8, 0), (8, 1), (8, 7), (8, 8)])
+def test_tile_columns_transposed_in_registers(rows, width, n):
+    # `store_columns{rows}` (`store_columns{rows}x8`): the first n columns of a rows x 16
+    # (x 8) block, read from a 2-D tile at an offset, each written as `rows` consecutive
+    # values `dst_step` apart; nothing else
+    run = _column_store(rows, width)
     tile = np.random.default_rng(n).standard_normal((rows, 36)).astype(np.float32)
     dst = np.full(400, np.nan, np.float32)
     run(tile, np.uint64(3), np.uint64(36), dst, np.uint64(5), np.uint64(21), np.uint64(n))
