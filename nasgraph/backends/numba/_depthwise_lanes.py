@@ -293,10 +293,8 @@ NO_NORM = (np.zeros(1, np.float32), np.zeros(1, np.float32), np.zeros(1, np.floa
            False)
 # `depthwise_backward`'s `bn_sums` where it takes none (no column a channel)
 NO_SUMS = np.zeros((1, 2, 0))
-# Both are passed, never left as defaults: numba types an omitted argument by its default,
-# and a default that cannot be hashed (arrays, a tuple of them) by its id(), which differs
-# in every process, so numba's cache would never hold the call and each process would
-# compile it again (`test_no_cached_kernel_has_an_unhashable_default`).
+# Both are passed, never defaults: numba's cache never holds a call that omits an array
+# (`test_no_cached_kernel_has_an_unhashable_default`; docs/numba.md, "What `compile` does")
 
 
 @njit(inline="always", cache=True)
