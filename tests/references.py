@@ -59,12 +59,18 @@ def _referenced() -> dict[str, tuple[object, int]]:
     return {n: (g, params(g)) for n in names for g in [zoo.get(n)]}
 
 
-def with_reference() -> list:
-    """Zoo names that have an independent implementation, the largest marked slow."""
+def _marked(names) -> list:
+    """`names` (of `_referenced`) as test parameters, those over LARGE_PARAMS marked slow."""
     import pytest
 
-    return [pytest.param(n, marks=pytest.mark.slow) if size > LARGE_PARAMS else n
-            for n, (_, size) in _referenced().items()]
+    refs = _referenced()
+    return [pytest.param(n, marks=pytest.mark.slow) if refs[n][1] > LARGE_PARAMS else n
+            for n in names]
+
+
+def with_reference() -> list:
+    """Zoo names that have an independent implementation, the largest marked slow."""
+    return _marked(_referenced())
 
 
 def _op_forms(graph) -> set[tuple[str, str]]:
@@ -92,4 +98,4 @@ def exported_with_reference() -> list:
         if forms := _op_forms(refs[name][0]) - covered:
             keep.add(name)
             covered |= forms
-    return [p for p in with_reference() if (p if isinstance(p, str) else p.values[0]) in keep]
+    return _marked(n for n in refs if n in keep)
