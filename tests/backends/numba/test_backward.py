@@ -46,6 +46,11 @@ CLASSES = 5
 # monkeypatched), whatever this CPU has
 EITHER_VECTOR_WIDTH = pytest.mark.parametrize("wide", [True, False],
                                               ids=["512-bit", "256-bit"])
+# the tests that force a vector width, one way or the other, run in one pytest-xdist
+# worker (`--dist loadgroup`, pyproject.toml): they alone compile the tiles of the width
+# this CPU does not train with, the 512-bit ones for up to minutes each on AVX2
+# (docs/numba.md), and two workers that reach one at once each compile it
+FORCES_A_VECTOR_WIDTH = pytest.mark.xdist_group("forced-vector-width")
 
 
 def perturbed_state(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
@@ -420,6 +425,17 @@ def test_weight_gradient_over_chunks_and_runs_of_samples(monkeypatch, chunk_valu
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
+@FORCES_A_VECTOR_WIDTH
+def test_forced_width_tests_share_one_worker(request):
+    # under `pytest -n N`, xdist's loadgroup sends a group to one worker by the group's
+    # name, which it appends to the test's id; where it could not (pytest 9.2, whose ids
+    # ignore it), the group is silently spread over the workers
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("not run by pytest-xdist with --dist loadgroup")
+    assert request.node.nodeid.endswith("@forced-vector-width")
+
+
+@FORCES_A_VECTOR_WIDTH
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("kernel", [(3, 3), (5, 5)])
@@ -506,6 +522,7 @@ def test_the_weight_gradient_unpacked_from_tile_columns(threads):
     np.testing.assert_allclose(dw, want, rtol=1e-6)
 
 
+@FORCES_A_VECTOR_WIDTH
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("cout, stride", [(3, 1), (8, 1), (8, 2), (9, 1), (16, 2), (17, 1),
                                           (40, 2), (45, 1), (64, 1)])
@@ -531,6 +548,7 @@ def test_training_forward_conv_matches_torch_on_every_tile(monkeypatch, cout, st
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+@FORCES_A_VECTOR_WIDTH
 @pytest.mark.parametrize("cout, width", [(9, 8), (12, 14), (16, 16), (16, 15)])
 @pytest.mark.parametrize("kernel, stride, dilation", [((3, 3), 1, 1), ((3, 3), 2, 1),
                                                      ((1, 3), 1, 1), ((5, 3), 1, 2)])
@@ -633,6 +651,7 @@ def test_a_resnet_block_of_64_channels_trains_on_winograd(monkeypatch):
     assert len(calls) == 2 * passes
 
 
+@FORCES_A_VECTOR_WIDTH
 @pytest.mark.parametrize("cin, cout, width", [(8, 9, 4), (16, 16, 8), (24, 12, 12),
                                               (12, 28, 6), (8, 64, 4)])
 @pytest.mark.parametrize("kernel, stride, dilation", [((3, 3), 1, 1), ((3, 3), 2, 1),
@@ -712,6 +731,7 @@ def test_wide_vectors_follow_the_features_numba_compiles_for(monkeypatch):
     assert _isa.FEATURES not in os.environ
 
 
+@FORCES_A_VECTOR_WIDTH
 @pytest.mark.parametrize("cout, stride", [(6, 1), (12, 1), (20, 2), (45, 1), (45, 2),
                                           (64, 1), (140, 1)])
 @EITHER_VECTOR_WIDTH
@@ -754,6 +774,7 @@ def test_generated_planes_conv_kernel_is_up_to_date():
     assert _planes_conv_gen.TARGET.read_text() == _planes_conv_gen.render()
 
 
+@FORCES_A_VECTOR_WIDTH
 @pytest.mark.parametrize("max_channels, wide, nhwc_256", [
     (0, False, 0), (1000, False, 0), (0, True, 0), (0, False, 1000)],
     ids=["gemm", "wgrad", "nhwc", "nhwc-256-bit"])
@@ -777,6 +798,7 @@ def test_every_weight_gradient_of_tiled_convs_matches_torch(max_channels, wide, 
     check_against_torch(b.build(), n=5)
 
 
+@FORCES_A_VECTOR_WIDTH
 @pytest.mark.parametrize("wide, cout, stride, taken", [
     (False, 28, (2, 2), True), (False, 29, (2, 2), False), (False, 32, (1, 1), True),
     (False, 33, (1, 1), False), (False, 6, (2, 2), True), (True, 8, (1, 1), False),
@@ -792,6 +814,7 @@ def test_nhwc_weight_gradient_rule_by_vector_width_and_stride(monkeypatch, wide,
     assert conv_b.nhwc_weight_grad_pays(cout, stride) is taken
 
 
+@FORCES_A_VECTOR_WIDTH
 def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
     # where vectors are 512 bits, convs of few output channels run forward on their
     # input's phase planes and stride-1 ones of few input channels their input gradient
@@ -837,6 +860,7 @@ def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
     assert {(6, 3), (7, 3), (3, 3), (5, 3), _wgrad.TILES[0]} <= set(tiles)
 
 
+@FORCES_A_VECTOR_WIDTH
 def test_grouped_convs_on_phase_planes_match_torch(monkeypatch):
     # where vectors are 512 bits, grouped convs run forward on their input's phase planes
     # group by group, their weight gradients on `_wgrad`'s tiles and, where dx is a conv
@@ -1137,6 +1161,7 @@ def record_written(monkeypatch, layout: type, backward_rule: str
     return forward, backward
 
 
+@FORCES_A_VECTOR_WIDTH
 @pytest.mark.parametrize("training", [True, False])
 @EITHER_VECTOR_WIDTH
 def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, training, wide):
@@ -1212,6 +1237,7 @@ def test_masked_moves_write_their_span_alone():
         np.testing.assert_array_equal(dst, want)
 
 
+@FORCES_A_VECTOR_WIDTH
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_writes_the_phase_planes_the_conv_reads(monkeypatch, training):
     # where vectors are 512 bits (forced), a BatchNorm whose output only a stride-1 conv
@@ -1745,6 +1771,7 @@ def test_bad_input_shape_and_spatial_output_are_refused():
         loss_and_grads(spatial, init_state(spatial), x[:, :, :8, :8], y)
 
 
+@FORCES_A_VECTOR_WIDTH
 @pytest.mark.parametrize("kernel, stride, pad, dilation", [
     ((3, 3), (1, 1), (1, 1), 1), ((3, 3), (2, 2), (1, 1), 1), ((5, 5), (2, 2), (2, 2), 1),
     ((1, 1), (2, 2), (0, 0), 1), ((3, 1), (2, 1), (1, 0), 1), ((3, 3), (1, 1), (2, 1), 2),
@@ -1776,6 +1803,7 @@ def test_nhwc_weight_gradient_matches_torch_float64(kernel, stride, pad, dilatio
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
+@FORCES_A_VECTOR_WIDTH
 @pytest.mark.parametrize("cout", [16, 32, 48, 64, 24, 22, 45, 90])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("threads", [1, 3])
@@ -1814,6 +1842,7 @@ def test_nhwc_weight_gradient_reads_the_input_gradients_padded_dy(cout, stride, 
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
+@FORCES_A_VECTOR_WIDTH
 @pytest.mark.parametrize("cin, cout, kernel, stride, pad, dilation", [
     (7, 14, 3, 2, 1, 1), (8, 16, 3, 2, 1, 1), (3, 8, 3, (2, 1), 1, 1), (4, 9, 5, 2, 2, 1),
     (2, 8, 3, 3, 0, 1), (6, 12, 3, 2, (2, 1), (2, 1)), (5, 8, 1, 2, 1, 1),
@@ -1859,6 +1888,7 @@ def test_from_padded_nhwc_every_path(c, h, w, ph, pw):
     np.testing.assert_array_equal(x, xp[:, ph:ph + h, pw:pw + w].transpose(0, 3, 1, 2))
 
 
+@FORCES_A_VECTOR_WIDTH
 def test_strided_input_gradient_rule():
     # `strided_dx_pays`: strided, a kernel row of at most 96 values (12 vectors of 8),
     # at least 8 output channels, no dilation across, vectors of 256 bits
@@ -1904,6 +1934,7 @@ def test_pointwise_tiles_every_tail(pixels, cin, cout):
     np.testing.assert_allclose(out, np.matmul(w, x), rtol=1e-5, atol=1e-5)
 
 
+@FORCES_A_VECTOR_WIDTH
 @pytest.mark.parametrize("kernel_stride, hw", [(1, 7), (1, 4), (2, 14), (1, 3), (1, 2)])
 def test_pointwise_convs_on_tiles_match_torch(kernel_stride, hw, monkeypatch):
     # where vectors are 256 bits (forced here), 1x1 convs on one thread take
