@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from nasgraph import init_state, zoo
-from nasgraph.backends.numba import _conv_matmul, _conv_paths, _rule
+from nasgraph.backends.numba import _conv_matmul, _conv_paths, _isa, _rule
 from nasgraph.backends.numba import grad as grad_module
 from nasgraph.backends.numba.grad import (
     BACKWARD,
@@ -42,14 +42,23 @@ from tests.strategies import graphs
 
 BATCH = 6
 CLASSES = 5
+# The tests that run the 512-bit tiles (`conv_b.WIDE` forced on) run them where numba
+# compiles 512-bit vectors, or anywhere with NASGRAPH_TEST_EVERY_TILE=1: compiled for AVX2,
+# whose 16 registers hold a third of their accumulators, they took about 330 s of the
+# suite's CPU time with the cache cold (docs/numba.md, "The suite checks ...")
+CHECKS_512_BIT_TILES = _isa.wide_vectors() or os.environ.get("NASGRAPH_TEST_EVERY_TILE") == "1"
+RUNS_512_BIT_TILES = pytest.mark.skipif(
+    not CHECKS_512_BIT_TILES,
+    reason="512-bit tiles: checked where the CPU has AVX-512, or with "
+           "NASGRAPH_TEST_EVERY_TILE=1")
 # a test run as where numba compiles 512-bit vectors and as where 256 (`conv_b.WIDE`,
-# monkeypatched), whatever this CPU has
-EITHER_VECTOR_WIDTH = pytest.mark.parametrize("wide", [True, False],
-                                              ids=["512-bit", "256-bit"])
+# monkeypatched), whatever this CPU has (the first as `RUNS_512_BIT_TILES` says)
+EITHER_VECTOR_WIDTH = pytest.mark.parametrize(
+    "wide", [pytest.param(True, id="512-bit", marks=RUNS_512_BIT_TILES),
+             pytest.param(False, id="256-bit")])
 # the tests that force a vector width, one way or the other, run in one pytest-xdist
 # worker (`--dist loadgroup`, pyproject.toml): they alone compile the tiles of the width
-# this CPU does not train with, the 512-bit ones for up to minutes each on AVX2
-# (docs/numba.md), and two workers that reach one at once each compile it
+# this CPU does not train with, and two workers that reach one at once each compile it
 FORCES_A_VECTOR_WIDTH = pytest.mark.xdist_group("forced-vector-width")
 
 
@@ -476,7 +485,8 @@ def test_every_plane_weight_gradient_tile_matches_torch(cout, groups, kernel, la
     assert (rows, taps) == ((cout, 3) if fitted else (1, 9) if one_row else (4, 3))
     got = _planes_wgrad.conv2d_weight_grad(planes, gy32, groups, kernel, threads, wide=True)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
-    if groups == 1:  # dy's rows within the planes that dx's conv reads
+    if groups == 1 and CHECKS_512_BIT_TILES:  # dy's rows within the planes that dx's conv
+        # reads, where it runs on the planes' 512-bit tiles (`_planes_conv`)
         _, dy_planes = _planes.conv2d_input_grad(gy32, w.detach().float().numpy(), x.shape,
                                                  pad, (1, 1), threads)
         assert _planes_wgrad._rows_in_planes(dy_planes, planes) is not None
@@ -523,7 +533,7 @@ def test_the_weight_gradient_unpacked_from_tile_columns(threads):
 
 
 @FORCES_A_VECTOR_WIDTH
-@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("wide", [False, pytest.param(True, marks=RUNS_512_BIT_TILES)])
 @pytest.mark.parametrize("cout, stride", [(3, 1), (8, 1), (8, 2), (9, 1), (16, 2), (17, 1),
                                           (40, 2), (45, 1), (64, 1)])
 def test_training_forward_conv_matches_torch_on_every_tile(monkeypatch, cout, stride, wide):
@@ -549,6 +559,7 @@ def test_training_forward_conv_matches_torch_on_every_tile(monkeypatch, cout, st
 
 
 @FORCES_A_VECTOR_WIDTH
+@RUNS_512_BIT_TILES
 @pytest.mark.parametrize("cout, width", [(9, 8), (12, 14), (16, 16), (16, 15)])
 @pytest.mark.parametrize("kernel, stride, dilation", [((3, 3), 1, 1), ((3, 3), 2, 1),
                                                      ((1, 3), 1, 1), ((5, 3), 1, 2)])
@@ -652,6 +663,7 @@ def test_a_resnet_block_of_64_channels_trains_on_winograd(monkeypatch):
 
 
 @FORCES_A_VECTOR_WIDTH
+@RUNS_512_BIT_TILES
 @pytest.mark.parametrize("cin, cout, width", [(8, 9, 4), (16, 16, 8), (24, 12, 12),
                                               (12, 28, 6), (8, 64, 4)])
 @pytest.mark.parametrize("kernel, stride, dilation", [((3, 3), 1, 1), ((3, 3), 2, 1),
@@ -707,7 +719,6 @@ def test_generated_tiled_kernel_twins_are_up_to_date():
 
 def test_wide_vectors_follow_the_features_numba_compiles_for(monkeypatch):
     from nasgraph.backends.numba import _backward_conv as conv_b
-    from nasgraph.backends.numba import _isa
 
     # on this machine: what the code generator took, as `conv2d_direct` reads it
     assert conv_b.WIDE is _isa.wide_vectors()
@@ -776,8 +787,8 @@ def test_generated_planes_conv_kernel_is_up_to_date():
 
 @FORCES_A_VECTOR_WIDTH
 @pytest.mark.parametrize("max_channels, wide, nhwc_256", [
-    (0, False, 0), (1000, False, 0), (0, True, 0), (0, False, 1000)],
-    ids=["gemm", "wgrad", "nhwc", "nhwc-256-bit"])
+    (0, False, 0), (1000, False, 0), pytest.param(0, True, 0, marks=RUNS_512_BIT_TILES),
+    (0, False, 1000)], ids=["gemm", "wgrad", "nhwc", "nhwc-256-bit"])
 def test_every_weight_gradient_of_tiled_convs_matches_torch(max_channels, wide, nhwc_256,
                                                             monkeypatch):
     # each tiled conv's weight gradient as a GEMM of copied columns, by `_wgrad` (as
@@ -815,6 +826,7 @@ def test_nhwc_weight_gradient_rule_by_vector_width_and_stride(monkeypatch, wide,
 
 
 @FORCES_A_VECTOR_WIDTH
+@RUNS_512_BIT_TILES
 def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
     # where vectors are 512 bits, convs of few output channels run forward on their
     # input's phase planes and stride-1 ones of few input channels their input gradient
@@ -861,6 +873,7 @@ def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
 
 
 @FORCES_A_VECTOR_WIDTH
+@RUNS_512_BIT_TILES
 def test_grouped_convs_on_phase_planes_match_torch(monkeypatch):
     # where vectors are 512 bits, grouped convs run forward on their input's phase planes
     # group by group, their weight gradients on `_wgrad`'s tiles and, where dx is a conv
@@ -1238,6 +1251,7 @@ def test_masked_moves_write_their_span_alone():
 
 
 @FORCES_A_VECTOR_WIDTH
+@RUNS_512_BIT_TILES
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_writes_the_phase_planes_the_conv_reads(monkeypatch, training):
     # where vectors are 512 bits (forced), a BatchNorm whose output only a stride-1 conv
@@ -1965,8 +1979,6 @@ def test_pointwise_convs_on_tiles_match_torch(kernel_stride, hw, monkeypatch):
 def test_l2_size_from_sysfs(tmp_path):
     # `_isa.l2_bytes` reads the level-2 entry of Linux's cache directory, its size in
     # kilobytes or megabytes, and says None where there is none to read
-    from nasgraph.backends.numba import _isa
-
     for index, (level, size) in enumerate([("1", "32K"), ("1", "32K"), ("2", "2048K"),
                                            ("3", "32768K")]):
         (tmp_path / f"index{index}").mkdir()
