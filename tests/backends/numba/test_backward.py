@@ -43,9 +43,9 @@ from tests.strategies import graphs
 BATCH = 6
 CLASSES = 5
 # The tests that run the 512-bit tiles (`conv_b.WIDE` forced on) run them where numba
-# compiles 512-bit vectors, or anywhere with NASGRAPH_TEST_EVERY_TILE=1: compiled for AVX2,
-# whose 16 registers hold a third of their accumulators, they took about 330 s of the
-# suite's CPU time with the cache cold (docs/numba.md, "The suite checks ...")
+# compiles 512-bit vectors, or anywhere with NASGRAPH_TEST_EVERY_TILE=1: compiled for AVX2
+# they spill, and took about 320 s of the suite's CPU time with the cache cold
+# (docs/numba.md, "The suite checks the 512-bit tiles where the CPU has AVX-512")
 CHECKS_512_BIT_TILES = _isa.wide_vectors() or os.environ.get("NASGRAPH_TEST_EVERY_TILE") == "1"
 RUNS_512_BIT_TILES = pytest.mark.skipif(
     not CHECKS_512_BIT_TILES,
