@@ -56,9 +56,10 @@ RUNS_512_BIT_TILES = pytest.mark.skipif(
 EITHER_VECTOR_WIDTH = pytest.mark.parametrize(
     "wide", [pytest.param(True, id="512-bit", marks=RUNS_512_BIT_TILES),
              pytest.param(False, id="256-bit")])
-# the tests that force a vector width, one way or the other, run in one pytest-xdist
-# worker (`--dist loadgroup`, pyproject.toml): they alone compile the tiles of the width
-# this CPU does not train with, and two workers that reach one at once each compile it
+# the tests that run kernels with a vector width forced, one way or the other, run in one
+# pytest-xdist worker (`--dist loadgroup`, pyproject.toml): they alone compile the tiles of
+# the width this CPU does not train with, and two workers that reach one at once each
+# compile it (the rule tests that force a width compile nothing and run anywhere)
 FORCES_A_VECTOR_WIDTH = pytest.mark.xdist_group("forced-vector-width")
 
 
@@ -809,7 +810,6 @@ def test_every_weight_gradient_of_tiled_convs_matches_torch(max_channels, wide, 
     check_against_torch(b.build(), n=5)
 
 
-@FORCES_A_VECTOR_WIDTH
 @pytest.mark.parametrize("wide, cout, stride, taken", [
     (False, 28, (2, 2), True), (False, 29, (2, 2), False), (False, 32, (1, 1), True),
     (False, 33, (1, 1), False), (False, 6, (2, 2), True), (True, 8, (1, 1), False),
@@ -1902,7 +1902,6 @@ def test_from_padded_nhwc_every_path(c, h, w, ph, pw):
     np.testing.assert_array_equal(x, xp[:, ph:ph + h, pw:pw + w].transpose(0, 3, 1, 2))
 
 
-@FORCES_A_VECTOR_WIDTH
 def test_strided_input_gradient_rule():
     # `strided_dx_pays`: strided, a kernel row of at most 96 values (12 vectors of 8),
     # at least 8 output channels, no dilation across, vectors of 256 bits
