@@ -37,12 +37,14 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import torch
 
 from nasgraph.errors import DataError
+
+if TYPE_CHECKING:  # imported where tensors are made, so that a wrong name fails in a second
+    import torch
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10:PATH", "mnist:PATH",
             "imagefolder:PATH", "synthetic")
@@ -83,18 +85,31 @@ class Dataset:
 
 def load_dataset(spec: str, seed: int = 0) -> Dataset:
     """The dataset named by `spec` (see the module docstring); `seed` fixes the splits."""
-    kind, _, path = spec.partition(":")
-    if kind == "digits" and not path:
+    kind, path = parse_spec(spec)
+    if kind == "digits":
         return _digits(seed)
-    if kind == "synthetic" and not path:
+    if kind == "synthetic":
         return _synthetic(seed)
     if kind in NAMED and not path:
         return _mnist(str(named_folder(kind)), seed, name=kind)
+    loader = {"cifar10": _cifar10, "mnist": _mnist, "imagefolder": _imagefolder}[kind]
+    return loader(path, seed)
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """`spec`'s kind and folder ("" for a named one), or a DataError if no loader takes it:
+    the check `load_dataset` starts with, which reads no file.
+
+        >>> parse_spec("cifar10:data/cifar10"), parse_spec("digits")
+        (('cifar10', 'data/cifar10'), ('digits', ''))
+    """
+    kind, _, path = spec.partition(":")
+    if kind in ("digits", "synthetic", *NAMED) and not path:
+        return kind, path
     if kind in ("cifar10", "mnist", "imagefolder"):
         if not path:
             raise DataError(f"dataset {spec!r}: give the folder, e.g. '{kind}:data/{kind}'")
-        loader = {"cifar10": _cifar10, "mnist": _mnist, "imagefolder": _imagefolder}[kind]
-        return loader(path, seed)
+        return kind, path
     raise DataError(f"unknown dataset {spec!r}; hint: one of {', '.join(DATASETS)}")
 
 
@@ -118,6 +133,8 @@ def _assemble(name: str, train: tuple[np.ndarray, np.ndarray],
               test: tuple[np.ndarray, np.ndarray], seed: int, flip: bool,
               val: tuple[np.ndarray, np.ndarray] | None = None,
               val_fraction: float = 0.15) -> Dataset:
+    import torch
+
     x, y = train
     if val is None:
         rest, part = _stratified_split(y, val_fraction, seed)

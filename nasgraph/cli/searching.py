@@ -104,10 +104,11 @@ def search(
         TimeRemainingColumn,
     )
 
+    from nasgraph.data import parse_spec
     from nasgraph.search import parse_amount, parse_duration
     from nasgraph.search.budget import parse_latency, parse_target
     from nasgraph.search.config import SearchConfig
-    from nasgraph.search.run import search as run_search
+    from nasgraph.search.space import load_space
 
     if objective not in ("accuracy", "accuracy,macs", "accuracy,latency"):
         raise NasgraphError(f"--objective {objective!r}: expected accuracy, accuracy,macs or "
@@ -121,6 +122,9 @@ def search(
     if time_budget is not None and final_epochs is not None:
         raise NasgraphError("--final-epochs with --time-budget: the time budget plans the "
                             "final epochs; hint: give one of them")
+    # a wrong space or dataset fails here, in a second, before torch is imported
+    load_space(space)
+    parse_spec(dataset)
     seconds = parse_duration(time_budget) if time_budget is not None else None
     # options not given: SearchConfig's defaults, or a timed search's
     given = {"epochs": epochs, "final_seeds": final_seeds, "pruner": pruner, "screen": screen,
@@ -151,6 +155,7 @@ def search(
                         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                         console=err_console, transient=False)
     state: dict = {}
+    from nasgraph.search.run import search as run_search
 
     def on_start(study_obj, remaining: int) -> None:
         err_console.print(f"search {cfg.space!r} on {cfg.dataset!r}, budget "

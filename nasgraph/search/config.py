@@ -17,10 +17,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nasgraph.errors import NasgraphError
+from nasgraph.recipe import Recipe
 from nasgraph.search.budget import Budget
 from nasgraph.search.runs import StudyFolder
 from nasgraph.search.schedule import FINAL_SHARE
-from nasgraph.train import Recipe
 
 Objective = Literal["accuracy", "accuracy,macs", "accuracy,latency"]
 Pruner = Literal["median", "halving", "hyperband", "none"]

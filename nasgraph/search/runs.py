@@ -22,12 +22,13 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from nasgraph import ir
 from nasgraph.files import write_atomic
+
+if TYPE_CHECKING:  # torch is imported where weights are, so that a bad CLI call fails fast
+    import torch
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class StudyFolder:
         self.write(path, json.dumps(data, indent=1, default=str) + "\n")
 
     def write_weights(self, path: Path, state_dict: dict[str, torch.Tensor]) -> None:
+        import torch
+
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
         self.write(path, buf.getvalue())
@@ -63,6 +66,8 @@ class StudyFolder:
         return json.loads(path.read_text())
 
     def read_weights(self, path: Path) -> dict[str, torch.Tensor]:
+        import torch
+
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def load_graph(self, number: int) -> ir.Graph:

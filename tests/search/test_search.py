@@ -216,3 +216,14 @@ def test_cli_errors_are_one_line(tmp_path, args, message):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err
     assert err.strip().count("\n") == 0 and message in err
+
+
+@pytest.mark.parametrize("args", [["nosuchspace"], ["residual", "--dataset", "imagenet"],
+                                  ["residual", "--budget", "lots"], ["residual", "--trials", "0"]])
+def test_a_wrong_search_fails_before_torch_is_imported(args):
+    """Importing torch takes seconds: a mistyped search says so in about one."""
+    code = ("import sys\nfrom nasgraph.cli import app\ntry:\n    app(sys.argv[1:])\n"
+            "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, "search", *args], capture_output=True,
+                       text=True, timeout=120)
+    assert r.stdout.split() == ["2", "False"], r.stderr
