@@ -150,12 +150,13 @@ def search(
         option = f"--{'-'.join(map(str, first['loc'])).replace('_', '-')}"
         raise NasgraphError(f"{option} {first['input']!r}: "
                             f"{first['msg'].removeprefix('Value error, ')}") from None
+    from nasgraph.search.run import search as run_search  # torch, optuna: options checked
+
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         TextColumn("{task.fields[count]}"), TextColumn("{task.fields[best]}"),
                         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                         console=err_console, transient=False)
     state: dict = {}
-    from nasgraph.search.run import search as run_search
 
     def on_start(study_obj, remaining: int) -> None:
         err_console.print(f"search {cfg.space!r} on {cfg.dataset!r}, budget "
