@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -222,8 +223,14 @@ def test_cli_errors_are_one_line(tmp_path, args, message):
                                   ["residual", "--budget", "lots"], ["residual", "--trials", "0"]])
 def test_a_wrong_search_fails_before_torch_is_imported(args):
     """Importing torch takes seconds: a mistyped search says so in about one."""
-    code = ("import sys\nfrom nasgraph.cli import app\ntry:\n    app(sys.argv[1:])\n"
-            "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
+    code = textwrap.dedent("""
+        import sys
+        from nasgraph.cli import app
+        try:
+            app(sys.argv[1:])
+        except SystemExit as e:
+            print(e.code, "torch" in sys.modules)
+    """)
     r = subprocess.run([sys.executable, "-c", code, "search", *args], capture_output=True,
                        text=True, timeout=120)
     assert r.stdout.split() == ["2", "False"], r.stderr
