@@ -15,6 +15,7 @@ from numba import njit
 from nasgraph.backends.numba import _backward_conv as conv_b
 from nasgraph.backends.numba import _blas as blas_k
 from nasgraph.backends.numba import _pointwise as pointwise_k
+from nasgraph.backends.numba import _pointwise_wgrad as pointwise_wgrad_k
 from nasgraph.backends.numba import _tiled as tiled_k
 
 
@@ -166,6 +167,15 @@ def pointwise_tiles(out_channels: int, pixels: int) -> bool:
             and out_channels >= pointwise_k.ROWS)
 
 
+def pointwise_wgrad_tiles(out_channels: int, in_channels: int, pixels: int) -> bool:
+    """Whether `_pointwise_wgrad`'s register tiles sum a 1x1 conv's weight gradient
+    rather than sgemm a sample (`_blas.summed_products`): where vectors are 256 bits, on
+    planes of at least a vector of pixels, 4+ output and 3+ input channels. Where vectors
+    are 512 bits not measured: sgemm keeps them."""
+    return (not conv_b.WIDE and pixels >= pointwise_wgrad_k.MIN_PIXELS
+            and out_channels >= pointwise_wgrad_k.ROWS and in_channels >= pointwise_wgrad_k.COLS)
+
+
 def _products(w2: np.ndarray, x3: np.ndarray, out3: np.ndarray) -> None:
     # out3[n] = w2 @ x3[n] (C-contiguous N x C x P operands), tiled where that pays
     if pointwise_tiles(w2.shape[0], x3.shape[2]):
@@ -199,7 +209,10 @@ def pointwise_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, need_dx: bo
     if need_dx:
         gx = np.empty(x.shape, np.float32)
         _products(w2.T, g3, gx.reshape(n, cin, -1))
-    gw = blas_k.summed_products(blas_k.SGEMM, g3, x3, SUM_CHUNK)
+    if pointwise_wgrad_tiles(cout, cin, g3.shape[2]):
+        gw = pointwise_wgrad_k.weight_grad(g3, x3, SUM_CHUNK)
+    else:
+        gw = blas_k.summed_products(blas_k.SGEMM, g3, x3, SUM_CHUNK)
     return gx, gw.astype(np.float32).reshape(w.shape)
 
 

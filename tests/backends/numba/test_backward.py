@@ -1951,16 +1951,21 @@ def test_pointwise_tiles_every_tail(pixels, cin, cout):
 @pytest.mark.parametrize("kernel_stride, hw", [(1, 7), (1, 4), (2, 14), (1, 3), (1, 2)])
 def test_pointwise_convs_on_tiles_match_torch(kernel_stride, hw, monkeypatch):
     # where vectors are 256 bits (forced here), 1x1 convs on one thread take
-    # `_pointwise`'s tiles for their forward and input gradient where the planes hold a
-    # vector of pixels (not on 2x2), and train as torch computes them
+    # `_pointwise`'s tiles for their forward and input gradient, and `_pointwise_wgrad`'s
+    # for their weight gradient, where the planes hold a vector of pixels (not on 2x2),
+    # and train as torch computes them
     from nasgraph.backends.numba import _backward_conv as conv_b
-    from nasgraph.backends.numba import _pointwise
+    from nasgraph.backends.numba import _pointwise, _pointwise_wgrad
 
     monkeypatch.setattr(conv_b, "WIDE", False)
     calls = []
     original = _pointwise.pointwise
     monkeypatch.setattr(_pointwise, "pointwise",
                         lambda x, w, *rest: calls.append(w.shape) or original(x, w, *rest))
+    weight_grad = _pointwise_wgrad.weight_grad
+    monkeypatch.setattr(_pointwise_wgrad, "weight_grad",
+                        lambda gy, x, chunk: calls.append(("dw", gy.shape[1], x.shape[1]))
+                        or weight_grad(gy, x, chunk))
     b = GraphBuilder("pointwise")
     x = b.relu(b.conv(b.input(2, hw * kernel_stride, hw * kernel_stride), 6, 3, padding=1,
                       name="stem"))
@@ -1972,7 +1977,7 @@ def test_pointwise_convs_on_tiles_match_torch(kernel_stride, hw, monkeypatch):
         check_against_torch(b.build(), n=5)
     finally:
         numba.set_num_threads(before)
-    assert calls == ([] if hw * hw < 8 else [(13, 6), (6, 13)])
+    assert calls == ([] if hw * hw < 8 else [(13, 6), (6, 13), ("dw", 13, 6)])
 
 
 def test_l2_size_from_sysfs(tmp_path):
@@ -2150,6 +2155,28 @@ def test_summed_products_add_the_samples_to_float64(n, m, k, pixels):
     ref = terms.sum(axis=(0, 3))
     assert got.dtype == np.float64 and got.shape == (m, k)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(terms).sum(axis=(0, 3)).max())
+
+
+@pytest.mark.parametrize("n", [3, 20])
+@pytest.mark.parametrize("pixels", [8, 9, 12, 15, 16, 17, 49, 196])
+@pytest.mark.parametrize("cin, cout", [(3, 4), (5, 7), (13, 16)])
+def test_pointwise_wgrad_tiles_every_tail(n, pixels, cin, cout):
+    # `_pointwise_wgrad`'s tiles: planes of whole vectors and the vector ending at the
+    # last pixel (1-7 new lanes), channel blocks of 4 x 3 and the last ones ending at the
+    # last channel, a run of SUM_CHUNK samples and the samples past it: against the
+    # float64 products summed, within float32 rounding; values of mixed sign and scale, so
+    # that a pixel, sample or channel dropped or counted twice shows
+    from nasgraph.backends.numba import _pointwise_wgrad
+
+    rng = np.random.default_rng(pixels * 100 + n)
+    scale = rng.uniform(0.1, 10, (n, 1, pixels))
+    gy = (rng.standard_normal((n, cout, pixels)) * scale).astype(np.float32)
+    x = rng.standard_normal((n, cin, pixels)).astype(np.float32)
+    got = _pointwise_wgrad.weight_grad(gy, x, _conv_matmul.SUM_CHUNK)
+    terms = np.einsum("smp,skp->smkp", gy.astype(np.float64), x.astype(np.float64))
+    assert got.dtype == np.float64 and got.shape == (cout, cin)
+    np.testing.assert_allclose(got, terms.sum(axis=(0, 3)), rtol=0,
+                               atol=1e-5 * np.abs(terms).sum(axis=(0, 3)).max())
 
 
 def test_flat_depthwise_convs_are_3x3_stride_1_or_2_padding_1_on_small_maps():
