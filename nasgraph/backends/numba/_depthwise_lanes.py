@@ -36,6 +36,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from nasgraph.backends.numba._masked import activated, passed, splat
+from nasgraph.backends.numba._prefetch import prefetch_run
 from nasgraph.backends.numba._transpose import BLOCK, transpose16, transpose16_to
 
 LANES = BLOCK  # samples a vector: the transposes' block
@@ -324,6 +325,18 @@ def _job(job, c, n_batch):
     return ch, n0, min(LANES, n_batch - n0)
 
 
+@njit(inline="always", cache=True)
+def _prefetch_planes(x1, job, end, c, n_batch, hw):
+    # asks for the planes job `job` reads (x1 flat N x C x H*W), where job < end: its
+    # block's 16 runs of H*W values, a sample apart, which the prefetcher does not follow
+    # (`_prefetch`); the job before it runs meanwhile
+    if job >= end:
+        return
+    ch, n0, lanes = _job(job, c, n_batch)
+    for k in range(lanes):
+        prefetch_run(x1, ((n0 + k) * c + ch) * hw, hw)
+
+
 @njit(parallel=True, cache=True)
 def depthwise_forward(x, w, bias, out, geometry, threads, norm):
     """out (N x C x Ho x Wo) = the 3x3 depthwise conv of x (N x C x H x W) with w (C x 9)
@@ -341,7 +354,9 @@ def depthwise_forward(x, w, bias, out, geometry, threads, norm):
     for th in prange(threads):
         grid = np.zeros(hp * wp * LANES, np.float32)
         vals = np.empty(howo * LANES, np.float32)
-        for job in range(th * jobs // threads, (th + 1) * jobs // threads):
+        end = (th + 1) * jobs // threads
+        for job in range(th * jobs // threads, end):
+            _prefetch_planes(x1, job + 1, end, c, n_batch, hw)
             ch, n0, lanes = _job(job, c, n_batch)
             _into_lanes(x1, n0, lanes, ch, c, hw, inside, grid)
             _normalized(grid, grid, inside, hw, ch, norm)
@@ -379,7 +394,10 @@ def depthwise_backward(x, gy, w, gx, parts, geometry, need_dx, threads, norm, bn
         up = np.zeros(uh * uw * LANES, np.float32)  # dy, spread: its zeros stay
         vals = np.empty(hw * LANES, np.float32)
         sums = np.empty(TAPS * LANES, np.float32)
-        for job in range(th * jobs // threads, (th + 1) * jobs // threads):
+        end = (th + 1) * jobs // threads
+        for job in range(th * jobs // threads, end):
+            _prefetch_planes(x1, job + 1, end, c, n_batch, hw)
+            _prefetch_planes(g1, job + 1, end, c, n_batch, howo)
             ch, n0, lanes = _job(job, c, n_batch)
             _into_lanes(x1, n0, lanes, ch, c, hw, inside, raw if summed else grid)
             _normalized(raw if summed else grid, grid, inside, hw, ch, norm)

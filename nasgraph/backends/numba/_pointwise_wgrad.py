@@ -13,8 +13,8 @@ which computes some sums twice and stores the same values.
 
 The sums follow the other weight gradients' convention: float32 over a run of `chunk`
 samples, the runs added in float64. Before a run's tiles, its dY and x (each one
-contiguous run of memory) are prefetched line by line in order: the tiles' own order
-jumps a sample a row, which the hardware's prefetcher does not follow.
+contiguous run of memory) are prefetched line by line (`_prefetch`): the tiles' own
+order jumps a sample a row, which the hardware's prefetcher does not follow.
 `_conv_matmul.pointwise_wgrad_tiles` says where it runs.
 """
 
@@ -26,6 +26,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from nasgraph.backends.numba._prefetch import prefetch_run
+
 WIDTH = 8  # float32 lanes of a vector: 256 bits
 ROWS, COLS = 4, 3  # output channels (dY's rows) x input channels (x's rows) a tile
 MIN_PIXELS = WIDTH  # the tail vector ends at the last pixel: planes of a vector at least
@@ -33,7 +35,6 @@ _F32X8 = ir.VectorType(ir.FloatType(), WIDTH)
 _I32X8 = ir.VectorType(ir.IntType(32), WIDTH)
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
-LINE = 16  # float32 values a cache line
 
 
 def _c(i: int) -> ir.Constant:
@@ -112,24 +113,6 @@ def _tile(typingctx, a, a_at, b, b_at, p, samples, a_step, b_step, dst, d_at, d_
     return sig, codegen
 
 
-@intrinsic
-def _prefetch(typingctx, a, at):
-    """Asks for the cache line of a[at] (flat float32, unsigned offset) to be read into
-    every level of cache (LLVM's `prefetch`, read, high locality)."""
-    sig = types.void(a, types.uint64)
-
-    def codegen(context, builder, signature, args):
-        ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
-        i8p = ir.IntType(8).as_pointer()
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-            ir.VoidType(), [i8p, _I32, _I32, _I32]), "llvm.prefetch.p0")
-        builder.call(fn, [builder.bitcast(builder.gep(ptr, [args[1]]), i8p),
-                          ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 @njit(cache=True)
 def weight_grad(gy, x, chunk):
     """Σ over samples n of gy[n] @ x[n].T as a Cout x Cin float64 array (gy: N x Cout x
@@ -145,10 +128,8 @@ def weight_grad(gy, x, chunk):
     pu, g_step, x_step = np.uint64(p), np.uint64(cout * p), np.uint64(cin * p)
     for s0 in range(0, n, chunk):
         count = min(chunk, n - s0)
-        for i in range(s0 * cout * p, (s0 + count) * cout * p, LINE):
-            _prefetch(g1, np.uint64(i))
-        for i in range(s0 * cin * p, (s0 + count) * cin * p, LINE):
-            _prefetch(x1, np.uint64(i))
+        prefetch_run(g1, s0 * cout * p, count * cout * p)
+        prefetch_run(x1, s0 * cin * p, count * cin * p)
         for c0 in range(0, cout, ROWS):
             cb = min(c0, cout - ROWS)  # the last block ends at the last channel
             for k0 in range(0, cin, COLS):

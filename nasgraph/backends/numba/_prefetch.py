@@ -1,0 +1,44 @@
+"""Software prefetch, for kernels whose order of reads the hardware's prefetcher does not
+follow: a run of a tensor read a few values at a time, a sample (thousands of values)
+apart, one sample after the other (`_pointwise_wgrad`'s tiles, `_depthwise_lanes`' blocks
+of 16 samples). `prefetch_run` asks for every cache line of such a run before the kernel
+reads it; the loads then find the values in cache rather than wait for memory each.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+LINE = 16  # float32 values a cache line (64 bytes)
+_I32 = ir.IntType(32)
+
+
+@intrinsic
+def prefetch(typingctx, a, at):
+    """Asks for the cache line of a[at] (flat float32, unsigned offset) to be read into
+    every level of cache: LLVM's `prefetch` (read, the highest locality, data), which
+    neither faults nor waits."""
+    sig = types.void(a, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
+        i8p = ir.IntType(8).as_pointer()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            ir.VoidType(), [i8p, _I32, _I32, _I32]), "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(builder.gep(ptr, [args[1]]), i8p),
+                          ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always", cache=True)
+def prefetch_run(a, start, count):
+    """Asks for every cache line of a[start:start + count] (flat float32, count > 0)."""
+    for i in range(start, start + count, LINE):
+        prefetch(a, np.uint64(i))
+    prefetch(a, np.uint64(start + count - 1))  # the last line, where start is not on one
