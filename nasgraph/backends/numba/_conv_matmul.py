@@ -170,10 +170,23 @@ def pointwise_tiles(out_channels: int, pixels: int) -> bool:
 def pointwise_wgrad_tiles(out_channels: int, in_channels: int, pixels: int) -> bool:
     """Whether `_pointwise_wgrad`'s register tiles sum a 1x1 conv's weight gradient
     rather than sgemm a sample (`_blas.summed_products`): where vectors are 256 bits, on
-    planes of at least a vector of pixels, 4+ output and 3+ input channels. Where vectors
-    are 512 bits not measured: sgemm keeps them."""
+    planes of at least a vector of pixels, 4+ output and 3+ input channels, and samples
+    of at most PW_WGRAD_MAX_VALUES values of dY and x. Where vectors are 512 bits not
+    measured: sgemm keeps them."""
     return (not conv_b.WIDE and pixels >= pointwise_wgrad_k.MIN_PIXELS
-            and out_channels >= pointwise_wgrad_k.ROWS and in_channels >= pointwise_wgrad_k.COLS)
+            and out_channels >= pointwise_wgrad_k.ROWS
+            and in_channels >= pointwise_wgrad_k.COLS
+            and (out_channels + in_channels) * pixels <= PW_WGRAD_MAX_VALUES)
+
+
+# A sample's values of dY and x, (Cout + Cin) x H*W, up to which the 1x1 weight
+# gradient takes the register tiles (`pointwise_wgrad_tiles`): a run of 16 samples of
+# them in 512 KB, the L2 of the AMD EPYC it was measured on (one thread, batch 128,
+# against sgemm a sample; docs/numba.md, "1x1 convs as batched matmuls"): 0.40-1.00x the
+# time up to 7,840 values (the Fashion candidates' 1x1 convs), 0.92-1.07x at 6,000-14,000,
+# 1.24-2.08x from 15,680 (64 -> 64 on 16x16, 16 -> 64 on 28x28, 160 -> 960 on 4x4), where
+# a run no longer stays in L2 for the tiles that read it again
+PW_WGRAD_MAX_VALUES = 8192
 
 
 def _products(w2: np.ndarray, x3: np.ndarray, out3: np.ndarray) -> None:

@@ -2179,6 +2179,22 @@ def test_pointwise_wgrad_tiles_every_tail(n, pixels, cin, cout):
                                atol=1e-5 * np.abs(terms).sum(axis=(0, 3)).max())
 
 
+def test_pointwise_wgrad_tiles_where_measured(monkeypatch):
+    # the 1x1 weight gradient's tiles: 256-bit vectors, planes of a vector, 4 x 3
+    # channels, samples whose dY and x fit 16 to the EPYC's L2; sgemm elsewhere
+    from nasgraph.backends.numba import _backward_conv as conv_b
+
+    tiles = _conv_matmul.pointwise_wgrad_tiles
+    monkeypatch.setattr(conv_b, "WIDE", False)
+    for cout, cin, pixels in [(32, 8, 196), (96, 24, 49), (128, 32, 16), (14, 7, 49), (4, 3, 8)]:
+        assert tiles(cout, cin, pixels), (cout, cin, pixels)
+    for cout, cin, pixels in [(64, 64, 256), (64, 16, 784), (960, 160, 16), (3, 8, 49),
+                              (8, 2, 49), (16, 16, 7)]:
+        assert not tiles(cout, cin, pixels), (cout, cin, pixels)
+    monkeypatch.setattr(conv_b, "WIDE", True)
+    assert not tiles(32, 8, 196)
+
+
 def test_flat_depthwise_convs_are_3x3_stride_1_or_2_padding_1_on_small_maps():
     # asked of convs of one input channel a group (any channel multiplier, stems)
     from nasgraph.backends.numba._conv_paths import FLAT_MAX_PIXELS, flat_depthwise
