@@ -55,13 +55,13 @@ def _masked_codegen(add: bool):
         d_ptr = context.make_array(signature.args[3])(context, builder, args[3]).data
         s_at, count, _, d_at, last = args[1:]
         load, store = _masked_load_store(builder, s_ptr, d_ptr)
-        loaded = _first(builder, count)
+        loaded = first_lanes(builder, count)
         value = builder.call(load, [builder.gep(s_ptr, [s_at]), ir.Constant(_I32, 4), loaded,
                                     ir.Constant(_F32X16, [0.0] * LANES)])
         if add:
             value, stored = builder.fadd(value, splat(builder, last)), loaded
         else:
-            stored = _first(builder, last)
+            stored = first_lanes(builder, last)
         builder.call(store, [value, builder.gep(d_ptr, [d_at]), ir.Constant(_I32, 4), stored])
         return context.get_dummy_value()
 
@@ -115,10 +115,10 @@ def load_first(builder: ir.IRBuilder, ptr, at: ir.Value, count: ir.Value,
     load, _ = _masked_load_store(builder, ptr, ptr, lanes)
     zeros = ir.Constant(ir.VectorType(ir.FloatType(), lanes), [0.0] * lanes)
     return builder.call(load, [builder.gep(ptr, [at]), ir.Constant(_I32, 4),
-                               _first(builder, count, lanes), zeros])
+                               first_lanes(builder, count, lanes), zeros])
 
 
-def _first(builder: ir.IRBuilder, count: ir.Value, lanes: int = LANES) -> ir.Value:
+def first_lanes(builder: ir.IRBuilder, count: ir.Value, lanes: int = LANES) -> ir.Value:
     # the mask of lanes j < count (count <= 16), as the lane numbers compared with count
     # (a vector compare on either ISA); an i16 of count low bits bitcast to the mask is one
     # move into a mask register on AVX-512 but a test and an insert a lane on AVX2

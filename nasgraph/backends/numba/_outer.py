@@ -34,7 +34,8 @@ def _splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
                                                                       WIDTH), [0] * WIDTH))
 
 
-def _vector(builder: ir.IRBuilder, base, at) -> ir.Value:
+def vector_ptr(builder: ir.IRBuilder, base, at) -> ir.Value:
+    # base[at] as a pointer to a vector of 8 float32 (`_pointwise_wgrad`'s tiles too)
     return builder.bitcast(builder.gep(base, [at]), _F32X8.as_pointer())
 
 
@@ -58,7 +59,7 @@ def _tile_intrinsic(rows: int, n_vectors: int, add: bool):
             with cgutils.for_range(builder, count) as loop:
                 c = loop.index
                 b_c = builder.add(b_at, builder.mul(c, b_step))
-                bs = [builder.load(_vector(builder, b_ptr, builder.add(
+                bs = [builder.load(vector_ptr(builder, b_ptr, builder.add(
                     b_c, ir.Constant(_I64, v * WIDTH))), align=4) for v in range(n_vectors)]
                 a_c = builder.mul(c, a_step)
                 for r in range(rows):
@@ -71,7 +72,7 @@ def _tile_intrinsic(rows: int, n_vectors: int, add: bool):
             for r in range(rows):
                 d_r = builder.extract_value(d_ats, r)
                 for v in range(n_vectors):
-                    at = _vector(builder, d_ptr, builder.add(d_r, ir.Constant(_I64, v * WIDTH)))
+                    at = vector_ptr(builder, d_ptr, builder.add(d_r, ir.Constant(_I64, v * WIDTH)))
                     total = builder.load(sums[r][v])
                     if add:
                         total = builder.fadd(builder.load(at, align=4), total)

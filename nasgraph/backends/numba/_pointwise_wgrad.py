@@ -26,13 +26,13 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from nasgraph.backends.numba._masked import first_lanes
+from nasgraph.backends.numba._outer import WIDTH, vector_ptr
 from nasgraph.backends.numba._prefetch import prefetch_run
 
-WIDTH = 8  # float32 lanes of a vector: 256 bits
 ROWS, COLS = 4, 3  # output channels (dY's rows) x input channels (x's rows) a tile
 MIN_PIXELS = WIDTH  # the tail vector ends at the last pixel: planes of a vector at least
 _F32X8 = ir.VectorType(ir.FloatType(), WIDTH)
-_I32X8 = ir.VectorType(ir.IntType(32), WIDTH)
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 
@@ -42,8 +42,7 @@ def _c(i: int) -> ir.Constant:
 
 
 def _vector_at(builder: ir.IRBuilder, base, at) -> ir.Value:
-    return builder.load(builder.bitcast(builder.gep(base, [at]), _F32X8.as_pointer()),
-                        align=4)
+    return builder.load(vector_ptr(builder, base, at), align=4)
 
 
 def _lane_sum(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
@@ -74,12 +73,8 @@ def _tile(typingctx, a, a_at, b, b_at, p, samples, a_step, b_step, dst, d_at, d_
                 for _ in range(ROWS)]
         flags = ("contract",)
         full, tail = builder.udiv(p, _c(WIDTH)), builder.urem(p, _c(WIDTH))
-        # the tail vector ends at the last pixel: its lanes >= 8 - tail are new
-        first = builder.trunc(builder.sub(_c(WIDTH), tail), _I32)
-        firsts = builder.shuffle_vector(
-            builder.insert_element(ir.Constant(_I32X8, None), first, ir.Constant(_I32, 0)),
-            ir.Constant(_I32X8, None), ir.Constant(_I32X8, [0] * WIDTH))
-        new = builder.icmp_unsigned(">=", ir.Constant(_I32X8, list(range(WIDTH))), firsts)
+        # the tail vector ends at the last pixel: its lanes past the first 8 - tail are new
+        new = builder.not_(first_lanes(builder, builder.sub(_c(WIDTH), tail), WIDTH))
 
         def products(a0, b0, mask=None):
             # 4 rows of a times 3 of b from a0 and b0, into the sums
