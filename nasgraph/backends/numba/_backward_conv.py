@@ -7,8 +7,9 @@ Convs that the executor runs with its register-tiled direct kernel (`_tiled`: no
 no dilation across, wider than 1x1 or strided) train on it too, on x zero-padded in NHWC
 (`conv2d_direct`; `_tiled_narrow` for at most 8 output channels, and where numba
 compiles 512-bit vectors (`_isa`) `_tiled_mid` for 9-16 and `_tiled_wide` or
-`_tiled_wide48` for more; 3-column convs of 9-16 on `_tiled_row`'s tiles of a row,
-`row_tiles`). Their weight gradient, where vectors are 512 bits and there are more than
+`_tiled_wide48` for more; 3-column convs on tiles of a row, `row_tiles`: of 9-16 on
+`_tiled_row`'s where vectors are 512 bits, of at most 8 on `_tiled_row8`'s where they
+are 256). Their weight gradient, where vectors are 512 bits and there are more than
 8 output channels, or 256 bits and at most 32 (28 if strided; `nhwc_weight_grad_pays`), is
 `_wgrad_nhwc`'s register tiles on the padded NHWC input the forward kept and dy in NHWC
 (`conv2d_weight_grad_nhwc`; `_wgrad_row`'s tiles of a row for 3-column convs where they
@@ -36,6 +37,7 @@ zeroed arrays.
 from __future__ import annotations
 
 import functools
+from types import ModuleType
 from typing import NamedTuple
 
 import numpy as np
@@ -45,6 +47,7 @@ from nasgraph.backends.numba import _tiled as tiled_k
 from nasgraph.backends.numba import _tiled_mid as mid_k
 from nasgraph.backends.numba import _tiled_narrow as narrow_k
 from nasgraph.backends.numba import _tiled_row as row_k
+from nasgraph.backends.numba import _tiled_row8 as row8_k
 from nasgraph.backends.numba import _tiled_wide as wide_k
 from nasgraph.backends.numba import _tiled_wide48 as wide48_k
 from nasgraph.backends.numba import _wgrad_nhwc as wgrad_nhwc_k
@@ -290,10 +293,11 @@ def conv2d_direct(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out: n
     n, _, _, cin = xp.shape
     cout, kh = out.shape[1], w.shape[2]
     pixels = out.shape[2] * out.shape[3]
-    if row_tiles(cout, w.shape[3], stride[1], out.shape[3]):
-        (row_k.conv2d_row_1 if threads == 1 else row_k.conv2d_row)(
-            xp.reshape(n, xp.shape[1], -1), tiled_k.pack_tiles(w, row_k.V, flip),
-            row_k.pack_bias(bias, cout), out, cout, cin, kh, stride[0], dilation, threads)
+    rows = row_tiles(cout, w.shape[3], stride[1], out.shape[3])
+    if rows is not None:
+        (rows.conv2d_row_1 if threads == 1 else rows.conv2d_row)(
+            xp.reshape(n, xp.shape[1], -1), tiled_k.pack_tiles(w, rows.V, flip),
+            rows.pack_bias(bias, cout), out, cout, cin, kh, stride[0], dilation, threads)
         return
     # convs of at most 8 output channels on the narrow twin's 12 x 8 tiles: 16-channel
     # ones would leave half the accumulators zero (Fashion ResNet's 7-channel 3x3 convs,
@@ -358,16 +362,27 @@ def conv2d_winograd(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
         0, 0, out.shape[2], out.shape[3], -1, -1, work, threads)
 
 
-def row_tiles(cout: int, kw: int, stride_w: int, wo: int) -> bool:
-    """Whether `conv2d_direct` runs a conv on `_tiled_row`'s tiles of 8 pixels of a row,
-    each input value loaded once for the three kernel columns that read it: 9-16 output
-    channels (one 512-bit vector, where `_tiled_mid`'s 12 x 16 tiles load an input value
-    for every multiply-add), 3 columns, stride 1 across, and rows that fill at least 7/8
-    of the tiles they take (8, 14-16, 21-24, ... pixels: a row's last tile recomputes
-    pixels of the one before)."""
-    tiles = -(-wo // row_k.R)
-    return (WIDE and narrow_k.V < cout <= row_k.V and kw == row_k.KW and stride_w == 1
-            and wo >= row_k.R and 8 * wo >= 7 * tiles * row_k.R)
+ROW8_FEWEST_CHANNELS = 4  # `row_tiles`' fewest output channels on `_tiled_row8`
+
+
+def row_tiles(cout: int, kw: int, stride_w: int, wo: int) -> ModuleType | None:
+    """The tiles of 8 pixels of a row on which `conv2d_direct` runs a conv, each input
+    value loaded once for the three kernel columns that read it, or None: 3 columns,
+    stride 1 across, rows that fill at least 7/8 of the tiles they take (8, 14-16, 21-24,
+    ... pixels: a row's last tile recomputes pixels of the one before), and
+    - where vectors are 512 bits, 9-16 output channels on `_tiled_row`'s (one vector a
+      pixel, where `_tiled_mid`'s 12 x 16 tiles load an input value for every multiply-add);
+    - where they are 256 bits, at most 8 on `_tiled_row8`'s (one vector a pixel, where
+      `_tiled_narrow`'s 12 x 8 tiles load an input value for every multiply-add): 0.67-0.86x
+      their time for 4-8 channels on 8x8 to 28x28 maps, one thread, batch 64-128, on an
+      AMD EPYC (docs/numba.md, "Tiles of a row"); from ROW8_FEWEST_CHANNELS, as 1-3
+      channels were about as fast either way (0.87-0.99x)."""
+    kernels, fewest = (row_k, narrow_k.V + 1) if WIDE else (row8_k, ROW8_FEWEST_CHANNELS)
+    tiles = -(-wo // kernels.R)
+    if (fewest <= cout <= kernels.V and kw == kernels.KW and stride_w == 1
+            and wo >= kernels.R and 8 * wo >= 7 * tiles * kernels.R):
+        return kernels
+    return None
 
 
 def conv2d_input_grad(gy: np.ndarray, w: np.ndarray, gx: np.ndarray, pad: tuple[int, int],

@@ -168,7 +168,7 @@ def planes_input_grad(cin: int, x_shape: tuple[int, ...], kernel_w: int,
     rows = planes_k.conv_rows(cin)
     used = h * w / length * cin / (-(-cin // rows) * rows)
     rate = PLANES_RATE
-    if dilation_w == 1 and conv_b.row_tiles(cin, kernel_w, 1, w):
+    if dilation_w == 1 and conv_b.row_tiles(cin, kernel_w, 1, w) is not None:
         rate /= ROW_RATE  # the NHWC tiles of a row, faster than those `PLANES_RATE` met
     return rate * used > cin / tiled_k.V  # the NHWC tile's lanes in use
 

@@ -559,25 +559,64 @@ def test_training_forward_conv_matches_torch_on_every_tile(monkeypatch, cout, st
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+ROW_GEOMETRIES = pytest.mark.parametrize("kernel, stride, dilation", [
+    ((3, 3), 1, 1), ((3, 3), 2, 1), ((1, 3), 1, 1), ((5, 3), 1, 2)])
+
+
 @FORCES_A_VECTOR_WIDTH
 @RUNS_512_BIT_TILES
 @pytest.mark.parametrize("cout, width", [(9, 8), (12, 14), (16, 16), (16, 15)])
-@pytest.mark.parametrize("kernel, stride, dilation", [((3, 3), 1, 1), ((3, 3), 2, 1),
-                                                     ((1, 3), 1, 1), ((5, 3), 1, 2)])
+@ROW_GEOMETRIES
 def test_tiles_of_a_row_match_torch(monkeypatch, cout, width, kernel, stride, dilation):
     # 3-column convs of 9-16 output channels, stride 1 across, on rows that fill their
-    # tiles of 8 pixels (`row_tiles`): `_tiled_row`, forced as where vectors are 512
-    # bits. Forward with a bias (stride and dilation down) and the input gradient (a
-    # stride-1 conv of dy with the kernel rotated), on one thread and two; 5 samples, odd
-    # heights, a row's last tile moved back over the one before (15 pixels)
-    from nasgraph.backends.numba import _backward_conv as conv_b
-    from nasgraph.backends.numba import _tiled_row
+    # tiles of 8 pixels (`row_tiles`): `_tiled_row`, forced as where vectors are 512 bits
+    _check_tiles_of_a_row(monkeypatch, True, "_tiled_row", cout, width, kernel, stride,
+                          dilation)
 
-    monkeypatch.setattr(conv_b, "WIDE", True)
+
+@FORCES_A_VECTOR_WIDTH
+@pytest.mark.parametrize("cout, width", [(5, 8), (4, 28), (7, 14), (8, 16), (6, 15)])
+@ROW_GEOMETRIES
+def test_tiles_of_a_row_of_few_channels_match_torch(monkeypatch, cout, width, kernel, stride,
+                                                     dilation):
+    # the same for at most 8 output channels: `_tiled_row8`, forced as where vectors are
+    # 256 bits (it compiles on either ISA)
+    _check_tiles_of_a_row(monkeypatch, False, "_tiled_row8", cout, width, kernel, stride,
+                          dilation)
+
+
+@pytest.mark.parametrize("wide", [True, False])
+def test_row_tiles_take_the_channels_and_rows_they_were_measured_on(monkeypatch, wide):
+    # `row_tiles`: 9-16 output channels on the 512-bit twin, 4-8 on the 256-bit one; 3
+    # kernel columns, stride 1 across, rows that fill 7/8 of their tiles of 8 pixels
+    from nasgraph.backends.numba import _backward_conv as conv_b
+    from nasgraph.backends.numba import _tiled_row, _tiled_row8
+
+    monkeypatch.setattr(conv_b, "WIDE", wide)
+    twin, channels = (_tiled_row, range(9, 17)) if wide else (_tiled_row8, range(4, 9))
+    for cout in range(1, 33):
+        for wo in (7, 8, 12, 14, 15, 16, 28, 30):
+            fills = wo >= 8 and 8 * wo >= 7 * 8 * -(-wo // 8)
+            expected = twin if cout in channels and fills else None
+            assert conv_b.row_tiles(cout, 3, 1, wo) is expected, (cout, wo)
+    assert conv_b.row_tiles(channels[0], 5, 1, 16) is None
+    assert conv_b.row_tiles(channels[0], 3, 2, 16) is None
+
+
+def _check_tiles_of_a_row(monkeypatch, wide, module, cout, width, kernel, stride, dilation):
+    # Forward with a bias (stride and dilation down) and the input gradient (a stride-1
+    # conv of dy with the kernel rotated), on one thread and two; 5 samples, odd heights,
+    # a row's last tile moved back over the one before (15 pixels); each call counted
+    import importlib
+
+    from nasgraph.backends.numba import _backward_conv as conv_b
+
+    monkeypatch.setattr(conv_b, "WIDE", wide)
+    tiles = importlib.import_module(f"nasgraph.backends.numba.{module}")
     calls = []
     for name in ("conv2d_row", "conv2d_row_1"):
-        kernel_fn = getattr(_tiled_row, name)
-        monkeypatch.setattr(_tiled_row, name, lambda *a, f=kernel_fn: calls.append(1) or f(*a))
+        kernel_fn = getattr(tiles, name)
+        monkeypatch.setattr(tiles, name, lambda *a, f=kernel_fn: calls.append(1) or f(*a))
     gen = torch.Generator().manual_seed(0)
     pad = ((kernel[0] - 1) * dilation // 2, 1)
     x = torch.randn(5, 7, 11, width, generator=gen)
@@ -589,8 +628,8 @@ def test_tiles_of_a_row_match_torch(monkeypatch, cout, width, kernel, stride, di
         xp = conv_b.padded_nhwc(x.numpy(), pad, threads)
         conv_b.conv2d_direct(xp, w.numpy(), bias.numpy(), out, (stride, 1), dilation, threads)
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
-        if stride == 1:  # the input gradient of 7 channels: its conv has 7 outputs
-            w_t = torch.randn(7, cout, *kernel, generator=gen)  # cout channels back
+        if stride == 1:  # the input gradient of cout channels: its conv has cout outputs
+            w_t = torch.randn(7, cout, *kernel, generator=gen)
             x2 = torch.randn(5, cout, 11, width, generator=gen, requires_grad=True)
             y2 = F.conv2d(x2, w_t, padding=pad, dilation=(dilation, 1))
             g2 = torch.randn(y2.shape, generator=gen)
@@ -707,7 +746,8 @@ def test_weight_gradient_tiles_of_a_row_match_torch(monkeypatch, cin, cout, widt
 def test_generated_row_kernel_is_up_to_date():
     from nasgraph.backends.numba import _tiled_row_gen
 
-    assert _tiled_row_gen.TARGET.read_text() == _tiled_row_gen.render()
+    for name in _tiled_row_gen.TWINS:
+        assert _tiled_row_gen.TARGET.with_name(name).read_text() == _tiled_row_gen.render(name)
     assert _tiled_row_gen.WGRAD_TARGET.read_text() == _tiled_row_gen.render_wgrad()
 
 
