@@ -8,12 +8,12 @@ no dilation across, wider than 1x1 or strided) train on it too, on x zero-padded
 (`conv2d_direct`; `_tiled_narrow` for at most 8 output channels, and where numba
 compiles 512-bit vectors (`_isa`) `_tiled_mid` for 9-16 and `_tiled_wide` or
 `_tiled_wide48` for more; 3-column convs on tiles of a row, `row_tiles`: of 9-16 on
-`_tiled_row`'s where vectors are 512 bits, of at most 8 on `_tiled_row8`'s where they
-are 256). Their weight gradient, where vectors are 512 bits and there are more than
-8 output channels, or 256 bits and at most 32 (28 if strided; `nhwc_weight_grad_pays`), is
-`_wgrad_nhwc`'s register tiles on the padded NHWC input the forward kept and dy in NHWC
-(`conv2d_weight_grad_nhwc`; `_wgrad_row`'s tiles of a row for 3-column convs where they
-fit, `row_weight_grad`); else
+`_tiled_row`'s where vectors are 512 bits, of 4-8 on `_tiled_row8`'s and 9-32 on
+`_tiled_row4`'s where they are 256). Their weight gradient, where vectors are 512 bits
+and there are more than 8 output channels, or 256 bits and at most 32 (28 if strided;
+`nhwc_weight_grad_pays`), is `_wgrad_nhwc`'s register tiles on the padded NHWC input the
+forward kept and dy in NHWC (`conv2d_weight_grad_nhwc`; `_wgrad_row`'s tiles of a row for
+3-column convs where they fit, `row_weight_grad`); else
 `_planes_wgrad.conv2d_weight_grad` where that pays (few output channels:
 `_conv_paths.planes_pay`), else one GEMM per chunk of samples, dw = dy @ cols, whose
 columns are whole runs of the padded NHWC rows (`conv2d_nhwc_backward`). The input
@@ -47,6 +47,7 @@ from nasgraph.backends.numba import _tiled as tiled_k
 from nasgraph.backends.numba import _tiled_mid as mid_k
 from nasgraph.backends.numba import _tiled_narrow as narrow_k
 from nasgraph.backends.numba import _tiled_row as row_k
+from nasgraph.backends.numba import _tiled_row4 as row4_k
 from nasgraph.backends.numba import _tiled_row8 as row8_k
 from nasgraph.backends.numba import _tiled_wide as wide_k
 from nasgraph.backends.numba import _tiled_wide48 as wide48_k
@@ -363,26 +364,35 @@ def conv2d_winograd(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None,
 
 
 ROW8_FEWEST_CHANNELS = 4  # `row_tiles`' fewest output channels on `_tiled_row8`
+ROW4_MOST_CHANNELS = 32  # and most on `_tiled_row4`: two blocks of 16
 
 
 def row_tiles(cout: int, kw: int, stride_w: int, wo: int) -> ModuleType | None:
-    """The tiles of 8 pixels of a row on which `conv2d_direct` runs a conv, each input
-    value loaded once for the three kernel columns that read it, or None: 3 columns,
-    stride 1 across, rows that fill at least 7/8 of the tiles they take (8, 14-16, 21-24,
-    ... pixels: a row's last tile recomputes pixels of the one before), and
-    - where vectors are 512 bits, 9-16 output channels on `_tiled_row`'s (one vector a
-      pixel, where `_tiled_mid`'s 12 x 16 tiles load an input value for every multiply-add);
-    - where they are 256 bits, at most 8 on `_tiled_row8`'s (one vector a pixel, where
-      `_tiled_narrow`'s 12 x 8 tiles load an input value for every multiply-add): 0.67-0.86x
-      their time for 4-8 channels on 8x8 to 28x28 maps, one thread, batch 64-128, on an
-      AMD EPYC (docs/numba.md, "Tiles of a row"); from ROW8_FEWEST_CHANNELS, as 1-3
-      channels were about as fast either way (0.87-0.99x)."""
+    """The tiles of pixels of a row on which `conv2d_direct` runs a conv, each input value
+    loaded once for the three kernel columns that read it, or None. 3 columns and stride
+    1 across, and:
+    - where vectors are 512 bits, 9-16 output channels on `_tiled_row`'s 8 pixels (one
+      vector a pixel, where `_tiled_mid`'s 12 x 16 tiles load an input value for every
+      multiply-add), on rows that fill at least 7/8 of the tiles they take (8, 14-16,
+      21-24, ... pixels: a row's last tile recomputes pixels of the one before);
+    - where they are 256 bits, ROW8_FEWEST_CHANNELS-8 on `_tiled_row8`'s 8 pixels (one
+      vector a pixel, where `_tiled_narrow`'s 12 x 8 tiles load an input value for every
+      multiply-add), on such rows: 0.67-0.86x their time for 4-8 channels on 8x8 to 28x28
+      maps (1-3 channels: 0.87-0.99x);
+    - and 9-ROW4_MOST_CHANNELS on `_tiled_row4`'s 4 pixels (two vectors a pixel, where
+      `_tiled`'s 6 x 16 tiles load an input value for every two), on rows of whole tiles,
+      8 pixels or more: 0.82-0.95x their time for 16 and 32 channels on 8x8 to 32x32 maps, 0.42x
+      for a stem of one input channel (rows of 14: 1.04x; 64 channels: 0.97-1.00x).
+    One thread, batch 32-128, AMD EPYC (docs/numba.md, "Tiles of a row")."""
+    if kw != row_k.KW or stride_w != 1 or wo < row_k.R:
+        return None
+    if not WIDE and cout > narrow_k.V:
+        fits = cout <= ROW4_MOST_CHANNELS and wo % row4_k.R == 0
+        return row4_k if fits else None
     kernels, fewest = (row_k, narrow_k.V + 1) if WIDE else (row8_k, ROW8_FEWEST_CHANNELS)
     tiles = -(-wo // kernels.R)
-    if (fewest <= cout <= kernels.V and kw == kernels.KW and stride_w == 1
-            and wo >= kernels.R and 8 * wo >= 7 * tiles * kernels.R):
-        return kernels
-    return None
+    fills = 8 * wo >= 7 * tiles * kernels.R
+    return kernels if fewest <= cout <= kernels.V and fills else None
 
 
 def conv2d_input_grad(gy: np.ndarray, w: np.ndarray, gx: np.ndarray, pad: tuple[int, int],

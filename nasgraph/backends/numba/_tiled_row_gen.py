@@ -13,12 +13,13 @@ weight j, for every j that lands in the tile: 3R multiply-adds for R + 5 loads. 
 along the row (consecutive pixels read consecutive columns) and kw = 3 only.
 
 The accumulators are R x V scalars that LLVM's SLP vectorizer packs into vector registers
-(`_tiled_gen` says why they are written out). Two twins (`TWINS`): `_tiled_row`, R = 8
+(`_tiled_gen` says why they are written out). Three twins (`TWINS`): `_tiled_row`, R = 8
 and V = 16, holds 8 accumulators, 3 weight vectors and an input broadcast in AVX-512's 32
-registers (one 512-bit vector a pixel); `_tiled_row8`, R = 8 and V = 8, holds the same
-count of 256-bit vectors in AVX2's 16, for convs of at most 8 output channels. Regenerate
-after editing: `python -m nasgraph.backends.numba._tiled_row_gen` (a test checks the
-files are up to date).
+registers (one 512-bit vector a pixel); for AVX2's 16, `_tiled_row8`, R = 8 and V = 8,
+holds the same count of 256-bit vectors (convs of at most 8 output channels), and
+`_tiled_row4`, R = 4 and V = 16, 8 accumulators and 6 weight vectors of 256 bits (two a
+pixel or a kernel column). Regenerate after editing: `python -m
+nasgraph.backends.numba._tiled_row_gen` (a test checks the files are up to date).
 
 The weight gradient (`_wgrad_row`: `wgrad_row_16`, `wgrad_row_32`) turns the same reuse
 around: dW[i, j, c, :] sums x[row oh + i, column ow + j, c] times dY[oh, ow, :] over the
@@ -41,9 +42,10 @@ from nasgraph.backends.numba._tiled_gen import PACK
 R = 8  # output pixels of a row per tile
 KW = 3  # kernel columns
 # the forward tiles' twins: target module -> (R pixels, V channels: one 512-bit vector,
-# or one 256-bit vector), each with the `_transpose` epilogue for R rows of V values
+# one 256-bit vector, two), each with the `_transpose` epilogue for R rows of V values
 TWINS = {"_tiled_row.py": (R, 16, "store_columns8"),
-         "_tiled_row8.py": (R, 8, "store_columns8x8")}
+         "_tiled_row8.py": (R, 8, "store_columns8x8"),
+         "_tiled_row4.py": (4, 16, "store_columns4")}
 # the weight gradient's tiles: (output channels, pixels of a row, input channels), each x
 # the KW kernel columns; 24 accumulators and 4 vectors of dY either way
 WG_TILES = ((16, 4, 8), (32, 2, 4))

@@ -575,32 +575,39 @@ def test_tiles_of_a_row_match_torch(monkeypatch, cout, width, kernel, stride, di
 
 
 @FORCES_A_VECTOR_WIDTH
-@pytest.mark.parametrize("cout, width", [(5, 8), (4, 28), (7, 14), (8, 16), (6, 15)])
+@pytest.mark.parametrize("module, cout, width", [
+    ("_tiled_row8", 5, 8), ("_tiled_row8", 4, 28), ("_tiled_row8", 7, 14),
+    ("_tiled_row8", 8, 16), ("_tiled_row8", 6, 15), ("_tiled_row4", 9, 8),
+    ("_tiled_row4", 16, 12), ("_tiled_row4", 20, 16), ("_tiled_row4", 32, 8)])
 @ROW_GEOMETRIES
-def test_tiles_of_a_row_of_few_channels_match_torch(monkeypatch, cout, width, kernel, stride,
-                                                     dilation):
-    # the same for at most 8 output channels: `_tiled_row8`, forced as where vectors are
-    # 256 bits (it compiles on either ISA)
-    _check_tiles_of_a_row(monkeypatch, False, "_tiled_row8", cout, width, kernel, stride,
-                          dilation)
+def test_tiles_of_a_row_for_256_bit_vectors_match_torch(monkeypatch, module, cout, width,
+                                                        kernel, stride, dilation):
+    # the same where vectors are 256 bits (forced; they compile on either ISA): 4-8
+    # output channels on `_tiled_row8`'s 8 pixels, 9-32 on `_tiled_row4`'s 4 pixels
+    _check_tiles_of_a_row(monkeypatch, False, module, cout, width, kernel, stride, dilation)
 
 
 @pytest.mark.parametrize("wide", [True, False])
 def test_row_tiles_take_the_channels_and_rows_they_were_measured_on(monkeypatch, wide):
-    # `row_tiles`: 9-16 output channels on the 512-bit twin, 4-8 on the 256-bit one; 3
-    # kernel columns, stride 1 across, rows that fill 7/8 of their tiles of 8 pixels
+    # `row_tiles`, 3 kernel columns and stride 1 across: where vectors are 512 bits, 9-16
+    # output channels on tiles of 8 pixels, on rows that fill 7/8 of their tiles; where
+    # they are 256 bits, 4-8 so, and 9-32 on tiles of 4 pixels, on rows of whole tiles
     from nasgraph.backends.numba import _backward_conv as conv_b
-    from nasgraph.backends.numba import _tiled_row, _tiled_row8
+    from nasgraph.backends.numba import _tiled_row, _tiled_row4, _tiled_row8
 
     monkeypatch.setattr(conv_b, "WIDE", wide)
-    twin, channels = (_tiled_row, range(9, 17)) if wide else (_tiled_row8, range(4, 9))
-    for cout in range(1, 33):
-        for wo in (7, 8, 12, 14, 15, 16, 28, 30):
+    for cout in range(1, 66):
+        for wo in (4, 7, 8, 12, 14, 15, 16, 28, 30):
             fills = wo >= 8 and 8 * wo >= 7 * 8 * -(-wo // 8)
-            expected = twin if cout in channels and fills else None
+            if wide:
+                expected = _tiled_row if 9 <= cout <= 16 and fills else None
+            elif cout <= 8:
+                expected = _tiled_row8 if cout >= 4 and fills else None
+            else:
+                expected = _tiled_row4 if cout <= 32 and wo >= 8 and wo % 4 == 0 else None
             assert conv_b.row_tiles(cout, 3, 1, wo) is expected, (cout, wo)
-    assert conv_b.row_tiles(channels[0], 5, 1, 16) is None
-    assert conv_b.row_tiles(channels[0], 3, 2, 16) is None
+            assert conv_b.row_tiles(cout, 5, 1, wo) is None
+            assert conv_b.row_tiles(cout, 3, 2, wo) is None
 
 
 def _check_tiles_of_a_row(monkeypatch, wide, module, cout, width, kernel, stride, dilation):
