@@ -381,8 +381,9 @@ def row_tiles(cout: int, kw: int, stride_w: int, wo: int) -> ModuleType | None:
       maps (1-3 channels: 0.87-0.99x);
     - and 9-ROW4_MOST_CHANNELS on `_tiled_row4`'s 4 pixels (two vectors a pixel, where
       `_tiled`'s 6 x 16 tiles load an input value for every two), on rows of whole tiles,
-      8 pixels or more: 0.82-0.95x their time for 16 and 32 channels on 8x8 to 32x32 maps, 0.42x
-      for a stem of one input channel (rows of 14: 1.04x; 64 channels: 0.97-1.00x).
+      8 pixels or more: 0.82-0.95x their time for 12-32 channels on 8x8 to 32x32 maps,
+      0.42-0.53x for stems of 1-3 input channels (rows of 14: 0.99-1.04x; 64 channels:
+      0.97-1.00x).
     One thread, batch 32-128, AMD EPYC (docs/numba.md, "Tiles of a row")."""
     if kw != row_k.KW or stride_w != 1 or wo < row_k.R:
         return None
