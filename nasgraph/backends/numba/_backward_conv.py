@@ -380,16 +380,18 @@ def row_tiles(cout: int, kw: int, stride_w: int, wo: int) -> ModuleType | None:
       multiply-add), on such rows: 0.67-0.86x their time for 4-8 channels on 8x8 to 28x28
       maps (1-3 channels: 0.87-0.99x);
     - and 9-ROW4_MOST_CHANNELS on `_tiled_row4`'s 4 pixels (two vectors a pixel, where
-      `_tiled`'s 6 x 16 tiles load an input value for every two), on rows of whole tiles,
-      8 pixels or more: 0.82-0.95x their time for 12-32 channels on 8x8 to 32x32 maps,
-      0.42-0.53x for stems of 1-3 input channels (rows of 14: 0.99-1.04x; 64 channels:
-      0.97-1.00x).
+      `_tiled`'s 6 x 16 tiles load an input value for every two), on rows of whole tiles:
+      0.82-0.95x their time for 12-32 channels on 8x8 to 32x32 maps, 0.73-0.83x on 4x4,
+      0.42-0.53x for stems of 1-3 input channels (rows of 14: 0.99-1.04x; 64 channels on
+      8x8: 0.97-1.00x).
     One thread, batch 32-128, AMD EPYC (docs/numba.md, "Tiles of a row")."""
-    if kw != row_k.KW or stride_w != 1 or wo < row_k.R:
+    if kw != row_k.KW or stride_w != 1:
         return None
     if not WIDE and cout > narrow_k.V:
         fits = cout <= ROW4_MOST_CHANNELS and wo % row4_k.R == 0
         return row4_k if fits else None
+    if wo < row_k.R:  # the 8-pixel twins' tiles
+        return None
     kernels, fewest = (row_k, narrow_k.V + 1) if WIDE else (row8_k, ROW8_FEWEST_CHANNELS)
     tiles = -(-wo // kernels.R)
     fills = 8 * wo >= 7 * tiles * kernels.R

@@ -578,12 +578,14 @@ def test_tiles_of_a_row_match_torch(monkeypatch, cout, width, kernel, stride, di
 @pytest.mark.parametrize("module, cout, width", [
     ("_tiled_row8", 5, 8), ("_tiled_row8", 4, 28), ("_tiled_row8", 7, 14),
     ("_tiled_row8", 8, 16), ("_tiled_row8", 6, 15), ("_tiled_row4", 9, 8),
-    ("_tiled_row4", 16, 12), ("_tiled_row4", 20, 16), ("_tiled_row4", 32, 8)])
+    ("_tiled_row4", 16, 12), ("_tiled_row4", 20, 16), ("_tiled_row4", 32, 8),
+    ("_tiled_row4", 28, 4)])
 @ROW_GEOMETRIES
 def test_tiles_of_a_row_for_256_bit_vectors_match_torch(monkeypatch, module, cout, width,
                                                         kernel, stride, dilation):
     # the same where vectors are 256 bits (forced; they compile on either ISA): 4-8
-    # output channels on `_tiled_row8`'s 8 pixels, 9-32 on `_tiled_row4`'s 4 pixels
+    # output channels on `_tiled_row8`'s 8 pixels, 9-32 on `_tiled_row4`'s 4 pixels (rows
+    # of 4 to 16)
     _check_tiles_of_a_row(monkeypatch, False, module, cout, width, kernel, stride, dilation)
 
 
@@ -592,6 +594,7 @@ def test_row_tiles_take_the_channels_and_rows_they_were_measured_on(monkeypatch,
     # `row_tiles`, 3 kernel columns and stride 1 across: where vectors are 512 bits, 9-16
     # output channels on tiles of 8 pixels, on rows that fill 7/8 of their tiles; where
     # they are 256 bits, 4-8 so, and 9-32 on tiles of 4 pixels, on rows of whole tiles
+    # (4x4 maps included)
     from nasgraph.backends.numba import _backward_conv as conv_b
     from nasgraph.backends.numba import _tiled_row, _tiled_row4, _tiled_row8
 
@@ -604,7 +607,7 @@ def test_row_tiles_take_the_channels_and_rows_they_were_measured_on(monkeypatch,
             elif cout <= 8:
                 expected = _tiled_row8 if cout >= 4 and fills else None
             else:
-                expected = _tiled_row4 if cout <= 32 and wo >= 8 and wo % 4 == 0 else None
+                expected = _tiled_row4 if cout <= 32 and wo % 4 == 0 else None
             assert conv_b.row_tiles(cout, 3, 1, wo) is expected, (cout, wo)
             assert conv_b.row_tiles(cout, 5, 1, wo) is None
             assert conv_b.row_tiles(cout, 3, 2, wo) is None
