@@ -50,8 +50,8 @@ TWINS = {"_tiled_row.py": (R, 16, "store_columns8"),
 # the KW kernel columns; 24 accumulators and 4 vectors of dY either way
 WG_TILES = ((16, 4, 8), (32, 2, 4))
 
-TARGET = Path(__file__).with_name("_tiled_row.py")  # the 512-bit twin
-WGRAD_TARGET = Path(__file__).with_name("_wgrad_row.py")
+HERE = Path(__file__).parent  # where the generated modules go
+WGRAD_TARGET = HERE / "_wgrad_row.py"
 
 def _header(r: int, v: int, epilogue: str) -> str:
     return f'''"""Direct convolution on tiles of R={r} pixels of an output row x V={v}
@@ -239,7 +239,7 @@ def _wgrad_kernel(v_out: int, p: int, cb: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(target: str = TARGET.name) -> str:
+def render(target: str) -> str:
     """The source of the twin `target` (`TWINS`): the tile, its drivers, and `_tiled`'s
     bias packing (as its twins take it, with this module's V)."""
     r, v, epilogue = TWINS[target]
@@ -256,5 +256,5 @@ def render_wgrad() -> str:
 
 if __name__ == "__main__":
     for name in TWINS:
-        TARGET.with_name(name).write_text(render(name))
+        (HERE / name).write_text(render(name))
     WGRAD_TARGET.write_text(render_wgrad())

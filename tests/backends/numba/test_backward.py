@@ -757,7 +757,7 @@ def test_generated_row_kernel_is_up_to_date():
     from nasgraph.backends.numba import _tiled_row_gen
 
     for name in _tiled_row_gen.TWINS:
-        assert _tiled_row_gen.TARGET.with_name(name).read_text() == _tiled_row_gen.render(name)
+        assert (_tiled_row_gen.HERE / name).read_text() == _tiled_row_gen.render(name)
     assert _tiled_row_gen.WGRAD_TARGET.read_text() == _tiled_row_gen.render_wgrad()
 
 
