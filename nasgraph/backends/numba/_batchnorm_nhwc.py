@@ -16,6 +16,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from nasgraph.backends.numba._batchnorm import _dx_coefficients
+from nasgraph.backends.numba._isa import wide_vectors
 from nasgraph.backends.numba._masked import activated, load_first, move, passed, splat
 from nasgraph.backends.numba._transpose import BLOCK as SIDE
 from nasgraph.backends.numba._transpose import store_at_places, transposed
@@ -155,6 +156,27 @@ def _plane_places(h, w, wp, ph, pw, c_in):
     return at
 
 
+# How the jobs zero a sample's border: where vectors are 512 bits, 16 values a masked
+# store (`_masked.move` of nothing; value by value the border had taken as long as the
+# rest on 8x8 maps); where they are 256 bits, a loop that LLVM vectorizes into plain
+# stores and a scalar remainder, as `vmaskmovps` stores are slow there. On an AMD EPYC,
+# one thread, 32 samples in L2, three runs (docs/numba.md, "The padded passes' border on
+# AVX2"): the output pass 0.51-0.89x and the dx pass 0.55-0.86x the time with masked
+# stores, for 16 and 32 channels on 8x8 maps
+MASKED_ZEROS = wide_vectors()
+
+
+@njit(inline="always", cache=True)
+def _zero(p1, at, n):
+    # p1[at:at + n] = 0
+    if MASKED_ZEROS:
+        nothing = np.uint64(0)
+        move(p1, nothing, nothing, p1, at, n)
+    else:
+        for k in range(n):
+            p1[at + k] = 0.0
+
+
 @njit(inline="always", cache=True)
 def _plane_job(x1, g1, p1, job, shape, hp, wp, k1, scale, shift, act, places, dx):
     # sample job // blocks, channels (job % blocks) * 16 .. + 15 over the whole plane, dx
@@ -165,18 +187,14 @@ def _plane_job(x1, g1, p1, job, shape, hp, wp, k1, scale, shift, act, places, dx
     ph, pw = (hp - h) // 2, (wp - w) // 2
     hw, wcu = h * w, np.uint64(wp * c_in)
     base = np.uint64(n * hp) * wcu
-    if c0 == 0:  # zeros 16 at a time (`_masked.move` of nothing): value by value they
-        # took as long as the rest on 8x8 maps
-        nothing = np.uint64(0)
-        move(p1, nothing, nothing, p1, base, np.uint64(ph) * wcu)
-        move(p1, nothing, nothing, p1, base + np.uint64(ph + h) * wcu,
-             np.uint64(hp - ph - h) * wcu)
+    if c0 == 0:  # the first block's job zeroes the sample's border
+        _zero(p1, base, np.uint64(ph) * wcu)
+        _zero(p1, base + np.uint64(ph + h) * wcu, np.uint64(hp - ph - h) * wcu)
         side = np.uint64(pw * c_in)
         for r in range(h):
             o = base + np.uint64(ph + r) * wcu
-            move(p1, nothing, nothing, p1, o, side)
-            move(p1, nothing, nothing, p1, o + np.uint64((pw + w) * c_in), wcu - side
-                 - np.uint64(w * c_in))
+            _zero(p1, o, side)
+            _zero(p1, o + np.uint64((pw + w) * c_in), wcu - side - np.uint64(w * c_in))
     src = np.uint64((n * c_in + c0) * hw)
     step, cu = np.uint64(hw), np.uint64(c_in)
     to = base + np.uint64(c0)
