@@ -119,9 +119,16 @@ def padded_dy(node: Node, saved: object, need_dx: bool) -> tuple[int, int] | Non
     bias and of stride 1 (`tiled_input_grad`), whose weight gradient runs on the NHWC
     tiles and can read dy's copy in place (`conv_b.shares_padded_dy`), and whose input
     gradient, if `need_dx`, is a conv of dy on those tiles (not on the phase planes).
-    There the op that produces dy may write it so (`conv_b.PaddedNHWC`); else None."""
+    There the op that produces dy may write it so (`conv_b.PaddedNHWC`); else None.
+    Where vectors are 512 bits only: on an AMD EPYC with AVX2, BatchNorm's padded dX
+    pass and its sums pass took 1.02-1.33x the time of its NCHW backward and the conv's
+    copy alone (16 and 32 channels on 4x4 to 14x14 maps, batch 128, one thread), and
+    whole steps without it 0.974x (resnet20), 0.981x and 0.992x (the plain CNN), 1.010x
+    and 0.980x (the digits candidate at batch 128) in A/B pairs (docs/numba.md, "The
+    padded passes' border on AVX2")."""
     op = node.op
-    if node.kind != "conv2d" or op.bias or not isinstance(saved, Padded) or saved.xp is None:
+    if not conv_b.WIDE or node.kind != "conv2d" or op.bias or not isinstance(saved, Padded) \
+            or saved.xp is None:
         return None
     x_shape = saved.x.shape
     if not (conv_b.nhwc_weight_grad_pays(op.out_channels, op.stride)
