@@ -126,9 +126,10 @@ def padded_dy(node: Node, saved: object, need_dx: bool) -> tuple[int, int] | Non
     whole steps without it 0.974x (resnet20), 0.981x and 0.992x (the plain CNN), 1.010x
     and 0.980x (the digits candidate at batch 128) in A/B pairs (docs/numba.md, "The
     padded passes' border on AVX2")."""
+    if not conv_b.WIDE:
+        return None
     op = node.op
-    if not conv_b.WIDE or node.kind != "conv2d" or op.bias or not isinstance(saved, Padded) \
-            or saved.xp is None:
+    if node.kind != "conv2d" or op.bias or not isinstance(saved, Padded) or saved.xp is None:
         return None
     x_shape = saved.x.shape
     if not (conv_b.nhwc_weight_grad_pays(op.out_channels, op.stride)

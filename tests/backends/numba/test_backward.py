@@ -1232,10 +1232,9 @@ def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, traini
     # (`_conv_layouts.padded_x`), and where vectors are 512 bits one after a conv whose
     # backward reads dy only so (`padded_dy`) writes dx so (where they are 256, none
     # does), forced as where vectors are 512 bits and as where they are 256: after a stem
-    # whose input needs no gradient, with ReLU, ReLU6, no
-    # activation, on maps 32 and 16 wide (a row at a time, a plane at a time); not of 24
-    # channels (`padded_fits`), after a strided conv, nor after a conv with a bias. One
-    # thread and two, 5 samples
+    # whose input needs no gradient, with ReLU, ReLU6, no activation, on maps 32 and 16
+    # wide (a row at a time, a plane at a time); not of 24 channels (`padded_fits`),
+    # after a strided conv, nor after a conv with a bias. One thread and two, 5 samples
     from nasgraph.backends.numba import _backward_conv as conv_b
 
     monkeypatch.setattr(conv_b, "WIDE", wide)
