@@ -2,6 +2,8 @@
 
 `graphs()` draws a graph using every op kind of the registry, with odd sizes, strides,
 dilations, groups, branches and merges. Backends use it to check that they agree.
+`step_sized_nets()` draws classifiers of the kinds a search trains, at the sizes where
+the numba backend's training kernels take their fast paths.
 """
 
 from __future__ import annotations
@@ -121,3 +123,66 @@ def _step(draw: st.DrawFn, b: GraphBuilder, x: Tensor, kind: str, pool: list[Ten
     if kind == "identity":
         return b.identity(x)
     return b.dropout(x, 0.25)
+
+
+# output channels a step-sized conv draws from: any count up to 40, and the counts the
+# kernels have paths for (whole vectors of 8 and 16, Winograd from 64)
+_STEP_CHANNELS = st.integers(1, 40) | st.sampled_from([7, 14, 16, 28, 32, 64, 96])
+
+
+@st.composite
+def step_sized_nets(draw: st.DrawFn, max_blocks: int = 4) -> tuple[Graph, int]:
+    """A classifier as a search builds one, and a batch for it, at the sizes a training
+    step meets: 1-3 input channels on 4x4 to 32x32 maps, then up to `max_blocks` blocks
+    (a conv of 1x1 to 5x5, strided or dilated; a depthwise conv; a residual pair of 3x3
+    convs; a two-branch concat; a pooling), up to 96 channels, and 2-128 samples. Each
+    conv is followed by a BatchNorm and a ReLU or ReLU6 (the residual pair's second by
+    its BatchNorm, the add and a ReLU), and has no bias: a bias before a BatchNorm, or
+    a BatchNorm before a linear op and another BatchNorm, has a gradient that is zero in
+    exact arithmetic, rounding noise in float32 on either side. The
+    numba backend's training kernels switch paths at these sizes (tiles from 16
+    channels, Winograd from 64, BatchNorm's walk by sample from 64k values, the batch in
+    the lanes, the weight gradient's chunks of samples), which `graphs()`' small ones
+    never reach."""
+    b = GraphBuilder("step")
+    side = draw(st.sampled_from([4, 7, 8, 12, 14, 16, 28, 32]))
+    x = b.input(draw(st.sampled_from([1, 3])), side, side)
+
+    def conv_bn_act(t: Tensor, out: int, kernel: int, stride: int = 1, padding: int = 0,
+                    dilation: int = 1, groups: int = 1) -> Tensor:
+        y = b.bn(b.conv(t, out, kernel, stride=stride, padding=padding, dilation=dilation,
+                        groups=groups, bias=False))
+        return b.act(y, draw(st.sampled_from(["relu", "relu", "relu6"])))
+
+    for _ in range(draw(st.integers(1, max_blocks))):
+        side = x.type.height
+        # a block never leaves a map under 2 x 2: a BatchNorm over 2 values a channel (1 x
+        # 1 at batch 2) has x_hat = +-1 whatever x is, and a gradient of rounding noise
+        stride = draw(st.integers(1, 2)) if side >= 4 else 1
+        kind = draw(st.sampled_from(["conv", "conv", "depthwise", "residual", "concat",
+                                     "pool"]))
+        if kind == "concat" and x.channels == 1:
+            kind = "conv"
+        if kind == "conv":
+            # not 1x1 on one channel: each output would be +-x once normalized, whatever
+            # its weight, whose gradient is then zero in exact arithmetic
+            k = draw(st.sampled_from([3, 5] if x.channels == 1 else [1, 3, 3, 5]))
+            d = draw(st.sampled_from([1, 1, 2])) if k > 1 else 1
+            pad = draw(st.integers(0, k // 2)) * d
+            if (side + 2 * pad - d * (k - 1) - 1) // stride + 1 < 2:
+                continue
+            x = conv_bn_act(x, draw(_STEP_CHANNELS), k, stride, pad, d)
+        elif kind == "depthwise":
+            x = conv_bn_act(x, x.channels, 3, stride, 1, groups=x.channels)
+        elif kind == "residual":
+            inner = conv_bn_act(x, x.channels, 3, padding=1)
+            x = b.relu(b.add([b.bn(b.conv(inner, x.channels, 3, padding=1, bias=False)), x]))
+        elif kind == "concat":
+            x = b.concat([conv_bn_act(x, draw(_STEP_CHANNELS), 1),
+                          conv_bn_act(x, draw(_STEP_CHANNELS), 3, padding=1)])
+        elif side >= 4 and draw(st.booleans()):
+            x = b.maxpool(x, 3, stride=2, padding=1)
+        elif side >= 4:
+            x = b.avgpool(x, 2)
+    b.output(b.linear(b.flatten(b.gap(x)), draw(st.integers(2, 10))))
+    return b.build(), draw(st.sampled_from([2, 5, 17, 33, 64, 128]))

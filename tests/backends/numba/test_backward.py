@@ -38,7 +38,7 @@ from nasgraph.backends.torch import lower
 from nasgraph.errors import GraphError, NasgraphError
 from nasgraph.ir import OPS, Graph, GraphBuilder, ops
 from nasgraph.ir.builder import Tensor
-from tests.strategies import graphs
+from tests.strategies import graphs, step_sized_nets
 
 BATCH = 6
 CLASSES = 5
@@ -1604,8 +1604,8 @@ def test_every_zoo_model_matches_torch_float64(name, monkeypatch):
     check_on_pinned_kinks(_small_zoo_model(name), monkeypatch)
 
 
-def check_on_pinned_kinks(graph: Graph, monkeypatch) -> None:
-    """`graph` against torch in float64 at batch 4, each ReLU and max pooling taking the
+def check_on_pinned_kinks(graph: Graph, monkeypatch, n: int = 4) -> None:
+    """`graph` against torch in float64 at batch `n`, each ReLU and max pooling taking the
     branch the numba pass took. Where a ReLU's input lies within float32 rounding of 0
     (or a pooling window's two largest values of each other), the two passes may route
     its gradient differently, and a gradient summed over a channel then differs by that
@@ -1638,7 +1638,7 @@ def check_on_pinned_kinks(graph: Graph, monkeypatch) -> None:
     for name in ("batchnorm_act_forward", "add_act_forward"):
         monkeypatch.setattr(grad_module, name, with_act(getattr(grad_module, name)))
     state = perturbed_state(graph)
-    x, y = batch(graph, 4)
+    x, y = batch(graph, n)
     result = loss_and_grads(graph, state, x, y, label_smoothing=0.1)
     kinks = {node.id: node for node in graph if node.kind == "maxpool2d" or (
         node.kind == "activation" and node.op.fn in KINKED)}
@@ -1736,6 +1736,25 @@ def test_random_dags_match_torch(graph, label_smoothing, seed):
         assert not np.any(result.grads[key]), f"{key}: a gradient where torch has none"
     for key, ref in buffers.items():
         assert_close(result.buffers[key], ref, key)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(net=step_sized_nets(), threads=st.sampled_from([1, 2]))
+def test_step_sized_random_nets_match_torch(net, threads):
+    """Random classifiers at the sizes a training step meets, where the kernels' fast
+    paths and the layouts they hand each other (a BatchNorm writing the next conv's
+    padded NHWC, a depthwise conv normalizing its input, a strided shortcut's gradient
+    kept at its pixels) meet in many orders, against torch in float64 with numba's ReLU
+    branches pinned (`check_on_pinned_kinks`: at these sizes about a quarter of such
+    nets have a ReLU input within 1e-5 of its tensor's deviation from 0)."""
+    graph, n = net
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            check_on_pinned_kinks(graph, monkeypatch, n)
+    finally:
+        numba.set_num_threads(before)
 
 
 def test_every_registered_op_has_a_backward_rule():
