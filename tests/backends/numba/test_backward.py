@@ -1738,20 +1738,25 @@ def test_random_dags_match_torch(graph, label_smoothing, seed):
         assert_close(result.buffers[key], ref, key)
 
 
+@FORCES_A_VECTOR_WIDTH
+@EITHER_VECTOR_WIDTH
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(net=step_sized_nets(), threads=st.sampled_from([1, 2]))
-def test_step_sized_random_nets_match_torch(net, threads):
+def test_step_sized_random_nets_match_torch(wide, net, threads):
     """Random classifiers at the sizes a training step meets, where the kernels' fast
     paths and the layouts they hand each other (a BatchNorm writing the next conv's
     padded NHWC, a depthwise conv normalizing its input, a strided shortcut's gradient
     kept at its pixels) meet in many orders, against torch in float64 with numba's ReLU
     branches pinned (`check_on_pinned_kinks`: at these sizes about a quarter of such
-    nets have a ReLU input within 1e-5 of its tensor's deviation from 0)."""
+    nets have a ReLU input within 1e-5 of its tensor's deviation from 0), with the
+    paths taken where vectors are 512 bits and where they are 256."""
+    from nasgraph.backends.numba import _backward_conv as conv_b
     graph, n = net
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
         with pytest.MonkeyPatch.context() as monkeypatch:
+            monkeypatch.setattr(conv_b, "WIDE", wide)
             check_on_pinned_kinks(graph, monkeypatch, n)
     finally:
         numba.set_num_threads(before)
