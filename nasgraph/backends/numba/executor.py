@@ -280,6 +280,9 @@ class Executor:
         elif x.ndim != 4 or x.shape[1:] != self._input_shape:
             raise NasgraphError(f"graph {self.graph.name!r} takes N x {self._input_type} input, "
                                 f"got shape {tuple(x.shape)}; hint: recompile for another size")
+        if x.shape[0] == 0:
+            raise NasgraphError(f"graph {self.graph.name!r} got a batch of no samples (input "
+                                f"shape {tuple(x.shape)}); a call needs at least one")
         threads, restore = self.threads, 0
         if threads is None:
             threads = self._get_threads()

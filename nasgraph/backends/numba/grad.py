@@ -241,6 +241,9 @@ def _check(plan: _Plan, graph: Graph, x: np.ndarray, y: np.ndarray, label_smooth
     if x.ndim != 1 + len(inp.type.shape) or x.shape[1:] != inp.type.shape:
         raise NasgraphError(f"graph {graph.name!r} takes N x {inp.type} input, got shape "
                             f"{x.shape}")
+    if x.shape[0] == 0:
+        raise NasgraphError(f"graph {graph.name!r} got a batch of no samples (input shape "
+                            f"{x.shape}); a loss needs at least one")
     y = np.asarray(y)
     classes = out.type.channels
     if y.shape != (x.shape[0],) or y.dtype.kind not in "iu" or (

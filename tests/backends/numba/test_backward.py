@@ -1851,6 +1851,8 @@ def test_bad_input_shape_and_spatial_output_are_refused():
     x, y = batch(g)
     with pytest.raises(NasgraphError, match="takes N x 3x10x10 input"):
         loss_and_grads(g, init_state(g), x[:, :2], y)
+    with pytest.raises(NasgraphError, match=r"a batch of no samples \(input shape \(0, 3"):
+        loss_and_grads(g, init_state(g), x[:0], y[:0])
     b = GraphBuilder("spatial")
     b.output(b.conv(b.input(3, 8, 8), 4, 3))
     spatial = b.build()

@@ -167,11 +167,14 @@ def test_depthwise_nhwc_convs_agree(batch, threads):
     assert_agree(g, batch=batch, threads=threads)
 
 
-def test_wrong_input_shape_names_the_graph():
+def test_wrong_input_shape_or_an_empty_batch_names_the_graph():
     g = _small("lenet5")
     run = nb.compile(g, lower(g).state_dict())
     with pytest.raises(NasgraphError, match="lenet5"):
         run(np.zeros((1, 3, 5, 5), np.float32))
+    shape = (0, *g.inputs[0].type.shape)
+    with pytest.raises(NasgraphError, match=r"'lenet5' got a batch of no samples"):
+        run(np.zeros(shape, np.float32))
 
 
 def _weighted():
