@@ -133,17 +133,16 @@ _STEP_CHANNELS = st.integers(1, 40) | st.sampled_from([7, 14, 16, 28, 32, 64, 96
 @st.composite
 def step_sized_nets(draw: st.DrawFn, max_blocks: int = 4) -> tuple[Graph, int]:
     """A classifier as a search builds one, and a batch for it, at the sizes a training
-    step meets: 1-3 input channels on 4x4 to 32x32 maps, then up to `max_blocks` blocks
-    (a conv of 1x1 to 5x5, strided or dilated; a depthwise conv; a residual pair of 3x3
-    convs; a two-branch concat; a pooling), up to 96 channels, and 2-128 samples. Each
-    conv is followed by a BatchNorm and a ReLU or ReLU6 (the residual pair's second by
-    its BatchNorm, the add and a ReLU), and has no bias: a bias before a BatchNorm, or
-    a BatchNorm before a linear op and another BatchNorm, has a gradient that is zero in
-    exact arithmetic, rounding noise in float32 on either side. The
-    numba backend's training kernels switch paths at these sizes (tiles from 16
-    channels, Winograd from 64, BatchNorm's walk by sample from 64k values, the batch in
-    the lanes, the weight gradient's chunks of samples), which `graphs()`' small ones
-    never reach."""
+    step meets: 1 or 3 input channels on 4x4 to 32x32 maps, then up to `max_blocks`
+    blocks (a conv of 1x1 to 5x5, strided or dilated; a depthwise conv; a residual pair
+    of 3x3 convs; a two-branch concat; a pooling), up to 96 channels, and 2-128 samples.
+    Each conv is followed by a BatchNorm and a ReLU or ReLU6 (the residual pair's second
+    by its BatchNorm, the add and a ReLU), and has no bias: a bias before a BatchNorm,
+    or a BatchNorm before a linear op and another BatchNorm, has a gradient that is zero
+    in exact arithmetic, rounding noise in float32 on either side. The numba backend's
+    training kernels switch paths at these sizes (tiles from 16 channels, Winograd from
+    64, BatchNorm's walk by sample from 64k values, the batch in the lanes, the weight
+    gradient's chunks of samples), which `graphs()`' small ones never reach."""
     b = GraphBuilder("step")
     side = draw(st.sampled_from([4, 7, 8, 12, 14, 16, 28, 32]))
     x = b.input(draw(st.sampled_from([1, 3])), side, side)
