@@ -20,7 +20,7 @@ from nasgraph.backends.numba._weights import weight_shapes
 from nasgraph.backends.torch import lower
 from nasgraph.errors import GraphError, NasgraphError
 from nasgraph.ir import GraphBuilder
-from tests.strategies import graphs
+from tests.strategies import graphs, step_sized_nets
 
 CALIBRATION_BATCH = 32
 
@@ -110,6 +110,17 @@ def assert_agree(graph, batch=2, seed=0, **kwargs):
 @given(g=graphs(), batch=st.integers(1, 3))
 def test_random_dags_agree_with_torch(g, batch, optimize):
     assert_agree(g, batch=batch, optimize=optimize)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(net=step_sized_nets(), optimize=st.booleans(), threads=st.sampled_from([1, 2]))
+def test_step_sized_random_nets_agree_with_torch(net, optimize, threads):
+    """Search-like classifiers at the sizes of a training batch (up to 96 channels, 32 x
+    32 maps, 128 samples), where the executor's tiles, chains and Winograd convs take
+    over; `graphs()` draws maps and batches too small for most of them."""
+    graph, batch = net
+    assert_agree(graph, batch=batch, optimize=optimize,
+                 threads=min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def _small(name):
