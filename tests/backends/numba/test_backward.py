@@ -9,11 +9,12 @@ masks the numba pass drew (`dropout_mask`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
 import resource
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numba
 import numpy as np
@@ -160,16 +161,24 @@ def check_against_torch(graph: Graph, label_smoothing: float = 0.0, training: bo
         assert result.buffers == {}
 
 
+@contextlib.contextmanager
+def numba_threads(threads: int) -> Iterator[None]:
+    """numba's thread count `threads` within the block, the count before it after."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 def check_on_one_thread_and_two(graph: Graph) -> int:
     """`check_against_torch` on 5 samples (split unevenly between two threads), on one
     thread, then on two where numba has them; returns how many passes that made."""
-    before, counts = numba.get_num_threads(), sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)})
-    try:
-        for threads in counts:
-            numba.set_num_threads(threads)
+    counts = sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)})
+    for threads in counts:
+        with numba_threads(threads):
             check_against_torch(graph, n=5)
-    finally:
-        numba.set_num_threads(before)
     return len(counts)
 
 
@@ -1752,14 +1761,10 @@ def test_step_sized_random_nets_match_torch(wide, net, threads):
     paths taken where vectors are 512 bits and where they are 256."""
     from nasgraph.backends.numba import _backward_conv as conv_b
     graph, n = net
-    before = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    try:
-        with pytest.MonkeyPatch.context() as monkeypatch:
-            monkeypatch.setattr(conv_b, "WIDE", wide)
-            check_on_pinned_kinks(graph, monkeypatch, n)
-    finally:
-        numba.set_num_threads(before)
+    with (numba_threads(min(threads, numba.config.NUMBA_NUM_THREADS)),
+          pytest.MonkeyPatch.context() as monkeypatch):
+        monkeypatch.setattr(conv_b, "WIDE", wide)
+        check_on_pinned_kinks(graph, monkeypatch, n)
 
 
 def test_every_registered_op_has_a_backward_rule():
@@ -2046,12 +2051,8 @@ def test_pointwise_convs_on_tiles_match_torch(kernel_stride, hw, monkeypatch):
                       name="stem"))
     x = b.conv(x, 13, 1, stride=kernel_stride, name="conv")
     b.output(b.linear(b.flatten(b.relu(x)), CLASSES, name="fc"))
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
+    with numba_threads(1):
         check_against_torch(b.build(), n=5)
-    finally:
-        numba.set_num_threads(before)
     assert calls == ([] if hw * hw < 8 else [(13, 6), (6, 13), ("dw", 13, 6)])
 
 
@@ -2185,14 +2186,10 @@ def test_lanes_depthwise_kernels_match_torch(n, hw, stride, threads):
     out = np.empty(yt.shape, np.float32)
     gx = np.empty_like(x)
     parts = np.zeros((threads, c, 9))
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(threads)
+    with numba_threads(threads):
         lanes.depthwise_forward(x, w, bias, out, geometry, threads, lanes.NO_NORM)
         lanes.depthwise_backward(x, gy, w, gx, parts, geometry, True, threads,
                                  lanes.NO_NORM, lanes.NO_SUMS)
-    finally:
-        numba.set_num_threads(before)
     for got, ref in ((out, yt), (gx, xt.grad), (parts.sum(axis=0), wt.grad.reshape(c, 9))):
         ref = ref.detach().numpy()
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
