@@ -181,11 +181,31 @@ ROW_RATE = 1.2
 
 def planes_grouped(op, in_per_group: int) -> bool:
     """Whether a grouped conv (not depthwise) runs forward on its input's phase planes,
-    group by group (`planes_k.conv2d_forward`), where vectors are 512 bits. Elsewhere
-    grouped convs run as a GEMM of im2col columns per group, which ran at 2-16 GFLOP/s on
-    a ResNeXt candidate's 3x3 convs of 2-4 groups (docs/numba.md, "Grouped convs on the
-    planes"). Its gradients follow `dx_is_conv`."""
-    return conv_b.WIDE and op.groups > 1 and in_per_group > 1
+    group by group (`planes_k.conv2d_forward`): where vectors are 512 bits, and where
+    256 for a spatial kernel (those of at least PER_GROUP_FEWEST_CHANNELS input channels
+    a group train a conv a group first, `per_group`). Elsewhere grouped convs run as a
+    GEMM of im2col columns per group, which ran at 2-16 GFLOP/s on a ResNeXt candidate's
+    3x3 convs of 2-4 groups (docs/numba.md, "Grouped convs on the planes"). Its gradients
+    follow `dx_is_conv`."""
+    return op.groups > 1 and in_per_group > 1 and (conv_b.WIDE or op.kernel != (1, 1))
+
+
+def per_group(op, in_per_group: int, pixels: int) -> bool:
+    """Whether a grouped conv trains as one ungrouped conv a group, each on its group's
+    input channels copied out, on the paths of ungrouped convs
+    (`_conv_rules._PerGroup`): where vectors are 256 bits, at least
+    PER_GROUP_FEWEST_CHANNELS input channels a group, a spatial kernel, no dilation
+    across, at least a tile of output pixels (where `nodes.conv_strategy` tiles an
+    ungrouped conv). Forward and backward, one thread, batch 128, on an AMD EPYC with
+    AVX2 (docs/numba.md, "Grouped convs, a conv a group, on AVX2"): 5-48 input channels
+    a group, 3x3 kernels, 4x4 to 14x14 maps, strides 1 and 2, 0.26-0.56x the time of the
+    GEMM of columns a group (0.90x on 4x4) and 0.39-0.93x that of the phase planes; with
+    2-4 a group, the planes took 0.47-0.93x the time of a conv a group."""
+    return (not conv_b.WIDE and op.groups > 1 and in_per_group >= PER_GROUP_FEWEST_CHANNELS
+            and op.kernel != (1, 1) and op.dilation[1] == 1 and pixels >= tiled_k.R)
+
+
+PER_GROUP_FEWEST_CHANNELS = 5
 
 
 def dx_is_conv(op) -> bool:

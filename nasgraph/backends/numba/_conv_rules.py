@@ -6,6 +6,8 @@ docs/numba.md, "Which kernel computes which gradient"."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -26,6 +28,7 @@ from nasgraph.backends.numba._conv_paths import (
     dx_is_conv,
     flat_depthwise,
     lanes_conv,
+    per_group,
     planes_forward,
     planes_grouped,
     planes_input_grad,
@@ -49,7 +52,7 @@ from nasgraph.backends.numba._rule import (
     empty,
 )
 from nasgraph.backends.numba.nodes import conv_strategy
-from nasgraph.ir import Node
+from nasgraph.ir import Node, TensorType
 
 
 class _DepthwiseFlat(NamedTuple):
@@ -93,14 +96,42 @@ class _Grouped(NamedTuple):
     x: np.ndarray | None = None
 
 
+class _PerGroup(NamedTuple):
+    """What a grouped conv run as one ungrouped conv a group (`per_group`) keeps for its
+    backward: the node of a group's conv (`_group_node`), and what each group's forward
+    kept."""
+
+    node: Node
+    saved: list
+
+
+@functools.lru_cache(maxsize=256)
+def _group_node(node: Node) -> Node:
+    """The conv of one group of a grouped conv `node`: its input channels to its output
+    channels, ungrouped, same kernel, stride, padding, dilation and bias."""
+    op = node.op
+    cog = op.out_channels // op.groups
+    return dataclasses.replace(
+        node, op=op.model_copy(update={"out_channels": cog, "groups": 1}),
+        type=TensorType(channels=cog, height=node.type.height, width=node.type.width))
+
+
+def _group_weights(wts: Weights, op, g: int) -> Weights:
+    # group g's weights: views of its output channels' rows
+    cog = op.out_channels // op.groups
+    rows = slice(g * cog, (g + 1) * cog)
+    return {key: value[rows] for key, value in wts.items()}
+
+
 def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                  ) -> tuple[np.ndarray, np.ndarray | Padded | _Subsampled | _Grouped
-                            | matmul_k.Dense | planes_k.PhasePlanes | _DepthwiseNHWC
-                            | _DepthwiseFlat | _DepthwiseLanes]:
+                            | _PerGroup | matmul_k.Dense | planes_k.PhasePlanes
+                            | _DepthwiseNHWC | _DepthwiseFlat | _DepthwiseLanes]:
     # N x Cin x H x W -> N x Cout x Ho x Wo; saved: x, for a tiled conv `Padded`, for a
     # strided 1x1 one `_Subsampled`, for a depthwise one (or a stem of one input channel)
     # `_DepthwiseLanes`, `_DepthwiseFlat`, `_DepthwiseNHWC` or its input's phase planes,
-    # for a grouped one on the planes `_Grouped`, for one on a tiny map `matmul_k.Dense`
+    # for a grouped one on the planes `_Grouped`, as a conv a group `_PerGroup`, for one
+    # on a tiny map `matmul_k.Dense`
     op, x = node.op, xs[0]
     w = wts["weight"]  # Cout x Cin/G x kh x kw
     cout, cig, kh, kw = w.shape
@@ -118,6 +149,8 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
     if isinstance(x, planes_k.PhasePlanes):  # as its producer wrote them (`planes_x`)
         planes_k.conv2d_forward(x, w, bias if op.bias else None, out, run.threads)
         return out, Padded(None, x, x)
+    if per_group(op, cig, out.shape[2] * out.shape[3]):
+        return out, _per_group_forward(node, x, wts, out, run)
     if subsampled_pointwise(op):
         sh, sw = op.stride
         sub = np.ascontiguousarray(x[:, :, ::sh, ::sw])
@@ -191,6 +224,36 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
     return out, x
 
 
+def _per_group_forward(node: Node, x: np.ndarray, wts: Weights, out: np.ndarray, run: Run
+                       ) -> _PerGroup:
+    # a grouped conv as `op.groups` ungrouped convs, each on its group's input channels
+    # copied out, its output copied into its channels of `out`
+    op, group = node.op, _group_node(node)
+    cig, cog = x.shape[1] // op.groups, group.op.out_channels
+    saved = []
+    for g in range(op.groups):
+        xg = np.ascontiguousarray(x[:, g * cig:(g + 1) * cig])
+        out_g, kept = conv_forward(group, [xg], _group_weights(wts, op, g), run)
+        out[:, g * cog:(g + 1) * cog] = out_g
+        saved.append(kept)
+    return _PerGroup(group, saved)
+
+
+def _per_group_backward(op, gy: np.ndarray, saved: _PerGroup, wts: Weights, run: Run,
+                        needs: list[bool]) -> Grads:
+    # each group's conv's gradients (`_per_group_forward`), put together
+    cog = saved.node.op.out_channels
+    gxs, grads = [], {key: np.empty(value.shape, F32) for key, value in wts.items()}
+    for g, kept in enumerate(saved.saved):
+        gyg = np.ascontiguousarray(gy[:, g * cog:(g + 1) * cog])
+        (gx,), gw = conv_backward(saved.node, gyg, kept, _group_weights(wts, op, g), run,
+                                  needs)
+        gxs.append(gx)
+        for key, value in gw.items():
+            grads[key][g * cog:(g + 1) * cog] = value
+    return [np.concatenate(gxs, axis=1) if needs[0] else None], grads
+
+
 def _norm(x: Normalized) -> tuple:
     # `_depthwise_lanes`'s normalization of its input
     return x.scale, x.shift, x.mean, x.act, True
@@ -201,8 +264,9 @@ def _lanes_geometry(op, x_shape: tuple[int, ...]) -> lanes_k.LanesGeometry:
 
 
 def conv_backward(node: Node, gy: np.ndarray,
-                  saved: np.ndarray | Padded | _Subsampled | _Grouped | matmul_k.Dense
-                  | planes_k.PhasePlanes | _DepthwiseNHWC | _DepthwiseFlat | _DepthwiseLanes,
+                  saved: np.ndarray | Padded | _Subsampled | _Grouped | _PerGroup
+                  | matmul_k.Dense | planes_k.PhasePlanes | _DepthwiseNHWC | _DepthwiseFlat
+                  | _DepthwiseLanes,
                   wts: Weights,
                   run: Run,
                   needs: list[bool]) -> Grads:
@@ -211,6 +275,8 @@ def conv_backward(node: Node, gy: np.ndarray,
     cout, cig, kh, kw = w.shape
     if isinstance(saved, Padded):
         return _tiled_conv_backward(op, gy, saved, w, run, needs)
+    if isinstance(saved, _PerGroup):
+        return _per_group_backward(op, gy, saved, wts, run, needs)
     if isinstance(saved, matmul_k.Dense):
         gx, gw = matmul_k.dense_backward(op, saved, gy, w, needs[0])
         return [gx], _with_bias_grad(op, gw, gy)

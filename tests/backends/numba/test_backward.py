@@ -932,18 +932,20 @@ def test_few_channel_convs_on_phase_planes_match_torch(monkeypatch):
 
 
 @FORCES_A_VECTOR_WIDTH
-@RUNS_512_BIT_TILES
-def test_grouped_convs_on_phase_planes_match_torch(monkeypatch):
-    # where vectors are 512 bits, grouped convs run forward on their input's phase planes
-    # group by group, their weight gradients on `_wgrad`'s tiles and, where dx is a conv
-    # of dy, their input gradients on its planes (`planes_grouped`): forced here, as on
-    # such a CPU; groups of 2-12 output channels (one and two tile blocks), strides, a 5x5
+@EITHER_VECTOR_WIDTH
+def test_grouped_convs_on_phase_planes_match_torch(monkeypatch, wide):
+    # grouped convs run forward on their input's phase planes group by group, their
+    # weight gradients on `_wgrad`'s tiles and, where dx is a conv of dy, their input
+    # gradients on its planes (`planes_grouped`): where vectors are 512 bits, and where
+    # 256 for spatial kernels (a conv a group, `per_group`, switched off here: tested
+    # below); groups of 2-12 output channels (one and two tile blocks), strides, a 5x5
     # kernel, dilation, a kernel that does not cover its padding, on 1 and 2 threads;
     # none as a dense layer (`_conv_matmul.dense`, tested below)
     from nasgraph.backends.numba import _backward_conv as conv_b
-    from nasgraph.backends.numba import _planes
+    from nasgraph.backends.numba import _conv_rules, _planes
 
-    monkeypatch.setattr(conv_b, "WIDE", True)
+    monkeypatch.setattr(conv_b, "WIDE", wide)
+    monkeypatch.setattr(_conv_rules, "per_group", lambda op, in_per_group, pixels: False)
     monkeypatch.setattr(_conv_matmul, "DENSE_GROUPED_WORK", 0)
     grouped = []
     forward = _planes.conv2d_forward
@@ -961,9 +963,46 @@ def test_grouped_convs_on_phase_planes_match_torch(monkeypatch):
     x = b.relu(b.conv(x, 24, 3, padding=1, stride=(2, 1), groups=3))
     b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
     passes = check_on_one_thread_and_two(b.build())
-    # per pass: 6 grouped forwards, 3 input gradients on dy's planes (stride 1, padding
-    # covered); the rest from the GEMM of columns
-    assert sorted(g for g in grouped if g > 1) == sorted([4, 2, 3, 2, 4, 3, 4, 3, 2] * passes)
+    # per pass: 6 grouped forwards (5 where vectors are 256 bits: the 1x1 conv's is the
+    # GEMM's), 3 input gradients on dy's planes (stride 1, padding covered); the rest
+    # from the GEMM of columns
+    forwards = [4, 2, 3, 2, 4, 3] if wide else [4, 2, 3, 2, 3]
+    assert sorted(g for g in grouped if g > 1) == sorted((forwards + [4, 3, 2]) * passes)
+
+
+@FORCES_A_VECTOR_WIDTH
+def test_grouped_convs_one_conv_a_group_match_torch(monkeypatch):
+    # where vectors are 256 bits, grouped convs of at least PER_GROUP_FEWEST_CHANNELS
+    # input channels a group, spatial kernels, no dilation across, onto maps of a tile of
+    # pixels or more, train as one ungrouped conv a group (`per_group`): forced here, as
+    # on such a CPU. Each group's conv takes the paths of ungrouped ones (tiled, strided
+    # dx in registers, the planes for the weight gradient, ...): 2-4 groups of 5-16
+    # channels, a bias, a BatchNorm after, strides (2, 2) and (2, 1), a 5x5 kernel with
+    # dilation down, on 1 and 2 threads. Not so: 4 channels a group (the planes), dilation
+    # across, a 1x1 kernel, a map under a tile (a dense layer a group)
+    from nasgraph.backends.numba import _backward_conv as conv_b
+    from nasgraph.backends.numba import _conv_rules
+    from nasgraph.backends.numba._conv_paths import PER_GROUP_FEWEST_CHANNELS
+
+    assert PER_GROUP_FEWEST_CHANNELS == 5  # the graph's channel counts assume it
+    monkeypatch.setattr(conv_b, "WIDE", False)
+    split = []
+    forward = _conv_rules._per_group_forward
+    monkeypatch.setattr(_conv_rules, "_per_group_forward",
+                        lambda node, *args: split.append(node.id) or forward(node, *args))
+    b = GraphBuilder("per_group")
+    x = b.relu(b.conv(b.input(3, 12, 12), 20, 3, padding=1))
+    x = b.relu(b.bn(b.conv(x, 20, 3, padding=1, groups=4, bias=False, name="five")))
+    x = b.relu(b.conv(x, 30, 3, stride=2, padding=1, groups=2, name="s2"))  # 10 a group
+    x = b.relu(b.conv(x, 30, 5, padding=(4, 2), dilation=(2, 1), groups=3, name="d"))
+    x = b.relu(b.conv(x, 32, 3, stride=(2, 1), padding=1, groups=2, name="s21"))  # 15
+    x = b.relu(b.conv(x, 32, 3, padding=1, groups=8, name="four"))  # 4: the planes
+    x = b.relu(b.conv(x, 32, 3, padding=(1, 2), dilation=(1, 2), groups=2, name="across"))
+    x = b.relu(b.conv(x, 32, 1, groups=2, name="pointwise"))
+    x = b.relu(b.conv(x, 32, 3, stride=(2, 3), padding=1, groups=2, name="tiny"))  # 2x2
+    b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
+    passes = check_on_one_thread_and_two(b.build())
+    assert sorted(split) == sorted(["five", "s2", "d", "s21"] * passes)
 
 
 def test_convs_onto_tiny_maps_run_as_dense_layers(monkeypatch):
