@@ -48,13 +48,38 @@ def plain_5m() -> Graph:
     return fitted(plain_cnn, (1, 28, 28), 10, 5_000_000)[0]
 
 
+# a candidate a Fashion-MNIST search of the `residual` space drew (`nasgraph search
+# residual --dataset fashion-mnist --budget 1M --time-budget 4m`, trial 3): pre-activation
+# bottlenecks whose 3x3 convs have 2 and 4 groups (ResNeXt's cardinality)
+RESNEXT_PARAMETERS = {
+    "block": "bottleneck", "preact": True, "stem.width": 48, "stem.stride": 1, "stages": 4,
+    "stage1.depth": 1, "stage1.width": 64, "stage1.cardinality": 4,
+    "stage2.depth": 3, "stage2.width": 40, "stage2.cardinality": 2,
+    "stage3.depth": 1, "stage3.width": 112, "stage3.cardinality": 2,
+    "stage4.depth": 2, "stage4.width": 448, "stage4.cardinality": 2}
+
+
+def resnext() -> Graph:
+    """`RESNEXT_PARAMETERS` built by the `residual` space and fitted to 1M MACs, as the
+    search fits its candidates (`fit_to_budget`)."""
+    import optuna
+
+    from nasgraph.search.budget import Budget
+    from nasgraph.search.space import Context, fit_to_budget, get_space
+
+    ctx = Context(input_shape=(1, 28, 28), num_classes=10, budget=Budget(macs=1_000_000))
+    trial = optuna.trial.FixedTrial(RESNEXT_PARAMETERS, 3)
+    return fit_to_budget(get_space("residual"), trial, ctx)[0]
+
+
 # name -> (graph, batch); the Fashion candidates span 0.3-5M MACs
 CASES: dict[str, list[tuple[str, Callable[[], Graph], int]]] = {
     "digits": [("digits 2-stage ResNet", digits_candidate, 32),
                ("digits 2-stage ResNet", digits_candidate, 128)],
     "fashion": [("Fashion small ResNet", small, 128), ("Fashion MobileNetV2-style", mobile, 128),
                 ("Fashion ResNet", resnet, 128), ("Fashion plain CNN", plain, 128),
-                ("Fashion plain CNN, 5M", plain_5m, 128)],
+                ("Fashion plain CNN, 5M", plain_5m, 128),
+                ("Fashion ResNeXt-style (search)", resnext, 128)],
     "resnet20": [("resnet20 (32x32)", resnet20_style, 64)],
 }
 
