@@ -134,8 +134,9 @@ _STEP_CHANNELS = st.integers(1, 40) | st.sampled_from([7, 14, 16, 28, 32, 64, 96
 def step_sized_nets(draw: st.DrawFn, max_blocks: int = 4) -> tuple[Graph, int]:
     """A classifier as a search builds one, and a batch for it, at the sizes a training
     step meets: 1 or 3 input channels on 4x4 to 32x32 maps, then up to `max_blocks`
-    blocks (a conv of 1x1 to 5x5, strided or dilated; a depthwise conv; a residual pair
-    of 3x3 convs; a two-branch concat; a pooling), up to 96 channels, and 2-128 samples.
+    blocks (a conv of 1x1 to 5x5, strided or dilated; a depthwise conv; a grouped 3x3
+    conv of 2-4 groups; a residual pair of 3x3 convs; a two-branch concat; a pooling), up
+    to 96 channels, and 2-128 samples.
     Each conv is followed by a BatchNorm and a ReLU or ReLU6 (the residual pair's second
     by its BatchNorm, the add and a ReLU), and has no bias: a bias before a BatchNorm,
     or a BatchNorm before a linear op and another BatchNorm, has a gradient that is zero
@@ -158,9 +159,11 @@ def step_sized_nets(draw: st.DrawFn, max_blocks: int = 4) -> tuple[Graph, int]:
         # a block never leaves a map under 2 x 2: a BatchNorm over 2 values a channel (1 x
         # 1 at batch 2) has x_hat = +-1 whatever x is, and a gradient of rounding noise
         stride = draw(st.integers(1, 2)) if side >= 4 else 1
-        kind = draw(st.sampled_from(["conv", "conv", "depthwise", "residual", "concat",
-                                     "pool"]))
-        if kind == "concat" and x.channels == 1:
+        kind = draw(st.sampled_from(["conv", "conv", "depthwise", "grouped", "residual",
+                                     "concat", "pool"]))
+        groups = draw(st.sampled_from([2, 3, 4]))
+        if kind == "concat" and x.channels == 1 or \
+                kind == "grouped" and (x.channels % groups or x.channels == groups):
             kind = "conv"
         if kind == "conv":
             # not 1x1 on one channel: each output would be +-x once normalized, whatever
@@ -173,6 +176,8 @@ def step_sized_nets(draw: st.DrawFn, max_blocks: int = 4) -> tuple[Graph, int]:
             x = conv_bn_act(x, draw(_STEP_CHANNELS), k, stride, pad, d)
         elif kind == "depthwise":
             x = conv_bn_act(x, x.channels, 3, stride, 1, groups=x.channels)
+        elif kind == "grouped":  # ResNeXt's: several channels a group
+            x = conv_bn_act(x, groups * draw(st.integers(2, 24)), 3, stride, 1, groups=groups)
         elif kind == "residual":
             inner = conv_bn_act(x, x.channels, 3, padding=1)
             x = b.relu(b.add([b.bn(b.conv(inner, x.channels, 3, padding=1, bias=False)), x]))
