@@ -227,7 +227,7 @@ def _maxpool_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
 def _maxpool_backward(node: Node, gy: np.ndarray, saved: tuple, wts: Weights, run: Run,
                       needs: list[bool]) -> Grads:
     argmax, shape = saved
-    gx = np.zeros(shape, F32)
+    gx = np.empty(shape, F32)
     resample_b.maxpool2d_backward(gy, argmax, gx)
     return [gx], {}
 

@@ -1058,6 +1058,42 @@ def test_global_pools_on_one_thread_and_two():
         assert check_on_one_thread_and_two(single_op_graph(lambda b, x: b.gap(x), shape))
 
 
+@settings(max_examples=60, deadline=None)
+@given(channels=st.integers(1, 40), size=st.tuples(st.integers(1, 15), st.integers(1, 15)),
+       kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), ceil=st.booleans(),
+       values=st.sampled_from(["normal", "relu", "nan", "-inf"]),
+       threads=st.sampled_from([1, 2]), data=st.data())
+def test_max_pool_values_and_picks_are_torchs(channels, size, kernel, stride, ceil, values,
+                                              threads, data):
+    # the training forward of max pooling (16 channels in the vector lanes, the grid
+    # padded with -inf: `_backward_resample.maxpool2d_train`) against torch's
+    # max_pool2d(return_indices=True), values and indices equal: channel counts across
+    # blocks of 16, any kernel, stride and padding torch allows, ceil_mode, ties at 0 (a
+    # ReLU's zeros), NaNs (a NaN wins, as in torch) and -inf (a window of -inf alone picks
+    # its first pixel inside the map), on one thread and two
+    from nasgraph.backends.numba import _backward_resample
+
+    (h, w), (kh, kw) = size, kernel
+    pad = (data.draw(st.integers(0, kh // 2)), data.draw(st.integers(0, kw // 2)))
+    if kh > h + 2 * pad[0] or kw > w + 2 * pad[1]:
+        return
+    rng = np.random.default_rng(channels * 1000 + h * 31 + w)
+    x = rng.standard_normal((3, channels, h, w)).astype(np.float32)
+    if values == "relu":
+        x = np.maximum(x, 0)
+    elif values != "normal":
+        x[rng.random(x.shape) < 0.2] = np.nan if values == "nan" else -np.inf
+    ref, ref_at = F.max_pool2d(torch.from_numpy(x), kernel, stride, pad, ceil_mode=ceil,
+                               return_indices=True)
+    out = np.empty(ref.shape, np.float32)
+    picks = np.empty(ref.shape, np.int32)
+    with numba_threads(min(threads, numba.config.NUMBA_NUM_THREADS)):
+        _backward_resample.maxpool2d_train(x, out, picks, *kernel, *stride, *pad)
+    np.testing.assert_array_equal(out, ref.numpy())
+    np.testing.assert_array_equal(picks, ref_at.numpy())
+
+
 def test_pointwise_convs_on_one_thread_run_as_batched_matmuls(monkeypatch):
     # 1x1 convs with no groups, and strided ones' subsampled pixels, run as numpy's
     # batched matmul on one thread (`_conv_matmul.batched_pointwise`), as the im2col GEMM
