@@ -220,7 +220,7 @@ def _maxpool_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
     op, x = node.op, xs[0]
     out = empty(x, node)
     argmax = np.empty(out.shape, np.int32)
-    resample_b.maxpool2d_train(x, out, argmax, *op.kernel, *op.strides, *op.padding)
+    resample_k.maxpool2d(x, out, 0, argmax, *op.kernel, *op.strides, *op.padding)
     return out, (argmax, x.shape)
 
 
@@ -236,8 +236,8 @@ def _avgpool_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                      ) -> tuple[np.ndarray, tuple]:
     op, x = node.op, xs[0]
     out = empty(x, node)
-    resample_k.pool2d(x, out, 0, *op.kernel, *op.strides, *op.padding, 0,
-                      int(op.count_include_pad))
+    resample_k.avgpool2d(x, out, 0, *op.kernel, *op.strides, *op.padding,
+                         int(op.count_include_pad))
     return out, x.shape
 
 

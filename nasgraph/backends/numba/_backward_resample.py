@@ -5,127 +5,16 @@ Windows and source indices are the forward kernels' (`_resample`), which follow 
 max pooling routes each output's gradient to its window's first maximum (torch's pick on
 ties, which ReLU's zeros make common), average pooling spreads it evenly over the window
 it averaged, resizing adds it back to the pixels it interpolated from. One job per
-N x C plane: a plane's gradient is written by one thread. Max pooling's forward takes 16
-channels at a time, one a vector lane (`maxpool2d_train`).
+N x C plane: a plane's gradient is written by one thread. Max pooling's forward, which
+records those maxima, is the executor's (`_resample.maxpool2d`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from nasgraph.backends.numba._resample import _linear_index, _nearest_index
-
-LANES = 16  # channels a vector in `maxpool2d_train`
-_F32X16 = ir.VectorType(ir.FloatType(), LANES)
-_I32X16 = ir.VectorType(ir.IntType(32), LANES)
-_I32 = ir.IntType(32)
-
-
-@njit(parallel=True, cache=True)
-def maxpool2d_train(x, out, argmax, kh, kw, sh, sw, ph, pw):
-    """Max windows (clipped as torch clips them), and in `argmax` (N x C x Ho x Wo int32)
-    the flat index within its H x W plane of each output's first maximum (a NaN wins, the
-    last one seen).
-
-    16 channels of a sample at a time, one a vector lane: their planes are copied into a
-    grid of 16-value vectors, a pixel's, padded with -inf as far as any window reaches,
-    and an output pixel is its window's vectors compared in turn (`window_max16`), each
-    lane keeping the larger value and where it came from in selects, then copied back.
-    Window by window, a branch a compare (mispredicted on about half of them), it ran at
-    0.2-0.3 G compares a second: 15-19 ms a 3x3 stride-1 pool of 64 x 7x7 at batch 128,
-    one thread, on an AMD EPYC, against 1.5 ms so (docs/numba.md, "Max pooling with the
-    channels in the lanes"). Padding's -inf is never taken: a window of -inf alone keeps
-    its first pixel inside the map, as window by window."""
-    n_batch, c_in, h, w = x.shape
-    ho, wo = out.shape[2], out.shape[3]
-    hp = max(h + 2 * ph, (ho - 1) * sh + kh)
-    wp = max(w + 2 * pw, (wo - 1) * sw + kw)
-    taps = np.empty(kh * kw, np.uint64)  # each tap's offset in the grid from the window's
-    steps = np.empty(kh * kw, np.int32)  # and its index from the window's first pixel's
-    for i in range(kh):
-        for j in range(kw):
-            taps[i * kw + j] = (i * wp + j) * LANES
-            steps[i * kw + j] = i * w + j
-    blocks = -(-c_in // LANES)
-    for job in prange(n_batch * blocks):
-        n, c0 = job // blocks, job % blocks * LANES
-        lanes = min(LANES, c_in - c0)
-        grid = np.full(hp * wp * LANES, -np.inf, np.float32)
-        for lane in range(lanes):
-            plane = x[n, c0 + lane]
-            for i in range(h):
-                for j in range(w):
-                    grid[((i + ph) * wp + j + pw) * LANES + lane] = plane[i, j]
-        vals = np.empty(ho * wo * LANES, np.float32)
-        picks = np.empty(ho * wo * LANES, np.int32)
-        for oh in range(ho):
-            first_row = max(oh * sh - ph, 0)
-            for ow in range(wo):
-                at = oh * wo + ow
-                window_max16(grid, np.uint64((oh * sh * wp + ow * sw) * LANES), taps, steps,
-                             np.uint64(kh * kw), np.int32((oh * sh - ph) * w + ow * sw - pw),
-                             np.int32(first_row * w + max(ow * sw - pw, 0)), vals, picks,
-                             np.uint64(at * LANES))
-        for lane in range(lanes):
-            dst, picked = out[n, c0 + lane], argmax[n, c0 + lane]
-            for oh in range(ho):
-                for ow in range(wo):
-                    dst[oh, ow] = vals[(oh * wo + ow) * LANES + lane]
-                    picked[oh, ow] = picks[(oh * wo + ow) * LANES + lane]
-
-
-@intrinsic
-def window_max16(typingctx, grid, at, taps, steps, count, base, first, vals, picks, out_at):
-    """The max of each lane over the window of `count` vectors grid[at + taps[t]:+16]
-    (taps in order, unsigned), into vals[out_at:+16], and where it came from into
-    picks[out_at:+16]: base + steps[t] of the first tap whose value beat the lane's max so
-    far (greater, or a NaN), `first` where none did. Both kept in registers over the
-    taps; no bounds are checked."""
-    sig = types.void(grid, types.uint64, taps, steps, types.uint64, types.int32,
-                     types.int32, vals, picks, types.uint64)
-
-    def codegen(context, builder, signature, args):
-        g_ptr, t_ptr, s_ptr, v_ptr, p_ptr = (
-            context.make_array(signature.args[k])(context, builder, args[k]).data
-            for k in (0, 2, 3, 7, 8))
-        at, count, base, first, out_at = args[1], args[4], args[5], args[6], args[9]
-        best = cgutils.alloca_once_value(builder, ir.Constant(_F32X16, [-np.inf] * LANES))
-        where = cgutils.alloca_once_value(builder, _splat(builder, first))
-        with cgutils.for_range(builder, count) as loop:
-            offset = builder.load(builder.gep(t_ptr, [loop.index]))
-            u = builder.load(_vector_at(builder, g_ptr, builder.add(at, offset), _F32X16),
-                             align=4)
-            v = builder.load(best)
-            take = builder.or_(builder.fcmp_ordered(">", u, v),
-                               builder.fcmp_unordered("uno", u, u))
-            builder.store(builder.select(take, u, v), best)
-            step = builder.add(base, builder.load(builder.gep(s_ptr, [loop.index])))
-            builder.store(builder.select(take, _splat(builder, step), builder.load(where)),
-                          where)
-        builder.store(builder.load(best), _vector_at(builder, v_ptr, out_at, _F32X16),
-                      align=4)
-        builder.store(builder.load(where), _vector_at(builder, p_ptr, out_at, _I32X16),
-                      align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-def _splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
-    # an int32 in every lane of a 16-lane vector
-    one = builder.insert_element(ir.Constant(_I32X16, ir.Undefined), value,
-                                 ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(_I32X16, ir.Undefined),
-                                  ir.Constant(_I32X16, [0] * LANES))
-
-
-def _vector_at(builder: ir.IRBuilder, base, at, vector: ir.VectorType):
-    # a pointer to the vector at base[at] (unaligned)
-    return builder.bitcast(builder.gep(base, [at]), vector.as_pointer())
 
 
 @njit(parallel=True, cache=True)

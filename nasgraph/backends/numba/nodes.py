@@ -287,10 +287,13 @@ def _scale_shift(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co:
 
 def _pool(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -> Step:
     op = node.op
-    is_max = int(node.kind == "maxpool2d")
-    include_pad = int(getattr(op, "count_include_pad", True))
-    args = (xs[0], out, co, *op.kernel, *op.strides, *op.padding, is_max, include_pad)
-    kernel = compiled(resample_k.pool2d, *args)
+    if node.kind == "maxpool2d":
+        args = (xs[0], out, co, resample_k.NO_PICKS, *op.kernel, *op.strides, *op.padding)
+        kernel = compiled(resample_k.maxpool2d, *args)
+    else:
+        args = (xs[0], out, co, *op.kernel, *op.strides, *op.padding,
+                int(op.count_include_pad))
+        kernel = compiled(resample_k.avgpool2d, *args)
     return lambda threads: kernel(*args)
 
 

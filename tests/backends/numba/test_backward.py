@@ -1067,12 +1067,13 @@ def test_global_pools_on_one_thread_and_two():
 def test_max_pool_values_and_picks_are_torchs(channels, size, kernel, stride, ceil, values,
                                               threads, data):
     # the training forward of max pooling (16 channels in the vector lanes, the grid
-    # padded with -inf: `_backward_resample.maxpool2d_train`) against torch's
+    # padded with -inf: `_resample.maxpool2d`) against torch's
     # max_pool2d(return_indices=True), values and indices equal: channel counts across
     # blocks of 16, any kernel, stride and padding torch allows, ceil_mode, ties at 0 (a
     # ReLU's zeros), NaNs (a NaN wins, as in torch) and -inf (a window of -inf alone picks
-    # its first pixel inside the map), on one thread and two
-    from nasgraph.backends.numba import _backward_resample
+    # its first pixel inside the map), on one thread and two; and as the executor runs
+    # it, without the indices, into a concat's output
+    from nasgraph.backends.numba import _resample
 
     (h, w), (kh, kw) = size, kernel
     pad = (data.draw(st.integers(0, kh // 2)), data.draw(st.integers(0, kw // 2)))
@@ -1089,9 +1090,14 @@ def test_max_pool_values_and_picks_are_torchs(channels, size, kernel, stride, ce
     out = np.empty(ref.shape, np.float32)
     picks = np.empty(ref.shape, np.int32)
     with numba_threads(min(threads, numba.config.NUMBA_NUM_THREADS)):
-        _backward_resample.maxpool2d_train(x, out, picks, *kernel, *stride, *pad)
+        _resample.maxpool2d(x, out, 0, picks, *kernel, *stride, *pad)
     np.testing.assert_array_equal(out, ref.numpy())
     np.testing.assert_array_equal(picks, ref_at.numpy())
+    # as the executor runs it: no picks, into channels 2.. of a concat's output
+    wide = np.full((3, channels + 3, *ref.shape[2:]), 7.0, np.float32)
+    _resample.maxpool2d(x, wide, 2, _resample.NO_PICKS, *kernel, *stride, *pad)
+    np.testing.assert_array_equal(wide[:, 2:-1], ref.numpy())
+    assert (wide[:, :2] == 7.0).all() and (wide[:, -1] == 7.0).all()
 
 
 def test_pointwise_convs_on_one_thread_run_as_batched_matmuls(monkeypatch):
