@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from nasgraph.backends.numba._resample import _linear_index, _nearest_index
+from nasgraph.backends.numba._resample import _linear_index, _nearest_index, tiles
 
 
 @njit(parallel=True, cache=True)
@@ -36,9 +36,14 @@ def maxpool2d_backward(gy, argmax, gx):
 def avgpool2d_backward(gy, gx, kh, kw, sh, sw, ph, pw, count_include_pad):
     """gx (zeroed) += each output's gradient divided by the count it averaged over
     (the window clipped to the padded input, or to the input without
-    `count_include_pad`), over that window's input pixels."""
+    `count_include_pad`), over that window's input pixels. Windows that tile the input
+    (`_resample.tiles`) are spread a kernel row and column at a time along the output
+    row."""
     n_batch, c_in, h, w = gx.shape
     ho, wo = gy.shape[2], gy.shape[3]
+    if tiles(h, w, ho, wo, kh, kw, sh, sw, ph, pw):
+        _tiled_avgpool_backward(gy, gx, kh, kw)
+        return
     for job in prange(n_batch * c_in):
         n, c = job // c_in, job % c_in
         g, dst = gy[n, c], gx[n, c]
@@ -55,6 +60,26 @@ def avgpool2d_backward(gy, gx, kh, kw, sh, sw, ph, pw, count_include_pad):
                 for i in range(a0, a1):
                     for j in range(b0, b1):
                         dst[i, j] += v
+
+
+@njit(parallel=True, cache=True)
+def _tiled_avgpool_backward(gy, gx, kh, kw):
+    # `avgpool2d_backward` of windows that tile gx (zeroed): each input pixel in one
+    # window, so it gets its output's share added once, as the window loop adds it
+    n_batch, c_in = gx.shape[:2]
+    ho, wo = gy.shape[2], gy.shape[3]
+    area = np.float32(kh * kw)
+    for job in prange(n_batch * c_in):
+        n, c = job // c_in, job % c_in
+        g, dst = gy[n, c], gx[n, c]
+        for oh in range(ho):
+            share = g[oh]
+            for i in range(kh):
+                row = dst[oh * kh + i]
+                for j in range(kw):
+                    for ow in range(wo):
+                        k = np.uintp(ow * kw + j)
+                        row[k] += share[np.uintp(ow)] / area
 
 
 @njit(parallel=True, cache=True)

@@ -133,9 +133,14 @@ def _vector_at(builder: ir.IRBuilder, base, at, vector: ir.VectorType):
 
 @njit(parallel=True, cache=True)
 def avgpool2d(x, out, co, kh, kw, sh, sw, ph, pw, count_include_pad):
-    """Average windows; windows past the input (ceil_mode) are clipped as in torch."""
+    """Average windows; windows past the input (ceil_mode) are clipped as in torch. Windows
+    that tile the input (`tiles`: a DenseNet's transition, 2x2 at stride 2) are summed a
+    kernel row and column at a time along the output row, in the same order."""
     n_batch, c_in, h, w = x.shape
     ho, wo = out.shape[2], out.shape[3]
+    if tiles(h, w, ho, wo, kh, kw, sh, sw, ph, pw):
+        _tiled_avgpool(x, out, co, kh, kw)
+        return
     for job in prange(n_batch * c_in):
         n, c = job // c_in, job % c_in
         src, dst = x[n, c], out[n, co + c]
@@ -154,6 +159,39 @@ def avgpool2d(x, out, co, kh, kw, sh, sw, ph, pw, count_include_pad):
                 if not count_include_pad:
                     area = (a1 - a0) * (b1 - b0)
                 dst[oh, ow] = s / area
+
+
+@njit(cache=True)
+def tiles(h, w, ho, wo, kh, kw, sh, sw, ph, pw):
+    """Whether a pool's windows tile its input: as large as their stride, unpadded, each
+    inside it (the rows and columns past the last window unread)."""
+    return (kh == sh and kw == sw and ph == 0 and pw == 0 and ho * kh <= h
+            and wo * kw <= w)
+
+
+@njit(parallel=True, cache=True)
+def _tiled_avgpool(x, out, co, kh, kw):
+    # `avgpool2d` of windows that tile x: each output row accumulated in place, tap by
+    # tap over the row (unsigned indices, no wraparound branch: a vector loop), the sum
+    # of each window in the window loop's order, then divided as it divides
+    n_batch, c_in = x.shape[:2]
+    ho, wo = out.shape[2], out.shape[3]
+    area = kh * kw
+    for job in prange(n_batch * c_in):
+        n, c = job // c_in, job % c_in
+        src, dst = x[n, c], out[n, co + c]
+        for oh in range(ho):
+            acc = dst[oh]
+            for ow in range(wo):
+                acc[ow] = np.float32(0.0)
+            for i in range(kh):
+                row = src[oh * kh + i]
+                for j in range(kw):
+                    for ow in range(wo):
+                        k = np.uintp(ow)
+                        acc[k] += row[np.uintp(ow * kw + j)]
+            for ow in range(wo):
+                acc[ow] = acc[ow] / area
 
 
 @njit(parallel=True, cache=True)

@@ -281,6 +281,8 @@ OP_CASES: dict[str, Callable[[GraphBuilder, Tensor], Tensor]] = {
     "maxpool_ties_after_relu": lambda b, x: b.maxpool(b.relu(x), 3, 1, padding=1),
     "maxpool_2x3": lambda b, x: b.maxpool(x, (2, 3), (1, 2)),
     "avgpool_2": lambda b, x: b.avgpool(x, 2),
+    # windows that tile the input (`_resample.tiles`), the last row unread
+    "avgpool_3x2_tiles": lambda b, x: b.avgpool(x, (3, 2)),
     "avgpool_3s2p1": lambda b, x: b.avgpool(x, 3, 2, padding=1),
     "avgpool_3s2p1_exclude_pad": lambda b, x: b.avgpool(x, 3, 2, padding=1,
                                                         count_include_pad=False),
