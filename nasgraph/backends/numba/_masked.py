@@ -80,8 +80,9 @@ def _masked_load_store(builder: ir.IRBuilder, s_ptr, d_ptr, lanes: int = LANES) 
 
 
 def splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
-    """For intrinsics: a float32 in all 16 lanes of a vector."""
-    v = builder.insert_element(ir.Constant(_F32X16, None), value, ir.Constant(_I32, 0))
+    """For intrinsics: a scalar (a float32, an int32, ...) in all 16 lanes of a vector."""
+    vector = ir.VectorType(value.type, LANES)
+    v = builder.insert_element(ir.Constant(vector, None), value, ir.Constant(_I32, 0))
     return builder.shuffle_vector(v, v, ir.Constant(_I32X16, [0] * LANES))
 
 

@@ -17,11 +17,12 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-LANES = 16  # channels a vector in `maxpool2d`
+from nasgraph.backends.numba._masked import LANES, splat
+
+# `maxpool2d` takes LANES (16) channels a vector, the width of `_masked.splat`
 NO_PICKS = np.empty((0, 0, 0, 0), np.int32)  # `maxpool2d`'s argmax where none is wanted
 _F32X16 = ir.VectorType(ir.FloatType(), LANES)
 _I32X16 = ir.VectorType(ir.IntType(32), LANES)
-_I32 = ir.IntType(32)
 
 
 @njit(parallel=True, cache=True)
@@ -97,7 +98,7 @@ def window_max16(typingctx, grid, at, taps, steps, count, base, first, vals, pic
             for k in (0, 2, 3, 7, 8))
         at, count, base, first, out_at = args[1], args[4], args[5], args[6], args[9]
         best = cgutils.alloca_once_value(builder, ir.Constant(_F32X16, [-np.inf] * LANES))
-        where = cgutils.alloca_once_value(builder, _splat(builder, first))
+        where = cgutils.alloca_once_value(builder, splat(builder, first))
         with cgutils.for_range(builder, count) as loop:
             offset = builder.load(builder.gep(t_ptr, [loop.index]))
             u = builder.load(_vector_at(builder, g_ptr, builder.add(at, offset), _F32X16),
@@ -107,7 +108,7 @@ def window_max16(typingctx, grid, at, taps, steps, count, base, first, vals, pic
                                builder.fcmp_unordered("uno", u, u))
             builder.store(builder.select(take, u, v), best)
             step = builder.add(base, builder.load(builder.gep(s_ptr, [loop.index])))
-            builder.store(builder.select(take, _splat(builder, step), builder.load(where)),
+            builder.store(builder.select(take, splat(builder, step), builder.load(where)),
                           where)
         builder.store(builder.load(best), _vector_at(builder, v_ptr, out_at, _F32X16),
                       align=4)
@@ -116,14 +117,6 @@ def window_max16(typingctx, grid, at, taps, steps, count, base, first, vals, pic
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-def _splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
-    # an int32 in every lane of a 16-lane vector
-    one = builder.insert_element(ir.Constant(_I32X16, ir.Undefined), value,
-                                 ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(_I32X16, ir.Undefined),
-                                  ir.Constant(_I32X16, [0] * LANES))
 
 
 def _vector_at(builder: ir.IRBuilder, base, at, vector: ir.VectorType):
