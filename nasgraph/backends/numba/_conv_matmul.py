@@ -171,12 +171,16 @@ def pointwise_wgrad_tiles(out_channels: int, in_channels: int, pixels: int) -> b
     """Whether `_pointwise_wgrad`'s register tiles sum a 1x1 conv's weight gradient
     rather than sgemm a sample (`_blas.summed_products`): where vectors are 256 bits, on
     planes of at least a vector of pixels, 4+ output and 3+ input channels, and samples
-    of at most PW_WGRAD_MAX_VALUES values of dY and x. Where vectors are 512 bits not
-    measured: sgemm keeps them."""
+    of at most PW_WGRAD_MAX_VALUES values of dY and x; of at most
+    PW_WGRAD_FEW_MAX_VALUES where either side has at most PW_WGRAD_FEW_CHANNELS
+    channels, sgemm's products a sample then being a few rows thin. Where vectors are
+    512 bits not measured: sgemm keeps them."""
+    values = (out_channels + in_channels) * pixels
+    few = min(out_channels, in_channels) <= PW_WGRAD_FEW_CHANNELS
     return (not conv_b.WIDE and pixels >= pointwise_wgrad_k.MIN_PIXELS
             and out_channels >= pointwise_wgrad_k.ROWS
             and in_channels >= pointwise_wgrad_k.COLS
-            and (out_channels + in_channels) * pixels <= PW_WGRAD_MAX_VALUES)
+            and values <= (PW_WGRAD_FEW_MAX_VALUES if few else PW_WGRAD_MAX_VALUES))
 
 
 # A sample's values of dY and x, (Cout + Cin) x H*W, up to which the 1x1 weight
@@ -187,6 +191,13 @@ def pointwise_wgrad_tiles(out_channels: int, in_channels: int, pixels: int) -> b
 # 1.24-2.08x from 15,680 (64 -> 64 on 16x16, 16 -> 64 on 28x28, 160 -> 960 on 4x4), where
 # a run no longer stays in L2 for the tiles that read it again
 PW_WGRAD_MAX_VALUES = 8192
+# ... and where one side has at most 16 channels, up to 18,816 values: sgemm a sample
+# then multiplies matrices a few rows thin, and the tiles took 0.18-0.90x its time at
+# 9,400-18,816 values (8 -> 48, 64 -> 8 and 80 -> 16 on 14x14, 4 <-> 16 and 12 -> 8 on
+# 28x28, ...), 1.08x at 21,952 (16 -> 96 on 14x14); one thread, batch 128, on the EPYC
+# (docs/numba.md, "1x1 convs as batched matmuls")
+PW_WGRAD_FEW_CHANNELS = 16
+PW_WGRAD_FEW_MAX_VALUES = 18_816
 
 
 def _products(w2: np.ndarray, x3: np.ndarray, out3: np.ndarray) -> None:

@@ -2336,15 +2336,17 @@ def test_pointwise_wgrad_tiles_every_tail(n, pixels, cin, cout):
 
 def test_pointwise_wgrad_tiles_where_measured(monkeypatch):
     # the 1x1 weight gradient's tiles: 256-bit vectors, planes of a vector, 4 x 3
-    # channels, samples whose dY and x fit 16 to the EPYC's L2; sgemm elsewhere
+    # channels, samples whose dY and x fit 16 to the EPYC's L2, or up to 18,816 values
+    # where a side has at most 16 channels; sgemm elsewhere
     from nasgraph.backends.numba import _backward_conv as conv_b
 
     tiles = _conv_matmul.pointwise_wgrad_tiles
     monkeypatch.setattr(conv_b, "WIDE", False)
-    for cout, cin, pixels in [(32, 8, 196), (96, 24, 49), (128, 32, 16), (14, 7, 49), (4, 3, 8)]:
+    for cout, cin, pixels in [(32, 8, 196), (96, 24, 49), (128, 32, 16), (14, 7, 49), (4, 3, 8),
+                              (8, 48, 196), (16, 80, 196), (8, 16, 784)]:  # few on a side
         assert tiles(cout, cin, pixels), (cout, cin, pixels)
     for cout, cin, pixels in [(64, 64, 256), (64, 16, 784), (960, 160, 16), (3, 8, 49),
-                              (8, 2, 49), (16, 16, 7)]:
+                              (8, 2, 49), (16, 16, 7), (96, 16, 196), (24, 48, 196)]:
         assert not tiles(cout, cin, pixels), (cout, cin, pixels)
     monkeypatch.setattr(conv_b, "WIDE", True)
     assert not tiles(32, 8, 196)
