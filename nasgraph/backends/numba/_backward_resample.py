@@ -72,14 +72,15 @@ def _tiled_avgpool_backward(gy, gx, kh, kw):
     for job in prange(n_batch * c_in):
         n, c = job // c_in, job % c_in
         g, dst = gy[n, c], gx[n, c]
+        share = np.empty(wo, np.float32)  # an output row's shares, divided once
         for oh in range(ho):
-            share = g[oh]
+            for ow in range(wo):
+                share[ow] = g[oh, ow] / area
             for i in range(kh):
                 row = dst[oh * kh + i]
                 for j in range(kw):
                     for ow in range(wo):
-                        k = np.uintp(ow * kw + j)
-                        row[k] += share[np.uintp(ow)] / area
+                        row[np.uintp(ow * kw + j)] += share[np.uintp(ow)]
 
 
 @njit(parallel=True, cache=True)
