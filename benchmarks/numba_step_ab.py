@@ -1,12 +1,13 @@
 """One numba training step, the working tree's against a git revision's: fresh pairs of
 processes timing it in short turns, for changes of a few percent.
 
-    .venv/bin/python -m benchmarks.numba_step_ab --against REV [--case NAME] [--batch 128]
-        [--pairs 8] [--rounds 20] [--turn 0.5]
+    .venv/bin/python -m benchmarks.numba_step_ab --against REV [--case NAME | GRAPH.json]
+        [--batch 128] [--pairs 8] [--rounds 20] [--turn 0.5]
 
 Each pair is two processes that stay up, one running the revision's `nasgraph/` (extracted
 with `git archive`), one the working tree's, each building `benchmarks.numba_train`'s step
-for the case and then timing it in turns of `--turn` seconds: A, B, B, A, ... A round's
+for the case (or for a graph's JSON file: a candidate a search trained, saved with
+`Graph.to_json`) and then timing it in turns of `--turn` seconds: A, B, B, A, ... A round's
 ratio is B's time a step over A's (working tree over revision: below 1 is faster). Over a
 minute the machine's speed drifts by more than the changes this is for, and turns cancel
 that; but a pair's median also moves by 2-6% from one pair of processes to the next, the
@@ -42,10 +43,12 @@ def worker(case: str, batch: int) -> None:
 
     import nasgraph
     from benchmarks import numba_train
+    from nasgraph.ir import Graph
 
     torch.set_num_threads(1)
     numba.set_num_threads(1)
-    graph = _cases(numba_train)[case]()
+    graph = (Graph.from_json(Path(case).read_text()) if case.endswith(".json")
+             else _cases(numba_train)[case]())
     step = numba_train.numba_step(graph, *numba_train.inputs(graph, batch))
     for _ in range(5):
         step()
@@ -114,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", default="HEAD", help="the git revision to compare with")
     parser.add_argument("--case", default="Fashion MobileNetV2-style",
-                        help="a case of benchmarks.numba_train")
+                        help="a case of benchmarks.numba_train, or a graph's JSON file")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=20)
@@ -127,7 +130,16 @@ def main() -> None:
     from benchmarks import numba_train
 
     cases = _cases(numba_train)
-    if args.case not in cases:
+    if args.case.endswith(".json"):
+        from nasgraph.errors import NasgraphError
+        from nasgraph.ir import Graph
+
+        try:
+            Graph.from_json(Path(args.case).read_text())
+        except (OSError, NasgraphError) as e:
+            parser.error(f"{args.case}: {e}")
+        args.case = str(Path(args.case).resolve())  # the workers run from other folders
+    elif args.case not in cases:
         parser.error(f"no case {args.case!r}; the cases: {', '.join(cases)}")
     if subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{args.against}^{{commit}}"],
                       cwd=ROOT, capture_output=True).returncode:

@@ -220,7 +220,8 @@ def _maxpool_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
     op, x = node.op, xs[0]
     out = empty(x, node)
     argmax = np.empty(out.shape, np.int32)
-    resample_k.maxpool2d(x, out, 0, argmax, *op.kernel, *op.strides, *op.padding)
+    resample_k.maxpool2d(x, out, 0, argmax, *op.kernel, *op.strides, *op.padding,
+                         run.threads)
     return out, (argmax, x.shape)
 
 

@@ -20,16 +20,17 @@ from nasgraph.backends.numba._resample import _linear_index, _nearest_index, til
 @njit(parallel=True, cache=True)
 def maxpool2d_backward(gy, argmax, gx):
     """gx[n, c] = 0, then += each output's gradient at its maximum's index (the plane's
-    flat index: no division a value); a plane zeroed by the thread that adds into it."""
+    flat index: no division a value); a plane zeroed by the thread that adds into it.
+    Flat offsets, no view a plane (`_resample.maxpool2d`)."""
     n_batch, c_in, ho, wo = gy.shape
-    plane = gx.shape[2] * gx.shape[3]
+    plane, howo = np.uint64(gx.shape[2] * gx.shape[3]), np.uint64(ho * wo)
+    g1, a1, d1 = gy.reshape(gy.size), argmax.reshape(argmax.size), gx.reshape(gx.size)
     for job in prange(n_batch * c_in):
-        n, c = job // c_in, job % c_in
-        g, at, dst = gy[n, c], argmax[n, c], gx[n, c].reshape(plane)
-        dst[:] = 0.0
-        for oh in range(ho):
-            for ow in range(wo):
-                dst[np.uintp(at[oh, ow])] += g[oh, ow]
+        d0, s0 = np.uint64(job) * plane, np.uint64(job) * howo
+        for k in range(plane):
+            d1[d0 + k] = 0.0
+        for k in range(howo):
+            d1[d0 + np.uint64(a1[s0 + k])] += g1[s0 + k]
 
 
 @njit(parallel=True, cache=True)
@@ -38,15 +39,15 @@ def avgpool2d_backward(gy, gx, kh, kw, sh, sw, ph, pw, count_include_pad):
     (the window clipped to the padded input, or to the input without
     `count_include_pad`), over that window's input pixels. Windows that tile the input
     (`_resample.tiles`) are spread a kernel row and column at a time along the output
-    row."""
+    row. Flat offsets, no view a plane (`_resample.maxpool2d`)."""
     n_batch, c_in, h, w = gx.shape
     ho, wo = gy.shape[2], gy.shape[3]
     if tiles(h, w, ho, wo, kh, kw, sh, sw, ph, pw):
         _tiled_avgpool_backward(gy, gx, kh, kw)
         return
+    g1, d1 = gy.reshape(gy.size), gx.reshape(gx.size)
     for job in prange(n_batch * c_in):
-        n, c = job // c_in, job % c_in
-        g, dst = gy[n, c], gx[n, c]
+        s0, d0 = job * ho * wo, job * h * w
         for oh in range(ho):
             h0 = oh * sh - ph
             h1 = min(h0 + kh, h + ph)
@@ -56,31 +57,54 @@ def avgpool2d_backward(gy, gx, kh, kw, sh, sw, ph, pw, count_include_pad):
                 w1 = min(w0 + kw, w + pw)
                 b0, b1 = max(w0, 0), min(w1, w)
                 area = (h1 - h0) * (w1 - w0) if count_include_pad else (a1 - a0) * (b1 - b0)
-                v = g[oh, ow] / np.float32(area)
+                v = g1[np.uint64(s0 + oh * wo + ow)] / np.float32(area)
                 for i in range(a0, a1):
                     for j in range(b0, b1):
-                        dst[i, j] += v
+                        d1[np.uint64(d0 + i * w + j)] += v
 
 
 @njit(parallel=True, cache=True)
 def _tiled_avgpool_backward(gy, gx, kh, kw):
     # `avgpool2d_backward` of windows that tile gx (zeroed): each input pixel in one
     # window, so it gets its output's share added once, as the window loop adds it
-    n_batch, c_in = gx.shape[:2]
+    if kh == 2 and kw == 2:
+        _tiled_avgpool_backward_2x2(gy, gx)
+        return
+    n_batch, c_in, h, w = gx.shape
     ho, wo = gy.shape[2], gy.shape[3]
     area = np.float32(kh * kw)
+    g1, d1 = gy.reshape(gy.size), gx.reshape(gx.size)
     for job in prange(n_batch * c_in):
-        n, c = job // c_in, job % c_in
-        g, dst = gy[n, c], gx[n, c]
-        share = np.empty(wo, np.float32)  # an output row's shares, divided once
         for oh in range(ho):
-            for ow in range(wo):
-                share[ow] = g[oh, ow] / area
-            for i in range(kh):
-                row = dst[oh * kh + i]
-                for j in range(kw):
-                    for ow in range(wo):
-                        row[np.uintp(ow * kw + j)] += share[np.uintp(ow)]
+            src = np.uint64((job * ho + oh) * wo)
+            first = np.uint64((job * h + oh * kh) * w)
+            for ow in range(np.uint64(wo)):
+                share = g1[src + ow] / area
+                for i in range(np.uint64(kh)):
+                    row = first + i * np.uint64(w) + ow * np.uint64(kw)
+                    for j in range(np.uint64(kw)):
+                        d1[row + j] += share
+
+
+@njit(parallel=True, cache=True)
+def _tiled_avgpool_backward_2x2(gy, gx):
+    # `_tiled_avgpool_backward` of 2x2 windows in straight-line code
+    # (`_resample._tiled_avgpool_2x2`)
+    n_batch, c_in, h, w = gx.shape
+    ho, wo = gy.shape[2], gy.shape[3]
+    area = np.float32(4.0)
+    g1, d1 = gy.reshape(gy.size), gx.reshape(gx.size)
+    for job in prange(n_batch * c_in):
+        for oh in range(ho):
+            src = np.uint64((job * ho + oh) * wo)
+            first = np.uint64((job * h + oh * 2) * w)
+            second = first + np.uint64(w)
+            for ow in range(np.uint64(wo)):
+                share, k = g1[src + ow] / area, ow * np.uint64(2)
+                d1[first + k] += share
+                d1[first + k + np.uint64(1)] += share
+                d1[second + k] += share
+                d1[second + k + np.uint64(1)] += share
 
 
 @njit(parallel=True, cache=True)

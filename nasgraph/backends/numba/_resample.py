@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -26,7 +27,7 @@ _I32X16 = ir.VectorType(ir.IntType(32), LANES)
 
 
 @njit(parallel=True, cache=True)
-def maxpool2d(x, out, co, argmax, kh, kw, sh, sw, ph, pw):
+def maxpool2d(x, out, co, argmax, kh, kw, sh, sw, ph, pw, threads):
     """Max windows (clipped as torch clips them) into channels co.. of `out`, and where
     `argmax` has samples (training; N x C x Ho x Wo int32, else `NO_PICKS`) the flat index
     within its H x W plane of each output's first maximum (a NaN wins, the last one seen).
@@ -39,9 +40,14 @@ def maxpool2d(x, out, co, argmax, kh, kw, sh, sw, ph, pw):
     0.2-0.3 G compares a second: 15-19 ms a 3x3 stride-1 pool of 64 x 7x7 at batch 128,
     one thread, on an AMD EPYC, against 1.5 ms so (docs/numba.md, "Max pooling with the
     channels in the lanes"). Padding's -inf is never taken: a window of -inf alone keeps
-    its first pixel inside the map, as window by window."""
+    its first pixel inside the map, as window by window.
+
+    Each thread keeps its grid and its window results from job to job, and every copy
+    indexes flat arrays: a job's own allocations and a view a plane took 2-4x the time
+    of the pool on 3x3 to 7x7 maps (docs/numba.md, "Pooling without a view a plane").
+    `threads`: numba's thread count, which the grids are sized by."""
     n_batch, c_in, h, w = x.shape
-    ho, wo = out.shape[2], out.shape[3]
+    c_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
     hp = max(h + 2 * ph, (ho - 1) * sh + kh)
     wp = max(w + 2 * pw, (wo - 1) * sw + kw)
     taps = np.empty(kh * kw, np.uint64)  # each tap's offset in the grid from the window's
@@ -50,36 +56,42 @@ def maxpool2d(x, out, co, argmax, kh, kw, sh, sw, ph, pw):
         for j in range(kw):
             taps[i * kw + j] = (i * wp + j) * LANES
             steps[i * kw + j] = i * w + j
+    # a thread's grid: -inf where no pixel of x lands, the rest rewritten by every job
+    # (lanes past a last block's channels keep an earlier job's values, never copied out)
+    cells, results = hp * wp * LANES, ho * wo * LANES
+    grids = np.full(threads * cells, -np.inf, np.float32)
+    vals = np.empty(threads * results, np.float32)
+    picks = np.empty(threads * results, np.int32)
+    x1, out1, a1 = x.reshape(x.size), out.reshape(out.size), argmax.reshape(argmax.size)
+    hw, howo = h * w, ho * wo
     blocks = -(-c_in // LANES)
     for job in prange(n_batch * blocks):
         n, c0 = job // blocks, job % blocks * LANES
         lanes = min(LANES, c_in - c0)
-        grid = np.full(hp * wp * LANES, -np.inf, np.float32)
+        thread = numba.get_thread_id()
+        g0, r0 = np.uint64(thread * cells), np.uint64(thread * results)
         for lane in range(lanes):
-            plane = x[n, c0 + lane]
+            src = np.uint64((n * c_in + c0 + lane) * hw)
             for i in range(h):
-                for j in range(w):
-                    grid[((i + ph) * wp + j + pw) * LANES + lane] = plane[i, j]
-        vals = np.empty(ho * wo * LANES, np.float32)
-        picks = np.empty(ho * wo * LANES, np.int32)
+                dst = g0 + np.uint64(((i + ph) * wp + pw) * LANES + lane)
+                for j in range(np.uint64(w)):
+                    grids[dst + j * np.uint64(LANES)] = x1[src + np.uint64(i * w) + j]
         for oh in range(ho):
             first_row = max(oh * sh - ph, 0)
             for ow in range(wo):
-                at = oh * wo + ow
-                window_max16(grid, np.uint64((oh * sh * wp + ow * sw) * LANES), taps, steps,
-                             np.uint64(kh * kw), np.int32((oh * sh - ph) * w + ow * sw - pw),
+                window_max16(grids, g0 + np.uint64((oh * sh * wp + ow * sw) * LANES), taps,
+                             steps, np.uint64(kh * kw),
+                             np.int32((oh * sh - ph) * w + ow * sw - pw),
                              np.int32(first_row * w + max(ow * sw - pw, 0)), vals, picks,
-                             np.uint64(at * LANES))
+                             r0 + np.uint64((oh * wo + ow) * LANES))
         for lane in range(lanes):
-            dst = out[n, co + c0 + lane]
-            for oh in range(ho):
-                for ow in range(wo):
-                    dst[oh, ow] = vals[(oh * wo + ow) * LANES + lane]
+            dst = np.uint64((n * c_out + co + c0 + lane) * howo)
+            for k in range(np.uint64(howo)):
+                out1[dst + k] = vals[r0 + k * np.uint64(LANES) + np.uint64(lane)]
             if argmax.shape[0]:
-                picked = argmax[n, c0 + lane]
-                for oh in range(ho):
-                    for ow in range(wo):
-                        picked[oh, ow] = picks[(oh * wo + ow) * LANES + lane]
+                dst = np.uint64((n * c_in + c0 + lane) * howo)
+                for k in range(np.uint64(howo)):
+                    a1[dst + k] = picks[r0 + k * np.uint64(LANES) + np.uint64(lane)]
 
 
 @intrinsic
@@ -128,15 +140,17 @@ def _vector_at(builder: ir.IRBuilder, base, at, vector: ir.VectorType):
 def avgpool2d(x, out, co, kh, kw, sh, sw, ph, pw, count_include_pad):
     """Average windows; windows past the input (ceil_mode) are clipped as in torch. Windows
     that tile the input (`tiles`: a DenseNet's transition, 2x2 at stride 2) are summed a
-    kernel row and column at a time along the output row, in the same order."""
+    kernel row and column at a time along the output row, in the same order. Flat
+    offsets, no view a plane (`maxpool2d`)."""
     n_batch, c_in, h, w = x.shape
-    ho, wo = out.shape[2], out.shape[3]
+    c_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
     if tiles(h, w, ho, wo, kh, kw, sh, sw, ph, pw):
         _tiled_avgpool(x, out, co, kh, kw)
         return
+    x1, out1 = x.reshape(x.size), out.reshape(out.size)
     for job in prange(n_batch * c_in):
         n, c = job // c_in, job % c_in
-        src, dst = x[n, c], out[n, co + c]
+        s0, d0 = job * h * w, (n * c_out + co + c) * ho * wo
         for oh in range(ho):
             h0 = oh * sh - ph
             h1 = min(h0 + kh, h + ph)
@@ -148,10 +162,10 @@ def avgpool2d(x, out, co, kh, kw, sh, sw, ph, pw, count_include_pad):
                 s = np.float32(0.0)
                 for i in range(a0, a1):
                     for j in range(b0, b1):
-                        s += src[i, j]
+                        s += x1[np.uint64(s0 + i * w + j)]
                 if not count_include_pad:
                     area = (a1 - a0) * (b1 - b0)
-                dst[oh, ow] = s / area
+                out1[np.uint64(d0 + oh * wo + ow)] = s / area
 
 
 @njit(cache=True)
@@ -164,27 +178,53 @@ def tiles(h, w, ho, wo, kh, kw, sh, sw, ph, pw):
 
 @njit(parallel=True, cache=True)
 def _tiled_avgpool(x, out, co, kh, kw):
-    # `avgpool2d` of windows that tile x: each output row accumulated in place, tap by
-    # tap over the row (unsigned indices, no wraparound branch: a vector loop), the sum
-    # of each window in the window loop's order, then divided as it divides
-    n_batch, c_in = x.shape[:2]
-    ho, wo = out.shape[2], out.shape[3]
-    area = kh * kw
+    # `avgpool2d` of windows that tile x: each window summed in a register in the window
+    # loop's order, then divided (in float32: correctly rounded, as the float64 quotient
+    # rounded to float32 is); the windows of a row do not wait on one another
+    if kh == 2 and kw == 2:
+        _tiled_avgpool_2x2(x, out, co)
+        return
+    n_batch, c_in, h, w = x.shape
+    c_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
+    area = np.float32(kh * kw)
+    x1, out1 = x.reshape(x.size), out.reshape(out.size)
     for job in prange(n_batch * c_in):
         n, c = job // c_in, job % c_in
-        src, dst = x[n, c], out[n, co + c]
         for oh in range(ho):
-            acc = dst[oh]
-            for ow in range(wo):
-                acc[ow] = np.float32(0.0)
-            for i in range(kh):
-                row = src[oh * kh + i]
-                for j in range(kw):
-                    for ow in range(wo):
-                        k = np.uintp(ow)
-                        acc[k] += row[np.uintp(ow * kw + j)]
-            for ow in range(wo):
-                acc[ow] = acc[ow] / area
+            at = np.uint64(((n * c_out + co + c) * ho + oh) * wo)
+            first = np.uint64((job * h + oh * kh) * w)
+            for ow in range(np.uint64(wo)):
+                s = np.float32(0.0)
+                for i in range(np.uint64(kh)):
+                    row = first + i * np.uint64(w) + ow * np.uint64(kw)
+                    for j in range(np.uint64(kw)):
+                        s += x1[row + j]
+                out1[at + ow] = s / area
+
+
+@njit(parallel=True, cache=True)
+def _tiled_avgpool_2x2(x, out, co):
+    # `_tiled_avgpool` of 2x2 windows (a DenseNet's transition) in straight-line code:
+    # loops of a runtime trip count of 2, or the branch to here inside the row loop, took
+    # 2-4x the time (24-80 channels, 7x7 to 28x28 maps, batch 128, one thread, AMD EPYC),
+    # and so did offsets of np.uint64 constants named outside the parallel loop
+    n_batch, c_in, h, w = x.shape
+    c_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
+    area = np.float32(4.0)
+    x1, out1 = x.reshape(x.size), out.reshape(out.size)
+    for job in prange(n_batch * c_in):
+        n, c = job // c_in, job % c_in
+        for oh in range(ho):
+            at = np.uint64(((n * c_out + co + c) * ho + oh) * wo)
+            first = np.uint64((job * h + oh * 2) * w)
+            second = first + np.uint64(w)
+            for ow in range(np.uint64(wo)):
+                k = ow * np.uint64(2)
+                s = np.float32(0.0) + x1[first + k]
+                s += x1[first + k + np.uint64(1)]
+                s += x1[second + k]
+                s += x1[second + k + np.uint64(1)]
+                out1[at + ow] = s / area
 
 
 @njit(parallel=True, cache=True)

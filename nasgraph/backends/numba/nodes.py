@@ -289,11 +289,10 @@ def _pool(node: Node, p: dict, xs: list[np.ndarray], out: np.ndarray, co: int) -
     op = node.op
     if node.kind == "maxpool2d":
         args = (xs[0], out, co, resample_k.NO_PICKS, *op.kernel, *op.strides, *op.padding)
-        kernel = compiled(resample_k.maxpool2d, *args)
-    else:
-        args = (xs[0], out, co, *op.kernel, *op.strides, *op.padding,
-                int(op.count_include_pad))
-        kernel = compiled(resample_k.avgpool2d, *args)
+        kernel = compiled(resample_k.maxpool2d, *args, 1)
+        return lambda threads: kernel(*args, threads)
+    args = (xs[0], out, co, *op.kernel, *op.strides, *op.padding, int(op.count_include_pad))
+    kernel = compiled(resample_k.avgpool2d, *args)
     return lambda threads: kernel(*args)
 
 

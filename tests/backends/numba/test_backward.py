@@ -1091,13 +1091,15 @@ def test_max_pool_values_and_picks_are_torchs(channels, size, kernel, stride, ce
                                return_indices=True)
     out = np.empty(ref.shape, np.float32)
     picks = np.empty(ref.shape, np.int32)
-    with numba_threads(min(threads, numba.config.NUMBA_NUM_THREADS)):
-        _resample.maxpool2d(x, out, 0, picks, *kernel, *stride, *pad)
+    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+    with numba_threads(threads):
+        _resample.maxpool2d(x, out, 0, picks, *kernel, *stride, *pad, threads)
     np.testing.assert_array_equal(out, ref.numpy())
     np.testing.assert_array_equal(picks, ref_at.numpy())
     # as the executor runs it: no picks, into channels 2.. of a concat's output
     wide = np.full((3, channels + 3, *ref.shape[2:]), 7.0, np.float32)
-    _resample.maxpool2d(x, wide, 2, _resample.NO_PICKS, *kernel, *stride, *pad)
+    with numba_threads(1):
+        _resample.maxpool2d(x, wide, 2, _resample.NO_PICKS, *kernel, *stride, *pad, 1)
     np.testing.assert_array_equal(wide[:, 2:-1], ref.numpy())
     assert (wide[:, :2] == 7.0).all() and (wide[:, -1] == 7.0).all()
 
