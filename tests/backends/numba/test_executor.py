@@ -159,8 +159,9 @@ def test_depthwise_dilated_and_strided_convs_agree():
 def test_depthwise_nhwc_convs_agree(batch, threads):
     # small maps run depthwise in NHWC: input padded NHWC from the conv before (y) or
     # copied from NCHW (r), output padded NHWC for the next conv or NCHW; 44 channels
-    # (32 + 8 + 4: every path of the channel loop) and 70 (a block of 64, then 6); a
-    # fused residual, a 5x5 stride-2 dilated kernel
+    # (32 + 8, then the last 8 again for 4 more) and 70 (a block of 64, then 6 one at a
+    # time): every path of the channel loop; a fused residual, a 5x5 stride-2 dilated
+    # kernel
     b = GraphBuilder("dw_nhwc")
     x = b.input(44, 13, 11)
     y = b.relu(b.conv(x, 44, 3, padding=1, name="y"))
