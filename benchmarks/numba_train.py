@@ -11,13 +11,17 @@ process, in turns (`numba_cpu._medians`); GFLOP/s count a step as 3x the forward
 (forward, input gradient, weight gradient), against numpy's sgemm peak of the same run.
 
     python -m benchmarks.numba_train [--threads 1] [--rounds 10] [--seconds 6]
-        [--cases digits,fashion,resnet20] [--write]
+        [--cases digits,fashion,resnet20,spaces] [--write]
+
+The "spaces" cases are three candidates of each registered space as the search draws
+them (`space_candidates`); the default runs them too.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -72,6 +76,35 @@ def resnext() -> Graph:
     return fit_to_budget(get_space("residual"), trial, ctx)[0]
 
 
+# the registered spaces whose candidates the "spaces" cases draw (`space_candidates`)
+SPACES = ("dense", "inception", "macro", "mobile", "residual")
+
+
+@functools.cache
+def space_candidates(space: str, count: int = 3, seed: int = 5) -> tuple[Graph, ...]:
+    """The first `count` candidates of a registered space that fit 1M MACs on
+    Fashion-MNIST, drawn as the search's screening draws them (`fitted_candidates`:
+    Optuna's RandomSampler with `seed`, each fitted to the budget), out of 3 x `count`
+    draws. The search-sized nets the issue's goal names, as the search makes them, where
+    the other Fashion cases are hand designs."""
+    from nasgraph.search.budget import Budget
+    from nasgraph.search.proxies import fitted_candidates
+    from nasgraph.search.space import Context, get_space
+
+    ctx = Context(input_shape=(1, 28, 28), num_classes=10, budget=Budget(macs=1_000_000))
+    drawn = fitted_candidates(get_space(space), ctx, 3 * count, seed=seed)
+    return tuple(graph for _, graph, _, feasible in drawn if feasible)[:count]
+
+
+def _space_candidate(space: str, k: int) -> Graph:
+    return space_candidates(space)[k]
+
+
+def _space_cases() -> list[tuple[str, Callable[[], Graph], int]]:
+    return [(f"{space} candidate {k + 1}", functools.partial(_space_candidate, space, k), 128)
+            for space in SPACES for k in range(3)]
+
+
 # name -> (graph, batch); the Fashion candidates span 0.3-5M MACs
 CASES: dict[str, list[tuple[str, Callable[[], Graph], int]]] = {
     "digits": [("digits 2-stage ResNet", digits_candidate, 32),
@@ -81,6 +114,7 @@ CASES: dict[str, list[tuple[str, Callable[[], Graph], int]]] = {
                 ("Fashion plain CNN, 5M", plain_5m, 128),
                 ("Fashion ResNeXt-style (search)", resnext, 128)],
     "resnet20": [("resnet20 (32x32)", resnet20_style, 64)],
+    "spaces": _space_cases(),
 }
 
 

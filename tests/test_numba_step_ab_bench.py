@@ -31,3 +31,22 @@ def test_the_next_pair_starts_with_b():
     pair_ratios(lambda: _Fake("A", 1.0, log), lambda: _Fake("B", 1.0, log), rounds=2,
                 turn=0.1, b_first=True)
     assert log[:4] == ["B", "A", "A", "B"]
+
+
+def test_a_case_that_is_not_a_graph_file_is_one_error_line(tmp_path, monkeypatch, capsys):
+    # --case takes a graph's JSON file too: one that is not a graph stops it before any
+    # process starts, with exit 2 and the file's name
+    import sys
+
+    import pytest
+
+    from benchmarks import numba_step_ab
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"nodes": []}')
+    monkeypatch.setattr(sys, "argv", ["numba_step_ab", "--case", str(bad)])
+    with pytest.raises(SystemExit) as stop:
+        numba_step_ab.main()
+    assert stop.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(bad) in last and "not a nasgraph graph" in last
