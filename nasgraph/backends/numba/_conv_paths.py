@@ -86,10 +86,17 @@ def depthwise_nhwc(op, out_channels: int, in_channels: int, out_pixels: int) -> 
     14x14. Since the planes sum a 3x3 kernel's taps in registers (`_planes_depthwise._nine_taps`),
     stride-1 3x3 convs of at most DEPTHWISE_PLANES_CHANNELS channels onto 7x7 and 8x8
     stay on the planes: there they take 0.54-0.61x NHWC's time at 16 channels, 0.84x at
-    32, 0.96-1.05x at 64 (docs/numba.md, "Nine taps in registers"). Asked only of convs
-    the flat planes do not take (`flat_depthwise`): strided ones, other kernels and
-    paddings."""
+    32, 0.96-1.05x at 64 (docs/numba.md, "Nine taps in registers"). So do 5x5 convs
+    of stride 2 onto 7x7 to 8x8 with at most DEPTHWISE_STRIDED_PLANES_CHANNELS
+    channels (the mobile space's): on an AMD EPYC with AVX2, one thread, batch 128,
+    through the training rules, 0.50-0.81x NHWC's time for 8-24 channels from 14x14 and
+    16x16, 0.97-1.05x for 32-96; onto 6x6 and 5x5, 1.10-1.17x (docs/numba.md, "Strided
+    5x5 depthwise convs of few channels on the planes"). Asked only of convs the flat
+    planes do not take (`flat_depthwise`): strided ones, other kernels and paddings."""
     if out_channels != in_channels or out_pixels > DEPTHWISE_NHWC_PIXELS:
+        return False
+    if (op.kernel == (5, 5) and op.stride == (2, 2) and op.dilation == (1, 1)
+            and out_pixels >= 49 and out_channels <= DEPTHWISE_STRIDED_PLANES_CHANNELS):
         return False
     return not (op.kernel == (3, 3) and op.stride == (1, 1) and op.dilation == (1, 1)
                 and out_pixels > 16 and out_channels <= DEPTHWISE_PLANES_CHANNELS)
@@ -98,6 +105,10 @@ def depthwise_nhwc(op, out_channels: int, in_channels: int, out_pixels: int) -> 
 # stride-1 3x3 depthwise convs of at most this many channels stay on the phase planes
 # (`depthwise_nhwc`)
 DEPTHWISE_PLANES_CHANNELS = 32
+
+# stride-2 5x5 depthwise convs onto 7x7 to 8x8 of at most this many channels take the
+# phase planes (`depthwise_nhwc`)
+DEPTHWISE_STRIDED_PLANES_CHANNELS = 24
 
 
 def planes_pay(op, out_channels: int, out_pixels: int) -> bool:

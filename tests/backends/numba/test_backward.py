@@ -2387,3 +2387,8 @@ def test_small_depthwise_convs_choose_nhwc_or_the_planes():
     assert depthwise_nhwc(op(kernel=(5, 5)), 16, 16, 49)
     assert depthwise_nhwc(op(dilation=(2, 2)), 16, 16, 49)
     assert not depthwise_nhwc(op(), 16, 16, 100) and not depthwise_nhwc(op(), 32, 16, 49)
+    # strided 5x5 ones of few channels onto 7x7 and 8x8 take the planes too
+    five = op(kernel=(5, 5), stride=(2, 2))
+    assert not depthwise_nhwc(five, 8, 8, 49) and not depthwise_nhwc(five, 24, 24, 64)
+    assert depthwise_nhwc(five, 32, 32, 49) and depthwise_nhwc(five, 24, 24, 36)
+    assert depthwise_nhwc(op(kernel=(5, 5)), 8, 8, 49)  # stride 1
