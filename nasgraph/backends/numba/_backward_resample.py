@@ -37,13 +37,13 @@ def maxpool2d_backward(gy, argmax, gx):
 def avgpool2d_backward(gy, gx, kh, kw, sh, sw, ph, pw, count_include_pad):
     """gx (zeroed) += each output's gradient divided by the count it averaged over
     (the window clipped to the padded input, or to the input without
-    `count_include_pad`), over that window's input pixels. Windows that tile the input
-    (`_resample.tiles`) are spread a kernel row and column at a time along the output
-    row. Flat offsets, no view a plane (`_resample.maxpool2d`)."""
+    `count_include_pad`), over that window's input pixels. 2x2 windows that tile the
+    input (`_resample.tiles`) take straight-line code (`_tiled_avgpool_backward_2x2`).
+    Flat offsets, no view a plane (`_resample.maxpool2d`)."""
     n_batch, c_in, h, w = gx.shape
     ho, wo = gy.shape[2], gy.shape[3]
-    if tiles(h, w, ho, wo, kh, kw, sh, sw, ph, pw):
-        _tiled_avgpool_backward(gy, gx, kh, kw)
+    if kh == 2 and kw == 2 and tiles(h, w, ho, wo, kh, kw, sh, sw, ph, pw):
+        _tiled_avgpool_backward_2x2(gy, gx)
         return
     g1, d1 = gy.reshape(gy.size), gx.reshape(gx.size)
     for job in prange(n_batch * c_in):
@@ -64,32 +64,10 @@ def avgpool2d_backward(gy, gx, kh, kw, sh, sw, ph, pw, count_include_pad):
 
 
 @njit(parallel=True, cache=True)
-def _tiled_avgpool_backward(gy, gx, kh, kw):
-    # `avgpool2d_backward` of windows that tile gx (zeroed): each input pixel in one
-    # window, so it gets its output's share added once, as the window loop adds it
-    if kh == 2 and kw == 2:
-        _tiled_avgpool_backward_2x2(gy, gx)
-        return
-    n_batch, c_in, h, w = gx.shape
-    ho, wo = gy.shape[2], gy.shape[3]
-    area = np.float32(kh * kw)
-    g1, d1 = gy.reshape(gy.size), gx.reshape(gx.size)
-    for job in prange(n_batch * c_in):
-        for oh in range(ho):
-            src = np.uint64((job * ho + oh) * wo)
-            first = np.uint64((job * h + oh * kh) * w)
-            for ow in range(np.uint64(wo)):
-                share = g1[src + ow] / area
-                for i in range(np.uint64(kh)):
-                    row = first + i * np.uint64(w) + ow * np.uint64(kw)
-                    for j in range(np.uint64(kw)):
-                        d1[row + j] += share
-
-
-@njit(parallel=True, cache=True)
 def _tiled_avgpool_backward_2x2(gy, gx):
-    # `_tiled_avgpool_backward` of 2x2 windows in straight-line code
-    # (`_resample._tiled_avgpool_2x2`)
+    # `avgpool2d_backward` of 2x2 windows that tile gx (zeroed): each input pixel in one
+    # window, so it gets its output's share added once, as the window loop adds it; in
+    # straight-line code (`_resample._tiled_avgpool_2x2`)
     n_batch, c_in, h, w = gx.shape
     ho, wo = gy.shape[2], gy.shape[3]
     area = np.float32(4.0)

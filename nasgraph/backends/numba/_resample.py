@@ -138,14 +138,14 @@ def _vector_at(builder: ir.IRBuilder, base, at, vector: ir.VectorType):
 
 @njit(parallel=True, cache=True)
 def avgpool2d(x, out, co, kh, kw, sh, sw, ph, pw, count_include_pad):
-    """Average windows; windows past the input (ceil_mode) are clipped as in torch. Windows
-    that tile the input (`tiles`: a DenseNet's transition, 2x2 at stride 2) are summed a
-    kernel row and column at a time along the output row, in the same order. Flat
-    offsets, no view a plane (`maxpool2d`)."""
+    """Average windows; windows past the input (ceil_mode) are clipped as in torch. 2x2
+    windows that tile the input (`tiles`: a DenseNet's transition) take straight-line
+    code (`_tiled_avgpool_2x2`), summed in the window loop's order. Flat offsets, no view
+    a plane (`maxpool2d`)."""
     n_batch, c_in, h, w = x.shape
     c_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
-    if tiles(h, w, ho, wo, kh, kw, sh, sw, ph, pw):
-        _tiled_avgpool(x, out, co, kh, kw)
+    if kh == 2 and kw == 2 and tiles(h, w, ho, wo, kh, kw, sh, sw, ph, pw):
+        _tiled_avgpool_2x2(x, out, co)
         return
     x1, out1 = x.reshape(x.size), out.reshape(out.size)
     for job in prange(n_batch * c_in):
@@ -177,37 +177,14 @@ def tiles(h, w, ho, wo, kh, kw, sh, sw, ph, pw):
 
 
 @njit(parallel=True, cache=True)
-def _tiled_avgpool(x, out, co, kh, kw):
-    # `avgpool2d` of windows that tile x: each window summed in a register in the window
-    # loop's order, then divided (in float32: correctly rounded, as the float64 quotient
-    # rounded to float32 is); the windows of a row do not wait on one another
-    if kh == 2 and kw == 2:
-        _tiled_avgpool_2x2(x, out, co)
-        return
-    n_batch, c_in, h, w = x.shape
-    c_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
-    area = np.float32(kh * kw)
-    x1, out1 = x.reshape(x.size), out.reshape(out.size)
-    for job in prange(n_batch * c_in):
-        n, c = job // c_in, job % c_in
-        for oh in range(ho):
-            at = np.uint64(((n * c_out + co + c) * ho + oh) * wo)
-            first = np.uint64((job * h + oh * kh) * w)
-            for ow in range(np.uint64(wo)):
-                s = np.float32(0.0)
-                for i in range(np.uint64(kh)):
-                    row = first + i * np.uint64(w) + ow * np.uint64(kw)
-                    for j in range(np.uint64(kw)):
-                        s += x1[row + j]
-                out1[at + ow] = s / area
-
-
-@njit(parallel=True, cache=True)
 def _tiled_avgpool_2x2(x, out, co):
-    # `_tiled_avgpool` of 2x2 windows (a DenseNet's transition) in straight-line code:
+    # `avgpool2d` of 2x2 windows that tile x (a DenseNet's transition), each window
+    # summed in a register in the window loop's order and divided in float32 (correctly
+    # rounded, as the float64 quotient rounded to float32 is), in straight-line code:
     # loops of a runtime trip count of 2, or the branch to here inside the row loop, took
     # 2-4x the time (24-80 channels, 7x7 to 28x28 maps, batch 128, one thread, AMD EPYC),
-    # and so did offsets of np.uint64 constants named outside the parallel loop
+    # and so did offsets of np.uint64 constants named outside the parallel loop. Other
+    # tiles take the window loop (docs/numba.md, "Pooling without a view a plane")
     n_batch, c_in, h, w = x.shape
     c_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
     area = np.float32(4.0)
