@@ -52,6 +52,14 @@ def plain_5m() -> Graph:
     return fitted(plain_cnn, (1, 28, 28), 10, 5_000_000)[0]
 
 
+def _fashion_1m():
+    """The search's context for Fashion-MNIST (1 x 28 x 28, 10 classes) at 1M MACs."""
+    from nasgraph.search.budget import Budget
+    from nasgraph.search.space import Context
+
+    return Context(input_shape=(1, 28, 28), num_classes=10, budget=Budget(macs=1_000_000))
+
+
 # a candidate a Fashion-MNIST search of the `residual` space drew (`nasgraph search
 # residual --dataset fashion-mnist --budget 1M --time-budget 4m`, trial 3): pre-activation
 # bottlenecks whose 3x3 convs have 2 and 4 groups (ResNeXt's cardinality)
@@ -68,12 +76,10 @@ def resnext() -> Graph:
     search fits its candidates (`fit_to_budget`)."""
     import optuna
 
-    from nasgraph.search.budget import Budget
-    from nasgraph.search.space import Context, fit_to_budget, get_space
+    from nasgraph.search.space import fit_to_budget, get_space
 
-    ctx = Context(input_shape=(1, 28, 28), num_classes=10, budget=Budget(macs=1_000_000))
     trial = optuna.trial.FixedTrial(RESNEXT_PARAMETERS, 3)
-    return fit_to_budget(get_space("residual"), trial, ctx)[0]
+    return fit_to_budget(get_space("residual"), trial, _fashion_1m())[0]
 
 
 # the registered spaces whose candidates the "spaces" cases draw (`space_candidates`)
@@ -87,12 +93,10 @@ def space_candidates(space: str, count: int = 3, seed: int = 5) -> tuple[Graph, 
     Optuna's RandomSampler with `seed`, each fitted to the budget), out of 3 x `count`
     draws. The search-sized nets the issue's goal names, as the search makes them, where
     the other Fashion cases are hand designs."""
-    from nasgraph.search.budget import Budget
     from nasgraph.search.proxies import fitted_candidates
-    from nasgraph.search.space import Context, get_space
+    from nasgraph.search.space import get_space
 
-    ctx = Context(input_shape=(1, 28, 28), num_classes=10, budget=Budget(macs=1_000_000))
-    drawn = fitted_candidates(get_space(space), ctx, 3 * count, seed=seed)
+    drawn = fitted_candidates(get_space(space), _fashion_1m(), 3 * count, seed=seed)
     return tuple(graph for _, graph, _, feasible in drawn if feasible)[:count]
 
 
