@@ -27,7 +27,7 @@ def batchnorm_out_padded_nhwc(x, scale, shift, act, xp, threads):
     as `batchnorm_train` applies it) written zero-padded in NHWC into xp (N x (H+2ph) x
     (W+2pw) x C): the layout in which the conv after it reads its input
     (`_backward_conv.PaddedNHWC`), so that the conv does not copy it there. Where
-    `padded_fits`, as `batchnorm_dx_padded_nhwc`."""
+    `output_fits`."""
     (_plane_nhwc_1 if threads == 1 else _plane_nhwc)(x, x, _NO_COEFFICIENTS, scale, shift,
                                                      act, xp, False)
 
@@ -45,14 +45,24 @@ def batchnorm_dx_padded_nhwc(x, gy, gamma, mean, invstd, ggamma, gbeta, training
 
 
 def padded_fits(shape: tuple[int, ...]) -> bool:
-    """Whether `batchnorm_dx_padded_nhwc` and `batchnorm_out_padded_nhwc` take an N x C x H
-    x W tensor: whole blocks of 16 channels, any map. Measured on an AVX-512 Xeon, one
-    thread, caches flushed before each call (as a training step leaves them), against
-    BatchNorm's NCHW pass and the conv's copy: forward 0.56-0.88x and backward
-    0.76-1.00x on 4x4 to 64x64 maps of 16-128 channels at batch 16-128; against the
-    earlier kernels a row at a time, which took maps 32 and more wide, 0.64-0.82x and
-    0.72-0.79x (docs/numba.md, "The padded passes a plane at a time")."""
+    """Whether `batchnorm_dx_padded_nhwc` takes an N x C x H x W tensor (where vectors
+    are 512 bits, `_conv_layouts.padded_dy`): whole blocks of 16 channels, any map.
+    Measured on an AVX-512 Xeon, one thread, caches flushed before each call (as a
+    training step leaves them), against BatchNorm's NCHW pass and the conv's copy:
+    forward 0.56-0.88x and backward 0.76-1.00x on 4x4 to 64x64 maps of 16-128 channels
+    at batch 16-128; against the earlier kernels a row at a time, which took maps 32 and
+    more wide, 0.64-0.82x and 0.72-0.79x (docs/numba.md, "The padded passes a plane at a
+    time")."""
     return shape[1] % SIDE == 0
+
+
+def output_fits(shape: tuple[int, ...]) -> bool:
+    """Whether `batchnorm_out_padded_nhwc` takes an N x C x H x W tensor: `padded_fits`,
+    or more than 16 channels, those past the last whole block computed as the last 16
+    again. On an AMD EPYC with AVX2, one thread, batch 128, warm, against BatchNorm's
+    NCHW pass and the conv's copy: 0.82-0.98x for 20-60 channels on 4x4 to 14x14 maps
+    (docs/numba.md, "Channels past the last block of 16")."""
+    return shape[1] >= SIDE
 
 
 _NO_COEFFICIENTS = np.zeros((4, 1), np.float32)  # what the output pass does not read
@@ -71,7 +81,9 @@ def _coefficients(gamma, mean, invstd, ggamma, gbeta, count, training):
 
 
 # A job is a sample's block of 16 channels over its whole plane, 16 pixels at a time
-# (the last block masked)
+# (the last block masked). Where C is not a whole number of blocks, the job of the last
+# whole block also computes the last 16 channels, some of them again (the same values
+# stored twice, by one thread)
 
 _F32X16 = ir.VectorType(ir.FloatType(), SIDE)
 _I64 = ir.IntType(64)
@@ -180,12 +192,13 @@ def _zero(p1, at, n):
 @njit(inline="always", cache=True)
 def _plane_job(x1, g1, p1, job, shape, hp, wp, k1, scale, shift, act, places, dx):
     # sample job // blocks, channels (job % blocks) * 16 .. + 15 over the whole plane, dx
-    # or the output; the first block's job also zeroes the sample's border
+    # or the output, and the last 16 channels too if this is the last whole block and
+    # channels are left past it; the first block's job also zeroes the sample's border
     n_batch, c_in, h, w = shape
     blocks = c_in // SIDE
     n, c0 = job // blocks, job % blocks * SIDE
     ph, pw = (hp - h) // 2, (wp - w) // 2
-    hw, wcu = h * w, np.uint64(wp * c_in)
+    wcu = np.uint64(wp * c_in)
     base = np.uint64(n * hp) * wcu
     if c0 == 0:  # the first block's job zeroes the sample's border
         _zero(p1, base, np.uint64(ph) * wcu)
@@ -195,6 +208,18 @@ def _plane_job(x1, g1, p1, job, shape, hp, wp, k1, scale, shift, act, places, dx
             o = base + np.uint64(ph + r) * wcu
             _zero(p1, o, side)
             _zero(p1, o + np.uint64((pw + w) * c_in), wcu - side - np.uint64(w * c_in))
+    _plane_block(x1, g1, p1, n, c0, shape, base, k1, scale, shift, act, places, dx)
+    if c0 + SIDE == blocks * SIDE and c_in % SIDE != 0:
+        _plane_block(x1, g1, p1, n, c_in - SIDE, shape, base, k1, scale, shift, act, places,
+                     dx)
+
+
+@njit(inline="always", cache=True)
+def _plane_block(x1, g1, p1, n, c0, shape, base, k1, scale, shift, act, places, dx):
+    # channels c0 .. c0 + 15 of sample n over its whole plane, 16 pixels at a time, into
+    # the padded sample at p1[base:]
+    n_batch, c_in, h, w = shape
+    hw = h * w
     src = np.uint64((n * c_in + c0) * hw)
     step, cu = np.uint64(hw), np.uint64(c_in)
     to = base + np.uint64(c0)

@@ -16,6 +16,10 @@ from nasgraph.backends.numba import _backward_conv as conv_b
 from nasgraph.backends.numba import _planes as planes_k
 from nasgraph.backends.numba import _planes_wgrad as wgrad_planes_k
 from nasgraph.backends.numba._conv_paths import (
+    depthwise_nhwc,
+    flat_depthwise,
+    lanes_conv,
+    per_group,
     planes_forward,
     planes_input_grad,
     planes_pay,
@@ -47,22 +51,36 @@ def weight_grad_on_planes(op, cout: int, pixels: int) -> bool:
 def padded_x(node: Node, x_shape: tuple[int, ...]) -> tuple[int, int] | None:
     """The padding with which a conv's forward copies its input into NHWC, where that
     copy is all it reads and keeps of it: the tiled path of `conv_forward` (no groups,
-    more than one input channel, not on the phase planes, forward or weight gradient).
-    There the op that produces x may write it so (`conv_b.PaddedNHWC`); else None.
-    Measured on an AVX-512 Xeon first (docs/numba.md, "BatchNorm writes what the conv
-    reads"); on an AMD EPYC with AVX2, whole steps in pairs of processes against the
-    conv's own copy: resnet20 0.974x (eight pairs, 0.951-1.024x), the digits candidate
-    at batch 128 0.987x (four, 0.967-1.019x; docs/numba.md, "The weight gradient on
-    AVX2")."""
+    more than one input channel, not on the phase planes, forward or weight gradient),
+    or a depthwise conv in NHWC (`depthwise_in_nhwc`). There the op that produces x may
+    write it so (`conv_b.PaddedNHWC`); else None. Measured on an AVX-512 Xeon first
+    (docs/numba.md, "BatchNorm writes what the conv reads"); on an AMD EPYC with AVX2,
+    whole steps in pairs of processes against the conv's own copy: resnet20 0.974x
+    (eight pairs, 0.951-1.024x), the digits candidate at batch 128 0.987x (four,
+    0.967-1.019x; docs/numba.md, "The weight gradient on AVX2")."""
     op = node.op
-    if node.kind != "conv2d" or op.groups != 1 or x_shape[1] == 1 \
-            or subsampled_pointwise(op):
+    if node.kind != "conv2d" or x_shape[1] == 1 or subsampled_pointwise(op):
         return None
+    if op.groups != 1:
+        return op.pad if depthwise_in_nhwc(node, x_shape) else None
     pixels = node.type.height * node.type.width
     if conv_strategy(node, x_shape[1], winograd=False) != "tiled" or planes_forward(
             op, op.out_channels, pixels) or weight_grad_on_planes(op, op.out_channels, pixels):
         return None
     return op.pad
+
+
+def depthwise_in_nhwc(node: Node, x_shape: tuple[int, ...]) -> bool:
+    """Whether `conv_forward` runs a grouped conv as a depthwise conv in NHWC
+    (`_depthwise`), asked in the order it asks: not a conv a group (`per_group`), not
+    with the batch in the lanes (`lanes_conv`), not on flat planes (`flat_depthwise`),
+    one input channel a group and `depthwise_nhwc`."""
+    op = node.op
+    cig = x_shape[1] // op.groups
+    out_pixels = node.type.height * node.type.width
+    return (not per_group(op, cig, out_pixels) and not lanes_conv(op, x_shape)
+            and not (cig == 1 and flat_depthwise(op, x_shape[2] * x_shape[3]))
+            and cig == 1 and depthwise_nhwc(op, op.out_channels, x_shape[1], out_pixels))
 
 
 def planes_x(node: Node, x_shape: tuple[int, ...]) -> planes_k.PlanesFor | None:

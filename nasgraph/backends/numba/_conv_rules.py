@@ -123,6 +123,22 @@ def _group_weights(wts: Weights, op, g: int) -> Weights:
     return {key: value[rows] for key, value in wts.items()}
 
 
+def _depthwise_nhwc_forward(node: Node, xp: np.ndarray, w: np.ndarray, bias: np.ndarray,
+                            out: np.ndarray, run: Run) -> _DepthwiseNHWC:
+    # out = the depthwise conv of xp (its input zero-padded in NHWC), in NHWC
+    # (`_depthwise`); what its backward reads
+    op = node.op
+    cout, _, kh, kw = w.shape
+    taps = depthwise_k.pack_weights(w)
+    ho, wo = out.shape[2:]
+    conv = (depthwise_k.conv2d_depthwise_nhwc_1 if run.threads == 1
+            else depthwise_k.conv2d_depthwise_nhwc)
+    conv(xp.reshape(xp.shape[0], xp.shape[1], -1), 0, taps,
+         bias if op.bias else np.zeros(cout, F32), NO_RES, out, 0, kh, kw,
+         *op.stride, *op.dilation, 0, 0, ho, wo, -1, -1, run.threads)
+    return _DepthwiseNHWC(xp, taps)
+
+
 def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                  ) -> tuple[np.ndarray, np.ndarray | Padded | _Subsampled | _Grouped
                             | _PerGroup | matmul_k.Dense | planes_k.PhasePlanes
@@ -142,6 +158,8 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                                   bias if op.bias else np.zeros(cout, F32), out,
                                   _lanes_geometry(op, x.shape), run.threads, _norm(x))
         return out, _DepthwiseLanes(x)
+    if isinstance(x, conv_b.PaddedNHWC) and op.groups != 1:  # depthwise (`padded_x`)
+        return out, _depthwise_nhwc_forward(node, x.xp, w, bias, out, run)
     if isinstance(x, conv_b.PaddedNHWC):  # as its producer wrote it for this (`padded_x`)
         conv_b.conv2d_direct(x.xp, w, bias if op.bias else None, out, op.stride,
                              op.dilation[0], run.threads)
@@ -172,15 +190,8 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                                  run.threads)
         return out, _DepthwiseFlat(x)
     if cig == 1 and depthwise_nhwc(op, cout, x.shape[1], out.shape[2] * out.shape[3]):
-        xp = conv_b.padded_nhwc(x, op.pad, run.threads)
-        taps = depthwise_k.pack_weights(w)
-        ho, wo = out.shape[2:]
-        conv = (depthwise_k.conv2d_depthwise_nhwc_1 if run.threads == 1
-                else depthwise_k.conv2d_depthwise_nhwc)
-        conv(xp.reshape(xp.shape[0], xp.shape[1], -1), 0, taps,
-             bias if op.bias else np.zeros(cout, F32), NO_RES, out, 0, kh, kw,
-             *op.stride, *op.dilation, 0, 0, ho, wo, -1, -1, run.threads)
-        return out, _DepthwiseNHWC(xp, taps)
+        return out, _depthwise_nhwc_forward(node, conv_b.padded_nhwc(x, op.pad, run.threads),
+                                            w, bias, out, run)
     if cig == 1:  # depthwise: on the planes its weight and input gradients read
         # one input channel (a stem) where vectors are 512 bits: `conv2d_forward`'s tiles
         # of output channels x pixels (0.27-0.53x the time of an axpy per output channel

@@ -35,7 +35,7 @@ from nasgraph.backends.numba._backward_ops import (
     batchnorm_backward_planes,
     dropout_mask,
 )
-from nasgraph.backends.numba._batchnorm_nhwc import padded_fits
+from nasgraph.backends.numba._batchnorm_nhwc import output_fits, padded_fits
 from nasgraph.backends.numba._conv_layouts import padded_dy, padded_x, planes_dy, planes_x
 from nasgraph.backends.numba._conv_paths import lanes_conv
 from nasgraph.backends.numba._planes import PlanesFor
@@ -409,14 +409,16 @@ def _written_for(graph: Graph, node: Node, x: np.ndarray, plan: _Plan, training:
                  ) -> tuple[tuple[int, int] | None, PlanesFor | None]:
     """How a BatchNorm writes its output for the conv that alone reads it, sparing the
     conv its copy: zero-padded in NHWC, the padding (`_conv_layouts.padded_x`), where its
-    shape fits (`padded_fits`); else, in training, as the conv's phase planes
-    (`_conv_layouts.planes_x`), from the pass that computes the statistics; None and None
-    where neither, or the node is not such a BatchNorm."""
+    shape fits (`output_fits`) and the conv reads that; else, in training, as the conv's
+    phase planes (`_conv_layouts.planes_x`), from the pass that computes the statistics,
+    but for whole blocks of 16 channels (`padded_fits`), which never take the planes;
+    None and None where neither, or the node is not such a BatchNorm."""
     conv_id = plan.conv_after.get(node.id)
     if conv_id is None:
         return None, None
-    if padded_fits(x.shape):
-        return padded_x(graph[conv_id], x.shape), None
+    pad = padded_x(graph[conv_id], x.shape) if output_fits(x.shape) else None
+    if pad is not None or padded_fits(x.shape):
+        return pad, None
     return None, planes_x(graph[conv_id], x.shape) if training else None
 
 

@@ -1224,15 +1224,18 @@ def test_tile_columns_transposed_in_registers(rows, width, n):
                                         ((3, 16, 2, 64), (0, 1)), ((3, 16, 8, 8), (1, 1)),
                                         ((2, 32, 7, 7), (1, 1)), ((2, 16, 14, 14), (2, 0)),
                                         ((3, 48, 4, 5), (0, 1)), ((3, 16, 1, 3), (1, 1)),
-                                        ((2, 16, 16, 16), (1, 1))])
+                                        ((2, 16, 16, 16), (1, 1)), ((3, 20, 14, 14), (1, 1)),
+                                        ((2, 36, 7, 7), (2, 2)), ((3, 60, 7, 7), (1, 1)),
+                                        ((2, 17, 4, 4), (0, 1))])
 @pytest.mark.parametrize("act", [0, 1, 2])
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_writes_padded_nhwc_as_the_copy_lays_it_out(shape, pad, act, training):
     # `batchnorm_dx_padded_nhwc` writes what `batchnorm_backward` computes as dx, and
     # `batchnorm_out_padded_nhwc` what `batchnorm_train` computes as the output, zero-
-    # padded in NHWC as the conv's copy lays them out, on one thread and two: rows of
-    # whole blocks of 16 pixels a row at a time, other maps a plane at a time, 16 pixels
-    # at a time and the last block partial (49, 196, 20 or 3 pixels)
+    # padded in NHWC as the conv's copy lays them out, on one thread and two: a plane
+    # at a time, 16 pixels at a time and the last block partial (49, 196, 20 or 3
+    # pixels); channels past the last whole block of 16 as the last 16 again (20, 36,
+    # 60, 17)
     from nasgraph.backends.numba import _backward_conv as conv_b
     from nasgraph.backends.numba import _batchnorm as bn_b
     from nasgraph.backends.numba import _batchnorm_nhwc as nhwc_b
@@ -1323,12 +1326,14 @@ def record_written(monkeypatch, layout: type, backward_rule: str
 @EITHER_VECTOR_WIDTH
 def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, training, wide):
     # a BatchNorm whose output only a tiled conv reads writes it zero-padded in NHWC
-    # (`_conv_layouts.padded_x`), and where vectors are 512 bits one after a conv whose
-    # backward reads dy only so (`padded_dy`) writes dx so (where they are 256, none
-    # does), forced as where vectors are 512 bits and as where they are 256: after a stem
-    # whose input needs no gradient, with ReLU, ReLU6, no activation, on maps 32 and 16
-    # wide (a row at a time, a plane at a time); not of 24 channels (`padded_fits`),
-    # after a strided conv, nor after a conv with a bias. One thread and two, 5 samples
+    # (`_conv_layouts.padded_x`), of 16 or more channels (`output_fits`), and where
+    # vectors are 512 bits one after a conv whose backward reads dy only so
+    # (`padded_dy`) writes dx so (where they are 256, none does), of whole blocks of 16
+    # channels (`padded_fits`), forced as where vectors are 512 bits and as where they
+    # are 256: after a stem whose input needs no gradient, with ReLU, ReLU6, no
+    # activation, on maps 32 and 16 wide; its output of 24 channels (16 and the last 16
+    # again), not of 12, and not its dx of 24; not after a strided conv, nor after a conv
+    # with a bias. One thread and two, 5 samples
     from nasgraph.backends.numba import _backward_conv as conv_b
 
     monkeypatch.setattr(conv_b, "WIDE", wide)
@@ -1340,12 +1345,42 @@ def test_batchnorm_writes_what_the_conv_reads_as_it_reads_it(monkeypatch, traini
     x = b.act(b.bn(b.conv(x, 48, 3, padding=1, bias=False), name="plain"), "silu")
     x = b.relu(b.bn(b.conv(x, 16, 3, stride=2, padding=1, bias=False), name="strided"))
     x = b.relu(b.bn(b.conv(x, 24, 3, padding=1, bias=False), name="uneven"))
+    x = b.relu(b.bn(b.conv(x, 12, 3, padding=1, bias=False), name="narrow"))
     x = b.relu(b.bn(b.conv(x, 16, 3, padding=1), name="biased"))
     b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
     graph = b.build()
     passes = check_in_mode(graph, training)
-    assert forward == ["stem", "relu6", "strided"] * passes
+    assert forward == ["stem", "relu6", "strided", "uneven"] * passes
     assert backward == (["plain", "relu6", "stem"] * passes if wide else [])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_writes_what_a_depthwise_conv_in_nhwc_reads(monkeypatch, training):
+    # a BatchNorm whose output only a depthwise conv in NHWC reads
+    # (`_conv_layouts.depthwise_in_nhwc`) writes it zero-padded in NHWC as that conv's
+    # copy lays it out: 5x5 convs of 20 and 48 channels onto 7x7 and 4x4, stride 1 and
+    # 2; not of 12 channels (`output_fits`). Against torch
+    from nasgraph.backends.numba import _backward_conv as conv_b
+    from nasgraph.backends.numba import _conv_layouts
+
+    forward, _ = record_written(monkeypatch, conv_b.PaddedNHWC, "batchnorm_backward_padded")
+    b = GraphBuilder("depthwise-padded")
+    x = b.relu(b.bn(b.conv(b.input(3, 7, 7), 20, 3, padding=1, bias=False), name="stem"))
+    x = b.act(b.bn(b.conv(x, 20, 5, padding=2, groups=20, bias=False), name="dw20"),
+              "relu6")
+    x = b.relu(b.bn(b.conv(x, 48, 1, bias=False), name="expand"))
+    x = b.relu(b.bn(b.conv(x, 48, 5, stride=2, padding=2, groups=48, bias=False),
+                    name="dw48"))
+    x = b.relu(b.bn(b.conv(x, 12, 1, bias=False), name="narrow"))
+    x = b.relu(b.bn(b.conv(x, 12, 5, padding=2, groups=12, bias=False), name="dw12"))
+    b.output(b.linear(b.flatten(b.gap(x)), CLASSES))
+    graph = b.build()
+    in_nhwc = [graph.successors(node.id)[0].id for node in graph
+               if node.kind == "conv2d" and node.op.groups > 1
+               and _conv_layouts.depthwise_in_nhwc(node, (2, *graph[node.inputs[0]].type.shape))]
+    assert in_nhwc == ["dw20", "dw48", "dw12"]
+    passes = check_in_mode(graph, training)
+    assert forward == ["stem", "expand"] * passes
 
 
 def test_masked_moves_write_their_span_alone():
