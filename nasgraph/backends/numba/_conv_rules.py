@@ -139,6 +139,38 @@ def _depthwise_nhwc_forward(node: Node, xp: np.ndarray, w: np.ndarray, bias: np.
     return _DepthwiseNHWC(xp, taps)
 
 
+def _depthwise_dy_padding(op) -> tuple[int, int] | None:
+    """How a stride-1 depthwise conv in NHWC pads dy for its input gradient, a
+    depthwise conv of dy with the taps flipped (dilation times the kernel's reach less
+    the padding, each way); None for strided convs, and where the padding exceeds that
+    reach, which `depthwise_nhwc_backward` takes."""
+    if op.stride != (1, 1):
+        return None
+    pad = tuple(d * (k - 1) - p for d, k, p in zip(op.dilation, op.kernel, op.pad,
+                                                   strict=True))
+    return pad if min(pad) >= 0 else None
+
+
+def _depthwise_nhwc_grads(op, xp: np.ndarray, gy: np.ndarray, taps: np.ndarray,
+                          gx: np.ndarray, parts: np.ndarray, pad: tuple[int, int],
+                          run: Run) -> None:
+    # a stride-1 depthwise conv's gradients in NHWC from dy copied once, zero-padded by
+    # `pad` (`_depthwise_dy_padding`): the weight gradient from its interior, the input
+    # gradient the forward's kernel on it with the taps flipped, written into gx in NCHW
+    # (docs/numba.md, "The depthwise input gradient as a conv"). Where no input gradient
+    # is needed, `depthwise_nhwc_backward` is faster: it copies dy a sample at a time
+    kh, kw = op.kernel
+    gp = conv_b.padded_nhwc(gy, pad, run.threads)
+    depthwise_k.depthwise_nhwc_weight_grad(xp, gp, *pad, parts, kh, kw, *op.dilation,
+                                           run.threads)
+    c, (h, w) = gx.shape[1], gx.shape[2:]
+    conv = (depthwise_k.conv2d_depthwise_nhwc_1 if run.threads == 1
+            else depthwise_k.conv2d_depthwise_nhwc)
+    conv(gp.reshape(gp.shape[0], gp.shape[1], -1), 0, np.ascontiguousarray(taps[::-1]),
+         np.zeros(c, F32), NO_RES, gx, 0, kh, kw, 1, 1, *op.dilation, 0, 0, h, w, -1, -1,
+         run.threads)
+
+
 def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                  ) -> tuple[np.ndarray, np.ndarray | Padded | _Subsampled | _Grouped
                             | _PerGroup | matmul_k.Dense | planes_k.PhasePlanes
@@ -343,8 +375,13 @@ def conv_backward(node: Node, gy: np.ndarray,
         ph, pw = op.pad
         gx = np.empty((n, cout, hp - 2 * ph, wp - 2 * pw), F32) if needs[0] else NO_GRAD
         parts = np.zeros((run.threads, kh * kw, cout))
-        depthwise_k.depthwise_nhwc_backward(xp, gy, saved.w, gx, parts, kh, kw, *op.stride,
-                                            *op.dilation, ph, pw, needs[0], run.threads)
+        pad = _depthwise_dy_padding(op) if needs[0] else None
+        if pad is None:
+            depthwise_k.depthwise_nhwc_backward(xp, gy, saved.w, gx, parts, kh, kw,
+                                                *op.stride, *op.dilation, ph, pw, needs[0],
+                                                run.threads)
+        else:
+            _depthwise_nhwc_grads(op, xp, gy, saved.w, gx, parts, pad, run)
         gw = _total(parts)
         gw = np.ascontiguousarray(gw.T, F32).reshape(w.shape)
         return [gx if needs[0] else None], _with_bias_grad(op, gw, gy)

@@ -15,7 +15,9 @@ tiled conv writes.
 Training runs small depthwise convs on the same layout (`_conv_rules`), but for the
 stride-1 3x3 ones, which take flat planes (`_depthwise_flat`): the forward on
 `conv2d_depthwise_nhwc`, the weight and input gradients on `depthwise_nhwc_backward`,
-each tap a multiply-add over a run of channels.
+each tap a multiply-add over a run of channels; of stride 1 with an input gradient, the
+weight gradient on `depthwise_nhwc_weight_grad` and the input gradient on
+`conv2d_depthwise_nhwc` again, the taps flipped, from dy zero-padded in NHWC.
 """
 
 from __future__ import annotations
@@ -293,3 +295,38 @@ def _tap_sums(g, xf, base, wf, acc, gp, need_dx, ho, wo, wp, c, kh, kw, sh, sw, 
                     if need_dx:
                         for k in range(cu):
                             gp[px + k] += g[at + k] * wf[tap + k]
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def depthwise_nhwc_weight_grad(xp, gp, gh, gw, parts, kh, kw, dh, dw, threads):
+    """The weight gradient of a stride-1 depthwise conv from its input zero-padded in NHWC
+    (xp, N x Hp x Wp x C, what the training forward read) and dy in NHWC too, as the
+    interior of gp (N x (Ho+2gh) x (Wo+2gw) x C, padded for the input gradient,
+    `_conv_rules._depthwise_nhwc_grads`):
+
+        dw[tap, c] = sum of dy[n, oh, ow, c] * xp[n, oh + i*dh, ow + j*dw, c]
+
+    parts[t] += thread t's samples' sums (threads x kh*kw x C, float64; summed per sample
+    in float32, pixel by pixel: the same bits as `depthwise_nhwc_backward`'s). Each
+    thread a run of samples; each tap a multiply-add over a run of the channels."""
+    n_batch, hp, wp, c = xp.shape
+    hg, wg = gp.shape[1], gp.shape[2]
+    ho, wo = hg - 2 * gh, wg - 2 * gw
+    taps, cu = kh * kw, np.uint64(c)
+    xf, gf = xp.reshape(xp.size), gp.reshape(gp.size)
+    for t in prange(threads):
+        acc = np.empty(taps * c, np.float32)
+        for n in range(t * n_batch // threads, (t + 1) * n_batch // threads):
+            acc[:] = 0.0
+            base = np.uint64(n * hp * wp * c)
+            for oh in range(ho):
+                for ow in range(wo):
+                    at = np.uint64(((n * hg + oh + gh) * wg + ow + gw) * c)
+                    for i in range(kh):
+                        for j in range(kw):
+                            tap = np.uint64((i * kw + j) * c)
+                            px = base + np.uint64(((oh + i * dh) * wp + ow + j * dw) * c)
+                            for k in range(cu):
+                                acc[tap + k] += gf[at + k] * xf[px + k]
+            for q in range(taps * c):
+                parts[t, q // c, q % c] += acc[q]

@@ -2225,22 +2225,72 @@ def test_weight_gradient_chunks_fit_half_the_l2(cin, cout, stride, threads, monk
 @pytest.mark.parametrize("kernel, stride, pad, dilation", [
     ((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1), (1, 1)),
     ((5, 5), (2, 2), (2, 2), (1, 1)), ((3, 1), (2, 1), (1, 0), (1, 1)),
-    ((3, 3), (1, 1), (2, 2), (2, 2)), ((3, 3), (1, 1), (0, 0), (2, 1))])
+    ((3, 3), (1, 1), (2, 2), (2, 2)), ((3, 3), (1, 1), (0, 0), (2, 1)),
+    ((5, 5), (1, 1), (2, 2), (1, 1)), ((3, 3), (1, 1), (2, 1), (1, 1)),
+    ((1, 5), (1, 1), (0, 2), (1, 1)), ((3, 3), (1, 1), (3, 3), (1, 1))])
 @pytest.mark.parametrize("nhwc_pixels", [0, 1000], ids=["planes", "nhwc"])
+@pytest.mark.parametrize("first", [False, True], ids=["after_a_conv", "first_layer"])
 def test_both_depthwise_paths_match_torch(kernel, stride, pad, dilation, nhwc_pixels,
-                                          monkeypatch):
+                                          first, monkeypatch):
     # a depthwise conv of channel multiplier 1 trains in NHWC on small outputs and on
     # phase planes on larger ones (`depthwise_nhwc`): forced one way, then the other;
-    # 20 channels (a 16-lane run and 4 more), a bias, a conv before it that needs its
-    # input gradient, on one thread and on two, 5 samples split unevenly
+    # 20 channels (a 16-lane run and 4 more), a bias, after a conv that needs its input
+    # gradient or as the first layer, which does not; on one thread and on two, 5
+    # samples split unevenly. In NHWC, stride 1 with an input gradient takes dy padded
+    # (`_depthwise_dy_padding`: a padding of 0 or 1 a side, 2 and 4 with dilation), but
+    # not where the padding is past the kernel's reach (3 for a 3x3 kernel)
     monkeypatch.setattr(_conv_paths, "DEPTHWISE_NHWC_PIXELS", nhwc_pixels)
     monkeypatch.setattr(_conv_paths, "DEPTHWISE_PLANES_CHANNELS", 0)
     monkeypatch.setattr(_conv_paths, "FLAT_MAX_PIXELS", {})
     b = GraphBuilder("depthwise")
-    x = b.relu(b.conv(b.input(3, 11, 9), 20, 1))
+    x = b.input(20, 11, 9) if first else b.relu(b.conv(b.input(3, 11, 9), 20, 1))
     x = b.conv(x, 20, kernel, stride, pad, dilation, groups=20)
     b.output(b.linear(b.flatten(b.gap(b.relu(x))), CLASSES))
     check_on_one_thread_and_two(b.build())
+
+
+def test_depthwise_nhwc_gradients_from_padded_dy_sum_as_the_scatter_did():
+    # a stride-1 depthwise conv in NHWC takes its gradients from dy copied once, padded
+    # (`_conv_rules._depthwise_nhwc_grads`): the weight gradient the same bits as
+    # `depthwise_nhwc_backward`'s (the same sums, pixel by pixel), the input gradient
+    # (the forward's kernel, taps flipped) to float32 precision of it; random geometries
+    # of 1-9 pixels a side, 1-60 channels, kernels 1-5, dilations 1-2, every padding up
+    # to the reach, on one thread and two
+    from types import SimpleNamespace
+
+    from nasgraph.backends.numba import _backward_conv as conv_b
+    from nasgraph.backends.numba import _conv_rules
+    from nasgraph.backends.numba import _depthwise as depthwise_k
+
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        c, h, w = int(rng.integers(1, 61)), int(rng.integers(1, 10)), int(rng.integers(1, 10))
+        kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        dh, dw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+        ph, pw = int(rng.integers(0, dh * (kh - 1) + 1)), int(rng.integers(0, dw * (kw - 1) + 1))
+        ho, wo = h + 2 * ph - dh * (kh - 1), w + 2 * pw - dw * (kw - 1)
+        if ho < 1 or wo < 1:
+            continue
+        b = GraphBuilder("dw")
+        b.output(b.conv(b.input(c, h, w), c, (kh, kw), 1, (ph, pw), (dh, dw), groups=c,
+                        bias=False))
+        op = [n for n in b.build() if n.kind == "conv2d"][0].op
+        pad = _conv_rules._depthwise_dy_padding(op)
+        assert pad == (dh * (kh - 1) - ph, dw * (kw - 1) - pw)
+        x = rng.standard_normal((3, c, h, w)).astype(np.float32)
+        gy = rng.standard_normal((3, c, ho, wo)).astype(np.float32)
+        taps = rng.standard_normal((kh * kw, c)).astype(np.float32)
+        for threads in (1, 2):
+            xp = conv_b.padded_nhwc(x, (ph, pw), threads)
+            want_x, want_w = np.empty_like(x), np.zeros((threads, kh * kw, c))
+            depthwise_k.depthwise_nhwc_backward(xp, gy, taps, want_x, want_w, kh, kw, 1, 1,
+                                                dh, dw, ph, pw, True, threads)
+            gx, parts = np.empty_like(x), np.zeros((threads, kh * kw, c))
+            _conv_rules._depthwise_nhwc_grads(op, xp, gy, taps, gx, parts, pad,
+                                              SimpleNamespace(threads=threads))
+            np.testing.assert_array_equal(parts, want_w, err_msg=f"trial {trial}")
+            np.testing.assert_allclose(gx, want_x, rtol=1e-5,
+                                       atol=1e-6 * np.abs(want_x).max(), err_msg=f"trial {trial}")
 
 
 @pytest.mark.parametrize("hw", [(11, 9), (1, 1), (1, 6), (6, 1), (4, 4), (5, 8), (28, 28),
