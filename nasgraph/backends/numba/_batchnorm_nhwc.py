@@ -57,10 +57,10 @@ def padded_fits(shape: tuple[int, ...]) -> bool:
 
 
 def output_fits(shape: tuple[int, ...]) -> bool:
-    """Whether `batchnorm_out_padded_nhwc` takes an N x C x H x W tensor: `padded_fits`,
-    or more than 16 channels, those past the last whole block computed as the last 16
-    again. On an AMD EPYC with AVX2, one thread, batch 128, warm, against BatchNorm's
-    NCHW pass and the conv's copy: 0.82-0.98x for 20-60 channels on 4x4 to 14x14 maps
+    """Whether `batchnorm_out_padded_nhwc` takes an N x C x H x W tensor: 16 channels or
+    more, those past the last whole block of 16 computed as the last 16 again. On an AMD
+    EPYC with AVX2, one thread, batch 128, warm, against BatchNorm's NCHW pass and the
+    conv's copy: medians of 0.81-0.97x for 20-60 channels on 4x4 to 14x14 maps
     (docs/numba.md, "Channels past the last block of 16")."""
     return shape[1] >= SIDE
 

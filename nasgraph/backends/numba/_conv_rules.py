@@ -125,8 +125,8 @@ def _group_weights(wts: Weights, op, g: int) -> Weights:
 
 def _depthwise_nhwc_forward(node: Node, xp: np.ndarray, w: np.ndarray, bias: np.ndarray,
                             out: np.ndarray, run: Run) -> _DepthwiseNHWC:
-    # out = the depthwise conv of xp (its input zero-padded in NHWC), in NHWC
-    # (`_depthwise`); what its backward reads
+    # out (NCHW) = the depthwise conv of xp, its input zero-padded in NHWC
+    # (`_depthwise`); returns what its backward reads
     op = node.op
     cout, _, kh, kw = w.shape
     taps = depthwise_k.pack_weights(w)
