@@ -1,8 +1,9 @@
 """Training rules of convolutions (`conv2d`, `fused_conv2d`): which kernels of
 `_backward_conv`, `_planes`, `_planes_wgrad` and `_conv_matmul` run a conv's forward and
 its gradients, and what the forward keeps for the backward; `_conv_paths` says which path
-takes a conv, `_conv_layouts` what it asks the ops beside it to write.
-docs/numba.md, "Which kernel computes which gradient"."""
+takes a conv, `_conv_layouts` what it asks the ops beside it to write. Depthwise convs
+with kernels of their own layout (the batch in the lanes, flat planes, NHWC) are
+`_depthwise_rules`'. docs/numba.md, "Which kernel computes which gradient"."""
 
 from __future__ import annotations
 
@@ -14,9 +15,7 @@ import numpy as np
 
 from nasgraph.backends.numba import _backward_conv as conv_b
 from nasgraph.backends.numba import _conv_matmul as matmul_k
-from nasgraph.backends.numba import _depthwise as depthwise_k
-from nasgraph.backends.numba import _depthwise_flat as flat_k
-from nasgraph.backends.numba import _depthwise_lanes as lanes_k
+from nasgraph.backends.numba import _depthwise_rules as depthwise_r
 from nasgraph.backends.numba import _planes as planes_k
 from nasgraph.backends.numba import _planes_depthwise as depthwise_planes_k
 from nasgraph.backends.numba import _planes_wgrad as wgrad_planes_k
@@ -40,43 +39,18 @@ from nasgraph.backends.numba._rule import (
     F32,
     NO_BIAS,
     NO_GRAD,
-    NO_RES,
     Grads,
     Normalized,
     Run,
     Spread,
-    Summed,
     Weights,
     activate,
     activation_grad,
     empty,
+    thread_total,
 )
 from nasgraph.backends.numba.nodes import conv_strategy
 from nasgraph.ir import Node, TensorType
-
-
-class _DepthwiseFlat(NamedTuple):
-    """What a depthwise conv (or a stem of one input channel) run on flat planes
-    (`_conv_paths.flat_depthwise`) keeps for its backward: its input."""
-
-    x: np.ndarray
-
-
-class _DepthwiseLanes(NamedTuple):
-    """What a depthwise conv run with the batch in the lanes
-    (`_conv_paths.lanes_depthwise`) keeps for its backward: its input, or the BatchNorm
-    output it was given unwritten (`Normalized`), normalized again there."""
-
-    x: np.ndarray | Normalized
-
-
-class _DepthwiseNHWC(NamedTuple):
-    """What a depthwise conv run in NHWC (`_conv_paths.depthwise_nhwc`) keeps for its
-    backward: its input zero-padded in NHWC, and its weights packed tap by tap (kh*kw x
-    C)."""
-
-    xp: np.ndarray
-    w: np.ndarray
 
 
 class _Subsampled(NamedTuple):
@@ -123,61 +97,13 @@ def _group_weights(wts: Weights, op, g: int) -> Weights:
     return {key: value[rows] for key, value in wts.items()}
 
 
-def _depthwise_nhwc_forward(node: Node, xp: np.ndarray, w: np.ndarray, bias: np.ndarray,
-                            out: np.ndarray, run: Run) -> _DepthwiseNHWC:
-    # out (NCHW) = the depthwise conv of xp, its input zero-padded in NHWC
-    # (`_depthwise`); returns what its backward reads
-    op = node.op
-    cout, _, kh, kw = w.shape
-    taps = depthwise_k.pack_weights(w)
-    ho, wo = out.shape[2:]
-    conv = (depthwise_k.conv2d_depthwise_nhwc_1 if run.threads == 1
-            else depthwise_k.conv2d_depthwise_nhwc)
-    conv(xp.reshape(xp.shape[0], xp.shape[1], -1), 0, taps,
-         bias if op.bias else np.zeros(cout, F32), NO_RES, out, 0, kh, kw,
-         *op.stride, *op.dilation, 0, 0, ho, wo, -1, -1, run.threads)
-    return _DepthwiseNHWC(xp, taps)
-
-
-def _depthwise_dy_padding(op) -> tuple[int, int] | None:
-    """How a stride-1 depthwise conv in NHWC pads dy for its input gradient, a
-    depthwise conv of dy with the taps flipped (dilation times the kernel's reach less
-    the padding, each way); None for strided convs, and where the padding exceeds that
-    reach, which `depthwise_nhwc_backward` takes."""
-    if op.stride != (1, 1):
-        return None
-    pad = tuple(d * (k - 1) - p for d, k, p in zip(op.dilation, op.kernel, op.pad,
-                                                   strict=True))
-    return pad if min(pad) >= 0 else None
-
-
-def _depthwise_nhwc_grads(op, xp: np.ndarray, gy: np.ndarray, taps: np.ndarray,
-                          gx: np.ndarray, parts: np.ndarray, pad: tuple[int, int],
-                          run: Run) -> None:
-    # a stride-1 depthwise conv's gradients in NHWC from dy copied once, zero-padded by
-    # `pad` (`_depthwise_dy_padding`): the weight gradient from its interior, the input
-    # gradient the forward's kernel on it with the taps flipped, written into gx in NCHW
-    # (docs/numba.md, "The depthwise input gradient as a conv"). Where no input gradient
-    # is needed, `depthwise_nhwc_backward` is faster: it copies dy a sample at a time
-    kh, kw = op.kernel
-    gp = conv_b.padded_nhwc(gy, pad, run.threads)
-    depthwise_k.depthwise_nhwc_weight_grad(xp, gp, *pad, parts, kh, kw, *op.dilation,
-                                           run.threads)
-    c, (h, w) = gx.shape[1], gx.shape[2:]
-    conv = (depthwise_k.conv2d_depthwise_nhwc_1 if run.threads == 1
-            else depthwise_k.conv2d_depthwise_nhwc)
-    conv(gp.reshape(gp.shape[0], gp.shape[1], -1), 0, np.ascontiguousarray(taps[::-1]),
-         np.zeros(c, F32), NO_RES, gx, 0, kh, kw, 1, 1, *op.dilation, 0, 0, h, w, -1, -1,
-         run.threads)
-
-
 def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                  ) -> tuple[np.ndarray, np.ndarray | Padded | _Subsampled | _Grouped
                             | _PerGroup | matmul_k.Dense | planes_k.PhasePlanes
-                            | _DepthwiseNHWC | _DepthwiseFlat | _DepthwiseLanes]:
+                            | depthwise_r.Lanes | depthwise_r.Flat | depthwise_r.NHWC]:
     # N x Cin x H x W -> N x Cout x Ho x Wo; saved: x, for a tiled conv `Padded`, for a
     # strided 1x1 one `_Subsampled`, for a depthwise one (or a stem of one input channel)
-    # `_DepthwiseLanes`, `_DepthwiseFlat`, `_DepthwiseNHWC` or its input's phase planes,
+    # `_depthwise_rules`' `Lanes`, `Flat`, `NHWC` or its input's phase planes,
     # for a grouped one on the planes `_Grouped`, as a conv a group `_PerGroup`, for one
     # on a tiny map `matmul_k.Dense`
     op, x = node.op, xs[0]
@@ -186,12 +112,9 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
     bias = wts["bias"] if op.bias else NO_BIAS
     out = empty(x, node)
     if isinstance(x, Normalized):  # the BatchNorm before it left that to it
-        lanes_k.depthwise_forward(x.x, w.reshape(cout, 9),
-                                  bias if op.bias else np.zeros(cout, F32), out,
-                                  _lanes_geometry(op, x.shape), run.threads, _norm(x))
-        return out, _DepthwiseLanes(x)
+        return out, depthwise_r.lanes_forward(op, x, w, bias, out, run)
     if isinstance(x, conv_b.PaddedNHWC) and op.groups != 1:  # depthwise (`padded_x`)
-        return out, _depthwise_nhwc_forward(node, x.xp, w, bias, out, run)
+        return out, depthwise_r.nhwc_forward(op, x.xp, w, bias, out, run)
     if isinstance(x, conv_b.PaddedNHWC):  # as its producer wrote it for this (`padded_x`)
         conv_b.conv2d_direct(x.xp, w, bias if op.bias else None, out, op.stride,
                              op.dilation[0], run.threads)
@@ -211,19 +134,12 @@ def conv_forward(node: Node, xs: list[np.ndarray], wts: Weights, run: Run
                                   out, 1, 1, 1, 1, 0, 0, 1, 1, int(op.bias), run.threads)
         return out, _Subsampled(sub, x.shape)
     if lanes_conv(op, x.shape):
-        lanes_k.depthwise_forward(x, w.reshape(cout, 9),
-                                  bias if op.bias else np.zeros(cout, F32), out,
-                                  _lanes_geometry(op, x.shape), run.threads, lanes_k.NO_NORM)
-        return out, _DepthwiseLanes(x)
+        return out, depthwise_r.lanes_forward(op, x, w, bias, out, run)
     if cig == 1 and flat_depthwise(op, x.shape[2] * x.shape[3]):
-        flat_k.depthwise_forward(x, w.reshape(cout, 9),
-                                 bias if op.bias else np.zeros(cout, F32), out,
-                                 flat_k.flat_geometry(*x.shape[2:], op.stride[0]),
-                                 run.threads)
-        return out, _DepthwiseFlat(x)
+        return out, depthwise_r.flat_forward(op, x, w, bias, out, run)
     if cig == 1 and depthwise_nhwc(op, cout, x.shape[1], out.shape[2] * out.shape[3]):
-        return out, _depthwise_nhwc_forward(node, conv_b.padded_nhwc(x, op.pad, run.threads),
-                                            w, bias, out, run)
+        return out, depthwise_r.nhwc_forward(op, conv_b.padded_nhwc(x, op.pad, run.threads),
+                                             w, bias, out, run)
     if cig == 1:  # depthwise: on the planes its weight and input gradients read
         # one input channel (a stem) where vectors are 512 bits: `conv2d_forward`'s tiles
         # of output channels x pixels (0.27-0.53x the time of an axpy per output channel
@@ -297,19 +213,10 @@ def _per_group_backward(op, gy: np.ndarray, saved: _PerGroup, wts: Weights, run:
     return [np.concatenate(gxs, axis=1) if needs[0] else None], grads
 
 
-def _norm(x: Normalized) -> tuple:
-    # `_depthwise_lanes`'s normalization of its input
-    return x.scale, x.shift, x.mean, x.act, True
-
-
-def _lanes_geometry(op, x_shape: tuple[int, ...]) -> lanes_k.LanesGeometry:
-    return lanes_k.lanes_geometry(*x_shape[2:], op.stride, op.pad, op.dilation)
-
-
 def conv_backward(node: Node, gy: np.ndarray,
                   saved: np.ndarray | Padded | _Subsampled | _Grouped | _PerGroup
-                  | matmul_k.Dense | planes_k.PhasePlanes | _DepthwiseNHWC | _DepthwiseFlat
-                  | _DepthwiseLanes,
+                  | matmul_k.Dense | planes_k.PhasePlanes | depthwise_r.Lanes
+                  | depthwise_r.Flat | depthwise_r.NHWC,
                   wts: Weights,
                   run: Run,
                   needs: list[bool]) -> Grads:
@@ -343,48 +250,9 @@ def conv_backward(node: Node, gy: np.ndarray,
                                           needs[0], run)
         gx = Spread(gxs, op.stride, saved.shape) if needs[0] else None
         return [gx], _with_bias_grad(op, gw, gy)
-    if isinstance(saved, _DepthwiseLanes):
-        # where the BatchNorm before it left it its output, normalized again here, and
-        # that BatchNorm's backward sums taken too (`Summed`)
-        normalized = isinstance(saved.x, Normalized)
-        x = saved.x.x if normalized else saved.x
-        gx = np.empty_like(x) if needs[0] else NO_GRAD
-        parts = np.zeros((run.threads, cout, 9))
-        sums = np.zeros((run.threads, 2, cout)) if normalized and needs[0] else lanes_k.NO_SUMS
-        lanes_k.depthwise_backward(x, gy, w.reshape(cout, 9), gx, parts,
-                                   _lanes_geometry(op, x.shape), needs[0], run.threads,
-                                   _norm(saved.x) if normalized else lanes_k.NO_NORM, sums)
-        gw = _total(parts).astype(F32)
-        if not needs[0]:
-            gx = None
-        elif normalized:
-            gx = Summed(gx, _total(sums))
-        return [gx], _with_bias_grad(op, gw.reshape(w.shape), gy)
-    if isinstance(saved, _DepthwiseFlat):
-        x = saved.x
-        gx = np.empty_like(x) if needs[0] else NO_GRAD
-        parts = np.zeros((run.threads, cout, 9))
-        flat_k.depthwise_backward(x, gy, w.reshape(cout, 9), gx, parts,
-                                  flat_k.flat_geometry(*x.shape[2:], op.stride[0]), needs[0],
-                                  run.threads)
-        gw = _total(parts).astype(F32)
-        return [gx if needs[0] else None], _with_bias_grad(op, gw.reshape(w.shape), gy)
-    if isinstance(saved, _DepthwiseNHWC):
-        xp = saved.xp
-        n, hp, wp, _ = xp.shape
-        ph, pw = op.pad
-        gx = np.empty((n, cout, hp - 2 * ph, wp - 2 * pw), F32) if needs[0] else NO_GRAD
-        parts = np.zeros((run.threads, kh * kw, cout))
-        pad = _depthwise_dy_padding(op) if needs[0] else None
-        if pad is None:
-            depthwise_k.depthwise_nhwc_backward(xp, gy, saved.w, gx, parts, kh, kw,
-                                                *op.stride, *op.dilation, ph, pw, needs[0],
-                                                run.threads)
-        else:
-            _depthwise_nhwc_grads(op, xp, gy, saved.w, gx, parts, pad, run)
-        gw = _total(parts)
-        gw = np.ascontiguousarray(gw.T, F32).reshape(w.shape)
-        return [gx if needs[0] else None], _with_bias_grad(op, gw, gy)
+    if isinstance(saved, depthwise_r.SAVED):
+        gx, gw = depthwise_r.backward(op, gy, saved, w, run, needs[0])
+        return [gx], _with_bias_grad(op, gw, gy)
     if isinstance(saved, planes_k.PhasePlanes):  # depthwise
         gp = depthwise_planes_k.depthwise_rows(saved, gy, conv_b.WIDE)
         gw = wgrad_planes_k.conv2d_weight_grad(saved, gy, op.groups, op.kernel,
@@ -411,7 +279,7 @@ def _gemm_conv_backward(x: np.ndarray, w: np.ndarray, gy: np.ndarray, groups: in
     parts = np.zeros((run.threads if need_dw else 1, groups, cog, k), F32)
     conv_b.conv2d_backward(x, w.reshape(groups, cog, k), gy, gx, parts, kh, kw, *geometry,
                            need_dx, need_dw, run.threads)
-    gw = _total(parts).reshape(w.shape)
+    gw = thread_total(parts).reshape(w.shape)
     return (gx if need_dx else None), (gw if need_dw else None)
 
 
@@ -467,18 +335,12 @@ def _tiled_conv_backward(op, gy: np.ndarray, saved: Padded, w: np.ndarray, run: 
                                     kw, *op.stride, op.dilation[0], gemm_dw, add_dx,
                                     run.threads)
         if gemm_dw:
-            gw = _total(parts)
+            gw = thread_total(parts)
             gw = np.ascontiguousarray(gw.reshape(cout, kh, kw, cin).transpose(0, 3, 1, 2))
     if add_dx:
         gx = np.empty(x.shape, F32)
         conv_b.from_padded_nhwc(gxp, gx, *op.pad)
     return [gx], _with_bias_grad(op, gw, gy)
-
-
-def _total(parts: np.ndarray) -> np.ndarray:
-    """The threads' partial sums (a kernel's `parts`, one row a thread) added up; one
-    thread's row as it is."""
-    return parts[0] if len(parts) == 1 else parts.sum(axis=0)
 
 
 def _with_bias_grad(op, gw: np.ndarray, gy: np.ndarray) -> Weights:

@@ -302,7 +302,7 @@ def depthwise_nhwc_weight_grad(xp, gp, gh, gw, parts, kh, kw, dh, dw, threads):
     """The weight gradient of a stride-1 depthwise conv from its input zero-padded in NHWC
     (xp, N x Hp x Wp x C, what the training forward read) and dy in NHWC too, as the
     interior of gp (N x (Ho+2gh) x (Wo+2gw) x C, padded for the input gradient,
-    `_conv_rules._depthwise_nhwc_grads`):
+    `_depthwise_rules._nhwc_grads`):
 
         dw[tap, c] = sum of dy[n, oh, ow, c] * xp[n, oh + i*dh, ow + j*dw, c]
 

@@ -110,6 +110,12 @@ def dense(g: Gradient) -> np.ndarray:
     return g.dense() if isinstance(g, Spread) else g
 
 
+def thread_total(parts: np.ndarray) -> np.ndarray:
+    """The threads' partial sums (a kernel's `parts`, one row a thread) added up; one
+    thread's row as it is."""
+    return parts[0] if len(parts) == 1 else parts.sum(axis=0)
+
+
 def activation_grad(x: np.ndarray, gy: Gradient | Terms, code: int) -> np.ndarray:
     """gy times the derivative of activation `code` at x, a new array. gy may come in
     `Terms`: for ReLU, the last two are summed in its mask's pass (`relu_backward_sum`:

@@ -2237,8 +2237,9 @@ def test_both_depthwise_paths_match_torch(kernel, stride, pad, dilation, nhwc_pi
     # 20 channels (a 16-lane run and 4 more), a bias, after a conv that needs its input
     # gradient or as the first layer, which does not; on one thread and on two, 5
     # samples split unevenly. In NHWC, stride 1 with an input gradient takes dy padded
-    # (`_depthwise_dy_padding`: a padding of 0 or 1 a side, 2 and 4 with dilation), but
-    # not where the padding is past the kernel's reach (3 for a 3x3 kernel)
+    # (`_depthwise_rules._dy_padding`: a padding of 0 or 1 a side, 2 and 4 with
+    # dilation), but not where the padding is past the kernel's reach (3 for a 3x3
+    # kernel)
     monkeypatch.setattr(_conv_paths, "DEPTHWISE_NHWC_PIXELS", nhwc_pixels)
     monkeypatch.setattr(_conv_paths, "DEPTHWISE_PLANES_CHANNELS", 0)
     monkeypatch.setattr(_conv_paths, "FLAT_MAX_PIXELS", {})
@@ -2251,7 +2252,7 @@ def test_both_depthwise_paths_match_torch(kernel, stride, pad, dilation, nhwc_pi
 
 def test_depthwise_nhwc_gradients_from_padded_dy_sum_as_the_scatter_did():
     # a stride-1 depthwise conv in NHWC takes its gradients from dy copied once, padded
-    # (`_conv_rules._depthwise_nhwc_grads`): the weight gradient the same bits as
+    # (`_depthwise_rules._nhwc_grads`): the weight gradient the same bits as
     # `depthwise_nhwc_backward`'s (the same sums, pixel by pixel), the input gradient
     # (the forward's kernel, taps flipped) to float32 precision of it; random geometries
     # of 1-9 pixels a side, 1-60 channels, kernels 1-5, dilations 1-2, every padding up
@@ -2259,8 +2260,8 @@ def test_depthwise_nhwc_gradients_from_padded_dy_sum_as_the_scatter_did():
     from types import SimpleNamespace
 
     from nasgraph.backends.numba import _backward_conv as conv_b
-    from nasgraph.backends.numba import _conv_rules
     from nasgraph.backends.numba import _depthwise as depthwise_k
+    from nasgraph.backends.numba import _depthwise_rules
 
     rng = np.random.default_rng(7)
     for trial in range(60):
@@ -2275,7 +2276,7 @@ def test_depthwise_nhwc_gradients_from_padded_dy_sum_as_the_scatter_did():
         b.output(b.conv(b.input(c, h, w), c, (kh, kw), 1, (ph, pw), (dh, dw), groups=c,
                         bias=False))
         op = [n for n in b.build() if n.kind == "conv2d"][0].op
-        pad = _conv_rules._depthwise_dy_padding(op)
+        pad = _depthwise_rules._dy_padding(op)
         assert pad == (dh * (kh - 1) - ph, dw * (kw - 1) - pw)
         x = rng.standard_normal((3, c, h, w)).astype(np.float32)
         gy = rng.standard_normal((3, c, ho, wo)).astype(np.float32)
@@ -2286,7 +2287,7 @@ def test_depthwise_nhwc_gradients_from_padded_dy_sum_as_the_scatter_did():
             depthwise_k.depthwise_nhwc_backward(xp, gy, taps, want_x, want_w, kh, kw, 1, 1,
                                                 dh, dw, ph, pw, True, threads)
             gx, parts = np.empty_like(x), np.zeros((threads, kh * kw, c))
-            _conv_rules._depthwise_nhwc_grads(op, xp, gy, taps, gx, parts, pad,
+            _depthwise_rules._nhwc_grads(op, xp, gy, taps, gx, parts, pad,
                                               SimpleNamespace(threads=threads))
             np.testing.assert_array_equal(parts, want_w, err_msg=f"trial {trial}")
             np.testing.assert_allclose(gx, want_x, rtol=1e-5,
