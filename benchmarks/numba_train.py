@@ -42,6 +42,7 @@ from nasgraph.backends.numba.optim import FlatParams, make_optimizer
 from nasgraph.backends.torch import lower
 from nasgraph.ir import Graph
 from nasgraph.recipe import Recipe
+from nasgraph.search.space import space_names
 from nasgraph.train import channels_last, prefers_channels_last
 
 RECIPE = Recipe()  # AdamW, label smoothing 0.1, the default decay
@@ -82,8 +83,8 @@ def resnext() -> Graph:
     return fit_to_budget(get_space("residual"), trial, _fashion_1m())[0]
 
 
-# the registered spaces whose candidates the "spaces" cases draw (`space_candidates`)
-SPACES = ("dense", "inception", "macro", "mobile", "residual")
+# the built-in spaces, whose candidates the "spaces" cases draw (`space_candidates`)
+SPACES = tuple(space_names())
 
 
 @functools.cache
