@@ -3,6 +3,8 @@ follow: a run of a tensor read a few values at a time, a sample (thousands of va
 apart, one sample after the other (`_pointwise_wgrad`'s tiles, `_depthwise_lanes`' blocks
 of 16 samples). `prefetch_run` asks for every cache line of such a run before the kernel
 reads it; the loads then find the values in cache rather than wait for memory each.
+`prefetch_run_to_write` does the same for a run it is about to write, which a store
+would otherwise read from memory first.
 """
 
 from __future__ import annotations
@@ -17,23 +19,34 @@ LINE = 16  # float32 values a cache line (64 bytes)
 _I32 = ir.IntType(32)
 
 
-@intrinsic
-def prefetch(typingctx, a, at):
-    """Asks for the cache line of a[at] (flat float32, unsigned offset) to be read into
-    every level of cache: LLVM's `prefetch` (read, the highest locality, data), which
-    neither faults nor waits."""
-    sig = types.void(a, types.uint64)
-
+def _prefetch_codegen(write: int):
+    # LLVM's `prefetch` of a[at]: read (0) or write (1), the highest locality, data
     def codegen(context, builder, signature, args):
         ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
         i8p = ir.IntType(8).as_pointer()
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
             ir.VoidType(), [i8p, _I32, _I32, _I32]), "llvm.prefetch.p0")
         builder.call(fn, [builder.bitcast(builder.gep(ptr, [args[1]]), i8p),
-                          ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                          ir.Constant(_I32, write), ir.Constant(_I32, 3),
+                          ir.Constant(_I32, 1)])
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+@intrinsic
+def prefetch(typingctx, a, at):
+    """Asks for the cache line of a[at] (flat float32, unsigned offset) to be read into
+    every level of cache: LLVM's `prefetch` (read, the highest locality, data), which
+    neither faults nor waits."""
+    return types.void(a, types.uint64), _prefetch_codegen(0)
+
+
+@intrinsic
+def prefetch_to_write(typingctx, a, at):
+    """`prefetch` of a line the kernel is about to write (`prefetchw` on x86): asked for
+    in a state it may write, so that the store does not wait to read it first."""
+    return types.void(a, types.uint64), _prefetch_codegen(1)
 
 
 @njit(inline="always", cache=True)
@@ -42,3 +55,11 @@ def prefetch_run(a, start, count):
     for i in range(start, start + count, LINE):
         prefetch(a, np.uint64(i))
     prefetch(a, np.uint64(start + count - 1))  # the last line, where start is not on one
+
+
+@njit(inline="always", cache=True)
+def prefetch_run_to_write(a, start, count):
+    """`prefetch_run` of a run the kernel is about to write (`prefetch_to_write`)."""
+    for i in range(start, start + count, LINE):
+        prefetch_to_write(a, np.uint64(i))
+    prefetch_to_write(a, np.uint64(start + count - 1))
