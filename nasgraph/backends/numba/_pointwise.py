@@ -15,8 +15,8 @@ at the last channel. The same kernel computes the input gradient, Wᵀ · dY.
 A tile reads one run of 24 pixels from each of the sample's Cin planes, a plane apart:
 more streams than the hardware's prefetcher follows, so that on 14x14 maps, where a
 sample is 10-75 KB, every block's first tiles waited on memory. While a thread computes
-a sample, its tiles ask for the next sample's cache lines a few at a time (`_prefetch`;
-docs/numba.md, "1x1 convs prefetch the next sample").
+a sample, its tiles ask for the next sample's cache lines a few at a time, and for its
+output's to write (`_prefetch`; docs/numba.md, "1x1 convs prefetch the next sample").
 """
 
 from __future__ import annotations
@@ -25,10 +25,13 @@ import numpy as np
 from numba import njit, prange
 
 from nasgraph.backends.numba._outer import WIDTH, tile4x1, tile4x2, tile4x3
-from nasgraph.backends.numba._prefetch import LINE, prefetch
+from nasgraph.backends.numba._prefetch import LINE, prefetch, prefetch_to_write
 
 ROWS = 4  # output channels a tile
 MIN_PIXELS = WIDTH  # planes of fewer pixels than a vector stay with numpy
+# planes of fewer pixels do not ask for their output's lines: on 7x7 maps, 0.99-1.04x the
+# time without (docs/numba.md, "1x1 convs prefetch the next sample")
+ASK_OUT_PIXELS = 96
 
 
 @njit(inline="always", cache=True)
@@ -48,16 +51,26 @@ def _tiles(x1, xa, p, cin, w1, wa, o1, oa, at, n_vectors):
 
 
 @njit(inline="always", cache=True)
-def _ask(x1, start, line, end, count):
+def _ask(a1, start, line, end, count, write):
     # prefetch up to `count` cache lines from the `line`-th of a run from `start`, none
-    # at or past `end` (a flat offset); returns the next line's number
+    # at or past `end` (a flat offset), to read or to `write`; returns the next line's
+    # number
     for _ in range(count):
         at = start + np.uint64(line * LINE)
         if at >= end:
             break
-        prefetch(x1, at)
+        if write:
+            prefetch_to_write(a1, at)
+        else:
+            prefetch(a1, at)
         line += 1
     return line
+
+
+@njit(inline="always", cache=True)
+def _lines(values):
+    # cache lines a run of `values` float32 spans, from a line's start
+    return (values + LINE - 1) // LINE
 
 
 @njit(parallel=True, cache=True)
@@ -71,23 +84,27 @@ def pointwise(x, w, out, threads):
     x1, w1, o1 = x.reshape(x.size), w.reshape(w.size), out.reshape(out.size)
     full = p // 24 * 24
     rest = p - full
-    sample = cin * p
-    # the next sample's lines, spread over a sample's whole tiles
-    lines = (sample + LINE - 1) // LINE
-    per_tile = -(-lines // max(1, (cout + ROWS - 1) // ROWS * (full // 24)))
+    sample, written = cin * p, cout * p
+    # the next sample's lines, and its output's, spread over a sample's whole tiles
+    tiles = max(1, (cout + ROWS - 1) // ROWS * (full // 24))
+    per_tile = -(-_lines(sample) // tiles)
+    per_tile_out = -(-_lines(written) // tiles) if p >= ASK_OUT_PIXELS else 0
     for t in prange(threads):
         end = (t + 1) * n_batch // threads
         for s in range(t * n_batch // threads, end):
-            nxt = np.uint64((s + 1) * sample)
-            last = nxt + np.uint64(sample) if s + 1 < end else nxt
-            line = 0
+            nxt, out_nxt = np.uint64((s + 1) * sample), np.uint64((s + 1) * written)
+            more = s + 1 < end
+            last = nxt + np.uint64(sample) if more else nxt
+            out_last = out_nxt + np.uint64(written) if more else out_nxt
+            line = out_line = 0
             for c0 in range(0, cout, ROWS):
                 cb = min(c0, cout - ROWS)
                 xa = np.uint64(s * sample)
                 wa = np.uint64(cb * cin)
                 oa = np.uint64((s * cout + cb) * p)
                 for p0 in range(0, full, 24):
-                    line = _ask(x1, nxt, line, last, per_tile)
+                    line = _ask(x1, nxt, line, last, per_tile, False)
+                    out_line = _ask(o1, out_nxt, out_line, out_last, per_tile_out, True)
                     _tiles(x1, xa, p, cin, w1, wa, o1, oa, p0, 3)
                 # the pixels left: tiles ending at the last pixel, starting at or after 0
                 if rest > 16 and p >= 24:
