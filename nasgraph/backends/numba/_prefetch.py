@@ -1,10 +1,10 @@
 """Software prefetch, for kernels whose order of reads the hardware's prefetcher does not
 follow: a run of a tensor read a few values at a time, a sample (thousands of values)
 apart, one sample after the other (`_pointwise_wgrad`'s tiles, `_depthwise_lanes`' blocks
-of 16 samples). `prefetch_run` asks for every cache line of such a run before the kernel
-reads it; the loads then find the values in cache rather than wait for memory each.
-`prefetch_run_to_write` does the same for a run it is about to write, which a store
-would otherwise read from memory first.
+of 16 samples, `_pointwise`'s tiles, `_batchnorm`'s channel walk). `prefetch_run` asks
+for every cache line of such a run before the kernel reads it; the loads then find the
+values in cache rather than wait for memory each. `prefetch_run_to_write` does the same
+for a run it is about to write, which a store would otherwise read from memory first.
 """
 
 from __future__ import annotations
