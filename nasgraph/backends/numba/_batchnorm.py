@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from nasgraph.backends.numba._masked import into_plane
-from nasgraph.backends.numba._prefetch import prefetch_run, prefetch_run_to_write
+from nasgraph.backends.numba._prefetch import prefetch_run
 
 _FAST = {"reassoc", "contract", "nsz", "arcp"}
 
@@ -132,7 +132,7 @@ def _normalize_run(x1, out1, at, n, scale, shift, act, to):
 # The channel walk's first pass over a channel reads a plane a sample, C planes apart,
 # which the hardware's prefetcher does not follow; it asks for the plane SAMPLES_AHEAD
 # samples on (`_prefetch`). Its later passes find the channel in cache, and the last one
-# asks for the plane it will write 4 samples on (`prefetch_run_to_write`). On an AMD EPYC
+# asks for the plane it will write 4 samples on (`prefetch_run`'s `write`). On an AMD EPYC
 # (AVX2), one thread, 128 samples of 8-96 channels on 14x14: 0.77-0.96x the time of the
 # backward, 0.71-0.96x of the statistics; on 28x28, 1.02-1.08x and 0.86-0.94x
 # (docs/numba.md, "BatchNorm's channel walk prefetches")
@@ -140,18 +140,12 @@ SAMPLES_AHEAD = 4
 
 
 @njit(inline="always", cache=True)
-def _ask_ahead(a1, n, n_batch, c_in, c, hw):
-    # prefetch channel c's plane of sample n + SAMPLES_AHEAD, if there is one
+def _ask_ahead(a1, n, n_batch, c_in, c, hw, write=False):
+    # prefetch channel c's plane of sample n + SAMPLES_AHEAD, if there is one; to write
+    # it, with `write`
     if n + SAMPLES_AHEAD < n_batch:
-        prefetch_run(a1, np.uint64(((n + SAMPLES_AHEAD) * c_in + c) * hw), np.uint64(hw))
-
-
-@njit(inline="always", cache=True)
-def _ask_ahead_to_write(a1, n, n_batch, c_in, c, hw):
-    # `_ask_ahead` of a plane the walk is about to write
-    if n + SAMPLES_AHEAD < n_batch:
-        prefetch_run_to_write(a1, np.uint64(((n + SAMPLES_AHEAD) * c_in + c) * hw),
-                              np.uint64(hw))
+        prefetch_run(a1, np.uint64(((n + SAMPLES_AHEAD) * c_in + c) * hw), np.uint64(hw),
+                     write)
 
 
 # the by-channel passes' planes arguments (xq, Wq, ph, pw) where they write none
@@ -191,7 +185,7 @@ def _batchnorm_train_by_channel(x, gamma, beta, eps, out, mean, var, scale, shif
                            ph, pw, plane)
         elif normalize:
             for n in range(n_batch):
-                _ask_ahead_to_write(out1, n, n_batch, c_in, c, hw)
+                _ask_ahead(out1, n, n_batch, c_in, c, hw, True)
                 at = np.uint64((n * c_in + c) * hw)
                 _normalize_run(x1, out1, at, hw, k, k0, act, at)
 
@@ -411,7 +405,7 @@ def _batchnorm_backward_by_channel(x, gy, gamma, mean, invstd, gx, ggamma, gbeta
                            wq, ph, pw, plane)
         else:
             for n in range(n_batch):
-                _ask_ahead_to_write(o1, n, n_batch, c_in, c, hw)
+                _ask_ahead(o1, n, n_batch, c_in, c, hw, True)
                 at = np.uint64((n * c_in + c) * hw)
                 _dx_run(g1, x1, o1, at, hw, mu, k_g, k0, k1, sc, sh, act, at)
 

@@ -72,15 +72,15 @@ def padded_x(node: Node, x_shape: tuple[int, ...]) -> tuple[int, int] | None:
 
 def depthwise_in_nhwc(node: Node, x_shape: tuple[int, ...]) -> bool:
     """Whether `conv_forward` runs a grouped conv as a depthwise conv in NHWC
-    (`_depthwise`), asked in the order it asks: not a conv a group (`per_group`), not
-    with the batch in the lanes (`lanes_conv`), not on flat planes (`flat_depthwise`),
-    one input channel a group and `depthwise_nhwc`."""
+    (`_depthwise`): one input channel a group, and none of the paths it asks first (a
+    conv a group, `per_group`; the batch in the lanes, `lanes_conv`; flat planes,
+    `flat_depthwise`), then `depthwise_nhwc`."""
     op = node.op
     cig = x_shape[1] // op.groups
     out_pixels = node.type.height * node.type.width
-    return (not per_group(op, cig, out_pixels) and not lanes_conv(op, x_shape)
-            and not (cig == 1 and flat_depthwise(op, x_shape[2] * x_shape[3]))
-            and cig == 1 and depthwise_nhwc(op, op.out_channels, x_shape[1], out_pixels))
+    return (cig == 1 and not per_group(op, cig, out_pixels) and not lanes_conv(op, x_shape)
+            and not flat_depthwise(op, x_shape[2] * x_shape[3])
+            and depthwise_nhwc(op, op.out_channels, x_shape[1], out_pixels))
 
 
 def planes_x(node: Node, x_shape: tuple[int, ...]) -> planes_k.PlanesFor | None:

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from nasgraph.backends.numba._outer import WIDTH, tile4x1, tile4x2, tile4x3
-from nasgraph.backends.numba._prefetch import LINE, prefetch, prefetch_to_write
+from nasgraph.backends.numba._prefetch import LINE, prefetch_lines
 
 ROWS = 4  # output channels a tile
 MIN_PIXELS = WIDTH  # planes of fewer pixels than a vector stay with numpy
@@ -48,23 +48,6 @@ def _tiles(x1, xa, p, cin, w1, wa, o1, oa, at, n_vectors):
         tile4x2(w1, rows, np.uint64(1), cu, x1, xa + q, pu, o1, outs)
     else:
         tile4x1(w1, rows, np.uint64(1), cu, x1, xa + q, pu, o1, outs)
-
-
-@njit(inline="always", cache=True)
-def _ask(a1, start, line, end, count, write):
-    # prefetch up to `count` cache lines from the `line`-th of a run from `start`, none
-    # at or past `end` (a flat offset), to read or to `write`; returns the next line's
-    # number
-    for _ in range(count):
-        at = start + np.uint64(line * LINE)
-        if at >= end:
-            break
-        if write:
-            prefetch_to_write(a1, at)
-        else:
-            prefetch(a1, at)
-        line += 1
-    return line
 
 
 @njit(inline="always", cache=True)
@@ -103,8 +86,9 @@ def pointwise(x, w, out, threads):
                 wa = np.uint64(cb * cin)
                 oa = np.uint64((s * cout + cb) * p)
                 for p0 in range(0, full, 24):
-                    line = _ask(x1, nxt, line, last, per_tile, False)
-                    out_line = _ask(o1, out_nxt, out_line, out_last, per_tile_out, True)
+                    line = prefetch_lines(x1, nxt, line, last, per_tile)
+                    out_line = prefetch_lines(o1, out_nxt, out_line, out_last, per_tile_out,
+                                              True)
                     _tiles(x1, xa, p, cin, w1, wa, o1, oa, p0, 3)
                 # the pixels left: tiles ending at the last pixel, starting at or after 0
                 if rest > 16 and p >= 24:

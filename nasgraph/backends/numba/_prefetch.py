@@ -3,8 +3,9 @@ follow: a run of a tensor read a few values at a time, a sample (thousands of va
 apart, one sample after the other (`_pointwise_wgrad`'s tiles, `_depthwise_lanes`' blocks
 of 16 samples, `_pointwise`'s tiles, `_batchnorm`'s channel walk). `prefetch_run` asks
 for every cache line of such a run before the kernel reads it; the loads then find the
-values in cache rather than wait for memory each. `prefetch_run_to_write` does the same
-for a run it is about to write, which a store would otherwise read from memory first.
+values in cache rather than wait for memory each. With `write`, it does the same for a
+run the kernel is about to write, which a store would otherwise read from memory first.
+`prefetch_lines` asks for such a run a few lines at a time.
 """
 
 from __future__ import annotations
@@ -50,16 +51,32 @@ def prefetch_to_write(typingctx, a, at):
 
 
 @njit(inline="always", cache=True)
-def prefetch_run(a, start, count):
-    """Asks for every cache line of a[start:start + count] (flat float32, count > 0)."""
-    for i in range(start, start + count, LINE):
-        prefetch(a, np.uint64(i))
-    prefetch(a, np.uint64(start + count - 1))  # the last line, where start is not on one
+def _ask(a, at, write):
+    # one line, to read or to write
+    if write:
+        prefetch_to_write(a, at)
+    else:
+        prefetch(a, at)
 
 
 @njit(inline="always", cache=True)
-def prefetch_run_to_write(a, start, count):
-    """`prefetch_run` of a run the kernel is about to write (`prefetch_to_write`)."""
+def prefetch_run(a, start, count, write=False):
+    """Asks for every cache line of a[start:start + count] (flat float32, count > 0); with
+    `write`, in a state the kernel may write (`prefetch_to_write`)."""
     for i in range(start, start + count, LINE):
-        prefetch_to_write(a, np.uint64(i))
-    prefetch_to_write(a, np.uint64(start + count - 1))
+        _ask(a, np.uint64(i), write)
+    _ask(a, np.uint64(start + count - 1), write)  # the last line, where start is not on one
+
+
+@njit(inline="always", cache=True)
+def prefetch_lines(a, start, line, end, count, write=False):
+    """Asks for up to `count` cache lines of the run from a[start], from its `line`-th on,
+    none at or past a[end]: a run asked for a few lines at a time, spread over a kernel's
+    work (`prefetch_run`'s `write`). Returns the number of the next line to ask for."""
+    for _ in range(count):
+        at = start + np.uint64(line * LINE)
+        if at >= end:
+            break
+        _ask(a, at, write)
+        line += 1
+    return line
